@@ -1,0 +1,53 @@
+//! Every limit of the broker, in one place. Where two limits must agree, a
+//! `const` assertion says so and the build fails if they drift apart.
+
+/// O_DIRECT alignment: every write position and length in a segment is a
+/// multiple of this. 4 KiB covers both 512e and 4Kn devices.
+pub const BLOCK_SIZE_BYTES: usize = 4096;
+
+/// Largest message flatbuffer the broker accepts (4 MiB body plus room for
+/// topic, keys and properties).
+pub const MESSAGE_SIZE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
+
+/// Fixed size of the header that precedes every message in the commit log.
+pub const RECORD_HEADER_SIZE_BYTES: usize = 56;
+
+/// Records start on this alignment inside a segment.
+pub const RECORD_ALIGNMENT_BYTES: usize = 8;
+
+/// Largest record: header plus the largest message, padded.
+pub const RECORD_SIZE_BYTES_MAX: usize = RECORD_HEADER_SIZE_BYTES + MESSAGE_SIZE_BYTES_MAX;
+
+/// Default capacity of one group-commit buffer. One flush writes at most the
+/// buffers that filled while the previous flush was in flight.
+pub const GROUP_COMMIT_BUFFER_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+
+/// Default segment size (1 GiB, as RocketMQ's commit log).
+pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// Smallest segment size a configuration may ask for (tests use small ones;
+/// a record larger than the segment is refused at append).
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 64 * 1024;
+
+/// Zero-fill of a new segment is written in chunks of this size.
+pub const SEGMENT_ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How many bytes a recovery scan examines past the end of the valid data for
+/// records that would prove the end is not a torn tail but lost data.
+pub const RECOVERY_PROBE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+
+/// Bytes of written buffers kept in memory for fetches of recent records.
+pub const RECENT_BUFFERS_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// Upper bound of a flush recorded in the latency histogram (60 s in us).
+pub const FLUSH_LATENCY_US_MAX: u64 = 60_000_000;
+
+/// Flatbuffer verifier limits for an incoming message.
+pub const VERIFIER_DEPTH_MAX: usize = 16;
+pub const VERIFIER_TABLES_MAX: usize = 4096;
+
+const _: () = assert!(GROUP_COMMIT_BUFFER_BYTES_DEFAULT >= RECORD_SIZE_BYTES_MAX + 2 * BLOCK_SIZE_BYTES);
+const _: () = assert!(RECORD_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
+const _: () = assert!(BLOCK_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
+const _: () = assert!(SEGMENT_ZERO_FILL_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(SEGMENT_SIZE_BYTES_MIN % BLOCK_SIZE_BYTES as u64 == 0);

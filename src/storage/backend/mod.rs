@@ -1,0 +1,74 @@
+//! The thin storage trait the commit log is written against, and its three
+//! implementations: real O_DIRECT files through glommio ([`DmaStorage`]),
+//! memory ([`MemoryStorage`]) and seeded fault injection ([`FaultyStorage`]).
+//!
+//! Contract of a [`StorageFile`]:
+//! - `write_at` takes a block-aligned position and a block-multiple length; it
+//!   resolves once the device accepted the bytes, which does NOT make them
+//!   durable.
+//! - `fdatasync` resolves Ok only once every write that resolved before it was
+//!   called is durable. After an error nothing is known about those writes.
+
+mod dma;
+mod faulty;
+mod memory;
+
+pub use dma::{DmaSegmentFile, DmaStorage};
+pub use faulty::{FaultPlan, FaultyFile, FaultyStorage};
+pub use memory::{MemoryFile, MemoryStorage};
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One file of a storage backend.
+#[allow(async_fn_in_trait)]
+pub trait StorageFile: 'static {
+    async fn write_at(&self, data: &[u8], position: u64) -> io::Result<()>;
+    /// Reads exactly `length` bytes at `position` (any alignment); fewer only
+    /// at the end of the file.
+    async fn read_at(&self, position: u64, length: usize) -> io::Result<Vec<u8>>;
+    async fn fdatasync(&self) -> io::Result<()>;
+    async fn size_bytes(&self) -> io::Result<u64>;
+}
+
+/// A directory tree of files, as the commit log needs it.
+#[allow(async_fn_in_trait)]
+pub trait Storage: Clone + 'static {
+    type File: StorageFile;
+
+    /// Creates `path` with `size_bytes` of zeros written and synced, then syncs
+    /// the parent directory. An existing file at `path` is replaced.
+    async fn create_zeroed(&self, path: &Path, size_bytes: u64) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// Creates an empty file (or opens it if it exists) for appending blocks.
+    async fn open_or_create(&self, path: &Path) -> io::Result<Self::File>;
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// File names directly inside `dir`, sorted.
+    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Write-temp, fsync, rename, fsync-dir: after it resolves `path` holds
+    /// `bytes` or (after a crash before that) its previous content.
+    async fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// The whole content of a small file, or `None` if it does not exist.
+    async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+fn is_block_aligned(position: u64, length: usize) -> bool {
+    let block = crate::constants::BLOCK_SIZE_BYTES;
+    position % block as u64 == 0 && length % block == 0
+}

@@ -1,0 +1,84 @@
+//! How a commit log is set up. Everything that touches durability is explicit.
+
+use super::LogError;
+use crate::constants::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When an append resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushMode {
+    /// After the fdatasync that covers the record returned Ok.
+    Sync,
+    /// After the write; fdatasync runs every `interval`, or sooner when the
+    /// unsynced bytes reach one buffer.
+    Async { interval: Duration },
+}
+
+/// What retention may delete: whole segments, oldest first, never the active one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_total_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub segment_size_bytes: u64,
+    pub buffer_capacity_bytes: usize,
+    pub flush: FlushMode,
+    pub recent_buffers_bytes: usize,
+    pub retention: Retention,
+    /// How often the background task writes index files and a checkpoint.
+    pub checkpoint_interval: Duration,
+    /// Operator override: start even though recovery found a corrupt record
+    /// followed by valid ones, cutting the log at the corruption.
+    pub truncate_corruption: bool,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
+            buffer_capacity_bytes: GROUP_COMMIT_BUFFER_BYTES_DEFAULT,
+            flush: FlushMode::Sync,
+            recent_buffers_bytes: RECENT_BUFFERS_BYTES_DEFAULT,
+            retention: Retention::default(),
+            checkpoint_interval: Duration::from_secs(2),
+            truncate_corruption: false,
+        }
+    }
+
+    /// Largest record an append accepts under this configuration.
+    pub fn record_size_bytes_max(&self) -> usize {
+        let by_buffer = self.buffer_capacity_bytes - 2 * BLOCK_SIZE_BYTES;
+        RECORD_SIZE_BYTES_MAX.min(by_buffer).min(self.segment_size_bytes as usize)
+    }
+
+    /// Bytes that can be written but not yet synced at a crash. A record that
+    /// fails its CRC with valid records after it, all within this distance,
+    /// is a torn tail; farther than this it is corruption.
+    pub fn torn_tail_window_bytes(&self) -> u64 {
+        4 * self.buffer_capacity_bytes as u64
+    }
+
+    pub fn validate(&self) -> Result<(), LogError> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        if self.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN || self.segment_size_bytes % block != 0 {
+            return Err(LogError::Config(format!(
+                "segment size {} must be a multiple of {block} and at least {SEGMENT_SIZE_BYTES_MIN}",
+                self.segment_size_bytes
+            )));
+        }
+        let buffer_min = 4 * BLOCK_SIZE_BYTES;
+        if self.buffer_capacity_bytes < buffer_min || self.buffer_capacity_bytes % BLOCK_SIZE_BYTES != 0 {
+            return Err(LogError::Config(format!(
+                "buffer capacity {} must be a multiple of {BLOCK_SIZE_BYTES} and at least {buffer_min}",
+                self.buffer_capacity_bytes
+            )));
+        }
+        Ok(())
+    }
+}

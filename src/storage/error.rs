@@ -1,0 +1,47 @@
+//! Operating errors of the commit log, with the operation, file and position.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("{operation} of {path} at position {position} failed: {source}")]
+    Io { operation: &'static str, path: PathBuf, position: u64, source: Arc<io::Error> },
+
+    #[error("the disk is full: cannot create segment {path}: {source}")]
+    NoSpace { path: PathBuf, source: Arc<io::Error> },
+
+    /// A write or fdatasync failed earlier; the log accepts no more appends
+    /// because nothing is known about what reached the disk.
+    #[error("the log is stopped and accepts no writes: {cause}")]
+    Stopped { cause: Arc<LogError> },
+
+    #[error("record of {size_bytes} bytes is larger than the maximum of {max_bytes} bytes")]
+    RecordTooLarge { size_bytes: usize, max_bytes: usize },
+
+    #[error("corrupt log in {path} at position {position}: {detail}")]
+    Corrupt { path: PathBuf, position: u64, detail: String },
+
+    #[error("queue {queue_id} offset {requested} was deleted by retention; the earliest kept is {earliest}")]
+    OffsetTruncated { queue_id: u32, requested: u64, earliest: u64 },
+
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub fn io(operation: &'static str, path: impl Into<PathBuf>, position: u64, source: io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::ENOSPC) && operation == "create segment" {
+            return LogError::NoSpace { path: path.into(), source: Arc::new(source) };
+        }
+        LogError::Io { operation, path: path.into(), position, source: Arc::new(source) }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, LogError::Stopped { .. })
+    }
+}

@@ -1,0 +1,330 @@
+//! Group commit: appenders copy records into the shard's filling buffer; one
+//! flusher writes everything that collected since its last round with
+//! O_DIRECT and covers it with one fdatasync. While a round is in flight, new
+//! appends fill the next buffer, so one fdatasync carries all of them.
+//!
+//! Positions (global log positions, `appended >= written >= flushed`):
+//! - `appended`: end of the last record placed in a buffer (memory only);
+//! - `written`: end of what the device accepted (`Watermark` in `LogShared`);
+//! - `flushed`: end of what an fdatasync covered: durable.
+//!
+//! The partially filled last block of a buffer is written padded with zeros
+//! and carried into the next buffer, which rewrites it whole (O_DIRECT writes
+//! only whole blocks).
+
+use super::aligned::AlignedBuf;
+use super::backend::{Storage, StorageFile};
+use super::config::FlushMode;
+use super::log::{LogShared, LogState};
+use super::read::WrittenBuffer;
+use super::record::{self, RecordHeader, NO_POSITION, NO_QUEUE_OFFSET};
+use super::segment::Segment;
+use super::{AppendRequest, Appended, LogError};
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Buffers sealed and waiting for the flusher, beyond the filling one. With
+/// one in flight that makes at most three buffers of unsynced data.
+const SEALED_BUFFERS_MAX: usize = 1;
+
+fn align_down(value: usize) -> usize {
+    value - value % BLOCK_SIZE_BYTES
+}
+
+fn align_up(value: usize) -> usize {
+    value.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES
+}
+
+/// The buffer appends go into: `data[0]` belongs at `file_offset` of
+/// `segment`, and `data[..filled]` holds records (the first block may start
+/// with bytes carried from the previous buffer).
+pub struct FillBuffer<F> {
+    pub segment: Rc<Segment<F>>,
+    pub file_offset: u64,
+    pub data: AlignedBuf,
+    pub filled: usize,
+    pub records: u64,
+}
+
+impl<F> FillBuffer<F> {
+    pub fn start(&self) -> u64 {
+        self.segment.start + self.file_offset
+    }
+
+    pub fn end(&self) -> u64 {
+        self.start() + self.filled as u64
+    }
+
+    fn room(&self) -> usize {
+        self.data.capacity() - self.filled
+    }
+
+    fn segment_room(&self) -> u64 {
+        self.segment.size_bytes - self.file_offset - self.filled as u64
+    }
+}
+
+/// A buffer taken out of filling, waiting to be written.
+pub struct SealedBuffer<F> {
+    pub fill: FillBuffer<F>,
+    /// The segment is full after this buffer: the round must fdatasync it
+    /// before anything is written to the next segment.
+    pub ends_segment: bool,
+}
+
+/// What `place` could not do by itself.
+pub enum Blocked {
+    /// Buffers are full; retry once `written` reaches this position.
+    Room { written_target: u64 },
+    /// The active segment is full and the next one is not ready.
+    Segment,
+}
+
+impl<F: StorageFile> LogState<F> {
+    pub fn take_buffer(&mut self, capacity: usize) -> AlignedBuf {
+        self.pool.pop().unwrap_or_else(|| AlignedBuf::zeroed(capacity))
+    }
+
+    /// Takes the filling buffer out; the new one continues in the same
+    /// segment (carrying the partial last block) or starts `next`.
+    pub fn seal(&mut self, capacity: usize, next: Option<Rc<Segment<F>>>) {
+        let mut data = self.take_buffer(capacity);
+        let ends_segment = next.is_some();
+        let (segment, file_offset, carried) = match next {
+            Some(segment) => (segment, 0, 0),
+            None => {
+                let carried_start = align_down(self.filling.filled);
+                let carried = self.filling.filled - carried_start;
+                data.as_mut_slice()[..carried]
+                    .copy_from_slice(&self.filling.data.as_slice()[carried_start..self.filling.filled]);
+                (self.filling.segment.clone(), self.filling.file_offset + carried_start as u64, carried)
+            }
+        };
+        let fresh = FillBuffer { segment, file_offset, data, filled: carried, records: 0 };
+        let fill = std::mem::replace(&mut self.filling, fresh);
+        self.sealed.push_back(SealedBuffer { fill, ends_segment });
+    }
+
+    fn stopped_error(&self) -> Option<LogError> {
+        self.stopped.as_ref().map(|cause| LogError::Stopped { cause: cause.clone() })
+    }
+
+    /// Copies one record into the filling buffer and indexes it. Never waits:
+    /// says what it is blocked on instead.
+    pub fn place(
+        &mut self,
+        request: &AppendRequest<'_>,
+        capacity: usize,
+        now_us: u64,
+    ) -> Result<Result<Appended, Blocked>, LogError> {
+        if let Some(error) = self.stopped_error() {
+            return Err(error);
+        }
+        let length = RECORD_HEADER_SIZE_BYTES + request.message.len();
+        let size = record::padded_size(length);
+        if self.filling.segment_room() < size as u64 {
+            let Some(next) = self.next_segment.clone() else { return Ok(Err(Blocked::Segment)) };
+            if self.sealed.len() >= SEALED_BUFFERS_MAX {
+                return Ok(Err(self.room_target()));
+            }
+            self.next_segment = None;
+            self.segments.insert(next.start, next.clone());
+            self.seal(capacity, Some(next));
+            self.appended = self.filling.start();
+        }
+        if self.filling.room() < size {
+            if self.sealed.len() >= SEALED_BUFFERS_MAX {
+                return Ok(Err(self.room_target()));
+            }
+            self.seal(capacity, None);
+        }
+        Ok(Ok(self.encode(request, length, now_us)))
+    }
+
+    fn room_target(&self) -> Blocked {
+        let written_target = self.sealed.back().map_or(self.appended, |sealed| sealed.fill.end());
+        Blocked::Room { written_target }
+    }
+
+    fn encode(&mut self, request: &AppendRequest<'_>, length: usize, now_us: u64) -> Appended {
+        let position = self.filling.end();
+        debug_assert_eq!(position, self.appended);
+        let size = record::padded_size(length);
+        let store_timestamp_us = now_us.max(self.last_store_timestamp_us);
+        self.last_store_timestamp_us = store_timestamp_us;
+        let queue_offset = request.indexed.then(|| {
+            let (entry_position, entry_size) = request.reference.unwrap_or((position, length as u32));
+            let entry = super::index::IndexEntry {
+                position: entry_position,
+                size_bytes: entry_size,
+                tag_hash: request.tag_hash,
+                store_timestamp_us,
+            };
+            self.queues.entry(request.queue_id).or_default().push(entry, position + size as u64)
+        });
+        let (ref_position, ref_size) = request.reference.unwrap_or((NO_POSITION, 0));
+        let header = RecordHeader {
+            length: length as u32,
+            flags: request.flags,
+            queue_id: request.queue_id,
+            tag_hash: request.tag_hash,
+            queue_offset: queue_offset.unwrap_or(NO_QUEUE_OFFSET),
+            store_timestamp_us,
+            ref_position,
+            ref_size,
+        };
+        let filled = self.filling.filled;
+        let destination = &mut self.filling.data.as_mut_slice()[filled..filled + size];
+        record::encode(destination, &header, request.message);
+        self.filling.filled += size;
+        self.filling.records += 1;
+        self.filling.segment.last_store_timestamp_us.set(store_timestamp_us);
+        self.appended = position + size as u64;
+        Appended { position, end: self.appended, queue_offset, store_timestamp_us }
+    }
+
+    /// Whether records wait to be written or synced.
+    pub fn has_pending(&self) -> bool {
+        self.filling.records > 0 || !self.sealed.is_empty() || !self.unsynced_segments.is_empty()
+    }
+
+    /// Everything a flush round writes: the sealed buffers and the filling
+    /// one if it holds new records.
+    fn take_batch(&mut self, capacity: usize) -> Vec<SealedBuffer<F>> {
+        if self.filling.records > 0 {
+            self.seal(capacity, None);
+        }
+        self.sealed.drain(..).collect()
+    }
+}
+
+/// What one round did.
+pub struct Round {
+    pub synced: bool,
+}
+
+impl<S: Storage> LogShared<S> {
+    /// Writes every pending buffer and, when `sync` is due, fdatasyncs.
+    pub async fn flush_round(&self, force_sync: bool) -> Result<Round, LogError> {
+        let capacity = self.config.buffer_capacity_bytes;
+        let batch = self.state.borrow_mut().take_batch(capacity);
+        let started = Instant::now();
+        let (mut records, mut bytes) = (0, 0);
+        for sealed in &batch {
+            let fill = &sealed.fill;
+            let length = align_up(fill.filled);
+            fill.segment
+                .file
+                .write_at(&fill.data.as_slice()[..length], fill.file_offset)
+                .await
+                .map_err(|error| LogError::io("write", &fill.segment.path, fill.start(), error))?;
+            records += fill.records;
+            bytes += length as u64;
+            self.note_unsynced(&fill.segment, length as u64);
+            self.written.advance(fill.end());
+            // A full segment is durable before anything reaches the next one,
+            // so recovery can trust that data in a later segment means every
+            // earlier segment is complete.
+            if sealed.ends_segment {
+                self.sync_unsynced().await?;
+            }
+        }
+        let sync = match self.config.flush {
+            FlushMode::Sync => true,
+            FlushMode::Async { .. } => force_sync || self.state.borrow().unsynced_bytes >= capacity as u64,
+        };
+        if sync {
+            self.sync_unsynced().await?;
+        }
+        if !batch.is_empty() {
+            let latency_us = started.elapsed().as_micros() as u64;
+            self.state.borrow_mut().stats.record_flush(records, bytes, latency_us);
+        }
+        self.retire(batch);
+        Ok(Round { synced: sync })
+    }
+
+    fn note_unsynced(&self, segment: &Rc<Segment<S::File>>, bytes: u64) {
+        let mut state = self.state.borrow_mut();
+        state.unsynced_bytes += bytes;
+        if !state.unsynced_segments.iter().any(|known| known.start == segment.start) {
+            state.unsynced_segments.push(segment.clone());
+        }
+    }
+
+    /// fdatasync of every segment written since the last one, oldest first;
+    /// then everything written is durable.
+    async fn sync_unsynced(&self) -> Result<(), LogError> {
+        let written = self.written.get();
+        let segments = std::mem::take(&mut self.state.borrow_mut().unsynced_segments);
+        if segments.is_empty() {
+            return Ok(());
+        }
+        for segment in &segments {
+            segment.file.fdatasync().await.map_err(|error| LogError::io("fdatasync", &segment.path, written, error))?;
+        }
+        self.state.borrow_mut().unsynced_bytes = 0;
+        if written > self.flushed.get() {
+            self.flushed.advance(written);
+        }
+        Ok(())
+    }
+
+    /// Written buffers go to the recent cache; evicted ones back to the pool.
+    fn retire(&self, batch: Vec<SealedBuffer<S::File>>) {
+        let mut state = self.state.borrow_mut();
+        for sealed in batch {
+            let fill = sealed.fill;
+            let written = WrittenBuffer { start: fill.start(), data: fill.data, filled: fill.filled };
+            for mut evicted in state.recent.push(Rc::new(written), self.config.recent_buffers_bytes) {
+                if state.pool.len() < 2 * SEALED_BUFFERS_MAX + 2 {
+                    let used = align_up(evicted.filled);
+                    evicted.data.clear(used);
+                    state.pool.push(evicted.data);
+                }
+            }
+        }
+    }
+
+    /// Fails every waiter and refuses every later append: after a failed
+    /// write or fdatasync nothing is known about what reached the disk.
+    pub fn stop(&self, error: LogError) {
+        tracing::error!(%error, "commit log stopped: no more appends are accepted");
+        let cause = Arc::new(error);
+        self.state.borrow_mut().stopped = Some(cause.clone());
+        self.written.fail(LogError::Stopped { cause: cause.clone() });
+        self.flushed.fail(LogError::Stopped { cause });
+    }
+}
+
+/// The flusher task of a log: one per shard.
+pub async fn run_flusher<S: Storage>(shared: Rc<LogShared<S>>) {
+    let mut last_sync = Instant::now();
+    loop {
+        match shared.config.flush {
+            FlushMode::Sync => shared.flush_signal.wait().await,
+            FlushMode::Async { interval } => {
+                let remaining = interval.saturating_sub(last_sync.elapsed());
+                futures_lite::future::or(shared.flush_signal.wait(), glommio::timer::sleep(remaining)).await;
+            }
+        }
+        let closing = shared.closing.get();
+        let interval_due = match shared.config.flush {
+            FlushMode::Async { interval } => last_sync.elapsed() >= interval,
+            FlushMode::Sync => false,
+        };
+        match shared.flush_round(closing || interval_due).await {
+            Ok(round) if round.synced => last_sync = Instant::now(),
+            Ok(_) => {}
+            Err(error) => {
+                shared.stop(error);
+                return;
+            }
+        }
+        if closing && !shared.state.borrow().has_pending() {
+            return;
+        }
+    }
+}

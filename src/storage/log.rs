@@ -1,0 +1,289 @@
+//! The commit log of one shard: the only way records enter and leave storage.
+//!
+//! Contract:
+//! - `append` places a record in memory, in order, and resolves once it is
+//!   acknowledgeable: durable (`FlushMode::Sync`: the fdatasync covering it
+//!   returned Ok) or written (`FlushMode::Async`).
+//! - A reader never sees a record beyond the visible position, which is the
+//!   flushed position in sync mode and the written position in async mode.
+//! - After a failed write or fdatasync the log is stopped: every waiting and
+//!   every later append fails; reads of visible records go on.
+
+use super::backend::Storage;
+use super::group_commit::{run_flusher, Blocked, FillBuffer, SealedBuffer};
+use super::index::{IndexFile, QueueIndex};
+use super::read::RecentBuffers;
+use super::segment::Segment;
+use super::stats::LogStats;
+use super::watermark::{Signal, Watermark};
+use super::{recovery, FlushMode, LogConfig, LogError};
+use glommio::Task;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One record to append.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendRequest<'a> {
+    pub queue_id: u32,
+    pub flags: u16,
+    /// Whether the record gets the next offset of its queue.
+    pub indexed: bool,
+    pub tag_hash: u32,
+    /// For an op record that makes another record visible in the queue: the
+    /// position and length of that record, which the index entry points at.
+    pub reference: Option<(u64, u32)>,
+    /// The message flatbuffer, stored exactly as given.
+    pub message: &'a [u8],
+}
+
+/// Where an appended record went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub position: u64,
+    pub end: u64,
+    pub queue_offset: Option<u64>,
+    pub store_timestamp_us: u64,
+}
+
+/// The log's positions, in order `appended >= written >= flushed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Positions {
+    pub appended: u64,
+    pub written: u64,
+    pub flushed: u64,
+    pub visible: u64,
+}
+
+pub struct LogState<F> {
+    pub segments: BTreeMap<u64, Rc<Segment<F>>>,
+    pub next_segment: Option<Rc<Segment<F>>>,
+    pub preparing_segment: bool,
+    pub filling: FillBuffer<F>,
+    pub sealed: VecDeque<SealedBuffer<F>>,
+    pub appended: u64,
+    pub last_store_timestamp_us: u64,
+    pub recent: RecentBuffers,
+    pub pool: Vec<super::aligned::AlignedBuf>,
+    pub queues: BTreeMap<u32, QueueIndex>,
+    pub index_files: BTreeMap<u32, IndexFile<F>>,
+    pub unsynced_segments: Vec<Rc<Segment<F>>>,
+    pub unsynced_bytes: u64,
+    pub stats: LogStats,
+    pub stopped: Option<Arc<LogError>>,
+    pub checkpoint_position: u64,
+}
+
+pub struct LogShared<S: Storage> {
+    pub storage: S,
+    pub config: LogConfig,
+    pub state: RefCell<LogState<S::File>>,
+    pub written: Watermark<LogError>,
+    pub flushed: Watermark<LogError>,
+    /// Counts finished attempts to prepare a segment.
+    pub segment_attempts: Watermark<LogError>,
+    pub flush_signal: Signal,
+    pub closing: Cell<bool>,
+    pub checkpoint_lock: glommio::sync::Semaphore,
+}
+
+/// A shard's commit log. Must live inside a glommio executor; dropping it
+/// cancels its background tasks (prefer `close`).
+pub struct CommitLog<S: Storage> {
+    shared: Rc<LogShared<S>>,
+    tasks: Vec<Task<()>>,
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_micros() as u64).unwrap_or(0)
+}
+
+impl<S: Storage> CommitLog<S> {
+    /// Recovers the log in `config.dir` (creating it if empty) and starts
+    /// its flusher and checkpoint tasks.
+    pub async fn open(storage: S, config: LogConfig) -> Result<Self, LogError> {
+        config.validate()?;
+        let state = recovery::recover(&storage, &config).await?;
+        let end = state.appended;
+        let shared = Rc::new(LogShared {
+            storage,
+            config,
+            state: RefCell::new(state),
+            written: Watermark::new(end),
+            flushed: Watermark::new(end),
+            segment_attempts: Watermark::new(0),
+            flush_signal: Signal::default(),
+            closing: Cell::new(false),
+            checkpoint_lock: glommio::sync::Semaphore::new(1),
+        });
+        let flusher = glommio::spawn_local(run_flusher(shared.clone()));
+        let checkpointer = glommio::spawn_local(super::checkpoint::run_checkpointer(shared.clone()));
+        shared.prepare_in_background();
+        Ok(Self { shared, tasks: vec![flusher, checkpointer] })
+    }
+
+    /// Appends one record and resolves once it is acknowledgeable (see the
+    /// module contract).
+    pub async fn append(&self, request: AppendRequest<'_>) -> Result<Appended, LogError> {
+        let appended = self.append_buffered(request).await?;
+        self.wait_acknowledgeable(appended.end).await?;
+        Ok(appended)
+    }
+
+    /// Places one record in the group-commit buffer and resolves without
+    /// waiting for the disk; `wait_acknowledgeable(appended.end)` does that.
+    pub async fn append_buffered(&self, request: AppendRequest<'_>) -> Result<Appended, LogError> {
+        let max_bytes = self.shared.config.record_size_bytes_max();
+        let size_bytes = crate::constants::RECORD_HEADER_SIZE_BYTES + request.message.len();
+        if size_bytes > max_bytes {
+            return Err(LogError::RecordTooLarge { size_bytes, max_bytes });
+        }
+        let capacity = self.shared.config.buffer_capacity_bytes;
+        loop {
+            let placed = self.shared.state.borrow_mut().place(&request, capacity, now_us())?;
+            match placed {
+                Ok(appended) => {
+                    self.shared.flush_signal.notify();
+                    let state = self.shared.state.borrow();
+                    let next_missing = state.next_segment.is_none() && !state.preparing_segment;
+                    drop(state);
+                    if next_missing {
+                        self.shared.prepare_in_background();
+                    }
+                    return Ok(appended);
+                }
+                Err(Blocked::Room { written_target }) => {
+                    self.shared.flush_signal.notify();
+                    self.shared.written.wait_for(written_target).await?;
+                }
+                Err(Blocked::Segment) => self.shared.prepare_next_segment().await?,
+            }
+        }
+    }
+
+    /// Resolves once everything up to `end` is acknowledgeable.
+    pub async fn wait_acknowledgeable(&self, end: u64) -> Result<(), LogError> {
+        match self.shared.config.flush {
+            FlushMode::Sync => self.shared.flushed.wait_for(end).await?,
+            FlushMode::Async { .. } => self.shared.written.wait_for(end).await?,
+        };
+        Ok(())
+    }
+
+    /// Resolves once the visible position passes `position`.
+    pub async fn wait_visible_beyond(&self, position: u64) -> Result<u64, LogError> {
+        self.shared.visible_mark().wait_for(position + 1).await
+    }
+
+    pub fn positions(&self) -> Positions {
+        Positions {
+            appended: self.shared.state.borrow().appended,
+            written: self.shared.written.get(),
+            flushed: self.shared.flushed.get(),
+            visible: self.shared.visible_mark().get(),
+        }
+    }
+
+    /// First offset of `queue_id` a reader cannot see yet.
+    pub fn visible_end_offset(&self, queue_id: u32) -> u64 {
+        let visible = self.shared.visible_mark().get();
+        let state = self.shared.state.borrow();
+        state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(visible))
+    }
+
+    /// The earliest offset retention kept for `queue_id`.
+    pub fn base_offset(&self, queue_id: u32) -> u64 {
+        self.shared.state.borrow().queues.get(&queue_id).map_or(0, QueueIndex::base_offset)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.shared.state.borrow().stats.clone()
+    }
+
+    pub fn is_stopped(&self) -> Option<LogError> {
+        self.shared.flushed.failure()
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    pub(super) fn shared(&self) -> &Rc<LogShared<S>> {
+        &self.shared
+    }
+
+    /// Writes the index files and a checkpoint now.
+    pub async fn checkpoint(&self) -> Result<(), LogError> {
+        super::checkpoint::write_checkpoint(&self.shared).await
+    }
+
+    /// Flushes everything, writes a checkpoint and stops the tasks.
+    pub async fn close(mut self) -> Result<(), LogError> {
+        self.shared.closing.set(true);
+        self.shared.flush_signal.notify();
+        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
+        if let Some(flusher) = tasks.next() {
+            flusher.await;
+        }
+        drop(tasks);
+        if let Some(error) = self.shared.flushed.failure() {
+            return Err(error);
+        }
+        super::checkpoint::write_checkpoint(&self.shared).await
+    }
+}
+
+impl<S: Storage> LogShared<S> {
+    pub fn visible_mark(&self) -> &Watermark<LogError> {
+        match self.config.flush {
+            FlushMode::Sync => &self.flushed,
+            FlushMode::Async { .. } => &self.written,
+        }
+    }
+
+    /// Makes sure the segment after the active one exists. One task prepares
+    /// at a time; the others wait for its attempt and try again.
+    pub async fn prepare_next_segment(&self) -> Result<(), LogError> {
+        let attempts = self.segment_attempts.get();
+        let start = {
+            let mut state = self.state.borrow_mut();
+            if state.next_segment.is_some() {
+                return Ok(());
+            }
+            let start = (!state.preparing_segment).then(|| state.filling.segment.end());
+            state.preparing_segment = true;
+            start
+        };
+        let Some(start) = start else {
+            self.segment_attempts.wait_for(attempts + 1).await?;
+            return Ok(());
+        };
+        let segments_dir = self.config.dir.join(super::SEGMENTS_DIR);
+        let created =
+            super::segment::create_segment(&self.storage, &segments_dir, start, self.config.segment_size_bytes).await;
+        let result = {
+            let mut state = self.state.borrow_mut();
+            state.preparing_segment = false;
+            created.map(|segment| state.next_segment = Some(Rc::new(segment)))
+        };
+        self.segment_attempts.advance(attempts + 1);
+        result
+    }
+
+    /// Prepares the next segment in a task of its own, so the append that
+    /// rolls over finds it ready.
+    pub fn prepare_in_background(self: &Rc<Self>) {
+        if self.state.borrow().next_segment.is_some() {
+            return;
+        }
+        let shared = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = shared.prepare_next_segment().await {
+                tracing::warn!(%error, "preparing the next segment failed; the append that needs it will retry");
+            }
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,225 @@
+//! Reading a queue: index entries up to the visible position, record bytes
+//! from the recent written buffers when they are still in memory, else with
+//! O_DIRECT reads of the segment. Every record's CRC is checked after it is
+//! read; the bytes go to the caller unchanged.
+
+use super::aligned::AlignedBuf;
+use super::backend::{Storage, StorageFile};
+use super::index::Slot;
+use super::log::CommitLog;
+use super::record::{self, Decoded};
+use super::LogError;
+use crate::constants::RECORD_HEADER_SIZE_BYTES;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// Largest single disk read when records are contiguous.
+const READ_COALESCE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// A buffer the flusher wrote, kept for reads of recent records.
+pub struct WrittenBuffer {
+    pub start: u64,
+    pub data: AlignedBuf,
+    pub filled: usize,
+}
+
+/// The last written buffers, oldest first, bounded by their capacity.
+#[derive(Default)]
+pub struct RecentBuffers {
+    buffers: VecDeque<Rc<WrittenBuffer>>,
+    bytes: usize,
+}
+
+impl RecentBuffers {
+    /// Adds a written buffer; returns the evicted ones nobody reads any more.
+    pub fn push(&mut self, buffer: Rc<WrittenBuffer>, bytes_max: usize) -> Vec<WrittenBuffer> {
+        self.bytes += buffer.data.capacity();
+        self.buffers.push_back(buffer);
+        let mut evicted = Vec::new();
+        while self.bytes > bytes_max && self.buffers.len() > 1 {
+            let Some(oldest) = self.buffers.pop_front() else { break };
+            self.bytes -= oldest.data.capacity();
+            if let Ok(buffer) = Rc::try_unwrap(oldest) {
+                evicted.push(buffer);
+            }
+        }
+        evicted
+    }
+
+    /// The bytes `[position, position + length)` if one buffer holds them.
+    fn find(&self, position: u64, length: usize) -> Option<Bytes> {
+        let buffer = self.buffers.iter().rev().find(|buffer| {
+            buffer.start <= position && position + length as u64 <= buffer.start + buffer.filled as u64
+        })?;
+        let offset = (position - buffer.start) as usize;
+        Some(Bytes::copy_from_slice(&buffer.data.as_slice()[offset..offset + length]))
+    }
+}
+
+/// One record as stored: header and message bytes.
+#[derive(Clone, Debug)]
+pub struct StoredRecord {
+    pub queue_offset: u64,
+    pub position: u64,
+    pub header: record::RecordHeader,
+    /// Header followed by the message, exactly as in the log.
+    pub bytes: Bytes,
+}
+
+impl StoredRecord {
+    /// The message flatbuffer, as the producer sent it.
+    pub fn message(&self) -> Bytes {
+        self.bytes.slice(RECORD_HEADER_SIZE_BYTES..self.header.length as usize)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReadBatch {
+    pub records: Vec<StoredRecord>,
+    /// The offset to read next.
+    pub next_offset: u64,
+    /// The first offset not yet visible (the queue's high watermark).
+    pub visible_end_offset: u64,
+}
+
+impl<S: Storage> CommitLog<S> {
+    /// Reads up to `count_max` visible records of `queue_id` from `offset`,
+    /// stopping before `bytes_max` is passed (the first record always comes).
+    pub async fn read(
+        &self,
+        queue_id: u32,
+        offset: u64,
+        count_max: usize,
+        bytes_max: usize,
+    ) -> Result<ReadBatch, LogError> {
+        let (slots, visible_end_offset) = self.visible_slots(queue_id, offset, count_max, bytes_max)?;
+        let mut records = Vec::with_capacity(slots.len());
+        let mut index = 0;
+        while index < slots.len() {
+            let run = contiguous_run(&slots[index..]);
+            let (bytes, run) = self.read_range(&slots[index..index + run]).await?;
+            for (slot_index, slot) in slots[index..index + run].iter().enumerate() {
+                let start = (slot.entry.position - slots[index].entry.position) as usize;
+                let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
+                let queue_offset = offset + (index + slot_index) as u64;
+                records.push(self.checked(queue_id, queue_offset, slot, record_bytes)?);
+            }
+            index += run;
+        }
+        let next_offset = offset + records.len() as u64;
+        Ok(ReadBatch { records, next_offset, visible_end_offset })
+    }
+
+    fn visible_slots(
+        &self,
+        queue_id: u32,
+        offset: u64,
+        count_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<Slot>, u64), LogError> {
+        let shared = self.shared();
+        let visible = shared.visible_mark().get();
+        let state = shared.state.borrow();
+        let Some(queue) = state.queues.get(&queue_id) else { return Ok((Vec::new(), 0)) };
+        if offset < queue.base_offset() {
+            return Err(LogError::OffsetTruncated { queue_id, requested: offset, earliest: queue.base_offset() });
+        }
+        let end = queue.visible_end_offset(visible);
+        let mut slots = Vec::new();
+        let mut bytes = 0;
+        for queue_offset in offset..end {
+            let Some(slot) = queue.get(queue_offset) else { break };
+            bytes += slot.entry.size_bytes as usize;
+            if slots.len() == count_max || (bytes > bytes_max && !slots.is_empty()) {
+                break;
+            }
+            slots.push(*slot);
+        }
+        Ok((slots, end))
+    }
+
+    /// Reads the bytes of adjacent records (at least the first); returns them
+    /// and how many records they cover.
+    async fn read_range(&self, slots: &[Slot]) -> Result<(Bytes, usize), LogError> {
+        let first = slots[0].entry.position;
+        let span = |slots: &[Slot]| {
+            slots.last().map_or(0, |last| (last.entry.position - first) as usize + last.entry.size_bytes as usize)
+        };
+        let shared = self.shared();
+        let segment = {
+            let state = shared.state.borrow();
+            if let Some(bytes) = state.recent.find(first, span(slots)) {
+                return Ok((bytes, slots.len()));
+            }
+            let segment = state.segments.range(..=first).next_back().map(|(_, segment)| segment.clone());
+            segment.filter(|segment| segment.contains(first))
+        };
+        let Some(segment) = segment else {
+            return Err(LogError::Corrupt {
+                path: shared.config.dir.clone(),
+                position: first,
+                detail: "an index entry points at a position no segment holds".into(),
+            });
+        };
+        let in_segment = slots
+            .iter()
+            .take_while(|slot| slot.entry.position + u64::from(slot.entry.size_bytes) <= segment.end())
+            .count()
+            .max(1);
+        let length = span(&slots[..in_segment]);
+        let bytes = segment
+            .file
+            .read_at(first - segment.start, length)
+            .await
+            .map_err(|error| LogError::io("read", &segment.path, first, error))?;
+        if bytes.len() < length {
+            return Err(LogError::Corrupt {
+                path: segment.path.clone(),
+                position: first,
+                detail: format!("read {} of {length} bytes: the segment ends early", bytes.len()),
+            });
+        }
+        Ok((Bytes::from(bytes), in_segment))
+    }
+
+    /// Verifies a record read back: CRC, and the offset its header claims.
+    fn checked(&self, queue_id: u32, queue_offset: u64, slot: &Slot, bytes: Bytes) -> Result<StoredRecord, LogError> {
+        let corrupt = |detail: String| LogError::Corrupt {
+            path: self.shared().config.dir.clone(),
+            position: slot.entry.position,
+            detail,
+        };
+        let header = match record::decode(&bytes) {
+            Decoded::Valid(header) => header,
+            Decoded::Zero => return Err(corrupt("an indexed record reads as zeros".into())),
+            Decoded::Invalid(why) => return Err(corrupt(format!("indexed record is invalid: {why}"))),
+        };
+        // A record read through a reference (a committed half message) carries
+        // no queue offset of its own.
+        if header.is_indexed() && (header.queue_id != queue_id || header.queue_offset != queue_offset) {
+            return Err(corrupt(format!(
+                "record claims queue {} offset {}, the index says queue {queue_id} offset {queue_offset}",
+                header.queue_id, header.queue_offset
+            )));
+        }
+        Ok(StoredRecord { queue_offset, position: slot.entry.position, header, bytes })
+    }
+}
+
+/// How many slots from the first are adjacent in the log and small enough
+/// to read at once.
+fn contiguous_run(slots: &[Slot]) -> usize {
+    let mut run = 1;
+    while run < slots.len() {
+        let previous = &slots[run - 1].entry;
+        let next = &slots[run].entry;
+        let adjacent = previous.position + record::padded_size(previous.size_bytes as usize) as u64 == next.position;
+        let span = next.position + u64::from(next.size_bytes) - slots[0].entry.position;
+        if !adjacent || span > READ_COALESCE_BYTES_MAX {
+            break;
+        }
+        run += 1;
+    }
+    run
+}

@@ -1,0 +1,396 @@
+//! Recovery: load the last checkpoint and the index files it names, scan the
+//! log after it verifying every CRC, and decide what the end of the log is.
+//!
+//! - A zero header or an invalid record with nothing valid behind it within
+//!   the torn-tail window is a torn tail: cut and zeroed.
+//! - An invalid record with valid records behind it farther than any unsynced
+//!   write can reach, valid data in a later segment, or an end before the
+//!   checkpointed position is corruption: reported, and the log refuses to
+//!   open unless the operator asks to truncate (`truncate_corruption`).
+
+use super::aligned::AlignedBuf;
+use super::backend::{Storage, StorageFile};
+use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
+use super::group_commit::FillBuffer;
+use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
+use super::log::LogState;
+use super::record::{self, Decoded, RecordHeader, NO_POSITION};
+use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
+use super::{LogConfig, LogError, INDEX_DIR, SEGMENTS_DIR};
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECOVERY_PROBE_BYTES_MIN};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+
+/// Bytes read at a time while scanning.
+const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+
+type Segments<F> = BTreeMap<u64, Rc<Segment<F>>>;
+type Queues = BTreeMap<u32, QueueIndex>;
+
+pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogState<S::File>, LogError> {
+    let segments_dir = config.dir.join(SEGMENTS_DIR);
+    let index_dir = config.dir.join(INDEX_DIR);
+    for dir in [&segments_dir, &index_dir] {
+        storage.create_dir_all(dir).await.map_err(|error| LogError::io("create directory", dir, 0, error))?;
+    }
+    let mut segments = open_segments(storage, &segments_dir).await?;
+    if segments.is_empty() {
+        let first = create_segment(storage, &segments_dir, 0, config.segment_size_bytes).await?;
+        segments.insert(0, Rc::new(first));
+    }
+    let first_start = segments.keys().next().copied().unwrap_or(0);
+    let checkpoint = load_checkpoint(storage, config).await;
+    let (mut queues, index_files, scan_start) = match &checkpoint {
+        Some(checkpoint) => match load_indexes(storage, &index_dir, checkpoint, first_start).await {
+            Ok((queues, files)) => (queues, files, checkpoint.position.max(first_start)),
+            Err(error) => {
+                tracing::warn!(%error, "index files do not match the checkpoint; rebuilding from the whole log");
+                (Queues::new(), BTreeMap::new(), first_start)
+            }
+        },
+        None => (Queues::new(), BTreeMap::new(), first_start),
+    };
+    for (start, timestamp) in checkpoint.iter().flat_map(|checkpoint| checkpoint.segments.iter()) {
+        if let Some(segment) = segments.get(start) {
+            segment.last_store_timestamp_us.set(*timestamp);
+        }
+    }
+    let end = scan(&segments, scan_start, &mut queues).await?;
+    let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
+    let tail = examine_tail(&segments, &end, checkpoint_position, config).await?;
+    settle_tail(storage, config, &mut segments, &end, &tail).await?;
+    let filling = filling_at(&end, config.buffer_capacity_bytes).await?;
+    tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
+    Ok(LogState {
+        segments,
+        next_segment: None,
+        preparing_segment: false,
+        appended: end.position,
+        last_store_timestamp_us: 0,
+        filling,
+        sealed: Default::default(),
+        recent: Default::default(),
+        pool: Vec::new(),
+        queues,
+        index_files,
+        unsynced_segments: Vec::new(),
+        unsynced_bytes: 0,
+        stats: Default::default(),
+        stopped: None,
+        checkpoint_position,
+    })
+}
+
+async fn open_segments<S: Storage>(storage: &S, dir: &Path) -> Result<Segments<S::File>, LogError> {
+    let names = storage.list(dir).await.map_err(|error| LogError::io("list segments", dir, 0, error))?;
+    let mut segments = Segments::new();
+    for path in names {
+        if let Some(start) = parse_segment_start(&path) {
+            segments.insert(start, Rc::new(open_segment(storage, &path, start).await?));
+        }
+    }
+    Ok(segments)
+}
+
+async fn load_checkpoint<S: Storage>(storage: &S, config: &LogConfig) -> Option<Checkpoint> {
+    let path = config.dir.join(CHECKPOINT_FILE);
+    match storage.read_file(&path).await {
+        Ok(Some(bytes)) => match Checkpoint::decode(&bytes) {
+            Ok(checkpoint) => Some(checkpoint),
+            Err(why) => {
+                tracing::warn!(path = %path.display(), %why, "ignoring a damaged checkpoint; scanning the whole log");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the checkpoint; scanning the whole log");
+            None
+        }
+    }
+}
+
+type IndexFiles<F> = BTreeMap<u32, IndexFile<F>>;
+
+async fn load_indexes<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    checkpoint: &Checkpoint,
+    first_start: u64,
+) -> Result<(Queues, IndexFiles<S::File>), LogError> {
+    let mut queues = Queues::new();
+    let mut files = IndexFiles::new();
+    for queue in &checkpoint.queues {
+        let path = index_path(dir, queue.queue_id);
+        let (file, entries) = IndexFile::open(storage, path, queue.base_offset, queue.next_offset).await?;
+        let mut index = QueueIndex::restore(queue.base_offset, entries);
+        // Retention may have deleted segments after this checkpoint.
+        index.forget_below(first_start);
+        queues.insert(queue.queue_id, index);
+        files.insert(queue.queue_id, file);
+    }
+    Ok((queues, files))
+}
+
+/// Reads a segment in large chunks.
+struct SegmentReader<'a, F> {
+    segment: &'a Segment<F>,
+    chunk_offset: u64,
+    chunk: Vec<u8>,
+}
+
+impl<'a, F: StorageFile> SegmentReader<'a, F> {
+    fn new(segment: &'a Segment<F>) -> Self {
+        Self { segment, chunk_offset: 0, chunk: Vec::new() }
+    }
+
+    /// Bytes at `offset` (segment-relative), up to `length`; fewer at the end.
+    async fn bytes(&mut self, offset: u64, length: usize) -> Result<&[u8], LogError> {
+        let chunk_end = self.chunk_offset + self.chunk.len() as u64;
+        let wanted_end = (offset + length as u64).min(self.segment.size_bytes);
+        if offset < self.chunk_offset || wanted_end > chunk_end {
+            let read_length = length.max(SCAN_CHUNK_BYTES).min((self.segment.size_bytes - offset) as usize);
+            self.chunk = self.segment.file.read_at(offset, read_length).await.map_err(|error| {
+                LogError::io("read segment", &self.segment.path, self.segment.start + offset, error)
+            })?;
+            self.chunk_offset = offset;
+        }
+        let start = (offset - self.chunk_offset) as usize;
+        let end = (start + length).min(self.chunk.len());
+        Ok(&self.chunk[start..end])
+    }
+
+    /// What lies at `offset`: a whole valid record, zeros, or garbage.
+    async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
+        let remaining = self.segment.size_bytes - offset;
+        if remaining < RECORD_HEADER_SIZE_BYTES as u64 {
+            return Ok(Decoded::Zero);
+        }
+        let header = self.bytes(offset, RECORD_HEADER_SIZE_BYTES).await?;
+        match record::claimed_length(header) {
+            Some(length) if length >= RECORD_HEADER_SIZE_BYTES && length as u64 <= remaining => {
+                Ok(record::decode(self.bytes(offset, length).await?))
+            }
+            _ => Ok(record::decode(header)),
+        }
+    }
+}
+
+/// Where the scan stopped.
+pub struct ScanEnd<F> {
+    pub segment: Rc<Segment<F>>,
+    pub position: u64,
+    /// Why, when the stop was not a clean run of zeros.
+    pub invalid: Option<&'static str>,
+}
+
+async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Queues) -> Result<ScanEnd<F>, LogError> {
+    let Some(mut segment) = segments.range(..=start).next_back().map(|(_, segment)| segment.clone()) else {
+        return Err(LogError::Corrupt {
+            path: Default::default(),
+            position: start,
+            detail: "no segment holds the checkpointed position".into(),
+        });
+    };
+    if start > segment.end() {
+        return Err(LogError::Corrupt {
+            path: segment.path.clone(),
+            position: start,
+            detail: format!("the checkpoint names position {start}, beyond the last segment"),
+        });
+    }
+    let mut offset = start - segment.start;
+    loop {
+        let mut reader = SegmentReader::new(&segment);
+        let stop = loop {
+            match reader.probe(offset).await? {
+                Decoded::Valid(header) => {
+                    index_record(queues, &segment, &header, segment.start + offset)?;
+                    offset += header.padded_size() as u64;
+                }
+                Decoded::Zero => break None,
+                Decoded::Invalid(why) => break Some(why),
+            }
+        };
+        drop(reader);
+        let next = segments.range(segment.end()..).next().map(|(_, next)| next.clone());
+        if let (None, Some(next)) = (stop, next) {
+            if matches!(SegmentReader::new(&next).probe(0).await?, Decoded::Valid(_)) {
+                segment = next;
+                offset = 0;
+                continue;
+            }
+        }
+        return Ok(ScanEnd { position: segment.start + offset, segment, invalid: stop });
+    }
+}
+
+fn index_record<F>(
+    queues: &mut Queues,
+    segment: &Segment<F>,
+    header: &RecordHeader,
+    position: u64,
+) -> Result<(), LogError> {
+    let timestamp = segment.last_store_timestamp_us.get().max(header.store_timestamp_us);
+    segment.last_store_timestamp_us.set(timestamp);
+    if !header.is_indexed() {
+        return Ok(());
+    }
+    let queue = queues.entry(header.queue_id).or_insert_with(|| QueueIndex::starting_at(header.queue_offset));
+    if queue.next_offset() != header.queue_offset {
+        if queue.next_offset() != queue.base_offset() {
+            return Err(LogError::Corrupt {
+                path: segment.path.clone(),
+                position,
+                detail: format!(
+                    "queue {} expects offset {} but the record has {}",
+                    header.queue_id,
+                    queue.next_offset(),
+                    header.queue_offset
+                ),
+            });
+        }
+        // The queue's earlier offsets were deleted by retention.
+        *queue = QueueIndex::starting_at(header.queue_offset);
+    }
+    let (entry_position, size_bytes) = if header.ref_position == NO_POSITION {
+        (position, header.length)
+    } else {
+        (header.ref_position, header.ref_size)
+    };
+    let entry = IndexEntry {
+        position: entry_position,
+        size_bytes,
+        tag_hash: header.tag_hash,
+        store_timestamp_us: header.store_timestamp_us,
+    };
+    queue.push(entry, position + header.padded_size() as u64);
+    Ok(())
+}
+
+/// What recovery found after the end of the valid data.
+struct Tail {
+    /// End of the last non-zero byte seen after the end (to be zeroed).
+    dirty_end: u64,
+    corruption: Option<String>,
+}
+
+async fn examine_tail<F: StorageFile>(
+    segments: &Segments<F>,
+    end: &ScanEnd<F>,
+    checkpoint_position: u64,
+    config: &LogConfig,
+) -> Result<Tail, LogError> {
+    let segment = &end.segment;
+    let window = config.torn_tail_window_bytes();
+    let offset = end.position - segment.start;
+    let probe_length = (segment.size_bytes - offset).min(window.max(RECOVERY_PROBE_BYTES_MIN)) as usize;
+    let bytes = SegmentReader::new(segment).bytes(offset, probe_length).await?.to_vec();
+    let dirty_end = end.position + bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last as u64 + 1);
+    let valid_after = first_valid_record(&bytes).map(|at| end.position + at as u64);
+    let mut corruption = None;
+    if let Some(at) = valid_after.filter(|at| at - end.position >= window) {
+        corruption = Some(format!(
+            "a valid record at {at} follows invalid data at {}: farther than a torn write ({window} bytes) can reach",
+            end.position
+        ));
+    }
+    for later in segments.range(segment.end()..).map(|(_, later)| later) {
+        if matches!(SegmentReader::new(later).probe(0).await?, Decoded::Valid(_)) {
+            corruption = Some(format!("segment {} holds valid records after the end of the log", later.path.display()));
+        }
+    }
+    if checkpoint_position > end.position {
+        corruption = Some(format!(
+            "the log ends at {} but the checkpoint recorded data up to {checkpoint_position} as durable",
+            end.position
+        ));
+    }
+    if let (None, Some(why)) = (&corruption, end.invalid) {
+        tracing::warn!(position = end.position, why, "cutting a torn tail");
+    }
+    Ok(Tail { dirty_end, corruption })
+}
+
+/// Offset of the first valid record in `bytes` after its start.
+fn first_valid_record(bytes: &[u8]) -> Option<usize> {
+    (RECORD_ALIGNMENT_BYTES..bytes.len()).step_by(RECORD_ALIGNMENT_BYTES).find(|at| {
+        let candidate = &bytes[*at..];
+        record::claimed_length(candidate).is_some() && matches!(record::decode(candidate), Decoded::Valid(_))
+    })
+}
+
+/// Refuses corruption (unless overridden), zeroes the torn tail and removes
+/// later segment files, which hold nothing valid.
+async fn settle_tail<S: Storage>(
+    storage: &S,
+    config: &LogConfig,
+    segments: &mut Segments<S::File>,
+    end: &ScanEnd<S::File>,
+    tail: &Tail,
+) -> Result<(), LogError> {
+    if let Some(detail) = &tail.corruption {
+        if !config.truncate_corruption {
+            return Err(LogError::Corrupt {
+                path: end.segment.path.clone(),
+                position: end.position,
+                detail: detail.clone(),
+            });
+        }
+        tracing::error!(position = end.position, %detail, "TRUNCATING CORRUPT LOG as the operator asked: records after this position are dropped");
+    }
+    if tail.dirty_end > end.position {
+        zero_range(&end.segment, end.position, tail.dirty_end).await?;
+    }
+    let later: Vec<u64> = segments.range(end.segment.end()..).map(|(start, _)| *start).collect();
+    for start in later {
+        if let Some(segment) = segments.remove(&start) {
+            storage
+                .remove(&segment.path)
+                .await
+                .map_err(|error| LogError::io("remove segment", &segment.path, start, error))?;
+        }
+    }
+    if tail.corruption.is_some() {
+        // Under the override the rest of this segment may hold valid records
+        // beyond the probe; zero all of it so they never come back.
+        zero_range(&end.segment, end.position, end.segment.end()).await?;
+    }
+    Ok(())
+}
+
+/// Zeroes `[from, to)` of a segment, keeping the bytes before `from` in its
+/// first block, and syncs.
+async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) -> Result<(), LogError> {
+    let block = BLOCK_SIZE_BYTES as u64;
+    let start = (from - segment.start) / block * block;
+    let end = ((to - segment.start).div_ceil(block) * block).min(segment.size_bytes);
+    let io = |operation, error| LogError::io(operation, &segment.path, from, error);
+    let kept = segment
+        .file
+        .read_at(start, (from - segment.start - start) as usize)
+        .await
+        .map_err(|error| io("read tail", error))?;
+    let mut buffer = AlignedBuf::zeroed((end - start) as usize);
+    buffer.as_mut_slice()[..kept.len()].copy_from_slice(&kept);
+    segment.file.write_at(buffer.as_slice(), start).await.map_err(|error| io("zero tail", error))?;
+    segment.file.fdatasync().await.map_err(|error| io("fdatasync tail", error))
+}
+
+/// The filling buffer that continues the log at `end`, holding the bytes of
+/// its partially filled block.
+async fn filling_at<F: StorageFile>(end: &ScanEnd<F>, capacity: usize) -> Result<FillBuffer<F>, LogError> {
+    let segment = end.segment.clone();
+    let offset = end.position - segment.start;
+    let file_offset = offset / BLOCK_SIZE_BYTES as u64 * BLOCK_SIZE_BYTES as u64;
+    let carried = (offset - file_offset) as usize;
+    let bytes = segment
+        .file
+        .read_at(file_offset, carried)
+        .await
+        .map_err(|error| LogError::io("read tail block", &segment.path, end.position, error))?;
+    let mut data = AlignedBuf::zeroed(capacity);
+    data.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
+    Ok(FillBuffer { segment, file_offset, data, filled: carried, records: 0 })
+}

@@ -1,0 +1,80 @@
+//! A segment: one preallocated, zero-filled file of the commit log, named by
+//! the log position of its first byte.
+
+use super::backend::{Storage, StorageFile};
+use super::LogError;
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+pub const SEGMENT_EXTENSION: &str = "log";
+
+pub struct Segment<F> {
+    pub start: u64,
+    pub size_bytes: u64,
+    pub path: PathBuf,
+    pub file: F,
+    /// Newest store timestamp of a record in this segment, for retention.
+    pub last_store_timestamp_us: Cell<u64>,
+}
+
+impl<F> Segment<F> {
+    pub fn end(&self) -> u64 {
+        self.start + self.size_bytes
+    }
+
+    pub fn contains(&self, position: u64) -> bool {
+        (self.start..self.end()).contains(&position)
+    }
+}
+
+pub fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("{start:020}.{SEGMENT_EXTENSION}"))
+}
+
+/// The start position a segment file name encodes, if it is one.
+pub fn parse_segment_start(path: &Path) -> Option<u64> {
+    if path.extension()?.to_str()? != SEGMENT_EXTENSION {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    if stem.len() != 20 {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Creates and zero-fills the segment starting at `start`.
+pub async fn create_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    start: u64,
+    size_bytes: u64,
+) -> Result<Segment<S::File>, LogError> {
+    let path = segment_path(dir, start);
+    let file = storage
+        .create_zeroed(&path, size_bytes)
+        .await
+        .map_err(|error| LogError::io("create segment", &path, start, error))?;
+    Ok(Segment { start, size_bytes, path, file, last_store_timestamp_us: Cell::new(0) })
+}
+
+/// Opens an existing segment; its size is the file's size.
+pub async fn open_segment<S: Storage>(storage: &S, path: &Path, start: u64) -> Result<Segment<S::File>, LogError> {
+    let file = storage.open(path).await.map_err(|error| LogError::io("open segment", path, start, error))?;
+    let size_bytes = file.size_bytes().await.map_err(|error| LogError::io("stat segment", path, start, error))?;
+    Ok(Segment { start, size_bytes, path: path.to_path_buf(), file, last_store_timestamp_us: Cell::new(0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_name_round_trips_and_other_names_are_ignored() {
+        let path = segment_path(Path::new("/data"), 1 << 30);
+        assert_eq!(path, Path::new("/data/00000000001073741824.log"));
+        assert_eq!(parse_segment_start(&path), Some(1 << 30));
+        assert_eq!(parse_segment_start(Path::new("/data/1.log")), None);
+        assert_eq!(parse_segment_start(Path::new("/data/00000000001073741824.idx")), None);
+    }
+}

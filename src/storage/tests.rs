@@ -1,0 +1,247 @@
+//! Storage tests. Every test in `on_every_backend!` runs against real
+//! O_DIRECT files in a temporary directory, memory, and the fault-injecting
+//! backend with no faults planned. Fault tests use the fault backend alone.
+
+use super::backend::{DmaStorage, FaultPlan, FaultyStorage, MemoryStorage, Storage};
+use super::*;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+pub(crate) fn run<F: Future>(future: F) -> F::Output {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("a glommio executor for the test");
+    executor.run(future)
+}
+
+fn config(dir: &Path) -> LogConfig {
+    LogConfig {
+        segment_size_bytes: 256 * 1024,
+        buffer_capacity_bytes: 64 * 1024,
+        recent_buffers_bytes: 128 * 1024,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..LogConfig::new(dir)
+    }
+}
+
+/// What a simulated crash does on each backend: memory and faults lose what
+/// no fdatasync covered; a real directory keeps what the device accepted.
+trait Crash {
+    fn crash(&self);
+}
+
+impl Crash for DmaStorage {
+    fn crash(&self) {}
+}
+
+impl Crash for MemoryStorage {
+    fn crash(&self) {
+        MemoryStorage::crash(self)
+    }
+}
+
+impl Crash for FaultyStorage {
+    fn crash(&self) {
+        FaultyStorage::crash(self)
+    }
+}
+
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn dma() {
+                let temp = tempfile::tempdir().expect("temp dir");
+                super::run(super::$name(super::DmaStorage, super::config(temp.path())));
+            }
+            #[test]
+            fn memory() {
+                super::run(super::$name(super::MemoryStorage::new(), super::config("/memory".as_ref())));
+            }
+            #[test]
+            fn faulty() {
+                let storage = super::FaultyStorage::new(super::FaultPlan::default());
+                super::run(super::$name(storage, super::config("/faulty".as_ref())));
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    appended_records_read_back_byte_for_byte,
+    records_survive_a_clean_reopen,
+    records_survive_a_crash_without_checkpoint,
+    segments_roll_over_and_recover,
+    unflushed_records_are_invisible,
+    concurrent_appends_share_fdatasyncs,
+    retention_deletes_old_segments_and_their_offsets,
+    an_oversized_record_is_refused,
+    async_mode_acknowledges_after_the_write,
+);
+
+/// A message whose content says which one it is, so damage shows.
+fn message(queue_id: u32, sequence: u64) -> Vec<u8> {
+    let length = 40 + (sequence as usize * 37) % 900;
+    let mut bytes = Vec::with_capacity(length);
+    while bytes.len() < length {
+        bytes.extend_from_slice(&(u64::from(queue_id) << 48 | sequence).to_le_bytes());
+    }
+    bytes.truncate(length);
+    bytes
+}
+
+fn request(queue_id: u32, message: &[u8]) -> AppendRequest<'_> {
+    AppendRequest { queue_id, indexed: true, tag_hash: queue_id, message, ..AppendRequest::default() }
+}
+
+async fn append_all<S: Storage>(log: &CommitLog<S>, queue_id: u32, sequences: std::ops::Range<u64>) {
+    for sequence in sequences {
+        let message = message(queue_id, sequence);
+        let appended = log.append(request(queue_id, &message)).await.expect("append");
+        assert_eq!(appended.queue_offset, Some(sequence));
+    }
+}
+
+async fn assert_queue<S: Storage>(log: &CommitLog<S>, queue_id: u32, count: u64) {
+    let mut offset = 0;
+    while offset < count {
+        let batch = log.read(queue_id, offset, 50, 1 << 20).await.expect("read");
+        assert!(!batch.records.is_empty(), "queue {queue_id}: nothing at offset {offset} of {count}");
+        for record in &batch.records {
+            assert_eq!(record.queue_offset, offset);
+            assert_eq!(record.message(), message(queue_id, offset), "queue {queue_id} offset {offset}");
+            offset += 1;
+        }
+    }
+    assert_eq!(log.visible_end_offset(queue_id), count, "queue {queue_id} holds more than expected");
+}
+
+async fn appended_records_read_back_byte_for_byte<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage, config).await.expect("open");
+    for queue_id in 0..3 {
+        append_all(&log, queue_id, 0..40).await;
+    }
+    for queue_id in 0..3 {
+        assert_queue(&log, queue_id, 40).await;
+    }
+    let batch = log.read(1, 10, 5, 1 << 20).await.expect("read");
+    assert_eq!((batch.records.len(), batch.next_offset, batch.visible_end_offset), (5, 15, 40));
+    let small = log.read(1, 0, 100, 1).await.expect("read");
+    assert_eq!(small.records.len(), 1, "the first record comes even past bytes_max");
+    log.close().await.expect("close");
+}
+
+async fn records_survive_a_clean_reopen<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    append_all(&log, 7, 0..100).await;
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("reopen");
+    assert_queue(&log, 7, 100).await;
+    append_all(&log, 7, 100..150).await;
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen");
+    assert_queue(&log, 7, 150).await;
+}
+
+async fn records_survive_a_crash_without_checkpoint<S: Storage + Crash>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    append_all(&log, 1, 0..60).await;
+    log.checkpoint().await.expect("checkpoint");
+    append_all(&log, 1, 60..120).await;
+    append_all(&log, 2, 0..30).await;
+    drop(log);
+    storage.crash();
+    let log = CommitLog::open(storage, config).await.expect("recover");
+    assert_queue(&log, 1, 120).await;
+    assert_queue(&log, 2, 30).await;
+}
+
+async fn segments_roll_over_and_recover<S: Storage + Crash>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    append_all(&log, 0, 0..1500).await;
+    assert!(log.positions().flushed > 3 * config.segment_size_bytes, "the test must span several segments");
+    drop(log);
+    storage.crash();
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("recover");
+    assert_queue(&log, 0, 1500).await;
+    append_all(&log, 0, 1500..1600).await;
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen");
+    assert_queue(&log, 0, 1600).await;
+}
+
+async fn unflushed_records_are_invisible<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage, config).await.expect("open");
+    append_all(&log, 0, 0..3).await;
+    let message = message(0, 3);
+    let appended = log.append_buffered(request(0, &message)).await.expect("append");
+    // No await point since: the flusher cannot have run.
+    let batch = log.read(0, 3, 10, 1 << 20).await.expect("read");
+    assert!(batch.records.is_empty(), "a record was visible before its fdatasync");
+    assert_eq!(log.visible_end_offset(0), 3);
+    log.wait_acknowledgeable(appended.end).await.expect("durable");
+    assert_queue(&log, 0, 4).await;
+}
+
+async fn concurrent_appends_share_fdatasyncs<S: Storage>(storage: S, config: LogConfig) {
+    let log = std::rc::Rc::new(CommitLog::open(storage, config).await.expect("open"));
+    let appenders: Vec<_> = (0..64u32)
+        .map(|queue_id| {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                for sequence in 0..10 {
+                    let message = message(queue_id, sequence);
+                    log.append(request(queue_id, &message)).await.expect("append");
+                }
+            })
+        })
+        .collect();
+    for appender in appenders {
+        appender.await;
+    }
+    let stats = log.stats();
+    assert_eq!(stats.records_flushed, 640);
+    assert!(stats.flush_count < 320, "{} flushes for 640 records: group commit did not batch", stats.flush_count);
+    for queue_id in 0..64 {
+        assert_queue(&log, queue_id, 10).await;
+    }
+}
+
+async fn retention_deletes_old_segments_and_their_offsets<S: Storage>(storage: S, mut config: LogConfig) {
+    config.retention.max_total_bytes = Some(3 * config.segment_size_bytes);
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    append_all(&log, 0, 0..2000).await;
+    let deleted = log.enforce_retention(now_us()).await.expect("retention");
+    assert!(deleted > 0, "nothing deleted");
+    let earliest = log.base_offset(0);
+    assert!(earliest > 0);
+    match log.read(0, 0, 1, 1 << 20).await {
+        Err(LogError::OffsetTruncated { earliest: reported, .. }) => assert_eq!(reported, earliest),
+        other => panic!("expected OffsetTruncated, got {other:?}"),
+    }
+    let batch = log.read(0, earliest, 10, 1 << 20).await.expect("read after retention");
+    assert_eq!(batch.records[0].message(), message(0, earliest));
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen");
+    assert_eq!(log.base_offset(0), earliest);
+    assert_eq!(log.visible_end_offset(0), 2000);
+}
+
+async fn an_oversized_record_is_refused<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage, config.clone()).await.expect("open");
+    let huge = vec![1; config.record_size_bytes_max()];
+    assert!(matches!(log.append(request(0, &huge)).await, Err(LogError::RecordTooLarge { .. })));
+    append_all(&log, 0, 0..2).await;
+    assert_queue(&log, 0, 2).await;
+}
+
+async fn async_mode_acknowledges_after_the_write<S: Storage>(storage: S, mut config: LogConfig) {
+    config.flush = FlushMode::Async { interval: Duration::from_millis(5) };
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    append_all(&log, 0, 0..200).await;
+    assert_queue(&log, 0, 200).await;
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen");
+    assert_queue(&log, 0, 200).await;
+}

@@ -1,0 +1,195 @@
+//! Verifying a producer's message, and building one (for the client).
+//!
+//! The broker never re-encodes a message: a [`VerifiedMessage`] owns the
+//! producer's bytes and the few fields the broker routes by, read once.
+
+use super::generated::{Message, MessageArgs, MessageId, TransactionKind};
+use crate::constants::{MESSAGE_SIZE_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX};
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, VerifierOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
+    MessageTooLarge { size_bytes: usize, max_bytes: usize },
+    #[error("invalid message flatbuffer: {0}")]
+    InvalidMessage(String),
+    #[error("message topic is empty")]
+    EmptyTopic,
+}
+
+fn verifier_options() -> VerifierOptions {
+    VerifierOptions {
+        max_depth: VERIFIER_DEPTH_MAX,
+        max_tables: VERIFIER_TABLES_MAX,
+        max_apparent_size: MESSAGE_SIZE_BYTES_MAX,
+        ignore_missing_null_terminator: false,
+    }
+}
+
+/// Hash of a tag, kept in the queue index for filtering without reading
+/// the message.
+pub fn tag_hash(tag: &str) -> u32 {
+    crc32fast::hash(tag.as_bytes())
+}
+
+/// A message that passed the flatbuffers verifier with the broker's limits.
+#[derive(Clone, Debug)]
+pub struct VerifiedMessage {
+    bytes: Bytes,
+    pub msg_id: (u64, u64),
+    pub queue: u32,
+    pub tag_hash: u32,
+    pub producer_id: u64,
+    pub sequence: u64,
+    pub is_half: bool,
+    pub delay_level: u8,
+    pub deliver_at_ms: u64,
+}
+
+/// Verifies `bytes` as a `Message` within the broker's limits.
+pub fn verify_message(bytes: Bytes) -> Result<VerifiedMessage, WireError> {
+    if bytes.len() > MESSAGE_SIZE_BYTES_MAX {
+        return Err(WireError::MessageTooLarge { size_bytes: bytes.len(), max_bytes: MESSAGE_SIZE_BYTES_MAX });
+    }
+    let message = flatbuffers::root_with_opts::<Message>(&verifier_options(), &bytes)
+        .map_err(|error| WireError::InvalidMessage(error.to_string()))?;
+    if message.topic().is_empty() {
+        return Err(WireError::EmptyTopic);
+    }
+    let msg_id = message.msg_id();
+    let verified = VerifiedMessage {
+        msg_id: (msg_id.hi(), msg_id.lo()),
+        queue: message.queue(),
+        tag_hash: message.tags().map(tag_hash).unwrap_or(0),
+        producer_id: message.producer_id(),
+        sequence: message.sequence(),
+        is_half: message.transaction() == TransactionKind::Half,
+        delay_level: message.delay_level(),
+        deliver_at_ms: message.deliver_at_ms(),
+        bytes: Bytes::new(),
+    };
+    Ok(VerifiedMessage { bytes, ..verified })
+}
+
+impl VerifiedMessage {
+    /// The producer's bytes, unchanged.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Reads the message; cannot fail, it was verified.
+    pub fn message(&self) -> Message<'_> {
+        // SAFETY: `bytes` passed `root_with_opts::<Message>` in
+        // `verify_message` and is immutable since.
+        unsafe { flatbuffers::root_unchecked::<Message>(&self.bytes) }
+    }
+}
+
+/// The fields a producer sets; `build` encodes them once, for good.
+#[derive(Clone, Debug, Default)]
+pub struct MessageDraft<'a> {
+    pub msg_id: (u64, u64),
+    pub topic: &'a str,
+    pub queue: u32,
+    pub keys: &'a [&'a str],
+    pub tag: Option<&'a str>,
+    pub properties: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    pub producer_id: u64,
+    pub sequence: u64,
+    pub born_timestamp_us: u64,
+    pub delay_level: u8,
+    pub deliver_at_ms: u64,
+    pub half: bool,
+    pub producer_group: Option<&'a str>,
+    pub transaction_id: Option<&'a str>,
+}
+
+impl MessageDraft<'_> {
+    pub fn build(&self) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::with_capacity(self.body.len() + 256);
+        let topic = builder.create_string(self.topic);
+        let keys: Vec<_> = self.keys.iter().map(|key| builder.create_string(key)).collect();
+        let keys = (!keys.is_empty()).then(|| builder.create_vector(&keys));
+        let tags = self.tag.map(|tag| builder.create_string(tag));
+        let properties: Vec<_> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let key = builder.create_string(key);
+                let value = builder.create_string(value);
+                super::generated::Property::create(
+                    &mut builder,
+                    &super::generated::PropertyArgs { key: Some(key), value: Some(value) },
+                )
+            })
+            .collect();
+        let properties = (!properties.is_empty()).then(|| builder.create_vector(&properties));
+        let body = builder.create_vector(self.body);
+        let producer_group = self.producer_group.map(|group| builder.create_string(group));
+        let transaction_id = self.transaction_id.map(|id| builder.create_string(id));
+        let msg_id = MessageId::new(self.msg_id.0, self.msg_id.1);
+        let args = MessageArgs {
+            msg_id: Some(&msg_id),
+            topic: Some(topic),
+            queue: self.queue,
+            keys,
+            tags,
+            properties,
+            body: Some(body),
+            producer_id: self.producer_id,
+            sequence: self.sequence,
+            born_timestamp_us: self.born_timestamp_us,
+            delay_level: self.delay_level,
+            deliver_at_ms: self.deliver_at_ms,
+            transaction: if self.half { TransactionKind::Half } else { TransactionKind::None },
+            producer_group,
+            transaction_id,
+        };
+        let message = Message::create(&mut builder, &args);
+        builder.finish_minimal(message);
+        builder.finished_data().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_built_message_verifies_and_reads_back_unchanged() {
+        let draft = MessageDraft {
+            msg_id: (1, 2),
+            topic: "orders",
+            queue: 3,
+            keys: &["k1"],
+            tag: Some("blue"),
+            body: b"payload",
+            producer_id: 9,
+            sequence: 10,
+            ..MessageDraft::default()
+        };
+        let bytes = Bytes::from(draft.build());
+        let verified = verify_message(bytes.clone()).unwrap();
+        assert_eq!(verified.bytes(), &bytes);
+        assert_eq!(verified.msg_id, (1, 2));
+        assert_eq!(verified.tag_hash, tag_hash("blue"));
+        assert_eq!(verified.message().body().map(|body| body.bytes()), Some(&b"payload"[..]));
+    }
+
+    #[test]
+    fn garbage_and_truncated_messages_are_refused() {
+        assert!(matches!(verify_message(Bytes::from_static(b"garbage!")), Err(WireError::InvalidMessage(_))));
+        let draft = MessageDraft { topic: "t", body: &[7; 100], ..MessageDraft::default() };
+        let bytes = draft.build();
+        let truncated = Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
+        assert!(verify_message(truncated).is_err());
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_before_parsing() {
+        let huge = Bytes::from(vec![0; MESSAGE_SIZE_BYTES_MAX + 1]);
+        assert!(matches!(verify_message(huge), Err(WireError::MessageTooLarge { .. })));
+    }
+}
