@@ -47,4 +47,6 @@ impl<S: backend::Storage> CommitLog<S> {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;

@@ -14,8 +14,13 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// Largest single disk read when records are contiguous.
+/// Largest single disk read covering several records.
 const READ_COALESCE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Records of one queue interleave with other queues' records in the log;
+/// reading the gap between two of them is cheaper than a second I/O when the
+/// gap is at most this large.
+const READ_COALESCE_GAP_BYTES_MAX: u64 = 64 * 1024;
 
 /// A buffer the flusher wrote, kept for reads of recent records.
 pub struct WrittenBuffer {
@@ -207,16 +212,17 @@ impl<S: Storage> CommitLog<S> {
     }
 }
 
-/// How many slots from the first are adjacent in the log and small enough
-/// to read at once.
+/// How many slots from the first lie close enough, in increasing position,
+/// to read with one I/O.
 fn contiguous_run(slots: &[Slot]) -> usize {
     let mut run = 1;
     while run < slots.len() {
         let previous = &slots[run - 1].entry;
         let next = &slots[run].entry;
-        let adjacent = previous.position + record::padded_size(previous.size_bytes as usize) as u64 == next.position;
+        let previous_end = previous.position + u64::from(previous.size_bytes);
+        let close = next.position >= previous_end && next.position - previous_end <= READ_COALESCE_GAP_BYTES_MAX;
         let span = next.position + u64::from(next.size_bytes) - slots[0].entry.position;
-        if !adjacent || span > READ_COALESCE_BYTES_MAX {
+        if !close || span > READ_COALESCE_BYTES_MAX {
             break;
         }
         run += 1;

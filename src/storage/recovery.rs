@@ -288,7 +288,7 @@ async fn examine_tail<F: StorageFile>(
     let probe_length = (segment.size_bytes - offset).min(window.max(RECOVERY_PROBE_BYTES_MIN)) as usize;
     let bytes = SegmentReader::new(segment).bytes(offset, probe_length).await?.to_vec();
     let dirty_end = end.position + bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last as u64 + 1);
-    let valid_after = first_valid_record(&bytes).map(|at| end.position + at as u64);
+    let valid_after = last_valid_record(&bytes).map(|at| end.position + at as u64);
     let mut corruption = None;
     if let Some(at) = valid_after.filter(|at| at - end.position >= window) {
         corruption = Some(format!(
@@ -313,12 +313,21 @@ async fn examine_tail<F: StorageFile>(
     Ok(Tail { dirty_end, corruption })
 }
 
-/// Offset of the first valid record in `bytes` after its start.
-fn first_valid_record(bytes: &[u8]) -> Option<usize> {
-    (RECORD_ALIGNMENT_BYTES..bytes.len()).step_by(RECORD_ALIGNMENT_BYTES).find(|at| {
-        let candidate = &bytes[*at..];
-        record::claimed_length(candidate).is_some() && matches!(record::decode(candidate), Decoded::Valid(_))
-    })
+/// Offset of the last valid record in `bytes` after its start: how far
+/// behind the end of the log intact data still lies.
+fn last_valid_record(bytes: &[u8]) -> Option<usize> {
+    let mut at = RECORD_ALIGNMENT_BYTES;
+    let mut last = None;
+    while at < bytes.len() {
+        match record::decode(&bytes[at..]) {
+            Decoded::Valid(header) if record::claimed_length(&bytes[at..]).is_some() => {
+                last = Some(at);
+                at += header.padded_size();
+            }
+            _ => at += RECORD_ALIGNMENT_BYTES,
+        }
+    }
+    last
 }
 
 /// Refuses corruption (unless overridden), zeroes the torn tail and removes

@@ -87,6 +87,11 @@ impl FaultyStorage {
         self.memory.crash_tearing(&mut state.rng);
     }
 
+    /// Simulated crash that loses every unsynced write, whole.
+    pub fn crash_losing_unsynced(&self) {
+        self.memory.crash();
+    }
+
     pub fn flip_bit(&self, path: &Path, position: u64, bit: u8) -> io::Result<()> {
         self.memory.flip_bit(path, position, bit)
     }
