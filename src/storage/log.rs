@@ -214,6 +214,12 @@ impl<S: Storage> CommitLog<S> {
         &self.shared
     }
 
+    /// Resolves once the segment after the active one is zero-filled and
+    /// ready (benchmarks use it to keep preparation out of a measurement).
+    pub async fn ready_next_segment(&self) -> Result<(), LogError> {
+        self.shared.prepare_next_segment().await
+    }
+
     /// Writes the index files and a checkpoint now.
     pub async fn checkpoint(&self) -> Result<(), LogError> {
         super::checkpoint::write_checkpoint(&self.shared).await

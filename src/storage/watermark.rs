@@ -3,20 +3,50 @@
 //! to reach; a [`Signal`] wakes one background task.
 
 use std::cell::{Cell, RefCell};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
+
+/// A waiting task and the position it waits for, ordered by position.
+struct Waiter {
+    target: u64,
+    waker: Waker,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.target == other.target
+    }
+}
+
+impl Eq for Waiter {}
+
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiter {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.target.cmp(&other.target)
+    }
+}
 
 /// A position that only grows, which tasks await to reach. Once failed, every
 /// current and future waiter gets the failure.
 pub struct Watermark<E: Clone> {
     value: Cell<u64>,
     failure: RefCell<Option<E>>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
+    /// Lowest target first. A task polled twice may be in it twice; it is
+    /// then woken twice, which is harmless, and the heap stays O(log n).
+    waiters: RefCell<BinaryHeap<Reverse<Waiter>>>,
 }
 
 impl<E: Clone> Watermark<E> {
     pub fn new(value: u64) -> Self {
-        Self { value: Cell::new(value), failure: RefCell::new(None), waiters: RefCell::new(Vec::new()) }
+        Self { value: Cell::new(value), failure: RefCell::new(None), waiters: RefCell::new(BinaryHeap::new()) }
     }
 
     pub fn get(&self) -> u64 {
@@ -31,18 +61,15 @@ impl<E: Clone> Watermark<E> {
     pub fn advance(&self, value: u64) {
         debug_assert!(value >= self.value.get(), "watermark moved back: {} -> {value}", self.value.get());
         self.value.set(value);
-        let reached: Vec<Waker> = {
+        let mut reached = Vec::new();
+        {
             let mut waiters = self.waiters.borrow_mut();
-            let mut reached = Vec::new();
-            waiters.retain(|(target, waker)| {
-                let done = *target <= value;
-                if done {
-                    reached.push(waker.clone());
+            while waiters.peek().is_some_and(|Reverse(waiter)| waiter.target <= value) {
+                if let Some(Reverse(waiter)) = waiters.pop() {
+                    reached.push(waiter.waker);
                 }
-                !done
-            });
-            reached
-        };
+            }
+        }
         reached.into_iter().for_each(Waker::wake);
     }
 
@@ -50,7 +77,7 @@ impl<E: Clone> Watermark<E> {
     pub fn fail(&self, error: E) {
         self.failure.borrow_mut().get_or_insert(error);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        waiters.into_iter().for_each(|(_, waker)| waker.wake());
+        waiters.into_iter().for_each(|Reverse(waiter)| waiter.waker.wake());
     }
 
     /// Resolves once the mark is at least `target`, or with the failure.
@@ -63,11 +90,7 @@ impl<E: Clone> Watermark<E> {
             if value >= target {
                 return Poll::Ready(Ok(value));
             }
-            let mut waiters = self.waiters.borrow_mut();
-            match waiters.iter_mut().find(|(_, waker)| waker.will_wake(context.waker())) {
-                Some(entry) => entry.0 = entry.0.min(target),
-                None => waiters.push((target, context.waker().clone())),
-            }
+            self.waiters.borrow_mut().push(Reverse(Waiter { target, waker: context.waker().clone() }));
             Poll::Pending
         })
         .await

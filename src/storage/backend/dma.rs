@@ -154,7 +154,8 @@ impl Storage for DmaStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let directory = Directory::open(dir).await?;
+        // glommio's Directory::open refuses relative paths (EBADF).
+        let directory = Directory::open(std::path::absolute(dir)?).await?;
         directory.sync().await?;
         directory.close().await?;
         Ok(())

@@ -1,0 +1,216 @@
+//! Storage benchmark: the raw disk and the commit log, measured in the same
+//! run on the same directory, with the log's figures as ratios of the raw
+//! ones. Not a test: nothing here asserts on speed.
+//!
+//! `cargo bench --bench storage` (data in ./target/bench-data, or
+//! RINGMQ_BENCH_DIR). RINGMQ_BENCH_SECONDS sets each phase's length (3).
+//! The last line printed is one JSON object with every figure.
+
+use glommio::io::OpenOptions;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use ringmq::storage::backend::{DmaStorage, Storage};
+use ringmq::storage::{AppendRequest, CommitLog, LogConfig};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const RECORD_MESSAGE_BYTES: usize = 1024;
+const RAW_FSYNC_ITERATIONS: usize = 3000;
+const RAW_FILE_BYTES: u64 = 64 * 1024 * 1024;
+const RAW_BANDWIDTH_BYTES: u64 = 1024 * 1024 * 1024;
+const RAW_WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+const RAW_WRITES_IN_FLIGHT: u64 = 4;
+const APPENDER_COUNTS: [usize; 3] = [1, 16, 256];
+/// A phase stops at its time or at this many bytes, whichever comes first,
+/// so it crosses at most one (prepared) segment boundary.
+const PHASE_BYTES_MAX: u64 = 900 * 1024 * 1024;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+fn open_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    options
+}
+
+/// O_DIRECT overwrite of `write_bytes` + fdatasync into a preallocated,
+/// zero-filled file, repeated.
+async fn raw_fsync_latency(dir: &Path, write_bytes: usize) -> Histogram<u64> {
+    let path = dir.join("raw-fsync");
+    drop(DmaStorage.create_zeroed(&path, RAW_FILE_BYTES).await.expect("create raw file"));
+    let file = open_options().dma_open(&path).await.expect("open raw file");
+    let mut latency = histogram();
+    let iterations = RAW_FSYNC_ITERATIONS * 4096 / write_bytes.max(4096) + 100;
+    for iteration in 0..iterations {
+        let mut buffer = file.alloc_dma_buffer(write_bytes);
+        buffer.as_bytes_mut().fill(iteration as u8);
+        let position = (iteration as u64 * write_bytes as u64) % RAW_FILE_BYTES;
+        let started = Instant::now();
+        file.write_at(buffer, position).await.expect("raw write");
+        file.fdatasync().await.expect("raw fdatasync");
+        latency.saturating_record(started.elapsed().as_micros() as u64);
+    }
+    file.close().await.expect("close");
+    let _ = std::fs::remove_file(&path);
+    latency
+}
+
+/// Sequential O_DIRECT writes of 1 MiB, a few in flight, then fdatasync.
+async fn raw_write_bandwidth(dir: &Path) -> f64 {
+    let path = dir.join("raw-bandwidth");
+    drop(DmaStorage.create_zeroed(&path, RAW_BANDWIDTH_BYTES).await.expect("create raw file"));
+    let file = Rc::new(open_options().dma_open(&path).await.expect("open raw file"));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..RAW_WRITES_IN_FLIGHT)
+        .map(|writer| {
+            let file = file.clone();
+            glommio::spawn_local(async move {
+                let chunks = RAW_BANDWIDTH_BYTES / RAW_WRITE_CHUNK_BYTES as u64;
+                for chunk in (writer..chunks).step_by(RAW_WRITES_IN_FLIGHT as usize) {
+                    let mut buffer = file.alloc_dma_buffer(RAW_WRITE_CHUNK_BYTES);
+                    buffer.as_bytes_mut().fill(chunk as u8);
+                    file.write_at(buffer, chunk * RAW_WRITE_CHUNK_BYTES as u64).await.expect("raw write");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await;
+    }
+    file.fdatasync().await.expect("raw fdatasync");
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    RAW_BANDWIDTH_BYTES as f64 / seconds / 1e6
+}
+
+struct Phase {
+    appenders: usize,
+    records: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+    flushes: u64,
+    flush_p50_us: u64,
+}
+
+async fn append_phase(log: &Rc<CommitLog<DmaStorage>>, appenders: usize, duration: Duration) -> Phase {
+    log.ready_next_segment().await.expect("prepare a segment");
+    let stats_before = log.stats();
+    let records_max = PHASE_BYTES_MAX / RECORD_MESSAGE_BYTES as u64 / appenders as u64;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..appenders)
+        .map(|appender| {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let message = vec![appender as u8; RECORD_MESSAGE_BYTES];
+                let mut latency = histogram();
+                let mut records = 0;
+                while started.elapsed() < duration && records < records_max {
+                    let request = AppendRequest {
+                        queue_id: appender as u32,
+                        indexed: true,
+                        message: &message,
+                        ..Default::default()
+                    };
+                    let sent = Instant::now();
+                    log.append(request).await.expect("append");
+                    latency.saturating_record(sent.elapsed().as_micros() as u64);
+                    records += 1;
+                }
+                (records, latency)
+            })
+        })
+        .collect();
+    let mut phase = Phase { appenders, records: 0, seconds: 0.0, latency: histogram(), flushes: 0, flush_p50_us: 0 };
+    for task in tasks {
+        let (records, latency) = task.await;
+        phase.records += records;
+        phase.latency.add(&latency).expect("same histogram bounds");
+    }
+    phase.seconds = started.elapsed().as_secs_f64();
+    let stats = log.stats();
+    phase.flushes = stats.flush_count - stats_before.flush_count;
+    let mut flush_latency = stats.flush_latency_us.clone();
+    flush_latency.subtract(&stats_before.flush_latency_us).expect("same histogram bounds");
+    phase.flush_p50_us = flush_latency.value_at_quantile(0.5);
+    phase
+}
+
+fn bench_dir() -> PathBuf {
+    let dir = std::env::var_os("RINGMQ_BENCH_DIR").map_or_else(|| PathBuf::from("target/bench-data"), PathBuf::from);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    dir
+}
+
+async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
+    println!("ringmq storage benchmark in {} ({} s per phase)", dir.display(), phase_duration.as_secs_f64());
+    let raw_fsync = raw_fsync_latency(&dir, 4096).await;
+    let (raw_p50, raw_p99) = (raw_fsync.value_at_quantile(0.5), raw_fsync.value_at_quantile(0.99));
+    println!("raw 4 KiB O_DIRECT overwrite + fdatasync: p50 {raw_p50} us, p99 {raw_p99} us");
+    // The most one closed-loop round of 256 appenders of 1 KiB can carry.
+    let raw_batch_p50 = raw_fsync_latency(&dir, 256 * 1024).await.value_at_quantile(0.5);
+    let batch_ceiling_mb_s = 256.0 * 1024.0 / raw_batch_p50.max(1) as f64;
+    println!(
+        "raw 256 KiB O_DIRECT overwrite + fdatasync: p50 {raw_batch_p50} us (ceiling for 256 x 1 KiB sync appenders: {batch_ceiling_mb_s:.0} MB/s)"
+    );
+    let raw_mb_s = raw_write_bandwidth(&dir).await;
+    println!("raw sequential O_DIRECT write ({RAW_WRITES_IN_FLIGHT} x 1 MiB in flight): {raw_mb_s:.0} MB/s");
+    let log = Rc::new(CommitLog::open(DmaStorage, LogConfig::new(dir.join("log"))).await.expect("open log"));
+    let mut report = json!({
+        "raw_fsync_p50_us": raw_p50, "raw_fsync_p99_us": raw_p99, "raw_write_mb_s": raw_mb_s.round(),
+        "raw_256k_fsync_p50_us": raw_batch_p50, "raw_256_appender_ceiling_mb_s": batch_ceiling_mb_s.round(),
+    });
+    let mut single_p50 = 0;
+    let mut widest_mb_s = 0.0;
+    for appenders in APPENDER_COUNTS {
+        let phase = append_phase(&log, appenders, phase_duration).await;
+        let records_s = phase.records as f64 / phase.seconds;
+        let mb_s = records_s * RECORD_MESSAGE_BYTES as f64 / 1e6;
+        let [p50, p99, p999] = [0.5, 0.99, 0.999].map(|quantile| phase.latency.value_at_quantile(quantile));
+        println!(
+            "sync append, {:>3} appenders: {records_s:>9.0} records/s {mb_s:>7.1} MB/s  p50 {p50} us  p99 {p99} us  p99.9 {p999} us  ({:.1} records per fdatasync, flush p50 {} us)",
+            phase.appenders,
+            phase.records as f64 / phase.flushes.max(1) as f64,
+            phase.flush_p50_us,
+        );
+        report[format!("appenders_{appenders}")] = json!({
+            "records_s": records_s.round(), "mb_s": (mb_s * 10.0).round() / 10.0,
+            "p50_us": p50, "p99_us": p99, "p999_us": p999,
+            "records_per_fdatasync": (phase.records as f64 / phase.flushes.max(1) as f64 * 10.0).round() / 10.0,
+            "flush_p50_us": phase.flush_p50_us,
+        });
+        if appenders == 1 {
+            single_p50 = p50;
+        }
+        widest_mb_s = mb_s;
+    }
+    let latency_ratio = single_p50 as f64 / raw_p50.max(1) as f64;
+    let bandwidth_ratio = widest_mb_s / raw_mb_s;
+    println!("ratio: 1-appender append p50 / raw fdatasync p50 = {latency_ratio:.2} (target <= 1.3)");
+    println!("ratio: 256-appender MB/s / raw write MB/s = {bandwidth_ratio:.2} (target >= 0.40)");
+    println!(
+        "ratio: 256-appender MB/s / raw 256 KiB write+fdatasync ceiling = {:.2}",
+        widest_mb_s / batch_ceiling_mb_s
+    );
+    report["ratio_append_p50_to_raw_fsync_p50"] = json!((latency_ratio * 100.0).round() / 100.0);
+    report["ratio_256_appenders_to_raw_bandwidth"] = json!((bandwidth_ratio * 100.0).round() / 100.0);
+    match Rc::try_unwrap(log) {
+        Ok(log) => log.close().await.expect("close"),
+        Err(_) => panic!("the log is still shared"),
+    }
+    report
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is not ours.
+    let seconds = std::env::var("RINGMQ_BENCH_SECONDS").ok().and_then(|value| value.parse().ok()).unwrap_or(3.0);
+    let dir = bench_dir();
+    let executor = LocalExecutorBuilder::new(Placement::Fixed(0)).make().expect("executor");
+    let report = executor.run(bench(dir.clone(), Duration::from_secs_f64(seconds)));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{report}");
+}
