@@ -51,3 +51,18 @@ const _: () = assert!(RECORD_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(BLOCK_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_ZERO_FILL_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(SEGMENT_SIZE_BYTES_MIN % BLOCK_SIZE_BYTES as u64 == 0);
+
+/// Largest frame body the broker reads: the largest message plus room for
+/// the request around it. A batch must fit too.
+pub const FRAME_BODY_BYTES_MAX: usize = MESSAGE_SIZE_BYTES_MAX + 64 * 1024;
+
+/// Largest number of queues a topic may have.
+pub const TOPIC_QUEUES_MAX: u32 = 1024;
+
+/// Longest topic or group name, in bytes.
+pub const NAME_BYTES_MAX: usize = 249;
+
+/// Longest long poll a fetch may ask for.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+const _: () = assert!(FRAME_BODY_BYTES_MAX > MESSAGE_SIZE_BYTES_MAX);

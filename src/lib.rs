@@ -12,6 +12,10 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod cli;
+pub mod client;
 pub mod constants;
+pub mod protocol;
+pub mod server;
 pub mod storage;
 pub mod wire;

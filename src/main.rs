@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ringmq` binary: see `ringmq --help`.
+
+fn main() -> std::process::ExitCode {
+    ringmq::cli::main()
+}

@@ -93,7 +93,7 @@ pub struct LogShared<S: Storage> {
 /// cancels its background tasks (prefer `close`).
 pub struct CommitLog<S: Storage> {
     shared: Rc<LogShared<S>>,
-    tasks: Vec<Task<()>>,
+    tasks: RefCell<Vec<Task<()>>>,
 }
 
 pub fn now_us() -> u64 {
@@ -121,7 +121,7 @@ impl<S: Storage> CommitLog<S> {
         let flusher = glommio::spawn_local(run_flusher(shared.clone()));
         let checkpointer = glommio::spawn_local(super::checkpoint::run_checkpointer(shared.clone()));
         shared.prepare_in_background();
-        Ok(Self { shared, tasks: vec![flusher, checkpointer] })
+        Ok(Self { shared, tasks: RefCell::new(vec![flusher, checkpointer]) })
     }
 
     /// Appends one record and resolves once it is acknowledgeable (see the
@@ -225,11 +225,12 @@ impl<S: Storage> CommitLog<S> {
         super::checkpoint::write_checkpoint(&self.shared).await
     }
 
-    /// Flushes everything, writes a checkpoint and stops the tasks.
-    pub async fn close(mut self) -> Result<(), LogError> {
+    /// Flushes everything, writes a checkpoint and stops the tasks. Appends
+    /// placed after it began may be refused or lost.
+    pub async fn close(&self) -> Result<(), LogError> {
         self.shared.closing.set(true);
         self.shared.flush_signal.notify();
-        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
+        let mut tasks = std::mem::take(&mut *self.tasks.borrow_mut()).into_iter();
         if let Some(flusher) = tasks.next() {
             flusher.await;
         }

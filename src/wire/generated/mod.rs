@@ -35,6 +35,27 @@
 )]
 #[rustfmt::skip]
 mod message_generated;
+#[allow(unknown_lints)]
+#[allow(
+    unused_imports,
+    mismatched_lifetime_syntaxes,
+    dead_code,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unsafe_code,
+    missing_docs,
+    rust_2018_idioms,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used
+)]
+#[rustfmt::skip]
+mod protocol_generated;
 
-pub use self::message_generated::ringmq;
 pub use self::message_generated::ringmq::wire::*;
+
+/// Requests and responses (`schemas/protocol.fbs`).
+pub mod protocol {
+    pub use super::protocol_generated::ringmq::protocol::*;
+}

@@ -1,0 +1,69 @@
+//! `ringmq consume`: one JSON line per message; a queue's offset is
+//! committed only after the lines of the messages before it are written.
+
+use crate::client::{Client, Consumer, ConsumerOptions};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    /// Exit after this many messages.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Exit after this long without a message.
+    #[arg(long)]
+    idle_exit_ms: Option<u64>,
+    #[arg(long, default_value = super::BROKER_DEFAULT)]
+    broker: String,
+}
+
+pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
+    let client = Arc::new(Client::connect(&args.broker).map_err(|error| error.to_string())?);
+    let options = ConsumerOptions { max_wait: Duration::from_millis(200), ..ConsumerOptions::default() };
+    let mut consumer = Consumer::join(client, &args.group, &args.topic, options).map_err(|error| error.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0u64;
+    let mut last_message = Instant::now();
+    let idle = args.idle_exit_ms.map(Duration::from_millis);
+    while args.max.is_none_or(|max| printed < max) {
+        if idle.is_some_and(|idle| last_message.elapsed() >= idle) {
+            break;
+        }
+        let messages = consumer.poll().map_err(|error| error.to_string())?;
+        let mut next_offsets = BTreeMap::new();
+        for message in messages {
+            if args.max.is_some_and(|max| printed >= max) {
+                break;
+            }
+            let line = serde_json::json!({
+                "msg_id": message.msg_id_hex(),
+                "queue": message.queue,
+                "offset": message.offset,
+                "key": message.key,
+                "tag": message.tag,
+                "body": String::from_utf8_lossy(&message.body),
+                "reconsume_times": message.reconsume_times,
+            });
+            writeln!(stdout, "{line}").map_err(|error| format!("writing stdout: {error}"))?;
+            next_offsets.insert(message.queue, message.offset + 1);
+            printed += 1;
+            last_message = Instant::now();
+        }
+        stdout.flush().map_err(|error| format!("writing stdout: {error}"))?;
+        for (queue, next_offset) in next_offsets {
+            if let Err(error) = consumer.commit(queue, next_offset) {
+                tracing::warn!(%error, queue, "commit failed; these messages may come again");
+            }
+        }
+    }
+    let _ = consumer.leave();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,60 @@
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`. The
+//! JSON lines `produce` and `consume` print are a contract scripts rely on.
+
+mod consume;
+mod produce;
+mod serve;
+mod topic;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub const BROKER_DEFAULT: &str = "127.0.0.1:9876";
+
+#[derive(Parser, Debug)]
+#[command(name = "ringmq", version, about = "A message broker that never loses an acknowledged message")]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Create or list topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Send one message per stdin line; print one JSON line per acknowledgement.
+    Produce(produce::ProduceArgs),
+    /// Receive messages as a member of a group; print one JSON line each.
+    Consume(consume::ConsumeArgs),
+}
+
+fn init_logging(filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries the JSON lines.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Topic(command) => topic::run(command),
+        Command::Produce(args) => produce::run(args),
+        Command::Consume(args) => consume::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ringmq: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

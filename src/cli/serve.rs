@@ -1,0 +1,106 @@
+//! `ringmq serve`: flags over an optional TOML config file over defaults.
+
+use crate::server::{self, ServerConfig};
+use crate::storage::{FlushMode, Retention};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Flush {
+    /// Answer a produce after the fdatasync that covers it.
+    Sync,
+    /// Answer after the write; fdatasync every flush_interval_ms.
+    Async,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Host and base port: shard i listens on port + i.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Shards (one executor each); fixed when the data directory is created.
+    #[arg(long)]
+    shards: Option<u32>,
+    #[arg(long, value_enum)]
+    flush: Option<Flush>,
+    /// TOML file with any of: data_dir, listen, shards, flush,
+    /// flush_interval_ms, sync_flush_timeout_ms, segment_size_bytes,
+    /// retention_hours, retention_bytes, connections_max, in_flight_max.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    shards: Option<u32>,
+    flush: Option<Flush>,
+    flush_interval_ms: Option<u64>,
+    sync_flush_timeout_ms: Option<u64>,
+    segment_size_bytes: Option<u64>,
+    retention_hours: Option<u64>,
+    retention_bytes: Option<u64>,
+    connections_max: Option<usize>,
+    in_flight_max: Option<usize>,
+}
+
+fn split_listen(listen: &str) -> Result<(String, u16), String> {
+    let (host, port) = listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?} is not HOST:PORT"))?;
+    let port = port.parse().map_err(|_| format!("--listen {listen:?}: bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
+    let file: ConfigFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+            toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let mut config = ServerConfig::default();
+    if let Some(dir) = args.data_dir.or(file.data_dir) {
+        config.data_dir = dir;
+    }
+    let (host, base_port) = split_listen(&args.listen.or(file.listen).unwrap_or_else(|| super::BROKER_DEFAULT.into()))?;
+    (config.host, config.base_port) = (host, base_port);
+    config.shards = args.shards.or(file.shards);
+    config.flush = match args.flush.or(file.flush).unwrap_or(Flush::Sync) {
+        Flush::Sync => FlushMode::Sync,
+        Flush::Async => FlushMode::Async { interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(10)) },
+    };
+    if let Some(ms) = file.sync_flush_timeout_ms {
+        config.sync_flush_timeout = Duration::from_millis(ms);
+    }
+    if let Some(bytes) = file.segment_size_bytes {
+        config.segment_size_bytes = bytes;
+    }
+    config.retention = Retention {
+        max_age: file.retention_hours.map(|hours| Duration::from_secs(hours * 3600)),
+        max_total_bytes: file.retention_bytes,
+    };
+    if let Some(max) = file.connections_max {
+        config.connections_max = max;
+    }
+    if let Some(max) = file.in_flight_max {
+        config.in_flight_max = max.max(1);
+    }
+    Ok(config)
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    let config = config(args)?;
+    tracing::info!(data_dir = %config.data_dir.display(), host = %config.host, base_port = config.base_port, flush = ?config.flush, "starting ringmq");
+    server::run(config).map_err(|error| error.to_string())?;
+    tracing::info!("ringmq stopped");
+    Ok(ExitCode::SUCCESS)
+}

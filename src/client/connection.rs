@@ -1,0 +1,165 @@
+//! One TCP connection to one shard, usable from any thread: requests are
+//! written under a lock and answered by a reader thread that hands each
+//! response to whoever waits for its request id. Many requests may be in
+//! flight at once (pipelining).
+
+use super::ClientError;
+use crate::constants::FRAME_BODY_BYTES_MAX;
+use crate::protocol::{decode_frame, encode_frame, Frame};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+type Deliver = Box<dyn FnOnce(Result<Frame, ClientError>) + Send>;
+
+struct Shared {
+    pending: Mutex<HashMap<u32, Deliver>>,
+    closed: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn fail_all(&self, error: &ClientError) {
+        self.closed.store(true, Ordering::SeqCst);
+        let pending: Vec<Deliver> = lock(&self.pending).drain().map(|(_, deliver)| deliver).collect();
+        for deliver in pending {
+            deliver(Err(error.clone()));
+        }
+    }
+}
+
+pub struct Connection {
+    address: String,
+    writer: Mutex<TcpStream>,
+    shared: Arc<Shared>,
+    next_request_id: AtomicU32,
+}
+
+/// A request in flight; `wait` for its answer.
+pub struct Pending {
+    request_id: u32,
+    receiver: mpsc::Receiver<Result<Frame, ClientError>>,
+    shared: Arc<Shared>,
+}
+
+impl Pending {
+    pub fn wait(self, timeout: Duration) -> Result<Frame, ClientError> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(_) => {
+                lock(&self.shared.pending).remove(&self.request_id);
+                Err(ClientError::Timeout { after: timeout })
+            }
+        }
+    }
+}
+
+impl Connection {
+    pub fn open(address: &str, timeout: Duration) -> Result<Arc<Self>, ClientError> {
+        let connect_error = |error: String| ClientError::Connect { address: address.to_string(), error };
+        let resolved = address.to_socket_addrs().map_err(|error| connect_error(error.to_string()))?.next();
+        let resolved = resolved.ok_or_else(|| connect_error("no address".into()))?;
+        let stream =
+            TcpStream::connect_timeout(&resolved, timeout).map_err(|error| connect_error(error.to_string()))?;
+        stream.set_nodelay(true).map_err(|error| connect_error(error.to_string()))?;
+        let reader = stream.try_clone().map_err(|error| connect_error(error.to_string()))?;
+        let shared = Arc::new(Shared { pending: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) });
+        let reader_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("ringmq-client-{address}"))
+            .spawn(move || read_responses(reader, &reader_shared))
+            .map_err(|error| connect_error(error.to_string()))?;
+        Ok(Arc::new(Self {
+            address: address.to_string(),
+            writer: Mutex::new(stream),
+            shared,
+            next_request_id: AtomicU32::new(1),
+        }))
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Sends a request; `deliver` gets its answer (or the connection's end).
+    pub fn send_with(&self, kind: u16, body: &[u8], deliver: Deliver) -> Result<u32, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed { address: self.address.clone() });
+        }
+        // 0 is what the broker uses for answers to frames it could not read.
+        let request_id = loop {
+            let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                break id;
+            }
+        };
+        lock(&self.shared.pending).insert(request_id, deliver);
+        let frame = encode_frame(kind, request_id, body);
+        if let Err(error) = lock(&self.writer).write_all(&frame) {
+            let error = ClientError::Io { address: self.address.clone(), error: error.to_string() };
+            self.shared.fail_all(&error);
+            return Err(error);
+        }
+        Ok(request_id)
+    }
+
+    pub fn send(&self, kind: u16, body: &[u8]) -> Result<Pending, ClientError> {
+        let (sender, receiver) = mpsc::channel();
+        let deliver: Deliver = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        let request_id = self.send_with(kind, body, deliver)?;
+        Ok(Pending { request_id, receiver, shared: self.shared.clone() })
+    }
+
+    pub fn request(&self, kind: u16, body: &[u8], timeout: Duration) -> Result<Frame, ClientError> {
+        self.send(kind, body)?.wait(timeout)
+    }
+
+    /// Forgets a request whose answer is no longer wanted.
+    pub fn forget(&self, request_id: u32) {
+        lock(&self.shared.pending).remove(&request_id);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn read_responses(mut stream: TcpStream, shared: &Shared) {
+    let address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0; 64 * 1024];
+    let error = loop {
+        match decode_frame(&mut buffer, FRAME_BODY_BYTES_MAX * 2) {
+            Ok(Some(frame)) => {
+                if let Some(deliver) = lock(&shared.pending).remove(&frame.request_id) {
+                    deliver(Ok(frame));
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => break ClientError::Protocol(format!("bad frame from {address}: {error}")),
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break ClientError::Closed { address: address.clone() },
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Err(error) => break ClientError::Io { address: address.clone(), error: error.to_string() },
+        }
+    };
+    shared.fail_all(&error);
+}

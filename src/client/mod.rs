@@ -1,0 +1,210 @@
+//! The Rust client: blocking handles usable from any thread, without an
+//! async runtime. It fetches metadata from any shard, keeps one connection
+//! per shard it needs, sends every request straight to the owning shard and
+//! refreshes metadata when told `NotOwner`.
+
+mod connection;
+mod consumer;
+mod producer;
+
+pub use connection::{Connection, Pending};
+pub use consumer::{Consumer, ConsumerOptions, ReceivedMessage};
+pub use producer::{OutgoingMessage, Producer, ProducerOptions, QueueChoice, SendReceipt};
+
+use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {address}: {error}")]
+    Connect { address: String, error: String },
+    #[error("connection to {address} failed: {error}")]
+    Io { address: String, error: String },
+    #[error("connection to {address} closed")]
+    Closed { address: String },
+    #[error("no answer within {after:?}")]
+    Timeout { after: Duration },
+    #[error("broker: {0}")]
+    Broker(Failure),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    /// Whether sending the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => true,
+            ClientError::Timeout { .. } => true,
+            ClientError::Broker(failure) => matches!(
+                failure.code,
+                fb::ErrorCode::NotOwner | fb::ErrorCode::ShuttingDown | fb::ErrorCode::UnknownTopic
+            ),
+            ClientError::Protocol(_) | ClientError::Usage(_) => false,
+        }
+    }
+
+    pub fn code(&self) -> Option<fb::ErrorCode> {
+        match self {
+            ClientError::Broker(failure) => Some(failure.code),
+            _ => None,
+        }
+    }
+}
+
+/// The body of `frame` if it is a `kind` answer; the broker's failure if it
+/// is an error answer.
+pub fn expect_kind(frame: Frame, kind: Kind) -> Result<Bytes, ClientError> {
+    if frame.kind == Kind::ErrorResponse as u16 {
+        let response = verify::<fb::ErrorResponse>(&frame.body).map_err(ClientError::Protocol)?;
+        let failure = Failure::from_outcome(response.outcome())
+            .unwrap_or_else(|| Failure::new(fb::ErrorCode::Internal, "error response without an error"));
+        return Err(ClientError::Broker(failure));
+    }
+    if frame.kind != kind as u16 {
+        return Err(ClientError::Protocol(format!("expected a {kind:?} frame, got kind {}", frame.kind)));
+    }
+    Ok(frame.body)
+}
+
+#[derive(Default)]
+struct ClusterView {
+    shards: Vec<ShardEndpoint>,
+    topics: HashMap<String, TopicLayout>,
+    connections: HashMap<u32, Arc<Connection>>,
+}
+
+/// A handle on a broker. Cheap to share behind an `Arc`.
+pub struct Client {
+    bootstrap: String,
+    timeout: Duration,
+    view: Mutex<ClusterView>,
+}
+
+fn lock(view: &Mutex<ClusterView>) -> MutexGuard<'_, ClusterView> {
+    view.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Client {
+    /// Connects to any shard of a broker and reads its metadata.
+    pub fn connect(bootstrap: &str) -> Result<Self, ClientError> {
+        Self::connect_with_timeout(bootstrap, REQUEST_TIMEOUT_DEFAULT)
+    }
+
+    pub fn connect_with_timeout(bootstrap: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let client = Self { bootstrap: bootstrap.to_string(), timeout, view: Mutex::new(ClusterView::default()) };
+        client.refresh_metadata()?;
+        Ok(client)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Reads shards and topics again, from a shard it knows or the bootstrap.
+    pub fn refresh_metadata(&self) -> Result<(), ClientError> {
+        let body = protocol::metadata_request(&[]);
+        let known = lock(&self.view).connections.values().find(|connection| !connection.is_closed()).cloned();
+        let frame = match known {
+            Some(connection) => connection.request(Kind::MetadataRequest as u16, &body, self.timeout),
+            None => Err(ClientError::Closed { address: String::new() }),
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) => Connection::open(&self.bootstrap, self.timeout)?.request(
+                Kind::MetadataRequest as u16,
+                &body,
+                self.timeout,
+            )?,
+        };
+        let body = expect_kind(frame, Kind::MetadataResponse)?;
+        let response = verify::<fb::MetadataResponse>(&body).map_err(ClientError::Protocol)?;
+        let shards: Vec<ShardEndpoint> = response
+            .shards()
+            .map(|shards| {
+                shards
+                    .iter()
+                    .map(|shard| ShardEndpoint {
+                        shard: shard.shard(),
+                        host: shard.host().to_string(),
+                        port: shard.port(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if shards.is_empty() {
+            return Err(ClientError::Protocol("metadata names no shard".into()));
+        }
+        let topics = response.topics().map(|topics| topics.iter().map(protocol::read_topic).collect::<Vec<_>>());
+        let mut view = lock(&self.view);
+        view.shards = shards;
+        view.topics = topics.unwrap_or_default().into_iter().map(|topic| (topic.name.clone(), topic)).collect();
+        Ok(())
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        lock(&self.view).shards.len() as u32
+    }
+
+    /// The topic's layout, refreshing metadata once if it is unknown.
+    pub fn topic(&self, name: &str) -> Result<TopicLayout, ClientError> {
+        if let Some(topic) = lock(&self.view).topics.get(name).cloned() {
+            return Ok(topic);
+        }
+        self.refresh_metadata()?;
+        lock(&self.view).topics.get(name).cloned().ok_or_else(|| {
+            ClientError::Broker(Failure::new(fb::ErrorCode::UnknownTopic, format!("topic {name:?} does not exist")))
+        })
+    }
+
+    pub fn list_topics(&self) -> Result<Vec<TopicLayout>, ClientError> {
+        self.refresh_metadata()?;
+        let mut topics: Vec<_> = lock(&self.view).topics.values().cloned().collect();
+        topics.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(topics)
+    }
+
+    /// The open connection to `shard`, opening one if needed.
+    pub fn connection(&self, shard: u32) -> Result<Arc<Connection>, ClientError> {
+        let endpoint = {
+            let view = lock(&self.view);
+            if let Some(connection) = view.connections.get(&shard).filter(|connection| !connection.is_closed()) {
+                return Ok(connection.clone());
+            }
+            view.shards.iter().find(|endpoint| endpoint.shard == shard).cloned()
+        };
+        let endpoint = endpoint.ok_or_else(|| ClientError::Usage(format!("the broker has no shard {shard}")))?;
+        let connection = Connection::open(&format!("{}:{}", endpoint.host, endpoint.port), self.timeout)?;
+        lock(&self.view).connections.insert(shard, connection.clone());
+        Ok(connection)
+    }
+
+    /// One request to `shard`, answered with `kind`.
+    pub fn call(&self, shard: u32, request: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
+        let response = request.response().ok_or_else(|| ClientError::Usage(format!("{request:?} is not a request")))?;
+        let frame = self.connection(shard)?.request(request as u16, body, self.timeout)?;
+        expect_kind(frame, response)
+    }
+
+    /// Creates a topic (or finds it existing); returns it and whether it is new.
+    pub fn create_topic(&self, name: &str, queues: u32) -> Result<(TopicLayout, bool), ClientError> {
+        let body = self.call(0, Kind::CreateTopicRequest, &protocol::create_topic_request(name, queues))?;
+        let response = verify::<fb::CreateTopicResponse>(&body).map_err(ClientError::Protocol)?;
+        let topic = response.topic().map(protocol::read_topic);
+        let topic = topic.ok_or_else(|| ClientError::Protocol("create-topic answer without the topic".into()))?;
+        lock(&self.view).topics.insert(topic.name.clone(), topic.clone());
+        Ok((topic, response.created()))
+    }
+
+    /// The shard coordinating `group`.
+    pub fn coordinator(&self, group: &str) -> u32 {
+        protocol::coordinator_shard(group, self.shard_count().max(1))
+    }
+}

@@ -1,0 +1,303 @@
+//! Builders of every request and response body, shared by broker and client.
+
+use super::fb;
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+/// Why a request failed, as it goes on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub code: fb::ErrorCode,
+    pub message: String,
+    pub owner_shard: Option<u32>,
+}
+
+impl Failure {
+    pub fn new(code: fb::ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), owner_shard: None }
+    }
+
+    pub fn not_owner(owner_shard: u32, message: impl Into<String>) -> Self {
+        Self { code: fb::ErrorCode::NotOwner, message: message.into(), owner_shard: Some(owner_shard) }
+    }
+
+    /// Reads an outcome; `None` when it says success.
+    pub fn from_outcome(outcome: Option<fb::Outcome<'_>>) -> Option<Self> {
+        let outcome = outcome?;
+        if outcome.error() == fb::ErrorCode::None {
+            return None;
+        }
+        Some(Self {
+            code: outcome.error(),
+            message: outcome.message().unwrap_or_default().to_string(),
+            owner_shard: u32::try_from(outcome.owner_shard()).ok(),
+        })
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.code.variant_name().unwrap_or("Unknown");
+        write!(formatter, "{name}: {}", self.message)
+    }
+}
+
+/// A topic's queues and the shard owning each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicLayout {
+    pub name: String,
+    pub queue_shards: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardEndpoint {
+    pub shard: u32,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchParams {
+    pub topic: String,
+    pub queue: u32,
+    pub offset: u64,
+    pub max_count: u32,
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+}
+
+fn outcome<'a>(builder: &mut FlatBufferBuilder<'a>, failure: Option<&Failure>) -> WIPOffset<fb::Outcome<'a>> {
+    let Some(failure) = failure else {
+        return fb::Outcome::create(builder, &fb::OutcomeArgs::default());
+    };
+    let message = builder.create_string(&failure.message);
+    let owner_shard = failure.owner_shard.map_or(-1, |shard| shard as i32);
+    fb::Outcome::create(builder, &fb::OutcomeArgs { error: failure.code, message: Some(message), owner_shard })
+}
+
+fn finish<T>(mut builder: FlatBufferBuilder<'_>, root: WIPOffset<T>) -> Vec<u8> {
+    builder.finish_minimal(root);
+    builder.finished_data().to_vec()
+}
+
+fn topic_info<'a>(builder: &mut FlatBufferBuilder<'a>, topic: &TopicLayout) -> WIPOffset<fb::TopicInfo<'a>> {
+    let name = builder.create_string(&topic.name);
+    let queue_shards = builder.create_vector(&topic.queue_shards);
+    fb::TopicInfo::create(builder, &fb::TopicInfoArgs { name: Some(name), queue_shards: Some(queue_shards) })
+}
+
+pub fn read_topic(topic: fb::TopicInfo<'_>) -> TopicLayout {
+    TopicLayout { name: topic.name().to_string(), queue_shards: topic.queue_shards().iter().collect() }
+}
+
+pub fn error_response(failure: &Failure) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, Some(failure));
+    let root = fb::ErrorResponse::create(&mut builder, &fb::ErrorResponseArgs { outcome: Some(outcome) });
+    finish(builder, root)
+}
+
+pub fn metadata_request(topics: &[&str]) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let names: Vec<_> = topics.iter().map(|topic| builder.create_string(topic)).collect();
+    let topics = builder.create_vector(&names);
+    let root = fb::MetadataRequest::create(&mut builder, &fb::MetadataRequestArgs { topics: Some(topics) });
+    finish(builder, root)
+}
+
+pub fn metadata_response(failure: Option<&Failure>, shards: &[ShardEndpoint], topics: &[TopicLayout]) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let shards: Vec<_> = shards
+        .iter()
+        .map(|shard| {
+            let host = builder.create_string(&shard.host);
+            let args = fb::ShardAddressArgs { shard: shard.shard, host: Some(host), port: shard.port };
+            fb::ShardAddress::create(&mut builder, &args)
+        })
+        .collect();
+    let shards = builder.create_vector(&shards);
+    let topics: Vec<_> = topics.iter().map(|topic| topic_info(&mut builder, topic)).collect();
+    let topics = builder.create_vector(&topics);
+    let args = fb::MetadataResponseArgs { outcome: Some(outcome), shards: Some(shards), topics: Some(topics) };
+    let root = fb::MetadataResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn create_topic_request(name: &str, queues: u32) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let name = builder.create_string(name);
+    let root = fb::CreateTopicRequest::create(&mut builder, &fb::CreateTopicRequestArgs { name: Some(name), queues });
+    finish(builder, root)
+}
+
+pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayout>, created: bool) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let topic = topic.map(|topic| topic_info(&mut builder, topic));
+    let args = fb::CreateTopicResponseArgs { outcome: Some(outcome), topic, created };
+    let root = fb::CreateTopicResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]]) -> Vec<u8> {
+    let size: usize = messages.iter().map(|message| message.len() + 16).sum();
+    let mut builder = FlatBufferBuilder::with_capacity(size + 128);
+    let messages: Vec<_> = messages
+        .iter()
+        .map(|message| {
+            let bytes = builder.create_vector(message);
+            fb::MessageBytes::create(&mut builder, &fb::MessageBytesArgs { bytes: Some(bytes) })
+        })
+        .collect();
+    let messages = builder.create_vector(&messages);
+    let topic = builder.create_string(topic);
+    let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages) };
+    let root = fb::ProduceRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn produce_response(failure: Option<&Failure>, queue: u32, results: &[fb::SendResult]) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::with_capacity(64 + results.len() * 40);
+    let outcome = outcome(&mut builder, failure);
+    let results = builder.create_vector(results);
+    let args = fb::ProduceResponseArgs { outcome: Some(outcome), queue, results: Some(results) };
+    let root = fb::ProduceResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn fetch_request(params: &FetchParams) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let topic = builder.create_string(&params.topic);
+    let args = fb::FetchRequestArgs {
+        topic: Some(topic),
+        queue: params.queue,
+        offset: params.offset,
+        max_count: params.max_count,
+        max_bytes: params.max_bytes,
+        max_wait_ms: params.max_wait_ms,
+    };
+    let root = fb::FetchRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+/// The records of a fetch, as stored, and where the queue stands.
+#[derive(Clone, Debug, Default)]
+pub struct FetchedRecords<'a> {
+    pub records: &'a [u8],
+    pub record_count: u32,
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub earliest_offset: u64,
+}
+
+pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::with_capacity(fetched.records.len() + 128);
+    let outcome = outcome(&mut builder, failure);
+    let records = builder.create_vector(fetched.records);
+    let args = fb::FetchResponseArgs {
+        outcome: Some(outcome),
+        records: Some(records),
+        record_count: fetched.record_count,
+        next_offset: fetched.next_offset,
+        high_watermark: fetched.high_watermark,
+        earliest_offset: fetched.earliest_offset,
+    };
+    let root = fb::FetchResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn join_group_request(group: &str, topic: &str, member_id: &str, session_timeout_ms: u32) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let topic = builder.create_string(topic);
+    let member_id = builder.create_string(member_id);
+    let args = fb::JoinGroupRequestArgs {
+        group: Some(group),
+        topic: Some(topic),
+        member_id: Some(member_id),
+        session_timeout_ms,
+    };
+    let root = fb::JoinGroupRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+/// A member's view of its group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assignment {
+    pub member_id: String,
+    pub generation: u64,
+    pub queues: Vec<u32>,
+    pub heartbeat_interval_ms: u32,
+}
+
+pub fn group_assignment(failure: Option<&Failure>, assignment: &Assignment) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let member_id = builder.create_string(&assignment.member_id);
+    let queues = builder.create_vector(&assignment.queues);
+    let args = fb::GroupAssignmentArgs {
+        outcome: Some(outcome),
+        member_id: Some(member_id),
+        generation: assignment.generation,
+        queues: Some(queues),
+        heartbeat_interval_ms: assignment.heartbeat_interval_ms,
+    };
+    let root = fb::GroupAssignment::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn read_assignment(assignment: fb::GroupAssignment<'_>) -> Assignment {
+    Assignment {
+        member_id: assignment.member_id().unwrap_or_default().to_string(),
+        generation: assignment.generation(),
+        queues: assignment.queues().map(|queues| queues.iter().collect()).unwrap_or_default(),
+        heartbeat_interval_ms: assignment.heartbeat_interval_ms(),
+    }
+}
+
+pub fn heartbeat_request(group: &str, topic: &str, member_id: &str) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let topic = builder.create_string(topic);
+    let member_id = builder.create_string(member_id);
+    let args = fb::HeartbeatRequestArgs { group: Some(group), topic: Some(topic), member_id: Some(member_id) };
+    let root = fb::HeartbeatRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn leave_group_request(group: &str, topic: &str, member_id: &str) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let topic = builder.create_string(topic);
+    let member_id = builder.create_string(member_id);
+    let args = fb::LeaveGroupRequestArgs { group: Some(group), topic: Some(topic), member_id: Some(member_id) };
+    let root = fb::LeaveGroupRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn commit_offset_request(group: &str, topic: &str, queue: u32, offset: u64, generation: u64) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let topic = builder.create_string(topic);
+    let args = fb::CommitOffsetRequestArgs { group: Some(group), topic: Some(topic), queue, offset, generation };
+    let root = fb::CommitOffsetRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn fetch_offset_request(group: &str, topic: &str, queue: u32) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let topic = builder.create_string(topic);
+    let args = fb::FetchOffsetRequestArgs { group: Some(group), topic: Some(topic), queue };
+    let root = fb::FetchOffsetRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn offset_response(failure: Option<&Failure>, offset: Option<u64>) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let offset = offset.map_or(-1, |offset| offset as i64);
+    let args = fb::OffsetResponseArgs { outcome: Some(outcome), offset };
+    let root = fb::OffsetResponse::create(&mut builder, &args);
+    finish(builder, root)
+}

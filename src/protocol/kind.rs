@@ -1,0 +1,81 @@
+//! Frame kinds. A request kind is odd; its response is the next number,
+//! except that any request may be answered with `ErrorResponse`.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Kind {
+    MetadataRequest = 1,
+    MetadataResponse = 2,
+    CreateTopicRequest = 3,
+    CreateTopicResponse = 4,
+    ProduceRequest = 5,
+    ProduceResponse = 6,
+    FetchRequest = 7,
+    FetchResponse = 8,
+    JoinGroupRequest = 9,
+    JoinGroupResponse = 10,
+    HeartbeatRequest = 11,
+    HeartbeatResponse = 12,
+    LeaveGroupRequest = 13,
+    LeaveGroupResponse = 14,
+    CommitOffsetRequest = 15,
+    CommitOffsetResponse = 16,
+    FetchOffsetRequest = 17,
+    FetchOffsetResponse = 18,
+    ErrorResponse = 100,
+}
+
+impl Kind {
+    pub fn from_u16(value: u16) -> Option<Self> {
+        use Kind::*;
+        Some(match value {
+            1 => MetadataRequest,
+            2 => MetadataResponse,
+            3 => CreateTopicRequest,
+            4 => CreateTopicResponse,
+            5 => ProduceRequest,
+            6 => ProduceResponse,
+            7 => FetchRequest,
+            8 => FetchResponse,
+            9 => JoinGroupRequest,
+            10 => JoinGroupResponse,
+            11 => HeartbeatRequest,
+            12 => HeartbeatResponse,
+            13 => LeaveGroupRequest,
+            14 => LeaveGroupResponse,
+            15 => CommitOffsetRequest,
+            16 => CommitOffsetResponse,
+            17 => FetchOffsetRequest,
+            18 => FetchOffsetResponse,
+            100 => ErrorResponse,
+            _ => return None,
+        })
+    }
+
+    /// The response kind that answers this request kind.
+    pub fn response(self) -> Option<Kind> {
+        let value = self as u16;
+        if value % 2 == 1 {
+            Kind::from_u16(value + 1)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_and_requests_have_responses() {
+        for value in 0..200 {
+            if let Some(kind) = Kind::from_u16(value) {
+                assert_eq!(kind as u16, value);
+                if value % 2 == 1 {
+                    assert_eq!(kind.response().map(|response| response as u16), Some(value + 1));
+                }
+            }
+        }
+    }
+}

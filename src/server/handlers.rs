@@ -1,0 +1,293 @@
+//! One function per request kind. Each verifies its body, checks routing
+//! (a queue this shard does not own gets `NotOwner` naming the owner) and
+//! answers with its response kind or a `Failure`.
+
+use super::dedup::FirstSend;
+use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
+use super::shard::Shard;
+use super::topics::check_name;
+use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX};
+use crate::protocol::{self, coordinator_shard, fb, verify, Failure, FetchedRecords, Frame, Kind};
+use crate::storage::{AppendRequest, LogError};
+use crate::wire::{verify_message, VerifiedMessage};
+use bytes::{Bytes, BytesMut};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub type Answer = Result<(Kind, Vec<u8>), Failure>;
+
+/// Records a fetch returns at most.
+const FETCH_COUNT_MAX: u32 = 10_000;
+
+fn invalid(error: String) -> Failure {
+    Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
+}
+
+fn log_failure(error: LogError) -> Failure {
+    let code = match &error {
+        LogError::Stopped { .. } => fb::ErrorCode::StoreStopped,
+        LogError::NoSpace { .. } => fb::ErrorCode::DiskFull,
+        LogError::RecordTooLarge { .. } => fb::ErrorCode::MessageTooLarge,
+        LogError::OffsetTruncated { .. } => fb::ErrorCode::OffsetTruncated,
+        _ => fb::ErrorCode::Internal,
+    };
+    Failure::new(code, error.to_string())
+}
+
+pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> Answer {
+    let Some(kind) = Kind::from_u16(frame.kind) else {
+        return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("unknown frame kind {}", frame.kind)));
+    };
+    if shard.shutting_down.get() {
+        return Err(Failure::new(fb::ErrorCode::ShuttingDown, "the broker is shutting down"));
+    }
+    match kind {
+        Kind::MetadataRequest => metadata(shard, &frame.body),
+        Kind::CreateTopicRequest => create_topic(shard, &frame.body).await,
+        Kind::ProduceRequest => produce(shard, &frame.body).await,
+        Kind::FetchRequest => fetch(shard, &frame.body).await,
+        Kind::JoinGroupRequest => join_group(shard, &frame.body).await,
+        Kind::HeartbeatRequest => heartbeat(shard, &frame.body),
+        Kind::LeaveGroupRequest => leave_group(shard, &frame.body).await,
+        Kind::CommitOffsetRequest => commit_offset(shard, &frame.body).await,
+        Kind::FetchOffsetRequest => fetch_offset(shard, &frame.body),
+        _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
+    }
+}
+
+fn metadata(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::MetadataRequest>(body).map_err(invalid)?;
+    let wanted: Vec<&str> = request.topics().map(|topics| topics.iter().collect()).unwrap_or_default();
+    let topics = shard.topics.borrow();
+    let layouts: Vec<_> = topics
+        .topics
+        .values()
+        .filter(|topic| wanted.is_empty() || wanted.contains(&topic.name.as_str()))
+        .map(|topic| topic.layout())
+        .collect();
+    Ok((Kind::MetadataResponse, protocol::metadata_response(None, &shard.endpoints, &layouts)))
+}
+
+async fn create_topic(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::CreateTopicRequest>(body).map_err(invalid)?;
+    let (topic, created) = shard.create_topic(request.name(), request.queues()).await?;
+    Ok((Kind::CreateTopicResponse, protocol::create_topic_response(None, Some(&topic.layout()), created)))
+}
+
+/// The producer's message bytes, sliced out of the frame without a copy.
+fn message_bytes(frame_body: &Bytes, message: &[u8]) -> Result<Bytes, Failure> {
+    let start = (message.as_ptr() as usize).checked_sub(frame_body.as_ptr() as usize);
+    match start {
+        Some(start) if start + message.len() <= frame_body.len() => Ok(frame_body.slice(start..start + message.len())),
+        _ => Err(Failure::new(fb::ErrorCode::Internal, "message bytes outside the frame")),
+    }
+}
+
+async fn produce(shard: &Shard, body: &Bytes) -> Answer {
+    let request = verify::<fb::ProduceRequest>(body).map_err(invalid)?;
+    let topic = shard.topic(request.topic())?;
+    let queue_id = shard.owned_queue(&topic, request.queue())?;
+    let mut messages = Vec::with_capacity(request.messages().len());
+    for (index, message) in request.messages().iter().enumerate() {
+        let bytes = message_bytes(body, message.bytes().bytes())?;
+        let verified = verify_message(bytes).map_err(|error| {
+            Failure::new(fb::ErrorCode::InvalidMessage, format!("message {index} of the batch: {error}"))
+        })?;
+        messages.push(verified);
+    }
+    let mut sends = Vec::with_capacity(messages.len());
+    for message in &messages {
+        sends.push(append_once(shard, queue_id, message).await.map_err(log_failure)?);
+    }
+    let end = sends.iter().map(|send| send.end).max().unwrap_or(0);
+    let timeout = shard.config.sync_flush_timeout;
+    let durable = futures_lite::future::or(async { Some(shard.log.wait_acknowledgeable(end).await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    let status = match durable {
+        Some(Ok(())) => fb::SendStatus::SendOk,
+        Some(Err(error)) => return Err(log_failure(error)),
+        None => fb::SendStatus::FlushDiskTimeout,
+    };
+    let results: Vec<_> = messages
+        .iter()
+        .zip(&sends)
+        .map(|(message, send)| {
+            fb::SendResult::new(status, message.msg_id.0, message.msg_id.1, send.offset, send.store_timestamp_us)
+        })
+        .collect();
+    Ok((Kind::ProduceResponse, protocol::produce_response(None, request.queue(), &results)))
+}
+
+/// Appends a message unless the dedup window has seen its producer id and
+/// sequence, in which case the first send's result stands.
+async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) -> Result<FirstSend, LogError> {
+    let deduplicated = message.producer_id != 0;
+    if deduplicated {
+        let first = shard.dedup.borrow().get(message.producer_id, message.sequence);
+        if let Some(first) = first.filter(|first| first.queue_id == queue_id) {
+            return Ok(first);
+        }
+    }
+    let request = AppendRequest {
+        queue_id,
+        indexed: true,
+        tag_hash: message.tag_hash,
+        message: message.bytes(),
+        ..AppendRequest::default()
+    };
+    let appended = shard.log.append_buffered(request).await?;
+    let send = FirstSend {
+        queue_id,
+        offset: appended.queue_offset.unwrap_or(0),
+        store_timestamp_us: appended.store_timestamp_us,
+        end: appended.end,
+    };
+    if deduplicated {
+        shard.dedup.borrow_mut().insert(message.producer_id, message.sequence, send);
+    }
+    Ok(send)
+}
+
+async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::FetchRequest>(body).map_err(invalid)?;
+    let topic = shard.topic(request.topic())?;
+    let queue_id = shard.owned_queue(&topic, request.queue())?;
+    let count = request.max_count().clamp(1, FETCH_COUNT_MAX) as usize;
+    let bytes_max = (request.max_bytes() as usize).clamp(1, FRAME_BODY_BYTES_MAX - 64 * 1024);
+    let wait = Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX)));
+    let deadline = Instant::now() + wait;
+    loop {
+        let visible = shard.log.positions().visible;
+        let batch = match shard.log.read(queue_id, request.offset(), count, bytes_max).await {
+            Ok(batch) => batch,
+            // Retention deleted the offset: say where the queue now starts,
+            // so the consumer moves on from there (and can tell it skipped).
+            Err(LogError::OffsetTruncated { earliest, .. }) => {
+                let fetched = FetchedRecords {
+                    next_offset: earliest,
+                    high_watermark: shard.log.visible_end_offset(queue_id),
+                    earliest_offset: earliest,
+                    ..FetchedRecords::default()
+                };
+                return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
+            }
+            Err(other) => return Err(log_failure(other)),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !batch.records.is_empty() || remaining.is_zero() || shard.shutting_down.get() {
+            let mut records = BytesMut::with_capacity(batch.records.iter().map(|record| record.bytes.len()).sum());
+            for record in &batch.records {
+                records.extend_from_slice(&record.bytes);
+            }
+            let fetched = FetchedRecords {
+                records: &records,
+                record_count: batch.records.len() as u32,
+                next_offset: batch.next_offset.max(request.offset()),
+                high_watermark: batch.visible_end_offset,
+                earliest_offset: shard.log.base_offset(queue_id),
+            };
+            return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
+        }
+        // Long poll: wake when anything new becomes visible in this shard.
+        futures_lite::future::or(
+            async {
+                let _ = shard.log.wait_visible_beyond(visible).await;
+            },
+            glommio::timer::sleep(remaining),
+        )
+        .await;
+    }
+}
+
+fn coordinated(shard: &Shard, group: &str, topic: &str) -> Result<u32, Failure> {
+    check_name("group", group)?;
+    let topic = shard.topic(topic)?;
+    let coordinator = coordinator_shard(group, shard.shard_count);
+    if coordinator != shard.id {
+        return Err(Failure::not_owner(coordinator, format!("group {group} is coordinated by shard {coordinator}")));
+    }
+    Ok(topic.queue_shards.len() as u32)
+}
+
+async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::JoinGroupRequest>(body).map_err(invalid)?;
+    let queue_count = coordinated(shard, request.group(), request.topic())?;
+    let (assignment, rebalanced) = shard.coordinator.borrow_mut().join(
+        request.group(),
+        request.topic(),
+        request.member_id().unwrap_or_default(),
+        request.session_timeout_ms(),
+        queue_count,
+    )?;
+    if let Some((group, topic, generation)) = rebalanced {
+        shard.announce_fence(&group, &topic, generation).await;
+    }
+    Ok((Kind::JoinGroupResponse, protocol::group_assignment(None, &assignment)))
+}
+
+fn heartbeat(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::HeartbeatRequest>(body).map_err(invalid)?;
+    coordinated(shard, request.group(), request.topic())?;
+    let assignment = shard.coordinator.borrow_mut().heartbeat(request.group(), request.topic(), request.member_id())?;
+    Ok((Kind::HeartbeatResponse, protocol::group_assignment(None, &assignment)))
+}
+
+async fn leave_group(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::LeaveGroupRequest>(body).map_err(invalid)?;
+    coordinated(shard, request.group(), request.topic())?;
+    let rebalanced = shard.coordinator.borrow_mut().leave(request.group(), request.topic(), request.member_id());
+    if let Some((group, topic, generation)) = rebalanced {
+        shard.announce_fence(&group, &topic, generation).await;
+    }
+    let assignment = protocol::Assignment { member_id: request.member_id().to_string(), ..Default::default() };
+    Ok((Kind::LeaveGroupResponse, protocol::group_assignment(None, &assignment)))
+}
+
+async fn commit_offset(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::CommitOffsetRequest>(body).map_err(invalid)?;
+    check_name("group", request.group())?;
+    let topic = shard.topic(request.topic())?;
+    shard.owned_queue(&topic, request.queue())?;
+    if !shard.offsets.borrow().is_current(request.group(), request.topic(), request.generation()) {
+        return Err(Failure::new(
+            fb::ErrorCode::StaleGeneration,
+            format!("generation {} of group {} is stale: the group rebalanced", request.generation(), request.group()),
+        ));
+    }
+    let commit = OffsetCommit {
+        group: request.group().to_string(),
+        topic: request.topic().to_string(),
+        queue: request.queue(),
+        offset: request.offset(),
+        generation: request.generation(),
+    };
+    // Not above the offset this commit's record gets: a snapshot taken while
+    // it is in flight covers only the records before it.
+    let floor = shard.log.visible_end_offset(OFFSETS_QUEUE_ID);
+    *shard.commits_in_flight.borrow_mut().entry(floor).or_insert(0) += 1;
+    let appended = append_commit(&shard.log, &commit).await;
+    {
+        let mut in_flight = shard.commits_in_flight.borrow_mut();
+        if let Some(count) = in_flight.get_mut(&floor) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&floor);
+            }
+        }
+    }
+    appended.map_err(log_failure)?;
+    shard.offsets.borrow_mut().apply(&commit);
+    Ok((Kind::CommitOffsetResponse, protocol::offset_response(None, Some(commit.offset))))
+}
+
+fn fetch_offset(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::FetchOffsetRequest>(body).map_err(invalid)?;
+    let topic = shard.topic(request.topic())?;
+    shard.owned_queue(&topic, request.queue())?;
+    let key = (request.group().to_string(), request.topic().to_string(), request.queue());
+    let offset = shard.offsets.borrow().get(&key);
+    Ok((Kind::FetchOffsetResponse, protocol::offset_response(None, offset)))
+}

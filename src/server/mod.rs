@@ -1,0 +1,304 @@
+//! The broker: one shard per core, each a pinned glommio executor with its
+//! own listener (`base_port + shard`), commit log and queues. `run` starts
+//! them and returns after a SIGTERM or SIGINT once every shard has finished
+//! its requests in flight, flushed and checkpointed.
+
+mod connection;
+mod cross;
+mod dedup;
+mod groups;
+mod handlers;
+mod offsets;
+mod shard;
+mod topics;
+
+use crate::constants::FRAME_BODY_BYTES_MAX;
+use crate::constants::SEGMENT_SIZE_BYTES_DEFAULT;
+use crate::protocol::ShardEndpoint;
+use crate::storage::backend::DmaStorage;
+use crate::storage::{CommitLog, FlushMode, LogConfig, Retention};
+use cross::CrossEnds;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use serde::{Deserialize, Serialize};
+use shard::{Shard, ShardParts};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+pub const CLUSTER_FILE: &str = "cluster.json";
+/// How long a shard waits for its requests in flight at shutdown.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub host: String,
+    pub base_port: u16,
+    /// `None`: what the data directory says, else one per CPU.
+    pub shards: Option<u32>,
+    pub flush: FlushMode,
+    pub sync_flush_timeout: Duration,
+    pub segment_size_bytes: u64,
+    pub retention: Retention,
+    pub connections_max: usize,
+    pub in_flight_max: usize,
+    pub frame_body_bytes_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("ringmq-data"),
+            host: "127.0.0.1".into(),
+            base_port: 9876,
+            shards: None,
+            flush: FlushMode::Sync,
+            sync_flush_timeout: Duration::from_secs(5),
+            segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
+            retention: Retention::default(),
+            connections_max: 10_000,
+            in_flight_max: 1024,
+            frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {detail}")]
+    DataDir { path: PathBuf, detail: String },
+    #[error("shard {shard}: {detail}")]
+    Shard { shard: u32, detail: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cluster {
+    shards: u32,
+}
+
+fn cpu_count() -> u32 {
+    std::thread::available_parallelism().map_or(1, |count| count.get() as u32)
+}
+
+/// Reads or creates the record of the shard count, fixed at creation.
+fn settle_shard_count(config: &ServerConfig) -> Result<u32, ServerError> {
+    let data_error = |detail: String| ServerError::DataDir { path: config.data_dir.clone(), detail };
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| data_error(error.to_string()))?;
+    let path = config.data_dir.join(CLUSTER_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let cluster: Cluster =
+                serde_json::from_slice(&bytes).map_err(|error| data_error(format!("{CLUSTER_FILE}: {error}")))?;
+            match config.shards {
+                Some(asked) if asked != cluster.shards => Err(data_error(format!(
+                    "was created with {} shards; --shards {asked} cannot change that",
+                    cluster.shards
+                ))),
+                _ => Ok(cluster.shards),
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let shards = config.shards.unwrap_or_else(cpu_count).max(1);
+            let bytes = serde_json::to_vec(&Cluster { shards }).map_err(|error| data_error(error.to_string()))?;
+            write_durably(&path, &bytes).map_err(|error| data_error(error.to_string()))?;
+            Ok(shards)
+        }
+        Err(error) => Err(data_error(error.to_string())),
+    }
+}
+
+/// Write-temp, fsync, rename, fsync-dir, before any executor runs.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Runs the broker until SIGTERM or SIGINT.
+pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|error| ServerError::Shard { shard: 0, detail: format!("signal handler: {error}") })?;
+    }
+    run_until(config, stop)
+}
+
+/// Runs the broker until `stop` becomes true.
+pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
+    let shard_count = settle_shard_count(&config)?;
+    let endpoints: Vec<ShardEndpoint> = (0..shard_count)
+        .map(|shard| ShardEndpoint { shard, host: config.host.clone(), port: config.base_port + shard as u16 })
+        .collect();
+    let cpus = cpu_count();
+    let mut handles = Vec::new();
+    for (index, ends) in cross::cross_channels(shard_count as usize).into_iter().enumerate() {
+        let shard = index as u32;
+        let (config, endpoints, stop) = (config.clone(), endpoints.clone(), stop.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize))
+            .name(&format!("ringmq-shard-{shard}"))
+            .spawn(move || async move {
+                let span = tracing::info_span!("shard", id = shard);
+                run_shard(shard, shard_count, config, endpoints, ends, stop).instrument(span).await
+            })
+            .map_err(|error| ServerError::Shard { shard, detail: format!("starting the executor: {error}") })?;
+        handles.push((shard, handle));
+    }
+    let mut first_error = None;
+    for (shard, handle) in handles {
+        let result = handle.join().map_err(|error| ServerError::Shard { shard, detail: format!("executor: {error}") });
+        if let Err(error) = result.and_then(|result| result) {
+            tracing::error!(%error, "shard failed");
+            stop.store(true, Ordering::SeqCst);
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn run_shard(
+    id: u32,
+    shard_count: u32,
+    config: ServerConfig,
+    endpoints: Vec<ShardEndpoint>,
+    ends: CrossEnds,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
+    let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
+    let dir = config.data_dir.join(format!("shard-{id}"));
+    let log_config = LogConfig {
+        flush: config.flush,
+        segment_size_bytes: config.segment_size_bytes,
+        retention: config.retention,
+        ..LogConfig::new(&dir)
+    };
+    let log = CommitLog::open(DmaStorage, log_config).await.map_err(|error| shard_error(error.to_string()))?;
+    let topics = shard::load_topics(&DmaStorage, &config).await.map_err(shard_error)?;
+    let offsets =
+        offsets::Offsets::recover(&DmaStorage, &dir, &log).await.map_err(|error| shard_error(error.to_string()))?;
+    let address = format!("{}:{}", config.host, config.base_port + id as u16);
+    let listener =
+        TcpListener::bind(&address).map_err(|error| shard_error(format!("listening on {address}: {error}")))?;
+    let (peers, inboxes) = cross::connect(ends).await;
+    let config = Rc::new(config);
+    let shard = Rc::new(Shard::new(ShardParts {
+        id,
+        shard_count,
+        config: config.clone(),
+        endpoints,
+        dir,
+        log,
+        topics,
+        offsets,
+        peers,
+    }));
+    for (index, inbox) in inboxes.into_iter().enumerate() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(message) = inbox.recv().await {
+                let from = inbox_peer(index, id);
+                shard.on_cross(from, message).await;
+            }
+        })
+        .detach();
+    }
+    let background = glommio::spawn_local(background_work(shard.clone()));
+    tracing::info!(%address, "shard listening");
+    let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    shutdown(shard, accepting, background).await
+}
+
+/// The peer shard behind inbox `index` of shard `id` (inboxes skip `id`).
+fn inbox_peer(index: usize, id: u32) -> u32 {
+    if (index as u32) < id {
+        index as u32
+    } else {
+        index as u32 + 1
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let connections = Rc::new(glommio::sync::Semaphore::new(shard.config.connections_max as u64));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.try_acquire_static_permit(1) else {
+            tracing::warn!("connection limit reached; refusing a connection");
+            drop(stream);
+            continue;
+        };
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            connection::serve(shard, stream).await;
+            drop(permit);
+        })
+        .detach();
+    }
+}
+
+/// Group expiry and offset snapshots.
+async fn background_work(shard: Rc<Shard>) {
+    let mut last_snapshot = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let rebalanced = shard.coordinator.borrow_mut().expire(std::time::Instant::now());
+        for (group, topic, generation) in rebalanced {
+            tracing::info!(%group, %topic, generation, "group member expired; rebalanced");
+            shard.announce_fence(&group, &topic, generation).await;
+        }
+        if last_snapshot.elapsed() >= Duration::from_secs(10) {
+            last_snapshot = std::time::Instant::now();
+            write_offsets_snapshot(&shard).await;
+        }
+    }
+}
+
+async fn write_offsets_snapshot(shard: &Shard) {
+    let visible = shard.log.visible_end_offset(offsets::OFFSETS_QUEUE_ID);
+    let covered = shard.commits_in_flight.borrow().keys().next().copied().unwrap_or(visible).min(visible);
+    let bytes = shard.offsets.borrow().snapshot(covered);
+    if let Err(error) = offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await {
+        tracing::warn!(%error, "offsets snapshot failed; start-up will replay more");
+    }
+}
+
+async fn shutdown(
+    shard: Rc<Shard>,
+    accepting: glommio::Task<()>,
+    background: glommio::Task<()>,
+) -> Result<(), ServerError> {
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    drop(accepting);
+    drop(background);
+    shard.shutting_down.set(true);
+    let started = std::time::Instant::now();
+    while shard.requests_in_flight.get() > 0 && started.elapsed() < SHUTDOWN_DRAIN_MAX {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    write_offsets_snapshot(&shard).await;
+    shard
+        .log
+        .close()
+        .await
+        .map_err(|error| ServerError::Shard { shard: shard.id, detail: format!("closing the log: {error}") })?;
+    tracing::info!("shard stopped cleanly");
+    Ok(())
+}

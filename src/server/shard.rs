@@ -1,0 +1,232 @@
+//! A shard: one core, one glommio executor, one commit log, the queues it
+//! owns, their consumer offsets, the groups it coordinates and a dedup
+//! window. Nothing in it is shared with another shard.
+
+use super::cross::{CrossMessage, Peers};
+use super::dedup::DedupWindow;
+use super::groups::Coordinator;
+use super::offsets::Offsets;
+use super::topics::{Topic, Topics, TOPICS_FILE};
+use super::ServerConfig;
+use crate::protocol::{fb, Failure, ShardEndpoint};
+use crate::storage::backend::{DmaStorage, Storage};
+use crate::storage::CommitLog;
+use glommio::channels::local_channel::{self, LocalSender};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// What a topic creation ends in: the topic and whether it is new.
+type Created = Result<(Topic, bool), Failure>;
+
+pub struct Shard {
+    pub id: u32,
+    pub shard_count: u32,
+    pub config: Rc<ServerConfig>,
+    pub endpoints: Vec<ShardEndpoint>,
+    pub storage: DmaStorage,
+    pub dir: PathBuf,
+    pub log: CommitLog<DmaStorage>,
+    pub topics: RefCell<Topics>,
+    pub offsets: RefCell<Offsets>,
+    /// Offset commits appended but not yet applied, counted by a floor of
+    /// their offset-queue offset.
+    pub commits_in_flight: RefCell<BTreeMap<u64, usize>>,
+    pub coordinator: RefCell<Coordinator>,
+    pub dedup: RefCell<DedupWindow>,
+    pub peers: Peers,
+    next_token: Cell<u64>,
+    creates_waiting: RefCell<HashMap<u64, LocalSender<Created>>>,
+    acks_waiting: RefCell<HashMap<u64, (usize, LocalSender<()>)>>,
+    /// Topic creations run one at a time (on shard 0).
+    create_lock: glommio::sync::Semaphore,
+    pub shutting_down: Cell<bool>,
+    pub requests_in_flight: Cell<usize>,
+}
+
+pub struct ShardParts {
+    pub id: u32,
+    pub shard_count: u32,
+    pub config: Rc<ServerConfig>,
+    pub endpoints: Vec<ShardEndpoint>,
+    pub dir: PathBuf,
+    pub log: CommitLog<DmaStorage>,
+    pub topics: Topics,
+    pub offsets: Offsets,
+    pub peers: Peers,
+}
+
+impl Shard {
+    pub fn new(parts: ShardParts) -> Self {
+        Shard {
+            id: parts.id,
+            shard_count: parts.shard_count,
+            config: parts.config,
+            endpoints: parts.endpoints,
+            storage: DmaStorage,
+            dir: parts.dir,
+            log: parts.log,
+            topics: RefCell::new(parts.topics),
+            offsets: RefCell::new(parts.offsets),
+            commits_in_flight: RefCell::new(BTreeMap::new()),
+            coordinator: RefCell::new(Coordinator::new(parts.id)),
+            dedup: RefCell::new(DedupWindow::default()),
+            peers: parts.peers,
+            next_token: Cell::new(1),
+            creates_waiting: RefCell::new(HashMap::new()),
+            acks_waiting: RefCell::new(HashMap::new()),
+            create_lock: glommio::sync::Semaphore::new(1),
+            shutting_down: Cell::new(false),
+            requests_in_flight: Cell::new(0),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        token
+    }
+
+    async fn send(&self, to: u32, message: CrossMessage) -> Result<(), Failure> {
+        let Some(Some(peer)) = self.peers.get(to as usize) else {
+            return Err(Failure::new(fb::ErrorCode::Internal, format!("no channel to shard {to}")));
+        };
+        peer.send(message).await.map_err(|_| Failure::new(fb::ErrorCode::Internal, format!("shard {to} is gone")))
+    }
+
+    /// The topic `name`, or `UnknownTopic`.
+    pub fn topic(&self, name: &str) -> Result<Topic, Failure> {
+        self.topics
+            .borrow()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Failure::new(fb::ErrorCode::UnknownTopic, format!("topic {name:?} does not exist")))
+    }
+
+    /// The commit-log queue id of `queue` of `topic`, if this shard owns it.
+    pub fn owned_queue(&self, topic: &Topic, queue: u32) -> Result<u32, Failure> {
+        let Some(owner) = topic.queue_shards.get(queue as usize) else {
+            return Err(Failure::new(
+                fb::ErrorCode::QueueOutOfRange,
+                format!("topic {} has {} queues; queue {queue} does not exist", topic.name, topic.queue_shards.len()),
+            ));
+        };
+        if *owner != self.id {
+            return Err(Failure::not_owner(*owner, format!("queue {queue} of {} is on shard {owner}", topic.name)));
+        }
+        Ok(topic.queue_id(queue))
+    }
+
+    /// Creates a topic through shard 0 and resolves once every shard knows it.
+    pub async fn create_topic(&self, name: &str, queues: u32) -> Created {
+        if self.id == 0 {
+            return self.create_topic_here(name, queues).await;
+        }
+        let token = self.token();
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.creates_waiting.borrow_mut().insert(token, sender);
+        let request = CrossMessage::CreateTopic { origin: self.id, token, name: name.to_string(), queues };
+        if let Err(failure) = self.send(0, request).await {
+            self.creates_waiting.borrow_mut().remove(&token);
+            return Err(failure);
+        }
+        receiver.recv().await.unwrap_or_else(|| Err(Failure::new(fb::ErrorCode::Internal, "topic creation lost")))
+    }
+
+    /// On shard 0: persist the new table (write-temp, fsync, rename, fsync
+    /// dir), then apply it on every shard and wait for each to say so.
+    async fn create_topic_here(&self, name: &str, queues: u32) -> Created {
+        let internal = |what: &str, error: String| Failure::new(fb::ErrorCode::Internal, format!("{what}: {error}"));
+        let _permit =
+            self.create_lock.acquire_permit(1).await.map_err(|error| internal("create lock", error.to_string()))?;
+        if let Some(existing) = self.topics.borrow().get(name) {
+            return Ok((existing.clone(), false));
+        }
+        let topic = self.topics.borrow().plan(name, queues, self.shard_count)?;
+        let mut table = self.topics.borrow().clone();
+        table.apply(topic.clone());
+        let path = self.config.data_dir.join(TOPICS_FILE);
+        self.storage
+            .write_file_atomic(&path, &table.encode())
+            .await
+            .map_err(|error| internal("writing the topic table", error.to_string()))?;
+        self.topics.borrow_mut().apply(topic.clone());
+        let token = self.token();
+        let others = self.shard_count as usize - 1;
+        if others > 0 {
+            let (sender, receiver) = local_channel::new_bounded(1);
+            self.acks_waiting.borrow_mut().insert(token, (others, sender));
+            for peer in 1..self.shard_count {
+                self.send(peer, CrossMessage::ApplyTopic { token, topic: topic.clone() }).await?;
+            }
+            receiver.recv().await;
+        }
+        tracing::info!(topic = name, queues, "topic created");
+        Ok((topic, true))
+    }
+
+    /// Announces a group's new generation to every shard.
+    pub async fn announce_fence(&self, group: &str, topic: &str, generation: u64) {
+        self.offsets.borrow_mut().fence(group, topic, generation);
+        for peer in 0..self.shard_count {
+            if peer != self.id {
+                let message = CrossMessage::Fence { group: group.into(), topic: topic.into(), generation };
+                if let Err(failure) = self.send(peer, message).await {
+                    tracing::warn!(%failure, peer, "could not send a group fence");
+                }
+            }
+        }
+    }
+
+    /// Handles a message from another shard.
+    pub async fn on_cross(self: &Rc<Self>, from: u32, message: CrossMessage) {
+        match message {
+            CrossMessage::CreateTopic { origin, token, name, queues } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let result = shard.create_topic_here(&name, queues).await;
+                    if let Err(failure) = shard.send(origin, CrossMessage::CreateTopicDone { token, result }).await {
+                        tracing::warn!(%failure, "could not answer a topic creation");
+                    }
+                })
+                .detach();
+            }
+            CrossMessage::ApplyTopic { token, topic } => {
+                self.topics.borrow_mut().apply(topic);
+                if let Err(failure) = self.send(from, CrossMessage::TopicApplied { token }).await {
+                    tracing::warn!(%failure, "could not acknowledge a topic");
+                }
+            }
+            CrossMessage::TopicApplied { token } => {
+                let mut waiting = self.acks_waiting.borrow_mut();
+                if let Some((remaining, _)) = waiting.get_mut(&token) {
+                    *remaining -= 1;
+                    if *remaining == 0 {
+                        if let Some((_, sender)) = waiting.remove(&token) {
+                            let _ = sender.try_send(());
+                        }
+                    }
+                }
+            }
+            CrossMessage::CreateTopicDone { token, result } => {
+                if let Some(sender) = self.creates_waiting.borrow_mut().remove(&token) {
+                    let _ = sender.try_send(result);
+                }
+            }
+            CrossMessage::Fence { group, topic, generation } => {
+                self.offsets.borrow_mut().fence(&group, &topic, generation);
+            }
+        }
+    }
+}
+
+/// Loads the topic table a shard starts with.
+pub async fn load_topics(storage: &DmaStorage, config: &ServerConfig) -> Result<Topics, String> {
+    let path = config.data_dir.join(TOPICS_FILE);
+    match storage.read_file(&path).await {
+        Ok(Some(bytes)) => Topics::decode(&bytes).map_err(|error| format!("{}: {error}", path.display())),
+        Ok(None) => Ok(Topics::default()),
+        Err(error) => Err(format!("{}: {error}", path.display())),
+    }
+}

@@ -1,0 +1,108 @@
+//! Topics: each shard's copy of the topic table, and its file.
+//!
+//! Queue `q` of topic `T` belongs to shard `(crc32(T) + q) % shards`, fixed
+//! at creation and recorded here. In a shard's commit log, queue `q` of the
+//! topic with id `t` is queue id `t * TOPIC_QUEUES_MAX + q`; id 0 is the
+//! broker's own (consumer offsets).
+
+use crate::constants::{NAME_BYTES_MAX, TOPIC_QUEUES_MAX};
+use crate::protocol::{fb, queue_owner, Failure, TopicLayout};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const TOPICS_FILE: &str = "topics.json";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    pub id: u32,
+    pub queue_shards: Vec<u32>,
+}
+
+impl Topic {
+    pub fn layout(&self) -> TopicLayout {
+        TopicLayout { name: self.name.clone(), queue_shards: self.queue_shards.clone() }
+    }
+
+    /// The commit-log queue id of queue `queue`.
+    pub fn queue_id(&self, queue: u32) -> u32 {
+        debug_assert!(queue < TOPIC_QUEUES_MAX);
+        self.id * TOPIC_QUEUES_MAX + queue
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Topics {
+    pub topics: BTreeMap<String, Topic>,
+}
+
+/// Names are short, printable ASCII without spaces or slashes.
+pub fn check_name(kind: &str, name: &str) -> Result<(), Failure> {
+    let valid = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte));
+    if valid {
+        return Ok(());
+    }
+    Err(Failure::new(
+        fb::ErrorCode::InvalidTopic,
+        format!("{kind} name {name:?} must be 1 to {NAME_BYTES_MAX} characters of [A-Za-z0-9-_.:]"),
+    ))
+}
+
+impl Topics {
+    pub fn get(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    /// The topic as it would be created now (the caller persists and applies it).
+    pub fn plan(&self, name: &str, queues: u32, shards: u32) -> Result<Topic, Failure> {
+        check_name("topic", name)?;
+        if queues == 0 || queues > TOPIC_QUEUES_MAX {
+            return Err(Failure::new(
+                fb::ErrorCode::InvalidRequest,
+                format!("a topic has 1 to {TOPIC_QUEUES_MAX} queues, not {queues}"),
+            ));
+        }
+        let id = self.topics.values().map(|topic| topic.id).max().unwrap_or(0) + 1;
+        let queue_shards = (0..queues).map(|queue| queue_owner(name, queue, shards)).collect();
+        Ok(Topic { name: name.to_string(), id, queue_shards })
+    }
+
+    pub fn apply(&mut self, topic: Topic) {
+        self.topics.insert(topic.name.clone(), topic);
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|error| error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_spread_over_shards_from_the_topic_hash() {
+        let topics = Topics::default();
+        let topic = topics.plan("orders", 8, 3).unwrap();
+        assert_eq!(topic.id, 1);
+        let first = queue_owner("orders", 0, 3);
+        for (queue, shard) in topic.queue_shards.iter().enumerate() {
+            assert_eq!(*shard, (first + queue as u32) % 3);
+        }
+    }
+
+    #[test]
+    fn bad_names_and_queue_counts_are_refused() {
+        let topics = Topics::default();
+        assert!(topics.plan("", 1, 1).is_err());
+        assert!(topics.plan("a b", 1, 1).is_err());
+        assert!(topics.plan("ok", 0, 1).is_err());
+        assert!(topics.plan("ok", TOPIC_QUEUES_MAX + 1, 1).is_err());
+    }
+}

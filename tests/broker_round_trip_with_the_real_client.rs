@@ -1,0 +1,133 @@
+//! Round trip through a real broker process and the real client: single and
+//! batch sends, consumption, long poll, NOT_OWNER routing, restart.
+
+mod common;
+
+use common::Broker;
+use ringmq::client::{Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
+use ringmq::protocol::{self, fb, FetchParams, Kind};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn drain(consumer: &mut Consumer, expected: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for _ in 0..200 {
+        for message in consumer.poll().expect("poll") {
+            bodies.push(String::from_utf8(message.body.clone()).expect("utf-8"));
+            consumer.commit(message.queue, message.offset + 1).expect("commit");
+        }
+        if bodies.len() >= expected {
+            break;
+        }
+    }
+    bodies
+}
+
+#[test]
+fn messages_round_trip_through_a_real_broker() {
+    let broker = Broker::start(2);
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    let (topic, created) = client.create_topic("orders", 4).expect("create");
+    assert!(created);
+    assert_eq!(topic.queue_shards.len(), 4);
+    let (_, created_again) = client.create_topic("orders", 9).expect("create again");
+    assert!(!created_again, "an existing topic is kept as it is");
+
+    let producer = Producer::new(client.clone(), "orders", ProducerOptions::default()).expect("producer");
+    let mut sent = BTreeSet::new();
+    for index in 0..20 {
+        let body = format!("single-{index}");
+        let receipt =
+            producer.send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::RoundRobin);
+        assert_eq!(receipt.expect("send").status, fb::SendStatus::SendOk);
+        sent.insert(body);
+    }
+    let batch: Vec<String> = (0..50).map(|index| format!("batch-{index}")).collect();
+    let messages: Vec<_> =
+        batch.iter().map(|body| OutgoingMessage { body: body.as_bytes(), ..Default::default() }).collect();
+    let receipts = producer.send_batch(&messages, QueueChoice::Explicit(3)).expect("batch");
+    assert_eq!(receipts.len(), 50);
+    assert!(receipts.windows(2).all(|pair| pair[1].offset == pair[0].offset + 1), "a batch is contiguous in its queue");
+    sent.extend(batch);
+
+    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
+    let mut consumer = Consumer::join(client.clone(), "readers", "orders", options).expect("join");
+    assert_eq!(consumer.assigned_queues(), &[0, 1, 2, 3]);
+    let received: BTreeSet<String> = drain(&mut consumer, sent.len()).into_iter().collect();
+    assert_eq!(received, sent);
+}
+
+#[test]
+fn a_long_poll_wakes_when_a_message_arrives() {
+    let broker = Broker::start(1);
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    client.create_topic("events", 1).expect("create");
+    let poller = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            let params = FetchParams {
+                topic: "events".into(),
+                queue: 0,
+                offset: 0,
+                max_count: 10,
+                max_bytes: 1 << 20,
+                max_wait_ms: 20_000,
+            };
+            let body = client.connection(0).expect("connection").request(
+                Kind::FetchRequest as u16,
+                &protocol::fetch_request(&params),
+                Duration::from_secs(30),
+            );
+            let body = ringmq::client::expect_kind(body.expect("answer"), Kind::FetchResponse).expect("fetch");
+            protocol::verify::<fb::FetchResponse>(&body).expect("verify").record_count()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let producer = Producer::new(client, "events", ProducerOptions::default()).expect("producer");
+    producer.send(&OutgoingMessage { body: b"wake up", ..Default::default() }, QueueChoice::Explicit(0)).expect("send");
+    assert_eq!(poller.join().expect("poller"), 1, "the waiting fetch returned the new record");
+}
+
+#[test]
+fn a_request_to_the_wrong_shard_gets_not_owner_naming_the_owner() {
+    let broker = Broker::start(2);
+    let client = Client::connect(&broker.address()).expect("connect");
+    let (topic, _) = client.create_topic("routed", 2).expect("create");
+    let owner = topic.queue_shards[0];
+    let wrong = 1 - owner;
+    let message = ringmq::wire::MessageDraft { topic: "routed", body: b"x", ..Default::default() }.build();
+    let body = protocol::produce_request("routed", 0, &[&message]);
+    match client.call(wrong, Kind::ProduceRequest, &body) {
+        Err(ringmq::client::ClientError::Broker(failure)) => {
+            assert_eq!(failure.code, fb::ErrorCode::NotOwner);
+            assert_eq!(failure.owner_shard, Some(owner));
+        }
+        other => panic!("expected NotOwner, got {other:?}"),
+    }
+    client.call(owner, Kind::ProduceRequest, &body).expect("the owner takes it");
+}
+
+#[test]
+fn topics_messages_and_offsets_survive_a_clean_restart() {
+    let mut broker = Broker::start(2);
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    client.create_topic("kept", 2).expect("create");
+    let producer = Producer::new(client.clone(), "kept", ProducerOptions::default()).expect("producer");
+    for index in 0..10 {
+        let body = format!("m{index}");
+        producer
+            .send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::RoundRobin)
+            .expect("send");
+    }
+    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
+    let mut consumer = Consumer::join(client, "g", "kept", options.clone()).expect("join");
+    assert!(drain(&mut consumer, 4).len() >= 4);
+    drop(consumer);
+    assert!(broker.terminate().success(), "SIGTERM exits 0");
+    broker.restart();
+    let client = Arc::new(Client::connect(&broker.address()).expect("reconnect"));
+    assert_eq!(client.topic("kept").expect("topic").queue_shards.len(), 2);
+    let mut fresh = Consumer::join(client, "other", "kept", options).expect("join");
+    assert_eq!(drain(&mut fresh, 10).len(), 10);
+}

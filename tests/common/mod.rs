@@ -1,0 +1,116 @@
+//! A real `ringmq serve` process for integration tests, on 127.0.0.1 only.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    pub base_port: u16,
+    pub shards: u32,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// A base port whose `count` ports are all free now.
+fn free_ports(count: u16) -> u16 {
+    for _ in 0..200 {
+        // Below the kernel's ephemeral range, so no outgoing connection holds it.
+        let base = fastrand::u16(20_000..32_000);
+        if (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} free ports on 127.0.0.1");
+}
+
+impl Broker {
+    pub fn start(shards: u32) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut broker = Broker {
+            base_port: free_ports(shards as u16),
+            shards,
+            dir: temp.path().join("data"),
+            child: None,
+            _temp: Some(temp),
+        };
+        broker.spawn();
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.base_port)
+    }
+
+    fn spawn(&mut self) {
+        let listen = self.address();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen", &listen, "--shards", &self.shards.to_string(), "--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringmq serve");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Ready when every shard answers a metadata request naming all shards:
+    /// a bare TCP connect could reach some other listener.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for shard in 0..self.shards {
+            let address = format!("127.0.0.1:{}", self.base_port + shard as u16);
+            let answers = |address: &str| {
+                ringmq::client::Client::connect_with_timeout(address, Duration::from_secs(1))
+                    .is_ok_and(|client| client.shard_count() == self.shards)
+            };
+            while !answers(&address) {
+                if let Some(child) = self.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("ringmq serve exited early: {status}");
+                    }
+                }
+                assert!(Instant::now() < deadline, "the broker did not answer on {address} in time");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: no flush, no checkpoint.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running broker");
+        // SAFETY: sending a signal to our own child's pid has no memory-safety
+        // preconditions; the child has not been waited for, so the pid is its.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().expect("wait for the broker")
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
