@@ -6,21 +6,18 @@
 //! RINGMQ_BENCH_DIR). RINGMQ_BENCH_SECONDS sets each phase's length (3).
 //! The last line printed is one JSON object with every figure.
 
-use glommio::io::OpenOptions;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use ringmq::storage::backend::{DmaStorage, Storage};
-use ringmq::storage::{AppendRequest, CommitLog, LogConfig};
+use ringmq::storage::backend::DmaStorage;
+use ringmq::storage::{disk_probe, AppendRequest, CommitLog, LogConfig};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const RECORD_MESSAGE_BYTES: usize = 1024;
 const RAW_FSYNC_ITERATIONS: usize = 3000;
-const RAW_FILE_BYTES: u64 = 64 * 1024 * 1024;
 const RAW_BANDWIDTH_BYTES: u64 = 1024 * 1024 * 1024;
-const RAW_WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 const RAW_WRITES_IN_FLIGHT: u64 = 4;
 const APPENDER_COUNTS: [usize; 3] = [1, 16, 256];
 /// A phase stops at its time or at this many bytes, whichever comes first,
@@ -29,62 +26,6 @@ const PHASE_BYTES_MAX: u64 = 900 * 1024 * 1024;
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
-fn open_options() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true);
-    options
-}
-
-/// O_DIRECT overwrite of `write_bytes` + fdatasync into a preallocated,
-/// zero-filled file, repeated.
-async fn raw_fsync_latency(dir: &Path, write_bytes: usize) -> Histogram<u64> {
-    let path = dir.join("raw-fsync");
-    drop(DmaStorage.create_zeroed(&path, RAW_FILE_BYTES).await.expect("create raw file"));
-    let file = open_options().dma_open(&path).await.expect("open raw file");
-    let mut latency = histogram();
-    let iterations = RAW_FSYNC_ITERATIONS * 4096 / write_bytes.max(4096) + 100;
-    for iteration in 0..iterations {
-        let mut buffer = file.alloc_dma_buffer(write_bytes);
-        buffer.as_bytes_mut().fill(iteration as u8);
-        let position = (iteration as u64 * write_bytes as u64) % RAW_FILE_BYTES;
-        let started = Instant::now();
-        file.write_at(buffer, position).await.expect("raw write");
-        file.fdatasync().await.expect("raw fdatasync");
-        latency.saturating_record(started.elapsed().as_micros() as u64);
-    }
-    file.close().await.expect("close");
-    let _ = std::fs::remove_file(&path);
-    latency
-}
-
-/// Sequential O_DIRECT writes of 1 MiB, a few in flight, then fdatasync.
-async fn raw_write_bandwidth(dir: &Path) -> f64 {
-    let path = dir.join("raw-bandwidth");
-    drop(DmaStorage.create_zeroed(&path, RAW_BANDWIDTH_BYTES).await.expect("create raw file"));
-    let file = Rc::new(open_options().dma_open(&path).await.expect("open raw file"));
-    let started = Instant::now();
-    let writers: Vec<_> = (0..RAW_WRITES_IN_FLIGHT)
-        .map(|writer| {
-            let file = file.clone();
-            glommio::spawn_local(async move {
-                let chunks = RAW_BANDWIDTH_BYTES / RAW_WRITE_CHUNK_BYTES as u64;
-                for chunk in (writer..chunks).step_by(RAW_WRITES_IN_FLIGHT as usize) {
-                    let mut buffer = file.alloc_dma_buffer(RAW_WRITE_CHUNK_BYTES);
-                    buffer.as_bytes_mut().fill(chunk as u8);
-                    file.write_at(buffer, chunk * RAW_WRITE_CHUNK_BYTES as u64).await.expect("raw write");
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await;
-    }
-    file.fdatasync().await.expect("raw fdatasync");
-    let seconds = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    RAW_BANDWIDTH_BYTES as f64 / seconds / 1e6
 }
 
 struct Phase {
@@ -148,16 +89,19 @@ fn bench_dir() -> PathBuf {
 
 async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
     println!("ringmq storage benchmark in {} ({} s per phase)", dir.display(), phase_duration.as_secs_f64());
-    let raw_fsync = raw_fsync_latency(&dir, 4096).await;
+    let raw_fsync = disk_probe::fdatasync_latency(&dir, 4096, RAW_FSYNC_ITERATIONS).await.expect("raw fdatasync");
     let (raw_p50, raw_p99) = (raw_fsync.value_at_quantile(0.5), raw_fsync.value_at_quantile(0.99));
     println!("raw 4 KiB O_DIRECT overwrite + fdatasync: p50 {raw_p50} us, p99 {raw_p99} us");
     // The most one closed-loop round of 256 appenders of 1 KiB can carry.
-    let raw_batch_p50 = raw_fsync_latency(&dir, 256 * 1024).await.value_at_quantile(0.5);
+    let raw_batch =
+        disk_probe::fdatasync_latency(&dir, 256 * 1024, RAW_FSYNC_ITERATIONS / 10).await.expect("raw fdatasync");
+    let raw_batch_p50 = raw_batch.value_at_quantile(0.5);
     let batch_ceiling_mb_s = 256.0 * 1024.0 / raw_batch_p50.max(1) as f64;
     println!(
         "raw 256 KiB O_DIRECT overwrite + fdatasync: p50 {raw_batch_p50} us (ceiling for 256 x 1 KiB sync appenders: {batch_ceiling_mb_s:.0} MB/s)"
     );
-    let raw_mb_s = raw_write_bandwidth(&dir).await;
+    let raw_mb_s =
+        disk_probe::write_bandwidth_mb_s(&dir, RAW_BANDWIDTH_BYTES, RAW_WRITES_IN_FLIGHT).await.expect("raw bandwidth");
     println!("raw sequential O_DIRECT write ({RAW_WRITES_IN_FLIGHT} x 1 MiB in flight): {raw_mb_s:.0} MB/s");
     let log = Rc::new(CommitLog::open(DmaStorage, LogConfig::new(dir.join("log"))).await.expect("open log"));
     let mut report = json!({

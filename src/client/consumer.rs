@@ -49,7 +49,7 @@ impl ReceivedMessage {
 }
 
 /// Splits a fetch answer's records and checks each one's CRC again.
-fn parse_records(
+pub fn parse_records(
     queue: u32,
     first_offset: u64,
     records: &Bytes,

@@ -1,14 +1,16 @@
 //! The Rust client: blocking handles usable from any thread, without an
-//! async runtime. It fetches metadata from any shard, keeps one connection
+//! async runtime, and `AsyncConnection` for code inside a glommio executor. It fetches metadata from any shard, keeps one connection
 //! per shard it needs, sends every request straight to the owning shard and
 //! refreshes metadata when told `NotOwner`.
 
+mod async_connection;
 mod connection;
 mod consumer;
 mod producer;
 
+pub use async_connection::AsyncConnection;
 pub use connection::{Connection, Pending};
-pub use consumer::{Consumer, ConsumerOptions, ReceivedMessage};
+pub use consumer::{parse_records, Consumer, ConsumerOptions, ReceivedMessage};
 pub use producer::{OutgoingMessage, Producer, ProducerOptions, QueueChoice, SendReceipt};
 
 use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout};

@@ -15,6 +15,7 @@ pub mod aligned;
 pub mod backend;
 mod checkpoint;
 mod config;
+pub mod disk_probe;
 mod error;
 mod group_commit;
 mod index;

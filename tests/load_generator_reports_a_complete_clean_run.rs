@@ -1,0 +1,46 @@
+//! A short, slow run of ringmq-load against a broker it spawns: the report
+//! is complete, the JSON parses with every key, the HdrHistogram log and the
+//! plot are written, and nothing acknowledged was lost. No assertion on speed.
+
+use std::process::Command;
+
+#[test]
+fn a_short_run_reports_everything_and_loses_nothing() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let json = work.path().join("summary.json");
+    let hdr = work.path().join("latency.hlog");
+    let plot = work.path().join("latency.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
+        .current_dir(work.path())
+        .args(["--spawn-broker", "--broker-shards", "2", "--queues", "4", "--producers", "2", "--consumers", "2"])
+        .args(["--rate", "500", "--duration", "3s", "--warmup", "1s", "--size", "256", "--window", "4"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--hdr-log")
+        .arg(&hdr)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("run ringmq-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for line in ["raw disk under", "publish:", "end-to-end:", "verification:", "publish p50 / raw fdatasync p50"] {
+        assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
+    for key in ["publish_rate", "consume_rate", "publish_mb_s", "lost", "duplicates", "errors", "raw_fsync_p50_us"] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
+    }
+    for histogram in ["publish_latency_us", "e2e_latency_us"] {
+        for percentile in ["p50", "p99", "p999", "p9999", "max"] {
+            assert!(summary[histogram][percentile].is_u64(), "summary lacks {histogram}.{percentile}: {summary}");
+        }
+    }
+    assert_eq!(summary["lost"], 0);
+    assert!(summary["acknowledged"].as_u64().is_some_and(|count| count > 0), "nothing acknowledged: {summary}");
+    let log = std::fs::read_to_string(&hdr).expect("hdr log");
+    assert!(log.contains("Tag=publish,") && log.contains("Tag=e2e,"), "{log}");
+    let svg = std::fs::read_to_string(&plot).expect("plot");
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+}

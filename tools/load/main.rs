@@ -1,0 +1,351 @@
+//! ringmq-load: latency and throughput of a ringmq broker, measured the way
+//! the OpenMessaging Benchmark measures brokers. Producers and consumers run
+//! in glommio executors (one per core given); latency is recorded with
+//! HdrHistogram from the intended send time; at the end every acknowledged
+//! message must have been received.
+
+mod broker;
+mod ledger;
+mod report;
+mod workers;
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use report::{describe, latency_histogram, percentiles, Interval};
+use ringmq::client::Client;
+use ringmq::protocol::{self, fb, verify, Kind};
+use serde_json::json;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use workers::{ExecutorPlan, Shared, Totals, Workload, BODY_HEADER_BYTES};
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// After the producers stop, how long consumers may go without progress.
+const DRAIN_IDLE_MAX: Duration = Duration::from_secs(5);
+const DRAIN_MAX: Duration = Duration::from_secs(120);
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.find(|c: char| c.is_ascii_alphabetic()).map_or((text, "s"), |at| text.split_at(at));
+    let value: f64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("bad duration unit in {text:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "ringmq-load", about = "Latency and throughput benchmark for ringmq")]
+struct Args {
+    #[arg(long, default_value = "ringmq-load")]
+    topic: String,
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    /// Consumers in one group; 0 for none.
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages per produce request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Requests in flight per producer.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Total messages per second; 0 for as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Messages carry keys; a key's messages go to one queue.
+    #[arg(long)]
+    keyed: bool,
+    /// Start a broker on a temporary data directory for the run.
+    #[arg(long)]
+    spawn_broker: bool,
+    /// Shards of the spawned broker (default: one per CPU).
+    #[arg(long)]
+    broker_shards: Option<u32>,
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    broker: String,
+    /// Where the raw disk probe runs when the broker is not spawned: the
+    /// broker's data directory.
+    #[arg(long, default_value = ".")]
+    data_dir: std::path::PathBuf,
+    /// Executors (cores) for the generator; default: one per CPU.
+    #[arg(long)]
+    cores: Option<usize>,
+    #[arg(long)]
+    json: Option<String>,
+    #[arg(long)]
+    hdr_log: Option<String>,
+    #[arg(long)]
+    plot: Option<String>,
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    match run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ringmq-load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn raw_fsync(dir: &std::path::Path) -> Result<Histogram<u64>, String> {
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().map_err(|error| error.to_string())?;
+    let probe_dir = dir.to_path_buf();
+    executor
+        .run(async move { ringmq::storage::disk_probe::fdatasync_latency(&probe_dir, 4096, 2000).await })
+        .map_err(|error| format!("raw disk probe in {}: {error}", dir.display()))
+}
+
+fn join_group(client: &Client, group: &str, topic: &str, consumers: u32) -> Result<Vec<protocol::Assignment>, String> {
+    let coordinator = client.coordinator(group);
+    let mut members = Vec::new();
+    for _ in 0..consumers {
+        let body = protocol::join_group_request(group, topic, "", 10_000);
+        let answer = client.call(coordinator, Kind::JoinGroupRequest, &body).map_err(|error| error.to_string())?;
+        let assignment = verify::<fb::GroupAssignment>(&answer).map_err(|error| error.to_string())?;
+        members.push(protocol::read_assignment(assignment).member_id);
+    }
+    // Everyone joined: read the final assignment of each.
+    members
+        .iter()
+        .map(|member| {
+            let body = protocol::heartbeat_request(group, topic, member);
+            let answer = client.call(coordinator, Kind::HeartbeatRequest, &body).map_err(|error| error.to_string())?;
+            let assignment = verify::<fb::GroupAssignment>(&answer).map_err(|error| error.to_string())?;
+            Ok(protocol::read_assignment(assignment))
+        })
+        .collect()
+}
+
+fn run(args: Args) -> Result<ExitCode, String> {
+    if args.size < BODY_HEADER_BYTES {
+        return Err(format!("--size must be at least {BODY_HEADER_BYTES} bytes"));
+    }
+    let spawned = if args.spawn_broker { Some(broker::SpawnedBroker::start(args.broker_shards)?) } else { None };
+    let address = spawned.as_ref().map_or(args.broker.clone(), |broker| broker.address.clone());
+    let probe_dir = spawned.as_ref().map_or(args.data_dir.clone(), |broker| broker.data_dir.clone());
+    let raw = raw_fsync(&probe_dir)?;
+    let raw_p50 = raw.value_at_quantile(0.5);
+    println!(
+        "raw disk under {}: 4 KiB O_DIRECT overwrite + fdatasync p50 {raw_p50} us, p99 {} us",
+        probe_dir.display(),
+        raw.value_at_quantile(0.99)
+    );
+
+    let client = Client::connect(&address).map_err(|error| error.to_string())?;
+    let (layout, _) = client.create_topic(&args.topic, args.queues).map_err(|error| error.to_string())?;
+    let group = format!("ringmq-load-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let assignments = join_group(&client, &group, &args.topic, args.consumers)?;
+    let endpoints: Vec<String> = (0..client.shard_count())
+        .map(|shard| {
+            let port = address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(9876);
+            let host = address.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host);
+            format!("{host}:{}", port + shard as u16)
+        })
+        .collect();
+    let cores =
+        args.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get())).max(1);
+    println!(
+        "workload: {} producers, {} consumers, {} queues, {} B, batch {}, window {}, rate {}, {:?} (+{:?} warm-up), {cores} executors, broker {address}",
+        args.producers, args.consumers, args.queues, args.size, args.batch, args.window,
+        if args.rate > 0.0 { format!("{} msg/s", args.rate) } else { "max".into() }, args.duration, args.warmup
+    );
+    let start = Instant::now() + Duration::from_millis(200);
+    let shared = Arc::new(Shared {
+        start,
+        warmup_end: start + args.warmup,
+        produce_end: start + args.warmup + args.duration,
+        stop_consumers: AtomicBool::new(false),
+        producers_running: AtomicUsize::new(args.producers as usize),
+        ledger: Mutex::new(ledger::Ledger::default()),
+        published: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        interval: Mutex::new((latency_histogram(), latency_histogram())),
+    });
+    let workload = Workload {
+        topic: args.topic.clone(),
+        group: group.clone(),
+        size: args.size,
+        batch: args.batch.max(1),
+        window: args.window.max(1),
+        rate_per_producer: args.rate / f64::from(args.producers.max(1)),
+        keyed: args.keyed,
+        producer_id_base: fastrand::u64(1..u64::MAX / 2),
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let mut handles = Vec::new();
+    for executor in 0..cores {
+        let plan = ExecutorPlan {
+            producers: (0..args.producers).filter(|producer| *producer as usize % cores == executor).collect(),
+            consumers: assignments
+                .iter()
+                .enumerate()
+                .filter(|(consumer, _)| consumer % cores == executor)
+                .map(|(consumer, assignment)| (consumer as u32, assignment.clone()))
+                .collect(),
+            layout: layout.clone(),
+            endpoints: endpoints.clone(),
+            workload: workload.clone(),
+        };
+        let shared = shared.clone();
+        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(executor % cpus))
+            .name(&format!("ringmq-load-{executor}"))
+            .spawn(move || workers::run_executor(plan, shared))
+            .map_err(|error| error.to_string())?;
+        handles.push(handle);
+    }
+    let run_started = SystemTime::now();
+    let intervals = watch(&shared, &args);
+    let mut totals = Totals { publish: latency_histogram(), e2e: latency_histogram(), send_delay: latency_histogram() };
+    for handle in handles {
+        let executor = handle.join().map_err(|error| error.to_string())?;
+        let _ = totals.publish.add(&executor.publish);
+        let _ = totals.e2e.add(&executor.e2e);
+        let _ = totals.send_delay.add(&executor.send_delay);
+    }
+    if let Some(broker) = spawned {
+        broker.stop();
+    }
+    summarize(&args, &shared, &totals, &intervals, raw_p50, run_started)
+}
+
+/// Prints a line every 10 s while producing, then drains the consumers.
+fn watch(shared: &Shared, args: &Args) -> Vec<Interval> {
+    let mut intervals = Vec::new();
+    let mut last = (Instant::now(), 0u64, 0u64);
+    let mut drain_started = None;
+    let mut last_progress = (Instant::now(), 0u64);
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = Instant::now();
+        let producing = shared.producers_running.load(Ordering::SeqCst) > 0;
+        if now.duration_since(last.0) >= PROGRESS_EVERY || (!producing && drain_started.is_none()) {
+            let (published, consumed) =
+                (shared.published.load(Ordering::Relaxed), shared.consumed.load(Ordering::Relaxed));
+            let seconds = now.duration_since(last.0).as_secs_f64();
+            let (publish, e2e) = {
+                let mut interval = shared.interval.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                (
+                    std::mem::replace(&mut interval.0, latency_histogram()),
+                    std::mem::replace(&mut interval.1, latency_histogram()),
+                )
+            };
+            println!(
+                "publish {:>9.0} msg/s  consume {:>9.0} msg/s  backlog {:>8}  publish p50 {} us p99 {} us max {} us",
+                (published - last.1) as f64 / seconds,
+                (consumed - last.2) as f64 / seconds,
+                published.saturating_sub(consumed),
+                publish.value_at_quantile(0.5),
+                publish.value_at_quantile(0.99),
+                publish.max()
+            );
+            intervals.push(Interval {
+                start: last.0.saturating_duration_since(shared.start),
+                length: now.duration_since(last.0),
+                publish,
+                e2e,
+            });
+            last = (now, published, consumed);
+        }
+        if producing {
+            continue;
+        }
+        let started = *drain_started.get_or_insert(now);
+        let received = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).received_count();
+        if received != last_progress.1 {
+            last_progress = (now, received);
+        }
+        let acknowledged = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).acknowledged_count();
+        let drained = args.consumers == 0 || received >= acknowledged;
+        if drained || now.duration_since(last_progress.0) > DRAIN_IDLE_MAX || now.duration_since(started) > DRAIN_MAX {
+            shared.stop_consumers.store(true, Ordering::SeqCst);
+            return intervals;
+        }
+    }
+}
+
+fn summarize(
+    args: &Args,
+    shared: &Shared,
+    totals: &Totals,
+    intervals: &[Interval],
+    raw_p50: u64,
+    run_started: SystemTime,
+) -> Result<ExitCode, String> {
+    let verdict = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).verdict();
+    let seconds = args.duration.as_secs_f64();
+    let publish_rate = totals.publish.len() as f64 * args.batch.max(1) as f64 / seconds;
+    let consume_rate = totals.e2e.len() as f64 / seconds;
+    let publish_mb_s = publish_rate * args.size as f64 / 1e6;
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let publish_p50 = totals.publish.value_at_quantile(0.5);
+    println!("---");
+    println!("publish: {publish_rate:.0} msg/s, {publish_mb_s:.1} MB/s; latency {}", describe(&totals.publish));
+    println!("end-to-end: {consume_rate:.0} msg/s; latency {}", describe(&totals.e2e));
+    println!("send delay (intended -> actual): {}", describe(&totals.send_delay));
+    println!(
+        "publish p50 / raw fdatasync p50 = {:.2} ({publish_p50} us / {raw_p50} us)",
+        publish_p50 as f64 / raw_p50.max(1) as f64
+    );
+    println!(
+        "verification: {} acknowledged, {} received, {} lost, {} duplicates, {} received unacknowledged, {errors} send errors",
+        verdict.acknowledged, verdict.received, verdict.lost, verdict.duplicates, verdict.unacknowledged_received
+    );
+    let summary = json!({
+        "publish_rate": publish_rate.round(),
+        "consume_rate": consume_rate.round(),
+        "publish_mb_s": (publish_mb_s * 10.0).round() / 10.0,
+        "publish_latency_us": percentiles(&totals.publish),
+        "e2e_latency_us": percentiles(&totals.e2e),
+        "send_delay_us": percentiles(&totals.send_delay),
+        "acknowledged": verdict.acknowledged,
+        "received": verdict.received,
+        "lost": if args.consumers == 0 { 0 } else { verdict.lost },
+        "duplicates": verdict.duplicates,
+        "unacknowledged_received": verdict.unacknowledged_received,
+        "errors": errors,
+        "raw_fsync_p50_us": raw_p50,
+        "publish_p50_to_raw_fsync_p50": ((publish_p50 as f64 / raw_p50.max(1) as f64) * 100.0).round() / 100.0,
+        "workload": {
+            "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
+            "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
+        },
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary).map_err(|error| error.to_string())?)
+            .map_err(|error| format!("{path}: {error}"))?;
+    }
+    if let Some(path) = &args.hdr_log {
+        report::write_hdr_log(path, intervals, run_started)?;
+    }
+    if let Some(path) = &args.plot {
+        report::write_svg(path, &[("publish", "#1f77b4", &totals.publish), ("end-to-end", "#d62728", &totals.e2e)])?;
+    }
+    if args.consumers > 0 && verdict.lost > 0 {
+        eprintln!("ringmq-load: {} acknowledged messages were never received", verdict.lost);
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

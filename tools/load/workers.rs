@@ -1,0 +1,367 @@
+//! What runs inside each glommio executor: producers at a fixed rate (or as
+//! fast as the window allows) and the fetch loops of the group's consumers.
+//! Latency is measured from the intended send time, so a stalled broker
+//! shows up in the numbers instead of slowing the load (coordinated
+//! omission).
+
+use crate::ledger::Ledger;
+use crate::report::latency_histogram;
+use hdrhistogram::Histogram;
+use ringmq::client::{parse_records, AsyncConnection, ClientError};
+use ringmq::protocol::{self, fb, verify, Assignment, FetchParams, Kind, TopicLayout};
+use ringmq::wire::MessageDraft;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes at the start of every body: intended send time (ns since the run
+/// started), producer index, sequence.
+pub const BODY_HEADER_BYTES: usize = 20;
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub topic: String,
+    pub group: String,
+    pub size: usize,
+    pub batch: usize,
+    pub window: usize,
+    /// Messages per second per producer; 0 for as fast as possible.
+    pub rate_per_producer: f64,
+    pub keyed: bool,
+    pub producer_id_base: u64,
+}
+
+/// State every executor and the main thread share.
+pub struct Shared {
+    pub start: Instant,
+    pub warmup_end: Instant,
+    pub produce_end: Instant,
+    pub stop_consumers: AtomicBool,
+    pub producers_running: AtomicUsize,
+    pub ledger: Mutex<Ledger>,
+    pub published: AtomicU64,
+    pub consumed: AtomicU64,
+    pub errors: AtomicU64,
+    /// The current reporting interval: publish and end-to-end latency.
+    pub interval: Mutex<(Histogram<u64>, Histogram<u64>)>,
+}
+
+/// What one executor measured over the whole run (after warm-up).
+pub struct Totals {
+    pub publish: Histogram<u64>,
+    pub e2e: Histogram<u64>,
+    pub send_delay: Histogram<u64>,
+}
+
+struct Local {
+    totals: Totals,
+    publish_interval: Histogram<u64>,
+    e2e_interval: Histogram<u64>,
+}
+
+pub struct ExecutorPlan {
+    pub producers: Vec<u32>,
+    pub consumers: Vec<(u32, Assignment)>,
+    pub layout: TopicLayout,
+    pub endpoints: Vec<String>,
+    pub workload: Workload,
+}
+
+struct Context {
+    plan: ExecutorPlan,
+    shared: Arc<Shared>,
+    local: RefCell<Local>,
+    connections: RefCell<HashMap<u32, Rc<AsyncConnection>>>,
+}
+
+impl Context {
+    async fn connection(&self, shard: u32) -> Result<Rc<AsyncConnection>, ClientError> {
+        if let Some(connection) = self.connections.borrow().get(&shard).filter(|connection| !connection.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let address =
+            self.plan.endpoints.get(shard as usize).ok_or_else(|| ClientError::Usage(format!("no shard {shard}")))?;
+        let connection = AsyncConnection::connect(address).await?;
+        self.connections.borrow_mut().insert(shard, connection.clone());
+        Ok(connection)
+    }
+
+    fn since_start_ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.shared.start).as_nanos() as u64
+    }
+
+    fn measured(&self, intended: Instant) -> bool {
+        intended >= self.shared.warmup_end
+    }
+}
+
+pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
+    let local = Local {
+        totals: Totals { publish: latency_histogram(), e2e: latency_histogram(), send_delay: latency_histogram() },
+        publish_interval: latency_histogram(),
+        e2e_interval: latency_histogram(),
+    };
+    let context =
+        Rc::new(Context { plan, shared, local: RefCell::new(local), connections: RefCell::new(HashMap::new()) });
+    let mut tasks = Vec::new();
+    for producer in context.plan.producers.clone() {
+        tasks.push(glommio::spawn_local(run_producer(context.clone(), producer)));
+    }
+    for (consumer, assignment) in context.plan.consumers.clone() {
+        tasks.push(glommio::spawn_local(run_consumer(context.clone(), consumer, assignment)));
+    }
+    let publisher = glommio::spawn_local(publish_intervals(context.clone()));
+    for task in tasks {
+        task.await;
+    }
+    drop(publisher);
+    move_interval(&context);
+    let fresh = Totals { publish: latency_histogram(), e2e: latency_histogram(), send_delay: latency_histogram() };
+    let totals = std::mem::replace(&mut context.local.borrow_mut().totals, fresh);
+    totals
+}
+
+/// Hands the executor's interval histograms to the main thread's report.
+async fn publish_intervals(context: Rc<Context>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        move_interval(&context);
+    }
+}
+
+fn move_interval(context: &Context) {
+    let mut local = context.local.borrow_mut();
+    let mut interval = context.shared.interval.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _ = interval.0.add(&local.publish_interval);
+    let _ = interval.1.add(&local.e2e_interval);
+    local.publish_interval.reset();
+    local.e2e_interval.reset();
+}
+
+fn body(size: usize, intended_ns: u64, producer: u32, sequence: u64) -> Vec<u8> {
+    let mut body = vec![0x5a; size.max(BODY_HEADER_BYTES)];
+    body[0..8].copy_from_slice(&intended_ns.to_le_bytes());
+    body[8..12].copy_from_slice(&producer.to_le_bytes());
+    body[12..20].copy_from_slice(&sequence.to_le_bytes());
+    body
+}
+
+pub fn read_body(body: &[u8]) -> Option<(u64, u32, u64)> {
+    if body.len() < BODY_HEADER_BYTES {
+        return None;
+    }
+    let word = |range: std::ops::Range<usize>| {
+        body[range].iter().rev().fold(0u64, |value, byte| value << 8 | u64::from(*byte))
+    };
+    Some((word(0..8), word(8..12) as u32, word(12..20)))
+}
+
+async fn run_producer(context: Rc<Context>, producer: u32) {
+    let workload = context.plan.workload.clone();
+    let queues = context.plan.layout.queue_shards.len() as u32;
+    let window = Rc::new(glommio::sync::Semaphore::new(workload.window as u64));
+    let request_interval = (workload.rate_per_producer > 0.0)
+        .then(|| Duration::from_secs_f64(workload.batch as f64 / workload.rate_per_producer));
+    let mut request = 0u64;
+    loop {
+        let now = Instant::now();
+        let intended = match request_interval {
+            Some(interval) => context.shared.start + interval.mul_f64(request as f64),
+            None => now,
+        };
+        if intended >= context.shared.produce_end {
+            break;
+        }
+        if intended > now {
+            glommio::timer::sleep(intended - now).await;
+        }
+        let Ok(permit) = window.clone().acquire_static_permit(1).await else { break };
+        let first_sequence = request * workload.batch as u64;
+        let queue = if workload.keyed {
+            crc32fast::hash(format!("key-{}", first_sequence % 1024).as_bytes()) % queues
+        } else {
+            ((request + u64::from(producer)) % u64::from(queues)) as u32
+        };
+        if context.measured(intended) {
+            let delay = Instant::now().saturating_duration_since(intended).as_micros() as u64;
+            context.local.borrow_mut().totals.send_delay.saturating_record(delay);
+        }
+        let context = context.clone();
+        let workload = workload.clone();
+        glommio::spawn_local(async move {
+            send(&context, &workload, producer, queue, first_sequence, intended).await;
+            drop(permit);
+        })
+        .detach();
+        request += 1;
+    }
+    let _ = window.acquire(workload.window as u64).await;
+    context.shared.producers_running.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn send(
+    context: &Context,
+    workload: &Workload,
+    producer: u32,
+    queue: u32,
+    first_sequence: u64,
+    intended: Instant,
+) {
+    let intended_ns = context.since_start_ns(intended);
+    let producer_id = workload.producer_id_base + u64::from(producer);
+    let messages: Vec<Vec<u8>> = (first_sequence..first_sequence + workload.batch as u64)
+        .map(|sequence| {
+            let body = body(workload.size, intended_ns, producer, sequence);
+            let key = format!("key-{}", sequence % 1024);
+            let keys = [key.as_str()];
+            MessageDraft {
+                msg_id: (producer_id, sequence),
+                topic: &workload.topic,
+                queue,
+                keys: if workload.keyed { &keys } else { &[] },
+                body: &body,
+                producer_id,
+                sequence: sequence + 1,
+                ..MessageDraft::default()
+            }
+            .build()
+        })
+        .collect();
+    let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let request = protocol::produce_request(&workload.topic, queue, &slices);
+    let shard = context.plan.layout.queue_shards[queue as usize];
+    let answer = match context.connection(shard).await {
+        Ok(connection) => connection.request(Kind::ProduceRequest, &request).await,
+        Err(error) => Err(error),
+    };
+    let acknowledged = answer.ok().and_then(|body| {
+        let response = verify::<fb::ProduceResponse>(&body).ok()?;
+        let results = response.results()?;
+        Some(results.iter().filter(|result| result.status() == fb::SendStatus::SendOk).count())
+    });
+    let Some(acknowledged) = acknowledged.filter(|count| *count == workload.batch) else {
+        context.shared.errors.fetch_add(workload.batch as u64, Ordering::Relaxed);
+        return;
+    };
+    let latency = Instant::now().saturating_duration_since(intended).as_micros() as u64;
+    if context.measured(intended) {
+        let mut local = context.local.borrow_mut();
+        local.totals.publish.saturating_record(latency);
+        local.publish_interval.saturating_record(latency);
+    }
+    {
+        let mut ledger = context.shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for sequence in first_sequence..first_sequence + workload.batch as u64 {
+            ledger.acknowledge(producer, sequence);
+        }
+    }
+    context.shared.published.fetch_add(acknowledged as u64, Ordering::Relaxed);
+}
+
+async fn run_consumer(context: Rc<Context>, consumer: u32, assignment: Assignment) {
+    let fetchers: Vec<_> = assignment
+        .queues
+        .iter()
+        .map(|queue| glommio::spawn_local(fetch_loop(context.clone(), *queue, assignment.generation)))
+        .collect();
+    let heartbeat = glommio::spawn_local(heartbeat_loop(context.clone(), assignment.clone()));
+    for fetcher in fetchers {
+        fetcher.await;
+    }
+    drop(heartbeat);
+    tracing::debug!(consumer, "consumer done");
+}
+
+async fn heartbeat_loop(context: Rc<Context>, assignment: Assignment) {
+    let group = context.plan.workload.group.clone();
+    let topic = context.plan.workload.topic.clone();
+    let coordinator = protocol::coordinator_shard(&group, context.plan.endpoints.len() as u32);
+    let interval = Duration::from_millis(u64::from(assignment.heartbeat_interval_ms.max(100)));
+    loop {
+        glommio::timer::sleep(interval).await;
+        let body = protocol::heartbeat_request(&group, &topic, &assignment.member_id);
+        if let Ok(connection) = context.connection(coordinator).await {
+            if let Ok(answer) = connection.request(Kind::HeartbeatRequest, &body).await {
+                if let Ok(current) = verify::<fb::GroupAssignment>(&answer) {
+                    if current.generation() != assignment.generation {
+                        tracing::warn!("the load group rebalanced during the run");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
+    let workload = context.plan.workload.clone();
+    let shard = context.plan.layout.queue_shards[queue as usize];
+    let mut offset = 0;
+    let mut last_commit = Instant::now();
+    while !context.shared.stop_consumers.load(Ordering::SeqCst) {
+        let params = FetchParams {
+            topic: workload.topic.clone(),
+            queue,
+            offset,
+            max_count: 4096,
+            max_bytes: 4 << 20,
+            max_wait_ms: 100,
+        };
+        let Ok(connection) = context.connection(shard).await else {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(body) = connection.request(Kind::FetchRequest, &protocol::fetch_request(&params)).await else {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(response) = verify::<fb::FetchResponse>(&body) else { continue };
+        let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
+        let next_offset = response.next_offset();
+        let Ok(messages) = parse_records(queue, offset, &records, response.record_count()) else {
+            tracing::error!(queue, offset, "a fetched record failed verification");
+            context.shared.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let now = Instant::now();
+        let mut received = Vec::with_capacity(messages.len());
+        for message in &messages {
+            if let Some((intended_ns, producer, sequence)) = read_body(&message.body) {
+                received.push((producer, sequence));
+                let intended = context.shared.start + Duration::from_nanos(intended_ns);
+                if context.measured(intended) {
+                    let latency = now.saturating_duration_since(intended).as_micros() as u64;
+                    let mut local = context.local.borrow_mut();
+                    local.totals.e2e.saturating_record(latency);
+                    local.e2e_interval.saturating_record(latency);
+                }
+            }
+        }
+        {
+            let mut ledger = context.shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (producer, sequence) in &received {
+                ledger.receive(*producer, *sequence);
+            }
+        }
+        context.shared.consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        offset = next_offset.max(offset);
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            last_commit = Instant::now();
+            commit(&context, queue, offset, generation).await;
+        }
+    }
+    commit(&context, queue, offset, generation).await;
+}
+
+async fn commit(context: &Context, queue: u32, offset: u64, generation: u64) {
+    let workload = &context.plan.workload;
+    let shard = context.plan.layout.queue_shards[queue as usize];
+    let body = protocol::commit_offset_request(&workload.group, &workload.topic, queue, offset, generation);
+    if let Ok(connection) = context.connection(shard).await {
+        if let Err(error) = connection.request(Kind::CommitOffsetRequest, &body).await {
+            tracing::debug!(%error, queue, "commit failed");
+        }
+    }
+}
