@@ -192,9 +192,12 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
         }
         // Long poll: wake when anything new becomes visible in this shard.
+        // A stopped log makes nothing visible any more: just wait it out.
         futures_lite::future::or(
             async {
-                let _ = shard.log.wait_visible_beyond(visible).await;
+                if shard.log.wait_visible_beyond(visible).await.is_err() {
+                    glommio::timer::sleep(remaining).await;
+                }
             },
             glommio::timer::sleep(remaining),
         )

@@ -76,8 +76,10 @@ pub struct SealedBuffer<F> {
 
 /// What `place` could not do by itself.
 pub enum Blocked {
-    /// Buffers are full; retry once `written` reaches this position.
-    Room { written_target: u64 },
+    /// Buffers are full; retry once the flusher has taken this many batches
+    /// (taking a batch empties the sealed queue). A position would not do:
+    /// a sealed buffer may hold no new record, its end already written.
+    Room { batches_target: u64 },
     /// The active segment is full and the next one is not ready.
     Segment,
 }
@@ -144,8 +146,7 @@ impl<F: StorageFile> LogState<F> {
     }
 
     fn room_target(&self) -> Blocked {
-        let written_target = self.sealed.back().map_or(self.appended, |sealed| sealed.fill.end());
-        Blocked::Room { written_target }
+        Blocked::Room { batches_target: self.batches_taken + 1 }
     }
 
     fn encode(&mut self, request: &AppendRequest<'_>, length: usize, now_us: u64) -> Appended {
@@ -196,6 +197,7 @@ impl<F: StorageFile> LogState<F> {
         if self.filling.records > 0 {
             self.seal(capacity, None);
         }
+        self.batches_taken += 1;
         self.sealed.drain(..).collect()
     }
 }
@@ -210,6 +212,7 @@ impl<S: Storage> LogShared<S> {
     pub async fn flush_round(&self, force_sync: bool) -> Result<Round, LogError> {
         let capacity = self.config.buffer_capacity_bytes;
         let batch = self.state.borrow_mut().take_batch(capacity);
+        self.batches.advance(self.state.borrow().batches_taken);
         let started = Instant::now();
         let (mut records, mut bytes) = (0, 0);
         for sealed in &batch {
@@ -295,6 +298,7 @@ impl<S: Storage> LogShared<S> {
         let cause = Arc::new(error);
         self.state.borrow_mut().stopped = Some(cause.clone());
         self.written.fail(LogError::Stopped { cause: cause.clone() });
+        self.batches.fail(LogError::Stopped { cause: cause.clone() });
         self.flushed.fail(LogError::Stopped { cause });
     }
 }

@@ -71,6 +71,8 @@ pub struct LogState<F> {
     pub index_files: BTreeMap<u32, IndexFile<F>>,
     pub unsynced_segments: Vec<Rc<Segment<F>>>,
     pub unsynced_bytes: u64,
+    /// Batches the flusher has taken so far.
+    pub batches_taken: u64,
     pub stats: LogStats,
     pub stopped: Option<Arc<LogError>>,
     pub checkpoint_position: u64,
@@ -82,6 +84,8 @@ pub struct LogShared<S: Storage> {
     pub state: RefCell<LogState<S::File>>,
     pub written: Watermark<LogError>,
     pub flushed: Watermark<LogError>,
+    /// Mirrors `LogState::batches_taken`, for appenders waiting for room.
+    pub batches: Watermark<LogError>,
     /// Counts finished attempts to prepare a segment.
     pub segment_attempts: Watermark<LogError>,
     pub flush_signal: Signal,
@@ -113,6 +117,7 @@ impl<S: Storage> CommitLog<S> {
             state: RefCell::new(state),
             written: Watermark::new(end),
             flushed: Watermark::new(end),
+            batches: Watermark::new(0),
             segment_attempts: Watermark::new(0),
             flush_signal: Signal::default(),
             closing: Cell::new(false),
@@ -154,9 +159,9 @@ impl<S: Storage> CommitLog<S> {
                     }
                     return Ok(appended);
                 }
-                Err(Blocked::Room { written_target }) => {
+                Err(Blocked::Room { batches_target }) => {
                     self.shared.flush_signal.notify();
-                    self.shared.written.wait_for(written_target).await?;
+                    self.shared.batches.wait_for(batches_target).await?;
                 }
                 Err(Blocked::Segment) => self.shared.prepare_next_segment().await?,
             }

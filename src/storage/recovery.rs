@@ -76,6 +76,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
         index_files,
         unsynced_segments: Vec::new(),
         unsynced_bytes: 0,
+        batches_taken: 0,
         stats: Default::default(),
         stopped: None,
         checkpoint_position,

@@ -245,3 +245,32 @@ async fn async_mode_acknowledges_after_the_write<S: Storage>(storage: S, mut con
     let log = CommitLog::open(storage, config).await.expect("reopen");
     assert_queue(&log, 0, 200).await;
 }
+
+on_every_backend!(bursts_larger_than_the_buffers_all_become_durable);
+
+/// Many tasks each place a burst of records bigger than all the buffers
+/// together before waiting for durability, as a batch produce does.
+async fn bursts_larger_than_the_buffers_all_become_durable<S: Storage>(storage: S, config: LogConfig) {
+    let log = std::rc::Rc::new(CommitLog::open(storage, config).await.expect("open"));
+    let tasks: Vec<_> = (0..8u32)
+        .map(|queue_id| {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                for burst in 0..3u64 {
+                    let mut end = 0;
+                    for sequence in burst * 200..(burst + 1) * 200 {
+                        let message = message(queue_id, sequence);
+                        end = log.append_buffered(request(queue_id, &message)).await.expect("append").end;
+                    }
+                    log.wait_acknowledgeable(end).await.expect("durable");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    for queue_id in 0..8 {
+        assert_queue(&log, queue_id, 600).await;
+    }
+}

@@ -3,14 +3,12 @@
 
 use ringmq::client::Client;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct SpawnedBroker {
     child: Child,
     pub address: String,
-    pub data_dir: PathBuf,
     _temp: tempfile::TempDir,
 }
 
@@ -25,15 +23,17 @@ fn free_base_port(count: u16) -> Result<u16, String> {
 }
 
 impl SpawnedBroker {
-    pub fn start(shards: Option<u32>) -> Result<Self, String> {
+    /// A temporary directory under the working directory, so the raw disk
+    /// probe measures the disk the broker will write to (not a tmpfs /tmp).
+    pub fn directory() -> Result<tempfile::TempDir, String> {
+        tempfile::Builder::new().prefix("ringmq-load-").tempdir_in(".").map_err(|error| error.to_string())
+    }
+
+    pub fn start(temp: tempfile::TempDir, shards: Option<u32>) -> Result<Self, String> {
         let binary = std::env::current_exe().map_err(|error| error.to_string())?.with_file_name("ringmq");
         if !binary.exists() {
             return Err(format!("{} not found: build it with `cargo build --release`", binary.display()));
         }
-        // Under the working directory, so the raw disk probe measures the
-        // disk the broker really writes to (not a tmpfs /tmp).
-        let temp =
-            tempfile::Builder::new().prefix("ringmq-load-").tempdir_in(".").map_err(|error| error.to_string())?;
         let data_dir = temp.path().join("data");
         let shard_count =
             shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get() as u32));
@@ -46,7 +46,7 @@ impl SpawnedBroker {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|error| format!("starting {}: {error}", binary.display()))?;
-        let broker = Self { child, address, data_dir, _temp: temp };
+        let broker = Self { child, address, _temp: temp };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Client::connect_with_timeout(&broker.address, Duration::from_secs(1)).is_err() {
             if Instant::now() > deadline {

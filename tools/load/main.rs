@@ -142,9 +142,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
     if args.size < BODY_HEADER_BYTES {
         return Err(format!("--size must be at least {BODY_HEADER_BYTES} bytes"));
     }
-    let spawned = if args.spawn_broker { Some(broker::SpawnedBroker::start(args.broker_shards)?) } else { None };
-    let address = spawned.as_ref().map_or(args.broker.clone(), |broker| broker.address.clone());
-    let probe_dir = spawned.as_ref().map_or(args.data_dir.clone(), |broker| broker.data_dir.clone());
+    // The raw disk is measured before a spawned broker starts, so the two do
+    // not compete (a new broker zero-fills its first segments).
+    let temp = if args.spawn_broker { Some(broker::SpawnedBroker::directory()?) } else { None };
+    let probe_dir = temp.as_ref().map_or(args.data_dir.clone(), |temp| temp.path().to_path_buf());
     let raw = raw_fsync(&probe_dir)?;
     let raw_p50 = raw.value_at_quantile(0.5);
     println!(
@@ -152,6 +153,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
         probe_dir.display(),
         raw.value_at_quantile(0.99)
     );
+    let spawned = match temp {
+        Some(temp) => Some(broker::SpawnedBroker::start(temp, args.broker_shards)?),
+        None => None,
+    };
+    let address = spawned.as_ref().map_or(args.broker.clone(), |broker| broker.address.clone());
 
     let client = Client::connect(&address).map_err(|error| error.to_string())?;
     let (layout, _) = client.create_topic(&args.topic, args.queues).map_err(|error| error.to_string())?;

@@ -172,7 +172,9 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
             Some(interval) => context.shared.start + interval.mul_f64(request as f64),
             None => now,
         };
-        if intended >= context.shared.produce_end {
+        // Stop at the end of the run, in intended time or, when the broker
+        // cannot keep up with the rate, in wall-clock time.
+        if intended >= context.shared.produce_end || now >= context.shared.produce_end {
             break;
         }
         if intended > now {
