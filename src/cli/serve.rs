@@ -32,7 +32,8 @@ pub struct ServeArgs {
     flush: Option<Flush>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, segment_size_bytes,
-    /// retention_hours, retention_bytes, connections_max, in_flight_max.
+    /// retention_hours, retention_bytes, connections_max, in_flight_max,
+    /// in_flight_bytes_max, spin_before_park_us.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -51,6 +52,8 @@ struct ConfigFile {
     retention_bytes: Option<u64>,
     connections_max: Option<usize>,
     in_flight_max: Option<usize>,
+    in_flight_bytes_max: Option<usize>,
+    spin_before_park_us: Option<u64>,
 }
 
 fn split_listen(listen: &str) -> Result<(String, u16), String> {
@@ -90,6 +93,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     };
     if let Some(max) = file.connections_max {
         config.connections_max = max;
+    }
+    if let Some(bytes) = file.in_flight_bytes_max {
+        config.in_flight_bytes_max = bytes.max(1024);
+    }
+    if let Some(spin) = file.spin_before_park_us {
+        config.spin_before_park = Duration::from_micros(spin);
     }
     if let Some(max) = file.in_flight_max {
         config.in_flight_max = max.max(1);

@@ -1,6 +1,9 @@
 //! One client connection: frames are read and handled concurrently
-//! (pipelining, bounded per connection), and answered by request id in the
-//! order they complete. A frame that cannot be parsed closes the connection
+//! (pipelining), and answered by request id in the order they complete.
+//! What a client can pin is bounded: at most `in_flight_max` requests and
+//! `in_flight_bytes_max` bytes of request bodies per connection, counted
+//! until the answer is written to the socket; past that the connection is
+//! not read (TCP pushes back on the client). A frame that cannot be parsed closes the connection
 //! after an error response; any other bad request gets an error response and
 //! the connection goes on.
 
@@ -11,6 +14,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
 use std::rc::Rc;
 use tracing::Instrument;
 
@@ -26,16 +30,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let (reader, writer) = futures_lite::io::split(stream);
         let in_flight_max = shard.config.in_flight_max;
-        let (responses, outbox) = local_channel::new_bounded::<Vec<u8>>(in_flight_max);
+        let (responses, outbox) = local_channel::new_bounded::<Answer>(in_flight_max);
         let writer_task = glommio::spawn_local(write_responses(writer, outbox));
-        let in_flight = Rc::new(glommio::sync::Semaphore::new(in_flight_max as u64));
+        let budget = Budget::new(in_flight_max, shard.config.in_flight_bytes_max);
         let responses = Rc::new(responses);
-        let outcome = read_requests(&shard, reader, &in_flight, &responses).await;
+        let outcome = read_requests(&shard, reader, &budget, &responses).await;
         if let Err(error) = &outcome {
             tracing::info!(%error, "closing the connection");
         }
         // Let the requests in flight finish and their answers go out.
-        let _ = in_flight.acquire(in_flight_max as u64).await;
+        let _ = budget.requests.acquire(in_flight_max as u64).await;
         drop(responses);
         writer_task.await;
         tracing::debug!("disconnected");
@@ -44,11 +48,38 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     .await
 }
 
+/// A frame to write and the budget it holds until it is written.
+struct Answer {
+    frame: Vec<u8>,
+    _held: Option<(StaticPermit, StaticPermit)>,
+}
+
+/// What one connection may hold at once.
+struct Budget {
+    requests: Rc<Semaphore>,
+    kib: Rc<Semaphore>,
+    kib_max: u64,
+}
+
+impl Budget {
+    fn new(requests: usize, bytes: usize) -> Self {
+        let kib_max = (bytes / 1024).max(1) as u64;
+        Self { requests: Rc::new(Semaphore::new(requests as u64)), kib: Rc::new(Semaphore::new(kib_max)), kib_max }
+    }
+
+    async fn hold(&self, body_bytes: usize) -> Result<(StaticPermit, StaticPermit), String> {
+        let kib = (body_bytes as u64 / 1024 + 1).min(self.kib_max);
+        let request = self.requests.clone().acquire_static_permit(1).await.map_err(|error| error.to_string())?;
+        let bytes = self.kib.clone().acquire_static_permit(kib).await.map_err(|error| error.to_string())?;
+        Ok((request, bytes))
+    }
+}
+
 async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
-    in_flight: &Rc<glommio::sync::Semaphore>,
-    responses: &Rc<local_channel::LocalSender<Vec<u8>>>,
+    budget: &Budget,
+    responses: &Rc<local_channel::LocalSender<Answer>>,
 ) -> Result<(), String> {
     let body_max = shard.config.frame_body_bytes_max;
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -56,7 +87,7 @@ async fn read_requests(
     loop {
         loop {
             match decode_frame(&mut buffer, body_max) {
-                Ok(Some(frame)) => dispatch(shard, frame, in_flight, responses).await?,
+                Ok(Some(frame)) => dispatch(shard, frame, budget, responses).await?,
                 Ok(None) => break,
                 Err(error) => return Err(refuse_frame(responses, error).await),
             }
@@ -76,20 +107,20 @@ async fn read_requests(
 }
 
 /// The framing is lost: answer once, with request id 0, then close.
-async fn refuse_frame(responses: &local_channel::LocalSender<Vec<u8>>, error: FrameError) -> String {
+async fn refuse_frame(responses: &local_channel::LocalSender<Answer>, error: FrameError) -> String {
     let failure = Failure::new(fb::ErrorCode::BadFrame, error.to_string());
     let frame = encode_frame(Kind::ErrorResponse as u16, 0, &protocol::error_response(&failure));
-    let _ = responses.send(frame).await;
+    let _ = responses.send(Answer { frame, _held: None }).await;
     error.to_string()
 }
 
 async fn dispatch(
     shard: &Rc<Shard>,
     frame: Frame,
-    in_flight: &Rc<glommio::sync::Semaphore>,
-    responses: &Rc<local_channel::LocalSender<Vec<u8>>>,
+    budget: &Budget,
+    responses: &Rc<local_channel::LocalSender<Answer>>,
 ) -> Result<(), String> {
-    let permit = in_flight.acquire_static_permit(1).await.map_err(|error| error.to_string())?;
+    let held = budget.hold(frame.body.len()).await?;
     let (shard, responses) = (shard.clone(), responses.clone());
     glommio::spawn_local(async move {
         shard.requests_in_flight.set(shard.requests_in_flight.get() + 1);
@@ -101,9 +132,8 @@ async fn dispatch(
                 encode_frame(Kind::ErrorResponse as u16, request_id, &protocol::error_response(&failure))
             }
         };
-        let _ = responses.send(response).await;
         shard.requests_in_flight.set(shard.requests_in_flight.get() - 1);
-        drop(permit);
+        let _ = responses.send(Answer { frame: response, _held: Some(held) }).await;
     })
     .detach();
     Ok(())
@@ -111,12 +141,15 @@ async fn dispatch(
 
 /// Writes answers as they come, coalescing those already waiting into one
 /// write.
-async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, outbox: LocalReceiver<Vec<u8>>) {
+async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, outbox: LocalReceiver<Answer>) {
     let mut pending = Vec::new();
-    while let Some(frame) = outbox.recv().await {
-        pending.extend_from_slice(&frame);
-        while let Some(Some(frame)) = futures_lite::future::poll_once(outbox.recv()).await {
-            pending.extend_from_slice(&frame);
+    let mut written = Vec::new();
+    while let Some(answer) = outbox.recv().await {
+        pending.extend_from_slice(&answer.frame);
+        written.push(answer);
+        while let Some(Some(answer)) = futures_lite::future::poll_once(outbox.recv()).await {
+            pending.extend_from_slice(&answer.frame);
+            written.push(answer);
             if pending.len() > 1 << 20 {
                 break;
             }
@@ -126,6 +159,8 @@ async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, out
             return;
         }
         pending.clear();
+        // Their budget goes back only now that the bytes left.
+        written.clear();
     }
     let _ = writer.flush().await;
     let _ = writer.close().await;

@@ -47,7 +47,12 @@ pub struct ServerConfig {
     pub retention: Retention,
     pub connections_max: usize,
     pub in_flight_max: usize,
+    /// Bytes of request bodies one connection may have in flight.
+    pub in_flight_bytes_max: usize,
     pub frame_body_bytes_max: usize,
+    /// Executors spin this long for new work before they sleep: less wake-up
+    /// latency for more CPU. Zero (the default) sleeps at once.
+    pub spin_before_park: Duration,
 }
 
 impl Default for ServerConfig {
@@ -63,7 +68,9 @@ impl Default for ServerConfig {
             retention: Retention::default(),
             connections_max: 10_000,
             in_flight_max: 1024,
+            in_flight_bytes_max: 64 * 1024 * 1024,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
+            spin_before_park: Duration::ZERO,
         }
     }
 }
@@ -144,7 +151,11 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
     for (index, ends) in cross::cross_channels(shard_count as usize).into_iter().enumerate() {
         let shard = index as u32;
         let (config, endpoints, stop) = (config.clone(), endpoints.clone(), stop.clone());
-        let handle = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize));
+        if !config.spin_before_park.is_zero() {
+            builder = builder.spin_before_park(config.spin_before_park);
+        }
+        let handle = builder
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
                 let span = tracing::info_span!("shard", id = shard);

@@ -84,6 +84,10 @@ struct Args {
     /// Executors (cores) for the generator; default: one per CPU.
     #[arg(long)]
     cores: Option<usize>,
+    /// CPU of the first executor; the others follow (wrapping). Keeps the
+    /// generator off the broker's cores when there are spare ones.
+    #[arg(long, default_value_t = 0)]
+    first_cpu: usize,
     #[arg(long)]
     json: Option<String>,
     #[arg(long)]
@@ -216,7 +220,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             workload: workload.clone(),
         };
         let shared = shared.clone();
-        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(executor % cpus))
+        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed((args.first_cpu + executor) % cpus))
             .name(&format!("ringmq-load-{executor}"))
             .spawn(move || workers::run_executor(plan, shared))
             .map_err(|error| error.to_string())?;
