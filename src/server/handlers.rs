@@ -12,7 +12,7 @@ use crate::storage::{AppendRequest, LogError};
 use crate::wire::{verify_message, VerifiedMessage};
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub type Answer = Result<(Kind, Vec<u8>), Failure>;
 
@@ -100,9 +100,9 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         sends.push(append_once(shard, queue_id, message).await.map_err(log_failure)?);
     }
     let end = sends.iter().map(|send| send.end).max().unwrap_or(0);
-    let timeout = shard.config.sync_flush_timeout;
+    let deadline = shard.clock.deadline(shard.config.sync_flush_timeout);
     let durable = futures_lite::future::or(async { Some(shard.log.wait_acknowledgeable(end).await) }, async {
-        glommio::timer::sleep(timeout).await;
+        shard.clock.until(deadline).await;
         None
     })
     .await;
@@ -158,7 +158,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
     let count = request.max_count().clamp(1, FETCH_COUNT_MAX) as usize;
     let bytes_max = (request.max_bytes() as usize).clamp(1, FRAME_BODY_BYTES_MAX - 64 * 1024);
     let wait = Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX)));
-    let deadline = Instant::now() + wait;
+    let deadline = shard.clock.deadline(wait);
     loop {
         let visible = shard.log.positions().visible;
         let batch = match shard.log.read(queue_id, request.offset(), count, bytes_max).await {
@@ -176,8 +176,8 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             }
             Err(other) => return Err(log_failure(other)),
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if !batch.records.is_empty() || remaining.is_zero() || shard.shutting_down.get() {
+        let expired = shard.clock.now_ms() >= deadline;
+        if !batch.records.is_empty() || expired || shard.shutting_down.get() {
             let mut records = BytesMut::with_capacity(batch.records.iter().map(|record| record.bytes.len()).sum());
             for record in &batch.records {
                 records.extend_from_slice(&record.bytes);
@@ -196,10 +196,10 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
         futures_lite::future::or(
             async {
                 if shard.log.wait_visible_beyond(visible).await.is_err() {
-                    glommio::timer::sleep(remaining).await;
+                    shard.clock.until(deadline).await;
                 }
             },
-            glommio::timer::sleep(remaining),
+            shard.clock.until(deadline),
         )
         .await;
     }

@@ -3,6 +3,7 @@
 //! them and returns after a SIGTERM or SIGINT once every shard has finished
 //! its requests in flight, flushed and checkpointed.
 
+mod clock;
 mod connection;
 mod cross;
 mod dedup;
@@ -201,7 +202,9 @@ async fn run_shard(
         TcpListener::bind(&address).map_err(|error| shard_error(format!("listening on {address}: {error}")))?;
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
+    let (clock, _ticking) = clock::CoarseClock::start();
     let shard = Rc::new(Shard::new(ShardParts {
+        clock,
         id,
         shard_count,
         config: config.clone(),

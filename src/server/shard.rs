@@ -2,6 +2,7 @@
 //! owns, their consumer offsets, the groups it coordinates and a dedup
 //! window. Nothing in it is shared with another shard.
 
+use super::clock::CoarseClock;
 use super::cross::{CrossMessage, Peers};
 use super::dedup::DedupWindow;
 use super::groups::Coordinator;
@@ -21,6 +22,7 @@ use std::rc::Rc;
 type Created = Result<(Topic, bool), Failure>;
 
 pub struct Shard {
+    pub clock: Rc<CoarseClock>,
     pub id: u32,
     pub shard_count: u32,
     pub config: Rc<ServerConfig>,
@@ -46,6 +48,7 @@ pub struct Shard {
 }
 
 pub struct ShardParts {
+    pub clock: Rc<CoarseClock>,
     pub id: u32,
     pub shard_count: u32,
     pub config: Rc<ServerConfig>,
@@ -60,6 +63,7 @@ pub struct ShardParts {
 impl Shard {
     pub fn new(parts: ShardParts) -> Self {
         Shard {
+            clock: parts.clock,
             id: parts.id,
             shard_count: parts.shard_count,
             config: parts.config,
