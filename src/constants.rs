@@ -32,6 +32,11 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 64 * 1024;
 /// Zero-fill of a new segment is written in chunks of this size.
 pub const SEGMENT_ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Background zero-fill of the next segment: fast enough to be ready long
+/// before the active segment's second half fills at any rate this disk
+/// sustains, slow enough not to stall the log's fdatasyncs behind it.
+pub const ZERO_FILL_BYTES_PER_SECOND_DEFAULT: u64 = 512 * 1024 * 1024;
+
 /// How many bytes a recovery scan examines past the end of the valid data for
 /// records that would prove the end is not a torn tail but lost data.
 pub const RECOVERY_PROBE_BYTES_MIN: u64 = 4 * 1024 * 1024;

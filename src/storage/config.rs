@@ -32,6 +32,9 @@ pub struct LogConfig {
     pub retention: Retention,
     /// How often the background task writes index files and a checkpoint.
     pub checkpoint_interval: Duration,
+    /// How fast the next segment is zero-filled in the background (bytes per
+    /// second, 0 for no limit); an append that needs it lifts the limit.
+    pub zero_fill_bytes_per_second: u64,
     /// Operator override: start even though recovery found a corrupt record
     /// followed by valid ones, cutting the log at the corruption.
     pub truncate_corruption: bool,
@@ -48,6 +51,7 @@ impl LogConfig {
             retention: Retention::default(),
             checkpoint_interval: Duration::from_secs(2),
             truncate_corruption: false,
+            zero_fill_bytes_per_second: ZERO_FILL_BYTES_PER_SECOND_DEFAULT,
         }
     }
 

@@ -3,7 +3,7 @@
 //! plus fdatasync into a preallocated, zero-filled file, and sequential
 //! O_DIRECT write bandwidth. Must run inside a glommio executor.
 
-use super::backend::{DmaStorage, Storage};
+use super::backend::{DmaStorage, Storage, ZeroFillPace};
 use glommio::io::OpenOptions;
 use hdrhistogram::Histogram;
 use std::io;
@@ -32,7 +32,7 @@ fn latency_histogram() -> Histogram<u64> {
 /// `write_bytes` (a multiple of 4 KiB), each followed by fdatasync.
 pub async fn fdatasync_latency(dir: &Path, write_bytes: usize, iterations: usize) -> io::Result<Histogram<u64>> {
     let path = dir.join("ringmq-probe-fsync");
-    drop(DmaStorage.create_zeroed(&path, PROBE_FILE_BYTES).await?);
+    drop(DmaStorage.create_zeroed(&path, PROBE_FILE_BYTES, &ZeroFillPace::unlimited()).await?);
     let file = open_options().dma_open(&path).await?;
     let mut latency = latency_histogram();
     for iteration in 0..iterations {
@@ -53,7 +53,7 @@ pub async fn fdatasync_latency(dir: &Path, write_bytes: usize, iterations: usize
 /// writes, `in_flight` at a time, into a zero-filled file, then fdatasync.
 pub async fn write_bandwidth_mb_s(dir: &Path, total_bytes: u64, in_flight: u64) -> io::Result<f64> {
     let path = dir.join("ringmq-probe-bandwidth");
-    drop(DmaStorage.create_zeroed(&path, total_bytes).await?);
+    drop(DmaStorage.create_zeroed(&path, total_bytes, &ZeroFillPace::unlimited()).await?);
     let file = Rc::new(open_options().dma_open(&path).await?);
     let started = Instant::now();
     let writers: Vec<_> = (0..in_flight)

@@ -9,7 +9,7 @@
 //! - After a failed write or fdatasync the log is stopped: every waiting and
 //!   every later append fails; reads of visible records go on.
 
-use super::backend::Storage;
+use super::backend::{Storage, ZeroFillPace};
 use super::group_commit::{run_flusher, Blocked, FillBuffer, SealedBuffer};
 use super::index::{IndexFile, QueueIndex};
 use super::read::RecentBuffers;
@@ -90,6 +90,8 @@ pub struct LogShared<S: Storage> {
     pub segment_attempts: Watermark<LogError>,
     pub flush_signal: Signal,
     pub closing: Cell<bool>,
+    /// Set while an append waits for the segment being zero-filled.
+    pub zero_fill_urgent: Rc<Cell<bool>>,
     pub checkpoint_lock: glommio::sync::Semaphore,
 }
 
@@ -121,11 +123,11 @@ impl<S: Storage> CommitLog<S> {
             segment_attempts: Watermark::new(0),
             flush_signal: Signal::default(),
             closing: Cell::new(false),
+            zero_fill_urgent: Rc::new(Cell::new(false)),
             checkpoint_lock: glommio::sync::Semaphore::new(1),
         });
         let flusher = glommio::spawn_local(run_flusher(shared.clone()));
         let checkpointer = glommio::spawn_local(super::checkpoint::run_checkpointer(shared.clone()));
-        shared.prepare_in_background();
         Ok(Self { shared, tasks: RefCell::new(vec![flusher, checkpointer]) })
     }
 
@@ -152,9 +154,13 @@ impl<S: Storage> CommitLog<S> {
                 Ok(appended) => {
                     self.shared.flush_signal.notify();
                     let state = self.shared.state.borrow();
+                    // The next segment is prepared once the active one is half
+                    // full: early enough, and never during start-up.
+                    let used = state.filling.file_offset + state.filling.filled as u64;
+                    let half_full = used >= state.filling.segment.size_bytes / 2;
                     let next_missing = state.next_segment.is_none() && !state.preparing_segment;
                     drop(state);
-                    if next_missing {
+                    if next_missing && half_full {
                         self.shared.prepare_in_background();
                     }
                     return Ok(appended);
@@ -163,7 +169,7 @@ impl<S: Storage> CommitLog<S> {
                     self.shared.flush_signal.notify();
                     self.shared.batches.wait_for(batches_target).await?;
                 }
-                Err(Blocked::Segment) => self.shared.prepare_next_segment().await?,
+                Err(Blocked::Segment) => self.shared.prepare_next_segment(true).await?,
             }
         }
     }
@@ -222,7 +228,7 @@ impl<S: Storage> CommitLog<S> {
     /// Resolves once the segment after the active one is zero-filled and
     /// ready (benchmarks use it to keep preparation out of a measurement).
     pub async fn ready_next_segment(&self) -> Result<(), LogError> {
-        self.shared.prepare_next_segment().await
+        self.shared.prepare_next_segment(true).await
     }
 
     /// Writes the index files and a checkpoint now.
@@ -257,7 +263,7 @@ impl<S: Storage> LogShared<S> {
 
     /// Makes sure the segment after the active one exists. One task prepares
     /// at a time; the others wait for its attempt and try again.
-    pub async fn prepare_next_segment(&self) -> Result<(), LogError> {
+    pub async fn prepare_next_segment(&self, urgent: bool) -> Result<(), LogError> {
         let attempts = self.segment_attempts.get();
         let start = {
             let mut state = self.state.borrow_mut();
@@ -269,12 +275,19 @@ impl<S: Storage> LogShared<S> {
             start
         };
         let Some(start) = start else {
+            // Someone needs the segment now: fill at full speed.
+            self.zero_fill_urgent.set(true);
             self.segment_attempts.wait_for(attempts + 1).await?;
             return Ok(());
         };
+        self.zero_fill_urgent.set(urgent);
+        let pace = ZeroFillPace {
+            bytes_per_second: self.config.zero_fill_bytes_per_second,
+            urgent: self.zero_fill_urgent.clone(),
+        };
         let segments_dir = self.config.dir.join(super::SEGMENTS_DIR);
-        let created =
-            super::segment::create_segment(&self.storage, &segments_dir, start, self.config.segment_size_bytes).await;
+        let size = self.config.segment_size_bytes;
+        let created = super::segment::create_segment(&self.storage, &segments_dir, start, size, &pace).await;
         let result = {
             let mut state = self.state.borrow_mut();
             state.preparing_segment = false;
@@ -292,7 +305,7 @@ impl<S: Storage> LogShared<S> {
         }
         let shared = self.clone();
         glommio::spawn_local(async move {
-            if let Err(error) = shared.prepare_next_segment().await {
+            if let Err(error) = shared.prepare_next_segment(false).await {
                 tracing::warn!(%error, "preparing the next segment failed; the append that needs it will retry");
             }
         })

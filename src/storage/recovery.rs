@@ -9,7 +9,7 @@
 //!   open unless the operator asks to truncate (`truncate_corruption`).
 
 use super::aligned::AlignedBuf;
-use super::backend::{Storage, StorageFile};
+use super::backend::{Storage, StorageFile, ZeroFillPace};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::group_commit::FillBuffer;
 use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
@@ -36,7 +36,8 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     }
     let mut segments = open_segments(storage, &segments_dir).await?;
     if segments.is_empty() {
-        let first = create_segment(storage, &segments_dir, 0, config.segment_size_bytes).await?;
+        let pace = ZeroFillPace::unlimited();
+        let first = create_segment(storage, &segments_dir, 0, config.segment_size_bytes, &pace).await?;
         segments.insert(0, Rc::new(first));
     }
     let first_start = segments.keys().next().copied().unwrap_or(0);

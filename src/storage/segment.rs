@@ -1,7 +1,7 @@
 //! A segment: one preallocated, zero-filled file of the commit log, named by
 //! the log position of its first byte.
 
-use super::backend::{Storage, StorageFile};
+use super::backend::{Storage, StorageFile, ZeroFillPace};
 use super::LogError;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -49,10 +49,11 @@ pub async fn create_segment<S: Storage>(
     dir: &Path,
     start: u64,
     size_bytes: u64,
+    pace: &ZeroFillPace,
 ) -> Result<Segment<S::File>, LogError> {
     let path = segment_path(dir, start);
     let file = storage
-        .create_zeroed(&path, size_bytes)
+        .create_zeroed(&path, size_bytes, pace)
         .await
         .map_err(|error| LogError::io("create segment", &path, start, error))?;
     Ok(Segment { start, size_bytes, path, file, last_store_timestamp_us: Cell::new(0) })

@@ -2,7 +2,7 @@
 //! through io_uring. Directory listing and small-file reads use blocking std
 //! calls; they run only at start-up and retention, never on the append path.
 
-use super::{is_block_aligned, parent_dir, temp_path, Storage, StorageFile};
+use super::{is_block_aligned, parent_dir, temp_path, Storage, StorageFile, ZeroFillPace};
 use crate::constants::{BLOCK_SIZE_BYTES, SEGMENT_ZERO_FILL_CHUNK_BYTES};
 use glommio::io::{Directory, DmaFile, OpenOptions};
 use std::cell::RefCell;
@@ -88,7 +88,7 @@ fn direct_options(create: bool, truncate: bool) -> OpenOptions {
 impl Storage for DmaStorage {
     type File = DmaSegmentFile;
 
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64) -> io::Result<Self::File> {
+    async fn create_zeroed(&self, path: &Path, size_bytes: u64, pace: &ZeroFillPace) -> io::Result<Self::File> {
         debug_assert!(size_bytes % BLOCK_SIZE_BYTES as u64 == 0);
         probe_device_with_data(parent_dir(path)).await?;
         let file = direct_options(true, true).dma_open(path).await?;
@@ -104,8 +104,17 @@ impl Storage for DmaStorage {
         while position < size_bytes {
             let remaining = size_bytes - position;
             if remaining >= SEGMENT_ZERO_FILL_CHUNK_BYTES as u64 {
+                let started = std::time::Instant::now();
                 file.write_rc_at(chunk.clone(), position).await?;
                 position += SEGMENT_ZERO_FILL_CHUNK_BYTES as u64;
+                if pace.bytes_per_second > 0 && !pace.urgent.get() {
+                    let budget = std::time::Duration::from_secs_f64(
+                        SEGMENT_ZERO_FILL_CHUNK_BYTES as f64 / pace.bytes_per_second as f64,
+                    );
+                    if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                        glommio::timer::sleep(rest).await;
+                    }
+                }
             } else {
                 let mut tail = file.alloc_dma_buffer(remaining as usize);
                 tail.as_bytes_mut().fill(0);

@@ -3,7 +3,7 @@
 //! creation, torn writes at a simulated crash, and bit flips. A failing test
 //! prints the seed so the same faults can be replayed.
 
-use super::{MemoryFile, MemoryStorage, Storage, StorageFile};
+use super::{MemoryFile, MemoryStorage, Storage, StorageFile, ZeroFillPace};
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -145,9 +145,9 @@ impl StorageFile for FaultyFile {
 impl Storage for FaultyStorage {
     type File = FaultyFile;
 
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64) -> io::Result<Self::File> {
+    async fn create_zeroed(&self, path: &Path, size_bytes: u64, pace: &ZeroFillPace) -> io::Result<Self::File> {
         self.check_create()?;
-        Ok(self.wrap(self.memory.create_zeroed(path, size_bytes).await?))
+        Ok(self.wrap(self.memory.create_zeroed(path, size_bytes, pace).await?))
     }
 
     async fn open(&self, path: &Path) -> io::Result<Self::File> {

@@ -17,8 +17,25 @@ pub use dma::{DmaSegmentFile, DmaStorage};
 pub use faulty::{FaultPlan, FaultyFile, FaultyStorage};
 pub use memory::{MemoryFile, MemoryStorage};
 
+use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// How fast zero-filling a new file may write. `urgent` lifts the limit:
+/// someone is waiting for the file.
+#[derive(Clone, Debug, Default)]
+pub struct ZeroFillPace {
+    /// Zero means no limit.
+    pub bytes_per_second: u64,
+    pub urgent: Rc<Cell<bool>>,
+}
+
+impl ZeroFillPace {
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+}
 
 /// One file of a storage backend.
 #[allow(async_fn_in_trait)]
@@ -37,8 +54,10 @@ pub trait Storage: Clone + 'static {
     type File: StorageFile;
 
     /// Creates `path` with `size_bytes` of zeros written and synced, then syncs
-    /// the parent directory. An existing file at `path` is replaced.
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64) -> io::Result<Self::File>;
+    /// the parent directory. An existing file at `path` is replaced. Real
+    /// disks write the zeros at `pace`, so the fill does not crowd out the
+    /// log's own writes and fdatasyncs.
+    async fn create_zeroed(&self, path: &Path, size_bytes: u64, pace: &ZeroFillPace) -> io::Result<Self::File>;
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Creates an empty file (or opens it if it exists) for appending blocks.
