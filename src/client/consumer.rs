@@ -7,7 +7,7 @@ use super::{expect_kind, Client, ClientError};
 use crate::constants::RECORD_HEADER_SIZE_BYTES;
 use crate::protocol::{self, fb, verify, Assignment, FetchParams, Frame, Kind};
 use crate::storage::record::{self, Decoded};
-use crate::wire::verify_message;
+use crate::wire::{verify_message, VerifiedMessage};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
@@ -48,14 +48,13 @@ impl ReceivedMessage {
     }
 }
 
-/// Splits a fetch answer's records and checks each one's CRC again.
-pub fn parse_records(
-    queue: u32,
-    first_offset: u64,
+/// Walks a fetch answer's records, checking each one's CRC again and
+/// verifying its message, and hands each to `visit`; returns how many.
+pub fn visit_records(
     records: &Bytes,
-    count: u32,
-) -> Result<Vec<ReceivedMessage>, ClientError> {
-    let mut messages = Vec::with_capacity(count as usize);
+    mut visit: impl FnMut(&record::RecordHeader, &VerifiedMessage),
+) -> Result<u32, ClientError> {
+    let mut count = 0;
     let mut at = 0;
     while at < records.len() {
         let rest = &records[at..];
@@ -67,6 +66,22 @@ pub fn parse_records(
         };
         let message_bytes = records.slice(at + RECORD_HEADER_SIZE_BYTES..at + length);
         let verified = verify_message(message_bytes).map_err(|error| ClientError::Protocol(error.to_string()))?;
+        visit(&header, &verified);
+        count += 1;
+        at += length;
+    }
+    Ok(count)
+}
+
+/// Splits a fetch answer's records into messages (see `visit_records`).
+pub fn parse_records(
+    queue: u32,
+    first_offset: u64,
+    records: &Bytes,
+    count: u32,
+) -> Result<Vec<ReceivedMessage>, ClientError> {
+    let mut messages = Vec::with_capacity(count as usize);
+    visit_records(records, |header, verified| {
         let message = verified.message();
         messages.push(ReceivedMessage {
             queue,
@@ -79,8 +94,7 @@ pub fn parse_records(
             store_timestamp_us: header.store_timestamp_us,
             born_timestamp_us: message.born_timestamp_us(),
         });
-        at += length;
-    }
+    })?;
     if messages.len() != count as usize {
         return Err(ClientError::Protocol(format!("fetch said {count} records, carried {}", messages.len())));
     }

@@ -10,7 +10,7 @@ mod producer;
 
 pub use async_connection::AsyncConnection;
 pub use connection::{Connection, Pending};
-pub use consumer::{parse_records, Consumer, ConsumerOptions, ReceivedMessage};
+pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, ReceivedMessage};
 pub use producer::{OutgoingMessage, Producer, ProducerOptions, QueueChoice, SendReceipt};
 
 use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout};

@@ -22,12 +22,19 @@ pub enum FrameError {
     TooLarge { length: usize, max: usize },
 }
 
+/// The header of a frame whose body is `body_length` bytes.
+pub fn frame_header(kind: u16, request_id: u32, body_length: usize) -> [u8; FRAME_HEADER_BYTES] {
+    let length = (FRAME_HEADER_BYTES - FRAME_PREFIX_BYTES + body_length) as u32;
+    let mut header = [0; FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&length.to_le_bytes());
+    header[4..6].copy_from_slice(&kind.to_le_bytes());
+    header[6..10].copy_from_slice(&request_id.to_le_bytes());
+    header
+}
+
 pub fn encode_frame(kind: u16, request_id: u32, body: &[u8]) -> Vec<u8> {
-    let length = (FRAME_HEADER_BYTES - FRAME_PREFIX_BYTES + body.len()) as u32;
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
-    frame.extend_from_slice(&length.to_le_bytes());
-    frame.extend_from_slice(&kind.to_le_bytes());
-    frame.extend_from_slice(&request_id.to_le_bytes());
+    frame.extend_from_slice(&frame_header(kind, request_id, body.len()));
     frame.extend_from_slice(body);
     frame
 }

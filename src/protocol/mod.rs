@@ -10,7 +10,7 @@ mod kind;
 mod routing;
 
 pub use build::*;
-pub use frame::{decode_frame, encode_frame, Frame, FrameError, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES};
+pub use frame::{decode_frame, encode_frame, frame_header, Frame, FrameError, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES};
 pub use kind::Kind;
 pub use routing::{coordinator_shard, queue_owner};
 

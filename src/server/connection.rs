@@ -9,7 +9,7 @@
 
 use super::handlers;
 use super::shard::Shard;
-use crate::protocol::{self, decode_frame, encode_frame, fb, Failure, Frame, FrameError, Kind};
+use crate::protocol::{self, decode_frame, fb, frame_header, Failure, Frame, FrameError, Kind, FRAME_HEADER_BYTES};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -48,10 +48,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     .await
 }
 
-/// A frame to write and the budget it holds until it is written.
+/// A frame to write (header and body apart, so the body is copied once,
+/// into the write buffer) and the budget it holds until it is written.
 struct Answer {
-    frame: Vec<u8>,
+    header: [u8; FRAME_HEADER_BYTES],
+    body: Vec<u8>,
     _held: Option<(StaticPermit, StaticPermit)>,
+}
+
+impl Answer {
+    fn new(kind: Kind, request_id: u32, body: Vec<u8>, held: Option<(StaticPermit, StaticPermit)>) -> Self {
+        Self { header: frame_header(kind as u16, request_id, body.len()), body, _held: held }
+    }
 }
 
 /// What one connection may hold at once.
@@ -109,8 +117,7 @@ async fn read_requests(
 /// The framing is lost: answer once, with request id 0, then close.
 async fn refuse_frame(responses: &local_channel::LocalSender<Answer>, error: FrameError) -> String {
     let failure = Failure::new(fb::ErrorCode::BadFrame, error.to_string());
-    let frame = encode_frame(Kind::ErrorResponse as u16, 0, &protocol::error_response(&failure));
-    let _ = responses.send(Answer { frame, _held: None }).await;
+    let _ = responses.send(Answer::new(Kind::ErrorResponse, 0, protocol::error_response(&failure), None)).await;
     error.to_string()
 }
 
@@ -125,15 +132,15 @@ async fn dispatch(
     glommio::spawn_local(async move {
         shard.requests_in_flight.set(shard.requests_in_flight.get() + 1);
         let request_id = frame.request_id;
-        let response = match handlers::handle(&shard, frame).await {
-            Ok((kind, body)) => encode_frame(kind as u16, request_id, &body),
+        let (kind, body) = match handlers::handle(&shard, frame).await {
+            Ok(answer) => answer,
             Err(failure) => {
                 tracing::debug!(%failure, request_id, "request failed");
-                encode_frame(Kind::ErrorResponse as u16, request_id, &protocol::error_response(&failure))
+                (Kind::ErrorResponse, protocol::error_response(&failure))
             }
         };
         shard.requests_in_flight.set(shard.requests_in_flight.get() - 1);
-        let _ = responses.send(Answer { frame: response, _held: Some(held) }).await;
+        let _ = responses.send(Answer::new(kind, request_id, body, Some(held))).await;
     })
     .detach();
     Ok(())
@@ -145,10 +152,12 @@ async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, out
     let mut pending = Vec::new();
     let mut written = Vec::new();
     while let Some(answer) = outbox.recv().await {
-        pending.extend_from_slice(&answer.frame);
+        pending.extend_from_slice(&answer.header);
+        pending.extend_from_slice(&answer.body);
         written.push(answer);
         while let Some(Some(answer)) = futures_lite::future::poll_once(outbox.recv()).await {
-            pending.extend_from_slice(&answer.frame);
+            pending.extend_from_slice(&answer.header);
+            pending.extend_from_slice(&answer.body);
             written.push(answer);
             if pending.len() > 1 << 20 {
                 break;

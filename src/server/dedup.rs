@@ -1,7 +1,7 @@
 //! The dedup window: a retried send (same producer id and sequence) gets the
 //! first send's result instead of a second copy in the log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// The keys are a random producer id and a counter: a multiply-and-fold
@@ -43,26 +43,28 @@ pub struct FirstSend {
     pub end: u64,
 }
 
+/// Two generations of sends: lookups see both; when the current one is
+/// full it becomes the previous one and the old previous one is dropped
+/// whole. No per-entry eviction on the hot path, and between
+/// `DEDUP_WINDOW_ENTRIES_MAX / 2` and `DEDUP_WINDOW_ENTRIES_MAX` sends are
+/// remembered.
 #[derive(Default)]
 pub struct DedupWindow {
-    sends: HashMap<(u64, u64), FirstSend, SendKeys>,
-    order: VecDeque<(u64, u64)>,
+    current: HashMap<(u64, u64), FirstSend, SendKeys>,
+    previous: HashMap<(u64, u64), FirstSend, SendKeys>,
 }
 
 impl DedupWindow {
     pub fn get(&self, producer_id: u64, sequence: u64) -> Option<FirstSend> {
-        self.sends.get(&(producer_id, sequence)).copied()
+        let key = (producer_id, sequence);
+        self.current.get(&key).or_else(|| self.previous.get(&key)).copied()
     }
 
     pub fn insert(&mut self, producer_id: u64, sequence: u64, send: FirstSend) {
-        if self.sends.insert((producer_id, sequence), send).is_none() {
-            self.order.push_back((producer_id, sequence));
+        if self.current.len() >= DEDUP_WINDOW_ENTRIES_MAX / 2 {
+            self.previous = std::mem::take(&mut self.current);
         }
-        while self.order.len() > DEDUP_WINDOW_ENTRIES_MAX {
-            if let Some(oldest) = self.order.pop_front() {
-                self.sends.remove(&oldest);
-            }
-        }
+        self.current.insert((producer_id, sequence), send);
     }
 }
 
@@ -71,7 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_window_remembers_the_first_send_and_forgets_the_oldest() {
+    fn the_window_remembers_recent_sends_and_forgets_the_oldest() {
         let mut window = DedupWindow::default();
         let send = FirstSend { queue_id: 1, offset: 5, store_timestamp_us: 9, end: 100 };
         window.insert(7, 1, send);
@@ -79,7 +81,10 @@ mod tests {
         for sequence in 2..(DEDUP_WINDOW_ENTRIES_MAX as u64 + 2) {
             window.insert(7, sequence, send);
         }
-        assert_eq!(window.get(7, 1), None);
-        assert!(window.get(7, DEDUP_WINDOW_ENTRIES_MAX as u64 + 1).is_some());
+        assert_eq!(window.get(7, 1), None, "the oldest sends are forgotten");
+        let newest = DEDUP_WINDOW_ENTRIES_MAX as u64 + 1;
+        for sequence in newest - DEDUP_WINDOW_ENTRIES_MAX as u64 / 2 + 1..=newest {
+            assert!(window.get(7, sequence).is_some(), "send {sequence} of the last half window is remembered");
+        }
     }
 }

@@ -7,7 +7,7 @@
 use crate::ledger::Ledger;
 use crate::report::latency_histogram;
 use hdrhistogram::Histogram;
-use ringmq::client::{parse_records, AsyncConnection, ClientError};
+use ringmq::client::{visit_records, AsyncConnection, ClientError};
 use ringmq::protocol::{self, fb, verify, Assignment, FetchParams, Kind, TopicLayout};
 use ringmq::wire::MessageDraft;
 use std::cell::RefCell;
@@ -322,24 +322,24 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
         let Ok(response) = verify::<fb::FetchResponse>(&body) else { continue };
         let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
         let next_offset = response.next_offset();
-        let Ok(messages) = parse_records(queue, offset, &records, response.record_count()) else {
+        let now = Instant::now();
+        let mut received = Vec::with_capacity(response.record_count() as usize);
+        let visited = visit_records(&records, |_, message| {
+            let body = message.message().body().map(|body| body.bytes()).unwrap_or_default();
+            let Some((intended_ns, producer, sequence)) = read_body(body) else { return };
+            received.push((producer, sequence));
+            let intended = context.shared.start + Duration::from_nanos(intended_ns);
+            if context.measured(intended) {
+                let latency = now.saturating_duration_since(intended).as_micros() as u64;
+                let mut local = context.local.borrow_mut();
+                local.totals.e2e.saturating_record(latency);
+                local.e2e_interval.saturating_record(latency);
+            }
+        });
+        if visited.ok() != Some(response.record_count()) {
             tracing::error!(queue, offset, "a fetched record failed verification");
             context.shared.errors.fetch_add(1, Ordering::Relaxed);
             continue;
-        };
-        let now = Instant::now();
-        let mut received = Vec::with_capacity(messages.len());
-        for message in &messages {
-            if let Some((intended_ns, producer, sequence)) = read_body(&message.body) {
-                received.push((producer, sequence));
-                let intended = context.shared.start + Duration::from_nanos(intended_ns);
-                if context.measured(intended) {
-                    let latency = now.saturating_duration_since(intended).as_micros() as u64;
-                    let mut local = context.local.borrow_mut();
-                    local.totals.e2e.saturating_record(latency);
-                    local.e2e_interval.saturating_record(latency);
-                }
-            }
         }
         {
             let mut ledger = context.shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -347,7 +347,7 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
                 ledger.receive(*producer, *sequence);
             }
         }
-        context.shared.consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        context.shared.consumed.fetch_add(received.len() as u64, Ordering::Relaxed);
         offset = next_offset.max(offset);
         if last_commit.elapsed() >= Duration::from_secs(1) {
             last_commit = Instant::now();
