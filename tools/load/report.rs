@@ -116,15 +116,12 @@ pub fn write_svg(path: &str, series: &[(&str, &str, &Histogram<u64>)]) -> Result
             .map(|quantile| format!("{:.1},{:.1}", x(*quantile), y(histogram.value_at_quantile(*quantile) as f64)))
             .collect();
         svg += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", points.join(" "));
+        // The legend sits top left, where the curves start low.
         let legend_y = MARGIN + 18.0 * index as f64;
-        svg += &format!(
-            "<rect x='{}' y='{}' width='14' height='4' fill='{color}'/>\n",
-            WIDTH - MARGIN - 220.0,
-            legend_y - 4.0
-        );
+        svg += &format!("<rect x='{}' y='{}' width='14' height='4' fill='{color}'/>\n", MARGIN + 16.0, legend_y - 4.0);
         svg += &format!(
             "<text x='{}' y='{legend_y}'>{name} (p50 {} us, max {} us)</text>\n",
-            WIDTH - MARGIN - 200.0,
+            MARGIN + 36.0,
             histogram.value_at_quantile(0.5),
             histogram.max()
         );
