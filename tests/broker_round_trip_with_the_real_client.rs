@@ -131,3 +131,39 @@ fn topics_messages_and_offsets_survive_a_clean_restart() {
     let mut fresh = Consumer::join(client, "other", "kept", options).expect("join");
     assert_eq!(drain(&mut fresh, 10).len(), 10);
 }
+
+#[test]
+fn a_refused_message_comes_again_and_accepted_ones_are_committed() {
+    let broker = Broker::start(1);
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    client.create_topic("jobs", 1).expect("create");
+    let producer = Producer::new(client.clone(), "jobs", ProducerOptions::default()).expect("producer");
+    for index in 0..5 {
+        let body = format!("job-{index}");
+        producer
+            .send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::Explicit(0))
+            .expect("send");
+    }
+    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
+    let mut consumer = Consumer::join(client.clone(), "workers", "jobs", options.clone()).expect("join");
+    let mut seen = Vec::new();
+    let mut refused_once = false;
+    for _ in 0..50 {
+        consumer
+            .handle_next(|message| {
+                let body = String::from_utf8_lossy(&message.body).to_string();
+                if body == "job-2" && !refused_once {
+                    refused_once = true;
+                    return Err("not now");
+                }
+                seen.push(body);
+                Ok(())
+            })
+            .expect("handle");
+        if seen.len() >= 5 {
+            break;
+        }
+    }
+    assert_eq!(seen, ["job-0", "job-1", "job-2", "job-3", "job-4"], "in order, the refused one again");
+    assert_eq!(consumer.committed_offset(0).expect("offset"), Some(5));
+}

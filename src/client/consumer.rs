@@ -303,6 +303,39 @@ impl Consumer {
         Ok(messages)
     }
 
+    /// Polls once and hands each message to `handler`, queue by queue in
+    /// offset order. A queue's offset is committed up to the last message the
+    /// handler accepted; after a refusal the rest of that queue's batch is
+    /// left, and the refused message comes again (at-least-once). Returns
+    /// how many messages were handled.
+    pub fn handle_next<E>(
+        &mut self,
+        mut handler: impl FnMut(&ReceivedMessage) -> Result<(), E>,
+    ) -> Result<usize, ClientError> {
+        let messages = self.poll()?;
+        let mut by_queue: BTreeMap<u32, Vec<ReceivedMessage>> = BTreeMap::new();
+        for message in messages {
+            by_queue.entry(message.queue).or_default().push(message);
+        }
+        let mut handled = 0;
+        for (queue, messages) in by_queue {
+            let mut next_offset = None;
+            for message in &messages {
+                if handler(message).is_err() {
+                    // Fetch again from the refused message.
+                    self.positions.insert(queue, message.offset);
+                    break;
+                }
+                next_offset = Some(message.offset + 1);
+                handled += 1;
+            }
+            if let Some(next_offset) = next_offset {
+                self.commit(queue, next_offset)?;
+            }
+        }
+        Ok(handled)
+    }
+
     /// Leaves the group, handing its queues to the other members now.
     pub fn leave(self) -> Result<(), ClientError> {
         let body = protocol::leave_group_request(&self.group, &self.topic, &self.assignment.member_id);

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
+    /// A config file given to `ringmq serve --config`.
+    config: Option<PathBuf>,
     pub base_port: u16,
     pub shards: u32,
     pub dir: PathBuf,
@@ -28,8 +30,19 @@ fn free_ports(count: u16) -> u16 {
 
 impl Broker {
     pub fn start(shards: u32) -> Self {
+        Self::start_with_config(shards, None)
+    }
+
+    /// A broker reading `config` (TOML) as its config file.
+    pub fn start_with_config(shards: u32, config: Option<&str>) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
+        let config = config.map(|text| {
+            let path = temp.path().join("ringmq.toml");
+            std::fs::write(&path, text).expect("config file");
+            path
+        });
         let mut broker = Broker {
+            config,
             base_port: free_ports(shards as u16),
             shards,
             dir: temp.path().join("data"),
@@ -46,9 +59,12 @@ impl Broker {
 
     fn spawn(&mut self) {
         let listen = self.address();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["serve", "--data-dir"])
-            .arg(&self.dir)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        command.args(["serve", "--data-dir"]).arg(&self.dir);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .args(["--listen", &listen, "--shards", &self.shards.to_string(), "--log", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
