@@ -165,6 +165,10 @@ async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, out
         }
         if let Err(error) = writer.write_all(&pending).await {
             tracing::debug!(%error, "write failed; dropping answers");
+            // Keep taking answers so their budget comes back and the
+            // connection can finish; they have nowhere to go.
+            drop(written);
+            while outbox.recv().await.is_some() {}
             return;
         }
         pending.clear();

@@ -286,8 +286,10 @@ async fn background_work(shard: Rc<Shard>) {
 }
 
 async fn write_offsets_snapshot(shard: &Shard) {
-    let visible = shard.log.visible_end_offset(offsets::OFFSETS_QUEUE_ID);
-    let covered = shard.commits_in_flight.borrow().keys().next().copied().unwrap_or(visible).min(visible);
+    // Only durable commits may be folded in: after a crash the log keeps no
+    // more than that (it matters in async flush mode).
+    let durable = shard.log.durable_end_offset(offsets::OFFSETS_QUEUE_ID);
+    let covered = shard.commits_in_flight.borrow().keys().next().copied().unwrap_or(durable).min(durable);
     let bytes = shard.offsets.borrow().snapshot(covered);
     if let Err(error) = offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await {
         tracing::warn!(%error, "offsets snapshot failed; start-up will replay more");

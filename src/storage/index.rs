@@ -104,6 +104,14 @@ impl QueueIndex {
         self.persisted_offset = self.persisted_offset.max(self.base_offset);
     }
 
+    /// Forgets every entry whose record ends past `position` (a log cut
+    /// short at recovery).
+    pub fn forget_from(&mut self, position: u64) {
+        let kept = self.slots.partition_point(|slot| slot.record_end <= position);
+        self.slots.truncate(kept);
+        self.persisted_offset = self.persisted_offset.min(self.next_offset());
+    }
+
     /// Restores entries loaded from an index file (all durable).
     pub fn restore(base_offset: u64, entries: Vec<IndexEntry>) -> Self {
         let next_offset = base_offset + entries.len() as u64;
@@ -170,17 +178,27 @@ impl<F: StorageFile> IndexFile<F> {
         Ok((Self { path, file, tail, entry_count }, entries))
     }
 
-    /// Writes `entries` as offsets `from..`. A gap before `from` (offsets
-    /// retention deleted, or a queue that starts late) is never read.
+    /// Writes `entries` as offsets `from..`. The block they start in keeps
+    /// what the file holds before `from`: from the cached tail when `from`
+    /// continues the file, else read back (after a failed or cancelled write,
+    /// or a gap of offsets retention deleted). The cache changes only once
+    /// the write succeeded.
     pub async fn append(&mut self, from: u64, entries: &[IndexEntry]) -> Result<(), LogError> {
-        debug_assert!(from >= self.entry_count, "index file rewinds from {} to {from}", self.entry_count);
-        if self.entry_count != from {
-            self.tail = vec![0; (from * INDEX_ENTRY_SIZE_BYTES as u64 % BLOCK_SIZE_BYTES as u64) as usize];
-        }
         let byte_start = from * INDEX_ENTRY_SIZE_BYTES as u64;
         let block_start = block_down(byte_start);
-        debug_assert_eq!(self.tail.len() as u64, byte_start - block_start);
-        let mut bytes = std::mem::take(&mut self.tail);
+        let prefix = if from == self.entry_count {
+            self.tail.clone()
+        } else {
+            let mut prefix = self
+                .file
+                .read_at(block_start, (byte_start - block_start) as usize)
+                .await
+                .map_err(|error| LogError::io("read index", &self.path, block_start, error))?;
+            prefix.resize((byte_start - block_start) as usize, 0);
+            prefix
+        };
+        debug_assert_eq!(prefix.len() as u64, byte_start - block_start);
+        let mut bytes = prefix;
         let new_start = bytes.len();
         bytes.resize(new_start + entries.len() * INDEX_ENTRY_SIZE_BYTES, 0);
         for (entry, slot) in entries.iter().zip(bytes[new_start..].chunks_exact_mut(INDEX_ENTRY_SIZE_BYTES)) {
@@ -233,6 +251,25 @@ mod tests {
         assert_eq!(index.get(1).map(|slot| slot.entry.position), None);
         assert_eq!(index.get(2).map(|slot| slot.entry.position), Some(200));
         assert_eq!(index.next_offset(), 4);
+    }
+
+    #[test]
+    fn an_index_file_reopened_or_rewound_keeps_the_entries_before_the_write() {
+        use crate::storage::backend::MemoryStorage;
+        crate::storage::tests::run(async {
+            let storage = MemoryStorage::new();
+            let path = std::path::PathBuf::from("/index/0000000001.idx");
+            let all: Vec<IndexEntry> = (0..300).map(|offset| entry(offset * 100)).collect();
+            let (mut file, _) = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
+            file.append(0, &all[..100]).await.unwrap();
+            // As after a cancelled checkpoint: the cache is gone, the file is not.
+            let (mut reopened, _) = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
+            reopened.append(100, &all[100..250]).await.unwrap();
+            // As after a failed fdatasync: the same offsets written again.
+            reopened.append(170, &all[170..300]).await.unwrap();
+            let (_, entries) = IndexFile::open(&storage, path, 0, 300).await.unwrap();
+            assert_eq!(entries, all);
+        });
     }
 
     #[test]

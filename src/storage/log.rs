@@ -61,6 +61,8 @@ pub struct LogState<F> {
     pub segments: BTreeMap<u64, Rc<Segment<F>>>,
     pub next_segment: Option<Rc<Segment<F>>>,
     pub preparing_segment: bool,
+    /// A background preparation is spawned and has not finished.
+    pub preparation_requested: bool,
     pub filling: FillBuffer<F>,
     pub sealed: VecDeque<SealedBuffer<F>>,
     pub appended: u64,
@@ -204,6 +206,14 @@ impl<S: Storage> CommitLog<S> {
         state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(visible))
     }
 
+    /// First offset of `queue_id` not yet durable (the same as
+    /// `visible_end_offset` in sync mode).
+    pub fn durable_end_offset(&self, queue_id: u32) -> u64 {
+        let flushed = self.shared.flushed.get();
+        let state = self.shared.state.borrow();
+        state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(flushed))
+    }
+
     /// The earliest offset retention kept for `queue_id`.
     pub fn base_offset(&self, queue_id: u32) -> u64 {
         self.shared.state.borrow().queues.get(&queue_id).map_or(0, QueueIndex::base_offset)
@@ -275,8 +285,10 @@ impl<S: Storage> LogShared<S> {
             start
         };
         let Some(start) = start else {
-            // Someone needs the segment now: fill at full speed.
-            self.zero_fill_urgent.set(true);
+            if urgent {
+                // Someone needs the segment now: fill at full speed.
+                self.zero_fill_urgent.set(true);
+            }
             self.segment_attempts.wait_for(attempts + 1).await?;
             return Ok(());
         };
@@ -300,12 +312,20 @@ impl<S: Storage> LogShared<S> {
     /// Prepares the next segment in a task of its own, so the append that
     /// rolls over finds it ready.
     pub fn prepare_in_background(self: &Rc<Self>) {
-        if self.state.borrow().next_segment.is_some() {
-            return;
+        {
+            let mut state = self.state.borrow_mut();
+            // One request at a time: a batch of appends past the half-way
+            // mark would otherwise spawn a task per record.
+            if state.next_segment.is_some() || state.preparing_segment || state.preparation_requested {
+                return;
+            }
+            state.preparation_requested = true;
         }
         let shared = self.clone();
         glommio::spawn_local(async move {
-            if let Err(error) = shared.prepare_next_segment(false).await {
+            let prepared = shared.prepare_next_segment(false).await;
+            shared.state.borrow_mut().preparation_requested = false;
+            if let Err(error) = prepared {
                 tracing::warn!(%error, "preparing the next segment failed; the append that needs it will retry");
             }
         })

@@ -61,12 +61,18 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
     let tail = examine_tail(&segments, &end, checkpoint_position, config).await?;
     settle_tail(storage, config, &mut segments, &end, &tail).await?;
+    if tail.corruption.is_some() {
+        // Under the override, index entries past the cut must go too.
+        queues.values_mut().for_each(|queue| queue.forget_from(end.position));
+    }
+    sync_scanned(&segments, scan_start, &end).await?;
     let filling = filling_at(&end, config.buffer_capacity_bytes).await?;
     tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
     Ok(LogState {
         segments,
         next_segment: None,
         preparing_segment: false,
+        preparation_requested: false,
         appended: end.position,
         last_store_timestamp_us: 0,
         filling,
@@ -371,12 +377,33 @@ async fn settle_tail<S: Storage>(
     Ok(())
 }
 
+/// What the scan found may have been written but never synced before the
+/// crash; it becomes "flushed" now, so make it durable first.
+async fn sync_scanned<F: StorageFile>(
+    segments: &Segments<F>,
+    scan_start: u64,
+    end: &ScanEnd<F>,
+) -> Result<(), LogError> {
+    let first = segments.range(..=scan_start).next_back().map_or(end.segment.start, |(start, _)| *start);
+    for segment in segments.range(first..=end.segment.start).map(|(_, segment)| segment) {
+        segment
+            .file
+            .fdatasync()
+            .await
+            .map_err(|error| LogError::io("fdatasync segment", &segment.path, segment.start, error))?;
+    }
+    Ok(())
+}
+
 /// Zeroes `[from, to)` of a segment, keeping the bytes before `from` in its
 /// first block, and syncs.
 async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) -> Result<(), LogError> {
     let block = BLOCK_SIZE_BYTES as u64;
     let start = (from - segment.start) / block * block;
     let end = ((to - segment.start).div_ceil(block) * block).min(segment.size_bytes);
+    if end <= start {
+        return Ok(());
+    }
     let io = |operation, error| LogError::io(operation, &segment.path, from, error);
     let kept = segment
         .file

@@ -274,3 +274,20 @@ async fn bursts_larger_than_the_buffers_all_become_durable<S: Storage>(storage: 
         assert_queue(&log, queue_id, 600).await;
     }
 }
+
+on_every_backend!(records_found_at_recovery_are_made_durable);
+
+/// Written but never synced when the process died: recovery shows the
+/// records, so it must make them durable before a power loss can take them.
+async fn records_found_at_recovery_are_made_durable<S: Storage + Crash>(storage: S, mut config: LogConfig) {
+    config.flush = FlushMode::Async { interval: Duration::from_secs(3600) };
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    append_all(&log, 0, 0..20).await;
+    drop(log);
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("recover after the process died");
+    let found = log.visible_end_offset(0);
+    drop(log);
+    storage.crash();
+    let log = CommitLog::open(storage, config).await.expect("recover after a power loss");
+    assert_queue(&log, 0, found).await;
+}

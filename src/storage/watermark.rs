@@ -3,50 +3,31 @@
 //! to reach; a [`Signal`] wakes one background task.
 
 use std::cell::{Cell, RefCell};
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
-use std::future::poll_fn;
-use std::task::{Poll, Waker};
-
-/// A waiting task and the position it waits for, ordered by position.
-struct Waiter {
-    target: u64,
-    waker: Waker,
-}
-
-impl PartialEq for Waiter {
-    fn eq(&self, other: &Self) -> bool {
-        self.target == other.target
-    }
-}
-
-impl Eq for Waiter {}
-
-impl PartialOrd for Waiter {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Waiter {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.target.cmp(&other.target)
-    }
-}
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 /// A position that only grows, which tasks await to reach. Once failed, every
 /// current and future waiter gets the failure.
 pub struct Watermark<E: Clone> {
     value: Cell<u64>,
     failure: RefCell<Option<E>>,
-    /// Lowest target first. A task polled twice may be in it twice; it is
-    /// then woken twice, which is harmless, and the heap stays O(log n).
-    waiters: RefCell<BinaryHeap<Reverse<Waiter>>>,
+    /// Waiters by (target, registration number), lowest target first. A wait
+    /// that is dropped removes its entry, so abandoned waits (a deadline that
+    /// lost its race) leave nothing behind.
+    waiters: RefCell<BTreeMap<(u64, u64), Waker>>,
+    registrations: Cell<u64>,
 }
 
 impl<E: Clone> Watermark<E> {
     pub fn new(value: u64) -> Self {
-        Self { value: Cell::new(value), failure: RefCell::new(None), waiters: RefCell::new(BinaryHeap::new()) }
+        Self {
+            value: Cell::new(value),
+            failure: RefCell::new(None),
+            waiters: RefCell::new(BTreeMap::new()),
+            registrations: Cell::new(0),
+        }
     }
 
     pub fn get(&self) -> u64 {
@@ -61,39 +42,79 @@ impl<E: Clone> Watermark<E> {
     pub fn advance(&self, value: u64) {
         debug_assert!(value >= self.value.get(), "watermark moved back: {} -> {value}", self.value.get());
         self.value.set(value);
-        let mut reached = Vec::new();
-        {
+        let reached = {
             let mut waiters = self.waiters.borrow_mut();
-            while waiters.peek().is_some_and(|Reverse(waiter)| waiter.target <= value) {
-                if let Some(Reverse(waiter)) = waiters.pop() {
-                    reached.push(waiter.waker);
-                }
-            }
-        }
-        reached.into_iter().for_each(Waker::wake);
+            let rest = waiters.split_off(&(value.saturating_add(1), 0));
+            std::mem::replace(&mut *waiters, rest)
+        };
+        reached.into_values().for_each(Waker::wake);
     }
 
     /// Fails the mark for good; every waiter wakes to the error.
     pub fn fail(&self, error: E) {
         self.failure.borrow_mut().get_or_insert(error);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        waiters.into_iter().for_each(|Reverse(waiter)| waiter.waker.wake());
+        waiters.into_values().for_each(Waker::wake);
     }
 
     /// Resolves once the mark is at least `target`, or with the failure.
-    pub async fn wait_for(&self, target: u64) -> Result<u64, E> {
-        poll_fn(|context| {
-            if let Some(error) = self.failure.borrow().clone() {
-                return Poll::Ready(Err(error));
+    pub fn wait_for(&self, target: u64) -> WaitFor<'_, E> {
+        WaitFor { mark: self, target, key: None }
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+}
+
+/// The future of [`Watermark::wait_for`].
+pub struct WaitFor<'a, E: Clone> {
+    mark: &'a Watermark<E>,
+    target: u64,
+    key: Option<(u64, u64)>,
+}
+
+impl<E: Clone> WaitFor<'_, E> {
+    fn deregister(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.mark.waiters.borrow_mut().remove(&key);
+        }
+    }
+}
+
+impl<E: Clone> Future for WaitFor<'_, E> {
+    type Output = Result<u64, E>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(error) = self.mark.failure.borrow().clone() {
+            self.deregister();
+            return Poll::Ready(Err(error));
+        }
+        let value = self.mark.value.get();
+        if value >= self.target {
+            self.deregister();
+            return Poll::Ready(Ok(value));
+        }
+        let mark = self.mark;
+        let mut waiters = mark.waiters.borrow_mut();
+        match self.key.and_then(|key| waiters.get_mut(&key)) {
+            Some(waker) => waker.clone_from(context.waker()),
+            None => {
+                let number = mark.registrations.get();
+                mark.registrations.set(number + 1);
+                let key = (self.target, number);
+                waiters.insert(key, context.waker().clone());
+                drop(waiters);
+                self.key = Some(key);
             }
-            let value = self.value.get();
-            if value >= target {
-                return Poll::Ready(Ok(value));
-            }
-            self.waiters.borrow_mut().push(Reverse(Waiter { target, waker: context.waker().clone() }));
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
+    }
+}
+
+impl<E: Clone> Drop for WaitFor<'_, E> {
+    fn drop(&mut self) {
+        self.deregister();
     }
 }
 
@@ -113,7 +134,7 @@ impl Signal {
     }
 
     pub async fn wait(&self) {
-        poll_fn(|context| {
+        std::future::poll_fn(|context| {
             if self.pending.replace(false) {
                 return Poll::Ready(());
             }
@@ -138,6 +159,7 @@ mod tests {
         assert!(future::block_on(future::poll_once(&mut wait)).is_none());
         mark.advance(10);
         assert_eq!(future::block_on(wait), Ok(10));
+        assert_eq!(mark.waiting(), 0);
     }
 
     #[test]
@@ -148,5 +170,17 @@ mod tests {
         mark.fail("fsync failed".into());
         assert_eq!(future::block_on(wait), Err("fsync failed".into()));
         assert_eq!(future::block_on(mark.wait_for(0)), Err("fsync failed".into()));
+    }
+
+    #[test]
+    fn an_abandoned_or_repolled_wait_leaves_nothing_behind() {
+        let mark: Watermark<String> = Watermark::new(0);
+        let mut wait = Box::pin(mark.wait_for(5));
+        for _ in 0..3 {
+            assert!(future::block_on(future::poll_once(&mut wait)).is_none());
+        }
+        assert_eq!(mark.waiting(), 1, "polling again reuses the registration");
+        drop(wait);
+        assert_eq!(mark.waiting(), 0, "a dropped wait deregisters");
     }
 }
