@@ -106,6 +106,14 @@ impl Connection {
             }
         };
         lock(&self.shared.pending).insert(request_id, deliver);
+        // The reader may have failed everything between the check above and
+        // the insert: then nobody would ever answer this request.
+        if self.is_closed() {
+            if let Some(deliver) = lock(&self.shared.pending).remove(&request_id) {
+                deliver(Err(ClientError::Closed { address: self.address.clone() }));
+            }
+            return Err(ClientError::Closed { address: self.address.clone() });
+        }
         let frame = encode_frame(kind, request_id, body);
         if let Err(error) = lock(&self.writer).write_all(&frame) {
             let error = ClientError::Io { address: self.address.clone(), error: error.to_string() };
@@ -147,7 +155,9 @@ fn read_responses(mut stream: TcpStream, shared: &Shared) {
     let error = loop {
         match decode_frame(&mut buffer, FRAME_BODY_BYTES_MAX * 2) {
             Ok(Some(frame)) => {
-                if let Some(deliver) = lock(&shared.pending).remove(&frame.request_id) {
+                // Not under the lock: a callback may send again.
+                let deliver = lock(&shared.pending).remove(&frame.request_id);
+                if let Some(deliver) = deliver {
                     deliver(Ok(frame));
                 }
                 continue;

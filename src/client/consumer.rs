@@ -254,6 +254,7 @@ impl Consumer {
         drop(sender);
         let deadline = Instant::now() + self.options.max_wait + self.client.timeout();
         let mut messages = Vec::new();
+        let mut failure = None;
         let mut answered = 0;
         while answered < in_flight.len() {
             // Once something arrived, take only what is already there.
@@ -261,12 +262,23 @@ impl Consumer {
                 if messages.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
             let Ok((queue, offset, result)) = answers.recv_timeout(wait) else { break };
             answered += 1;
-            messages.extend(self.take_fetch(queue, offset, result)?);
+            // One queue's failure must not drop what other queues delivered
+            // (their positions already moved past it).
+            match self.take_fetch(queue, offset, result) {
+                Ok(fetched) => messages.extend(fetched),
+                Err(error) => {
+                    tracing::warn!(%error, queue, "fetch failed");
+                    failure.get_or_insert(error);
+                }
+            }
         }
         for (connection, request_id) in in_flight {
             connection.forget(request_id);
         }
-        Ok(messages)
+        match failure {
+            Some(error) if messages.is_empty() => Err(error),
+            _ => Ok(messages),
+        }
     }
 
     fn take_fetch(
@@ -287,6 +299,20 @@ impl Consumer {
         let response = verify::<fb::FetchResponse>(&body).map_err(ClientError::Protocol)?;
         let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
         let mut first = offset;
+        if response.high_watermark() < offset && response.record_count() == 0 {
+            // The broker's queue ends before our position (its log lost an
+            // unsynced tail, async flush): read again from where it ends.
+            tracing::warn!(
+                queue,
+                position = offset,
+                end = response.high_watermark(),
+                "the queue is shorter than our position; rewinding"
+            );
+            if self.positions.get(&queue) == Some(&offset) {
+                self.positions.insert(queue, response.high_watermark());
+            }
+            return Ok(Vec::new());
+        }
         if response.next_offset() > offset && response.record_count() == 0 {
             tracing::warn!(
                 queue,
@@ -318,6 +344,7 @@ impl Consumer {
             by_queue.entry(message.queue).or_default().push(message);
         }
         let mut handled = 0;
+        let mut failure = None;
         for (queue, messages) in by_queue {
             let mut next_offset = None;
             for message in &messages {
@@ -329,11 +356,18 @@ impl Consumer {
                 next_offset = Some(message.offset + 1);
                 handled += 1;
             }
+            // A failed commit (a rebalance, say) must not keep the other
+            // queues' messages from the handler: they were fetched already.
             if let Some(next_offset) = next_offset {
-                self.commit(queue, next_offset)?;
+                if let Err(error) = self.commit(queue, next_offset) {
+                    failure.get_or_insert(error);
+                }
             }
         }
-        Ok(handled)
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(handled),
+        }
     }
 
     /// Leaves the group, handing its queues to the other members now.

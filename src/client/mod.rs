@@ -184,8 +184,14 @@ impl Client {
         };
         let endpoint = endpoint.ok_or_else(|| ClientError::Usage(format!("the broker has no shard {shard}")))?;
         let connection = Connection::open(&format!("{}:{}", endpoint.host, endpoint.port), self.timeout)?;
-        lock(&self.view).connections.insert(shard, connection.clone());
-        Ok(connection)
+        // Another thread may have opened one meanwhile: keep the first, so
+        // nobody's requests die with a replaced connection.
+        let mut view = lock(&self.view);
+        let slot = view.connections.entry(shard).or_insert_with(|| connection.clone());
+        if slot.is_closed() {
+            *slot = connection;
+        }
+        Ok(slot.clone())
     }
 
     /// One request to `shard`, answered with `kind`.

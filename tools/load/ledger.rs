@@ -62,14 +62,6 @@ impl Ledger {
         }
     }
 
-    pub fn acknowledged_count(&self) -> u64 {
-        self.acknowledged.iter().map(Bits::count).sum()
-    }
-
-    pub fn received_count(&self) -> u64 {
-        self.received.iter().map(Bits::count).sum()
-    }
-
     pub fn verdict(&self) -> Verdict {
         let mut verdict = Verdict { duplicates: self.duplicates, ..Verdict::default() };
         let producers = self.acknowledged.len().max(self.received.len());

@@ -25,6 +25,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// After the producers stop, how long consumers may go without progress.
 const DRAIN_IDLE_MAX: Duration = Duration::from_secs(5);
 const DRAIN_MAX: Duration = Duration::from_secs(120);
+/// How long past the end producers may still wait for answers.
+const PRODUCERS_OVERDUE_MAX: Duration = Duration::from_secs(60);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.find(|c: char| c.is_ascii_alphabetic()).map_or((text, "s"), |at| text.split_at(at));
@@ -280,15 +282,24 @@ fn watch(shared: &Shared, args: &Args) -> Vec<Interval> {
             last = (now, published, consumed);
         }
         if producing {
+            // A broker that stopped answering must not hang the run.
+            if now > shared.produce_end + PRODUCERS_OVERDUE_MAX {
+                eprintln!("ringmq-load: producers still waiting for answers {PRODUCERS_OVERDUE_MAX:?} after the end; giving up");
+                std::process::exit(2);
+            }
             continue;
         }
-        let started = *drain_started.get_or_insert(now);
-        let received = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).received_count();
-        if received != last_progress.1 {
-            last_progress = (now, received);
+        let started = *drain_started.get_or_insert_with(|| {
+            last_progress = (now, 0);
+            now
+        });
+        let verdict = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).verdict();
+        if verdict.received != last_progress.1 {
+            last_progress = (now, verdict.received);
         }
-        let acknowledged = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).acknowledged_count();
-        let drained = args.consumers == 0 || received >= acknowledged;
+        // Done when every acknowledged message arrived (messages stored but
+        // not acknowledged do not count either way).
+        let drained = args.consumers == 0 || verdict.lost == 0;
         if drained || now.duration_since(last_progress.0) > DRAIN_IDLE_MAX || now.duration_since(started) > DRAIN_MAX {
             shared.stop_consumers.store(true, Ordering::SeqCst);
             return intervals;

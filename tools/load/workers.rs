@@ -327,6 +327,10 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
         let visited = visit_records(&records, |_, message| {
             let body = message.message().body().map(|body| body.bytes()).unwrap_or_default();
             let Some((intended_ns, producer, sequence)) = read_body(body) else { return };
+            // Messages of an earlier run on the same topic are not ours.
+            if message.msg_id.0 != workload.producer_id_base + u64::from(producer) {
+                return;
+            }
             received.push((producer, sequence));
             let intended = context.shared.start + Duration::from_nanos(intended_ns);
             if context.measured(intended) {
