@@ -167,3 +167,39 @@ fn a_refused_message_comes_again_and_accepted_ones_are_committed() {
     assert_eq!(seen, ["job-0", "job-1", "job-2", "job-3", "job-4"], "in order, the refused one again");
     assert_eq!(consumer.committed_offset(0).expect("offset"), Some(5));
 }
+
+#[test]
+fn a_retried_send_returns_the_first_result_and_is_stored_once() {
+    let broker = Broker::start(1);
+    let client = Client::connect(&broker.address()).expect("connect");
+    client.create_topic("once", 1).expect("create");
+    let message = ringmq::wire::MessageDraft {
+        msg_id: (42, 7),
+        topic: "once",
+        body: b"exactly once in the log",
+        producer_id: 42,
+        sequence: 7,
+        ..Default::default()
+    }
+    .build();
+    let body = protocol::produce_request("once", 0, &[&message]);
+    let offsets: Vec<u64> = (0..3)
+        .map(|_| {
+            let answer = client.call(0, Kind::ProduceRequest, &body).expect("send");
+            let response = protocol::verify::<fb::ProduceResponse>(&answer).expect("verify");
+            response.results().expect("results").get(0).offset()
+        })
+        .collect();
+    assert_eq!(offsets, [0, 0, 0], "every retry answers with the first send's offset");
+    let other = ringmq::wire::MessageDraft {
+        msg_id: (42, 8),
+        topic: "once",
+        producer_id: 42,
+        sequence: 8,
+        ..Default::default()
+    };
+    let answer =
+        client.call(0, Kind::ProduceRequest, &protocol::produce_request("once", 0, &[&other.build()])).expect("send");
+    let response = protocol::verify::<fb::ProduceResponse>(&answer).expect("verify");
+    assert_eq!(response.results().expect("results").get(0).offset(), 1, "the next sequence is a new message");
+}

@@ -31,8 +31,12 @@ impl Hasher for SendKeyHasher {
 
 type SendKeys = BuildHasherDefault<SendKeyHasher>;
 
-/// Sends remembered per shard.
-pub const DEDUP_WINDOW_ENTRIES_MAX: usize = 100_000;
+/// A generation of remembered sends spans this long: a retry within it (the
+/// producer times out after 3 s) finds the first send.
+pub const DEDUP_GENERATION_MS: u64 = 10_000;
+/// ... unless the generation fills up first, which bounds memory (two
+/// generations of at most this many sends, ~48 bytes each).
+pub const DEDUP_WINDOW_ENTRIES_MAX: usize = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FirstSend {
@@ -44,14 +48,14 @@ pub struct FirstSend {
 }
 
 /// Two generations of sends: lookups see both; when the current one is
-/// full it becomes the previous one and the old previous one is dropped
-/// whole. No per-entry eviction on the hot path, and between
-/// `DEDUP_WINDOW_ENTRIES_MAX / 2` and `DEDUP_WINDOW_ENTRIES_MAX` sends are
-/// remembered.
+/// `DEDUP_GENERATION_MS` old or full it becomes the previous one and the old
+/// previous one is dropped whole. No per-entry eviction on the hot path; at
+/// least the last generation's sends are remembered.
 #[derive(Default)]
 pub struct DedupWindow {
     current: HashMap<(u64, u64), FirstSend, SendKeys>,
     previous: HashMap<(u64, u64), FirstSend, SendKeys>,
+    current_since_ms: u64,
 }
 
 impl DedupWindow {
@@ -60,9 +64,12 @@ impl DedupWindow {
         self.current.get(&key).or_else(|| self.previous.get(&key)).copied()
     }
 
-    pub fn insert(&mut self, producer_id: u64, sequence: u64, send: FirstSend) {
-        if self.current.len() >= DEDUP_WINDOW_ENTRIES_MAX / 2 {
+    /// Remembers a send; `now_ms` is the shard's clock.
+    pub fn insert(&mut self, producer_id: u64, sequence: u64, send: FirstSend, now_ms: u64) {
+        let old = now_ms.saturating_sub(self.current_since_ms) >= DEDUP_GENERATION_MS;
+        if old || self.current.len() >= DEDUP_WINDOW_ENTRIES_MAX / 2 {
             self.previous = std::mem::take(&mut self.current);
+            self.current_since_ms = now_ms;
         }
         self.current.insert((producer_id, sequence), send);
     }
@@ -76,15 +83,13 @@ mod tests {
     fn the_window_remembers_recent_sends_and_forgets_the_oldest() {
         let mut window = DedupWindow::default();
         let send = FirstSend { queue_id: 1, offset: 5, store_timestamp_us: 9, end: 100 };
-        window.insert(7, 1, send);
+        window.insert(7, 1, send, 0);
         assert_eq!(window.get(7, 1), Some(send));
-        for sequence in 2..(DEDUP_WINDOW_ENTRIES_MAX as u64 + 2) {
-            window.insert(7, sequence, send);
-        }
-        assert_eq!(window.get(7, 1), None, "the oldest sends are forgotten");
-        let newest = DEDUP_WINDOW_ENTRIES_MAX as u64 + 1;
-        for sequence in newest - DEDUP_WINDOW_ENTRIES_MAX as u64 / 2 + 1..=newest {
-            assert!(window.get(7, sequence).is_some(), "send {sequence} of the last half window is remembered");
-        }
+        window.insert(7, 2, send, DEDUP_GENERATION_MS - 1);
+        window.insert(7, 3, send, DEDUP_GENERATION_MS);
+        assert!(window.get(7, 1).is_some() && window.get(7, 3).is_some(), "the previous generation is remembered");
+        window.insert(7, 4, send, 2 * DEDUP_GENERATION_MS);
+        assert_eq!(window.get(7, 1), None, "two generations back is forgotten");
+        assert!(window.get(7, 3).is_some() && window.get(7, 4).is_some());
     }
 }

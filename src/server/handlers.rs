@@ -146,7 +146,7 @@ async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) ->
         end: appended.end,
     };
     if deduplicated {
-        shard.dedup.borrow_mut().insert(message.producer_id, message.sequence, send);
+        shard.dedup.borrow_mut().insert(message.producer_id, message.sequence, send, shard.clock.now_ms());
     }
     Ok(send)
 }
