@@ -51,27 +51,43 @@ pub struct FirstSend {
 /// `DEDUP_GENERATION_MS` old or full it becomes the previous one and the old
 /// previous one is dropped whole. No per-entry eviction on the hot path; at
 /// least the last generation's sends are remembered.
+/// What the window knows of a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Its first copy is being placed in the log (waiting for room): a retry
+    /// must wait for it, not store a second copy.
+    InFlight,
+    Stored(FirstSend),
+}
+
 #[derive(Default)]
 pub struct DedupWindow {
-    current: HashMap<(u64, u64), FirstSend, SendKeys>,
-    previous: HashMap<(u64, u64), FirstSend, SendKeys>,
+    current: HashMap<(u64, u64), Seen, SendKeys>,
+    previous: HashMap<(u64, u64), Seen, SendKeys>,
     current_since_ms: u64,
 }
 
 impl DedupWindow {
-    pub fn get(&self, producer_id: u64, sequence: u64) -> Option<FirstSend> {
+    pub fn get(&self, producer_id: u64, sequence: u64) -> Option<Seen> {
         let key = (producer_id, sequence);
         self.current.get(&key).or_else(|| self.previous.get(&key)).copied()
     }
 
     /// Remembers a send; `now_ms` is the shard's clock.
-    pub fn insert(&mut self, producer_id: u64, sequence: u64, send: FirstSend, now_ms: u64) {
+    pub fn insert(&mut self, producer_id: u64, sequence: u64, seen: Seen, now_ms: u64) {
         let old = now_ms.saturating_sub(self.current_since_ms) >= DEDUP_GENERATION_MS;
         if old || self.current.len() >= DEDUP_WINDOW_ENTRIES_MAX / 2 {
             self.previous = std::mem::take(&mut self.current);
             self.current_since_ms = now_ms;
         }
-        self.current.insert((producer_id, sequence), send);
+        self.current.insert((producer_id, sequence), seen);
+    }
+
+    /// Forgets a send whose first copy failed, so a retry may store it.
+    pub fn forget(&mut self, producer_id: u64, sequence: u64) {
+        let key = (producer_id, sequence);
+        self.current.remove(&key);
+        self.previous.remove(&key);
     }
 }
 
@@ -83,13 +99,17 @@ mod tests {
     fn the_window_remembers_recent_sends_and_forgets_the_oldest() {
         let mut window = DedupWindow::default();
         let send = FirstSend { queue_id: 1, offset: 5, store_timestamp_us: 9, end: 100 };
-        window.insert(7, 1, send, 0);
-        assert_eq!(window.get(7, 1), Some(send));
-        window.insert(7, 2, send, DEDUP_GENERATION_MS - 1);
-        window.insert(7, 3, send, DEDUP_GENERATION_MS);
+        window.insert(7, 1, Seen::InFlight, 0);
+        assert_eq!(window.get(7, 1), Some(Seen::InFlight));
+        window.insert(7, 1, Seen::Stored(send), 0);
+        assert_eq!(window.get(7, 1), Some(Seen::Stored(send)));
+        window.insert(7, 2, Seen::Stored(send), DEDUP_GENERATION_MS - 1);
+        window.insert(7, 3, Seen::Stored(send), DEDUP_GENERATION_MS);
         assert!(window.get(7, 1).is_some() && window.get(7, 3).is_some(), "the previous generation is remembered");
-        window.insert(7, 4, send, 2 * DEDUP_GENERATION_MS);
+        window.insert(7, 4, Seen::Stored(send), 2 * DEDUP_GENERATION_MS);
         assert_eq!(window.get(7, 1), None, "two generations back is forgotten");
         assert!(window.get(7, 3).is_some() && window.get(7, 4).is_some());
+        window.forget(7, 3);
+        assert_eq!(window.get(7, 3), None);
     }
 }

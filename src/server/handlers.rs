@@ -2,7 +2,7 @@
 //! (a queue this shard does not own gets `NotOwner` naming the owner) and
 //! answers with its response kind or a `Failure`.
 
-use super::dedup::FirstSend;
+use super::dedup::{FirstSend, Seen};
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::shard::Shard;
 use super::topics::check_name;
@@ -123,13 +123,30 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
 
 /// Appends a message unless the dedup window has seen its producer id and
 /// sequence, in which case the first send's result stands.
+/// The first send of this producer id and sequence to this queue, once its
+/// outcome is known; `None` if there is none to return.
+async fn first_send(shard: &Shard, producer_id: u64, sequence: u64, queue_id: u32) -> Option<FirstSend> {
+    loop {
+        let seen = shard.dedup.borrow().get(producer_id, sequence);
+        match seen {
+            Some(Seen::Stored(first)) if first.queue_id == queue_id => return Some(first),
+            // The first copy is still waiting for room: wait for its outcome.
+            Some(Seen::InFlight) => shard.clock.until(shard.clock.now_ms() + 1).await,
+            _ => return None,
+        }
+    }
+}
+
 async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) -> Result<FirstSend, LogError> {
-    let deduplicated = message.producer_id != 0;
+    let (producer_id, sequence) = (message.producer_id, message.sequence);
+    let deduplicated = producer_id != 0;
     if deduplicated {
-        let first = shard.dedup.borrow().get(message.producer_id, message.sequence);
-        if let Some(first) = first.filter(|first| first.queue_id == queue_id) {
+        if let Some(first) = first_send(shard, producer_id, sequence, queue_id).await {
             return Ok(first);
         }
+    }
+    if deduplicated {
+        shard.dedup.borrow_mut().insert(producer_id, sequence, Seen::InFlight, shard.clock.now_ms());
     }
     let request = AppendRequest {
         queue_id,
@@ -138,7 +155,15 @@ async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) ->
         message: message.bytes(),
         ..AppendRequest::default()
     };
-    let appended = shard.log.append_buffered(request).await?;
+    let appended = match shard.log.append_buffered(request).await {
+        Ok(appended) => appended,
+        Err(error) => {
+            if deduplicated {
+                shard.dedup.borrow_mut().forget(producer_id, sequence);
+            }
+            return Err(error);
+        }
+    };
     let send = FirstSend {
         queue_id,
         offset: appended.queue_offset.unwrap_or(0),
@@ -146,7 +171,7 @@ async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) ->
         end: appended.end,
     };
     if deduplicated {
-        shard.dedup.borrow_mut().insert(message.producer_id, message.sequence, send, shard.clock.now_ms());
+        shard.dedup.borrow_mut().insert(producer_id, sequence, Seen::Stored(send), shard.clock.now_ms());
     }
     Ok(send)
 }
