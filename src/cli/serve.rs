@@ -113,3 +113,29 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     tracing::info!("ringmq stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses_into_its_settings() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/ringmq.toml");
+        let args = ServeArgs { data_dir: None, listen: None, shards: None, flush: None, config: Some(path) };
+        let config = config(args).expect("deploy/ringmq.toml");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/ringmq"));
+        assert_eq!((config.host.as_str(), config.base_port), ("127.0.0.1", 9876));
+        assert_eq!(config.flush, FlushMode::Sync);
+        assert_eq!(config.sync_flush_timeout, Duration::from_secs(5));
+        assert_eq!(config.in_flight_bytes_max, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_config_file_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "flsuh = \"sync\"\n").expect("write");
+        let args = ServeArgs { data_dir: None, listen: None, shards: None, flush: None, config: Some(path) };
+        assert!(config(args).is_err());
+    }
+}
