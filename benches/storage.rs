@@ -9,7 +9,7 @@
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringmq::storage::backend::DmaStorage;
-use ringmq::storage::{disk_probe, AppendRequest, CommitLog, LogConfig};
+use ringmq::storage::{disk_probe, latency_histogram_us, AppendRequest, CommitLog, LogConfig};
 use serde_json::json;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -23,10 +23,6 @@ const APPENDER_COUNTS: [usize; 3] = [1, 16, 256];
 /// A phase stops at its time or at this many bytes, whichever comes first,
 /// so it crosses at most one (prepared) segment boundary.
 const PHASE_BYTES_MAX: u64 = 900 * 1024 * 1024;
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
 
 struct Phase {
     appenders: usize,
@@ -47,7 +43,7 @@ async fn append_phase(log: &Rc<CommitLog<DmaStorage>>, appenders: usize, duratio
             let log = log.clone();
             glommio::spawn_local(async move {
                 let message = vec![appender as u8; RECORD_MESSAGE_BYTES];
-                let mut latency = histogram();
+                let mut latency = latency_histogram_us();
                 let mut records = 0;
                 while started.elapsed() < duration && records < records_max {
                     let request = AppendRequest {
@@ -65,7 +61,8 @@ async fn append_phase(log: &Rc<CommitLog<DmaStorage>>, appenders: usize, duratio
             })
         })
         .collect();
-    let mut phase = Phase { appenders, records: 0, seconds: 0.0, latency: histogram(), flushes: 0, flush_p50_us: 0 };
+    let mut phase =
+        Phase { appenders, records: 0, seconds: 0.0, latency: latency_histogram_us(), flushes: 0, flush_p50_us: 0 };
     for task in tasks {
         let (records, latency) = task.await;
         phase.records += records;

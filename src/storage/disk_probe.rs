@@ -21,20 +21,13 @@ fn open_options() -> OpenOptions {
     options
 }
 
-fn latency_histogram() -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, 60_000_000, 3) {
-        Ok(histogram) => histogram,
-        Err(error) => panic!("histogram bounds: {error}"),
-    }
-}
-
 /// Latency in microseconds of `iterations` O_DIRECT overwrites of
 /// `write_bytes` (a multiple of 4 KiB), each followed by fdatasync.
 pub async fn fdatasync_latency(dir: &Path, write_bytes: usize, iterations: usize) -> io::Result<Histogram<u64>> {
     let path = dir.join("ringmq-probe-fsync");
     drop(DmaStorage.create_zeroed(&path, PROBE_FILE_BYTES, &ZeroFillPace::unlimited()).await?);
     let file = open_options().dma_open(&path).await?;
-    let mut latency = latency_histogram();
+    let mut latency = super::latency_histogram_us();
     for iteration in 0..iterations {
         let mut buffer = file.alloc_dma_buffer(write_bytes);
         buffer.as_bytes_mut().fill(iteration as u8);

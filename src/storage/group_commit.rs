@@ -85,6 +85,11 @@ pub enum Blocked {
 }
 
 impl<F: StorageFile> LogState<F> {
+    /// End of the last record placed: the filling buffer always ends there.
+    pub fn appended(&self) -> u64 {
+        self.filling.end()
+    }
+
     pub fn take_buffer(&mut self, capacity: usize) -> AlignedBuf {
         self.pool.pop().unwrap_or_else(|| AlignedBuf::zeroed(capacity))
     }
@@ -134,7 +139,6 @@ impl<F: StorageFile> LogState<F> {
             self.next_segment = None;
             self.segments.insert(next.start, next.clone());
             self.seal(capacity, Some(next));
-            self.appended = self.filling.start();
         }
         if self.filling.room() < size {
             if self.sealed.len() >= SEALED_BUFFERS_MAX {
@@ -151,7 +155,6 @@ impl<F: StorageFile> LogState<F> {
 
     fn encode(&mut self, request: &AppendRequest<'_>, length: usize, now_us: u64) -> Appended {
         let position = self.filling.end();
-        debug_assert_eq!(position, self.appended);
         let size = record::padded_size(length);
         let store_timestamp_us = now_us.max(self.last_store_timestamp_us);
         self.last_store_timestamp_us = store_timestamp_us;
@@ -182,8 +185,7 @@ impl<F: StorageFile> LogState<F> {
         self.filling.filled += size;
         self.filling.records += 1;
         self.filling.segment.last_store_timestamp_us.set(store_timestamp_us);
-        self.appended = position + size as u64;
-        Appended { position, end: self.appended, queue_offset, store_timestamp_us }
+        Appended { position, end: self.filling.end(), queue_offset, store_timestamp_us }
     }
 
     /// Whether records wait to be written or synced.

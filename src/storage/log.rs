@@ -65,7 +65,6 @@ pub struct LogState<F> {
     pub preparation_requested: bool,
     pub filling: FillBuffer<F>,
     pub sealed: VecDeque<SealedBuffer<F>>,
-    pub appended: u64,
     pub last_store_timestamp_us: u64,
     pub recent: RecentBuffers,
     pub pool: Vec<super::aligned::AlignedBuf>,
@@ -114,7 +113,7 @@ impl<S: Storage> CommitLog<S> {
     pub async fn open(storage: S, config: LogConfig) -> Result<Self, LogError> {
         config.validate()?;
         let state = recovery::recover(&storage, &config).await?;
-        let end = state.appended;
+        let end = state.appended();
         let shared = Rc::new(LogShared {
             storage,
             config,
@@ -192,7 +191,7 @@ impl<S: Storage> CommitLog<S> {
 
     pub fn positions(&self) -> Positions {
         Positions {
-            appended: self.shared.state.borrow().appended,
+            appended: self.shared.state.borrow().appended(),
             written: self.shared.written.get(),
             flushed: self.shared.flushed.get(),
             visible: self.shared.visible_mark().get(),
@@ -225,10 +224,6 @@ impl<S: Storage> CommitLog<S> {
 
     pub fn is_stopped(&self) -> Option<LogError> {
         self.shared.flushed.failure()
-    }
-
-    pub fn config(&self) -> &LogConfig {
-        &self.shared.config
     }
 
     pub(super) fn shared(&self) -> &Rc<LogShared<S>> {

@@ -34,7 +34,7 @@ pub use error::LogError;
 pub use index::IndexEntry;
 pub use log::{now_us, AppendRequest, Appended, CommitLog, Positions};
 pub use read::{ReadBatch, StoredRecord};
-pub use stats::LogStats;
+pub use stats::{latency_histogram_us, LogStats};
 pub use watermark::{Signal, Watermark};
 
 pub const SEGMENTS_DIR: &str = "segments";

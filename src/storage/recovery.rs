@@ -73,7 +73,6 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
         next_segment: None,
         preparing_segment: false,
         preparation_requested: false,
-        appended: end.position,
         last_store_timestamp_us: 0,
         filling,
         sealed: Default::default(),

@@ -3,6 +3,19 @@
 use crate::constants::FLUSH_LATENCY_US_MAX;
 use hdrhistogram::Histogram;
 
+/// A histogram of latencies in microseconds, from 1 us to a minute, with 3
+/// significant digits: what every latency in the project is recorded in.
+pub fn latency_histogram_us() -> Histogram<u64> {
+    histogram_up_to(FLUSH_LATENCY_US_MAX)
+}
+
+fn histogram_up_to(max: u64) -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, max, 3) {
+        Ok(histogram) => histogram,
+        Err(error) => panic!("histogram bounds 1..{max}: {error}"),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LogStats {
     pub flush_count: u64,
@@ -16,17 +29,13 @@ pub struct LogStats {
 
 impl Default for LogStats {
     fn default() -> Self {
-        let histogram = |max| match Histogram::new_with_bounds(1, max, 3) {
-            Ok(histogram) => histogram,
-            Err(error) => panic!("histogram bounds 1..{max}: {error}"),
-        };
         Self {
             flush_count: 0,
             records_flushed: 0,
             bytes_flushed: 0,
-            flush_latency_us: histogram(FLUSH_LATENCY_US_MAX),
-            records_per_flush: histogram(1 << 24),
-            bytes_per_flush: histogram(1 << 34),
+            flush_latency_us: latency_histogram_us(),
+            records_per_flush: histogram_up_to(1 << 24),
+            bytes_per_flush: histogram_up_to(1 << 34),
         }
     }
 }
@@ -39,12 +48,5 @@ impl LogStats {
         self.flush_latency_us.saturating_record(latency_us.max(1));
         self.records_per_flush.saturating_record(records.max(1));
         self.bytes_per_flush.saturating_record(bytes.max(1));
-    }
-
-    pub fn mean_records_per_flush(&self) -> f64 {
-        if self.flush_count == 0 {
-            return 0.0;
-        }
-        self.records_flushed as f64 / self.flush_count as f64
     }
 }

@@ -11,9 +11,10 @@ mod workers;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use report::{describe, latency_histogram, percentiles, Interval};
+use report::{describe, percentiles, Interval};
 use ringmq::client::Client;
 use ringmq::protocol::{self, fb, verify, Kind};
+use ringmq::storage::latency_histogram_us;
 use serde_json::json;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -194,7 +195,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         published: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        interval: Mutex::new((latency_histogram(), latency_histogram())),
+        interval: Mutex::new((latency_histogram_us(), latency_histogram_us())),
     });
     let workload = Workload {
         topic: args.topic.clone(),
@@ -230,7 +231,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
     }
     let run_started = SystemTime::now();
     let intervals = watch(&shared, &args);
-    let mut totals = Totals { publish: latency_histogram(), e2e: latency_histogram(), send_delay: latency_histogram() };
+    let mut totals =
+        Totals { publish: latency_histogram_us(), e2e: latency_histogram_us(), send_delay: latency_histogram_us() };
     for handle in handles {
         let executor = handle.join().map_err(|error| error.to_string())?;
         let _ = totals.publish.add(&executor.publish);
@@ -260,8 +262,8 @@ fn watch(shared: &Shared, args: &Args) -> Vec<Interval> {
             let (publish, e2e) = {
                 let mut interval = shared.interval.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 (
-                    std::mem::replace(&mut interval.0, latency_histogram()),
-                    std::mem::replace(&mut interval.1, latency_histogram()),
+                    std::mem::replace(&mut interval.0, latency_histogram_us()),
+                    std::mem::replace(&mut interval.1, latency_histogram_us()),
                 )
             };
             println!(

@@ -7,14 +7,6 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
-/// Latencies are recorded in microseconds up to a minute.
-pub fn latency_histogram() -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, 60_000_000, 3) {
-        Ok(histogram) => histogram,
-        Err(error) => panic!("histogram bounds: {error}"),
-    }
-}
-
 pub const PERCENTILES: [(&str, f64); 5] =
     [("p50", 0.5), ("p99", 0.99), ("p999", 0.999), ("p9999", 0.9999), ("max", 1.0)];
 

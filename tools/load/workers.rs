@@ -5,10 +5,10 @@
 //! omission).
 
 use crate::ledger::Ledger;
-use crate::report::latency_histogram;
 use hdrhistogram::Histogram;
 use ringmq::client::{visit_records, AsyncConnection, ClientError};
 use ringmq::protocol::{self, fb, verify, Assignment, FetchParams, Kind, TopicLayout};
+use ringmq::storage::latency_histogram_us;
 use ringmq::wire::MessageDraft;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -100,9 +100,13 @@ impl Context {
 
 pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
     let local = Local {
-        totals: Totals { publish: latency_histogram(), e2e: latency_histogram(), send_delay: latency_histogram() },
-        publish_interval: latency_histogram(),
-        e2e_interval: latency_histogram(),
+        totals: Totals {
+            publish: latency_histogram_us(),
+            e2e: latency_histogram_us(),
+            send_delay: latency_histogram_us(),
+        },
+        publish_interval: latency_histogram_us(),
+        e2e_interval: latency_histogram_us(),
     };
     let context =
         Rc::new(Context { plan, shared, local: RefCell::new(local), connections: RefCell::new(HashMap::new()) });
@@ -119,7 +123,8 @@ pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
     }
     drop(publisher);
     move_interval(&context);
-    let fresh = Totals { publish: latency_histogram(), e2e: latency_histogram(), send_delay: latency_histogram() };
+    let fresh =
+        Totals { publish: latency_histogram_us(), e2e: latency_histogram_us(), send_delay: latency_histogram_us() };
     let totals = std::mem::replace(&mut context.local.borrow_mut().totals, fresh);
     totals
 }
