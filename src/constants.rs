@@ -37,10 +37,6 @@ pub const SEGMENT_ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// sustains, slow enough not to stall the log's fdatasyncs behind it.
 pub const ZERO_FILL_BYTES_PER_SECOND_DEFAULT: u64 = 512 * 1024 * 1024;
 
-/// How many bytes a recovery scan examines past the end of the valid data for
-/// records that would prove the end is not a torn tail but lost data.
-pub const RECOVERY_PROBE_BYTES_MIN: u64 = 4 * 1024 * 1024;
-
 /// Bytes of written buffers kept in memory for fetches of recent records.
 pub const RECENT_BUFFERS_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 

@@ -61,13 +61,6 @@ impl LogConfig {
         RECORD_SIZE_BYTES_MAX.min(by_buffer).min(self.segment_size_bytes as usize)
     }
 
-    /// Bytes that can be written but not yet synced at a crash. A record that
-    /// fails its CRC with valid records after it, all within this distance,
-    /// is a torn tail; farther than this it is corruption.
-    pub fn torn_tail_window_bytes(&self) -> u64 {
-        4 * self.buffer_capacity_bytes as u64
-    }
-
     pub fn validate(&self) -> Result<(), LogError> {
         let block = BLOCK_SIZE_BYTES as u64;
         if self.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN || self.segment_size_bytes % block != 0 {

@@ -8,16 +8,19 @@
 //! - `written`: end of what the device accepted (`Watermark` in `LogShared`);
 //! - `flushed`: end of what an fdatasync covered: durable.
 //!
-//! The partially filled last block of a buffer is written padded with zeros
-//! and carried into the next buffer, which rewrites it whole (O_DIRECT writes
-//! only whole blocks).
+//! Every buffer starts on a fresh block with a batch marker (written when the
+//! flusher takes the buffer, carrying the durable position of that moment)
+//! and is written padded with zeros to whole blocks. The next buffer starts
+//! on the next block: a flush never rewrites a block that holds acknowledged
+//! bytes, so a torn write can only damage records nobody was answered for.
+//! The price is the padding, at most one block per write.
 
 use super::aligned::AlignedBuf;
 use super::backend::{Storage, StorageFile};
 use super::config::FlushMode;
 use super::log::{LogShared, LogState};
 use super::read::WrittenBuffer;
-use super::record::{self, RecordHeader, NO_POSITION, NO_QUEUE_OFFSET};
+use super::record::{self, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION, NO_QUEUE_OFFSET};
 use super::segment::Segment;
 use super::{AppendRequest, Appended, LogError};
 use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
@@ -29,17 +32,13 @@ use std::time::Instant;
 /// one in flight that makes at most three buffers of unsynced data.
 const SEALED_BUFFERS_MAX: usize = 1;
 
-fn align_down(value: usize) -> usize {
-    value - value % BLOCK_SIZE_BYTES
-}
-
 fn align_up(value: usize) -> usize {
     value.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES
 }
 
 /// The buffer appends go into: `data[0]` belongs at `file_offset` of
-/// `segment`, and `data[..filled]` holds records (the first block may start
-/// with bytes carried from the previous buffer).
+/// `segment` (a block boundary). Once a record is placed, `data[..filled]`
+/// holds room for the batch marker followed by records.
 pub struct FillBuffer<F> {
     pub segment: Rc<Segment<F>>,
     pub file_offset: u64,
@@ -57,12 +56,33 @@ impl<F> FillBuffer<F> {
         self.start() + self.filled as u64
     }
 
+    /// An empty buffer at `file_offset` (a block boundary) of `segment`.
+    pub fn empty_at(segment: Rc<Segment<F>>, file_offset: u64, data: AlignedBuf) -> Self {
+        debug_assert_eq!(file_offset % BLOCK_SIZE_BYTES as u64, 0);
+        debug_assert!(file_offset <= segment.size_bytes);
+        Self { segment, file_offset, data, filled: 0, records: 0 }
+    }
+
+    /// Bytes a record of `size` takes here: the first one brings the marker.
+    fn cost(&self, size: usize) -> usize {
+        if self.filled == 0 {
+            size + BATCH_MARKER_SIZE_BYTES
+        } else {
+            size
+        }
+    }
+
     fn room(&self) -> usize {
         self.data.capacity() - self.filled
     }
 
     fn segment_room(&self) -> u64 {
         self.segment.size_bytes - self.file_offset - self.filled as u64
+    }
+
+    /// Where the buffer after this one starts in the same segment.
+    fn next_file_offset(&self) -> u64 {
+        self.file_offset + align_up(self.filled) as u64
     }
 }
 
@@ -94,22 +114,15 @@ impl<F: StorageFile> LogState<F> {
         self.pool.pop().unwrap_or_else(|| AlignedBuf::zeroed(capacity))
     }
 
-    /// Takes the filling buffer out; the new one continues in the same
-    /// segment (carrying the partial last block) or starts `next`.
+    /// Takes the filling buffer out; the new one starts on the next block of
+    /// the same segment, or at the start of `next`.
     pub fn seal(&mut self, capacity: usize, next: Option<Rc<Segment<F>>>) {
-        let mut data = self.take_buffer(capacity);
+        let data = self.take_buffer(capacity);
         let ends_segment = next.is_some();
-        let (segment, file_offset, carried) = match next {
-            Some(segment) => (segment, 0, 0),
-            None => {
-                let carried_start = align_down(self.filling.filled);
-                let carried = self.filling.filled - carried_start;
-                data.as_mut_slice()[..carried]
-                    .copy_from_slice(&self.filling.data.as_slice()[carried_start..self.filling.filled]);
-                (self.filling.segment.clone(), self.filling.file_offset + carried_start as u64, carried)
-            }
+        let fresh = match next {
+            Some(segment) => FillBuffer::empty_at(segment, 0, data),
+            None => FillBuffer::empty_at(self.filling.segment.clone(), self.filling.next_file_offset(), data),
         };
-        let fresh = FillBuffer { segment, file_offset, data, filled: carried, records: 0 };
         let fill = std::mem::replace(&mut self.filling, fresh);
         self.sealed.push_back(SealedBuffer { fill, ends_segment });
     }
@@ -131,20 +144,26 @@ impl<F: StorageFile> LogState<F> {
         }
         let length = RECORD_HEADER_SIZE_BYTES + request.message.len();
         let size = record::padded_size(length);
-        if self.filling.segment_room() < size as u64 {
-            let Some(next) = self.next_segment.clone() else { return Ok(Err(Blocked::Segment)) };
-            if self.sealed.len() >= SEALED_BUFFERS_MAX {
-                return Ok(Err(self.room_target()));
+        // At most: seal a full buffer, find the rest of the segment too
+        // small, roll to the next segment.
+        loop {
+            let cost = self.filling.cost(size) as u64;
+            if self.filling.segment_room() < cost {
+                let Some(next) = self.next_segment.clone() else { return Ok(Err(Blocked::Segment)) };
+                if self.sealed.len() >= SEALED_BUFFERS_MAX {
+                    return Ok(Err(self.room_target()));
+                }
+                self.next_segment = None;
+                self.segments.insert(next.start, next.clone());
+                self.seal(capacity, Some(next));
+            } else if (self.filling.room() as u64) < cost {
+                if self.sealed.len() >= SEALED_BUFFERS_MAX {
+                    return Ok(Err(self.room_target()));
+                }
+                self.seal(capacity, None);
+            } else {
+                break;
             }
-            self.next_segment = None;
-            self.segments.insert(next.start, next.clone());
-            self.seal(capacity, Some(next));
-        }
-        if self.filling.room() < size {
-            if self.sealed.len() >= SEALED_BUFFERS_MAX {
-                return Ok(Err(self.room_target()));
-            }
-            self.seal(capacity, None);
         }
         Ok(Ok(self.encode(request, length, now_us)))
     }
@@ -154,6 +173,10 @@ impl<F: StorageFile> LogState<F> {
     }
 
     fn encode(&mut self, request: &AppendRequest<'_>, length: usize, now_us: u64) -> Appended {
+        if self.filling.filled == 0 {
+            // Room for the batch marker, written when the flusher takes the buffer.
+            self.filling.filled = BATCH_MARKER_SIZE_BYTES;
+        }
         let position = self.filling.end();
         let size = record::padded_size(length);
         let store_timestamp_us = now_us.max(self.last_store_timestamp_us);
@@ -213,22 +236,25 @@ impl<S: Storage> LogShared<S> {
     /// Writes every pending buffer and, when `sync` is due, fdatasyncs.
     pub async fn flush_round(&self, force_sync: bool) -> Result<Round, LogError> {
         let capacity = self.config.buffer_capacity_bytes;
-        let batch = self.state.borrow_mut().take_batch(capacity);
+        let mut batch = self.state.borrow_mut().take_batch(capacity);
         self.batches.advance(self.state.borrow().batches_taken);
         let started = Instant::now();
         let (mut records, mut bytes) = (0, 0);
-        for sealed in &batch {
+        for sealed in &mut batch {
+            let fill = &mut sealed.fill;
+            if fill.records > 0 {
+                let durable = self.flushed.get();
+                let marker = &mut fill.data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
+                record::encode_batch_marker(marker, durable, super::now_us());
+            }
             let fill = &sealed.fill;
             let length = align_up(fill.filled);
-            fill.segment
-                .file
-                .write_at(&fill.data.as_slice()[..length], fill.file_offset)
-                .await
-                .map_err(|error| LogError::io("write", &fill.segment.path, fill.start(), error))?;
+            if length > 0 {
+                self.write(fill, length).await?;
+                self.written.advance(fill.end());
+            }
             records += fill.records;
             bytes += length as u64;
-            self.note_unsynced(&fill.segment, length as u64);
-            self.written.advance(fill.end());
             // A full segment is durable before anything reaches the next one,
             // so recovery can trust that data in a later segment means every
             // earlier segment is complete.
@@ -249,6 +275,17 @@ impl<S: Storage> LogShared<S> {
         }
         self.retire(batch);
         Ok(Round { synced: sync })
+    }
+
+    /// One O_DIRECT write of a whole buffer, padded to whole blocks.
+    async fn write(&self, fill: &FillBuffer<S::File>, length: usize) -> Result<(), LogError> {
+        fill.segment
+            .file
+            .write_at(&fill.data.as_slice()[..length], fill.file_offset)
+            .await
+            .map_err(|error| LogError::io("write", &fill.segment.path, fill.start(), error))?;
+        self.note_unsynced(&fill.segment, length as u64);
+        Ok(())
     }
 
     fn note_unsynced(&self, segment: &Rc<Segment<S::File>>, bytes: u64) {

@@ -77,6 +77,9 @@ pub struct LogState<F> {
     pub stats: LogStats,
     pub stopped: Option<Arc<LogError>>,
     pub checkpoint_position: u64,
+    /// End of the valid data found at recovery (the filling buffer starts on
+    /// the block after it): where `written` and `flushed` start.
+    pub recovered_end: u64,
 }
 
 pub struct LogShared<S: Storage> {
@@ -113,7 +116,7 @@ impl<S: Storage> CommitLog<S> {
     pub async fn open(storage: S, config: LogConfig) -> Result<Self, LogError> {
         config.validate()?;
         let state = recovery::recover(&storage, &config).await?;
-        let end = state.appended();
+        let end = state.recovered_end;
         let shared = Rc::new(LogShared {
             storage,
             config,

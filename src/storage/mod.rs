@@ -26,6 +26,7 @@ mod recovery;
 mod retention;
 mod segment;
 mod stats;
+mod tail;
 mod watermark;
 
 pub use checkpoint::Checkpoint;
@@ -49,5 +50,7 @@ impl<S: backend::Storage> CommitLog<S> {
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

@@ -16,8 +16,13 @@
 //! 52 reserved     u32  zero
 //! 56 message
 //! ```
-//! A record starts on an 8-byte boundary; the padding after it is zero. A
-//! header of all zeros marks the end of a segment's data.
+//! A record starts on an 8-byte boundary; the padding after it is zero.
+//!
+//! Every write of the flusher starts on a fresh block with a batch marker
+//! (`flags::BATCH`, no message, `ref_position` = the durable position when
+//! the write began) and ends with zeros up to the next block: a flush never
+//! rewrites a block that holds acknowledged bytes. A zero header therefore
+//! means either the padding at the end of a write or the end of the data.
 
 use crate::constants::{RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES};
 
@@ -39,6 +44,10 @@ pub mod flags {
     pub const DEAD_LETTER: u16 = 1 << 5;
     /// Broker-internal state (consumer offsets, timer progress, ...).
     pub const INTERNAL: u16 = 1 << 6;
+    /// Batch marker: the first record of every write the flusher issues. Its
+    /// `ref_position` is the log position that was durable when the write
+    /// began, a lower bound recovery uses to tell a torn tail from lost data.
+    pub const BATCH: u16 = 1 << 7;
 }
 
 /// What the broker assigns to a record.
@@ -82,6 +91,31 @@ impl RecordHeader {
     pub fn is_indexed(&self) -> bool {
         self.queue_offset != NO_QUEUE_OFFSET
     }
+
+    /// The durable position a batch marker vouches for, if this is one.
+    pub fn batch_durable_position(&self) -> Option<u64> {
+        (self.flags & flags::BATCH != 0).then_some(self.ref_position)
+    }
+}
+
+/// Bytes of a batch marker in the log (a header without a message).
+pub const BATCH_MARKER_SIZE_BYTES: usize = RECORD_HEADER_SIZE_BYTES;
+
+/// Writes the batch marker that starts a write into `destination` (exactly
+/// `BATCH_MARKER_SIZE_BYTES`): everything before `durable_position` was
+/// durable when the write began.
+pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_timestamp_us: u64) {
+    let header = RecordHeader {
+        length: BATCH_MARKER_SIZE_BYTES as u32,
+        flags: flags::BATCH | flags::INTERNAL,
+        queue_id: 0,
+        tag_hash: 0,
+        queue_offset: NO_QUEUE_OFFSET,
+        store_timestamp_us,
+        ref_position: durable_position,
+        ref_size: 0,
+    };
+    encode(destination, &header, &[]);
 }
 
 /// Writes header and message into `destination` (exactly `padded_size` bytes,

@@ -1,12 +1,7 @@
 //! Recovery: load the last checkpoint and the index files it names, scan the
-//! log after it verifying every CRC, and decide what the end of the log is.
-//!
-//! - A zero header or an invalid record with nothing valid behind it within
-//!   the torn-tail window is a torn tail: cut and zeroed.
-//! - An invalid record with valid records behind it farther than any unsynced
-//!   write can reach, valid data in a later segment, or an end before the
-//!   checkpointed position is corruption: reported, and the log refuses to
-//!   open unless the operator asks to truncate (`truncate_corruption`).
+//! log after it verifying every CRC, and decide what the end of the log is:
+//! a torn tail is cut and zeroed, anything else refuses to open (the rule is
+//! in `tail`) unless the operator asks to truncate (`truncate_corruption`).
 
 use super::aligned::AlignedBuf;
 use super::backend::{Storage, StorageFile, ZeroFillPace};
@@ -16,8 +11,9 @@ use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
 use super::log::LogState;
 use super::record::{self, Decoded, RecordHeader, NO_POSITION};
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
+use super::tail::{self, ScanEnd, Segments, Tail};
 use super::{LogConfig, LogError, INDEX_DIR, SEGMENTS_DIR};
-use crate::constants::{BLOCK_SIZE_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECOVERY_PROBE_BYTES_MIN};
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
@@ -25,7 +21,6 @@ use std::rc::Rc;
 /// Bytes read at a time while scanning.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
-type Segments<F> = BTreeMap<u64, Rc<Segment<F>>>;
 type Queues = BTreeMap<u32, QueueIndex>;
 
 pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogState<S::File>, LogError> {
@@ -59,18 +54,19 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     }
     let end = scan(&segments, scan_start, &mut queues).await?;
     let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
-    let tail = examine_tail(&segments, &end, checkpoint_position, config).await?;
-    settle_tail(storage, config, &mut segments, &end, &tail).await?;
+    let tail = tail::examine(&segments, &end, checkpoint_position).await?;
+    let next_segment = settle_tail(config, &mut segments, &end, &tail).await?;
     if tail.corruption.is_some() {
         // Under the override, index entries past the cut must go too.
         queues.values_mut().for_each(|queue| queue.forget_from(end.position));
     }
     sync_scanned(&segments, scan_start, &end).await?;
-    let filling = filling_at(&end, config.buffer_capacity_bytes).await?;
+    let filling = filling_at(&end, config.buffer_capacity_bytes);
     tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
     Ok(LogState {
         segments,
-        next_segment: None,
+        next_segment,
+        recovered_end: end.position,
         preparing_segment: false,
         preparation_requested: false,
         last_store_timestamp_us: 0,
@@ -140,6 +136,16 @@ async fn load_indexes<S: Storage>(
     Ok((queues, files))
 }
 
+/// What follows a zero header inside a segment.
+enum Padding {
+    /// Zeros to the next block, where the next write starts.
+    Next(u64),
+    /// The end of the data (a block boundary or the end of the segment).
+    End,
+    /// Non-zero bytes after a zero header: not padding.
+    Dirty,
+}
+
 /// Reads a segment in large chunks.
 struct SegmentReader<'a, F> {
     segment: &'a Segment<F>,
@@ -168,6 +174,21 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         Ok(&self.chunk[start..end])
     }
 
+    /// After a zero header at `offset`: whether the rest of its block is the
+    /// zero padding that ends a write (and the next write may start at the
+    /// next block), the end of the segment's data, or something else.
+    async fn padding_end(&mut self, offset: u64) -> Result<Padding, LogError> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let boundary = offset.div_ceil(block) * block;
+        if boundary == offset || boundary >= self.segment.size_bytes {
+            let rest = (boundary.max(offset + RECORD_HEADER_SIZE_BYTES as u64)).min(self.segment.size_bytes) - offset;
+            let zero = self.bytes(offset, rest as usize).await?.iter().all(|byte| *byte == 0);
+            return Ok(if zero { Padding::End } else { Padding::Dirty });
+        }
+        let zero = self.bytes(offset, (boundary - offset) as usize).await?.iter().all(|byte| *byte == 0);
+        Ok(if zero { Padding::Next(boundary) } else { Padding::Dirty })
+    }
+
     /// What lies at `offset`: a whole valid record, zeros, or garbage.
     async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
         let remaining = self.segment.size_bytes - offset;
@@ -182,14 +203,6 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
             _ => Ok(record::decode(header)),
         }
     }
-}
-
-/// Where the scan stopped.
-pub struct ScanEnd<F> {
-    pub segment: Rc<Segment<F>>,
-    pub position: u64,
-    /// Why, when the stop was not a clean run of zeros.
-    pub invalid: Option<&'static str>,
 }
 
 async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Queues) -> Result<ScanEnd<F>, LogError> {
@@ -208,29 +221,50 @@ async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Q
         });
     }
     let mut offset = start - segment.start;
+    let mut end = start;
     loop {
         let mut reader = SegmentReader::new(&segment);
-        let stop = loop {
+        let invalid = loop {
             match reader.probe(offset).await? {
                 Decoded::Valid(header) => {
                     index_record(queues, &segment, &header, segment.start + offset)?;
                     offset += header.padded_size() as u64;
+                    end = segment.start + offset;
                 }
-                Decoded::Zero => break None,
-                Decoded::Invalid(why) => break Some(why),
+                // A header may reach into the next block: zeros up to the
+                // boundary are the padding that ends a write all the same.
+                decoded => match reader.padding_end(offset).await? {
+                    Padding::Next(boundary) => offset = boundary,
+                    Padding::End => break None,
+                    Padding::Dirty => match decoded {
+                        Decoded::Invalid(why) => break Some(why),
+                        _ => break Some("a zero header followed by non-zero bytes"),
+                    },
+                },
             }
         };
         drop(reader);
         let next = segments.range(segment.end()..).next().map(|(_, next)| next.clone());
-        if let (None, Some(next)) = (stop, next) {
-            if matches!(SegmentReader::new(&next).probe(0).await?, Decoded::Valid(_)) {
+        if let (None, Some(next)) = (invalid, next) {
+            if continues_in(&next, end).await? {
                 segment = next;
                 offset = 0;
                 continue;
             }
         }
-        return Ok(ScanEnd { position: segment.start + offset, segment, invalid: stop });
+        return Ok(ScanEnd { stop: segment.start + offset, position: end, segment, invalid });
     }
+}
+
+/// Whether the log goes on in `next` after ending at `end` in the segment
+/// before it: `next` starts with a valid record whose batch marker does not
+/// vouch for more than `end` (it would if data before `end`'s successor were
+/// missing from the earlier segment).
+async fn continues_in<F: StorageFile>(next: &Segment<F>, end: u64) -> Result<bool, LogError> {
+    Ok(match SegmentReader::new(next).probe(0).await? {
+        Decoded::Valid(header) => header.batch_durable_position().is_none_or(|durable| durable <= end),
+        _ => false,
+    })
 }
 
 fn index_record<F>(
@@ -276,104 +310,36 @@ fn index_record<F>(
     Ok(())
 }
 
-/// What recovery found after the end of the valid data.
-struct Tail {
-    /// End of the last non-zero byte seen after the end (to be zeroed).
-    dirty_end: u64,
-    corruption: Option<String>,
-}
-
-async fn examine_tail<F: StorageFile>(
-    segments: &Segments<F>,
+/// Refuses corruption (unless overridden) and zeroes what lies after the
+/// end, in this segment and later ones. A later segment is kept, zeroed, as
+/// the next segment: recovery deletes no segment file.
+async fn settle_tail<F: StorageFile>(
+    config: &LogConfig,
+    segments: &mut Segments<F>,
     end: &ScanEnd<F>,
-    checkpoint_position: u64,
-    config: &LogConfig,
-) -> Result<Tail, LogError> {
-    let segment = &end.segment;
-    let window = config.torn_tail_window_bytes();
-    let offset = end.position - segment.start;
-    let probe_length = (segment.size_bytes - offset).min(window.max(RECOVERY_PROBE_BYTES_MIN)) as usize;
-    let bytes = SegmentReader::new(segment).bytes(offset, probe_length).await?.to_vec();
-    let dirty_end = end.position + bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last as u64 + 1);
-    let valid_after = last_valid_record(&bytes).map(|at| end.position + at as u64);
-    let mut corruption = None;
-    if let Some(at) = valid_after.filter(|at| at - end.position >= window) {
-        corruption = Some(format!(
-            "a valid record at {at} follows invalid data at {}: farther than a torn write ({window} bytes) can reach",
-            end.position
-        ));
-    }
-    for later in segments.range(segment.end()..).map(|(_, later)| later) {
-        if matches!(SegmentReader::new(later).probe(0).await?, Decoded::Valid(_)) {
-            corruption = Some(format!("segment {} holds valid records after the end of the log", later.path.display()));
-        }
-    }
-    if checkpoint_position > end.position {
-        corruption = Some(format!(
-            "the log ends at {} but the checkpoint recorded data up to {checkpoint_position} as durable",
-            end.position
-        ));
-    }
-    if let (None, Some(why)) = (&corruption, end.invalid) {
-        tracing::warn!(position = end.position, why, "cutting a torn tail");
-    }
-    Ok(Tail { dirty_end, corruption })
-}
-
-/// Offset of the last valid record in `bytes` after its start: how far
-/// behind the end of the log intact data still lies.
-fn last_valid_record(bytes: &[u8]) -> Option<usize> {
-    let mut at = RECORD_ALIGNMENT_BYTES;
-    let mut last = None;
-    while at < bytes.len() {
-        match record::decode(&bytes[at..]) {
-            Decoded::Valid(header) if record::claimed_length(&bytes[at..]).is_some() => {
-                last = Some(at);
-                at += header.padded_size();
-            }
-            _ => at += RECORD_ALIGNMENT_BYTES,
-        }
-    }
-    last
-}
-
-/// Refuses corruption (unless overridden), zeroes the torn tail and removes
-/// later segment files, which hold nothing valid.
-async fn settle_tail<S: Storage>(
-    storage: &S,
-    config: &LogConfig,
-    segments: &mut Segments<S::File>,
-    end: &ScanEnd<S::File>,
     tail: &Tail,
-) -> Result<(), LogError> {
+) -> Result<Option<Rc<Segment<F>>>, LogError> {
     if let Some(detail) = &tail.corruption {
         if !config.truncate_corruption {
             return Err(LogError::Corrupt {
                 path: end.segment.path.clone(),
-                position: end.position,
+                position: end.stop,
                 detail: detail.clone(),
             });
         }
         tracing::error!(position = end.position, %detail, "TRUNCATING CORRUPT LOG as the operator asked: records after this position are dropped");
     }
-    if tail.dirty_end > end.position {
-        zero_range(&end.segment, end.position, tail.dirty_end).await?;
-    }
-    let later: Vec<u64> = segments.range(end.segment.end()..).map(|(start, _)| *start).collect();
-    for start in later {
-        if let Some(segment) = segments.remove(&start) {
-            storage
-                .remove(&segment.path)
-                .await
-                .map_err(|error| LogError::io("remove segment", &segment.path, start, error))?;
+    let later: Vec<Rc<Segment<F>>> = segments.range(end.segment.end()..).map(|(_, later)| later.clone()).collect();
+    for segment in std::iter::once(&end.segment).chain(later.iter()) {
+        if let Some(dirty_end) = tail.evidence.dirty_end.get(&segment.start) {
+            zero_range(segment, end.position.max(segment.start), *dirty_end).await?;
         }
     }
-    if tail.corruption.is_some() {
-        // Under the override the rest of this segment may hold valid records
-        // beyond the probe; zero all of it so they never come back.
-        zero_range(&end.segment, end.position, end.segment.end()).await?;
+    for segment in &later {
+        segments.remove(&segment.start);
     }
-    Ok(())
+    let next = later.into_iter().next().filter(|next| next.start == end.segment.end());
+    Ok(next)
 }
 
 /// What the scan found may have been written but never synced before the
@@ -415,19 +381,10 @@ async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) ->
     segment.file.fdatasync().await.map_err(|error| io("fdatasync tail", error))
 }
 
-/// The filling buffer that continues the log at `end`, holding the bytes of
-/// its partially filled block.
-async fn filling_at<F: StorageFile>(end: &ScanEnd<F>, capacity: usize) -> Result<FillBuffer<F>, LogError> {
+/// The empty filling buffer that continues the log on the block after `end`.
+fn filling_at<F: StorageFile>(end: &ScanEnd<F>, capacity: usize) -> FillBuffer<F> {
     let segment = end.segment.clone();
-    let offset = end.position - segment.start;
-    let file_offset = offset / BLOCK_SIZE_BYTES as u64 * BLOCK_SIZE_BYTES as u64;
-    let carried = (offset - file_offset) as usize;
-    let bytes = segment
-        .file
-        .read_at(file_offset, carried)
-        .await
-        .map_err(|error| LogError::io("read tail block", &segment.path, end.position, error))?;
-    let mut data = AlignedBuf::zeroed(capacity);
-    data.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
-    Ok(FillBuffer { segment, file_offset, data, filled: carried, records: 0 })
+    let block = BLOCK_SIZE_BYTES as u64;
+    let file_offset = (end.position - segment.start).div_ceil(block) * block;
+    FillBuffer::empty_at(segment, file_offset, AlignedBuf::zeroed(capacity))
 }

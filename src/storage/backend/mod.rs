@@ -15,7 +15,7 @@ mod memory;
 
 pub use dma::{DmaSegmentFile, DmaStorage};
 pub use faulty::{FaultPlan, FaultyFile, FaultyStorage};
-pub use memory::{MemoryFile, MemoryStorage};
+pub use memory::{MemoryFile, MemoryStorage, SectorFate};
 
 use std::cell::Cell;
 use std::io;
