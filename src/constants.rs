@@ -81,6 +81,10 @@ pub const DATA_DIR_LOCK_WAIT_MS: u64 = 2_000;
 /// gives up.
 pub const LISTEN_PORT_WAIT_MS: u64 = 10_000;
 
+/// Connections the kernel queues for a shard's listener before it accepts
+/// them (as glommio's own `bind` asks for).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
 /// Pause between two attempts at the data directory lock or a port.
 pub const STARTUP_RETRY_PAUSE_MS: u64 = 100;
 

@@ -6,9 +6,9 @@
 //! listeners share a port) and hand the socket to the shard's executor.
 
 use super::ServerError;
-use crate::constants::{LISTEN_PORT_WAIT_MS, STARTUP_RETRY_PAUSE_MS};
+use crate::constants::{LISTEN_BACKLOG, LISTEN_PORT_WAIT_MS, STARTUP_RETRY_PAUSE_MS};
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::time::{Duration, Instant};
 
 /// The address shard `shard` listens on, refused if the port overflows.
@@ -28,7 +28,10 @@ pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
     let mut warned = false;
     loop {
         match TcpListener::bind((host, port)) {
-            Ok(listener) => return Ok(listener),
+            Ok(listener) => {
+                widen_backlog(&listener).map_err(|error| ServerError::Listen { address, detail: error.to_string() })?;
+                return Ok(listener);
+            }
             Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 if !warned {
                     tracing::warn!(%address, wait_ms = LISTEN_PORT_WAIT_MS, "port in use; retrying until it is free");
@@ -41,6 +44,19 @@ pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
             }
             Err(error) => return Err(ServerError::Listen { address, detail: error.to_string() }),
         }
+    }
+}
+
+/// std listens with a backlog of 128; a burst of connecting clients needs
+/// more. Calling listen again on a listening socket only changes it.
+fn widen_backlog(listener: &TcpListener) -> std::io::Result<()> {
+    // SAFETY: listen only reads the descriptor number, which `listener` owns
+    // and keeps open for the duration of the call.
+    let result = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
