@@ -67,3 +67,26 @@ pub const NAME_BYTES_MAX: usize = 249;
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
 const _: () = assert!(FRAME_BODY_BYTES_MAX > MESSAGE_SIZE_BYTES_MAX);
+
+/// How long a starting broker waits for the data directory's `LOCK` (a
+/// predecessor killed a moment ago may still hold it) before it gives up.
+pub const DATA_DIR_LOCK_WAIT_MS: u64 = 2_000;
+
+/// How long a starting broker retries binding a port still in use (a
+/// predecessor's sockets linger while its io_uring is torn down) before it
+/// gives up.
+pub const LISTEN_PORT_WAIT_MS: u64 = 10_000;
+
+/// Connections the kernel queues for a shard's listener before it accepts
+/// them (as glommio's own `bind` asks for).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Pause between two attempts at the data directory lock or a port.
+pub const STARTUP_RETRY_PAUSE_MS: u64 = 100;
+
+/// Default interval between two checkpoints (index files and positions).
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 2_000;
+
+/// Fewest request-body bytes a connection may have in flight (the budget
+/// counts whole KiB).
+pub const IN_FLIGHT_BYTES_MIN: usize = 1024;

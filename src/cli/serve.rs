@@ -17,7 +17,7 @@ pub enum Flush {
     Async,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// Data directory (created if missing).
     #[arg(long)]
@@ -30,10 +30,15 @@ pub struct ServeArgs {
     shards: Option<u32>,
     #[arg(long, value_enum)]
     flush: Option<Flush>,
+    /// How often each shard writes its index files and a checkpoint
+    /// (default 2000; at least 1).
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
     /// TOML file with any of: data_dir, listen, shards, flush,
-    /// flush_interval_ms, sync_flush_timeout_ms, segment_size_bytes,
-    /// retention_hours, retention_bytes, connections_max, in_flight_max,
-    /// in_flight_bytes_max, spin_before_park_us.
+    /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
+    /// segment_size_bytes, retention_hours, retention_bytes,
+    /// connections_max, in_flight_max, in_flight_bytes_max,
+    /// spin_before_park_us.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -47,6 +52,7 @@ struct ConfigFile {
     flush: Option<Flush>,
     flush_interval_ms: Option<u64>,
     sync_flush_timeout_ms: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -84,6 +90,9 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(ms) = file.sync_flush_timeout_ms {
         config.sync_flush_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = args.checkpoint_interval_ms.or(file.checkpoint_interval_ms) {
+        config.checkpoint_interval = Duration::from_millis(ms);
+    }
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
     }
@@ -95,14 +104,15 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
         config.connections_max = max;
     }
     if let Some(bytes) = file.in_flight_bytes_max {
-        config.in_flight_bytes_max = bytes.max(1024);
+        config.in_flight_bytes_max = bytes;
     }
     if let Some(spin) = file.spin_before_park_us {
         config.spin_before_park = Duration::from_micros(spin);
     }
     if let Some(max) = file.in_flight_max {
-        config.in_flight_max = max.max(1);
+        config.in_flight_max = max;
     }
+    config.validate().map_err(|error| error.to_string())?;
     Ok(config)
 }
 
@@ -121,13 +131,14 @@ mod tests {
     #[test]
     fn the_shipped_config_file_parses_into_its_settings() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/ringmq.toml");
-        let args = ServeArgs { data_dir: None, listen: None, shards: None, flush: None, config: Some(path) };
+        let args = ServeArgs { config: Some(path), ..ServeArgs::default() };
         let config = config(args).expect("deploy/ringmq.toml");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/ringmq"));
         assert_eq!((config.host.as_str(), config.base_port), ("127.0.0.1", 9876));
         assert_eq!(config.flush, FlushMode::Sync);
         assert_eq!(config.sync_flush_timeout, Duration::from_secs(5));
         assert_eq!(config.in_flight_bytes_max, 64 * 1024 * 1024);
+        assert_eq!(config.checkpoint_interval, Duration::from_millis(2000));
     }
 
     #[test]
@@ -135,7 +146,46 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "flsuh = \"sync\"\n").expect("write");
-        let args = ServeArgs { data_dir: None, listen: None, shards: None, flush: None, config: Some(path) };
+        let args = ServeArgs { config: Some(path), ..ServeArgs::default() };
         assert!(config(args).is_err());
+    }
+
+    /// The error `config` gives for a config file holding `text`.
+    fn refusal(text: &str) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, text).expect("write");
+        let args = ServeArgs { config: Some(path), ..ServeArgs::default() };
+        config(args).expect_err(&format!("{text:?} should be refused"))
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_not_bent() {
+        for (text, named) in [
+            ("shards = 0", "shards"),
+            ("in_flight_max = 0", "in_flight_max"),
+            ("in_flight_bytes_max = 1023", "in_flight_bytes_max"),
+            ("connections_max = 0", "connections_max"),
+            ("sync_flush_timeout_ms = 0", "sync_flush_timeout_ms"),
+            ("checkpoint_interval_ms = 0", "checkpoint_interval_ms"),
+            ("flush = \"async\"\nflush_interval_ms = 0", "flush_interval_ms"),
+            ("segment_size_bytes = 1000", "segment size"),
+        ] {
+            let error = refusal(text);
+            assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_interval_comes_from_the_flag_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "checkpoint_interval_ms = 500\n").expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.checkpoint_interval, Duration::from_millis(500));
+        let args = ServeArgs { config: Some(path), checkpoint_interval_ms: Some(250), ..ServeArgs::default() };
+        assert_eq!(config(args).expect("config").checkpoint_interval, Duration::from_millis(250));
+        let flag_zero = ServeArgs { checkpoint_interval_ms: Some(0), ..ServeArgs::default() };
+        assert!(config(flag_zero).is_err());
     }
 }

@@ -6,20 +6,22 @@
 mod clock;
 mod connection;
 mod cross;
+pub mod data_dir;
 mod dedup;
 mod groups;
 mod handlers;
+mod listeners;
 mod offsets;
 mod shard;
 mod topics;
 
-use crate::constants::FRAME_BODY_BYTES_MAX;
-use crate::constants::SEGMENT_SIZE_BYTES_DEFAULT;
+use crate::constants::{
+    CHECKPOINT_INTERVAL_MS_DEFAULT, FRAME_BODY_BYTES_MAX, IN_FLIGHT_BYTES_MIN, SEGMENT_SIZE_BYTES_DEFAULT,
+};
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
 use crate::storage::{CommitLog, FlushMode, LogConfig, Retention};
 use cross::CrossEnds;
-use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde::{Deserialize, Serialize};
 use shard::{Shard, ShardParts};
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     pub sync_flush_timeout: Duration,
     pub segment_size_bytes: u64,
     pub retention: Retention,
+    /// How often each shard writes its index files and a checkpoint.
+    pub checkpoint_interval: Duration,
     pub connections_max: usize,
     pub in_flight_max: usize,
     /// Bytes of request bodies one connection may have in flight.
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             sync_flush_timeout: Duration::from_secs(5),
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             retention: Retention::default(),
+            checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
             connections_max: 10_000,
             in_flight_max: 1024,
             in_flight_bytes_max: 64 * 1024 * 1024,
@@ -82,6 +87,63 @@ pub enum ServerError {
     DataDir { path: PathBuf, detail: String },
     #[error("shard {shard}: {detail}")]
     Shard { shard: u32, detail: String },
+    #[error("data directory {path} is in use by another broker ({}); stop it or choose another data directory", describe_holder(*holder))]
+    DataDirLocked { path: PathBuf, holder: Option<u32> },
+    #[error("cannot listen on {address}: the port is still in use after {waited_ms} ms (another broker or process listens there)")]
+    PortInUse { address: String, waited_ms: u64 },
+    #[error("cannot listen on {address}: {detail}")]
+    Listen { address: String, detail: String },
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+fn describe_holder(holder: Option<u32>) -> String {
+    holder.map_or_else(|| "pid unknown".to_string(), |pid| format!("pid {pid}"))
+}
+
+impl ServerConfig {
+    /// Refuses settings that cannot work, rather than bending them quietly.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let refuse = |detail: String| Err(ServerError::Config(detail));
+        if self.shards == Some(0) {
+            return refuse("shards must be at least 1".into());
+        }
+        if self.connections_max == 0 {
+            return refuse("connections_max must be at least 1".into());
+        }
+        if self.in_flight_max == 0 {
+            return refuse("in_flight_max must be at least 1".into());
+        }
+        if self.in_flight_bytes_max < IN_FLIGHT_BYTES_MIN {
+            return refuse(format!(
+                "in_flight_bytes_max {} must be at least {IN_FLIGHT_BYTES_MIN}",
+                self.in_flight_bytes_max
+            ));
+        }
+        if self.sync_flush_timeout.is_zero() {
+            return refuse("sync_flush_timeout_ms must be at least 1".into());
+        }
+        if self.checkpoint_interval.is_zero() {
+            return refuse("checkpoint_interval_ms must be at least 1".into());
+        }
+        if matches!(self.flush, FlushMode::Async { interval } if interval.is_zero()) {
+            return refuse("flush_interval_ms must be at least 1".into());
+        }
+        self.log_config(self.data_dir.join("shard-0"))
+            .validate()
+            .map_err(|error| ServerError::Config(error.to_string()))
+    }
+
+    /// The commit-log settings of the shard kept in `dir`.
+    fn log_config(&self, dir: PathBuf) -> LogConfig {
+        LogConfig {
+            flush: self.flush,
+            segment_size_bytes: self.segment_size_bytes,
+            retention: self.retention,
+            checkpoint_interval: self.checkpoint_interval,
+            ..LogConfig::new(dir)
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,7 +158,6 @@ fn cpu_count() -> u32 {
 /// Reads or creates the record of the shard count, fixed at creation.
 fn settle_shard_count(config: &ServerConfig) -> Result<u32, ServerError> {
     let data_error = |detail: String| ServerError::DataDir { path: config.data_dir.clone(), detail };
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| data_error(error.to_string()))?;
     let path = config.data_dir.join(CLUSTER_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -111,7 +172,7 @@ fn settle_shard_count(config: &ServerConfig) -> Result<u32, ServerError> {
             }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let shards = config.shards.unwrap_or_else(cpu_count).max(1);
+            let shards = config.shards.unwrap_or_else(cpu_count);
             let bytes = serde_json::to_vec(&Cluster { shards }).map_err(|error| data_error(error.to_string()))?;
             write_durably(&path, &bytes).map_err(|error| data_error(error.to_string()))?;
             Ok(shards)
@@ -143,13 +204,24 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 
 /// Runs the broker until `stop` becomes true.
 pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
+    config.validate()?;
+    // Held until every shard has stopped: no second broker on these logs.
+    let _lock = data_dir::DataDirLock::acquire(&config.data_dir)?;
     let shard_count = settle_shard_count(&config)?;
-    let endpoints: Vec<ShardEndpoint> = (0..shard_count)
-        .map(|shard| ShardEndpoint { shard, host: config.host.clone(), port: config.base_port + shard as u16 })
-        .collect();
+    let endpoints = (0..shard_count)
+        .map(|shard| {
+            let (host, port) = listeners::shard_address(&config.host, config.base_port, shard)?;
+            Ok(ShardEndpoint { shard, host, port })
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    let mut bound = Vec::new();
+    for endpoint in &endpoints {
+        bound.push(listeners::bind(&endpoint.host, endpoint.port)?);
+    }
     let cpus = cpu_count();
     let mut handles = Vec::new();
-    for (index, ends) in cross::cross_channels(shard_count as usize).into_iter().enumerate() {
+    let channels = cross::cross_channels(shard_count as usize);
+    for ((index, ends), listener) in channels.into_iter().enumerate().zip(bound) {
         let shard = index as u32;
         let (config, endpoints, stop) = (config.clone(), endpoints.clone(), stop.clone());
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize));
@@ -160,7 +232,8 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
                 let span = tracing::info_span!("shard", id = shard);
-                run_shard(shard, shard_count, config, endpoints, ends, stop).instrument(span).await
+                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, listener };
+                run_shard(started, stop).instrument(span).await
             })
             .map_err(|error| ServerError::Shard { shard, detail: format!("starting the executor: {error}") })?;
         handles.push((shard, handle));
@@ -177,29 +250,34 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
     first_error.map_or(Ok(()), Err)
 }
 
-async fn run_shard(
+/// What a shard starts from.
+struct ShardStart {
     id: u32,
     shard_count: u32,
     config: ServerConfig,
     endpoints: Vec<ShardEndpoint>,
     ends: CrossEnds,
-    stop: Arc<AtomicBool>,
-) -> Result<(), ServerError> {
+    listener: std::net::TcpListener,
+}
+
+async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
+    let ShardStart { id, shard_count, config, endpoints, ends, listener } = start;
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
-    let log_config = LogConfig {
-        flush: config.flush,
-        segment_size_bytes: config.segment_size_bytes,
-        retention: config.retention,
-        ..LogConfig::new(&dir)
-    };
-    let log = CommitLog::open(DmaStorage, log_config).await.map_err(|error| shard_error(error.to_string()))?;
+    let log = CommitLog::open(DmaStorage, config.log_config(dir.clone()))
+        .await
+        .map_err(|error| shard_error(error.to_string()))?;
+    // Nothing may go before the offsets snapshot on disk is known.
+    log.set_retention_floor(0);
     let topics = shard::load_topics(&DmaStorage, &config).await.map_err(shard_error)?;
-    let offsets =
+    let mut offsets =
         offsets::Offsets::recover(&DmaStorage, &dir, &log).await.map_err(|error| shard_error(error.to_string()))?;
-    let address = format!("{}:{}", config.host, config.base_port + id as u16);
-    let listener =
-        TcpListener::bind(&address).map_err(|error| shard_error(format!("listening on {address}: {error}")))?;
+    offsets.clamp_to_queue_ends(|topic, queue| {
+        topics.get(topic).map(|topic| log.visible_end_offset(topic.queue_id(queue)))
+    });
+    log.set_retention_floor(offsets::retention_floor(&log, offsets.covered_by_snapshot()));
+    let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
+    let listener = listeners::into_glommio(listener);
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
     let (clock, _ticking) = clock::CoarseClock::start();
@@ -243,7 +321,7 @@ fn inbox_peer(index: usize, id: u32) -> u32 {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     let connections = Rc::new(glommio::sync::Semaphore::new(shard.config.connections_max as u64));
     loop {
         let stream = match listener.accept().await {
@@ -291,8 +369,13 @@ async fn write_offsets_snapshot(shard: &Shard) {
     let durable = shard.log.durable_end_offset(offsets::OFFSETS_QUEUE_ID);
     let covered = shard.commits_in_flight.borrow().keys().next().copied().unwrap_or(durable).min(durable);
     let bytes = shard.offsets.borrow().snapshot(covered);
-    if let Err(error) = offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await {
-        tracing::warn!(%error, "offsets snapshot failed; start-up will replay more");
+    // Taken before the write: later appends land beyond it anyway.
+    let floor = offsets::retention_floor(&shard.log, covered);
+    match offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await {
+        // The offset records below `covered` now live in the snapshot too:
+        // retention may delete the segments that held them.
+        Ok(()) => shard.log.set_retention_floor(floor),
+        Err(error) => tracing::warn!(%error, "offsets snapshot failed; start-up will replay more"),
     }
 }
 

@@ -45,6 +45,8 @@ struct Snapshot {
 pub struct Offsets {
     committed: HashMap<OffsetKey, u64>,
     fences: HashMap<(String, String), u64>,
+    /// Offset-queue records below this one are in the snapshot on disk.
+    covered_by_snapshot: u64,
 }
 
 impl Offsets {
@@ -76,7 +78,11 @@ impl Offsets {
             }),
             _ => Snapshot::default(),
         };
-        let mut offsets = Offsets { committed: snapshot.offsets.into_iter().collect(), fences: HashMap::new() };
+        let mut offsets = Offsets {
+            committed: snapshot.offsets.into_iter().collect(),
+            fences: HashMap::new(),
+            covered_by_snapshot: snapshot.covered,
+        };
         let mut next = snapshot.covered.max(log.base_offset(OFFSETS_QUEUE_ID));
         loop {
             let batch = log.read(OFFSETS_QUEUE_ID, next, 1024, 4 << 20).await?;
@@ -94,12 +100,40 @@ impl Offsets {
         Ok(offsets)
     }
 
+    /// Offset-queue records below this one were folded into the snapshot
+    /// found at start-up.
+    pub fn covered_by_snapshot(&self) -> u64 {
+        self.covered_by_snapshot
+    }
+
+    /// Lowers every committed offset past its queue's end to that end: a
+    /// snapshot or an async-mode commit can outlive the records it pointed
+    /// past (a crash before their flush, a corruption cut at recovery).
+    /// `queue_end` gives the end of a topic's queue, `None` if unknown.
+    pub fn clamp_to_queue_ends(&mut self, queue_end: impl Fn(&str, u32) -> Option<u64>) {
+        for ((group, topic, queue), offset) in &mut self.committed {
+            let Some(end) = queue_end(topic, *queue) else { continue };
+            if *offset > end {
+                tracing::warn!(%group, %topic, queue, old = *offset, new = end, "committed offset past the recovered end of its queue; clamped");
+                *offset = end;
+            }
+        }
+    }
+
     /// The snapshot bytes, saying the offset records before `covered` are
     /// folded in.
     pub fn snapshot(&self, covered: u64) -> Vec<u8> {
         let offsets = self.committed.iter().map(|(key, offset)| (key.clone(), *offset)).collect();
         serde_json::to_vec(&Snapshot { covered, offsets }).unwrap_or_default()
     }
+}
+
+/// The log position retention must keep from while the snapshot on disk
+/// covers the offset records below `covered`: where the first record it
+/// does not cover lies, or, if there is none yet, where the next will go.
+pub fn retention_floor<S: Storage>(log: &CommitLog<S>, covered: u64) -> u64 {
+    let first_uncovered = covered.max(log.base_offset(OFFSETS_QUEUE_ID));
+    log.position_of(OFFSETS_QUEUE_ID, first_uncovered).unwrap_or_else(|| log.positions().appended)
 }
 
 pub async fn write_snapshot<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
@@ -121,4 +155,49 @@ pub async fn append_commit<S: Storage>(log: &CommitLog<S>, commit: &OffsetCommit
         ..AppendRequest::default()
     };
     log.append(request).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::backend::MemoryStorage;
+    use crate::storage::LogConfig;
+
+    fn commit(queue: u32, offset: u64) -> OffsetCommit {
+        OffsetCommit { group: "g".into(), topic: "t".into(), queue, offset, generation: 1 }
+    }
+
+    #[test]
+    fn offsets_past_the_end_of_their_queue_are_clamped() {
+        let mut offsets = Offsets::default();
+        for (queue, offset) in [(0, 50), (1, 10), (2, 7)] {
+            offsets.apply(&commit(queue, offset));
+        }
+        let mut other = commit(0, 99);
+        other.topic = "unknown".into();
+        offsets.apply(&other);
+        offsets.clamp_to_queue_ends(|topic, queue| (topic == "t").then_some([20, 10, 30][queue as usize]));
+        let get = |topic: &str, queue| offsets.get(&("g".into(), topic.into(), queue));
+        assert_eq!(get("t", 0), Some(20), "past the end: clamped");
+        assert_eq!(get("t", 1), Some(10), "at the end: kept");
+        assert_eq!(get("t", 2), Some(7), "below the end: kept");
+        assert_eq!(get("unknown", 0), Some(99), "a queue we know nothing of: kept");
+    }
+
+    #[test]
+    fn the_retention_floor_is_the_first_offset_record_the_snapshot_does_not_cover() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async {
+            let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
+            let mut positions = Vec::new();
+            for offset in 0..5 {
+                append_commit(&log, &commit(0, offset)).await.expect("append");
+                positions.push(log.position_of(OFFSETS_QUEUE_ID, offset).expect("indexed"));
+            }
+            assert_eq!(retention_floor(&log, 0), positions[0]);
+            assert_eq!(retention_floor(&log, 3), positions[3]);
+            assert_eq!(retention_floor(&log, 5), log.positions().appended, "all covered: from the next record on");
+            log.close().await.expect("close");
+        });
+    }
 }

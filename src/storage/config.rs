@@ -49,7 +49,7 @@ impl LogConfig {
             flush: FlushMode::Sync,
             recent_buffers_bytes: RECENT_BUFFERS_BYTES_DEFAULT,
             retention: Retention::default(),
-            checkpoint_interval: Duration::from_secs(2),
+            checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
             truncate_corruption: false,
             zero_fill_bytes_per_second: ZERO_FILL_BYTES_PER_SECOND_DEFAULT,
         }

@@ -97,6 +97,10 @@ pub struct LogShared<S: Storage> {
     /// Set while an append waits for the segment being zero-filled.
     pub zero_fill_urgent: Rc<Cell<bool>>,
     pub checkpoint_lock: glommio::sync::Semaphore,
+    /// Retention deletes no segment that ends above this position: the
+    /// log's owner keeps state in records there that no snapshot covers yet.
+    /// `u64::MAX` (the default) when nothing but the queues lives in the log.
+    pub retention_floor: Cell<u64>,
 }
 
 /// A shard's commit log. Must live inside a glommio executor; dropping it
@@ -129,6 +133,7 @@ impl<S: Storage> CommitLog<S> {
             closing: Cell::new(false),
             zero_fill_urgent: Rc::new(Cell::new(false)),
             checkpoint_lock: glommio::sync::Semaphore::new(1),
+            retention_floor: Cell::new(u64::MAX),
         });
         let flusher = glommio::spawn_local(run_flusher(shared.clone()));
         let checkpointer = glommio::spawn_local(super::checkpoint::run_checkpointer(shared.clone()));
@@ -219,6 +224,19 @@ impl<S: Storage> CommitLog<S> {
     /// The earliest offset retention kept for `queue_id`.
     pub fn base_offset(&self, queue_id: u32) -> u64 {
         self.shared.state.borrow().queues.get(&queue_id).map_or(0, QueueIndex::base_offset)
+    }
+
+    /// Log position of the record at `offset` of `queue_id`, if the index
+    /// holds it.
+    pub fn position_of(&self, queue_id: u32, offset: u64) -> Option<u64> {
+        let state = self.shared.state.borrow();
+        state.queues.get(&queue_id)?.get(offset).map(|slot| slot.entry.position)
+    }
+
+    /// Retention keeps every segment that ends above `position`: state its
+    /// owner keeps in records from there on is not yet in a durable snapshot.
+    pub fn set_retention_floor(&self, position: u64) {
+        self.shared.retention_floor.set(position);
     }
 
     pub fn stats(&self) -> LogStats {

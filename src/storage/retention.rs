@@ -1,7 +1,8 @@
 //! Retention: deletes whole segments, oldest first, that are older than the
 //! configured age or beyond the configured total size. Never the active
-//! segment, never one not yet fully durable, and every queue index forgets
-//! the offsets in a segment before its file goes.
+//! segment, never one not yet fully durable, never one that ends above the
+//! retention floor (it may hold state no snapshot covers yet), and every
+//! queue index forgets the offsets in a segment before its file goes.
 
 use super::backend::Storage;
 use super::log::LogShared;
@@ -32,12 +33,13 @@ fn choose<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Vec<Rc<Segment<S::F
     let retention = shared.config.retention;
     let state = shared.state.borrow();
     let flushed = shared.flushed.get();
+    let floor = shared.retention_floor.get();
     let active_start = state.filling.segment.start;
     let mut total_bytes: u64 = state.segments.values().map(|segment| segment.size_bytes).sum();
     let mut victims = Vec::new();
     for segment in state.segments.values() {
         // Segments are in position order: stop at the first one that must stay.
-        if segment.start >= active_start || segment.end() > flushed {
+        if segment.start >= active_start || segment.end() > flushed || segment.end() > floor {
             break;
         }
         let too_big = retention.max_total_bytes.is_some_and(|max| total_bytes > max);
@@ -58,4 +60,41 @@ fn forget<S: Storage>(shared: &LogShared<S>, segment: &Segment<S::File>) {
         queue.forget_below(segment.end());
     }
     state.segments.remove(&segment.start);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::storage::backend::MemoryStorage;
+    use crate::storage::tests::run;
+    use crate::storage::{AppendRequest, CommitLog, LogConfig};
+
+    #[test]
+    fn retention_keeps_every_segment_above_the_floor() {
+        run(async {
+            let mut config = LogConfig {
+                segment_size_bytes: 64 * 1024,
+                buffer_capacity_bytes: 16 * 1024,
+                recent_buffers_bytes: 64 * 1024,
+                ..LogConfig::new("/memory")
+            };
+            config.retention.max_total_bytes = Some(2 * config.segment_size_bytes);
+            let log = CommitLog::open(MemoryStorage::new(), config).await.expect("open");
+            let message = [7u8; 1000];
+            for _ in 0..400 {
+                let request = AppendRequest { queue_id: 1, indexed: true, message: &message, ..Default::default() };
+                log.append(request).await.expect("append");
+            }
+            let floor = log.position_of(1, 100).expect("offset 100 is indexed");
+            log.set_retention_floor(floor);
+            log.enforce_retention(crate::storage::now_us()).await.expect("retention");
+            let kept = log.base_offset(1);
+            assert!(kept > 0, "retention deleted nothing below the floor");
+            let kept_position = log.position_of(1, kept).expect("the earliest kept offset");
+            assert!(kept_position <= floor, "a segment above the floor went: kept from {kept_position}, floor {floor}");
+            log.set_retention_floor(u64::MAX);
+            log.enforce_retention(crate::storage::now_us()).await.expect("retention");
+            assert!(log.base_offset(1) > kept, "lifting the floor lets retention go on");
+            log.close().await.expect("close");
+        });
+    }
 }

@@ -1,9 +1,10 @@
 //! A real `ringmq serve` process for integration tests, on 127.0.0.1 only.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
@@ -17,7 +18,7 @@ pub struct Broker {
 }
 
 /// A base port whose `count` ports are all free now.
-fn free_ports(count: u16) -> u16 {
+pub fn free_ports(count: u16) -> u16 {
     for _ in 0..200 {
         // Below the kernel's ephemeral range, so no outgoing connection holds it.
         let base = fastrand::u16(20_000..32_000);
@@ -123,6 +124,45 @@ impl Broker {
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The running broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running broker").id()
+    }
+}
+
+/// Runs `ringmq serve` on `data_dir` and `listen`, expecting it to exit
+/// within `limit` (it is killed and the test fails otherwise); returns its
+/// exit status and what it wrote to stderr.
+pub fn serve_expecting_exit(data_dir: &Path, listen: &str, limit: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--shards", "1", "--log", "warn", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringmq serve");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for ringmq serve") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringmq serve on {listen} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().expect("piped stderr").read_to_string(&mut stderr).expect("read stderr");
+    (status, stderr)
+}
+
+/// Whether a broker with `shards` shards answers a metadata request on `address`.
+pub fn answers(address: &str, shards: u32) -> bool {
+    ringmq::client::Client::connect_with_timeout(address, Duration::from_secs(1))
+        .is_ok_and(|client| client.shard_count() == shards)
 }
 
 impl Drop for Broker {

@@ -143,9 +143,18 @@ impl Storage for DmaStorage {
         Ok(DmaSegmentFile { file })
     }
 
+    /// Creates every missing directory of `path`, fsyncing the parent of
+    /// each new one so that the new entry survives a crash.
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)?;
-        self.sync_dir(parent_dir(path)).await
+        let missing: Vec<&Path> = path.ancestors().take_while(|ancestor| !ancestor.exists()).collect();
+        for directory in missing.into_iter().rev() {
+            match std::fs::create_dir(directory) {
+                Ok(()) => self.sync_dir(parent_dir(directory)).await?,
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
