@@ -1,7 +1,8 @@
 //! Retention: deletes whole segments, oldest first, that are older than the
 //! configured age or beyond the configured total size. Never the active
 //! segment, never one not yet fully durable, and every queue index forgets
-//! the offsets in a segment before its file goes.
+//! the offsets in a segment before its file goes. A failed removal (unlink
+//! or the directory fsync after it) stops the log.
 
 use super::backend::Storage;
 use super::log::LogShared;
@@ -22,7 +23,7 @@ pub async fn enforce<S: Storage>(shared: &Rc<LogShared<S>>, now_us: u64) -> Resu
             .storage
             .remove(&segment.path)
             .await
-            .map_err(|error| LogError::io("remove segment", &segment.path, segment.start, error))?;
+            .map_err(|error| shared.fail_stop(LogError::io("remove segment", &segment.path, segment.start, error)))?;
         tracing::info!(path = %segment.path.display(), "retention deleted a segment");
     }
     Ok(victims.len())

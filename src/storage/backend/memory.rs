@@ -3,7 +3,7 @@
 //! `crash_tearing` keeps a seeded random subset of their 512-byte sectors,
 //! which is what a power cut in the middle of an O_DIRECT write can leave.
 
-use super::{is_block_aligned, Storage, StorageFile, ZeroFillPace};
+use super::{is_block_aligned, CreateError, Storage, StorageFile, ZeroFillPace};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
@@ -160,7 +160,12 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     type File = MemoryFile;
 
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64, _pace: &ZeroFillPace) -> io::Result<Self::File> {
+    async fn create_zeroed(
+        &self,
+        path: &Path,
+        size_bytes: u64,
+        _pace: &ZeroFillPace,
+    ) -> Result<Self::File, CreateError> {
         let zeros = vec![0; size_bytes as usize];
         let data = FileData { current: zeros.clone(), durable: zeros, unsynced: Vec::new() };
         Ok(MemoryFile { data: self.insert(path, data) })
