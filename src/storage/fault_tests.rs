@@ -342,3 +342,42 @@ fn a_failed_segment_removal_stops_the_log() {
         assert_recovered(&log, &acknowledged, 0).await;
     });
 }
+
+#[test]
+fn a_read_racing_retention_says_offset_truncated() {
+    run(async {
+        let mut config = config();
+        config.retention.max_total_bytes = Some(2 * config.segment_size_bytes);
+        let storage = FaultyStorage::new(FaultPlan::default());
+        let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
+        let mut count = 0;
+        while log.positions().flushed < 5 * config.segment_size_bytes {
+            append_from(&log, 0, count, count + 100).await;
+            count += 100;
+        }
+        storage.hold_reads();
+        let reader = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.read(0, 0, usize::MAX, usize::MAX).await })
+        };
+        for _ in 0..1000 {
+            if storage.reads_waiting() > 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(storage.reads_waiting(), 1, "the read never reached the disk");
+        let deleted = log.enforce_retention(now_us()).await.expect("retention");
+        assert!(deleted >= 2, "retention deleted {deleted} segments");
+        storage.release_reads();
+        match reader.await {
+            Err(LogError::OffsetTruncated { queue_id: 0, requested: 0, earliest }) => {
+                assert_eq!(earliest, log.base_offset(0));
+                assert!(earliest > 0);
+            }
+            other => panic!("expected OffsetTruncated, got {other:?}"),
+        }
+        let batch = log.read(0, log.base_offset(0), 10, 1 << 20).await.expect("read after retention");
+        assert_eq!(batch.records[0].message(), message(0, log.base_offset(0)));
+    });
+}

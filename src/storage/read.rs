@@ -5,7 +5,7 @@
 
 use super::aligned::AlignedBuf;
 use super::backend::{Storage, StorageFile};
-use super::index::Slot;
+use super::index::{QueueIndex, Slot};
 use super::log::CommitLog;
 use super::record::{self, Decoded};
 use super::LogError;
@@ -103,7 +103,11 @@ impl<S: Storage> CommitLog<S> {
         let mut index = 0;
         while index < slots.len() {
             let run = contiguous_run(&slots[index..]);
-            let (bytes, run) = self.read_range(&slots[index..index + run]).await?;
+            let first_offset = offset + index as u64;
+            let (bytes, run) = self
+                .read_range(&slots[index..index + run])
+                .await?
+                .ok_or_else(|| self.segment_gone(queue_id, offset, first_offset, slots[index].entry.position))?;
             for (slot_index, slot) in slots[index..index + run].iter().enumerate() {
                 let start = (slot.entry.position - slots[index].entry.position) as usize;
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
@@ -144,9 +148,26 @@ impl<S: Storage> CommitLog<S> {
         Ok((slots, end))
     }
 
+    /// What a read says when no segment holds the record at `position`
+    /// (queue offset `slot_offset`): retention deleted it since the entries
+    /// were chosen (the read raced it), unless the offset is still kept.
+    fn segment_gone(&self, queue_id: u32, requested: u64, slot_offset: u64, position: u64) -> LogError {
+        let shared = self.shared();
+        let earliest = shared.state.borrow().queues.get(&queue_id).map(QueueIndex::base_offset);
+        match earliest {
+            Some(earliest) if slot_offset < earliest => LogError::OffsetTruncated { queue_id, requested, earliest },
+            _ => LogError::Corrupt {
+                path: shared.config.dir.clone(),
+                position,
+                detail: "an index entry points at a position no segment holds".into(),
+            },
+        }
+    }
+
     /// Reads the bytes of adjacent records (at least the first); returns them
-    /// and how many records they cover.
-    async fn read_range(&self, slots: &[Slot]) -> Result<(Bytes, usize), LogError> {
+    /// and how many records they cover, or `None` when no segment holds the
+    /// first one.
+    async fn read_range(&self, slots: &[Slot]) -> Result<Option<(Bytes, usize)>, LogError> {
         let first = slots[0].entry.position;
         let span = |slots: &[Slot]| {
             slots.last().map_or(0, |last| (last.entry.position - first) as usize + last.entry.size_bytes as usize)
@@ -155,18 +176,12 @@ impl<S: Storage> CommitLog<S> {
         let segment = {
             let state = shared.state.borrow();
             if let Some(bytes) = state.recent.find(first, span(slots)) {
-                return Ok((bytes, slots.len()));
+                return Ok(Some((bytes, slots.len())));
             }
             let segment = state.segments.range(..=first).next_back().map(|(_, segment)| segment.clone());
             segment.filter(|segment| segment.contains(first))
         };
-        let Some(segment) = segment else {
-            return Err(LogError::Corrupt {
-                path: shared.config.dir.clone(),
-                position: first,
-                detail: "an index entry points at a position no segment holds".into(),
-            });
-        };
+        let Some(segment) = segment else { return Ok(None) };
         let in_segment = slots
             .iter()
             .take_while(|slot| slot.entry.position + u64::from(slot.entry.size_bytes) <= segment.end())
@@ -185,7 +200,7 @@ impl<S: Storage> CommitLog<S> {
                 detail: format!("read {} of {length} bytes: the segment ends early", bytes.len()),
             });
         }
-        Ok((Bytes::from(bytes), in_segment))
+        Ok(Some((Bytes::from(bytes), in_segment)))
     }
 
     /// Verifies a record read back: CRC, and the offset its header claims.
