@@ -235,12 +235,37 @@ fn contiguous_run(slots: &[Slot]) -> usize {
         let previous = &slots[run - 1].entry;
         let next = &slots[run].entry;
         let previous_end = previous.position + u64::from(previous.size_bytes);
+        // An entry may point backwards (a reference, or a damaged entry):
+        // it starts a new run, and only a forward entry has a span.
         let close = next.position >= previous_end && next.position - previous_end <= READ_COALESCE_GAP_BYTES_MAX;
+        if !close {
+            break;
+        }
         let span = next.position + u64::from(next.size_bytes) - slots[0].entry.position;
-        if !close || span > READ_COALESCE_BYTES_MAX {
+        if span > READ_COALESCE_BYTES_MAX {
             break;
         }
         run += 1;
     }
     run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::IndexEntry;
+
+    fn slot(position: u64, size_bytes: u32) -> Slot {
+        let entry = IndexEntry { position, size_bytes, tag_hash: 0, store_timestamp_us: 0 };
+        Slot { entry, record_end: position + u64::from(size_bytes) }
+    }
+
+    #[test]
+    fn an_entry_pointing_backwards_ends_the_run() {
+        assert_eq!(contiguous_run(&[slot(1000, 100), slot(1100, 100), slot(1300, 50)]), 3);
+        assert_eq!(contiguous_run(&[slot(1000, 100), slot(500, 100), slot(600, 100)]), 1);
+        assert_eq!(contiguous_run(&[slot(1 << 40, 100), slot(0, 100)]), 1);
+        let far = READ_COALESCE_GAP_BYTES_MAX + 1101;
+        assert_eq!(contiguous_run(&[slot(1000, 100), slot(far, 100)]), 1);
+    }
 }
