@@ -166,7 +166,6 @@ mod tests {
             ("in_flight_max = 0", "in_flight_max"),
             ("in_flight_bytes_max = 1023", "in_flight_bytes_max"),
             ("connections_max = 0", "connections_max"),
-            ("sync_flush_timeout_ms = 0", "sync_flush_timeout_ms"),
             ("checkpoint_interval_ms = 0", "checkpoint_interval_ms"),
             ("flush = \"async\"\nflush_interval_ms = 0", "flush_interval_ms"),
             ("segment_size_bytes = 1000", "segment size"),

@@ -120,9 +120,6 @@ impl ServerConfig {
                 self.in_flight_bytes_max
             ));
         }
-        if self.sync_flush_timeout.is_zero() {
-            return refuse("sync_flush_timeout_ms must be at least 1".into());
-        }
         if self.checkpoint_interval.is_zero() {
             return refuse("checkpoint_interval_ms must be at least 1".into());
         }

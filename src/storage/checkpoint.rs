@@ -125,12 +125,17 @@ struct IndexJob {
     entries: Vec<super::index::IndexEntry>,
 }
 
-/// Brings the index files up to the flushed position and records it.
+/// Brings the index files up to the flushed position and records it. Any
+/// failure to write or sync them stops the log: nothing retries an fsync.
 pub async fn write_checkpoint<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> {
     let Ok(_permit) = shared.checkpoint_lock.acquire_permit(1).await else { return Err(LogError::Closed) };
     if let Some(error) = shared.flushed.failure() {
         return Err(error);
     }
+    persist(shared).await.map_err(|error| shared.fail_stop(error))
+}
+
+async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> {
     let position = shared.flushed.get();
     let (jobs, checkpoint) = plan(shared, position);
     for job in &jobs {
@@ -200,12 +205,15 @@ pub async fn run_checkpointer<S: Storage>(shared: Rc<LogShared<S>>) {
         if shared.closing.get() || shared.flushed.failure().is_some() {
             return;
         }
-        if shared.flushed.get() > shared.state.borrow().checkpoint_position {
-            if let Err(error) = write_checkpoint(&shared).await {
-                tracing::warn!(%error, "checkpoint failed; recovery will scan from the previous one");
-            }
+        if shared.flushed.get() > shared.state.borrow().checkpoint_position && write_checkpoint(&shared).await.is_err()
+        {
+            // The log is stopped (`stop` said why): nothing retries.
+            return;
         }
         if let Err(error) = super::retention::enforce(&shared, super::log::now_us()).await {
+            if error.is_stopped() {
+                return;
+            }
             tracing::warn!(%error, "retention failed");
         }
     }

@@ -251,6 +251,9 @@ impl<S: Storage> LogShared<S> {
             let length = align_up(fill.filled);
             if length > 0 {
                 self.write(fill, length).await?;
+                if let Some(error) = self.state.borrow().stopped_error() {
+                    return Err(error);
+                }
                 self.written.advance(fill.end());
             }
             records += fill.records;
@@ -307,6 +310,11 @@ impl<S: Storage> LogShared<S> {
         for segment in &segments {
             segment.file.fdatasync().await.map_err(|error| LogError::io("fdatasync", &segment.path, written, error))?;
         }
+        if let Some(error) = self.state.borrow().stopped_error() {
+            // Stopped while this round was on the disk: its records were
+            // refused to their appenders and must not become visible.
+            return Err(error);
+        }
         self.state.borrow_mut().unsynced_bytes = 0;
         if written > self.flushed.get() {
             self.flushed.advance(written);
@@ -353,6 +361,11 @@ pub async fn run_flusher<S: Storage>(shared: Rc<LogShared<S>>) {
                 futures_lite::future::or(shared.flush_signal.wait(), glommio::timer::sleep(remaining)).await;
             }
         }
+        // Stopped by another task (a failed index write, checkpoint or
+        // segment preparation): nothing more reaches the disk or a reader.
+        if shared.state.borrow().stopped.is_some() {
+            return;
+        }
         let closing = shared.closing.get();
         let interval_due = match shared.config.flush {
             FlushMode::Async { interval } => last_sync.elapsed() >= interval,
@@ -362,7 +375,9 @@ pub async fn run_flusher<S: Storage>(shared: Rc<LogShared<S>>) {
             Ok(round) if round.synced => last_sync = Instant::now(),
             Ok(_) => {}
             Err(error) => {
-                shared.stop(error);
+                if !error.is_stopped() {
+                    shared.stop(error);
+                }
                 return;
             }
         }

@@ -1,6 +1,17 @@
 //! Per-queue index: queue offset -> (log position, size, tag hash, store
 //! timestamp). In memory for every kept offset; appended to one index file
 //! per queue at each checkpoint, where entry `n` of the file is offset `n`.
+//!
+//! An index file entry is 32 bytes, so a 4 KiB block (and a 512-byte
+//! sector) holds whole entries:
+//! ```text
+//! position u64 | size_bytes u32 | tag_hash u32 | store_timestamp_us u64
+//! | reserved u32 (zero) | crc32 u32 of (queue offset u64 LE, the 28 bytes before it)
+//! ```
+//! The CRC covers the offset the entry belongs to, so zeros (a lost write),
+//! a torn sector and an entry written at the wrong place all fail it. A
+//! file that fails it is never trusted: loading errors and recovery
+//! rebuilds the index from the log.
 
 use super::backend::{Storage, StorageFile};
 use super::LogError;
@@ -8,7 +19,13 @@ use crate::constants::BLOCK_SIZE_BYTES;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-pub const INDEX_ENTRY_SIZE_BYTES: usize = 24;
+/// Size of one entry in an index file.
+pub const INDEX_FILE_ENTRY_SIZE_BYTES: usize = 32;
+const _: () = assert!(crate::constants::BLOCK_SIZE_BYTES % INDEX_FILE_ENTRY_SIZE_BYTES == 0);
+const _: () = assert!(512 % INDEX_FILE_ENTRY_SIZE_BYTES == 0);
+
+/// Bytes of an entry its CRC covers (everything before the CRC).
+const CHECKED_BYTES: usize = INDEX_FILE_ENTRY_SIZE_BYTES - 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -18,12 +35,31 @@ pub struct IndexEntry {
     pub store_timestamp_us: u64,
 }
 
+fn entry_crc(offset: u64, checked: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&offset.to_le_bytes());
+    hasher.update(checked);
+    hasher.finalize()
+}
+
 impl IndexEntry {
-    fn encode(&self, destination: &mut [u8]) {
+    /// Writes the file entry of queue offset `offset` into `destination`
+    /// (`INDEX_FILE_ENTRY_SIZE_BYTES` long).
+    fn encode(&self, offset: u64, destination: &mut [u8]) {
         destination[0..8].copy_from_slice(&self.position.to_le_bytes());
         destination[8..12].copy_from_slice(&self.size_bytes.to_le_bytes());
         destination[12..16].copy_from_slice(&self.tag_hash.to_le_bytes());
         destination[16..24].copy_from_slice(&self.store_timestamp_us.to_le_bytes());
+        destination[24..CHECKED_BYTES].fill(0);
+        let crc = entry_crc(offset, &destination[..CHECKED_BYTES]);
+        destination[CHECKED_BYTES..INDEX_FILE_ENTRY_SIZE_BYTES].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Reads the file entry of queue offset `offset`, if its CRC holds.
+    fn decode_checked(offset: u64, source: &[u8]) -> Option<Self> {
+        let mut stored = [0; 4];
+        stored.copy_from_slice(&source[CHECKED_BYTES..INDEX_FILE_ENTRY_SIZE_BYTES]);
+        (u32::from_le_bytes(stored) == entry_crc(offset, &source[..CHECKED_BYTES])).then(|| Self::decode(source))
     }
 
     fn decode(source: &[u8]) -> Self {
@@ -138,6 +174,21 @@ pub struct IndexFile<F> {
     entry_count: u64,
 }
 
+/// Decodes the entries of offsets `first..` in `bytes`, refusing the file at
+/// the first entry that fails its CRC.
+fn checked_entries(path: &Path, first: u64, bytes: &[u8]) -> Result<Vec<IndexEntry>, LogError> {
+    (first..)
+        .zip(bytes.chunks_exact(INDEX_FILE_ENTRY_SIZE_BYTES))
+        .map(|(offset, entry)| {
+            IndexEntry::decode_checked(offset, entry).ok_or_else(|| LogError::Corrupt {
+                path: path.to_path_buf(),
+                position: offset * INDEX_FILE_ENTRY_SIZE_BYTES as u64,
+                detail: format!("the index entry of offset {offset} fails its checksum"),
+            })
+        })
+        .collect()
+}
+
 fn block_down(byte: u64) -> u64 {
     byte - byte % BLOCK_SIZE_BYTES as u64
 }
@@ -152,8 +203,8 @@ impl<F: StorageFile> IndexFile<F> {
     ) -> Result<(Self, Vec<IndexEntry>), LogError> {
         let io = |operation, error| LogError::io(operation, &path, 0, error);
         let file = storage.open_or_create(&path).await.map_err(|error| io("open index", error))?;
-        let byte_start = base_offset * INDEX_ENTRY_SIZE_BYTES as u64;
-        let byte_end = entry_count * INDEX_ENTRY_SIZE_BYTES as u64;
+        let byte_start = base_offset * INDEX_FILE_ENTRY_SIZE_BYTES as u64;
+        let byte_end = entry_count * INDEX_FILE_ENTRY_SIZE_BYTES as u64;
         let tail_start = block_down(byte_end);
         let read_start = byte_start.min(tail_start);
         let bytes = file
@@ -166,14 +217,11 @@ impl<F: StorageFile> IndexFile<F> {
                 position: byte_end,
                 detail: format!(
                     "index file holds {} of the {entry_count} entries the checkpoint names",
-                    bytes.len() / INDEX_ENTRY_SIZE_BYTES
+                    bytes.len() / INDEX_FILE_ENTRY_SIZE_BYTES
                 ),
             });
         }
-        let entries = bytes[(byte_start - read_start) as usize..]
-            .chunks_exact(INDEX_ENTRY_SIZE_BYTES)
-            .map(IndexEntry::decode)
-            .collect();
+        let entries = checked_entries(&path, base_offset, &bytes[(byte_start - read_start) as usize..])?;
         let tail = bytes[(tail_start - read_start) as usize..].to_vec();
         Ok((Self { path, file, tail, entry_count }, entries))
     }
@@ -184,7 +232,7 @@ impl<F: StorageFile> IndexFile<F> {
     /// or a gap of offsets retention deleted). The cache changes only once
     /// the write succeeded.
     pub async fn append(&mut self, from: u64, entries: &[IndexEntry]) -> Result<(), LogError> {
-        let byte_start = from * INDEX_ENTRY_SIZE_BYTES as u64;
+        let byte_start = from * INDEX_FILE_ENTRY_SIZE_BYTES as u64;
         let block_start = block_down(byte_start);
         let prefix = if from == self.entry_count {
             self.tail.clone()
@@ -200,9 +248,10 @@ impl<F: StorageFile> IndexFile<F> {
         debug_assert_eq!(prefix.len() as u64, byte_start - block_start);
         let mut bytes = prefix;
         let new_start = bytes.len();
-        bytes.resize(new_start + entries.len() * INDEX_ENTRY_SIZE_BYTES, 0);
-        for (entry, slot) in entries.iter().zip(bytes[new_start..].chunks_exact_mut(INDEX_ENTRY_SIZE_BYTES)) {
-            entry.encode(slot);
+        bytes.resize(new_start + entries.len() * INDEX_FILE_ENTRY_SIZE_BYTES, 0);
+        let slots = bytes[new_start..].chunks_exact_mut(INDEX_FILE_ENTRY_SIZE_BYTES);
+        for ((offset, entry), slot) in (from..).zip(entries).zip(slots) {
+            entry.encode(offset, slot);
         }
         let used = bytes.len();
         let padded = used.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES;
@@ -274,8 +323,45 @@ mod tests {
 
     #[test]
     fn an_entry_round_trips() {
-        let mut bytes = [0; INDEX_ENTRY_SIZE_BYTES];
-        entry(77).encode(&mut bytes);
-        assert_eq!(IndexEntry::decode(&bytes), entry(77));
+        let mut bytes = [0; INDEX_FILE_ENTRY_SIZE_BYTES];
+        entry(77).encode(5, &mut bytes);
+        assert_eq!(IndexEntry::decode_checked(5, &bytes), Some(entry(77)));
+    }
+
+    #[test]
+    fn a_damaged_zeroed_or_misplaced_entry_fails_its_checksum() {
+        let mut bytes = [0; INDEX_FILE_ENTRY_SIZE_BYTES];
+        entry(77).encode(5, &mut bytes);
+        for index in 0..bytes.len() {
+            let mut damaged = bytes;
+            damaged[index] ^= 0x04;
+            assert_eq!(IndexEntry::decode_checked(5, &damaged), None, "damage at byte {index} went unnoticed");
+        }
+        assert_eq!(IndexEntry::decode_checked(6, &bytes), None, "an entry read as another offset passed");
+        assert_eq!(IndexEntry::decode_checked(0, &[0; INDEX_FILE_ENTRY_SIZE_BYTES]), None);
+    }
+
+    #[test]
+    fn an_index_file_with_a_bad_entry_is_refused() {
+        use crate::storage::backend::MemoryStorage;
+        crate::storage::tests::run(async {
+            let storage = MemoryStorage::new();
+            let path = std::path::PathBuf::from("/index/0000000002.idx");
+            let all: Vec<IndexEntry> = (0..300).map(|offset| entry(offset * 100)).collect();
+            let (mut file, _) = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
+            file.append(0, &all).await.unwrap();
+            file.sync().await.unwrap();
+            let damaged_offset = 201;
+            let byte = damaged_offset * INDEX_FILE_ENTRY_SIZE_BYTES as u64 + 13;
+            storage.flip_bit(&path, byte, 1).unwrap();
+            match IndexFile::open(&storage, path.clone(), 0, 300).await {
+                Err(LogError::Corrupt { detail, .. }) => assert!(detail.contains("offset 201"), "{detail}"),
+                Err(other) => panic!("expected Corrupt, got {other}"),
+                Ok(_) => panic!("a damaged index file was trusted"),
+            }
+            // Offsets before the damage still load.
+            let (_, entries) = IndexFile::open(&storage, path, 0, 201).await.unwrap();
+            assert_eq!(entries, all[..201]);
+        });
     }
 }

@@ -13,7 +13,7 @@ use super::backend::{Storage, ZeroFillPace};
 use super::group_commit::{run_flusher, Blocked, FillBuffer, SealedBuffer};
 use super::index::{IndexFile, QueueIndex};
 use super::read::RecentBuffers;
-use super::segment::Segment;
+use super::segment::{create_segment_classified, Segment, SegmentCreation};
 use super::stats::LogStats;
 use super::watermark::{Signal, Watermark};
 use super::{recovery, FlushMode, LogConfig, LogError};
@@ -287,9 +287,37 @@ impl<S: Storage> LogShared<S> {
         }
     }
 
+    /// Stops the log for good after a failed write or sync outside the
+    /// flusher (segment preparation, index files, checkpoint, retention) and
+    /// returns what callers see: `Stopped`, with the first cause.
+    pub fn fail_stop(&self, error: LogError) -> LogError {
+        if error.is_stopped() {
+            return error;
+        }
+        let already = self.state.borrow().stopped.clone();
+        let cause = match already {
+            Some(cause) => cause,
+            None => {
+                self.stop(error.clone());
+                self.state.borrow().stopped.clone().unwrap_or_else(|| Arc::new(error))
+            }
+        };
+        LogError::Stopped { cause }
+    }
+
+    fn stopped_error(&self) -> Option<LogError> {
+        let cause = self.state.borrow().stopped.clone()?;
+        Some(LogError::Stopped { cause })
+    }
+
     /// Makes sure the segment after the active one exists. One task prepares
-    /// at a time; the others wait for its attempt and try again.
+    /// at a time; the others wait for its attempt and try again. A full disk
+    /// fails only this attempt; a failed write or sync of the new file stops
+    /// the log.
     pub async fn prepare_next_segment(&self, urgent: bool) -> Result<(), LogError> {
+        if let Some(stopped) = self.stopped_error() {
+            return Err(stopped);
+        }
         let attempts = self.segment_attempts.get();
         let start = {
             let mut state = self.state.borrow_mut();
@@ -315,11 +343,15 @@ impl<S: Storage> LogShared<S> {
         };
         let segments_dir = self.config.dir.join(super::SEGMENTS_DIR);
         let size = self.config.segment_size_bytes;
-        let created = super::segment::create_segment(&self.storage, &segments_dir, start, size, &pace).await;
-        let result = {
-            let mut state = self.state.borrow_mut();
-            state.preparing_segment = false;
-            created.map(|segment| state.next_segment = Some(Rc::new(segment)))
+        let created = create_segment_classified(&self.storage, &segments_dir, start, size, &pace).await;
+        self.state.borrow_mut().preparing_segment = false;
+        let result = match created {
+            Ok(segment) => {
+                self.state.borrow_mut().next_segment = Some(Rc::new(segment));
+                Ok(())
+            }
+            Err(SegmentCreation::Refused(error)) => Err(error),
+            Err(SegmentCreation::Failed(error)) => Err(self.fail_stop(error)),
         };
         self.segment_attempts.advance(attempts + 1);
         result
@@ -341,8 +373,13 @@ impl<S: Storage> LogShared<S> {
         glommio::spawn_local(async move {
             let prepared = shared.prepare_next_segment(false).await;
             shared.state.borrow_mut().preparation_requested = false;
-            if let Err(error) = prepared {
-                tracing::warn!(%error, "preparing the next segment failed; the append that needs it will retry");
+            match prepared {
+                // `stop` already said why.
+                Err(error) if error.is_stopped() => {}
+                Err(error) => {
+                    tracing::warn!(%error, "preparing the next segment failed; the append that needs it will retry")
+                }
+                Ok(()) => {}
             }
         })
         .detach();

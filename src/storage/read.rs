@@ -5,7 +5,7 @@
 
 use super::aligned::AlignedBuf;
 use super::backend::{Storage, StorageFile};
-use super::index::Slot;
+use super::index::{QueueIndex, Slot};
 use super::log::CommitLog;
 use super::record::{self, Decoded};
 use super::LogError;
@@ -103,7 +103,11 @@ impl<S: Storage> CommitLog<S> {
         let mut index = 0;
         while index < slots.len() {
             let run = contiguous_run(&slots[index..]);
-            let (bytes, run) = self.read_range(&slots[index..index + run]).await?;
+            let first_offset = offset + index as u64;
+            let (bytes, run) = self
+                .read_range(&slots[index..index + run])
+                .await?
+                .ok_or_else(|| self.segment_gone(queue_id, offset, first_offset, slots[index].entry.position))?;
             for (slot_index, slot) in slots[index..index + run].iter().enumerate() {
                 let start = (slot.entry.position - slots[index].entry.position) as usize;
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
@@ -144,9 +148,26 @@ impl<S: Storage> CommitLog<S> {
         Ok((slots, end))
     }
 
+    /// What a read says when no segment holds the record at `position`
+    /// (queue offset `slot_offset`): retention deleted it since the entries
+    /// were chosen (the read raced it), unless the offset is still kept.
+    fn segment_gone(&self, queue_id: u32, requested: u64, slot_offset: u64, position: u64) -> LogError {
+        let shared = self.shared();
+        let earliest = shared.state.borrow().queues.get(&queue_id).map(QueueIndex::base_offset);
+        match earliest {
+            Some(earliest) if slot_offset < earliest => LogError::OffsetTruncated { queue_id, requested, earliest },
+            _ => LogError::Corrupt {
+                path: shared.config.dir.clone(),
+                position,
+                detail: "an index entry points at a position no segment holds".into(),
+            },
+        }
+    }
+
     /// Reads the bytes of adjacent records (at least the first); returns them
-    /// and how many records they cover.
-    async fn read_range(&self, slots: &[Slot]) -> Result<(Bytes, usize), LogError> {
+    /// and how many records they cover, or `None` when no segment holds the
+    /// first one.
+    async fn read_range(&self, slots: &[Slot]) -> Result<Option<(Bytes, usize)>, LogError> {
         let first = slots[0].entry.position;
         let span = |slots: &[Slot]| {
             slots.last().map_or(0, |last| (last.entry.position - first) as usize + last.entry.size_bytes as usize)
@@ -155,18 +176,12 @@ impl<S: Storage> CommitLog<S> {
         let segment = {
             let state = shared.state.borrow();
             if let Some(bytes) = state.recent.find(first, span(slots)) {
-                return Ok((bytes, slots.len()));
+                return Ok(Some((bytes, slots.len())));
             }
             let segment = state.segments.range(..=first).next_back().map(|(_, segment)| segment.clone());
             segment.filter(|segment| segment.contains(first))
         };
-        let Some(segment) = segment else {
-            return Err(LogError::Corrupt {
-                path: shared.config.dir.clone(),
-                position: first,
-                detail: "an index entry points at a position no segment holds".into(),
-            });
-        };
+        let Some(segment) = segment else { return Ok(None) };
         let in_segment = slots
             .iter()
             .take_while(|slot| slot.entry.position + u64::from(slot.entry.size_bytes) <= segment.end())
@@ -185,7 +200,7 @@ impl<S: Storage> CommitLog<S> {
                 detail: format!("read {} of {length} bytes: the segment ends early", bytes.len()),
             });
         }
-        Ok((Bytes::from(bytes), in_segment))
+        Ok(Some((Bytes::from(bytes), in_segment)))
     }
 
     /// Verifies a record read back: CRC, and the offset its header claims.
@@ -220,12 +235,37 @@ fn contiguous_run(slots: &[Slot]) -> usize {
         let previous = &slots[run - 1].entry;
         let next = &slots[run].entry;
         let previous_end = previous.position + u64::from(previous.size_bytes);
+        // An entry may point backwards (a reference, or a damaged entry):
+        // it starts a new run, and only a forward entry has a span.
         let close = next.position >= previous_end && next.position - previous_end <= READ_COALESCE_GAP_BYTES_MAX;
+        if !close {
+            break;
+        }
         let span = next.position + u64::from(next.size_bytes) - slots[0].entry.position;
-        if !close || span > READ_COALESCE_BYTES_MAX {
+        if span > READ_COALESCE_BYTES_MAX {
             break;
         }
         run += 1;
     }
     run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::IndexEntry;
+
+    fn slot(position: u64, size_bytes: u32) -> Slot {
+        let entry = IndexEntry { position, size_bytes, tag_hash: 0, store_timestamp_us: 0 };
+        Slot { entry, record_end: position + u64::from(size_bytes) }
+    }
+
+    #[test]
+    fn an_entry_pointing_backwards_ends_the_run() {
+        assert_eq!(contiguous_run(&[slot(1000, 100), slot(1100, 100), slot(1300, 50)]), 3);
+        assert_eq!(contiguous_run(&[slot(1000, 100), slot(500, 100), slot(600, 100)]), 1);
+        assert_eq!(contiguous_run(&[slot(1 << 40, 100), slot(0, 100)]), 1);
+        let far = READ_COALESCE_GAP_BYTES_MAX + 1101;
+        assert_eq!(contiguous_run(&[slot(1000, 100), slot(far, 100)]), 1);
+    }
 }

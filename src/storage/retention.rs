@@ -2,7 +2,8 @@
 //! configured age or beyond the configured total size. Never the active
 //! segment, never one not yet fully durable, never one that ends above the
 //! retention floor (it may hold state no snapshot covers yet), and every
-//! queue index forgets the offsets in a segment before its file goes.
+//! queue index forgets the offsets in a segment before its file goes. A
+//! failed removal (unlink or the directory fsync after it) stops the log.
 
 use super::backend::Storage;
 use super::log::LogShared;
@@ -23,7 +24,7 @@ pub async fn enforce<S: Storage>(shared: &Rc<LogShared<S>>, now_us: u64) -> Resu
             .storage
             .remove(&segment.path)
             .await
-            .map_err(|error| LogError::io("remove segment", &segment.path, segment.start, error))?;
+            .map_err(|error| shared.fail_stop(LogError::io("remove segment", &segment.path, segment.start, error)))?;
         tracing::info!(path = %segment.path.display(), "retention deleted a segment");
     }
     Ok(victims.len())

@@ -1,7 +1,7 @@
 //! A segment: one preallocated, zero-filled file of the commit log, named by
 //! the log position of its first byte.
 
-use super::backend::{Storage, StorageFile, ZeroFillPace};
+use super::backend::{CreateError, Storage, StorageFile, ZeroFillPace};
 use super::LogError;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,24 @@ pub fn parse_segment_start(path: &Path) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// Why a segment could not be created.
+#[derive(Debug)]
+pub enum SegmentCreation {
+    /// Nothing was written: the disk is full or the file could not be made.
+    /// The log can go on and try again later.
+    Refused(LogError),
+    /// Writing or syncing the new file failed: the log must stop.
+    Failed(LogError),
+}
+
+impl SegmentCreation {
+    pub fn into_error(self) -> LogError {
+        match self {
+            SegmentCreation::Refused(error) | SegmentCreation::Failed(error) => error,
+        }
+    }
+}
+
 /// Creates and zero-fills the segment starting at `start`.
 pub async fn create_segment<S: Storage>(
     storage: &S,
@@ -51,11 +69,22 @@ pub async fn create_segment<S: Storage>(
     size_bytes: u64,
     pace: &ZeroFillPace,
 ) -> Result<Segment<S::File>, LogError> {
+    create_segment_classified(storage, dir, start, size_bytes, pace).await.map_err(SegmentCreation::into_error)
+}
+
+/// [`create_segment`], saying whether a failure must stop the log.
+pub async fn create_segment_classified<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    start: u64,
+    size_bytes: u64,
+    pace: &ZeroFillPace,
+) -> Result<Segment<S::File>, SegmentCreation> {
     let path = segment_path(dir, start);
-    let file = storage
-        .create_zeroed(&path, size_bytes, pace)
-        .await
-        .map_err(|error| LogError::io("create segment", &path, start, error))?;
+    let file = storage.create_zeroed(&path, size_bytes, pace).await.map_err(|error| match error {
+        CreateError::Reserve(error) => SegmentCreation::Refused(LogError::io("create segment", &path, start, error)),
+        CreateError::Fill(error) => SegmentCreation::Failed(LogError::io("zero-fill segment", &path, start, error)),
+    })?;
     Ok(Segment { start, size_bytes, path, file, last_store_timestamp_us: Cell::new(0) })
 }
 

@@ -2,9 +2,10 @@
 //! through io_uring. Directory listing and small-file reads use blocking std
 //! calls; they run only at start-up and retention, never on the append path.
 
-use super::{is_block_aligned, parent_dir, temp_path, Storage, StorageFile, ZeroFillPace};
+use super::{is_block_aligned, parent_dir, temp_path, CreateError, Storage, StorageFile, ZeroFillPace};
 use crate::constants::{BLOCK_SIZE_BYTES, SEGMENT_ZERO_FILL_CHUNK_BYTES};
 use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::GlommioError;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io;
@@ -26,7 +27,7 @@ impl StorageFile for DmaSegmentFile {
         debug_assert!(is_block_aligned(position, data.len()));
         let mut buffer = self.file.alloc_dma_buffer(data.len());
         buffer.as_bytes_mut().copy_from_slice(data);
-        let written = self.file.write_at(buffer, position).await?;
+        let written = self.file.write_at(buffer, position).await.map_err(os_error)?;
         if written != data.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -40,16 +41,16 @@ impl StorageFile for DmaSegmentFile {
         if length == 0 {
             return Ok(Vec::new());
         }
-        let read = self.file.read_at(position, length).await?;
+        let read = self.file.read_at(position, length).await.map_err(os_error)?;
         Ok(read.to_vec())
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        Ok(self.file.fdatasync().await?)
+        self.file.fdatasync().await.map_err(os_error)
     }
 
     async fn size_bytes(&self) -> io::Result<u64> {
-        Ok(self.file.file_size().await?)
+        self.file.file_size().await.map_err(os_error)
     }
 }
 
@@ -85,46 +86,112 @@ fn direct_options(create: bool, truncate: bool) -> OpenOptions {
     options
 }
 
+/// glommio's conversion to `io::Error` keeps only the kind of an errno, and
+/// the errno itself (ENOSPC, EOPNOTSUPP) decides what the log does.
+fn os_error<T>(error: GlommioError<T>) -> io::Error {
+    match error {
+        GlommioError::EnhancedIoError { source, .. } => source,
+        other => other.into(),
+    }
+}
+
+/// What fallocate's answer means for a new file.
+#[derive(Debug, PartialEq, Eq)]
+enum Reservation {
+    /// The extents are reserved: a full disk already failed here.
+    Reserved,
+    /// The filesystem has no fallocate (some FUSE and network filesystems):
+    /// writing the zeros is the preallocation.
+    Unsupported,
+}
+
+fn reservation(fallocated: io::Result<()>) -> io::Result<Reservation> {
+    match fallocated {
+        Ok(()) => Ok(Reservation::Reserved),
+        Err(error) if is_unsupported(&error) => Ok(Reservation::Unsupported),
+        Err(error) => Err(error),
+    }
+}
+
+fn is_unsupported(error: &io::Error) -> bool {
+    let errno = error.raw_os_error();
+    errno == Some(libc::EOPNOTSUPP) || errno == Some(libc::ENOTSUP)
+}
+
+/// Creates a zero-filled file; `fallocate_outcome` sees (and may replace,
+/// in tests) what fallocate answered.
+async fn create_zeroed_file(
+    path: &Path,
+    size_bytes: u64,
+    pace: &ZeroFillPace,
+    fallocate_outcome: fn(io::Result<()>) -> io::Result<()>,
+) -> Result<DmaSegmentFile, CreateError> {
+    debug_assert!(size_bytes % BLOCK_SIZE_BYTES as u64 == 0);
+    probe_device_with_data(parent_dir(path)).await.map_err(CreateError::Reserve)?;
+    let file =
+        direct_options(true, true).dma_open(path).await.map_err(|error| CreateError::Reserve(os_error(error)))?;
+    // Reserve the extents first so a full disk fails here, before any
+    // write, with ENOSPC.
+    let fallocated = file.pre_allocate(size_bytes, false).await.map_err(os_error);
+    if reservation(fallocate_outcome(fallocated)).map_err(CreateError::Reserve)? == Reservation::Unsupported {
+        tracing::warn!(
+            path = %path.display(),
+            size_bytes,
+            "the filesystem does not support fallocate; preallocating by writing zeros"
+        );
+    }
+    zero_fill(&file, size_bytes, pace).await.map_err(CreateError::Fill)?;
+    DmaStorage.sync_dir(parent_dir(path)).await.map_err(CreateError::Fill)?;
+    Ok(DmaSegmentFile { file })
+}
+
+/// Writes `size_bytes` of zeros at `pace` and fdatasyncs. Writing real zeros
+/// converts the unwritten extents now, in the background, instead of on the
+/// first append's fdatasync (and allocates them where fallocate cannot).
+async fn zero_fill(file: &DmaFile, size_bytes: u64, pace: &ZeroFillPace) -> io::Result<()> {
+    let mut chunk = file.alloc_dma_buffer(SEGMENT_ZERO_FILL_CHUNK_BYTES);
+    chunk.as_bytes_mut().fill(0);
+    let chunk = Rc::new(chunk);
+    let mut position = 0;
+    while position < size_bytes {
+        let remaining = size_bytes - position;
+        if remaining >= SEGMENT_ZERO_FILL_CHUNK_BYTES as u64 {
+            let started = std::time::Instant::now();
+            file.write_rc_at(chunk.clone(), position).await.map_err(os_error)?;
+            position += SEGMENT_ZERO_FILL_CHUNK_BYTES as u64;
+            pace_zero_fill(pace, started).await;
+        } else {
+            let mut tail = file.alloc_dma_buffer(remaining as usize);
+            tail.as_bytes_mut().fill(0);
+            file.write_at(tail, position).await.map_err(os_error)?;
+            position = size_bytes;
+        }
+    }
+    file.fdatasync().await.map_err(os_error)
+}
+
+/// Sleeps what is left of one chunk's time budget, unless someone waits.
+async fn pace_zero_fill(pace: &ZeroFillPace, chunk_started: std::time::Instant) {
+    if pace.bytes_per_second == 0 || pace.urgent.get() {
+        return;
+    }
+    let budget =
+        std::time::Duration::from_secs_f64(SEGMENT_ZERO_FILL_CHUNK_BYTES as f64 / pace.bytes_per_second as f64);
+    if let Some(rest) = budget.checked_sub(chunk_started.elapsed()) {
+        glommio::timer::sleep(rest).await;
+    }
+}
+
 impl Storage for DmaStorage {
     type File = DmaSegmentFile;
 
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64, pace: &ZeroFillPace) -> io::Result<Self::File> {
-        debug_assert!(size_bytes % BLOCK_SIZE_BYTES as u64 == 0);
-        probe_device_with_data(parent_dir(path)).await?;
-        let file = direct_options(true, true).dma_open(path).await?;
-        // Reserve the extents first so a full disk fails here, before any
-        // write, with ENOSPC.
-        file.pre_allocate(size_bytes, false).await?;
-        // Writing real zeros converts the unwritten extents now, in the
-        // background, instead of on the first append's fdatasync.
-        let mut chunk = file.alloc_dma_buffer(SEGMENT_ZERO_FILL_CHUNK_BYTES);
-        chunk.as_bytes_mut().fill(0);
-        let chunk = Rc::new(chunk);
-        let mut position = 0;
-        while position < size_bytes {
-            let remaining = size_bytes - position;
-            if remaining >= SEGMENT_ZERO_FILL_CHUNK_BYTES as u64 {
-                let started = std::time::Instant::now();
-                file.write_rc_at(chunk.clone(), position).await?;
-                position += SEGMENT_ZERO_FILL_CHUNK_BYTES as u64;
-                if pace.bytes_per_second > 0 && !pace.urgent.get() {
-                    let budget = std::time::Duration::from_secs_f64(
-                        SEGMENT_ZERO_FILL_CHUNK_BYTES as f64 / pace.bytes_per_second as f64,
-                    );
-                    if let Some(rest) = budget.checked_sub(started.elapsed()) {
-                        glommio::timer::sleep(rest).await;
-                    }
-                }
-            } else {
-                let mut tail = file.alloc_dma_buffer(remaining as usize);
-                tail.as_bytes_mut().fill(0);
-                file.write_at(tail, position).await?;
-                position = size_bytes;
-            }
-        }
-        file.fdatasync().await?;
-        self.sync_dir(parent_dir(path)).await?;
-        Ok(DmaSegmentFile { file })
+    async fn create_zeroed(
+        &self,
+        path: &Path,
+        size_bytes: u64,
+        pace: &ZeroFillPace,
+    ) -> Result<Self::File, CreateError> {
+        create_zeroed_file(path, size_bytes, pace, std::convert::identity).await
     }
 
     async fn open(&self, path: &Path) -> io::Result<Self::File> {
@@ -200,5 +267,60 @@ impl Storage for DmaStorage {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsupported(_: io::Result<()>) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    fn failing(_: io::Result<()>) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    #[test]
+    fn fallocate_answers_are_classified() {
+        assert_eq!(reservation(Ok(())).ok(), Some(Reservation::Reserved));
+        assert_eq!(reservation(unsupported(Ok(()))).ok(), Some(Reservation::Unsupported));
+        let no_space = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(reservation(Err(no_space)).map_err(|error| error.raw_os_error()), Err(Some(libc::ENOSPC)));
+    }
+
+    #[test]
+    fn without_fallocate_the_file_is_preallocated_with_zeros() {
+        crate::storage::tests::run(async {
+            let temp = tempfile::tempdir().expect("temp dir");
+            let path = temp.path().join("00000000000000000000.log");
+            let size = 2 * SEGMENT_ZERO_FILL_CHUNK_BYTES as u64 + 3 * BLOCK_SIZE_BYTES as u64;
+            let file = create_zeroed_file(&path, size, &ZeroFillPace::unlimited(), unsupported)
+                .await
+                .expect("created by writing zeros");
+            assert_eq!(file.size_bytes().await.expect("size"), size);
+            let bytes = file.read_at(0, size as usize).await.expect("read");
+            assert!(bytes.len() as u64 == size && bytes.iter().all(|byte| *byte == 0));
+            let block = vec![7u8; BLOCK_SIZE_BYTES];
+            file.write_at(&block, size - BLOCK_SIZE_BYTES as u64).await.expect("write");
+            file.fdatasync().await.expect("fdatasync");
+            let read = file.read_at(size - BLOCK_SIZE_BYTES as u64, BLOCK_SIZE_BYTES).await.expect("read");
+            assert_eq!(read, block);
+        });
+    }
+
+    #[test]
+    fn another_fallocate_failure_still_fails_the_creation() {
+        crate::storage::tests::run(async {
+            let temp = tempfile::tempdir().expect("temp dir");
+            let path = temp.path().join("00000000000000000000.log");
+            let created = create_zeroed_file(&path, 1 << 20, &ZeroFillPace::unlimited(), failing).await;
+            match created {
+                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(libc::EIO)),
+                Err(other) => panic!("expected a reservation failure, got {other}"),
+                Ok(_) => panic!("a failed fallocate was ignored"),
+            }
+        });
     }
 }

@@ -4,7 +4,7 @@
 //! which is what a power cut in the middle of an O_DIRECT write can leave.
 //! Files are sparse: only pages holding non-zero bytes take memory.
 
-use super::{is_block_aligned, Storage, StorageFile, ZeroFillPace};
+use super::{is_block_aligned, CreateError, Storage, StorageFile, ZeroFillPace};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
@@ -258,7 +258,12 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     type File = MemoryFile;
 
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64, _pace: &ZeroFillPace) -> io::Result<Self::File> {
+    async fn create_zeroed(
+        &self,
+        path: &Path,
+        size_bytes: u64,
+        _pace: &ZeroFillPace,
+    ) -> Result<Self::File, CreateError> {
         let data =
             FileData { current: Sparse::zeroed(size_bytes), durable: Sparse::zeroed(size_bytes), unsynced: Vec::new() };
         Ok(self.handle(path, self.insert(path, data)))

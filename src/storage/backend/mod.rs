@@ -14,7 +14,7 @@ mod faulty;
 mod memory;
 
 pub use dma::{DmaSegmentFile, DmaStorage};
-pub use faulty::{FaultPlan, FaultyFile, FaultyStorage};
+pub use faulty::{FaultPlan, FaultyFile, FaultyStorage, Operation, TargetedFault};
 pub use memory::{MemoryFile, MemoryStorage, SectorFate};
 
 use std::cell::Cell;
@@ -34,6 +34,36 @@ pub struct ZeroFillPace {
 impl ZeroFillPace {
     pub fn unlimited() -> Self {
         Self::default()
+    }
+}
+
+/// Why creating a zeroed file failed, split by what it means for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The file could not be created or its space reserved; nothing was
+    /// written to it, so nothing about the disk is in doubt (a full disk:
+    /// the log refuses appends until there is room).
+    #[error("reserving the file failed: {0}")]
+    Reserve(io::Error),
+    /// Writing the zeros or syncing the file or its directory failed: what
+    /// reached the disk is unknown, so the log must stop (fail-stop).
+    #[error("zero-filling the file failed: {0}")]
+    Fill(io::Error),
+}
+
+impl CreateError {
+    pub fn io_error(&self) -> &io::Error {
+        match self {
+            CreateError::Reserve(error) | CreateError::Fill(error) => error,
+        }
+    }
+}
+
+impl From<CreateError> for io::Error {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::Reserve(error) | CreateError::Fill(error) => error,
+        }
     }
 }
 
@@ -57,7 +87,8 @@ pub trait Storage: Clone + 'static {
     /// the parent directory. An existing file at `path` is replaced. Real
     /// disks write the zeros at `pace`, so the fill does not crowd out the
     /// log's own writes and fdatasyncs.
-    async fn create_zeroed(&self, path: &Path, size_bytes: u64, pace: &ZeroFillPace) -> io::Result<Self::File>;
+    async fn create_zeroed(&self, path: &Path, size_bytes: u64, pace: &ZeroFillPace)
+        -> Result<Self::File, CreateError>;
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Creates an empty file (or opens it if it exists) for appending blocks.
