@@ -1,8 +1,9 @@
-//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`. The
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `repair`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
 mod produce;
+mod repair;
 mod serve;
 mod topic;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Receive messages as a member of a group; print one JSON line each.
     Consume(consume::ConsumeArgs),
+    /// Repair damaged commit logs of a stopped broker; one JSON line per range.
+    Repair(repair::RepairArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -49,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::Topic(command) => topic::run(command),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
+        Command::Repair(args) => repair::run(args),
     };
     match result {
         Ok(code) => code,

@@ -201,8 +201,16 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             }
             Err(other) => return Err(log_failure(other)),
         };
+        if !batch.lost_offsets.is_empty() {
+            tracing::warn!(
+                queue_id,
+                lost = ?batch.lost_offsets,
+                "skipping offsets lost to damage that ringmq repair could not bring back"
+            );
+        }
         let expired = shard.clock.now_ms() >= deadline;
-        if !batch.records.is_empty() || expired || shard.shutting_down.get() {
+        let moved = !batch.records.is_empty() || !batch.lost_offsets.is_empty();
+        if moved || expired || shard.shutting_down.get() {
             let mut records = BytesMut::with_capacity(batch.records.iter().map(|record| record.bytes.len()).sum());
             for record in &batch.records {
                 records.extend_from_slice(&record.bytes);

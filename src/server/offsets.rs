@@ -86,7 +86,7 @@ impl Offsets {
         let mut next = snapshot.covered.max(log.base_offset(OFFSETS_QUEUE_ID));
         loop {
             let batch = log.read(OFFSETS_QUEUE_ID, next, 1024, 4 << 20).await?;
-            if batch.records.is_empty() {
+            if batch.records.is_empty() && batch.lost_offsets.is_empty() {
                 break;
             }
             for record in &batch.records {

@@ -23,6 +23,7 @@ mod log;
 mod read;
 pub mod record;
 mod recovery;
+mod repair;
 mod retention;
 mod segment;
 mod stats;
@@ -35,6 +36,7 @@ pub use error::LogError;
 pub use index::IndexEntry;
 pub use log::{now_us, AppendRequest, Appended, CommitLog, Positions};
 pub use read::{ReadBatch, StoredRecord};
+pub use repair::{repair, RepairedRange};
 pub use stats::{latency_histogram_us, LogStats};
 pub use watermark::{Signal, Watermark};
 
@@ -52,5 +54,7 @@ impl<S: backend::Storage> CommitLog<S> {
 mod fault_tests;
 #[cfg(test)]
 mod recovery_tests;
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 mod tests;

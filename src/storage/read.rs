@@ -86,6 +86,9 @@ pub struct ReadBatch {
     pub next_offset: u64,
     /// The first offset not yet visible (the queue's high watermark).
     pub visible_end_offset: u64,
+    /// Offsets in the batch that `ringmq repair` marked lost (tombstones):
+    /// skipped, not in `records`.
+    pub lost_offsets: Vec<u64>,
 }
 
 impl<S: Storage> CommitLog<S> {
@@ -100,6 +103,7 @@ impl<S: Storage> CommitLog<S> {
     ) -> Result<ReadBatch, LogError> {
         let (slots, visible_end_offset) = self.visible_slots(queue_id, offset, count_max, bytes_max)?;
         let mut records = Vec::with_capacity(slots.len());
+        let mut lost_offsets = Vec::new();
         let mut index = 0;
         while index < slots.len() {
             let run = contiguous_run(&slots[index..]);
@@ -112,12 +116,17 @@ impl<S: Storage> CommitLog<S> {
                 let start = (slot.entry.position - slots[index].entry.position) as usize;
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
                 let queue_offset = offset + (index + slot_index) as u64;
-                records.push(self.checked(queue_id, queue_offset, slot, record_bytes)?);
+                let record = self.checked(queue_id, queue_offset, slot, record_bytes)?;
+                if record.header.is_tombstone() {
+                    lost_offsets.push(queue_offset);
+                } else {
+                    records.push(record);
+                }
             }
             index += run;
         }
-        let next_offset = offset + records.len() as u64;
-        Ok(ReadBatch { records, next_offset, visible_end_offset })
+        let next_offset = offset + (records.len() + lost_offsets.len()) as u64;
+        Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
     }
 
     fn visible_slots(

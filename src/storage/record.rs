@@ -48,6 +48,12 @@ pub mod flags {
     /// `ref_position` is the log position that was durable when the write
     /// began, a lower bound recovery uses to tell a torn tail from lost data.
     pub const BATCH: u16 = 1 << 7;
+    /// Written by `ringmq repair` in place of a damaged record: the queue
+    /// offset it carries was lost. Readers skip it and say so.
+    pub const TOMBSTONE: u16 = 1 << 8;
+    /// Written by `ringmq repair` over damaged bytes that held no record a
+    /// queue misses: a valid record that only fills the space.
+    pub const FILLER: u16 = 1 << 9;
 }
 
 /// What the broker assigns to a record.
@@ -92,10 +98,40 @@ impl RecordHeader {
         self.queue_offset != NO_QUEUE_OFFSET
     }
 
+    pub fn is_tombstone(&self) -> bool {
+        self.flags & flags::TOMBSTONE != 0
+    }
+
     /// The durable position a batch marker vouches for, if this is one.
     pub fn batch_durable_position(&self) -> Option<u64> {
         (self.flags & flags::BATCH != 0).then_some(self.ref_position)
     }
+}
+
+/// A record of `length` bytes whose message is zeros, as repair writes
+/// them: a tombstone for a lost queue offset, or a filler.
+pub fn encode_placeholder(
+    destination: &mut [u8],
+    flags: u16,
+    queue_id: u32,
+    queue_offset: u64,
+    store_timestamp_us: u64,
+) {
+    let length = destination.len();
+    debug_assert!(length >= RECORD_HEADER_SIZE_BYTES && length % RECORD_ALIGNMENT_BYTES == 0);
+    let header = RecordHeader {
+        length: length as u32,
+        flags: flags | flags::INTERNAL,
+        queue_id,
+        tag_hash: 0,
+        queue_offset,
+        store_timestamp_us,
+        ref_position: NO_POSITION,
+        ref_size: 0,
+    };
+    destination.fill(0);
+    let zeros = vec![0; length - RECORD_HEADER_SIZE_BYTES];
+    encode(destination, &header, &zeros);
 }
 
 /// Bytes of a batch marker in the log (a header without a message).
@@ -166,6 +202,13 @@ pub fn claimed_length(bytes: &[u8]) -> Option<usize> {
         return None;
     }
     Some(u32_at(bytes, 8) as usize)
+}
+
+/// The queue and queue offset a header claims, without trusting it (no
+/// CRC check): what repair can salvage of a damaged record.
+pub fn claimed_queue_offset(bytes: &[u8]) -> Option<(u32, u64)> {
+    claimed_length(bytes)?;
+    Some((u32_at(bytes, 16), u64_at(bytes, 24)))
 }
 
 /// Decodes the record at the start of `bytes`, which must hold the whole

@@ -85,7 +85,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     })
 }
 
-async fn open_segments<S: Storage>(storage: &S, dir: &Path) -> Result<Segments<S::File>, LogError> {
+pub(super) async fn open_segments<S: Storage>(storage: &S, dir: &Path) -> Result<Segments<S::File>, LogError> {
     let names = storage.list(dir).await.map_err(|error| LogError::io("list segments", dir, 0, error))?;
     let mut segments = Segments::new();
     for path in names {
@@ -137,7 +137,7 @@ async fn load_indexes<S: Storage>(
 }
 
 /// What follows a zero header inside a segment.
-enum Padding {
+pub(super) enum Padding {
     /// Zeros to the next block, where the next write starts.
     Next(u64),
     /// The end of the data (a block boundary or the end of the segment).
@@ -147,19 +147,19 @@ enum Padding {
 }
 
 /// Reads a segment in large chunks.
-struct SegmentReader<'a, F> {
+pub(super) struct SegmentReader<'a, F> {
     segment: &'a Segment<F>,
     chunk_offset: u64,
     chunk: Vec<u8>,
 }
 
 impl<'a, F: StorageFile> SegmentReader<'a, F> {
-    fn new(segment: &'a Segment<F>) -> Self {
+    pub(super) fn new(segment: &'a Segment<F>) -> Self {
         Self { segment, chunk_offset: 0, chunk: Vec::new() }
     }
 
     /// Bytes at `offset` (segment-relative), up to `length`; fewer at the end.
-    async fn bytes(&mut self, offset: u64, length: usize) -> Result<&[u8], LogError> {
+    pub(super) async fn bytes(&mut self, offset: u64, length: usize) -> Result<&[u8], LogError> {
         let chunk_end = self.chunk_offset + self.chunk.len() as u64;
         let wanted_end = (offset + length as u64).min(self.segment.size_bytes);
         if offset < self.chunk_offset || wanted_end > chunk_end {
@@ -177,7 +177,7 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
     /// After a zero header at `offset`: whether the rest of its block is the
     /// zero padding that ends a write (and the next write may start at the
     /// next block), the end of the segment's data, or something else.
-    async fn padding_end(&mut self, offset: u64) -> Result<Padding, LogError> {
+    pub(super) async fn padding_end(&mut self, offset: u64) -> Result<Padding, LogError> {
         let block = BLOCK_SIZE_BYTES as u64;
         let boundary = offset.div_ceil(block) * block;
         if boundary == offset || boundary >= self.segment.size_bytes {
@@ -190,7 +190,7 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
     }
 
     /// What lies at `offset`: a whole valid record, zeros, or garbage.
-    async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
+    pub(super) async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
         let remaining = self.segment.size_bytes - offset;
         if remaining < RECORD_HEADER_SIZE_BYTES as u64 {
             return Ok(Decoded::Zero);

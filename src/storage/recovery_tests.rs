@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-const QUEUES: u32 = 4;
+pub(super) const QUEUES: u32 = 4;
 
-fn small_config(dir: &str) -> LogConfig {
+pub(super) fn small_config(dir: &str) -> LogConfig {
     LogConfig {
         segment_size_bytes: 256 * 1024,
         buffer_capacity_bytes: 64 * 1024,
@@ -30,14 +30,14 @@ fn default_config(dir: &Path) -> LogConfig {
     LogConfig { checkpoint_interval: Duration::from_secs(3600), ..LogConfig::new(dir) }
 }
 
-fn message(queue_id: u32, sequence: u64) -> Vec<u8> {
+pub(super) fn message(queue_id: u32, sequence: u64) -> Vec<u8> {
     let length = 200 + (sequence as usize * 53) % 900;
     (0..length).map(|index| (sequence as usize * 31 + index * 7 + queue_id as usize) as u8 | 1).collect()
 }
 
 /// One task per queue appends `count` records; returns the log's flushed
 /// position at the end.
-async fn fill<S: Storage>(storage: &S, config: &LogConfig, count: u64) -> u64 {
+pub(super) async fn fill<S: Storage>(storage: &S, config: &LogConfig, count: u64) -> u64 {
     let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
     let tasks: Vec<_> = (0..QUEUES)
         .map(|queue_id| {
@@ -60,13 +60,13 @@ async fn fill<S: Storage>(storage: &S, config: &LogConfig, count: u64) -> u64 {
 }
 
 /// Where record `offset` of `queue_id` lies in the log.
-async fn position_of<S: Storage>(storage: &S, config: &LogConfig, queue_id: u32, offset: u64) -> u64 {
+pub(super) async fn position_of<S: Storage>(storage: &S, config: &LogConfig, queue_id: u32, offset: u64) -> u64 {
     let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open to look");
     let batch = log.read(queue_id, offset, 1, 1 << 20).await.expect("read");
     batch.records[0].position
 }
 
-fn segment_holding(segments: &[PathBuf], position: u64) -> (PathBuf, u64) {
+pub(super) fn segment_holding(segments: &[PathBuf], position: u64) -> (PathBuf, u64) {
     let (path, start) = segments
         .iter()
         .filter_map(|path| parse_segment_start(path).map(|start| (path.clone(), start)))
@@ -76,11 +76,11 @@ fn segment_holding(segments: &[PathBuf], position: u64) -> (PathBuf, u64) {
     (path, position - start)
 }
 
-async fn segment_files<S: Storage>(storage: &S, config: &LogConfig) -> Vec<PathBuf> {
+pub(super) async fn segment_files<S: Storage>(storage: &S, config: &LogConfig) -> Vec<PathBuf> {
     storage.list(&config.dir.join(SEGMENTS_DIR)).await.expect("list segments")
 }
 
-async fn expect_refused<S: Storage>(storage: &S, config: &LogConfig, damaged: u64) -> String {
+pub(super) async fn expect_refused<S: Storage>(storage: &S, config: &LogConfig, damaged: u64) -> String {
     match CommitLog::open(storage.clone(), config.clone()).await {
         Err(LogError::Corrupt { position, path, detail }) => {
             assert!(position <= damaged, "the error names {position}, after the damage at {damaged}: {detail}");

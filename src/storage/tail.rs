@@ -113,7 +113,7 @@ fn judge<F>(end: &ScanEnd<F>, evidence: &Evidence, torn_like: bool, checkpoint_p
 
 /// Whether the damage at `offset` has an all-zero sector in it, as every
 /// record a torn write cut short has.
-async fn looks_torn<F: StorageFile>(segment: &Segment<F>, offset: u64) -> Result<bool, LogError> {
+pub(super) async fn looks_torn<F: StorageFile>(segment: &Segment<F>, offset: u64) -> Result<bool, LogError> {
     let remaining = segment.size_bytes - offset;
     let header_length = (RECORD_HEADER_SIZE_BYTES as u64).min(remaining) as usize;
     let header = read(segment, offset, header_length).await?;
@@ -138,6 +138,13 @@ async fn read<F: StorageFile>(segment: &Segment<F>, offset: u64, length: usize) 
         .read_at(offset, length)
         .await
         .map_err(|error| LogError::io("read segment", &segment.path, segment.start + offset, error))
+}
+
+/// What lies in one segment from `offset` to its end.
+pub(super) async fn survey_segment<F: StorageFile>(segment: &Segment<F>, offset: u64) -> Result<Evidence, LogError> {
+    let mut evidence = Evidence::default();
+    gather(segment, offset, &mut evidence).await?;
+    Ok(evidence)
 }
 
 /// Records the non-zero bytes, valid records and batch markers of a segment
