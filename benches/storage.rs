@@ -31,6 +31,10 @@ struct Phase {
     latency: Histogram<u64>,
     flushes: u64,
     flush_p50_us: u64,
+    /// Batch markers and block padding written, per fdatasync.
+    padding_per_flush_bytes: f64,
+    /// Share of the bytes written that are not records.
+    padding_share: f64,
 }
 
 async fn append_phase(log: &Rc<CommitLog<DmaStorage>>, appenders: usize, duration: Duration) -> Phase {
@@ -61,8 +65,16 @@ async fn append_phase(log: &Rc<CommitLog<DmaStorage>>, appenders: usize, duratio
             })
         })
         .collect();
-    let mut phase =
-        Phase { appenders, records: 0, seconds: 0.0, latency: latency_histogram_us(), flushes: 0, flush_p50_us: 0 };
+    let mut phase = Phase {
+        appenders,
+        records: 0,
+        seconds: 0.0,
+        latency: latency_histogram_us(),
+        flushes: 0,
+        flush_p50_us: 0,
+        padding_per_flush_bytes: 0.0,
+        padding_share: 0.0,
+    };
     for task in tasks {
         let (records, latency) = task.await;
         phase.records += records;
@@ -74,7 +86,20 @@ async fn append_phase(log: &Rc<CommitLog<DmaStorage>>, appenders: usize, duratio
     let mut flush_latency = stats.flush_latency_us.clone();
     flush_latency.subtract(&stats_before.flush_latency_us).expect("same histogram bounds");
     phase.flush_p50_us = flush_latency.value_at_quantile(0.5);
+    let padding = (stats.padding_bytes_flushed - stats_before.padding_bytes_flushed) as f64;
+    let written = (stats.bytes_flushed - stats_before.bytes_flushed).max(1) as f64;
+    phase.padding_per_flush_bytes = padding / phase.flushes.max(1) as f64;
+    phase.padding_share = padding / written;
     phase
+}
+
+/// Time to open the log after a crash (no close, no checkpoint since the
+/// appends): the scan after the checkpoint plus the look past the end.
+async fn crash_restart_ms(dir: &std::path::Path, log: Rc<CommitLog<DmaStorage>>) -> (f64, Rc<CommitLog<DmaStorage>>) {
+    drop(log);
+    let started = Instant::now();
+    let log = CommitLog::open(DmaStorage, LogConfig::new(dir)).await.expect("reopen after a crash");
+    (started.elapsed().as_secs_f64() * 1000.0, Rc::new(log))
 }
 
 fn bench_dir() -> PathBuf {
@@ -100,7 +125,8 @@ async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
     let raw_mb_s =
         disk_probe::write_bandwidth_mb_s(&dir, RAW_BANDWIDTH_BYTES, RAW_WRITES_IN_FLIGHT).await.expect("raw bandwidth");
     println!("raw sequential O_DIRECT write ({RAW_WRITES_IN_FLIGHT} x 1 MiB in flight): {raw_mb_s:.0} MB/s");
-    let log = Rc::new(CommitLog::open(DmaStorage, LogConfig::new(dir.join("log"))).await.expect("open log"));
+    let log_dir = dir.join("log");
+    let log = Rc::new(CommitLog::open(DmaStorage, LogConfig::new(&log_dir)).await.expect("open log"));
     let mut report = json!({
         "raw_fsync_p50_us": raw_p50, "raw_fsync_p99_us": raw_p99, "raw_write_mb_s": raw_mb_s.round(),
         "raw_256k_fsync_p50_us": raw_batch_p50, "raw_256_appender_ceiling_mb_s": batch_ceiling_mb_s.round(),
@@ -123,7 +149,14 @@ async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
             "p50_us": p50, "p99_us": p99, "p999_us": p999,
             "records_per_fdatasync": (phase.records as f64 / phase.flushes.max(1) as f64 * 10.0).round() / 10.0,
             "flush_p50_us": phase.flush_p50_us,
+            "padding_per_fdatasync_bytes": phase.padding_per_flush_bytes.round(),
+            "padding_share": (phase.padding_share * 1000.0).round() / 1000.0,
         });
+        println!(
+            "    padding (batch marker + zeros to the block) per fdatasync: {:.0} bytes, {:.1}% of the bytes written",
+            phase.padding_per_flush_bytes,
+            phase.padding_share * 100.0
+        );
         if appenders == 1 {
             single_p50 = p50;
         }
@@ -138,6 +171,9 @@ async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
         widest_mb_s / batch_ceiling_mb_s
     );
     report["ratio_append_p50_to_raw_fsync_p50"] = json!((latency_ratio * 100.0).round() / 100.0);
+    let (restart_ms, log) = crash_restart_ms(&log_dir, log).await;
+    println!("restart after a crash (scan since the last checkpoint, look past the end of a 1 GiB segment): {restart_ms:.0} ms");
+    report["crash_restart_ms"] = json!(restart_ms.round());
     report["ratio_256_appenders_to_raw_bandwidth"] = json!((bandwidth_ratio * 100.0).round() / 100.0);
     match Rc::try_unwrap(log) {
         Ok(log) => log.close().await.expect("close"),

@@ -5,15 +5,15 @@
 
 mod common;
 
-use common::{serve_expecting_exit, Broker};
-use ringmq::client::{Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
+use common::{consume_all, serve_expecting_exit, Broker};
+use ringmq::client::{Client, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
 use ringmq::protocol::fb;
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MESSAGES: usize = 200;
 const DAMAGED: usize = 100;
@@ -46,22 +46,6 @@ fn flip_inside(path: &Path, index: usize) -> u64 {
     file.write_all_at(&[head[offset as usize] ^ 0x01], offset).expect("flip");
     file.sync_all().expect("sync");
     offset
-}
-
-fn consume_all(address: &str) -> BTreeSet<String> {
-    let client = Arc::new(Client::connect(address).expect("connect"));
-    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
-    let mut consumer = Consumer::join(client, "audit", "damaged", options).expect("join");
-    let mut received = BTreeSet::new();
-    let mut idle_since = Instant::now();
-    while idle_since.elapsed() < Duration::from_secs(2) {
-        let messages = consumer.poll().expect("poll");
-        if !messages.is_empty() {
-            idle_since = Instant::now();
-        }
-        received.extend(messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")));
-    }
-    received
 }
 
 #[test]
@@ -112,7 +96,7 @@ fn a_flipped_byte_stops_the_start_and_repair_brings_back_the_rest() {
     assert!(lines[0]["bytes"].as_u64().is_some_and(|bytes| bytes > 0));
 
     broker.restart();
-    let received = consume_all(&broker.address());
+    let received = consume_all(&broker.address(), "audit", "damaged");
     let expected: BTreeSet<String> = (0..MESSAGES).filter(|index| *index != DAMAGED).map(body).collect();
     assert_eq!(received, expected, "every acknowledged message but the damaged one");
 }

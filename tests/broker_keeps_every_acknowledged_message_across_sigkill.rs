@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::Broker;
-use ringmq::client::{Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
+use common::{consume_all, Broker};
+use ringmq::client::{Client, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CYCLES_DEFAULT: u64 = 20;
 
@@ -75,20 +75,7 @@ fn every_acknowledged_message_survives_broker_sigkills() {
     let attempted = attempted.lock().expect("lock").clone();
     assert!(!acked.is_empty(), "seed {seed}: nothing was acknowledged");
 
-    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
-    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
-    let mut consumer = Consumer::join(client, "audit", "crash", options).expect("join");
-    let mut received = BTreeSet::new();
-    let mut idle_since = Instant::now();
-    while idle_since.elapsed() < Duration::from_secs(2) {
-        let messages = consumer.poll().expect("poll: a damaged record would fail here");
-        if !messages.is_empty() {
-            idle_since = Instant::now();
-        }
-        for message in messages {
-            received.insert(String::from_utf8(message.body).expect("utf-8"));
-        }
-    }
+    let received = consume_all(&broker.address(), "audit", "crash");
     let lost: Vec<_> = acked.difference(&received).collect();
     assert!(lost.is_empty(), "seed {seed}: {} acknowledged messages lost, e.g. {:?}", lost.len(), lost.first());
     let phantoms: Vec<_> = received.difference(&attempted).collect();

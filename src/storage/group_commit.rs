@@ -239,7 +239,7 @@ impl<S: Storage> LogShared<S> {
         let mut batch = self.state.borrow_mut().take_batch(capacity);
         self.batches.advance(self.state.borrow().batches_taken);
         let started = Instant::now();
-        let (mut records, mut bytes) = (0, 0);
+        let (mut records, mut bytes, mut padding) = (0, 0, 0);
         for sealed in &mut batch {
             let fill = &mut sealed.fill;
             if fill.records > 0 {
@@ -258,6 +258,9 @@ impl<S: Storage> LogShared<S> {
             }
             records += fill.records;
             bytes += length as u64;
+            if fill.records > 0 {
+                padding += (length - fill.filled + BATCH_MARKER_SIZE_BYTES) as u64;
+            }
             // A full segment is durable before anything reaches the next one,
             // so recovery can trust that data in a later segment means every
             // earlier segment is complete.
@@ -274,7 +277,7 @@ impl<S: Storage> LogShared<S> {
         }
         if !batch.is_empty() {
             let latency_us = started.elapsed().as_micros() as u64;
-            self.state.borrow_mut().stats.record_flush(records, bytes, latency_us);
+            self.state.borrow_mut().stats.record_flush(records, bytes, padding, latency_us);
         }
         self.retire(batch);
         Ok(Round { synced: sync })

@@ -15,13 +15,7 @@ use std::time::Duration;
 pub(super) const QUEUES: u32 = 4;
 
 pub(super) fn small_config(dir: &str) -> LogConfig {
-    LogConfig {
-        segment_size_bytes: 256 * 1024,
-        buffer_capacity_bytes: 64 * 1024,
-        recent_buffers_bytes: 128 * 1024,
-        checkpoint_interval: Duration::from_secs(3600),
-        ..LogConfig::new(dir)
-    }
+    super::tests::config(Path::new(dir))
 }
 
 /// The defaults a user runs (8 MiB buffers, 1 GiB segments), with no

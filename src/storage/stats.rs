@@ -21,6 +21,9 @@ pub struct LogStats {
     pub flush_count: u64,
     pub records_flushed: u64,
     pub bytes_flushed: u64,
+    /// Of `bytes_flushed`, what is not records: each write's batch marker
+    /// and the zeros that pad it to whole blocks.
+    pub padding_bytes_flushed: u64,
     /// Time from the start of a flush round's writes to its fdatasync's end.
     pub flush_latency_us: Histogram<u64>,
     pub records_per_flush: Histogram<u64>,
@@ -33,6 +36,7 @@ impl Default for LogStats {
             flush_count: 0,
             records_flushed: 0,
             bytes_flushed: 0,
+            padding_bytes_flushed: 0,
             flush_latency_us: latency_histogram_us(),
             records_per_flush: histogram_up_to(1 << 24),
             bytes_per_flush: histogram_up_to(1 << 34),
@@ -41,10 +45,11 @@ impl Default for LogStats {
 }
 
 impl LogStats {
-    pub fn record_flush(&mut self, records: u64, bytes: u64, latency_us: u64) {
+    pub fn record_flush(&mut self, records: u64, bytes: u64, padding_bytes: u64, latency_us: u64) {
         self.flush_count += 1;
         self.records_flushed += records;
         self.bytes_flushed += bytes;
+        self.padding_bytes_flushed += padding_bytes;
         self.flush_latency_us.saturating_record(latency_us.max(1));
         self.records_per_flush.saturating_record(records.max(1));
         self.bytes_per_flush.saturating_record(bytes.max(1));

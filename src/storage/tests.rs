@@ -15,7 +15,7 @@ pub(crate) fn run<F: Future>(future: F) -> F::Output {
     executor.run(future)
 }
 
-fn config(dir: &Path) -> LogConfig {
+pub(crate) fn config(dir: &Path) -> LogConfig {
     LogConfig {
         segment_size_bytes: 256 * 1024,
         buffer_capacity_bytes: 64 * 1024,

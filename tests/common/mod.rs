@@ -170,3 +170,22 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+/// Consumes `topic` as a new member of `group` until nothing arrives for two
+/// seconds; returns every body received (the client checks each CRC).
+pub fn consume_all(address: &str, group: &str, topic: &str) -> std::collections::BTreeSet<String> {
+    use ringmq::client::{Client, Consumer, ConsumerOptions};
+    let client = std::sync::Arc::new(Client::connect(address).expect("connect"));
+    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
+    let mut consumer = Consumer::join(client, group, topic, options).expect("join");
+    let mut received = std::collections::BTreeSet::new();
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(2) {
+        let messages = consumer.poll().expect("poll: a damaged record would fail here");
+        if !messages.is_empty() {
+            idle_since = Instant::now();
+        }
+        received.extend(messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")));
+    }
+    received
+}
