@@ -122,14 +122,57 @@ async fn index_memory_phase(dir: PathBuf) -> serde_json::Value {
     log.checkpoint().await.expect("checkpoint");
     let seconds = started.elapsed().as_secs_f64();
     let rss_delta = resident_bytes().saturating_sub(rss_before);
-    let per_million = |bytes: u64| bytes as f64 * 1e6 / INDEX_RECORDS as f64;
+    let per_million = |bytes: u64| (bytes as f64 * 1e6 / INDEX_RECORDS as f64).round();
+    let written = log.index_memory();
     println!(
-        "index memory: {INDEX_RECORDS} records of {INDEX_MESSAGE_BYTES} B over {INDEX_QUEUES} queues in {seconds:.1} s; RSS grew {:.0} B per million messages",
+        "index memory: {INDEX_RECORDS} records of {INDEX_MESSAGE_BYTES} B over {INDEX_QUEUES} queues in {seconds:.1} s; RSS grew {} B per million messages",
         per_million(rss_delta)
     );
-    let report = json!({ "index_rss_delta_bytes_per_million": per_million(rss_delta).round() });
+    println!(
+        "index memory after the checkpoint: {} B per million messages ({} unwritten entries, {} B in queues, {} B in {} cached pages)",
+        per_million(written.total_bytes() as u64),
+        written.unwritten_entries,
+        written.queue_bytes,
+        written.cache_bytes,
+        written.cached_pages
+    );
+    let read_started = Instant::now();
+    read_every_queue(&log).await;
+    let read = log.index_memory();
+    println!(
+        "index memory after reading every record back: {} B ({} cached pages, bound {} B; {} page loads, {} hits) in {:.1} s",
+        read.total_bytes(),
+        read.cached_pages,
+        log_index_cache_bytes(),
+        read.cache_stats.loads,
+        read.cache_stats.hits,
+        read_started.elapsed().as_secs_f64()
+    );
+    let report = json!({
+        "index_rss_delta_bytes_per_million": per_million(rss_delta),
+        "index_resident_bytes_per_million": per_million(written.total_bytes() as u64),
+        "index_resident_bytes_after_reading_all": read.total_bytes(),
+    });
     log.close().await.expect("close");
     report
+}
+
+fn log_index_cache_bytes() -> usize {
+    LogConfig::new("").index_cache_bytes
+}
+
+/// Reads every queue from offset 0, as consumers catching up would.
+async fn read_every_queue(log: &CommitLog<DmaStorage>) {
+    for queue_id in 0..INDEX_QUEUES {
+        let mut offset = 0;
+        loop {
+            let batch = log.read(queue_id, offset, 1024, 4 << 20).await.expect("read");
+            if batch.records.is_empty() {
+                break;
+            }
+            offset = batch.next_offset;
+        }
+    }
 }
 
 fn bench_dir() -> PathBuf {
