@@ -40,7 +40,7 @@ impl Gathering {
 
 enum Pass<F> {
     Done { visible_end: u64 },
-    Load(PageLoad<F>),
+    Load { load: PageLoad<F>, visible_end: u64 },
 }
 
 enum Found<F> {
@@ -91,7 +91,12 @@ impl<S: Storage> LogShared<S> {
         loop {
             match self.gather(&mut gathering)? {
                 Pass::Done { visible_end } => return Ok((gathering.slots, visible_end)),
-                Pass::Load(load) => self.load_page(load).await?,
+                // A page that fails to load fails the read that starts in
+                // it; a batch that only reaches it ends before it.
+                Pass::Load { load, visible_end } => match self.load_page(load).await {
+                    Err(_) if !gathering.slots.is_empty() => return Ok((gathering.slots, visible_end)),
+                    loaded => loaded?,
+                },
             }
         }
     }
@@ -132,7 +137,8 @@ impl<S: Storage> LogShared<S> {
                 continue;
             }
             if !take_from_page(&mut cache, gathering, visible_end) {
-                return Ok(Pass::Load(page_load(&state.index_files, queue_id, queue, gathering.next)?));
+                let load = page_load(&state.index_files, queue_id, queue, gathering.next)?;
+                return Ok(Pass::Load { load, visible_end });
             }
         }
         Ok(Pass::Done { visible_end })

@@ -444,3 +444,40 @@ async fn index_memory_stays_under_its_bound<S: Storage>(storage: S, config: LogC
     assert!(memory.total_bytes() <= bound, "{memory:?} holds more than {bound} bytes");
     log.close().await.expect("close");
 }
+
+/// A damaged index page fails the reads that need it, with `Corrupt`; every
+/// other offset still reads.
+#[test]
+fn a_damaged_index_page_fails_only_its_reads() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_index(config("/memory".as_ref()));
+        let count = 3 * index::INDEX_PAGE_ENTRIES;
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        append_burst(&log, 4, 0..count).await;
+        log.close().await.expect("close");
+        let damaged = index::INDEX_PAGE_ENTRIES + 9;
+        let path = index::index_path(&config.dir.join(INDEX_DIR), 4);
+        let byte = damaged * index::INDEX_FILE_ENTRY_SIZE_BYTES as u64 + 2;
+        storage.flip_bit(&path, byte, 3).expect("flip");
+        let log = CommitLog::open(storage, config).await.expect("the first and last pages are sound");
+        match log.read(4, damaged, 1, 1 << 20).await {
+            Err(LogError::Corrupt { detail, .. }) => assert!(detail.contains(&format!("offset {damaged}")), "{detail}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let mut offset = 0;
+        while offset < damaged {
+            let batch = log.read(4, offset, 50, 1 << 20).await.expect("a batch ending before the damaged page");
+            for record in &batch.records {
+                assert_eq!(record.message(), message(4, record.queue_offset));
+            }
+            offset = batch.next_offset;
+            if offset % index::INDEX_PAGE_ENTRIES == 0 {
+                break;
+            }
+        }
+        assert_eq!(offset, index::INDEX_PAGE_ENTRIES, "the batch before the damaged page stops at its start");
+        let last = log.read(4, count - 1, 1, 1 << 20).await.expect("a sound page");
+        assert_eq!(last.records[0].message(), message(4, count - 1));
+    });
+}
