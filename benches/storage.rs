@@ -5,6 +5,7 @@
 //! `cargo bench --bench storage` (data in ./target/bench-data, or
 //! RINGMQ_BENCH_DIR). RINGMQ_BENCH_SECONDS sets each phase's length (3).
 //! The last line printed is one JSON object with every figure.
+//! RINGMQ_BENCH_INDEX_ONLY=1 runs only the index memory phase.
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
@@ -23,6 +24,12 @@ const APPENDER_COUNTS: [usize; 3] = [1, 16, 256];
 /// A phase stops at its time or at this many bytes, whichever comes first,
 /// so it crosses at most one (prepared) segment boundary.
 const PHASE_BYTES_MAX: u64 = 900 * 1024 * 1024;
+/// The index memory phase: this many small records, spread over a few queues.
+const INDEX_RECORDS: u64 = 1_000_000;
+const INDEX_QUEUES: u32 = 4;
+const INDEX_MESSAGE_BYTES: usize = 16;
+/// Records placed before waiting for them to be durable.
+const INDEX_BURST: u64 = 10_000;
 
 struct Phase {
     appenders: usize,
@@ -100,6 +107,97 @@ async fn crash_restart_ms(dir: &std::path::Path, log: Rc<CommitLog<DmaStorage>>)
     let started = Instant::now();
     let log = CommitLog::open(DmaStorage, LogConfig::new(dir)).await.expect("reopen after a crash");
     (started.elapsed().as_secs_f64() * 1000.0, Rc::new(log))
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|field| field.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page_size).unwrap_or(4096)
+}
+
+async fn append_small_records(log: &CommitLog<DmaStorage>, count: u64) {
+    let message = [5u8; INDEX_MESSAGE_BYTES];
+    let mut end = 0;
+    for sequence in 0..count {
+        let queue_id = (sequence % u64::from(INDEX_QUEUES)) as u32;
+        let request = AppendRequest { queue_id, indexed: true, message: &message, ..Default::default() };
+        end = log.append_buffered(request).await.expect("append").end;
+        if sequence % INDEX_BURST == INDEX_BURST - 1 {
+            log.wait_acknowledgeable(end).await.expect("durable");
+        }
+    }
+    log.wait_acknowledgeable(end).await.expect("durable");
+}
+
+/// Resident index memory per million messages: `INDEX_RECORDS` small
+/// records into a fresh log, then a checkpoint; the process RSS grows by
+/// what the index keeps (the log's buffers are warmed up before).
+async fn index_memory_phase(dir: PathBuf) -> serde_json::Value {
+    let config =
+        LogConfig { buffer_capacity_bytes: 1024 * 1024, recent_buffers_bytes: 4 * 1024 * 1024, ..LogConfig::new(dir) };
+    let log = CommitLog::open(DmaStorage, config).await.expect("open log");
+    append_small_records(&log, INDEX_BURST * 10).await;
+    log.checkpoint().await.expect("checkpoint");
+    let rss_before = resident_bytes();
+    let started = Instant::now();
+    append_small_records(&log, INDEX_RECORDS).await;
+    log.checkpoint().await.expect("checkpoint");
+    let seconds = started.elapsed().as_secs_f64();
+    let rss_delta = resident_bytes().saturating_sub(rss_before);
+    let per_million = |bytes: u64| (bytes as f64 * 1e6 / INDEX_RECORDS as f64).round();
+    let written = log.index_memory();
+    println!(
+        "index memory: {INDEX_RECORDS} records of {INDEX_MESSAGE_BYTES} B over {INDEX_QUEUES} queues in {seconds:.1} s; RSS grew {} B per million messages",
+        per_million(rss_delta)
+    );
+    println!(
+        "index memory after the checkpoint: {} B per million messages ({} unwritten entries, {} B in queues, {} B in {} cached pages)",
+        per_million(written.total_bytes() as u64),
+        written.unwritten_entries,
+        written.queue_bytes,
+        written.cache_bytes,
+        written.cached_pages
+    );
+    let read_started = Instant::now();
+    read_every_queue(&log).await;
+    let read = log.index_memory();
+    println!(
+        "index memory after reading every record back: {} B ({} cached pages, bound {} B; {} page loads, {} hits) in {:.1} s",
+        read.total_bytes(),
+        read.cached_pages,
+        log_index_cache_bytes(),
+        read.cache_stats.loads,
+        read.cache_stats.hits,
+        read_started.elapsed().as_secs_f64()
+    );
+    let report = json!({
+        "index_rss_delta_bytes_per_million": per_million(rss_delta),
+        "index_resident_bytes_per_million": per_million(written.total_bytes() as u64),
+        "index_resident_bytes_after_reading_all": read.total_bytes(),
+    });
+    log.close().await.expect("close");
+    report
+}
+
+fn log_index_cache_bytes() -> usize {
+    LogConfig::new("").index_cache_bytes
+}
+
+/// Reads every queue from offset 0, as consumers catching up would.
+async fn read_every_queue(log: &CommitLog<DmaStorage>) {
+    for queue_id in 0..INDEX_QUEUES {
+        let mut offset = 0;
+        loop {
+            let batch = log.read(queue_id, offset, 1024, 4 << 20).await.expect("read");
+            if batch.records.is_empty() {
+                break;
+            }
+            offset = batch.next_offset;
+        }
+    }
 }
 
 fn bench_dir() -> PathBuf {
@@ -185,9 +283,18 @@ async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is not ours.
     let seconds = std::env::var("RINGMQ_BENCH_SECONDS").ok().and_then(|value| value.parse().ok()).unwrap_or(3.0);
+    let index_only = std::env::var_os("RINGMQ_BENCH_INDEX_ONLY").is_some();
     let dir = bench_dir();
     let executor = LocalExecutorBuilder::new(Placement::Fixed(0)).make().expect("executor");
-    let report = executor.run(bench(dir.clone(), Duration::from_secs_f64(seconds)));
+    let report = executor.run(async {
+        let mut report =
+            if index_only { json!({}) } else { bench(dir.clone(), Duration::from_secs_f64(seconds)).await };
+        let index = index_memory_phase(dir.join("index-memory")).await;
+        if let (Some(report), Some(index)) = (report.as_object_mut(), index.as_object()) {
+            report.extend(index.clone());
+        }
+        report
+    });
     let _ = std::fs::remove_dir_all(&dir);
     println!("{report}");
 }

@@ -90,3 +90,21 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 2_000;
 /// Fewest request-body bytes a connection may have in flight (the budget
 /// counts whole KiB).
 pub const IN_FLIGHT_BYTES_MIN: usize = 1024;
+
+/// An index-cache page: this many bytes of an index file (32-byte entries),
+/// read with one I/O and kept decoded. 16 KiB is 512 entries: a fetch of a
+/// few hundred records costs one read, and a small cache still holds many
+/// queues' pages.
+pub const INDEX_PAGE_BYTES: usize = 16 * 1024;
+
+/// Default bound of a shard's index-page cache.
+pub const INDEX_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// Smallest index-page cache a configuration may ask for: two pages.
+pub const INDEX_CACHE_BYTES_MIN: usize = 2 * INDEX_PAGE_BYTES;
+
+/// Default number of index entries not yet in the index files past which the
+/// checkpointer is woken early (32 bytes each in memory: 8 MiB).
+pub const INDEX_UNWRITTEN_ENTRIES_WAKE_DEFAULT: u64 = 256 * 1024;
+
+const _: () = assert!(INDEX_PAGE_BYTES % BLOCK_SIZE_BYTES == 0);

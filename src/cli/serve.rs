@@ -34,9 +34,13 @@ pub struct ServeArgs {
     /// (default 2000; at least 1).
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
+    /// Bound of each shard's cache of index-file pages, in bytes (default
+    /// 67108864; at least 32768).
+    #[arg(long)]
+    index_cache_bytes: Option<usize>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
-    /// segment_size_bytes, retention_hours, retention_bytes,
+    /// index_cache_bytes, segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// spin_before_park_us.
     #[arg(long)]
@@ -53,6 +57,7 @@ struct ConfigFile {
     flush_interval_ms: Option<u64>,
     sync_flush_timeout_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
+    index_cache_bytes: Option<usize>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -92,6 +97,9 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     }
     if let Some(ms) = args.checkpoint_interval_ms.or(file.checkpoint_interval_ms) {
         config.checkpoint_interval = Duration::from_millis(ms);
+    }
+    if let Some(bytes) = args.index_cache_bytes.or(file.index_cache_bytes) {
+        config.index_cache_bytes = bytes;
     }
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
@@ -139,6 +147,7 @@ mod tests {
         assert_eq!(config.sync_flush_timeout, Duration::from_secs(5));
         assert_eq!(config.in_flight_bytes_max, 64 * 1024 * 1024);
         assert_eq!(config.checkpoint_interval, Duration::from_millis(2000));
+        assert_eq!(config.index_cache_bytes, 64 * 1024 * 1024);
     }
 
     #[test]
@@ -169,6 +178,7 @@ mod tests {
             ("checkpoint_interval_ms = 0", "checkpoint_interval_ms"),
             ("flush = \"async\"\nflush_interval_ms = 0", "flush_interval_ms"),
             ("segment_size_bytes = 1000", "segment size"),
+            ("index_cache_bytes = 1000", "index_cache_bytes"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
@@ -186,5 +196,16 @@ mod tests {
         assert_eq!(config(args).expect("config").checkpoint_interval, Duration::from_millis(250));
         let flag_zero = ServeArgs { checkpoint_interval_ms: Some(0), ..ServeArgs::default() };
         assert!(config(flag_zero).is_err());
+    }
+
+    #[test]
+    fn the_index_cache_bound_comes_from_the_flag_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "index_cache_bytes = 1048576\n").expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.index_cache_bytes, 1 << 20);
+        let args = ServeArgs { config: Some(path), index_cache_bytes: Some(1 << 21), ..ServeArgs::default() };
+        assert_eq!(config(args).expect("config").index_cache_bytes, 1 << 21);
     }
 }

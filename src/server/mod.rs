@@ -16,7 +16,8 @@ mod shard;
 mod topics;
 
 use crate::constants::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, FRAME_BODY_BYTES_MAX, IN_FLIGHT_BYTES_MIN, SEGMENT_SIZE_BYTES_DEFAULT,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, FRAME_BODY_BYTES_MAX, INDEX_CACHE_BYTES_DEFAULT, IN_FLIGHT_BYTES_MIN,
+    SEGMENT_SIZE_BYTES_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub retention: Retention,
     /// How often each shard writes its index files and a checkpoint.
     pub checkpoint_interval: Duration,
+    /// Bound of each shard's cache of index-file pages.
+    pub index_cache_bytes: usize,
     pub connections_max: usize,
     pub in_flight_max: usize,
     /// Bytes of request bodies one connection may have in flight.
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             retention: Retention::default(),
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
+            index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
             connections_max: 10_000,
             in_flight_max: 1024,
             in_flight_bytes_max: 64 * 1024 * 1024,
@@ -138,6 +142,7 @@ impl ServerConfig {
             segment_size_bytes: self.segment_size_bytes,
             retention: self.retention,
             checkpoint_interval: self.checkpoint_interval,
+            index_cache_bytes: self.index_cache_bytes,
             ..LogConfig::new(dir)
         }
     }
@@ -272,7 +277,8 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     offsets.clamp_to_queue_ends(|topic, queue| {
         topics.get(topic).map(|topic| log.visible_end_offset(topic.queue_id(queue)))
     });
-    log.set_retention_floor(offsets::retention_floor(&log, offsets.covered_by_snapshot()));
+    let floor = offsets::retention_floor(&log, offsets.covered_by_snapshot()).await;
+    log.set_retention_floor(floor.map_err(|error| shard_error(error.to_string()))?);
     let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
     let listener = listeners::into_glommio(listener);
     let (peers, inboxes) = cross::connect(ends).await;
@@ -367,12 +373,15 @@ async fn write_offsets_snapshot(shard: &Shard) {
     let covered = shard.commits_in_flight.borrow().keys().next().copied().unwrap_or(durable).min(durable);
     let bytes = shard.offsets.borrow().snapshot(covered);
     // Taken before the write: later appends land beyond it anyway.
-    let floor = offsets::retention_floor(&shard.log, covered);
-    match offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await {
+    let floor = offsets::retention_floor(&shard.log, covered).await;
+    match (offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await, floor) {
         // The offset records below `covered` now live in the snapshot too:
         // retention may delete the segments that held them.
-        Ok(()) => shard.log.set_retention_floor(floor),
-        Err(error) => tracing::warn!(%error, "offsets snapshot failed; start-up will replay more"),
+        (Ok(()), Ok(floor)) => shard.log.set_retention_floor(floor),
+        (Ok(()), Err(error)) => {
+            tracing::warn!(%error, "cannot find the retention floor; retention keeps the previous one")
+        }
+        (Err(error), _) => tracing::warn!(%error, "offsets snapshot failed; start-up will replay more"),
     }
 }
 

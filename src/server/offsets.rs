@@ -131,9 +131,11 @@ impl Offsets {
 /// The log position retention must keep from while the snapshot on disk
 /// covers the offset records below `covered`: where the first record it
 /// does not cover lies, or, if there is none yet, where the next will go.
-pub fn retention_floor<S: Storage>(log: &CommitLog<S>, covered: u64) -> u64 {
+/// It may read a page of the index file.
+pub async fn retention_floor<S: Storage>(log: &CommitLog<S>, covered: u64) -> Result<u64, LogError> {
     let first_uncovered = covered.max(log.base_offset(OFFSETS_QUEUE_ID));
-    log.position_of(OFFSETS_QUEUE_ID, first_uncovered).unwrap_or_else(|| log.positions().appended)
+    let position = log.position_of(OFFSETS_QUEUE_ID, first_uncovered).await?;
+    Ok(position.unwrap_or_else(|| log.positions().appended))
 }
 
 pub async fn write_snapshot<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
@@ -192,11 +194,12 @@ mod tests {
             let mut positions = Vec::new();
             for offset in 0..5 {
                 append_commit(&log, &commit(0, offset)).await.expect("append");
-                positions.push(log.position_of(OFFSETS_QUEUE_ID, offset).expect("indexed"));
+                positions.push(log.position_of(OFFSETS_QUEUE_ID, offset).await.expect("read").expect("indexed"));
             }
-            assert_eq!(retention_floor(&log, 0), positions[0]);
-            assert_eq!(retention_floor(&log, 3), positions[3]);
-            assert_eq!(retention_floor(&log, 5), log.positions().appended, "all covered: from the next record on");
+            assert_eq!(retention_floor(&log, 0).await.expect("floor"), positions[0]);
+            assert_eq!(retention_floor(&log, 3).await.expect("floor"), positions[3]);
+            let all_covered = retention_floor(&log, 5).await.expect("floor");
+            assert_eq!(all_covered, log.positions().appended, "all covered: from the next record on");
             log.close().await.expect("close");
         });
     }

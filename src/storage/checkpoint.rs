@@ -3,6 +3,12 @@
 //! fsync-dir. Recovery starts from the last checkpoint, so restart time
 //! depends on the data written after it, not on the total.
 //!
+//! Once an index file is synced its entries leave memory (readers find them
+//! through the page cache); once the checkpoint file names a queue's new
+//! base offset, the index file's blocks below it go back to the filesystem.
+//! The checkpointer runs every `checkpoint_interval`, and early when the
+//! entries waiting for the index files pass `index_unwritten_entries_wake`.
+//!
 //! ```text
 //! magic u32 | version u32 | crc32 u32 (of everything after it) | position u64
 //! | queue count u32 | segment count u32
@@ -141,19 +147,26 @@ async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> 
     for job in &jobs {
         write_index(shared, job).await?;
     }
+    shared.count_index_backlog();
     let path = shared.config.dir.join(CHECKPOINT_FILE);
     shared
         .storage
         .write_file_atomic(&path, &checkpoint.encode())
         .await
         .map_err(|error| LogError::io("write checkpoint", &path, position, error))?;
-    let mut state = shared.state.borrow_mut();
-    for job in &jobs {
-        if let Some(queue) = state.queues.get_mut(&job.queue_id) {
-            queue.persisted_offset = queue.persisted_offset.max(job.to);
+    shared.state.borrow_mut().checkpoint_position = position;
+    release_deleted_offsets(shared, &checkpoint).await
+}
+
+/// The checkpoint on disk names each queue's base offset: the index file's
+/// blocks below it are no longer needed by anyone, recovery included.
+async fn release_deleted_offsets<S: Storage>(shared: &LogShared<S>, checkpoint: &Checkpoint) -> Result<(), LogError> {
+    for queue in &checkpoint.queues {
+        let handle = shared.state.borrow().index_files.get(&queue.queue_id).map(|file| file.handle());
+        if let Some(handle) = handle {
+            handle.release_below(queue.base_offset).await?;
         }
     }
-    state.checkpoint_position = position;
     Ok(())
 }
 
@@ -163,9 +176,9 @@ fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Che
     let mut checkpoint = Checkpoint { position, ..Checkpoint::default() };
     for (queue_id, queue) in &state.queues {
         let to = queue.visible_end_offset(position);
-        let from = queue.persisted_offset.max(queue.base_offset());
+        let from = queue.file_end();
         if to > from {
-            jobs.push(IndexJob { queue_id: *queue_id, from, to, entries: queue.entries(from, to) });
+            jobs.push(IndexJob { queue_id: *queue_id, from, to, entries: queue.unwritten_entries(from, to) });
         }
         let next_offset = to.max(queue.base_offset());
         checkpoint.queues.push(QueueCheckpoint { queue_id: *queue_id, base_offset: queue.base_offset(), next_offset });
@@ -179,29 +192,49 @@ fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Che
     (jobs, checkpoint)
 }
 
+/// Appends a queue's entries to its index file and syncs it; then memory
+/// lets them go. The writer works on a copy of the file's state: readers
+/// keep using the file meanwhile, and a failed write leaves the state as
+/// it was (and stops the log).
 async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Result<(), LogError> {
-    let existing = shared.state.borrow_mut().index_files.remove(&job.queue_id);
+    let existing = shared.state.borrow().index_files.get(&job.queue_id).cloned();
     let mut file = match existing {
         Some(file) => file,
         None => {
             let path = index_path(&shared.config.dir.join(super::INDEX_DIR), job.queue_id);
-            IndexFile::open(&shared.storage, path, 0, 0).await?.0
+            IndexFile::open(&shared.storage, path, 0, 0).await?
         }
     };
-    let result = async {
-        file.append(job.from, &job.entries).await?;
-        file.sync().await
+    file.append(job.from, &job.entries).await?;
+    file.sync().await?;
+    shared.index_cache.borrow_mut().absorb(job.queue_id, job.from, &job.entries);
+    let mut state = shared.state.borrow_mut();
+    state.index_files.insert(job.queue_id, file);
+    if let Some(queue) = state.queues.get_mut(&job.queue_id) {
+        queue.written(job.to);
     }
-    .await;
-    shared.state.borrow_mut().index_files.insert(job.queue_id, file);
-    result
+    Ok(())
 }
 
-/// Background task: a checkpoint whenever the interval passed and the
-/// flushed position moved, and retention after it.
+/// Resolves when the interval passed, or earlier once the index backlog
+/// passed its limit and the flushed position moved (only flushed entries
+/// can go to the index files).
+async fn checkpoint_due<S: Storage>(shared: &LogShared<S>) {
+    let backlog = async {
+        shared.index_backlog_signal.wait().await;
+        let checkpointed = shared.state.borrow().checkpoint_position;
+        // A failure wakes it too; the loop then sees the stop.
+        let _ = shared.flushed.wait_for(checkpointed + 1).await;
+    };
+    futures_lite::future::or(glommio::timer::sleep(shared.config.checkpoint_interval), backlog).await
+}
+
+/// Background task: a checkpoint whenever the interval passed (or the index
+/// backlog grew too long) and the flushed position moved, and retention
+/// after it.
 pub async fn run_checkpointer<S: Storage>(shared: Rc<LogShared<S>>) {
     loop {
-        glommio::timer::sleep(shared.config.checkpoint_interval).await;
+        checkpoint_due(&shared).await;
         if shared.closing.get() || shared.flushed.failure().is_some() {
             return;
         }

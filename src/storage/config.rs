@@ -32,6 +32,11 @@ pub struct LogConfig {
     pub retention: Retention,
     /// How often the background task writes index files and a checkpoint.
     pub checkpoint_interval: Duration,
+    /// Bound of the shard's cache of index-file pages (bytes).
+    pub index_cache_bytes: usize,
+    /// Index entries not yet in the index files past which the checkpointer
+    /// runs early, so the in-memory tail stays bounded at any append rate.
+    pub index_unwritten_entries_wake: u64,
     /// How fast the next segment is zero-filled in the background (bytes per
     /// second, 0 for no limit); an append that needs it lifts the limit.
     pub zero_fill_bytes_per_second: u64,
@@ -50,6 +55,8 @@ impl LogConfig {
             recent_buffers_bytes: RECENT_BUFFERS_BYTES_DEFAULT,
             retention: Retention::default(),
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
+            index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
+            index_unwritten_entries_wake: INDEX_UNWRITTEN_ENTRIES_WAKE_DEFAULT,
             truncate_corruption: false,
             zero_fill_bytes_per_second: ZERO_FILL_BYTES_PER_SECOND_DEFAULT,
         }
@@ -75,6 +82,15 @@ impl LogConfig {
                 "buffer capacity {} must be a multiple of {BLOCK_SIZE_BYTES} and at least {buffer_min}",
                 self.buffer_capacity_bytes
             )));
+        }
+        if self.index_cache_bytes < INDEX_CACHE_BYTES_MIN {
+            return Err(LogError::Config(format!(
+                "index_cache_bytes {} must be at least {INDEX_CACHE_BYTES_MIN}",
+                self.index_cache_bytes
+            )));
+        }
+        if self.index_unwritten_entries_wake == 0 {
+            return Err(LogError::Config("index_unwritten_entries_wake must be at least 1".into()));
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Per-queue index: queue offset -> (log position, size, tag hash, store
-//! timestamp). In memory for every kept offset; appended to one index file
-//! per queue at each checkpoint, where entry `n` of the file is offset `n`.
+//! timestamp). One index file per queue, where entry `n` of the file is
+//! offset `n`, written by the checkpointer. In memory: only the entries not
+//! yet in the file (`QueueIndex`); older ones are read from the file in
+//! pages through the shard's bounded cache (`index_cache`).
 //!
 //! An index file entry is 32 bytes, so a 4 KiB block (and a 512-byte
 //! sector) holds whole entries:
@@ -15,9 +17,13 @@
 
 use super::backend::{Storage, StorageFile};
 use super::LogError;
-use crate::constants::BLOCK_SIZE_BYTES;
+use crate::constants::{BLOCK_SIZE_BYTES, INDEX_PAGE_BYTES};
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Size of one entry in an index file.
 pub const INDEX_FILE_ENTRY_SIZE_BYTES: usize = 32;
@@ -27,6 +33,14 @@ const _: () = assert!(512 % INDEX_FILE_ENTRY_SIZE_BYTES == 0);
 /// Bytes of an entry its CRC covers (everything before the CRC).
 const CHECKED_BYTES: usize = INDEX_FILE_ENTRY_SIZE_BYTES - 4;
 
+/// Slots an idle queue's unwritten buffer may keep allocated.
+const UNWRITTEN_CAPACITY_KEPT: usize = 16;
+
+/// Entries in one index-cache page.
+pub const INDEX_PAGE_ENTRIES: u64 = (INDEX_PAGE_BYTES / INDEX_FILE_ENTRY_SIZE_BYTES) as u64;
+
+/// One queue offset. `size_bytes == 0` is a tombstone: the offset was lost
+/// (`ringmq repair`), a fetch skips it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
     pub position: u64,
@@ -43,6 +57,10 @@ fn entry_crc(offset: u64, checked: &[u8]) -> u32 {
 }
 
 impl IndexEntry {
+    pub fn is_tombstone(&self) -> bool {
+        self.size_bytes == 0
+    }
+
     /// Writes the file entry of queue offset `offset` into `destination`
     /// (`INDEX_FILE_ENTRY_SIZE_BYTES` long).
     fn encode(&self, offset: u64, destination: &mut [u8]) {
@@ -85,77 +103,112 @@ pub struct Slot {
     pub record_end: u64,
 }
 
-/// The in-memory index of one queue.
+impl Slot {
+    /// The slot of an entry read back from an index file: every entry there
+    /// is durable, so visible.
+    pub fn from_file(entry: IndexEntry) -> Self {
+        Self { entry, record_end: entry.position + u64::from(entry.size_bytes) }
+    }
+}
+
+/// The in-memory part of one queue's index. Offsets `[base_offset,
+/// file_end)` are in the index file (or were deleted by retention before
+/// they got there); `[file_end, next_offset)` are only here, until the
+/// checkpointer writes them.
 #[derive(Default)]
 pub struct QueueIndex {
-    /// Queue offset of `slots[0]`; offsets below it were deleted by retention.
+    /// Offsets below it were deleted by retention.
     base_offset: u64,
-    slots: VecDeque<Slot>,
-    /// Offsets below this are in the index file.
-    pub persisted_offset: u64,
+    file_end: u64,
+    unwritten: VecDeque<Slot>,
 }
 
 impl QueueIndex {
     pub fn starting_at(base_offset: u64) -> Self {
-        Self { base_offset, slots: VecDeque::new(), persisted_offset: base_offset }
+        Self { base_offset, file_end: base_offset, unwritten: VecDeque::new() }
+    }
+
+    /// A queue loaded from a checkpoint: offsets `[base_offset, file_end)`
+    /// are in its index file.
+    pub fn restore(base_offset: u64, file_end: u64) -> Self {
+        Self { base_offset, file_end: file_end.max(base_offset), unwritten: VecDeque::new() }
     }
 
     pub fn base_offset(&self) -> u64 {
         self.base_offset
     }
 
+    /// The first offset not in the index file.
+    pub fn file_end(&self) -> u64 {
+        self.file_end
+    }
+
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + self.slots.len() as u64
+        self.file_end + self.unwritten.len() as u64
+    }
+
+    pub fn unwritten_len(&self) -> usize {
+        self.unwritten.len()
     }
 
     pub fn push(&mut self, entry: IndexEntry, record_end: u64) -> u64 {
-        debug_assert!(self.slots.back().is_none_or(|last| last.record_end <= record_end));
-        self.slots.push_back(Slot { entry, record_end });
+        debug_assert!(self.unwritten.back().is_none_or(|last| last.record_end <= record_end));
+        self.unwritten.push_back(Slot { entry, record_end });
         self.next_offset() - 1
     }
 
-    pub fn get(&self, offset: u64) -> Option<&Slot> {
-        let index = offset.checked_sub(self.base_offset)?;
-        self.slots.get(usize::try_from(index).ok()?)
+    /// The slot of `offset` if it is not yet in the index file.
+    pub fn unwritten_slot(&self, offset: u64) -> Option<&Slot> {
+        let index = offset.checked_sub(self.file_end)?;
+        self.unwritten.get(usize::try_from(index).ok()?)
     }
 
-    /// The first offset whose record is beyond `visible_position`.
+    /// The first offset whose record is beyond `visible_position`. Every
+    /// entry in the index file is durable, so visible.
     pub fn visible_end_offset(&self, visible_position: u64) -> u64 {
-        self.base_offset + self.slots.partition_point(|slot| slot.record_end <= visible_position) as u64
+        self.file_end + self.unwritten.partition_point(|slot| slot.record_end <= visible_position) as u64
     }
 
-    /// Entries `[from, to)` for the index file.
-    pub fn entries(&self, from: u64, to: u64) -> Vec<IndexEntry> {
-        (from..to).filter_map(|offset| self.get(offset)).map(|slot| slot.entry).collect()
+    /// Entries `[from, to)` for the index file (`from` at least `file_end`).
+    pub fn unwritten_entries(&self, from: u64, to: u64) -> Vec<IndexEntry> {
+        (from..to).filter_map(|offset| self.unwritten_slot(offset)).map(|slot| slot.entry).collect()
     }
 
-    /// Forgets every entry up to the last one pointing below `position`
-    /// (whose segment retention is deleting).
-    pub fn forget_below(&mut self, position: u64) {
-        let Some(last_below) = self.slots.iter().rposition(|slot| slot.entry.position < position) else {
-            return;
-        };
-        self.slots.drain(..=last_below);
-        self.base_offset += last_below as u64 + 1;
-        self.persisted_offset = self.persisted_offset.max(self.base_offset);
+    /// Offsets below `to` are in the index file now: memory lets them go.
+    pub fn written(&mut self, to: u64) {
+        let written = to.saturating_sub(self.file_end).min(self.unwritten.len() as u64);
+        self.unwritten.drain(..written as usize);
+        self.file_end += written;
+        self.release_spare_capacity();
+    }
+
+    /// Retention deleted every offset below `base_offset`.
+    pub fn advance_base(&mut self, base_offset: u64) {
+        self.base_offset = self.base_offset.max(base_offset).min(self.next_offset());
+        if self.base_offset > self.file_end {
+            self.unwritten.drain(..(self.base_offset - self.file_end) as usize);
+            self.file_end = self.base_offset;
+            self.release_spare_capacity();
+        }
     }
 
     /// Forgets every entry whose record ends past `position` (a log cut
-    /// short at recovery).
+    /// short at recovery: the cut is past the checkpoint, so past the file).
     pub fn forget_from(&mut self, position: u64) {
-        let kept = self.slots.partition_point(|slot| slot.record_end <= position);
-        self.slots.truncate(kept);
-        self.persisted_offset = self.persisted_offset.min(self.next_offset());
+        let kept = self.unwritten.partition_point(|slot| slot.record_end <= position);
+        self.unwritten.truncate(kept);
     }
 
-    /// Restores entries loaded from an index file (all durable).
-    pub fn restore(base_offset: u64, entries: Vec<IndexEntry>) -> Self {
-        let next_offset = base_offset + entries.len() as u64;
-        let slots = entries
-            .into_iter()
-            .map(|entry| Slot { entry, record_end: entry.position + u64::from(entry.size_bytes) })
-            .collect();
-        Self { base_offset, slots, persisted_offset: next_offset }
+    /// Bytes this queue's index holds in memory.
+    pub fn resident_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.unwritten.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    /// After a burst the buffer would keep its peak size: give most back.
+    fn release_spare_capacity(&mut self) {
+        if self.unwritten.capacity() > 4 * self.unwritten.len().max(UNWRITTEN_CAPACITY_KEPT) {
+            self.unwritten.shrink_to(2 * self.unwritten.len());
+        }
     }
 }
 
@@ -163,15 +216,81 @@ pub fn index_path(dir: &Path, queue_id: u32) -> PathBuf {
     dir.join(format!("{queue_id:010}.idx"))
 }
 
-/// The index file of one queue, appended with O_DIRECT block writes: the
-/// partially filled last block is kept in memory and rewritten whole.
-pub struct IndexFile<F> {
+/// The open index file of one queue, shared by the writer and the readers.
+pub struct IndexHandle<F> {
     path: PathBuf,
     file: F,
+    /// Bytes below this were given back to the filesystem (retention).
+    released_below: Cell<u64>,
+}
+
+impl<F: StorageFile> IndexHandle<F> {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the entries of `offsets` and checks every CRC: a short file or
+    /// a bad entry is corruption.
+    pub async fn read_entries(&self, offsets: Range<u64>) -> Result<Vec<IndexEntry>, LogError> {
+        let byte_start = offsets.start * INDEX_FILE_ENTRY_SIZE_BYTES as u64;
+        let length = (offsets.end - offsets.start) as usize * INDEX_FILE_ENTRY_SIZE_BYTES;
+        let bytes = self
+            .file
+            .read_at(byte_start, length)
+            .await
+            .map_err(|error| LogError::io("read index", &self.path, byte_start, error))?;
+        if bytes.len() < length {
+            return Err(LogError::Corrupt {
+                path: self.path.clone(),
+                position: byte_start + bytes.len() as u64,
+                detail: format!(
+                    "the index file ends before offset {} (entries {}..{} expected)",
+                    offsets.start + (bytes.len() / INDEX_FILE_ENTRY_SIZE_BYTES) as u64,
+                    offsets.start,
+                    offsets.end
+                ),
+            });
+        }
+        checked_entries(&self.path, offsets.start, &bytes)
+    }
+
+    /// Gives the blocks holding only offsets below `offset` back to the
+    /// filesystem (they read as zeros after). Where the filesystem cannot
+    /// punch holes, the space stays and a warning says so once.
+    pub async fn release_below(&self, offset: u64) -> Result<(), LogError> {
+        let end = block_down(offset * INDEX_FILE_ENTRY_SIZE_BYTES as u64);
+        let start = self.released_below.get();
+        if end <= start {
+            return Ok(());
+        }
+        match self.file.deallocate(start, end - start).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::Unsupported => {
+                tracing::warn!(path = %self.path.display(), "the filesystem cannot punch holes: retention leaves the index file's size as it is");
+            }
+            Err(error) => return Err(LogError::io("release index blocks", &self.path, start, error)),
+        }
+        self.released_below.set(end);
+        Ok(())
+    }
+}
+
+/// The writer's side of an index file: appended with O_DIRECT block writes,
+/// the partially filled last block kept in memory and rewritten whole.
+/// Cheap to clone (the checkpointer works on a copy while readers use the
+/// handle).
+pub struct IndexFile<F> {
+    handle: Rc<IndexHandle<F>>,
     /// Bytes of the last, partially filled block.
     tail: Vec<u8>,
     /// Entries in the file (offset of the next entry to write).
     entry_count: u64,
+}
+
+impl<F> Clone for IndexFile<F> {
+    fn clone(&self) -> Self {
+        Self { handle: self.handle.clone(), tail: self.tail.clone(), entry_count: self.entry_count }
+    }
 }
 
 /// Decodes the entries of offsets `first..` in `bytes`, refusing the file at
@@ -193,37 +312,45 @@ fn block_down(byte: u64) -> u64 {
     byte - byte % BLOCK_SIZE_BYTES as u64
 }
 
+/// The offsets of the cache page holding `offset`, clipped to `kept`.
+pub fn page_range(offset: u64, kept: &Range<u64>) -> Range<u64> {
+    let start = offset - offset % INDEX_PAGE_ENTRIES;
+    start.max(kept.start)..(start + INDEX_PAGE_ENTRIES).min(kept.end)
+}
+
 impl<F: StorageFile> IndexFile<F> {
-    /// Opens the index file and reads offsets `[base_offset, entry_count)`.
+    /// Opens the index file of offsets `[base_offset, entry_count)` without
+    /// reading it whole: the file must be long enough, and the entries of
+    /// its first and last pages must pass their CRCs (a torn or short file
+    /// shows there); the rest is checked page by page as reads load it.
     pub async fn open<S: Storage<File = F>>(
         storage: &S,
         path: PathBuf,
         base_offset: u64,
         entry_count: u64,
-    ) -> Result<(Self, Vec<IndexEntry>), LogError> {
-        let io = |operation, error| LogError::io(operation, &path, 0, error);
-        let file = storage.open_or_create(&path).await.map_err(|error| io("open index", error))?;
-        let byte_start = base_offset * INDEX_FILE_ENTRY_SIZE_BYTES as u64;
+    ) -> Result<Self, LogError> {
+        let file = storage.open_or_create(&path).await.map_err(|error| LogError::io("open index", &path, 0, error))?;
+        let handle = Rc::new(IndexHandle { path, file, released_below: Cell::new(0) });
+        if entry_count > base_offset {
+            let kept = base_offset..entry_count;
+            handle.read_entries(page_range(base_offset, &kept)).await?;
+            handle.read_entries(page_range(entry_count - 1, &kept)).await?;
+        }
         let byte_end = entry_count * INDEX_FILE_ENTRY_SIZE_BYTES as u64;
         let tail_start = block_down(byte_end);
-        let read_start = byte_start.min(tail_start);
-        let bytes = file
-            .read_at(read_start, (byte_end - read_start) as usize)
+        let mut tail = handle
+            .file
+            .read_at(tail_start, (byte_end - tail_start) as usize)
             .await
-            .map_err(|error| io("read index", error))?;
-        if bytes.len() as u64 != byte_end - read_start {
-            return Err(LogError::Corrupt {
-                path,
-                position: byte_end,
-                detail: format!(
-                    "index file holds {} of the {entry_count} entries the checkpoint names",
-                    bytes.len() / INDEX_FILE_ENTRY_SIZE_BYTES
-                ),
-            });
-        }
-        let entries = checked_entries(&path, base_offset, &bytes[(byte_start - read_start) as usize..])?;
-        let tail = bytes[(tail_start - read_start) as usize..].to_vec();
-        Ok((Self { path, file, tail, entry_count }, entries))
+            .map_err(|error| LogError::io("read index", &handle.path, tail_start, error))?;
+        // Past the file's end (offsets retention deleted before they were
+        // written): zeros, as a later write would leave them.
+        tail.resize((byte_end - tail_start) as usize, 0);
+        Ok(Self { handle, tail, entry_count })
+    }
+
+    pub fn handle(&self) -> Rc<IndexHandle<F>> {
+        self.handle.clone()
     }
 
     /// Writes `entries` as offsets `from..`. The block they start in keeps
@@ -238,10 +365,11 @@ impl<F: StorageFile> IndexFile<F> {
             self.tail.clone()
         } else {
             let mut prefix = self
+                .handle
                 .file
                 .read_at(block_start, (byte_start - block_start) as usize)
                 .await
-                .map_err(|error| LogError::io("read index", &self.path, block_start, error))?;
+                .map_err(|error| LogError::io("read index", &self.handle.path, block_start, error))?;
             prefix.resize((byte_start - block_start) as usize, 0);
             prefix
         };
@@ -257,17 +385,18 @@ impl<F: StorageFile> IndexFile<F> {
         let padded = used.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES;
         let mut block = super::aligned::AlignedBuf::zeroed(padded.max(BLOCK_SIZE_BYTES));
         block.as_mut_slice()[..used].copy_from_slice(&bytes);
-        self.file
+        self.handle
+            .file
             .write_at(&block.as_slice()[..padded], block_start)
             .await
-            .map_err(|error| LogError::io("write index", &self.path, block_start, error))?;
+            .map_err(|error| LogError::io("write index", &self.handle.path, block_start, error))?;
         self.tail = bytes[used - used % BLOCK_SIZE_BYTES..].to_vec();
         self.entry_count = from + entries.len() as u64;
         Ok(())
     }
 
     pub async fn sync(&self) -> Result<(), LogError> {
-        self.file.fdatasync().await.map_err(|error| LogError::io("fdatasync index", &self.path, 0, error))
+        self.handle.file.fdatasync().await.map_err(|error| LogError::io("fdatasync index", &self.handle.path, 0, error))
     }
 }
 
@@ -290,34 +419,102 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_below_a_position_moves_the_base_offset() {
+    fn written_entries_leave_memory_and_retention_moves_the_base() {
         let mut index = QueueIndex::default();
         for position in [0, 100, 200, 300] {
             index.push(entry(position), position + 100);
         }
-        index.forget_below(200);
-        assert_eq!(index.base_offset(), 2);
-        assert_eq!(index.get(1).map(|slot| slot.entry.position), None);
-        assert_eq!(index.get(2).map(|slot| slot.entry.position), Some(200));
-        assert_eq!(index.next_offset(), 4);
+        index.written(2);
+        assert_eq!((index.file_end(), index.unwritten_len(), index.next_offset()), (2, 2, 4));
+        assert!(index.unwritten_slot(1).is_none(), "offset 1 is in the file now");
+        assert_eq!(index.unwritten_slot(2).map(|slot| slot.entry.position), Some(200));
+        index.advance_base(3);
+        assert_eq!((index.base_offset(), index.file_end(), index.unwritten_len()), (3, 3, 1));
+        index.advance_base(10);
+        assert_eq!((index.base_offset(), index.next_offset()), (4, 4), "the base never passes the end");
     }
+
+    fn file_of(count: u64) -> Vec<IndexEntry> {
+        (0..count).map(|offset| entry(offset * 100)).collect()
+    }
+
+    async fn written_file(storage: &MemoryStorage, path: &Path, all: &[IndexEntry]) -> IndexFile<MemoryFile> {
+        let mut file = IndexFile::open(storage, path.to_path_buf(), 0, 0).await.expect("open");
+        file.append(0, all).await.expect("append");
+        file.sync().await.expect("sync");
+        file
+    }
+
+    use crate::storage::backend::{MemoryFile, MemoryStorage};
+    use crate::storage::tests::run;
 
     #[test]
     fn an_index_file_reopened_or_rewound_keeps_the_entries_before_the_write() {
-        use crate::storage::backend::MemoryStorage;
-        crate::storage::tests::run(async {
+        run(async {
             let storage = MemoryStorage::new();
-            let path = std::path::PathBuf::from("/index/0000000001.idx");
-            let all: Vec<IndexEntry> = (0..300).map(|offset| entry(offset * 100)).collect();
-            let (mut file, _) = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
+            let path = PathBuf::from("/index/0000000001.idx");
+            let all = file_of(300);
+            let mut file = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
             file.append(0, &all[..100]).await.unwrap();
             // As after a cancelled checkpoint: the cache is gone, the file is not.
-            let (mut reopened, _) = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
+            let mut reopened = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
             reopened.append(100, &all[100..250]).await.unwrap();
             // As after a failed fdatasync: the same offsets written again.
             reopened.append(170, &all[170..300]).await.unwrap();
-            let (_, entries) = IndexFile::open(&storage, path, 0, 300).await.unwrap();
-            assert_eq!(entries, all);
+            let file = IndexFile::open(&storage, path, 0, 300).await.unwrap();
+            assert_eq!(file.handle().read_entries(0..300).await.unwrap(), all);
+        });
+    }
+
+    #[test]
+    fn opening_checks_the_last_page_and_reads_check_the_others() {
+        run(async {
+            let storage = MemoryStorage::new();
+            let path = PathBuf::from("/index/0000000002.idx");
+            let count = 4 * INDEX_PAGE_ENTRIES - 7;
+            let all = file_of(count);
+            written_file(&storage, &path, &all).await;
+            let in_the_middle = INDEX_PAGE_ENTRIES + 3;
+            storage.flip_bit(&path, in_the_middle * INDEX_FILE_ENTRY_SIZE_BYTES as u64 + 13, 1).unwrap();
+            let file = IndexFile::open(&storage, path.clone(), 0, count).await.expect("only two pages are checked");
+            let page = page_range(in_the_middle, &(0..count));
+            match file.handle().read_entries(page).await {
+                Err(LogError::Corrupt { detail, .. }) => {
+                    assert!(detail.contains(&format!("offset {in_the_middle}")), "{detail}")
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+            let near_the_end = count - 2;
+            storage.flip_bit(&path, near_the_end * INDEX_FILE_ENTRY_SIZE_BYTES as u64 + 3, 0).unwrap();
+            match IndexFile::open(&storage, path.clone(), 0, count).await {
+                Err(LogError::Corrupt { detail, .. }) => {
+                    assert!(detail.contains(&format!("offset {near_the_end}")), "{detail}")
+                }
+                Err(other) => panic!("expected Corrupt, got {other}"),
+                Ok(_) => panic!("a torn last page was trusted"),
+            }
+            assert!(
+                matches!(IndexFile::open(&storage, path, 0, count + 1).await, Err(LogError::Corrupt { .. })),
+                "a file shorter than the checkpoint says is refused"
+            );
+        });
+    }
+
+    #[test]
+    fn releasing_offsets_gives_their_blocks_back_and_keeps_the_rest() {
+        run(async {
+            let storage = MemoryStorage::new();
+            let path = PathBuf::from("/index/0000000003.idx");
+            let count = 3 * INDEX_PAGE_ENTRIES;
+            let all = file_of(count);
+            let file = written_file(&storage, &path, &all).await;
+            let base = INDEX_PAGE_ENTRIES + 5;
+            file.handle().release_below(base).await.expect("release");
+            assert!(file.handle().read_entries(0..INDEX_PAGE_ENTRIES).await.is_err(), "released entries read as zeros");
+            let kept = file.handle().read_entries(base..count).await.expect("the kept entries");
+            assert_eq!(kept, all[base as usize..]);
+            let reopened = IndexFile::open(&storage, path, base, count).await.expect("reopen from the base");
+            assert_eq!(reopened.handle().read_entries(base..base + 1).await.unwrap(), all[base as usize..][..1]);
         });
     }
 
@@ -339,29 +536,5 @@ mod tests {
         }
         assert_eq!(IndexEntry::decode_checked(6, &bytes), None, "an entry read as another offset passed");
         assert_eq!(IndexEntry::decode_checked(0, &[0; INDEX_FILE_ENTRY_SIZE_BYTES]), None);
-    }
-
-    #[test]
-    fn an_index_file_with_a_bad_entry_is_refused() {
-        use crate::storage::backend::MemoryStorage;
-        crate::storage::tests::run(async {
-            let storage = MemoryStorage::new();
-            let path = std::path::PathBuf::from("/index/0000000002.idx");
-            let all: Vec<IndexEntry> = (0..300).map(|offset| entry(offset * 100)).collect();
-            let (mut file, _) = IndexFile::open(&storage, path.clone(), 0, 0).await.unwrap();
-            file.append(0, &all).await.unwrap();
-            file.sync().await.unwrap();
-            let damaged_offset = 201;
-            let byte = damaged_offset * INDEX_FILE_ENTRY_SIZE_BYTES as u64 + 13;
-            storage.flip_bit(&path, byte, 1).unwrap();
-            match IndexFile::open(&storage, path.clone(), 0, 300).await {
-                Err(LogError::Corrupt { detail, .. }) => assert!(detail.contains("offset 201"), "{detail}"),
-                Err(other) => panic!("expected Corrupt, got {other}"),
-                Ok(_) => panic!("a damaged index file was trusted"),
-            }
-            // Offsets before the damage still load.
-            let (_, entries) = IndexFile::open(&storage, path, 0, 201).await.unwrap();
-            assert_eq!(entries, all[..201]);
-        });
     }
 }

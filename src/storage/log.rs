@@ -12,6 +12,7 @@
 use super::backend::{Storage, ZeroFillPace};
 use super::group_commit::{run_flusher, Blocked, FillBuffer, SealedBuffer};
 use super::index::{IndexFile, QueueIndex};
+use super::index_cache::{IndexCache, IndexCacheStats};
 use super::read::RecentBuffers;
 use super::segment::{create_segment_classified, Segment, SegmentCreation};
 use super::stats::LogStats;
@@ -46,6 +47,25 @@ pub struct Appended {
     pub end: u64,
     pub queue_offset: Option<u64>,
     pub store_timestamp_us: u64,
+}
+
+/// The index's resident memory (`CommitLog::index_memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexMemory {
+    pub queues: usize,
+    /// Entries only in memory, not yet in the index files.
+    pub unwritten_entries: usize,
+    /// Every queue's in-memory index (the unwritten entries included).
+    pub queue_bytes: usize,
+    pub cached_pages: usize,
+    pub cache_bytes: usize,
+    pub cache_stats: IndexCacheStats,
+}
+
+impl IndexMemory {
+    pub fn total_bytes(&self) -> usize {
+        self.queue_bytes + self.cache_bytes
+    }
 }
 
 /// The log's positions, in order `appended >= written >= flushed`.
@@ -101,6 +121,14 @@ pub struct LogShared<S: Storage> {
     /// log's owner keeps state in records there that no snapshot covers yet.
     /// `u64::MAX` (the default) when nothing but the queues lives in the log.
     pub retention_floor: Cell<u64>,
+    /// Pages of the index files, bounded by `config.index_cache_bytes`.
+    pub index_cache: RefCell<IndexCache>,
+    /// Index entries not yet in the index files (exact after each
+    /// checkpoint, counted up by appends in between).
+    pub index_backlog: Cell<u64>,
+    /// Wakes the checkpointer early once the backlog passes
+    /// `config.index_unwritten_entries_wake`.
+    pub index_backlog_signal: Signal,
 }
 
 /// A shard's commit log. Must live inside a glommio executor; dropping it
@@ -120,6 +148,7 @@ impl<S: Storage> CommitLog<S> {
     pub async fn open(storage: S, config: LogConfig) -> Result<Self, LogError> {
         config.validate()?;
         let state = recovery::recover(&storage, &config).await?;
+        let config_cache_bytes = config.index_cache_bytes;
         let end = state.recovered_end;
         let shared = Rc::new(LogShared {
             storage,
@@ -134,7 +163,13 @@ impl<S: Storage> CommitLog<S> {
             zero_fill_urgent: Rc::new(Cell::new(false)),
             checkpoint_lock: glommio::sync::Semaphore::new(1),
             retention_floor: Cell::new(u64::MAX),
+            index_cache: RefCell::new(IndexCache::new(config_cache_bytes)),
+            index_backlog: Cell::new(0),
+            index_backlog_signal: Signal::default(),
         });
+        shared.count_index_backlog();
+        // Retention may have deleted segments after the checkpoint.
+        super::retention::forget_deleted_segments(&shared).await?;
         let flusher = glommio::spawn_local(run_flusher(shared.clone()));
         let checkpointer = glommio::spawn_local(super::checkpoint::run_checkpointer(shared.clone()));
         Ok(Self { shared, tasks: RefCell::new(vec![flusher, checkpointer]) })
@@ -161,6 +196,9 @@ impl<S: Storage> CommitLog<S> {
             let placed = self.shared.state.borrow_mut().place(&request, capacity, now_us())?;
             match placed {
                 Ok(appended) => {
+                    if appended.queue_offset.is_some() {
+                        self.shared.note_index_entry();
+                    }
                     self.shared.flush_signal.notify();
                     let state = self.shared.state.borrow();
                     // The next segment is prepared once the active one is half
@@ -227,10 +265,24 @@ impl<S: Storage> CommitLog<S> {
     }
 
     /// Log position of the record at `offset` of `queue_id`, if the index
-    /// holds it.
-    pub fn position_of(&self, queue_id: u32, offset: u64) -> Option<u64> {
+    /// holds it (it may read a page of the index file).
+    pub async fn position_of(&self, queue_id: u32, offset: u64) -> Result<Option<u64>, LogError> {
+        Ok(self.shared.index_entry(queue_id, offset).await?.map(|entry| entry.position))
+    }
+
+    /// What the index holds in memory: the entries not yet in the index
+    /// files and the page cache.
+    pub fn index_memory(&self) -> IndexMemory {
         let state = self.shared.state.borrow();
-        state.queues.get(&queue_id)?.get(offset).map(|slot| slot.entry.position)
+        let cache = self.shared.index_cache.borrow();
+        IndexMemory {
+            queues: state.queues.len(),
+            unwritten_entries: state.queues.values().map(QueueIndex::unwritten_len).sum(),
+            queue_bytes: state.queues.values().map(QueueIndex::resident_bytes).sum(),
+            cached_pages: cache.page_count(),
+            cache_bytes: cache.resident_bytes(),
+            cache_stats: cache.stats,
+        }
     }
 
     /// Retention keeps every segment that ends above `position`: state its
@@ -280,6 +332,25 @@ impl<S: Storage> CommitLog<S> {
 }
 
 impl<S: Storage> LogShared<S> {
+    /// An indexed append: one more entry waits for the index file.
+    pub fn note_index_entry(&self) {
+        let backlog = self.index_backlog.get() + 1;
+        self.index_backlog.set(backlog);
+        if backlog >= self.config.index_unwritten_entries_wake {
+            self.index_backlog_signal.notify();
+        }
+    }
+
+    /// Recounts the entries waiting for the index files (after recovery and
+    /// each checkpoint) and wakes the checkpointer if they are too many.
+    pub fn count_index_backlog(&self) {
+        let backlog: usize = self.state.borrow().queues.values().map(QueueIndex::unwritten_len).sum();
+        self.index_backlog.set(backlog as u64);
+        if self.index_backlog.get() >= self.config.index_unwritten_entries_wake {
+            self.index_backlog_signal.notify();
+        }
+    }
+
     pub fn visible_mark(&self) -> &Watermark<LogError> {
         match self.config.flush {
             FlushMode::Sync => &self.flushed,

@@ -1,4 +1,5 @@
-//! Reading a queue: index entries up to the visible position, record bytes
+//! Reading a queue: index entries up to the visible position (from memory,
+//! the index-page cache or the index file: `index_lookup`), record bytes
 //! from the recent written buffers when they are still in memory, else with
 //! O_DIRECT reads of the segment. Every record's CRC is checked after it is
 //! read; the bytes go to the caller unchanged.
@@ -101,7 +102,7 @@ impl<S: Storage> CommitLog<S> {
         count_max: usize,
         bytes_max: usize,
     ) -> Result<ReadBatch, LogError> {
-        let (slots, visible_end_offset) = self.visible_slots(queue_id, offset, count_max, bytes_max)?;
+        let (slots, visible_end_offset) = self.shared().visible_slots(queue_id, offset, count_max, bytes_max).await?;
         let mut records = Vec::with_capacity(slots.len());
         let mut lost_offsets = Vec::new();
         let mut index = 0;
@@ -127,34 +128,6 @@ impl<S: Storage> CommitLog<S> {
         }
         let next_offset = offset + (records.len() + lost_offsets.len()) as u64;
         Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
-    }
-
-    fn visible_slots(
-        &self,
-        queue_id: u32,
-        offset: u64,
-        count_max: usize,
-        bytes_max: usize,
-    ) -> Result<(Vec<Slot>, u64), LogError> {
-        let shared = self.shared();
-        let visible = shared.visible_mark().get();
-        let state = shared.state.borrow();
-        let Some(queue) = state.queues.get(&queue_id) else { return Ok((Vec::new(), 0)) };
-        if offset < queue.base_offset() {
-            return Err(LogError::OffsetTruncated { queue_id, requested: offset, earliest: queue.base_offset() });
-        }
-        let end = queue.visible_end_offset(visible);
-        let mut slots = Vec::new();
-        let mut bytes = 0;
-        for queue_offset in offset..end {
-            let Some(slot) = queue.get(queue_offset) else { break };
-            bytes += slot.entry.size_bytes as usize;
-            if slots.len() == count_max || (bytes > bytes_max && !slots.is_empty()) {
-                break;
-            }
-            slots.push(*slot);
-        }
-        Ok((slots, end))
     }
 
     /// What a read says when no segment holds the record at `position`

@@ -38,7 +38,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     let first_start = segments.keys().next().copied().unwrap_or(0);
     let checkpoint = load_checkpoint(storage, config).await;
     let (mut queues, index_files, scan_start) = match &checkpoint {
-        Some(checkpoint) => match load_indexes(storage, &index_dir, checkpoint, first_start).await {
+        Some(checkpoint) => match load_indexes(storage, &index_dir, checkpoint).await {
             Ok((queues, files)) => (queues, files, checkpoint.position.max(first_start)),
             Err(error) => {
                 tracing::warn!(%error, "index files do not match the checkpoint; rebuilding from the whole log");
@@ -120,17 +120,16 @@ async fn load_indexes<S: Storage>(
     storage: &S,
     dir: &Path,
     checkpoint: &Checkpoint,
-    first_start: u64,
 ) -> Result<(Queues, IndexFiles<S::File>), LogError> {
     let mut queues = Queues::new();
     let mut files = IndexFiles::new();
     for queue in &checkpoint.queues {
         let path = index_path(dir, queue.queue_id);
-        let (file, entries) = IndexFile::open(storage, path, queue.base_offset, queue.next_offset).await?;
-        let mut index = QueueIndex::restore(queue.base_offset, entries);
-        // Retention may have deleted segments after this checkpoint.
-        index.forget_below(first_start);
-        queues.insert(queue.queue_id, index);
+        // Opened, not read: pages are read (and checked) as reads need them.
+        // Segments retention deleted after this checkpoint are forgotten
+        // once the log is open (`retention::forget_deleted_segments`).
+        let file = IndexFile::open(storage, path, queue.base_offset, queue.next_offset).await?;
+        queues.insert(queue.queue_id, QueueIndex::restore(queue.base_offset, queue.next_offset));
         files.insert(queue.queue_id, file);
     }
     Ok((queues, files))

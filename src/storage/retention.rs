@@ -4,6 +4,12 @@
 //! retention floor (it may hold state no snapshot covers yet), and every
 //! queue index forgets the offsets in a segment before its file goes. A
 //! failed removal (unlink or the directory fsync after it) stops the log.
+//!
+//! A queue's new base offset is its first entry pointing at or past the
+//! first kept segment: found by a binary search over its index (entries
+//! point forwards as offsets grow; a reference pointing back is pinned above
+//! the deleted segments by the retention floor). The index file's blocks
+//! below the new base go at the next checkpoint (`checkpoint`).
 
 use super::backend::Storage;
 use super::log::LogShared;
@@ -18,8 +24,15 @@ pub async fn enforce<S: Storage>(shared: &Rc<LogShared<S>>, now_us: u64) -> Resu
         return Ok(0);
     }
     let victims = choose(shared, now_us);
+    let Some(last) = victims.last() else { return Ok(0) };
+    forget_below(shared, last.end()).await?;
+    {
+        let mut state = shared.state.borrow_mut();
+        for segment in &victims {
+            state.segments.remove(&segment.start);
+        }
+    }
     for segment in &victims {
-        forget(shared, segment);
         shared
             .storage
             .remove(&segment.path)
@@ -55,12 +68,58 @@ fn choose<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Vec<Rc<Segment<S::F
     victims
 }
 
-fn forget<S: Storage>(shared: &LogShared<S>, segment: &Segment<S::File>) {
-    let mut state = shared.state.borrow_mut();
-    for queue in state.queues.values_mut() {
-        queue.forget_below(segment.end());
+/// After recovery: the checkpoint may predate retention's last deletions,
+/// so the queues forget the offsets below the first segment left.
+pub async fn forget_deleted_segments<S: Storage>(shared: &LogShared<S>) -> Result<(), LogError> {
+    let first_start = shared.state.borrow().segments.keys().next().copied();
+    match first_start {
+        Some(start) => forget_below(shared, start).await,
+        None => Ok(()),
     }
-    state.segments.remove(&segment.start);
+}
+
+/// Every queue forgets the offsets whose entries point below `position`.
+async fn forget_below<S: Storage>(shared: &LogShared<S>, position: u64) -> Result<(), LogError> {
+    let queue_ids: Vec<u32> = shared.state.borrow().queues.keys().copied().collect();
+    for queue_id in queue_ids {
+        let base = first_offset_at(shared, queue_id, position).await?;
+        if let Some(queue) = shared.state.borrow_mut().queues.get_mut(&queue_id) {
+            queue.advance_base(base);
+        }
+    }
+    Ok(())
+}
+
+/// The first offset of `queue_id` whose entry points at or past `position`
+/// (the queue's next offset if none does).
+async fn first_offset_at<S: Storage>(shared: &LogShared<S>, queue_id: u32, position: u64) -> Result<u64, LogError> {
+    let bounds = shared.state.borrow().queues.get(&queue_id).map(|queue| (queue.base_offset(), queue.next_offset()));
+    let Some((mut low, mut high)) = bounds else { return Ok(0) };
+    // Most queues keep their base: one look settles them.
+    if low == high || !points_below(shared, queue_id, low, position).await? {
+        return Ok(low);
+    }
+    low += 1;
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if points_below(shared, queue_id, middle, position).await? {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(low)
+}
+
+/// Whether the entry of `offset` points below `position` (an offset gone
+/// meanwhile counts as below).
+async fn points_below<S: Storage>(
+    shared: &LogShared<S>,
+    queue_id: u32,
+    offset: u64,
+    position: u64,
+) -> Result<bool, LogError> {
+    Ok(shared.index_entry(queue_id, offset).await?.is_none_or(|entry| entry.position < position))
 }
 
 #[cfg(test)]
@@ -85,12 +144,12 @@ mod tests {
                 let request = AppendRequest { queue_id: 1, indexed: true, message: &message, ..Default::default() };
                 log.append(request).await.expect("append");
             }
-            let floor = log.position_of(1, 100).expect("offset 100 is indexed");
+            let floor = log.position_of(1, 100).await.expect("read").expect("offset 100 is indexed");
             log.set_retention_floor(floor);
             log.enforce_retention(crate::storage::now_us()).await.expect("retention");
             let kept = log.base_offset(1);
             assert!(kept > 0, "retention deleted nothing below the floor");
-            let kept_position = log.position_of(1, kept).expect("the earliest kept offset");
+            let kept_position = log.position_of(1, kept).await.expect("read").expect("the earliest kept offset");
             assert!(kept_position <= floor, "a segment above the floor went: kept from {kept_position}, floor {floor}");
             log.set_retention_floor(u64::MAX);
             log.enforce_retention(crate::storage::now_us()).await.expect("retention");

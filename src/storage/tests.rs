@@ -344,3 +344,140 @@ async fn a_damaged_index_file_is_rebuilt_from_the_log<S: Storage + Damage>(stora
     assert_queue(&log, 1, 150).await;
     assert_queue(&log, 2, 50).await;
 }
+
+on_every_backend!(a_queue_larger_than_the_index_cache_reads_back_whole, index_memory_stays_under_its_bound);
+
+/// A cache of two pages, and the checkpointer woken after a few entries.
+fn small_index(config: LogConfig) -> LogConfig {
+    LogConfig { index_cache_bytes: crate::constants::INDEX_CACHE_BYTES_MIN, index_unwritten_entries_wake: 64, ..config }
+}
+
+/// Places records `sequences` of `queue_id` and waits for them together.
+async fn append_burst<S: Storage>(log: &CommitLog<S>, queue_id: u32, sequences: std::ops::Range<u64>) {
+    let mut end = 0;
+    for sequence in sequences {
+        let message = message(queue_id, sequence);
+        let appended = log.append_buffered(request(queue_id, &message)).await.expect("append");
+        assert_eq!(appended.queue_offset, Some(sequence));
+        end = appended.end;
+    }
+    log.wait_acknowledgeable(end).await.expect("durable");
+}
+
+/// Reads single records from the last offset down, so every page is a miss.
+async fn assert_backwards<S: Storage>(log: &CommitLog<S>, queue_id: u32, count: u64) {
+    for offset in (0..count).rev().step_by(97) {
+        let batch = log.read(queue_id, offset, 1, 1 << 20).await.expect("read");
+        assert_eq!(batch.records[0].message(), message(queue_id, offset), "queue {queue_id} offset {offset}");
+    }
+}
+
+async fn a_queue_larger_than_the_index_cache_reads_back_whole<S: Storage>(storage: S, config: LogConfig) {
+    let config = small_index(config);
+    let count = 3 * index::INDEX_PAGE_ENTRIES + 17;
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    for queue_id in 0..2 {
+        append_burst(&log, queue_id, 0..count).await;
+    }
+    log.checkpoint().await.expect("checkpoint");
+    assert_eq!(log.index_memory().unwritten_entries, 0, "every entry is in the index files");
+    for queue_id in 0..2 {
+        assert_queue(&log, queue_id, count).await;
+        assert_backwards(&log, queue_id, count).await;
+    }
+    assert!(log.index_memory().cache_stats.loads > 4, "the entries came from the index files");
+    assert_eq!(
+        log.position_of(1, count - 1).await.expect("lookup"),
+        Some(log.read(1, count - 1, 1, 1 << 20).await.expect("read").records[0].position)
+    );
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen");
+    for queue_id in 0..2 {
+        assert_queue(&log, queue_id, count).await;
+        assert_backwards(&log, queue_id, count).await;
+    }
+}
+
+/// Waits (a few seconds at most) until the entries not yet in the index
+/// files are fewer than `limit`: the checkpointer, woken early, wrote them.
+async fn wait_for_index_files<S: Storage>(log: &CommitLog<S>, limit: usize) -> IndexMemory {
+    for _ in 0..500 {
+        let memory = log.index_memory();
+        if memory.unwritten_entries < limit {
+            return memory;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the checkpointer was not woken: {:?}", log.index_memory());
+}
+
+async fn index_memory_stays_under_its_bound<S: Storage>(storage: S, config: LogConfig) {
+    let config = small_index(config);
+    let wake = config.index_unwritten_entries_wake as usize;
+    let log = CommitLog::open(storage, config.clone()).await.expect("open");
+    let (queues, burst) = (3, 50);
+    // What stays once the checkpointer caught up: the cache, fewer than
+    // `wake` unwritten entries (in deques at most four times that long),
+    // and each queue's own fields.
+    let bound = config.index_cache_bytes
+        + 4 * wake * std::mem::size_of::<index::Slot>()
+        + queues * std::mem::size_of::<index::QueueIndex>();
+    let rounds = 2 * index::INDEX_PAGE_ENTRIES / burst;
+    for round in 0..rounds {
+        for queue_id in 0..queues as u32 {
+            append_burst(&log, queue_id, round * burst..(round + 1) * burst).await;
+        }
+        if round % 5 == 4 {
+            // The interval is an hour: only the backlog can wake the checkpointer.
+            let memory = wait_for_index_files(&log, wake).await;
+            assert!(memory.total_bytes() <= bound, "round {round}: {memory:?} holds more than {bound} bytes");
+        }
+    }
+    let count = rounds * burst;
+    for queue_id in 0..queues as u32 {
+        assert_queue(&log, queue_id, count).await;
+        assert_backwards(&log, queue_id, count).await;
+        let memory = log.index_memory();
+        assert!(memory.cache_bytes <= config.index_cache_bytes, "{memory:?}");
+    }
+    let memory = wait_for_index_files(&log, wake).await;
+    assert!(memory.total_bytes() <= bound, "{memory:?} holds more than {bound} bytes");
+    log.close().await.expect("close");
+}
+
+/// A damaged index page fails the reads that need it, with `Corrupt`; every
+/// other offset still reads.
+#[test]
+fn a_damaged_index_page_fails_only_its_reads() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_index(config("/memory".as_ref()));
+        let count = 3 * index::INDEX_PAGE_ENTRIES;
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        append_burst(&log, 4, 0..count).await;
+        log.close().await.expect("close");
+        let damaged = index::INDEX_PAGE_ENTRIES + 9;
+        let path = index::index_path(&config.dir.join(INDEX_DIR), 4);
+        let byte = damaged * index::INDEX_FILE_ENTRY_SIZE_BYTES as u64 + 2;
+        storage.flip_bit(&path, byte, 3).expect("flip");
+        let log = CommitLog::open(storage, config).await.expect("the first and last pages are sound");
+        match log.read(4, damaged, 1, 1 << 20).await {
+            Err(LogError::Corrupt { detail, .. }) => assert!(detail.contains(&format!("offset {damaged}")), "{detail}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let mut offset = 0;
+        while offset < damaged {
+            let batch = log.read(4, offset, 50, 1 << 20).await.expect("a batch ending before the damaged page");
+            for record in &batch.records {
+                assert_eq!(record.message(), message(4, record.queue_offset));
+            }
+            offset = batch.next_offset;
+            if offset % index::INDEX_PAGE_ENTRIES == 0 {
+                break;
+            }
+        }
+        assert_eq!(offset, index::INDEX_PAGE_ENTRIES, "the batch before the damaged page stops at its start");
+        let last = log.read(4, count - 1, 1, 1 << 20).await.expect("a sound page");
+        assert_eq!(last.records[0].message(), message(4, count - 1));
+    });
+}

@@ -52,6 +52,17 @@ impl StorageFile for DmaSegmentFile {
     async fn size_bytes(&self) -> io::Result<u64> {
         self.file.file_size().await.map_err(os_error)
     }
+
+    async fn deallocate(&self, position: u64, length: u64) -> io::Result<()> {
+        debug_assert!(is_block_aligned(position, length as usize));
+        self.file.deallocate(position, length).await.map_err(os_error).map_err(|error| {
+            if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                io::Error::new(io::ErrorKind::Unsupported, error)
+            } else {
+                error
+            }
+        })
+    }
 }
 
 thread_local! {

@@ -238,6 +238,10 @@ impl StorageFile for FaultyFile {
     async fn size_bytes(&self) -> io::Result<u64> {
         self.file.size_bytes().await
     }
+
+    async fn deallocate(&self, position: u64, length: u64) -> io::Result<()> {
+        self.file.deallocate(position, length).await
+    }
 }
 
 impl FaultyFile {

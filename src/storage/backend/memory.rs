@@ -71,6 +71,12 @@ impl Sparse {
         bytes
     }
 
+    /// Drops the pages of `[start, end)` (page-aligned): they read as zeros.
+    fn punch(&mut self, start: u64, end: u64) {
+        debug_assert!(start % PAGE_SIZE_BYTES == 0 && end % PAGE_SIZE_BYTES == 0);
+        self.pages.retain(|page, _| !(start..end).contains(&(page * PAGE_SIZE_BYTES)));
+    }
+
     fn truncate(&mut self, size_bytes: u64) {
         self.size_bytes = size_bytes;
         self.pages.retain(|page, _| page * PAGE_SIZE_BYTES < size_bytes);
@@ -175,6 +181,15 @@ impl StorageFile for MemoryFile {
 
     async fn size_bytes(&self) -> io::Result<u64> {
         Ok(self.data.borrow().current.size_bytes)
+    }
+
+    /// A hole is metadata: it holds at once, synced or not (a crash that
+    /// undid it would bring back bytes nobody reads).
+    async fn deallocate(&self, position: u64, length: u64) -> io::Result<()> {
+        let mut data = self.data.borrow_mut();
+        data.current.punch(position, position + length);
+        data.durable.punch(position, position + length);
+        Ok(())
     }
 }
 

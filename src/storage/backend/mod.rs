@@ -76,6 +76,10 @@ pub trait StorageFile: 'static {
     async fn read_at(&self, position: u64, length: usize) -> io::Result<Vec<u8>>;
     async fn fdatasync(&self) -> io::Result<()>;
     async fn size_bytes(&self) -> io::Result<u64>;
+    /// Punches a hole: `[position, position + length)` (block-aligned) reads
+    /// as zeros after and its blocks go back to the filesystem; the file's
+    /// size stays. `ErrorKind::Unsupported` where the filesystem cannot.
+    async fn deallocate(&self, position: u64, length: u64) -> io::Result<()>;
 }
 
 /// A directory tree of files, as the commit log needs it.
