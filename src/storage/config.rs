@@ -68,6 +68,15 @@ impl LogConfig {
         RECORD_SIZE_BYTES_MAX.min(by_buffer).min(self.segment_size_bytes as usize)
     }
 
+    /// How far recovery looks past the end of the valid data: until this
+    /// many zeros in a row. At a crash at most the flush round in flight
+    /// (the filling and one sealed buffer) plus, in async mode, one buffer
+    /// of written but unsynced data can be incomplete, so sectors a torn
+    /// write missed never make a run this long.
+    pub fn look_ahead_zero_run_bytes(&self) -> u64 {
+        4 * self.buffer_capacity_bytes as u64
+    }
+
     pub fn validate(&self) -> Result<(), LogError> {
         let block = BLOCK_SIZE_BYTES as u64;
         if self.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN || self.segment_size_bytes % block != 0 {

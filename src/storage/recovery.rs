@@ -54,7 +54,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     }
     let end = scan(&segments, scan_start, &mut queues).await?;
     let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
-    let tail = tail::examine(&segments, &end, checkpoint_position).await?;
+    let tail = tail::examine(&segments, &end, checkpoint_position, config.look_ahead_zero_run_bytes()).await?;
     let next_segment = settle_tail(config, &mut segments, &end, &tail).await?;
     if tail.corruption.is_some() {
         // Under the override, index entries past the cut must go too.

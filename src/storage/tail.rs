@@ -8,9 +8,11 @@
 //!    that holds acknowledged bytes and segments are zero-filled, so the
 //!    sectors a torn write did not reach are all zeros. A damaged record with
 //!    no all-zero sector in it (a bit flip, garbage) is not a torn write;
-//! 2. no batch marker anywhere after it, in this segment or a later one,
-//!    vouches for data beyond `end` as durable (each marker carries the
-//!    durable position of the moment its write began);
+//! 2. no batch marker after it, in this segment or a later one, vouches for
+//!    data beyond `end` as durable (each marker carries the durable position
+//!    of the moment its write began). "After it" reaches until a run of
+//!    zeros longer than anything a crash can leave unwritten among the
+//!    writes in flight (`LogConfig::look_ahead_zero_run_bytes`);
 //! 3. the last checkpoint did not record data beyond `end` as durable.
 //!
 //! Anything else is corruption: the log refuses to open, naming the segment
@@ -70,11 +72,16 @@ pub async fn examine<F: StorageFile>(
     segments: &Segments<F>,
     end: &ScanEnd<F>,
     checkpoint_position: u64,
+    zero_run_max: u64,
 ) -> Result<Tail, LogError> {
     let mut evidence = Evidence::default();
-    gather(&end.segment, end.stop - end.segment.start, &mut evidence).await?;
+    let mut zeros = ZeroRun { bytes: 0, max: zero_run_max };
+    gather(&end.segment, end.stop - end.segment.start, &mut evidence, &mut zeros).await?;
     for later in segments.range(end.segment.end()..).map(|(_, later)| later) {
-        gather(later, 0, &mut evidence).await?;
+        if zeros.seen_enough() {
+            break;
+        }
+        gather(later, 0, &mut evidence, &mut zeros).await?;
     }
     // A run of zeros is what an unwritten (or never reached) write leaves.
     let torn_like = end.invalid.is_none() || looks_torn(&end.segment, end.stop - end.segment.start).await?;
@@ -140,16 +147,37 @@ async fn read<F: StorageFile>(segment: &Segment<F>, offset: u64, length: usize) 
         .map_err(|error| LogError::io("read segment", &segment.path, segment.start + offset, error))
 }
 
-/// What lies in one segment from `offset` to its end.
+/// What lies in one segment from `offset` to its end, read whole.
 pub(super) async fn survey_segment<F: StorageFile>(segment: &Segment<F>, offset: u64) -> Result<Evidence, LogError> {
     let mut evidence = Evidence::default();
-    gather(segment, offset, &mut evidence).await?;
+    gather(segment, offset, &mut evidence, &mut ZeroRun { bytes: 0, max: u64::MAX }).await?;
     Ok(evidence)
 }
 
+/// Zeros seen since the last non-zero byte. Writes are contiguous and at a
+/// crash at most a few buffers are unsynced, so sectors a torn write missed
+/// make a shorter run than `max`: past a run of `max` zeros nothing was
+/// written (only damage longer than that could hide data beyond it, and a
+/// later checkpoint still catches that).
+struct ZeroRun {
+    bytes: u64,
+    max: u64,
+}
+
+impl ZeroRun {
+    fn seen_enough(&self) -> bool {
+        self.bytes >= self.max
+    }
+}
+
 /// Records the non-zero bytes, valid records and batch markers of a segment
-/// from `offset` to its end.
-async fn gather<F: StorageFile>(segment: &Segment<F>, offset: u64, evidence: &mut Evidence) -> Result<(), LogError> {
+/// from `offset` to its end, or until a long enough run of zeros.
+async fn gather<F: StorageFile>(
+    segment: &Segment<F>,
+    offset: u64,
+    evidence: &mut Evidence,
+    zeros: &mut ZeroRun,
+) -> Result<(), LogError> {
     let alignment = RECORD_ALIGNMENT_BYTES as u64;
     let mut chunk_offset = offset / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES;
     // Where to look for the next record; a record found near the end of a
@@ -163,8 +191,13 @@ async fn gather<F: StorageFile>(segment: &Segment<F>, offset: u64, evidence: &mu
         }
         for (index, sector) in chunk.chunks(SECTOR_SIZE_BYTES as usize).enumerate() {
             if is_zero(sector) {
+                zeros.bytes += sector.len() as u64;
+                if zeros.seen_enough() {
+                    return Ok(());
+                }
                 continue;
             }
+            zeros.bytes = 0;
             let sector_offset = chunk_offset + (index as u64) * SECTOR_SIZE_BYTES;
             let last_nonzero = sector.iter().rposition(|byte| *byte != 0).map_or(0, |at| at as u64 + 1);
             let dirty = (sector_offset + last_nonzero).max(offset);
