@@ -1,5 +1,6 @@
 //! How a commit log is set up. Everything that touches durability is explicit.
 
+use super::record::BATCH_MARKER_SIZE_BYTES;
 use super::LogError;
 use crate::constants::*;
 use std::path::PathBuf;
@@ -64,8 +65,11 @@ impl LogConfig {
 
     /// Largest record an append accepts under this configuration.
     pub fn record_size_bytes_max(&self) -> usize {
+        // A write starts with its batch marker; the record is padded to 8.
+        let overhead = BATCH_MARKER_SIZE_BYTES + RECORD_ALIGNMENT_BYTES;
         let by_buffer = self.buffer_capacity_bytes - 2 * BLOCK_SIZE_BYTES;
-        RECORD_SIZE_BYTES_MAX.min(by_buffer).min(self.segment_size_bytes as usize)
+        let by_segment = self.segment_size_bytes as usize - overhead;
+        RECORD_SIZE_BYTES_MAX.min(by_buffer).min(by_segment)
     }
 
     /// How far recovery looks past the end of the valid data: until this

@@ -24,7 +24,7 @@
 //! rewrites a block that holds acknowledged bytes. A zero header therefore
 //! means either the padding at the end of a write or the end of the data.
 
-use crate::constants::{RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES};
+use crate::constants::{RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECORD_SIZE_BYTES_MAX};
 
 pub const RECORD_MAGIC: u32 = 0x5251_4d31; // "1MQR" little-endian: "RMQ1" in a hex dump
 pub const RECORD_VERSION: u16 = 1;
@@ -202,6 +202,12 @@ pub fn claimed_length(bytes: &[u8]) -> Option<usize> {
         return None;
     }
     Some(u32_at(bytes, 8) as usize)
+}
+
+/// Whether a claimed record length could be real with `remaining` bytes
+/// left in the segment: never trust a length enough to read a gigabyte.
+pub fn plausible_length(length: usize, remaining: u64) -> bool {
+    (RECORD_HEADER_SIZE_BYTES..=RECORD_SIZE_BYTES_MAX).contains(&length) && length as u64 <= remaining
 }
 
 /// The queue and queue offset a header claims, without trusting it (no

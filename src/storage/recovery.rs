@@ -188,6 +188,15 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         Ok(if zero { Padding::Next(boundary) } else { Padding::Dirty })
     }
 
+    /// Whether a write that followed the data ending at `end` starts at
+    /// `offset`: a valid batch marker vouching for no more than `end`.
+    pub(super) async fn starts_write(&mut self, offset: u64, end: u64) -> Result<bool, LogError> {
+        Ok(match self.probe(offset).await? {
+            Decoded::Valid(header) => header.batch_durable_position().is_some_and(|durable| durable <= end),
+            _ => false,
+        })
+    }
+
     /// What lies at `offset`: a whole valid record, zeros, or garbage.
     pub(super) async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
         let remaining = self.segment.size_bytes - offset;
@@ -196,7 +205,7 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         }
         let header = self.bytes(offset, RECORD_HEADER_SIZE_BYTES).await?;
         match record::claimed_length(header) {
-            Some(length) if length >= RECORD_HEADER_SIZE_BYTES && length as u64 <= remaining => {
+            Some(length) if record::plausible_length(length, remaining) => {
                 Ok(record::decode(self.bytes(offset, length).await?))
             }
             _ => Ok(record::decode(header)),
@@ -233,8 +242,11 @@ async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Q
                 // A header may reach into the next block: zeros up to the
                 // boundary are the padding that ends a write all the same.
                 decoded => match reader.padding_end(offset).await? {
-                    Padding::Next(boundary) => offset = boundary,
-                    Padding::End => break None,
+                    // Padding ends a write; the next write starts with its
+                    // batch marker. Anything else on that block is what is
+                    // left of a write that lost the sector(s) before it.
+                    Padding::Next(boundary) if reader.starts_write(boundary, end).await? => offset = boundary,
+                    Padding::Next(_) | Padding::End => break None,
                     Padding::Dirty => match decoded {
                         Decoded::Invalid(why) => break Some(why),
                         _ => break Some("a zero header followed by non-zero bytes"),

@@ -314,3 +314,61 @@ fn default_sizes_a_torn_last_write_is_cut_and_the_log_goes_on() {
         assert_eq!(appended.queue_offset, Some(300));
     });
 }
+
+#[test]
+fn the_largest_record_fits_an_empty_segment_with_its_batch_marker() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config =
+            LogConfig { segment_size_bytes: 64 * 1024, buffer_capacity_bytes: 256 * 1024, ..small_config("/largest") };
+        let log = CommitLog::open(storage, config.clone()).await.expect("open");
+        let largest = vec![7u8; config.record_size_bytes_max() - crate::constants::RECORD_HEADER_SIZE_BYTES];
+        for queue_offset in 0..3 {
+            let request = AppendRequest { queue_id: 0, indexed: true, message: &largest, ..Default::default() };
+            let append = log.append(request);
+            let limit = async {
+                glommio::timer::sleep(Duration::from_secs(20)).await;
+                panic!("an accepted record never found room: segments roll forever");
+            };
+            let appended = futures_lite::future::or(append, limit).await.expect("the largest record");
+            assert_eq!(appended.queue_offset, Some(queue_offset));
+        }
+        let too_large = vec![7u8; largest.len() + 1];
+        let request = AppendRequest { queue_id: 0, indexed: true, message: &too_large, ..Default::default() };
+        assert!(matches!(log.append(request).await, Err(LogError::RecordTooLarge { .. })));
+    });
+}
+
+/// A lost sector run from the middle of a block to its end, with a record
+/// (not a batch marker) starting on the next block: the scan must not skip
+/// the hole as if it were a write's padding.
+#[test]
+fn a_hole_up_to_a_block_boundary_inside_a_write_is_not_taken_for_padding() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_config("/hole");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        let header = crate::constants::RECORD_HEADER_SIZE_BYTES;
+        let marker = super::record::BATCH_MARKER_SIZE_BYTES;
+        // One write: marker, 2000 + 2040 bytes of records, then a record that
+        // starts exactly on the next block.
+        let sizes = [(0, 2000), (1, BLOCK_SIZE_BYTES - marker - 2000), (0, 500)];
+        let mut end = 0;
+        for (queue_id, size) in sizes {
+            let body = vec![9u8; size - header];
+            let request = AppendRequest { queue_id, indexed: true, message: &body, ..Default::default() };
+            end = log.append_buffered(request).await.expect("append").end;
+        }
+        log.wait_acknowledgeable(end).await.expect("durable");
+        let body = vec![3u8; 300];
+        log.append(AppendRequest { queue_id: 0, indexed: true, message: &body, ..Default::default() })
+            .await
+            .expect("a second write vouches for the first");
+        let hole = position_of(&storage, &config, 1, 0).await;
+        assert_eq!((hole + 2040) % BLOCK_SIZE_BYTES as u64, 0, "the record runs to the block's end");
+        drop(log);
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, hole);
+        storage.overwrite(&path, offset, &vec![0; 2040]).expect("lose the sectors");
+        expect_refused(&storage, &config, hole).await;
+    });
+}

@@ -19,7 +19,7 @@ use super::recovery::{open_segments, Padding, SegmentReader};
 use super::segment::Segment;
 use super::tail::{self, Segments};
 use super::{aligned::AlignedBuf, now_us, LogConfig, LogError, SEGMENTS_DIR};
-use crate::constants::{BLOCK_SIZE_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES};
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECORD_SIZE_BYTES_MAX};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -43,20 +43,37 @@ struct Damage<F> {
     end: u64,
     /// A valid record lies after it somewhere in the log.
     followed: bool,
-    /// (queue, offset) the damaged bytes held.
+    /// (queue, offset) the damaged bytes held, in log order.
     lost: Vec<(u32, u64)>,
 }
 
-#[derive(Default)]
-struct QueueTrail {
-    /// (position, offset) of the queue's last valid record so far.
-    last: Option<(u64, u64)>,
+impl<F> Damage<F> {
+    /// Tombstones the range has room for.
+    fn capacity(&self) -> usize {
+        ((self.end - self.start) as usize) / RECORD_HEADER_SIZE_BYTES
+    }
+}
+
+/// Offsets of a queue missing between two of its valid records.
+struct Gap {
+    queue_id: u32,
+    offsets: std::ops::Range<u64>,
+    after_position: u64,
+    before_position: u64,
+}
+
+/// What a walk over every record found.
+struct Survey<F> {
+    damaged: Vec<Damage<F>>,
+    gaps: Vec<Gap>,
+    /// Per queue: (position, offset) of its last valid record.
+    last: BTreeMap<u32, (u64, u64)>,
 }
 
 /// Repairs the log in `config.dir`; returns the ranges it replaced.
 pub async fn repair<S: Storage>(storage: &S, config: &LogConfig) -> Result<Vec<RepairedRange>, LogError> {
     let segments = open_segments(storage, &config.dir.join(SEGMENTS_DIR)).await?;
-    let mut damaged = survey(&segments).await?;
+    let Survey { mut damaged, gaps, last } = survey(&segments).await?;
     let checkpoint_position = checkpoint_position(storage, config).await;
     let last_is_torn = match damaged.last() {
         Some(last) if !last.followed && last.start >= checkpoint_position => {
@@ -67,98 +84,138 @@ pub async fn repair<S: Storage>(storage: &S, config: &LogConfig) -> Result<Vec<R
     if last_is_torn {
         damaged.pop(); // recovery cuts a torn tail by itself
     }
+    if damaged.is_empty() {
+        return Ok(Vec::new());
+    }
+    place_gaps(&mut damaged, &gaps)?;
+    place_trailing(&mut damaged, last).await?;
+    // Before anything is rewritten: a crash during repair must not leave a
+    // checkpoint whose index files point into replaced bytes.
+    forget_checkpoint(storage, config).await?;
     let mut repaired = Vec::with_capacity(damaged.len());
     for damage in &damaged {
         repaired.push(mend(storage, damage).await?);
     }
-    if !repaired.is_empty() {
-        forget_checkpoint(storage, config).await?;
-    }
     Ok(repaired)
 }
 
-/// Walks every record of every segment; returns the damaged ranges with the
-/// queue offsets each one lost.
-async fn survey<F: StorageFile>(segments: &Segments<F>) -> Result<Vec<Damage<F>>, LogError> {
-    let mut damaged: Vec<Damage<F>> = Vec::new();
-    let mut queues: BTreeMap<u32, QueueTrail> = BTreeMap::new();
+/// Walks every record of every segment: the damaged ranges, and the gaps in
+/// each queue's offsets they explain.
+async fn survey<F: StorageFile>(segments: &Segments<F>) -> Result<Survey<F>, LogError> {
+    let mut found = Survey { damaged: Vec::new(), gaps: Vec::new(), last: BTreeMap::new() };
+    let mut data_end = 0;
     for segment in segments.values() {
         let mut reader = SegmentReader::new(segment);
         let mut offset = 0;
         while offset < segment.size_bytes {
             if let Decoded::Valid(header) = reader.probe(offset).await? {
                 let position = segment.start + offset;
-                if damaged.last().is_some_and(|damage| !damage.followed) {
-                    damaged.iter_mut().for_each(|damage| damage.followed = true);
-                }
+                found.damaged.iter_mut().for_each(|damage| damage.followed = true);
                 if header.is_indexed() {
-                    note_record(&mut queues, &mut damaged, header.queue_id, header.queue_offset, position);
+                    found.note_record(header.queue_id, header.queue_offset, position);
                 }
                 offset += header.padded_size() as u64;
+                data_end = segment.start + offset;
                 continue;
             }
             if let Padding::Next(boundary) = reader.padding_end(offset).await? {
-                offset = boundary;
-                continue;
+                if reader.starts_write(boundary, data_end).await? {
+                    offset = boundary;
+                    continue;
+                }
             }
             let evidence = tail::survey_segment(segment, offset).await?;
             let start = segment.start + offset;
-            match evidence.first_valid {
-                Some(next) => {
-                    damaged.push(Damage {
-                        segment: segment.clone(),
-                        start,
-                        end: next,
-                        followed: true,
-                        lost: Vec::new(),
-                    });
-                    offset = next - segment.start;
-                }
-                None => {
-                    if let Some(dirty_end) = evidence.dirty_end.get(&segment.start) {
-                        let end = dirty_end.div_ceil(RECORD_ALIGNMENT_BYTES as u64) * RECORD_ALIGNMENT_BYTES as u64;
-                        let lost = salvage(&mut reader, offset, &queues).await?;
-                        damaged.push(Damage { segment: segment.clone(), start, end, followed: false, lost });
+            let (end, followed) = match evidence.first_valid {
+                Some(next) => (next, true),
+                None => match evidence.dirty_end.get(&segment.start) {
+                    Some(dirty_end) => {
+                        (dirty_end.div_ceil(RECORD_ALIGNMENT_BYTES as u64) * RECORD_ALIGNMENT_BYTES as u64, false)
                     }
-                    break;
-                }
+                    None => break, // the end of this segment's data
+                },
+            };
+            found.damaged.push(Damage { segment: segment.clone(), start, end, followed, lost: Vec::new() });
+            if !followed {
+                break;
+            }
+            offset = end - segment.start;
+        }
+    }
+    Ok(found)
+}
+
+impl<F> Survey<F> {
+    fn note_record(&mut self, queue_id: u32, offset: u64, position: u64) {
+        if let Some((previous_position, previous_offset)) = self.last.get(&queue_id) {
+            if offset > previous_offset + 1 {
+                self.gaps.push(Gap {
+                    queue_id,
+                    offsets: previous_offset + 1..offset,
+                    after_position: *previous_position,
+                    before_position: position,
+                });
+            }
+        }
+        self.last.insert(queue_id, (position, offset));
+    }
+}
+
+/// Gives each gap's offsets, in order, to the damaged ranges between its
+/// two records, filling each range's room before the next: per queue the
+/// tombstones then keep increasing offsets in log order.
+fn place_gaps<F>(damaged: &mut [Damage<F>], gaps: &[Gap]) -> Result<(), LogError> {
+    for gap in gaps {
+        let mut offsets = gap.offsets.clone();
+        for damage in damaged.iter_mut() {
+            if damage.start <= gap.after_position || damage.end > gap.before_position {
+                continue;
+            }
+            while damage.lost.len() < damage.capacity() {
+                let Some(offset) = offsets.next() else { break };
+                damage.lost.push((gap.queue_id, offset));
+            }
+        }
+        if let Some(offset) = offsets.next() {
+            return Err(no_room(gap.queue_id, offset));
+        }
+    }
+    Ok(())
+}
+
+/// Offsets after a queue's last valid record: the headers still readable
+/// in the damaged ranges after it name them (the CRC cannot vouch for
+/// them, so only the offsets that continue the queue are taken).
+async fn place_trailing<F: StorageFile>(
+    damaged: &mut [Damage<F>],
+    mut last: BTreeMap<u32, (u64, u64)>,
+) -> Result<(), LogError> {
+    for damage in damaged.iter_mut() {
+        let offset = damage.start - damage.segment.start;
+        let bytes = damage
+            .segment
+            .file
+            .read_at(offset, (damage.end - damage.start) as usize)
+            .await
+            .map_err(|error| LogError::io("read damaged range", &damage.segment.path, damage.start, error))?;
+        for at in (0..bytes.len()).step_by(RECORD_ALIGNMENT_BYTES) {
+            let Some((queue_id, queue_offset)) = record::claimed_queue_offset(&bytes[at..]) else { continue };
+            let Some((position, previous)) = last.get(&queue_id).copied() else { continue };
+            if position < damage.start && queue_offset == previous + 1 && damage.lost.len() < damage.capacity() {
+                damage.lost.push((queue_id, queue_offset));
+                last.insert(queue_id, (position, queue_offset));
             }
         }
     }
-    Ok(damaged)
+    Ok(())
 }
 
-/// A valid indexed record: offsets missing since the queue's previous one
-/// were lost in the damaged range between the two.
-fn note_record<F>(
-    queues: &mut BTreeMap<u32, QueueTrail>,
-    damaged: &mut [Damage<F>],
-    queue_id: u32,
-    offset: u64,
-    position: u64,
-) {
-    let trail = queues.entry(queue_id).or_default();
-    if let Some((previous_position, previous_offset)) = trail.last {
-        let between =
-            damaged.iter_mut().rev().find(|damage| damage.start > previous_position && damage.end <= position);
-        if let Some(damage) = between {
-            damage.lost.extend((previous_offset + 1..offset).map(|lost| (queue_id, lost)));
-        }
+fn no_room(queue_id: u32, offset: u64) -> LogError {
+    LogError::Corrupt {
+        path: Default::default(),
+        position: 0,
+        detail: format!("repair cannot place a tombstone for queue {queue_id} offset {offset}: the damaged ranges are too small for the offsets missing around them"),
     }
-    trail.last = Some((position, offset));
-}
-
-/// What a damaged record at the end of the data held, if its header still
-/// names the next offset of a known queue.
-async fn salvage<F: StorageFile>(
-    reader: &mut SegmentReader<'_, F>,
-    offset: u64,
-    queues: &BTreeMap<u32, QueueTrail>,
-) -> Result<Vec<(u32, u64)>, LogError> {
-    let header = reader.bytes(offset, RECORD_HEADER_SIZE_BYTES).await?;
-    let Some((queue_id, queue_offset)) = record::claimed_queue_offset(header) else { return Ok(Vec::new()) };
-    let expected = queues.get(&queue_id).and_then(|trail| trail.last).map(|(_, last)| last + 1);
-    Ok(if expected == Some(queue_offset) { vec![(queue_id, queue_offset)] } else { Vec::new() })
 }
 
 /// The valid records that take the place of a damaged range of `length`
@@ -177,9 +234,19 @@ fn replacement(length: usize, lost: &[(u32, u64)], followed: bool) -> Vec<u8> {
         let destination = &mut bytes[start..start + TOMBSTONE + stretch];
         record::encode_placeholder(destination, flags::TOMBSTONE, *queue_id, *offset, timestamp);
     }
-    if filler {
-        let destination = &mut bytes[count * TOMBSTONE..];
+    // A record length must stay within a record's limit: long ranges take
+    // several fillers, the last at least a header long.
+    let piece_max = RECORD_SIZE_BYTES_MAX / RECORD_ALIGNMENT_BYTES * RECORD_ALIGNMENT_BYTES;
+    let mut at = count * TOMBSTONE;
+    while filler && length - at >= RECORD_HEADER_SIZE_BYTES {
+        let rest = length - at;
+        let mut piece = rest.min(piece_max);
+        if rest - piece > 0 && rest - piece < RECORD_HEADER_SIZE_BYTES {
+            piece -= RECORD_HEADER_SIZE_BYTES;
+        }
+        let destination = &mut bytes[at..at + piece];
         record::encode_placeholder(destination, flags::FILLER, 0, record::NO_QUEUE_OFFSET, timestamp);
+        at += piece;
     }
     bytes
 }
@@ -237,5 +304,40 @@ async fn forget_checkpoint<S: Storage>(storage: &S, config: &LogConfig) -> Resul
         Ok(None) => Ok(()),
         Ok(Some(_)) => storage.remove(&path).await.map_err(|error| LogError::io("remove checkpoint", &path, 0, error)),
         Err(error) => Err(LogError::io("read checkpoint", &path, 0, error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::record::Decoded;
+
+    /// Walks `bytes` as the scan would: valid records back to back to the end.
+    fn records_in(bytes: &[u8]) -> Vec<(u16, u64)> {
+        let mut found = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let Some(length) = record::claimed_length(&bytes[at..]) else { panic!("no record at {at}") };
+            match record::decode(&bytes[at..at + length]) {
+                Decoded::Valid(header) => found.push((header.flags, header.queue_offset)),
+                other => panic!("invalid record at {at}: {other:?}"),
+            }
+            at += record::padded_size(length);
+        }
+        assert_eq!(at, bytes.len(), "the records fill the range exactly");
+        found
+    }
+
+    #[test]
+    fn a_replacement_fills_its_range_exactly_with_valid_records() {
+        let lost = [(1, 7), (1, 8), (2, 3)];
+        for length in [56, 64, 112, 168, 176, 224, 4096, 4 * RECORD_SIZE_BYTES_MAX + 40] {
+            let length = length / 8 * 8;
+            let count = lost.len().min(length / RECORD_HEADER_SIZE_BYTES);
+            let found = records_in(&replacement(length, &lost, true));
+            let tombstones: Vec<u64> =
+                found.iter().filter(|(flags, _)| flags & flags::TOMBSTONE != 0).map(|(_, offset)| *offset).collect();
+            assert_eq!(tombstones, [7, 8, 3][..count].to_vec(), "length {length}");
+        }
     }
 }

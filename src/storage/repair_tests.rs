@@ -123,3 +123,50 @@ fn an_undamaged_log_is_left_alone() {
         assert_eq!(storage.writes().len(), writes, "repair wrote to a healthy log");
     });
 }
+
+#[test]
+fn a_queue_whose_last_record_is_damaged_keeps_its_offsets_when_other_queues_follow() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_config("/repair-trailing");
+        fill(&storage, &config, 100).await;
+        let mut lasts = Vec::new();
+        for queue_id in 0..QUEUES {
+            lasts.push((position_of(&storage, &config, queue_id, 99).await, queue_id));
+        }
+        let (position, queue_id) = lasts.into_iter().min().expect("positions");
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, position);
+        storage.flip_bit(&path, offset + 77, 2).expect("flip");
+        let repaired = repair(&storage, &config).await.expect("repair");
+        assert_eq!(repaired.iter().map(|range| range.records_lost).sum::<u64>(), 1, "{repaired:?}");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("opens after repair");
+        assert_all_but(&log, 100, &[(queue_id, 99)]).await;
+        assert!(repair(&storage, &config).await.expect("repair again").is_empty(), "repair is idempotent");
+    });
+}
+
+#[test]
+fn a_damaged_last_record_of_a_segment_gets_one_tombstone_when_its_queue_goes_on() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_config("/repair-segment-end");
+        let flushed = fill(&storage, &config, 300).await;
+        assert!(flushed > 2 * config.segment_size_bytes, "the test must span segments");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open to look");
+        let mut last_in_first = (0, 0, 0);
+        for queue_id in 0..QUEUES {
+            let batch = log.read(queue_id, 0, 300, 1 << 24).await.expect("read");
+            for record in batch.records.iter().filter(|record| record.position < config.segment_size_bytes) {
+                last_in_first = last_in_first.max((record.position, queue_id, record.queue_offset));
+            }
+        }
+        drop(log);
+        let (position, queue_id, queue_offset) = last_in_first;
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, position);
+        storage.flip_bit(&path, offset + 60, 0).expect("flip");
+        let repaired = repair(&storage, &config).await.expect("repair");
+        assert_eq!(repaired.iter().map(|range| range.records_lost).sum::<u64>(), 1, "{repaired:?}");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("opens after repair");
+        assert_all_but(&log, 300, &[(queue_id, queue_offset)]).await;
+    });
+}

@@ -3,6 +3,7 @@
 
 use super::backend::{CreateError, Storage, StorageFile, ZeroFillPace};
 use super::LogError;
+use crate::constants::BLOCK_SIZE_BYTES;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
@@ -91,7 +92,14 @@ pub async fn create_segment_classified<S: Storage>(
 /// Opens an existing segment; its size is the file's size.
 pub async fn open_segment<S: Storage>(storage: &S, path: &Path, start: u64) -> Result<Segment<S::File>, LogError> {
     let file = storage.open(path).await.map_err(|error| LogError::io("open segment", path, start, error))?;
-    let size_bytes = file.size_bytes().await.map_err(|error| LogError::io("stat segment", path, start, error))?;
+    let file_size = file.size_bytes().await.map_err(|error| LogError::io("stat segment", path, start, error))?;
+    // Everything reads and writes whole blocks: a tail shorter than a block
+    // (a file cut short outside the broker) is not part of the segment.
+    let block = BLOCK_SIZE_BYTES as u64;
+    let size_bytes = file_size / block * block;
+    if size_bytes != file_size {
+        tracing::warn!(path = %path.display(), file_size, size_bytes, "segment size is not a whole number of blocks; ignoring its last partial block");
+    }
     Ok(Segment { start, size_bytes, path: path.to_path_buf(), file, last_store_timestamp_us: Cell::new(0) })
 }
 

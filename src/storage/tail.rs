@@ -22,7 +22,7 @@ use super::backend::StorageFile;
 use super::record::{self, Decoded, RECORD_MAGIC};
 use super::segment::Segment;
 use super::LogError;
-use crate::constants::{RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES};
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -119,19 +119,29 @@ fn judge<F>(end: &ScanEnd<F>, evidence: &Evidence, torn_like: bool, checkpoint_p
 }
 
 /// Whether the damage at `offset` has an all-zero sector in it, as every
-/// record a torn write cut short has.
+/// record a torn write cut short has. Where the header cannot say how long
+/// the record is, the rest of its sector being zeros, or a zero sector
+/// before the next block, does as well (a sector that kept older bytes in
+/// front of zeros: a torn rewrite by an older layout, or a crash while
+/// recovery zeroed a tail).
 pub(super) async fn looks_torn<F: StorageFile>(segment: &Segment<F>, offset: u64) -> Result<bool, LogError> {
-    let remaining = segment.size_bytes - offset;
+    let remaining = segment.size_bytes.saturating_sub(offset);
     let header_length = (RECORD_HEADER_SIZE_BYTES as u64).min(remaining) as usize;
     let header = read(segment, offset, header_length).await?;
-    let extent = match record::claimed_length(&header) {
-        Some(length) if length >= RECORD_HEADER_SIZE_BYTES && length as u64 <= remaining => length as u64,
-        _ => header_length as u64,
-    };
     let first_sector = offset / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES;
-    let last_end = (offset + extent).div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
-    let bytes = read(segment, first_sector, (last_end.min(segment.size_bytes) - first_sector) as usize).await?;
-    Ok(bytes.is_empty() || bytes.chunks(SECTOR_SIZE_BYTES as usize).any(is_zero))
+    let claimed = record::claimed_length(&header).filter(|length| record::plausible_length(*length, remaining));
+    if let Some(length) = claimed {
+        let last_end =
+            ((offset + length as u64).div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES).min(segment.size_bytes);
+        let bytes = read(segment, first_sector, (last_end - first_sector) as usize).await?;
+        return Ok(bytes.chunks(SECTOR_SIZE_BYTES as usize).any(is_zero));
+    }
+    let sector_end = ((offset + 1).div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES).min(segment.size_bytes);
+    let rest_of_sector = read(segment, offset, (sector_end - offset) as usize).await?;
+    let block = BLOCK_SIZE_BYTES as u64;
+    let block_end = ((offset + 1).div_ceil(block) * block).min(segment.size_bytes);
+    let to_block_end = read(segment, sector_end, (block_end - sector_end) as usize).await?;
+    Ok(rest_of_sector.iter().all(|byte| *byte == 0) || to_block_end.chunks(SECTOR_SIZE_BYTES as usize).any(is_zero))
 }
 
 fn is_zero(bytes: &[u8]) -> bool {
@@ -238,7 +248,7 @@ async fn record_in_chunk<F: StorageFile>(
     } else {
         read(segment, offset, (RECORD_HEADER_SIZE_BYTES as u64).min(remaining) as usize).await?
     };
-    let plausible = |length: &usize| *length >= RECORD_HEADER_SIZE_BYTES && *length as u64 <= remaining;
+    let plausible = |length: &usize| record::plausible_length(*length, remaining);
     let Some(length) = record::claimed_length(&header).filter(plausible) else { return Ok(None) };
     let decoded = if in_chunk.len() >= length {
         record::decode(&in_chunk[..length])
