@@ -20,7 +20,9 @@ use super::backend::{Storage, StorageFile};
 use super::config::FlushMode;
 use super::log::{LogShared, LogState};
 use super::read::WrittenBuffer;
-use super::record::{self, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION, NO_QUEUE_OFFSET};
+use super::record::{
+    self, RecordHeader, WriteShape, BATCH_MARKER_SIZE_BYTES, NO_POSITION, NO_QUEUE_OFFSET, SECTOR_SIZE_BYTES,
+};
 use super::segment::Segment;
 use super::{AppendRequest, Appended, LogError};
 use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
@@ -244,8 +246,12 @@ impl<S: Storage> LogShared<S> {
             let fill = &mut sealed.fill;
             if fill.records > 0 {
                 let durable = self.flushed.get();
+                let length = align_up(fill.filled);
+                // The marker's own sector is never zero; count the others.
+                let zero_sectors = record::zero_sector_count(&fill.data.as_slice()[SECTOR_SIZE_BYTES..length]);
+                let shape = WriteShape { length_bytes: length as u32, zero_sectors };
                 let marker = &mut fill.data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
-                record::encode_batch_marker(marker, durable, super::now_us());
+                record::encode_batch_marker(marker, durable, super::now_us(), shape);
             }
             let fill = &sealed.fill;
             let length = align_up(fill.filled);

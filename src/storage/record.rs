@@ -102,6 +102,12 @@ impl RecordHeader {
         self.flags & flags::TOMBSTONE != 0
     }
 
+    /// The shape of the write a batch marker starts, if this is one.
+    pub fn batch_write_shape(&self) -> Option<WriteShape> {
+        let shape = WriteShape { length_bytes: self.tag_hash, zero_sectors: self.ref_size };
+        (self.flags & flags::BATCH != 0).then_some(shape)
+    }
+
     /// The durable position a batch marker vouches for, if this is one.
     pub fn batch_durable_position(&self) -> Option<u64> {
         (self.flags & flags::BATCH != 0).then_some(self.ref_position)
@@ -137,19 +143,44 @@ pub fn encode_placeholder(
 /// Bytes of a batch marker in the log (a header without a message).
 pub const BATCH_MARKER_SIZE_BYTES: usize = RECORD_HEADER_SIZE_BYTES;
 
+/// Granularity of a torn write: a device writes a 512-byte sector whole or
+/// not at all (4Kn devices write 4 KiB atomically, which is coarser).
+pub const SECTOR_SIZE_BYTES: usize = 512;
+
+static ZERO_SECTOR: [u8; SECTOR_SIZE_BYTES] = [0; SECTOR_SIZE_BYTES];
+
+/// Whether `bytes` (at most a sector) are all zero. Slice equality compiles
+/// to memcmp, fast even in a debug build.
+pub fn is_zero_sector(bytes: &[u8]) -> bool {
+    bytes == &ZERO_SECTOR[..bytes.len()]
+}
+
+/// All-zero sectors in `bytes`.
+pub fn zero_sector_count(bytes: &[u8]) -> u32 {
+    bytes.chunks(SECTOR_SIZE_BYTES).filter(|sector| is_zero_sector(sector)).count() as u32
+}
+
+/// The shape of one write as its batch marker records it: a torn write has
+/// more all-zero sectors than it was written with; a bit flip does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteShape {
+    pub length_bytes: u32,
+    pub zero_sectors: u32,
+}
+
 /// Writes the batch marker that starts a write into `destination` (exactly
 /// `BATCH_MARKER_SIZE_BYTES`): everything before `durable_position` was
-/// durable when the write began.
-pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_timestamp_us: u64) {
+/// durable when the write began, and the write has `shape`.
+pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_timestamp_us: u64, shape: WriteShape) {
     let header = RecordHeader {
         length: BATCH_MARKER_SIZE_BYTES as u32,
         flags: flags::BATCH | flags::INTERNAL,
         queue_id: 0,
-        tag_hash: 0,
+        tag_hash: shape.length_bytes,
         queue_offset: NO_QUEUE_OFFSET,
         store_timestamp_us,
         ref_position: durable_position,
-        ref_size: 0,
+        ref_size: shape.zero_sectors,
     };
     encode(destination, &header, &[]);
 }

@@ -230,11 +230,15 @@ async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Q
     }
     let mut offset = start - segment.start;
     let mut end = start;
+    let mut write = None;
     loop {
         let mut reader = SegmentReader::new(&segment);
         let invalid = loop {
             match reader.probe(offset).await? {
                 Decoded::Valid(header) => {
+                    if let Some(shape) = header.batch_write_shape() {
+                        write = Some((segment.start + offset, shape));
+                    }
                     index_record(queues, &segment, &header, segment.start + offset)?;
                     offset += header.padded_size() as u64;
                     end = segment.start + offset;
@@ -263,7 +267,7 @@ async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Q
                 continue;
             }
         }
-        return Ok(ScanEnd { stop: segment.start + offset, position: end, segment, invalid });
+        return Ok(ScanEnd { stop: segment.start + offset, position: end, segment, invalid, write });
     }
 }
 

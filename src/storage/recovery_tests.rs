@@ -228,7 +228,8 @@ fn a_crash_in_the_middle_of_writes_loses_nothing_durable() {
 fn torn_write(durable: u64) -> Vec<u8> {
     use super::record::{encode, encode_batch_marker, padded_size, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION};
     let mut write = vec![0u8; 3 * BLOCK_SIZE_BYTES];
-    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], durable, now_us());
+    let shape = super::record::WriteShape { length_bytes: write.len() as u32, zero_sectors: 0 };
+    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], durable, now_us(), shape);
     let body = message(0, 300);
     let length = crate::constants::RECORD_HEADER_SIZE_BYTES + body.len();
     let header = RecordHeader {
@@ -370,5 +371,29 @@ fn a_hole_up_to_a_block_boundary_inside_a_write_is_not_taken_for_padding() {
         let (path, offset) = segment_holding(&segment_files(&storage, &config).await, hole);
         storage.overwrite(&path, offset, &vec![0; 2040]).expect("lose the sectors");
         expect_refused(&storage, &config, hole).await;
+    });
+}
+
+/// A bit flip in the last write, in a record whose message holds a run of
+/// zeros as long as a sector: the write's marker knows how many zero
+/// sectors it was written with, so the flip is not taken for a torn write.
+#[test]
+fn a_bit_flip_in_a_record_full_of_zeros_in_the_last_write_is_refused() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_config("/zeros");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        let zeros = vec![0u8; 3000];
+        let mut last = None;
+        for _ in 0..3 {
+            let request = AppendRequest { queue_id: 0, indexed: true, message: &zeros, ..Default::default() };
+            last = Some(log.append_buffered(request).await.expect("append"));
+        }
+        let last = last.expect("appended");
+        log.wait_acknowledgeable(last.end).await.expect("durable: the last write, nothing after it");
+        drop(log);
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, last.position);
+        storage.flip_bit(&path, offset + 2000, 4).expect("flip");
+        expect_refused(&storage, &config, last.position).await;
     });
 }

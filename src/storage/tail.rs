@@ -19,21 +19,18 @@
 //! file and the position, unless the operator asks to truncate.
 
 use super::backend::StorageFile;
-use super::record::{self, Decoded, RECORD_MAGIC};
+use super::record::{self, Decoded, WriteShape, RECORD_MAGIC};
 use super::segment::Segment;
 use super::LogError;
 use crate::constants::{BLOCK_SIZE_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-/// Granularity of a torn write: a device writes a 512-byte sector whole or
-/// not at all (4Kn devices write 4 KiB atomically, which is coarser).
-pub const SECTOR_SIZE_BYTES: u64 = 512;
+/// Sector size as a position step.
+const SECTOR_SIZE_BYTES: u64 = record::SECTOR_SIZE_BYTES as u64;
 
 /// Bytes read at a time while looking past the end.
 const EVIDENCE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
-
-static ZERO_SECTOR: [u8; SECTOR_SIZE_BYTES as usize] = [0; SECTOR_SIZE_BYTES as usize];
 
 pub type Segments<F> = BTreeMap<u64, Rc<Segment<F>>>;
 
@@ -46,6 +43,9 @@ pub struct ScanEnd<F> {
     pub stop: u64,
     /// Why, when what lies at `stop` is not zeros.
     pub invalid: Option<&'static str>,
+    /// The last write the scan entered: its start and the shape its batch
+    /// marker recorded.
+    pub write: Option<(u64, WriteShape)>,
 }
 
 /// What lies after the end of the valid data.
@@ -84,7 +84,7 @@ pub async fn examine<F: StorageFile>(
         gather(later, 0, &mut evidence, &mut zeros).await?;
     }
     // A run of zeros is what an unwritten (or never reached) write leaves.
-    let torn_like = end.invalid.is_none() || looks_torn(&end.segment, end.stop - end.segment.start).await?;
+    let torn_like = end.invalid.is_none() || torn_write_at(end).await?;
     let corruption = judge(end, &evidence, torn_like, checkpoint_position);
     if corruption.is_none() && !evidence.dirty_end.is_empty() {
         tracing::warn!(
@@ -118,6 +118,24 @@ fn judge<F>(end: &ScanEnd<F>, evidence: &Evidence, torn_like: bool, checkpoint_p
     None
 }
 
+/// Whether the damage where the scan stopped is what a torn write leaves.
+/// Inside a write whose marker survived: more all-zero sectors than the
+/// write had (a sector never arrived), which a bit flip or garbage never
+/// makes, whatever zeros the messages hold. Elsewhere, by its own bytes.
+async fn torn_write_at<F: StorageFile>(end: &ScanEnd<F>) -> Result<bool, LogError> {
+    let segment = &end.segment;
+    let Some((start, shape)) =
+        end.write.filter(|(start, shape)| (*start..start + u64::from(shape.length_bytes)).contains(&end.stop))
+    else {
+        return looks_torn(segment, end.stop - segment.start).await;
+    };
+    let offset = start - segment.start;
+    let length = u64::from(shape.length_bytes).min(segment.size_bytes - offset) as usize;
+    let bytes = read(segment, offset, length).await?;
+    let sectors_after_marker = bytes.get(record::SECTOR_SIZE_BYTES..).unwrap_or_default();
+    Ok(record::zero_sector_count(sectors_after_marker) > shape.zero_sectors)
+}
+
 /// Whether the damage at `offset` has an all-zero sector in it, as every
 /// record a torn write cut short has. Where the header cannot say how long
 /// the record is, the rest of its sector being zeros, or a zero sector
@@ -145,8 +163,7 @@ pub(super) async fn looks_torn<F: StorageFile>(segment: &Segment<F>, offset: u64
 }
 
 fn is_zero(bytes: &[u8]) -> bool {
-    // Slice equality compiles to memcmp, fast even in a debug build.
-    bytes == &ZERO_SECTOR[..bytes.len()]
+    record::is_zero_sector(bytes)
 }
 
 async fn read<F: StorageFile>(segment: &Segment<F>, offset: u64, length: usize) -> Result<Vec<u8>, LogError> {
