@@ -197,6 +197,16 @@ impl<S: Storage> CommitLog<S> {
             Decoded::Zero => return Err(corrupt("an indexed record reads as zeros".into())),
             Decoded::Invalid(why) => return Err(corrupt(format!("indexed record is invalid: {why}"))),
         };
+        if header.length != slot.entry.size_bytes {
+            return Err(corrupt(format!(
+                "the record at an index entry is {} bytes long, the index says {}",
+                header.length, slot.entry.size_bytes
+            )));
+        }
+        let log_only = record::flags::BATCH | record::flags::FILLER;
+        if header.flags & log_only != 0 {
+            return Err(corrupt("an index entry points at a batch marker or filler".into()));
+        }
         // A record read through a reference (a committed half message) carries
         // no queue offset of its own.
         if header.is_indexed() && (header.queue_id != queue_id || header.queue_offset != queue_offset) {

@@ -52,7 +52,10 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
             segment.last_store_timestamp_us.set(*timestamp);
         }
     }
-    let end = scan(&segments, scan_start, &mut queues).await?;
+    // A queue the scan meets first starts at offset 0, unless retention
+    // deleted segments the scan would have started in.
+    let late_starts = scan_start == first_start && first_start > 0;
+    let end = scan(&segments, scan_start, &mut queues, late_starts).await?;
     let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
     let tail = tail::examine(&segments, &end, checkpoint_position, config.look_ahead_zero_run_bytes()).await?;
     let next_segment = settle_tail(config, &mut segments, &end, &tail).await?;
@@ -213,7 +216,12 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
     }
 }
 
-async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Queues) -> Result<ScanEnd<F>, LogError> {
+async fn scan<F: StorageFile>(
+    segments: &Segments<F>,
+    start: u64,
+    queues: &mut Queues,
+    late_starts: bool,
+) -> Result<ScanEnd<F>, LogError> {
     let Some(mut segment) = segments.range(..=start).next_back().map(|(_, segment)| segment.clone()) else {
         return Err(LogError::Corrupt {
             path: Default::default(),
@@ -239,7 +247,11 @@ async fn scan<F: StorageFile>(segments: &Segments<F>, start: u64, queues: &mut Q
                     if let Some(shape) = header.batch_write_shape() {
                         write = Some((segment.start + offset, shape));
                     }
-                    index_record(queues, &segment, &header, segment.start + offset)?;
+                    // A valid record that does not continue its queue is
+                    // damage (a misdirected block), judged like any other.
+                    if let Err(why) = index_record(queues, &segment, &header, segment.start + offset, late_starts) {
+                        break Some(why);
+                    }
                     offset += header.padded_size() as u64;
                     end = segment.start + offset;
                 }
@@ -287,25 +299,20 @@ fn index_record<F>(
     segment: &Segment<F>,
     header: &RecordHeader,
     position: u64,
-) -> Result<(), LogError> {
+    late_starts: bool,
+) -> Result<(), &'static str> {
     let timestamp = segment.last_store_timestamp_us.get().max(header.store_timestamp_us);
     segment.last_store_timestamp_us.set(timestamp);
     if !header.is_indexed() {
         return Ok(());
     }
+    if !queues.contains_key(&header.queue_id) && header.queue_offset != 0 && !late_starts {
+        return Err("a queue's first record does not have offset 0");
+    }
     let queue = queues.entry(header.queue_id).or_insert_with(|| QueueIndex::starting_at(header.queue_offset));
     if queue.next_offset() != header.queue_offset {
         if queue.next_offset() != queue.base_offset() {
-            return Err(LogError::Corrupt {
-                path: segment.path.clone(),
-                position,
-                detail: format!(
-                    "queue {} expects offset {} but the record has {}",
-                    header.queue_id,
-                    queue.next_offset(),
-                    header.queue_offset
-                ),
-            });
+            return Err("a record's queue offset does not follow its queue");
         }
         // The queue's earlier offsets were deleted by retention.
         *queue = QueueIndex::starting_at(header.queue_offset);
