@@ -53,4 +53,6 @@ mod fault_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
