@@ -77,10 +77,11 @@ impl<S: Storage> Boot<S> {
 
 impl<F: StorageFile> StorageFile for BootFile<F> {
     async fn write_at(&self, data: &[u8], position: u64) -> io::Result<()> {
+        guarded(&self.powered, self.file.write_at(data, position)).await?;
         if is_index(&self.path) {
             self.unsynced_index.borrow_mut().insert(self.path.clone());
         }
-        guarded(&self.powered, self.file.write_at(data, position)).await
+        Ok(())
     }
 
     async fn read_at(&self, position: u64, length: usize) -> io::Result<Vec<u8>> {

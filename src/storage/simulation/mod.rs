@@ -17,6 +17,7 @@
 
 mod boot;
 mod disk;
+mod known_bugs;
 mod oracle;
 
 use super::backend::{FaultyStorage, MemoryStorage};
@@ -213,7 +214,7 @@ async fn run_until_crash<D: SimDisk>(
 
 /// Power cut and damage; returns what recovery may do about them.
 /// With an index write in flight a garbled sector would hit durable index
-/// entries (a known bug: `index_tests`), so that crash tears instead.
+/// entries (a known bug: see `known_bugs`), so that crash tears instead.
 async fn crash<D: SimDisk>(
     disk: &D,
     scenario: &Scenario,
@@ -271,7 +272,7 @@ async fn recover<D: SimDisk>(
         Ok(log) => {
             judge(&log, oracle, allowance, Judgement::Truncated).await;
             if oracle.borrow().queues.keys().any(|queue_id| log.base_offset(*queue_id) != 0) {
-                // Known bug (see `truncation_tests`): the truncated log serves
+                // Known bug (see `known_bugs`): the truncated log serves
                 // a misplaced copy as the start of a queue; the oracle has no
                 // model of a queue starting above 0, so the seed ends here.
                 oracle.borrow_mut().stats.truncations_misplaced += 1;
@@ -279,7 +280,7 @@ async fn recover<D: SimDisk>(
             }
             Some((Rc::new(log), boot))
         }
-        // Known bug (see `truncation_tests`): a misdirected block holding
+        // Known bug (see `known_bugs`): a misdirected block holding
         // valid records of other offsets fails the scan itself, which the
         // override does not cover.
         Err(LogError::Corrupt { detail, .. }) if detail.contains("expects offset") => {

@@ -1,0 +1,162 @@
+//! Bugs the simulation found, each reproduced on its own. They are ignored
+//! until fixed (recovery is being changed elsewhere); the simulation steps
+//! around them and counts how often it had to (`Stats`).
+
+use super::boot::Boot;
+use crate::constants::BLOCK_SIZE_BYTES;
+use crate::storage::backend::{MemoryStorage, SectorFate, Storage};
+use crate::storage::segment::parse_segment_start;
+use crate::storage::tests::run;
+use crate::storage::{AppendRequest, CommitLog, LogConfig, LogError};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+fn config(dir: &str) -> LogConfig {
+    LogConfig {
+        segment_size_bytes: 512 * 1024,
+        buffer_capacity_bytes: 32 * 1024,
+        recent_buffers_bytes: 64 * 1024,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..LogConfig::new(dir)
+    }
+}
+
+fn message(offset: u64, length: usize) -> Vec<u8> {
+    super::body(7, offset, length)
+}
+
+async fn append<S: Storage>(log: &CommitLog<S>, offset: u64, length: usize) {
+    let message = message(offset, length);
+    let request = AppendRequest { queue_id: 0, indexed: true, message: &message, ..AppendRequest::default() };
+    let appended = log.append(request).await.expect("append");
+    assert_eq!(appended.queue_offset, Some(offset));
+}
+
+/// Segment writes of the log so far: (file, offset in it).
+fn segment_writes(storage: &MemoryStorage) -> Vec<(PathBuf, u64)> {
+    let writes = storage.writes().into_iter();
+    writes.filter(|(path, _, _)| parse_segment_start(path).is_some()).map(|(path, at, _)| (path, at)).collect()
+}
+
+fn copy_block(storage: &MemoryStorage, from: &(PathBuf, u64), to: &(PathBuf, u64)) {
+    let block = storage.read_durable(&from.0, from.1, BLOCK_SIZE_BYTES).expect("read the source block");
+    storage.overwrite(&to.0, to.1, &block).expect("misdirect the block");
+}
+
+/// A checkpoint rewrites the partly filled last block of an index file,
+/// which holds entries an earlier checkpoint made durable. A power cut in
+/// that write that garbles a sector (a drive writing garbage) leaves garbage
+/// in durable entries, and recovery loads them unchecked: a debug build
+/// panics in `QueueIndex::push` during the scan (`record_end` going
+/// backwards), a release build serves index entries pointing anywhere.
+/// Expected: a refusal, or a log whose records all read back. (Index entry
+/// checksums and a rebuild from the log, on the `storage-side` branch, are
+/// meant to fix this.) Found by the simulation, seed 228.
+#[test]
+#[ignore = "bug: a garbled rewrite of an index file's last block corrupts durable entries, loaded unchecked"]
+fn a_garbled_rewrite_of_the_index_tail_loses_no_durable_entry() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = config("/index");
+        let boot = Boot::new(storage.clone());
+        let log = Rc::new(CommitLog::open(boot.clone(), config.clone()).await.expect("open"));
+        for offset in 0..100 {
+            append(&log, offset, 200).await;
+        }
+        log.checkpoint().await.expect("the first checkpoint");
+        for offset in 100..150 {
+            append(&log, offset, 200).await;
+        }
+        let checkpoint = glommio::spawn_local({
+            let log = log.clone();
+            async move { log.checkpoint().await }
+        });
+        while !boot.index_in_flight() {
+            glommio::executor().yield_now().await;
+        }
+        boot.cut_power();
+        drop(checkpoint);
+        drop(log);
+        storage.crash_with(&mut || SectorFate::Garbled);
+        let log = match CommitLog::open(Boot::new(storage.clone()), config).await {
+            Ok(log) => log,
+            Err(LogError::Corrupt { .. }) => return,
+            Err(error) => panic!("recovery failed: {error}"),
+        };
+        assert_eq!(log.visible_end_offset(0), 150);
+        for offset in 0..150 {
+            let batch = log.read(0, offset, 1, 1 << 20).await.expect("every durable record reads back");
+            assert_eq!(batch.records[0].message(), message(offset, 200));
+        }
+    });
+}
+
+/// A misdirected block (a copy of an older write's first block over a later
+/// write) is refused, rightly. But the operator's override cannot open the
+/// log either: the copied records are valid, their queue offset does not
+/// follow, and `recovery::index_record` fails the scan with "queue 0
+/// expects offset 30 but the record has 2" before the tail rule and
+/// `truncate_corruption` get a say. Expected: the override cuts the log at
+/// the misdirected block and opens with offsets 0..30. Found by the
+/// simulation (466 of 2000 seeds met it).
+#[test]
+#[ignore = "bug: truncate_corruption cannot open a log whose damage is a block of valid records of other offsets"]
+fn the_override_opens_a_log_with_a_misdirected_block() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = config("/misdirected");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        for offset in 0..60 {
+            append(&log, offset, 300).await;
+        }
+        drop(log);
+        // Sync flush, one appender: write n holds the marker and record n.
+        let writes = segment_writes(&storage);
+        copy_block(&storage, &writes[2], &writes[30]);
+        match CommitLog::open(storage.clone(), config.clone()).await {
+            Err(LogError::Corrupt { .. }) => {}
+            Err(error) => panic!("expected a refusal, got {error}"),
+            Ok(_) => panic!("a misdirected block in the middle of the log was not noticed"),
+        }
+        let truncating = LogConfig { truncate_corruption: true, ..config };
+        let log = CommitLog::open(storage, truncating).await.expect("the override opens the log");
+        assert_eq!(log.visible_end_offset(0), 30);
+    });
+}
+
+/// The same misdirection at the very start of the log: a copy of a later
+/// write (marker, record 40, the start of record 41) over block 0. The
+/// override opens the log and serves record 40 as the queue's first record,
+/// at offset 40, with offsets 0..40 reported as deleted by retention, which
+/// never ran: `recovery::index_record` takes a queue that starts above its
+/// expected offset for one whose start retention deleted, even at position
+/// 0 of the first segment. Expected: the cut leaves queue 0 starting at
+/// offset 0. Found by the simulation (seed 554 and 5 more of 2000).
+#[test]
+#[ignore = "bug: after a truncation a misplaced copy becomes the start of a queue, its offsets 'deleted by retention'"]
+fn the_override_does_not_start_a_queue_at_a_misplaced_copy() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = config("/misplaced");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        for offset in 0..40 {
+            append(&log, offset, 300).await;
+        }
+        // One write holding record 40 whole and record 41 across its end.
+        let (small, large) = (message(40, 300), message(41, 6000));
+        let first = AppendRequest { queue_id: 0, indexed: true, message: &small, ..AppendRequest::default() };
+        let second = AppendRequest { message: &large, ..first };
+        log.append_buffered(first).await.expect("append 40");
+        let placed = log.append_buffered(second).await.expect("append 41");
+        log.wait_acknowledgeable(placed.end).await.expect("acknowledged");
+        drop(log);
+        let writes = segment_writes(&storage);
+        let last = writes.last().expect("a write").clone();
+        copy_block(&storage, &last, &writes[0]);
+        assert!(matches!(CommitLog::open(storage.clone(), config.clone()).await, Err(LogError::Corrupt { .. })));
+        let truncating = LogConfig { truncate_corruption: true, ..config };
+        let log = CommitLog::open(storage, truncating).await.expect("the override opens the log");
+        assert_eq!(log.base_offset(0), 0, "queue 0 starts at a misplaced copy of offset {}", log.base_offset(0));
+    });
+}
