@@ -59,7 +59,8 @@ impl<S: Storage> Boot<S> {
         Self { disk, powered: Rc::new(Cell::new(true)), unsynced_index: Rc::default() }
     }
 
-    /// Whether an index file was written and not synced since.
+    /// Whether an index file write was issued and not synced since (it
+    /// reaches the disk one executor turn after it is issued).
     pub fn index_in_flight(&self) -> bool {
         !self.unsynced_index.borrow().is_empty()
     }
@@ -77,11 +78,10 @@ impl<S: Storage> Boot<S> {
 
 impl<F: StorageFile> StorageFile for BootFile<F> {
     async fn write_at(&self, data: &[u8], position: u64) -> io::Result<()> {
-        guarded(&self.powered, self.file.write_at(data, position)).await?;
         if is_index(&self.path) {
             self.unsynced_index.borrow_mut().insert(self.path.clone());
         }
-        Ok(())
+        guarded(&self.powered, self.file.write_at(data, position)).await
     }
 
     async fn read_at(&self, position: u64, length: usize) -> io::Result<Vec<u8>> {

@@ -75,6 +75,8 @@ fn a_garbled_rewrite_of_the_index_tail_loses_no_durable_entry() {
         while !boot.index_in_flight() {
             glommio::executor().yield_now().await;
         }
+        // One more turn: the index write reaches the disk, its fdatasync not.
+        glommio::executor().yield_now().await;
         boot.cut_power();
         drop(checkpoint);
         drop(log);
