@@ -442,3 +442,13 @@ fn seeded_fault_simulation() {
         failures.iter().take(FAILURES_SHOWN).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// A replay is only worth something if a seed always does the same.
+#[test]
+fn a_seed_replays_identically() {
+    for seed in [3, 17] {
+        let (first, second) = (run_seed(seed), run_seed(seed));
+        assert_eq!(first.stats, second.stats, "seed {seed} ran differently twice");
+        assert_eq!(first.story, second.story, "seed {seed} ran differently twice");
+    }
+}

@@ -64,7 +64,7 @@ pub struct Oracle {
     pub stats: Stats,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub placed: u64,
     pub acknowledged: u64,
