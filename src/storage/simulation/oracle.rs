@@ -78,6 +78,7 @@ pub struct Stats {
     pub truncations_refused: u64,
     pub garbling_avoided: u64,
     pub truncations_misplaced: u64,
+    pub length_flips_excused: u64,
 }
 
 impl Stats {
@@ -94,6 +95,7 @@ impl Stats {
         self.truncations_refused += other.truncations_refused;
         self.garbling_avoided += other.garbling_avoided;
         self.truncations_misplaced += other.truncations_misplaced;
+        self.length_flips_excused += other.length_flips_excused;
     }
 }
 
