@@ -371,13 +371,25 @@ fn run_seed(seed: u64) -> Outcome {
     let mut rng = fastrand::Rng::with_seed(seed);
     let scenario = Scenario::random(&mut rng);
     let faulty = rng.u8(0..10) < 3;
-    super::tests::run(async move {
+    let simulation = async move {
         if faulty {
             simulate::<FaultyStorage>(seed, scenario, rng).await
         } else {
             simulate::<MemoryStorage>(seed, scenario, rng).await
         }
-    })
+    };
+    // Setting up an executor costs more than a small seed: seeds share one
+    // per thread. After a panic it is not put back, and a fresh one is made.
+    let executor = EXECUTOR.with(|cached| cached.borrow_mut().take()).unwrap_or_else(|| {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("a glommio executor")
+    });
+    let outcome = executor.run(simulation);
+    EXECUTOR.with(|cached| *cached.borrow_mut() = Some(executor));
+    outcome
+}
+
+thread_local! {
+    static EXECUTOR: RefCell<Option<glommio::LocalExecutor>> = const { RefCell::new(None) };
 }
 
 fn env_u64(name: &str) -> Option<u64> {
