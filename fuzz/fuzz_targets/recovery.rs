@@ -37,8 +37,20 @@ thread_local! {
     static TEMPLATE: RefCell<Option<Template>> = const { RefCell::new(None) };
 }
 
+/// `RINGMQ_FUZZ_ONLY=segment` (or `index`) feeds every input to one case,
+/// e.g. to explore one past a crash the other keeps hitting.
+fn forced_mode() -> Option<u8> {
+    static FORCED: std::sync::OnceLock<Option<u8>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("RINGMQ_FUZZ_ONLY").as_deref() {
+        Ok("segment") => Some(0),
+        Ok("index") => Some(1),
+        _ => None,
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((mode, input)) = data.split_first() else { return };
+    let mode = forced_mode().unwrap_or(*mode);
     let input = &input[..input.len().min(INPUT_MAX_BYTES)];
     EXECUTOR.with(|executor| {
         executor.run(async {

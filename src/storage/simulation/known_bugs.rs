@@ -229,3 +229,88 @@ fn a_damaged_index_entry_does_not_overflow_at_recovery() {
         assert!(opened.is_ok(), "recovery panicked on a damaged index entry");
     });
 }
+
+/// A power cut in the middle of an unsynced write (async flush) loses the
+/// sectors from a record that starts exactly on a sector boundary to the
+/// end of that block, and keeps the later sectors. The scan takes the zeros
+/// after the last whole record for the padding that ends a write
+/// (`Padding::Next`), goes on at the next block, finds the middle of a
+/// record there and calls it "damaged record, not the pattern a torn write
+/// leaves" (or, when a record happens to start on that block, "queue 0
+/// expects offset N but the record has N+k"): a refusal after an ordinary
+/// power cut, with nothing durable damaged. Expected: the torn tail is cut
+/// and the log opens. Found by the simulation (seeds 30849, 36765, 58322,
+/// ...; about 1 seed in 30,000).
+#[test]
+#[ignore = "bug: a torn write whose lost sectors start on a record boundary is taken for padding, then refused"]
+fn a_torn_write_losing_sectors_from_a_record_boundary_is_cut() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let flush = crate::storage::FlushMode::Async { interval: Duration::from_secs(3600) };
+        let config = LogConfig { flush, ..config("/torn-at-boundary") };
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        // Marker (56) + record 0 (56 + 400) end at 512: record 1 starts on
+        // sector 1; records of 1056 bytes then run across the block end.
+        let mut end = 0;
+        for (offset, length) in [(0, 400), (1, 1000), (2, 1000), (3, 1000), (4, 1000), (5, 1000)] {
+            let message = message(offset, length);
+            let request = AppendRequest { queue_id: 0, indexed: true, message: &message, ..AppendRequest::default() };
+            end = log.append_buffered(request).await.expect("append").end;
+        }
+        log.wait_acknowledgeable(end).await.expect("written");
+        drop(log);
+        let mut sector = 0;
+        storage.crash_with(&mut || {
+            sector += 1;
+            if (2..=8).contains(&sector) {
+                SectorFate::Lost
+            } else {
+                SectorFate::Written
+            }
+        });
+        match CommitLog::open(storage, config).await {
+            Ok(log) => assert!(log.visible_end_offset(0) <= 1),
+            Err(error) => panic!("a torn write of unsynced data made recovery refuse: {error}"),
+        }
+    });
+}
+
+/// A misdirected write lands a block that starts with a batch marker over a
+/// block of durable, checkpointed records where a record of queue 0 starts
+/// exactly on the block. Recovery does not scan below the checkpoint, which
+/// is expected; but reading that record then returns the marker as the
+/// queue's message (an empty message), because `CommitLog::checked` (read.rs)
+/// accepts any valid record that carries no queue offset, for the sake of
+/// committed half messages. Expected: `LogError::Corrupt` (the record at the
+/// index entry is not an indexed record of this queue and offset, nor of its
+/// length). Found by the simulation (seed 48414).
+#[test]
+#[ignore = "bug: a read serves a batch marker found at an index entry's position as the queue's message"]
+fn a_read_never_serves_a_batch_marker_as_a_message() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = config("/marker-served");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        // One write: marker (56), record 0 (56 + 3984) to 4096, record 1 at 4096.
+        let (first, second) = (message(0, 3984), message(1, 100));
+        let request = AppendRequest { queue_id: 0, indexed: true, message: &first, ..AppendRequest::default() };
+        log.append_buffered(request).await.expect("append 0");
+        let placed = log.append_buffered(AppendRequest { message: &second, ..request }).await.expect("append 1");
+        log.wait_acknowledgeable(placed.end).await.expect("durable");
+        assert_eq!(placed.position, BLOCK_SIZE_BYTES as u64);
+        for offset in 2..6 {
+            append(&log, offset, 200).await;
+        }
+        log.checkpoint().await.expect("checkpoint");
+        drop(log);
+        let writes = segment_writes(&storage);
+        let target = (writes[0].0.clone(), BLOCK_SIZE_BYTES as u64);
+        copy_block(&storage, &writes[1], &target);
+        let log = CommitLog::open(storage, config).await.expect("below the checkpoint nothing is scanned");
+        match log.read(0, 1, 1, 1 << 20).await {
+            Err(LogError::Corrupt { .. }) => {}
+            Err(error) => panic!("expected a corruption error, got {error}"),
+            Ok(batch) => panic!("record 0/1 read back as {} bytes of something else", batch.records[0].message().len()),
+        }
+    });
+}

@@ -29,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Seeds a plain `cargo test` runs: a few seconds in a debug build.
+/// Seeds a plain `cargo test` runs: about 10 s in a debug build.
 const DEFAULT_SEEDS: u64 = 300;
 /// Failures printed in full at the end of a run.
 const FAILURES_SHOWN: usize = 10;
