@@ -60,4 +60,6 @@ mod recovery_tests;
 #[cfg(test)]
 mod repair_tests;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
