@@ -192,13 +192,6 @@ impl QueueIndex {
         }
     }
 
-    /// Forgets every entry whose record ends past `position` (a log cut
-    /// short at recovery: the cut is past the checkpoint, so past the file).
-    pub fn forget_from(&mut self, position: u64) {
-        let kept = self.unwritten.partition_point(|slot| slot.record_end <= position);
-        self.unwritten.truncate(kept);
-    }
-
     /// Bytes this queue's index holds in memory.
     pub fn resident_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.unwritten.capacity() * std::mem::size_of::<Slot>()

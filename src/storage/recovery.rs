@@ -9,7 +9,7 @@ use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::group_commit::FillBuffer;
 use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
 use super::log::LogState;
-use super::record::{self, Decoded, RecordHeader, NO_POSITION};
+use super::record::{self, Decoded, RecordHeader, WriteShape, BATCH_MARKER_SIZE_BYTES, NO_POSITION};
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
 use super::tail::{self, ScanEnd, Segments, Tail};
 use super::{LogConfig, LogError, INDEX_DIR, SEGMENTS_DIR};
@@ -24,6 +24,50 @@ const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 type Queues = BTreeMap<u32, QueueIndex>;
 
 pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogState<S::File>, LogError> {
+    // Each truncation shortens the log, so the passes end; the bound is a
+    // guard against a bug, not a limit a log can reach.
+    for _ in 0..RECOVERY_PASSES_MAX {
+        match recover_pass(storage, config).await? {
+            Pass::Recovered(state) => return Ok(*state),
+            // The operator's truncation cut below what the checkpoint and
+            // its index files know: forget them; the next pass scans all.
+            Pass::Truncated { end, checkpoint_position } if end < checkpoint_position => {
+                forget_checkpoint(storage, config).await?
+            }
+            Pass::Truncated { .. } => {}
+        }
+    }
+    Err(LogError::Corrupt {
+        path: config.dir.clone(),
+        position: 0,
+        detail: format!("the log still needs truncating after {RECOVERY_PASSES_MAX} truncations"),
+    })
+}
+
+/// Recovery passes under the operator's truncation (each one cuts).
+const RECOVERY_PASSES_MAX: usize = 64;
+
+enum Pass<F> {
+    Recovered(Box<LogState<F>>),
+    /// The operator's truncation cut the log at `end`.
+    Truncated {
+        end: u64,
+        checkpoint_position: u64,
+    },
+}
+
+/// Without a checkpoint the next start scans the whole log and rebuilds
+/// every index.
+pub(super) async fn forget_checkpoint<S: Storage>(storage: &S, config: &LogConfig) -> Result<(), LogError> {
+    let path = config.dir.join(CHECKPOINT_FILE);
+    if matches!(storage.read_file(&path).await, Ok(Some(_))) {
+        storage.remove(&path).await.map_err(|error| LogError::io("remove checkpoint", &path, 0, error))?;
+        storage.sync_dir(&config.dir).await.map_err(|error| LogError::io("sync directory", &config.dir, 0, error))?;
+    }
+    Ok(())
+}
+
+async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig) -> Result<Pass<S::File>, LogError> {
     let segments_dir = config.dir.join(SEGMENTS_DIR);
     let index_dir = config.dir.join(INDEX_DIR);
     for dir in [&segments_dir, &index_dir] {
@@ -60,13 +104,16 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
     let tail = tail::examine(&segments, &end, checkpoint_position, config.look_ahead_zero_run_bytes()).await?;
     let next_segment = settle_tail(config, &mut segments, &end, &tail).await?;
     if tail.corruption.is_some() {
-        // Under the override, index entries past the cut must go too.
-        queues.values_mut().for_each(|queue| queue.forget_from(end.position));
+        return Ok(Pass::Truncated { end: end.position, checkpoint_position });
     }
     sync_scanned(&segments, scan_start, &end).await?;
-    let filling = filling_at(&end, config.buffer_capacity_bytes);
+    let mut next_write = end.position;
+    if !tail.evidence.dirty_end.is_empty() {
+        next_write = vouch(&end).await?;
+    }
+    let filling = filling_at(&end.segment, next_write, config.buffer_capacity_bytes);
     tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
-    Ok(LogState {
+    Ok(Pass::Recovered(Box::new(LogState {
         segments,
         next_segment,
         recovered_end: end.position,
@@ -85,7 +132,30 @@ pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogS
         stats: Default::default(),
         stopped: None,
         checkpoint_position,
-    })
+    })))
+}
+
+/// After a cut, the batch marker of the write the end lies in describes a
+/// write that is no longer there, and nothing vouches for the records
+/// recovery just made durable. A write of a lone batch marker after the end
+/// does: damage below it is then never taken for a torn tail. Returns where
+/// the log goes on.
+async fn vouch<F: StorageFile>(end: &ScanEnd<F>) -> Result<u64, LogError> {
+    let segment = &end.segment;
+    let block = BLOCK_SIZE_BYTES as u64;
+    let offset = (end.position - segment.start).div_ceil(block) * block;
+    if offset + block > segment.size_bytes {
+        return Ok(end.position); // the next write opens the next segment and vouches
+    }
+    let mut data = AlignedBuf::zeroed(BLOCK_SIZE_BYTES);
+    let zero_sectors = record::zero_sector_count(&data.as_slice()[record::SECTOR_SIZE_BYTES..]);
+    let shape = WriteShape { length_bytes: BLOCK_SIZE_BYTES as u32, zero_sectors };
+    let marker = &mut data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
+    record::encode_batch_marker(marker, end.position, super::now_us(), shape);
+    let io = |operation, error| LogError::io(operation, &segment.path, segment.start + offset, error);
+    segment.file.write_at(data.as_slice(), offset).await.map_err(|error| io("write batch marker", error))?;
+    segment.file.fdatasync().await.map_err(|error| io("fdatasync batch marker", error))?;
+    Ok(segment.start + offset + BATCH_MARKER_SIZE_BYTES as u64)
 }
 
 pub(super) async fn open_segments<S: Storage>(storage: &S, dir: &Path) -> Result<Segments<S::File>, LogError> {
@@ -403,10 +473,10 @@ async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) ->
     segment.file.fdatasync().await.map_err(|error| io("fdatasync tail", error))
 }
 
-/// The empty filling buffer that continues the log on the block after `end`.
-fn filling_at<F: StorageFile>(end: &ScanEnd<F>, capacity: usize) -> FillBuffer<F> {
-    let segment = end.segment.clone();
+/// The empty filling buffer that continues the log on the block after
+/// `position` of `segment`.
+fn filling_at<F: StorageFile>(segment: &Rc<Segment<F>>, position: u64, capacity: usize) -> FillBuffer<F> {
     let block = BLOCK_SIZE_BYTES as u64;
-    let file_offset = (end.position - segment.start).div_ceil(block) * block;
-    FillBuffer::empty_at(segment, file_offset, AlignedBuf::zeroed(capacity))
+    let file_offset = ((position - segment.start).div_ceil(block) * block).min(segment.size_bytes);
+    FillBuffer::empty_at(segment.clone(), file_offset, AlignedBuf::zeroed(capacity))
 }

@@ -4,6 +4,7 @@
 //! sparse memory files, a few on real O_DIRECT files with the default sizes.
 
 use super::backend::{DmaStorage, MemoryStorage, Storage};
+use super::record::Decoded;
 use super::segment::parse_segment_start;
 use super::tests::run;
 use super::*;
@@ -303,9 +304,16 @@ fn default_sizes_a_torn_last_write_is_cut_and_the_log_goes_on() {
             let batch = log.read(queue_id as u32, count - 1, 1, 1 << 20).await.expect("read the last record");
             assert_eq!(batch.records[0].message(), message(queue_id as u32, count - 1));
         }
-        // The batch marker is a whole record and stays; the rest is zeroed.
+        // The batch marker is a whole record and stays; the rest is zeroed,
+        // and a lone batch marker on the next block vouches for the end.
         let marker = super::record::BATCH_MARKER_SIZE_BYTES as u64;
-        let after = read_file_at(&path, torn_start + marker, 3 * BLOCK_SIZE_BYTES - marker as usize);
+        let block = BLOCK_SIZE_BYTES as u64;
+        let rest_of_block = read_file_at(&path, torn_start + marker, (block - marker) as usize);
+        assert!(rest_of_block.iter().all(|byte| *byte == 0), "the torn tail is zeroed");
+        let vouching = read_file_at(&path, torn_start + block, marker as usize);
+        let Decoded::Valid(header) = super::record::decode(&vouching) else { panic!("no batch marker after the cut") };
+        assert_eq!(header.batch_durable_position(), Some(torn_start + marker));
+        let after = read_file_at(&path, torn_start + block + marker, (2 * block - marker) as usize);
         assert!(after.iter().all(|byte| *byte == 0), "the torn tail is zeroed");
         let message = message(0, 300);
         let appended = log

@@ -15,7 +15,7 @@
 use super::backend::{Storage, StorageFile};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::record::{self, flags, Decoded};
-use super::recovery::{open_segments, Padding, SegmentReader};
+use super::recovery::{forget_checkpoint, open_segments, Padding, SegmentReader};
 use super::segment::Segment;
 use super::tail::{self, Segments};
 use super::{aligned::AlignedBuf, now_us, LogConfig, LogError, SEGMENTS_DIR};
@@ -294,17 +294,6 @@ async fn mend<S: Storage>(storage: &S, damage: &Damage<S::File>) -> Result<Repai
 async fn checkpoint_position<S: Storage>(storage: &S, config: &LogConfig) -> u64 {
     let bytes = storage.read_file(&config.dir.join(CHECKPOINT_FILE)).await.ok().flatten();
     bytes.and_then(|bytes| Checkpoint::decode(&bytes).ok()).map_or(0, |checkpoint| checkpoint.position)
-}
-
-/// Without a checkpoint the next start scans the whole log and rebuilds the
-/// index files, which may point into what was repaired.
-async fn forget_checkpoint<S: Storage>(storage: &S, config: &LogConfig) -> Result<(), LogError> {
-    let path = config.dir.join(CHECKPOINT_FILE);
-    match storage.read_file(&path).await {
-        Ok(None) => Ok(()),
-        Ok(Some(_)) => storage.remove(&path).await.map_err(|error| LogError::io("remove checkpoint", &path, 0, error)),
-        Err(error) => Err(LogError::io("read checkpoint", &path, 0, error)),
-    }
 }
 
 #[cfg(test)]

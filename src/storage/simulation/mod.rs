@@ -259,8 +259,9 @@ async fn recover<D: SimDisk>(
     match CommitLog::open(boot.clone(), config).await {
         Ok(log) => {
             judge(&log, oracle, allowance, Judgement::Truncated).await;
-            if let Some(queue_id) = oracle.borrow().queues.keys().find(|queue_id| log.base_offset(**queue_id) != 0) {
-                let base = log.base_offset(*queue_id);
+            let late = oracle.borrow().queues.keys().copied().find(|queue_id| log.base_offset(*queue_id) != 0);
+            if let Some(queue_id) = late {
+                let base = log.base_offset(queue_id);
                 oracle.borrow_mut().violation(format!("after the truncation queue {queue_id} starts at {base}, not 0"));
                 return None;
             }
