@@ -44,6 +44,10 @@ fn align_up(value: usize) -> usize {
 pub struct FillBuffer<F> {
     pub segment: Rc<Segment<F>>,
     pub file_offset: u64,
+    /// Where the log's data ended in this segment before this buffer (its
+    /// batch marker records the padding between, so recovery can tell a
+    /// write's padding from sectors it lost).
+    pub data_before: u64,
     pub data: AlignedBuf,
     pub filled: usize,
     pub records: u64,
@@ -59,10 +63,19 @@ impl<F> FillBuffer<F> {
     }
 
     /// An empty buffer at `file_offset` (a block boundary) of `segment`.
-    pub fn empty_at(segment: Rc<Segment<F>>, file_offset: u64, data: AlignedBuf) -> Self {
+    pub fn empty_at(segment: Rc<Segment<F>>, file_offset: u64, data_before: u64, data: AlignedBuf) -> Self {
         debug_assert_eq!(file_offset % BLOCK_SIZE_BYTES as u64, 0);
-        debug_assert!(file_offset <= segment.size_bytes);
-        Self { segment, file_offset, data, filled: 0, records: 0 }
+        debug_assert!(file_offset <= segment.size_bytes && data_before <= file_offset);
+        Self { segment, file_offset, data_before, data, filled: 0, records: 0 }
+    }
+
+    /// Where the log's data ends in this segment once this buffer is written.
+    fn data_end(&self) -> u64 {
+        if self.filled == 0 {
+            self.data_before
+        } else {
+            self.file_offset + self.filled as u64
+        }
     }
 
     /// Bytes a record of `size` takes here: the first one brings the marker.
@@ -122,8 +135,11 @@ impl<F: StorageFile> LogState<F> {
         let data = self.take_buffer(capacity);
         let ends_segment = next.is_some();
         let fresh = match next {
-            Some(segment) => FillBuffer::empty_at(segment, 0, data),
-            None => FillBuffer::empty_at(self.filling.segment.clone(), self.filling.next_file_offset(), data),
+            Some(segment) => FillBuffer::empty_at(segment, 0, 0, data),
+            None => {
+                let (segment, offset) = (self.filling.segment.clone(), self.filling.next_file_offset());
+                FillBuffer::empty_at(segment, offset, self.filling.data_end(), data)
+            }
         };
         let fill = std::mem::replace(&mut self.filling, fresh);
         self.sealed.push_back(SealedBuffer { fill, ends_segment });
@@ -249,7 +265,8 @@ impl<S: Storage> LogShared<S> {
                 let length = align_up(fill.filled);
                 // The marker's own sector is never zero; count the others.
                 let zero_sectors = record::zero_sector_count(&fill.data.as_slice()[SECTOR_SIZE_BYTES..length]);
-                let shape = WriteShape { length_bytes: length as u32, zero_sectors };
+                let gap_bytes = (fill.file_offset - fill.data_before) as u32;
+                let shape = WriteShape { length_bytes: length as u32, zero_sectors, gap_bytes };
                 let marker = &mut fill.data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
                 record::encode_batch_marker(marker, durable, super::now_us(), shape);
             }

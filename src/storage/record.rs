@@ -104,7 +104,7 @@ impl RecordHeader {
 
     /// The shape of the write a batch marker starts, if this is one.
     pub fn batch_write_shape(&self) -> Option<WriteShape> {
-        let shape = WriteShape { length_bytes: self.tag_hash, zero_sectors: self.ref_size };
+        let shape = WriteShape { length_bytes: self.tag_hash, zero_sectors: self.ref_size, gap_bytes: self.queue_id };
         (self.flags & flags::BATCH != 0).then_some(shape)
     }
 
@@ -166,6 +166,9 @@ pub fn zero_sector_count(bytes: &[u8]) -> u32 {
 pub struct WriteShape {
     pub length_bytes: u32,
     pub zero_sectors: u32,
+    /// Zero padding between the data before this write (in the same
+    /// segment) and its start: zeros there are padding, not lost sectors.
+    pub gap_bytes: u32,
 }
 
 /// Writes the batch marker that starts a write into `destination` (exactly
@@ -175,7 +178,7 @@ pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_
     let header = RecordHeader {
         length: BATCH_MARKER_SIZE_BYTES as u32,
         flags: flags::BATCH | flags::INTERNAL,
-        queue_id: 0,
+        queue_id: shape.gap_bytes,
         tag_hash: shape.length_bytes,
         queue_offset: NO_QUEUE_OFFSET,
         store_timestamp_us,

@@ -26,15 +26,18 @@ type Queues = BTreeMap<u32, QueueIndex>;
 pub async fn recover<S: Storage>(storage: &S, config: &LogConfig) -> Result<LogState<S::File>, LogError> {
     // Each truncation shortens the log, so the passes end; the bound is a
     // guard against a bug, not a limit a log can reach.
+    let mut truncated = false;
     for _ in 0..RECOVERY_PASSES_MAX {
-        match recover_pass(storage, config).await? {
+        match recover_pass(storage, config, truncated).await? {
             Pass::Recovered(state) => return Ok(*state),
             // The operator's truncation cut below what the checkpoint and
             // its index files know: forget them; the next pass scans all.
-            Pass::Truncated { end, checkpoint_position } if end < checkpoint_position => {
-                forget_checkpoint(storage, config).await?
+            Pass::Truncated { end, checkpoint_position } => {
+                truncated = true;
+                if end < checkpoint_position {
+                    forget_checkpoint(storage, config).await?;
+                }
             }
-            Pass::Truncated { .. } => {}
         }
     }
     Err(LogError::Corrupt {
@@ -67,7 +70,9 @@ pub(super) async fn forget_checkpoint<S: Storage>(storage: &S, config: &LogConfi
     Ok(())
 }
 
-async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig) -> Result<Pass<S::File>, LogError> {
+/// One recovery; `truncated`: an earlier pass cut the log, so the end may
+/// lie inside a write whose batch marker no longer describes it.
+async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bool) -> Result<Pass<S::File>, LogError> {
     let segments_dir = config.dir.join(SEGMENTS_DIR);
     let index_dir = config.dir.join(INDEX_DIR);
     for dir in [&segments_dir, &index_dir] {
@@ -108,7 +113,7 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig) -> Result<Pas
     }
     sync_scanned(&segments, scan_start, &end).await?;
     let mut next_write = end.position;
-    if !tail.evidence.dirty_end.is_empty() {
+    if truncated || !tail.evidence.dirty_end.is_empty() {
         next_write = vouch(&end).await?;
     }
     let filling = filling_at(&end.segment, next_write, config.buffer_capacity_bytes);
@@ -149,7 +154,8 @@ async fn vouch<F: StorageFile>(end: &ScanEnd<F>) -> Result<u64, LogError> {
     }
     let mut data = AlignedBuf::zeroed(BLOCK_SIZE_BYTES);
     let zero_sectors = record::zero_sector_count(&data.as_slice()[record::SECTOR_SIZE_BYTES..]);
-    let shape = WriteShape { length_bytes: BLOCK_SIZE_BYTES as u32, zero_sectors };
+    let gap_bytes = (segment.start + offset - end.position) as u32;
+    let shape = WriteShape { length_bytes: BLOCK_SIZE_BYTES as u32, zero_sectors, gap_bytes };
     let marker = &mut data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
     record::encode_batch_marker(marker, end.position, super::now_us(), shape);
     let io = |operation, error| LogError::io(operation, &segment.path, segment.start + offset, error);
@@ -261,11 +267,17 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         Ok(if zero { Padding::Next(boundary) } else { Padding::Dirty })
     }
 
-    /// Whether a write that followed the data ending at `end` starts at
-    /// `offset`: a valid batch marker vouching for no more than `end`.
+    /// Whether a write that followed the data ending at `end` (global)
+    /// starts at `offset`: a valid batch marker vouching for no more than
+    /// `end`, with exactly the padding between `end` and itself before it.
     pub(super) async fn starts_write(&mut self, offset: u64, end: u64) -> Result<bool, LogError> {
+        let position = self.segment.start + offset;
         Ok(match self.probe(offset).await? {
-            Decoded::Valid(header) => header.batch_durable_position().is_some_and(|durable| durable <= end),
+            Decoded::Valid(header) => {
+                let vouches = header.batch_durable_position().is_some_and(|durable| durable <= end);
+                let shape = header.batch_write_shape();
+                vouches && shape.is_some_and(|shape| position.checked_sub(end) == Some(u64::from(shape.gap_bytes)))
+            }
             _ => false,
         })
     }
@@ -381,7 +393,7 @@ fn index_record<F>(
     }
     let queue = queues.entry(header.queue_id).or_insert_with(|| QueueIndex::starting_at(header.queue_offset));
     if queue.next_offset() != header.queue_offset {
-        if queue.next_offset() != queue.base_offset() {
+        if queue.next_offset() != queue.base_offset() || !late_starts {
             return Err("a record's queue offset does not follow its queue");
         }
         // The queue's earlier offsets were deleted by retention.
@@ -477,6 +489,7 @@ async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) ->
 /// `position` of `segment`.
 fn filling_at<F: StorageFile>(segment: &Rc<Segment<F>>, position: u64, capacity: usize) -> FillBuffer<F> {
     let block = BLOCK_SIZE_BYTES as u64;
-    let file_offset = ((position - segment.start).div_ceil(block) * block).min(segment.size_bytes);
-    FillBuffer::empty_at(segment.clone(), file_offset, AlignedBuf::zeroed(capacity))
+    let data_before = position - segment.start;
+    let file_offset = (data_before.div_ceil(block) * block).min(segment.size_bytes);
+    FillBuffer::empty_at(segment.clone(), file_offset, data_before, AlignedBuf::zeroed(capacity))
 }
