@@ -13,7 +13,7 @@ use super::record::{self, Decoded, RecordHeader, WriteShape, BATCH_MARKER_SIZE_B
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
 use super::tail::{self, ScanEnd, Segments, Tail};
 use super::{LogConfig, LogError, INDEX_DIR, SEGMENTS_DIR};
-use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES, SEGMENT_ZERO_FILL_CHUNK_BYTES};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
@@ -435,8 +435,13 @@ async fn settle_tail<F: StorageFile>(
     }
     let later: Vec<Rc<Segment<F>>> = segments.range(end.segment.end()..).map(|(_, later)| later.clone()).collect();
     for segment in std::iter::once(&end.segment).chain(later.iter()) {
-        if let Some(dirty_end) = tail.evidence.dirty_end.get(&segment.start) {
-            zero_range(segment, end.position.max(segment.start), *dirty_end).await?;
+        let from = end.position.max(segment.start);
+        if tail.corruption.is_some() {
+            // The cut may lie far below data the look-ahead never reached:
+            // nothing of it may come back, nor serve as evidence later.
+            zero_range(segment, from, segment.end()).await?;
+        } else if let Some(dirty_end) = tail.evidence.dirty_end.get(&segment.start) {
+            zero_range(segment, from, *dirty_end).await?;
         }
     }
     for segment in &later {
@@ -479,9 +484,18 @@ async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) ->
         .read_at(start, (from - segment.start - start) as usize)
         .await
         .map_err(|error| io("read tail", error))?;
-    let mut buffer = AlignedBuf::zeroed((end - start) as usize);
+    let chunk = (SEGMENT_ZERO_FILL_CHUNK_BYTES as u64).min(end - start) as usize;
+    let mut buffer = AlignedBuf::zeroed(chunk);
     buffer.as_mut_slice()[..kept.len()].copy_from_slice(&kept);
-    segment.file.write_at(buffer.as_slice(), start).await.map_err(|error| io("zero tail", error))?;
+    let mut at = start;
+    while at < end {
+        let length = ((end - at) as usize).min(chunk);
+        segment.file.write_at(&buffer.as_slice()[..length], at).await.map_err(|error| io("zero tail", error))?;
+        if at == start {
+            buffer.as_mut_slice()[..kept.len()].fill(0);
+        }
+        at += length as u64;
+    }
     segment.file.fdatasync().await.map_err(|error| io("fdatasync tail", error))
 }
 
