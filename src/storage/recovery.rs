@@ -175,7 +175,7 @@ pub(super) async fn open_segments<S: Storage>(storage: &S, dir: &Path) -> Result
     Ok(segments)
 }
 
-async fn load_checkpoint<S: Storage>(storage: &S, config: &LogConfig) -> Option<Checkpoint> {
+pub(super) async fn load_checkpoint<S: Storage>(storage: &S, config: &LogConfig) -> Option<Checkpoint> {
     let path = config.dir.join(CHECKPOINT_FILE);
     match storage.read_file(&path).await {
         Ok(Some(bytes)) => match Checkpoint::decode(&bytes) {
@@ -242,9 +242,7 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         let wanted_end = (offset + length as u64).min(self.segment.size_bytes);
         if offset < self.chunk_offset || wanted_end > chunk_end {
             let read_length = length.max(SCAN_CHUNK_BYTES).min((self.segment.size_bytes - offset) as usize);
-            self.chunk = self.segment.file.read_at(offset, read_length).await.map_err(|error| {
-                LogError::io("read segment", &self.segment.path, self.segment.start + offset, error)
-            })?;
+            self.chunk = self.segment.read(offset, read_length).await?;
             self.chunk_offset = offset;
         }
         let start = (offset - self.chunk_offset) as usize;
@@ -479,11 +477,7 @@ async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) ->
         return Ok(());
     }
     let io = |operation, error| LogError::io(operation, &segment.path, from, error);
-    let kept = segment
-        .file
-        .read_at(start, (from - segment.start - start) as usize)
-        .await
-        .map_err(|error| io("read tail", error))?;
+    let kept = segment.read(start, (from - segment.start - start) as usize).await?;
     let chunk = (SEGMENT_ZERO_FILL_CHUNK_BYTES as u64).min(end - start) as usize;
     let mut buffer = AlignedBuf::zeroed(chunk);
     buffer.as_mut_slice()[..kept.len()].copy_from_slice(&kept);

@@ -13,9 +13,8 @@
 //! rebuilds every index from the whole log.
 
 use super::backend::{Storage, StorageFile};
-use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::record::{self, flags, Decoded};
-use super::recovery::{forget_checkpoint, open_segments, Padding, SegmentReader};
+use super::recovery::{forget_checkpoint, load_checkpoint, open_segments, Padding, SegmentReader};
 use super::segment::Segment;
 use super::tail::{self, Segments};
 use super::{aligned::AlignedBuf, now_us, LogConfig, LogError, SEGMENTS_DIR};
@@ -74,7 +73,7 @@ struct Survey<F> {
 pub async fn repair<S: Storage>(storage: &S, config: &LogConfig) -> Result<Vec<RepairedRange>, LogError> {
     let segments = open_segments(storage, &config.dir.join(SEGMENTS_DIR)).await?;
     let Survey { mut damaged, gaps, last } = survey(&segments).await?;
-    let checkpoint_position = checkpoint_position(storage, config).await;
+    let checkpoint_position = load_checkpoint(storage, config).await.map_or(0, |checkpoint| checkpoint.position);
     let last_is_torn = match damaged.last() {
         Some(last) if !last.followed && last.start >= checkpoint_position => {
             tail::looks_torn(&last.segment, last.start - last.segment.start).await?
@@ -110,7 +109,10 @@ async fn survey<F: StorageFile>(segments: &Segments<F>) -> Result<Survey<F>, Log
         while offset < segment.size_bytes {
             if let Decoded::Valid(header) = reader.probe(offset).await? {
                 let position = segment.start + offset;
-                found.damaged.iter_mut().for_each(|damage| damage.followed = true);
+                // Only ranges at the end of the data so far lack a follower.
+                for damage in found.damaged.iter_mut().rev().take_while(|damage| !damage.followed) {
+                    damage.followed = true;
+                }
                 if header.is_indexed() {
                     found.note_record(header.queue_id, header.queue_offset, position);
                 }
@@ -192,12 +194,7 @@ async fn place_trailing<F: StorageFile>(
 ) -> Result<(), LogError> {
     for damage in damaged.iter_mut() {
         let offset = damage.start - damage.segment.start;
-        let bytes = damage
-            .segment
-            .file
-            .read_at(offset, (damage.end - damage.start) as usize)
-            .await
-            .map_err(|error| LogError::io("read damaged range", &damage.segment.path, damage.start, error))?;
+        let bytes = damage.segment.read(offset, (damage.end - damage.start) as usize).await?;
         for at in (0..bytes.len()).step_by(RECORD_ALIGNMENT_BYTES) {
             let Some((queue_id, queue_offset)) = record::claimed_queue_offset(&bytes[at..]) else { continue };
             let Some((position, previous)) = last.get(&queue_id).copied() else { continue };
@@ -257,19 +254,24 @@ async fn mend<S: Storage>(storage: &S, damage: &Damage<S::File>) -> Result<Repai
     let offset = damage.start - segment.start;
     let length = (damage.end - damage.start) as usize;
     let io = |operation, error| LogError::io(operation, &segment.path, damage.start, error);
-    let damaged = segment.file.read_at(offset, length).await.map_err(|error| io("read damaged range", error))?;
-    let mut copy = segment.path.clone().into_os_string();
-    copy.push(format!(".damaged-{}", damage.start));
-    let copy = PathBuf::from(copy);
-    storage.write_file_atomic(&copy, &damaged).await.map_err(|error| io("copy damaged range", error))?;
-
     let block = BLOCK_SIZE_BYTES as u64;
     let first = offset / block * block;
     let last = (offset + length as u64).div_ceil(block) * block;
-    let around = segment.file.read_at(first, (last - first) as usize).await.map_err(|error| io("read", error))?;
+    // One read: the whole blocks the rewrite covers hold the damaged bytes.
+    let around = segment.read(first, (last - first) as usize).await?;
+    let at = (offset - first) as usize;
+    let damaged = around.get(at..at + length).ok_or_else(|| LogError::Corrupt {
+        path: segment.path.clone(),
+        position: damage.start,
+        detail: "the damaged range lies past the end of its segment file".into(),
+    })?;
+    let mut copy = segment.path.clone().into_os_string();
+    copy.push(format!(".damaged-{}", damage.start));
+    let copy = PathBuf::from(copy);
+    storage.write_file_atomic(&copy, damaged).await.map_err(|error| io("copy damaged range", error))?;
+
     let mut blocks = AlignedBuf::zeroed((last - first) as usize);
     blocks.as_mut_slice()[..around.len()].copy_from_slice(&around);
-    let at = (offset - first) as usize;
     blocks.as_mut_slice()[at..at + length].copy_from_slice(&replacement(length, &damage.lost, damage.followed));
     segment.file.write_at(blocks.as_slice(), first).await.map_err(|error| io("write repaired range", error))?;
     segment.file.fdatasync().await.map_err(|error| io("fdatasync repaired range", error))?;
@@ -288,12 +290,6 @@ async fn mend<S: Storage>(storage: &S, damage: &Damage<S::File>) -> Result<Repai
         records_lost: damage.lost.len() as u64,
         copy,
     })
-}
-
-/// The position the last checkpoint recorded as durable (0 without one).
-async fn checkpoint_position<S: Storage>(storage: &S, config: &LogConfig) -> u64 {
-    let bytes = storage.read_file(&config.dir.join(CHECKPOINT_FILE)).await.ok().flatten();
-    bytes.and_then(|bytes| Checkpoint::decode(&bytes).ok()).map_or(0, |checkpoint| checkpoint.position)
 }
 
 #[cfg(test)]

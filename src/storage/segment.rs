@@ -28,6 +28,17 @@ impl<F> Segment<F> {
     }
 }
 
+impl<F: StorageFile> Segment<F> {
+    /// Bytes at `offset` (segment-relative), up to `length`; fewer at the
+    /// end of the file. The error names the segment and the log position.
+    pub async fn read(&self, offset: u64, length: usize) -> Result<Vec<u8>, LogError> {
+        self.file
+            .read_at(offset, length)
+            .await
+            .map_err(|error| LogError::io("read segment", &self.path, self.start + offset, error))
+    }
+}
+
 pub fn segment_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}.{SEGMENT_EXTENSION}"))
 }

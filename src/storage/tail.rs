@@ -131,7 +131,7 @@ async fn torn_write_at<F: StorageFile>(end: &ScanEnd<F>) -> Result<bool, LogErro
     };
     let offset = start - segment.start;
     let length = u64::from(shape.length_bytes).min(segment.size_bytes - offset) as usize;
-    let bytes = read(segment, offset, length).await?;
+    let bytes = segment.read(offset, length).await?;
     let sectors_after_marker = bytes.get(record::SECTOR_SIZE_BYTES..).unwrap_or_default();
     Ok(record::zero_sector_count(sectors_after_marker) > shape.zero_sectors)
 }
@@ -145,33 +145,22 @@ async fn torn_write_at<F: StorageFile>(end: &ScanEnd<F>) -> Result<bool, LogErro
 pub(super) async fn looks_torn<F: StorageFile>(segment: &Segment<F>, offset: u64) -> Result<bool, LogError> {
     let remaining = segment.size_bytes.saturating_sub(offset);
     let header_length = (RECORD_HEADER_SIZE_BYTES as u64).min(remaining) as usize;
-    let header = read(segment, offset, header_length).await?;
+    let header = segment.read(offset, header_length).await?;
     let first_sector = offset / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES;
     let claimed = record::claimed_length(&header).filter(|length| record::plausible_length(*length, remaining));
     if let Some(length) = claimed {
         let last_end =
             ((offset + length as u64).div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES).min(segment.size_bytes);
-        let bytes = read(segment, first_sector, (last_end - first_sector) as usize).await?;
-        return Ok(bytes.chunks(SECTOR_SIZE_BYTES as usize).any(is_zero));
+        let bytes = segment.read(first_sector, (last_end - first_sector) as usize).await?;
+        return Ok(bytes.chunks(SECTOR_SIZE_BYTES as usize).any(record::is_zero_sector));
     }
     let sector_end = ((offset + 1).div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES).min(segment.size_bytes);
-    let rest_of_sector = read(segment, offset, (sector_end - offset) as usize).await?;
+    let rest_of_sector = segment.read(offset, (sector_end - offset) as usize).await?;
     let block = BLOCK_SIZE_BYTES as u64;
     let block_end = ((offset + 1).div_ceil(block) * block).min(segment.size_bytes);
-    let to_block_end = read(segment, sector_end, (block_end - sector_end) as usize).await?;
-    Ok(rest_of_sector.iter().all(|byte| *byte == 0) || to_block_end.chunks(SECTOR_SIZE_BYTES as usize).any(is_zero))
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    record::is_zero_sector(bytes)
-}
-
-async fn read<F: StorageFile>(segment: &Segment<F>, offset: u64, length: usize) -> Result<Vec<u8>, LogError> {
-    segment
-        .file
-        .read_at(offset, length)
-        .await
-        .map_err(|error| LogError::io("read segment", &segment.path, segment.start + offset, error))
+    let to_block_end = segment.read(sector_end, (block_end - sector_end) as usize).await?;
+    Ok(record::is_zero_sector(&rest_of_sector)
+        || to_block_end.chunks(SECTOR_SIZE_BYTES as usize).any(record::is_zero_sector))
 }
 
 /// What lies in one segment from `offset` to its end, read whole.
@@ -212,12 +201,12 @@ async fn gather<F: StorageFile>(
     let mut look_at = offset.div_ceil(alignment) * alignment;
     while chunk_offset < segment.size_bytes {
         let length = (EVIDENCE_CHUNK_BYTES as u64).min(segment.size_bytes - chunk_offset) as usize;
-        let chunk = read(segment, chunk_offset, length).await?;
+        let chunk = segment.read(chunk_offset, length).await?;
         if chunk.is_empty() {
             break;
         }
         for (index, sector) in chunk.chunks(SECTOR_SIZE_BYTES as usize).enumerate() {
-            if is_zero(sector) {
+            if record::is_zero_sector(sector) {
                 zeros.bytes += sector.len() as u64;
                 if zeros.seen_enough() {
                     return Ok(());
@@ -263,14 +252,14 @@ async fn record_in_chunk<F: StorageFile>(
     let header = if in_chunk.len() >= RECORD_HEADER_SIZE_BYTES {
         in_chunk[..RECORD_HEADER_SIZE_BYTES].to_vec()
     } else {
-        read(segment, offset, (RECORD_HEADER_SIZE_BYTES as u64).min(remaining) as usize).await?
+        segment.read(offset, (RECORD_HEADER_SIZE_BYTES as u64).min(remaining) as usize).await?
     };
     let plausible = |length: &usize| record::plausible_length(*length, remaining);
     let Some(length) = record::claimed_length(&header).filter(plausible) else { return Ok(None) };
     let decoded = if in_chunk.len() >= length {
         record::decode(&in_chunk[..length])
     } else {
-        record::decode(&read(segment, offset, length).await?)
+        record::decode(&segment.read(offset, length).await?)
     };
     let Decoded::Valid(header) = decoded else { return Ok(None) };
     let position = segment.start + offset;
