@@ -20,9 +20,7 @@ use super::backend::{Storage, StorageFile};
 use super::config::FlushMode;
 use super::log::{LogShared, LogState};
 use super::read::WrittenBuffer;
-use super::record::{
-    self, RecordHeader, WriteShape, BATCH_MARKER_SIZE_BYTES, NO_POSITION, NO_QUEUE_OFFSET, SECTOR_SIZE_BYTES,
-};
+use super::record::{self, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION, NO_QUEUE_OFFSET};
 use super::segment::Segment;
 use super::{AppendRequest, Appended, LogError};
 use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
@@ -260,18 +258,13 @@ impl<S: Storage> LogShared<S> {
         let (mut records, mut bytes, mut padding) = (0, 0, 0);
         for sealed in &mut batch {
             let fill = &mut sealed.fill;
+            let length = align_up(fill.filled);
             if fill.records > 0 {
-                let durable = self.flushed.get();
-                let length = align_up(fill.filled);
-                // The marker's own sector is never zero; count the others.
-                let zero_sectors = record::zero_sector_count(&fill.data.as_slice()[SECTOR_SIZE_BYTES..length]);
                 let gap_bytes = (fill.file_offset - fill.data_before) as u32;
-                let shape = WriteShape { length_bytes: length as u32, zero_sectors, gap_bytes };
-                let marker = &mut fill.data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
-                record::encode_batch_marker(marker, durable, super::now_us(), shape);
+                let write = &mut fill.data.as_mut_slice()[..length];
+                record::stamp_batch_marker(write, self.flushed.get(), gap_bytes, super::now_us());
             }
             let fill = &sealed.fill;
-            let length = align_up(fill.filled);
             if length > 0 {
                 self.write(fill, length).await?;
                 if let Some(error) = self.state.borrow().stopped_error() {

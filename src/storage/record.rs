@@ -188,6 +188,17 @@ pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_
     encode(destination, &header, &[]);
 }
 
+/// Stamps the batch marker at the start of `write` (the whole write, padded
+/// to blocks, its first `BATCH_MARKER_SIZE_BYTES` reserved), its shape read
+/// off the write itself: its length and its all-zero sectors after the
+/// marker's own, which is never zero.
+pub fn stamp_batch_marker(write: &mut [u8], durable_position: u64, gap_bytes: u32, store_timestamp_us: u64) {
+    debug_assert!(write.len() >= SECTOR_SIZE_BYTES && write.len() % SECTOR_SIZE_BYTES == 0);
+    let zero_sectors = zero_sector_count(&write[SECTOR_SIZE_BYTES..]);
+    let shape = WriteShape { length_bytes: write.len() as u32, zero_sectors, gap_bytes };
+    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], durable_position, store_timestamp_us, shape);
+}
+
 /// Writes header and message into `destination` (exactly `padded_size` bytes,
 /// zeroed by the caller) and returns the CRC written.
 pub fn encode(destination: &mut [u8], header: &RecordHeader, message: &[u8]) -> u32 {

@@ -9,7 +9,7 @@ use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::group_commit::FillBuffer;
 use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
 use super::log::LogState;
-use super::record::{self, Decoded, RecordHeader, WriteShape, BATCH_MARKER_SIZE_BYTES, NO_POSITION};
+use super::record::{self, Decoded, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION};
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
 use super::tail::{self, ScanEnd, Segments, Tail};
 use super::{LogConfig, LogError, INDEX_DIR, SEGMENTS_DIR};
@@ -153,11 +153,8 @@ async fn vouch<F: StorageFile>(end: &ScanEnd<F>) -> Result<u64, LogError> {
         return Ok(end.position); // the next write opens the next segment and vouches
     }
     let mut data = AlignedBuf::zeroed(BLOCK_SIZE_BYTES);
-    let zero_sectors = record::zero_sector_count(&data.as_slice()[record::SECTOR_SIZE_BYTES..]);
     let gap_bytes = (segment.start + offset - end.position) as u32;
-    let shape = WriteShape { length_bytes: BLOCK_SIZE_BYTES as u32, zero_sectors, gap_bytes };
-    let marker = &mut data.as_mut_slice()[..BATCH_MARKER_SIZE_BYTES];
-    record::encode_batch_marker(marker, end.position, super::now_us(), shape);
+    record::stamp_batch_marker(data.as_mut_slice(), end.position, gap_bytes, super::now_us());
     let io = |operation, error| LogError::io(operation, &segment.path, segment.start + offset, error);
     segment.file.write_at(data.as_slice(), offset).await.map_err(|error| io("write batch marker", error))?;
     segment.file.fdatasync().await.map_err(|error| io("fdatasync batch marker", error))?;
