@@ -48,7 +48,10 @@ fn messages_round_trip_through_a_real_broker() {
         batch.iter().map(|body| OutgoingMessage { body: body.as_bytes(), ..Default::default() }).collect();
     let receipts = producer.send_batch(&messages, QueueChoice::Explicit(3)).expect("batch");
     assert_eq!(receipts.len(), 50);
-    assert!(receipts.windows(2).all(|pair| pair[1].offset == pair[0].offset + 1), "a batch is contiguous in its queue");
+    assert!(
+        receipts.windows(2).all(|pair| pair[1].offset == pair[0].offset.map(|offset| offset + 1)),
+        "a batch is contiguous in its queue"
+    );
     sent.extend(batch);
 
     let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
@@ -168,38 +171,70 @@ fn a_refused_message_comes_again_and_accepted_ones_are_committed() {
     assert_eq!(consumer.committed_offset(0).expect("offset"), Some(5));
 }
 
-#[test]
-fn a_retried_send_returns_the_first_result_and_is_stored_once() {
-    let broker = Broker::start(1);
-    let client = Client::connect(&broker.address()).expect("connect");
-    client.create_topic("once", 1).expect("create");
-    let message = ringmq::wire::MessageDraft {
-        msg_id: (42, 7),
+/// A message of producer 42 with `sequence` for queue 0 of "once".
+fn sequenced(sequence: u64) -> Vec<u8> {
+    let draft = ringmq::wire::MessageDraft {
+        msg_id: (42, 100 + sequence),
         topic: "once",
         body: b"exactly once in the log",
         producer_id: 42,
-        sequence: 7,
-        ..Default::default()
-    }
-    .build();
-    let body = protocol::produce_request("once", 0, &[&message]);
-    let offsets: Vec<u64> = (0..3)
-        .map(|_| {
-            let answer = client.call(0, Kind::ProduceRequest, &body).expect("send");
-            let response = protocol::verify::<fb::ProduceResponse>(&answer).expect("verify");
-            response.results().expect("results").get(0).offset()
-        })
-        .collect();
-    assert_eq!(offsets, [0, 0, 0], "every retry answers with the first send's offset");
-    let other = ringmq::wire::MessageDraft {
-        msg_id: (42, 8),
-        topic: "once",
-        producer_id: 42,
-        sequence: 8,
+        sequence,
         ..Default::default()
     };
-    let answer =
-        client.call(0, Kind::ProduceRequest, &protocol::produce_request("once", 0, &[&other.build()])).expect("send");
+    protocol::produce_request("once", 0, &[&draft.build()])
+}
+
+/// (offset, duplicate) of the only message of a produce answer.
+fn produced(client: &Client, body: &[u8]) -> Result<(Option<u64>, bool), ringmq::client::ClientError> {
+    let answer = client.call(0, Kind::ProduceRequest, body)?;
     let response = protocol::verify::<fb::ProduceResponse>(&answer).expect("verify");
-    assert_eq!(response.results().expect("results").get(0).offset(), 1, "the next sequence is a new message");
+    let send = protocol::SendOutcome::read(&response.sends().expect("sends").get(0));
+    Ok((send.offset, send.duplicate))
+}
+
+#[test]
+fn a_retried_send_returns_the_first_result_and_sequences_are_stored_in_order() {
+    let broker = Broker::start(1);
+    let client = Client::connect(&broker.address()).expect("connect");
+    client.create_topic("once", 1).expect("create");
+    let first = sequenced(7);
+    assert_eq!(produced(&client, &first).expect("send"), (Some(0), false), "a new producer starts anywhere");
+    for _ in 0..2 {
+        assert_eq!(produced(&client, &first).expect("retry"), (Some(0), true), "a retry gets the first result");
+    }
+    let ahead = produced(&client, &sequenced(9)).expect_err("sequence 9 before 8");
+    assert_eq!(ahead.code(), Some(fb::ErrorCode::OutOfOrderSequence));
+    match &ahead {
+        ringmq::client::ClientError::Broker(failure) => assert_eq!(failure.expected_sequence, Some(8)),
+        other => panic!("not a broker refusal: {other}"),
+    }
+    assert!(ahead.is_retryable(), "the producer resends in order");
+    assert_eq!(produced(&client, &sequenced(8)).expect("send"), (Some(1), false));
+    assert_eq!(produced(&client, &sequenced(9)).expect("send"), (Some(2), false), "in order now");
+    let received = common::consume_in_order(&broker.address(), "audit", "once");
+    assert_eq!(received.len(), 3, "each sequence stored once: {received:?}");
+}
+
+#[test]
+fn a_retry_after_a_restart_finds_the_first_send_from_the_snapshot_or_the_log() {
+    let mut broker = Broker::start(1);
+    let client = Client::connect(&broker.address()).expect("connect");
+    client.create_topic("once", 1).expect("create");
+    for sequence in 0..3 {
+        assert_eq!(produced(&client, &sequenced(sequence)).expect("send"), (Some(sequence), false));
+    }
+    // A clean stop writes the producer snapshot; a kill leaves only the log.
+    assert!(broker.terminate().success());
+    assert!(broker.data_dir().join("shard-0/producers.snapshot").exists(), "a clean stop writes the snapshot");
+    broker.restart();
+    let client = Client::connect(&broker.address()).expect("connect");
+    assert_eq!(produced(&client, &sequenced(1)).expect("retry"), (Some(1), true), "from the snapshot");
+    assert_eq!(produced(&client, &sequenced(3)).expect("send"), (Some(3), false));
+    broker.kill();
+    broker.restart();
+    let client = Client::connect(&broker.address()).expect("connect");
+    assert_eq!(produced(&client, &sequenced(3)).expect("retry"), (Some(3), true), "from the log after the snapshot");
+    let ahead = produced(&client, &sequenced(5)).expect_err("sequence 5 before 4");
+    assert_eq!(ahead.code(), Some(fb::ErrorCode::OutOfOrderSequence));
+    assert_eq!(common::consume_in_order(&broker.address(), "audit", "once").len(), 4);
 }

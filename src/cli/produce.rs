@@ -1,12 +1,18 @@
 //! `ringmq produce`: one message per stdin line, one JSON line per result,
-//! in input order. Exit status non-zero if any message failed.
+//! in input order. A broker restart is waited out (each line is resent for
+//! up to `--delivery-timeout-ms`); the exit status is non-zero if any line
+//! finally failed. `--linger-ms` batches lines into produce requests.
 
-use crate::client::{Client, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
-use crate::protocol::fb;
+use crate::client::{
+    AsyncProducer, BatchOptions, Client, ClientError, OutgoingMessage, OwnedMessage, Producer, ProducerOptions,
+    QueueChoice, SendReceipt, REQUEST_TIMEOUT_DEFAULT,
+};
 use clap::Args;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 /// Lines sent per pipelined round.
 const LINES_PER_ROUND: usize = 1024;
@@ -21,14 +27,59 @@ pub struct ProduceArgs {
     key: Option<String>,
     #[arg(long)]
     tag: Option<String>,
+    /// How long each line is resent through broker restarts and
+    /// unreachable shards before it is reported failed.
+    #[arg(long, default_value_t = crate::client::DELIVERY_TIMEOUT_DEFAULT.as_millis() as u64)]
+    delivery_timeout_ms: u64,
+    /// Batch lines: a queue's lines wait up to this long to share one
+    /// produce request. Without it, each line is its own request.
+    #[arg(long)]
+    linger_ms: Option<u64>,
+    /// With --linger-ms: a batch goes out once it holds this many bytes.
+    #[arg(long, default_value_t = BatchOptions::default().batch_max_bytes)]
+    batch_max_bytes: usize,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
     broker: String,
 }
 
+/// The JSON line for input line `line`.
+fn result_line(line: usize, result: &Result<SendReceipt, ClientError>) -> serde_json::Value {
+    match result {
+        Ok(receipt) => serde_json::json!({
+            "line": line,
+            "msg_id": receipt.msg_id_hex(),
+            "queue": receipt.queue,
+            "offset": receipt.offset,
+            "status": receipt.status_name(),
+            "duplicate": receipt.duplicate,
+        }),
+        Err(error) => serde_json::json!({"line": line, "error": error.to_string()}),
+    }
+}
+
 pub fn run(args: ProduceArgs) -> Result<ExitCode, String> {
-    let client = Arc::new(Client::connect(&args.broker).map_err(|error| error.to_string())?);
-    let producer = Producer::new(client, &args.topic, ProducerOptions::default()).map_err(|error| error.to_string())?;
-    let choice = if args.key.is_some() { QueueChoice::KeyHash } else { QueueChoice::RoundRobin };
+    let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
+    let client = Client::connect_patiently(&args.broker, REQUEST_TIMEOUT_DEFAULT, delivery_timeout);
+    let client = Arc::new(client.map_err(|error| error.to_string())?);
+    let options = ProducerOptions { delivery_timeout, ..ProducerOptions::default() };
+    let producer = Producer::new(client, &args.topic, options).map_err(|error| error.to_string())?;
+    let failed = match args.linger_ms {
+        Some(linger_ms) => produce_batched(&args, Arc::new(producer), Duration::from_millis(linger_ms))?,
+        None => produce_pipelined(&args, &producer)?,
+    };
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn choice(args: &ProduceArgs) -> QueueChoice {
+    if args.key.is_some() {
+        QueueChoice::KeyHash
+    } else {
+        QueueChoice::RoundRobin
+    }
+}
+
+/// One request per line, `WINDOW` in flight; `true` if a line failed.
+fn produce_pipelined(args: &ProduceArgs, producer: &Producer) -> Result<bool, String> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let mut stdout = std::io::stdout().lock();
@@ -40,7 +91,7 @@ pub fn run(args: ProduceArgs) -> Result<ExitCode, String> {
             round.push(line.map_err(|error| format!("reading stdin: {error}"))?);
         }
         if round.is_empty() {
-            break;
+            return Ok(failed);
         }
         let messages: Vec<OutgoingMessage<'_>> = round
             .iter()
@@ -51,22 +102,64 @@ pub fn run(args: ProduceArgs) -> Result<ExitCode, String> {
                 properties: &[],
             })
             .collect();
-        for result in producer.send_pipelined(&messages, choice, WINDOW) {
+        for result in producer.send_pipelined(&messages, choice(args), WINDOW) {
             line_number += 1;
-            let line = match result {
-                Ok(receipt) => {
-                    let status =
-                        if receipt.status == fb::SendStatus::SendOk { "SEND_OK" } else { "FLUSH_DISK_TIMEOUT" };
-                    serde_json::json!({"line": line_number, "msg_id": receipt.msg_id_hex(), "queue": receipt.queue, "offset": receipt.offset, "status": status})
-                }
-                Err(error) => {
-                    failed = true;
-                    serde_json::json!({"line": line_number, "error": error.to_string()})
-                }
-            };
-            writeln!(stdout, "{line}").map_err(|error| format!("writing stdout: {error}"))?;
+            failed |= result.is_err();
+            writeln!(stdout, "{}", result_line(line_number, &result))
+                .map_err(|error| format!("writing stdout: {error}"))?;
         }
         stdout.flush().map_err(|error| format!("writing stdout: {error}"))?;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Results arrive in any order across queues; they are printed in input
+/// order.
+struct InOrder {
+    next: usize,
+    waiting: BTreeMap<usize, Result<SendReceipt, ClientError>>,
+    failed: bool,
+}
+
+impl InOrder {
+    fn print(&mut self, out: &mut impl Write) -> Result<(), String> {
+        while let Some(result) = self.waiting.remove(&self.next) {
+            self.failed |= result.is_err();
+            writeln!(out, "{}", result_line(self.next, &result)).map_err(|error| format!("writing stdout: {error}"))?;
+            self.next += 1;
+        }
+        out.flush().map_err(|error| format!("writing stdout: {error}"))
+    }
+}
+
+/// Lines batched per queue (`--linger-ms`); `true` if a line failed.
+fn produce_batched(args: &ProduceArgs, producer: Arc<Producer>, linger: Duration) -> Result<bool, String> {
+    let options = BatchOptions { linger, batch_max_bytes: args.batch_max_bytes, ..BatchOptions::default() };
+    let sender = AsyncProducer::new(producer, options).map_err(|error| error.to_string())?;
+    let (results, answered) = mpsc::channel();
+    let mut stdout = std::io::stdout().lock();
+    let mut in_order = InOrder { next: 1, waiting: BTreeMap::new(), failed: false };
+    for (index, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|error| format!("reading stdin: {error}"))?;
+        let message = OwnedMessage {
+            body: line.into_bytes(),
+            key: args.key.clone(),
+            tag: args.tag.clone(),
+            ..OwnedMessage::default()
+        };
+        let results = results.clone();
+        let completion = Box::new(move |result| {
+            let _ = results.send((index + 1, result));
+        });
+        if let Err(error) = sender.send(message, choice(args), completion) {
+            in_order.waiting.insert(index + 1, Err(error));
+        }
+        in_order.waiting.extend(answered.try_iter());
+        in_order.print(&mut stdout)?;
+    }
+    // Sends what is still batched and waits for every answer.
+    drop(sender);
+    drop(results);
+    in_order.waiting.extend(answered.iter());
+    in_order.print(&mut stdout)?;
+    Ok(in_order.failed)
 }

@@ -38,9 +38,18 @@ pub struct ServeArgs {
     /// 67108864; at least 32768).
     #[arg(long)]
     index_cache_bytes: Option<usize>,
+    /// A producer that stored nothing this long is forgotten (its retries
+    /// are then stored again); default 604800000 (7 days).
+    #[arg(long)]
+    producer_idle_expiry_ms: Option<u64>,
+    /// Producers each shard tracks at most; a new one past it is refused
+    /// with TooManyProducers (default 100000).
+    #[arg(long)]
+    producers_max: Option<usize>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
-    /// index_cache_bytes, segment_size_bytes, retention_hours, retention_bytes,
+    /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
+    /// segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// spin_before_park_us.
     #[arg(long)]
@@ -58,6 +67,8 @@ struct ConfigFile {
     sync_flush_timeout_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
     index_cache_bytes: Option<usize>,
+    producer_idle_expiry_ms: Option<u64>,
+    producers_max: Option<usize>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -100,6 +111,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     }
     if let Some(bytes) = args.index_cache_bytes.or(file.index_cache_bytes) {
         config.index_cache_bytes = bytes;
+    }
+    if let Some(ms) = args.producer_idle_expiry_ms.or(file.producer_idle_expiry_ms) {
+        config.producer_idle_expiry = Duration::from_millis(ms);
+    }
+    if let Some(max) = args.producers_max.or(file.producers_max) {
+        config.producers_max = max;
     }
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
@@ -179,6 +196,8 @@ mod tests {
             ("flush = \"async\"\nflush_interval_ms = 0", "flush_interval_ms"),
             ("segment_size_bytes = 1000", "segment size"),
             ("index_cache_bytes = 1000", "index_cache_bytes"),
+            ("producers_max = 0", "producers_max"),
+            ("producer_idle_expiry_ms = 0", "producer_idle_expiry_ms"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");

@@ -1,7 +1,11 @@
 //! A connection for code that runs inside a glommio executor (the load
 //! generator): no threads, no locks. A writer task sends the frames queued by
 //! any task of the executor; a reader task hands each answer to the task
-//! waiting for its request id. Many requests may be in flight.
+//! waiting for its request id. Many requests may be in flight, but the
+//! queue of frames not yet written is bounded (a sender waits for room).
+//! Connecting, writing and every request have timeouts; a request that
+//! times out closes the connection, which is then replaced, never reused
+//! with a late answer on its way.
 
 use super::{expect_kind, ClientError};
 use crate::constants::FRAME_BODY_BYTES_MAX;
@@ -12,7 +16,21 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// Frames queued for the writer at most.
+const OUTBOX_FRAMES_MAX: usize = 1024;
+
+/// `future`, or `Timeout` after `limit`.
+async fn within<T>(limit: Duration, future: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+    futures_lite::future::or(future, async {
+        glommio::timer::sleep(limit).await;
+        Err(ClientError::Timeout { after: limit })
+    })
+    .await
+}
 
 type Waiters = Rc<RefCell<HashMap<u32, LocalSender<Result<Frame, ClientError>>>>>;
 
@@ -22,19 +40,22 @@ pub struct AsyncConnection {
     waiters: Waiters,
     closed: Rc<Cell<bool>>,
     next_request_id: Cell<u32>,
+    timeout: Duration,
     _tasks: (glommio::Task<()>, glommio::Task<()>),
 }
 
 impl AsyncConnection {
-    pub async fn connect(address: &str) -> Result<Rc<Self>, ClientError> {
+    /// Connects within `timeout`, which also bounds each request and write.
+    pub async fn connect(address: &str, timeout: Duration) -> Result<Rc<Self>, ClientError> {
         let connect_error = |error: String| ClientError::Connect { address: address.to_string(), error };
-        let stream = TcpStream::connect(address).await.map_err(|error| connect_error(error.to_string()))?;
+        let connecting = async { TcpStream::connect(address).await.map_err(|error| connect_error(error.to_string())) };
+        let stream = within(timeout, connecting).await?;
         stream.set_nodelay(true).map_err(|error| connect_error(error.to_string()))?;
         let (reader, writer) = futures_lite::io::split(stream);
-        let (outbox, frames) = local_channel::new_unbounded();
+        let (outbox, frames) = local_channel::new_bounded(OUTBOX_FRAMES_MAX);
         let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
         let closed = Rc::new(Cell::new(false));
-        let writer_task = glommio::spawn_local(write_frames(writer, frames, closed.clone()));
+        let writer_task = glommio::spawn_local(write_frames(writer, frames, closed.clone(), timeout));
         let reader_task =
             glommio::spawn_local(read_frames(reader, waiters.clone(), closed.clone(), address.to_string()));
         Ok(Rc::new(Self {
@@ -43,6 +64,7 @@ impl AsyncConnection {
             waiters,
             closed,
             next_request_id: Cell::new(1),
+            timeout,
             _tasks: (writer_task, reader_task),
         }))
     }
@@ -51,8 +73,26 @@ impl AsyncConnection {
         self.closed.get()
     }
 
-    /// Sends a request and waits for its answer of the matching kind.
+    /// Sends a request and waits for its answer of the matching kind, for
+    /// at most the connection's timeout; a timeout closes the connection.
     pub async fn request(&self, kind: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
+        let answer = within(self.timeout, self.request_unbounded(kind, body)).await;
+        if matches!(answer, Err(ClientError::Timeout { .. })) {
+            self.close(&ClientError::Timeout { after: self.timeout });
+        }
+        answer
+    }
+
+    /// Fails every request waiting and refuses new ones; the writer stops
+    /// (closing the socket) once the connection is dropped.
+    fn close(&self, error: &ClientError) {
+        self.closed.set(true);
+        for (_, waiter) in self.waiters.borrow_mut().drain() {
+            let _ = waiter.try_send(Err(error.clone()));
+        }
+    }
+
+    async fn request_unbounded(&self, kind: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
         let response = kind.response().ok_or_else(|| ClientError::Usage(format!("{kind:?} is not a request")))?;
         if self.closed.get() {
             return Err(ClientError::Closed { address: self.address.clone() });
@@ -61,12 +101,14 @@ impl AsyncConnection {
         self.next_request_id.set(request_id.wrapping_add(1).max(1));
         let (sender, receiver) = local_channel::new_bounded(1);
         self.waiters.borrow_mut().insert(request_id, sender);
-        if self.outbox.try_send(encode_frame(kind as u16, request_id, body)).is_err() {
+        if self.outbox.send(encode_frame(kind as u16, request_id, body)).await.is_err() {
             self.waiters.borrow_mut().remove(&request_id);
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        let frame =
-            receiver.recv().await.unwrap_or_else(|| Err(ClientError::Closed { address: self.address.clone() }))?;
+        let frame = receiver.recv().await;
+        // Gone unanswered (a timeout or a close): nobody waits for it now.
+        self.waiters.borrow_mut().remove(&request_id);
+        let frame = frame.unwrap_or_else(|| Err(ClientError::Closed { address: self.address.clone() }))?;
         expect_kind(frame, response)
     }
 }
@@ -75,6 +117,7 @@ async fn write_frames(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     frames: LocalReceiver<Vec<u8>>,
     closed: Rc<Cell<bool>>,
+    timeout: Duration,
 ) {
     let mut pending = Vec::new();
     while let Some(frame) = frames.recv().await {
@@ -85,12 +128,16 @@ async fn write_frames(
                 break;
             }
         }
-        if writer.write_all(&pending).await.is_err() {
+        let writing =
+            async { writer.write_all(&pending).await.map_err(|error| ClientError::Protocol(error.to_string())) };
+        if within(timeout, writing).await.is_err() {
             closed.set(true);
             return;
         }
         pending.clear();
     }
+    // Closed: the broker sees the end and the reader's answers stop.
+    let _ = writer.close().await;
 }
 
 async fn read_frames(

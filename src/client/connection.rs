@@ -14,11 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// Writes wait at least this long before the connection is given up.
+const WRITE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
 type Deliver = Box<dyn FnOnce(Result<Frame, ClientError>) + Send>;
 
 struct Shared {
     pending: Mutex<HashMap<u32, Deliver>>,
     closed: AtomicBool,
+    /// A handle on the socket, to shut it down when it is given up.
+    socket: TcpStream,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -29,6 +34,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn fail_all(&self, error: &ClientError) {
         self.closed.store(true, Ordering::SeqCst);
+        // Wakes the reader thread, which then ends.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
         let pending: Vec<Deliver> = lock(&self.pending).drain().map(|(_, deliver)| deliver).collect();
         for deliver in pending {
             deliver(Err(error.clone()));
@@ -51,12 +58,17 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// The answer, or `Timeout`. A connection that let a request time out
+    /// is given up (its other requests fail as closed): it is never reused
+    /// with a late answer still on its way.
     pub fn wait(self, timeout: Duration) -> Result<Frame, ClientError> {
         match self.receiver.recv_timeout(timeout) {
             Ok(result) => result,
             Err(_) => {
                 lock(&self.shared.pending).remove(&self.request_id);
-                Err(ClientError::Timeout { after: timeout })
+                let error = ClientError::Timeout { after: timeout };
+                self.shared.fail_all(&error);
+                Err(error)
             }
         }
     }
@@ -70,8 +82,13 @@ impl Connection {
         let stream =
             TcpStream::connect_timeout(&resolved, timeout).map_err(|error| connect_error(error.to_string()))?;
         stream.set_nodelay(true).map_err(|error| connect_error(error.to_string()))?;
+        // A broker that stops reading must not hang a writer forever.
+        stream
+            .set_write_timeout(Some(timeout.max(WRITE_TIMEOUT_MIN)))
+            .map_err(|error| connect_error(error.to_string()))?;
         let reader = stream.try_clone().map_err(|error| connect_error(error.to_string()))?;
-        let shared = Arc::new(Shared { pending: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) });
+        let socket = stream.try_clone().map_err(|error| connect_error(error.to_string()))?;
+        let shared = Arc::new(Shared { pending: Mutex::new(HashMap::new()), closed: AtomicBool::new(false), socket });
         let reader_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("ringmq-client-{address}"))

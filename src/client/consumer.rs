@@ -221,8 +221,25 @@ impl Consumer {
         }
     }
 
-    /// Waits up to `max_wait` for messages on the assigned queues.
+    /// Waits up to `max_wait` for messages on the assigned queues. A broker
+    /// that is restarting (refused or reset connections, timeouts) is
+    /// waited out: the poll pauses and returns nothing, and the next one
+    /// reconnects, rejoining the group if the coordinator forgot it.
     pub fn poll(&mut self) -> Result<Vec<ReceivedMessage>, ClientError> {
+        match self.poll_once() {
+            Err(error) if error.is_unreachable() => {
+                tracing::warn!(%error, "the broker is unreachable; polling again shortly");
+                std::thread::sleep(self.options.max_wait.max(Duration::from_millis(100)));
+                if let Err(error) = self.client.refresh_metadata() {
+                    tracing::debug!(%error, "metadata refresh failed");
+                }
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    fn poll_once(&mut self) -> Result<Vec<ReceivedMessage>, ClientError> {
         let interval = Duration::from_millis(u64::from(self.assignment.heartbeat_interval_ms.max(100)));
         if self.last_heartbeat.elapsed() >= interval {
             self.heartbeat()?;

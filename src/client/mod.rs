@@ -4,14 +4,21 @@
 //! refreshes metadata when told `NotOwner`.
 
 mod async_connection;
+mod batching;
 mod connection;
 mod consumer;
 mod producer;
+mod sequencer;
 
 pub use async_connection::AsyncConnection;
+pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{Connection, Pending};
 pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, ReceivedMessage};
-pub use producer::{OutgoingMessage, Producer, ProducerOptions, QueueChoice, SendReceipt};
+pub use producer::{
+    Flight, OutgoingMessage, PreparedMessage, Producer, ProducerOptions, QueueChoice, SendReceipt,
+    DELIVERY_TIMEOUT_DEFAULT,
+};
+pub use sequencer::Stamp;
 
 use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout};
 use bytes::Bytes;
@@ -20,6 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+/// Pause between attempts to reach a broker that is not answering.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -45,10 +54,28 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => true,
             ClientError::Timeout { .. } => true,
+            // A full disk may get room, a stopped log a restart; a producer
+            // resends in order after an out-of-order refusal.
             ClientError::Broker(failure) => matches!(
                 failure.code,
-                fb::ErrorCode::NotOwner | fb::ErrorCode::ShuttingDown | fb::ErrorCode::UnknownTopic
+                fb::ErrorCode::NotOwner
+                    | fb::ErrorCode::ShuttingDown
+                    | fb::ErrorCode::UnknownTopic
+                    | fb::ErrorCode::OutOfOrderSequence
+                    | fb::ErrorCode::DiskFull
+                    | fb::ErrorCode::StoreStopped
             ),
+            ClientError::Protocol(_) | ClientError::Usage(_) => false,
+        }
+    }
+
+    /// Whether the broker could not be reached or is going down: what a
+    /// restart looks like from a client.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => true,
+            ClientError::Timeout { .. } => true,
+            ClientError::Broker(failure) => failure.code == fb::ErrorCode::ShuttingDown,
             ClientError::Protocol(_) | ClientError::Usage(_) => false,
         }
     }
@@ -104,6 +131,22 @@ impl Client {
         let client = Self { bootstrap: bootstrap.to_string(), timeout, view: Mutex::new(ClusterView::default()) };
         client.refresh_metadata()?;
         Ok(client)
+    }
+
+    /// Like `connect_with_timeout`, but waits out a broker that is not
+    /// there yet or restarting (refused, reset, timed out) for up to
+    /// `patience`.
+    pub fn connect_patiently(bootstrap: &str, timeout: Duration, patience: Duration) -> Result<Self, ClientError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match Self::connect_with_timeout(bootstrap, timeout) {
+                Err(error) if error.is_unreachable() && std::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, "the broker is not answering yet; retrying");
+                    std::thread::sleep(CONNECT_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn timeout(&self) -> Duration {

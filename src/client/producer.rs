@@ -1,26 +1,51 @@
-//! The producer: synchronous sends with a timeout and bounded retries. Every
-//! message gets its id (producer id + sequence) when it is built, and the
-//! same bytes go out on every retry, so the broker's dedup window turns a
-//! retried send into the first send's result.
+//! The producer: sends that ride out a broker restart. Each message is
+//! built once with its msg id (producer id + a per-producer counter) and
+//! its queue's next sequence (see `sequencer`), and the same bytes go out
+//! on every retry, so the broker answers a retry with the first send's
+//! result (marked duplicate) and stores each producer's messages in the
+//! order it sent them. A send is retried with back-off through refused
+//! connections, resets, timeouts and metadata changes until
+//! `delivery_timeout` runs out.
 
+use super::sequencer::{new_producer_id, Sequencer, Stamp, Turn};
 use super::{expect_kind, Client, ClientError, Pending};
-use crate::protocol::{self, fb, verify, Kind};
-use crate::wire::MessageDraft;
+use crate::protocol::{self, fb, verify, Kind, SendOutcome};
+use crate::wire::{restamp, verify_message, MessageDraft};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Kafka's `delivery.timeout.ms`: how long a message is resent before it
+/// is reported failed.
+pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
+/// Above the broker's `sync_flush_timeout` (5 s by default), so a slow disk
+/// is answered `FLUSH_DISK_TIMEOUT` instead of a client timeout that would
+/// make the producer resend.
+pub const PRODUCE_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// A message waiting for an older one of its queue looks again this soon.
+const ORDER_WAIT: Duration = Duration::from_millis(2);
 
 #[derive(Clone, Debug)]
 pub struct ProducerOptions {
-    pub timeout: Duration,
-    pub retries: u32,
+    /// How long one request waits for its answer.
+    pub request_timeout: Duration,
+    /// How long a message is resent before it is reported failed.
+    pub delivery_timeout: Duration,
+    /// First pause between resends; it doubles up to `backoff_max`.
     pub backoff: Duration,
+    pub backoff_max: Duration,
 }
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(3), retries: 2, backoff: Duration::from_millis(100) }
+        Self {
+            request_timeout: PRODUCE_REQUEST_TIMEOUT_DEFAULT,
+            delivery_timeout: DELIVERY_TIMEOUT_DEFAULT,
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
     }
 }
 
@@ -46,23 +71,39 @@ pub struct OutgoingMessage<'a> {
 pub struct SendReceipt {
     pub msg_id: (u64, u64),
     pub queue: u32,
-    pub offset: u64,
+    /// `None` for a duplicate of a send older than the broker remembers.
+    pub offset: Option<u64>,
     pub store_timestamp_us: u64,
     /// `FlushDiskTimeout`: stored, but not confirmed durable in time.
     pub status: fb::SendStatus,
+    /// The broker had this message already: no second copy was stored.
+    pub duplicate: bool,
 }
 
 impl SendReceipt {
     pub fn msg_id_hex(&self) -> String {
         format!("{:016x}{:016x}", self.msg_id.0, self.msg_id.1)
     }
+
+    /// The status as `ringmq produce` prints it.
+    pub fn status_name(&self) -> &'static str {
+        match self.status {
+            fb::SendStatus::SendOk => "SEND_OK",
+            fb::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+            fb::SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
+            fb::SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
+            _ => "UNKNOWN",
+        }
+    }
 }
 
-/// A message built once, with its queue, ready to be sent (again).
-struct Built {
-    queue: u32,
-    msg_id: (u64, u64),
-    bytes: Vec<u8>,
+/// A message built for its queue, stamped, ready to be sent (again).
+#[derive(Clone, Debug)]
+pub struct PreparedMessage {
+    pub queue: u32,
+    pub msg_id: (u64, u64),
+    pub stamp: Stamp,
+    pub bytes: Vec<u8>,
 }
 
 pub struct Producer {
@@ -70,7 +111,8 @@ pub struct Producer {
     topic: String,
     options: ProducerOptions,
     producer_id: u64,
-    sequence: AtomicU64,
+    next_message: AtomicU64,
+    sequencer: Mutex<Sequencer>,
     round_robin: AtomicU32,
 }
 
@@ -80,15 +122,30 @@ fn now_us() -> u64 {
 
 impl Producer {
     pub fn new(client: Arc<Client>, topic: &str, options: ProducerOptions) -> Result<Self, ClientError> {
+        Self::with_identity(client, topic, options, new_producer_id(), 0)
+    }
+
+    /// A producer going on as an earlier one (whose messages an outbox may
+    /// resend): its producer id, and the first message number it has not
+    /// used, so msg ids stay unique.
+    pub fn with_identity(
+        client: Arc<Client>,
+        topic: &str,
+        options: ProducerOptions,
+        producer_id: u64,
+        next_message: u64,
+    ) -> Result<Self, ClientError> {
+        if producer_id == 0 {
+            return Err(ClientError::Usage("producer id 0 is reserved for unsequenced sends".into()));
+        }
         client.topic(topic)?;
-        // Never 0: the broker skips dedup for producer id 0.
-        let producer_id = fastrand::u64(1..);
         Ok(Self {
             client,
             topic: topic.to_string(),
             options,
             producer_id,
-            sequence: AtomicU64::new(0),
+            next_message: AtomicU64::new(next_message),
+            sequencer: Mutex::new(Sequencer::new(producer_id)),
             round_robin: AtomicU32::new(fastrand::u32(..)),
         })
     }
@@ -97,7 +154,18 @@ impl Producer {
         self.producer_id
     }
 
-    fn pick_queue(&self, choice: QueueChoice, key: Option<&str>, queue_count: u32) -> Result<u32, ClientError> {
+    /// The first message number not used yet.
+    pub fn next_message(&self) -> u64 {
+        self.next_message.load(Ordering::SeqCst)
+    }
+
+    fn sequencer(&self) -> MutexGuard<'_, Sequencer> {
+        self.sequencer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The queue `choice` picks for a message with `key`.
+    pub fn pick_queue(&self, choice: QueueChoice, key: Option<&str>) -> Result<u32, ClientError> {
+        let queue_count = self.client.topic(&self.topic)?.queue_shards.len() as u32;
         let queue = match (choice, key) {
             (QueueChoice::Explicit(queue), _) => queue,
             (QueueChoice::KeyHash, Some(key)) => crc32fast::hash(key.as_bytes()) % queue_count,
@@ -110,24 +178,47 @@ impl Producer {
         Ok(queue)
     }
 
-    fn build(&self, message: &OutgoingMessage<'_>, queue: u32) -> Built {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let keys: Vec<&str> = message.key.into_iter().collect();
-        let msg_id = (self.producer_id, sequence);
-        let draft = MessageDraft {
-            msg_id,
-            topic: &self.topic,
-            queue,
-            keys: &keys,
-            tag: message.tag,
-            properties: message.properties,
-            body: message.body,
-            producer_id: self.producer_id,
-            sequence,
-            born_timestamp_us: now_us(),
-            ..MessageDraft::default()
-        };
-        Built { queue, msg_id, bytes: draft.build() }
+    /// Builds and stamps messages for one queue, in order. Each stays
+    /// unsettled (later messages of the queue wait behind it when order
+    /// demands) until `deliver` answers it.
+    pub fn prepare(&self, messages: &[OutgoingMessage<'_>], queue: u32) -> Vec<PreparedMessage> {
+        let stamps = self.sequencer().stamp(queue, messages.len());
+        messages
+            .iter()
+            .zip(stamps)
+            .map(|(message, stamp)| {
+                let number = self.next_message.fetch_add(1, Ordering::SeqCst);
+                let keys: Vec<&str> = message.key.into_iter().collect();
+                let msg_id = (self.producer_id, number);
+                let draft = MessageDraft {
+                    msg_id,
+                    topic: &self.topic,
+                    queue,
+                    keys: &keys,
+                    tag: message.tag,
+                    properties: message.properties,
+                    body: message.body,
+                    producer_id: stamp.producer_id,
+                    sequence: stamp.sequence,
+                    born_timestamp_us: now_us(),
+                    ..MessageDraft::default()
+                };
+                PreparedMessage { queue, msg_id, stamp, bytes: draft.build() }
+            })
+            .collect()
+    }
+
+    /// Takes back a message built by an earlier run of this producer (an
+    /// outbox's row), to be delivered in order before anything newer.
+    pub fn adopt(&self, bytes: Vec<u8>) -> Result<PreparedMessage, ClientError> {
+        let verified =
+            verify_message(Bytes::from(bytes.clone())).map_err(|error| ClientError::Usage(error.to_string()))?;
+        if verified.producer_id == 0 {
+            return Err(ClientError::Usage("an adopted message needs a producer id".into()));
+        }
+        let stamp = self.sequencer().adopt(verified.queue, verified.producer_id, verified.sequence);
+        self.next_message.fetch_max(verified.msg_id.1 + 1, Ordering::SeqCst);
+        Ok(PreparedMessage { queue: verified.queue, msg_id: verified.msg_id, stamp, bytes })
     }
 
     /// Sends one message and waits for the broker's answer.
@@ -142,61 +233,154 @@ impl Producer {
         messages: &[OutgoingMessage<'_>],
         choice: QueueChoice,
     ) -> Result<Vec<SendReceipt>, ClientError> {
-        let topic = self.client.topic(&self.topic)?;
-        let queue_count = topic.queue_shards.len() as u32;
-        let queue = self.pick_queue(choice, messages.first().and_then(|message| message.key), queue_count)?;
-        let built: Vec<Built> = messages.iter().map(|message| self.build(message, queue)).collect();
-        self.send_built(queue, &built)
+        let queue = self.pick_queue(choice, messages.first().and_then(|message| message.key))?;
+        let mut prepared = self.prepare(messages, queue);
+        self.deliver(&mut prepared)
     }
 
-    fn send_built(&self, queue: u32, built: &[Built]) -> Result<Vec<SendReceipt>, ClientError> {
-        let mut attempt = 0;
+    /// Delivers prepared messages of one queue, consecutive, in one request:
+    /// resends until the broker answers for good or `delivery_timeout`
+    /// runs out. Settles them either way.
+    pub fn deliver(&self, prepared: &mut [PreparedMessage]) -> Result<Vec<SendReceipt>, ClientError> {
+        let Some(first) = prepared.first() else { return Ok(Vec::new()) };
+        let (queue, ticket) = (first.queue, first.stamp.ticket);
+        let result = self.deliver_unsettled(prepared, Instant::now() + self.options.delivery_timeout);
+        self.sequencer().settle(queue, ticket, prepared.len());
+        result
+    }
+
+    fn deliver_unsettled(
+        &self,
+        prepared: &mut [PreparedMessage],
+        deadline: Instant,
+    ) -> Result<Vec<SendReceipt>, ClientError> {
+        let mut pause = self.options.backoff;
         loop {
-            let result = self.start(queue, built).and_then(|pending| self.finish(pending, built));
-            match result {
-                Err(error) if error.is_retryable() && attempt < self.options.retries => {
-                    attempt += 1;
-                    tracing::debug!(%error, attempt, "retrying a send");
-                    std::thread::sleep(self.options.backoff * attempt);
-                    let _ = self.client.refresh_metadata();
+            let oldest = match self.take_turn(prepared)? {
+                Some(oldest) => oldest,
+                None if Instant::now() < deadline => {
+                    std::thread::sleep(ORDER_WAIT);
+                    continue;
                 }
-                other => return other,
+                None => return Err(ClientError::Timeout { after: self.options.delivery_timeout }),
+            };
+            let error = match self.start(prepared).and_then(|pending| self.finish(pending, prepared)) {
+                Ok(receipts) => return Ok(receipts),
+                Err(error) => error,
+            };
+            let out_of_order = error.code() == Some(fb::ErrorCode::OutOfOrderSequence);
+            if out_of_order && oldest {
+                // Nothing older of this queue is in flight, yet the broker
+                // waits for an older sequence: it will never come.
+                let stamped = prepared[0].stamp.producer_id;
+                let fresh = self.sequencer().permanent_gap(prepared[0].queue, stamped);
+                tracing::warn!(%error, queue = prepared[0].queue, fresh = format!("{fresh:016x}"), "the broker waits for a sequence that will never come; going on under a fresh producer id");
+                continue;
+            }
+            if !error.is_retryable() || Instant::now() >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, "resending");
+            if out_of_order {
+                // An older message of this queue is on its way: go right after it.
+                std::thread::sleep(ORDER_WAIT);
+                continue;
+            }
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(self.options.backoff_max);
+            if let Err(error) = self.client.refresh_metadata() {
+                tracing::debug!(%error, "metadata refresh failed; will try again");
             }
         }
     }
 
-    fn start(&self, queue: u32, built: &[Built]) -> Result<Pending, ClientError> {
+    /// Whether `prepared` may go out now (restamped if its queue moved to a
+    /// fresh producer id), and whether it is the oldest unsettled message of
+    /// its queue; `None` to wait for older ones.
+    fn take_turn(&self, prepared: &mut [PreparedMessage]) -> Result<Option<bool>, ClientError> {
+        let (queue, ticket) = (prepared[0].queue, prepared[0].stamp.ticket);
+        let turn = self.sequencer().turn(queue, ticket);
+        let Turn::Go { producer_id, oldest } = turn else { return Ok(None) };
+        if prepared[0].stamp.producer_id != producer_id {
+            for message in prepared.iter_mut() {
+                message.bytes = restamp(&message.bytes, producer_id, message.stamp.sequence)
+                    .map_err(|error| ClientError::Protocol(error.to_string()))?;
+                message.stamp.producer_id = producer_id;
+            }
+            self.sequencer().restamped(queue, ticket, prepared.len(), producer_id);
+        }
+        Ok(Some(oldest))
+    }
+
+    fn start(&self, prepared: &[PreparedMessage]) -> Result<Pending, ClientError> {
+        let queue = prepared[0].queue;
         let topic = self.client.topic(&self.topic)?;
         let shard =
             *topic.queue_shards.get(queue as usize).ok_or_else(|| ClientError::Usage(format!("no queue {queue}")))?;
-        let messages: Vec<&[u8]> = built.iter().map(|built| built.bytes.as_slice()).collect();
+        let messages: Vec<&[u8]> = prepared.iter().map(|message| message.bytes.as_slice()).collect();
         let body = protocol::produce_request(&self.topic, queue, &messages);
         self.client.connection(shard)?.send(Kind::ProduceRequest as u16, &body)
     }
 
-    fn finish(&self, pending: Pending, built: &[Built]) -> Result<Vec<SendReceipt>, ClientError> {
-        let body = expect_kind(pending.wait(self.options.timeout)?, Kind::ProduceResponse)?;
+    fn finish(&self, pending: Pending, prepared: &[PreparedMessage]) -> Result<Vec<SendReceipt>, ClientError> {
+        let body = expect_kind(pending.wait(self.options.request_timeout)?, Kind::ProduceResponse)?;
         let response = verify::<fb::ProduceResponse>(&body).map_err(ClientError::Protocol)?;
-        let results =
-            response.results().ok_or_else(|| ClientError::Protocol("produce answer without results".into()))?;
-        if results.len() != built.len() {
-            return Err(ClientError::Protocol(format!("{} results for {} messages", results.len(), built.len())));
+        let sends = response.sends().ok_or_else(|| ClientError::Protocol("produce answer without results".into()))?;
+        if sends.len() != prepared.len() {
+            return Err(ClientError::Protocol(format!("{} results for {} messages", sends.len(), prepared.len())));
         }
-        Ok(results
+        Ok(sends
             .iter()
-            .zip(built)
-            .map(|(result, built)| SendReceipt {
-                msg_id: built.msg_id,
-                queue: built.queue,
-                offset: result.offset(),
-                store_timestamp_us: result.store_timestamp_us(),
-                status: result.status(),
+            .zip(prepared)
+            .map(|(send, prepared)| {
+                let send = SendOutcome::read(&send);
+                SendReceipt {
+                    msg_id: prepared.msg_id,
+                    queue: prepared.queue,
+                    offset: send.offset,
+                    store_timestamp_us: send.store_timestamp_us,
+                    status: send.status,
+                    duplicate: send.duplicate,
+                }
             })
             .collect())
     }
 
+    /// Sends prepared messages of one queue (consecutive) if their turn has
+    /// come; `land` takes the answer.
+    pub fn launch(&self, mut prepared: Vec<PreparedMessage>) -> Flight {
+        let request = match self.take_turn(&mut prepared) {
+            Ok(Some(_)) => Some(self.start(&prepared)),
+            Ok(None) => None,
+            Err(error) => Some(Err(error)),
+        };
+        Flight { prepared, started: Instant::now(), request }
+    }
+
+    /// The answer to a launched flight: resent (in order, with back-off)
+    /// until final or `delivery_timeout` after its launch. Settles it.
+    pub fn land(&self, flight: Flight) -> Result<Vec<SendReceipt>, ClientError> {
+        let Flight { mut prepared, started, request } = flight;
+        let Some(first) = prepared.first() else { return Ok(Vec::new()) };
+        let (queue, ticket) = (first.queue, first.stamp.ticket);
+        let answer = request.map(|request| request.and_then(|pending| self.finish(pending, &prepared)));
+        let deadline = started + self.options.delivery_timeout;
+        let result = match answer {
+            Some(Err(error)) if error.is_retryable() => {
+                tracing::debug!(%error, "resending");
+                self.deliver_unsettled(&mut prepared, deadline)
+            }
+            None => self.deliver_unsettled(&mut prepared, deadline),
+            Some(other) => other,
+        };
+        self.sequencer().settle(queue, ticket, prepared.len());
+        result
+    }
+
     /// Sends messages one per request with up to `window` requests in
-    /// flight; returns one result per message, in order.
+    /// flight; returns one result per message, in order. A message whose
+    /// first answer was not final is resent (in order) before the results
+    /// after it are taken.
     pub fn send_pipelined(
         &self,
         messages: &[OutgoingMessage<'_>],
@@ -205,33 +389,42 @@ impl Producer {
     ) -> Vec<Result<SendReceipt, ClientError>> {
         let window = window.max(1);
         let mut results: Vec<Option<Result<SendReceipt, ClientError>>> = (0..messages.len()).map(|_| None).collect();
-        let mut in_flight: VecDeque<(usize, u32, Built, Result<Pending, ClientError>)> = VecDeque::new();
+        let mut in_flight: VecDeque<(usize, Flight)> = VecDeque::new();
         let mut next = 0;
         while next < messages.len() || !in_flight.is_empty() {
             while next < messages.len() && in_flight.len() < window {
-                let topic = self.client.topic(&self.topic);
-                let queue = topic
-                    .and_then(|topic| self.pick_queue(choice, messages[next].key, topic.queue_shards.len() as u32));
-                match queue {
+                match self.pick_queue(choice, messages[next].key) {
                     Ok(queue) => {
-                        let built = self.build(&messages[next], queue);
-                        let pending = self.start(queue, std::slice::from_ref(&built));
-                        in_flight.push_back((next, queue, built, pending));
+                        let prepared = self.prepare(std::slice::from_ref(&messages[next]), queue);
+                        in_flight.push_back((next, self.launch(prepared)));
                     }
                     Err(error) => results[next] = Some(Err(error)),
                 }
                 next += 1;
             }
-            let Some((index, queue, built, pending)) = in_flight.pop_front() else { continue };
-            let first = pending.and_then(|pending| self.finish(pending, std::slice::from_ref(&built)));
-            let result = match first {
-                Err(error) if error.is_retryable() => self.send_built(queue, std::slice::from_ref(&built)),
-                other => other,
-            };
-            results[index] = Some(result.and_then(|mut receipts| {
+            let Some((index, flight)) = in_flight.pop_front() else { continue };
+            results[index] = Some(self.land(flight).and_then(|mut receipts| {
                 receipts.pop().ok_or_else(|| ClientError::Protocol("an empty produce answer".into()))
             }));
         }
         results.into_iter().map(|result| result.unwrap_or_else(|| Err(ClientError::Usage("not sent".into())))).collect()
+    }
+}
+
+/// A produce request on its way (or waiting for its turn).
+pub struct Flight {
+    prepared: Vec<PreparedMessage>,
+    started: Instant,
+    /// `None`: not sent yet, older messages of its queue go first.
+    request: Option<Result<Pending, ClientError>>,
+}
+
+impl Flight {
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
     }
 }

@@ -9,15 +9,21 @@ pub struct Failure {
     pub code: fb::ErrorCode,
     pub message: String,
     pub owner_shard: Option<u32>,
+    /// With `OutOfOrderSequence`: the sequence the broker expects next.
+    pub expected_sequence: Option<u64>,
 }
 
 impl Failure {
     pub fn new(code: fb::ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), owner_shard: None }
+        Self { code, message: message.into(), owner_shard: None, expected_sequence: None }
     }
 
     pub fn not_owner(owner_shard: u32, message: impl Into<String>) -> Self {
-        Self { code: fb::ErrorCode::NotOwner, message: message.into(), owner_shard: Some(owner_shard) }
+        Self { owner_shard: Some(owner_shard), ..Self::new(fb::ErrorCode::NotOwner, message) }
+    }
+
+    pub fn out_of_order(expected_sequence: u64, message: impl Into<String>) -> Self {
+        Self { expected_sequence: Some(expected_sequence), ..Self::new(fb::ErrorCode::OutOfOrderSequence, message) }
     }
 
     /// Reads an outcome; `None` when it says success.
@@ -30,6 +36,8 @@ impl Failure {
             code: outcome.error(),
             message: outcome.message().unwrap_or_default().to_string(),
             owner_shard: u32::try_from(outcome.owner_shard()).ok(),
+            expected_sequence: (outcome.error() == fb::ErrorCode::OutOfOrderSequence)
+                .then_some(outcome.expected_sequence()),
         })
     }
 }
@@ -71,7 +79,13 @@ fn outcome<'a>(builder: &mut FlatBufferBuilder<'a>, failure: Option<&Failure>) -
     };
     let message = builder.create_string(&failure.message);
     let owner_shard = failure.owner_shard.map_or(-1, |shard| shard as i32);
-    fb::Outcome::create(builder, &fb::OutcomeArgs { error: failure.code, message: Some(message), owner_shard })
+    let args = fb::OutcomeArgs {
+        error: failure.code,
+        message: Some(message),
+        owner_shard,
+        expected_sequence: failure.expected_sequence.unwrap_or(0),
+    };
+    fb::Outcome::create(builder, &args)
 }
 
 fn finish<T>(mut builder: FlatBufferBuilder<'_>, root: WIPOffset<T>) -> Vec<u8> {
@@ -156,11 +170,48 @@ pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]]) -> Vec<u8> {
     finish(builder, root)
 }
 
-pub fn produce_response(failure: Option<&Failure>, queue: u32, results: &[fb::SendResult]) -> Vec<u8> {
-    let mut builder = FlatBufferBuilder::with_capacity(64 + results.len() * 40);
+/// What became of one message of a produce request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    pub status: fb::SendStatus,
+    pub msg_id: (u64, u64),
+    /// `None` for a duplicate of a send older than the broker's window.
+    pub offset: Option<u64>,
+    pub store_timestamp_us: u64,
+    pub duplicate: bool,
+}
+
+impl SendOutcome {
+    pub fn read(send: &fb::SendOutcome<'_>) -> Self {
+        Self {
+            status: send.status(),
+            msg_id: (send.msg_id_hi(), send.msg_id_lo()),
+            offset: u64::try_from(send.offset()).ok(),
+            store_timestamp_us: send.store_timestamp_us(),
+            duplicate: send.duplicate(),
+        }
+    }
+}
+
+pub fn produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::with_capacity(64 + sends.len() * 64);
     let outcome = outcome(&mut builder, failure);
-    let results = builder.create_vector(results);
-    let args = fb::ProduceResponseArgs { outcome: Some(outcome), queue, results: Some(results) };
+    let sends: Vec<_> = sends
+        .iter()
+        .map(|send| {
+            let args = fb::SendOutcomeArgs {
+                status: send.status,
+                msg_id_hi: send.msg_id.0,
+                msg_id_lo: send.msg_id.1,
+                offset: send.offset.and_then(|offset| i64::try_from(offset).ok()).unwrap_or(-1),
+                store_timestamp_us: send.store_timestamp_us,
+                duplicate: send.duplicate,
+            };
+            fb::SendOutcome::create(&mut builder, &args)
+        })
+        .collect();
+    let sends = builder.create_vector(&sends);
+    let args = fb::ProduceResponseArgs { outcome: Some(outcome), queue, sends: Some(sends) };
     let root = fb::ProduceResponse::create(&mut builder, &args);
     finish(builder, root)
 }

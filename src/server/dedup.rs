@@ -1,16 +1,30 @@
-//! The dedup window: a retried send (same producer id and sequence) gets the
-//! first send's result instead of a second copy in the log.
+//! Producer sequences: per producer id and queue, the next sequence the
+//! shard expects and the results of the last sends it stored. A retried
+//! send gets the first send's result instead of a second copy; a send ahead
+//! of the next expected sequence is refused, so each producer's messages
+//! are stored in the order it sent them. Everything here is rebuilt from
+//! the log at start-up (`dedup_snapshot` shortens the replay).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// The keys are a random producer id and a counter: a multiply-and-fold
-/// hash spreads them well, at a fraction of SipHash's cost (the window is
-/// updated for every message).
-#[derive(Default)]
-pub struct SendKeyHasher(u64);
+/// Stored sends remembered per producer and queue, with their results: at
+/// least as many as a client may have in flight (64 by default), so any
+/// retry of an unacknowledged send finds its first result.
+pub const SEQUENCES_REMEMBERED: usize = 64;
+/// Kafka's producer id expiry: a producer idle this long is forgotten.
+pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+/// Producers one shard tracks at most: ~100 bytes for a producer that sent
+/// once, ~2.5 KiB per queue for a busy one.
+pub const PRODUCERS_MAX_DEFAULT: usize = 100_000;
 
-impl Hasher for SendKeyHasher {
+/// The keys are random producer ids: a multiply-and-fold hash spreads them
+/// well, at a fraction of SipHash's cost (the table is read for every
+/// message).
+#[derive(Default)]
+pub struct ProducerIdHasher(u64);
+
+impl Hasher for ProducerIdHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -29,65 +43,117 @@ impl Hasher for SendKeyHasher {
     }
 }
 
-type SendKeys = BuildHasherDefault<SendKeyHasher>;
+type ProducerIds = BuildHasherDefault<ProducerIdHasher>;
 
-/// A generation of remembered sends spans this long: a retry within it (the
-/// producer times out after 3 s) finds the first send.
-pub const DEDUP_GENERATION_MS: u64 = 10_000;
-/// ... unless the generation fills up first, which bounds memory (two
-/// generations of at most this many sends, ~48 bytes each).
-pub const DEDUP_WINDOW_ENTRIES_MAX: usize = 1_000_000;
-
+/// One stored send and where it went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FirstSend {
-    pub queue_id: u32,
+pub struct StoredSend {
+    pub sequence: u64,
     pub offset: u64,
     pub store_timestamp_us: u64,
     /// Log position after the record: a retry waits for it to be durable.
     pub end: u64,
 }
 
-/// Two generations of sends: lookups see both; when the current one is
-/// `DEDUP_GENERATION_MS` old or full it becomes the previous one and the old
-/// previous one is dropped whole. No per-entry eviction on the hot path; at
-/// least the last generation's sends are remembered.
-/// What the window knows of a send.
+/// What the shard knows of one producer's sends to one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueWindow {
+    pub next_sequence: u64,
+    pub last_stored_ms: u64,
+    /// The last stored sends, oldest first, consecutive sequences ending
+    /// at `next_sequence - 1`.
+    pub recent: VecDeque<StoredSend>,
+}
+
+/// What to do with a send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
-    /// Its first copy is being placed in the log (waiting for room): a retry
-    /// must wait for it, not store a second copy.
-    InFlight,
-    Stored(FirstSend),
+pub enum Admission {
+    Store,
+    /// Stored before: the first result, if still remembered.
+    Duplicate(Option<StoredSend>),
+    /// Ahead of the next expected sequence: refuse, the producer resends in
+    /// order.
+    OutOfOrder {
+        expected: u64,
+    },
+    TooManyProducers {
+        max: usize,
+    },
 }
 
-#[derive(Default)]
-pub struct DedupWindow {
-    current: HashMap<(u64, u64), Seen, SendKeys>,
-    previous: HashMap<(u64, u64), Seen, SendKeys>,
-    current_since_ms: u64,
+pub struct ProducerTable {
+    producers: HashMap<u64, BTreeMap<u32, QueueWindow>, ProducerIds>,
+    producers_max: usize,
 }
 
-impl DedupWindow {
-    pub fn get(&self, producer_id: u64, sequence: u64) -> Option<Seen> {
-        let key = (producer_id, sequence);
-        self.current.get(&key).or_else(|| self.previous.get(&key)).copied()
+impl ProducerTable {
+    pub fn new(producers_max: usize) -> Self {
+        Self { producers: HashMap::default(), producers_max }
     }
 
-    /// Remembers a send; `now_ms` is the shard's clock.
-    pub fn insert(&mut self, producer_id: u64, sequence: u64, seen: Seen, now_ms: u64) {
-        let old = now_ms.saturating_sub(self.current_since_ms) >= DEDUP_GENERATION_MS;
-        if old || self.current.len() >= DEDUP_WINDOW_ENTRIES_MAX / 2 {
-            self.previous = std::mem::take(&mut self.current);
-            self.current_since_ms = now_ms;
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Whether to store `sequence` of `producer_id` in `queue_id`. A
+    /// producer new to this queue may start at any sequence: its first
+    /// send defines where it starts (every frame of one connection is
+    /// placed in arrival order, so its first send arrives first).
+    pub fn admit(&self, producer_id: u64, queue_id: u32, sequence: u64) -> Admission {
+        let Some(queues) = self.producers.get(&producer_id) else {
+            if self.producers.len() >= self.producers_max {
+                return Admission::TooManyProducers { max: self.producers_max };
+            }
+            return Admission::Store;
+        };
+        let Some(window) = queues.get(&queue_id) else { return Admission::Store };
+        if sequence == window.next_sequence {
+            return Admission::Store;
         }
-        self.current.insert((producer_id, sequence), seen);
+        if sequence > window.next_sequence {
+            return Admission::OutOfOrder { expected: window.next_sequence };
+        }
+        let first = window.recent.front().map_or(window.next_sequence, |send| send.sequence);
+        let remembered = sequence.checked_sub(first).and_then(|at| window.recent.get(at as usize)).copied();
+        debug_assert!(remembered.is_none_or(|send| send.sequence == sequence));
+        Admission::Duplicate(remembered)
     }
 
-    /// Forgets a send whose first copy failed, so a retry may store it.
-    pub fn forget(&mut self, producer_id: u64, sequence: u64) {
-        let key = (producer_id, sequence);
-        self.current.remove(&key);
-        self.previous.remove(&key);
+    /// Notes a send stored in the log (or found there at start-up).
+    pub fn stored(&mut self, producer_id: u64, queue_id: u32, send: StoredSend) {
+        let window = self.producers.entry(producer_id).or_default().entry(queue_id).or_default();
+        if send.sequence != window.next_sequence {
+            // A producer's first send to this queue, or (at start-up) one
+            // that follows a gap the log cannot explain: start over there.
+            window.recent.clear();
+        }
+        window.next_sequence = send.sequence + 1;
+        window.last_stored_ms = window.last_stored_ms.max(send.store_timestamp_us / 1000);
+        window.recent.push_back(send);
+        if window.recent.len() > SEQUENCES_REMEMBERED {
+            window.recent.pop_front();
+        }
+    }
+
+    /// Forgets producers that stored nothing for `idle_ms`; returns how many.
+    pub fn expire(&mut self, now_ms: u64, idle_ms: u64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, queues| {
+            queues.retain(|_, window| now_ms.saturating_sub(window.last_stored_ms) < idle_ms);
+            !queues.is_empty()
+        });
+        before - self.producers.len()
+    }
+
+    pub fn windows(&self) -> impl Iterator<Item = (u64, u32, &QueueWindow)> {
+        self.producers.iter().flat_map(|(producer_id, queues)| {
+            queues.iter().map(move |(queue_id, window)| (*producer_id, *queue_id, window))
+        })
+    }
+
+    /// Puts back a window read from a snapshot.
+    pub fn restore(&mut self, producer_id: u64, queue_id: u32, window: QueueWindow) {
+        self.producers.entry(producer_id).or_default().insert(queue_id, window);
     }
 }
 
@@ -95,21 +161,47 @@ impl DedupWindow {
 mod tests {
     use super::*;
 
+    fn send(sequence: u64) -> StoredSend {
+        StoredSend { sequence, offset: 100 + sequence, store_timestamp_us: 1_000_000 * sequence, end: 4096 * sequence }
+    }
+
     #[test]
-    fn the_window_remembers_recent_sends_and_forgets_the_oldest() {
-        let mut window = DedupWindow::default();
-        let send = FirstSend { queue_id: 1, offset: 5, store_timestamp_us: 9, end: 100 };
-        window.insert(7, 1, Seen::InFlight, 0);
-        assert_eq!(window.get(7, 1), Some(Seen::InFlight));
-        window.insert(7, 1, Seen::Stored(send), 0);
-        assert_eq!(window.get(7, 1), Some(Seen::Stored(send)));
-        window.insert(7, 2, Seen::Stored(send), DEDUP_GENERATION_MS - 1);
-        window.insert(7, 3, Seen::Stored(send), DEDUP_GENERATION_MS);
-        assert!(window.get(7, 1).is_some() && window.get(7, 3).is_some(), "the previous generation is remembered");
-        window.insert(7, 4, Seen::Stored(send), 2 * DEDUP_GENERATION_MS);
-        assert_eq!(window.get(7, 1), None, "two generations back is forgotten");
-        assert!(window.get(7, 3).is_some() && window.get(7, 4).is_some());
-        window.forget(7, 3);
-        assert_eq!(window.get(7, 3), None);
+    fn sends_are_stored_in_sequence_order_and_retries_get_the_first_result() {
+        let mut table = ProducerTable::new(10);
+        assert_eq!(table.admit(7, 1, 5), Admission::Store, "a new producer starts anywhere");
+        table.stored(7, 1, send(5));
+        assert_eq!(table.admit(7, 1, 5), Admission::Duplicate(Some(send(5))));
+        assert_eq!(table.admit(7, 1, 7), Admission::OutOfOrder { expected: 6 });
+        assert_eq!(table.admit(7, 1, 6), Admission::Store);
+        assert_eq!(table.admit(7, 2, 0), Admission::Store, "each queue has its own sequences");
+        assert_eq!(table.admit(7, 1, 4), Admission::Duplicate(None), "before the first: stored before, result unknown");
+    }
+
+    #[test]
+    fn the_window_keeps_the_last_sequences_and_older_ones_stay_duplicates() {
+        let mut table = ProducerTable::new(10);
+        let total = SEQUENCES_REMEMBERED as u64 + 10;
+        for sequence in 0..total {
+            table.stored(1, 0, send(sequence));
+        }
+        assert_eq!(table.admit(1, 0, total - 1), Admission::Duplicate(Some(send(total - 1))));
+        let oldest = total - SEQUENCES_REMEMBERED as u64;
+        assert_eq!(table.admit(1, 0, oldest), Admission::Duplicate(Some(send(oldest))));
+        assert_eq!(table.admit(1, 0, oldest - 1), Admission::Duplicate(None), "older than the window");
+        assert_eq!(table.admit(1, 0, total), Admission::Store);
+        let (_, _, window) = table.windows().next().expect("a window");
+        assert_eq!(window.recent.len(), SEQUENCES_REMEMBERED);
+    }
+
+    #[test]
+    fn idle_producers_are_forgotten_and_the_cap_refuses_new_ones() {
+        let mut table = ProducerTable::new(2);
+        table.stored(1, 0, send(1));
+        table.stored(2, 0, send(3));
+        assert_eq!(table.admit(3, 0, 0), Admission::TooManyProducers { max: 2 });
+        assert_eq!(table.admit(1, 5, 0), Admission::Store, "a known producer may use another queue");
+        assert_eq!(table.expire(3_000 + 1_500, 2_000), 1, "producer 1 stored last at 1000 ms");
+        assert_eq!(table.producer_count(), 1);
+        assert_eq!(table.admit(3, 0, 0), Admission::Store);
     }
 }

@@ -2,7 +2,7 @@
 //! (a queue this shard does not own gets `NotOwner` naming the owner) and
 //! answers with its response kind or a `Failure`.
 
-use super::dedup::{FirstSend, Seen};
+use super::dedup::{Admission, StoredSend};
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::shard::Shard;
 use super::topics::check_name;
@@ -95,11 +95,8 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         })?;
         messages.push(verified);
     }
-    let mut sends = Vec::with_capacity(messages.len());
-    for message in &messages {
-        sends.push(append_once(shard, queue_id, message).await.map_err(log_failure)?);
-    }
-    let end = sends.iter().map(|send| send.end).max().unwrap_or(0);
+    let placed = place_in_order(shard, queue_id, &messages).await?;
+    let end = placed.iter().filter_map(|placed| placed.send.map(|send| send.end)).max().unwrap_or(0);
     let deadline = shard.clock.deadline(shard.config.sync_flush_timeout);
     let durable = futures_lite::future::or(async { Some(shard.log.wait_acknowledgeable(end).await) }, async {
         shard.clock.until(deadline).await;
@@ -111,42 +108,66 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         Some(Err(error)) => return Err(log_failure(error)),
         None => fb::SendStatus::FlushDiskTimeout,
     };
-    let results: Vec<_> = messages
+    let sends: Vec<_> = messages
         .iter()
-        .zip(&sends)
-        .map(|(message, send)| {
-            fb::SendResult::new(status, message.msg_id.0, message.msg_id.1, send.offset, send.store_timestamp_us)
+        .zip(&placed)
+        .map(|(message, placed)| protocol::SendOutcome {
+            status,
+            msg_id: message.msg_id,
+            offset: placed.send.map(|send| send.offset),
+            store_timestamp_us: placed.send.map_or(0, |send| send.store_timestamp_us),
+            duplicate: placed.duplicate,
         })
         .collect();
-    Ok((Kind::ProduceResponse, protocol::produce_response(None, request.queue(), &results)))
+    Ok((Kind::ProduceResponse, protocol::produce_response(None, request.queue(), &sends)))
 }
 
-/// Appends a message unless the dedup window has seen its producer id and
-/// sequence, in which case the first send's result stands.
-/// The first send of this producer id and sequence to this queue, once its
-/// outcome is known; `None` if there is none to return.
-async fn first_send(shard: &Shard, producer_id: u64, sequence: u64, queue_id: u32) -> Option<FirstSend> {
-    loop {
-        let seen = shard.dedup.borrow().get(producer_id, sequence);
-        match seen {
-            Some(Seen::Stored(first)) if first.queue_id == queue_id => return Some(first),
-            // The first copy is still waiting for room: wait for its outcome.
-            Some(Seen::InFlight) => shard.clock.until(shard.clock.now_ms() + 1).await,
-            _ => return None,
-        }
+/// Where a message of a produce request ended up.
+struct Placed {
+    /// `None`: a duplicate of a send too old to remember where it went.
+    send: Option<StoredSend>,
+    duplicate: bool,
+}
+
+/// Places a request's messages in the log, one request at a time in the
+/// order they arrived (a small request never overtakes a large one waiting
+/// for buffer room), each message only if its producer's sequence for the
+/// queue says it is new and next. A failure after some messages were placed
+/// fails the request; the producer's retry finds those as duplicates.
+async fn place_in_order(shard: &Shard, queue_id: u32, messages: &[VerifiedMessage]) -> Result<Vec<Placed>, Failure> {
+    let internal = |error: glommio::GlommioError<()>| Failure::new(fb::ErrorCode::Internal, error.to_string());
+    let _turn = match shard.placement_line.try_acquire_permit(1) {
+        Ok(turn) => turn,
+        Err(_) => shard.placement_line.acquire_permit(1).await.map_err(internal)?,
+    };
+    let mut placed = Vec::with_capacity(messages.len());
+    for message in messages {
+        placed.push(place_once(shard, queue_id, message).await?);
     }
+    Ok(placed)
 }
 
-async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) -> Result<FirstSend, LogError> {
+async fn place_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) -> Result<Placed, Failure> {
     let (producer_id, sequence) = (message.producer_id, message.sequence);
-    let deduplicated = producer_id != 0;
-    if deduplicated {
-        if let Some(first) = first_send(shard, producer_id, sequence, queue_id).await {
-            return Ok(first);
+    // Producer id 0: a producer that asked for no dedup and no ordering.
+    let sequenced = producer_id != 0;
+    if sequenced {
+        match shard.dedup.borrow().admit(producer_id, queue_id, sequence) {
+            Admission::Store => {}
+            Admission::Duplicate(send) => return Ok(Placed { send, duplicate: true }),
+            Admission::OutOfOrder { expected } => {
+                return Err(Failure::out_of_order(
+                    expected,
+                    format!("producer {producer_id:016x} sent sequence {sequence} to a queue expecting {expected}; resend in order"),
+                ))
+            }
+            Admission::TooManyProducers { max } => {
+                return Err(Failure::new(
+                    fb::ErrorCode::TooManyProducers,
+                    format!("shard {} already tracks {max} producers (producers_max); retry when idle ones expire", shard.id),
+                ))
+            }
         }
-    }
-    if deduplicated {
-        shard.dedup.borrow_mut().insert(producer_id, sequence, Seen::InFlight, shard.clock.now_ms());
     }
     let request = AppendRequest {
         queue_id,
@@ -155,25 +176,17 @@ async fn append_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) ->
         message: message.bytes(),
         ..AppendRequest::default()
     };
-    let appended = match shard.log.append_buffered(request).await {
-        Ok(appended) => appended,
-        Err(error) => {
-            if deduplicated {
-                shard.dedup.borrow_mut().forget(producer_id, sequence);
-            }
-            return Err(error);
-        }
-    };
-    let send = FirstSend {
-        queue_id,
+    let appended = shard.log.append_buffered(request).await.map_err(log_failure)?;
+    let send = StoredSend {
+        sequence,
         offset: appended.queue_offset.unwrap_or(0),
         store_timestamp_us: appended.store_timestamp_us,
         end: appended.end,
     };
-    if deduplicated {
-        shard.dedup.borrow_mut().insert(producer_id, sequence, Seen::Stored(send), shard.clock.now_ms());
+    if sequenced {
+        shard.dedup.borrow_mut().stored(producer_id, queue_id, send);
     }
-    Ok(send)
+    Ok(Placed { send: Some(send), duplicate: false })
 }
 
 async fn fetch(shard: &Shard, body: &[u8]) -> Answer {

@@ -8,11 +8,13 @@ mod connection;
 mod cross;
 pub mod data_dir;
 mod dedup;
+mod dedup_snapshot;
 mod groups;
 mod handlers;
 mod listeners;
 mod offsets;
 mod shard;
+mod start_gate;
 mod topics;
 
 use crate::constants::{
@@ -26,6 +28,7 @@ use cross::CrossEnds;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde::{Deserialize, Serialize};
 use shard::{Shard, ShardParts};
+use start_gate::StartGate;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +40,8 @@ pub const CLUSTER_FILE: &str = "cluster.json";
 /// How long a shard waits for its requests in flight at shutdown.
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+/// How often each shard snapshots its consumer offsets and producer table.
+const STATE_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -61,6 +66,10 @@ pub struct ServerConfig {
     /// Executors spin this long for new work before they sleep: less wake-up
     /// latency for more CPU. Zero (the default) sleeps at once.
     pub spin_before_park: Duration,
+    /// A producer that stored nothing this long is forgotten.
+    pub producer_idle_expiry: Duration,
+    /// Producers one shard tracks at most.
+    pub producers_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +90,8 @@ impl Default for ServerConfig {
             in_flight_bytes_max: 64 * 1024 * 1024,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
             spin_before_park: Duration::ZERO,
+            producer_idle_expiry: Duration::from_millis(dedup::PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
+            producers_max: dedup::PRODUCERS_MAX_DEFAULT,
         }
     }
 }
@@ -123,6 +134,12 @@ impl ServerConfig {
                 "in_flight_bytes_max {} must be at least {IN_FLIGHT_BYTES_MIN}",
                 self.in_flight_bytes_max
             ));
+        }
+        if self.producers_max == 0 {
+            return refuse("producers_max must be at least 1".into());
+        }
+        if self.producer_idle_expiry.is_zero() {
+            return refuse("producer_idle_expiry_ms must be at least 1".into());
         }
         if self.checkpoint_interval.is_zero() {
             return refuse("checkpoint_interval_ms must be at least 1".into());
@@ -216,16 +233,20 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             Ok(ShardEndpoint { shard, host, port })
         })
         .collect::<Result<Vec<_>, ServerError>>()?;
-    let mut bound = Vec::new();
+    // Ports are reserved now (a second broker fails at once) but listened
+    // on only once every shard has recovered: until then a client's connect
+    // is refused, which it retries, instead of waiting unanswered.
+    let mut reserved = Vec::new();
     for endpoint in &endpoints {
-        bound.push(listeners::bind(&endpoint.host, endpoint.port)?);
+        reserved.push(listeners::reserve(&endpoint.host, endpoint.port)?);
     }
+    let gate = Arc::new(StartGate::new(shard_count));
     let cpus = cpu_count();
     let mut handles = Vec::new();
     let channels = cross::cross_channels(shard_count as usize);
-    for ((index, ends), listener) in channels.into_iter().enumerate().zip(bound) {
+    for ((index, ends), port) in channels.into_iter().enumerate().zip(reserved) {
         let shard = index as u32;
-        let (config, endpoints, stop) = (config.clone(), endpoints.clone(), stop.clone());
+        let (config, endpoints, stop, gate) = (config.clone(), endpoints.clone(), stop.clone(), gate.clone());
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize));
         if !config.spin_before_park.is_zero() {
             builder = builder.spin_before_park(config.spin_before_park);
@@ -234,8 +255,14 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
                 let span = tracing::info_span!("shard", id = shard);
-                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, listener };
-                run_shard(started, stop).instrument(span).await
+                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate: gate.clone() };
+                let result = run_shard(started, stop.clone()).instrument(span).await;
+                if result.is_err() {
+                    // The other shards stop too: no broker with a shard missing.
+                    gate.fail();
+                    stop.store(true, Ordering::SeqCst);
+                }
+                result
             })
             .map_err(|error| ServerError::Shard { shard, detail: format!("starting the executor: {error}") })?;
         handles.push((shard, handle));
@@ -259,17 +286,18 @@ struct ShardStart {
     config: ServerConfig,
     endpoints: Vec<ShardEndpoint>,
     ends: CrossEnds,
-    listener: std::net::TcpListener,
+    port: listeners::ReservedPort,
+    gate: Arc<StartGate>,
 }
 
 async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
-    let ShardStart { id, shard_count, config, endpoints, ends, listener } = start;
+    let ShardStart { id, shard_count, config, endpoints, ends, port, gate } = start;
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
     let log = CommitLog::open(DmaStorage, config.log_config(dir.clone()))
         .await
         .map_err(|error| shard_error(error.to_string()))?;
-    // Nothing may go before the offsets snapshot on disk is known.
+    // Nothing may go before the snapshots on disk are known.
     log.set_retention_floor(0);
     let topics = shard::load_topics(&DmaStorage, &config).await.map_err(shard_error)?;
     let mut offsets =
@@ -277,10 +305,16 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     offsets.clamp_to_queue_ends(|topic, queue| {
         topics.get(topic).map(|topic| log.visible_end_offset(topic.queue_id(queue)))
     });
-    let floor = offsets::retention_floor(&log, offsets.covered_by_snapshot()).await;
-    log.set_retention_floor(floor.map_err(|error| shard_error(error.to_string()))?);
-    let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
-    let listener = listeners::into_glommio(listener);
+    let offsets_floor = offsets::retention_floor(&log, offsets.covered_by_snapshot())
+        .await
+        .map_err(|error| shard_error(error.to_string()))?;
+    let snapshot = dedup_snapshot::load(&DmaStorage, &dir).await;
+    let producers_floor = snapshot.covered;
+    let queue_ids = shard::owned_queue_ids(&topics, id);
+    let producers = dedup_snapshot::recover(snapshot, &log, &queue_ids, config.producers_max)
+        .await
+        .map_err(|error| shard_error(format!("rebuilding the producer table: {error}")))?;
+    tracing::info!(producers = producers.producer_count(), "producer table rebuilt from the log");
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
     let (clock, _ticking) = clock::CoarseClock::start();
@@ -294,8 +328,11 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         log,
         topics,
         offsets,
+        producers,
+        producers_floor,
         peers,
     }));
+    shard.set_floor(&shard.offsets_floor, offsets_floor);
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -306,6 +343,14 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         })
         .detach();
     }
+    gate.recovered();
+    if !gate.all_recovered().await {
+        tracing::info!("another shard failed to start; stopping");
+        return shard.log.close().await.map_err(|error| shard_error(format!("closing the log: {error}")));
+    }
+    let listener = port.listen()?;
+    let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
+    let listener = listeners::into_glommio(listener);
     let background = glommio::spawn_local(background_work(shard.clone()));
     tracing::info!(%address, "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
@@ -349,7 +394,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     }
 }
 
-/// Group expiry and offset snapshots.
+/// Group expiry, idle producers and the snapshots of state kept in the log.
 async fn background_work(shard: Rc<Shard>) {
     let mut last_snapshot = std::time::Instant::now();
     loop {
@@ -359,10 +404,20 @@ async fn background_work(shard: Rc<Shard>) {
             tracing::info!(%group, %topic, generation, "group member expired; rebalanced");
             shard.announce_fence(&group, &topic, generation).await;
         }
-        if last_snapshot.elapsed() >= Duration::from_secs(10) {
+        if last_snapshot.elapsed() >= STATE_SNAPSHOT_INTERVAL {
             last_snapshot = std::time::Instant::now();
+            expire_idle_producers(&shard);
             write_offsets_snapshot(&shard).await;
+            write_producers_snapshot(&shard).await;
         }
+    }
+}
+
+fn expire_idle_producers(shard: &Shard) {
+    let idle_ms = shard.config.producer_idle_expiry.as_millis() as u64;
+    let expired = shard.dedup.borrow_mut().expire(crate::storage::now_us() / 1000, idle_ms);
+    if expired > 0 {
+        tracing::info!(expired, idle_ms, "forgot idle producers");
     }
 }
 
@@ -377,11 +432,24 @@ async fn write_offsets_snapshot(shard: &Shard) {
     match (offsets::write_snapshot(&shard.storage, &shard.dir, &bytes).await, floor) {
         // The offset records below `covered` now live in the snapshot too:
         // retention may delete the segments that held them.
-        (Ok(()), Ok(floor)) => shard.log.set_retention_floor(floor),
+        (Ok(()), Ok(floor)) => shard.set_floor(&shard.offsets_floor, floor),
         (Ok(()), Err(error)) => {
             tracing::warn!(%error, "cannot find the retention floor; retention keeps the previous one")
         }
         (Err(error), _) => tracing::warn!(%error, "offsets snapshot failed; start-up will replay more"),
+    }
+}
+
+/// Snapshots the producer table as of the durable position, so that start-up
+/// replays only the messages after it and retention may delete before it.
+async fn write_producers_snapshot(shard: &Shard) {
+    // One synchronous step: the position and every queue's durable end agree.
+    let covered = shard.log.positions().flushed;
+    let queue_offsets = shard.owned_queue_ids().into_iter().map(|id| (id, shard.log.durable_end_offset(id))).collect();
+    let bytes = dedup_snapshot::encode(&shard.dedup.borrow(), covered, &queue_offsets);
+    match dedup_snapshot::write(&shard.storage, &shard.dir, &bytes).await {
+        Ok(()) => shard.set_floor(&shard.producers_floor, covered),
+        Err(error) => tracing::warn!(%error, "producer snapshot failed; start-up will replay more"),
     }
 }
 
@@ -399,6 +467,7 @@ async fn shutdown(
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     write_offsets_snapshot(&shard).await;
+    write_producers_snapshot(&shard).await;
     shard
         .log
         .close()

@@ -1,10 +1,10 @@
 //! A shard: one core, one glommio executor, one commit log, the queues it
-//! owns, their consumer offsets, the groups it coordinates and a dedup
-//! window. Nothing in it is shared with another shard.
+//! owns, their consumer offsets, the groups it coordinates and its
+//! producers' sequences. Nothing in it is shared with another shard.
 
 use super::clock::CoarseClock;
 use super::cross::{CrossMessage, Peers};
-use super::dedup::DedupWindow;
+use super::dedup::ProducerTable;
 use super::groups::Coordinator;
 use super::offsets::Offsets;
 use super::topics::{Topic, Topics, TOPICS_FILE};
@@ -36,7 +36,14 @@ pub struct Shard {
     /// their offset-queue offset.
     pub commits_in_flight: RefCell<BTreeMap<u64, usize>>,
     pub coordinator: RefCell<Coordinator>,
-    pub dedup: RefCell<DedupWindow>,
+    pub dedup: RefCell<ProducerTable>,
+    /// Produce requests place their messages one request at a time, in the
+    /// order they arrived (FIFO permits).
+    pub placement_line: glommio::sync::Semaphore,
+    /// Retention floors of the two snapshots of state kept in the log: the
+    /// log's floor is the lower one.
+    pub offsets_floor: Cell<u64>,
+    pub producers_floor: Cell<u64>,
     pub peers: Peers,
     next_token: Cell<u64>,
     creates_waiting: RefCell<HashMap<u64, LocalSender<Created>>>,
@@ -57,6 +64,8 @@ pub struct ShardParts {
     pub log: CommitLog<DmaStorage>,
     pub topics: Topics,
     pub offsets: Offsets,
+    pub producers: ProducerTable,
+    pub producers_floor: u64,
     pub peers: Peers,
 }
 
@@ -75,7 +84,10 @@ impl Shard {
             offsets: RefCell::new(parts.offsets),
             commits_in_flight: RefCell::new(BTreeMap::new()),
             coordinator: RefCell::new(Coordinator::new(parts.id)),
-            dedup: RefCell::new(DedupWindow::default()),
+            dedup: RefCell::new(parts.producers),
+            placement_line: glommio::sync::Semaphore::new(1),
+            offsets_floor: Cell::new(0),
+            producers_floor: Cell::new(parts.producers_floor),
             peers: parts.peers,
             next_token: Cell::new(1),
             creates_waiting: RefCell::new(HashMap::new()),
@@ -84,6 +96,18 @@ impl Shard {
             shutting_down: Cell::new(false),
             requests_in_flight: Cell::new(0),
         }
+    }
+
+    /// Sets one of the floors (`offsets_floor`, `producers_floor`) and the
+    /// log's retention floor to the lower of the two.
+    pub fn set_floor(&self, floor: &Cell<u64>, position: u64) {
+        floor.set(position);
+        self.log.set_retention_floor(self.offsets_floor.get().min(self.producers_floor.get()));
+    }
+
+    /// The commit-log queue ids of the queues this shard owns.
+    pub fn owned_queue_ids(&self) -> Vec<u32> {
+        owned_queue_ids(&self.topics.borrow(), self.id)
     }
 
     fn token(&self) -> u64 {
@@ -233,4 +257,17 @@ pub async fn load_topics(storage: &DmaStorage, config: &ServerConfig) -> Result<
         Ok(None) => Ok(Topics::default()),
         Err(error) => Err(format!("{}: {error}", path.display())),
     }
+}
+
+/// The commit-log queue ids of the queues shard `id` owns.
+pub fn owned_queue_ids(topics: &Topics, id: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for topic in topics.topics.values() {
+        for (queue, owner) in topic.queue_shards.iter().enumerate() {
+            if *owner == id {
+                ids.push(topic.queue_id(queue as u32));
+            }
+        }
+    }
+    ids
 }

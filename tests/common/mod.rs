@@ -174,18 +174,27 @@ impl Drop for Broker {
 /// Consumes `topic` as a new member of `group` until nothing arrives for two
 /// seconds; returns every body received (the client checks each CRC).
 pub fn consume_all(address: &str, group: &str, topic: &str) -> std::collections::BTreeSet<String> {
+    consume_in_order(address, group, topic).into_iter().map(|(_, _, body)| body).collect()
+}
+
+/// Consumes `topic` as a new member of `group` until nothing arrives for two
+/// seconds; returns every message as (queue, offset, body), in the order
+/// received (offset order within each queue).
+pub fn consume_in_order(address: &str, group: &str, topic: &str) -> Vec<(u32, u64, String)> {
     use ringmq::client::{Client, Consumer, ConsumerOptions};
     let client = std::sync::Arc::new(Client::connect(address).expect("connect"));
     let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
     let mut consumer = Consumer::join(client, group, topic, options).expect("join");
-    let mut received = std::collections::BTreeSet::new();
+    let mut received = Vec::new();
     let mut idle_since = Instant::now();
     while idle_since.elapsed() < Duration::from_secs(2) {
         let messages = consumer.poll().expect("poll: a damaged record would fail here");
         if !messages.is_empty() {
             idle_since = Instant::now();
         }
-        received.extend(messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")));
+        for message in messages {
+            received.push((message.queue, message.offset, String::from_utf8(message.body).expect("utf-8")));
+        }
     }
     received
 }

@@ -17,6 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Bounds connecting, each write and each request: far above any answer a
+/// healthy broker gives (a 1 MiB batch and its fdatasync).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Spreads the per-queue producer ids of one load producer apart.
+const QUEUES_PER_PRODUCER_ID: u64 = 1 << 16;
+
 /// Bytes at the start of every body: intended send time (ns since the run
 /// started), producer index, sequence.
 pub const BODY_HEADER_BYTES: usize = 20;
@@ -84,7 +90,7 @@ impl Context {
         }
         let address =
             self.plan.endpoints.get(shard as usize).ok_or_else(|| ClientError::Usage(format!("no shard {shard}")))?;
-        let connection = AsyncConnection::connect(address).await?;
+        let connection = AsyncConnection::connect(address, REQUEST_TIMEOUT).await?;
         self.connections.borrow_mut().insert(shard, connection.clone());
         Ok(connection)
     }
@@ -171,6 +177,9 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
     let request_interval = (workload.rate_per_producer > 0.0)
         .then(|| Duration::from_secs_f64(workload.batch as f64 / workload.rate_per_producer));
     let mut request = 0u64;
+    // The broker stores a producer's messages to a queue in sequence order:
+    // one producer id per queue, with its own consecutive sequences.
+    let mut next_sequences = vec![0u64; queues as usize];
     loop {
         let now = Instant::now();
         let intended = match request_interval {
@@ -198,8 +207,10 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
         }
         let context = context.clone();
         let workload = workload.clone();
+        let stamp = QueueStamp { queue, first_sequence: next_sequences[queue as usize] };
+        next_sequences[queue as usize] += workload.batch as u64;
         glommio::spawn_local(async move {
-            send(&context, &workload, producer, queue, first_sequence, intended).await;
+            send(&context, &workload, producer, stamp, first_sequence, intended).await;
             drop(permit);
         })
         .detach();
@@ -209,29 +220,37 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
     context.shared.producers_running.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Where a request goes and the queue sequence of its first message.
+struct QueueStamp {
+    queue: u32,
+    first_sequence: u64,
+}
+
 async fn send(
     context: &Context,
     workload: &Workload,
     producer: u32,
-    queue: u32,
+    stamp: QueueStamp,
     first_sequence: u64,
     intended: Instant,
 ) {
     let intended_ns = context.since_start_ns(intended);
-    let producer_id = workload.producer_id_base + u64::from(producer);
+    let queue = stamp.queue;
+    let message_producer = workload.producer_id_base + u64::from(producer);
+    let queue_producer = message_producer.wrapping_mul(QUEUES_PER_PRODUCER_ID).wrapping_add(u64::from(queue)).max(1);
     let messages: Vec<Vec<u8>> = (first_sequence..first_sequence + workload.batch as u64)
         .map(|sequence| {
             let body = body(workload.size, intended_ns, producer, sequence);
             let key = format!("key-{}", sequence % 1024);
             let keys = [key.as_str()];
             MessageDraft {
-                msg_id: (producer_id, sequence),
+                msg_id: (message_producer, sequence),
                 topic: &workload.topic,
                 queue,
                 keys: if workload.keyed { &keys } else { &[] },
                 body: &body,
-                producer_id,
-                sequence: sequence + 1,
+                producer_id: queue_producer,
+                sequence: stamp.first_sequence + (sequence - first_sequence),
                 ..MessageDraft::default()
             }
             .build()
@@ -246,8 +265,8 @@ async fn send(
     };
     let acknowledged = answer.ok().and_then(|body| {
         let response = verify::<fb::ProduceResponse>(&body).ok()?;
-        let results = response.results()?;
-        Some(results.iter().filter(|result| result.status() == fb::SendStatus::SendOk).count())
+        let sends = response.sends()?;
+        Some(sends.iter().filter(|send| send.status() == fb::SendStatus::SendOk).count())
     });
     let Some(acknowledged) = acknowledged.filter(|count| *count == workload.batch) else {
         context.shared.errors.fetch_add(workload.batch as u64, Ordering::Relaxed);

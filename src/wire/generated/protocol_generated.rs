@@ -34,13 +34,13 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u16 = 16;
+        pub const ENUM_MAX_ERROR_CODE: u16 = 18;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
             ErrorCode::None,
             ErrorCode::BadFrame,
             ErrorCode::UnknownKind,
@@ -58,6 +58,8 @@ pub mod ringmq {
             ErrorCode::ShuttingDown,
             ErrorCode::Internal,
             ErrorCode::InvalidTopic,
+            ErrorCode::OutOfOrderSequence,
+            ErrorCode::TooManyProducers,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -82,9 +84,14 @@ pub mod ringmq {
             pub const ShuttingDown: Self = Self(14);
             pub const Internal: Self = Self(15);
             pub const InvalidTopic: Self = Self(16);
+            /// A producer's message is ahead of the next sequence the broker expects
+            /// for its queue (`Outcome.expected_sequence`): resend in order.
+            pub const OutOfOrderSequence: Self = Self(17);
+            /// The shard already tracks its maximum number of producers.
+            pub const TooManyProducers: Self = Self(18);
 
             pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 16;
+            pub const ENUM_MAX: u16 = 18;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::None,
                 Self::BadFrame,
@@ -103,6 +110,8 @@ pub mod ringmq {
                 Self::ShuttingDown,
                 Self::Internal,
                 Self::InvalidTopic,
+                Self::OutOfOrderSequence,
+                Self::TooManyProducers,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -124,6 +133,8 @@ pub mod ringmq {
                     Self::ShuttingDown => Some("ShuttingDown"),
                     Self::Internal => Some("Internal"),
                     Self::InvalidTopic => Some("InvalidTopic"),
+                    Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
+                    Self::TooManyProducers => Some("TooManyProducers"),
                     _ => None,
                 }
             }
@@ -189,14 +200,18 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_SEND_STATUS: u8 = 1;
+        pub const ENUM_MAX_SEND_STATUS: u8 = 3;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_SEND_STATUS: [SendStatus; 2] =
-            [SendStatus::SendOk, SendStatus::FlushDiskTimeout];
+        pub const ENUM_VALUES_SEND_STATUS: [SendStatus; 4] = [
+            SendStatus::SendOk,
+            SendStatus::FlushDiskTimeout,
+            SendStatus::FlushSlaveTimeout,
+            SendStatus::SlaveNotAvailable,
+        ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         #[repr(transparent)]
@@ -204,16 +219,28 @@ pub mod ringmq {
         #[allow(non_upper_case_globals)]
         impl SendStatus {
             pub const SendOk: Self = Self(0);
+            /// Stored, but not durable within the broker's sync_flush_timeout.
             pub const FlushDiskTimeout: Self = Self(1);
+            /// Reserved for a synchronous standby: stored, not confirmed by it.
+            pub const FlushSlaveTimeout: Self = Self(2);
+            /// Reserved for a synchronous standby: none connected.
+            pub const SlaveNotAvailable: Self = Self(3);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 1;
-            pub const ENUM_VALUES: &'static [Self] = &[Self::SendOk, Self::FlushDiskTimeout];
+            pub const ENUM_MAX: u8 = 3;
+            pub const ENUM_VALUES: &'static [Self] = &[
+                Self::SendOk,
+                Self::FlushDiskTimeout,
+                Self::FlushSlaveTimeout,
+                Self::SlaveNotAvailable,
+            ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
                 match self {
                     Self::SendOk => Some("SendOk"),
                     Self::FlushDiskTimeout => Some("FlushDiskTimeout"),
+                    Self::FlushSlaveTimeout => Some("FlushSlaveTimeout"),
+                    Self::SlaveNotAvailable => Some("SlaveNotAvailable"),
                     _ => None,
                 }
             }
@@ -270,6 +297,8 @@ pub mod ringmq {
         }
 
         impl flatbuffers::SimpleToVerifyInSlice for SendStatus {}
+        /// Superseded by SendOutcome (a struct cannot grow); kept so that field
+        /// id 2 of ProduceResponse keeps its type.
         // struct SendResult, aligned to 8
         #[repr(transparent)]
         #[derive(Clone, Copy, PartialEq)]
@@ -516,6 +545,7 @@ pub mod ringmq {
             pub const VT_ERROR: flatbuffers::VOffsetT = 4;
             pub const VT_MESSAGE: flatbuffers::VOffsetT = 6;
             pub const VT_OWNER_SHARD: flatbuffers::VOffsetT = 8;
+            pub const VT_EXPECTED_SEQUENCE: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -527,6 +557,7 @@ pub mod ringmq {
                 args: &'args OutcomeArgs<'args>,
             ) -> flatbuffers::WIPOffset<Outcome<'bldr>> {
                 let mut builder = OutcomeBuilder::new(_fbb);
+                builder.add_expected_sequence(args.expected_sequence);
                 builder.add_owner_shard(args.owner_shard);
                 if let Some(x) = args.message {
                     builder.add_message(x);
@@ -568,6 +599,18 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// With OutOfOrderSequence: the sequence the broker expects next.
+            #[inline]
+            pub fn expected_sequence(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Outcome::VT_EXPECTED_SEQUENCE, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for Outcome<'_> {
@@ -585,6 +628,7 @@ pub mod ringmq {
                         false,
                     )?
                     .visit_field::<i32>("owner_shard", Self::VT_OWNER_SHARD, false)?
+                    .visit_field::<u64>("expected_sequence", Self::VT_EXPECTED_SEQUENCE, false)?
                     .finish();
                 Ok(())
             }
@@ -593,6 +637,7 @@ pub mod ringmq {
             pub error: ErrorCode,
             pub message: Option<flatbuffers::WIPOffset<&'a str>>,
             pub owner_shard: i32,
+            pub expected_sequence: u64,
         }
         impl<'a> Default for OutcomeArgs<'a> {
             #[inline]
@@ -601,6 +646,7 @@ pub mod ringmq {
                     error: ErrorCode::None,
                     message: None,
                     owner_shard: -1,
+                    expected_sequence: 0,
                 }
             }
         }
@@ -626,6 +672,11 @@ pub mod ringmq {
                     .push_slot::<i32>(Outcome::VT_OWNER_SHARD, owner_shard, -1);
             }
             #[inline]
+            pub fn add_expected_sequence(&mut self, expected_sequence: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Outcome::VT_EXPECTED_SEQUENCE, expected_sequence, 0);
+            }
+            #[inline]
             pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> OutcomeBuilder<'a, 'b> {
                 let start = _fbb.start_table();
                 OutcomeBuilder {
@@ -646,6 +697,7 @@ pub mod ringmq {
                 ds.field("error", &self.error());
                 ds.field("message", &self.message());
                 ds.field("owner_shard", &self.owner_shard());
+                ds.field("expected_sequence", &self.expected_sequence());
                 ds.finish()
             }
         }
@@ -1988,6 +2040,232 @@ pub mod ringmq {
                 ds.finish()
             }
         }
+        pub enum SendOutcomeOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// What became of one message of a produce request.
+        pub struct SendOutcome<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for SendOutcome<'a> {
+            type Inner = SendOutcome<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> SendOutcome<'a> {
+            pub const VT_STATUS: flatbuffers::VOffsetT = 4;
+            pub const VT_MSG_ID_HI: flatbuffers::VOffsetT = 6;
+            pub const VT_MSG_ID_LO: flatbuffers::VOffsetT = 8;
+            pub const VT_OFFSET: flatbuffers::VOffsetT = 10;
+            pub const VT_STORE_TIMESTAMP_US: flatbuffers::VOffsetT = 12;
+            pub const VT_DUPLICATE: flatbuffers::VOffsetT = 14;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                SendOutcome { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args SendOutcomeArgs,
+            ) -> flatbuffers::WIPOffset<SendOutcome<'bldr>> {
+                let mut builder = SendOutcomeBuilder::new(_fbb);
+                builder.add_store_timestamp_us(args.store_timestamp_us);
+                builder.add_offset(args.offset);
+                builder.add_msg_id_lo(args.msg_id_lo);
+                builder.add_msg_id_hi(args.msg_id_hi);
+                builder.add_duplicate(args.duplicate);
+                builder.add_status(args.status);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn status(&self) -> SendStatus {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<SendStatus>(SendOutcome::VT_STATUS, Some(SendStatus::SendOk))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn msg_id_hi(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(SendOutcome::VT_MSG_ID_HI, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn msg_id_lo(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(SendOutcome::VT_MSG_ID_LO, Some(0))
+                        .unwrap()
+                }
+            }
+            /// -1 when unknown: a duplicate of a send older than the broker's window.
+            #[inline]
+            pub fn offset(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(SendOutcome::VT_OFFSET, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn store_timestamp_us(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(SendOutcome::VT_STORE_TIMESTAMP_US, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The broker had stored this producer id and sequence before: this is
+            /// the first send's result, and no second copy was stored.
+            #[inline]
+            pub fn duplicate(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(SendOutcome::VT_DUPLICATE, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for SendOutcome<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<SendStatus>("status", Self::VT_STATUS, false)?
+                    .visit_field::<u64>("msg_id_hi", Self::VT_MSG_ID_HI, false)?
+                    .visit_field::<u64>("msg_id_lo", Self::VT_MSG_ID_LO, false)?
+                    .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<u64>("store_timestamp_us", Self::VT_STORE_TIMESTAMP_US, false)?
+                    .visit_field::<bool>("duplicate", Self::VT_DUPLICATE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct SendOutcomeArgs {
+            pub status: SendStatus,
+            pub msg_id_hi: u64,
+            pub msg_id_lo: u64,
+            pub offset: i64,
+            pub store_timestamp_us: u64,
+            pub duplicate: bool,
+        }
+        impl<'a> Default for SendOutcomeArgs {
+            #[inline]
+            fn default() -> Self {
+                SendOutcomeArgs {
+                    status: SendStatus::SendOk,
+                    msg_id_hi: 0,
+                    msg_id_lo: 0,
+                    offset: -1,
+                    store_timestamp_us: 0,
+                    duplicate: false,
+                }
+            }
+        }
+
+        pub struct SendOutcomeBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> SendOutcomeBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_status(&mut self, status: SendStatus) {
+                self.fbb_.push_slot::<SendStatus>(
+                    SendOutcome::VT_STATUS,
+                    status,
+                    SendStatus::SendOk,
+                );
+            }
+            #[inline]
+            pub fn add_msg_id_hi(&mut self, msg_id_hi: u64) {
+                self.fbb_
+                    .push_slot::<u64>(SendOutcome::VT_MSG_ID_HI, msg_id_hi, 0);
+            }
+            #[inline]
+            pub fn add_msg_id_lo(&mut self, msg_id_lo: u64) {
+                self.fbb_
+                    .push_slot::<u64>(SendOutcome::VT_MSG_ID_LO, msg_id_lo, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: i64) {
+                self.fbb_
+                    .push_slot::<i64>(SendOutcome::VT_OFFSET, offset, -1);
+            }
+            #[inline]
+            pub fn add_store_timestamp_us(&mut self, store_timestamp_us: u64) {
+                self.fbb_.push_slot::<u64>(
+                    SendOutcome::VT_STORE_TIMESTAMP_US,
+                    store_timestamp_us,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_duplicate(&mut self, duplicate: bool) {
+                self.fbb_
+                    .push_slot::<bool>(SendOutcome::VT_DUPLICATE, duplicate, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> SendOutcomeBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                SendOutcomeBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<SendOutcome<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for SendOutcome<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("SendOutcome");
+                ds.field("status", &self.status());
+                ds.field("msg_id_hi", &self.msg_id_hi());
+                ds.field("msg_id_lo", &self.msg_id_lo());
+                ds.field("offset", &self.offset());
+                ds.field("store_timestamp_us", &self.store_timestamp_us());
+                ds.field("duplicate", &self.duplicate());
+                ds.finish()
+            }
+        }
         pub enum ProduceResponseOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -2008,7 +2286,7 @@ pub mod ringmq {
         impl<'a> ProduceResponse<'a> {
             pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
             pub const VT_QUEUE: flatbuffers::VOffsetT = 6;
-            pub const VT_RESULTS: flatbuffers::VOffsetT = 8;
+            pub const VT_SENDS: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2020,8 +2298,8 @@ pub mod ringmq {
                 args: &'args ProduceResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ProduceResponse<'bldr>> {
                 let mut builder = ProduceResponseBuilder::new(_fbb);
-                if let Some(x) = args.results {
-                    builder.add_results(x);
+                if let Some(x) = args.sends {
+                    builder.add_sends(x);
                 }
                 builder.add_queue(args.queue);
                 if let Some(x) = args.outcome {
@@ -2054,16 +2332,17 @@ pub mod ringmq {
                 }
             }
             #[inline]
-            pub fn results(&self) -> Option<flatbuffers::Vector<'a, SendResult>> {
+            pub fn sends(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SendOutcome<'a>>>>
+            {
                 // Safety:
                 // Created from valid Table for this object
                 // which contains a valid value in this slot
                 unsafe {
-                    self._tab
-                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, SendResult>>>(
-                            ProduceResponse::VT_RESULTS,
-                            None,
-                        )
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SendOutcome>>,
+                    >>(ProduceResponse::VT_SENDS, None)
                 }
             }
         }
@@ -2076,17 +2355,27 @@ pub mod ringmq {
             ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
                 use self::flatbuffers::Verifiable;
                 v.visit_table(pos)?
-     .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>("outcome", Self::VT_OUTCOME, false)?
-     .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
-     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, SendResult>>>("results", Self::VT_RESULTS, false)?
-     .finish();
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<SendOutcome>>,
+                    >>("sends", Self::VT_SENDS, false)?
+                    .finish();
                 Ok(())
             }
         }
         pub struct ProduceResponseArgs<'a> {
             pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
             pub queue: u32,
-            pub results: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, SendResult>>>,
+            pub sends: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SendOutcome<'a>>>,
+                >,
+            >,
         }
         impl<'a> Default for ProduceResponseArgs<'a> {
             #[inline]
@@ -2094,7 +2383,7 @@ pub mod ringmq {
                 ProduceResponseArgs {
                     outcome: None,
                     queue: 0,
-                    results: None,
+                    sends: None,
                 }
             }
         }
@@ -2118,13 +2407,15 @@ pub mod ringmq {
                     .push_slot::<u32>(ProduceResponse::VT_QUEUE, queue, 0);
             }
             #[inline]
-            pub fn add_results(
+            pub fn add_sends(
                 &mut self,
-                results: flatbuffers::WIPOffset<flatbuffers::Vector<'b, SendResult>>,
+                sends: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<SendOutcome<'b>>>,
+                >,
             ) {
                 self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
-                    ProduceResponse::VT_RESULTS,
-                    results,
+                    ProduceResponse::VT_SENDS,
+                    sends,
                 );
             }
             #[inline]
@@ -2149,7 +2440,7 @@ pub mod ringmq {
                 let mut ds = f.debug_struct("ProduceResponse");
                 ds.field("outcome", &self.outcome());
                 ds.field("queue", &self.queue());
-                ds.field("results", &self.results());
+                ds.field("sends", &self.sends());
                 ds.finish()
             }
         }

@@ -1,0 +1,330 @@
+//! The producer table on disk and back. The table lives in the log (every
+//! stored message carries its producer id and sequence); a snapshot only
+//! shortens the replay at start-up. A snapshot holds what was durable at
+//! one log position `covered` and, per queue, the first offset it does not
+//! hold; start-up reads each queue from there.
+//!
+//! Layout (little-endian): magic, version, covered, queue count, then
+//! (queue id u32, offset u64) per queue, window count, then per window
+//! (producer id u64, queue id u32, next sequence u64, last stored ms u64,
+//! send count u32, sends of 4 x u64), and a CRC32 of everything before it.
+
+use super::dedup::{ProducerTable, QueueWindow, StoredSend, SEQUENCES_REMEMBERED};
+use crate::storage::backend::Storage;
+use crate::storage::{CommitLog, LogError};
+use crate::wire::verify_message;
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const DEDUP_SNAPSHOT_FILE: &str = "producers.snapshot";
+const MAGIC: &[u8; 8] = b"RMQPROD1";
+/// Records read per step of the replay.
+const REPLAY_BATCH_RECORDS: usize = 1024;
+const REPLAY_BATCH_BYTES: usize = 4 << 20;
+
+/// A decoded snapshot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Log position everything in the snapshot was durable at.
+    pub covered: u64,
+    /// Per queue id, the first offset the snapshot does not hold.
+    pub queue_offsets: HashMap<u32, u64>,
+    pub windows: Vec<(u64, u32, QueueWindow)>,
+}
+
+/// The snapshot of `table` as of the durable position `covered`: only sends
+/// that end at or below it, since a crash keeps no more of the log.
+/// `queue_offsets` gives each queue's first offset not durable at `covered`.
+pub fn encode(table: &ProducerTable, covered: u64, queue_offsets: &HashMap<u32, u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + queue_offsets.len() * 12 + table.producer_count() * 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&covered.to_le_bytes());
+    out.extend_from_slice(&(queue_offsets.len() as u64).to_le_bytes());
+    for (queue_id, offset) in queue_offsets {
+        out.extend_from_slice(&queue_id.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    let windows: Vec<_> =
+        table.windows().map(|(producer, queue, window)| (producer, queue, durable_part(window, covered))).collect();
+    out.extend_from_slice(&(windows.len() as u64).to_le_bytes());
+    for (producer_id, queue_id, window) in windows {
+        out.extend_from_slice(&producer_id.to_le_bytes());
+        out.extend_from_slice(&queue_id.to_le_bytes());
+        out.extend_from_slice(&window.next_sequence.to_le_bytes());
+        out.extend_from_slice(&window.last_stored_ms.to_le_bytes());
+        out.extend_from_slice(&(window.recent.len() as u32).to_le_bytes());
+        for send in &window.recent {
+            for value in [send.sequence, send.offset, send.store_timestamp_us, send.end] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The part of `window` a crash at `covered` keeps: the sends that end at
+/// or below it; the next expected sequence is the first one above it.
+fn durable_part(window: &QueueWindow, covered: u64) -> QueueWindow {
+    let durable = window.recent.partition_point(|send| send.end <= covered);
+    let next_sequence = window.recent.get(durable).map_or(window.next_sequence, |send| send.sequence);
+    QueueWindow {
+        next_sequence,
+        last_stored_ms: window.last_stored_ms,
+        recent: window.recent.range(..durable).copied().collect(),
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let (head, rest) = self.bytes.split_first_chunk::<N>().ok_or("the snapshot ends early")?;
+        self.bytes = rest;
+        Ok(*head)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    /// A count of items of `item_bytes` each, refused if the rest cannot
+    /// hold that many (a damaged count must not allocate gigabytes).
+    fn count(&mut self, item_bytes: usize) -> Result<usize, String> {
+        let count = self.u64()?;
+        match usize::try_from(count) {
+            Ok(count) if count.saturating_mul(item_bytes) <= self.bytes.len() => Ok(count),
+            _ => Err(format!("a count of {count} does not fit the snapshot")),
+        }
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+    let (body, crc) = bytes.split_last_chunk::<4>().ok_or("the snapshot is too short")?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return Err("the snapshot's checksum does not match".into());
+    }
+    let body = body.strip_prefix(MAGIC.as_slice()).ok_or("not a producer snapshot")?;
+    let mut reader = Reader { bytes: body };
+    let covered = reader.u64()?;
+    let queues = reader.count(12)?;
+    let mut queue_offsets = HashMap::with_capacity(queues);
+    for _ in 0..queues {
+        let queue_id = reader.u32()?;
+        queue_offsets.insert(queue_id, reader.u64()?);
+    }
+    let window_count = reader.count(32)?;
+    let mut windows = Vec::with_capacity(window_count);
+    for _ in 0..window_count {
+        let (producer_id, queue_id) = (reader.u64()?, reader.u32()?);
+        let (next_sequence, last_stored_ms) = (reader.u64()?, reader.u64()?);
+        let sends = reader.u32()? as usize;
+        if sends > SEQUENCES_REMEMBERED {
+            return Err(format!("a window of {sends} sends is larger than {SEQUENCES_REMEMBERED}"));
+        }
+        let mut recent = std::collections::VecDeque::with_capacity(sends);
+        for _ in 0..sends {
+            let (sequence, offset) = (reader.u64()?, reader.u64()?);
+            let (store_timestamp_us, end) = (reader.u64()?, reader.u64()?);
+            recent.push_back(StoredSend { sequence, offset, store_timestamp_us, end });
+        }
+        windows.push((producer_id, queue_id, QueueWindow { next_sequence, last_stored_ms, recent }));
+    }
+    if !reader.bytes.is_empty() {
+        return Err(format!("{} bytes after the last window", reader.bytes.len()));
+    }
+    Ok(Snapshot { covered, queue_offsets, windows })
+}
+
+/// The snapshot on disk, or an empty one (replay everything) when there is
+/// none or it is damaged.
+pub async fn load<S: Storage>(storage: &S, dir: &Path) -> Snapshot {
+    let path = dir.join(DEDUP_SNAPSHOT_FILE);
+    match storage.read_file(&path).await {
+        Ok(Some(bytes)) => decode(&bytes).unwrap_or_else(|error| {
+            tracing::warn!(%error, path = %path.display(), "ignoring a damaged producer snapshot; replaying the whole log");
+            Snapshot::default()
+        }),
+        Ok(None) => Snapshot::default(),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot read the producer snapshot; replaying the whole log");
+            Snapshot::default()
+        }
+    }
+}
+
+/// Rebuilds the producer table: the snapshot, then every stored message
+/// of `queue_ids` after it, in each queue's order.
+pub async fn recover<S: Storage>(
+    snapshot: Snapshot,
+    log: &CommitLog<S>,
+    queue_ids: &[u32],
+    producers_max: usize,
+) -> Result<ProducerTable, LogError> {
+    let mut table = ProducerTable::new(producers_max);
+    for (producer_id, queue_id, window) in snapshot.windows {
+        table.restore(producer_id, queue_id, window);
+    }
+    for &queue_id in queue_ids {
+        let from = snapshot.queue_offsets.get(&queue_id).copied().unwrap_or(0);
+        replay_queue(&mut table, log, queue_id, from).await?;
+    }
+    Ok(table)
+}
+
+async fn replay_queue<S: Storage>(
+    table: &mut ProducerTable,
+    log: &CommitLog<S>,
+    queue_id: u32,
+    from: u64,
+) -> Result<(), LogError> {
+    let mut next = from.max(log.base_offset(queue_id));
+    loop {
+        let batch = log.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
+        if batch.records.is_empty() && batch.lost_offsets.is_empty() {
+            return Ok(());
+        }
+        for record in &batch.records {
+            // Stored messages were verified when they arrived and their CRC
+            // was checked by the read: one that fails now is skipped, logged.
+            let message = match verify_message(record.message()) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, queue_id, offset = record.queue_offset, "skipping an unreadable stored message");
+                    continue;
+                }
+            };
+            if message.producer_id == 0 {
+                continue;
+            }
+            let send = StoredSend {
+                sequence: message.sequence,
+                offset: record.queue_offset,
+                store_timestamp_us: record.header.store_timestamp_us,
+                end: record.position + u64::from(record.header.length),
+            };
+            table.stored(message.producer_id, queue_id, send);
+        }
+        next = batch.next_offset;
+    }
+}
+
+pub async fn write<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let path = dir.join(DEDUP_SNAPSHOT_FILE);
+    storage
+        .write_file_atomic(&path, bytes)
+        .await
+        .map_err(|error| LogError::io("write producer snapshot", &path, 0, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::dedup::Admission;
+    use crate::storage::backend::MemoryStorage;
+    use crate::storage::{AppendRequest, LogConfig};
+    use crate::wire::MessageDraft;
+
+    /// Appends message `sequence` of `producer_id` to `queue_id`; returns
+    /// its offset.
+    async fn append(log: &CommitLog<MemoryStorage>, producer_id: u64, queue_id: u32, sequence: u64) -> u64 {
+        let draft =
+            MessageDraft { topic: "t", producer_id, sequence, msg_id: (producer_id, sequence), ..Default::default() };
+        let message = draft.build();
+        let request = AppendRequest { queue_id, indexed: true, message: &message, ..AppendRequest::default() };
+        log.append(request).await.expect("append").queue_offset.expect("indexed")
+    }
+
+    /// The table as `recover` rebuilds it from `snapshot` and the log.
+    async fn rebuilt(log: &CommitLog<MemoryStorage>, snapshot: &[u8]) -> ProducerTable {
+        let snapshot = if snapshot.is_empty() { Snapshot::default() } else { decode(snapshot).expect("decode") };
+        recover(snapshot, log, &[1, 2], 10).await.expect("recover")
+    }
+
+    #[test]
+    fn the_table_comes_back_from_a_snapshot_and_the_messages_after_it() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async {
+            let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
+            let mut live = ProducerTable::new(10);
+            let mut sends = Vec::new();
+            for (producer_id, queue_id, sequence) in [(5, 1, 0), (5, 1, 1), (6, 2, 40), (5, 2, 0)] {
+                let offset = append(&log, producer_id, queue_id, sequence).await;
+                sends.push((producer_id, queue_id, sequence, offset));
+            }
+            let covered = log.positions().flushed;
+            let queue_offsets = HashMap::from([(1, log.durable_end_offset(1)), (2, log.durable_end_offset(2))]);
+            for (producer_id, queue_id, sequence) in [(5, 1, 2), (6, 2, 41), (7, 1, 3)] {
+                let offset = append(&log, producer_id, queue_id, sequence).await;
+                sends.push((producer_id, queue_id, sequence, offset));
+            }
+            for (producer_id, queue_id, sequence, offset) in &sends {
+                let send = StoredSend { sequence: *sequence, offset: *offset, store_timestamp_us: 0, end: 0 };
+                live.stored(*producer_id, *queue_id, send);
+            }
+            // The snapshot was taken at `covered`, before the last three.
+            let mut at_snapshot = ProducerTable::new(10);
+            for (producer_id, queue_id, sequence, offset) in &sends[..4] {
+                let send = StoredSend { sequence: *sequence, offset: *offset, store_timestamp_us: 0, end: 0 };
+                at_snapshot.stored(*producer_id, *queue_id, send);
+            }
+            let snapshot = encode(&at_snapshot, covered, &queue_offsets);
+            for table in [rebuilt(&log, &snapshot).await, rebuilt(&log, &[]).await] {
+                for (producer_id, queue_id, sequence, offset) in &sends {
+                    match table.admit(*producer_id, *queue_id, *sequence) {
+                        Admission::Duplicate(Some(send)) => assert_eq!(send.offset, *offset),
+                        other => panic!("{producer_id}/{queue_id}/{sequence}: {other:?}"),
+                    }
+                }
+                assert_eq!(table.admit(5, 1, 4), Admission::OutOfOrder { expected: 3 });
+                assert_eq!(table.admit(6, 2, 42), Admission::Store);
+                assert_eq!(table.producer_count(), 3);
+            }
+            log.close().await.expect("close");
+        });
+    }
+
+    fn send(sequence: u64, end: u64) -> StoredSend {
+        StoredSend { sequence, offset: sequence, store_timestamp_us: 5_000, end }
+    }
+
+    #[test]
+    fn a_snapshot_holds_only_what_was_durable_and_reads_back() {
+        let mut table = ProducerTable::new(10);
+        for (sequence, end) in [(3, 100), (4, 200), (5, 300)] {
+            table.stored(9, 2, send(sequence, end));
+        }
+        table.stored(8, 2, send(0, 400));
+        let queue_offsets = HashMap::from([(2, 3)]);
+        let bytes = encode(&table, 200, &queue_offsets);
+        let mut snapshot = decode(&bytes).expect("decodes");
+        snapshot.windows.sort_by_key(|(producer, _, _)| *producer);
+        assert_eq!(snapshot.covered, 200);
+        assert_eq!(snapshot.queue_offsets, queue_offsets);
+        let (_, _, fresh) = &snapshot.windows[0];
+        assert_eq!((fresh.next_sequence, fresh.recent.len()), (0, 0), "nothing durable: expects its first send again");
+        let (_, _, busy) = &snapshot.windows[1];
+        assert_eq!(busy.next_sequence, 5, "sequence 5 ends past the covered position");
+        assert_eq!(busy.recent, [send(3, 100), send(4, 200)]);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused() {
+        let mut table = ProducerTable::new(10);
+        table.stored(1, 1, send(1, 10));
+        let bytes = encode(&table, 10, &HashMap::new());
+        for at in [0, 9, bytes.len() / 2, bytes.len() - 1] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x20;
+            assert!(decode(&damaged).is_err(), "a flip at {at} is noticed");
+        }
+        assert!(decode(&bytes[..bytes.len() - 5]).is_err(), "a short snapshot is refused");
+    }
+}
