@@ -1,24 +1,37 @@
 //! The Rust client: blocking handles usable from any thread, without an
 //! async runtime, and `AsyncConnection` for code inside a glommio executor. It fetches metadata from any shard, keeps one connection
 //! per shard it needs, sends every request straight to the owning shard and
-//! refreshes metadata when told `NotOwner`.
+//! refreshes metadata when told `NotOwner`. `IdempotentConsumer` applies
+//! each message's effect once across redeliveries, through a `DedupStore`
+//! (`SqliteDedupStore` with the `sqlite` feature).
 
 mod async_connection;
 mod batching;
 mod connection;
 mod consumer;
+mod idempotent;
 mod producer;
 mod sequencer;
+#[cfg(feature = "sqlite")]
+mod sqlite_dedup;
 
 pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{Connection, Pending};
 pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, ReceivedMessage};
+pub use idempotent::{Applied, DedupError, DedupStore, IdempotentConsumer, IdempotentError, MsgId, Tally};
 pub use producer::{
     Flight, OutgoingMessage, PreparedMessage, Producer, ProducerOptions, QueueChoice, SendReceipt,
     DELIVERY_TIMEOUT_DEFAULT,
 };
 pub use sequencer::Stamp;
+
+/// The SQLite binding the store's transactions come from, so applications
+/// write their rows with the same version.
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite_dedup::{SqliteDedupError, SqliteDedupStore};
 
 use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout};
 use bytes::Bytes;
