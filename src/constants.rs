@@ -57,6 +57,15 @@ const _: () = assert!(SEGMENT_SIZE_BYTES_MIN % BLOCK_SIZE_BYTES as u64 == 0);
 /// the request around it. A batch must fit too.
 pub const FRAME_BODY_BYTES_MAX: usize = MESSAGE_SIZE_BYTES_MAX + 64 * 1024;
 
+/// Messages one produce request may carry: each is a table of the request,
+/// and the request verifier counts tables (`VERIFIER_TABLES_MAX`).
+pub const PRODUCE_MESSAGES_MAX: usize = 4000;
+/// What a message adds to a produce request beyond its body, key and tag
+/// (its table, vectors, alignment), for clients sizing a batch.
+pub const PRODUCE_MESSAGE_OVERHEAD_BYTES: usize = 256;
+
+const _: () = assert!(PRODUCE_MESSAGES_MAX + 8 <= VERIFIER_TABLES_MAX);
+
 /// Largest number of queues a topic may have.
 pub const TOPIC_QUEUES_MAX: u32 = 1024;
 

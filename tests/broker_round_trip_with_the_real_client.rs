@@ -238,3 +238,42 @@ fn a_retry_after_a_restart_finds_the_first_send_from_the_snapshot_or_the_log() {
     assert_eq!(ahead.code(), Some(fb::ErrorCode::OutOfOrderSequence));
     assert_eq!(common::consume_in_order(&broker.address(), "audit", "once").len(), 4);
 }
+
+#[test]
+fn an_async_producer_batches_completes_every_message_and_keeps_queue_order() {
+    use ringmq::client::{AsyncProducer, BatchOptions, OwnedMessage};
+    let broker = Broker::start(2);
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    client.create_topic("async", 4).expect("create");
+    let producer = Arc::new(Producer::new(client, "async", ProducerOptions::default()).expect("producer"));
+    // A long linger and the default size: batches fill up to what one
+    // request may carry (PRODUCE_MESSAGES_MAX), and more is split.
+    let options = BatchOptions { linger: Duration::from_millis(50), ..BatchOptions::default() };
+    let sender = AsyncProducer::new(producer, options).expect("async producer");
+    let (done, results) = std::sync::mpsc::channel();
+    let total = 20_000;
+    for index in 0..total {
+        let message = OwnedMessage { body: format!("m-{index:05}").into_bytes(), ..OwnedMessage::default() };
+        let done = done.clone();
+        let completion = Box::new(move |result| {
+            let _ = done.send((index, result));
+        });
+        sender.send(message, QueueChoice::RoundRobin, completion).expect("queued");
+    }
+    sender.flush();
+    drop(done);
+    let results: Vec<_> = results.try_iter().collect();
+    assert_eq!(results.len(), total, "flush returns once every message has its result");
+    let mut per_queue: std::collections::BTreeMap<u32, Vec<(u64, usize)>> = Default::default();
+    for (index, result) in results {
+        let receipt = result.expect("sent");
+        assert!(!receipt.duplicate);
+        per_queue.entry(receipt.queue).or_default().push((receipt.offset.expect("an offset"), index));
+    }
+    for (queue, mut sends) in per_queue {
+        sends.sort();
+        assert!(sends.windows(2).all(|pair| pair[0].1 < pair[1].1), "queue {queue}: stored in the order sent");
+    }
+    drop(sender);
+    assert_eq!(common::consume_all(&broker.address(), "audit", "async").len(), total);
+}

@@ -8,6 +8,7 @@
 
 use super::producer::{Flight, OutgoingMessage, PreparedMessage, Producer, QueueChoice, SendReceipt};
 use super::ClientError;
+use crate::constants::{FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, PRODUCE_MESSAGE_OVERHEAD_BYTES};
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -21,7 +22,9 @@ pub type Completion = Box<dyn FnOnce(Result<SendReceipt, ClientError>) + Send>;
 pub struct BatchOptions {
     /// How long a batch waits for more messages (Kafka's `linger.ms`).
     pub linger: Duration,
-    /// A batch closes once it holds this many bytes of bodies.
+    /// A batch closes once its request holds about this many bytes (and
+    /// at `PRODUCE_MESSAGES_MAX` messages, or before it would pass what the
+    /// broker reads in one frame).
     pub batch_max_bytes: usize,
     /// Produce requests in flight at most.
     pub window: usize,
@@ -45,10 +48,19 @@ pub struct OwnedMessage {
 }
 
 impl OwnedMessage {
-    fn size_bytes(&self) -> usize {
-        self.body.len() + self.key.as_ref().map_or(0, String::len) + self.tag.as_ref().map_or(0, String::len)
+    /// What the message adds to a produce request, about.
+    fn request_bytes(&self) -> usize {
+        let properties: usize = self.properties.iter().map(|(key, value)| key.len() + value.len() + 16).sum();
+        self.body.len()
+            + self.key.as_ref().map_or(0, String::len)
+            + self.tag.as_ref().map_or(0, String::len)
+            + properties
+            + PRODUCE_MESSAGE_OVERHEAD_BYTES
     }
 }
+
+/// A batch closes before its request could pass what the broker reads.
+const BATCH_BYTES_LIMIT: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
 
 enum Command {
     Send { message: OwnedMessage, queue: u32, completion: Completion },
@@ -197,9 +209,17 @@ impl Batcher {
                     bytes: 0,
                     opened: Instant::now(),
                 });
-                batch.bytes += message.size_bytes();
+                let bytes = message.request_bytes();
+                if !batch.messages.is_empty() && batch.bytes + bytes > BATCH_BYTES_LIMIT {
+                    if let Some(full) = self.open.remove(&queue) {
+                        self.close(queue, full);
+                    }
+                    return self.accept(Command::Send { message, queue, completion });
+                }
+                batch.bytes += bytes;
                 batch.messages.push((message, completion));
-                if batch.bytes >= self.options.batch_max_bytes {
+                let full = batch.bytes >= self.options.batch_max_bytes || batch.messages.len() >= PRODUCE_MESSAGES_MAX;
+                if full {
                     if let Some(full) = self.open.remove(&queue) {
                         self.close(queue, full);
                     }

@@ -9,6 +9,7 @@
 
 use super::sequencer::{new_producer_id, Sequencer, Stamp, Turn};
 use super::{expect_kind, Client, ClientError, Pending};
+use crate::constants::PRODUCE_MESSAGES_MAX;
 use crate::protocol::{self, fb, verify, Kind, SendOutcome};
 use crate::wire::{restamp, verify_message, MessageDraft};
 use bytes::Bytes;
@@ -233,6 +234,9 @@ impl Producer {
         messages: &[OutgoingMessage<'_>],
         choice: QueueChoice,
     ) -> Result<Vec<SendReceipt>, ClientError> {
+        if messages.len() > PRODUCE_MESSAGES_MAX {
+            return Err(ClientError::Usage(format!("a batch holds at most {PRODUCE_MESSAGES_MAX} messages")));
+        }
         let queue = self.pick_queue(choice, messages.first().and_then(|message| message.key))?;
         let mut prepared = self.prepare(messages, queue);
         self.deliver(&mut prepared)

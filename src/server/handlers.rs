@@ -6,7 +6,7 @@ use super::dedup::{Admission, StoredSend};
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::shard::Shard;
 use super::topics::check_name;
-use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX};
+use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX};
 use crate::protocol::{self, coordinator_shard, fb, verify, Failure, FetchedRecords, Frame, Kind};
 use crate::storage::{AppendRequest, LogError};
 use crate::wire::{verify_message, VerifiedMessage};
@@ -87,6 +87,9 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
     let request = verify::<fb::ProduceRequest>(body).map_err(invalid)?;
     let topic = shard.topic(request.topic())?;
     let queue_id = shard.owned_queue(&topic, request.queue())?;
+    if request.messages().len() > PRODUCE_MESSAGES_MAX {
+        return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));
+    }
     let mut messages = Vec::with_capacity(request.messages().len());
     for (index, message) in request.messages().iter().enumerate() {
         let bytes = message_bytes(body, message.bytes().bytes())?;

@@ -308,7 +308,18 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let offsets_floor = offsets::retention_floor(&log, offsets.covered_by_snapshot())
         .await
         .map_err(|error| shard_error(error.to_string()))?;
-    let snapshot = dedup_snapshot::load(&DmaStorage, &dir).await;
+    let mut snapshot = dedup_snapshot::load(&DmaStorage, &dir).await;
+    let recovered_end = log.positions().flushed;
+    if snapshot.covered > recovered_end {
+        // The log was cut below the snapshot (a repair or a truncation): it
+        // would vouch for sends the log no longer holds.
+        tracing::warn!(
+            covered = snapshot.covered,
+            recovered_end,
+            "the producer snapshot reaches past the recovered log; replaying the whole log instead"
+        );
+        snapshot = dedup_snapshot::Snapshot::default();
+    }
     let producers_floor = snapshot.covered;
     let queue_ids = shard::owned_queue_ids(&topics, id);
     let producers = dedup_snapshot::recover(snapshot, &log, &queue_ids, config.producers_max)

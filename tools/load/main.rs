@@ -56,9 +56,9 @@ struct Args {
     /// Message body size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Messages per produce request.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Messages per produce request (at most 4000, what the broker takes).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=ringmq::constants::PRODUCE_MESSAGES_MAX as i64))]
+    batch: u16,
     /// Requests in flight per producer.
     #[arg(long, default_value_t = 1)]
     window: usize,
@@ -201,7 +201,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         topic: args.topic.clone(),
         group: group.clone(),
         size: args.size,
-        batch: args.batch.max(1),
+        batch: usize::from(args.batch),
         window: args.window.max(1),
         rate_per_producer: args.rate / f64::from(args.producers.max(1)),
         keyed: args.keyed,
@@ -319,7 +319,7 @@ fn summarize(
 ) -> Result<ExitCode, String> {
     let verdict = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).verdict();
     let seconds = args.duration.as_secs_f64();
-    let publish_rate = totals.publish.len() as f64 * args.batch.max(1) as f64 / seconds;
+    let publish_rate = totals.publish.len() as f64 * f64::from(args.batch) / seconds;
     let consume_rate = totals.e2e.len() as f64 / seconds;
     let publish_mb_s = publish_rate * args.size as f64 / 1e6;
     let errors = shared.errors.load(Ordering::Relaxed);
