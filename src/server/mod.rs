@@ -40,8 +40,6 @@ pub const CLUSTER_FILE: &str = "cluster.json";
 /// How long a shard waits for its requests in flight at shutdown.
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
-/// How often each shard snapshots its consumer offsets and producer table.
-const STATE_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -415,7 +413,9 @@ async fn background_work(shard: Rc<Shard>) {
             tracing::info!(%group, %topic, generation, "group member expired; rebalanced");
             shard.announce_fence(&group, &topic, generation).await;
         }
-        if last_snapshot.elapsed() >= STATE_SNAPSHOT_INTERVAL {
+        // With the log's checkpoints: a restart replays about as much of
+        // the log for this state as the log's own recovery scans.
+        if last_snapshot.elapsed() >= shard.config.checkpoint_interval {
             last_snapshot = std::time::Instant::now();
             expire_idle_producers(&shard);
             write_offsets_snapshot(&shard).await;
