@@ -138,11 +138,7 @@ struct Placed {
 /// queue says it is new and next. A failure after some messages were placed
 /// fails the request; the producer's retry finds those as duplicates.
 async fn place_in_order(shard: &Shard, queue_id: u32, messages: &[VerifiedMessage]) -> Result<Vec<Placed>, Failure> {
-    let internal = |error: glommio::GlommioError<()>| Failure::new(fb::ErrorCode::Internal, error.to_string());
-    let _turn = match shard.placement_line.try_acquire_permit(1) {
-        Ok(turn) => turn,
-        Err(_) => shard.placement_line.acquire_permit(1).await.map_err(internal)?,
-    };
+    let _turn = shard.placement_line.turn().await;
     let mut placed = Vec::with_capacity(messages.len());
     for message in messages {
         placed.push(place_once(shard, queue_id, message).await?);

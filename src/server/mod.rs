@@ -13,6 +13,7 @@ mod groups;
 mod handlers;
 mod listeners;
 mod offsets;
+mod placement;
 mod shard;
 mod start_gate;
 mod topics;

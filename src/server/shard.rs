@@ -7,6 +7,7 @@ use super::cross::{CrossMessage, Peers};
 use super::dedup::ProducerTable;
 use super::groups::Coordinator;
 use super::offsets::Offsets;
+use super::placement::PlacementLine;
 use super::topics::{Topic, Topics, TOPICS_FILE};
 use super::ServerConfig;
 use crate::protocol::{fb, Failure, ShardEndpoint};
@@ -37,9 +38,7 @@ pub struct Shard {
     pub commits_in_flight: RefCell<BTreeMap<u64, usize>>,
     pub coordinator: RefCell<Coordinator>,
     pub dedup: RefCell<ProducerTable>,
-    /// Produce requests place their messages one request at a time, in the
-    /// order they arrived (FIFO permits).
-    pub placement_line: glommio::sync::Semaphore,
+    pub placement_line: PlacementLine,
     /// Retention floors of the two snapshots of state kept in the log: the
     /// log's floor is the lower one.
     pub offsets_floor: Cell<u64>,
@@ -85,7 +84,7 @@ impl Shard {
             commits_in_flight: RefCell::new(BTreeMap::new()),
             coordinator: RefCell::new(Coordinator::new(parts.id)),
             dedup: RefCell::new(parts.producers),
-            placement_line: glommio::sync::Semaphore::new(1),
+            placement_line: PlacementLine::default(),
             offsets_floor: Cell::new(0),
             producers_floor: Cell::new(parts.producers_floor),
             peers: parts.peers,
