@@ -109,15 +109,22 @@ fn every_kind_of_bad_input_gets_its_error_and_the_broker_survives() {
     let frame = answer(&mut stream, Kind::ProduceRequest as u16, 8, b"\x01\x02\x03 not a flatbuffer");
     assert_eq!(failure_of(&frame).code, fb::ErrorCode::InvalidRequest);
     let message = ringmq::wire::MessageDraft { topic: "t", body: b"x", ..Default::default() }.build();
-    let frame = answer(&mut stream, Kind::ProduceRequest as u16, 9, &protocol::produce_request("nope", 0, &[&message]));
-    assert_eq!(failure_of(&frame).code, fb::ErrorCode::UnknownTopic);
-    let frame = answer(&mut stream, Kind::ProduceRequest as u16, 10, &protocol::produce_request("t", 5, &[&message]));
-    assert_eq!(failure_of(&frame).code, fb::ErrorCode::QueueOutOfRange);
     let frame =
-        answer(&mut stream, Kind::ProduceRequest as u16, 11, &protocol::produce_request("t", 0, &[b"garbage message"]));
+        answer(&mut stream, Kind::ProduceRequest as u16, 9, &protocol::produce_request("nope", 0, &[&message], false));
+    assert_eq!(failure_of(&frame).code, fb::ErrorCode::UnknownTopic);
+    let frame =
+        answer(&mut stream, Kind::ProduceRequest as u16, 10, &protocol::produce_request("t", 5, &[&message], false));
+    assert_eq!(failure_of(&frame).code, fb::ErrorCode::QueueOutOfRange);
+    let frame = answer(
+        &mut stream,
+        Kind::ProduceRequest as u16,
+        11,
+        &protocol::produce_request("t", 0, &[b"garbage message"], false),
+    );
     assert_eq!(failure_of(&frame).code, fb::ErrorCode::InvalidMessage);
     // The same connection still works for a good request.
-    let frame = answer(&mut stream, Kind::ProduceRequest as u16, 12, &protocol::produce_request("t", 0, &[&message]));
+    let frame =
+        answer(&mut stream, Kind::ProduceRequest as u16, 12, &protocol::produce_request("t", 0, &[&message], false));
     assert_eq!(frame.kind, Kind::ProduceResponse as u16);
     assert_still_serving(&broker);
 }
@@ -133,7 +140,7 @@ fn requests_on_one_connection_are_answered_by_request_id() {
         wire.extend(encode_frame(
             Kind::ProduceRequest as u16,
             request_id,
-            &protocol::produce_request("t", 0, &[&message]),
+            &protocol::produce_request("t", 0, &[&message], false),
         ));
     }
     stream.write_all(&wire).expect("write pipelined requests");

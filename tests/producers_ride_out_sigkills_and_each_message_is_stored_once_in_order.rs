@@ -9,7 +9,9 @@
 //! and the live group's committed offsets never went backwards.
 //!
 //! The seed is printed; RINGMQ_CRASH_SEED replays it and
-//! RINGMQ_BROKER_CRASH_CYCLES runs longer (20 by default).
+//! RINGMQ_BROKER_CRASH_CYCLES runs longer (20 by default). The default
+//! sizes are kept; snapshots are taken every 50 ms so that restarts start
+//! from one.
 
 mod common;
 
@@ -111,7 +113,9 @@ fn producers_ride_out_sigkills_and_each_message_is_stored_once_in_order() {
         std::env::var("RINGMQ_BROKER_CRASH_CYCLES").ok().and_then(|value| value.parse().ok()).unwrap_or(CYCLES_DEFAULT);
     println!("broker crash loop seed {seed} ({cycles} cycles); replay with RINGMQ_CRASH_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut broker = Broker::start(2);
+    // Snapshots (producer table, offsets, index) every 50 ms, so kills land
+    // between snapshots and restarts rebuild from a snapshot plus the log.
+    let mut broker = Broker::start_with_config(2, Some("checkpoint_interval_ms = 50\n"));
     Client::connect(&broker.address()).expect("connect").create_topic(TOPIC, QUEUES).expect("create");
 
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -144,6 +148,10 @@ fn producers_ride_out_sigkills_and_each_message_is_stored_once_in_order() {
         let after = committed_offsets(&broker.address()).expect("the restarted broker answers");
         assert_not_behind(&committed, &after, seed);
         committed = after;
+    }
+    for shard in 0..2 {
+        let snapshot = broker.data_dir().join(format!("shard-{shard}/producers.snapshot"));
+        assert!(snapshot.exists(), "seed {seed}: no producer snapshot was written on shard {shard}");
     }
     std::thread::sleep(Duration::from_millis(300));
     stop_producing.store(true, Ordering::SeqCst);

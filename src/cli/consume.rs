@@ -2,7 +2,7 @@
 //! committed only after the lines of the messages before it are written.
 //! A broker restart is waited out: the consumer reconnects and goes on.
 
-use crate::client::{Client, ClientError, Consumer, ConsumerOptions, REQUEST_TIMEOUT_DEFAULT};
+use crate::client::{patiently, Client, Consumer, ConsumerOptions, REQUEST_TIMEOUT_DEFAULT};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,29 +29,12 @@ pub struct ConsumeArgs {
 /// How long `consume` waits for a broker that is not answering at start.
 const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 
-fn join_patiently(
-    client: Arc<Client>,
-    group: &str,
-    topic: &str,
-    options: ConsumerOptions,
-) -> Result<Consumer, ClientError> {
-    let deadline = Instant::now() + JOIN_PATIENCE;
-    loop {
-        match Consumer::join(client.clone(), group, topic, options.clone()) {
-            Err(error) if error.is_unreachable() && Instant::now() < deadline => {
-                tracing::warn!(%error, "cannot join the group yet; retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
-}
-
 pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
     let client = Client::connect_patiently(&args.broker, REQUEST_TIMEOUT_DEFAULT, JOIN_PATIENCE);
     let client = Arc::new(client.map_err(|error| error.to_string())?);
     let options = ConsumerOptions { max_wait: Duration::from_millis(200), ..ConsumerOptions::default() };
-    let mut consumer = join_patiently(client, &args.group, &args.topic, options).map_err(|error| error.to_string())?;
+    let joined = patiently(JOIN_PATIENCE, || Consumer::join(client.clone(), &args.group, &args.topic, options.clone()));
+    let mut consumer = joined.map_err(|error| error.to_string())?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
     let mut last_message = Instant::now();

@@ -62,6 +62,14 @@ impl OwnedMessage {
 /// A batch closes before its request could pass what the broker reads.
 const BATCH_BYTES_LIMIT: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
 
+/// A command without waiting; an empty channel reads as a timeout.
+fn try_take(commands: &mpsc::Receiver<Command>) -> Result<Command, RecvTimeoutError> {
+    commands.try_recv().map_err(|error| match error {
+        TryRecvError::Empty => RecvTimeoutError::Timeout,
+        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+    })
+}
+
 enum Command {
     Send { message: OwnedMessage, queue: u32, completion: Completion },
     Flush(mpsc::Sender<()>),
@@ -130,7 +138,11 @@ struct Batcher {
     /// Closed batches, stamped in the order they closed, not yet launched.
     closed: VecDeque<(Vec<PreparedMessage>, Vec<Completion>)>,
     in_flight: VecDeque<(Flight, Vec<Completion>)>,
-    flushes: Vec<mpsc::Sender<()>>,
+    /// Messages taken from the channel, and those whose completion ran.
+    accepted: u64,
+    completed: u64,
+    /// Flushes waiting, each for the messages accepted before it.
+    flushes: Vec<(u64, mpsc::Sender<()>)>,
 }
 
 impl Batcher {
@@ -141,6 +153,8 @@ impl Batcher {
             open: HashMap::new(),
             closed: VecDeque::new(),
             in_flight: VecDeque::new(),
+            accepted: 0,
+            completed: 0,
             flushes: Vec::new(),
         }
     }
@@ -148,19 +162,24 @@ impl Batcher {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
         let mut disconnected = false;
         loop {
+            let completed = self.completed;
+            self.flushes.retain(|(target, done)| {
+                let waiting = completed < *target;
+                if !waiting {
+                    let _ = done.send(());
+                }
+                waiting
+            });
             let idle = self.open.is_empty() && self.closed.is_empty() && self.in_flight.is_empty();
-            if idle {
-                for flush in self.flushes.drain(..) {
-                    let _ = flush.send(());
-                }
-                if disconnected {
-                    return;
-                }
+            if idle && disconnected {
+                return;
             }
             if !disconnected {
                 disconnected = self.take_commands(&commands, idle);
             }
             let (now, linger) = (Instant::now(), self.options.linger);
+            // A flush does not wait for linger (it may close a little more
+            // than what came before it).
             let everything = disconnected || !self.flushes.is_empty();
             self.close_batches(|batch| everything || now.duration_since(batch.opened) >= linger);
             self.launch_closed();
@@ -181,10 +200,7 @@ impl Batcher {
             let wait = next_close.map_or(Duration::ZERO, |at| at.saturating_duration_since(Instant::now()));
             commands.recv_timeout(wait)
         } else {
-            commands.try_recv().map_err(|error| match error {
-                TryRecvError::Empty => RecvTimeoutError::Timeout,
-                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-            })
+            try_take(commands)
         };
         let mut next = first;
         loop {
@@ -193,17 +209,15 @@ impl Batcher {
                 Err(RecvTimeoutError::Timeout) => return false,
                 Err(RecvTimeoutError::Disconnected) => return true,
             }
-            next = commands.try_recv().map_err(|error| match error {
-                TryRecvError::Empty => RecvTimeoutError::Timeout,
-                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-            });
+            next = try_take(commands);
         }
     }
 
     fn accept(&mut self, command: Command) {
         match command {
-            Command::Flush(done) => self.flushes.push(done),
+            Command::Flush(done) => self.flushes.push((self.accepted, done)),
             Command::Send { message, queue, completion } => {
+                self.accepted += 1;
                 let batch = self.open.entry(queue).or_insert_with(|| OpenBatch {
                     messages: Vec::new(),
                     bytes: 0,
@@ -267,6 +281,7 @@ impl Batcher {
     /// Waits for the oldest request's final answer and hands it out.
     fn land_oldest(&mut self) {
         let Some((flight, completions)) = self.in_flight.pop_front() else { return };
+        self.completed += completions.len() as u64;
         match self.producer.land(flight) {
             Ok(receipts) if receipts.len() == completions.len() => {
                 for (receipt, completion) in receipts.into_iter().zip(completions) {

@@ -101,6 +101,22 @@ impl ClientError {
     }
 }
 
+/// Runs `attempt` until it succeeds, fails for another reason than an
+/// unreachable broker (refused, reset, timed out: a restart), or `patience`
+/// runs out.
+pub fn patiently<T>(patience: Duration, mut attempt: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match attempt() {
+            Err(error) if error.is_unreachable() && std::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "the broker is not answering; retrying");
+                std::thread::sleep(CONNECT_RETRY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The body of `frame` if it is a `kind` answer; the broker's failure if it
 /// is an error answer.
 pub fn expect_kind(frame: Frame, kind: Kind) -> Result<Bytes, ClientError> {
@@ -147,19 +163,9 @@ impl Client {
     }
 
     /// Like `connect_with_timeout`, but waits out a broker that is not
-    /// there yet or restarting (refused, reset, timed out) for up to
-    /// `patience`.
+    /// there yet or restarting for up to `patience`.
     pub fn connect_patiently(bootstrap: &str, timeout: Duration, patience: Duration) -> Result<Self, ClientError> {
-        let deadline = std::time::Instant::now() + patience;
-        loop {
-            match Self::connect_with_timeout(bootstrap, timeout) {
-                Err(error) if error.is_unreachable() && std::time::Instant::now() < deadline => {
-                    tracing::warn!(%error, "the broker is not answering yet; retrying");
-                    std::thread::sleep(CONNECT_RETRY_PAUSE);
-                }
-                other => return other,
-            }
-        }
+        patiently(patience, || Self::connect_with_timeout(bootstrap, timeout))
     }
 
     pub fn timeout(&self) -> Duration {

@@ -7,16 +7,17 @@
 //! connections, resets, timeouts and metadata changes until
 //! `delivery_timeout` runs out.
 
-use super::sequencer::{new_producer_id, Sequencer, Stamp, Turn};
+use super::sequencer::{new_producer_id, Sequencer, Stamp};
 use super::{expect_kind, Client, ClientError, Pending};
 use crate::constants::PRODUCE_MESSAGES_MAX;
 use crate::protocol::{self, fb, verify, Kind, SendOutcome};
-use crate::wire::{restamp, verify_message, MessageDraft};
+use crate::storage::now_us;
+use crate::wire::{verify_message, MessageDraft};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Kafka's `delivery.timeout.ms`: how long a message is resent before it
 /// is reported failed.
@@ -115,10 +116,6 @@ pub struct Producer {
     next_message: AtomicU64,
     sequencer: Mutex<Sequencer>,
     round_robin: AtomicU32,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_micros() as u64).unwrap_or(0)
 }
 
 impl Producer {
@@ -238,14 +235,14 @@ impl Producer {
             return Err(ClientError::Usage(format!("a batch holds at most {PRODUCE_MESSAGES_MAX} messages")));
         }
         let queue = self.pick_queue(choice, messages.first().and_then(|message| message.key))?;
-        let mut prepared = self.prepare(messages, queue);
-        self.deliver(&mut prepared)
+        let prepared = self.prepare(messages, queue);
+        self.deliver(&prepared)
     }
 
     /// Delivers prepared messages of one queue, consecutive, in one request:
     /// resends until the broker answers for good or `delivery_timeout`
     /// runs out. Settles them either way.
-    pub fn deliver(&self, prepared: &mut [PreparedMessage]) -> Result<Vec<SendReceipt>, ClientError> {
+    pub fn deliver(&self, prepared: &[PreparedMessage]) -> Result<Vec<SendReceipt>, ClientError> {
         let Some(first) = prepared.first() else { return Ok(Vec::new()) };
         let (queue, ticket) = (first.queue, first.stamp.ticket);
         let result = self.deliver_unsettled(prepared, Instant::now() + self.options.delivery_timeout);
@@ -255,30 +252,24 @@ impl Producer {
 
     fn deliver_unsettled(
         &self,
-        prepared: &mut [PreparedMessage],
+        prepared: &[PreparedMessage],
         deadline: Instant,
     ) -> Result<Vec<SendReceipt>, ClientError> {
         let mut pause = self.options.backoff;
+        let mut skip_gap = false;
         loop {
-            let oldest = match self.take_turn(prepared)? {
-                Some(oldest) => oldest,
-                None if Instant::now() < deadline => {
-                    std::thread::sleep(ORDER_WAIT);
-                    continue;
-                }
-                None => return Err(ClientError::Timeout { after: self.options.delivery_timeout }),
-            };
-            let error = match self.start(prepared).and_then(|pending| self.finish(pending, prepared)) {
+            let (queue, ticket) = (prepared[0].queue, prepared[0].stamp.ticket);
+            let oldest = self.sequencer().is_oldest(queue, ticket);
+            let error = match self.start(prepared, skip_gap).and_then(|pending| self.finish(pending, prepared)) {
                 Ok(receipts) => return Ok(receipts),
                 Err(error) => error,
             };
             let out_of_order = error.code() == Some(fb::ErrorCode::OutOfOrderSequence);
-            if out_of_order && oldest {
-                // Nothing older of this queue is in flight, yet the broker
-                // waits for an older sequence: it will never come.
-                let stamped = prepared[0].stamp.producer_id;
-                let fresh = self.sequencer().permanent_gap(prepared[0].queue, stamped);
-                tracing::warn!(%error, queue = prepared[0].queue, fresh = format!("{fresh:016x}"), "the broker waits for a sequence that will never come; going on under a fresh producer id");
+            if out_of_order && oldest && !skip_gap {
+                // Everything sent before it was answered for good, yet the
+                // broker waits for an older sequence: it will never come.
+                tracing::warn!(%error, queue, "the broker waits for a sequence that will never come; resending past the gap");
+                skip_gap = true;
                 continue;
             }
             if !error.is_retryable() || Instant::now() >= deadline {
@@ -298,31 +289,13 @@ impl Producer {
         }
     }
 
-    /// Whether `prepared` may go out now (restamped if its queue moved to a
-    /// fresh producer id), and whether it is the oldest unsettled message of
-    /// its queue; `None` to wait for older ones.
-    fn take_turn(&self, prepared: &mut [PreparedMessage]) -> Result<Option<bool>, ClientError> {
-        let (queue, ticket) = (prepared[0].queue, prepared[0].stamp.ticket);
-        let turn = self.sequencer().turn(queue, ticket);
-        let Turn::Go { producer_id, oldest } = turn else { return Ok(None) };
-        if prepared[0].stamp.producer_id != producer_id {
-            for message in prepared.iter_mut() {
-                message.bytes = restamp(&message.bytes, producer_id, message.stamp.sequence)
-                    .map_err(|error| ClientError::Protocol(error.to_string()))?;
-                message.stamp.producer_id = producer_id;
-            }
-            self.sequencer().restamped(queue, ticket, prepared.len(), producer_id);
-        }
-        Ok(Some(oldest))
-    }
-
-    fn start(&self, prepared: &[PreparedMessage]) -> Result<Pending, ClientError> {
+    fn start(&self, prepared: &[PreparedMessage], skip_gap: bool) -> Result<Pending, ClientError> {
         let queue = prepared[0].queue;
         let topic = self.client.topic(&self.topic)?;
         let shard =
             *topic.queue_shards.get(queue as usize).ok_or_else(|| ClientError::Usage(format!("no queue {queue}")))?;
         let messages: Vec<&[u8]> = prepared.iter().map(|message| message.bytes.as_slice()).collect();
-        let body = protocol::produce_request(&self.topic, queue, &messages);
+        let body = protocol::produce_request(&self.topic, queue, &messages, skip_gap);
         self.client.connection(shard)?.send(Kind::ProduceRequest as u16, &body)
     }
 
@@ -350,32 +323,26 @@ impl Producer {
             .collect())
     }
 
-    /// Sends prepared messages of one queue (consecutive) if their turn has
-    /// come; `land` takes the answer.
-    pub fn launch(&self, mut prepared: Vec<PreparedMessage>) -> Flight {
-        let request = match self.take_turn(&mut prepared) {
-            Ok(Some(_)) => Some(self.start(&prepared)),
-            Ok(None) => None,
-            Err(error) => Some(Err(error)),
-        };
+    /// Sends prepared messages of one queue (consecutive); `land` takes the
+    /// answer.
+    pub fn launch(&self, prepared: Vec<PreparedMessage>) -> Flight {
+        let request = self.start(&prepared, false);
         Flight { prepared, started: Instant::now(), request }
     }
 
     /// The answer to a launched flight: resent (in order, with back-off)
     /// until final or `delivery_timeout` after its launch. Settles it.
     pub fn land(&self, flight: Flight) -> Result<Vec<SendReceipt>, ClientError> {
-        let Flight { mut prepared, started, request } = flight;
+        let Flight { prepared, started, request } = flight;
         let Some(first) = prepared.first() else { return Ok(Vec::new()) };
         let (queue, ticket) = (first.queue, first.stamp.ticket);
-        let answer = request.map(|request| request.and_then(|pending| self.finish(pending, &prepared)));
         let deadline = started + self.options.delivery_timeout;
-        let result = match answer {
-            Some(Err(error)) if error.is_retryable() => {
+        let result = match request.and_then(|pending| self.finish(pending, &prepared)) {
+            Err(error) if error.is_retryable() => {
                 tracing::debug!(%error, "resending");
-                self.deliver_unsettled(&mut prepared, deadline)
+                self.deliver_unsettled(&prepared, deadline)
             }
-            None => self.deliver_unsettled(&mut prepared, deadline),
-            Some(other) => other,
+            other => other,
         };
         self.sequencer().settle(queue, ticket, prepared.len());
         result
@@ -415,12 +382,11 @@ impl Producer {
     }
 }
 
-/// A produce request on its way (or waiting for its turn).
+/// A produce request on its way.
 pub struct Flight {
     prepared: Vec<PreparedMessage>,
     started: Instant,
-    /// `None`: not sent yet, older messages of its queue go first.
-    request: Option<Result<Pending, ClientError>>,
+    request: Result<Pending, ClientError>,
 }
 
 impl Flight {

@@ -153,7 +153,8 @@ pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayo
     finish(builder, root)
 }
 
-pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]]) -> Vec<u8> {
+/// `skip_gap`: see `ProduceRequest.skip_gap` in schemas/protocol.fbs.
+pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bool) -> Vec<u8> {
     let size: usize = messages.iter().map(|message| message.len() + 16).sum();
     let mut builder = FlatBufferBuilder::with_capacity(size + 128);
     let messages: Vec<_> = messages
@@ -165,7 +166,7 @@ pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]]) -> Vec<u8> {
         .collect();
     let messages = builder.create_vector(&messages);
     let topic = builder.create_string(topic);
-    let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages) };
+    let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages), skip_gap };
     let root = fb::ProduceRequest::create(&mut builder, &args);
     finish(builder, root)
 }

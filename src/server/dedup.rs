@@ -10,7 +10,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 /// Stored sends remembered per producer and queue, with their results: at
 /// least as many as a client may have in flight (64 by default), so any
-/// retry of an unacknowledged send finds its first result.
+/// retry of an unacknowledged send finds its first result. (A retried batch
+/// larger than this finds its older messages as duplicates without offsets.)
+/// Sends not yet durable are kept beyond it, so a snapshot always knows the
+/// first of them.
 pub const SEQUENCES_REMEMBERED: usize = 64;
 /// Kafka's producer id expiry: a producer idle this long is forgotten.
 pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
@@ -61,7 +64,7 @@ pub struct QueueWindow {
     pub next_sequence: u64,
     pub last_stored_ms: u64,
     /// The last stored sends, oldest first, consecutive sequences ending
-    /// at `next_sequence - 1`.
+    /// at `next_sequence - 1`; every send not yet durable is among them.
     pub recent: VecDeque<StoredSend>,
 }
 
@@ -96,41 +99,44 @@ impl ProducerTable {
     }
 
     /// Whether to store `sequence` of `producer_id` in `queue_id`. A
-    /// producer new to this queue may start at any sequence: its first
-    /// send defines where it starts (every frame of one connection is
-    /// placed in arrival order, so its first send arrives first).
-    pub fn admit(&self, producer_id: u64, queue_id: u32, sequence: u64) -> Admission {
-        let Some(queues) = self.producers.get(&producer_id) else {
-            if self.producers.len() >= self.producers_max {
-                return Admission::TooManyProducers { max: self.producers_max };
-            }
-            return Admission::Store;
-        };
-        let Some(window) = queues.get(&queue_id) else { return Admission::Store };
-        if sequence == window.next_sequence {
+    /// producer's sequences of a queue start at 0; a later start, or a gap,
+    /// is taken only with `skip_gap`: the producer settled every earlier
+    /// sequence, so none of them may be stored any more.
+    pub fn admit(&self, producer_id: u64, queue_id: u32, sequence: u64, skip_gap: bool) -> Admission {
+        let window = self.producers.get(&producer_id).and_then(|queues| queues.get(&queue_id));
+        if window.is_none() && !self.producers.contains_key(&producer_id) && self.producers.len() >= self.producers_max
+        {
+            return Admission::TooManyProducers { max: self.producers_max };
+        }
+        let next_sequence = window.map_or(0, |window| window.next_sequence);
+        if sequence == next_sequence || (sequence > next_sequence && skip_gap) {
             return Admission::Store;
         }
-        if sequence > window.next_sequence {
-            return Admission::OutOfOrder { expected: window.next_sequence };
+        if sequence > next_sequence {
+            return Admission::OutOfOrder { expected: next_sequence };
         }
+        let Some(window) = window else { return Admission::Duplicate(None) };
         let first = window.recent.front().map_or(window.next_sequence, |send| send.sequence);
         let remembered = sequence.checked_sub(first).and_then(|at| window.recent.get(at as usize)).copied();
         debug_assert!(remembered.is_none_or(|send| send.sequence == sequence));
         Admission::Duplicate(remembered)
     }
 
-    /// Notes a send stored in the log (or found there at start-up).
-    pub fn stored(&mut self, producer_id: u64, queue_id: u32, send: StoredSend) {
+    /// Notes a send stored in the log (or found there at start-up);
+    /// `durable` is the log's durable position: sends beyond it stay
+    /// remembered past `SEQUENCES_REMEMBERED`.
+    pub fn stored(&mut self, producer_id: u64, queue_id: u32, send: StoredSend, durable: u64) {
         let window = self.producers.entry(producer_id).or_default().entry(queue_id).or_default();
         if send.sequence != window.next_sequence {
-            // A producer's first send to this queue, or (at start-up) one
-            // that follows a gap the log cannot explain: start over there.
+            // A skipped gap: the remembered sends no longer run up to it.
             window.recent.clear();
         }
         window.next_sequence = send.sequence + 1;
         window.last_stored_ms = window.last_stored_ms.max(send.store_timestamp_us / 1000);
         window.recent.push_back(send);
-        if window.recent.len() > SEQUENCES_REMEMBERED {
+        while window.recent.len() > SEQUENCES_REMEMBERED
+            && window.recent.front().is_some_and(|send| send.end <= durable)
+        {
             window.recent.pop_front();
         }
     }
@@ -165,16 +171,30 @@ mod tests {
         StoredSend { sequence, offset: 100 + sequence, store_timestamp_us: 1_000_000 * sequence, end: 4096 * sequence }
     }
 
+    const DURABLE: u64 = u64::MAX;
+
     #[test]
     fn sends_are_stored_in_sequence_order_and_retries_get_the_first_result() {
         let mut table = ProducerTable::new(10);
-        assert_eq!(table.admit(7, 1, 5), Admission::Store, "a new producer starts anywhere");
-        table.stored(7, 1, send(5));
-        assert_eq!(table.admit(7, 1, 5), Admission::Duplicate(Some(send(5))));
-        assert_eq!(table.admit(7, 1, 7), Admission::OutOfOrder { expected: 6 });
-        assert_eq!(table.admit(7, 1, 6), Admission::Store);
-        assert_eq!(table.admit(7, 2, 0), Admission::Store, "each queue has its own sequences");
-        assert_eq!(table.admit(7, 1, 4), Admission::Duplicate(None), "before the first: stored before, result unknown");
+        assert_eq!(table.admit(7, 1, 5, false), Admission::OutOfOrder { expected: 0 }, "a producer starts at 0");
+        assert_eq!(table.admit(7, 1, 0, false), Admission::Store);
+        table.stored(7, 1, send(0), DURABLE);
+        assert_eq!(table.admit(7, 1, 0, false), Admission::Duplicate(Some(send(0))));
+        assert_eq!(table.admit(7, 1, 2, false), Admission::OutOfOrder { expected: 1 });
+        assert_eq!(table.admit(7, 1, 1, false), Admission::Store);
+        assert_eq!(table.admit(7, 2, 0, false), Admission::Store, "each queue has its own sequences");
+    }
+
+    #[test]
+    fn a_settled_gap_is_skipped_and_what_it_skipped_is_never_stored() {
+        let mut table = ProducerTable::new(10);
+        assert_eq!(table.admit(7, 1, 5, true), Admission::Store, "a producer the shard forgot starts later");
+        table.stored(7, 1, send(5), DURABLE);
+        assert_eq!(table.admit(7, 1, 9, true), Admission::Store);
+        table.stored(7, 1, send(9), DURABLE);
+        assert_eq!(table.admit(7, 1, 7, false), Admission::Duplicate(None), "a late send of a skipped sequence");
+        assert_eq!(table.admit(7, 1, 9, false), Admission::Duplicate(Some(send(9))));
+        assert_eq!(table.admit(7, 1, 10, false), Admission::Store);
     }
 
     #[test]
@@ -182,26 +202,40 @@ mod tests {
         let mut table = ProducerTable::new(10);
         let total = SEQUENCES_REMEMBERED as u64 + 10;
         for sequence in 0..total {
-            table.stored(1, 0, send(sequence));
+            table.stored(1, 0, send(sequence), DURABLE);
         }
-        assert_eq!(table.admit(1, 0, total - 1), Admission::Duplicate(Some(send(total - 1))));
+        assert_eq!(table.admit(1, 0, total - 1, false), Admission::Duplicate(Some(send(total - 1))));
         let oldest = total - SEQUENCES_REMEMBERED as u64;
-        assert_eq!(table.admit(1, 0, oldest), Admission::Duplicate(Some(send(oldest))));
-        assert_eq!(table.admit(1, 0, oldest - 1), Admission::Duplicate(None), "older than the window");
-        assert_eq!(table.admit(1, 0, total), Admission::Store);
+        assert_eq!(table.admit(1, 0, oldest, false), Admission::Duplicate(Some(send(oldest))));
+        assert_eq!(table.admit(1, 0, oldest - 1, false), Admission::Duplicate(None), "older than the window");
+        assert_eq!(table.admit(1, 0, total, false), Admission::Store);
         let (_, _, window) = table.windows().next().expect("a window");
         assert_eq!(window.recent.len(), SEQUENCES_REMEMBERED);
     }
 
     #[test]
+    fn sends_not_yet_durable_are_remembered_past_the_window() {
+        let mut table = ProducerTable::new(10);
+        let total = 2 * SEQUENCES_REMEMBERED as u64;
+        for sequence in 0..total {
+            table.stored(1, 0, send(sequence), 4096 * 10);
+        }
+        let (_, _, window) = table.windows().next().expect("a window");
+        assert_eq!(window.recent.front().map(|send| send.sequence), Some(11), "the first send ending past durable");
+        table.stored(1, 0, send(total), DURABLE);
+        let (_, _, window) = table.windows().next().expect("a window");
+        assert_eq!(window.recent.len(), SEQUENCES_REMEMBERED, "trimmed once durable");
+    }
+
+    #[test]
     fn idle_producers_are_forgotten_and_the_cap_refuses_new_ones() {
         let mut table = ProducerTable::new(2);
-        table.stored(1, 0, send(1));
-        table.stored(2, 0, send(3));
-        assert_eq!(table.admit(3, 0, 0), Admission::TooManyProducers { max: 2 });
-        assert_eq!(table.admit(1, 5, 0), Admission::Store, "a known producer may use another queue");
+        table.stored(1, 0, send(1), DURABLE);
+        table.stored(2, 0, send(3), DURABLE);
+        assert_eq!(table.admit(3, 0, 0, false), Admission::TooManyProducers { max: 2 });
+        assert_eq!(table.admit(1, 5, 0, false), Admission::Store, "a known producer may use another queue");
         assert_eq!(table.expire(3_000 + 1_500, 2_000), 1, "producer 1 stored last at 1000 ms");
         assert_eq!(table.producer_count(), 1);
-        assert_eq!(table.admit(3, 0, 0), Admission::Store);
+        assert_eq!(table.admit(3, 0, 0, false), Admission::Store);
     }
 }

@@ -210,7 +210,8 @@ async fn replay_queue<S: Storage>(
                 store_timestamp_us: record.header.store_timestamp_us,
                 end: record.position + u64::from(record.header.length),
             };
-            table.stored(message.producer_id, queue_id, send);
+            // Everything the replay reads is durable.
+            table.stored(message.producer_id, queue_id, send, u64::MAX);
         }
         next = batch.next_offset;
     }
@@ -253,42 +254,61 @@ mod tests {
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
         executor.run(async {
             let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
-            let mut live = ProducerTable::new(10);
             let mut sends = Vec::new();
-            for (producer_id, queue_id, sequence) in [(5, 1, 0), (5, 1, 1), (6, 2, 40), (5, 2, 0)] {
+            for (producer_id, queue_id, sequence) in [(5, 1, 0), (5, 1, 1), (6, 2, 0), (5, 2, 0)] {
                 let offset = append(&log, producer_id, queue_id, sequence).await;
                 sends.push((producer_id, queue_id, sequence, offset));
             }
+            // The snapshot: what the shard knew then, as of this position.
             let covered = log.positions().flushed;
             let queue_offsets = HashMap::from([(1, log.durable_end_offset(1)), (2, log.durable_end_offset(2))]);
-            for (producer_id, queue_id, sequence) in [(5, 1, 2), (6, 2, 41), (7, 1, 3)] {
+            let mut at_snapshot = ProducerTable::new(10);
+            for (producer_id, queue_id, sequence, offset) in &sends {
+                let send = StoredSend { sequence: *sequence, offset: *offset, store_timestamp_us: 0, end: 0 };
+                at_snapshot.stored(*producer_id, *queue_id, send, covered);
+            }
+            // A producer only the snapshot knows (its messages are gone from
+            // the log, say to retention).
+            at_snapshot.restore(9, 1, QueueWindow { next_sequence: 50, ..QueueWindow::default() });
+            let snapshot = encode(&at_snapshot, covered, &queue_offsets);
+            for (producer_id, queue_id, sequence) in [(5, 1, 2), (6, 2, 1), (7, 1, 0)] {
                 let offset = append(&log, producer_id, queue_id, sequence).await;
                 sends.push((producer_id, queue_id, sequence, offset));
             }
-            for (producer_id, queue_id, sequence, offset) in &sends {
-                let send = StoredSend { sequence: *sequence, offset: *offset, store_timestamp_us: 0, end: 0 };
-                live.stored(*producer_id, *queue_id, send);
-            }
-            // The snapshot was taken at `covered`, before the last three.
-            let mut at_snapshot = ProducerTable::new(10);
-            for (producer_id, queue_id, sequence, offset) in &sends[..4] {
-                let send = StoredSend { sequence: *sequence, offset: *offset, store_timestamp_us: 0, end: 0 };
-                at_snapshot.stored(*producer_id, *queue_id, send);
-            }
-            let snapshot = encode(&at_snapshot, covered, &queue_offsets);
-            for table in [rebuilt(&log, &snapshot).await, rebuilt(&log, &[]).await] {
+            let from_snapshot = rebuilt(&log, &snapshot).await;
+            let from_log = rebuilt(&log, &[]).await;
+            for table in [&from_snapshot, &from_log] {
                 for (producer_id, queue_id, sequence, offset) in &sends {
-                    match table.admit(*producer_id, *queue_id, *sequence) {
+                    match table.admit(*producer_id, *queue_id, *sequence, false) {
                         Admission::Duplicate(Some(send)) => assert_eq!(send.offset, *offset),
                         other => panic!("{producer_id}/{queue_id}/{sequence}: {other:?}"),
                     }
                 }
-                assert_eq!(table.admit(5, 1, 4), Admission::OutOfOrder { expected: 3 });
-                assert_eq!(table.admit(6, 2, 42), Admission::Store);
-                assert_eq!(table.producer_count(), 3);
+                assert_eq!(table.admit(5, 1, 4, false), Admission::OutOfOrder { expected: 3 });
+                assert_eq!(table.admit(6, 2, 2, false), Admission::Store);
             }
+            assert_eq!(from_snapshot.admit(9, 1, 49, false), Admission::Duplicate(None), "restored from the snapshot");
+            assert_eq!(
+                from_log.admit(9, 1, 49, false),
+                Admission::OutOfOrder { expected: 0 },
+                "the log alone never knew it"
+            );
             log.close().await.expect("close");
         });
+    }
+
+    #[test]
+    fn a_snapshot_expects_the_first_send_that_was_not_durable_even_past_the_window() {
+        let mut table = ProducerTable::new(10);
+        let total = 3 * SEQUENCES_REMEMBERED as u64;
+        // Sends 0..10 durable at position 1000; the rest are not yet.
+        for sequence in 0..total {
+            table.stored(4, 1, send(sequence, 100 * (sequence + 1)), 1000);
+        }
+        let snapshot = decode(&encode(&table, 1000, &HashMap::new())).expect("decode");
+        let (_, _, window) = &snapshot.windows[0];
+        assert_eq!(window.next_sequence, 10, "a restart must take sends 10 and on from the log, or from the producer");
+        assert!(window.recent.is_empty(), "the durable sends were past the window");
     }
 
     fn send(sequence: u64, end: u64) -> StoredSend {
@@ -298,10 +318,10 @@ mod tests {
     #[test]
     fn a_snapshot_holds_only_what_was_durable_and_reads_back() {
         let mut table = ProducerTable::new(10);
-        for (sequence, end) in [(3, 100), (4, 200), (5, 300)] {
-            table.stored(9, 2, send(sequence, end));
+        for (sequence, end) in [(0, 100), (1, 200), (2, 300)] {
+            table.stored(9, 2, send(sequence, end), 200);
         }
-        table.stored(8, 2, send(0, 400));
+        table.stored(8, 2, send(0, 400), 200);
         let queue_offsets = HashMap::from([(2, 3)]);
         let bytes = encode(&table, 200, &queue_offsets);
         let mut snapshot = decode(&bytes).expect("decodes");
@@ -311,14 +331,14 @@ mod tests {
         let (_, _, fresh) = &snapshot.windows[0];
         assert_eq!((fresh.next_sequence, fresh.recent.len()), (0, 0), "nothing durable: expects its first send again");
         let (_, _, busy) = &snapshot.windows[1];
-        assert_eq!(busy.next_sequence, 5, "sequence 5 ends past the covered position");
-        assert_eq!(busy.recent, [send(3, 100), send(4, 200)]);
+        assert_eq!(busy.next_sequence, 2, "sequence 2 ends past the covered position");
+        assert_eq!(busy.recent, [send(0, 100), send(1, 200)]);
     }
 
     #[test]
     fn a_damaged_snapshot_is_refused() {
         let mut table = ProducerTable::new(10);
-        table.stored(1, 1, send(1, 10));
+        table.stored(1, 1, send(1, 10), 10);
         let bytes = encode(&table, 10, &HashMap::new());
         for at in [0, 9, bytes.len() / 2, bytes.len() - 1] {
             let mut damaged = bytes.clone();

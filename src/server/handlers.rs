@@ -6,7 +6,7 @@ use super::dedup::{Admission, StoredSend};
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::shard::Shard;
 use super::topics::check_name;
-use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX};
+use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES};
 use crate::protocol::{self, coordinator_shard, fb, verify, Failure, FetchedRecords, Frame, Kind};
 use crate::storage::{AppendRequest, LogError};
 use crate::wire::{verify_message, VerifiedMessage};
@@ -98,7 +98,18 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         })?;
         messages.push(verified);
     }
-    let placed = place_in_order(shard, queue_id, &messages).await?;
+    // Refused before anything is placed: a request fails whole or not at all
+    // for what its own bytes decide.
+    let record_max = shard.log.record_size_bytes_max();
+    if let Some(index) =
+        messages.iter().position(|message| RECORD_HEADER_SIZE_BYTES + message.bytes().len() > record_max)
+    {
+        return Err(Failure::new(
+            fb::ErrorCode::MessageTooLarge,
+            format!("message {index} of the batch is larger than the {record_max} bytes a record may take"),
+        ));
+    }
+    let placed = place_in_order(shard, queue_id, &messages, request.skip_gap()).await?;
     let end = placed.iter().filter_map(|placed| placed.send.map(|send| send.end)).max().unwrap_or(0);
     let deadline = shard.clock.deadline(shard.config.sync_flush_timeout);
     let durable = futures_lite::future::or(async { Some(shard.log.wait_acknowledgeable(end).await) }, async {
@@ -137,21 +148,32 @@ struct Placed {
 /// for buffer room), each message only if its producer's sequence for the
 /// queue says it is new and next. A failure after some messages were placed
 /// fails the request; the producer's retry finds those as duplicates.
-async fn place_in_order(shard: &Shard, queue_id: u32, messages: &[VerifiedMessage]) -> Result<Vec<Placed>, Failure> {
+async fn place_in_order(
+    shard: &Shard,
+    queue_id: u32,
+    messages: &[VerifiedMessage],
+    skip_gap: bool,
+) -> Result<Vec<Placed>, Failure> {
     let _turn = shard.placement_line.turn().await;
     let mut placed = Vec::with_capacity(messages.len());
-    for message in messages {
-        placed.push(place_once(shard, queue_id, message).await?);
+    for (index, message) in messages.iter().enumerate() {
+        // A gap may open only before the first message: the rest follow it.
+        placed.push(place_once(shard, queue_id, message, skip_gap && index == 0).await?);
     }
     Ok(placed)
 }
 
-async fn place_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) -> Result<Placed, Failure> {
+async fn place_once(
+    shard: &Shard,
+    queue_id: u32,
+    message: &VerifiedMessage,
+    skip_gap: bool,
+) -> Result<Placed, Failure> {
     let (producer_id, sequence) = (message.producer_id, message.sequence);
     // Producer id 0: a producer that asked for no dedup and no ordering.
     let sequenced = producer_id != 0;
     if sequenced {
-        match shard.dedup.borrow().admit(producer_id, queue_id, sequence) {
+        match shard.dedup.borrow().admit(producer_id, queue_id, sequence, skip_gap) {
             Admission::Store => {}
             Admission::Duplicate(send) => return Ok(Placed { send, duplicate: true }),
             Admission::OutOfOrder { expected } => {
@@ -183,7 +205,7 @@ async fn place_once(shard: &Shard, queue_id: u32, message: &VerifiedMessage) -> 
         end: appended.end,
     };
     if sequenced {
-        shard.dedup.borrow_mut().stored(producer_id, queue_id, send);
+        shard.dedup.borrow_mut().stored(producer_id, queue_id, send, shard.log.positions().flushed);
     }
     Ok(Placed { send: Some(send), duplicate: false })
 }

@@ -232,9 +232,11 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             Ok(ShardEndpoint { shard, host, port })
         })
         .collect::<Result<Vec<_>, ServerError>>()?;
-    // Ports are reserved now (a second broker fails at once) but listened
-    // on only once every shard has recovered: until then a client's connect
-    // is refused, which it retries, instead of waiting unanswered.
+    // Ports are reserved now (bound: a port another process listens on
+    // fails here) but listened on only once every shard has recovered: until
+    // then a client's connect is refused, which it retries, instead of
+    // waiting unanswered. Two brokers starting at once can both reserve a
+    // port; the second then fails at `listen`.
     let mut reserved = Vec::new();
     for endpoint in &endpoints {
         reserved.push(listeners::reserve(&endpoint.host, endpoint.port)?);
@@ -254,11 +256,10 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
                 let span = tracing::info_span!("shard", id = shard);
-                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate: gate.clone() };
+                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate };
                 let result = run_shard(started, stop.clone()).instrument(span).await;
                 if result.is_err() {
                     // The other shards stop too: no broker with a shard missing.
-                    gate.fail();
                     stop.store(true, Ordering::SeqCst);
                 }
                 result
@@ -291,6 +292,7 @@ struct ShardStart {
 
 async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
     let ShardStart { id, shard_count, config, endpoints, ends, port, gate } = start;
+    let recovering = gate.watch();
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
     let log = CommitLog::open(DmaStorage, config.log_config(dir.clone()))
@@ -353,7 +355,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         })
         .detach();
     }
-    gate.recovered();
+    recovering.recovered();
     if !gate.all_recovered().await {
         tracing::info!("another shard failed to start; stopping");
         return shard.log.close().await.map_err(|error| shard_error(format!("closing the log: {error}")));

@@ -44,7 +44,8 @@ impl PlacementLine {
             }
         }
         self.serving.set(next);
-        if let Some(waker) = self.waiting.borrow_mut().remove(&next) {
+        let waker = self.waiting.borrow_mut().remove(&next);
+        if let Some(waker) = waker {
             waker.wake();
         }
     }

@@ -27,6 +27,12 @@ impl StartGate {
         self.failed.store(true, Ordering::SeqCst);
     }
 
+    /// A guard that calls `fail` when dropped before `recovered` (a shard
+    /// that returns early or panics while recovering).
+    pub fn watch(self: &std::sync::Arc<Self>) -> Recovering {
+        Recovering { gate: Some(self.clone()) }
+    }
+
     /// Resolves once every shard recovered (`true`) or one failed (`false`).
     pub async fn all_recovered(&self) -> bool {
         loop {
@@ -37,6 +43,27 @@ impl StartGate {
                 return true;
             }
             glommio::timer::sleep(POLL).await;
+        }
+    }
+}
+
+/// A shard's recovery in progress; see `StartGate::watch`.
+pub struct Recovering {
+    gate: Option<std::sync::Arc<StartGate>>,
+}
+
+impl Recovering {
+    pub fn recovered(mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.recovered();
+        }
+    }
+}
+
+impl Drop for Recovering {
+    fn drop(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.fail();
         }
     }
 }

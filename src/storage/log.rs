@@ -291,6 +291,11 @@ impl<S: Storage> CommitLog<S> {
         self.shared.retention_floor.set(position);
     }
 
+    /// The largest record (header and message) an append takes.
+    pub fn record_size_bytes_max(&self) -> usize {
+        self.shared.config.record_size_bytes_max()
+    }
+
     pub fn stats(&self) -> LogStats {
         self.shared.state.borrow().stats.clone()
     }

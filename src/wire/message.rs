@@ -153,37 +153,6 @@ impl MessageDraft<'_> {
     }
 }
 
-/// The same message under another producer id and sequence: a producer
-/// moves a queue to a fresh id after a gap the broker can never fill.
-/// Everything else, the message id included, stays.
-pub fn restamp(bytes: &[u8], producer_id: u64, sequence: u64) -> Result<Vec<u8>, WireError> {
-    let verified = verify_message(Bytes::copy_from_slice(bytes))?;
-    let message = verified.message();
-    let keys: Vec<&str> = message.keys().map(|keys| keys.iter().collect()).unwrap_or_default();
-    let properties: Vec<(&str, &str)> = message
-        .properties()
-        .map(|properties| properties.iter().map(|property| (property.key(), property.value())).collect())
-        .unwrap_or_default();
-    let draft = MessageDraft {
-        msg_id: verified.msg_id,
-        topic: message.topic(),
-        queue: message.queue(),
-        keys: &keys,
-        tag: message.tags(),
-        properties: &properties,
-        body: message.body().map(|body| body.bytes()).unwrap_or_default(),
-        producer_id,
-        sequence,
-        born_timestamp_us: message.born_timestamp_us(),
-        delay_level: message.delay_level(),
-        deliver_at_ms: message.deliver_at_ms(),
-        half: verified.is_half,
-        producer_group: message.producer_group(),
-        transaction_id: message.transaction_id(),
-    };
-    Ok(draft.build())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,26 +176,6 @@ mod tests {
         assert_eq!(verified.msg_id, (1, 2));
         assert_eq!(verified.tag_hash, tag_hash("blue"));
         assert_eq!(verified.message().body().map(|body| body.bytes()), Some(&b"payload"[..]));
-    }
-
-    #[test]
-    fn a_restamped_message_differs_only_in_producer_id_and_sequence() {
-        let draft = MessageDraft {
-            msg_id: (1, 2),
-            topic: "orders",
-            queue: 3,
-            keys: &["k1", "k2"],
-            tag: Some("blue"),
-            properties: &[("a", "b")],
-            body: b"payload",
-            producer_id: 9,
-            sequence: 10,
-            born_timestamp_us: 77,
-            ..MessageDraft::default()
-        };
-        let restamped = restamp(&draft.build(), 11, 4).expect("restamp");
-        let expected = MessageDraft { producer_id: 11, sequence: 4, ..draft };
-        assert_eq!(restamped, expected.build());
     }
 
     #[test]

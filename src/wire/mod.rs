@@ -4,4 +4,4 @@
 pub mod generated;
 mod message;
 
-pub use message::{restamp, tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};
+pub use message::{tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};

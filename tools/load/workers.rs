@@ -257,7 +257,7 @@ async fn send(
         })
         .collect();
     let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let request = protocol::produce_request(&workload.topic, queue, &slices);
+    let request = protocol::produce_request(&workload.topic, queue, &slices, false);
     let shard = context.plan.layout.queue_shards[queue as usize];
     let answer = match context.connection(shard).await {
         Ok(connection) => connection.request(Kind::ProduceRequest, &request).await,

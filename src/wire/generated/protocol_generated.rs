@@ -1882,6 +1882,7 @@ pub mod ringmq {
             pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
             pub const VT_QUEUE: flatbuffers::VOffsetT = 6;
             pub const VT_MESSAGES: flatbuffers::VOffsetT = 8;
+            pub const VT_SKIP_GAP: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1900,6 +1901,7 @@ pub mod ringmq {
                 if let Some(x) = args.topic {
                     builder.add_topic(x);
                 }
+                builder.add_skip_gap(args.skip_gap);
                 builder.finish()
             }
 
@@ -1941,6 +1943,22 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// The producer settled every earlier sequence of this queue (each was
+            /// answered or finally failed) and was refused OutOfOrderSequence: the
+            /// broker may move past the gap to the first message's sequence. Sends
+            /// of the skipped sequences that arrive later are answered as duplicates
+            /// and never stored.
+            #[inline]
+            pub fn skip_gap(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ProduceRequest::VT_SKIP_GAP, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ProduceRequest<'_> {
@@ -1960,6 +1978,7 @@ pub mod ringmq {
                     .visit_field::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<MessageBytes>>,
                     >>("messages", Self::VT_MESSAGES, true)?
+                    .visit_field::<bool>("skip_gap", Self::VT_SKIP_GAP, false)?
                     .finish();
                 Ok(())
             }
@@ -1972,6 +1991,7 @@ pub mod ringmq {
                     flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<MessageBytes<'a>>>,
                 >,
             >,
+            pub skip_gap: bool,
         }
         impl<'a> Default for ProduceRequestArgs<'a> {
             #[inline]
@@ -1980,6 +2000,7 @@ pub mod ringmq {
                     topic: None, // required field
                     queue: 0,
                     messages: None, // required field
+                    skip_gap: false,
                 }
             }
         }
@@ -2012,6 +2033,11 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_skip_gap(&mut self, skip_gap: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ProduceRequest::VT_SKIP_GAP, skip_gap, false);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ProduceRequestBuilder<'a, 'b> {
@@ -2037,6 +2063,7 @@ pub mod ringmq {
                 ds.field("topic", &self.topic());
                 ds.field("queue", &self.queue());
                 ds.field("messages", &self.messages());
+                ds.field("skip_gap", &self.skip_gap());
                 ds.finish()
             }
         }
