@@ -115,7 +115,12 @@ fn producers_ride_out_sigkills_and_each_message_is_stored_once_in_order() {
     let mut rng = fastrand::Rng::with_seed(seed);
     // Snapshots (producer table, offsets, index) every 50 ms, so kills land
     // between snapshots and restarts rebuild from a snapshot plus the log.
-    let mut broker = Broker::start_with_config(2, Some("checkpoint_interval_ms = 50\n"));
+    // RINGMQ_CRASH_FLUSH=async runs the loop in async flush mode, where a
+    // crash may lose acknowledged messages (that mode's promise): then only
+    // "none twice, in order, nothing phantom" is checked.
+    let flush_async = std::env::var("RINGMQ_CRASH_FLUSH").is_ok_and(|mode| mode == "async");
+    let flush = if flush_async { "flush = \"async\"\n" } else { "" };
+    let mut broker = Broker::start_with_config(2, Some(&format!("checkpoint_interval_ms = 50\n{flush}")));
     Client::connect(&broker.address()).expect("connect").create_topic(TOPIC, QUEUES).expect("create");
 
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -186,6 +191,10 @@ fn producers_ride_out_sigkills_and_each_message_is_stored_once_in_order() {
     for (producer, sent) in sent.iter().enumerate() {
         let sent = sent.lock().expect("lock");
         let missing: Vec<_> = sent.given.iter().filter(|line| !copies.contains_key(line.as_str())).collect();
+        if flush_async {
+            println!("seed {seed}: producer {producer}: {} lines lost to async flush", missing.len());
+            continue;
+        }
         assert!(
             missing.is_empty(),
             "seed {seed}: producer {producer}: {} lines missing, e.g. {:?}",
@@ -193,7 +202,10 @@ fn producers_ride_out_sigkills_and_each_message_is_stored_once_in_order() {
             missing.first()
         );
     }
-    assert_eq!(stored.len(), given, "seed {seed}: something was stored that no producer sent");
+    let sent_lines: std::collections::HashSet<String> =
+        sent.iter().flat_map(|sent| sent.lock().expect("lock").given.clone()).collect();
+    let phantoms: Vec<_> = copies.keys().filter(|body| !sent_lines.contains(**body)).collect();
+    assert!(phantoms.is_empty(), "seed {seed}: stored but never sent: {phantoms:?}");
     // Per queue, each producer's lines in the order it numbered them.
     let mut last: HashMap<(u32, &str), &str> = HashMap::new();
     for (queue, offset, body) in &stored {
