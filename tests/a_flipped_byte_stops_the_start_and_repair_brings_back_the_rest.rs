@@ -6,7 +6,7 @@
 mod common;
 
 use common::{consume_all, serve_expecting_exit, Broker};
-use ringmq::client::{Client, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
+use ringmq::client::{Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
 use ringmq::protocol::fb;
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
@@ -99,4 +99,25 @@ fn a_flipped_byte_stops_the_start_and_repair_brings_back_the_rest() {
     let received = consume_all(&broker.address(), "audit", "damaged");
     let expected: BTreeSet<String> = (0..MESSAGES).filter(|index| *index != DAMAGED).map(body).collect();
     assert_eq!(received, expected, "every acknowledged message but the damaged one");
+
+    // Every message keeps its offset, and the consumer is told which one is lost.
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    let options = ConsumerOptions { max_wait: Duration::from_millis(100), ..ConsumerOptions::default() };
+    let mut consumer = Consumer::join(client, "offsets", "damaged", options).expect("join");
+    let mut offsets = Vec::new();
+    let mut lost = Vec::new();
+    for _ in 0..100 {
+        for message in consumer.poll().expect("poll") {
+            let text = String::from_utf8(message.body).expect("utf-8");
+            offsets.push((message.offset, text));
+        }
+        lost.extend(consumer.take_lost_offsets());
+        if offsets.len() + lost.len() >= MESSAGES {
+            break;
+        }
+    }
+    assert_eq!(lost, [(0, DAMAGED as u64)], "the lost offset is reported");
+    let expected: Vec<(u64, String)> =
+        (0..MESSAGES).filter(|index| *index != DAMAGED).map(|index| (index as u64, body(index))).collect();
+    assert_eq!(offsets, expected, "each message at its own offset, past the lost one");
 }

@@ -74,18 +74,27 @@ pub fn visit_records(
 }
 
 /// Splits a fetch answer's records into messages (see `visit_records`).
+/// Each message's offset is the one its record header carries: offsets
+/// `ringmq repair` marked lost leave gaps. They must rise, from
+/// `first_offset` on, below `next_offset`.
 pub fn parse_records(
     queue: u32,
     first_offset: u64,
+    next_offset: u64,
     records: &Bytes,
     count: u32,
 ) -> Result<Vec<ReceivedMessage>, ClientError> {
-    let mut messages = Vec::with_capacity(count as usize);
+    let mut messages: Vec<ReceivedMessage> = Vec::with_capacity(count as usize);
+    let mut out_of_range = None;
     visit_records(records, |header, verified| {
+        let after = messages.last().map_or(first_offset, |last| last.offset + 1);
+        if header.queue_offset < after || header.queue_offset >= next_offset {
+            out_of_range.get_or_insert(header.queue_offset);
+        }
         let message = verified.message();
         messages.push(ReceivedMessage {
             queue,
-            offset: first_offset + messages.len() as u64,
+            offset: header.queue_offset,
             msg_id: verified.msg_id,
             key: message.keys().and_then(|keys| keys.iter().next().map(str::to_string)),
             tag: message.tags().map(str::to_string),
@@ -98,6 +107,11 @@ pub fn parse_records(
     if messages.len() != count as usize {
         return Err(ClientError::Protocol(format!("fetch said {count} records, carried {}", messages.len())));
     }
+    if let Some(offset) = out_of_range {
+        return Err(ClientError::Protocol(format!(
+            "a fetched record of queue {queue} claims offset {offset}, outside {first_offset}..{next_offset} or out of order"
+        )));
+    }
     Ok(messages)
 }
 
@@ -109,6 +123,9 @@ pub struct Consumer {
     assignment: Assignment,
     /// Next offset to fetch, per assigned queue.
     positions: BTreeMap<u32, u64>,
+    /// (queue, offset) that `ringmq repair` marked lost, met since the
+    /// application last took them.
+    lost: Vec<(u32, u64)>,
     last_heartbeat: Instant,
 }
 
@@ -122,6 +139,7 @@ impl Consumer {
             options,
             assignment: Assignment::default(),
             positions: BTreeMap::new(),
+            lost: Vec::new(),
             last_heartbeat: Instant::now(),
         };
         consumer.rejoin()?;
@@ -330,7 +348,8 @@ impl Consumer {
             }
             return Ok(Vec::new());
         }
-        if response.next_offset() > offset && response.record_count() == 0 {
+        let lost_only = response.lost_offsets().is_some_and(|lost| !lost.is_empty());
+        if response.next_offset() > offset && response.record_count() == 0 && !lost_only {
             tracing::warn!(
                 queue,
                 from = offset,
@@ -339,7 +358,13 @@ impl Consumer {
             );
             first = response.next_offset();
         }
-        let messages = parse_records(queue, first, &records, response.record_count())?;
+        let messages = parse_records(queue, first, response.next_offset(), &records, response.record_count())?;
+        if let Some(lost) = response.lost_offsets() {
+            for offset in lost.iter() {
+                tracing::warn!(queue, offset, "skipped an offset lost to damage (ringmq repair)");
+                self.lost.push((queue, offset));
+            }
+        }
         if self.positions.get(&queue) == Some(&offset) {
             self.positions.insert(queue, response.next_offset().max(first));
         }
@@ -385,6 +410,12 @@ impl Consumer {
             Some(error) => Err(error),
             None => Ok(handled),
         }
+    }
+
+    /// The (queue, offset) pairs skipped since the last call because
+    /// `ringmq repair` marked them lost: messages that will never come.
+    pub fn take_lost_offsets(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.lost)
     }
 
     /// Leaves the group, handing its queues to the other members now.

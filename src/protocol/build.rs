@@ -240,12 +240,15 @@ pub struct FetchedRecords<'a> {
     pub next_offset: u64,
     pub high_watermark: u64,
     pub earliest_offset: u64,
+    /// Offsets `ringmq repair` marked lost, skipped by this fetch.
+    pub lost_offsets: &'a [u64],
 }
 
 pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::with_capacity(fetched.records.len() + 128);
     let outcome = outcome(&mut builder, failure);
     let records = builder.create_vector(fetched.records);
+    let lost_offsets = (!fetched.lost_offsets.is_empty()).then(|| builder.create_vector(fetched.lost_offsets));
     let args = fb::FetchResponseArgs {
         outcome: Some(outcome),
         records: Some(records),
@@ -253,6 +256,7 @@ pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -
         next_offset: fetched.next_offset,
         high_watermark: fetched.high_watermark,
         earliest_offset: fetched.earliest_offset,
+        lost_offsets,
     };
     let root = fb::FetchResponse::create(&mut builder, &args);
     finish(builder, root)

@@ -255,6 +255,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
                 next_offset: batch.next_offset.max(request.offset()),
                 high_watermark: batch.visible_end_offset,
                 earliest_offset: shard.log.base_offset(queue_id),
+                lost_offsets: &batch.lost_offsets,
             };
             return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
         }

@@ -2718,6 +2718,7 @@ pub mod ringmq {
             pub const VT_NEXT_OFFSET: flatbuffers::VOffsetT = 10;
             pub const VT_HIGH_WATERMARK: flatbuffers::VOffsetT = 12;
             pub const VT_EARLIEST_OFFSET: flatbuffers::VOffsetT = 14;
+            pub const VT_LOST_OFFSETS: flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2732,6 +2733,9 @@ pub mod ringmq {
                 builder.add_earliest_offset(args.earliest_offset);
                 builder.add_high_watermark(args.high_watermark);
                 builder.add_next_offset(args.next_offset);
+                if let Some(x) = args.lost_offsets {
+                    builder.add_lost_offsets(x);
+                }
                 builder.add_record_count(args.record_count);
                 if let Some(x) = args.records {
                     builder.add_records(x);
@@ -2814,6 +2818,22 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Offsets between the request's offset and next_offset that
+            /// `ringmq repair` marked lost (their records were damaged beyond
+            /// recovery): skipped, with nothing in `records` for them.
+            #[inline]
+            pub fn lost_offsets(&self) -> Option<flatbuffers::Vector<'a, u64>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u64>>>(
+                            FetchResponse::VT_LOST_OFFSETS,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for FetchResponse<'_> {
@@ -2838,6 +2858,11 @@ pub mod ringmq {
                     .visit_field::<u64>("next_offset", Self::VT_NEXT_OFFSET, false)?
                     .visit_field::<u64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
                     .visit_field::<u64>("earliest_offset", Self::VT_EARLIEST_OFFSET, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u64>>>(
+                        "lost_offsets",
+                        Self::VT_LOST_OFFSETS,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -2849,6 +2874,7 @@ pub mod ringmq {
             pub next_offset: u64,
             pub high_watermark: u64,
             pub earliest_offset: u64,
+            pub lost_offsets: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u64>>>,
         }
         impl<'a> Default for FetchResponseArgs<'a> {
             #[inline]
@@ -2860,6 +2886,7 @@ pub mod ringmq {
                     next_offset: 0,
                     high_watermark: 0,
                     earliest_offset: 0,
+                    lost_offsets: None,
                 }
             }
         }
@@ -2908,6 +2935,16 @@ pub mod ringmq {
                     .push_slot::<u64>(FetchResponse::VT_EARLIEST_OFFSET, earliest_offset, 0);
             }
             #[inline]
+            pub fn add_lost_offsets(
+                &mut self,
+                lost_offsets: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u64>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    FetchResponse::VT_LOST_OFFSETS,
+                    lost_offsets,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> FetchResponseBuilder<'a, 'b> {
@@ -2933,6 +2970,7 @@ pub mod ringmq {
                 ds.field("next_offset", &self.next_offset());
                 ds.field("high_watermark", &self.high_watermark());
                 ds.field("earliest_offset", &self.earliest_offset());
+                ds.field("lost_offsets", &self.lost_offsets());
                 ds.finish()
             }
         }
