@@ -73,28 +73,44 @@ pub fn visit_records(
     Ok(count)
 }
 
-/// Splits a fetch answer's records into messages (see `visit_records`).
-/// Each message's offset is the one its record header carries: offsets
-/// `ringmq repair` marked lost leave gaps. They must rise, from
-/// `first_offset` on, below `next_offset`.
+/// What a fetch answer says about the offsets it covers: from the offset
+/// asked for up to `next_offset`, every offset is either a record (in
+/// order) or listed lost (`ringmq repair` marked it).
+#[derive(Clone, Copy, Debug)]
+pub struct FetchedRange<'a> {
+    pub queue: u32,
+    pub first_offset: u64,
+    pub next_offset: u64,
+    pub lost_offsets: &'a [u64],
+}
+
+/// Splits a fetch answer's records into messages (see `visit_records`),
+/// giving each the next offset of the range that is not lost. The queue's
+/// own offsets are not read from the record headers: a committed
+/// transactional message is the half record itself, read through a
+/// reference, whose header carries no offset of the queue.
 pub fn parse_records(
-    queue: u32,
-    first_offset: u64,
-    next_offset: u64,
+    range: FetchedRange<'_>,
     records: &Bytes,
     count: u32,
 ) -> Result<Vec<ReceivedMessage>, ClientError> {
-    let mut messages: Vec<ReceivedMessage> = Vec::with_capacity(count as usize);
-    let mut out_of_range = None;
+    let covered = range.next_offset.saturating_sub(range.first_offset);
+    if u64::from(count) + range.lost_offsets.len() as u64 != covered && count > 0 {
+        return Err(ClientError::Protocol(format!(
+            "a fetch of queue {} covers offsets {}..{} with {count} records and {} lost",
+            range.queue,
+            range.first_offset,
+            range.next_offset,
+            range.lost_offsets.len()
+        )));
+    }
+    let mut offsets = (range.first_offset..range.next_offset).filter(|offset| !range.lost_offsets.contains(offset));
+    let mut messages = Vec::with_capacity(count as usize);
     visit_records(records, |header, verified| {
-        let after = messages.last().map_or(first_offset, |last| last.offset + 1);
-        if header.queue_offset < after || header.queue_offset >= next_offset {
-            out_of_range.get_or_insert(header.queue_offset);
-        }
         let message = verified.message();
         messages.push(ReceivedMessage {
-            queue,
-            offset: header.queue_offset,
+            queue: range.queue,
+            offset: offsets.next().unwrap_or(range.next_offset),
             msg_id: verified.msg_id,
             key: message.keys().and_then(|keys| keys.iter().next().map(str::to_string)),
             tag: message.tags().map(str::to_string),
@@ -106,11 +122,6 @@ pub fn parse_records(
     })?;
     if messages.len() != count as usize {
         return Err(ClientError::Protocol(format!("fetch said {count} records, carried {}", messages.len())));
-    }
-    if let Some(offset) = out_of_range {
-        return Err(ClientError::Protocol(format!(
-            "a fetched record of queue {queue} claims offset {offset}, outside {first_offset}..{next_offset} or out of order"
-        )));
     }
     Ok(messages)
 }
@@ -358,12 +369,13 @@ impl Consumer {
             );
             first = response.next_offset();
         }
-        let messages = parse_records(queue, first, response.next_offset(), &records, response.record_count())?;
-        if let Some(lost) = response.lost_offsets() {
-            for offset in lost.iter() {
-                tracing::warn!(queue, offset, "skipped an offset lost to damage (ringmq repair)");
-                self.lost.push((queue, offset));
-            }
+        let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
+        let range =
+            FetchedRange { queue, first_offset: first, next_offset: response.next_offset(), lost_offsets: &lost };
+        let messages = parse_records(range, &records, response.record_count())?;
+        for offset in lost {
+            tracing::warn!(queue, offset, "skipped an offset lost to damage (ringmq repair)");
+            self.lost.push((queue, offset));
         }
         if self.positions.get(&queue) == Some(&offset) {
             self.positions.insert(queue, response.next_offset().max(first));

@@ -18,7 +18,7 @@ mod sqlite_dedup;
 pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{Connection, Pending};
-pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, ReceivedMessage};
+pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, FetchedRange, ReceivedMessage};
 pub use idempotent::{Applied, DedupError, DedupStore, IdempotentConsumer, IdempotentError, MsgId, Tally};
 pub use producer::{
     Flight, OutgoingMessage, PreparedMessage, Producer, ProducerOptions, QueueChoice, SendReceipt,
