@@ -41,7 +41,9 @@ pub struct AsyncConnection {
     closed: Rc<Cell<bool>>,
     next_request_id: Cell<u32>,
     timeout: Duration,
-    _tasks: (glommio::Task<()>, glommio::Task<()>),
+    /// The writer and reader tasks; dropping them (at `close`) cancels
+    /// both and closes the socket.
+    tasks: RefCell<Option<(glommio::Task<()>, glommio::Task<()>)>>,
 }
 
 impl AsyncConnection {
@@ -65,7 +67,7 @@ impl AsyncConnection {
             closed,
             next_request_id: Cell::new(1),
             timeout,
-            _tasks: (writer_task, reader_task),
+            tasks: RefCell::new(Some((writer_task, reader_task))),
         }))
     }
 
@@ -83,13 +85,15 @@ impl AsyncConnection {
         answer
     }
 
-    /// Fails every request waiting and refuses new ones; the writer stops
-    /// (closing the socket) once the connection is dropped.
+    /// Fails every request waiting, refuses new ones and closes the socket
+    /// (nothing more is written or read on it).
     fn close(&self, error: &ClientError) {
         self.closed.set(true);
-        for (_, waiter) in self.waiters.borrow_mut().drain() {
+        let waiters: Vec<_> = self.waiters.borrow_mut().drain().collect();
+        for (_, waiter) in waiters {
             let _ = waiter.try_send(Err(error.clone()));
         }
+        drop(self.tasks.borrow_mut().take());
     }
 
     async fn request_unbounded(&self, kind: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
