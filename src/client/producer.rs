@@ -13,7 +13,7 @@ use crate::protocol::{self, fb, verify, Kind, SendOutcome};
 use crate::wire::{restamp, verify_message, MessageDraft};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -114,10 +114,65 @@ pub struct Producer {
     next_message: AtomicU64,
     sequencer: Mutex<Sequencer>,
     round_robin: AtomicU32,
+    /// `false` (`keep_stamps`): a permanent gap is the caller's to handle;
+    /// every message goes out with the stamp it was built with.
+    restamp_on_gap: bool,
+    /// Set (`stop_on`): resending gives up with `ClientError::Stopped`.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_micros() as u64).unwrap_or(0)
+}
+
+/// The queue `choice` picks for a message with `key` among `queue_count`;
+/// `round_robin` is the caller's rotating counter.
+pub(crate) fn choose_queue(
+    choice: QueueChoice,
+    key: Option<&str>,
+    queue_count: u32,
+    round_robin: &AtomicU32,
+) -> Result<u32, ClientError> {
+    if queue_count == 0 {
+        return Err(ClientError::Protocol("the topic has no queues".into()));
+    }
+    let queue = match (choice, key) {
+        (QueueChoice::Explicit(queue), _) => queue,
+        (QueueChoice::KeyHash, Some(key)) => crc32fast::hash(key.as_bytes()) % queue_count,
+        (QueueChoice::KeyHash, None) => return Err(ClientError::Usage("a keyed send needs a key".into())),
+        (QueueChoice::RoundRobin, _) => round_robin.fetch_add(1, Ordering::Relaxed) % queue_count,
+    };
+    if queue >= queue_count {
+        return Err(ClientError::Usage(format!("queue {queue} is out of range: the topic has {queue_count}")));
+    }
+    Ok(queue)
+}
+
+/// `message` built for `queue` of `topic` as `msg_id`, carrying
+/// `producer_id` and `sequence`: the bytes every (re)send repeats.
+pub(crate) fn build_message(
+    topic: &str,
+    message: &OutgoingMessage<'_>,
+    queue: u32,
+    msg_id: (u64, u64),
+    producer_id: u64,
+    sequence: u64,
+) -> Vec<u8> {
+    let keys: Vec<&str> = message.key.into_iter().collect();
+    let draft = MessageDraft {
+        msg_id,
+        topic,
+        queue,
+        keys: &keys,
+        tag: message.tag,
+        properties: message.properties,
+        body: message.body,
+        producer_id,
+        sequence,
+        born_timestamp_us: now_us(),
+        ..MessageDraft::default()
+    };
+    draft.build()
 }
 
 impl Producer {
@@ -147,7 +202,31 @@ impl Producer {
             next_message: AtomicU64::new(next_message),
             sequencer: Mutex::new(Sequencer::new(producer_id)),
             round_robin: AtomicU32::new(fastrand::u32(..)),
+            restamp_on_gap: true,
+            stop: None,
         })
+    }
+
+    /// Sends every message with the producer id and sequence it was built
+    /// (or adopted) with. A permanent gap (`OutOfOrderSequence` on the
+    /// oldest unsettled message of a queue) is returned as that error
+    /// instead of moving the queue to a fresh producer id. For a caller that
+    /// keeps the bytes it sends (`Outbox`): it must restamp its own copy
+    /// durably, or a copy resent after a crash would carry the old stamp
+    /// and be stored a second time.
+    pub fn keep_stamps(self) -> Self {
+        Self { restamp_on_gap: false, ..self }
+    }
+
+    /// Gives up resending with `ClientError::Stopped` once `stop` is set
+    /// (checked between attempts; a request in flight still waits up to
+    /// `request_timeout`), so a background sender can be stopped promptly.
+    pub fn stop_on(self, stop: Arc<AtomicBool>) -> Self {
+        Self { stop: Some(stop), ..self }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| stop.load(Ordering::SeqCst))
     }
 
     pub fn producer_id(&self) -> u64 {
@@ -166,16 +245,7 @@ impl Producer {
     /// The queue `choice` picks for a message with `key`.
     pub fn pick_queue(&self, choice: QueueChoice, key: Option<&str>) -> Result<u32, ClientError> {
         let queue_count = self.client.topic(&self.topic)?.queue_shards.len() as u32;
-        let queue = match (choice, key) {
-            (QueueChoice::Explicit(queue), _) => queue,
-            (QueueChoice::KeyHash, Some(key)) => crc32fast::hash(key.as_bytes()) % queue_count,
-            (QueueChoice::KeyHash, None) => return Err(ClientError::Usage("a keyed send needs a key".into())),
-            (QueueChoice::RoundRobin, _) => self.round_robin.fetch_add(1, Ordering::Relaxed) % queue_count,
-        };
-        if queue >= queue_count {
-            return Err(ClientError::Usage(format!("queue {queue} is out of range: the topic has {queue_count}")));
-        }
-        Ok(queue)
+        choose_queue(choice, key, queue_count, &self.round_robin)
     }
 
     /// Builds and stamps messages for one queue, in order. Each stays
@@ -188,22 +258,9 @@ impl Producer {
             .zip(stamps)
             .map(|(message, stamp)| {
                 let number = self.next_message.fetch_add(1, Ordering::SeqCst);
-                let keys: Vec<&str> = message.key.into_iter().collect();
                 let msg_id = (self.producer_id, number);
-                let draft = MessageDraft {
-                    msg_id,
-                    topic: &self.topic,
-                    queue,
-                    keys: &keys,
-                    tag: message.tag,
-                    properties: message.properties,
-                    body: message.body,
-                    producer_id: stamp.producer_id,
-                    sequence: stamp.sequence,
-                    born_timestamp_us: now_us(),
-                    ..MessageDraft::default()
-                };
-                PreparedMessage { queue, msg_id, stamp, bytes: draft.build() }
+                let bytes = build_message(&self.topic, message, queue, msg_id, stamp.producer_id, stamp.sequence);
+                PreparedMessage { queue, msg_id, stamp, bytes }
             })
             .collect()
     }
@@ -256,6 +313,9 @@ impl Producer {
     ) -> Result<Vec<SendReceipt>, ClientError> {
         let mut pause = self.options.backoff;
         loop {
+            if self.stopped() {
+                return Err(ClientError::Stopped);
+            }
             let oldest = match self.take_turn(prepared)? {
                 Some(oldest) => oldest,
                 None if Instant::now() < deadline => {
@@ -272,6 +332,9 @@ impl Producer {
             if out_of_order && oldest {
                 // Nothing older of this queue is in flight, yet the broker
                 // waits for an older sequence: it will never come.
+                if !self.restamp_on_gap {
+                    return Err(error);
+                }
                 let stamped = prepared[0].stamp.producer_id;
                 let fresh = self.sequencer().permanent_gap(prepared[0].queue, stamped);
                 tracing::warn!(%error, queue = prepared[0].queue, fresh = format!("{fresh:016x}"), "the broker waits for a sequence that will never come; going on under a fresh producer id");
@@ -302,6 +365,15 @@ impl Producer {
         let turn = self.sequencer().turn(queue, ticket);
         let Turn::Go { producer_id, oldest } = turn else { return Ok(None) };
         if prepared[0].stamp.producer_id != producer_id {
+            if !self.restamp_on_gap {
+                // Never resend a kept message under another stamp: its
+                // keeper's copy would still carry the old one.
+                return Err(ClientError::Usage(format!(
+                    "queue {queue}: a message stamped {:016x} is behind messages stamped {producer_id:016x}, \
+                     and this producer keeps stamps",
+                    prepared[0].stamp.producer_id
+                )));
+            }
             for message in prepared.iter_mut() {
                 message.bytes = restamp(&message.bytes, producer_id, message.stamp.sequence)
                     .map_err(|error| ClientError::Protocol(error.to_string()))?;
