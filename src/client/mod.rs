@@ -3,13 +3,17 @@
 //! per shard it needs, sends every request straight to the owning shard and
 //! refreshes metadata when told `NotOwner`. `IdempotentConsumer` applies
 //! each message's effect once across redeliveries, through a `DedupStore`
-//! (`SqliteDedupStore` with the `sqlite` feature).
+//! (`SqliteDedupStore` with the `sqlite` feature). `Outbox` (feature
+//! `sqlite`) keeps each message in the application's SQLite file until the
+//! broker acknowledged it, resending after a crash.
 
 mod async_connection;
 mod batching;
 mod connection;
 mod consumer;
 mod idempotent;
+#[cfg(feature = "sqlite")]
+mod outbox;
 mod producer;
 mod sequencer;
 #[cfg(feature = "sqlite")]
@@ -26,6 +30,11 @@ pub use producer::{
 };
 pub use sequencer::Stamp;
 
+#[cfg(feature = "sqlite")]
+pub use outbox::{
+    Outbox, OutboxError, OutboxEvent, OutboxObserver, OutboxOptions, OutboxStats, RowId, OUTBOX_RETRY_PAUSE_DEFAULT,
+    OUTBOX_WINDOW_DEFAULT,
+};
 /// The SQLite binding the store's transactions come from, so applications
 /// write their rows with the same version.
 #[cfg(feature = "sqlite")]
@@ -59,6 +68,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("{0}")]
     Usage(String),
+    /// The sender was told to stop (`Producer::stop_on`) before an answer.
+    #[error("stopped before the broker answered")]
+    Stopped,
 }
 
 impl ClientError {
@@ -78,7 +90,7 @@ impl ClientError {
                     | fb::ErrorCode::DiskFull
                     | fb::ErrorCode::StoreStopped
             ),
-            ClientError::Protocol(_) | ClientError::Usage(_) => false,
+            ClientError::Protocol(_) | ClientError::Usage(_) | ClientError::Stopped => false,
         }
     }
 
@@ -89,7 +101,7 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => true,
             ClientError::Timeout { .. } => true,
             ClientError::Broker(failure) => failure.code == fb::ErrorCode::ShuttingDown,
-            ClientError::Protocol(_) | ClientError::Usage(_) => false,
+            ClientError::Protocol(_) | ClientError::Usage(_) | ClientError::Stopped => false,
         }
     }
 

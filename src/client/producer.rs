@@ -15,7 +15,7 @@ use crate::storage::now_us;
 use crate::wire::{verify_message, MessageDraft};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,58 @@ pub struct Producer {
     next_message: AtomicU64,
     sequencer: Mutex<Sequencer>,
     round_robin: AtomicU32,
+    /// Set (`stop_on`): resending gives up with `ClientError::Stopped`.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+/// The queue `choice` picks for a message with `key` among `queue_count`;
+/// `round_robin` is the caller's rotating counter.
+pub(crate) fn choose_queue(
+    choice: QueueChoice,
+    key: Option<&str>,
+    queue_count: u32,
+    round_robin: &AtomicU32,
+) -> Result<u32, ClientError> {
+    if queue_count == 0 {
+        return Err(ClientError::Protocol("the topic has no queues".into()));
+    }
+    let queue = match (choice, key) {
+        (QueueChoice::Explicit(queue), _) => queue,
+        (QueueChoice::KeyHash, Some(key)) => crc32fast::hash(key.as_bytes()) % queue_count,
+        (QueueChoice::KeyHash, None) => return Err(ClientError::Usage("a keyed send needs a key".into())),
+        (QueueChoice::RoundRobin, _) => round_robin.fetch_add(1, Ordering::Relaxed) % queue_count,
+    };
+    if queue >= queue_count {
+        return Err(ClientError::Usage(format!("queue {queue} is out of range: the topic has {queue_count}")));
+    }
+    Ok(queue)
+}
+
+/// `message` built for `queue` of `topic` as `msg_id`, carrying
+/// `producer_id` and `sequence`: the bytes every (re)send repeats.
+pub(crate) fn build_message(
+    topic: &str,
+    message: &OutgoingMessage<'_>,
+    queue: u32,
+    msg_id: (u64, u64),
+    producer_id: u64,
+    sequence: u64,
+) -> Vec<u8> {
+    let keys: Vec<&str> = message.key.into_iter().collect();
+    let draft = MessageDraft {
+        msg_id,
+        topic,
+        queue,
+        keys: &keys,
+        tag: message.tag,
+        properties: message.properties,
+        body: message.body,
+        producer_id,
+        sequence,
+        born_timestamp_us: now_us(),
+        ..MessageDraft::default()
+    };
+    draft.build()
 }
 
 impl Producer {
@@ -145,7 +197,19 @@ impl Producer {
             next_message: AtomicU64::new(next_message),
             sequencer: Mutex::new(Sequencer::new(producer_id)),
             round_robin: AtomicU32::new(fastrand::u32(..)),
+            stop: None,
         })
+    }
+
+    /// Gives up resending with `ClientError::Stopped` once `stop` is set
+    /// (checked between attempts; a request in flight still waits up to
+    /// `request_timeout`), so a background sender can be stopped promptly.
+    pub fn stop_on(self, stop: Arc<AtomicBool>) -> Self {
+        Self { stop: Some(stop), ..self }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| stop.load(Ordering::SeqCst))
     }
 
     pub fn producer_id(&self) -> u64 {
@@ -164,16 +228,7 @@ impl Producer {
     /// The queue `choice` picks for a message with `key`.
     pub fn pick_queue(&self, choice: QueueChoice, key: Option<&str>) -> Result<u32, ClientError> {
         let queue_count = self.client.topic(&self.topic)?.queue_shards.len() as u32;
-        let queue = match (choice, key) {
-            (QueueChoice::Explicit(queue), _) => queue,
-            (QueueChoice::KeyHash, Some(key)) => crc32fast::hash(key.as_bytes()) % queue_count,
-            (QueueChoice::KeyHash, None) => return Err(ClientError::Usage("a keyed send needs a key".into())),
-            (QueueChoice::RoundRobin, _) => self.round_robin.fetch_add(1, Ordering::Relaxed) % queue_count,
-        };
-        if queue >= queue_count {
-            return Err(ClientError::Usage(format!("queue {queue} is out of range: the topic has {queue_count}")));
-        }
-        Ok(queue)
+        choose_queue(choice, key, queue_count, &self.round_robin)
     }
 
     /// Builds and stamps messages for one queue, in order. Each stays
@@ -186,22 +241,9 @@ impl Producer {
             .zip(stamps)
             .map(|(message, stamp)| {
                 let number = self.next_message.fetch_add(1, Ordering::SeqCst);
-                let keys: Vec<&str> = message.key.into_iter().collect();
                 let msg_id = (self.producer_id, number);
-                let draft = MessageDraft {
-                    msg_id,
-                    topic: &self.topic,
-                    queue,
-                    keys: &keys,
-                    tag: message.tag,
-                    properties: message.properties,
-                    body: message.body,
-                    producer_id: stamp.producer_id,
-                    sequence: stamp.sequence,
-                    born_timestamp_us: now_us(),
-                    ..MessageDraft::default()
-                };
-                PreparedMessage { queue, msg_id, stamp, bytes: draft.build() }
+                let bytes = build_message(&self.topic, message, queue, msg_id, stamp.producer_id, stamp.sequence);
+                PreparedMessage { queue, msg_id, stamp, bytes }
             })
             .collect()
     }
@@ -258,6 +300,9 @@ impl Producer {
         let mut pause = self.options.backoff;
         let mut skip_gap = false;
         loop {
+            if self.stopped() {
+                return Err(ClientError::Stopped);
+            }
             let (queue, ticket) = (prepared[0].queue, prepared[0].stamp.ticket);
             let oldest = self.sequencer().is_oldest(queue, ticket);
             let error = match self.start(prepared, skip_gap).and_then(|pending| self.finish(pending, prepared)) {
