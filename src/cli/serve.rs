@@ -165,6 +165,8 @@ mod tests {
         assert_eq!(config.in_flight_bytes_max, 64 * 1024 * 1024);
         assert_eq!(config.checkpoint_interval, Duration::from_millis(2000));
         assert_eq!(config.index_cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.producer_idle_expiry, Duration::from_millis(604_800_000));
+        assert_eq!(config.producers_max, 100_000);
     }
 
     #[test]
