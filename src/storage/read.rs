@@ -207,9 +207,14 @@ impl<S: Storage> CommitLog<S> {
         if header.flags & log_only != 0 {
             return Err(corrupt("an index entry points at a batch marker or filler".into()));
         }
-        // A record read through a reference (a committed half message) carries
-        // no queue offset of its own.
-        if header.is_indexed() && (header.queue_id != queue_id || header.queue_offset != queue_offset) {
+        // A half message read through a reference from another queue (its
+        // commit in the target queue, its rollback in the op queue) carries
+        // the offset of the half queue, not of the queue read.
+        let half_by_reference = header.flags & record::flags::HALF != 0 && header.queue_id != queue_id;
+        if header.is_indexed()
+            && !half_by_reference
+            && (header.queue_id != queue_id || header.queue_offset != queue_offset)
+        {
             return Err(corrupt(format!(
                 "record claims queue {} offset {}, the index says queue {queue_id} offset {queue_offset}",
                 header.queue_id, header.queue_offset
