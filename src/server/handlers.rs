@@ -250,7 +250,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             tracing::warn!(
                 queue_id,
                 lost = ?batch.lost_offsets,
-                "skipping offsets lost to damage that ringmq repair could not bring back"
+                "skipping lost offsets: damage ringmq repair could not bring back, or committed half messages retention deleted"
             );
         }
         let expired = shard.clock.now_ms() >= deadline;
