@@ -77,11 +77,26 @@ fn a_committed_half_message_is_consumed_once_and_a_rolled_back_one_never() {
     let committed_other = producer.end_transaction(1, "tx-other", fb::TransactionOutcome::Commit).expect("commit");
     assert_eq!(committed_other, (fb::TransactionState::Committed, Some(0)));
 
+    // Ends of one transaction racing each other append one commit.
+    producer.send_half(&message("raced"), QueueChoice::Explicit(0), "pg", "tx-race").expect("half");
+    let ends: Vec<_> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| producer.end_transaction(0, "tx-race", fb::TransactionOutcome::Commit)))
+            .collect();
+        racers.into_iter().map(|racer| racer.join().expect("racer").expect("commit")).collect()
+    });
+    assert!(ends.iter().all(|end| *end == (fb::TransactionState::Committed, Some(2))), "{ends:?}");
+
     let mut received = consume_in_order(&broker.address(), "readers", "payments");
     received.sort();
     assert_eq!(
         received,
-        [(0, 0, "plain".to_string()), (0, 1, "to-commit".to_string()), (1, 0, "on-queue-1".to_string())],
+        [
+            (0, 0, "plain".to_string()),
+            (0, 1, "to-commit".to_string()),
+            (0, 2, "raced".to_string()),
+            (1, 0, "on-queue-1".to_string())
+        ],
         "each commit visible once at its offset, the rollback never"
     );
     let states: Vec<_> = client
@@ -97,6 +112,7 @@ fn a_committed_half_message_is_consumed_once_and_a_rolled_back_one_never() {
         [
             ("tx-commit".to_string(), fb::TransactionState::Committed),
             ("tx-other".to_string(), fb::TransactionState::Committed),
+            ("tx-race".to_string(), fb::TransactionState::Committed),
             ("tx-rollback".to_string(), fb::TransactionState::RolledBack),
         ]
     );

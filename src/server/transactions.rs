@@ -357,9 +357,12 @@ pub async fn end(
         }
         glommio::timer::sleep(ENDING_POLL).await;
     };
-    let EndStep::Append { position, size_bytes, target_queue_id, tag_hash } = step else {
-        let EndStep::Answer(state) = step else { unreachable!("Busy was waited out") };
-        return Ok(state);
+    let (position, size_bytes, target_queue_id, tag_hash) = match step {
+        EndStep::Answer(state) => return Ok(state),
+        EndStep::Append { position, size_bytes, target_queue_id, tag_hash } => {
+            (position, size_bytes, target_queue_id, tag_hash)
+        }
+        EndStep::Busy => unreachable!("a busy transaction was waited out above"),
     };
     if target_queue_id != queue_id {
         shard.transactions.borrow_mut().finish_end(transaction_id, None);
