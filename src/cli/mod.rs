@@ -1,4 +1,4 @@
-//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `repair`. The
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `repair`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
@@ -6,6 +6,7 @@ mod produce;
 mod repair;
 mod serve;
 mod topic;
+mod tx;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Receive messages as a member of a group; print one JSON line each.
     Consume(consume::ConsumeArgs),
+    /// List transactions, or end one by hand.
+    #[command(subcommand)]
+    Tx(tx::TxCommand),
     /// Repair damaged commit logs of a stopped broker; one JSON line per range.
     Repair(repair::RepairArgs),
 }
@@ -52,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Topic(command) => topic::run(command),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
+        Command::Tx(command) => tx::run(command),
         Command::Repair(args) => repair::run(args),
     };
     match result {

@@ -53,8 +53,26 @@ pub struct ProduceArgs {
     /// killed `produce --outbox` again with the same input and --resume.
     #[arg(long, requires = "outbox")]
     resume: bool,
+    /// Producer group of transactional messages (with --half or
+    /// --transaction).
+    #[arg(long)]
+    producer_group: Option<String>,
+    /// Send every line as a half message and leave it pending: each gets a
+    /// fresh transaction id, printed.
+    #[arg(long, requires = "producer_group", conflicts_with_all = ["transaction", "linger_ms"])]
+    half: bool,
+    /// Send every line as a half message, then end its transaction so.
+    #[arg(long, value_enum, requires = "producer_group", conflicts_with = "linger_ms")]
+    transaction: Option<TransactionEnd>,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
     broker: String,
+}
+
+/// How `--transaction` ends each line's transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TransactionEnd {
+    Commit,
+    Rollback,
 }
 
 /// The JSON line for input line `line`.
@@ -82,9 +100,10 @@ pub fn run(args: ProduceArgs) -> Result<ExitCode, String> {
         return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
     let producer = Producer::new(client, &args.topic, options).map_err(|error| error.to_string())?;
-    let failed = match args.linger_ms {
-        Some(linger_ms) => produce_batched(&args, Arc::new(producer), Duration::from_millis(linger_ms))?,
-        None => produce_pipelined(&args, &producer)?,
+    let failed = match (&args.producer_group, args.linger_ms) {
+        (Some(group), _) if args.half || args.transaction.is_some() => produce_transactional(&args, &producer, group)?,
+        (_, Some(linger_ms)) => produce_batched(&args, Arc::new(producer), Duration::from_millis(linger_ms))?,
+        _ => produce_pipelined(&args, &producer)?,
     };
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -95,6 +114,59 @@ fn choice(args: &ProduceArgs) -> QueueChoice {
     } else {
         QueueChoice::RoundRobin
     }
+}
+
+/// Each line a half message with a fresh transaction id, then (with
+/// `--transaction`) its end; one request at a time. `true` if a line failed.
+fn produce_transactional(args: &ProduceArgs, producer: &Producer, producer_group: &str) -> Result<bool, String> {
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = false;
+    for (index, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|error| format!("reading stdin: {error}"))?;
+        let line_number = index + 1;
+        // Unique across runs: the producer id is fresh for each.
+        let transaction_id = format!("tx-{:016x}-{line_number}", producer.producer_id());
+        let message = OutgoingMessage {
+            body: line.as_bytes(),
+            key: args.key.as_deref(),
+            tag: args.tag.as_deref(),
+            properties: &[],
+        };
+        let result = producer.send_half(&message, choice(args), producer_group, &transaction_id).and_then(|receipt| {
+            let Some(end) = args.transaction else { return Ok((receipt, None)) };
+            let outcome = match end {
+                TransactionEnd::Commit => crate::protocol::fb::TransactionOutcome::Commit,
+                TransactionEnd::Rollback => crate::protocol::fb::TransactionOutcome::Rollback,
+            };
+            let ended = producer.end_transaction(receipt.queue, &transaction_id, outcome)?;
+            Ok((receipt, Some(ended)))
+        });
+        let printed = match result {
+            Ok((receipt, ended)) => {
+                let mut printed = serde_json::json!({
+                    "line": line_number,
+                    "msg_id": receipt.msg_id_hex(),
+                    "transaction_id": transaction_id,
+                    "queue": receipt.queue,
+                    "status": receipt.status_name(),
+                });
+                if let Some((state, offset)) = ended {
+                    printed["state"] = super::tx::state_name(state).into();
+                    if let Some(offset) = offset {
+                        printed["offset"] = offset.into();
+                    }
+                }
+                printed
+            }
+            Err(error) => {
+                failed = true;
+                serde_json::json!({"line": line_number, "transaction_id": transaction_id, "error": error.to_string()})
+            }
+        };
+        writeln!(stdout, "{printed}").map_err(|error| format!("writing stdout: {error}"))?;
+        stdout.flush().map_err(|error| format!("writing stdout: {error}"))?;
+    }
+    Ok(failed)
 }
 
 /// One request per line, `WINDOW` in flight; `true` if a line failed.

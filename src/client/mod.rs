@@ -42,7 +42,7 @@ pub use rusqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite_dedup::{SqliteDedupError, SqliteDedupStore};
 
-use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout};
+use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout, TransactionSummary};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -283,6 +283,48 @@ impl Client {
         let topic = topic.ok_or_else(|| ClientError::Protocol("create-topic answer without the topic".into()))?;
         lock(&self.view).topics.insert(topic.name.clone(), topic.clone());
         Ok((topic, response.created()))
+    }
+
+    /// One `END_TRANSACTION` to the shard owning `queue` of `topic`; the
+    /// settled state and, for a commit, the offset the message got.
+    pub fn end_transaction(
+        &self,
+        topic: &str,
+        queue: u32,
+        transaction_id: &str,
+        outcome: fb::TransactionOutcome,
+        timeout: Duration,
+    ) -> Result<(fb::TransactionState, Option<u64>), ClientError> {
+        let layout = self.topic(topic)?;
+        let shard = *layout
+            .queue_shards
+            .get(queue as usize)
+            .ok_or_else(|| ClientError::Usage(format!("topic {topic} has no queue {queue}")))?;
+        let body = protocol::end_transaction_request(topic, queue, transaction_id, outcome, false);
+        let frame = self.connection(shard)?.request(Kind::EndTransactionRequest as u16, &body, timeout)?;
+        let body = expect_kind(frame, Kind::EndTransactionResponse)?;
+        let response = verify::<fb::EndTransactionResponse>(&body).map_err(ClientError::Protocol)?;
+        if let Some(failure) = Failure::from_outcome(response.outcome()) {
+            return Err(ClientError::Broker(failure));
+        }
+        Ok((response.state(), u64::try_from(response.offset()).ok()))
+    }
+
+    /// Every shard's transactions (with `discarded`: only those the broker
+    /// discarded), shard by shard.
+    pub fn list_transactions(&self, discarded: bool) -> Result<Vec<TransactionSummary>, ClientError> {
+        let body = protocol::list_transactions_request(discarded);
+        let mut listed = Vec::new();
+        for shard in 0..self.shard_count() {
+            let answer = self.call(shard, Kind::ListTransactionsRequest, &body)?;
+            let response = verify::<fb::ListTransactionsResponse>(&answer).map_err(ClientError::Protocol)?;
+            if let Some(failure) = Failure::from_outcome(response.outcome()) {
+                return Err(ClientError::Broker(failure));
+            }
+            let transactions = response.transactions().into_iter().flatten();
+            listed.extend(transactions.map(|info| TransactionSummary::read(&info)));
+        }
+        Ok(listed)
     }
 
     /// The shard coordinating `group`.

@@ -393,6 +393,92 @@ impl Producer {
         result
     }
 
+    /// Sends a transactional half message: stored by the broker, invisible
+    /// to consumers until `end_transaction` commits `transaction_id`. Built
+    /// once (producer id 0: the broker deduplicates halves by transaction
+    /// id, not by sequence) and resent with the same bytes like any send;
+    /// a resend the broker had stored answers `duplicate`. The receipt has
+    /// no offset: the message has none until committed.
+    pub fn send_half(
+        &self,
+        message: &OutgoingMessage<'_>,
+        choice: QueueChoice,
+        producer_group: &str,
+        transaction_id: &str,
+    ) -> Result<SendReceipt, ClientError> {
+        if producer_group.is_empty() || transaction_id.is_empty() {
+            return Err(ClientError::Usage("a half message needs a producer group and a transaction id".into()));
+        }
+        let queue = self.pick_queue(choice, message.key)?;
+        let number = self.next_message.fetch_add(1, Ordering::SeqCst);
+        let keys: Vec<&str> = message.key.into_iter().collect();
+        let msg_id = (self.producer_id, number);
+        let draft = MessageDraft {
+            msg_id,
+            topic: &self.topic,
+            queue,
+            keys: &keys,
+            tag: message.tag,
+            properties: message.properties,
+            body: message.body,
+            born_timestamp_us: now_us(),
+            half: true,
+            producer_group: Some(producer_group),
+            transaction_id: Some(transaction_id),
+            ..MessageDraft::default()
+        };
+        let stamp = Stamp { ticket: 0, producer_id: 0, sequence: 0 };
+        let prepared = [PreparedMessage { queue, msg_id, stamp, bytes: draft.build() }];
+        let deadline = Instant::now() + self.options.delivery_timeout;
+        let mut receipts = self.retry_until(deadline, || {
+            self.start(&prepared, false).and_then(|pending| self.finish(pending, &prepared))
+        })?;
+        receipts.pop().ok_or_else(|| ClientError::Protocol("an empty produce answer".into()))
+    }
+
+    /// Ends the transaction of a half message sent to `queue`: commit makes
+    /// it visible (the offset it got), rollback drops it for good, unknown
+    /// leaves it pending. Repeating an outcome is safe (the broker answers
+    /// the settled state), so it is resent through restarts until
+    /// `delivery_timeout`; the opposite of a settled outcome is refused
+    /// (`TransactionConflict`).
+    pub fn end_transaction(
+        &self,
+        queue: u32,
+        transaction_id: &str,
+        outcome: fb::TransactionOutcome,
+    ) -> Result<(fb::TransactionState, Option<u64>), ClientError> {
+        let deadline = Instant::now() + self.options.delivery_timeout;
+        self.retry_until(deadline, || {
+            self.client.end_transaction(&self.topic, queue, transaction_id, outcome, self.options.request_timeout)
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good or `deadline`
+    /// passes, with back-off and a metadata refresh between attempts.
+    fn retry_until<T>(
+        &self,
+        deadline: Instant,
+        mut attempt: impl FnMut() -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut pause = self.options.backoff;
+        loop {
+            let error = match attempt() {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !error.is_retryable() || Instant::now() >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, "resending");
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(self.options.backoff_max);
+            if let Err(error) = self.client.refresh_metadata() {
+                tracing::debug!(%error, "metadata refresh failed; will try again");
+            }
+        }
+    }
+
     /// Sends messages one per request with up to `window` requests in
     /// flight; returns one result per message, in order. A message whose
     /// first answer was not final is resent (in order) before the results

@@ -357,3 +357,141 @@ pub fn offset_response(failure: Option<&Failure>, offset: Option<u64>) -> Vec<u8
     let root = fb::OffsetResponse::create(&mut builder, &args);
     finish(builder, root)
 }
+
+pub fn end_transaction_request(
+    topic: &str,
+    queue: u32,
+    transaction_id: &str,
+    outcome: fb::TransactionOutcome,
+    from_check: bool,
+) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let topic = builder.create_string(topic);
+    let transaction_id = builder.create_string(transaction_id);
+    let args = fb::EndTransactionRequestArgs {
+        topic: Some(topic),
+        queue,
+        transaction_id: Some(transaction_id),
+        outcome,
+        from_check,
+    };
+    let root = fb::EndTransactionRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+/// `offset`: with `Committed`, the queue offset the half message became
+/// visible at.
+pub fn end_transaction_response(
+    failure: Option<&Failure>,
+    state: fb::TransactionState,
+    offset: Option<u64>,
+) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let offset = offset.and_then(|offset| i64::try_from(offset).ok()).unwrap_or(-1);
+    let args = fb::EndTransactionResponseArgs { outcome: Some(outcome), state, offset };
+    let root = fb::EndTransactionResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn list_transactions_request(discarded: bool) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let root = fb::ListTransactionsRequest::create(&mut builder, &fb::ListTransactionsRequestArgs { discarded });
+    finish(builder, root)
+}
+
+/// One transaction as `ListTransactions` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionSummary {
+    pub transaction_id: String,
+    pub msg_id: (u64, u64),
+    pub topic: String,
+    pub queue: u32,
+    pub producer_group: String,
+    pub stored_at_ms: u64,
+    pub checks_delivered: u32,
+    pub state: fb::TransactionState,
+}
+
+impl TransactionSummary {
+    pub fn read(info: &fb::TransactionInfo<'_>) -> Self {
+        Self {
+            transaction_id: info.transaction_id().to_string(),
+            msg_id: (info.msg_id_hi(), info.msg_id_lo()),
+            topic: info.topic().unwrap_or_default().to_string(),
+            queue: info.queue(),
+            producer_group: info.producer_group().unwrap_or_default().to_string(),
+            stored_at_ms: info.stored_at_ms(),
+            checks_delivered: info.checks_delivered(),
+            state: info.state(),
+        }
+    }
+}
+
+pub fn list_transactions_response(failure: Option<&Failure>, transactions: &[TransactionSummary]) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::with_capacity(128 + transactions.len() * 128);
+    let outcome = outcome(&mut builder, failure);
+    let transactions: Vec<_> = transactions
+        .iter()
+        .map(|summary| {
+            let transaction_id = builder.create_string(&summary.transaction_id);
+            let topic = builder.create_string(&summary.topic);
+            let producer_group = builder.create_string(&summary.producer_group);
+            let args = fb::TransactionInfoArgs {
+                transaction_id: Some(transaction_id),
+                msg_id_hi: summary.msg_id.0,
+                msg_id_lo: summary.msg_id.1,
+                topic: Some(topic),
+                queue: summary.queue,
+                producer_group: Some(producer_group),
+                stored_at_ms: summary.stored_at_ms,
+                checks_delivered: summary.checks_delivered,
+                state: summary.state,
+            };
+            fb::TransactionInfo::create(&mut builder, &args)
+        })
+        .collect();
+    let transactions = builder.create_vector(&transactions);
+    let args = fb::ListTransactionsResponseArgs { outcome: Some(outcome), transactions: Some(transactions) };
+    let root = fb::ListTransactionsResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::*;
+    use crate::protocol::verify;
+
+    #[test]
+    fn end_transaction_bodies_round_trip() {
+        let body = end_transaction_request("orders", 3, "tx-1", fb::TransactionOutcome::Rollback, true);
+        let request = verify::<fb::EndTransactionRequest>(&body).expect("verifies");
+        assert_eq!((request.topic(), request.queue(), request.transaction_id()), ("orders", 3, "tx-1"));
+        assert_eq!((request.outcome(), request.from_check()), (fb::TransactionOutcome::Rollback, true));
+        let body = end_transaction_response(None, fb::TransactionState::Committed, Some(7));
+        let response = verify::<fb::EndTransactionResponse>(&body).expect("verifies");
+        assert_eq!((response.state(), response.offset()), (fb::TransactionState::Committed, 7));
+        let body = end_transaction_response(None, fb::TransactionState::Pending, None);
+        assert_eq!(verify::<fb::EndTransactionResponse>(&body).expect("verifies").offset(), -1);
+    }
+
+    #[test]
+    fn transaction_lists_round_trip() {
+        let summary = TransactionSummary {
+            transaction_id: "tx-9".into(),
+            msg_id: (1, 2),
+            topic: "orders".into(),
+            queue: 1,
+            producer_group: "payments".into(),
+            stored_at_ms: 1234,
+            checks_delivered: 0,
+            state: fb::TransactionState::Pending,
+        };
+        let body = list_transactions_response(None, std::slice::from_ref(&summary));
+        let response = verify::<fb::ListTransactionsResponse>(&body).expect("verifies");
+        let read: Vec<_> =
+            response.transactions().expect("a list").iter().map(|info| TransactionSummary::read(&info)).collect();
+        assert_eq!(read, vec![summary]);
+        assert!(verify::<fb::ListTransactionsRequest>(&list_transactions_request(true)).expect("verifies").discarded());
+    }
+}

@@ -22,6 +22,10 @@ pub enum Kind {
     CommitOffsetResponse = 16,
     FetchOffsetRequest = 17,
     FetchOffsetResponse = 18,
+    EndTransactionRequest = 19,
+    EndTransactionResponse = 20,
+    ListTransactionsRequest = 21,
+    ListTransactionsResponse = 22,
     ErrorResponse = 100,
 }
 
@@ -47,6 +51,10 @@ impl Kind {
             16 => CommitOffsetResponse,
             17 => FetchOffsetRequest,
             18 => FetchOffsetResponse,
+            19 => EndTransactionRequest,
+            20 => EndTransactionResponse,
+            21 => ListTransactionsRequest,
+            22 => ListTransactionsResponse,
             100 => ErrorResponse,
             _ => return None,
         })

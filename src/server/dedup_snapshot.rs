@@ -201,7 +201,9 @@ async fn replay_queue<S: Storage>(
                     continue;
                 }
             };
-            if message.producer_id == 0 {
+            // Halves are deduplicated by transaction id (`transactions`); a
+            // committed one read here was never in the producer table.
+            if message.producer_id == 0 || message.is_half {
                 continue;
             }
             let send = StoredSend {

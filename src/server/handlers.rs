@@ -6,6 +6,7 @@ use super::dedup::{Admission, StoredSend};
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::shard::Shard;
 use super::topics::check_name;
+use super::transactions;
 use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES};
 use crate::protocol::{self, coordinator_shard, fb, verify, Failure, FetchedRecords, Frame, Kind};
 use crate::storage::{AppendRequest, LogError};
@@ -23,7 +24,7 @@ fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
 }
 
-fn log_failure(error: LogError) -> Failure {
+pub(super) fn log_failure(error: LogError) -> Failure {
     let code = match &error {
         LogError::Stopped { .. } => fb::ErrorCode::StoreStopped,
         LogError::NoSpace { .. } => fb::ErrorCode::DiskFull,
@@ -51,6 +52,8 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> Answer {
         Kind::LeaveGroupRequest => leave_group(shard, &frame.body).await,
         Kind::CommitOffsetRequest => commit_offset(shard, &frame.body).await,
         Kind::FetchOffsetRequest => fetch_offset(shard, &frame.body),
+        Kind::EndTransactionRequest => end_transaction(shard, &frame.body).await,
+        Kind::ListTransactionsRequest => list_transactions(shard, &frame.body),
         _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
     }
 }
@@ -93,9 +96,11 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
     let mut messages = Vec::with_capacity(request.messages().len());
     for (index, message) in request.messages().iter().enumerate() {
         let bytes = message_bytes(body, message.bytes().bytes())?;
-        let verified = verify_message(bytes).map_err(|error| {
+        let invalid_message = |error: String| {
             Failure::new(fb::ErrorCode::InvalidMessage, format!("message {index} of the batch: {error}"))
-        })?;
+        };
+        let verified = verify_message(bytes).map_err(|error| invalid_message(error.to_string()))?;
+        transactions::check_half(&verified).map_err(invalid_message)?;
         messages.push(verified);
     }
     // Refused before anything is placed: a request fails whole or not at all
@@ -128,7 +133,8 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         .map(|(message, placed)| protocol::SendOutcome {
             status,
             msg_id: message.msg_id,
-            offset: placed.send.map(|send| send.offset),
+            // A half message has no offset in its queue until committed.
+            offset: placed.send.filter(|_| !message.is_half).map(|send| send.offset),
             store_timestamp_us: placed.send.map_or(0, |send| send.store_timestamp_us),
             duplicate: placed.duplicate,
         })
@@ -169,6 +175,11 @@ async fn place_once(
     message: &VerifiedMessage,
     skip_gap: bool,
 ) -> Result<Placed, Failure> {
+    if message.is_half {
+        // Deduplicated by transaction id, not by producer sequence.
+        let (send, duplicate) = transactions::place_half(shard, queue_id, message).await.map_err(log_failure)?;
+        return Ok(Placed { send: Some(send), duplicate });
+    }
     let (producer_id, sequence) = (message.producer_id, message.sequence);
     // Producer id 0: a producer that asked for no dedup and no ordering.
     let sequenced = producer_id != 0;
@@ -239,7 +250,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             tracing::warn!(
                 queue_id,
                 lost = ?batch.lost_offsets,
-                "skipping offsets lost to damage that ringmq repair could not bring back"
+                "skipping lost offsets: damage ringmq repair could not bring back, or committed half messages retention deleted"
             );
         }
         let expired = shard.clock.now_ms() >= deadline;
@@ -361,4 +372,21 @@ fn fetch_offset(shard: &Shard, body: &[u8]) -> Answer {
     let key = (request.group().to_string(), request.topic().to_string(), request.queue());
     let offset = shard.offsets.borrow().get(&key);
     Ok((Kind::FetchOffsetResponse, protocol::offset_response(None, offset)))
+}
+
+async fn end_transaction(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::EndTransactionRequest>(body).map_err(invalid)?;
+    let topic = shard.topic(request.topic())?;
+    let queue_id = shard.owned_queue(&topic, request.queue())?;
+    let outcome = transactions::Outcome::from_wire(request.outcome())
+        .ok_or_else(|| invalid(format!("unknown transaction outcome {}", request.outcome().0)))?;
+    let state = transactions::end(shard, queue_id, request.transaction_id(), outcome).await?;
+    let response = protocol::end_transaction_response(None, state.wire(), state.offset());
+    Ok((Kind::EndTransactionResponse, response))
+}
+
+fn list_transactions(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::ListTransactionsRequest>(body).map_err(invalid)?;
+    let listed = shard.transactions.borrow().list(request.discarded());
+    Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed)))
 }

@@ -17,6 +17,7 @@ mod placement;
 mod shard;
 mod start_gate;
 mod topics;
+mod transactions;
 
 use crate::constants::{
     CHECKPOINT_INTERVAL_MS_DEFAULT, FRAME_BODY_BYTES_MAX, INDEX_CACHE_BYTES_DEFAULT, IN_FLIGHT_BYTES_MIN,
@@ -327,6 +328,14 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         .await
         .map_err(|error| shard_error(format!("rebuilding the producer table: {error}")))?;
     tracing::info!(producers = producers.producer_count(), "producer table rebuilt from the log");
+    let transactions = transactions::recover(&log, &topics, &queue_ids)
+        .await
+        .map_err(|error| shard_error(format!("rebuilding the transaction table: {error}")))?;
+    tracing::info!(
+        transactions = transactions.len(),
+        pending = transactions.pending_count(),
+        "transaction table rebuilt from the log"
+    );
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
     let (clock, _ticking) = clock::CoarseClock::start();
@@ -342,6 +351,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         offsets,
         producers,
         producers_floor,
+        transactions,
         peers,
     }));
     shard.set_floor(&shard.offsets_floor, offsets_floor);

@@ -10,8 +10,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Commit-log queue id of the offset records.
+/// Commit-log queue ids of the shard's internal queues, below the first
+/// topic's queues (topic `t` queue `q` is `t * TOPIC_QUEUES_MAX + q`, and
+/// topic ids start at 1).
+/// The offset records.
 pub const OFFSETS_QUEUE_ID: u32 = 0;
+/// Transactional half messages, invisible until committed (`transactions`).
+pub const HALF_QUEUE_ID: u32 = 1;
+/// Rollback op records of half messages (`transactions`).
+pub const OP_QUEUE_ID: u32 = 2;
+const _: () = assert!(OP_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
 pub const OFFSETS_SNAPSHOT_FILE: &str = "offsets.json";
 
 pub type OffsetKey = (String, String, u32);

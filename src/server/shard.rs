@@ -9,6 +9,7 @@ use super::groups::Coordinator;
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
 use super::topics::{Topic, Topics, TOPICS_FILE};
+use super::transactions::TransactionTable;
 use super::ServerConfig;
 use crate::protocol::{fb, Failure, ShardEndpoint};
 use crate::storage::backend::{DmaStorage, Storage};
@@ -38,11 +39,14 @@ pub struct Shard {
     pub commits_in_flight: RefCell<BTreeMap<u64, usize>>,
     pub coordinator: RefCell<Coordinator>,
     pub dedup: RefCell<ProducerTable>,
+    /// Half messages and their outcomes (`transactions`).
+    pub transactions: RefCell<TransactionTable>,
     pub placement_line: PlacementLine,
-    /// Retention floors of the two snapshots of state kept in the log: the
-    /// log's floor is the lower one.
+    /// Retention floors of state kept in the log: the two snapshots' and
+    /// the oldest pending half message's. The log's floor is the lowest.
     pub offsets_floor: Cell<u64>,
     pub producers_floor: Cell<u64>,
+    pub transactions_floor: Cell<u64>,
     pub peers: Peers,
     next_token: Cell<u64>,
     creates_waiting: RefCell<HashMap<u64, LocalSender<Created>>>,
@@ -65,6 +69,7 @@ pub struct ShardParts {
     pub offsets: Offsets,
     pub producers: ProducerTable,
     pub producers_floor: u64,
+    pub transactions: TransactionTable,
     pub peers: Peers,
 }
 
@@ -84,6 +89,8 @@ impl Shard {
             commits_in_flight: RefCell::new(BTreeMap::new()),
             coordinator: RefCell::new(Coordinator::new(parts.id)),
             dedup: RefCell::new(parts.producers),
+            transactions_floor: Cell::new(parts.transactions.oldest_pending().unwrap_or(u64::MAX)),
+            transactions: RefCell::new(parts.transactions),
             placement_line: PlacementLine::default(),
             offsets_floor: Cell::new(0),
             producers_floor: Cell::new(parts.producers_floor),
@@ -97,11 +104,12 @@ impl Shard {
         }
     }
 
-    /// Sets one of the floors (`offsets_floor`, `producers_floor`) and the
-    /// log's retention floor to the lower of the two.
+    /// Sets one of the floors (`offsets_floor`, `producers_floor`,
+    /// `transactions_floor`) and the log's retention floor to the lowest.
     pub fn set_floor(&self, floor: &Cell<u64>, position: u64) {
         floor.set(position);
-        self.log.set_retention_floor(self.offsets_floor.get().min(self.producers_floor.get()));
+        let lowest = self.offsets_floor.get().min(self.producers_floor.get()).min(self.transactions_floor.get());
+        self.log.set_retention_floor(lowest);
     }
 
     /// The commit-log queue ids of the queues this shard owns.

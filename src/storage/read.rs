@@ -109,10 +109,18 @@ impl<S: Storage> CommitLog<S> {
         while index < slots.len() {
             let run = contiguous_run(&slots[index..]);
             let first_offset = offset + index as u64;
-            let (bytes, run) = self
-                .read_range(&slots[index..index + run])
-                .await?
-                .ok_or_else(|| self.segment_gone(queue_id, offset, first_offset, slots[index].entry.position))?;
+            let Some((bytes, run)) = self.read_range(&slots[index..index + run]).await? else {
+                let position = slots[index].entry.position;
+                if self.deleted_by_reference(queue_id, first_offset, position) {
+                    // A reference (a committed half message) to a record that
+                    // retention deleted after the transaction settled: the
+                    // offset is lost, like a repaired one, and the read goes on.
+                    lost_offsets.push(first_offset);
+                    index += 1;
+                    continue;
+                }
+                return Err(self.segment_gone(queue_id, offset, first_offset, position));
+            };
             for (slot_index, slot) in slots[index..index + run].iter().enumerate() {
                 let start = (slot.entry.position - slots[index].entry.position) as usize;
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
@@ -128,6 +136,17 @@ impl<S: Storage> CommitLog<S> {
         }
         let next_offset = offset + (records.len() + lost_offsets.len()) as u64;
         Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
+    }
+
+    /// Whether the entry at `slot_offset`, which the queue still holds,
+    /// points before every segment retention kept: only a reference to an
+    /// older record does (entries of a queue's own records point forwards,
+    /// and retention moved the queue's base past those it deleted). A read
+    /// that raced retention has an offset below the new base instead.
+    fn deleted_by_reference(&self, queue_id: u32, slot_offset: u64, position: u64) -> bool {
+        let state = self.shared().state.borrow();
+        let kept = state.queues.get(&queue_id).is_some_and(|queue| slot_offset >= queue.base_offset());
+        kept && state.segments.keys().next().is_some_and(|first| position < *first)
     }
 
     /// What a read says when no segment holds the record at `position`
@@ -207,9 +226,14 @@ impl<S: Storage> CommitLog<S> {
         if header.flags & log_only != 0 {
             return Err(corrupt("an index entry points at a batch marker or filler".into()));
         }
-        // A record read through a reference (a committed half message) carries
-        // no queue offset of its own.
-        if header.is_indexed() && (header.queue_id != queue_id || header.queue_offset != queue_offset) {
+        // A half message read through a reference from another queue (its
+        // commit in the target queue, its rollback in the op queue) carries
+        // the offset of the half queue, not of the queue read.
+        let half_by_reference = header.flags & record::flags::HALF != 0 && header.queue_id != queue_id;
+        if header.is_indexed()
+            && !half_by_reference
+            && (header.queue_id != queue_id || header.queue_offset != queue_offset)
+        {
             return Err(corrupt(format!(
                 "record claims queue {} offset {}, the index says queue {queue_id} offset {queue_offset}",
                 header.queue_id, header.queue_offset

@@ -76,6 +76,7 @@ on_every_backend!(
     unflushed_records_are_invisible,
     concurrent_appends_share_fdatasyncs,
     retention_deletes_old_segments_and_their_offsets,
+    a_reference_to_a_record_retention_deleted_reads_as_lost,
     an_oversized_record_is_refused,
     async_mode_acknowledges_after_the_write,
 );
@@ -226,6 +227,42 @@ async fn retention_deletes_old_segments_and_their_offsets<S: Storage>(storage: S
     let log = CommitLog::open(storage, config).await.expect("reopen");
     assert_eq!(log.base_offset(0), earliest);
     assert_eq!(log.visible_end_offset(0), 2000);
+}
+
+/// A committed half message is an entry of its queue pointing back at an
+/// older record; once retention deleted that record, its offset reads as
+/// lost and the queue's own records around it still read.
+async fn a_reference_to_a_record_retention_deleted_reads_as_lost<S: Storage>(storage: S, mut config: LogConfig) {
+    config.retention.max_total_bytes = Some(3 * config.segment_size_bytes);
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    let half = message(1, 0);
+    let stored = log.append(AppendRequest { flags: record::flags::HALF, ..request(1, &half) }).await.expect("half");
+    append_all(&log, 0, 0..2000).await;
+    append_all(&log, 5, 0..1).await;
+    let size_bytes = (crate::constants::RECORD_HEADER_SIZE_BYTES + half.len()) as u32;
+    let commit = AppendRequest {
+        flags: record::flags::COMMIT,
+        reference: Some((stored.position, size_bytes)),
+        ..request(5, b"commit")
+    };
+    assert_eq!(log.append(commit).await.expect("commit").queue_offset, Some(1));
+    let own = message(5, 2);
+    log.append(request(5, &own)).await.expect("append");
+    let before = log.read(5, 0, 10, 1 << 20).await.expect("read before retention");
+    assert_eq!(before.records[1].message(), half, "the reference reads the half record");
+    assert!(log.enforce_retention(now_us()).await.expect("retention") > 0);
+    assert_reference_lost(&log, &own).await;
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen");
+    assert_reference_lost(&log, &own).await;
+}
+
+async fn assert_reference_lost<S: Storage>(log: &CommitLog<S>, own: &[u8]) {
+    let batch = log.read(5, 0, 10, 1 << 20).await.expect("read after retention");
+    assert_eq!(batch.lost_offsets, [1]);
+    let offsets: Vec<u64> = batch.records.iter().map(|record| record.queue_offset).collect();
+    assert_eq!((offsets, batch.next_offset), (vec![0, 2], 3));
+    assert_eq!(batch.records[1].message(), own);
 }
 
 async fn an_oversized_record_is_refused<S: Storage>(storage: S, config: LogConfig) {

@@ -34,13 +34,13 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u16 = 18;
+        pub const ENUM_MAX_ERROR_CODE: u16 = 20;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 21] = [
             ErrorCode::None,
             ErrorCode::BadFrame,
             ErrorCode::UnknownKind,
@@ -60,6 +60,8 @@ pub mod ringmq {
             ErrorCode::InvalidTopic,
             ErrorCode::OutOfOrderSequence,
             ErrorCode::TooManyProducers,
+            ErrorCode::UnknownTransaction,
+            ErrorCode::TransactionConflict,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -89,9 +91,14 @@ pub mod ringmq {
             pub const OutOfOrderSequence: Self = Self(17);
             /// The shard already tracks its maximum number of producers.
             pub const TooManyProducers: Self = Self(18);
+            /// END_TRANSACTION names a transaction id the shard does not know.
+            pub const UnknownTransaction: Self = Self(19);
+            /// END_TRANSACTION asks for the opposite of the transaction's settled
+            /// outcome (a rollback after a commit, or the reverse).
+            pub const TransactionConflict: Self = Self(20);
 
             pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 18;
+            pub const ENUM_MAX: u16 = 20;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::None,
                 Self::BadFrame,
@@ -112,6 +119,8 @@ pub mod ringmq {
                 Self::InvalidTopic,
                 Self::OutOfOrderSequence,
                 Self::TooManyProducers,
+                Self::UnknownTransaction,
+                Self::TransactionConflict,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -135,6 +144,8 @@ pub mod ringmq {
                     Self::InvalidTopic => Some("InvalidTopic"),
                     Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
                     Self::TooManyProducers => Some("TooManyProducers"),
+                    Self::UnknownTransaction => Some("UnknownTransaction"),
+                    Self::TransactionConflict => Some("TransactionConflict"),
                     _ => None,
                 }
             }
@@ -297,6 +308,211 @@ pub mod ringmq {
         }
 
         impl flatbuffers::SimpleToVerifyInSlice for SendStatus {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_TRANSACTION_OUTCOME: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_TRANSACTION_OUTCOME: u8 = 2;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_TRANSACTION_OUTCOME: [TransactionOutcome; 3] = [
+            TransactionOutcome::Commit,
+            TransactionOutcome::Rollback,
+            TransactionOutcome::Unknown,
+        ];
+
+        /// What a producer (or an operator) decided about a half message.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct TransactionOutcome(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl TransactionOutcome {
+            pub const Commit: Self = Self(0);
+            pub const Rollback: Self = Self(1);
+            /// Not decided yet: nothing is recorded, the half message stays pending.
+            pub const Unknown: Self = Self(2);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 2;
+            pub const ENUM_VALUES: &'static [Self] = &[Self::Commit, Self::Rollback, Self::Unknown];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Commit => Some("Commit"),
+                    Self::Rollback => Some("Rollback"),
+                    Self::Unknown => Some("Unknown"),
+                    _ => None,
+                }
+            }
+        }
+        impl core::fmt::Debug for TransactionOutcome {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for TransactionOutcome {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+                Self(b)
+            }
+        }
+
+        impl flatbuffers::Push for TransactionOutcome {
+            type Output = TransactionOutcome;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                flatbuffers::emplace_scalar::<u8>(dst, self.0);
+            }
+        }
+
+        impl flatbuffers::EndianScalar for TransactionOutcome {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for TransactionOutcome {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for TransactionOutcome {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_TRANSACTION_STATE: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_TRANSACTION_STATE: u8 = 3;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_TRANSACTION_STATE: [TransactionState; 4] = [
+            TransactionState::Pending,
+            TransactionState::Committed,
+            TransactionState::RolledBack,
+            TransactionState::Discarded,
+        ];
+
+        /// Where a transaction stands on its shard.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct TransactionState(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl TransactionState {
+            /// Stored half message, no outcome yet: invisible to consumers.
+            pub const Pending: Self = Self(0);
+            /// Visible in its queue (at `EndTransactionResponse.offset`).
+            pub const Committed: Self = Self(1);
+            /// Never visible.
+            pub const RolledBack: Self = Self(2);
+            /// Rolled back by the broker after its check-backs ran out.
+            pub const Discarded: Self = Self(3);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 3;
+            pub const ENUM_VALUES: &'static [Self] = &[
+                Self::Pending,
+                Self::Committed,
+                Self::RolledBack,
+                Self::Discarded,
+            ];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Pending => Some("Pending"),
+                    Self::Committed => Some("Committed"),
+                    Self::RolledBack => Some("RolledBack"),
+                    Self::Discarded => Some("Discarded"),
+                    _ => None,
+                }
+            }
+        }
+        impl core::fmt::Debug for TransactionState {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for TransactionState {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+                Self(b)
+            }
+        }
+
+        impl flatbuffers::Push for TransactionState {
+            type Output = TransactionState;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                flatbuffers::emplace_scalar::<u8>(dst, self.0);
+            }
+        }
+
+        impl flatbuffers::EndianScalar for TransactionState {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for TransactionState {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for TransactionState {}
         /// Superseded by SendOutcome (a struct cannot grow); kept so that field
         /// id 2 of ProduceResponse keeps its type.
         // struct SendResult, aligned to 8
@@ -4309,6 +4525,994 @@ pub mod ringmq {
                 let mut ds = f.debug_struct("OffsetResponse");
                 ds.field("outcome", &self.outcome());
                 ds.field("offset", &self.offset());
+                ds.finish()
+            }
+        }
+        pub enum EndTransactionRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Ends a transaction; sent to the shard that owns `topic`/`queue`.
+        pub struct EndTransactionRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for EndTransactionRequest<'a> {
+            type Inner = EndTransactionRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> EndTransactionRequest<'a> {
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 6;
+            pub const VT_TRANSACTION_ID: flatbuffers::VOffsetT = 8;
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 10;
+            pub const VT_FROM_CHECK: flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                EndTransactionRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args EndTransactionRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<EndTransactionRequest<'bldr>> {
+                let mut builder = EndTransactionRequestBuilder::new(_fbb);
+                if let Some(x) = args.transaction_id {
+                    builder.add_transaction_id(x);
+                }
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.add_from_check(args.from_check);
+                builder.add_outcome(args.outcome);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            EndTransactionRequest::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(EndTransactionRequest::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn transaction_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            EndTransactionRequest::VT_TRANSACTION_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn outcome(&self) -> TransactionOutcome {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<TransactionOutcome>(
+                            EndTransactionRequest::VT_OUTCOME,
+                            Some(TransactionOutcome::Commit),
+                        )
+                        .unwrap()
+                }
+            }
+            /// The answer to a broker's check-back rather than the producer's own end.
+            #[inline]
+            pub fn from_check(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(EndTransactionRequest::VT_FROM_CHECK, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for EndTransactionRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "transaction_id",
+                        Self::VT_TRANSACTION_ID,
+                        true,
+                    )?
+                    .visit_field::<TransactionOutcome>("outcome", Self::VT_OUTCOME, false)?
+                    .visit_field::<bool>("from_check", Self::VT_FROM_CHECK, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct EndTransactionRequestArgs<'a> {
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub transaction_id: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub outcome: TransactionOutcome,
+            pub from_check: bool,
+        }
+        impl<'a> Default for EndTransactionRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                EndTransactionRequestArgs {
+                    topic: None, // required field
+                    queue: 0,
+                    transaction_id: None, // required field
+                    outcome: TransactionOutcome::Commit,
+                    from_check: false,
+                }
+            }
+        }
+
+        pub struct EndTransactionRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> EndTransactionRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    EndTransactionRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(EndTransactionRequest::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_transaction_id(&mut self, transaction_id: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    EndTransactionRequest::VT_TRANSACTION_ID,
+                    transaction_id,
+                );
+            }
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: TransactionOutcome) {
+                self.fbb_.push_slot::<TransactionOutcome>(
+                    EndTransactionRequest::VT_OUTCOME,
+                    outcome,
+                    TransactionOutcome::Commit,
+                );
+            }
+            #[inline]
+            pub fn add_from_check(&mut self, from_check: bool) {
+                self.fbb_.push_slot::<bool>(
+                    EndTransactionRequest::VT_FROM_CHECK,
+                    from_check,
+                    false,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> EndTransactionRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                EndTransactionRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<EndTransactionRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, EndTransactionRequest::VT_TOPIC, "topic");
+                self.fbb_.required(
+                    o,
+                    EndTransactionRequest::VT_TRANSACTION_ID,
+                    "transaction_id",
+                );
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for EndTransactionRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("EndTransactionRequest");
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("transaction_id", &self.transaction_id());
+                ds.field("outcome", &self.outcome());
+                ds.field("from_check", &self.from_check());
+                ds.finish()
+            }
+        }
+        pub enum EndTransactionResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct EndTransactionResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for EndTransactionResponse<'a> {
+            type Inner = EndTransactionResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> EndTransactionResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_STATE: flatbuffers::VOffsetT = 6;
+            pub const VT_OFFSET: flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                EndTransactionResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args EndTransactionResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<EndTransactionResponse<'bldr>> {
+                let mut builder = EndTransactionResponseBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_state(args.state);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        EndTransactionResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn state(&self) -> TransactionState {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<TransactionState>(
+                            EndTransactionResponse::VT_STATE,
+                            Some(TransactionState::Pending),
+                        )
+                        .unwrap()
+                }
+            }
+            /// With Committed: the queue offset the half message became visible at.
+            #[inline]
+            pub fn offset(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(EndTransactionResponse::VT_OFFSET, Some(-1))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for EndTransactionResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<TransactionState>("state", Self::VT_STATE, false)?
+                    .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct EndTransactionResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub state: TransactionState,
+            pub offset: i64,
+        }
+        impl<'a> Default for EndTransactionResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                EndTransactionResponseArgs {
+                    outcome: None,
+                    state: TransactionState::Pending,
+                    offset: -1,
+                }
+            }
+        }
+
+        pub struct EndTransactionResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> EndTransactionResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        EndTransactionResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_state(&mut self, state: TransactionState) {
+                self.fbb_.push_slot::<TransactionState>(
+                    EndTransactionResponse::VT_STATE,
+                    state,
+                    TransactionState::Pending,
+                );
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: i64) {
+                self.fbb_
+                    .push_slot::<i64>(EndTransactionResponse::VT_OFFSET, offset, -1);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> EndTransactionResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                EndTransactionResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<EndTransactionResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for EndTransactionResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("EndTransactionResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("state", &self.state());
+                ds.field("offset", &self.offset());
+                ds.finish()
+            }
+        }
+        pub enum ListTransactionsRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ListTransactionsRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ListTransactionsRequest<'a> {
+            type Inner = ListTransactionsRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ListTransactionsRequest<'a> {
+            pub const VT_DISCARDED: flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ListTransactionsRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ListTransactionsRequestArgs,
+            ) -> flatbuffers::WIPOffset<ListTransactionsRequest<'bldr>> {
+                let mut builder = ListTransactionsRequestBuilder::new(_fbb);
+                builder.add_discarded(args.discarded);
+                builder.finish()
+            }
+
+            /// Only the transactions the broker discarded.
+            #[inline]
+            pub fn discarded(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ListTransactionsRequest::VT_DISCARDED, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ListTransactionsRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<bool>("discarded", Self::VT_DISCARDED, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ListTransactionsRequestArgs {
+            pub discarded: bool,
+        }
+        impl<'a> Default for ListTransactionsRequestArgs {
+            #[inline]
+            fn default() -> Self {
+                ListTransactionsRequestArgs { discarded: false }
+            }
+        }
+
+        pub struct ListTransactionsRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ListTransactionsRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_discarded(&mut self, discarded: bool) {
+                self.fbb_.push_slot::<bool>(
+                    ListTransactionsRequest::VT_DISCARDED,
+                    discarded,
+                    false,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ListTransactionsRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ListTransactionsRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ListTransactionsRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ListTransactionsRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ListTransactionsRequest");
+                ds.field("discarded", &self.discarded());
+                ds.finish()
+            }
+        }
+        pub enum TransactionInfoOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct TransactionInfo<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for TransactionInfo<'a> {
+            type Inner = TransactionInfo<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> TransactionInfo<'a> {
+            pub const VT_TRANSACTION_ID: flatbuffers::VOffsetT = 4;
+            pub const VT_MSG_ID_HI: flatbuffers::VOffsetT = 6;
+            pub const VT_MSG_ID_LO: flatbuffers::VOffsetT = 8;
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 10;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 12;
+            pub const VT_PRODUCER_GROUP: flatbuffers::VOffsetT = 14;
+            pub const VT_STORED_AT_MS: flatbuffers::VOffsetT = 16;
+            pub const VT_CHECKS_DELIVERED: flatbuffers::VOffsetT = 18;
+            pub const VT_STATE: flatbuffers::VOffsetT = 20;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                TransactionInfo { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args TransactionInfoArgs<'args>,
+            ) -> flatbuffers::WIPOffset<TransactionInfo<'bldr>> {
+                let mut builder = TransactionInfoBuilder::new(_fbb);
+                builder.add_stored_at_ms(args.stored_at_ms);
+                builder.add_msg_id_lo(args.msg_id_lo);
+                builder.add_msg_id_hi(args.msg_id_hi);
+                builder.add_checks_delivered(args.checks_delivered);
+                if let Some(x) = args.producer_group {
+                    builder.add_producer_group(x);
+                }
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                if let Some(x) = args.transaction_id {
+                    builder.add_transaction_id(x);
+                }
+                builder.add_state(args.state);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn transaction_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            TransactionInfo::VT_TRANSACTION_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn msg_id_hi(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransactionInfo::VT_MSG_ID_HI, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn msg_id_lo(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransactionInfo::VT_MSG_ID_LO, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn topic(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(TransactionInfo::VT_TOPIC, None)
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(TransactionInfo::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn producer_group(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        TransactionInfo::VT_PRODUCER_GROUP,
+                        None,
+                    )
+                }
+            }
+            /// When the half message was stored, unix milliseconds.
+            #[inline]
+            pub fn stored_at_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransactionInfo::VT_STORED_AT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Check-backs delivered to a live producer so far.
+            #[inline]
+            pub fn checks_delivered(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(TransactionInfo::VT_CHECKS_DELIVERED, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn state(&self) -> TransactionState {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<TransactionState>(
+                            TransactionInfo::VT_STATE,
+                            Some(TransactionState::Pending),
+                        )
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for TransactionInfo<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "transaction_id",
+                        Self::VT_TRANSACTION_ID,
+                        true,
+                    )?
+                    .visit_field::<u64>("msg_id_hi", Self::VT_MSG_ID_HI, false)?
+                    .visit_field::<u64>("msg_id_lo", Self::VT_MSG_ID_LO, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        false,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "producer_group",
+                        Self::VT_PRODUCER_GROUP,
+                        false,
+                    )?
+                    .visit_field::<u64>("stored_at_ms", Self::VT_STORED_AT_MS, false)?
+                    .visit_field::<u32>("checks_delivered", Self::VT_CHECKS_DELIVERED, false)?
+                    .visit_field::<TransactionState>("state", Self::VT_STATE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TransactionInfoArgs<'a> {
+            pub transaction_id: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub msg_id_hi: u64,
+            pub msg_id_lo: u64,
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub producer_group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub stored_at_ms: u64,
+            pub checks_delivered: u32,
+            pub state: TransactionState,
+        }
+        impl<'a> Default for TransactionInfoArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                TransactionInfoArgs {
+                    transaction_id: None, // required field
+                    msg_id_hi: 0,
+                    msg_id_lo: 0,
+                    topic: None,
+                    queue: 0,
+                    producer_group: None,
+                    stored_at_ms: 0,
+                    checks_delivered: 0,
+                    state: TransactionState::Pending,
+                }
+            }
+        }
+
+        pub struct TransactionInfoBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> TransactionInfoBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_transaction_id(&mut self, transaction_id: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    TransactionInfo::VT_TRANSACTION_ID,
+                    transaction_id,
+                );
+            }
+            #[inline]
+            pub fn add_msg_id_hi(&mut self, msg_id_hi: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransactionInfo::VT_MSG_ID_HI, msg_id_hi, 0);
+            }
+            #[inline]
+            pub fn add_msg_id_lo(&mut self, msg_id_lo: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransactionInfo::VT_MSG_ID_LO, msg_id_lo, 0);
+            }
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    TransactionInfo::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(TransactionInfo::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_producer_group(&mut self, producer_group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    TransactionInfo::VT_PRODUCER_GROUP,
+                    producer_group,
+                );
+            }
+            #[inline]
+            pub fn add_stored_at_ms(&mut self, stored_at_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransactionInfo::VT_STORED_AT_MS, stored_at_ms, 0);
+            }
+            #[inline]
+            pub fn add_checks_delivered(&mut self, checks_delivered: u32) {
+                self.fbb_.push_slot::<u32>(
+                    TransactionInfo::VT_CHECKS_DELIVERED,
+                    checks_delivered,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_state(&mut self, state: TransactionState) {
+                self.fbb_.push_slot::<TransactionState>(
+                    TransactionInfo::VT_STATE,
+                    state,
+                    TransactionState::Pending,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> TransactionInfoBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                TransactionInfoBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<TransactionInfo<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, TransactionInfo::VT_TRANSACTION_ID, "transaction_id");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for TransactionInfo<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("TransactionInfo");
+                ds.field("transaction_id", &self.transaction_id());
+                ds.field("msg_id_hi", &self.msg_id_hi());
+                ds.field("msg_id_lo", &self.msg_id_lo());
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("producer_group", &self.producer_group());
+                ds.field("stored_at_ms", &self.stored_at_ms());
+                ds.field("checks_delivered", &self.checks_delivered());
+                ds.field("state", &self.state());
+                ds.finish()
+            }
+        }
+        pub enum ListTransactionsResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The transactions of the shard that answers.
+        pub struct ListTransactionsResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ListTransactionsResponse<'a> {
+            type Inner = ListTransactionsResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ListTransactionsResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_TRANSACTIONS: flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ListTransactionsResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ListTransactionsResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ListTransactionsResponse<'bldr>> {
+                let mut builder = ListTransactionsResponseBuilder::new(_fbb);
+                if let Some(x) = args.transactions {
+                    builder.add_transactions(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        ListTransactionsResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn transactions(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TransactionInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TransactionInfo>>,
+                    >>(ListTransactionsResponse::VT_TRANSACTIONS, None)
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ListTransactionsResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TransactionInfo>>,
+                    >>("transactions", Self::VT_TRANSACTIONS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ListTransactionsResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub transactions: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TransactionInfo<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for ListTransactionsResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ListTransactionsResponseArgs {
+                    outcome: None,
+                    transactions: None,
+                }
+            }
+        }
+
+        pub struct ListTransactionsResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ListTransactionsResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        ListTransactionsResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_transactions(
+                &mut self,
+                transactions: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<TransactionInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListTransactionsResponse::VT_TRANSACTIONS,
+                    transactions,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ListTransactionsResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ListTransactionsResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ListTransactionsResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ListTransactionsResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ListTransactionsResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("transactions", &self.transactions());
                 ds.finish()
             }
         }

@@ -1,0 +1,665 @@
+//! Transactional half messages (RocketMQ's two-phase send), all of it here.
+//!
+//! A produce whose message says `transaction: Half` is stored once, in the
+//! shard's own log, indexed in the internal queue `HALF_QUEUE_ID` (flag
+//! `HALF`) and not in its target queue: no consumer sees it. The shard's
+//! `TransactionTable` remembers it by transaction id. `END_TRANSACTION`
+//! then settles it:
+//!
+//! - **commit** appends a small op record (flag `COMMIT`, the transaction id
+//!   as body) indexed in the *target* queue whose index entry points at the
+//!   half record (`AppendRequest::reference`): a consumer of that queue
+//!   reads the half record itself at that offset, with no copy of the body;
+//! - **rollback** appends an op record (flag `ROLLBACK`) indexed in the
+//!   internal queue `OP_QUEUE_ID`, also pointing at the half record;
+//! - **unknown** records nothing: the half stays pending.
+//!
+//! Everything is in the log, so recovery rebuilds the table from it
+//! (`recover`): every half of `HALF_QUEUE_ID` starts pending, a half read
+//! through `OP_QUEUE_ID` was rolled back, a half read through one of the
+//! shard's queues was committed at that offset. The retention floor stays
+//! at or below the oldest pending half (`TransactionTable::oldest_pending`),
+//! so a pending half is never deleted.
+//!
+//! Halves are deduplicated by transaction id, not by producer sequence: a
+//! resent half answers the first result, marked duplicate.
+
+use super::dedup::StoredSend;
+pub use super::offsets::{HALF_QUEUE_ID, OP_QUEUE_ID};
+use super::shard::Shard;
+use super::topics::Topics;
+use crate::protocol::{fb, Failure, TransactionSummary};
+use crate::storage::backend::Storage;
+use crate::storage::record::flags;
+use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
+use crate::wire::{verify_message, VerifiedMessage};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Records one replay read takes at most.
+const REPLAY_BATCH_RECORDS: usize = 1024;
+const REPLAY_BATCH_BYTES: usize = 4 << 20;
+/// Transactions one `ListTransactions` answer carries at most (pending ones
+/// first), so the answer stays far below the frame limit.
+pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
+/// A concurrent `END_TRANSACTION` of the same transaction looks again this
+/// soon whether the one in flight finished.
+const ENDING_POLL: Duration = Duration::from_millis(1);
+
+/// Where a transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransactionState {
+    Pending,
+    /// Visible in its queue at this offset.
+    Committed {
+        offset: u64,
+    },
+    RolledBack,
+}
+
+impl TransactionState {
+    pub fn wire(self) -> fb::TransactionState {
+        match self {
+            TransactionState::Pending => fb::TransactionState::Pending,
+            TransactionState::Committed { .. } => fb::TransactionState::Committed,
+            TransactionState::RolledBack => fb::TransactionState::RolledBack,
+        }
+    }
+
+    pub fn offset(self) -> Option<u64> {
+        match self {
+            TransactionState::Committed { offset } => Some(offset),
+            _ => None,
+        }
+    }
+}
+
+/// What a producer (or an operator) decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Commit,
+    Rollback,
+    Unknown,
+}
+
+impl Outcome {
+    pub fn from_wire(outcome: fb::TransactionOutcome) -> Option<Self> {
+        match outcome {
+            fb::TransactionOutcome::Commit => Some(Outcome::Commit),
+            fb::TransactionOutcome::Rollback => Some(Outcome::Rollback),
+            fb::TransactionOutcome::Unknown => Some(Outcome::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// A half message the shard stored, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HalfMessage {
+    pub transaction_id: String,
+    /// Log position and length of the half record.
+    pub position: u64,
+    pub size_bytes: u32,
+    /// End of the half record in the log: a duplicate waits for it.
+    pub end: u64,
+    /// The commit-log queue id of its target queue, and the tag hash its
+    /// index entry there gets.
+    pub target_queue_id: u32,
+    pub tag_hash: u32,
+    pub topic: String,
+    pub queue: u32,
+    pub producer_group: String,
+    pub msg_id: (u64, u64),
+    pub store_timestamp_us: u64,
+    pub checks_delivered: u32,
+    pub state: TransactionState,
+    /// An `END_TRANSACTION` appending its op record right now.
+    pub ending: bool,
+}
+
+impl HalfMessage {
+    pub fn summary(&self) -> TransactionSummary {
+        TransactionSummary {
+            transaction_id: self.transaction_id.clone(),
+            msg_id: self.msg_id,
+            topic: self.topic.clone(),
+            queue: self.queue,
+            producer_group: self.producer_group.clone(),
+            stored_at_ms: self.store_timestamp_us / 1000,
+            checks_delivered: self.checks_delivered,
+            state: self.state.wire(),
+        }
+    }
+
+    /// The first send's result, for a resent half.
+    pub fn first_send(&self) -> StoredSend {
+        StoredSend { sequence: 0, offset: 0, store_timestamp_us: self.store_timestamp_us, end: self.end }
+    }
+}
+
+/// The next step of an `END_TRANSACTION`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndStep {
+    /// Nothing to append: answer with this state.
+    Answer(TransactionState),
+    /// Append the op record of `outcome` for this half (marked ending).
+    Append { position: u64, size_bytes: u32, target_queue_id: u32, tag_hash: u32 },
+    /// Another `END_TRANSACTION` of this transaction is appending: wait.
+    Busy,
+}
+
+/// The transactions of one shard, by transaction id.
+#[derive(Default)]
+pub struct TransactionTable {
+    transactions: HashMap<String, HalfMessage>,
+    /// Positions of the pending halves: the lowest bounds retention.
+    pending_positions: BTreeSet<u64>,
+}
+
+impl TransactionTable {
+    pub fn get(&self, transaction_id: &str) -> Option<&HalfMessage> {
+        self.transactions.get(transaction_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.transactions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.transactions.is_empty()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending_positions.len()
+    }
+
+    /// Position of the oldest pending half: retention keeps it.
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.pending_positions.first().copied()
+    }
+
+    /// A newly stored half (or one found by recovery), pending.
+    pub fn stored(&mut self, half: HalfMessage) {
+        assert_eq!(half.state, TransactionState::Pending, "a half is stored pending");
+        self.pending_positions.insert(half.position);
+        if let Some(previous) = self.transactions.insert(half.transaction_id.clone(), half) {
+            // Recovery may meet a half twice only if a producer stored two
+            // halves under one id before dedup knew the first: keep the newest.
+            self.pending_positions.remove(&previous.position);
+            tracing::warn!(transaction_id = previous.transaction_id, "two halves under one transaction id");
+        }
+    }
+
+    /// Begins an `END_TRANSACTION`: answers a settled or undecided one,
+    /// refuses a conflicting outcome, or marks the transaction ending and
+    /// says what to append.
+    pub fn begin_end(&mut self, transaction_id: &str, outcome: Outcome) -> Result<EndStep, Failure> {
+        let Some(half) = self.transactions.get_mut(transaction_id) else {
+            return Err(Failure::new(
+                fb::ErrorCode::UnknownTransaction,
+                format!("transaction {transaction_id:?} is not known on this shard"),
+            ));
+        };
+        if half.ending {
+            return Ok(EndStep::Busy);
+        }
+        match (half.state, outcome) {
+            (state, Outcome::Unknown) => Ok(EndStep::Answer(state)),
+            (state @ TransactionState::Committed { .. }, Outcome::Commit)
+            | (state @ TransactionState::RolledBack, Outcome::Rollback) => Ok(EndStep::Answer(state)),
+            (TransactionState::Committed { offset }, Outcome::Rollback) => Err(Failure::new(
+                fb::ErrorCode::TransactionConflict,
+                format!("transaction {transaction_id:?} was committed (visible at offset {offset}); it cannot be rolled back"),
+            )),
+            (TransactionState::RolledBack, Outcome::Commit) => Err(Failure::new(
+                fb::ErrorCode::TransactionConflict,
+                format!("transaction {transaction_id:?} was rolled back; it cannot be committed"),
+            )),
+            (TransactionState::Pending, Outcome::Commit | Outcome::Rollback) => {
+                half.ending = true;
+                Ok(EndStep::Append {
+                    position: half.position,
+                    size_bytes: half.size_bytes,
+                    target_queue_id: half.target_queue_id,
+                    tag_hash: half.tag_hash,
+                })
+            }
+        }
+    }
+
+    /// Ends what `begin_end` began: `settled` is the new state once its op
+    /// record is durable, `None` when the append failed (still pending).
+    pub fn finish_end(&mut self, transaction_id: &str, settled: Option<TransactionState>) {
+        let Some(half) = self.transactions.get_mut(transaction_id) else { return };
+        assert!(half.ending, "transaction {transaction_id:?} ends without having begun to");
+        half.ending = false;
+        if let Some(state) = settled {
+            self.settle(transaction_id, state);
+        }
+    }
+
+    /// Records an outcome (an op record durable, or found by recovery).
+    pub fn settle(&mut self, transaction_id: &str, state: TransactionState) {
+        let Some(half) = self.transactions.get_mut(transaction_id) else { return };
+        assert!(
+            half.state == TransactionState::Pending || half.state == state,
+            "transaction {transaction_id:?} cannot go from {:?} to {state:?}",
+            half.state
+        );
+        half.state = state;
+        if state != TransactionState::Pending {
+            self.pending_positions.remove(&half.position);
+        }
+    }
+
+    /// The transactions to list: all, or only those the broker discarded
+    /// (none yet: discarding after check-backs comes with the checker).
+    /// Pending ones first, oldest first; at most `TRANSACTIONS_LISTED_MAX`.
+    pub fn list(&self, discarded_only: bool) -> Vec<TransactionSummary> {
+        if discarded_only {
+            return Vec::new();
+        }
+        let mut halves: Vec<&HalfMessage> = self.transactions.values().collect();
+        halves.sort_by_key(|half| (half.state != TransactionState::Pending, half.position));
+        halves.into_iter().take(TRANSACTIONS_LISTED_MAX).map(HalfMessage::summary).collect()
+    }
+}
+
+/// Refuses a half without what a transaction needs; `Ok` for any other
+/// message.
+pub fn check_half(message: &VerifiedMessage) -> Result<(), String> {
+    if !message.is_half {
+        return Ok(());
+    }
+    let fields = message.message();
+    if fields.transaction_id().is_none_or(str::is_empty) {
+        return Err("a half message needs a transaction_id".into());
+    }
+    if fields.producer_group().is_none_or(str::is_empty) {
+        return Err("a half message needs a producer_group".into());
+    }
+    Ok(())
+}
+
+/// Places a half message in the log (the caller holds the placement turn):
+/// indexed in `HALF_QUEUE_ID`, recorded pending. A half whose transaction id
+/// is known already answers the first send (`duplicate`).
+pub async fn place_half(
+    shard: &Shard,
+    target_queue_id: u32,
+    message: &VerifiedMessage,
+) -> Result<(StoredSend, bool), LogError> {
+    let fields = message.message();
+    let transaction_id = fields.transaction_id().unwrap_or_default();
+    if let Some(known) = shard.transactions.borrow().get(transaction_id) {
+        return Ok((known.first_send(), true));
+    }
+    let request = AppendRequest {
+        queue_id: HALF_QUEUE_ID,
+        flags: flags::HALF,
+        indexed: true,
+        tag_hash: message.tag_hash,
+        message: message.bytes(),
+        ..AppendRequest::default()
+    };
+    let appended = shard.log.append_buffered(request).await?;
+    let half = HalfMessage {
+        transaction_id: transaction_id.to_string(),
+        position: appended.position,
+        size_bytes: (crate::constants::RECORD_HEADER_SIZE_BYTES + message.bytes().len()) as u32,
+        end: appended.end,
+        target_queue_id,
+        tag_hash: message.tag_hash,
+        topic: fields.topic().to_string(),
+        queue: message.queue,
+        producer_group: fields.producer_group().unwrap_or_default().to_string(),
+        msg_id: message.msg_id,
+        store_timestamp_us: appended.store_timestamp_us,
+        checks_delivered: 0,
+        state: TransactionState::Pending,
+        ending: false,
+    };
+    let send = half.first_send();
+    shard.transactions.borrow_mut().stored(half);
+    update_floor(shard);
+    Ok((send, false))
+}
+
+/// Keeps the log's retention floor at or below the oldest pending half.
+fn update_floor(shard: &Shard) {
+    let oldest = shard.transactions.borrow().oldest_pending().unwrap_or(u64::MAX);
+    shard.set_floor(&shard.transactions_floor, oldest);
+}
+
+/// `END_TRANSACTION` of `transaction_id`, whose half targets the queue
+/// `queue_id` (owned by this shard): appends the op record durably, then
+/// settles the table. Returns the state to answer.
+pub async fn end(
+    shard: &Shard,
+    queue_id: u32,
+    transaction_id: &str,
+    outcome: Outcome,
+) -> Result<TransactionState, Failure> {
+    let deadline = std::time::Instant::now() + shard.config.sync_flush_timeout;
+    let step = loop {
+        let step = shard.transactions.borrow_mut().begin_end(transaction_id, outcome)?;
+        if step != EndStep::Busy {
+            break step;
+        }
+        // Two ends of one transaction at once are rare (a producer's retry
+        // racing its first try): the second waits for the first's answer,
+        // so a commit is never appended twice.
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure::new(
+                fb::ErrorCode::Internal,
+                format!("transaction {transaction_id:?} is still being ended by another request; retry"),
+            ));
+        }
+        glommio::timer::sleep(ENDING_POLL).await;
+    };
+    let (position, size_bytes, target_queue_id, tag_hash) = match step {
+        EndStep::Answer(state) => return Ok(state),
+        EndStep::Append { position, size_bytes, target_queue_id, tag_hash } => {
+            (position, size_bytes, target_queue_id, tag_hash)
+        }
+        EndStep::Busy => unreachable!("a busy transaction was waited out above"),
+    };
+    if target_queue_id != queue_id {
+        shard.transactions.borrow_mut().finish_end(transaction_id, None);
+        let half = shard.transactions.borrow().get(transaction_id).map(|half| (half.topic.clone(), half.queue));
+        let (topic, queue) = half.unwrap_or_default();
+        return Err(Failure::new(
+            fb::ErrorCode::InvalidRequest,
+            format!("transaction {transaction_id:?} belongs to queue {queue} of topic {topic}"),
+        ));
+    }
+    let appended =
+        append_op(&shard.log, outcome, transaction_id, position, size_bytes, target_queue_id, tag_hash).await;
+    let settled = match appended {
+        Ok(state) => state,
+        Err(error) => {
+            shard.transactions.borrow_mut().finish_end(transaction_id, None);
+            return Err(super::handlers::log_failure(error));
+        }
+    };
+    shard.transactions.borrow_mut().finish_end(transaction_id, Some(settled));
+    update_floor(shard);
+    Ok(settled)
+}
+
+/// Appends the op record of a commit (indexed in the target queue, pointing
+/// at the half) or a rollback (indexed in `OP_QUEUE_ID`, pointing at the
+/// half) and resolves once it is durable.
+async fn append_op<S: Storage>(
+    log: &CommitLog<S>,
+    outcome: Outcome,
+    transaction_id: &str,
+    position: u64,
+    size_bytes: u32,
+    target_queue_id: u32,
+    tag_hash: u32,
+) -> Result<TransactionState, LogError> {
+    let (queue_id, op_flags) = match outcome {
+        Outcome::Commit => (target_queue_id, flags::COMMIT),
+        Outcome::Rollback => (OP_QUEUE_ID, flags::ROLLBACK),
+        Outcome::Unknown => unreachable!("an unknown outcome appends nothing"),
+    };
+    let request = AppendRequest {
+        queue_id,
+        flags: op_flags | flags::INTERNAL,
+        indexed: true,
+        tag_hash,
+        reference: Some((position, size_bytes)),
+        message: transaction_id.as_bytes(),
+    };
+    let appended = log.append(request).await?;
+    Ok(match outcome {
+        Outcome::Commit => TransactionState::Committed { offset: appended.queue_offset.unwrap_or(0) },
+        _ => TransactionState::RolledBack,
+    })
+}
+
+/// Rebuilds the table from the log: the halves, then the rollbacks, then
+/// the commits found in the shard's queues (`queue_ids`). A full replay; a
+/// snapshot will shorten it.
+pub async fn recover<S: Storage>(
+    log: &CommitLog<S>,
+    topics: &Topics,
+    queue_ids: &[u32],
+) -> Result<TransactionTable, LogError> {
+    let mut table = TransactionTable::default();
+    replay(log, HALF_QUEUE_ID, |record, message| {
+        let fields = message.message();
+        let topic = fields.topic();
+        let Some(target) = topics.get(topic) else {
+            tracing::warn!(topic, "a half message of an unknown topic; skipped");
+            return;
+        };
+        table.stored(HalfMessage {
+            transaction_id: fields.transaction_id().unwrap_or_default().to_string(),
+            position: record.position,
+            size_bytes: record.header.length,
+            end: record.position + u64::from(record.header.length),
+            target_queue_id: target.queue_id(message.queue),
+            tag_hash: record.header.tag_hash,
+            topic: topic.to_string(),
+            queue: message.queue,
+            producer_group: fields.producer_group().unwrap_or_default().to_string(),
+            msg_id: message.msg_id,
+            store_timestamp_us: record.header.store_timestamp_us,
+            checks_delivered: 0,
+            state: TransactionState::Pending,
+            ending: false,
+        });
+    })
+    .await?;
+    if table.is_empty() {
+        return Ok(table);
+    }
+    // An op record's index entry points at its half: reading the op queue
+    // or a target queue yields the half record itself.
+    replay(log, OP_QUEUE_ID, |_, message| {
+        table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::RolledBack);
+    })
+    .await?;
+    for &queue_id in queue_ids {
+        replay(log, queue_id, |record, message| {
+            if record.header.flags & flags::HALF != 0 {
+                let offset = record.queue_offset;
+                table.settle(
+                    message.message().transaction_id().unwrap_or_default(),
+                    TransactionState::Committed { offset },
+                );
+            }
+        })
+        .await?;
+    }
+    Ok(table)
+}
+
+/// Reads every record of `queue_id` still in the log, in order.
+async fn replay<S: Storage>(
+    log: &CommitLog<S>,
+    queue_id: u32,
+    mut apply: impl FnMut(&StoredRecord, &VerifiedMessage),
+) -> Result<(), LogError> {
+    let mut next = log.base_offset(queue_id);
+    loop {
+        let batch = log.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
+        if batch.records.is_empty() && batch.lost_offsets.is_empty() {
+            return Ok(());
+        }
+        for record in &batch.records {
+            match verify_message(record.message()) {
+                Ok(message) if message.is_half => apply(record, &message),
+                Ok(_) => {}
+                // Stored messages were verified when they arrived and the
+                // read checked the CRC: one that fails now is skipped, logged.
+                Err(error) => {
+                    tracing::warn!(%error, queue_id, offset = record.queue_offset, "skipping an unreadable stored message")
+                }
+            }
+        }
+        next = batch.next_offset;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn half(transaction_id: &str, position: u64) -> HalfMessage {
+        HalfMessage {
+            transaction_id: transaction_id.into(),
+            position,
+            size_bytes: 100,
+            end: position + 100,
+            target_queue_id: 1024,
+            tag_hash: 0,
+            topic: "orders".into(),
+            queue: 0,
+            producer_group: "payments".into(),
+            msg_id: (1, position),
+            store_timestamp_us: 5_000,
+            checks_delivered: 0,
+            state: TransactionState::Pending,
+            ending: false,
+        }
+    }
+
+    fn code(result: Result<EndStep, Failure>) -> fb::ErrorCode {
+        result.expect_err("refused").code
+    }
+
+    #[test]
+    fn a_commit_appends_once_and_a_repeat_answers_the_settled_state() {
+        let mut table = TransactionTable::default();
+        table.stored(half("a", 100));
+        let step = table.begin_end("a", Outcome::Commit).expect("begins");
+        assert!(matches!(step, EndStep::Append { position: 100, size_bytes: 100, target_queue_id: 1024, .. }));
+        assert_eq!(table.begin_end("a", Outcome::Commit), Ok(EndStep::Busy), "one end at a time");
+        table.finish_end("a", Some(TransactionState::Committed { offset: 7 }));
+        let committed = TransactionState::Committed { offset: 7 };
+        assert_eq!(table.begin_end("a", Outcome::Commit), Ok(EndStep::Answer(committed)));
+        assert_eq!(table.begin_end("a", Outcome::Unknown), Ok(EndStep::Answer(committed)));
+        assert_eq!(code(table.begin_end("a", Outcome::Rollback)), fb::ErrorCode::TransactionConflict);
+    }
+
+    #[test]
+    fn a_rollback_refuses_a_later_commit() {
+        let mut table = TransactionTable::default();
+        table.stored(half("a", 100));
+        assert!(matches!(table.begin_end("a", Outcome::Rollback), Ok(EndStep::Append { .. })));
+        table.finish_end("a", Some(TransactionState::RolledBack));
+        assert_eq!(table.begin_end("a", Outcome::Rollback), Ok(EndStep::Answer(TransactionState::RolledBack)));
+        assert_eq!(code(table.begin_end("a", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
+    }
+
+    #[test]
+    fn unknown_ids_and_undecided_outcomes_append_nothing() {
+        let mut table = TransactionTable::default();
+        assert_eq!(code(table.begin_end("nobody", Outcome::Commit)), fb::ErrorCode::UnknownTransaction);
+        table.stored(half("a", 100));
+        assert_eq!(table.begin_end("a", Outcome::Unknown), Ok(EndStep::Answer(TransactionState::Pending)));
+        assert!(!table.get("a").expect("known").ending);
+    }
+
+    #[test]
+    fn a_failed_append_leaves_the_transaction_pending_and_endable() {
+        let mut table = TransactionTable::default();
+        table.stored(half("a", 100));
+        assert!(matches!(table.begin_end("a", Outcome::Commit), Ok(EndStep::Append { .. })));
+        table.finish_end("a", None);
+        assert_eq!(table.get("a").expect("known").state, TransactionState::Pending);
+        assert!(matches!(table.begin_end("a", Outcome::Rollback), Ok(EndStep::Append { .. })));
+    }
+
+    #[test]
+    fn retention_keeps_the_oldest_pending_half() {
+        let mut table = TransactionTable::default();
+        assert_eq!(table.oldest_pending(), None);
+        table.stored(half("a", 100));
+        table.stored(half("b", 300));
+        table.stored(half("c", 200));
+        assert_eq!(table.oldest_pending(), Some(100));
+        table.settle("a", TransactionState::Committed { offset: 0 });
+        assert_eq!(table.oldest_pending(), Some(200));
+        table.settle("c", TransactionState::RolledBack);
+        table.settle("b", TransactionState::RolledBack);
+        assert_eq!((table.oldest_pending(), table.pending_count(), table.len()), (None, 0, 3));
+    }
+
+    #[test]
+    fn the_list_puts_pending_transactions_first() {
+        let mut table = TransactionTable::default();
+        table.stored(half("settled", 100));
+        table.settle("settled", TransactionState::RolledBack);
+        table.stored(half("pending", 200));
+        let listed: Vec<_> = table.list(false).into_iter().map(|summary| summary.transaction_id).collect();
+        assert_eq!(listed, ["pending", "settled"]);
+        assert!(table.list(true).is_empty(), "nothing is discarded before the checker exists");
+        assert_eq!(table.list(false)[0].stored_at_ms, 5);
+    }
+
+    #[test]
+    fn recovery_finds_commits_in_the_target_queue_and_rollbacks_in_the_op_queue() {
+        use crate::storage::backend::MemoryStorage;
+        use crate::storage::LogConfig;
+        use crate::wire::MessageDraft;
+        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
+        let target = topic.queue_id(0);
+        let mut topics = Topics::default();
+        topics.topics.insert(topic.name.clone(), topic);
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async move {
+            let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
+            let mut halves = Vec::new();
+            for (number, transaction_id) in ["a", "b", "c"].into_iter().enumerate() {
+                let bytes = MessageDraft {
+                    msg_id: (9, number as u64),
+                    topic: "orders",
+                    body: transaction_id.as_bytes(),
+                    half: true,
+                    producer_group: Some("payments"),
+                    transaction_id: Some(transaction_id),
+                    ..MessageDraft::default()
+                }
+                .build();
+                let request = AppendRequest {
+                    queue_id: HALF_QUEUE_ID,
+                    flags: flags::HALF,
+                    indexed: true,
+                    message: &bytes,
+                    ..AppendRequest::default()
+                };
+                let appended = log.append(request).await.expect("half");
+                halves.push((appended.position, (appended.end - appended.position) as u32, bytes));
+            }
+            // Padding: the record's own length is the header plus the message.
+            let size = |index: usize| (crate::constants::RECORD_HEADER_SIZE_BYTES + halves[index].2.len()) as u32;
+            let committed = append_op(&log, Outcome::Commit, "a", halves[0].0, size(0), target, 0).await;
+            assert_eq!(committed.expect("commit"), TransactionState::Committed { offset: 0 });
+            let rolled_back = append_op(&log, Outcome::Rollback, "b", halves[1].0, size(1), target, 0).await;
+            assert_eq!(rolled_back.expect("rollback"), TransactionState::RolledBack);
+            let batch = log.read(target, 0, 10, 1 << 20).await.expect("the target queue reads");
+            assert_eq!(batch.records.len(), 1, "only the committed half is in its queue");
+            assert_eq!(batch.records[0].message(), halves[0].2.as_slice(), "the half's own bytes");
+            let table = recover(&log, &topics, &[target]).await.expect("recovers");
+            let state = |id: &str| table.get(id).expect("known").state;
+            assert_eq!(state("a"), TransactionState::Committed { offset: 0 });
+            assert_eq!(state("b"), TransactionState::RolledBack);
+            assert_eq!(state("c"), TransactionState::Pending);
+            assert_eq!(table.oldest_pending(), Some(halves[2].0));
+            log.close().await.expect("close");
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot go from")]
+    fn a_commit_after_a_rollback_is_a_programming_error_in_settle() {
+        let mut table = TransactionTable::default();
+        table.stored(half("a", 100));
+        table.settle("a", TransactionState::RolledBack);
+        table.settle("a", TransactionState::Committed { offset: 1 });
+    }
+}
