@@ -7,9 +7,9 @@
 //! then settles it:
 //!
 //! - **commit** appends a small op record (flag `COMMIT`, the transaction id
-//!   as body) indexed in the *target* queue whose index entry points at the
-//!   half record (`AppendRequest::reference`): a consumer of that queue
-//!   reads the half record itself at that offset, with no copy of the body;
+//!   as body) indexed in the *target* queue and pointing at the half record
+//!   (`AppendRequest::reference`): a read of that offset returns the half
+//!   record itself, so a consumer gets it with no copy of the body;
 //! - **rollback** appends an op record (flag `ROLLBACK`) indexed in the
 //!   internal queue `OP_QUEUE_ID`, also pointing at the half record;
 //! - **unknown** records nothing: the half stays pending.
@@ -458,8 +458,8 @@ pub async fn recover<S: Storage>(
     if table.is_empty() {
         return Ok(table);
     }
-    // An op record's index entry points at its half: reading the op queue
-    // or a target queue yields the half record itself.
+    // A read of an op record's offset returns the half it points at:
+    // reading the op queue or a target queue yields the half records.
     replay(log, OP_QUEUE_ID, |_, message| {
         table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::RolledBack);
     })

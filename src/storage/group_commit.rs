@@ -198,10 +198,11 @@ impl<F: StorageFile> LogState<F> {
         let store_timestamp_us = now_us.max(self.last_store_timestamp_us);
         self.last_store_timestamp_us = store_timestamp_us;
         let queue_offset = request.indexed.then(|| {
-            let (entry_position, entry_size) = request.reference.unwrap_or((position, length as u32));
+            // The entry points at this record even for an op record: a read
+            // follows its reference, and entries rise with offsets.
             let entry = super::index::IndexEntry {
-                position: entry_position,
-                size_bytes: entry_size,
+                position,
+                size_bytes: length as u32,
                 tag_hash: request.tag_hash,
                 store_timestamp_us,
             };

@@ -34,7 +34,8 @@ pub struct AppendRequest<'a> {
     pub indexed: bool,
     pub tag_hash: u32,
     /// For an op record that makes another record visible in the queue: the
-    /// position and length of that record, which the index entry points at.
+    /// position and length of that record, which a read of the op record's
+    /// offset returns in its place.
     pub reference: Option<(u64, u32)>,
     /// The message flatbuffer, stored exactly as given.
     pub message: &'a [u8],

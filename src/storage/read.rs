@@ -6,7 +6,7 @@
 
 use super::aligned::AlignedBuf;
 use super::backend::{Storage, StorageFile};
-use super::index::{QueueIndex, Slot};
+use super::index::{IndexEntry, QueueIndex, Slot};
 use super::log::CommitLog;
 use super::record::{self, Decoded};
 use super::LogError;
@@ -111,14 +111,6 @@ impl<S: Storage> CommitLog<S> {
             let first_offset = offset + index as u64;
             let Some((bytes, run)) = self.read_range(&slots[index..index + run]).await? else {
                 let position = slots[index].entry.position;
-                if self.deleted_by_reference(queue_id, first_offset, position) {
-                    // A reference (a committed half message) to a record that
-                    // retention deleted after the transaction settled: the
-                    // offset is lost, like a repaired one, and the read goes on.
-                    lost_offsets.push(first_offset);
-                    index += 1;
-                    continue;
-                }
                 return Err(self.segment_gone(queue_id, offset, first_offset, position));
             };
             for (slot_index, slot) in slots[index..index + run].iter().enumerate() {
@@ -126,10 +118,13 @@ impl<S: Storage> CommitLog<S> {
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
                 let queue_offset = offset + (index + slot_index) as u64;
                 let record = self.checked(queue_id, queue_offset, slot, record_bytes)?;
-                if record.header.is_tombstone() {
-                    lost_offsets.push(queue_offset);
-                } else {
-                    records.push(record);
+                let record = match record.header.ref_position {
+                    record::NO_POSITION => Some(record),
+                    _ => self.referenced(&record).await?,
+                };
+                match record {
+                    Some(record) if !record.header.is_tombstone() => records.push(record),
+                    _ => lost_offsets.push(queue_offset),
                 }
             }
             index += run;
@@ -138,15 +133,35 @@ impl<S: Storage> CommitLog<S> {
         Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
     }
 
-    /// Whether the entry at `slot_offset`, which the queue still holds,
-    /// points before every segment retention kept: only a reference to an
-    /// older record does (entries of a queue's own records point forwards,
-    /// and retention moved the queue's base past those it deleted). A read
-    /// that raced retention has an offset below the new base instead.
-    fn deleted_by_reference(&self, queue_id: u32, slot_offset: u64, position: u64) -> bool {
-        let state = self.shared().state.borrow();
-        let kept = state.queues.get(&queue_id).is_some_and(|queue| slot_offset >= queue.base_offset());
-        kept && state.segments.keys().next().is_some_and(|first| position < *first)
+    /// The record an op record points at (a committed or rolled-back half
+    /// message), read in its place at the op record's offset; `None` when
+    /// retention deleted it after its transaction settled (the offset is
+    /// lost, like a repaired one). Index entries always point at the record
+    /// appended for their offset, so they rise with offsets; only this read
+    /// goes back.
+    async fn referenced(&self, op: &StoredRecord) -> Result<Option<StoredRecord>, LogError> {
+        let (position, size_bytes) = (op.header.ref_position, op.header.ref_size);
+        let corrupt = |detail: String| LogError::Corrupt { path: self.shared().config.dir.clone(), position, detail };
+        let entry = IndexEntry { position, size_bytes, tag_hash: op.header.tag_hash, store_timestamp_us: 0 };
+        let slot = Slot { entry, record_end: position + u64::from(size_bytes) };
+        let Some((bytes, _)) = self.read_range(std::slice::from_ref(&slot)).await? else {
+            let deleted = self.shared().state.borrow().segments.keys().next().is_some_and(|first| position < *first);
+            return match deleted {
+                true => Ok(None),
+                false => Err(corrupt("an op record points at a position no segment holds".into())),
+            };
+        };
+        let header = match record::decode(&bytes) {
+            Decoded::Valid(header) => header,
+            other => return Err(corrupt(format!("the record an op record points at is invalid: {other:?}"))),
+        };
+        if header.length != size_bytes || header.flags & record::flags::HALF == 0 {
+            return Err(corrupt(format!(
+                "an op record points at a record of {} bytes with flags {:#x}, not a half message of {size_bytes}",
+                header.length, header.flags
+            )));
+        }
+        Ok(Some(StoredRecord { queue_offset: op.queue_offset, position, header, bytes }))
     }
 
     /// What a read says when no segment holds the record at `position`
@@ -226,14 +241,7 @@ impl<S: Storage> CommitLog<S> {
         if header.flags & log_only != 0 {
             return Err(corrupt("an index entry points at a batch marker or filler".into()));
         }
-        // A half message read through a reference from another queue (its
-        // commit in the target queue, its rollback in the op queue) carries
-        // the offset of the half queue, not of the queue read.
-        let half_by_reference = header.flags & record::flags::HALF != 0 && header.queue_id != queue_id;
-        if header.is_indexed()
-            && !half_by_reference
-            && (header.queue_id != queue_id || header.queue_offset != queue_offset)
-        {
+        if header.is_indexed() && (header.queue_id != queue_id || header.queue_offset != queue_offset) {
             return Err(corrupt(format!(
                 "record claims queue {} offset {}, the index says queue {queue_id} offset {queue_offset}",
                 header.queue_id, header.queue_offset

@@ -9,7 +9,7 @@ use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::group_commit::FillBuffer;
 use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
 use super::log::LogState;
-use super::record::{self, Decoded, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION};
+use super::record::{self, Decoded, RecordHeader, BATCH_MARKER_SIZE_BYTES};
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
 use super::tail::{self, ScanEnd, Segments, Tail};
 use super::{LogConfig, LogError, INDEX_DIR, SEGMENTS_DIR};
@@ -394,14 +394,11 @@ fn index_record<F>(
         // The queue's earlier offsets were deleted by retention.
         *queue = QueueIndex::starting_at(header.queue_offset);
     }
-    let (entry_position, size_bytes) = if header.ref_position == NO_POSITION {
-        (position, header.length)
-    } else {
-        (header.ref_position, header.ref_size)
-    };
+    // An op record's entry points at the op record; reads follow its
+    // reference.
     let entry = IndexEntry {
-        position: entry_position,
-        size_bytes,
+        position,
+        size_bytes: header.length,
         tag_hash: header.tag_hash,
         store_timestamp_us: header.store_timestamp_us,
     };

@@ -6,10 +6,11 @@
 //! failed removal (unlink or the directory fsync after it) stops the log.
 //!
 //! A queue's new base offset is its first entry pointing at or past the
-//! first kept segment: found by a binary search over its index (entries
-//! point forwards as offsets grow; a reference pointing back is pinned above
-//! the deleted segments by the retention floor). The index file's blocks
-//! below the new base go at the next checkpoint (`checkpoint`).
+//! first kept segment: found by a binary search over its index (every entry
+//! points at the record appended for its offset, so entries point forwards
+//! as offsets grow; an op record's reference back is followed only by
+//! reads). The index file's blocks below the new base go at the next
+//! checkpoint (`checkpoint`).
 
 use super::backend::Storage;
 use super::log::LogShared;

@@ -77,6 +77,7 @@ on_every_backend!(
     concurrent_appends_share_fdatasyncs,
     retention_deletes_old_segments_and_their_offsets,
     a_reference_to_a_record_retention_deleted_reads_as_lost,
+    retention_keeps_the_records_before_a_late_commit,
     an_oversized_record_is_refused,
     async_mode_acknowledges_after_the_write,
 );
@@ -255,6 +256,37 @@ async fn a_reference_to_a_record_retention_deleted_reads_as_lost<S: Storage>(sto
     log.close().await.expect("close");
     let log = CommitLog::open(storage, config).await.expect("reopen");
     assert_reference_lost(&log, &own).await;
+}
+
+/// A transaction committed long after its half: the commit's offset sits
+/// among records newer than the half. Retention deleting the half's segment
+/// must move the queue's base past the deleted records only, not past
+/// retained ones before the commit.
+async fn retention_keeps_the_records_before_a_late_commit<S: Storage>(storage: S, mut config: LogConfig) {
+    config.retention.max_total_bytes = Some(3 * config.segment_size_bytes);
+    let log = CommitLog::open(storage, config).await.expect("open");
+    let half = message(1, 0);
+    let stored = log.append(AppendRequest { flags: record::flags::HALF, ..request(1, &half) }).await.expect("half");
+    log.append(request(5, &message(5, 0))).await.expect("offset 0");
+    append_all(&log, 0, 0..2000).await;
+    let kept = message(5, 1);
+    log.append(request(5, &kept)).await.expect("offset 1");
+    let size_bytes = (crate::constants::RECORD_HEADER_SIZE_BYTES + half.len()) as u32;
+    let commit = AppendRequest {
+        flags: record::flags::COMMIT,
+        reference: Some((stored.position, size_bytes)),
+        ..request(5, b"commit")
+    };
+    assert_eq!(log.append(commit).await.expect("commit").queue_offset, Some(2));
+    let last = message(5, 3);
+    log.append(request(5, &last)).await.expect("offset 3");
+    assert!(log.enforce_retention(now_us()).await.expect("retention") > 0);
+    assert_eq!(log.base_offset(5), 1, "offset 0 went with its segment, offset 1 stays");
+    let batch = log.read(5, 1, 10, 1 << 20).await.expect("read");
+    assert_eq!(batch.lost_offsets, [2], "the commit's half went with its segment");
+    let read: Vec<(u64, Vec<u8>)> =
+        batch.records.iter().map(|record| (record.queue_offset, record.message().to_vec())).collect();
+    assert_eq!(read, [(1, kept), (3, last)]);
 }
 
 async fn assert_reference_lost<S: Storage>(log: &CommitLog<S>, own: &[u8]) {
