@@ -46,9 +46,23 @@ pub struct ServeArgs {
     /// with TooManyProducers (default 100000).
     #[arg(long)]
     producers_max: Option<usize>,
+    /// A half message with no outcome is checked back with its producer
+    /// group once it is this old (default 6000; at least 1).
+    #[arg(long)]
+    transaction_timeout_ms: Option<u64>,
+    /// How often each shard looks for half messages to check back (default
+    /// 30000; at least 1).
+    #[arg(long)]
+    transaction_check_interval_ms: Option<u64>,
+    /// Check-backs delivered to a live producer before the broker rolls the
+    /// half message back and lists it as discarded (default 15; at least 1).
+    #[arg(long)]
+    transaction_check_max: Option<u32>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
+    /// transaction_timeout_ms, transaction_check_interval_ms,
+    /// transaction_check_max,
     /// segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// spin_before_park_us.
@@ -69,6 +83,9 @@ struct ConfigFile {
     index_cache_bytes: Option<usize>,
     producer_idle_expiry_ms: Option<u64>,
     producers_max: Option<usize>,
+    transaction_timeout_ms: Option<u64>,
+    transaction_check_interval_ms: Option<u64>,
+    transaction_check_max: Option<u32>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -117,6 +134,15 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     }
     if let Some(max) = args.producers_max.or(file.producers_max) {
         config.producers_max = max;
+    }
+    if let Some(ms) = args.transaction_timeout_ms.or(file.transaction_timeout_ms) {
+        config.transaction_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.transaction_check_interval_ms.or(file.transaction_check_interval_ms) {
+        config.transaction_check_interval = Duration::from_millis(ms);
+    }
+    if let Some(max) = args.transaction_check_max.or(file.transaction_check_max) {
+        config.transaction_check_max = max;
     }
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
@@ -167,6 +193,9 @@ mod tests {
         assert_eq!(config.index_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(config.producer_idle_expiry, Duration::from_millis(604_800_000));
         assert_eq!(config.producers_max, 100_000);
+        assert_eq!(config.transaction_timeout, Duration::from_millis(6000));
+        assert_eq!(config.transaction_check_interval, Duration::from_millis(30_000));
+        assert_eq!(config.transaction_check_max, 15);
     }
 
     #[test]
@@ -200,6 +229,9 @@ mod tests {
             ("index_cache_bytes = 1000", "index_cache_bytes"),
             ("producers_max = 0", "producers_max"),
             ("producer_idle_expiry_ms = 0", "producer_idle_expiry_ms"),
+            ("transaction_timeout_ms = 0", "transaction_timeout_ms"),
+            ("transaction_check_interval_ms = 0", "transaction_check_interval_ms"),
+            ("transaction_check_max = 0", "transaction_check_max"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
@@ -228,5 +260,28 @@ mod tests {
         assert_eq!(from_file.index_cache_bytes, 1 << 20);
         let args = ServeArgs { config: Some(path), index_cache_bytes: Some(1 << 21), ..ServeArgs::default() };
         assert_eq!(config(args).expect("config").index_cache_bytes, 1 << 21);
+    }
+
+    #[test]
+    fn the_transaction_settings_come_from_the_flags_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        let text = "transaction_timeout_ms = 100\ntransaction_check_interval_ms = 50\ntransaction_check_max = 3\n";
+        std::fs::write(&path, text).expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.transaction_timeout, Duration::from_millis(100));
+        assert_eq!(from_file.transaction_check_interval, Duration::from_millis(50));
+        assert_eq!(from_file.transaction_check_max, 3);
+        let args = ServeArgs {
+            config: Some(path),
+            transaction_timeout_ms: Some(200),
+            transaction_check_interval_ms: Some(20),
+            transaction_check_max: Some(4),
+            ..ServeArgs::default()
+        };
+        let from_flags = config(args).expect("config");
+        assert_eq!(from_flags.transaction_timeout, Duration::from_millis(200));
+        assert_eq!(from_flags.transaction_check_interval, Duration::from_millis(20));
+        assert_eq!(from_flags.transaction_check_max, 4);
     }
 }

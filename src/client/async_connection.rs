@@ -102,7 +102,8 @@ impl AsyncConnection {
             return Err(ClientError::Closed { address: self.address.clone() });
         }
         let request_id = self.next_request_id.get();
-        self.next_request_id.set(request_id.wrapping_add(1).max(1));
+        // Never `BROKER_REQUEST_BIT`: those ids are the broker's own requests.
+        self.next_request_id.set((request_id.wrapping_add(1) & !crate::protocol::BROKER_REQUEST_BIT).max(1));
         let (sender, receiver) = local_channel::new_bounded(1);
         self.waiters.borrow_mut().insert(request_id, sender);
         if self.outbox.send(encode_frame(kind as u16, request_id, body)).await.is_err() {

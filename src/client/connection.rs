@@ -1,11 +1,14 @@
 //! One TCP connection to one shard, usable from any thread: requests are
 //! written under a lock and answered by a reader thread that hands each
 //! response to whoever waits for its request id. Many requests may be in
-//! flight at once (pipelining).
+//! flight at once (pipelining). A frame whose request id has
+//! `BROKER_REQUEST_BIT` set is a request the broker started (a check-back
+//! to a registered producer): the reader hands it to the connection's
+//! `BrokerRequests` handler, and `answer` replies to it.
 
 use super::ClientError;
 use crate::constants::FRAME_BODY_BYTES_MAX;
-use crate::protocol::{decode_frame, encode_frame, Frame};
+use crate::protocol::{decode_frame, encode_frame, Frame, BROKER_REQUEST_BIT};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -18,9 +21,14 @@ use std::time::Duration;
 const WRITE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 
 type Deliver = Box<dyn FnOnce(Result<Frame, ClientError>) + Send>;
+/// Takes the requests the broker starts on a connection. It runs on the
+/// connection's reader thread: it must hand the frame off, not wait for
+/// anything on this connection.
+pub type BrokerRequests = Arc<dyn Fn(Frame) + Send + Sync>;
 
 struct Shared {
     pending: Mutex<HashMap<u32, Deliver>>,
+    broker_requests: Mutex<Option<BrokerRequests>>,
     closed: AtomicBool,
     /// A handle on the socket, to shut it down when it is given up.
     socket: TcpStream,
@@ -88,7 +96,12 @@ impl Connection {
             .map_err(|error| connect_error(error.to_string()))?;
         let reader = stream.try_clone().map_err(|error| connect_error(error.to_string()))?;
         let socket = stream.try_clone().map_err(|error| connect_error(error.to_string()))?;
-        let shared = Arc::new(Shared { pending: Mutex::new(HashMap::new()), closed: AtomicBool::new(false), socket });
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            broker_requests: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            socket,
+        });
         let reader_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("ringmq-client-{address}"))
@@ -115,9 +128,10 @@ impl Connection {
         if self.is_closed() {
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        // 0 is what the broker uses for answers to frames it could not read.
+        // 0 is what the broker uses for answers to frames it could not read;
+        // ids with `BROKER_REQUEST_BIT` are the broker's own requests.
         let request_id = loop {
-            let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_request_id.fetch_add(1, Ordering::Relaxed) & !BROKER_REQUEST_BIT;
             if id != 0 {
                 break id;
             }
@@ -153,6 +167,27 @@ impl Connection {
         self.send(kind, body)?.wait(timeout)
     }
 
+    /// Where the requests the broker starts on this connection go; without
+    /// one they are dropped (the broker gives up waiting).
+    pub fn on_broker_requests(&self, handler: BrokerRequests) {
+        *lock(&self.shared.broker_requests) = Some(handler);
+    }
+
+    /// Answers a request the broker started (`request_id` has
+    /// `BROKER_REQUEST_BIT`).
+    pub fn answer(&self, kind: u16, request_id: u32, body: &[u8]) -> Result<(), ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed { address: self.address.clone() });
+        }
+        let frame = encode_frame(kind, request_id, body);
+        if let Err(error) = lock(&self.writer).write_all(&frame) {
+            let error = ClientError::Io { address: self.address.clone(), error: error.to_string() };
+            self.shared.fail_all(&error);
+            return Err(error);
+        }
+        Ok(())
+    }
+
     /// Forgets a request whose answer is no longer wanted.
     pub fn forget(&self, request_id: u32) {
         lock(&self.shared.pending).remove(&request_id);
@@ -171,6 +206,13 @@ fn read_responses(mut stream: TcpStream, shared: &Shared) {
     let mut chunk = vec![0; 64 * 1024];
     let error = loop {
         match decode_frame(&mut buffer, FRAME_BODY_BYTES_MAX * 2) {
+            Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => {
+                let handler = lock(&shared.broker_requests).clone();
+                if let Some(handler) = handler {
+                    handler(frame);
+                }
+                continue;
+            }
             Ok(Some(frame)) => {
                 // Not under the lock: a callback may send again.
                 let deliver = lock(&shared.pending).remove(&frame.request_id);

@@ -457,6 +457,85 @@ pub fn list_transactions_response(failure: Option<&Failure>, transactions: &[Tra
     finish(builder, root)
 }
 
+pub fn register_producer_request(producer_group: &str) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let producer_group = builder.create_string(producer_group);
+    let args = fb::RegisterProducerRequestArgs { producer_group: Some(producer_group) };
+    let root = fb::RegisterProducerRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn register_producer_response(failure: Option<&Failure>) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let root = fb::RegisterProducerResponse::create(
+        &mut builder,
+        &fb::RegisterProducerResponseArgs { outcome: Some(outcome) },
+    );
+    finish(builder, root)
+}
+
+/// A check-back of one half message, as the broker sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionCheck {
+    pub transaction_id: String,
+    pub msg_id: (u64, u64),
+    pub topic: String,
+    pub queue: u32,
+    pub producer_group: String,
+    /// The half message as stored (a wire `Message`).
+    pub message: Vec<u8>,
+    pub checks_delivered: u32,
+}
+
+impl TransactionCheck {
+    pub fn read(request: &fb::CheckTransactionRequest<'_>) -> Self {
+        Self {
+            transaction_id: request.transaction_id().to_string(),
+            msg_id: (request.msg_id_hi(), request.msg_id_lo()),
+            topic: request.topic().to_string(),
+            queue: request.queue(),
+            producer_group: request.producer_group().unwrap_or_default().to_string(),
+            message: request.message().map(|bytes| bytes.bytes().to_vec()).unwrap_or_default(),
+            checks_delivered: request.checks_delivered(),
+        }
+    }
+
+    pub fn msg_id_hex(&self) -> String {
+        format!("{:016x}{:016x}", self.msg_id.0, self.msg_id.1)
+    }
+}
+
+pub fn check_transaction_request(check: &TransactionCheck) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::with_capacity(256 + check.message.len());
+    let transaction_id = builder.create_string(&check.transaction_id);
+    let topic = builder.create_string(&check.topic);
+    let producer_group = builder.create_string(&check.producer_group);
+    let message = builder.create_vector(&check.message);
+    let args = fb::CheckTransactionRequestArgs {
+        transaction_id: Some(transaction_id),
+        msg_id_hi: check.msg_id.0,
+        msg_id_lo: check.msg_id.1,
+        topic: Some(topic),
+        queue: check.queue,
+        producer_group: Some(producer_group),
+        message: Some(message),
+        checks_delivered: check.checks_delivered,
+    };
+    let root = fb::CheckTransactionRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn check_transaction_response(failure: Option<&Failure>) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let root = fb::CheckTransactionResponse::create(
+        &mut builder,
+        &fb::CheckTransactionResponseArgs { outcome: Some(outcome) },
+    );
+    finish(builder, root)
+}
+
 #[cfg(test)]
 mod transaction_tests {
     use super::*;
@@ -493,5 +572,25 @@ mod transaction_tests {
             response.transactions().expect("a list").iter().map(|info| TransactionSummary::read(&info)).collect();
         assert_eq!(read, vec![summary]);
         assert!(verify::<fb::ListTransactionsRequest>(&list_transactions_request(true)).expect("verifies").discarded());
+    }
+
+    #[test]
+    fn check_transaction_bodies_round_trip() {
+        let check = TransactionCheck {
+            transaction_id: "tx-1".into(),
+            msg_id: (1, 2),
+            topic: "orders".into(),
+            queue: 3,
+            producer_group: "pg".into(),
+            message: vec![1, 2, 3],
+            checks_delivered: 4,
+        };
+        let body = check_transaction_request(&check);
+        let request = verify::<fb::CheckTransactionRequest>(&body).expect("verifies");
+        assert_eq!(TransactionCheck::read(&request), check);
+        let body = register_producer_request("pg");
+        assert_eq!(verify::<fb::RegisterProducerRequest>(&body).expect("verifies").producer_group(), "pg");
+        assert!(verify::<fb::CheckTransactionResponse>(&check_transaction_response(None)).is_ok());
+        assert!(verify::<fb::RegisterProducerResponse>(&register_producer_response(None)).is_ok());
     }
 }

@@ -1,6 +1,11 @@
 //! Frame kinds. A request kind is odd; its response is the next number,
 //! except that any request may be answered with `ErrorResponse`.
 
+/// Set in the request id of a request the broker starts (a check-back),
+/// never in one a client starts: each end tells its own requests' answers
+/// from the other end's requests by this bit alone.
+pub const BROKER_REQUEST_BIT: u32 = 1 << 31;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Kind {
@@ -26,6 +31,12 @@ pub enum Kind {
     EndTransactionResponse = 20,
     ListTransactionsRequest = 21,
     ListTransactionsResponse = 22,
+    RegisterProducerRequest = 23,
+    RegisterProducerResponse = 24,
+    /// Broker to producer: the only request the broker starts (its request
+    /// id has `BROKER_REQUEST_BIT` set).
+    CheckTransactionRequest = 25,
+    CheckTransactionResponse = 26,
     ErrorResponse = 100,
 }
 
@@ -55,6 +66,10 @@ impl Kind {
             20 => EndTransactionResponse,
             21 => ListTransactionsRequest,
             22 => ListTransactionsResponse,
+            23 => RegisterProducerRequest,
+            24 => RegisterProducerResponse,
+            25 => CheckTransactionRequest,
+            26 => CheckTransactionResponse,
             100 => ErrorResponse,
             _ => return None,
         })

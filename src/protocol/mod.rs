@@ -2,7 +2,9 @@
 //! of every body with explicit limits, and the builders both ends use.
 //!
 //! Frame: `u32 length | u16 kind | u32 request id | flatbuffer`, little-endian,
-//! `length` counting the bytes after itself.
+//! `length` counting the bytes after itself. Clients start requests with
+//! ids below `BROKER_REQUEST_BIT`; the broker starts its own (check-backs)
+//! with that bit set, on a connection that registered a producer group.
 
 mod build;
 mod frame;
@@ -11,7 +13,7 @@ mod routing;
 
 pub use build::*;
 pub use frame::{decode_frame, encode_frame, frame_header, Frame, FrameError, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES};
-pub use kind::Kind;
+pub use kind::{Kind, BROKER_REQUEST_BIT};
 pub use routing::{coordinator_shard, queue_owner};
 
 pub use crate::wire::generated::protocol as fb;

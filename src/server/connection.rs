@@ -6,10 +6,18 @@
 //! not read (TCP pushes back on the client). A frame that cannot be parsed closes the connection
 //! after an error response; any other bad request gets an error response and
 //! the connection goes on.
+//!
+//! The connection is also the broker's way to a registered producer
+//! (`producer_links`): a frame whose request id has `BROKER_REQUEST_BIT`
+//! set answers a request the broker started (a check-back) and goes to the
+//! link, not to a handler.
 
 use super::handlers;
+use super::producer_links::ProducerLink;
 use super::shard::Shard;
-use crate::protocol::{self, decode_frame, fb, frame_header, Failure, Frame, FrameError, Kind, FRAME_HEADER_BYTES};
+use crate::protocol::{
+    self, decode_frame, fb, frame_header, Failure, Frame, FrameError, Kind, BROKER_REQUEST_BIT, FRAME_HEADER_BYTES,
+};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -30,16 +38,21 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let (reader, writer) = futures_lite::io::split(stream);
         let in_flight_max = shard.config.in_flight_max;
-        let (responses, outbox) = local_channel::new_bounded::<Answer>(in_flight_max);
+        let (responses, outbox) = local_channel::new_bounded::<Outgoing>(in_flight_max);
         let writer_task = glommio::spawn_local(write_responses(writer, outbox));
         let budget = Budget::new(in_flight_max, shard.config.in_flight_bytes_max);
         let responses = Rc::new(responses);
-        let outcome = read_requests(&shard, reader, &budget, &responses).await;
+        let link = Rc::new(ProducerLink::new(responses.clone()));
+        let outcome = read_requests(&shard, reader, &budget, &responses, &link).await;
         if let Err(error) = &outcome {
             tracing::info!(%error, "closing the connection");
         }
+        // No more check-backs on it: its producer groups lose a member.
+        link.close();
+        shard.producer_links.borrow_mut().remove(&link);
         // Let the requests in flight finish and their answers go out.
         let _ = budget.requests.acquire(in_flight_max as u64).await;
+        drop(link);
         drop(responses);
         writer_task.await;
         tracing::debug!("disconnected");
@@ -49,15 +62,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// A frame to write (header and body apart, so the body is copied once,
-/// into the write buffer) and the budget it holds until it is written.
-struct Answer {
+/// into the write buffer) and the budget it holds until it is written: an
+/// answer, or a request the broker starts (no budget).
+pub struct Outgoing {
     header: [u8; FRAME_HEADER_BYTES],
     body: Vec<u8>,
     _held: Option<(StaticPermit, StaticPermit)>,
 }
 
-impl Answer {
-    fn new(kind: Kind, request_id: u32, body: Vec<u8>, held: Option<(StaticPermit, StaticPermit)>) -> Self {
+impl Outgoing {
+    pub fn new(kind: Kind, request_id: u32, body: Vec<u8>, held: Option<(StaticPermit, StaticPermit)>) -> Self {
         Self { header: frame_header(kind as u16, request_id, body.len()), body, _held: held }
     }
 }
@@ -87,7 +101,8 @@ async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
     budget: &Budget,
-    responses: &Rc<local_channel::LocalSender<Answer>>,
+    responses: &Rc<local_channel::LocalSender<Outgoing>>,
+    link: &Rc<ProducerLink>,
 ) -> Result<(), String> {
     let body_max = shard.config.frame_body_bytes_max;
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -95,7 +110,8 @@ async fn read_requests(
     loop {
         loop {
             match decode_frame(&mut buffer, body_max) {
-                Ok(Some(frame)) => dispatch(shard, frame, budget, responses).await?,
+                Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => link.answered(frame),
+                Ok(Some(frame)) => dispatch(shard, frame, budget, responses, link).await?,
                 Ok(None) => break,
                 Err(error) => return Err(refuse_frame(responses, error).await),
             }
@@ -115,9 +131,9 @@ async fn read_requests(
 }
 
 /// The framing is lost: answer once, with request id 0, then close.
-async fn refuse_frame(responses: &local_channel::LocalSender<Answer>, error: FrameError) -> String {
+async fn refuse_frame(responses: &local_channel::LocalSender<Outgoing>, error: FrameError) -> String {
     let failure = Failure::new(fb::ErrorCode::BadFrame, error.to_string());
-    let _ = responses.send(Answer::new(Kind::ErrorResponse, 0, protocol::error_response(&failure), None)).await;
+    let _ = responses.send(Outgoing::new(Kind::ErrorResponse, 0, protocol::error_response(&failure), None)).await;
     error.to_string()
 }
 
@@ -125,14 +141,15 @@ async fn dispatch(
     shard: &Rc<Shard>,
     frame: Frame,
     budget: &Budget,
-    responses: &Rc<local_channel::LocalSender<Answer>>,
+    responses: &Rc<local_channel::LocalSender<Outgoing>>,
+    link: &Rc<ProducerLink>,
 ) -> Result<(), String> {
     let held = budget.hold(frame.body.len()).await?;
-    let (shard, responses) = (shard.clone(), responses.clone());
+    let (shard, responses, link) = (shard.clone(), responses.clone(), link.clone());
     glommio::spawn_local(async move {
         shard.requests_in_flight.set(shard.requests_in_flight.get() + 1);
         let request_id = frame.request_id;
-        let (kind, body) = match handlers::handle(&shard, frame).await {
+        let (kind, body) = match handlers::handle(&shard, &link, frame).await {
             Ok(answer) => answer,
             Err(failure) => {
                 tracing::debug!(%failure, request_id, "request failed");
@@ -140,7 +157,7 @@ async fn dispatch(
             }
         };
         shard.requests_in_flight.set(shard.requests_in_flight.get() - 1);
-        let _ = responses.send(Answer::new(kind, request_id, body, Some(held))).await;
+        let _ = responses.send(Outgoing::new(kind, request_id, body, Some(held))).await;
     })
     .detach();
     Ok(())
@@ -148,7 +165,7 @@ async fn dispatch(
 
 /// Writes answers as they come, coalescing those already waiting into one
 /// write.
-async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, outbox: LocalReceiver<Answer>) {
+async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, outbox: LocalReceiver<Outgoing>) {
     let mut pending = Vec::new();
     let mut written = Vec::new();
     while let Some(answer) = outbox.recv().await {

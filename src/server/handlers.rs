@@ -4,6 +4,7 @@
 
 use super::dedup::{Admission, StoredSend};
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
+use super::producer_links::ProducerLink;
 use super::shard::Shard;
 use super::topics::check_name;
 use super::transactions;
@@ -35,7 +36,7 @@ pub(super) fn log_failure(error: LogError) -> Failure {
     Failure::new(code, error.to_string())
 }
 
-pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> Answer {
+pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) -> Answer {
     let Some(kind) = Kind::from_u16(frame.kind) else {
         return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("unknown frame kind {}", frame.kind)));
     };
@@ -54,6 +55,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> Answer {
         Kind::FetchOffsetRequest => fetch_offset(shard, &frame.body),
         Kind::EndTransactionRequest => end_transaction(shard, &frame.body).await,
         Kind::ListTransactionsRequest => list_transactions(shard, &frame.body),
+        Kind::RegisterProducerRequest => register_producer(shard, link, &frame.body),
         _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
     }
 }
@@ -389,4 +391,13 @@ fn list_transactions(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::ListTransactionsRequest>(body).map_err(invalid)?;
     let listed = shard.transactions.borrow().list(request.discarded());
     Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed)))
+}
+
+/// The connection becomes a live producer of the group: check-backs of the
+/// group's halves on this shard may come on it.
+fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Answer {
+    let request = verify::<fb::RegisterProducerRequest>(body).map_err(invalid)?;
+    check_name("producer group", request.producer_group())?;
+    shard.producer_links.borrow_mut().register(request.producer_group(), link);
+    Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }

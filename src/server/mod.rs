@@ -3,6 +3,7 @@
 //! them and returns after a SIGTERM or SIGINT once every shard has finished
 //! its requests in flight, flushed and checkpointed.
 
+mod checker;
 mod clock;
 mod connection;
 mod cross;
@@ -14,6 +15,7 @@ mod handlers;
 mod listeners;
 mod offsets;
 mod placement;
+mod producer_links;
 mod shard;
 mod start_gate;
 mod topics;
@@ -39,6 +41,9 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub const CLUSTER_FILE: &str = "cluster.json";
+pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
+pub const TRANSACTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
+pub const TRANSACTION_CHECK_MAX_DEFAULT: u32 = 15;
 /// How long a shard waits for its requests in flight at shutdown.
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
@@ -70,6 +75,14 @@ pub struct ServerConfig {
     pub producer_idle_expiry: Duration,
     /// Producers one shard tracks at most.
     pub producers_max: usize,
+    /// A half message with no outcome is checked back once it is this old
+    /// (unless the message sets its own check-immunity time).
+    pub transaction_timeout: Duration,
+    /// How often each shard's checker looks for halves to check back.
+    pub transaction_check_interval: Duration,
+    /// Check-backs delivered to a live producer before the broker rolls the
+    /// half back itself (listed as discarded).
+    pub transaction_check_max: u32,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +105,9 @@ impl Default for ServerConfig {
             spin_before_park: Duration::ZERO,
             producer_idle_expiry: Duration::from_millis(dedup::PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
             producers_max: dedup::PRODUCERS_MAX_DEFAULT,
+            transaction_timeout: Duration::from_millis(TRANSACTION_TIMEOUT_MS_DEFAULT),
+            transaction_check_interval: Duration::from_millis(TRANSACTION_CHECK_INTERVAL_MS_DEFAULT),
+            transaction_check_max: TRANSACTION_CHECK_MAX_DEFAULT,
         }
     }
 }
@@ -140,6 +156,15 @@ impl ServerConfig {
         }
         if self.producer_idle_expiry.is_zero() {
             return refuse("producer_idle_expiry_ms must be at least 1".into());
+        }
+        if self.transaction_timeout.is_zero() {
+            return refuse("transaction_timeout_ms must be at least 1".into());
+        }
+        if self.transaction_check_interval.is_zero() {
+            return refuse("transaction_check_interval_ms must be at least 1".into());
+        }
+        if self.transaction_check_max == 0 {
+            return refuse("transaction_check_max must be at least 1".into());
         }
         if self.checkpoint_interval.is_zero() {
             return refuse("checkpoint_interval_ms must be at least 1".into());
@@ -374,12 +399,13 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
     let listener = listeners::into_glommio(listener);
     let background = glommio::spawn_local(background_work(shard.clone()));
+    let checking = glommio::spawn_local(checker::run(shard.clone()));
     tracing::info!(%address, "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
-    shutdown(shard, accepting, background).await
+    shutdown(shard, accepting, [background, checking]).await
 }
 
 /// The peer shard behind inbox `index` of shard `id` (inboxes skip `id`).
@@ -480,7 +506,7 @@ async fn write_producers_snapshot(shard: &Shard) {
 async fn shutdown(
     shard: Rc<Shard>,
     accepting: glommio::Task<()>,
-    background: glommio::Task<()>,
+    background: [glommio::Task<()>; 2],
 ) -> Result<(), ServerError> {
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     drop(accepting);

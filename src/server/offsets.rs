@@ -19,7 +19,14 @@ pub const OFFSETS_QUEUE_ID: u32 = 0;
 pub const HALF_QUEUE_ID: u32 = 1;
 /// Rollback op records of half messages (`transactions`).
 pub const OP_QUEUE_ID: u32 = 2;
-const _: () = assert!(OP_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
+/// Check-back op records: one per check a live producer acknowledged
+/// (`checker`), so a restart keeps counting where it was.
+pub const CHECK_QUEUE_ID: u32 = 3;
+/// Rollback op records of the halves the broker discarded after its
+/// check-backs ran out: apart from `OP_QUEUE_ID` so recovery tells them
+/// from a producer's rollback.
+pub const DISCARD_QUEUE_ID: u32 = 4;
+const _: () = assert!(DISCARD_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
 pub const OFFSETS_SNAPSHOT_FILE: &str = "offsets.json";
 
 pub type OffsetKey = (String, String, u32);

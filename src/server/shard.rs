@@ -8,6 +8,7 @@ use super::dedup::ProducerTable;
 use super::groups::Coordinator;
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
+use super::producer_links::ProducerLinks;
 use super::topics::{Topic, Topics, TOPICS_FILE};
 use super::transactions::TransactionTable;
 use super::ServerConfig;
@@ -41,6 +42,8 @@ pub struct Shard {
     pub dedup: RefCell<ProducerTable>,
     /// Half messages and their outcomes (`transactions`).
     pub transactions: RefCell<TransactionTable>,
+    /// Connections registered as live producers, by producer group.
+    pub producer_links: RefCell<ProducerLinks>,
     pub placement_line: PlacementLine,
     /// Retention floors of state kept in the log: the two snapshots' and
     /// the oldest pending half message's. The log's floor is the lowest.
@@ -91,6 +94,7 @@ impl Shard {
             dedup: RefCell::new(parts.producers),
             transactions_floor: Cell::new(parts.transactions.oldest_pending().unwrap_or(u64::MAX)),
             transactions: RefCell::new(parts.transactions),
+            producer_links: RefCell::new(ProducerLinks::default()),
             placement_line: PlacementLine::default(),
             offsets_floor: Cell::new(0),
             producers_floor: Cell::new(parts.producers_floor),

@@ -14,10 +14,17 @@
 //!   internal queue `OP_QUEUE_ID`, also pointing at the half record;
 //! - **unknown** records nothing: the half stays pending.
 //!
+//! Halves left pending are checked back (`checker`): each check a live
+//! producer acknowledged appends a small op record (flag `CHECKED`) in
+//! `CHECK_QUEUE_ID`, pointing at the half; after `transaction_check_max`
+//! of them the broker rolls the half back itself (flags `ROLLBACK |
+//! DISCARDED`, in `DISCARD_QUEUE_ID`) and lists it as discarded.
+//!
 //! Everything is in the log, so recovery rebuilds the table from it
 //! (`recover`): every half of `HALF_QUEUE_ID` starts pending, a half read
-//! through `OP_QUEUE_ID` was rolled back, a half read through one of the
-//! shard's queues was committed at that offset. The retention floor stays
+//! through `OP_QUEUE_ID` was rolled back, through `DISCARD_QUEUE_ID`
+//! discarded, through one of the shard's queues committed at that offset;
+//! each read through `CHECK_QUEUE_ID` counts one delivered check. The retention floor stays
 //! at or below the oldest pending half (`TransactionTable::oldest_pending`),
 //! so a pending half is never deleted.
 //!
@@ -25,7 +32,7 @@
 //! resent half answers the first result, marked duplicate.
 
 use super::dedup::StoredSend;
-pub use super::offsets::{HALF_QUEUE_ID, OP_QUEUE_ID};
+pub use super::offsets::{CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID, OP_QUEUE_ID};
 use super::shard::Shard;
 use super::topics::Topics;
 use crate::protocol::{fb, Failure, TransactionSummary};
@@ -45,6 +52,10 @@ pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
 /// A concurrent `END_TRANSACTION` of the same transaction looks again this
 /// soon whether the one in flight finished.
 const ENDING_POLL: Duration = Duration::from_millis(1);
+/// A half message's own check-immunity time (RocketMQ's property name), in
+/// seconds: it is not checked back before that, whatever
+/// `transaction_timeout_ms` says.
+pub const CHECK_IMMUNITY_PROPERTY: &str = "CHECK_IMMUNITY_TIME_IN_SECONDS";
 
 /// Where a transaction stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +66,9 @@ pub enum TransactionState {
         offset: u64,
     },
     RolledBack,
+    /// Rolled back by the broker after `transaction_check_max` delivered
+    /// check-backs answered nothing final.
+    Discarded,
 }
 
 impl TransactionState {
@@ -63,6 +77,7 @@ impl TransactionState {
             TransactionState::Pending => fb::TransactionState::Pending,
             TransactionState::Committed { .. } => fb::TransactionState::Committed,
             TransactionState::RolledBack => fb::TransactionState::RolledBack,
+            TransactionState::Discarded => fb::TransactionState::Discarded,
         }
     }
 
@@ -111,6 +126,10 @@ pub struct HalfMessage {
     pub producer_group: String,
     pub msg_id: (u64, u64),
     pub store_timestamp_us: u64,
+    /// Its offset in `HALF_QUEUE_ID`: a check-back reads it from there.
+    pub half_offset: u64,
+    /// The message's own check-immunity time, if it set one.
+    pub check_immunity: Option<Duration>,
     pub checks_delivered: u32,
     pub state: TransactionState,
     /// An `END_TRANSACTION` appending its op record right now.
@@ -135,6 +154,21 @@ impl HalfMessage {
     pub fn first_send(&self) -> StoredSend {
         StoredSend { sequence: 0, offset: 0, store_timestamp_us: self.store_timestamp_us, end: self.end }
     }
+}
+
+/// A pending half due for a check-back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckDue {
+    pub transaction_id: String,
+    pub half_offset: u64,
+    pub position: u64,
+    pub size_bytes: u32,
+    pub tag_hash: u32,
+    pub topic: String,
+    pub queue: u32,
+    pub producer_group: String,
+    pub msg_id: (u64, u64),
+    pub checks_delivered: u32,
 }
 
 /// The next step of an `END_TRANSACTION`.
@@ -206,7 +240,9 @@ impl TransactionTable {
         match (half.state, outcome) {
             (state, Outcome::Unknown) => Ok(EndStep::Answer(state)),
             (state @ TransactionState::Committed { .. }, Outcome::Commit)
-            | (state @ TransactionState::RolledBack, Outcome::Rollback) => Ok(EndStep::Answer(state)),
+            | (state @ (TransactionState::RolledBack | TransactionState::Discarded), Outcome::Rollback) => {
+                Ok(EndStep::Answer(state))
+            }
             (TransactionState::Committed { offset }, Outcome::Rollback) => Err(Failure::new(
                 fb::ErrorCode::TransactionConflict,
                 format!("transaction {transaction_id:?} was committed (visible at offset {offset}); it cannot be rolled back"),
@@ -214,6 +250,10 @@ impl TransactionTable {
             (TransactionState::RolledBack, Outcome::Commit) => Err(Failure::new(
                 fb::ErrorCode::TransactionConflict,
                 format!("transaction {transaction_id:?} was rolled back; it cannot be committed"),
+            )),
+            (TransactionState::Discarded, Outcome::Commit) => Err(Failure::new(
+                fb::ErrorCode::TransactionConflict,
+                format!("transaction {transaction_id:?} was discarded after its check-backs ran out; it cannot be committed"),
             )),
             (TransactionState::Pending, Outcome::Commit | Outcome::Rollback) => {
                 half.ending = true;
@@ -254,14 +294,56 @@ impl TransactionTable {
         }
     }
 
-    /// The transactions to list: all, or only those the broker discarded
-    /// (none yet: discarding after check-backs comes with the checker).
+    /// Counts one check-back a live producer acknowledged (its op record
+    /// durable, or found by recovery).
+    pub fn checked(&mut self, transaction_id: &str) {
+        if let Some(half) = self.transactions.get_mut(transaction_id) {
+            half.checks_delivered = half.checks_delivered.saturating_add(1);
+        }
+    }
+
+    /// The pending halves to check back at `now_us`: stored longer ago than
+    /// `timeout` (or their own immunity time), none being ended, fewer than
+    /// `check_max` checks delivered; and the ids of those whose checks ran
+    /// out (to discard). Oldest first.
+    pub fn due_for_check(&self, now_us: u64, timeout: Duration, check_max: u32) -> (Vec<CheckDue>, Vec<String>) {
+        let (mut due, mut exhausted) = (Vec::new(), Vec::new());
+        let mut pending: Vec<&HalfMessage> =
+            self.transactions.values().filter(|half| half.state == TransactionState::Pending && !half.ending).collect();
+        pending.sort_by_key(|half| half.position);
+        for half in pending {
+            if half.checks_delivered >= check_max {
+                exhausted.push(half.transaction_id.clone());
+                continue;
+            }
+            let wait = half.check_immunity.unwrap_or(timeout).as_micros() as u64;
+            if now_us.saturating_sub(half.store_timestamp_us) < wait {
+                continue;
+            }
+            due.push(CheckDue {
+                transaction_id: half.transaction_id.clone(),
+                half_offset: half.half_offset,
+                position: half.position,
+                size_bytes: half.size_bytes,
+                tag_hash: half.tag_hash,
+                topic: half.topic.clone(),
+                queue: half.queue,
+                producer_group: half.producer_group.clone(),
+                msg_id: half.msg_id,
+                checks_delivered: half.checks_delivered,
+            });
+        }
+        (due, exhausted)
+    }
+
+    /// The transactions to list: all, or only those the broker discarded.
     /// Pending ones first, oldest first; at most `TRANSACTIONS_LISTED_MAX`.
     pub fn list(&self, discarded_only: bool) -> Vec<TransactionSummary> {
-        if discarded_only {
-            return Vec::new();
-        }
-        let mut halves: Vec<&HalfMessage> = self.transactions.values().collect();
+        let mut halves: Vec<&HalfMessage> = self
+            .transactions
+            .values()
+            .filter(|half| !discarded_only || half.state == TransactionState::Discarded)
+            .collect();
         halves.sort_by_key(|half| (half.state != TransactionState::Pending, half.position));
         halves.into_iter().take(TRANSACTIONS_LISTED_MAX).map(HalfMessage::summary).collect()
     }
@@ -281,6 +363,14 @@ pub fn check_half(message: &VerifiedMessage) -> Result<(), String> {
         return Err("a half message needs a producer_group".into());
     }
     Ok(())
+}
+
+/// The check-immunity time a half message asks for, if any (a property in
+/// whole seconds; an unreadable one is ignored).
+fn check_immunity(message: &VerifiedMessage) -> Option<Duration> {
+    let properties = message.message().properties()?;
+    let property = properties.iter().find(|property| property.key() == CHECK_IMMUNITY_PROPERTY)?;
+    property.value().trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Places a half message in the log (the caller holds the placement turn):
@@ -317,6 +407,8 @@ pub async fn place_half(
         producer_group: fields.producer_group().unwrap_or_default().to_string(),
         msg_id: message.msg_id,
         store_timestamp_us: appended.store_timestamp_us,
+        half_offset: appended.queue_offset.unwrap_or(0),
+        check_immunity: check_immunity(message),
         checks_delivered: 0,
         state: TransactionState::Pending,
         ending: false,
@@ -328,7 +420,7 @@ pub async fn place_half(
 }
 
 /// Keeps the log's retention floor at or below the oldest pending half.
-fn update_floor(shard: &Shard) {
+pub(super) fn update_floor(shard: &Shard) {
     let oldest = shard.transactions.borrow().oldest_pending().unwrap_or(u64::MAX);
     shard.set_floor(&shard.transactions_floor, oldest);
 }
@@ -375,8 +467,11 @@ pub async fn end(
             format!("transaction {transaction_id:?} belongs to queue {queue} of topic {topic}"),
         ));
     }
-    let appended =
-        append_op(&shard.log, outcome, transaction_id, position, size_bytes, target_queue_id, tag_hash).await;
+    let op = match outcome {
+        Outcome::Commit => Op::Commit { target_queue_id },
+        _ => Op::Rollback,
+    };
+    let appended = append_op(&shard.log, op, transaction_id, position, size_bytes, tag_hash).await;
     let settled = match appended {
         Ok(state) => state,
         Err(error) => {
@@ -389,23 +484,64 @@ pub async fn end(
     Ok(settled)
 }
 
-/// Appends the op record of a commit (indexed in the target queue, pointing
-/// at the half) or a rollback (indexed in `OP_QUEUE_ID`, pointing at the
-/// half) and resolves once it is durable.
-async fn append_op<S: Storage>(
+/// Rolls back a half whose check-backs ran out, as `Discarded`; does
+/// nothing when an `END_TRANSACTION` settled it or is settling it now.
+pub async fn discard(shard: &Shard, transaction_id: &str) -> Result<(), LogError> {
+    let step = shard.transactions.borrow_mut().begin_end(transaction_id, Outcome::Rollback);
+    let Ok(EndStep::Append { position, size_bytes, tag_hash, .. }) = step else { return Ok(()) };
+    let appended = append_op(&shard.log, Op::Discard, transaction_id, position, size_bytes, tag_hash).await;
+    shard.transactions.borrow_mut().finish_end(transaction_id, appended.as_ref().ok().copied());
+    update_floor(shard);
+    appended.map(|_| ())
+}
+
+/// Records a check-back a live producer acknowledged: a small op record
+/// (the transaction id, pointing at the half: no copy of the body), then
+/// the count.
+pub async fn record_check(shard: &Shard, due: &CheckDue) -> Result<(), LogError> {
+    append_op(&shard.log, Op::Checked, &due.transaction_id, due.position, due.size_bytes, due.tag_hash).await?;
+    shard.transactions.borrow_mut().checked(&due.transaction_id);
+    Ok(())
+}
+
+/// An op record: what happened to a half message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Commit {
+        target_queue_id: u32,
+    },
+    Rollback,
+    /// The broker's rollback after the check-backs ran out.
+    Discard,
+    /// A check-back a live producer acknowledged.
+    Checked,
+}
+
+impl Op {
+    /// The queue its record is indexed in, and its flags.
+    fn placement(self) -> (u32, u16) {
+        match self {
+            Op::Commit { target_queue_id } => (target_queue_id, flags::COMMIT),
+            Op::Rollback => (OP_QUEUE_ID, flags::ROLLBACK),
+            Op::Discard => (DISCARD_QUEUE_ID, flags::ROLLBACK | flags::DISCARDED),
+            Op::Checked => (CHECK_QUEUE_ID, flags::CHECKED),
+        }
+    }
+}
+
+/// Appends an op record pointing at the half (`reference`, so a read of it
+/// returns the half, no copy of the body) in the queue `op` says, and
+/// resolves once it is durable with the state it leaves (`Checked` leaves
+/// the half pending).
+pub async fn append_op<S: Storage>(
     log: &CommitLog<S>,
-    outcome: Outcome,
+    op: Op,
     transaction_id: &str,
     position: u64,
     size_bytes: u32,
-    target_queue_id: u32,
     tag_hash: u32,
 ) -> Result<TransactionState, LogError> {
-    let (queue_id, op_flags) = match outcome {
-        Outcome::Commit => (target_queue_id, flags::COMMIT),
-        Outcome::Rollback => (OP_QUEUE_ID, flags::ROLLBACK),
-        Outcome::Unknown => unreachable!("an unknown outcome appends nothing"),
-    };
+    let (queue_id, op_flags) = op.placement();
     let request = AppendRequest {
         queue_id,
         flags: op_flags | flags::INTERNAL,
@@ -415,9 +551,11 @@ async fn append_op<S: Storage>(
         message: transaction_id.as_bytes(),
     };
     let appended = log.append(request).await?;
-    Ok(match outcome {
-        Outcome::Commit => TransactionState::Committed { offset: appended.queue_offset.unwrap_or(0) },
-        _ => TransactionState::RolledBack,
+    Ok(match op {
+        Op::Commit { .. } => TransactionState::Committed { offset: appended.queue_offset.unwrap_or(0) },
+        Op::Rollback => TransactionState::RolledBack,
+        Op::Discard => TransactionState::Discarded,
+        Op::Checked => TransactionState::Pending,
     })
 }
 
@@ -449,6 +587,8 @@ pub async fn recover<S: Storage>(
             producer_group: fields.producer_group().unwrap_or_default().to_string(),
             msg_id: message.msg_id,
             store_timestamp_us: record.header.store_timestamp_us,
+            half_offset: record.queue_offset,
+            check_immunity: check_immunity(message),
             checks_delivered: 0,
             state: TransactionState::Pending,
             ending: false,
@@ -462,6 +602,14 @@ pub async fn recover<S: Storage>(
     // reading the op queue or a target queue yields the half records.
     replay(log, OP_QUEUE_ID, |_, message| {
         table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::RolledBack);
+    })
+    .await?;
+    replay(log, DISCARD_QUEUE_ID, |_, message| {
+        table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::Discarded);
+    })
+    .await?;
+    replay(log, CHECK_QUEUE_ID, |_, message| {
+        table.checked(message.message().transaction_id().unwrap_or_default());
     })
     .await?;
     for &queue_id in queue_ids {
@@ -523,6 +671,8 @@ mod tests {
             producer_group: "payments".into(),
             msg_id: (1, position),
             store_timestamp_us: 5_000,
+            half_offset: position,
+            check_immunity: None,
             checks_delivered: 0,
             state: TransactionState::Pending,
             ending: false,
@@ -599,7 +749,7 @@ mod tests {
         table.stored(half("pending", 200));
         let listed: Vec<_> = table.list(false).into_iter().map(|summary| summary.transaction_id).collect();
         assert_eq!(listed, ["pending", "settled"]);
-        assert!(table.list(true).is_empty(), "nothing is discarded before the checker exists");
+        assert!(table.list(true).is_empty(), "nothing is discarded");
         assert_eq!(table.list(false)[0].stored_at_ms, 5);
     }
 
@@ -639,10 +789,14 @@ mod tests {
             }
             // Padding: the record's own length is the header plus the message.
             let size = |index: usize| (crate::constants::RECORD_HEADER_SIZE_BYTES + halves[index].2.len()) as u32;
-            let committed = append_op(&log, Outcome::Commit, "a", halves[0].0, size(0), target, 0).await;
+            let committed = append_op(&log, Op::Commit { target_queue_id: target }, "a", halves[0].0, size(0), 0).await;
             assert_eq!(committed.expect("commit"), TransactionState::Committed { offset: 0 });
-            let rolled_back = append_op(&log, Outcome::Rollback, "b", halves[1].0, size(1), target, 0).await;
+            let rolled_back = append_op(&log, Op::Rollback, "b", halves[1].0, size(1), 0).await;
             assert_eq!(rolled_back.expect("rollback"), TransactionState::RolledBack);
+            for _ in 0..2 {
+                let checked = append_op(&log, Op::Checked, "c", halves[2].0, size(2), 0).await;
+                assert_eq!(checked.expect("check"), TransactionState::Pending);
+            }
             let batch = log.read(target, 0, 10, 1 << 20).await.expect("the target queue reads");
             assert_eq!(batch.records.len(), 1, "only the committed half is in its queue");
             assert_eq!(batch.records[0].message(), halves[0].2.as_slice(), "the half's own bytes");
@@ -651,7 +805,14 @@ mod tests {
             assert_eq!(state("a"), TransactionState::Committed { offset: 0 });
             assert_eq!(state("b"), TransactionState::RolledBack);
             assert_eq!(state("c"), TransactionState::Pending);
+            assert_eq!(table.get("c").expect("known").checks_delivered, 2, "each check record counts");
             assert_eq!(table.oldest_pending(), Some(halves[2].0));
+            let discarded = append_op(&log, Op::Discard, "c", halves[2].0, size(2), 0).await;
+            assert_eq!(discarded.expect("discard"), TransactionState::Discarded);
+            let table = recover(&log, &topics, &[target]).await.expect("recovers");
+            assert_eq!(table.get("c").expect("known").state, TransactionState::Discarded);
+            let listed: Vec<_> = table.list(true).into_iter().map(|summary| summary.transaction_id).collect();
+            assert_eq!(listed, ["c"]);
             log.close().await.expect("close");
         });
     }
@@ -664,5 +825,27 @@ mod tests {
         table.settle("a", TransactionState::Committed { offset: 1 });
         assert_eq!(table.get("a").expect("known").state, TransactionState::RolledBack);
         assert_eq!(table.oldest_pending(), None);
+    }
+
+    #[test]
+    fn checks_are_due_after_the_timeout_and_exhausted_after_the_maximum() {
+        let mut table = TransactionTable::default();
+        table.stored(half("old", 100));
+        table.stored(half("immune", 200));
+        table.transactions.get_mut("immune").expect("known").check_immunity = Some(Duration::from_secs(60));
+        let timeout = Duration::from_millis(6);
+        let (due, exhausted) = table.due_for_check(5_000 + 5_999, timeout, 2);
+        assert!(due.is_empty() && exhausted.is_empty(), "too young");
+        let (due, _) = table.due_for_check(5_000 + 6_000, timeout, 2);
+        assert_eq!(due.iter().map(|due| due.transaction_id.as_str()).collect::<Vec<_>>(), ["old"]);
+        table.checked("old");
+        table.checked("old");
+        let (due, exhausted) = table.due_for_check(5_000 + 6_000, timeout, 2);
+        assert!(due.is_empty());
+        assert_eq!(exhausted, ["old"]);
+        assert!(matches!(table.begin_end("old", Outcome::Rollback), Ok(EndStep::Append { .. })));
+        table.finish_end("old", Some(TransactionState::Discarded));
+        assert_eq!(code(table.begin_end("old", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
+        assert_eq!(table.list(true).len(), 1);
     }
 }

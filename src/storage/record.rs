@@ -54,6 +54,12 @@ pub mod flags {
     /// Written by `ringmq repair` over damaged bytes that held no record a
     /// queue misses: a valid record that only fills the space.
     pub const FILLER: u16 = 1 << 9;
+    /// Op record: a check-back of the transaction of `ref_position` reached
+    /// a live producer (recovery counts them).
+    pub const CHECKED: u16 = 1 << 10;
+    /// With `ROLLBACK`: the broker rolled the transaction back after its
+    /// check-backs ran out.
+    pub const DISCARDED: u16 = 1 << 11;
 }
 
 /// What the broker assigns to a record.

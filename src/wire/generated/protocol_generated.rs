@@ -5516,5 +5516,679 @@ pub mod ringmq {
                 ds.finish()
             }
         }
+        pub enum RegisterProducerRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Registers the connection as a live producer of `producer_group` on the
+        /// shard that receives it: the shard's checker may then send it
+        /// CHECK_TRANSACTION for that group's pending halves. Repeatable; it lasts
+        /// as long as the connection.
+        pub struct RegisterProducerRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for RegisterProducerRequest<'a> {
+            type Inner = RegisterProducerRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> RegisterProducerRequest<'a> {
+            pub const VT_PRODUCER_GROUP: flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                RegisterProducerRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args RegisterProducerRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<RegisterProducerRequest<'bldr>> {
+                let mut builder = RegisterProducerRequestBuilder::new(_fbb);
+                if let Some(x) = args.producer_group {
+                    builder.add_producer_group(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn producer_group(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            RegisterProducerRequest::VT_PRODUCER_GROUP,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for RegisterProducerRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "producer_group",
+                        Self::VT_PRODUCER_GROUP,
+                        true,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct RegisterProducerRequestArgs<'a> {
+            pub producer_group: Option<flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for RegisterProducerRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                RegisterProducerRequestArgs {
+                    producer_group: None, // required field
+                }
+            }
+        }
+
+        pub struct RegisterProducerRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> RegisterProducerRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_producer_group(&mut self, producer_group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    RegisterProducerRequest::VT_PRODUCER_GROUP,
+                    producer_group,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> RegisterProducerRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                RegisterProducerRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<RegisterProducerRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(
+                    o,
+                    RegisterProducerRequest::VT_PRODUCER_GROUP,
+                    "producer_group",
+                );
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for RegisterProducerRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("RegisterProducerRequest");
+                ds.field("producer_group", &self.producer_group());
+                ds.finish()
+            }
+        }
+        pub enum RegisterProducerResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct RegisterProducerResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for RegisterProducerResponse<'a> {
+            type Inner = RegisterProducerResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> RegisterProducerResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                RegisterProducerResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args RegisterProducerResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<RegisterProducerResponse<'bldr>> {
+                let mut builder = RegisterProducerResponseBuilder::new(_fbb);
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        RegisterProducerResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for RegisterProducerResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct RegisterProducerResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+        }
+        impl<'a> Default for RegisterProducerResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                RegisterProducerResponseArgs { outcome: None }
+            }
+        }
+
+        pub struct RegisterProducerResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> RegisterProducerResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        RegisterProducerResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> RegisterProducerResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                RegisterProducerResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<RegisterProducerResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for RegisterProducerResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("RegisterProducerResponse");
+                ds.field("outcome", &self.outcome());
+                ds.finish()
+            }
+        }
+        pub enum CheckTransactionRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Broker to producer (a request id with the high bit set): what became of
+        /// this half message? The producer acknowledges with
+        /// CheckTransactionResponse (same request id), then answers with
+        /// END_TRANSACTION (`from_check`).
+        pub struct CheckTransactionRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for CheckTransactionRequest<'a> {
+            type Inner = CheckTransactionRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> CheckTransactionRequest<'a> {
+            pub const VT_TRANSACTION_ID: flatbuffers::VOffsetT = 4;
+            pub const VT_MSG_ID_HI: flatbuffers::VOffsetT = 6;
+            pub const VT_MSG_ID_LO: flatbuffers::VOffsetT = 8;
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 10;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 12;
+            pub const VT_PRODUCER_GROUP: flatbuffers::VOffsetT = 14;
+            pub const VT_MESSAGE: flatbuffers::VOffsetT = 16;
+            pub const VT_CHECKS_DELIVERED: flatbuffers::VOffsetT = 18;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                CheckTransactionRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args CheckTransactionRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<CheckTransactionRequest<'bldr>> {
+                let mut builder = CheckTransactionRequestBuilder::new(_fbb);
+                builder.add_msg_id_lo(args.msg_id_lo);
+                builder.add_msg_id_hi(args.msg_id_hi);
+                builder.add_checks_delivered(args.checks_delivered);
+                if let Some(x) = args.message {
+                    builder.add_message(x);
+                }
+                if let Some(x) = args.producer_group {
+                    builder.add_producer_group(x);
+                }
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                if let Some(x) = args.transaction_id {
+                    builder.add_transaction_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn transaction_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            CheckTransactionRequest::VT_TRANSACTION_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn msg_id_hi(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(CheckTransactionRequest::VT_MSG_ID_HI, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn msg_id_lo(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(CheckTransactionRequest::VT_MSG_ID_LO, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            CheckTransactionRequest::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(CheckTransactionRequest::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn producer_group(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        CheckTransactionRequest::VT_PRODUCER_GROUP,
+                        None,
+                    )
+                }
+            }
+            /// The half message as stored (a wire Message), for the producer's check.
+            #[inline]
+            pub fn message(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            CheckTransactionRequest::VT_MESSAGE,
+                            None,
+                        )
+                }
+            }
+            /// Check-backs delivered before this one.
+            #[inline]
+            pub fn checks_delivered(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(CheckTransactionRequest::VT_CHECKS_DELIVERED, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for CheckTransactionRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "transaction_id",
+                        Self::VT_TRANSACTION_ID,
+                        true,
+                    )?
+                    .visit_field::<u64>("msg_id_hi", Self::VT_MSG_ID_HI, false)?
+                    .visit_field::<u64>("msg_id_lo", Self::VT_MSG_ID_LO, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "producer_group",
+                        Self::VT_PRODUCER_GROUP,
+                        false,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "message",
+                        Self::VT_MESSAGE,
+                        false,
+                    )?
+                    .visit_field::<u32>("checks_delivered", Self::VT_CHECKS_DELIVERED, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct CheckTransactionRequestArgs<'a> {
+            pub transaction_id: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub msg_id_hi: u64,
+            pub msg_id_lo: u64,
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub producer_group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub message: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+            pub checks_delivered: u32,
+        }
+        impl<'a> Default for CheckTransactionRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                CheckTransactionRequestArgs {
+                    transaction_id: None, // required field
+                    msg_id_hi: 0,
+                    msg_id_lo: 0,
+                    topic: None, // required field
+                    queue: 0,
+                    producer_group: None,
+                    message: None,
+                    checks_delivered: 0,
+                }
+            }
+        }
+
+        pub struct CheckTransactionRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> CheckTransactionRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_transaction_id(&mut self, transaction_id: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    CheckTransactionRequest::VT_TRANSACTION_ID,
+                    transaction_id,
+                );
+            }
+            #[inline]
+            pub fn add_msg_id_hi(&mut self, msg_id_hi: u64) {
+                self.fbb_
+                    .push_slot::<u64>(CheckTransactionRequest::VT_MSG_ID_HI, msg_id_hi, 0);
+            }
+            #[inline]
+            pub fn add_msg_id_lo(&mut self, msg_id_lo: u64) {
+                self.fbb_
+                    .push_slot::<u64>(CheckTransactionRequest::VT_MSG_ID_LO, msg_id_lo, 0);
+            }
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    CheckTransactionRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(CheckTransactionRequest::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_producer_group(&mut self, producer_group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    CheckTransactionRequest::VT_PRODUCER_GROUP,
+                    producer_group,
+                );
+            }
+            #[inline]
+            pub fn add_message(
+                &mut self,
+                message: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    CheckTransactionRequest::VT_MESSAGE,
+                    message,
+                );
+            }
+            #[inline]
+            pub fn add_checks_delivered(&mut self, checks_delivered: u32) {
+                self.fbb_.push_slot::<u32>(
+                    CheckTransactionRequest::VT_CHECKS_DELIVERED,
+                    checks_delivered,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> CheckTransactionRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                CheckTransactionRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<CheckTransactionRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(
+                    o,
+                    CheckTransactionRequest::VT_TRANSACTION_ID,
+                    "transaction_id",
+                );
+                self.fbb_
+                    .required(o, CheckTransactionRequest::VT_TOPIC, "topic");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for CheckTransactionRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("CheckTransactionRequest");
+                ds.field("transaction_id", &self.transaction_id());
+                ds.field("msg_id_hi", &self.msg_id_hi());
+                ds.field("msg_id_lo", &self.msg_id_lo());
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("producer_group", &self.producer_group());
+                ds.field("message", &self.message());
+                ds.field("checks_delivered", &self.checks_delivered());
+                ds.finish()
+            }
+        }
+        pub enum CheckTransactionResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct CheckTransactionResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for CheckTransactionResponse<'a> {
+            type Inner = CheckTransactionResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> CheckTransactionResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                CheckTransactionResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args CheckTransactionResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<CheckTransactionResponse<'bldr>> {
+                let mut builder = CheckTransactionResponseBuilder::new(_fbb);
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        CheckTransactionResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for CheckTransactionResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct CheckTransactionResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+        }
+        impl<'a> Default for CheckTransactionResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                CheckTransactionResponseArgs { outcome: None }
+            }
+        }
+
+        pub struct CheckTransactionResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> CheckTransactionResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        CheckTransactionResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> CheckTransactionResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                CheckTransactionResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<CheckTransactionResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for CheckTransactionResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("CheckTransactionResponse");
+                ds.field("outcome", &self.outcome());
+                ds.finish()
+            }
+        }
     } // pub mod protocol
 } // pub mod ringmq

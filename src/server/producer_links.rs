@@ -1,0 +1,122 @@
+//! The live producers of each producer group on this shard: connections
+//! that sent `REGISTER_PRODUCER`, for as long as they stay open. A link
+//! also carries requests the broker starts on its connection (check-backs):
+//! they go out through the connection's writer task like answers, with a
+//! request id that has `BROKER_REQUEST_BIT` set, and the connection's read
+//! loop hands the producer's answer (same id) back here.
+
+use super::connection::Outgoing;
+use crate::protocol::{Frame, Kind, BROKER_REQUEST_BIT};
+use glommio::channels::local_channel::{self, LocalSender};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Why a broker-started request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("the producer's connection is closed")]
+    Closed,
+    #[error("the producer did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One client connection, as the broker's side of its own requests.
+pub struct ProducerLink {
+    outgoing: Rc<LocalSender<Outgoing>>,
+    waiting: RefCell<HashMap<u32, LocalSender<Frame>>>,
+    next_request: Cell<u32>,
+    closed: Cell<bool>,
+}
+
+impl ProducerLink {
+    pub fn new(outgoing: Rc<LocalSender<Outgoing>>) -> Self {
+        Self { outgoing, waiting: RefCell::default(), next_request: Cell::new(0), closed: Cell::new(false) }
+    }
+
+    fn request_id(&self) -> u32 {
+        let next = self.next_request.get();
+        self.next_request.set(next.wrapping_add(1) & !BROKER_REQUEST_BIT);
+        BROKER_REQUEST_BIT | next
+    }
+
+    /// Sends a request to the client and waits (at most `timeout`) for its
+    /// answer frame.
+    pub async fn request(&self, kind: Kind, body: Vec<u8>, timeout: Duration) -> Result<Frame, LinkError> {
+        if self.closed.get() {
+            return Err(LinkError::Closed);
+        }
+        let request_id = self.request_id();
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.waiting.borrow_mut().insert(request_id, sender);
+        let sent = self.outgoing.send(Outgoing::new(kind, request_id, body, None)).await;
+        let answer = match sent {
+            Err(_) => Err(LinkError::Closed),
+            Ok(()) => {
+                futures_lite::future::or(async { receiver.recv().await.ok_or(LinkError::Closed) }, async {
+                    glommio::timer::sleep(timeout).await;
+                    Err(LinkError::Timeout(timeout))
+                })
+                .await
+            }
+        };
+        self.waiting.borrow_mut().remove(&request_id);
+        answer
+    }
+
+    /// The client's answer to a request the broker started; one nobody
+    /// waits for any more (timed out) is dropped.
+    pub fn answered(&self, frame: Frame) {
+        if let Some(waiter) = self.waiting.borrow_mut().remove(&frame.request_id) {
+            let _ = waiter.try_send(frame);
+        }
+    }
+
+    /// The connection ended: whoever waits gets `Closed` now.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.waiting.borrow_mut().clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+}
+
+/// The links of each producer group, and where each group's rotation is.
+#[derive(Default)]
+pub struct ProducerLinks {
+    groups: HashMap<String, (Vec<Rc<ProducerLink>>, usize)>,
+}
+
+impl ProducerLinks {
+    /// Adds `link` to `group` (once, however often it registers).
+    pub fn register(&mut self, group: &str, link: &Rc<ProducerLink>) {
+        let (links, _) = self.groups.entry(group.to_string()).or_default();
+        if !links.iter().any(|known| Rc::ptr_eq(known, link)) {
+            links.push(link.clone());
+        }
+    }
+
+    /// Forgets `link` in every group (its connection ended).
+    pub fn remove(&mut self, link: &Rc<ProducerLink>) {
+        self.groups.retain(|_, (links, _)| {
+            links.retain(|known| !Rc::ptr_eq(known, link));
+            !links.is_empty()
+        });
+    }
+
+    /// The next live producer of `group`, rotating among its members;
+    /// `None` while the whole group is offline.
+    pub fn pick(&mut self, group: &str) -> Option<Rc<ProducerLink>> {
+        let (links, cursor) = self.groups.get_mut(group)?;
+        links.retain(|link| !link.is_closed());
+        if links.is_empty() {
+            return None;
+        }
+        let link = links[*cursor % links.len()].clone();
+        *cursor = cursor.wrapping_add(1);
+        Some(link)
+    }
+}
