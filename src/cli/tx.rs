@@ -1,11 +1,37 @@
-//! `ringmq tx list|end`: the transactions the broker holds, and an
-//! operator's resolution of one.
+//! `ringmq tx list|end|respond`: the transactions the broker holds, an
+//! operator's resolution of one, and a stand-in producer answering the
+//! broker's check-backs.
 
-use crate::client::{Client, REQUEST_TIMEOUT_DEFAULT};
+use crate::client::{CheckLocal, CheckResponder, CheckedMessage, Client, LocalOutcome, REQUEST_TIMEOUT_DEFAULT};
 use crate::protocol::{fb, TransactionSummary};
 use crate::storage::now_us;
-use clap::{ArgGroup, Subcommand};
+use clap::{ArgGroup, Subcommand, ValueEnum};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long `respond` waits for a broker that is not there (yet).
+const RESPOND_CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Answer {
+    Commit,
+    Rollback,
+    Unknown,
+}
+
+impl Answer {
+    fn outcome(self) -> LocalOutcome {
+        match self {
+            Answer::Commit => LocalOutcome::Commit,
+            Answer::Rollback => LocalOutcome::Rollback,
+            Answer::Unknown => LocalOutcome::Unknown,
+        }
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub enum TxCommand {
@@ -31,6 +57,83 @@ pub enum TxCommand {
         #[arg(long, default_value = super::BROKER_DEFAULT)]
         broker: String,
     },
+    /// Register as a live producer of a group and answer every check-back;
+    /// one JSON line per check received. Runs until killed or
+    /// --exit-after-ms.
+    Respond {
+        #[arg(long)]
+        producer_group: String,
+        /// The answer to a transaction the answers file does not name.
+        #[arg(long, value_enum, default_value = "unknown")]
+        answer: Answer,
+        /// Lines `TRANSACTION_ID commit|rollback|unknown`.
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        #[arg(long)]
+        exit_after_ms: Option<u64>,
+        #[arg(long, default_value = super::BROKER_DEFAULT)]
+        broker: String,
+    },
+}
+
+/// Reads an answers file: `TRANSACTION_ID commit|rollback|unknown` a line
+/// (blank lines and `#` comments skipped).
+fn read_answers(path: &Path) -> Result<HashMap<String, LocalOutcome>, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let mut answers = HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad =
+            || format!("{} line {}: expected `TRANSACTION_ID commit|rollback|unknown`", path.display(), index + 1);
+        let mut words = line.split_whitespace();
+        let (Some(transaction_id), Some(answer), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad());
+        };
+        let answer = Answer::from_str(answer, true).map_err(|_| bad())?;
+        answers.insert(transaction_id.to_string(), answer.outcome());
+    }
+    Ok(answers)
+}
+
+fn respond(
+    producer_group: &str,
+    answer: Answer,
+    answers: Option<&Path>,
+    exit_after_ms: Option<u64>,
+    broker: &str,
+) -> Result<ExitCode, String> {
+    let answers = answers.map(read_answers).transpose()?.unwrap_or_default();
+    let client = Client::connect_patiently(broker, REQUEST_TIMEOUT_DEFAULT, RESPOND_CONNECT_PATIENCE)
+        .map_err(|error| error.to_string())?;
+    let fallback = answer.outcome();
+    let check_local: CheckLocal = Arc::new(move |message: &CheckedMessage| {
+        let outcome = answers.get(&message.transaction_id).copied().unwrap_or(fallback);
+        let line = serde_json::json!({
+            "transaction_id": message.transaction_id,
+            "msg_id": message.msg_id_hex(),
+            "answer": outcome.name(),
+        });
+        // Scripts read the lines as they come.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+        outcome
+    });
+    let _responder = CheckResponder::start(Arc::new(client), producer_group, check_local, REQUEST_TIMEOUT_DEFAULT)
+        .map_err(|error| error.to_string())?;
+    let deadline = exit_after_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    loop {
+        match deadline {
+            Some(deadline) if Instant::now() >= deadline => return Ok(ExitCode::SUCCESS),
+            Some(deadline) => {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)))
+            }
+            None => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// A transaction state as the CLI prints it.
@@ -88,6 +191,9 @@ pub fn run(command: TxCommand) -> Result<ExitCode, String> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        TxCommand::Respond { producer_group, answer, answers, exit_after_ms, broker } => {
+            respond(&producer_group, answer, answers.as_deref(), exit_after_ms, &broker)
         }
         TxCommand::End { transaction_id, commit, rollback: _, broker } => {
             let client = Client::connect(&broker).map_err(|error| error.to_string())?;

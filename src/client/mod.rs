@@ -5,7 +5,8 @@
 //! each message's effect once across redeliveries, through a `DedupStore`
 //! (`SqliteDedupStore` with the `sqlite` feature). `Outbox` (feature
 //! `sqlite`) keeps each message in the application's SQLite file until the
-//! broker acknowledged it, resending after a crash.
+//! broker acknowledged it, resending after a crash. `TransactionProducer`
+//! sends half messages and answers the broker's check-backs.
 
 mod async_connection;
 mod batching;
@@ -18,10 +19,11 @@ mod producer;
 mod sequencer;
 #[cfg(feature = "sqlite")]
 mod sqlite_dedup;
+mod transaction_producer;
 
 pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
-pub use connection::{Connection, Pending};
+pub use connection::{BrokerRequests, Connection, Pending};
 pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, FetchedRange, ReceivedMessage};
 pub use idempotent::{Applied, DedupError, DedupStore, IdempotentConsumer, IdempotentError, MsgId, Tally};
 pub use producer::{
@@ -29,6 +31,9 @@ pub use producer::{
     DELIVERY_TIMEOUT_DEFAULT,
 };
 pub use sequencer::Stamp;
+pub use transaction_producer::{
+    CheckLocal, CheckResponder, CheckedMessage, LocalOutcome, TransactionListener, TransactionProducer,
+};
 
 #[cfg(feature = "sqlite")]
 pub use outbox::{
@@ -295,12 +300,25 @@ impl Client {
         outcome: fb::TransactionOutcome,
         timeout: Duration,
     ) -> Result<(fb::TransactionState, Option<u64>), ClientError> {
+        self.end_transaction_as(topic, queue, transaction_id, outcome, false, timeout)
+    }
+
+    /// `end_transaction`, saying whether it answers a broker's check-back.
+    pub fn end_transaction_as(
+        &self,
+        topic: &str,
+        queue: u32,
+        transaction_id: &str,
+        outcome: fb::TransactionOutcome,
+        from_check: bool,
+        timeout: Duration,
+    ) -> Result<(fb::TransactionState, Option<u64>), ClientError> {
         let layout = self.topic(topic)?;
         let shard = *layout
             .queue_shards
             .get(queue as usize)
             .ok_or_else(|| ClientError::Usage(format!("topic {topic} has no queue {queue}")))?;
-        let body = protocol::end_transaction_request(topic, queue, transaction_id, outcome, false);
+        let body = protocol::end_transaction_request(topic, queue, transaction_id, outcome, from_check);
         let frame = self.connection(shard)?.request(Kind::EndTransactionRequest as u16, &body, timeout)?;
         let body = expect_kind(frame, Kind::EndTransactionResponse)?;
         let response = verify::<fb::EndTransactionResponse>(&body).map_err(ClientError::Protocol)?;

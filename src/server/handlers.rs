@@ -397,7 +397,11 @@ fn list_transactions(shard: &Shard, body: &[u8]) -> Answer {
 /// group's halves on this shard may come on it.
 fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Answer {
     let request = verify::<fb::RegisterProducerRequest>(body).map_err(invalid)?;
-    check_name("producer group", request.producer_group())?;
+    // As loose as a half's own group (`check_half`): any group a half can
+    // name must be registrable.
+    if request.producer_group().is_empty() {
+        return Err(invalid("a producer registers with a producer group".into()));
+    }
     shard.producer_links.borrow_mut().register(request.producer_group(), link);
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }
