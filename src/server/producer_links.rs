@@ -120,3 +120,38 @@ impl ProducerLinks {
         Some(link)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Rc<ProducerLink> {
+        let (sender, _receiver) = local_channel::new_bounded(1);
+        Rc::new(ProducerLink::new(Rc::new(sender)))
+    }
+
+    #[test]
+    fn checks_rotate_among_live_members_and_an_offline_group_has_none() {
+        let mut links = ProducerLinks::default();
+        assert!(links.pick("payments").is_none(), "nobody registered");
+        let (first, second) = (link(), link());
+        links.register("payments", &first);
+        links.register("payments", &first);
+        links.register("payments", &second);
+        let picked: Vec<_> = (0..4).map(|_| links.pick("payments").expect("a member")).collect();
+        assert!(Rc::ptr_eq(&picked[0], &first) && Rc::ptr_eq(&picked[1], &second));
+        assert!(Rc::ptr_eq(&picked[2], &first) && Rc::ptr_eq(&picked[3], &second), "registered once each");
+        second.close();
+        assert!((0..3).all(|_| Rc::ptr_eq(&links.pick("payments").expect("a member"), &first)));
+        links.remove(&first);
+        assert!(links.pick("payments").is_none(), "the whole group is offline");
+    }
+
+    #[test]
+    fn broker_request_ids_always_have_the_high_bit() {
+        let link = link();
+        link.next_request.set(!BROKER_REQUEST_BIT);
+        assert_eq!(link.request_id(), u32::MAX);
+        assert_eq!(link.request_id(), BROKER_REQUEST_BIT, "wraps within the broker's half");
+    }
+}
