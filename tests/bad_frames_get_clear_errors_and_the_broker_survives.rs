@@ -122,6 +122,10 @@ fn every_kind_of_bad_input_gets_its_error_and_the_broker_survives() {
         &protocol::produce_request("t", 0, &[b"garbage message"], false),
     );
     assert_eq!(failure_of(&frame).code, fb::ErrorCode::InvalidMessage);
+    // A request id with the high bit belongs to the broker's own requests:
+    // refused, not left unanswered.
+    let frame = answer(&mut stream, Kind::MetadataRequest as u16, 0x8000_0001, &protocol::metadata_request(&[]));
+    assert_eq!(failure_of(&frame).code, fb::ErrorCode::InvalidRequest);
     // The same connection still works for a good request.
     let frame =
         answer(&mut stream, Kind::ProduceRequest as u16, 12, &protocol::produce_request("t", 0, &[&message], false));

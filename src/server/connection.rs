@@ -110,7 +110,9 @@ async fn read_requests(
     loop {
         loop {
             match decode_frame(&mut buffer, body_max) {
-                Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => link.answered(frame),
+                Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => {
+                    refuse_or_deliver(frame, responses, link).await
+                }
                 Ok(Some(frame)) => dispatch(shard, frame, budget, responses, link).await?,
                 Ok(None) => break,
                 Err(error) => return Err(refuse_frame(responses, error).await),
@@ -135,6 +137,23 @@ async fn refuse_frame(responses: &local_channel::LocalSender<Outgoing>, error: F
     let failure = Failure::new(fb::ErrorCode::BadFrame, error.to_string());
     let _ = responses.send(Outgoing::new(Kind::ErrorResponse, 0, protocol::error_response(&failure), None)).await;
     error.to_string()
+}
+
+/// A frame whose request id has `BROKER_REQUEST_BIT`: an answer to a
+/// request the broker started goes to the link; a client request numbered
+/// that way is refused (the connection goes on), never left unanswered.
+async fn refuse_or_deliver(frame: Frame, responses: &local_channel::LocalSender<Outgoing>, link: &ProducerLink) {
+    let is_request = Kind::from_u16(frame.kind).is_some_and(|kind| kind.response().is_some());
+    if !is_request {
+        link.answered(frame);
+        return;
+    }
+    let failure = Failure::new(
+        fb::ErrorCode::InvalidRequest,
+        format!("request id {:#x} has the high bit set: those ids are the broker's own requests", frame.request_id),
+    );
+    let refusal = Outgoing::new(Kind::ErrorResponse, frame.request_id, protocol::error_response(&failure), None);
+    let _ = responses.send(refusal).await;
 }
 
 async fn dispatch(
