@@ -44,3 +44,42 @@ fn a_short_run_reports_everything_and_loses_nothing() {
     let svg = std::fs::read_to_string(&plot).expect("plot");
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
 }
+
+/// `--transactional`: a plain phase and a transactional one (a half and its
+/// commit per message) in one run; both report, both lose nothing, and the
+/// ratio is there. No assertion on speed either.
+#[test]
+fn a_transactional_run_reports_both_phases_and_loses_nothing() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let json = work.path().join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
+        .current_dir(work.path())
+        .args(["--spawn-broker", "--broker-shards", "2", "--queues", "4", "--producers", "2", "--consumers", "2"])
+        .args(["--rate", "300", "--duration", "2s", "--warmup", "500ms", "--size", "256", "--window", "4"])
+        .arg("--transactional")
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run ringmq-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for line in
+        ["publish:", "verification:", "transactional publish:", "transactional verification:", "transactional / plain:"]
+    {
+        assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
+    for phase in [&summary, &summary["transactional"]] {
+        assert_eq!(phase["lost"], 0, "{summary}");
+        assert_eq!(phase["errors"], 0, "{summary}");
+        assert!(phase["acknowledged"].as_u64().is_some_and(|count| count > 0), "nothing acknowledged: {summary}");
+        for percentile in ["p50", "p99"] {
+            assert!(phase["publish_latency_us"][percentile].is_u64(), "{summary}");
+        }
+    }
+    for ratio in ["publish_p50", "publish_p99", "throughput"] {
+        assert!(summary["transactional_to_plain"][ratio].is_f64(), "summary lacks the {ratio} ratio: {summary}");
+    }
+    assert_eq!(summary["workload"]["transactional"], true);
+}

@@ -97,6 +97,11 @@ struct Args {
     hdr_log: Option<String>,
     #[arg(long)]
     plot: Option<String>,
+    /// Two phases of the same workload, each --warmup + --duration: plain
+    /// sends, then transactional ones (a half and its commit per message);
+    /// reports both and their ratio. One message per request.
+    #[arg(long)]
+    transactional: bool,
     #[arg(long, default_value = "warn")]
     log: String,
 }
@@ -149,6 +154,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
     if args.size < BODY_HEADER_BYTES {
         return Err(format!("--size must be at least {BODY_HEADER_BYTES} bytes"));
     }
+    if args.transactional && args.batch != 1 {
+        // Every half has its own transaction and commit.
+        return Err("--transactional sends one message per request: leave --batch at 1".into());
+    }
     // The raw disk is measured before a spawned broker starts, so the two do
     // not compete (a new broker zero-fills its first segments).
     let temp = if args.spawn_broker { Some(broker::SpawnedBroker::directory()?) } else { None };
@@ -168,8 +177,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
 
     let client = Client::connect(&address).map_err(|error| error.to_string())?;
     let (layout, _) = client.create_topic(&args.topic, args.queues).map_err(|error| error.to_string())?;
-    let group = format!("ringmq-load-{}-{:08x}", std::process::id(), fastrand::u32(..));
-    let assignments = join_group(&client, &group, &args.topic, args.consumers)?;
     let endpoints: Vec<String> = (0..client.shard_count())
         .map(|shard| {
             let port = address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(9876);
@@ -184,6 +191,43 @@ fn run(args: Args) -> Result<ExitCode, String> {
         args.producers, args.consumers, args.queues, args.size, args.batch, args.window,
         if args.rate > 0.0 { format!("{} msg/s", args.rate) } else { "max".into() }, args.duration, args.warmup
     );
+    let target = Target { client: &client, layout: &layout, endpoints: &endpoints, cores };
+    let plain = run_phase(&args, &target, false)?;
+    let transactional = if args.transactional {
+        println!("--- transactional phase: a half and its commit per message");
+        Some(run_phase(&args, &target, true)?)
+    } else {
+        None
+    };
+    if let Some(broker) = spawned {
+        broker.stop();
+    }
+    summarize(&args, &plain, transactional.as_ref(), raw_p50)
+}
+
+/// The broker and topic the phases run against.
+struct Target<'a> {
+    client: &'a Client,
+    layout: &'a protocol::TopicLayout,
+    endpoints: &'a [String],
+    cores: usize,
+}
+
+/// What one phase measured.
+struct PhaseRun {
+    shared: Arc<Shared>,
+    totals: Totals,
+    intervals: Vec<Interval>,
+    started: SystemTime,
+}
+
+/// One run of the workload (warm-up and duration) with its own consumer
+/// group and producer ids: a later phase's consumers read the topic from
+/// the start and skip an earlier phase's messages by their producer id.
+fn run_phase(args: &Args, target: &Target<'_>, transactional: bool) -> Result<PhaseRun, String> {
+    let cores = target.cores;
+    let group = format!("ringmq-load-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let assignments = join_group(target.client, &group, &args.topic, args.consumers)?;
     let start = Instant::now() + Duration::from_millis(200);
     let shared = Arc::new(Shared {
         start,
@@ -206,6 +250,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         rate_per_producer: args.rate / f64::from(args.producers.max(1)),
         keyed: args.keyed,
         producer_id_base: fastrand::u64(1..u64::MAX / 2),
+        transactional,
     };
     let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
     let mut handles = Vec::new();
@@ -218,8 +263,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 .filter(|(consumer, _)| consumer % cores == executor)
                 .map(|(consumer, assignment)| (consumer as u32, assignment.clone()))
                 .collect(),
-            layout: layout.clone(),
-            endpoints: endpoints.clone(),
+            layout: target.layout.clone(),
+            endpoints: target.endpoints.to_vec(),
             workload: workload.clone(),
         };
         let shared = shared.clone();
@@ -229,8 +274,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
             .map_err(|error| error.to_string())?;
         handles.push(handle);
     }
-    let run_started = SystemTime::now();
-    let intervals = watch(&shared, &args);
+    let started = SystemTime::now();
+    let intervals = watch(&shared, args);
     let mut totals =
         Totals { publish: latency_histogram_us(), e2e: latency_histogram_us(), send_delay: latency_histogram_us() };
     for handle in handles {
@@ -239,10 +284,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         let _ = totals.e2e.add(&executor.e2e);
         let _ = totals.send_delay.add(&executor.send_delay);
     }
-    if let Some(broker) = spawned {
-        broker.stop();
-    }
-    summarize(&args, &shared, &totals, &intervals, raw_p50, run_started)
+    Ok(PhaseRun { shared, totals, intervals, started })
 }
 
 /// Prints a line every 10 s while producing, then drains the consumers.
@@ -309,14 +351,15 @@ fn watch(shared: &Shared, args: &Args) -> Vec<Interval> {
     }
 }
 
-fn summarize(
-    args: &Args,
-    shared: &Shared,
-    totals: &Totals,
-    intervals: &[Interval],
-    raw_p50: u64,
-    run_started: SystemTime,
-) -> Result<ExitCode, String> {
+/// One phase's figures: printed (each line after `prefix`) and as JSON.
+struct PhaseSummary {
+    json: serde_json::Value,
+    publish_rate: f64,
+    lost: u64,
+}
+
+fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) -> PhaseSummary {
+    let (shared, totals) = (&phase.shared, &phase.totals);
     let verdict = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).verdict();
     let seconds = args.duration.as_secs_f64();
     let publish_rate = totals.publish.len() as f64 * f64::from(args.batch) / seconds;
@@ -324,19 +367,19 @@ fn summarize(
     let publish_mb_s = publish_rate * args.size as f64 / 1e6;
     let errors = shared.errors.load(Ordering::Relaxed);
     let publish_p50 = totals.publish.value_at_quantile(0.5);
-    println!("---");
-    println!("publish: {publish_rate:.0} msg/s, {publish_mb_s:.1} MB/s; latency {}", describe(&totals.publish));
-    println!("end-to-end: {consume_rate:.0} msg/s; latency {}", describe(&totals.e2e));
-    println!("send delay (intended -> actual): {}", describe(&totals.send_delay));
+    println!("{prefix}publish: {publish_rate:.0} msg/s, {publish_mb_s:.1} MB/s; latency {}", describe(&totals.publish));
+    println!("{prefix}end-to-end: {consume_rate:.0} msg/s; latency {}", describe(&totals.e2e));
+    println!("{prefix}send delay (intended -> actual): {}", describe(&totals.send_delay));
     println!(
-        "publish p50 / raw fdatasync p50 = {:.2} ({publish_p50} us / {raw_p50} us)",
+        "{prefix}publish p50 / raw fdatasync p50 = {:.2} ({publish_p50} us / {raw_p50} us)",
         publish_p50 as f64 / raw_p50.max(1) as f64
     );
     println!(
-        "verification: {} acknowledged, {} received, {} lost, {} duplicates, {} received unacknowledged, {errors} send errors",
+        "{prefix}verification: {} acknowledged, {} received, {} lost, {} duplicates, {} received unacknowledged, {errors} send errors",
         verdict.acknowledged, verdict.received, verdict.lost, verdict.duplicates, verdict.unacknowledged_received
     );
-    let summary = json!({
+    let lost = if args.consumers == 0 { 0 } else { verdict.lost };
+    let json = json!({
         "publish_rate": publish_rate.round(),
         "consume_rate": consume_rate.round(),
         "publish_mb_s": (publish_mb_s * 10.0).round() / 10.0,
@@ -345,29 +388,73 @@ fn summarize(
         "send_delay_us": percentiles(&totals.send_delay),
         "acknowledged": verdict.acknowledged,
         "received": verdict.received,
-        "lost": if args.consumers == 0 { 0 } else { verdict.lost },
+        "lost": lost,
         "duplicates": verdict.duplicates,
         "unacknowledged_received": verdict.unacknowledged_received,
         "errors": errors,
-        "raw_fsync_p50_us": raw_p50,
         "publish_p50_to_raw_fsync_p50": ((publish_p50 as f64 / raw_p50.max(1) as f64) * 100.0).round() / 100.0,
-        "workload": {
-            "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
-            "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
-        },
     });
+    PhaseSummary { json, publish_rate, lost }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    ((numerator / denominator.max(1.0)) * 100.0).round() / 100.0
+}
+
+/// The plain phase's figures at the top level of the JSON (as without
+/// `--transactional`); with it, the transactional phase under
+/// `transactional` and the costs under `transactional_to_plain`.
+fn summarize(
+    args: &Args,
+    plain: &PhaseRun,
+    transactional: Option<&PhaseRun>,
+    raw_p50: u64,
+) -> Result<ExitCode, String> {
+    let seconds = args.duration.as_secs_f64();
+    println!("---");
+    let plain_summary = summarize_phase(args, plain, raw_p50, "");
+    let mut summary = plain_summary.json.clone();
+    summary["raw_fsync_p50_us"] = json!(raw_p50);
+    summary["workload"] = json!({
+        "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
+        "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
+        "transactional": args.transactional,
+    });
+    let mut lost = plain_summary.lost;
+    if let Some(phase) = transactional {
+        println!("--- transactional (half + commit per message)");
+        let tx_summary = summarize_phase(args, phase, raw_p50, "transactional ");
+        let quantile = |run: &PhaseRun, quantile: f64| run.totals.publish.value_at_quantile(quantile) as f64;
+        let p50 = ratio(quantile(phase, 0.5), quantile(plain, 0.5));
+        let p99 = ratio(quantile(phase, 0.99), quantile(plain, 0.99));
+        let throughput = ratio(tx_summary.publish_rate, plain_summary.publish_rate);
+        println!(
+            "transactional / plain: publish p50 {p50:.2} ({} us / {} us), p99 {p99:.2}, throughput {throughput:.2} ({:.0} / {:.0} msg/s)",
+            quantile(phase, 0.5), quantile(plain, 0.5), tx_summary.publish_rate, plain_summary.publish_rate
+        );
+        summary["transactional"] = tx_summary.json;
+        summary["transactional_to_plain"] = json!({"publish_p50": p50, "publish_p99": p99, "throughput": throughput});
+        lost += tx_summary.lost;
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&summary).map_err(|error| error.to_string())?)
             .map_err(|error| format!("{path}: {error}"))?;
     }
+    // The interval log and the plot are the plain phase's, as without
+    // `--transactional`; the plot adds the transactional publish curve.
     if let Some(path) = &args.hdr_log {
-        report::write_hdr_log(path, intervals, run_started)?;
+        report::write_hdr_log(path, &plain.intervals, plain.started)?;
     }
     if let Some(path) = &args.plot {
-        report::write_svg(path, &[("publish", "#1f77b4", &totals.publish), ("end-to-end", "#d62728", &totals.e2e)])?;
+        let mut series =
+            vec![("publish", "#1f77b4", &plain.totals.publish), ("end-to-end", "#d62728", &plain.totals.e2e)];
+        if let Some(phase) = transactional {
+            series.push(("transactional publish", "#2ca02c", &phase.totals.publish));
+        }
+        report::write_svg(path, &series)?;
     }
-    if args.consumers > 0 && verdict.lost > 0 {
-        eprintln!("ringmq-load: {} acknowledged messages were never received", verdict.lost);
+    if lost > 0 {
+        eprintln!("ringmq-load: {lost} acknowledged messages were never received");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

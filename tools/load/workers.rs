@@ -7,7 +7,7 @@
 use crate::ledger::Ledger;
 use hdrhistogram::Histogram;
 use ringmq::client::{visit_records, AsyncConnection, ClientError};
-use ringmq::protocol::{self, fb, verify, Assignment, FetchParams, Kind, TopicLayout};
+use ringmq::protocol::{self, fb, verify, Assignment, Failure, FetchParams, Kind, TopicLayout};
 use ringmq::storage::latency_histogram_us;
 use ringmq::wire::MessageDraft;
 use std::cell::RefCell;
@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Spreads the per-queue producer ids of one load producer apart.
 const QUEUES_PER_PRODUCER_ID: u64 = 1 << 16;
+
+/// The producer group of the transactional phase's halves. Nothing of it
+/// registers, so the broker never checks them back: each gets its commit
+/// right away.
+pub const TRANSACTION_GROUP: &str = "ringmq-load";
 
 /// Bytes at the start of every body: intended send time (ns since the run
 /// started), producer index, sequence.
@@ -38,6 +43,9 @@ pub struct Workload {
     pub rate_per_producer: f64,
     pub keyed: bool,
     pub producer_id_base: u64,
+    /// Each message a half, then `END_TRANSACTION` commit (one message per
+    /// request); acknowledged, and timed, at the commit's answer.
+    pub transactional: bool,
 }
 
 /// State every executor and the main thread share.
@@ -234,6 +242,11 @@ async fn send(
     first_sequence: u64,
     intended: Instant,
 ) {
+    if workload.transactional {
+        // One message per request (`--transactional` refuses `--batch`).
+        send_transactional(context, workload, producer, stamp.queue, first_sequence, intended).await;
+        return;
+    }
     let intended_ns = context.since_start_ns(intended);
     let queue = stamp.queue;
     let message_producer = workload.producer_id_base + u64::from(producer);
@@ -272,6 +285,19 @@ async fn send(
         context.shared.errors.fetch_add(workload.batch as u64, Ordering::Relaxed);
         return;
     };
+    acknowledge(context, workload, producer, first_sequence, intended, acknowledged);
+}
+
+/// Records an acknowledged request: its latency from the intended send
+/// time, its messages in the ledger.
+fn acknowledge(
+    context: &Context,
+    workload: &Workload,
+    producer: u32,
+    first_sequence: u64,
+    intended: Instant,
+    acknowledged: usize,
+) {
     let latency = Instant::now().saturating_duration_since(intended).as_micros() as u64;
     if context.measured(intended) {
         let mut local = context.local.borrow_mut();
@@ -285,6 +311,79 @@ async fn send(
         }
     }
     context.shared.published.fetch_add(acknowledged as u64, Ordering::Relaxed);
+}
+
+/// One transactional message: the half, then its commit on the same shard
+/// connection (two durable writes); acknowledged at the commit's answer.
+async fn send_transactional(
+    context: &Context,
+    workload: &Workload,
+    producer: u32,
+    queue: u32,
+    sequence: u64,
+    intended: Instant,
+) {
+    let body = body(workload.size, context.since_start_ns(intended), producer, sequence);
+    let message_producer = workload.producer_id_base + u64::from(producer);
+    let key = format!("key-{}", sequence % 1024);
+    let keys = [key.as_str()];
+    // Unique across runs too: the broker refuses the opposite outcome of a
+    // transaction id it has settled.
+    let transaction_id = format!("load-{message_producer:016x}-{sequence}");
+    // Producer id 0: the broker deduplicates halves by transaction id, not
+    // by queue sequence.
+    let half = MessageDraft {
+        msg_id: (message_producer, sequence),
+        topic: &workload.topic,
+        queue,
+        keys: if workload.keyed { &keys } else { &[] },
+        body: &body,
+        half: true,
+        producer_group: Some(TRANSACTION_GROUP),
+        transaction_id: Some(&transaction_id),
+        ..MessageDraft::default()
+    }
+    .build();
+    let shard = context.plan.layout.queue_shards[queue as usize];
+    let committed = match context.connection(shard).await {
+        Ok(connection) => half_and_commit(&connection, &workload.topic, queue, &half, &transaction_id).await,
+        Err(error) => Err(error.to_string()),
+    };
+    match committed {
+        Ok(()) => acknowledge(context, workload, producer, sequence, intended, 1),
+        Err(error) => {
+            tracing::debug!(error, transaction_id, "a transactional send failed");
+            context.shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn half_and_commit(
+    connection: &AsyncConnection,
+    topic: &str,
+    queue: u32,
+    half: &[u8],
+    transaction_id: &str,
+) -> Result<(), String> {
+    let request = protocol::produce_request(topic, queue, &[half], false);
+    let answer = connection.request(Kind::ProduceRequest, &request).await.map_err(|error| error.to_string())?;
+    let response = verify::<fb::ProduceResponse>(&answer)?;
+    let stored =
+        response.sends().is_some_and(|sends| sends.len() == 1 && sends.get(0).status() == fb::SendStatus::SendOk);
+    if !stored {
+        return Err("the half was not stored".into());
+    }
+    let request =
+        protocol::end_transaction_request(topic, queue, transaction_id, fb::TransactionOutcome::Commit, false);
+    let answer = connection.request(Kind::EndTransactionRequest, &request).await.map_err(|error| error.to_string())?;
+    let response = verify::<fb::EndTransactionResponse>(&answer)?;
+    if let Some(failure) = Failure::from_outcome(response.outcome()) {
+        return Err(failure.to_string());
+    }
+    if response.state() != fb::TransactionState::Committed {
+        return Err(format!("the commit answered state {:?}", response.state()));
+    }
+    Ok(())
 }
 
 async fn run_consumer(context: Rc<Context>, consumer: u32, assignment: Assignment) {
