@@ -29,6 +29,11 @@ pub async fn run(shard: Rc<Shard>) {
         if shard.shutting_down.get() {
             return;
         }
+        let forgotten =
+            shard.transactions.borrow_mut().forget_settled(now_us(), transactions::SETTLED_TRANSACTIONS_KEPT);
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "forgot transactions settled over an hour ago");
+        }
         check_round(&shard).await;
     }
 }

@@ -49,6 +49,10 @@ const REPLAY_BATCH_BYTES: usize = 4 << 20;
 /// Transactions one `ListTransactions` answer carries at most (pending ones
 /// first), so the answer stays far below the frame limit.
 pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
+/// How long a settled transaction stays known (for repeated outcomes and
+/// `tx list`), and how many settled ones stay known at most.
+pub const SETTLED_TRANSACTIONS_KEPT: Duration = Duration::from_secs(3600);
+pub const SETTLED_TRANSACTIONS_MAX: usize = 100_000;
 /// A concurrent `END_TRANSACTION` of the same transaction looks again this
 /// soon whether the one in flight finished.
 const ENDING_POLL: Duration = Duration::from_millis(1);
@@ -132,6 +136,8 @@ pub struct HalfMessage {
     pub check_immunity: Option<Duration>,
     pub checks_delivered: u32,
     pub state: TransactionState,
+    /// When the shard learnt its outcome (wall clock, us); 0 while pending.
+    pub settled_at_us: u64,
     /// An `END_TRANSACTION` appending its op record right now.
     pub ending: bool,
 }
@@ -291,7 +297,40 @@ impl TransactionTable {
         half.state = state;
         if state != TransactionState::Pending {
             self.pending_positions.remove(&half.position);
+            if half.settled_at_us == 0 {
+                half.settled_at_us = crate::storage::now_us();
+            }
         }
+    }
+
+    /// Forgets transactions settled more than `kept` ago, and the oldest
+    /// settled ones past `SETTLED_TRANSACTIONS_MAX`, so the table is bounded
+    /// by what is pending plus what settled lately. A repeated
+    /// `END_TRANSACTION` of a forgotten one is answered `UnknownTransaction`
+    /// (a producer resends for its delivery timeout, far less). Returns how
+    /// many went.
+    pub fn forget_settled(&mut self, now_us: u64, kept: Duration) -> usize {
+        let before = self.transactions.len();
+        let kept_us = kept.as_micros() as u64;
+        self.transactions.retain(|_, half| {
+            half.state == TransactionState::Pending
+                || half.ending
+                || now_us.saturating_sub(half.settled_at_us) < kept_us
+        });
+        let settled = self.transactions.len() - self.pending_positions.len();
+        if settled > SETTLED_TRANSACTIONS_MAX {
+            let mut oldest: Vec<(u64, String)> = self
+                .transactions
+                .values()
+                .filter(|half| half.state != TransactionState::Pending && !half.ending)
+                .map(|half| (half.settled_at_us, half.transaction_id.clone()))
+                .collect();
+            oldest.sort_unstable();
+            for (_, transaction_id) in oldest.into_iter().take(settled - SETTLED_TRANSACTIONS_MAX) {
+                self.transactions.remove(&transaction_id);
+            }
+        }
+        before - self.transactions.len()
     }
 
     /// Counts one check-back a live producer acknowledged (its op record
@@ -411,6 +450,7 @@ pub async fn place_half(
         check_immunity: check_immunity(message),
         checks_delivered: 0,
         state: TransactionState::Pending,
+        settled_at_us: 0,
         ending: false,
     };
     let send = half.first_send();
@@ -591,6 +631,7 @@ pub async fn recover<S: Storage>(
             check_immunity: check_immunity(message),
             checks_delivered: 0,
             state: TransactionState::Pending,
+            settled_at_us: 0,
             ending: false,
         });
     })
@@ -675,6 +716,7 @@ mod tests {
             check_immunity: None,
             checks_delivered: 0,
             state: TransactionState::Pending,
+            settled_at_us: 0,
             ending: false,
         }
     }
@@ -847,5 +889,21 @@ mod tests {
         table.finish_end("old", Some(TransactionState::Discarded));
         assert_eq!(code(table.begin_end("old", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
         assert_eq!(table.list(true).len(), 1);
+    }
+
+    #[test]
+    fn settled_transactions_are_forgotten_after_a_while_and_pending_ones_never() {
+        let mut table = TransactionTable::default();
+        table.stored(half("settled", 100));
+        table.stored(half("pending", 200));
+        table.settle("settled", TransactionState::RolledBack);
+        let settled_at = table.get("settled").expect("known").settled_at_us;
+        assert!(settled_at > 0);
+        let kept = Duration::from_secs(60);
+        assert_eq!(table.forget_settled(settled_at + 59_000_000, kept), 0, "recently settled: kept");
+        assert_eq!(table.forget_settled(settled_at + 61_000_000, kept), 1);
+        assert!(table.get("settled").is_none());
+        assert_eq!(table.forget_settled(u64::MAX, kept), 0, "a pending transaction is never forgotten");
+        assert!(table.get("pending").is_some());
     }
 }
