@@ -13,11 +13,10 @@
 //! link, not to a handler.
 
 use super::handlers;
+use super::outgoing::Outgoing;
 use super::producer_links::ProducerLink;
 use super::shard::Shard;
-use crate::protocol::{
-    self, decode_frame, fb, frame_header, Failure, Frame, FrameError, Kind, BROKER_REQUEST_BIT, FRAME_HEADER_BYTES,
-};
+use crate::protocol::{self, decode_frame, fb, Failure, Frame, FrameError, Kind, BROKER_REQUEST_BIT};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -59,21 +58,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     .instrument(span)
     .await
-}
-
-/// A frame to write (header and body apart, so the body is copied once,
-/// into the write buffer) and the budget it holds until it is written: an
-/// answer, or a request the broker starts (no budget).
-pub struct Outgoing {
-    header: [u8; FRAME_HEADER_BYTES],
-    body: Vec<u8>,
-    _held: Option<(StaticPermit, StaticPermit)>,
-}
-
-impl Outgoing {
-    pub fn new(kind: Kind, request_id: u32, body: Vec<u8>, held: Option<(StaticPermit, StaticPermit)>) -> Self {
-        Self { header: frame_header(kind as u16, request_id, body.len()), body, _held: held }
-    }
 }
 
 /// What one connection may hold at once.

@@ -3,6 +3,7 @@
 //! answers with its response kind or a `Failure`.
 
 use super::dedup::{Admission, StoredSend};
+use super::failures::log_failure;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
 use super::shard::Shard;
@@ -23,17 +24,6 @@ const FETCH_COUNT_MAX: u32 = 10_000;
 
 fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
-}
-
-pub(super) fn log_failure(error: LogError) -> Failure {
-    let code = match &error {
-        LogError::Stopped { .. } => fb::ErrorCode::StoreStopped,
-        LogError::NoSpace { .. } => fb::ErrorCode::DiskFull,
-        LogError::RecordTooLarge { .. } => fb::ErrorCode::MessageTooLarge,
-        LogError::OffsetTruncated { .. } => fb::ErrorCode::OffsetTruncated,
-        _ => fb::ErrorCode::Internal,
-    };
-    Failure::new(code, error.to_string())
 }
 
 pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) -> Answer {

@@ -5,7 +5,7 @@
 //! request id that has `BROKER_REQUEST_BIT` set, and the connection's read
 //! loop hands the producer's answer (same id) back here.
 
-use super::connection::Outgoing;
+use super::outgoing::Outgoing;
 use crate::protocol::{Frame, Kind, BROKER_REQUEST_BIT};
 use glommio::channels::local_channel::{self, LocalSender};
 use std::cell::{Cell, RefCell};

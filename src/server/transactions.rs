@@ -516,7 +516,7 @@ pub async fn end(
         Ok(state) => state,
         Err(error) => {
             shard.transactions.borrow_mut().finish_end(transaction_id, None);
-            return Err(super::handlers::log_failure(error));
+            return Err(super::failures::log_failure(error));
         }
     };
     shard.transactions.borrow_mut().finish_end(transaction_id, Some(settled));
