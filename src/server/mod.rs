@@ -22,6 +22,7 @@ mod shard;
 mod start_gate;
 mod topics;
 mod transactions;
+mod transactions_snapshot;
 
 use crate::constants::{
     CHECKPOINT_INTERVAL_MS_DEFAULT, FRAME_BODY_BYTES_MAX, INDEX_CACHE_BYTES_DEFAULT, IN_FLIGHT_BYTES_MIN,
@@ -355,7 +356,19 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         .await
         .map_err(|error| shard_error(format!("rebuilding the producer table: {error}")))?;
     tracing::info!(producers = producers.producer_count(), "producer table rebuilt from the log");
-    let transactions = transactions::recover(&log, &topics, &queue_ids)
+    let mut transactions_snapshot = transactions_snapshot::load(&DmaStorage, &dir).await;
+    if let Some(covered) = transactions_snapshot.as_ref().map(|snapshot| snapshot.covered) {
+        if covered > recovered_end {
+            tracing::warn!(
+                covered,
+                recovered_end,
+                "the transactions snapshot reaches past the recovered log; replaying the whole log instead"
+            );
+            transactions_snapshot = None;
+        }
+    }
+    let transactions_snapshot_floor = transactions_snapshot.as_ref().map_or(u64::MAX, |snapshot| snapshot.floor);
+    let transactions = transactions_snapshot::recover(transactions_snapshot, &log, &topics, &queue_ids)
         .await
         .map_err(|error| shard_error(format!("rebuilding the transaction table: {error}")))?;
     tracing::info!(
@@ -379,6 +392,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         producers,
         producers_floor,
         transactions,
+        transactions_snapshot_floor,
         peers,
     }));
     shard.set_floor(&shard.offsets_floor, offsets_floor);
@@ -461,6 +475,7 @@ async fn background_work(shard: Rc<Shard>) {
             expire_idle_producers(&shard);
             write_offsets_snapshot(&shard).await;
             write_producers_snapshot(&shard).await;
+            write_transactions_snapshot(&shard).await;
         }
     }
 }
@@ -505,6 +520,34 @@ async fn write_producers_snapshot(shard: &Shard) {
     }
 }
 
+/// Snapshots the transaction table as of the durable position (see
+/// `transactions_snapshot` for what it holds), so that start-up replays
+/// only the records after it and retention may delete settled halves.
+async fn write_transactions_snapshot(shard: &Shard) {
+    // One synchronous step: the position, every queue's durable end and the
+    // appends in flight agree.
+    let covered = shard.log.positions().flushed;
+    let mut floor = covered;
+    let mut queue_offsets: std::collections::HashMap<u32, u64> = transactions_snapshot::TRANSACTION_QUEUES
+        .into_iter()
+        .chain(shard.owned_queue_ids())
+        .map(|id| (id, shard.log.durable_end_offset(id)))
+        .collect();
+    for (queue_id, offset, position) in shard.transaction_appends.entries() {
+        let from = queue_offsets.entry(queue_id).or_insert(offset);
+        *from = (*from).min(offset);
+        floor = floor.min(position);
+    }
+    let bytes = transactions_snapshot::encode(&shard.transactions.borrow(), covered, floor, &queue_offsets);
+    match transactions_snapshot::write(&shard.storage, &shard.dir, &bytes).await {
+        Ok(()) => {
+            shard.transactions_snapshot_floor.set(floor);
+            transactions::update_floor(shard);
+        }
+        Err(error) => tracing::warn!(%error, "transactions snapshot failed; start-up will replay more"),
+    }
+}
+
 async fn shutdown(
     shard: Rc<Shard>,
     accepting: glommio::Task<()>,
@@ -520,6 +563,7 @@ async fn shutdown(
     }
     write_offsets_snapshot(&shard).await;
     write_producers_snapshot(&shard).await;
+    write_transactions_snapshot(&shard).await;
     shard
         .log
         .close()

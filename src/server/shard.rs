@@ -10,7 +10,7 @@ use super::offsets::Offsets;
 use super::placement::PlacementLine;
 use super::producer_links::ProducerLinks;
 use super::topics::{Topic, Topics, TOPICS_FILE};
-use super::transactions::TransactionTable;
+use super::transactions::{AppendsInFlight, TransactionTable};
 use super::ServerConfig;
 use crate::protocol::{fb, Failure, ShardEndpoint};
 use crate::storage::backend::{DmaStorage, Storage};
@@ -50,6 +50,11 @@ pub struct Shard {
     pub offsets_floor: Cell<u64>,
     pub producers_floor: Cell<u64>,
     pub transactions_floor: Cell<u64>,
+    /// Lowest log position a replay after the transactions snapshot reads
+    /// (`u64::MAX` before the first: a full replay, as without one).
+    pub transactions_snapshot_floor: Cell<u64>,
+    /// Transaction appends whose effect is not in the table yet.
+    pub transaction_appends: AppendsInFlight,
     pub peers: Peers,
     next_token: Cell<u64>,
     creates_waiting: RefCell<HashMap<u64, LocalSender<Created>>>,
@@ -73,6 +78,7 @@ pub struct ShardParts {
     pub producers: ProducerTable,
     pub producers_floor: u64,
     pub transactions: TransactionTable,
+    pub transactions_snapshot_floor: u64,
     pub peers: Peers,
 }
 
@@ -92,7 +98,11 @@ impl Shard {
             commits_in_flight: RefCell::new(BTreeMap::new()),
             coordinator: RefCell::new(Coordinator::new(parts.id)),
             dedup: RefCell::new(parts.producers),
-            transactions_floor: Cell::new(parts.transactions.oldest_pending().unwrap_or(u64::MAX)),
+            transactions_floor: Cell::new(
+                parts.transactions.oldest_pending().unwrap_or(u64::MAX).min(parts.transactions_snapshot_floor),
+            ),
+            transactions_snapshot_floor: Cell::new(parts.transactions_snapshot_floor),
+            transaction_appends: AppendsInFlight::default(),
             transactions: RefCell::new(parts.transactions),
             producer_links: RefCell::new(ProducerLinks::default()),
             placement_line: PlacementLine::default(),

@@ -24,9 +24,12 @@
 //! (`recover`): every half of `HALF_QUEUE_ID` starts pending, a half read
 //! through `OP_QUEUE_ID` was rolled back, through `DISCARD_QUEUE_ID`
 //! discarded, through one of the shard's queues committed at that offset;
-//! each read through `CHECK_QUEUE_ID` counts one delivered check. The retention floor stays
-//! at or below the oldest pending half (`TransactionTable::oldest_pending`),
-//! so a pending half is never deleted.
+//! each read through `CHECK_QUEUE_ID` counts one delivered check. A
+//! snapshot (`transactions_snapshot`) shortens that replay. The retention
+//! floor stays at or below the oldest pending half
+//! (`TransactionTable::oldest_pending`) and the snapshot's replay start,
+//! so a pending half, and the op records a restart must read, are never
+//! deleted.
 //!
 //! Halves are deduplicated by transaction id, not by producer sequence: a
 //! resent half answers the first result, marked duplicate.
@@ -40,7 +43,8 @@ use crate::storage::backend::Storage;
 use crate::storage::record::flags;
 use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
 use crate::wire::{verify_message, VerifiedMessage};
-use std::collections::{BTreeSet, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Records one replay read takes at most.
@@ -135,7 +139,15 @@ pub struct HalfMessage {
     /// The message's own check-immunity time, if it set one.
     pub check_immunity: Option<Duration>,
     pub checks_delivered: u32,
+    /// The check records counted in `checks_delivered`: their offset in
+    /// `CHECK_QUEUE_ID` (a replay counts each once) and their end in the
+    /// log (0 when found by recovery: durable), so a snapshot leaves out
+    /// those not durable at its position.
+    pub check_records: Vec<(u64, u64)>,
     pub state: TransactionState,
+    /// End of the op record that settled it (0 while pending, or when
+    /// found by recovery: durable).
+    pub settled_end: u64,
     /// When the shard learnt its outcome (wall clock, us); 0 while pending.
     pub settled_at_us: u64,
     /// An `END_TRANSACTION` appending its op record right now.
@@ -221,12 +233,26 @@ impl TransactionTable {
     /// A newly stored half (or one found by recovery), pending.
     pub fn stored(&mut self, half: HalfMessage) {
         debug_assert_eq!(half.state, TransactionState::Pending, "a half is stored pending");
+        if self.transactions.get(&half.transaction_id).is_some_and(|known| known.position == half.position) {
+            // A replay after a snapshot may read a half the snapshot holds.
+            return;
+        }
         self.pending_positions.insert(half.position);
         if let Some(previous) = self.transactions.insert(half.transaction_id.clone(), half) {
             // Recovery may meet a half twice only if a producer stored two
             // halves under one id before dedup knew the first: keep the newest.
             self.pending_positions.remove(&previous.position);
             tracing::warn!(transaction_id = previous.transaction_id, "two halves under one transaction id");
+        }
+    }
+
+    /// A transaction as a snapshot held it, in whatever state.
+    pub fn restore(&mut self, half: HalfMessage) {
+        if half.state == TransactionState::Pending {
+            self.pending_positions.insert(half.position);
+        }
+        if let Some(previous) = self.transactions.insert(half.transaction_id.clone(), half) {
+            self.pending_positions.remove(&previous.position);
         }
     }
 
@@ -273,19 +299,20 @@ impl TransactionTable {
         }
     }
 
-    /// Ends what `begin_end` began: `settled` is the new state once its op
-    /// record is durable, `None` when the append failed (still pending).
-    pub fn finish_end(&mut self, transaction_id: &str, settled: Option<TransactionState>) {
+    /// Ends what `begin_end` began: `settled` is the op record appended
+    /// (its state and end), `None` when the append failed (still pending).
+    pub fn finish_end(&mut self, transaction_id: &str, settled: Option<OpRecord>) {
         let Some(half) = self.transactions.get_mut(transaction_id) else { return };
         debug_assert!(half.ending, "transaction {transaction_id:?} ends without having begun to");
         half.ending = false;
-        if let Some(state) = settled {
-            self.settle(transaction_id, state);
+        if let Some(op) = settled {
+            self.settle(transaction_id, op.state, op.end);
         }
     }
 
-    /// Records an outcome (an op record durable, or found by recovery).
-    pub fn settle(&mut self, transaction_id: &str, state: TransactionState) {
+    /// Records an outcome whose op record ends at `end` (0: found by
+    /// recovery). Settling again with the same state changes nothing.
+    pub fn settle(&mut self, transaction_id: &str, state: TransactionState, end: u64) {
         let Some(half) = self.transactions.get_mut(transaction_id) else { return };
         if half.state != TransactionState::Pending && half.state != state {
             // Two outcomes for one half cannot be appended (`begin_end`
@@ -294,7 +321,11 @@ impl TransactionTable {
             tracing::error!(transaction_id, first = ?half.state, second = ?state, "a second, conflicting outcome; keeping the first");
             return;
         }
+        if half.state == state {
+            return;
+        }
         half.state = state;
+        half.settled_end = end;
         if state != TransactionState::Pending {
             self.pending_positions.remove(&half.position);
             if half.settled_at_us == 0 {
@@ -333,12 +364,22 @@ impl TransactionTable {
         before - self.transactions.len()
     }
 
-    /// Counts one check-back a live producer acknowledged (its op record
-    /// durable, or found by recovery).
-    pub fn checked(&mut self, transaction_id: &str) {
+    /// Counts one check-back a live producer acknowledged: its check
+    /// record at `offset` of `CHECK_QUEUE_ID`, ending at `end` (0: found by
+    /// recovery). A record counted already is not counted again.
+    pub fn checked(&mut self, transaction_id: &str, offset: u64, end: u64) {
         if let Some(half) = self.transactions.get_mut(transaction_id) {
+            if half.check_records.iter().any(|(counted, _)| *counted == offset) {
+                return;
+            }
+            half.check_records.push((offset, end));
             half.checks_delivered = half.checks_delivered.saturating_add(1);
         }
+    }
+
+    /// Every transaction known, in no order.
+    pub fn halves(&self) -> impl Iterator<Item = &HalfMessage> {
+        self.transactions.values()
     }
 
     /// The pending halves to check back at `now_us`: stored longer ago than
@@ -388,6 +429,53 @@ impl TransactionTable {
     }
 }
 
+/// An op record appended: the state it leaves and where it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpRecord {
+    pub state: TransactionState,
+    pub offset: u64,
+    pub end: u64,
+}
+
+/// The appends of halves and op records whose effect is not yet in the
+/// table: each with its queue's first offset not durable and the log's
+/// flushed position when it began, lower bounds of where it lands. A
+/// snapshot replays from there, so an append durable before the snapshot
+/// but applied to the table after it is not lost.
+#[derive(Default)]
+pub struct AppendsInFlight {
+    next: Cell<u64>,
+    entries: RefCell<BTreeMap<u64, (u32, u64, u64)>>,
+}
+
+impl AppendsInFlight {
+    /// Notes an append to `queue_id` about to begin; it counts until the
+    /// guard is dropped (after its effect is in the table, or it failed).
+    pub fn begin<'a, S: Storage>(&'a self, log: &CommitLog<S>, queue_id: u32) -> InFlightGuard<'a> {
+        let token = self.next.get();
+        self.next.set(token + 1);
+        let entry = (queue_id, log.durable_end_offset(queue_id), log.positions().flushed);
+        self.entries.borrow_mut().insert(token, entry);
+        InFlightGuard { appends: self, token }
+    }
+
+    /// (queue id, first offset, log position) of each append in flight.
+    pub fn entries(&self) -> Vec<(u32, u64, u64)> {
+        self.entries.borrow().values().copied().collect()
+    }
+}
+
+pub struct InFlightGuard<'a> {
+    appends: &'a AppendsInFlight,
+    token: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.appends.entries.borrow_mut().remove(&self.token);
+    }
+}
+
 /// Refuses a half without what a transaction needs; `Ok` for any other
 /// message.
 pub fn check_half(message: &VerifiedMessage) -> Result<(), String> {
@@ -433,6 +521,7 @@ pub async fn place_half(
         message: message.bytes(),
         ..AppendRequest::default()
     };
+    let _in_flight = shard.transaction_appends.begin(&shard.log, HALF_QUEUE_ID);
     let appended = shard.log.append_buffered(request).await?;
     let half = HalfMessage {
         transaction_id: transaction_id.to_string(),
@@ -449,7 +538,9 @@ pub async fn place_half(
         half_offset: appended.queue_offset.unwrap_or(0),
         check_immunity: check_immunity(message),
         checks_delivered: 0,
+        check_records: Vec::new(),
         state: TransactionState::Pending,
+        settled_end: 0,
         settled_at_us: 0,
         ending: false,
     };
@@ -459,10 +550,11 @@ pub async fn place_half(
     Ok((send, false))
 }
 
-/// Keeps the log's retention floor at or below the oldest pending half.
+/// Keeps the log's retention floor at or below the oldest pending half and
+/// the transactions snapshot's replay start (`transactions_snapshot`).
 pub(super) fn update_floor(shard: &Shard) {
     let oldest = shard.transactions.borrow().oldest_pending().unwrap_or(u64::MAX);
-    shard.set_floor(&shard.transactions_floor, oldest);
+    shard.set_floor(&shard.transactions_floor, oldest.min(shard.transactions_snapshot_floor.get()));
 }
 
 /// `END_TRANSACTION` of `transaction_id`, whose half targets the queue
@@ -511,17 +603,19 @@ pub async fn end(
         Outcome::Commit => Op::Commit { target_queue_id },
         _ => Op::Rollback,
     };
+    let in_flight = shard.transaction_appends.begin(&shard.log, op.placement().0);
     let appended = append_op(&shard.log, op, transaction_id, position, size_bytes, tag_hash).await;
     let settled = match appended {
-        Ok(state) => state,
+        Ok(op) => op,
         Err(error) => {
             shard.transactions.borrow_mut().finish_end(transaction_id, None);
             return Err(super::failures::log_failure(error));
         }
     };
     shard.transactions.borrow_mut().finish_end(transaction_id, Some(settled));
+    drop(in_flight);
     update_floor(shard);
-    Ok(settled)
+    Ok(settled.state)
 }
 
 /// Rolls back a half whose check-backs ran out, as `Discarded`; does
@@ -529,8 +623,10 @@ pub async fn end(
 pub async fn discard(shard: &Shard, transaction_id: &str) -> Result<(), LogError> {
     let step = shard.transactions.borrow_mut().begin_end(transaction_id, Outcome::Rollback);
     let Ok(EndStep::Append { position, size_bytes, tag_hash, .. }) = step else { return Ok(()) };
+    let in_flight = shard.transaction_appends.begin(&shard.log, DISCARD_QUEUE_ID);
     let appended = append_op(&shard.log, Op::Discard, transaction_id, position, size_bytes, tag_hash).await;
     shard.transactions.borrow_mut().finish_end(transaction_id, appended.as_ref().ok().copied());
+    drop(in_flight);
     update_floor(shard);
     appended.map(|_| ())
 }
@@ -539,8 +635,10 @@ pub async fn discard(shard: &Shard, transaction_id: &str) -> Result<(), LogError
 /// (the transaction id, pointing at the half: no copy of the body), then
 /// the count.
 pub async fn record_check(shard: &Shard, due: &CheckDue) -> Result<(), LogError> {
-    append_op(&shard.log, Op::Checked, &due.transaction_id, due.position, due.size_bytes, due.tag_hash).await?;
-    shard.transactions.borrow_mut().checked(&due.transaction_id);
+    let _in_flight = shard.transaction_appends.begin(&shard.log, CHECK_QUEUE_ID);
+    let op =
+        append_op(&shard.log, Op::Checked, &due.transaction_id, due.position, due.size_bytes, due.tag_hash).await?;
+    shard.transactions.borrow_mut().checked(&due.transaction_id, op.offset, op.end);
     Ok(())
 }
 
@@ -559,7 +657,7 @@ pub enum Op {
 
 impl Op {
     /// The queue its record is indexed in, and its flags.
-    fn placement(self) -> (u32, u16) {
+    pub fn placement(self) -> (u32, u16) {
         match self {
             Op::Commit { target_queue_id } => (target_queue_id, flags::COMMIT),
             Op::Rollback => (OP_QUEUE_ID, flags::ROLLBACK),
@@ -571,8 +669,8 @@ impl Op {
 
 /// Appends an op record pointing at the half (`reference`, so a read of it
 /// returns the half, no copy of the body) in the queue `op` says, and
-/// resolves once it is durable with the state it leaves (`Checked` leaves
-/// the half pending).
+/// resolves once it is acknowledgeable with the state it leaves (`Checked`
+/// leaves the half pending), its offset and its end.
 pub async fn append_op<S: Storage>(
     log: &CommitLog<S>,
     op: Op,
@@ -580,7 +678,7 @@ pub async fn append_op<S: Storage>(
     position: u64,
     size_bytes: u32,
     tag_hash: u32,
-) -> Result<TransactionState, LogError> {
+) -> Result<OpRecord, LogError> {
     let (queue_id, op_flags) = op.placement();
     let request = AppendRequest {
         queue_id,
@@ -591,24 +689,41 @@ pub async fn append_op<S: Storage>(
         message: transaction_id.as_bytes(),
     };
     let appended = log.append(request).await?;
-    Ok(match op {
-        Op::Commit { .. } => TransactionState::Committed { offset: appended.queue_offset.unwrap_or(0) },
+    let offset = appended.queue_offset.unwrap_or(0);
+    let state = match op {
+        Op::Commit { .. } => TransactionState::Committed { offset },
         Op::Rollback => TransactionState::RolledBack,
         Op::Discard => TransactionState::Discarded,
         Op::Checked => TransactionState::Pending,
-    })
+    };
+    Ok(OpRecord { state, offset, end: appended.end })
 }
 
 /// Rebuilds the table from the log: the halves, then the rollbacks, then
-/// the commits found in the shard's queues (`queue_ids`). A full replay; a
-/// snapshot will shorten it.
+/// the commits found in the shard's queues (`queue_ids`). A full replay;
+/// `transactions_snapshot::recover` shortens it.
 pub async fn recover<S: Storage>(
     log: &CommitLog<S>,
     topics: &Topics,
     queue_ids: &[u32],
 ) -> Result<TransactionTable, LogError> {
     let mut table = TransactionTable::default();
-    replay(log, HALF_QUEUE_ID, |record, message| {
+    replay_into(&mut table, log, topics, queue_ids, &HashMap::new()).await?;
+    Ok(table)
+}
+
+/// Applies to `table` every record of the transaction queues and of
+/// `queue_ids` from the offset `from` gives (else the queue's base).
+/// Applying a record the table holds already changes nothing.
+pub async fn replay_into<S: Storage>(
+    table: &mut TransactionTable,
+    log: &CommitLog<S>,
+    topics: &Topics,
+    queue_ids: &[u32],
+    from: &HashMap<u32, u64>,
+) -> Result<(), LogError> {
+    let from = |queue_id: u32| from.get(&queue_id).copied().unwrap_or(0);
+    replay(log, HALF_QUEUE_ID, from(HALF_QUEUE_ID), |record, message| {
         let fields = message.message();
         let topic = fields.topic();
         let Some(target) = topics.get(topic) else {
@@ -630,51 +745,56 @@ pub async fn recover<S: Storage>(
             half_offset: record.queue_offset,
             check_immunity: check_immunity(message),
             checks_delivered: 0,
+            check_records: Vec::new(),
             state: TransactionState::Pending,
+            settled_end: 0,
             settled_at_us: 0,
             ending: false,
         });
     })
     .await?;
     if table.is_empty() {
-        return Ok(table);
+        return Ok(());
     }
     // A read of an op record's offset returns the half it points at:
     // reading the op queue or a target queue yields the half records.
-    replay(log, OP_QUEUE_ID, |_, message| {
-        table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::RolledBack);
+    // Records read by recovery are durable: their end is given as 0.
+    replay(log, OP_QUEUE_ID, from(OP_QUEUE_ID), |_, message| {
+        table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::RolledBack, 0);
     })
     .await?;
-    replay(log, DISCARD_QUEUE_ID, |_, message| {
-        table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::Discarded);
+    replay(log, DISCARD_QUEUE_ID, from(DISCARD_QUEUE_ID), |_, message| {
+        table.settle(message.message().transaction_id().unwrap_or_default(), TransactionState::Discarded, 0);
     })
     .await?;
-    replay(log, CHECK_QUEUE_ID, |_, message| {
-        table.checked(message.message().transaction_id().unwrap_or_default());
+    replay(log, CHECK_QUEUE_ID, from(CHECK_QUEUE_ID), |record, message| {
+        table.checked(message.message().transaction_id().unwrap_or_default(), record.queue_offset, 0);
     })
     .await?;
     for &queue_id in queue_ids {
-        replay(log, queue_id, |record, message| {
+        replay(log, queue_id, from(queue_id), |record, message| {
             if record.header.flags & flags::HALF != 0 {
                 let offset = record.queue_offset;
                 table.settle(
                     message.message().transaction_id().unwrap_or_default(),
                     TransactionState::Committed { offset },
+                    0,
                 );
             }
         })
         .await?;
     }
-    Ok(table)
+    Ok(())
 }
 
-/// Reads every record of `queue_id` still in the log, in order.
+/// Reads every record of `queue_id` still in the log from `from`, in order.
 async fn replay<S: Storage>(
     log: &CommitLog<S>,
     queue_id: u32,
+    from: u64,
     mut apply: impl FnMut(&StoredRecord, &VerifiedMessage),
 ) -> Result<(), LogError> {
-    let mut next = log.base_offset(queue_id);
+    let mut next = from.max(log.base_offset(queue_id));
     loop {
         let batch = log.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
         if batch.records.is_empty() && batch.lost_offsets.is_empty() {
@@ -715,10 +835,16 @@ mod tests {
             half_offset: position,
             check_immunity: None,
             checks_delivered: 0,
+            check_records: Vec::new(),
             state: TransactionState::Pending,
+            settled_end: 0,
             settled_at_us: 0,
             ending: false,
         }
+    }
+
+    fn op(state: TransactionState) -> OpRecord {
+        OpRecord { state, offset: 0, end: 0 }
     }
 
     fn code(result: Result<EndStep, Failure>) -> fb::ErrorCode {
@@ -732,7 +858,7 @@ mod tests {
         let step = table.begin_end("a", Outcome::Commit).expect("begins");
         assert!(matches!(step, EndStep::Append { position: 100, size_bytes: 100, target_queue_id: 1024, .. }));
         assert_eq!(table.begin_end("a", Outcome::Commit), Ok(EndStep::Busy), "one end at a time");
-        table.finish_end("a", Some(TransactionState::Committed { offset: 7 }));
+        table.finish_end("a", Some(op(TransactionState::Committed { offset: 7 })));
         let committed = TransactionState::Committed { offset: 7 };
         assert_eq!(table.begin_end("a", Outcome::Commit), Ok(EndStep::Answer(committed)));
         assert_eq!(table.begin_end("a", Outcome::Unknown), Ok(EndStep::Answer(committed)));
@@ -744,7 +870,7 @@ mod tests {
         let mut table = TransactionTable::default();
         table.stored(half("a", 100));
         assert!(matches!(table.begin_end("a", Outcome::Rollback), Ok(EndStep::Append { .. })));
-        table.finish_end("a", Some(TransactionState::RolledBack));
+        table.finish_end("a", Some(op(TransactionState::RolledBack)));
         assert_eq!(table.begin_end("a", Outcome::Rollback), Ok(EndStep::Answer(TransactionState::RolledBack)));
         assert_eq!(code(table.begin_end("a", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
     }
@@ -776,10 +902,10 @@ mod tests {
         table.stored(half("b", 300));
         table.stored(half("c", 200));
         assert_eq!(table.oldest_pending(), Some(100));
-        table.settle("a", TransactionState::Committed { offset: 0 });
+        table.settle("a", TransactionState::Committed { offset: 0 }, 0);
         assert_eq!(table.oldest_pending(), Some(200));
-        table.settle("c", TransactionState::RolledBack);
-        table.settle("b", TransactionState::RolledBack);
+        table.settle("c", TransactionState::RolledBack, 0);
+        table.settle("b", TransactionState::RolledBack, 0);
         assert_eq!((table.oldest_pending(), table.pending_count(), table.len()), (None, 0, 3));
     }
 
@@ -787,7 +913,7 @@ mod tests {
     fn the_list_puts_pending_transactions_first() {
         let mut table = TransactionTable::default();
         table.stored(half("settled", 100));
-        table.settle("settled", TransactionState::RolledBack);
+        table.settle("settled", TransactionState::RolledBack, 0);
         table.stored(half("pending", 200));
         let listed: Vec<_> = table.list(false).into_iter().map(|summary| summary.transaction_id).collect();
         assert_eq!(listed, ["pending", "settled"]);
@@ -832,12 +958,12 @@ mod tests {
             // Padding: the record's own length is the header plus the message.
             let size = |index: usize| (crate::constants::RECORD_HEADER_SIZE_BYTES + halves[index].2.len()) as u32;
             let committed = append_op(&log, Op::Commit { target_queue_id: target }, "a", halves[0].0, size(0), 0).await;
-            assert_eq!(committed.expect("commit"), TransactionState::Committed { offset: 0 });
+            assert_eq!(committed.expect("commit").state, TransactionState::Committed { offset: 0 });
             let rolled_back = append_op(&log, Op::Rollback, "b", halves[1].0, size(1), 0).await;
-            assert_eq!(rolled_back.expect("rollback"), TransactionState::RolledBack);
+            assert_eq!(rolled_back.expect("rollback").state, TransactionState::RolledBack);
             for _ in 0..2 {
                 let checked = append_op(&log, Op::Checked, "c", halves[2].0, size(2), 0).await;
-                assert_eq!(checked.expect("check"), TransactionState::Pending);
+                assert_eq!(checked.expect("check").state, TransactionState::Pending);
             }
             let batch = log.read(target, 0, 10, 1 << 20).await.expect("the target queue reads");
             assert_eq!(batch.records.len(), 1, "only the committed half is in its queue");
@@ -850,7 +976,7 @@ mod tests {
             assert_eq!(table.get("c").expect("known").checks_delivered, 2, "each check record counts");
             assert_eq!(table.oldest_pending(), Some(halves[2].0));
             let discarded = append_op(&log, Op::Discard, "c", halves[2].0, size(2), 0).await;
-            assert_eq!(discarded.expect("discard"), TransactionState::Discarded);
+            assert_eq!(discarded.expect("discard").state, TransactionState::Discarded);
             let table = recover(&log, &topics, &[target]).await.expect("recovers");
             assert_eq!(table.get("c").expect("known").state, TransactionState::Discarded);
             let listed: Vec<_> = table.list(true).into_iter().map(|summary| summary.transaction_id).collect();
@@ -863,8 +989,8 @@ mod tests {
     fn a_second_conflicting_outcome_keeps_the_first() {
         let mut table = TransactionTable::default();
         table.stored(half("a", 100));
-        table.settle("a", TransactionState::RolledBack);
-        table.settle("a", TransactionState::Committed { offset: 1 });
+        table.settle("a", TransactionState::RolledBack, 0);
+        table.settle("a", TransactionState::Committed { offset: 1 }, 0);
         assert_eq!(table.get("a").expect("known").state, TransactionState::RolledBack);
         assert_eq!(table.oldest_pending(), None);
     }
@@ -880,13 +1006,13 @@ mod tests {
         assert!(due.is_empty() && exhausted.is_empty(), "too young");
         let (due, _) = table.due_for_check(5_000 + 6_000, timeout, 2);
         assert_eq!(due.iter().map(|due| due.transaction_id.as_str()).collect::<Vec<_>>(), ["old"]);
-        table.checked("old");
-        table.checked("old");
+        table.checked("old", 0, 0);
+        table.checked("old", 1, 0);
         let (due, exhausted) = table.due_for_check(5_000 + 6_000, timeout, 2);
         assert!(due.is_empty());
         assert_eq!(exhausted, ["old"]);
         assert!(matches!(table.begin_end("old", Outcome::Rollback), Ok(EndStep::Append { .. })));
-        table.finish_end("old", Some(TransactionState::Discarded));
+        table.finish_end("old", Some(op(TransactionState::Discarded)));
         assert_eq!(code(table.begin_end("old", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
         assert_eq!(table.list(true).len(), 1);
     }
@@ -896,7 +1022,7 @@ mod tests {
         let mut table = TransactionTable::default();
         table.stored(half("settled", 100));
         table.stored(half("pending", 200));
-        table.settle("settled", TransactionState::RolledBack);
+        table.settle("settled", TransactionState::RolledBack, 0);
         let settled_at = table.get("settled").expect("known").settled_at_us;
         assert!(settled_at > 0);
         let kept = Duration::from_secs(60);
