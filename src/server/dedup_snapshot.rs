@@ -10,17 +10,15 @@
 //! send count u32, sends of 4 x u64), and a CRC32 of everything before it.
 
 use super::dedup::{ProducerTable, QueueWindow, StoredSend, SEQUENCES_REMEMBERED};
+use super::replay::replay_messages;
+use super::snapshot_file::{self, Reader};
 use crate::storage::backend::Storage;
 use crate::storage::{CommitLog, LogError};
-use crate::wire::verify_message;
 use std::collections::HashMap;
 use std::path::Path;
 
 pub const DEDUP_SNAPSHOT_FILE: &str = "producers.snapshot";
 const MAGIC: &[u8; 8] = b"RMQPROD1";
-/// Records read per step of the replay.
-const REPLAY_BATCH_RECORDS: usize = 1024;
-const REPLAY_BATCH_BYTES: usize = 4 << 20;
 
 /// A decoded snapshot.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -36,8 +34,7 @@ pub struct Snapshot {
 /// that end at or below it, since a crash keeps no more of the log.
 /// `queue_offsets` gives each queue's first offset not durable at `covered`.
 pub fn encode(table: &ProducerTable, covered: u64, queue_offsets: &HashMap<u32, u64>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + queue_offsets.len() * 12 + table.producer_count() * 64);
-    out.extend_from_slice(MAGIC);
+    let mut out = snapshot_file::start(MAGIC, 64 + queue_offsets.len() * 12 + table.producer_count() * 64);
     out.extend_from_slice(&covered.to_le_bytes());
     out.extend_from_slice(&(queue_offsets.len() as u64).to_le_bytes());
     for (queue_id, offset) in queue_offsets {
@@ -59,9 +56,7 @@ pub fn encode(table: &ProducerTable, covered: u64, queue_offsets: &HashMap<u32, 
             }
         }
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    snapshot_file::seal(out)
 }
 
 /// The part of `window` a crash at `covered` keeps: the sends that end at
@@ -76,51 +71,16 @@ fn durable_part(window: &QueueWindow, covered: u64) -> QueueWindow {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let (head, rest) = self.bytes.split_first_chunk::<N>().ok_or("the snapshot ends early")?;
-        self.bytes = rest;
-        Ok(*head)
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        self.take().map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        self.take().map(u64::from_le_bytes)
-    }
-
-    /// A count of items of `item_bytes` each, refused if the rest cannot
-    /// hold that many (a damaged count must not allocate gigabytes).
-    fn count(&mut self, item_bytes: usize) -> Result<usize, String> {
-        let count = self.u64()?;
-        match usize::try_from(count) {
-            Ok(count) if count.saturating_mul(item_bytes) <= self.bytes.len() => Ok(count),
-            _ => Err(format!("a count of {count} does not fit the snapshot")),
-        }
-    }
-}
-
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
-    let (body, crc) = bytes.split_last_chunk::<4>().ok_or("the snapshot is too short")?;
-    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
-        return Err("the snapshot's checksum does not match".into());
-    }
-    let body = body.strip_prefix(MAGIC.as_slice()).ok_or("not a producer snapshot")?;
-    let mut reader = Reader { bytes: body };
+    let mut reader = Reader::open(bytes, MAGIC, "producer")?;
     let covered = reader.u64()?;
-    let queues = reader.count(12)?;
+    let queues = reader.count_u64(12)?;
     let mut queue_offsets = HashMap::with_capacity(queues);
     for _ in 0..queues {
         let queue_id = reader.u32()?;
         queue_offsets.insert(queue_id, reader.u64()?);
     }
-    let window_count = reader.count(32)?;
+    let window_count = reader.count_u64(32)?;
     let mut windows = Vec::with_capacity(window_count);
     for _ in 0..window_count {
         let (producer_id, queue_id) = (reader.u64()?, reader.u32()?);
@@ -137,9 +97,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         }
         windows.push((producer_id, queue_id, QueueWindow { next_sequence, last_stored_ms, recent }));
     }
-    if !reader.bytes.is_empty() {
-        return Err(format!("{} bytes after the last window", reader.bytes.len()));
-    }
+    reader.finish("window")?;
     Ok(Snapshot { covered, queue_offsets, windows })
 }
 
@@ -147,17 +105,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
 /// none or it is damaged.
 pub async fn load<S: Storage>(storage: &S, dir: &Path) -> Snapshot {
     let path = dir.join(DEDUP_SNAPSHOT_FILE);
-    match storage.read_file(&path).await {
-        Ok(Some(bytes)) => decode(&bytes).unwrap_or_else(|error| {
-            tracing::warn!(%error, path = %path.display(), "ignoring a damaged producer snapshot; replaying the whole log");
-            Snapshot::default()
-        }),
-        Ok(None) => Snapshot::default(),
-        Err(error) => {
-            tracing::warn!(%error, path = %path.display(), "cannot read the producer snapshot; replaying the whole log");
-            Snapshot::default()
-        }
-    }
+    snapshot_file::load(storage, &path, "producer", decode).await.unwrap_or_default()
 }
 
 /// Rebuilds the producer table: the snapshot, then every stored message
@@ -185,46 +133,26 @@ async fn replay_queue<S: Storage>(
     queue_id: u32,
     from: u64,
 ) -> Result<(), LogError> {
-    let mut next = from.max(log.base_offset(queue_id));
-    loop {
-        let batch = log.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
-        if batch.records.is_empty() && batch.lost_offsets.is_empty() {
-            return Ok(());
+    replay_messages(log, queue_id, from, |record, message| {
+        // Halves are deduplicated by transaction id (`transactions`); a
+        // committed one read here was never in the producer table.
+        if message.producer_id == 0 || message.is_half {
+            return;
         }
-        for record in &batch.records {
-            // Stored messages were verified when they arrived and their CRC
-            // was checked by the read: one that fails now is skipped, logged.
-            let message = match verify_message(record.message()) {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, queue_id, offset = record.queue_offset, "skipping an unreadable stored message");
-                    continue;
-                }
-            };
-            // Halves are deduplicated by transaction id (`transactions`); a
-            // committed one read here was never in the producer table.
-            if message.producer_id == 0 || message.is_half {
-                continue;
-            }
-            let send = StoredSend {
-                sequence: message.sequence,
-                offset: record.queue_offset,
-                store_timestamp_us: record.header.store_timestamp_us,
-                end: record.position + u64::from(record.header.length),
-            };
-            // Everything the replay reads is durable.
-            table.stored(message.producer_id, queue_id, send, u64::MAX);
-        }
-        next = batch.next_offset;
-    }
+        let send = StoredSend {
+            sequence: message.sequence,
+            offset: record.queue_offset,
+            store_timestamp_us: record.header.store_timestamp_us,
+            end: record.position + u64::from(record.header.length),
+        };
+        // Everything the replay reads is durable.
+        table.stored(message.producer_id, queue_id, send, u64::MAX);
+    })
+    .await
 }
 
 pub async fn write<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    let path = dir.join(DEDUP_SNAPSHOT_FILE);
-    storage
-        .write_file_atomic(&path, bytes)
-        .await
-        .map_err(|error| LogError::io("write producer snapshot", &path, 0, error))
+    snapshot_file::write(storage, &dir.join(DEDUP_SNAPSHOT_FILE), bytes, "write producer snapshot").await
 }
 
 #[cfg(test)]

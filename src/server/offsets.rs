@@ -98,20 +98,13 @@ impl Offsets {
             fences: HashMap::new(),
             covered_by_snapshot: snapshot.covered,
         };
-        let mut next = snapshot.covered.max(log.base_offset(OFFSETS_QUEUE_ID));
-        loop {
-            let batch = log.read(OFFSETS_QUEUE_ID, next, 1024, 4 << 20).await?;
-            if batch.records.is_empty() && batch.lost_offsets.is_empty() {
-                break;
+        log.replay(OFFSETS_QUEUE_ID, snapshot.covered, |record| {
+            match serde_json::from_slice::<OffsetCommit>(&record.message()) {
+                Ok(commit) => offsets.apply(&commit),
+                Err(error) => tracing::warn!(%error, "skipping an unreadable offset record"),
             }
-            for record in &batch.records {
-                match serde_json::from_slice::<OffsetCommit>(&record.message()) {
-                    Ok(commit) => offsets.apply(&commit),
-                    Err(error) => tracing::warn!(%error, "skipping an unreadable offset record"),
-                }
-            }
-            next = batch.next_offset;
-        }
+        })
+        .await?;
         Ok(offsets)
     }
 

@@ -36,20 +36,18 @@
 
 use super::dedup::StoredSend;
 pub use super::offsets::{CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID, OP_QUEUE_ID};
+use super::replay::replay_messages;
 use super::shard::Shard;
 use super::topics::Topics;
 use crate::protocol::{fb, Failure, TransactionSummary};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
 use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
-use crate::wire::{verify_message, VerifiedMessage};
+use crate::wire::VerifiedMessage;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Records one replay read takes at most.
-const REPLAY_BATCH_RECORDS: usize = 1024;
-const REPLAY_BATCH_BYTES: usize = 4 << 20;
 /// Transactions one `ListTransactions` answer carries at most (pending ones
 /// first), so the answer stays far below the frame limit.
 pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
@@ -794,25 +792,12 @@ async fn replay<S: Storage>(
     from: u64,
     mut apply: impl FnMut(&StoredRecord, &VerifiedMessage),
 ) -> Result<(), LogError> {
-    let mut next = from.max(log.base_offset(queue_id));
-    loop {
-        let batch = log.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
-        if batch.records.is_empty() && batch.lost_offsets.is_empty() {
-            return Ok(());
+    replay_messages(log, queue_id, from, |record, message| {
+        if message.is_half {
+            apply(record, message);
         }
-        for record in &batch.records {
-            match verify_message(record.message()) {
-                Ok(message) if message.is_half => apply(record, &message),
-                Ok(_) => {}
-                // Stored messages were verified when they arrived and the
-                // read checked the CRC: one that fails now is skipped, logged.
-                Err(error) => {
-                    tracing::warn!(%error, queue_id, offset = record.queue_offset, "skipping an unreadable stored message")
-                }
-            }
-        }
-        next = batch.next_offset;
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

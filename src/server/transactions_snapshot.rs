@@ -30,6 +30,7 @@
 //! id u32, offset u64) per queue, half count, then per half its fields
 //! (strings as u32 length + UTF-8), and a CRC32 of everything before it.
 
+use super::snapshot_file::{self, put_str, Reader};
 use super::topics::Topics;
 use super::transactions::{
     replay_into, HalfMessage, TransactionState, TransactionTable, CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID,
@@ -64,8 +65,7 @@ pub struct Snapshot {
 /// The snapshot of `table` as of the durable position `covered`: only
 /// what a crash there keeps (see the module invariant).
 pub fn encode(table: &TransactionTable, covered: u64, floor: u64, queue_offsets: &HashMap<u32, u64>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + queue_offsets.len() * 12 + table.len() * 160);
-    out.extend_from_slice(MAGIC);
+    let mut out = snapshot_file::start(MAGIC, 64 + queue_offsets.len() * 12 + table.len() * 160);
     out.extend_from_slice(&covered.to_le_bytes());
     out.extend_from_slice(&floor.to_le_bytes());
     out.extend_from_slice(&(queue_offsets.len() as u64).to_le_bytes());
@@ -112,9 +112,7 @@ pub fn encode(table: &TransactionTable, covered: u64, floor: u64, queue_offsets:
             out.extend_from_slice(&end.to_le_bytes());
         }
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    snapshot_file::seal(out)
 }
 
 /// The part of `half` a crash at `covered` keeps: an outcome or a check
@@ -132,67 +130,16 @@ fn durable_part(half: &HalfMessage, covered: u64) -> HalfMessage {
     durable
 }
 
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let (head, rest) = self.bytes.split_first_chunk::<N>().ok_or("the snapshot ends early")?;
-        self.bytes = rest;
-        Ok(*head)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        self.take::<1>().map(|[byte]| byte)
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        self.take().map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        self.take().map(u64::from_le_bytes)
-    }
-
-    /// A count of items of `item_bytes` each, refused if the rest cannot
-    /// hold that many (a damaged count must not allocate gigabytes).
-    fn count(&mut self, item_bytes: usize, wide: bool) -> Result<usize, String> {
-        let count = if wide { self.u64()? } else { u64::from(self.u32()?) };
-        match usize::try_from(count) {
-            Ok(count) if count.saturating_mul(item_bytes) <= self.bytes.len() => Ok(count),
-            _ => Err(format!("a count of {count} does not fit the snapshot")),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        let length = self.count(1, false)?;
-        let (text, rest) = self.bytes.split_at(length);
-        self.bytes = rest;
-        String::from_utf8(text.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
-    }
-}
-
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
-    let (body, crc) = bytes.split_last_chunk::<4>().ok_or("the snapshot is too short")?;
-    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
-        return Err("the snapshot's checksum does not match".into());
-    }
-    let body = body.strip_prefix(MAGIC.as_slice()).ok_or("not a transactions snapshot")?;
-    let mut reader = Reader { bytes: body };
+    let mut reader = Reader::open(bytes, MAGIC, "transactions")?;
     let (covered, floor) = (reader.u64()?, reader.u64()?);
-    let queues = reader.count(12, true)?;
+    let queues = reader.count_u64(12)?;
     let mut queue_offsets = HashMap::with_capacity(queues);
     for _ in 0..queues {
         let queue_id = reader.u32()?;
         queue_offsets.insert(queue_id, reader.u64()?);
     }
-    let count = reader.count(HALF_BYTES_MIN, true)?;
+    let count = reader.count_u64(HALF_BYTES_MIN)?;
     let mut halves = Vec::with_capacity(count);
     for _ in 0..count {
         let (transaction_id, topic, producer_group) = (reader.string()?, reader.string()?, reader.string()?);
@@ -211,7 +158,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
             3 => TransactionState::Discarded,
             other => return Err(format!("unknown transaction state {other}")),
         };
-        let checks = reader.count(16, false)?;
+        let checks = reader.count_u32(16)?;
         let mut check_records = Vec::with_capacity(checks);
         for _ in 0..checks {
             check_records.push((reader.u64()?, reader.u64()?));
@@ -238,28 +185,14 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
             ending: false,
         });
     }
-    if !reader.bytes.is_empty() {
-        return Err(format!("{} bytes after the last transaction", reader.bytes.len()));
-    }
+    reader.finish("transaction")?;
     Ok(Snapshot { covered, floor, queue_offsets, halves })
 }
 
 /// The snapshot on disk, or `None` (replay everything) when there is none
 /// or it is damaged.
 pub async fn load<S: Storage>(storage: &S, dir: &Path) -> Option<Snapshot> {
-    let path = dir.join(TRANSACTIONS_SNAPSHOT_FILE);
-    match storage.read_file(&path).await {
-        Ok(Some(bytes)) => decode(&bytes)
-            .inspect_err(|error| {
-                tracing::warn!(%error, path = %path.display(), "ignoring a damaged transactions snapshot; replaying the whole log");
-            })
-            .ok(),
-        Ok(None) => None,
-        Err(error) => {
-            tracing::warn!(%error, path = %path.display(), "cannot read the transactions snapshot; replaying the whole log");
-            None
-        }
-    }
+    snapshot_file::load(storage, &dir.join(TRANSACTIONS_SNAPSHOT_FILE), "transactions", decode).await
 }
 
 /// Rebuilds the transaction table: the snapshot (none: a full replay),
@@ -283,11 +216,7 @@ pub async fn recover<S: Storage>(
 }
 
 pub async fn write<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    let path = dir.join(TRANSACTIONS_SNAPSHOT_FILE);
-    storage
-        .write_file_atomic(&path, bytes)
-        .await
-        .map_err(|error| LogError::io("write transactions snapshot", &path, 0, error))
+    snapshot_file::write(storage, &dir.join(TRANSACTIONS_SNAPSHOT_FILE), bytes, "write transactions snapshot").await
 }
 
 #[cfg(test)]

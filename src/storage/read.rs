@@ -92,6 +92,10 @@ pub struct ReadBatch {
     pub lost_offsets: Vec<u64>,
 }
 
+/// Records and bytes one step of `CommitLog::replay` reads at most.
+const REPLAY_BATCH_RECORDS: usize = 1024;
+const REPLAY_BATCH_BYTES: usize = 4 << 20;
+
 impl<S: Storage> CommitLog<S> {
     /// Reads up to `count_max` visible records of `queue_id` from `offset`,
     /// stopping before `bytes_max` is passed (the first record always comes).
@@ -131,6 +135,21 @@ impl<S: Storage> CommitLog<S> {
         }
         let next_offset = offset + (records.len() + lost_offsets.len()) as u64;
         Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
+    }
+
+    /// Hands every record of `queue_id` from `from` (or the queue's base)
+    /// up to the visible end to `apply`, in offset order, reading in bounded
+    /// batches: how state kept in the log is rebuilt at start.
+    pub async fn replay(&self, queue_id: u32, from: u64, mut apply: impl FnMut(&StoredRecord)) -> Result<(), LogError> {
+        let mut next = from.max(self.base_offset(queue_id));
+        loop {
+            let batch = self.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
+            if batch.records.is_empty() && batch.lost_offsets.is_empty() {
+                return Ok(());
+            }
+            batch.records.iter().for_each(&mut apply);
+            next = batch.next_offset;
+        }
     }
 
     /// The record an op record points at (a committed or rolled-back half
