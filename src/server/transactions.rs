@@ -152,7 +152,45 @@ pub struct HalfMessage {
     pub ending: bool,
 }
 
+/// Where a half record lies in the log.
+pub struct HalfRecord {
+    pub position: u64,
+    pub size_bytes: u32,
+    /// Log position after the record: a duplicate waits for it.
+    pub end: u64,
+    pub store_timestamp_us: u64,
+    /// Its offset in `HALF_QUEUE_ID`.
+    pub half_offset: u64,
+}
+
 impl HalfMessage {
+    /// A half just stored (or found by recovery), pending: what the table
+    /// knows of it comes from the message and where its record lies.
+    pub fn pending(message: &VerifiedMessage, target_queue_id: u32, record: HalfRecord) -> Self {
+        let fields = message.message();
+        HalfMessage {
+            transaction_id: fields.transaction_id().unwrap_or_default().to_string(),
+            position: record.position,
+            size_bytes: record.size_bytes,
+            end: record.end,
+            target_queue_id,
+            tag_hash: message.tag_hash,
+            topic: fields.topic().to_string(),
+            queue: message.queue,
+            producer_group: fields.producer_group().unwrap_or_default().to_string(),
+            msg_id: message.msg_id,
+            store_timestamp_us: record.store_timestamp_us,
+            half_offset: record.half_offset,
+            check_immunity: check_immunity(message),
+            checks_delivered: 0,
+            check_records: Vec::new(),
+            state: TransactionState::Pending,
+            settled_end: 0,
+            settled_at_us: 0,
+            ending: false,
+        }
+    }
+
     pub fn summary(&self) -> TransactionSummary {
         TransactionSummary {
             transaction_id: self.transaction_id.clone(),
@@ -521,27 +559,14 @@ pub async fn place_half(
     };
     let _in_flight = shard.transaction_appends.begin(&shard.log, HALF_QUEUE_ID);
     let appended = shard.log.append_buffered(request).await?;
-    let half = HalfMessage {
-        transaction_id: transaction_id.to_string(),
+    let record = HalfRecord {
         position: appended.position,
         size_bytes: (crate::constants::RECORD_HEADER_SIZE_BYTES + message.bytes().len()) as u32,
         end: appended.end,
-        target_queue_id,
-        tag_hash: message.tag_hash,
-        topic: fields.topic().to_string(),
-        queue: message.queue,
-        producer_group: fields.producer_group().unwrap_or_default().to_string(),
-        msg_id: message.msg_id,
         store_timestamp_us: appended.store_timestamp_us,
         half_offset: appended.queue_offset.unwrap_or(0),
-        check_immunity: check_immunity(message),
-        checks_delivered: 0,
-        check_records: Vec::new(),
-        state: TransactionState::Pending,
-        settled_end: 0,
-        settled_at_us: 0,
-        ending: false,
     };
+    let half = HalfMessage::pending(message, target_queue_id, record);
     let send = half.first_send();
     shard.transactions.borrow_mut().stored(half);
     update_floor(shard);
@@ -728,27 +753,14 @@ pub async fn replay_into<S: Storage>(
             tracing::warn!(topic, "a half message of an unknown topic; skipped");
             return;
         };
-        table.stored(HalfMessage {
-            transaction_id: fields.transaction_id().unwrap_or_default().to_string(),
+        let record = HalfRecord {
             position: record.position,
             size_bytes: record.header.length,
             end: record.position + u64::from(record.header.length),
-            target_queue_id: target.queue_id(message.queue),
-            tag_hash: record.header.tag_hash,
-            topic: topic.to_string(),
-            queue: message.queue,
-            producer_group: fields.producer_group().unwrap_or_default().to_string(),
-            msg_id: message.msg_id,
             store_timestamp_us: record.header.store_timestamp_us,
             half_offset: record.queue_offset,
-            check_immunity: check_immunity(message),
-            checks_delivered: 0,
-            check_records: Vec::new(),
-            state: TransactionState::Pending,
-            settled_end: 0,
-            settled_at_us: 0,
-            ending: false,
-        });
+        };
+        table.stored(HalfMessage::pending(message, target.queue_id(message.queue), record));
     })
     .await?;
     if table.is_empty() {
