@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{consume_in_order, Broker};
+use common::{consume_in_order, ringmq, Broker};
 use ringmq::client::{
     CheckedMessage, Client, LocalOutcome, OutgoingMessage, Producer, ProducerOptions, QueueChoice, TransactionListener,
     TransactionProducer,
 };
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,25 +20,6 @@ use std::time::{Duration, Instant};
 /// Checks every 100 ms once a half is 300 ms old.
 const FAST_CHECKS: &str = "transaction_timeout_ms = 300\ntransaction_check_interval_ms = 100\n";
 const WAIT_MAX: Duration = Duration::from_secs(30);
-
-fn ringmq(args: &[&str], stdin: &str) -> Vec<serde_json::Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .args(["--log", "warn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ringmq");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let output = child.wait_with_output().expect("ringmq ran");
-    assert!(output.status.success(), "ringmq {args:?} failed");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?} is not JSON: {error}")))
-        .collect()
-}
 
 /// `ringmq tx respond` in the background; its JSON lines as they come.
 struct Responder {

@@ -5,30 +5,8 @@
 
 mod common;
 
-use common::{consume_in_order, Broker};
+use common::{consume_in_order, ringmq, Broker};
 use ringmq::client::Client;
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-/// Runs `ringmq` with `args` and `stdin`; returns its stdout's JSON lines.
-fn ringmq(args: &[&str], stdin: &str) -> Vec<serde_json::Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .args(["--log", "warn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ringmq");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let output = child.wait_with_output().expect("ringmq ran");
-    assert!(output.status.success(), "ringmq {args:?} failed");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?} is not JSON: {error}")))
-        .collect()
-}
 
 fn states(address: &str) -> Vec<(String, String)> {
     let mut listed: Vec<(String, String)> = ringmq(&["tx", "list", "--json", "--broker", address], "")
