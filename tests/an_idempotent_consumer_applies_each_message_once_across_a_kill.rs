@@ -188,18 +188,7 @@ fn run_child(broker: &str, topic: &str, group: &str, db: &Path, kill_after: Opti
         }
         totals
     });
-    let deadline = Instant::now() + CHILD_RUN_TIME_MAX + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the consumer child did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::exit_within(&mut child, CHILD_RUN_TIME_MAX + Duration::from_secs(15), "the consumer child");
     let totals = reader.join().expect("stdout reader");
     ChildRun { status, totals }
 }

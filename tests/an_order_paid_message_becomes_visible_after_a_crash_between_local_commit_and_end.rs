@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Checks every 100 ms once a half is 300 ms old.
 const FAST_CHECKS: &str = "transaction_timeout_ms = 300\ntransaction_check_interval_ms = 100\n";
@@ -71,18 +71,7 @@ fn run_crashing_child(broker: &str, db: &Path) -> (Option<i32>, Vec<serde_json::
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn child");
-    let deadline = Instant::now() + CHILD_RUN_TIME_MAX;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the order child did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::exit_within(&mut child, CHILD_RUN_TIME_MAX, "the order child");
     let output = child.wait_with_output().expect("child output");
     // The test harness prints its own lines around ours.
     let lines = String::from_utf8_lossy(&output.stdout)

@@ -125,15 +125,8 @@ impl Producer {
     /// Waits for the exit; returns its status and every result it printed.
     fn finish(&mut self) -> (ExitStatus, Vec<serde_json::Value>) {
         self.end_input();
-        let deadline = Instant::now() + STEP_LIMIT;
         let child = self.child.as_mut().expect("a running producer");
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for the producer") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "ringmq produce did not finish in time");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = common::exit_within(child, STEP_LIMIT, "ringmq produce");
         self.child = None;
         (status, self.results.iter().collect())
     }

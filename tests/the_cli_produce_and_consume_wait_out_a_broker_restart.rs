@@ -56,14 +56,7 @@ fn produce_across_a_restart(broker: &mut Broker, prefix: &str, flags: &[&str]) -
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(stdin);
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "ringmq produce did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::exit_within(&mut child, LIMIT, "ringmq produce");
     let lines: Vec<serde_json::Value> =
         results.try_iter().map(|line| serde_json::from_str(&line).expect("a JSON line")).collect();
     assert!(status.success(), "ringmq produce failed: {status}; {lines:?}");

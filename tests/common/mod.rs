@@ -142,18 +142,7 @@ pub fn serve_expecting_exit(data_dir: &Path, listen: &str, limit: Duration) -> (
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ringmq serve");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for ringmq serve") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringmq serve on {listen} did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, limit, &format!("ringmq serve on {listen}"));
     let mut stderr = String::new();
     child.stderr.take().expect("piped stderr").read_to_string(&mut stderr).expect("read stderr");
     (status, stderr)
@@ -219,4 +208,21 @@ pub fn ringmq(args: &[&str], stdin: &str) -> Vec<serde_json::Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?} is not JSON: {error}")))
         .collect()
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and fails the test
+/// (naming `what`) if it does not.
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
