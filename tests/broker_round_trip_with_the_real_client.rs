@@ -76,6 +76,7 @@ fn a_long_poll_wakes_when_a_message_arrives() {
                 max_count: 10,
                 max_bytes: 1 << 20,
                 max_wait_ms: 20_000,
+                ..FetchParams::default()
             };
             let body = client.connection(0).expect("connection").request(
                 Kind::FetchRequest as u16,

@@ -1,10 +1,16 @@
-//! `ringmq consume`: one JSON line per message; a queue's offset is
-//! committed only after the lines of the messages before it are written.
-//! A broker restart is waited out: the consumer reconnects and goes on.
+//! `ringmq consume`: one JSON line per delivery; a queue's offset is
+//! committed only after the lines of the messages before it are written
+//! (stdout is line-buffered). The consumer also takes the group's retries
+//! (`%RETRY%<group>`). `--reconsume-later-matching` answers RECONSUME_LATER
+//! for matching bodies, so they come again with a growing
+//! `reconsume_times`, and after `--max-reconsume-times` go to the group's
+//! dead-letter topic. A broker restart is waited out.
 
-use crate::client::{patiently, Client, Consumer, ConsumerOptions, REQUEST_TIMEOUT_DEFAULT};
+use crate::client::{
+    parse_tags, patiently, Client, ConsumeResult, ConsumerOptions, GroupConsumer, ReceivedMessage,
+    MAX_RECONSUME_TIMES_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+};
 use clap::Args;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +28,18 @@ pub struct ConsumeArgs {
     /// Exit after this long without a message.
     #[arg(long)]
     idle_exit_ms: Option<u64>,
+    /// Only messages with one of these tags: "a || b"; * for all.
+    #[arg(long, default_value = "*")]
+    tags: String,
+    /// Answer RECONSUME_LATER for messages whose body matches this regular
+    /// expression (they are printed, then delivered again later), and
+    /// CONSUME_SUCCESS for the rest.
+    #[arg(long, value_name = "REGEX")]
+    reconsume_later_matching: Option<regex::Regex>,
+    /// Retries of a message answered later before it goes to the group's
+    /// dead-letter topic.
+    #[arg(long, default_value_t = MAX_RECONSUME_TIMES_DEFAULT)]
+    max_reconsume_times: u32,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
     broker: String,
 }
@@ -32,44 +50,73 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
     let client = Client::connect_patiently(&args.broker, REQUEST_TIMEOUT_DEFAULT, JOIN_PATIENCE);
     let client = Arc::new(client.map_err(|error| error.to_string())?);
-    let options = ConsumerOptions { max_wait: Duration::from_millis(200), ..ConsumerOptions::default() };
-    let joined = patiently(JOIN_PATIENCE, || Consumer::join(client.clone(), &args.group, &args.topic, options.clone()));
+    let options = ConsumerOptions {
+        max_wait: Duration::from_millis(200),
+        tags: parse_tags(&args.tags),
+        ..ConsumerOptions::default()
+    };
+    let joined = patiently(JOIN_PATIENCE, || {
+        GroupConsumer::join(client.clone(), &args.group, &args.topic, options.clone(), args.max_reconsume_times)
+    });
     let mut consumer = joined.map_err(|error| error.to_string())?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
     let mut last_message = Instant::now();
     let idle = args.idle_exit_ms.map(Duration::from_millis);
-    while args.max.is_none_or(|max| printed < max) {
+    let mut write_error = None;
+    while args.max.is_none_or(|max| printed < max) && write_error.is_none() {
         if idle.is_some_and(|idle| last_message.elapsed() >= idle) {
             break;
         }
-        let messages = consumer.poll().map_err(|error| error.to_string())?;
-        let mut next_offsets = BTreeMap::new();
-        for message in messages {
-            if args.max.is_some_and(|max| printed >= max) {
-                break;
+        let handled = consumer.handle_next(|message| {
+            if args.max.is_some_and(|max| printed >= max) || write_error.is_some() {
+                return ConsumeResult::Stop;
             }
-            let line = serde_json::json!({
-                "msg_id": message.msg_id_hex(),
-                "queue": message.queue,
-                "offset": message.offset,
-                "key": message.key,
-                "tag": message.tag,
-                "body": String::from_utf8_lossy(&message.body),
-                "reconsume_times": message.reconsume_times,
-            });
-            writeln!(stdout, "{line}").map_err(|error| format!("writing stdout: {error}"))?;
-            next_offsets.insert(message.queue, message.offset + 1);
+            if let Err(error) = writeln!(stdout, "{}", line(message)) {
+                write_error = Some(format!("writing stdout: {error}"));
+                return ConsumeResult::Stop;
+            }
             printed += 1;
             last_message = Instant::now();
-        }
-        stdout.flush().map_err(|error| format!("writing stdout: {error}"))?;
-        for (queue, next_offset) in next_offsets {
-            if let Err(error) = consumer.commit(queue, next_offset) {
-                tracing::warn!(%error, queue, "commit failed; these messages may come again");
+            let later = args
+                .reconsume_later_matching
+                .as_ref()
+                .is_some_and(|pattern| pattern.is_match(&String::from_utf8_lossy(&message.body)));
+            if later {
+                ConsumeResult::Later
+            } else {
+                ConsumeResult::Success
             }
+        });
+        if let Err(error) = handled {
+            tracing::warn!(%error, "a commit failed; those messages may come again");
         }
     }
+    let _ = stdout.flush();
     let _ = consumer.leave();
-    Ok(ExitCode::SUCCESS)
+    write_error.map_or(Ok(ExitCode::SUCCESS), Err)
+}
+
+/// The JSON line of one delivery.
+fn line(message: &ReceivedMessage) -> serde_json::Value {
+    let now_ms = crate::storage::now_us() / 1000;
+    let mut line = serde_json::json!({
+        "msg_id": message.msg_id_hex(),
+        "queue": message.queue,
+        "offset": message.offset,
+        "key": message.key,
+        "tag": message.tag,
+        "body": String::from_utf8_lossy(&message.body),
+        "reconsume_times": message.reconsume_times,
+        "stored_at_ms": message.store_timestamp_us / 1000,
+        "delivered_at_ms": now_ms,
+    });
+    if message.topic != message.original_topic {
+        // A retry: the message keeps its id; where it first went.
+        line["topic"] = message.topic.clone().into();
+        line["original_msg_id"] = message.msg_id_hex().into();
+        line["original_topic"] = message.original_topic.clone().into();
+        line["original_queue"] = message.original_queue.into();
+    }
+    line
 }

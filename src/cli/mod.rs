@@ -1,7 +1,8 @@
-//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `repair`. The
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
+mod dlq;
 mod produce;
 mod repair;
 mod serve;
@@ -37,6 +38,9 @@ pub enum Command {
     /// List transactions, or end one by hand.
     #[command(subcommand)]
     Tx(tx::TxCommand),
+    /// A group's dead letters: list them, or put them back on their topic.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Repair damaged commit logs of a stopped broker; one JSON line per range.
     Repair(repair::RepairArgs),
 }
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
         Command::Tx(command) => tx::run(command),
+        Command::Dlq(command) => dlq::run(command),
         Command::Repair(args) => repair::run(args),
     };
     match result {

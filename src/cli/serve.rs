@@ -1,5 +1,6 @@
 //! `ringmq serve`: flags over an optional TOML config file over defaults.
 
+use crate::server::delay_levels::DelayLevels;
 use crate::server::{self, ServerConfig};
 use crate::storage::{FlushMode, Retention};
 use clap::{Args, ValueEnum};
@@ -58,11 +59,19 @@ pub struct ServeArgs {
     /// half message back and lists it as discarded (default 15; at least 1).
     #[arg(long)]
     transaction_check_max: Option<u32>,
+    /// The delay levels (level N is the Nth), e.g. "1s 5s 10s 30s 1m"; units
+    /// ms, s, m, h, d (default RocketMQ's 18 levels, 1s to 2h).
+    #[arg(long)]
+    delay_levels: Option<String>,
+    /// A delayed message due farther ahead is refused (default 3456000000,
+    /// 40 days).
+    #[arg(long)]
+    delay_max_ms: Option<u64>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
     /// transaction_timeout_ms, transaction_check_interval_ms,
-    /// transaction_check_max,
+    /// transaction_check_max, delay_levels, delay_max_ms,
     /// segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// spin_before_park_us.
@@ -86,6 +95,8 @@ struct ConfigFile {
     transaction_timeout_ms: Option<u64>,
     transaction_check_interval_ms: Option<u64>,
     transaction_check_max: Option<u32>,
+    delay_levels: Option<String>,
+    delay_max_ms: Option<u64>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -144,6 +155,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(max) = args.transaction_check_max.or(file.transaction_check_max) {
         config.transaction_check_max = max;
     }
+    if let Some(levels) = args.delay_levels.or(file.delay_levels) {
+        config.delay_levels = DelayLevels::parse(&levels).map_err(|error| format!("delay_levels: {error}"))?;
+    }
+    if let Some(ms) = args.delay_max_ms.or(file.delay_max_ms) {
+        config.delay_max = Duration::from_millis(ms);
+    }
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
     }
@@ -196,6 +213,8 @@ mod tests {
         assert_eq!(config.transaction_timeout, Duration::from_millis(6000));
         assert_eq!(config.transaction_check_interval, Duration::from_millis(30_000));
         assert_eq!(config.transaction_check_max, 15);
+        assert_eq!(config.delay_levels, DelayLevels::default());
+        assert_eq!(config.delay_max, Duration::from_millis(3_456_000_000));
     }
 
     #[test]
@@ -232,6 +251,8 @@ mod tests {
             ("transaction_timeout_ms = 0", "transaction_timeout_ms"),
             ("transaction_check_interval_ms = 0", "transaction_check_interval_ms"),
             ("transaction_check_max = 0", "transaction_check_max"),
+            ("delay_levels = \"1s 5\"", "delay_levels"),
+            ("delay_max_ms = 0", "delay_max_ms"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");

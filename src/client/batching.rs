@@ -45,6 +45,8 @@ pub struct OwnedMessage {
     pub key: Option<String>,
     pub tag: Option<String>,
     pub properties: Vec<(String, String)>,
+    pub delay_level: u8,
+    pub deliver_at_ms: u64,
 }
 
 impl OwnedMessage {
@@ -266,6 +268,8 @@ impl Batcher {
                 key: message.key.as_deref(),
                 tag: message.tag.as_deref(),
                 properties,
+                delay_level: message.delay_level,
+                deliver_at_ms: message.deliver_at_ms,
             })
             .collect();
         self.closed.push_back((self.producer.prepare(&outgoing, queue), completions));

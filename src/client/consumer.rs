@@ -20,26 +20,55 @@ pub struct ConsumerOptions {
     pub max_wait: Duration,
     pub max_count: u32,
     pub max_bytes: u32,
+    /// Tags to receive (the broker filters by tag hash, the client checks
+    /// the tag again); empty: every message.
+    pub tags: Vec<String>,
 }
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
-        Self { session_timeout_ms: 10_000, max_wait: Duration::from_millis(500), max_count: 256, max_bytes: 1 << 20 }
+        Self {
+            session_timeout_ms: 10_000,
+            max_wait: Duration::from_millis(500),
+            max_count: 256,
+            max_bytes: 1 << 20,
+            tags: Vec::new(),
+        }
     }
+}
+
+/// Parses a subscription expression as RocketMQ writes it: `"a || b"`, or
+/// `*` (or nothing) for every tag.
+pub fn parse_tags(expression: &str) -> Vec<String> {
+    let tags: Vec<String> =
+        expression.split("||").map(str::trim).filter(|tag| !tag.is_empty()).map(str::to_string).collect();
+    if tags.iter().any(|tag| tag == "*") {
+        return Vec::new();
+    }
+    tags
 }
 
 /// A message as the consumer hands it to the application.
 #[derive(Clone, Debug)]
 pub struct ReceivedMessage {
+    /// The topic it was fetched from: the subscribed one, or the group's
+    /// retry topic for a retried message.
+    pub topic: String,
+    /// The queue and offset it was fetched at (commit and send back these).
     pub queue: u32,
     pub offset: u64,
     pub msg_id: (u64, u64),
     pub key: Option<String>,
     pub tag: Option<String>,
     pub body: Vec<u8>,
+    /// Deliveries before this one (a retried message has one more each time).
     pub reconsume_times: u32,
     pub store_timestamp_us: u64,
     pub born_timestamp_us: u64,
+    /// Where the producer sent it: differs from `topic`/`queue` for a
+    /// retried message.
+    pub original_topic: String,
+    pub original_queue: u32,
 }
 
 impl ReceivedMessage {
@@ -78,10 +107,16 @@ pub fn visit_records(
 /// order) or listed lost (`ringmq repair` marked it).
 #[derive(Clone, Copy, Debug)]
 pub struct FetchedRange<'a> {
+    pub topic: &'a str,
     pub queue: u32,
     pub first_offset: u64,
     pub next_offset: u64,
     pub lost_offsets: &'a [u64],
+    /// Each record's offset when the broker said (a tag filter leaves holes
+    /// in the range); empty: numbered from the range.
+    pub record_offsets: &'a [u64],
+    /// Each record's deliveries before this one; empty: all 0.
+    pub reconsume_times: &'a [u32],
 }
 
 /// Splits a fetch answer's records into messages (see `visit_records`),
@@ -95,7 +130,15 @@ pub fn parse_records(
     count: u32,
 ) -> Result<Vec<ReceivedMessage>, ClientError> {
     let covered = range.next_offset.saturating_sub(range.first_offset);
-    if u64::from(count) + range.lost_offsets.len() as u64 != covered && count > 0 {
+    let numbered = !range.record_offsets.is_empty();
+    if numbered && range.record_offsets.len() != count as usize {
+        return Err(ClientError::Protocol(format!(
+            "a fetch of queue {} gave {} offsets for {count} records",
+            range.queue,
+            range.record_offsets.len()
+        )));
+    }
+    if !numbered && u64::from(count) + range.lost_offsets.len() as u64 != covered && count > 0 {
         return Err(ClientError::Protocol(format!(
             "a fetch of queue {} covers offsets {}..{} with {count} records and {} lost",
             range.queue,
@@ -108,16 +151,21 @@ pub fn parse_records(
     let mut messages = Vec::with_capacity(count as usize);
     visit_records(records, |header, verified| {
         let message = verified.message();
+        let index = messages.len();
+        let counted = offsets.next().unwrap_or(range.next_offset);
         messages.push(ReceivedMessage {
+            topic: range.topic.to_string(),
             queue: range.queue,
-            offset: offsets.next().unwrap_or(range.next_offset),
+            offset: range.record_offsets.get(index).copied().unwrap_or(counted),
             msg_id: verified.msg_id,
             key: message.keys().and_then(|keys| keys.iter().next().map(str::to_string)),
             tag: message.tags().map(str::to_string),
             body: message.body().map(|body| body.bytes().to_vec()).unwrap_or_default(),
-            reconsume_times: 0,
+            reconsume_times: range.reconsume_times.get(index).copied().unwrap_or(0),
             store_timestamp_us: header.store_timestamp_us,
             born_timestamp_us: message.born_timestamp_us(),
+            original_topic: message.topic().to_string(),
+            original_queue: message.queue(),
         });
     })?;
     if messages.len() != count as usize {
@@ -287,6 +335,7 @@ impl Consumer {
                 max_count: self.options.max_count,
                 max_bytes: self.options.max_bytes,
                 max_wait_ms: self.options.max_wait.as_millis() as u32,
+                tag_hashes: self.options.tags.iter().map(|tag| crate::wire::tag_hash(tag)).collect(),
             };
             let connection = self.client.connection(self.queue_shard(*queue)?)?;
             let (sender, queue, offset) = (sender.clone(), *queue, *offset);
@@ -360,7 +409,9 @@ impl Consumer {
             return Ok(Vec::new());
         }
         let lost_only = response.lost_offsets().is_some_and(|lost| !lost.is_empty());
-        if response.next_offset() > offset && response.record_count() == 0 && !lost_only {
+        // A tag filter passes over records too; retention moved the start.
+        let truncated = offset < response.earliest_offset();
+        if truncated && response.next_offset() > offset && response.record_count() == 0 && !lost_only {
             tracing::warn!(
                 queue,
                 from = offset,
@@ -370,9 +421,24 @@ impl Consumer {
             first = response.next_offset();
         }
         let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
-        let range =
-            FetchedRange { queue, first_offset: first, next_offset: response.next_offset(), lost_offsets: &lost };
-        let messages = parse_records(range, &records, response.record_count())?;
+        let record_offsets: Vec<u64> =
+            response.record_offsets().map(|offsets| offsets.iter().collect()).unwrap_or_default();
+        let reconsume_times: Vec<u32> =
+            response.reconsume_times().map(|times| times.iter().collect()).unwrap_or_default();
+        let range = FetchedRange {
+            topic: &self.topic,
+            queue,
+            first_offset: first,
+            next_offset: response.next_offset(),
+            lost_offsets: &lost,
+            record_offsets: &record_offsets,
+            reconsume_times: &reconsume_times,
+        };
+        let mut messages = parse_records(range, &records, response.record_count())?;
+        // The broker filtered by tag hash; a hash collision is caught here.
+        if !self.options.tags.is_empty() {
+            messages.retain(|message| message.tag.as_ref().is_some_and(|tag| self.options.tags.contains(tag)));
+        }
         for offset in lost {
             tracing::warn!(queue, offset, "skipped an offset lost to damage (ringmq repair)");
             self.lost.push((queue, offset));

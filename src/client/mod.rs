@@ -12,6 +12,8 @@ mod async_connection;
 mod batching;
 mod connection;
 mod consumer;
+mod dead_letters;
+mod group_consumer;
 mod idempotent;
 #[cfg(feature = "sqlite")]
 mod outbox;
@@ -24,7 +26,11 @@ mod transaction_producer;
 pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{BrokerRequests, Connection, Pending};
-pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, FetchedRange, ReceivedMessage};
+pub use consumer::{
+    parse_records, parse_tags, visit_records, Consumer, ConsumerOptions, FetchedRange, ReceivedMessage,
+};
+pub use dead_letters::{dead_letters, resend_dead_letter, DeadLetterResend};
+pub use group_consumer::{send_back, ConsumeResult, GroupConsumer, MAX_RECONSUME_TIMES_DEFAULT};
 pub use idempotent::{Applied, DedupError, DedupStore, IdempotentConsumer, IdempotentError, MsgId, Tally};
 pub use producer::{
     Flight, OutgoingMessage, PreparedMessage, Producer, ProducerOptions, QueueChoice, SendReceipt,

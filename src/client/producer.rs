@@ -67,6 +67,11 @@ pub struct OutgoingMessage<'a> {
     pub key: Option<&'a str>,
     pub tag: Option<&'a str>,
     pub properties: &'a [(&'a str, &'a str)],
+    /// Delay level (1 = the broker's first `delay_levels` entry); 0: none.
+    pub delay_level: u8,
+    /// Deliver at this time (ms since the epoch); 0: none. Wins over the
+    /// level.
+    pub deliver_at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +170,8 @@ pub(crate) fn build_message(
         producer_id,
         sequence,
         born_timestamp_us: now_us(),
+        delay_level: message.delay_level,
+        deliver_at_ms: message.deliver_at_ms,
         ..MessageDraft::default()
     };
     draft.build()

@@ -71,6 +71,8 @@ pub struct FetchParams {
     pub max_count: u32,
     pub max_bytes: u32,
     pub max_wait_ms: u32,
+    /// Tag hashes to keep (`wire::tag_hash`); empty: every record.
+    pub tag_hashes: Vec<u32>,
 }
 
 fn outcome<'a>(builder: &mut FlatBufferBuilder<'a>, failure: Option<&Failure>) -> WIPOffset<fb::Outcome<'a>> {
@@ -220,6 +222,7 @@ pub fn produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutc
 pub fn fetch_request(params: &FetchParams) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let topic = builder.create_string(&params.topic);
+    let tag_hashes = (!params.tag_hashes.is_empty()).then(|| builder.create_vector(&params.tag_hashes));
     let args = fb::FetchRequestArgs {
         topic: Some(topic),
         queue: params.queue,
@@ -227,6 +230,7 @@ pub fn fetch_request(params: &FetchParams) -> Vec<u8> {
         max_count: params.max_count,
         max_bytes: params.max_bytes,
         max_wait_ms: params.max_wait_ms,
+        tag_hashes,
     };
     let root = fb::FetchRequest::create(&mut builder, &args);
     finish(builder, root)
@@ -242,6 +246,10 @@ pub struct FetchedRecords<'a> {
     pub earliest_offset: u64,
     /// Offsets `ringmq repair` marked lost, skipped by this fetch.
     pub lost_offsets: &'a [u64],
+    /// Each record's queue offset.
+    pub record_offsets: &'a [u64],
+    /// Each record's deliveries before this one.
+    pub reconsume_times: &'a [u32],
 }
 
 pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -> Vec<u8> {
@@ -249,6 +257,9 @@ pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -
     let outcome = outcome(&mut builder, failure);
     let records = builder.create_vector(fetched.records);
     let lost_offsets = (!fetched.lost_offsets.is_empty()).then(|| builder.create_vector(fetched.lost_offsets));
+    let record_offsets = (!fetched.record_offsets.is_empty()).then(|| builder.create_vector(fetched.record_offsets));
+    let retried = fetched.reconsume_times.iter().any(|times| *times > 0);
+    let reconsume_times = retried.then(|| builder.create_vector(fetched.reconsume_times));
     let args = fb::FetchResponseArgs {
         outcome: Some(outcome),
         records: Some(records),
@@ -257,6 +268,8 @@ pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -
         high_watermark: fetched.high_watermark,
         earliest_offset: fetched.earliest_offset,
         lost_offsets,
+        record_offsets,
+        reconsume_times,
     };
     let root = fb::FetchResponse::create(&mut builder, &args);
     finish(builder, root)
@@ -593,4 +606,86 @@ mod transaction_tests {
         assert!(verify::<fb::CheckTransactionResponse>(&check_transaction_response(None)).is_ok());
         assert!(verify::<fb::RegisterProducerResponse>(&register_producer_response(None)).is_ok());
     }
+}
+
+pub fn send_back_request(
+    group: &str,
+    topic: &str,
+    queue: u32,
+    offset: u64,
+    max_reconsume_times: u32,
+    delay_level: u8,
+) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let topic = builder.create_string(topic);
+    let args = fb::SendBackRequestArgs {
+        group: Some(group),
+        topic: Some(topic),
+        queue,
+        offset,
+        max_reconsume_times,
+        delay_level,
+    };
+    let root = fb::SendBackRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+/// What the broker did with a send-back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendBackAnswer {
+    pub dead_letter: bool,
+    pub reconsume_times: u32,
+    pub duplicate: bool,
+    pub due_at_ms: u64,
+}
+
+pub fn send_back_response(failure: Option<&Failure>, answer: &SendBackAnswer) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let args = fb::SendBackResponseArgs {
+        outcome: Some(outcome),
+        dead_letter: answer.dead_letter,
+        reconsume_times: answer.reconsume_times,
+        duplicate: answer.duplicate,
+        due_at_ms: answer.due_at_ms,
+    };
+    let root = fb::SendBackResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn read_send_back_answer(response: fb::SendBackResponse<'_>) -> SendBackAnswer {
+    SendBackAnswer {
+        dead_letter: response.dead_letter(),
+        reconsume_times: response.reconsume_times(),
+        duplicate: response.duplicate(),
+        due_at_ms: response.due_at_ms(),
+    }
+}
+
+pub fn resend_dead_letter_request(group: &str, queue: u32, offset: u64, again: bool) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let group = builder.create_string(group);
+    let args = fb::ResendDeadLetterRequestArgs { group: Some(group), queue, offset, again };
+    let root = fb::ResendDeadLetterRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+pub fn resend_dead_letter_response(
+    failure: Option<&Failure>,
+    resent: bool,
+    original_topic: &str,
+    original_queue: u32,
+) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let original_topic = builder.create_string(original_topic);
+    let args = fb::ResendDeadLetterResponseArgs {
+        outcome: Some(outcome),
+        resent,
+        original_topic: Some(original_topic),
+        original_queue,
+    };
+    let root = fb::ResendDeadLetterResponse::create(&mut builder, &args);
+    finish(builder, root)
 }

@@ -37,6 +37,10 @@ pub enum Kind {
     /// id has `BROKER_REQUEST_BIT` set).
     CheckTransactionRequest = 25,
     CheckTransactionResponse = 26,
+    SendBackRequest = 27,
+    SendBackResponse = 28,
+    ResendDeadLetterRequest = 29,
+    ResendDeadLetterResponse = 30,
     ErrorResponse = 100,
 }
 
@@ -70,6 +74,10 @@ impl Kind {
             24 => RegisterProducerResponse,
             25 => CheckTransactionRequest,
             26 => CheckTransactionResponse,
+            27 => SendBackRequest,
+            28 => SendBackResponse,
+            29 => ResendDeadLetterRequest,
+            30 => ResendDeadLetterResponse,
             100 => ErrorResponse,
             _ => return None,
         })

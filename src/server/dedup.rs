@@ -158,6 +158,15 @@ impl ProducerTable {
     }
 
     /// Puts back a window read from a snapshot.
+    /// The sequence the producer's next message of the queue must carry (0
+    /// for a producer the table does not know there).
+    pub fn next_sequence(&self, producer_id: u64, queue_id: u32) -> u64 {
+        self.producers
+            .get(&producer_id)
+            .and_then(|queues| queues.get(&queue_id))
+            .map_or(0, |window| window.next_sequence)
+    }
+
     pub fn restore(&mut self, producer_id: u64, queue_id: u32, window: QueueWindow) {
         self.producers.entry(producer_id).or_default().insert(queue_id, window);
     }

@@ -10,6 +10,7 @@
 //! send count u32, sends of 4 x u64), and a CRC32 of everything before it.
 
 use super::dedup::{ProducerTable, QueueWindow, StoredSend, SEQUENCES_REMEMBERED};
+use super::offsets::DELAY_QUEUE_ID;
 use super::replay::replay_messages;
 use super::snapshot_file::{self, Reader};
 use crate::storage::backend::Storage;
@@ -135,8 +136,20 @@ async fn replay_queue<S: Storage>(
 ) -> Result<(), LogError> {
     replay_messages(log, queue_id, from, |record, message| {
         // Halves are deduplicated by transaction id (`transactions`); a
-        // committed one read here was never in the producer table.
-        if message.producer_id == 0 || message.is_half {
+        // committed one read here was never in the producer table. A record
+        // read through a reference (a delivered delay or retry) was admitted
+        // when its entry was stored: a delayed message in `DELAY_QUEUE_ID`,
+        // under its target queue (its header's tag hash).
+        if message.producer_id == 0 || message.is_half || record.via.is_some() {
+            return;
+        }
+        let queue_id = match queue_id {
+            DELAY_QUEUE_ID => record.header.tag_hash,
+            own => own,
+        };
+        // A delayed message is replayed after its queue's later sends: its
+        // sequence is behind, and known as an older one.
+        if table.next_sequence(message.producer_id, queue_id) > message.sequence {
             return;
         }
         let send = StoredSend {

@@ -3,15 +3,18 @@
 //! answers with its response kind or a `Failure`.
 
 use super::dedup::{Admission, StoredSend};
+use super::delayed;
 use super::failures::log_failure;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
+use super::send_back;
 use super::shard::Shard;
 use super::topics::check_name;
 use super::transactions;
 use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES};
-use crate::protocol::{self, coordinator_shard, fb, verify, Failure, FetchedRecords, Frame, Kind};
-use crate::storage::{AppendRequest, LogError};
+use crate::protocol::INTERNAL_TOPIC_PREFIX;
+use crate::protocol::{self, coordinator_shard, fb, retry_topic, verify, Failure, FetchedRecords, Frame, Kind};
+use crate::storage::{now_us, AppendRequest, LogError};
 use crate::wire::{verify_message, VerifiedMessage};
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
@@ -46,6 +49,8 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Kind::EndTransactionRequest => end_transaction(shard, &frame.body).await,
         Kind::ListTransactionsRequest => list_transactions(shard, &frame.body),
         Kind::RegisterProducerRequest => register_producer(shard, link, &frame.body),
+        Kind::SendBackRequest => send_back(shard, &frame.body).await,
+        Kind::ResendDeadLetterRequest => resend_dead_letter(shard, &frame.body).await,
         _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
     }
 }
@@ -65,6 +70,7 @@ fn metadata(shard: &Shard, body: &[u8]) -> Answer {
 
 async fn create_topic(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::CreateTopicRequest>(body).map_err(invalid)?;
+    check_name("topic", request.name())?;
     let (topic, created) = shard.create_topic(request.name(), request.queues()).await?;
     Ok((Kind::CreateTopicResponse, protocol::create_topic_response(None, Some(&topic.layout()), created)))
 }
@@ -80,8 +86,15 @@ fn message_bytes(frame_body: &Bytes, message: &[u8]) -> Result<Bytes, Failure> {
 
 async fn produce(shard: &Shard, body: &Bytes) -> Answer {
     let request = verify::<fb::ProduceRequest>(body).map_err(invalid)?;
+    if request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
+        return Err(Failure::new(
+            fb::ErrorCode::InvalidTopic,
+            "topics starting with % take only the broker's own records",
+        ));
+    }
     let topic = shard.topic(request.topic())?;
     let queue_id = shard.owned_queue(&topic, request.queue())?;
+    let now_ms = now_us() / 1000;
     if request.messages().len() > PRODUCE_MESSAGES_MAX {
         return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));
     }
@@ -93,6 +106,8 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         };
         let verified = verify_message(bytes).map_err(|error| invalid_message(error.to_string()))?;
         transactions::check_half(&verified).map_err(invalid_message)?;
+        delayed::check_delay(&verified, &shard.config.delay_levels, shard.config.delay_max, now_ms)
+            .map_err(invalid_message)?;
         messages.push(verified);
     }
     // Refused before anything is placed: a request fails whole or not at all
@@ -125,8 +140,9 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         .map(|(message, placed)| protocol::SendOutcome {
             status,
             msg_id: message.msg_id,
-            // A half message has no offset in its queue until committed.
-            offset: placed.send.filter(|_| !message.is_half).map(|send| send.offset),
+            // A half or delayed message has no offset in its queue until
+            // committed or due.
+            offset: placed.send.filter(|_| !message.is_half && !delayed::is_delayed(message)).map(|send| send.offset),
             store_timestamp_us: placed.send.map_or(0, |send| send.store_timestamp_us),
             duplicate: placed.duplicate,
         })
@@ -193,6 +209,25 @@ async fn place_once(
             }
         }
     }
+    let Some(send) = append_message(shard, queue_id, message).await.map_err(log_failure)? else {
+        return Ok(Placed { send: None, duplicate: true });
+    };
+    if sequenced {
+        shard.dedup.borrow_mut().stored(producer_id, queue_id, send, shard.log.positions().flushed);
+    }
+    Ok(Placed { send: Some(send), duplicate: false })
+}
+
+/// Stores a message the producer table admitted: in its queue, or as a
+/// timer entry when delayed (`None`: the shard holds that delayed message).
+async fn append_message(
+    shard: &Shard,
+    queue_id: u32,
+    message: &VerifiedMessage,
+) -> Result<Option<StoredSend>, LogError> {
+    if delayed::is_delayed(message) {
+        return delayed::place_delayed(shard, queue_id, message).await;
+    }
     let request = AppendRequest {
         queue_id,
         indexed: true,
@@ -200,17 +235,13 @@ async fn place_once(
         message: message.bytes(),
         ..AppendRequest::default()
     };
-    let appended = shard.log.append_buffered(request).await.map_err(log_failure)?;
-    let send = StoredSend {
-        sequence,
+    let appended = shard.log.append_buffered(request).await?;
+    Ok(Some(StoredSend {
+        sequence: message.sequence,
         offset: appended.queue_offset.unwrap_or(0),
         store_timestamp_us: appended.store_timestamp_us,
         end: appended.end,
-    };
-    if sequenced {
-        shard.dedup.borrow_mut().stored(producer_id, queue_id, send, shard.log.positions().flushed);
-    }
-    Ok(Placed { send: Some(send), duplicate: false })
+    }))
 }
 
 async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
@@ -221,9 +252,10 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
     let bytes_max = (request.max_bytes() as usize).clamp(1, FRAME_BODY_BYTES_MAX - 64 * 1024);
     let wait = Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX)));
     let deadline = shard.clock.deadline(wait);
+    let tag_hashes: Vec<u32> = request.tag_hashes().map(|hashes| hashes.iter().collect()).unwrap_or_default();
     loop {
         let visible = shard.log.positions().visible;
-        let batch = match shard.log.read(queue_id, request.offset(), count, bytes_max).await {
+        let batch = match shard.log.read_tagged(queue_id, request.offset(), count, bytes_max, &tag_hashes).await {
             Ok(batch) => batch,
             // Retention deleted the offset: say where the queue now starts,
             // so the consumer moves on from there (and can tell it skipped).
@@ -246,12 +278,20 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             );
         }
         let expired = shard.clock.now_ms() >= deadline;
-        let moved = !batch.records.is_empty() || !batch.lost_offsets.is_empty();
+        // A tag filter that passed over records moved too: the consumer
+        // goes on from past them.
+        let moved = batch.next_offset > request.offset();
         if moved || expired || shard.shutting_down.get() {
             let mut records = BytesMut::with_capacity(batch.records.iter().map(|record| record.bytes.len()).sum());
             for record in &batch.records {
                 records.extend_from_slice(&record.bytes);
             }
+            let record_offsets: Vec<u64> = batch.records.iter().map(|record| record.queue_offset).collect();
+            let reconsume_times: Vec<u32> = batch
+                .records
+                .iter()
+                .map(|record| record.via.as_ref().map_or(0, |via| via.header.reconsume_times))
+                .collect();
             let fetched = FetchedRecords {
                 records: &records,
                 record_count: batch.records.len() as u32,
@@ -259,6 +299,8 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
                 high_watermark: batch.visible_end_offset,
                 earliest_offset: shard.log.base_offset(queue_id),
                 lost_offsets: &batch.lost_offsets,
+                record_offsets: &record_offsets,
+                reconsume_times: &reconsume_times,
             };
             return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
         }
@@ -289,6 +331,10 @@ fn coordinated(shard: &Shard, group: &str, topic: &str) -> Result<u32, Failure> 
 async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::JoinGroupRequest>(body).map_err(invalid)?;
     let queue_count = coordinated(shard, request.group(), request.topic())?;
+    // The group's consumers subscribe to its retry topic by themselves.
+    if !request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
+        shard.internal_topic(&retry_topic(request.group())).await?;
+    }
     let (assignment, rebalanced) = shard.coordinator.borrow_mut().join(
         request.group(),
         request.topic(),
@@ -394,4 +440,36 @@ fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Ans
     }
     shard.producer_links.borrow_mut().register(request.producer_group(), link);
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
+}
+
+async fn send_back(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::SendBackRequest>(body).map_err(invalid)?;
+    let topic = shard.topic(request.topic())?;
+    let queue_id = shard.owned_queue(&topic, request.queue())?;
+    let sent = send_back::send_back(
+        shard,
+        request.group(),
+        queue_id,
+        request.offset(),
+        request.max_reconsume_times(),
+        request.delay_level(),
+    )
+    .await?;
+    let answer = protocol::SendBackAnswer {
+        dead_letter: sent.dead_letter,
+        reconsume_times: sent.reconsume_times,
+        duplicate: sent.duplicate,
+        due_at_ms: sent.due_at_ms,
+    };
+    Ok((Kind::SendBackResponse, protocol::send_back_response(None, &answer)))
+}
+
+async fn resend_dead_letter(shard: &Shard, body: &[u8]) -> Answer {
+    let request = verify::<fb::ResendDeadLetterRequest>(body).map_err(invalid)?;
+    let resent =
+        send_back::resend_dead_letter(shard, request.group(), request.queue(), request.offset(), request.again())
+            .await?;
+    let response =
+        protocol::resend_dead_letter_response(None, resent.resent, &resent.original_topic, resent.original_queue);
+    Ok((Kind::ResendDeadLetterResponse, response))
 }

@@ -10,6 +10,9 @@ mod cross;
 pub mod data_dir;
 mod dedup;
 mod dedup_snapshot;
+pub mod delay_levels;
+mod delayed;
+mod due_delivery;
 mod failures;
 mod groups;
 mod handlers;
@@ -19,9 +22,11 @@ mod outgoing;
 mod placement;
 mod producer_links;
 mod replay;
+mod send_back;
 mod shard;
 mod snapshot_file;
 mod start_gate;
+mod timers;
 mod topics;
 mod transactions;
 mod transactions_snapshot;
@@ -49,6 +54,8 @@ pub const CLUSTER_FILE: &str = "cluster.json";
 pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
 pub const TRANSACTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
 pub const TRANSACTION_CHECK_MAX_DEFAULT: u32 = 15;
+/// How far ahead a delayed message may be due: 40 days.
+pub const DELAY_MAX_MS_DEFAULT: u64 = 40 * 24 * 3600 * 1000;
 /// How long a shard waits for its requests in flight at shutdown.
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
@@ -88,6 +95,10 @@ pub struct ServerConfig {
     /// Check-backs delivered to a live producer before the broker rolls the
     /// half back itself (listed as discarded).
     pub transaction_check_max: u32,
+    /// The delays a message's delay level and a retry's back-off name.
+    pub delay_levels: delay_levels::DelayLevels,
+    /// A delayed message due farther ahead than this is refused.
+    pub delay_max: Duration,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +124,8 @@ impl Default for ServerConfig {
             transaction_timeout: Duration::from_millis(TRANSACTION_TIMEOUT_MS_DEFAULT),
             transaction_check_interval: Duration::from_millis(TRANSACTION_CHECK_INTERVAL_MS_DEFAULT),
             transaction_check_max: TRANSACTION_CHECK_MAX_DEFAULT,
+            delay_levels: delay_levels::DelayLevels::default(),
+            delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
         }
     }
 }
@@ -167,6 +180,9 @@ impl ServerConfig {
         }
         if self.transaction_check_interval.is_zero() {
             return refuse("transaction_check_interval_ms must be at least 1".into());
+        }
+        if self.delay_max.is_zero() {
+            return refuse("delay_max_ms must be at least 1".into());
         }
         if self.transaction_check_max == 0 {
             return refuse("transaction_check_max must be at least 1".into());
@@ -354,7 +370,8 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     }
     let producers_floor = snapshot.covered;
     let queue_ids = shard::owned_queue_ids(&topics, id);
-    let producers = dedup_snapshot::recover(snapshot, &log, &queue_ids, config.producers_max)
+    let producer_queue_ids: Vec<u32> = queue_ids.iter().copied().chain([offsets::DELAY_QUEUE_ID]).collect();
+    let producers = dedup_snapshot::recover(snapshot, &log, &producer_queue_ids, config.producers_max)
         .await
         .map_err(|error| shard_error(format!("rebuilding the producer table: {error}")))?;
     tracing::info!(producers = producers.producer_count(), "producer table rebuilt from the log");
@@ -378,6 +395,10 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         pending = transactions.pending_count(),
         "transaction table rebuilt from the log"
     );
+    let timers = timers::recover(&log, &config.delay_levels, crate::storage::now_us() / 1000)
+        .await
+        .map_err(|error| shard_error(format!("rebuilding the timers: {error}")))?;
+    tracing::info!(pending = timers.pending_count(), "timers rebuilt from the log");
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
     let (clock, _ticking) = clock::CoarseClock::start();
@@ -395,6 +416,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         producers_floor,
         transactions,
         transactions_snapshot_floor,
+        timers,
         peers,
     }));
     shard.set_floor(&shard.offsets_floor, offsets_floor);
@@ -418,12 +440,13 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let listener = listeners::into_glommio(listener);
     let background = glommio::spawn_local(background_work(shard.clone()));
     let checking = glommio::spawn_local(checker::run(shard.clone()));
+    let delivering = glommio::spawn_local(due_delivery::run(shard.clone()));
     tracing::info!(%address, "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
-    shutdown(shard, accepting, [background, checking]).await
+    shutdown(shard, accepting, [background, checking, delivering]).await
 }
 
 /// The peer shard behind inbox `index` of shard `id` (inboxes skip `id`).
@@ -514,7 +537,12 @@ async fn write_offsets_snapshot(shard: &Shard) {
 async fn write_producers_snapshot(shard: &Shard) {
     // One synchronous step: the position and every queue's durable end agree.
     let covered = shard.log.positions().flushed;
-    let queue_offsets = shard.owned_queue_ids().into_iter().map(|id| (id, shard.log.durable_end_offset(id))).collect();
+    let queue_offsets = shard
+        .owned_queue_ids()
+        .into_iter()
+        .chain([offsets::DELAY_QUEUE_ID])
+        .map(|id| (id, shard.log.durable_end_offset(id)))
+        .collect();
     let bytes = dedup_snapshot::encode(&shard.dedup.borrow(), covered, &queue_offsets);
     match dedup_snapshot::write(&shard.storage, &shard.dir, &bytes).await {
         Ok(()) => shard.set_floor(&shard.producers_floor, covered),
@@ -553,7 +581,7 @@ async fn write_transactions_snapshot(shard: &Shard) {
 async fn shutdown(
     shard: Rc<Shard>,
     accepting: glommio::Task<()>,
-    background: [glommio::Task<()>; 2],
+    background: [glommio::Task<()>; 3],
 ) -> Result<(), ServerError> {
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     drop(accepting);

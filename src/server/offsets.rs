@@ -26,7 +26,12 @@ pub const CHECK_QUEUE_ID: u32 = 3;
 /// check-backs ran out: apart from `OP_QUEUE_ID` so recovery tells them
 /// from a producer's rollback.
 pub const DISCARD_QUEUE_ID: u32 = 4;
-const _: () = assert!(DISCARD_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
+/// Timer entries (`timers`): delayed messages, and the send-backs and
+/// dead-letter resends waiting for their delivery.
+pub const DELAY_QUEUE_ID: u32 = 5;
+/// Timer intents: the progress of the deliveries (`due_delivery`).
+pub const TIMER_QUEUE_ID: u32 = 6;
+const _: () = assert!(TIMER_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
 pub const OFFSETS_SNAPSHOT_FILE: &str = "offsets.json";
 
 pub type OffsetKey = (String, String, u32);

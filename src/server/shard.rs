@@ -9,12 +9,13 @@ use super::groups::Coordinator;
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
 use super::producer_links::ProducerLinks;
+use super::timers::TimerTable;
 use super::topics::{Topic, Topics, TOPICS_FILE};
 use super::transactions::{AppendsInFlight, TransactionTable};
 use super::ServerConfig;
 use crate::protocol::{fb, Failure, ShardEndpoint};
 use crate::storage::backend::{DmaStorage, Storage};
-use crate::storage::CommitLog;
+use crate::storage::{CommitLog, Signal};
 use glommio::channels::local_channel::{self, LocalSender};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -44,12 +45,18 @@ pub struct Shard {
     pub transactions: RefCell<TransactionTable>,
     /// Connections registered as live producers, by producer group.
     pub producer_links: RefCell<ProducerLinks>,
+    /// Delayed messages, retries and dead letters not yet delivered (`timers`).
+    pub timers: RefCell<TimerTable>,
+    /// Wakes the timer task (`due_delivery`) for a new entry.
+    pub timer_wake: Signal,
     pub placement_line: PlacementLine,
     /// Retention floors of state kept in the log: the two snapshots' and
     /// the oldest pending half message's. The log's floor is the lowest.
     pub offsets_floor: Cell<u64>,
     pub producers_floor: Cell<u64>,
     pub transactions_floor: Cell<u64>,
+    /// The oldest position a pending timer entry needs.
+    pub timers_floor: Cell<u64>,
     /// Lowest log position a replay after the transactions snapshot reads
     /// (`u64::MAX` before the first: a full replay, as without one).
     pub transactions_snapshot_floor: Cell<u64>,
@@ -79,6 +86,7 @@ pub struct ShardParts {
     pub producers_floor: u64,
     pub transactions: TransactionTable,
     pub transactions_snapshot_floor: u64,
+    pub timers: TimerTable,
     pub peers: Peers,
 }
 
@@ -105,6 +113,9 @@ impl Shard {
             transaction_appends: AppendsInFlight::default(),
             transactions: RefCell::new(parts.transactions),
             producer_links: RefCell::new(ProducerLinks::default()),
+            timers_floor: Cell::new(parts.timers.floor().unwrap_or(u64::MAX)),
+            timers: RefCell::new(parts.timers),
+            timer_wake: Signal::default(),
             placement_line: PlacementLine::default(),
             offsets_floor: Cell::new(0),
             producers_floor: Cell::new(parts.producers_floor),
@@ -119,11 +130,30 @@ impl Shard {
     }
 
     /// Sets one of the floors (`offsets_floor`, `producers_floor`,
-    /// `transactions_floor`) and the log's retention floor to the lowest.
+    /// `transactions_floor`, `timers_floor`) and the log's retention floor
+    /// to the lowest.
     pub fn set_floor(&self, floor: &Cell<u64>, position: u64) {
         floor.set(position);
         let lowest = self.offsets_floor.get().min(self.producers_floor.get()).min(self.transactions_floor.get());
-        self.log.set_retention_floor(lowest);
+        self.log.set_retention_floor(lowest.min(self.timers_floor.get()));
+    }
+
+    /// The timer table changed: retention keeps what its pending entries
+    /// need, and the timer task looks again.
+    pub fn timers_changed(&self) {
+        let floor = self.timers.borrow().floor().unwrap_or(u64::MAX);
+        self.set_floor(&self.timers_floor, floor);
+        self.timer_wake.notify();
+    }
+
+    /// The internal topic `name` (`%RETRY%G`, `%DLQ%G`: one queue per shard,
+    /// queue `i` on shard `i`), created on first use.
+    pub async fn internal_topic(&self, name: &str) -> Result<Topic, Failure> {
+        if let Some(topic) = self.topics.borrow().get(name) {
+            return Ok(topic.clone());
+        }
+        let (topic, _) = self.create_topic(name, self.shard_count).await?;
+        Ok(topic)
     }
 
     /// The commit-log queue ids of the queues this shard owns.

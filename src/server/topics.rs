@@ -6,7 +6,7 @@
 //! broker's own (consumer offsets).
 
 use crate::constants::{NAME_BYTES_MAX, TOPIC_QUEUES_MAX};
-use crate::protocol::{fb, queue_owner, Failure, TopicLayout};
+use crate::protocol::{fb, internal_topic_group, queue_owner, Failure, TopicLayout, INTERNAL_TOPIC_PREFIX};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -55,8 +55,21 @@ impl Topics {
         self.topics.get(name)
     }
 
-    /// The topic as it would be created now (the caller persists and applies it).
+    /// The topic as it would be created now (the caller persists and applies
+    /// it). An internal topic (`%RETRY%G`, `%DLQ%G`) has one queue per
+    /// shard, queue `i` on shard `i`, so a send-back stays on its shard.
     pub fn plan(&self, name: &str, queues: u32, shards: u32) -> Result<Topic, Failure> {
+        let id = self.topics.values().map(|topic| topic.id).max().unwrap_or(0) + 1;
+        if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+            let group = internal_topic_group(name).ok_or_else(|| {
+                Failure::new(
+                    fb::ErrorCode::InvalidTopic,
+                    format!("{name:?}: names starting with % are the broker's own"),
+                )
+            })?;
+            check_name("group", group)?;
+            return Ok(Topic { name: name.to_string(), id, queue_shards: (0..shards).collect() });
+        }
         check_name("topic", name)?;
         if queues == 0 || queues > TOPIC_QUEUES_MAX {
             return Err(Failure::new(
@@ -64,7 +77,6 @@ impl Topics {
                 format!("a topic has 1 to {TOPIC_QUEUES_MAX} queues, not {queues}"),
             ));
         }
-        let id = self.topics.values().map(|topic| topic.id).max().unwrap_or(0) + 1;
         let queue_shards = (0..queues).map(|queue| queue_owner(name, queue, shards)).collect();
         Ok(Topic { name: name.to_string(), id, queue_shards })
     }
@@ -104,5 +116,14 @@ mod tests {
         assert!(topics.plan("a b", 1, 1).is_err());
         assert!(topics.plan("ok", 0, 1).is_err());
         assert!(topics.plan("ok", TOPIC_QUEUES_MAX + 1, 1).is_err());
+        assert!(topics.plan("%mine", 1, 1).is_err());
+        assert!(topics.plan("%RETRY%a b", 1, 1).is_err());
+    }
+
+    #[test]
+    fn an_internal_topic_has_queue_i_on_shard_i() {
+        let topic = Topics::default().plan("%RETRY%billing", 1, 3).unwrap();
+        assert_eq!(topic.queue_shards, vec![0, 1, 2]);
+        assert_eq!(Topics::default().plan("%DLQ%billing", 1, 2).unwrap().queue_shards, vec![0, 1]);
     }
 }

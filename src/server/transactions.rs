@@ -710,6 +710,7 @@ pub async fn append_op<S: Storage>(
         tag_hash,
         reference: Some((position, size_bytes)),
         message: transaction_id.as_bytes(),
+        ..AppendRequest::default()
     };
     let appended = log.append(request).await?;
     let offset = appended.queue_offset.unwrap_or(0);

@@ -218,6 +218,7 @@ impl<F: StorageFile> LogState<F> {
             store_timestamp_us,
             ref_position,
             ref_size,
+            reconsume_times: request.reconsume_times,
         };
         let filled = self.filling.filled;
         let destination = &mut self.filling.data.as_mut_slice()[filled..filled + size];

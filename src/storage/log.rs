@@ -37,6 +37,8 @@ pub struct AppendRequest<'a> {
     /// position and length of that record, which a read of the op record's
     /// offset returns in its place.
     pub reference: Option<(u64, u32)>,
+    /// On an op record delivering a retried message: its deliveries so far.
+    pub reconsume_times: u32,
     /// The message flatbuffer, stored exactly as given.
     pub message: &'a [u8],
 }
@@ -243,6 +245,11 @@ impl<S: Storage> CommitLog<S> {
             flushed: self.shared.flushed.get(),
             visible: self.shared.visible_mark().get(),
         }
+    }
+
+    /// The offset the next record appended to `queue_id` gets.
+    pub fn next_offset(&self, queue_id: u32) -> u64 {
+        self.shared.state.borrow().queues.get(&queue_id).map_or(0, QueueIndex::next_offset)
     }
 
     /// First offset of `queue_id` a reader cannot see yet.

@@ -38,7 +38,7 @@ pub use error::LogError;
 pub use index::IndexEntry;
 pub use index_cache::IndexCacheStats;
 pub use log::{now_us, AppendRequest, Appended, CommitLog, IndexMemory, Positions};
-pub use read::{ReadBatch, StoredRecord};
+pub use read::{OpRecordRead, ReadBatch, StoredRecord};
 pub use repair::{repair, RepairedRange};
 pub use stats::{latency_histogram_us, LogStats};
 pub use watermark::{Signal, Watermark};

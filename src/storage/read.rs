@@ -71,6 +71,18 @@ pub struct StoredRecord {
     pub header: record::RecordHeader,
     /// Header followed by the message, exactly as in the log.
     pub bytes: Bytes,
+    /// When this record was read through an op record's reference (a
+    /// committed half, a delivered delay or retry): that op record.
+    pub via: Option<OpRecordRead>,
+}
+
+/// The op record a read followed to the record it points at.
+#[derive(Clone, Debug)]
+pub struct OpRecordRead {
+    pub position: u64,
+    pub header: record::RecordHeader,
+    /// The op record's own body (a transaction id, a timer entry, ...).
+    pub body: Bytes,
 }
 
 impl StoredRecord {
@@ -106,13 +118,34 @@ impl<S: Storage> CommitLog<S> {
         count_max: usize,
         bytes_max: usize,
     ) -> Result<ReadBatch, LogError> {
+        self.read_tagged(queue_id, offset, count_max, bytes_max, &[]).await
+    }
+
+    /// `read`, keeping only records whose index entry carries one of
+    /// `tag_hashes` (all when empty): the others are passed over unread,
+    /// and `next_offset` moves past them.
+    pub async fn read_tagged(
+        &self,
+        queue_id: u32,
+        offset: u64,
+        count_max: usize,
+        bytes_max: usize,
+        tag_hashes: &[u32],
+    ) -> Result<ReadBatch, LogError> {
         let (slots, visible_end_offset) = self.shared().visible_slots(queue_id, offset, count_max, bytes_max).await?;
+        let covered = slots.len() as u64;
+        let (offsets, slots): (Vec<u64>, Vec<Slot>) = slots
+            .into_iter()
+            .enumerate()
+            .map(|(index, slot)| (offset + index as u64, slot))
+            .filter(|(_, slot)| tag_hashes.is_empty() || tag_hashes.contains(&slot.entry.tag_hash))
+            .unzip();
         let mut records = Vec::with_capacity(slots.len());
         let mut lost_offsets = Vec::new();
         let mut index = 0;
         while index < slots.len() {
             let run = contiguous_run(&slots[index..]);
-            let first_offset = offset + index as u64;
+            let first_offset = offsets[index];
             let Some((bytes, run)) = self.read_range(&slots[index..index + run]).await? else {
                 let position = slots[index].entry.position;
                 return Err(self.segment_gone(queue_id, offset, first_offset, position));
@@ -120,7 +153,7 @@ impl<S: Storage> CommitLog<S> {
             for (slot_index, slot) in slots[index..index + run].iter().enumerate() {
                 let start = (slot.entry.position - slots[index].entry.position) as usize;
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
-                let queue_offset = offset + (index + slot_index) as u64;
+                let queue_offset = offsets[index + slot_index];
                 let record = self.checked(queue_id, queue_offset, slot, record_bytes)?;
                 let record = match record.header.ref_position {
                     record::NO_POSITION => Some(record),
@@ -133,7 +166,7 @@ impl<S: Storage> CommitLog<S> {
             }
             index += run;
         }
-        let next_offset = offset + (records.len() + lost_offsets.len()) as u64;
+        let next_offset = offset + covered;
         Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
     }
 
@@ -153,11 +186,11 @@ impl<S: Storage> CommitLog<S> {
     }
 
     /// The record an op record points at (a committed or rolled-back half
+    /// message, a delayed message, the original of a retried or dead-letter
     /// message), read in its place at the op record's offset; `None` when
-    /// retention deleted it after its transaction settled (the offset is
-    /// lost, like a repaired one). Index entries always point at the record
-    /// appended for their offset, so they rise with offsets; only this read
-    /// goes back.
+    /// retention deleted it after it settled (the offset is lost, like a
+    /// repaired one). Index entries always point at the record appended for
+    /// their offset, so they rise with offsets; only this read goes back.
     async fn referenced(&self, op: &StoredRecord) -> Result<Option<StoredRecord>, LogError> {
         let (position, size_bytes) = (op.header.ref_position, op.header.ref_size);
         let corrupt = |detail: String| LogError::Corrupt { path: self.shared().config.dir.clone(), position, detail };
@@ -174,13 +207,14 @@ impl<S: Storage> CommitLog<S> {
             Decoded::Valid(header) => header,
             other => return Err(corrupt(format!("the record an op record points at is invalid: {other:?}"))),
         };
-        if header.length != size_bytes || header.flags & record::flags::HALF == 0 {
+        if header.length != size_bytes || !record::holds_message(header.flags) {
             return Err(corrupt(format!(
-                "an op record points at a record of {} bytes with flags {:#x}, not a half message of {size_bytes}",
+                "an op record points at a record of {} bytes with flags {:#x}, not a message of {size_bytes}",
                 header.length, header.flags
             )));
         }
-        Ok(Some(StoredRecord { queue_offset: op.queue_offset, position, header, bytes }))
+        let via = OpRecordRead { position: op.position, header: op.header, body: op.message() };
+        Ok(Some(StoredRecord { queue_offset: op.queue_offset, position, header, bytes, via: Some(via) }))
     }
 
     /// What a read says when no segment holds the record at `position`
@@ -266,7 +300,7 @@ impl<S: Storage> CommitLog<S> {
                 header.queue_id, header.queue_offset
             )));
         }
-        Ok(StoredRecord { queue_offset, position: slot.entry.position, header, bytes })
+        Ok(StoredRecord { queue_offset, position: slot.entry.position, header, bytes, via: None })
     }
 }
 

@@ -13,7 +13,7 @@
 //! 32 store_timestamp_us u64
 //! 40 ref_position u64  NO_POSITION unless an op record points at another record
 //! 48 ref_size     u32
-//! 52 reserved     u32  zero
+//! 52 reconsume_times u32 deliveries before this one (retry op records), else zero
 //! 56 message
 //! ```
 //! A record starts on an 8-byte boundary; the padding after it is zero.
@@ -62,6 +62,14 @@ pub mod flags {
     pub const DISCARDED: u16 = 1 << 11;
 }
 
+/// Whether a record with `flags` holds a producer's message (an ordinary,
+/// half or delayed one), not an op record, a marker or repair's bytes: what
+/// an op record may point at.
+pub fn holds_message(record_flags: u16) -> bool {
+    let not_messages = flags::INTERNAL | flags::BATCH | flags::TOMBSTONE | flags::FILLER;
+    record_flags & not_messages == 0
+}
+
 /// What the broker assigns to a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -73,6 +81,9 @@ pub struct RecordHeader {
     pub store_timestamp_us: u64,
     pub ref_position: u64,
     pub ref_size: u32,
+    /// On an op record that delivers a retried message: how many times the
+    /// message was delivered before. Zero on every other record.
+    pub reconsume_times: u32,
 }
 
 /// What a header at some position turned out to be.
@@ -140,6 +151,7 @@ pub fn encode_placeholder(
         store_timestamp_us,
         ref_position: NO_POSITION,
         ref_size: 0,
+        reconsume_times: 0,
     };
     destination.fill(0);
     let zeros = vec![0; length - RECORD_HEADER_SIZE_BYTES];
@@ -190,6 +202,7 @@ pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_
         store_timestamp_us,
         ref_position: durable_position,
         ref_size: shape.zero_sectors,
+        reconsume_times: 0,
     };
     encode(destination, &header, &[]);
 }
@@ -221,7 +234,7 @@ pub fn encode(destination: &mut [u8], header: &RecordHeader, message: &[u8]) -> 
     destination[32..40].copy_from_slice(&header.store_timestamp_us.to_le_bytes());
     destination[40..48].copy_from_slice(&header.ref_position.to_le_bytes());
     destination[48..52].copy_from_slice(&header.ref_size.to_le_bytes());
-    destination[52..56].copy_from_slice(&0u32.to_le_bytes());
+    destination[52..56].copy_from_slice(&header.reconsume_times.to_le_bytes());
     destination[RECORD_HEADER_SIZE_BYTES..length].copy_from_slice(message);
     let crc = crc32fast::hash(&destination[4..length]);
     destination[0..4].copy_from_slice(&crc.to_le_bytes());
@@ -298,6 +311,7 @@ pub fn decode(bytes: &[u8]) -> Decoded {
         store_timestamp_us: u64_at(bytes, 32),
         ref_position: u64_at(bytes, 40),
         ref_size: u32_at(bytes, 48),
+        reconsume_times: u32_at(bytes, 52),
     })
 }
 
@@ -315,6 +329,7 @@ mod tests {
             store_timestamp_us: 1_700_000_000_000_000,
             ref_position: NO_POSITION,
             ref_size: 0,
+            reconsume_times: 3,
         };
         let mut bytes = vec![0; padded_size(header.length as usize)];
         encode(&mut bytes, &header, message);

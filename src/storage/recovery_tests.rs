@@ -242,6 +242,7 @@ fn torn_write(durable: u64, gap_bytes: u32) -> Vec<u8> {
         store_timestamp_us: now_us(),
         ref_position: NO_POSITION,
         ref_size: 0,
+        reconsume_times: 0,
     };
     let at = BATCH_MARKER_SIZE_BYTES;
     encode(&mut write[at..at + padded_size(length)], &header, &body);

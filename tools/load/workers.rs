@@ -433,6 +433,7 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
             max_count: 4096,
             max_bytes: 4 << 20,
             max_wait_ms: 100,
+            ..FetchParams::default()
         };
         let Ok(connection) = context.connection(shard).await else {
             glommio::timer::sleep(Duration::from_millis(100)).await;

@@ -30,6 +30,17 @@ pub struct ProduceArgs {
     key: Option<String>,
     #[arg(long)]
     tag: Option<String>,
+    /// Deliver each line after the broker's delay level N (1..18 with the
+    /// default delay_levels: 1s 5s 10s 30s 1m 2m 3m … 1h 2h).
+    #[arg(long, conflicts_with_all = ["delay_ms", "deliver_at_ms", "half", "transaction"])]
+    delay_level: Option<u8>,
+    /// Deliver each line this many milliseconds from now.
+    #[arg(long, conflicts_with_all = ["deliver_at_ms", "half", "transaction"])]
+    delay_ms: Option<u64>,
+    /// Deliver each line at this time (ms since the epoch); a time in the
+    /// past delivers at once.
+    #[arg(long, conflicts_with_all = ["half", "transaction"])]
+    deliver_at_ms: Option<u64>,
     /// How long each line is resent through broker restarts and
     /// unreachable shards before it is reported failed.
     #[arg(long, default_value_t = crate::client::DELIVERY_TIMEOUT_DEFAULT.as_millis() as u64)]
@@ -108,6 +119,23 @@ pub fn run(args: ProduceArgs) -> Result<ExitCode, String> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// The message of one input line.
+fn outgoing<'a>(args: &'a ProduceArgs, line: &'a str) -> OutgoingMessage<'a> {
+    let deliver_at_ms = match (args.deliver_at_ms, args.delay_ms) {
+        (Some(at), _) => at,
+        (None, Some(delay)) => crate::storage::now_us() / 1000 + delay,
+        (None, None) => 0,
+    };
+    OutgoingMessage {
+        body: line.as_bytes(),
+        key: args.key.as_deref(),
+        tag: args.tag.as_deref(),
+        properties: &[],
+        delay_level: args.delay_level.unwrap_or(0),
+        deliver_at_ms,
+    }
+}
+
 fn choice(args: &ProduceArgs) -> QueueChoice {
     if args.key.is_some() {
         QueueChoice::KeyHash
@@ -131,15 +159,7 @@ fn produce_pipelined(args: &ProduceArgs, producer: &Producer) -> Result<bool, St
         if round.is_empty() {
             return Ok(failed);
         }
-        let messages: Vec<OutgoingMessage<'_>> = round
-            .iter()
-            .map(|line| OutgoingMessage {
-                body: line.as_bytes(),
-                key: args.key.as_deref(),
-                tag: args.tag.as_deref(),
-                properties: &[],
-            })
-            .collect();
+        let messages: Vec<OutgoingMessage<'_>> = round.iter().map(|line| outgoing(args, line)).collect();
         for result in producer.send_pipelined(&messages, choice(args), WINDOW) {
             line_number += 1;
             failed |= result.is_err();
@@ -178,10 +198,13 @@ fn produce_batched(args: &ProduceArgs, producer: Arc<Producer>, linger: Duration
     let mut in_order = InOrder { next: 1, waiting: BTreeMap::new(), failed: false };
     for (index, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.map_err(|error| format!("reading stdin: {error}"))?;
+        let draft = outgoing(args, &line);
         let message = OwnedMessage {
-            body: line.into_bytes(),
             key: args.key.clone(),
             tag: args.tag.clone(),
+            delay_level: draft.delay_level,
+            deliver_at_ms: draft.deliver_at_ms,
+            body: line.into_bytes(),
             ..OwnedMessage::default()
         };
         let results = results.clone();

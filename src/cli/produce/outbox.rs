@@ -10,9 +10,7 @@
 //! rows stay in the file for the next run.
 
 use super::{choice, ProduceArgs};
-use crate::client::{
-    Client, Outbox, OutboxEvent, OutboxObserver, OutboxOptions, OutgoingMessage, ProducerOptions, RowId, SendReceipt,
-};
+use crate::client::{Client, Outbox, OutboxEvent, OutboxObserver, OutboxOptions, ProducerOptions, RowId, SendReceipt};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, Write};
@@ -209,12 +207,7 @@ pub fn produce(args: &ProduceArgs, path: &Path, client: Arc<Client>, options: Pr
             }
         };
         line_number += 1;
-        let message = OutgoingMessage {
-            body: line.as_bytes(),
-            key: args.key.as_deref(),
-            tag: args.tag.as_deref(),
-            properties: &[],
-        };
+        let message = super::outgoing(args, &line);
         let number = line_number;
         let stored =
             outbox.send_with(&message, choice(args), |transaction| record_accepted(transaction, &args.topic, number));

@@ -1,7 +1,7 @@
 //! `produce --producer-group PG --half | --transaction commit|rollback`.
 
 use super::{choice, ProduceArgs, TransactionEnd};
-use crate::client::{OutgoingMessage, Producer};
+use crate::client::Producer;
 use std::io::{BufRead, Write};
 
 /// Each line a half message with a fresh transaction id, then (with
@@ -14,12 +14,7 @@ pub fn produce(args: &ProduceArgs, producer: &Producer, producer_group: &str) ->
         let line_number = index + 1;
         // Unique across runs: the producer id is fresh for each.
         let transaction_id = format!("tx-{:016x}-{line_number}", producer.producer_id());
-        let message = OutgoingMessage {
-            body: line.as_bytes(),
-            key: args.key.as_deref(),
-            tag: args.tag.as_deref(),
-            properties: &[],
-        };
+        let message = super::outgoing(args, &line);
         let result = producer.send_half(&message, choice(args), producer_group, &transaction_id).and_then(|receipt| {
             let Some(end) = args.transaction else { return Ok((receipt, None)) };
             let outcome = match end {

@@ -2711,6 +2711,7 @@ pub mod ringmq {
             pub const VT_MAX_COUNT: flatbuffers::VOffsetT = 10;
             pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 12;
             pub const VT_MAX_WAIT_MS: flatbuffers::VOffsetT = 14;
+            pub const VT_TAG_HASHES: flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2723,6 +2724,9 @@ pub mod ringmq {
             ) -> flatbuffers::WIPOffset<FetchRequest<'bldr>> {
                 let mut builder = FetchRequestBuilder::new(_fbb);
                 builder.add_offset(args.offset);
+                if let Some(x) = args.tag_hashes {
+                    builder.add_tag_hashes(x);
+                }
                 builder.add_max_wait_ms(args.max_wait_ms);
                 builder.add_max_bytes(args.max_bytes);
                 builder.add_max_count(args.max_count);
@@ -2800,6 +2804,22 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Tag filter: only records whose tag hashes (`crc32` of the tag) to one
+            /// of these come back; empty = every record. The others are passed over
+            /// (`next_offset` moves past them); the client checks the tag again.
+            #[inline]
+            pub fn tag_hashes(&self) -> Option<flatbuffers::Vector<'a, u32>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u32>>>(
+                            FetchRequest::VT_TAG_HASHES,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for FetchRequest<'_> {
@@ -2820,6 +2840,11 @@ pub mod ringmq {
                     .visit_field::<u32>("max_count", Self::VT_MAX_COUNT, false)?
                     .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
                     .visit_field::<u32>("max_wait_ms", Self::VT_MAX_WAIT_MS, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u32>>>(
+                        "tag_hashes",
+                        Self::VT_TAG_HASHES,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -2831,6 +2856,7 @@ pub mod ringmq {
             pub max_count: u32,
             pub max_bytes: u32,
             pub max_wait_ms: u32,
+            pub tag_hashes: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u32>>>,
         }
         impl<'a> Default for FetchRequestArgs<'a> {
             #[inline]
@@ -2842,6 +2868,7 @@ pub mod ringmq {
                     max_count: 0,
                     max_bytes: 0,
                     max_wait_ms: 0,
+                    tag_hashes: None,
                 }
             }
         }
@@ -2881,6 +2908,16 @@ pub mod ringmq {
                     .push_slot::<u32>(FetchRequest::VT_MAX_WAIT_MS, max_wait_ms, 0);
             }
             #[inline]
+            pub fn add_tag_hashes(
+                &mut self,
+                tag_hashes: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u32>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    FetchRequest::VT_TAG_HASHES,
+                    tag_hashes,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> FetchRequestBuilder<'a, 'b> {
@@ -2907,6 +2944,7 @@ pub mod ringmq {
                 ds.field("max_count", &self.max_count());
                 ds.field("max_bytes", &self.max_bytes());
                 ds.field("max_wait_ms", &self.max_wait_ms());
+                ds.field("tag_hashes", &self.tag_hashes());
                 ds.finish()
             }
         }
@@ -2935,6 +2973,8 @@ pub mod ringmq {
             pub const VT_HIGH_WATERMARK: flatbuffers::VOffsetT = 12;
             pub const VT_EARLIEST_OFFSET: flatbuffers::VOffsetT = 14;
             pub const VT_LOST_OFFSETS: flatbuffers::VOffsetT = 16;
+            pub const VT_RECORD_OFFSETS: flatbuffers::VOffsetT = 18;
+            pub const VT_RECONSUME_TIMES: flatbuffers::VOffsetT = 20;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2949,6 +2989,12 @@ pub mod ringmq {
                 builder.add_earliest_offset(args.earliest_offset);
                 builder.add_high_watermark(args.high_watermark);
                 builder.add_next_offset(args.next_offset);
+                if let Some(x) = args.reconsume_times {
+                    builder.add_reconsume_times(x);
+                }
+                if let Some(x) = args.record_offsets {
+                    builder.add_record_offsets(x);
+                }
                 if let Some(x) = args.lost_offsets {
                     builder.add_lost_offsets(x);
                 }
@@ -3050,6 +3096,36 @@ pub mod ringmq {
                         )
                 }
             }
+            /// The queue offset of each record, in order (a tag filter leaves holes).
+            #[inline]
+            pub fn record_offsets(&self) -> Option<flatbuffers::Vector<'a, u64>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u64>>>(
+                            FetchResponse::VT_RECORD_OFFSETS,
+                            None,
+                        )
+                }
+            }
+            /// Per record, in order: deliveries before this one (a retried message
+            /// comes back through the group's retry topic with one more). Absent
+            /// when every record's is 0.
+            #[inline]
+            pub fn reconsume_times(&self) -> Option<flatbuffers::Vector<'a, u32>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u32>>>(
+                            FetchResponse::VT_RECONSUME_TIMES,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for FetchResponse<'_> {
@@ -3079,6 +3155,16 @@ pub mod ringmq {
                         Self::VT_LOST_OFFSETS,
                         false,
                     )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u64>>>(
+                        "record_offsets",
+                        Self::VT_RECORD_OFFSETS,
+                        false,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u32>>>(
+                        "reconsume_times",
+                        Self::VT_RECONSUME_TIMES,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -3091,6 +3177,8 @@ pub mod ringmq {
             pub high_watermark: u64,
             pub earliest_offset: u64,
             pub lost_offsets: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u64>>>,
+            pub record_offsets: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u64>>>,
+            pub reconsume_times: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u32>>>,
         }
         impl<'a> Default for FetchResponseArgs<'a> {
             #[inline]
@@ -3103,6 +3191,8 @@ pub mod ringmq {
                     high_watermark: 0,
                     earliest_offset: 0,
                     lost_offsets: None,
+                    record_offsets: None,
+                    reconsume_times: None,
                 }
             }
         }
@@ -3161,6 +3251,26 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_record_offsets(
+                &mut self,
+                record_offsets: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u64>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    FetchResponse::VT_RECORD_OFFSETS,
+                    record_offsets,
+                );
+            }
+            #[inline]
+            pub fn add_reconsume_times(
+                &mut self,
+                reconsume_times: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u32>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    FetchResponse::VT_RECONSUME_TIMES,
+                    reconsume_times,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> FetchResponseBuilder<'a, 'b> {
@@ -3187,6 +3297,8 @@ pub mod ringmq {
                 ds.field("high_watermark", &self.high_watermark());
                 ds.field("earliest_offset", &self.earliest_offset());
                 ds.field("lost_offsets", &self.lost_offsets());
+                ds.field("record_offsets", &self.record_offsets());
+                ds.field("reconsume_times", &self.reconsume_times());
                 ds.finish()
             }
         }
@@ -6187,6 +6299,845 @@ pub mod ringmq {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 let mut ds = f.debug_struct("CheckTransactionResponse");
                 ds.field("outcome", &self.outcome());
+                ds.finish()
+            }
+        }
+        pub enum SendBackRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The consumer answered RECONSUME_LATER for the message at `offset` of
+        /// `queue` of `topic` (to the shard that owns that queue): the broker stores
+        /// a retry of it (a reference, no copy) that the group's retry topic
+        /// `%RETRY%<group>` delivers after the back-off of its delay level, or,
+        /// once it was delivered `max_reconsume_times` times after the first, puts
+        /// it in the dead-letter topic `%DLQ%<group>`. Answered once durable.
+        pub struct SendBackRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for SendBackRequest<'a> {
+            type Inner = SendBackRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> SendBackRequest<'a> {
+            pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 6;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 8;
+            pub const VT_OFFSET: flatbuffers::VOffsetT = 10;
+            pub const VT_MAX_RECONSUME_TIMES: flatbuffers::VOffsetT = 12;
+            pub const VT_DELAY_LEVEL: flatbuffers::VOffsetT = 14;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                SendBackRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args SendBackRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<SendBackRequest<'bldr>> {
+                let mut builder = SendBackRequestBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                builder.add_max_reconsume_times(args.max_reconsume_times);
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                if let Some(x) = args.group {
+                    builder.add_group(x);
+                }
+                builder.add_delay_level(args.delay_level);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(SendBackRequest::VT_GROUP, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(SendBackRequest::VT_TOPIC, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(SendBackRequest::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(SendBackRequest::VT_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Retries before the dead-letter topic (RocketMQ: 16).
+            #[inline]
+            pub fn max_reconsume_times(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(SendBackRequest::VT_MAX_RECONSUME_TIMES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Back-off delay level; 0: the broker's (3 + reconsume_times).
+            #[inline]
+            pub fn delay_level(&self) -> u8 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u8>(SendBackRequest::VT_DELAY_LEVEL, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for SendBackRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "group",
+                        Self::VT_GROUP,
+                        true,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<u32>("max_reconsume_times", Self::VT_MAX_RECONSUME_TIMES, false)?
+                    .visit_field::<u8>("delay_level", Self::VT_DELAY_LEVEL, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct SendBackRequestArgs<'a> {
+            pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub offset: u64,
+            pub max_reconsume_times: u32,
+            pub delay_level: u8,
+        }
+        impl<'a> Default for SendBackRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                SendBackRequestArgs {
+                    group: None, // required field
+                    topic: None, // required field
+                    queue: 0,
+                    offset: 0,
+                    max_reconsume_times: 0,
+                    delay_level: 0,
+                }
+            }
+        }
+
+        pub struct SendBackRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> SendBackRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_group(&mut self, group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    SendBackRequest::VT_GROUP,
+                    group,
+                );
+            }
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    SendBackRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(SendBackRequest::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_
+                    .push_slot::<u64>(SendBackRequest::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn add_max_reconsume_times(&mut self, max_reconsume_times: u32) {
+                self.fbb_.push_slot::<u32>(
+                    SendBackRequest::VT_MAX_RECONSUME_TIMES,
+                    max_reconsume_times,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_delay_level(&mut self, delay_level: u8) {
+                self.fbb_
+                    .push_slot::<u8>(SendBackRequest::VT_DELAY_LEVEL, delay_level, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> SendBackRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                SendBackRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<SendBackRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, SendBackRequest::VT_GROUP, "group");
+                self.fbb_.required(o, SendBackRequest::VT_TOPIC, "topic");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for SendBackRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("SendBackRequest");
+                ds.field("group", &self.group());
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("offset", &self.offset());
+                ds.field("max_reconsume_times", &self.max_reconsume_times());
+                ds.field("delay_level", &self.delay_level());
+                ds.finish()
+            }
+        }
+        pub enum SendBackResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct SendBackResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for SendBackResponse<'a> {
+            type Inner = SendBackResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> SendBackResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_DEAD_LETTER: flatbuffers::VOffsetT = 6;
+            pub const VT_RECONSUME_TIMES: flatbuffers::VOffsetT = 8;
+            pub const VT_DUPLICATE: flatbuffers::VOffsetT = 10;
+            pub const VT_DUE_AT_MS: flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                SendBackResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args SendBackResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<SendBackResponse<'bldr>> {
+                let mut builder = SendBackResponseBuilder::new(_fbb);
+                builder.add_due_at_ms(args.due_at_ms);
+                builder.add_reconsume_times(args.reconsume_times);
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_duplicate(args.duplicate);
+                builder.add_dead_letter(args.dead_letter);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        SendBackResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            /// The message went to the dead-letter topic.
+            #[inline]
+            pub fn dead_letter(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(SendBackResponse::VT_DEAD_LETTER, Some(false))
+                        .unwrap()
+                }
+            }
+            /// What the retry carries: deliveries before it.
+            #[inline]
+            pub fn reconsume_times(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(SendBackResponse::VT_RECONSUME_TIMES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The same send-back was stored before; nothing new was stored.
+            #[inline]
+            pub fn duplicate(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(SendBackResponse::VT_DUPLICATE, Some(false))
+                        .unwrap()
+                }
+            }
+            /// When the retry is due, ms since the epoch (0 for a dead letter).
+            #[inline]
+            pub fn due_at_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(SendBackResponse::VT_DUE_AT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for SendBackResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<bool>("dead_letter", Self::VT_DEAD_LETTER, false)?
+                    .visit_field::<u32>("reconsume_times", Self::VT_RECONSUME_TIMES, false)?
+                    .visit_field::<bool>("duplicate", Self::VT_DUPLICATE, false)?
+                    .visit_field::<u64>("due_at_ms", Self::VT_DUE_AT_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct SendBackResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub dead_letter: bool,
+            pub reconsume_times: u32,
+            pub duplicate: bool,
+            pub due_at_ms: u64,
+        }
+        impl<'a> Default for SendBackResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                SendBackResponseArgs {
+                    outcome: None,
+                    dead_letter: false,
+                    reconsume_times: 0,
+                    duplicate: false,
+                    due_at_ms: 0,
+                }
+            }
+        }
+
+        pub struct SendBackResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> SendBackResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        SendBackResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_dead_letter(&mut self, dead_letter: bool) {
+                self.fbb_
+                    .push_slot::<bool>(SendBackResponse::VT_DEAD_LETTER, dead_letter, false);
+            }
+            #[inline]
+            pub fn add_reconsume_times(&mut self, reconsume_times: u32) {
+                self.fbb_.push_slot::<u32>(
+                    SendBackResponse::VT_RECONSUME_TIMES,
+                    reconsume_times,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_duplicate(&mut self, duplicate: bool) {
+                self.fbb_
+                    .push_slot::<bool>(SendBackResponse::VT_DUPLICATE, duplicate, false);
+            }
+            #[inline]
+            pub fn add_due_at_ms(&mut self, due_at_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(SendBackResponse::VT_DUE_AT_MS, due_at_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> SendBackResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                SendBackResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<SendBackResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for SendBackResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("SendBackResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("dead_letter", &self.dead_letter());
+                ds.field("reconsume_times", &self.reconsume_times());
+                ds.field("duplicate", &self.duplicate());
+                ds.field("due_at_ms", &self.due_at_ms());
+                ds.finish()
+            }
+        }
+        pub enum ResendDeadLetterRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Puts the dead letter at `offset` of queue `queue` of `%DLQ%<group>` back
+        /// on its original topic and queue (a reference, no copy), once: a second
+        /// resend of it is refused unless `again`.
+        pub struct ResendDeadLetterRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ResendDeadLetterRequest<'a> {
+            type Inner = ResendDeadLetterRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ResendDeadLetterRequest<'a> {
+            pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 6;
+            pub const VT_OFFSET: flatbuffers::VOffsetT = 8;
+            pub const VT_AGAIN: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ResendDeadLetterRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ResendDeadLetterRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ResendDeadLetterRequest<'bldr>> {
+                let mut builder = ResendDeadLetterRequestBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                builder.add_queue(args.queue);
+                if let Some(x) = args.group {
+                    builder.add_group(x);
+                }
+                builder.add_again(args.again);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            ResendDeadLetterRequest::VT_GROUP,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ResendDeadLetterRequest::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ResendDeadLetterRequest::VT_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn again(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ResendDeadLetterRequest::VT_AGAIN, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ResendDeadLetterRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "group",
+                        Self::VT_GROUP,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<bool>("again", Self::VT_AGAIN, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ResendDeadLetterRequestArgs<'a> {
+            pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub offset: u64,
+            pub again: bool,
+        }
+        impl<'a> Default for ResendDeadLetterRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ResendDeadLetterRequestArgs {
+                    group: None, // required field
+                    queue: 0,
+                    offset: 0,
+                    again: false,
+                }
+            }
+        }
+
+        pub struct ResendDeadLetterRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ResendDeadLetterRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_group(&mut self, group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ResendDeadLetterRequest::VT_GROUP,
+                    group,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ResendDeadLetterRequest::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ResendDeadLetterRequest::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn add_again(&mut self, again: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ResendDeadLetterRequest::VT_AGAIN, again, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ResendDeadLetterRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ResendDeadLetterRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ResendDeadLetterRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, ResendDeadLetterRequest::VT_GROUP, "group");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ResendDeadLetterRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ResendDeadLetterRequest");
+                ds.field("group", &self.group());
+                ds.field("queue", &self.queue());
+                ds.field("offset", &self.offset());
+                ds.field("again", &self.again());
+                ds.finish()
+            }
+        }
+        pub enum ResendDeadLetterResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ResendDeadLetterResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ResendDeadLetterResponse<'a> {
+            type Inner = ResendDeadLetterResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ResendDeadLetterResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_RESENT: flatbuffers::VOffsetT = 6;
+            pub const VT_ORIGINAL_TOPIC: flatbuffers::VOffsetT = 8;
+            pub const VT_ORIGINAL_QUEUE: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ResendDeadLetterResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ResendDeadLetterResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ResendDeadLetterResponse<'bldr>> {
+                let mut builder = ResendDeadLetterResponseBuilder::new(_fbb);
+                builder.add_original_queue(args.original_queue);
+                if let Some(x) = args.original_topic {
+                    builder.add_original_topic(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_resent(args.resent);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        ResendDeadLetterResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            /// False: it was resent before and `again` was not set.
+            #[inline]
+            pub fn resent(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ResendDeadLetterResponse::VT_RESENT, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn original_topic(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        ResendDeadLetterResponse::VT_ORIGINAL_TOPIC,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn original_queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ResendDeadLetterResponse::VT_ORIGINAL_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ResendDeadLetterResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<bool>("resent", Self::VT_RESENT, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "original_topic",
+                        Self::VT_ORIGINAL_TOPIC,
+                        false,
+                    )?
+                    .visit_field::<u32>("original_queue", Self::VT_ORIGINAL_QUEUE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ResendDeadLetterResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub resent: bool,
+            pub original_topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub original_queue: u32,
+        }
+        impl<'a> Default for ResendDeadLetterResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ResendDeadLetterResponseArgs {
+                    outcome: None,
+                    resent: false,
+                    original_topic: None,
+                    original_queue: 0,
+                }
+            }
+        }
+
+        pub struct ResendDeadLetterResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ResendDeadLetterResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        ResendDeadLetterResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_resent(&mut self, resent: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ResendDeadLetterResponse::VT_RESENT, resent, false);
+            }
+            #[inline]
+            pub fn add_original_topic(&mut self, original_topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ResendDeadLetterResponse::VT_ORIGINAL_TOPIC,
+                    original_topic,
+                );
+            }
+            #[inline]
+            pub fn add_original_queue(&mut self, original_queue: u32) {
+                self.fbb_.push_slot::<u32>(
+                    ResendDeadLetterResponse::VT_ORIGINAL_QUEUE,
+                    original_queue,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ResendDeadLetterResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ResendDeadLetterResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ResendDeadLetterResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ResendDeadLetterResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ResendDeadLetterResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("resent", &self.resent());
+                ds.field("original_topic", &self.original_topic());
+                ds.field("original_queue", &self.original_queue());
                 ds.finish()
             }
         }

@@ -1,0 +1,168 @@
+//! Retry and dead-letter routing. A consumer's RECONSUME_LATER becomes a
+//! send-back to the shard that holds the message: a timer entry (`timers`)
+//! pointing at the message's record (no copy), delivered into the group's
+//! retry topic `%RETRY%G` after its back-off, or, past the consumer's
+//! `max_reconsume_times`, into its dead-letter topic `%DLQ%G` at once.
+//! Both topics have queue `i` on shard `i`, so the entry, the message and
+//! the delivery stay in one shard's log. `ringmq dlq resend` puts a dead
+//! letter back on its original queue the same way, once per round.
+
+use super::failures::log_failure;
+use super::offsets::DELAY_QUEUE_ID;
+use super::shard::Shard;
+use super::timers::{EntryBody, TimerEntry, TimerKey};
+use super::topics::check_name;
+use crate::constants::FRAME_BODY_BYTES_MAX;
+use crate::protocol::{dead_letter_topic, fb, retry_topic, Failure};
+use crate::storage::record::flags;
+use crate::storage::{now_us, AppendRequest, StoredRecord};
+use crate::wire::{verify_message, VerifiedMessage};
+
+/// What a send-back stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentBack {
+    pub dead_letter: bool,
+    pub reconsume_times: u32,
+    pub duplicate: bool,
+    pub due_at_ms: u64,
+}
+
+/// What a dead-letter resend did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resent {
+    pub resent: bool,
+    pub original_topic: String,
+    pub original_queue: u32,
+}
+
+/// A consumer of `group` answered RECONSUME_LATER for the message at
+/// `offset` of the shard's queue `queue_id`.
+pub async fn send_back(
+    shard: &Shard,
+    group: &str,
+    queue_id: u32,
+    offset: u64,
+    max_reconsume_times: u32,
+    delay_level: u8,
+) -> Result<SentBack, Failure> {
+    check_name("group", group)?;
+    let (record, message) = message_at(shard, queue_id, offset).await?;
+    // Deliveries before this one: what its retry delivery said, if it came
+    // through one (a resent dead letter starts again from 0).
+    let delivered_before = record
+        .via
+        .as_ref()
+        .filter(|via| via.header.flags & flags::RETRY != 0)
+        .map_or(0, |via| via.header.reconsume_times);
+    let dead_letter = delivered_before >= max_reconsume_times;
+    let topic_name = if dead_letter { dead_letter_topic(group) } else { retry_topic(group) };
+    let target_queue_id = shard.internal_topic(&topic_name).await?.queue_id(shard.id);
+    let reconsume_times = delivered_before.saturating_add(1);
+    let key = TimerKey::SendBack { target_queue_id, message_position: record.position, reconsume_times };
+    let now_ms = now_us() / 1000;
+    let levels = &shard.config.delay_levels;
+    let due_at_ms = match dead_letter {
+        true => now_ms,
+        false => {
+            let level = match delay_level {
+                0 => levels.retry_level(delivered_before),
+                level => u32::from(level).min(levels.len() as u32),
+            };
+            now_ms + levels.delay(level).unwrap_or_default().as_millis() as u64
+        }
+    };
+    let delivery_flag = if dead_letter { flags::DEAD_LETTER } else { flags::RETRY };
+    let body = EntryBody { due_ms: due_at_ms, target_queue_id, delivery_flag, resend: None };
+    let stored = store_entry(shard, &record, &message, key, body, reconsume_times).await?;
+    Ok(SentBack { dead_letter, reconsume_times, duplicate: stored.is_none(), due_at_ms: stored.unwrap_or(due_at_ms) })
+}
+
+/// Puts the dead letter at `offset` of queue `queue` of `%DLQ%<group>` back
+/// on its original queue, unless it went back before and not `again`.
+pub async fn resend_dead_letter(
+    shard: &Shard,
+    group: &str,
+    queue: u32,
+    offset: u64,
+    again: bool,
+) -> Result<Resent, Failure> {
+    check_name("group", group)?;
+    let dead_letters = shard.topic(&dead_letter_topic(group))?;
+    let queue_id = shard.owned_queue(&dead_letters, queue)?;
+    let (record, message) = message_at(shard, queue_id, offset).await?;
+    let fields = message.message();
+    let original = shard.topic(fields.topic())?;
+    // The message's record is in this shard's log, so its queue is too.
+    let target_queue_id = shard.owned_queue(&original, message.queue)?;
+    let resent = Resent { resent: false, original_topic: original.name.clone(), original_queue: message.queue };
+    let round = shard.timers.borrow().resend_rounds(queue_id, offset);
+    if round > 0 && !again {
+        return Ok(resent);
+    }
+    let key = TimerKey::Resend { dead_letter_queue_id: queue_id, offset, round };
+    let body = EntryBody {
+        due_ms: now_us() / 1000,
+        target_queue_id,
+        delivery_flag: flags::RETRY,
+        resend: Some((queue_id, offset, round)),
+    };
+    store_entry(shard, &record, &message, key, body, 0).await?;
+    Ok(Resent { resent: true, ..resent })
+}
+
+/// The message at `offset` of `queue_id`, read through any reference.
+async fn message_at(shard: &Shard, queue_id: u32, offset: u64) -> Result<(StoredRecord, VerifiedMessage), Failure> {
+    let batch = shard.log.read(queue_id, offset, 1, FRAME_BODY_BYTES_MAX).await.map_err(log_failure)?;
+    let Some(record) = batch.records.into_iter().next().filter(|record| record.queue_offset == offset) else {
+        return Err(Failure::new(
+            fb::ErrorCode::InvalidRequest,
+            format!("no message at offset {offset} of this queue (its end is {})", batch.visible_end_offset),
+        ));
+    };
+    let message = verify_message(record.message())
+        .map_err(|error| Failure::new(fb::ErrorCode::Internal, format!("a stored message does not verify: {error}")))?;
+    Ok((record, message))
+}
+
+/// Appends a timer entry pointing at `record` and waits until it is
+/// durable; `Ok(Some(due))` without appending when `key` is known (pending
+/// until `due`, or delivered: `Some(0)`).
+async fn store_entry(
+    shard: &Shard,
+    record: &StoredRecord,
+    message: &VerifiedMessage,
+    key: TimerKey,
+    body: EntryBody,
+    reconsume_times: u32,
+) -> Result<Option<u64>, Failure> {
+    if let Some(known) = shard.timers.borrow().known(&key) {
+        return Ok(Some(known.unwrap_or(0)));
+    }
+    let request = AppendRequest {
+        queue_id: DELAY_QUEUE_ID,
+        flags: flags::RETRY | flags::INTERNAL,
+        indexed: true,
+        tag_hash: message.tag_hash,
+        reference: Some((record.position, record.header.length)),
+        reconsume_times,
+        message: &body.encode(),
+    };
+    let appended = shard.log.append_buffered(request).await.map_err(log_failure)?;
+    let entry = TimerEntry {
+        key,
+        position: appended.position,
+        due_ms: body.due_ms,
+        target_queue_id: body.target_queue_id,
+        message_position: record.position,
+        message_size: record.header.length,
+        tag_hash: message.tag_hash,
+        reconsume_times,
+        delivery_flag: body.delivery_flag,
+    };
+    // In the table before it is durable: its delivery lands after it in the
+    // log, so a delivery that is durable vouches for the entry.
+    shard.timers.borrow_mut().insert(entry);
+    shard.timers_changed();
+    shard.log.wait_acknowledgeable(appended.end).await.map_err(log_failure)?;
+    Ok(None)
+}

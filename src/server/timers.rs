@@ -1,0 +1,492 @@
+//! Timers: messages stored once, invisible, and made visible in a target
+//! queue when due. Three kinds share one mechanism:
+//!
+//! - a delayed message (a delay level or a deliver-at time): the producer's
+//!   record itself, in `DELAY_QUEUE_ID` (flag `DELAYED`, its header's tag
+//!   hash = the target queue id, as a half's);
+//! - a send-back (a retry through `%RETRY%G`, or a dead letter into
+//!   `%DLQ%G`): an op record in `DELAY_QUEUE_ID` (flag `RETRY`) pointing at
+//!   the message's record, its body an `EntryBody`, its header's
+//!   `reconsume_times` what the delivery will carry;
+//! - a dead letter put back on its original queue (`ringmq dlq resend`):
+//!   the same, with the dead letter's queue and offset in the body.
+//!
+//! Delivery (`due_delivery`) appends, per due entry, an **intent** record in
+//! `TIMER_QUEUE_ID` (the entry's position, the target queue's next offset,
+//! and `confirmed`: every intent before that position has its delivery
+//! durable), then the **delivery**: an op record indexed in the target queue
+//! pointing at the message (no copy), its body the entry's position. The
+//! delivery lands after its intent, so a recovered log (a prefix) never
+//! holds a delivery without its intent. Recovery: every entry is pending,
+//! minus those with an intent below the last `confirmed`; an intent above
+//! it is checked by reading its target queue from the offset it names (only
+//! the records of the last batch lie there) for the delivery. An entry whose
+//! delivery is missing is delivered again first, so no later `confirmed`
+//! passes its void intent before a new delivery is durable.
+
+use super::offsets::{DELAY_QUEUE_ID, TIMER_QUEUE_ID};
+use crate::storage::backend::Storage;
+use crate::storage::record::flags;
+use crate::storage::{CommitLog, LogError, StoredRecord};
+use crate::wire::verify_message;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use super::delay_levels::DelayLevels;
+
+/// Delivered keys kept to answer a repeated produce or send-back as a
+/// duplicate: for an hour, at most this many.
+pub const DELIVERED_KEPT: Duration = Duration::from_secs(3600);
+pub const DELIVERED_KEPT_MAX: usize = 100_000;
+
+/// What makes two timer entries the same (a resend is answered, not stored
+/// twice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKey {
+    Delayed {
+        msg_id: (u64, u64),
+    },
+    /// A retry or a dead letter of the message at `message_position`.
+    SendBack {
+        target_queue_id: u32,
+        message_position: u64,
+        reconsume_times: u32,
+    },
+    /// The `round`-th resend (from 0) of a dead letter.
+    Resend {
+        dead_letter_queue_id: u32,
+        offset: u64,
+        round: u32,
+    },
+}
+
+/// One pending timer entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerEntry {
+    pub key: TimerKey,
+    /// Position of the entry's record (its identity in the log).
+    pub position: u64,
+    pub due_ms: u64,
+    pub target_queue_id: u32,
+    /// The message record the delivery points at.
+    pub message_position: u64,
+    pub message_size: u32,
+    /// The message's tag hash, for the target queue's index.
+    pub tag_hash: u32,
+    pub reconsume_times: u32,
+    /// `DELAYED`, `RETRY` or `DEAD_LETTER`: the delivery record's flag.
+    pub delivery_flag: u16,
+}
+
+impl TimerEntry {
+    /// The lowest log position the entry needs kept.
+    fn floor(&self) -> u64 {
+        self.position.min(self.message_position)
+    }
+}
+
+/// The body of a send-back or resend entry record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryBody {
+    pub due_ms: u64,
+    pub target_queue_id: u32,
+    pub delivery_flag: u16,
+    /// For a resend: the dead letter's queue id, offset and round.
+    pub resend: Option<(u32, u64, u32)>,
+}
+
+const ENTRY_BODY_VERSION: u8 = 1;
+
+impl EntryBody {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        out.push(ENTRY_BODY_VERSION);
+        out.extend_from_slice(&self.due_ms.to_le_bytes());
+        out.extend_from_slice(&self.target_queue_id.to_le_bytes());
+        out.extend_from_slice(&self.delivery_flag.to_le_bytes());
+        if let Some((queue_id, offset, round)) = self.resend {
+            out.extend_from_slice(&queue_id.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&round.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Fields(bytes);
+        if reader.take::<1>()?[0] != ENTRY_BODY_VERSION {
+            return None;
+        }
+        let due_ms = u64::from_le_bytes(reader.take()?);
+        let target_queue_id = u32::from_le_bytes(reader.take()?);
+        let delivery_flag = u16::from_le_bytes(reader.take()?);
+        let resend = match reader.0.is_empty() {
+            true => None,
+            false => Some((
+                u32::from_le_bytes(reader.take()?),
+                u64::from_le_bytes(reader.take()?),
+                u32::from_le_bytes(reader.take()?),
+            )),
+        };
+        Some(Self { due_ms, target_queue_id, delivery_flag, resend })
+    }
+}
+
+/// An intent record's body: the delivery of the entry at `entry_position`
+/// into `target_queue_id` is about to be appended at `expected_offset` or
+/// later; every intent before `confirmed` has its delivery durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub entry_position: u64,
+    pub target_queue_id: u32,
+    pub expected_offset: u64,
+    pub confirmed: u64,
+}
+
+impl Intent {
+    pub fn encode(&self) -> [u8; 28] {
+        let mut out = [0; 28];
+        out[0..8].copy_from_slice(&self.entry_position.to_le_bytes());
+        out[8..12].copy_from_slice(&self.target_queue_id.to_le_bytes());
+        out[12..20].copy_from_slice(&self.expected_offset.to_le_bytes());
+        out[20..28].copy_from_slice(&self.confirmed.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Fields(bytes);
+        Some(Self {
+            entry_position: u64::from_le_bytes(reader.take()?),
+            target_queue_id: u32::from_le_bytes(reader.take()?),
+            expected_offset: u64::from_le_bytes(reader.take()?),
+            confirmed: u64::from_le_bytes(reader.take()?),
+        })
+    }
+}
+
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+}
+
+/// The entry position a delivery record (read through its reference)
+/// names, if `record` was read through one.
+pub fn delivered_entry(record: &StoredRecord) -> Option<u64> {
+    let via = record.via.as_ref()?;
+    let delivery = flags::DELAYED | flags::RETRY | flags::DEAD_LETTER;
+    if via.header.flags & delivery == 0 {
+        return None;
+    }
+    Some(u64::from_le_bytes(*via.body.first_chunk::<8>()?))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    Pending { due_ms: u64, position: u64 },
+    Delivered,
+}
+
+/// The shard's pending timer entries, by due time.
+#[derive(Default)]
+pub struct TimerTable {
+    pending: BTreeMap<(u64, u64), TimerEntry>,
+    known: HashMap<TimerKey, Known>,
+    /// Delivered keys in delivery order with their time, to forget them.
+    delivered: VecDeque<(u64, TimerKey)>,
+    /// Rounds of resends each dead letter had: never forgotten, so a dead
+    /// letter goes back once unless the operator says again.
+    resends: HashMap<(u32, u64), u32>,
+    /// Every intent before this position has its delivery durable.
+    confirmed: u64,
+}
+
+impl TimerTable {
+    /// Whether an entry with `key` is pending (`Some(due)`) or was delivered
+    /// (`Some(None)`).
+    pub fn known(&self, key: &TimerKey) -> Option<Option<u64>> {
+        self.known.get(key).map(|known| match known {
+            Known::Pending { due_ms, .. } => Some(*due_ms),
+            Known::Delivered => None,
+        })
+    }
+
+    /// Adds a pending entry; one whose key is known changes nothing.
+    pub fn insert(&mut self, entry: TimerEntry) {
+        if self.known.contains_key(&entry.key) {
+            return;
+        }
+        if let TimerKey::Resend { dead_letter_queue_id, offset, round } = entry.key {
+            let rounds = self.resends.entry((dead_letter_queue_id, offset)).or_insert(0);
+            *rounds = (*rounds).max(round + 1);
+        }
+        self.known.insert(entry.key, Known::Pending { due_ms: entry.due_ms, position: entry.position });
+        self.pending.insert((entry.due_ms, entry.position), entry);
+    }
+
+    /// How many times the dead letter at `offset` of `queue_id` was resent.
+    pub fn resend_rounds(&self, queue_id: u32, offset: u64) -> u32 {
+        self.resends.get(&(queue_id, offset)).copied().unwrap_or(0)
+    }
+
+    /// Up to `count_max` entries due at `now_ms`, earliest first.
+    pub fn due(&self, now_ms: u64, count_max: usize) -> Vec<TimerEntry> {
+        self.pending.range(..(now_ms.saturating_add(1), 0)).take(count_max).map(|(_, entry)| entry.clone()).collect()
+    }
+
+    /// When the earliest pending entry is due.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.pending.keys().next().map(|(due_ms, _)| *due_ms)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The entry's delivery is durable.
+    pub fn delivered(&mut self, key: &TimerKey, now_ms: u64) {
+        if let Some(Known::Pending { due_ms, position }) = self.known.get(key).copied() {
+            self.pending.remove(&(due_ms, position));
+            self.known.insert(*key, Known::Delivered);
+            self.delivered.push_back((now_ms, *key));
+        }
+    }
+
+    /// The keys of the pending entries by their position.
+    fn keys_by_position(&self) -> HashMap<u64, TimerKey> {
+        self.pending.values().map(|entry| (entry.position, entry.key)).collect()
+    }
+
+    /// Brings the pending entry `key` to the front: its intent is void.
+    fn due_first(&mut self, key: &TimerKey) {
+        if let Some(Known::Pending { due_ms, position }) = self.known.get(key).copied() {
+            if let Some(mut entry) = self.pending.remove(&(due_ms, position)) {
+                entry.due_ms = 0;
+                self.known.insert(entry.key, Known::Pending { due_ms: 0, position });
+                self.pending.insert((0, position), entry);
+            }
+        }
+    }
+
+    /// Forgets delivered keys older than `kept` (or past the maximum).
+    pub fn forget_delivered(&mut self, now_ms: u64, kept: Duration) {
+        let kept_ms = kept.as_millis() as u64;
+        while let Some((at_ms, key)) = self.delivered.front().copied() {
+            let old = now_ms.saturating_sub(at_ms) > kept_ms || self.delivered.len() > DELIVERED_KEPT_MAX;
+            if !old {
+                break;
+            }
+            self.delivered.pop_front();
+            if self.known.get(&key) == Some(&Known::Delivered) {
+                self.known.remove(&key);
+            }
+        }
+    }
+
+    /// The lowest log position a pending entry needs (its record or its
+    /// message's): retention keeps it.
+    pub fn floor(&self) -> Option<u64> {
+        self.pending.values().map(TimerEntry::floor).min()
+    }
+
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed
+    }
+
+    /// Every intent below `position` has its delivery durable.
+    pub fn confirm(&mut self, position: u64) {
+        self.confirmed = self.confirmed.max(position);
+    }
+}
+
+/// The entry a record of `DELAY_QUEUE_ID` holds: a delayed message (its own
+/// bytes) or a send-back / resend (an op record read through its reference).
+pub fn entry_of(record: &StoredRecord, levels: &DelayLevels) -> Option<TimerEntry> {
+    let message = verify_message(record.message()).ok()?;
+    let (message_position, message_size) = (record.position, record.header.length);
+    let Some(via) = &record.via else {
+        let due_ms = due_ms(message.delay_level, message.deliver_at_ms, record.header.store_timestamp_us, levels);
+        return Some(TimerEntry {
+            key: TimerKey::Delayed { msg_id: message.msg_id },
+            position: record.position,
+            due_ms,
+            target_queue_id: record.header.tag_hash,
+            message_position,
+            message_size,
+            tag_hash: message.tag_hash,
+            reconsume_times: 0,
+            delivery_flag: flags::DELAYED,
+        });
+    };
+    let body = EntryBody::decode(&via.body)?;
+    let key = match body.resend {
+        Some((dead_letter_queue_id, offset, round)) => TimerKey::Resend { dead_letter_queue_id, offset, round },
+        None => TimerKey::SendBack {
+            target_queue_id: body.target_queue_id,
+            message_position,
+            reconsume_times: via.header.reconsume_times,
+        },
+    };
+    Some(TimerEntry {
+        key,
+        position: via.position,
+        due_ms: body.due_ms,
+        target_queue_id: body.target_queue_id,
+        message_position,
+        message_size,
+        tag_hash: message.tag_hash,
+        reconsume_times: via.header.reconsume_times,
+        delivery_flag: body.delivery_flag,
+    })
+}
+
+/// When a delayed message stored at `store_timestamp_us` is due: its
+/// deliver-at time, else its level's delay after it was stored (a level
+/// the broker no longer has counts as the last).
+pub fn due_ms(delay_level: u8, deliver_at_ms: u64, store_timestamp_us: u64, levels: &DelayLevels) -> u64 {
+    if deliver_at_ms != 0 {
+        return deliver_at_ms;
+    }
+    let level = u32::from(delay_level).min(levels.len() as u32);
+    let delay = levels.delay(level).unwrap_or_default();
+    store_timestamp_us / 1000 + delay.as_millis() as u64
+}
+
+/// Rebuilds the table from the log: the entries, then the intents (see the
+/// module notes).
+pub async fn recover<S: Storage>(
+    log: &CommitLog<S>,
+    levels: &DelayLevels,
+    now_ms: u64,
+) -> Result<TimerTable, LogError> {
+    let mut table = TimerTable::default();
+    log.replay(DELAY_QUEUE_ID, 0, |record| match entry_of(record, levels) {
+        Some(entry) => table.insert(entry),
+        None => tracing::warn!(offset = record.queue_offset, "skipping an unreadable timer entry"),
+    })
+    .await?;
+    let mut intents = Vec::new();
+    log.replay(TIMER_QUEUE_ID, 0, |record| match Intent::decode(&record.message()) {
+        Some(intent) => intents.push((record.position, intent)),
+        None => tracing::warn!(offset = record.queue_offset, "skipping an unreadable timer intent"),
+    })
+    .await?;
+    let confirmed = intents.iter().map(|(_, intent)| intent.confirmed).max().unwrap_or(0);
+    let keys = table.keys_by_position();
+    let mut void = Vec::new();
+    // New intents may vouch only for what is resolved: not past a void one.
+    let mut resolved_below = intents.last().map_or(0, |(position, _)| position + 1);
+    for (position, intent) in &intents {
+        let Some(key) = keys.get(&intent.entry_position) else { continue };
+        if *position < confirmed || delivery_found(log, intent).await? {
+            table.delivered(key, now_ms);
+        } else {
+            void.push(*key);
+            resolved_below = resolved_below.min(*position);
+        }
+    }
+    for key in void {
+        // Delivered since by a later intent of the same entry, or void.
+        if table.known(&key).is_some_and(|due| due.is_some()) {
+            tracing::info!(?key, "a timer delivery was cut by the crash; delivering it again first");
+            table.due_first(&key);
+        }
+    }
+    table.confirm(resolved_below);
+    Ok(table)
+}
+
+/// Whether `intent`'s delivery is in its target queue: at its expected
+/// offset or after it (only what was appended in the same moment).
+async fn delivery_found<S: Storage>(log: &CommitLog<S>, intent: &Intent) -> Result<bool, LogError> {
+    let mut offset = intent.expected_offset;
+    loop {
+        let batch = log.read(intent.target_queue_id, offset, 64, 1 << 20).await?;
+        if batch.records.iter().any(|record| delivered_entry(record) == Some(intent.entry_position)) {
+            return Ok(true);
+        }
+        if batch.next_offset <= offset {
+            return Ok(false);
+        }
+        offset = batch.next_offset;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(position: u64, due_ms: u64) -> TimerEntry {
+        TimerEntry {
+            key: TimerKey::Delayed { msg_id: (position, 0) },
+            position,
+            due_ms,
+            target_queue_id: 1000,
+            message_position: position,
+            message_size: 100,
+            tag_hash: 0,
+            reconsume_times: 0,
+            delivery_flag: flags::DELAYED,
+        }
+    }
+
+    #[test]
+    fn entries_come_due_in_time_order_and_once() {
+        let mut table = TimerTable::default();
+        table.insert(entry(300, 30));
+        table.insert(entry(100, 10));
+        table.insert(entry(200, 20));
+        table.insert(entry(100, 5));
+        assert_eq!(table.pending_count(), 3, "a known key is not added twice");
+        assert_eq!(table.due(9, 10), vec![]);
+        assert_eq!(table.due(20, 10).iter().map(|entry| entry.position).collect::<Vec<_>>(), vec![100, 200]);
+        assert_eq!(table.next_due_ms(), Some(10));
+        table.delivered(&entry(100, 10).key, 1);
+        assert_eq!(table.known(&entry(100, 10).key), Some(None));
+        assert_eq!(table.due(20, 10).len(), 1);
+        assert_eq!(table.floor(), Some(200));
+        table.insert(entry(100, 10));
+        assert_eq!(table.pending_count(), 2, "a delivered key is not pending again");
+        table.forget_delivered(2 + DELIVERED_KEPT.as_millis() as u64, DELIVERED_KEPT);
+        assert_eq!(table.known(&entry(100, 10).key), None);
+    }
+
+    #[test]
+    fn bodies_and_intents_round_trip() {
+        for resend in [None, Some((7, 9, 2))] {
+            let body = EntryBody { due_ms: 123, target_queue_id: 4000, delivery_flag: flags::RETRY, resend };
+            assert_eq!(EntryBody::decode(&body.encode()), Some(body));
+        }
+        assert_eq!(EntryBody::decode(&[2, 0, 0]), None);
+        let intent = Intent { entry_position: 1, target_queue_id: 2, expected_offset: 3, confirmed: 4 };
+        assert_eq!(Intent::decode(&intent.encode()), Some(intent));
+        assert_eq!(Intent::decode(&[0; 10]), None);
+    }
+
+    #[test]
+    fn a_resent_dead_letter_counts_its_rounds() {
+        let mut table = TimerTable::default();
+        let resend = |round| TimerEntry {
+            key: TimerKey::Resend { dead_letter_queue_id: 9, offset: 4, round },
+            ..entry(500 + u64::from(round), 0)
+        };
+        assert_eq!(table.resend_rounds(9, 4), 0);
+        table.insert(resend(0));
+        assert_eq!(table.resend_rounds(9, 4), 1);
+        table.insert(resend(1));
+        assert_eq!(table.resend_rounds(9, 4), 2);
+    }
+
+    #[test]
+    fn a_delayed_message_is_due_at_its_time_or_its_level() {
+        let levels = DelayLevels::parse("1s 10s").expect("levels");
+        assert_eq!(due_ms(0, 5_000, 1_000_000, &levels), 5_000);
+        assert_eq!(due_ms(1, 0, 1_000_000, &levels), 2_000);
+        assert_eq!(due_ms(2, 0, 1_000_000, &levels), 11_000);
+        assert_eq!(due_ms(9, 0, 1_000_000, &levels), 11_000, "a level past the list counts as the last");
+    }
+}
