@@ -3,11 +3,9 @@
 //! each as an intent then a delivery record (see `timers` for why), and
 //! marks them delivered once the batch is durable.
 
-use super::offsets::TIMER_QUEUE_ID;
 use super::shard::Shard;
-use super::timers::{Intent, TimerEntry, DELIVERED_KEPT};
-use crate::storage::record::flags;
-use crate::storage::{now_us, AppendRequest, LogError};
+use super::timers::{delivery_request, intent_request, Intent, TimerEntry, DELIVERED_KEPT};
+use crate::storage::{now_us, LogError};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -50,28 +48,9 @@ async fn deliver(shard: &Shard, due: &[TimerEntry]) -> Result<(), LogError> {
             expected_offset: shard.log.next_offset(entry.target_queue_id),
             confirmed: shard.timers.borrow().confirmed(),
         };
-        let intent_record = shard
-            .log
-            .append_buffered(AppendRequest {
-                queue_id: TIMER_QUEUE_ID,
-                flags: flags::INTERNAL,
-                indexed: true,
-                message: &intent.encode(),
-                ..AppendRequest::default()
-            })
-            .await?;
-        let delivery = shard
-            .log
-            .append_buffered(AppendRequest {
-                queue_id: entry.target_queue_id,
-                flags: entry.delivery_flag | flags::INTERNAL,
-                indexed: true,
-                tag_hash: entry.tag_hash,
-                reference: Some((entry.message_position, entry.message_size)),
-                reconsume_times: entry.reconsume_times,
-                message: &entry.position.to_le_bytes(),
-            })
-            .await?;
+        let intent_record = shard.log.append_buffered(intent_request(&intent.encode())).await?;
+        let body = entry.position.to_le_bytes();
+        let delivery = shard.log.append_buffered(delivery_request(entry, &body)).await?;
         last = Some((intent_record.position, delivery.end));
     }
     let Some((last_intent, end)) = last else { return Ok(()) };

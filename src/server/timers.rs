@@ -27,7 +27,7 @@
 use super::offsets::{DELAY_QUEUE_ID, TIMER_QUEUE_ID};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
-use crate::storage::{CommitLog, LogError, StoredRecord};
+use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
 use crate::wire::verify_message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -161,6 +161,32 @@ impl Intent {
             expected_offset: u64::from_le_bytes(reader.take()?),
             confirmed: u64::from_le_bytes(reader.take()?),
         })
+    }
+}
+
+/// The intent record of `intent` (its encoded body).
+pub fn intent_request(body: &[u8; 28]) -> AppendRequest<'_> {
+    AppendRequest {
+        queue_id: TIMER_QUEUE_ID,
+        flags: flags::INTERNAL,
+        indexed: true,
+        message: body,
+        ..AppendRequest::default()
+    }
+}
+
+/// The delivery record of `entry`: indexed in its target queue, pointing at
+/// its message, its body the entry's position (`body`).
+pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8]) -> AppendRequest<'a> {
+    debug_assert_eq!(*body, entry.position.to_le_bytes());
+    AppendRequest {
+        queue_id: entry.target_queue_id,
+        flags: entry.delivery_flag | flags::INTERNAL,
+        indexed: true,
+        tag_hash: entry.tag_hash,
+        reference: Some((entry.message_position, entry.message_size)),
+        reconsume_times: entry.reconsume_times,
+        message: body,
     }
 }
 
@@ -419,6 +445,9 @@ async fn delivery_found<S: Storage>(log: &CommitLog<S>, intent: &Intent) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::backend::MemoryStorage;
+    use crate::storage::LogConfig;
+    use crate::wire::MessageDraft;
 
     fn entry(position: u64, due_ms: u64) -> TimerEntry {
         TimerEntry {
@@ -479,6 +508,73 @@ mod tests {
         assert_eq!(table.resend_rounds(9, 4), 1);
         table.insert(resend(1));
         assert_eq!(table.resend_rounds(9, 4), 2);
+    }
+
+    /// A delayed message due long ago, stored for the queue `target`.
+    async fn append_delayed(log: &CommitLog<MemoryStorage>, number: u64, target: u32) {
+        let bytes = MessageDraft {
+            msg_id: (7, number),
+            topic: "t",
+            body: b"later",
+            deliver_at_ms: 1,
+            ..MessageDraft::default()
+        }
+        .build();
+        let request = AppendRequest {
+            queue_id: DELAY_QUEUE_ID,
+            flags: flags::DELAYED,
+            indexed: true,
+            tag_hash: target,
+            message: &bytes,
+            ..AppendRequest::default()
+        };
+        log.append(request).await.expect("a delayed message");
+    }
+
+    /// Appends `entry`'s intent (vouching for intents below `confirmed`) and,
+    /// unless the crash cut it, its delivery; returns the intent's position.
+    async fn deliver(log: &CommitLog<MemoryStorage>, entry: &TimerEntry, confirmed: u64, delivered: bool) -> u64 {
+        let intent = Intent {
+            entry_position: entry.position,
+            target_queue_id: entry.target_queue_id,
+            expected_offset: log.next_offset(entry.target_queue_id),
+            confirmed,
+        };
+        let position = log.append(intent_request(&intent.encode())).await.expect("intent").position;
+        if delivered {
+            log.append(delivery_request(entry, &entry.position.to_le_bytes())).await.expect("delivery");
+        }
+        position
+    }
+
+    #[test]
+    fn recovery_tells_a_delivery_the_crash_cut_from_one_that_landed() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async move {
+            let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
+            let levels = DelayLevels::default();
+            let target = 5000;
+            for number in 0..4 {
+                append_delayed(&log, number, target).await;
+            }
+            let table = recover(&log, &levels, 10).await.expect("recover");
+            let entries = table.due(10, 10);
+            assert_eq!(entries.len(), 4, "every stored delayed message is pending and due");
+            // 0: delivered, then vouched for by 1's intent. 1: delivered, not
+            // vouched for yet. 2: its delivery was cut. 3: never started.
+            let first = deliver(&log, &entries[0], 0, true).await;
+            deliver(&log, &entries[1], first + 1, true).await;
+            let cut = deliver(&log, &entries[2], first + 1, false).await;
+            let table = recover(&log, &levels, 10).await.expect("recover");
+            assert_eq!(table.known(&entries[0].key), Some(None), "vouched for: delivered");
+            assert_eq!(table.known(&entries[1].key), Some(None), "found in its queue: delivered");
+            assert_eq!(table.known(&entries[2].key), Some(Some(0)), "cut: pending, delivered first");
+            assert_eq!(table.known(&entries[3].key), Some(Some(1)));
+            assert!(table.confirmed() <= cut, "no new intent may vouch for the void one");
+            let batch = log.read(target, 0, 10, 1 << 20).await.expect("the target queue");
+            assert_eq!(batch.records.len(), 2, "two deliveries landed");
+            assert!(batch.records.iter().all(|record| record.via.is_some() && delivered_entry(record).is_some()));
+        });
     }
 
     #[test]
