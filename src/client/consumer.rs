@@ -181,6 +181,7 @@ impl Consumer {
             &self.group,
             &self.topic,
             &self.assignment.member_id,
+            "",
             self.options.session_timeout_ms,
         );
         let answer = self.coordinator_call(Kind::JoinGroupRequest, &body)?;
@@ -236,8 +237,14 @@ impl Consumer {
 
     /// Commits `next_offset` (the offset after the last handled message).
     pub fn commit(&mut self, queue: u32, next_offset: u64) -> Result<(), ClientError> {
-        let body =
-            protocol::commit_offset_request(&self.group, &self.topic, queue, next_offset, self.assignment.generation);
+        let body = protocol::commit_offset_request(
+            &self.group,
+            &self.topic,
+            queue,
+            next_offset,
+            self.assignment.generation,
+            &self.assignment.member_id,
+        );
         match self.client.call(self.queue_shard(queue)?, Kind::CommitOffsetRequest, &body) {
             Ok(_) => Ok(()),
             Err(error) if error.code() == Some(fb::ErrorCode::StaleGeneration) => {
