@@ -24,7 +24,10 @@ mod transaction_producer;
 pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{BrokerRequests, Connection, Pending};
-pub use consumer::{parse_records, visit_records, Consumer, ConsumerOptions, FetchedRange, ReceivedMessage};
+pub use consumer::{
+    parse_records, visit_records, Consumer, ConsumerOptions, FetchedRange, OffsetReset, RebalanceListener,
+    ReceivedMessage,
+};
 pub use idempotent::{Applied, DedupError, DedupStore, IdempotentConsumer, IdempotentError, MsgId, Tally};
 pub use producer::{
     Flight, OutgoingMessage, PreparedMessage, Producer, ProducerOptions, QueueChoice, SendReceipt,

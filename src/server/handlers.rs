@@ -5,6 +5,7 @@
 use super::dedup::{Admission, StoredSend};
 use super::failures::log_failure;
 use super::groups::Joiner;
+use super::long_poll;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
 use super::shard::Shard;
@@ -263,14 +264,10 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             };
             return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
         }
-        // Long poll: wake when anything new becomes visible in this shard.
-        // A stopped log makes nothing visible any more: just wait it out.
+        // Long poll on this queue alone: read again once its own visible end
+        // passes the offset asked for (or at the deadline, or shutdown).
         futures_lite::future::or(
-            async {
-                if shard.log.wait_visible_beyond(visible).await.is_err() {
-                    shard.clock.until(deadline).await;
-                }
-            },
+            long_poll::queue_passes(&shard.log, queue_id, request.offset(), visible, || shard.shutting_down.get()),
             shard.clock.until(deadline),
         )
         .await;

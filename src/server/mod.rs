@@ -14,6 +14,7 @@ mod failures;
 mod groups;
 mod handlers;
 mod listeners;
+mod long_poll;
 mod offsets;
 mod outgoing;
 mod placement;
