@@ -131,3 +131,29 @@ fn a_group_without_commits_starts_where_the_reset_policy_says() {
     assert!(receive(&mut from_latest, 1).is_empty(), "nothing older comes later");
     assert_eq!(receive(&mut from_earliest, 8).len(), 8, "earliest: the old messages too");
 }
+
+#[test]
+fn after_a_broker_restart_a_commit_is_refused_until_the_consumer_joined_again() {
+    let (mut broker, client, producer) = setup();
+    send(&producer, 0, "before");
+    // A long session: the heartbeat thread beats every 10 s, so the rejoin
+    // below is the commit's own doing.
+    let slow_beats = ConsumerOptions { session_timeout_ms: 30_000, ..options() };
+    let mut consumer = Consumer::join(client.clone(), "g", "work", slow_beats).expect("join");
+    consumer.commit(0, 1).expect("commit before the restart");
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        match consumer.commit(0, 1) {
+            Err(error) if error.is_unreachable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => break other,
+        }
+    };
+    // The restarted broker knows no assignment of the group.
+    let error = refusal.expect_err("a shard that knows no assignment refuses");
+    assert_eq!(error.code(), Some(fb::ErrorCode::StaleGeneration), "{error}");
+    consumer.commit(0, 1).expect("the consumer joined again: its next commit counts");
+    assert_eq!(consumer.committed_offset(0).expect("offset"), Some(1));
+}
