@@ -11,6 +11,9 @@
 //! member back, with its member id and queues, and no new generation. A
 //! static member that goes silent expires like any other; one that leaves
 //! is gone at once (its queues move), and its next join is an ordinary one.
+//! An instance id names one process: two live processes with one id share
+//! the member and its queues (Kafka fences the older one with a new member
+//! id; here the member id stays, so a restarted member's commits count).
 
 use crate::protocol::{fb, Assignment, Failure};
 use std::collections::BTreeMap;
