@@ -4,15 +4,18 @@
 //! (`%RETRY%<group>`). `--reconsume-later-matching` answers RECONSUME_LATER
 //! for matching bodies, so they come again with a growing
 //! `reconsume_times`, and after `--max-reconsume-times` go to the group's
-//! dead-letter topic. A broker restart is waited out.
+//! dead-letter topic. A broker restart is waited out. Every way out
+//! (`--max`, `--idle-exit-ms`, SIGTERM or SIGINT) commits what was printed
+//! and leaves the group, so the queues move to the other members at once.
 
 use crate::client::{
-    parse_tags, patiently, Client, ConsumeResult, ConsumerOptions, GroupConsumer, ReceivedMessage,
+    parse_tags, patiently, Client, ConsumeResult, ConsumerOptions, GroupConsumer, OffsetReset, ReceivedMessage,
     MAX_RECONSUME_TIMES_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
 };
 use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,16 @@ pub struct ConsumeArgs {
     max_reconsume_times: u32,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
     broker: String,
+    /// Static membership: a consumer started again with the same instance id
+    /// within the session timeout gets its queues back without a rebalance.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Where a queue the group never committed starts: earliest or latest.
+    #[arg(long, default_value = "earliest")]
+    reset: OffsetReset,
+    /// How long the group waits for a silent consumer before moving its queues.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u32,
 }
 
 /// How long `consume` waits for a broker that is not answering at start.
@@ -50,8 +63,16 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
     let client = Client::connect_patiently(&args.broker, REQUEST_TIMEOUT_DEFAULT, JOIN_PATIENCE);
     let client = Arc::new(client.map_err(|error| error.to_string())?);
+    // Set by SIGTERM or SIGINT: stop polling, commit, leave, exit 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(|error| format!("signal handler: {error}"))?;
+    }
     let options = ConsumerOptions {
         max_wait: Duration::from_millis(200),
+        session_timeout_ms: args.session_timeout_ms,
+        instance_id: args.instance_id.clone(),
+        offset_reset: args.reset,
         tags: parse_tags(&args.tags),
         ..ConsumerOptions::default()
     };
@@ -64,7 +85,7 @@ pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
     let mut last_message = Instant::now();
     let idle = args.idle_exit_ms.map(Duration::from_millis);
     let mut write_error = None;
-    while args.max.is_none_or(|max| printed < max) && write_error.is_none() {
+    while args.max.is_none_or(|max| printed < max) && write_error.is_none() && !stop.load(Ordering::SeqCst) {
         if idle.is_some_and(|idle| last_message.elapsed() >= idle) {
             break;
         }
@@ -93,7 +114,9 @@ pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
         }
     }
     let _ = stdout.flush();
-    let _ = consumer.leave();
+    if let Err(error) = consumer.leave() {
+        tracing::warn!(%error, "could not leave the group; its queues move when the session expires");
+    }
     write_error.map_or(Ok(ExitCode::SUCCESS), Err)
 }
 

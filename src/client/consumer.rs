@@ -3,15 +3,38 @@
 //! shards that own them, and commits an offset only when told to, after the
 //! application handled the messages before it (at-least-once).
 
-use super::{expect_kind, Client, ClientError};
+use super::{expect_kind, Client, ClientError, Connection};
 use crate::constants::RECORD_HEADER_SIZE_BYTES;
 use crate::protocol::{self, fb, verify, Assignment, FetchParams, Frame, Kind};
 use crate::storage::record::{self, Decoded};
 use crate::wire::{verify_message, VerifiedMessage};
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Where a queue the group never committed starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// At the first message retention kept.
+    #[default]
+    Earliest,
+    /// At the queue's end when the consumer gets the queue: only messages
+    /// produced after that.
+    Latest,
+}
+
+impl std::str::FromStr for OffsetReset {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "earliest" => Ok(OffsetReset::Earliest),
+            "latest" => Ok(OffsetReset::Latest),
+            other => Err(format!("{other:?} is not an offset reset policy: earliest or latest")),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ConsumerOptions {
@@ -23,6 +46,13 @@ pub struct ConsumerOptions {
     /// Tags to receive (the broker filters by tag hash, the client checks
     /// the tag again); empty: every message.
     pub tags: Vec<String>,
+    /// Static membership (Kafka's `group.instance.id`): a consumer that joins
+    /// again with the instance id of a member the coordinator still holds
+    /// (a restart within the session timeout) gets that member back, with
+    /// its queues and no rebalance. `None`: a new member on every join.
+    pub instance_id: Option<String>,
+    /// Where a queue without a committed offset starts.
+    pub offset_reset: OffsetReset,
 }
 
 impl Default for ConsumerOptions {
@@ -33,6 +63,8 @@ impl Default for ConsumerOptions {
             max_count: 256,
             max_bytes: 1 << 20,
             tags: Vec::new(),
+            instance_id: None,
+            offset_reset: OffsetReset::Earliest,
         }
     }
 }
@@ -46,6 +78,15 @@ pub fn parse_tags(expression: &str) -> Vec<String> {
         return Vec::new();
     }
     tags
+}
+
+/// Told when the consumer's queues change, on the thread that polls, before
+/// the poll fetches from the new assignment: `revoked` first (commit what
+/// was handled of them; another member may already own them), then
+/// `assigned`. Each gets only the queues that changed.
+pub trait RebalanceListener: Send {
+    fn revoked(&mut self, _queues: &[u32]) {}
+    fn assigned(&mut self, _queues: &[u32]) {}
 }
 
 /// A message as the consumer hands it to the application.
@@ -174,43 +215,30 @@ pub fn parse_records(
     Ok(messages)
 }
 
-pub struct Consumer {
+/// The group membership a consumer shares with its heartbeat thread: the
+/// newest assignment the coordinator gave, and the calls that change it
+/// (one at a time, so two threads never both join as new members).
+struct Membership {
     client: Arc<Client>,
     group: String,
     topic: String,
-    options: ConsumerOptions,
-    assignment: Assignment,
-    /// Next offset to fetch, per assigned queue.
-    positions: BTreeMap<u32, u64>,
-    /// (queue, offset) that `ringmq repair` marked lost, met since the
-    /// application last took them.
-    lost: Vec<(u32, u64)>,
-    last_heartbeat: Instant,
+    instance_id: String,
+    session_timeout_ms: u32,
+    latest: Mutex<Assignment>,
+    /// Held for a coordinator call and the update of `latest` after it.
+    calls: Mutex<()>,
+    stopped: Mutex<bool>,
+    stop: Condvar,
 }
 
-impl Consumer {
-    pub fn join(client: Arc<Client>, group: &str, topic: &str, options: ConsumerOptions) -> Result<Self, ClientError> {
-        client.topic(topic)?;
-        let mut consumer = Self {
-            client,
-            group: group.to_string(),
-            topic: topic.to_string(),
-            options,
-            assignment: Assignment::default(),
-            positions: BTreeMap::new(),
-            lost: Vec::new(),
-            last_heartbeat: Instant::now(),
-        };
-        consumer.rejoin()?;
-        Ok(consumer)
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data is a plain value, consistent after a panic elsewhere.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
-    pub fn assigned_queues(&self) -> &[u32] {
-        &self.assignment.queues
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.assignment.generation
+impl Membership {
+    fn latest(&self) -> Assignment {
+        lock(&self.latest).clone()
     }
 
     fn coordinator_call(&self, request: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
@@ -224,49 +252,275 @@ impl Consumer {
         result
     }
 
-    fn rejoin(&mut self) -> Result<(), ClientError> {
+    fn take(&self, answer: &Bytes) -> Result<Assignment, ClientError> {
+        let assignment =
+            protocol::read_assignment(verify::<fb::GroupAssignment>(answer).map_err(ClientError::Protocol)?);
+        lock(&self.latest).clone_from(&assignment);
+        Ok(assignment)
+    }
+
+    /// Joins with the member id it has (a static member: with its instance
+    /// id, which the coordinator knows it by).
+    fn join(&self) -> Result<Assignment, ClientError> {
+        let _call = lock(&self.calls);
+        let member_id = lock(&self.latest).member_id.clone();
         let body = protocol::join_group_request(
             &self.group,
             &self.topic,
-            &self.assignment.member_id,
-            self.options.session_timeout_ms,
+            &member_id,
+            &self.instance_id,
+            self.session_timeout_ms,
         );
         let answer = self.coordinator_call(Kind::JoinGroupRequest, &body)?;
-        let assignment = verify::<fb::GroupAssignment>(&answer).map_err(ClientError::Protocol)?;
-        self.apply(protocol::read_assignment(assignment))
+        self.take(&answer)
     }
 
-    fn heartbeat(&mut self) -> Result<(), ClientError> {
-        self.last_heartbeat = Instant::now();
-        let body = protocol::heartbeat_request(&self.group, &self.topic, &self.assignment.member_id);
+    /// A heartbeat; a coordinator that forgot the member (its session
+    /// expired, or the broker restarted) is joined again, as a new member.
+    fn heartbeat(&self) -> Result<Assignment, ClientError> {
+        let call = lock(&self.calls);
+        let member_id = lock(&self.latest).member_id.clone();
+        let body = protocol::heartbeat_request(&self.group, &self.topic, &member_id);
         match self.coordinator_call(Kind::HeartbeatRequest, &body) {
-            Ok(answer) => {
-                let assignment = verify::<fb::GroupAssignment>(&answer).map_err(ClientError::Protocol)?;
-                self.apply(protocol::read_assignment(assignment))
-            }
+            Ok(answer) => self.take(&answer),
             Err(error) if error.code() == Some(fb::ErrorCode::UnknownMember) => {
-                self.assignment.member_id.clear();
-                self.rejoin()
+                lock(&self.latest).member_id.clear();
+                drop(call);
+                self.join()
             }
             Err(error) => Err(error),
         }
     }
 
-    /// Takes a (new) assignment: queues gained start at the group's committed
-    /// offset, or at the start of the queue.
+    fn leave(&self) -> Result<(), ClientError> {
+        let _call = lock(&self.calls);
+        let member_id = lock(&self.latest).member_id.clone();
+        let body = protocol::leave_group_request(&self.group, &self.topic, &member_id);
+        self.coordinator_call(Kind::LeaveGroupRequest, &body).map(|_| ())
+    }
+
+    /// Stops the heartbeat thread (it ends within one request timeout).
+    fn stop(&self) {
+        *lock(&self.stopped) = true;
+        self.stop.notify_all();
+    }
+
+    /// The heartbeat thread: a heartbeat every interval the coordinator
+    /// asked for, whatever the application does between polls; failures
+    /// are retried on the next beat.
+    fn beat(self: Arc<Self>) {
+        loop {
+            let interval = Duration::from_millis(u64::from(self.latest().heartbeat_interval_ms.max(100)));
+            let stopped = lock(&self.stopped);
+            let (stopped, _) = self
+                .stop
+                .wait_timeout_while(stopped, interval, |stopped| !*stopped)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *stopped {
+                return;
+            }
+            drop(stopped);
+            if let Err(error) = self.heartbeat() {
+                tracing::debug!(%error, group = %self.group, "heartbeat failed; trying again at the next beat");
+            }
+        }
+    }
+}
+
+/// A fetch long-polling at the broker. At most one per queue is in flight;
+/// one a poll did not wait for stays for the next poll, so no poll leaves
+/// long polls behind at the broker that nobody reads.
+struct InFlightFetch {
+    /// The consumer's own number for it: an answer names the fetch it
+    /// answers.
+    fetch_id: u64,
+    offset: u64,
+    connection: Arc<Connection>,
+    request_id: u32,
+    sent: Instant,
+}
+
+type FetchAnswer = (u64, u32, Result<Frame, ClientError>);
+
+/// A member of a group. A background thread sends its heartbeats; polls
+/// pick up what they brought. `leave` hands its queues to the other
+/// members at once; a consumer dropped without `leave` is, to the group, a
+/// member that died: its queues move when its session expires (a static
+/// member that comes back first gets them back).
+pub struct Consumer {
+    client: Arc<Client>,
+    group: String,
+    topic: String,
+    options: ConsumerOptions,
+    membership: Arc<Membership>,
+    heartbeats: Option<std::thread::JoinHandle<()>>,
+    /// The assignment the positions and commits follow (the membership's
+    /// latest may be newer until the next poll takes it).
+    assignment: Assignment,
+    listener: Option<Box<dyn RebalanceListener>>,
+    /// Next offset to fetch, per assigned queue.
+    positions: BTreeMap<u32, u64>,
+    fetches: BTreeMap<u32, InFlightFetch>,
+    next_fetch_id: u64,
+    answers_sender: mpsc::Sender<FetchAnswer>,
+    answers: mpsc::Receiver<FetchAnswer>,
+    /// (queue, offset) that `ringmq repair` marked lost, met since the
+    /// application last took them.
+    lost: Vec<(u32, u64)>,
+}
+
+impl Consumer {
+    pub fn join(client: Arc<Client>, group: &str, topic: &str, options: ConsumerOptions) -> Result<Self, ClientError> {
+        Self::join_with_listener(client, group, topic, options, None)
+    }
+
+    /// Joins with a listener told of every change of the queues, the first
+    /// assignment included.
+    pub fn join_with_listener(
+        client: Arc<Client>,
+        group: &str,
+        topic: &str,
+        options: ConsumerOptions,
+        listener: Option<Box<dyn RebalanceListener>>,
+    ) -> Result<Self, ClientError> {
+        client.topic(topic)?;
+        let membership = Arc::new(Membership {
+            client: client.clone(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            instance_id: options.instance_id.clone().unwrap_or_default(),
+            session_timeout_ms: options.session_timeout_ms,
+            latest: Mutex::new(Assignment::default()),
+            calls: Mutex::new(()),
+            stopped: Mutex::new(false),
+            stop: Condvar::new(),
+        });
+        let assignment = membership.join()?;
+        let (answers_sender, answers) = mpsc::channel();
+        let mut consumer = Self {
+            client,
+            group: group.to_string(),
+            topic: topic.to_string(),
+            options,
+            membership: membership.clone(),
+            heartbeats: None,
+            assignment: Assignment::default(),
+            listener,
+            positions: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            next_fetch_id: 0,
+            answers_sender,
+            answers,
+            lost: Vec::new(),
+        };
+        if let Err(error) = consumer.apply(assignment) {
+            // Not a member anyone will poll for: hand its queues back.
+            let _ = membership.leave();
+            return Err(error);
+        }
+        let heartbeats = std::thread::Builder::new()
+            .name(format!("ringmq-heartbeat-{group}"))
+            .spawn(move || membership.beat())
+            .map_err(|error| ClientError::Usage(format!("cannot start the heartbeat thread: {error}")))?;
+        consumer.heartbeats = Some(heartbeats);
+        Ok(consumer)
+    }
+
+    pub fn assigned_queues(&self) -> &[u32] {
+        &self.assignment.queues
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.assignment.generation
+    }
+
+    pub fn member_id(&self) -> &str {
+        &self.assignment.member_id
+    }
+
+    /// Takes the newest assignment the heartbeats brought, if it changed.
+    fn follow_membership(&mut self) -> Result<(), ClientError> {
+        let latest = self.membership.latest();
+        if latest != self.assignment {
+            self.apply(latest)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a (new) assignment: queues kept keep their position; queues
+    /// gained start at the group's committed offset, or where the reset
+    /// policy says. The listener hears of the change before any fetch.
     fn apply(&mut self, assignment: Assignment) -> Result<(), ClientError> {
         if assignment.generation != self.assignment.generation {
             tracing::info!(group = %self.group, generation = assignment.generation, queues = ?assignment.queues, "assignment");
         }
-        self.positions.retain(|queue, _| assignment.queues.contains(queue));
+        let revoked: Vec<u32> =
+            self.positions.keys().copied().filter(|queue| !assignment.queues.contains(queue)).collect();
+        let mut gained = BTreeMap::new();
         for queue in &assignment.queues {
             if !self.positions.contains_key(queue) {
-                let offset = self.committed_offset(*queue)?.unwrap_or(0);
-                self.positions.insert(*queue, offset);
+                let offset = match self.committed_offset(*queue)? {
+                    Some(offset) => offset,
+                    None => self.reset_offset(*queue)?,
+                };
+                gained.insert(*queue, offset);
             }
         }
+        self.positions.retain(|queue, _| assignment.queues.contains(queue));
+        let assigned: Vec<u32> = gained.keys().copied().collect();
+        self.positions.extend(gained);
         self.assignment = assignment;
+        if let Some(listener) = self.listener.as_mut() {
+            if !revoked.is_empty() {
+                listener.revoked(&revoked);
+            }
+            if !assigned.is_empty() {
+                listener.assigned(&assigned);
+            }
+        }
         Ok(())
+    }
+
+    /// Where a queue the group never committed starts.
+    fn reset_offset(&self, queue: u32) -> Result<u64, ClientError> {
+        match self.options.offset_reset {
+            // Below the queue's start, the first fetch moves to it.
+            OffsetReset::Earliest => Ok(0),
+            OffsetReset::Latest => {
+                let params = FetchParams {
+                    topic: self.topic.clone(),
+                    queue,
+                    offset: 0,
+                    max_count: 1,
+                    max_bytes: 1,
+                    max_wait_ms: 0,
+                    ..FetchParams::default()
+                };
+                let answer = self.client.call(
+                    self.queue_shard(queue)?,
+                    Kind::FetchRequest,
+                    &protocol::fetch_request(&params),
+                )?;
+                let response = verify::<fb::FetchResponse>(&answer).map_err(ClientError::Protocol)?;
+                Ok(response.high_watermark())
+            }
+        }
+    }
+
+    /// Fetches `queue` from `offset` on: the next poll returns the message
+    /// at `offset` first. Only for a queue this consumer holds; a rebalance
+    /// that takes the queue away forgets it.
+    pub fn seek(&mut self, queue: u32, offset: u64) -> Result<(), ClientError> {
+        match self.positions.get_mut(&queue) {
+            Some(position) => {
+                *position = offset;
+                Ok(())
+            }
+            None => Err(ClientError::Usage(format!(
+                "queue {queue} is not assigned to this consumer (it holds {:?})",
+                self.assignment.queues
+            ))),
+        }
     }
 
     fn queue_shard(&self, queue: u32) -> Result<u32, ClientError> {
@@ -282,16 +536,29 @@ impl Consumer {
         Ok(u64::try_from(response.offset()).ok())
     }
 
-    /// Commits `next_offset` (the offset after the last handled message).
+    /// Commits `next_offset` (the offset after the last handled message) as
+    /// the member that holds `queue`. The broker refuses it
+    /// (`StaleGeneration`) if the queue is another member's now, or if it
+    /// forgot the group (a restart): the consumer then takes the newest
+    /// assignment (joining again if need be) and returns the refusal; the
+    /// queue's owner reads again from the last commit that counted.
     pub fn commit(&mut self, queue: u32, next_offset: u64) -> Result<(), ClientError> {
-        let body =
-            protocol::commit_offset_request(&self.group, &self.topic, queue, next_offset, self.assignment.generation);
+        // A generation the heartbeats brought in which the queue is still
+        // ours is the one the broker fences by.
+        self.follow_membership()?;
+        let body = protocol::commit_offset_request(
+            &self.group,
+            &self.topic,
+            queue,
+            next_offset,
+            self.assignment.generation,
+            &self.assignment.member_id,
+        );
         match self.client.call(self.queue_shard(queue)?, Kind::CommitOffsetRequest, &body) {
             Ok(_) => Ok(()),
             Err(error) if error.code() == Some(fb::ErrorCode::StaleGeneration) => {
-                // The group rebalanced: pick up the new assignment; the queue's
-                // new owner re-reads from the last commit that counted.
-                self.heartbeat()?;
+                let assignment = self.membership.heartbeat()?;
+                self.apply(assignment)?;
                 Err(error)
             }
             Err(error) => Err(error),
@@ -316,47 +583,76 @@ impl Consumer {
         }
     }
 
-    fn poll_once(&mut self) -> Result<Vec<ReceivedMessage>, ClientError> {
-        let interval = Duration::from_millis(u64::from(self.assignment.heartbeat_interval_ms.max(100)));
-        if self.last_heartbeat.elapsed() >= interval {
-            self.heartbeat()?;
-        }
-        if self.positions.is_empty() {
-            std::thread::sleep(self.options.max_wait);
-            return Ok(Vec::new());
-        }
-        let (sender, answers) = mpsc::channel::<(u32, u64, Result<Frame, ClientError>)>();
-        let mut in_flight = Vec::new();
-        for (queue, offset) in &self.positions {
+    /// Sends a long poll for every assigned queue that has none in flight.
+    fn launch_fetches(&mut self) -> Result<(), ClientError> {
+        // A fetch the broker never answered (well past its wait and the
+        // request timeout) is given up, so its queue is fetched again.
+        let stuck_after = self.options.max_wait + self.client.timeout();
+        self.fetches.retain(|_, fetch| {
+            let stuck = fetch.sent.elapsed() > stuck_after;
+            if stuck {
+                fetch.connection.forget(fetch.request_id);
+            }
+            !stuck
+        });
+        let wanted: Vec<(u32, u64)> = self
+            .positions
+            .iter()
+            .filter(|(queue, _)| !self.fetches.contains_key(queue))
+            .map(|(queue, offset)| (*queue, *offset))
+            .collect();
+        for (queue, offset) in wanted {
             let params = FetchParams {
                 topic: self.topic.clone(),
-                queue: *queue,
-                offset: *offset,
+                queue,
+                offset,
                 max_count: self.options.max_count,
                 max_bytes: self.options.max_bytes,
                 max_wait_ms: self.options.max_wait.as_millis() as u32,
                 tag_hashes: self.options.tags.iter().map(|tag| crate::wire::tag_hash(tag)).collect(),
             };
-            let connection = self.client.connection(self.queue_shard(*queue)?)?;
-            let (sender, queue, offset) = (sender.clone(), *queue, *offset);
+            let connection = self.client.connection(self.queue_shard(queue)?)?;
+            let fetch_id = self.next_fetch_id;
+            self.next_fetch_id += 1;
+            let sender = self.answers_sender.clone();
             let deliver = Box::new(move |result| {
-                let _ = sender.send((queue, offset, result));
+                let _ = sender.send((fetch_id, queue, result));
             });
             let request_id =
                 connection.send_with(Kind::FetchRequest as u16, &protocol::fetch_request(&params), deliver)?;
-            in_flight.push((connection, request_id));
+            self.fetches
+                .insert(queue, InFlightFetch { fetch_id, offset, connection, request_id, sent: Instant::now() });
         }
-        drop(sender);
+        Ok(())
+    }
+
+    fn poll_once(&mut self) -> Result<Vec<ReceivedMessage>, ClientError> {
+        self.follow_membership()?;
+        if self.positions.is_empty() && self.fetches.is_empty() {
+            std::thread::sleep(self.options.max_wait);
+            return Ok(Vec::new());
+        }
+        self.launch_fetches()?;
         let deadline = Instant::now() + self.options.max_wait + self.client.timeout();
         let mut messages = Vec::new();
         let mut failure = None;
-        let mut answered = 0;
-        while answered < in_flight.len() {
-            // Once something arrived, take only what is already there.
-            let wait =
-                if messages.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            let Ok((queue, offset, result)) = answers.recv_timeout(wait) else { break };
-            answered += 1;
+        let mut answered = false;
+        loop {
+            // Once something arrived, take only what is already there: the
+            // other queues' long polls stay in flight for the next poll.
+            let wait = if answered { Duration::ZERO } else { deadline.saturating_duration_since(Instant::now()) };
+            let Ok((fetch_id, queue, result)) = self.answers.recv_timeout(wait) else { break };
+            let Some(fetch) = self.fetches.get(&queue).filter(|fetch| fetch.fetch_id == fetch_id) else {
+                continue; // one given up as stuck
+            };
+            let offset = fetch.offset;
+            self.fetches.remove(&queue);
+            answered = true;
+            if self.positions.get(&queue) != Some(&offset) {
+                // Sent before a seek, a refused message or a rebalance
+                // moved the queue's position (or took the queue away).
+                continue;
+            }
             // One queue's failure must not drop what other queues delivered
             // (their positions already moved past it).
             match self.take_fetch(queue, offset, result) {
@@ -366,9 +662,6 @@ impl Consumer {
                     failure.get_or_insert(error);
                 }
             }
-        }
-        for (connection, request_id) in in_flight {
-            connection.forget(request_id);
         }
         match failure {
             Some(error) if messages.is_empty() => Err(error),
@@ -496,9 +789,25 @@ impl Consumer {
         std::mem::take(&mut self.lost)
     }
 
-    /// Leaves the group, handing its queues to the other members now.
-    pub fn leave(self) -> Result<(), ClientError> {
-        let body = protocol::leave_group_request(&self.group, &self.topic, &self.assignment.member_id);
-        self.coordinator_call(Kind::LeaveGroupRequest, &body).map(|_| ())
+    /// Leaves the group, handing its queues to the other members now. A
+    /// static member leaves too: its queues move at once, and its next join
+    /// (same instance id) is an ordinary join that gets queues at once.
+    pub fn leave(mut self) -> Result<(), ClientError> {
+        self.stop_heartbeats();
+        self.membership.leave()
+    }
+
+    fn stop_heartbeats(&mut self) {
+        self.membership.stop();
+        if let Some(heartbeats) = self.heartbeats.take() {
+            let _ = heartbeats.join();
+        }
+    }
+}
+
+impl Drop for Consumer {
+    /// Stops the heartbeats without leaving: see `Consumer`.
+    fn drop(&mut self) {
+        self.stop_heartbeats();
     }
 }

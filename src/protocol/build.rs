@@ -275,16 +275,25 @@ pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -
     finish(builder, root)
 }
 
-pub fn join_group_request(group: &str, topic: &str, member_id: &str, session_timeout_ms: u32) -> Vec<u8> {
+/// `instance_id` empty: a dynamic member; otherwise static membership.
+pub fn join_group_request(
+    group: &str,
+    topic: &str,
+    member_id: &str,
+    instance_id: &str,
+    session_timeout_ms: u32,
+) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let group = builder.create_string(group);
     let topic = builder.create_string(topic);
     let member_id = builder.create_string(member_id);
+    let instance_id = (!instance_id.is_empty()).then(|| builder.create_string(instance_id));
     let args = fb::JoinGroupRequestArgs {
         group: Some(group),
         topic: Some(topic),
         member_id: Some(member_id),
         session_timeout_ms,
+        instance_id,
     };
     let root = fb::JoinGroupRequest::create(&mut builder, &args);
     finish(builder, root)
@@ -344,11 +353,28 @@ pub fn leave_group_request(group: &str, topic: &str, member_id: &str) -> Vec<u8>
     finish(builder, root)
 }
 
-pub fn commit_offset_request(group: &str, topic: &str, queue: u32, offset: u64, generation: u64) -> Vec<u8> {
+/// A commit of `offset` (the next one to consume) by `member_id`, which must
+/// own `queue` in `generation`.
+pub fn commit_offset_request(
+    group: &str,
+    topic: &str,
+    queue: u32,
+    offset: u64,
+    generation: u64,
+    member_id: &str,
+) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let group = builder.create_string(group);
     let topic = builder.create_string(topic);
-    let args = fb::CommitOffsetRequestArgs { group: Some(group), topic: Some(topic), queue, offset, generation };
+    let member_id = builder.create_string(member_id);
+    let args = fb::CommitOffsetRequestArgs {
+        group: Some(group),
+        topic: Some(topic),
+        queue,
+        offset,
+        generation,
+        member_id: Some(member_id),
+    };
     let root = fb::CommitOffsetRequest::create(&mut builder, &args);
     finish(builder, root)
 }

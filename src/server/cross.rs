@@ -2,6 +2,7 @@
 //! over glommio shared channels, one per ordered pair of shards; nothing on
 //! the produce or fetch path crosses shards.
 
+use super::groups::GroupFence;
 use super::topics::Topic;
 use crate::protocol::Failure;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
@@ -31,11 +32,15 @@ pub enum CrossMessage {
         token: u64,
         result: Result<(Topic, bool), Failure>,
     },
-    /// From a group's coordinator: commits of older generations are stale.
+    /// From a group's coordinator to every other shard: the group's new
+    /// generation and queue owners; apply and acknowledge (`FenceApplied`).
+    /// Only the owner of a queue in that generation may commit its offset.
     Fence {
-        group: String,
-        topic: String,
-        generation: u64,
+        token: u64,
+        fence: GroupFence,
+    },
+    FenceApplied {
+        token: u64,
     },
 }
 

@@ -1,7 +1,19 @@
 //! Consumer-group coordination. Group `G` is coordinated by shard
 //! `crc32(G) % shards`, which assigns the topic's queues to the members
-//! round-robin and bumps the generation on every change; queue shards fence
-//! commits from older generations.
+//! round-robin and bumps the generation on every change. Every change goes
+//! to every shard as a `GroupFence` (generation and owner of each queue):
+//! a queue's shard accepts a commit only from the queue's owner in exactly
+//! that generation.
+//!
+//! Static membership: a member that joins with an instance id is found
+//! again by it. A join with the instance id of a member the coordinator
+//! still holds (a restarted process, before its session expired) gets that
+//! member back, with its member id and queues, and no new generation. A
+//! static member that goes silent expires like any other; one that leaves
+//! is gone at once (its queues move), and its next join is an ordinary one.
+//! An instance id names one process: two live processes with one id share
+//! the member and its queues (Kafka fences the older one with a new member
+//! id; here the member id stays, so a restarted member's commits count).
 
 use crate::protocol::{fb, Assignment, Failure};
 use std::collections::BTreeMap;
@@ -12,10 +24,14 @@ pub const SESSION_TIMEOUT_MS_MIN: u32 = 300;
 pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
 /// Members a group may have.
 pub const GROUP_MEMBERS_MAX: usize = 1024;
+/// Longest instance id a static member may give.
+pub const INSTANCE_ID_BYTES_MAX: usize = 255;
 
 struct Member {
     last_seen: Instant,
     session_timeout: Duration,
+    /// Static membership: the instance id it joined with.
+    instance_id: Option<String>,
 }
 
 struct Group {
@@ -23,6 +39,17 @@ struct Group {
     queue_count: u32,
     members: BTreeMap<String, Member>,
     assignment: BTreeMap<String, Vec<u32>>,
+}
+
+/// A group's generation and who owns which queue in it, as the coordinator
+/// announces it to every shard: the queue shards fence commits by it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupFence {
+    pub group: String,
+    pub topic: String,
+    pub generation: u64,
+    /// `owners[q]`: the member id that owns queue `q` (empty: nobody).
+    pub owners: Vec<String>,
 }
 
 impl Group {
@@ -37,6 +64,25 @@ impl Group {
             let member = &members[queue as usize % members.len()];
             self.assignment.entry(member.clone()).or_default().push(queue);
         }
+    }
+
+    fn fence(&self, group: &str, topic: &str) -> GroupFence {
+        let mut owners = vec![String::new(); self.queue_count as usize];
+        for (member, queues) in &self.assignment {
+            for queue in queues {
+                if let Some(owner) = owners.get_mut(*queue as usize) {
+                    owner.clone_from(member);
+                }
+            }
+        }
+        GroupFence { group: group.to_string(), topic: topic.to_string(), generation: self.generation, owners }
+    }
+
+    fn member_of_instance(&self, instance_id: &str) -> Option<String> {
+        self.members
+            .iter()
+            .find(|(_, member)| member.instance_id.as_deref() == Some(instance_id))
+            .map(|(member_id, _)| member_id.clone())
     }
 
     fn assignment_of(&self, member_id: &str) -> Assignment {
@@ -54,7 +100,7 @@ impl Group {
 }
 
 /// The groups a coordinator shard holds. A rebalance returns the new
-/// generation, which the shard announces to every shard as a fence.
+/// fence, which the shard announces to every shard.
 pub struct Coordinator {
     groups: BTreeMap<(String, String), Group>,
     shard: u32,
@@ -64,8 +110,17 @@ pub struct Coordinator {
     generation_base: u64,
 }
 
-/// A group whose generation changed.
-pub type Rebalanced = Option<(String, String, u64)>;
+/// A group whose generation changed: its new fence.
+pub type Rebalanced = Option<GroupFence>;
+
+/// Who joins: the member id it had (empty: new) and, for a static member,
+/// its instance id (empty: dynamic).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Joiner<'a> {
+    pub member_id: &'a str,
+    pub instance_id: &'a str,
+    pub session_timeout_ms: u32,
+}
 
 impl Coordinator {
     pub fn new(shard: u32) -> Self {
@@ -77,41 +132,54 @@ impl Coordinator {
         &mut self,
         group: &str,
         topic: &str,
-        member_id: &str,
-        session_timeout_ms: u32,
+        joiner: Joiner<'_>,
         queue_count: u32,
     ) -> Result<(Assignment, Rebalanced), Failure> {
+        if joiner.instance_id.len() > INSTANCE_ID_BYTES_MAX {
+            return Err(Failure::new(
+                fb::ErrorCode::InvalidRequest,
+                format!("an instance id has at most {INSTANCE_ID_BYTES_MAX} bytes"),
+            ));
+        }
         let key = (group.to_string(), topic.to_string());
         let base = self.generation_base;
-        let entry = self.groups.entry(key.clone()).or_insert_with(|| Group {
+        let group_state = self.groups.entry(key.clone()).or_insert_with(|| Group {
             generation: base,
             queue_count,
             members: BTreeMap::new(),
             assignment: BTreeMap::new(),
         });
-        entry.queue_count = queue_count;
-        let member_id = if member_id.is_empty() {
-            self.members_created += 1;
-            format!("{}-{}-{:08x}", self.shard, self.members_created, fastrand::u32(..))
-        } else {
-            member_id.to_string()
+        let queues_changed = group_state.queue_count != queue_count;
+        group_state.queue_count = queue_count;
+        let instance_id = (!joiner.instance_id.is_empty()).then(|| joiner.instance_id.to_string());
+        // A static member known by its instance id keeps its member id
+        // (whatever the joiner remembered): its restart is not a change.
+        let known_instance = instance_id.as_deref().and_then(|instance| group_state.member_of_instance(instance));
+        let member_id = match (known_instance, joiner.member_id) {
+            (Some(member_id), _) => member_id,
+            (None, "") => {
+                self.members_created += 1;
+                format!("{}-{}-{:08x}", self.shard, self.members_created, fastrand::u32(..))
+            }
+            (None, member_id) => member_id.to_string(),
         };
-        let timeout_ms = match session_timeout_ms {
+        let timeout_ms = match joiner.session_timeout_ms {
             0 => SESSION_TIMEOUT_MS_DEFAULT,
             value => value.clamp(SESSION_TIMEOUT_MS_MIN, SESSION_TIMEOUT_MS_MAX),
         };
-        let group_state =
-            self.groups.get_mut(&key).ok_or_else(|| Failure::new(fb::ErrorCode::Internal, "group vanished"))?;
         let is_new = !group_state.members.contains_key(&member_id);
         if is_new && group_state.members.len() >= GROUP_MEMBERS_MAX {
             return Err(Failure::new(fb::ErrorCode::InvalidRequest, format!("group has {GROUP_MEMBERS_MAX} members")));
         }
-        let member =
-            Member { last_seen: Instant::now(), session_timeout: Duration::from_millis(u64::from(timeout_ms)) };
+        let member = Member {
+            last_seen: Instant::now(),
+            session_timeout: Duration::from_millis(u64::from(timeout_ms)),
+            instance_id,
+        };
         group_state.members.insert(member_id.clone(), member);
-        let rebalanced = if is_new {
+        let rebalanced = if is_new || queues_changed {
             group_state.rebalance();
-            Some((key.0, key.1, group_state.generation))
+            Some(group_state.fence(group, topic))
         } else {
             None
         };
@@ -137,18 +205,18 @@ impl Coordinator {
         let group_state = self.groups.get_mut(&key)?;
         group_state.members.remove(member_id)?;
         group_state.rebalance();
-        Some((key.0, key.1, group_state.generation))
+        Some(group_state.fence(group, topic))
     }
 
     /// Removes members whose session expired; returns the rebalanced groups.
-    pub fn expire(&mut self, now: Instant) -> Vec<(String, String, u64)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<GroupFence> {
         let mut rebalanced = Vec::new();
         for ((group, topic), state) in &mut self.groups {
             let before = state.members.len();
             state.members.retain(|_, member| now.duration_since(member.last_seen) <= member.session_timeout);
             if state.members.len() != before {
                 state.rebalance();
-                rebalanced.push((group.clone(), topic.clone(), state.generation));
+                rebalanced.push(state.fence(group, topic));
             }
         }
         rebalanced
@@ -159,12 +227,20 @@ impl Coordinator {
 mod tests {
     use super::*;
 
+    fn dynamic(session_timeout_ms: u32) -> Joiner<'static> {
+        Joiner { session_timeout_ms, ..Joiner::default() }
+    }
+
+    fn instance(instance_id: &str) -> Joiner<'_> {
+        Joiner { instance_id, session_timeout_ms: 1000, ..Joiner::default() }
+    }
+
     #[test]
     fn members_split_the_queues_and_a_leaver_gives_them_back() {
         let mut coordinator = Coordinator::new(0);
-        let (first, _) = coordinator.join("g", "t", "", 1000, 4).unwrap();
+        let (first, _) = coordinator.join("g", "t", dynamic(1000), 4).unwrap();
         assert_eq!(first.queues, vec![0, 1, 2, 3]);
-        let (second, rebalanced) = coordinator.join("g", "t", "", 1000, 4).unwrap();
+        let (second, rebalanced) = coordinator.join("g", "t", dynamic(1000), 4).unwrap();
         assert!(rebalanced.is_some());
         let first = coordinator.heartbeat("g", "t", &first.member_id).unwrap();
         assert_eq!(first.generation, second.generation);
@@ -179,9 +255,76 @@ mod tests {
     #[test]
     fn a_silent_member_expires() {
         let mut coordinator = Coordinator::new(0);
-        let (member, _) = coordinator.join("g", "t", "", 300, 2).unwrap();
+        let (member, _) = coordinator.join("g", "t", dynamic(300), 2).unwrap();
         let later = Instant::now() + Duration::from_secs(1);
         assert_eq!(coordinator.expire(later).len(), 1);
         assert!(coordinator.heartbeat("g", "t", &member.member_id).is_err());
+    }
+
+    #[test]
+    fn every_fence_names_the_owner_of_each_queue_in_its_generation() {
+        let mut coordinator = Coordinator::new(0);
+        let (first, fence) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
+        let fence = fence.expect("a new member changes the group");
+        assert_eq!((fence.group.as_str(), fence.topic.as_str()), ("g", "t"));
+        assert_eq!(fence.generation, first.generation);
+        assert_eq!(fence.owners, vec![first.member_id.clone(); 3]);
+        let (second, fence) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
+        let fence = fence.expect("a second member changes the group");
+        let first = coordinator.heartbeat("g", "t", &first.member_id).unwrap();
+        assert_eq!(fence.generation, second.generation);
+        for member in [&first, &second] {
+            for queue in &member.queues {
+                assert_eq!(fence.owners[*queue as usize], member.member_id, "queue {queue}");
+            }
+        }
+        let fence = coordinator.leave("g", "t", &first.member_id).expect("a leaver changes the group");
+        assert!(fence.generation > second.generation);
+        assert_eq!(fence.owners, vec![second.member_id.clone(); 3]);
+        let later = Instant::now() + Duration::from_secs(2);
+        let fences = coordinator.expire(later);
+        assert_eq!(fences.len(), 1);
+        assert_eq!(fences[0].owners, vec![String::new(); 3], "nobody owns a queue of an empty group");
+    }
+
+    #[test]
+    fn a_static_member_joining_again_gets_its_member_id_and_queues_back_without_a_rebalance() {
+        let mut coordinator = Coordinator::new(0);
+        let (static_member, _) = coordinator.join("g", "t", instance("worker-a"), 4).unwrap();
+        let (other, _) = coordinator.join("g", "t", dynamic(1000), 4).unwrap();
+        let static_member = coordinator.heartbeat("g", "t", &static_member.member_id).unwrap();
+        // The process restarts: it remembers nothing but its instance id.
+        let (again, fence) = coordinator.join("g", "t", instance("worker-a"), 4).unwrap();
+        assert!(fence.is_none(), "no rebalance");
+        assert_eq!(again, static_member);
+        assert_eq!(coordinator.heartbeat("g", "t", &other.member_id).unwrap(), other);
+        // Another instance id is another member.
+        let (new_member, fence) = coordinator.join("g", "t", instance("worker-b"), 4).unwrap();
+        assert!(fence.is_some());
+        assert_ne!(new_member.member_id, static_member.member_id);
+    }
+
+    #[test]
+    fn a_silent_static_member_expires_and_one_that_left_joins_as_new() {
+        let mut coordinator = Coordinator::new(0);
+        let (left, _) = coordinator.join("g", "t", instance("worker-a"), 2).unwrap();
+        assert!(coordinator.leave("g", "t", &left.member_id).is_some());
+        let (joined, fence) = coordinator.join("g", "t", instance("worker-a"), 2).unwrap();
+        assert!(fence.is_some(), "a join after leaving is an ordinary one");
+        assert_eq!(joined.queues, vec![0, 1], "and gets queues at once");
+        assert!(joined.generation > left.generation);
+        let later = Instant::now() + Duration::from_secs(2);
+        assert_eq!(coordinator.expire(later).len(), 1, "silent past its session timeout");
+        let (after_expiry, fence) = coordinator.join("g", "t", instance("worker-a"), 2).unwrap();
+        assert!(fence.is_some());
+        assert!(after_expiry.generation > joined.generation);
+    }
+
+    #[test]
+    fn an_overlong_instance_id_is_refused() {
+        let mut coordinator = Coordinator::new(0);
+        let long = "x".repeat(INSTANCE_ID_BYTES_MAX + 1);
+        let failure = coordinator.join("g", "t", instance(&long), 2).unwrap_err();
+        assert_eq!(failure.code, fb::ErrorCode::InvalidRequest);
     }
 }

@@ -5,6 +5,8 @@
 use super::dedup::{Admission, StoredSend};
 use super::delayed;
 use super::failures::log_failure;
+use super::groups::Joiner;
+use super::long_poll;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
 use super::send_back;
@@ -304,14 +306,10 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             };
             return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
         }
-        // Long poll: wake when anything new becomes visible in this shard.
-        // A stopped log makes nothing visible any more: just wait it out.
+        // Long poll on this queue alone: read again once its own visible end
+        // passes the offset asked for (or at the deadline, or shutdown).
         futures_lite::future::or(
-            async {
-                if shard.log.wait_visible_beyond(visible).await.is_err() {
-                    shard.clock.until(deadline).await;
-                }
-            },
+            long_poll::queue_passes(&shard.log, queue_id, request.offset(), visible, || shard.shutting_down.get()),
             shard.clock.until(deadline),
         )
         .await;
@@ -335,15 +333,16 @@ async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
     if !request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
         shard.internal_topic(&retry_topic(request.group())).await?;
     }
-    let (assignment, rebalanced) = shard.coordinator.borrow_mut().join(
-        request.group(),
-        request.topic(),
-        request.member_id().unwrap_or_default(),
-        request.session_timeout_ms(),
-        queue_count,
-    )?;
-    if let Some((group, topic, generation)) = rebalanced {
-        shard.announce_fence(&group, &topic, generation).await;
+    let joiner = Joiner {
+        member_id: request.member_id().unwrap_or_default(),
+        instance_id: request.instance_id().unwrap_or_default(),
+        session_timeout_ms: request.session_timeout_ms(),
+    };
+    let (assignment, rebalanced) =
+        shard.coordinator.borrow_mut().join(request.group(), request.topic(), joiner, queue_count)?;
+    // Answered only once every shard fences by the new assignment.
+    if let Some(fence) = rebalanced {
+        shard.announce_fence(fence).await;
     }
     Ok((Kind::JoinGroupResponse, protocol::group_assignment(None, &assignment)))
 }
@@ -359,8 +358,8 @@ async fn leave_group(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::LeaveGroupRequest>(body).map_err(invalid)?;
     coordinated(shard, request.group(), request.topic())?;
     let rebalanced = shard.coordinator.borrow_mut().leave(request.group(), request.topic(), request.member_id());
-    if let Some((group, topic, generation)) = rebalanced {
-        shard.announce_fence(&group, &topic, generation).await;
+    if let Some(fence) = rebalanced {
+        shard.announce_fence(fence).await;
     }
     let assignment = protocol::Assignment { member_id: request.member_id().to_string(), ..Default::default() };
     Ok((Kind::LeaveGroupResponse, protocol::group_assignment(None, &assignment)))
@@ -370,11 +369,25 @@ async fn commit_offset(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::CommitOffsetRequest>(body).map_err(invalid)?;
     check_name("group", request.group())?;
     let topic = shard.topic(request.topic())?;
-    shard.owned_queue(&topic, request.queue())?;
-    if !shard.offsets.borrow().is_current(request.group(), request.topic(), request.generation()) {
+    let queue_id = shard.owned_queue(&topic, request.queue())?;
+    let member_id = request.member_id().unwrap_or_default();
+    shard
+        .offsets
+        .borrow()
+        .check_owner(request.group(), request.topic(), request.queue(), member_id, request.generation())
+        .map_err(|fenced| Failure::new(fb::ErrorCode::StaleGeneration, fenced.to_string()))?;
+    // An offset past what readers can see would make the next owner skip
+    // the messages in between once they arrive.
+    let end = shard.log.visible_end_offset(queue_id);
+    if request.offset() > end {
         return Err(Failure::new(
-            fb::ErrorCode::StaleGeneration,
-            format!("generation {} of group {} is stale: the group rebalanced", request.generation(), request.group()),
+            fb::ErrorCode::InvalidRequest,
+            format!(
+                "offset {} is past the end of queue {} of {} ({end}): a commit names the next offset to consume",
+                request.offset(),
+                request.queue(),
+                request.topic()
+            ),
         ));
     }
     let commit = OffsetCommit {

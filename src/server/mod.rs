@@ -17,6 +17,7 @@ mod failures;
 mod groups;
 mod handlers;
 mod listeners;
+mod long_poll;
 mod offsets;
 mod outgoing;
 mod placement;
@@ -489,9 +490,9 @@ async fn background_work(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(Duration::from_millis(200)).await;
         let rebalanced = shard.coordinator.borrow_mut().expire(std::time::Instant::now());
-        for (group, topic, generation) in rebalanced {
-            tracing::info!(%group, %topic, generation, "group member expired; rebalanced");
-            shard.announce_fence(&group, &topic, generation).await;
+        for fence in rebalanced {
+            tracing::info!(group = %fence.group, topic = %fence.topic, generation = fence.generation, "group member expired; rebalanced");
+            shard.announce_fence(fence).await;
         }
         // With the log's checkpoints: a restart replays about as much of
         // the log for this state as the log's own recovery scans.

@@ -3,6 +3,7 @@
 //! commit log (queue id 0), acknowledged after the group commit that covers
 //! it; a snapshot file only shortens the replay at start-up.
 
+use super::groups::GroupFence;
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
 use crate::storage::{AppendRequest, CommitLog, LogError};
@@ -59,12 +60,33 @@ struct Snapshot {
     offsets: Vec<(OffsetKey, u64)>,
 }
 
+/// What a group's newest fence says of a queue: who owns it, and in which
+/// generation.
+struct Fence {
+    generation: u64,
+    owners: Vec<String>,
+}
+
+/// Why a commit was fenced off.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fenced {
+    /// No fence of the group reached this shard since it started (the
+    /// coordinator forgot its members in a restart too): the member must
+    /// join again.
+    #[error("this shard knows no assignment of group {group}: join the group again")]
+    NoAssignment { group: String },
+    #[error("generation {generation} of group {group} is not the current one ({current}): the group rebalanced")]
+    OtherGeneration { group: String, generation: u64, current: u64 },
+    #[error("member {member_id:?} does not own queue {queue} of group {group} in generation {generation} (owner: {owner:?})")]
+    NotOwner { group: String, queue: u32, member_id: String, generation: u64, owner: String },
+}
+
 /// The committed offsets of the queues a shard owns, and the fences: the
-/// newest group generation each group's coordinator announced.
+/// newest assignment each group's coordinator announced.
 #[derive(Default)]
 pub struct Offsets {
     committed: HashMap<OffsetKey, u64>,
-    fences: HashMap<(String, String), u64>,
+    fences: HashMap<(String, String), Fence>,
     /// Offset-queue records below this one are in the snapshot on disk.
     covered_by_snapshot: u64,
 }
@@ -74,14 +96,43 @@ impl Offsets {
         self.committed.get(key).copied()
     }
 
-    pub fn fence(&mut self, group: &str, topic: &str, generation: u64) {
-        let fence = self.fences.entry((group.to_string(), topic.to_string())).or_insert(0);
-        *fence = (*fence).max(generation);
+    /// Takes a group's new assignment; an older one arriving late changes
+    /// nothing.
+    pub fn fence(&mut self, fence: &GroupFence) {
+        let key = (fence.group.clone(), fence.topic.clone());
+        if self.fences.get(&key).is_some_and(|known| known.generation > fence.generation) {
+            return;
+        }
+        self.fences.insert(key, Fence { generation: fence.generation, owners: fence.owners.clone() });
     }
 
-    /// Whether a commit made in `generation` is current.
-    pub fn is_current(&self, group: &str, topic: &str, generation: u64) -> bool {
-        self.fences.get(&(group.to_string(), topic.to_string())).is_none_or(|fence| generation >= *fence)
+    /// Whether `member_id` owns `queue` in `generation`, the group's current
+    /// one: only then may it commit the queue's offset.
+    pub fn check_owner(
+        &self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        member_id: &str,
+        generation: u64,
+    ) -> Result<(), Fenced> {
+        let Some(fence) = self.fences.get(&(group.to_string(), topic.to_string())) else {
+            return Err(Fenced::NoAssignment { group: group.to_string() });
+        };
+        if fence.generation != generation {
+            return Err(Fenced::OtherGeneration { group: group.to_string(), generation, current: fence.generation });
+        }
+        let owner = fence.owners.get(queue as usize).map_or("", String::as_str);
+        if owner.is_empty() || owner != member_id {
+            return Err(Fenced::NotOwner {
+                group: group.to_string(),
+                queue,
+                member_id: member_id.to_string(),
+                generation,
+                owner: owner.to_string(),
+            });
+        }
+        Ok(())
     }
 
     pub fn apply(&mut self, commit: &OffsetCommit) {
@@ -180,6 +231,37 @@ mod tests {
 
     fn commit(queue: u32, offset: u64) -> OffsetCommit {
         OffsetCommit { group: "g".into(), topic: "t".into(), queue, offset, generation: 1 }
+    }
+
+    fn fence(generation: u64, owners: &[&str]) -> GroupFence {
+        GroupFence {
+            group: "g".into(),
+            topic: "t".into(),
+            generation,
+            owners: owners.iter().map(|owner| owner.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_the_owner_of_a_queue_in_the_current_generation_passes_the_fence() {
+        let mut offsets = Offsets::default();
+        assert!(matches!(offsets.check_owner("g", "t", 0, "a", 5), Err(Fenced::NoAssignment { .. })));
+        offsets.fence(&fence(5, &["a", "b", ""]));
+        assert_eq!(offsets.check_owner("g", "t", 0, "a", 5), Ok(()));
+        assert_eq!(offsets.check_owner("g", "t", 1, "b", 5), Ok(()));
+        assert!(matches!(offsets.check_owner("g", "t", 1, "a", 5), Err(Fenced::NotOwner { .. })));
+        assert!(matches!(offsets.check_owner("g", "t", 2, "a", 5), Err(Fenced::NotOwner { .. })), "nobody's");
+        assert!(matches!(offsets.check_owner("g", "t", 9, "a", 5), Err(Fenced::NotOwner { .. })), "no such queue");
+        assert!(matches!(offsets.check_owner("g", "t", 0, "", 5), Err(Fenced::NotOwner { .. })));
+        for generation in [4, 6, u64::MAX] {
+            assert!(matches!(offsets.check_owner("g", "t", 0, "a", generation), Err(Fenced::OtherGeneration { .. })));
+        }
+        assert!(matches!(offsets.check_owner("other", "t", 0, "a", 5), Err(Fenced::NoAssignment { .. })));
+        // A late fence of an older generation changes nothing.
+        offsets.fence(&fence(7, &["b", "b", "b"]));
+        offsets.fence(&fence(6, &["a", "a", "a"]));
+        assert_eq!(offsets.check_owner("g", "t", 0, "b", 7), Ok(()));
+        assert!(offsets.check_owner("g", "t", 0, "a", 6).is_err());
     }
 
     #[test]

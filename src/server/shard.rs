@@ -5,7 +5,7 @@
 use super::clock::CoarseClock;
 use super::cross::{CrossMessage, Peers};
 use super::dedup::ProducerTable;
-use super::groups::Coordinator;
+use super::groups::{Coordinator, GroupFence};
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
 use super::producer_links::ProducerLinks;
@@ -21,6 +21,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
+
+/// How long a coordinator waits for the shards to acknowledge a group
+/// fence before it answers anyway (a shard that stopped answering).
+const FENCE_ACK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a topic creation ends in: the topic and whether it is new.
 type Created = Result<(Topic, bool), Failure>;
@@ -245,14 +249,45 @@ impl Shard {
         Ok((topic, true))
     }
 
-    /// Announces a group's new generation to every shard.
-    pub async fn announce_fence(&self, group: &str, topic: &str, generation: u64) {
-        self.offsets.borrow_mut().fence(group, topic, generation);
-        for peer in 0..self.shard_count {
-            if peer != self.id {
-                let message = CrossMessage::Fence { group: group.into(), topic: topic.into(), generation };
-                if let Err(failure) = self.send(peer, message).await {
-                    tracing::warn!(%failure, peer, "could not send a group fence");
+    /// Announces a group's new assignment to every shard and resolves once
+    /// each applied it (or `FENCE_ACK_WAIT_MAX` passed): a member told its
+    /// new generation must find every queue shard fencing by it, or its
+    /// first commit would be refused as stale.
+    pub async fn announce_fence(&self, fence: GroupFence) {
+        self.offsets.borrow_mut().fence(&fence);
+        let others = self.shard_count as usize - 1;
+        if others == 0 {
+            return;
+        }
+        let token = self.token();
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.acks_waiting.borrow_mut().insert(token, (others, sender));
+        for peer in (0..self.shard_count).filter(|peer| *peer != self.id) {
+            let message = CrossMessage::Fence { token, fence: fence.clone() };
+            if let Err(failure) = self.send(peer, message).await {
+                // A shard that is gone will not answer: do not wait for it.
+                tracing::warn!(%failure, peer, "could not send a group fence");
+                self.acknowledged(token);
+            }
+        }
+        let acknowledged = futures_lite::future::or(async { receiver.recv().await.is_some() }, async {
+            glommio::timer::sleep(FENCE_ACK_WAIT_MAX).await;
+            false
+        })
+        .await;
+        if !acknowledged {
+            self.acks_waiting.borrow_mut().remove(&token);
+            tracing::warn!(group = %fence.group, generation = fence.generation, "not every shard acknowledged a group fence in time");
+        }
+    }
+
+    fn acknowledged(&self, token: u64) {
+        let mut waiting = self.acks_waiting.borrow_mut();
+        if let Some((remaining, _)) = waiting.get_mut(&token) {
+            *remaining -= 1;
+            if *remaining == 0 {
+                if let Some((_, sender)) = waiting.remove(&token) {
+                    let _ = sender.try_send(());
                 }
             }
         }
@@ -277,24 +312,17 @@ impl Shard {
                     tracing::warn!(%failure, "could not acknowledge a topic");
                 }
             }
-            CrossMessage::TopicApplied { token } => {
-                let mut waiting = self.acks_waiting.borrow_mut();
-                if let Some((remaining, _)) = waiting.get_mut(&token) {
-                    *remaining -= 1;
-                    if *remaining == 0 {
-                        if let Some((_, sender)) = waiting.remove(&token) {
-                            let _ = sender.try_send(());
-                        }
-                    }
-                }
-            }
+            CrossMessage::TopicApplied { token } | CrossMessage::FenceApplied { token } => self.acknowledged(token),
             CrossMessage::CreateTopicDone { token, result } => {
                 if let Some(sender) = self.creates_waiting.borrow_mut().remove(&token) {
                     let _ = sender.try_send(result);
                 }
             }
-            CrossMessage::Fence { group, topic, generation } => {
-                self.offsets.borrow_mut().fence(&group, &topic, generation);
+            CrossMessage::Fence { token, fence } => {
+                self.offsets.borrow_mut().fence(&fence);
+                if let Err(failure) = self.send(from, CrossMessage::FenceApplied { token }).await {
+                    tracing::warn!(%failure, "could not acknowledge a group fence");
+                }
             }
         }
     }

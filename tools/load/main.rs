@@ -133,7 +133,7 @@ fn join_group(client: &Client, group: &str, topic: &str, consumers: u32) -> Resu
     let coordinator = client.coordinator(group);
     let mut members = Vec::new();
     for _ in 0..consumers {
-        let body = protocol::join_group_request(group, topic, "", 10_000);
+        let body = protocol::join_group_request(group, topic, "", "", 10_000);
         let answer = client.call(coordinator, Kind::JoinGroupRequest, &body).map_err(|error| error.to_string())?;
         let assignment = verify::<fb::GroupAssignment>(&answer).map_err(|error| error.to_string())?;
         members.push(protocol::read_assignment(assignment).member_id);

@@ -390,7 +390,10 @@ async fn run_consumer(context: Rc<Context>, consumer: u32, assignment: Assignmen
     let fetchers: Vec<_> = assignment
         .queues
         .iter()
-        .map(|queue| glommio::spawn_local(fetch_loop(context.clone(), *queue, assignment.generation)))
+        .map(|queue| {
+            let member = (assignment.member_id.clone(), assignment.generation);
+            glommio::spawn_local(fetch_loop(context.clone(), *queue, member))
+        })
         .collect();
     let heartbeat = glommio::spawn_local(heartbeat_loop(context.clone(), assignment.clone()));
     for fetcher in fetchers {
@@ -420,7 +423,9 @@ async fn heartbeat_loop(context: Rc<Context>, assignment: Assignment) {
     }
 }
 
-async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
+/// `member`: the member id and generation that own `queue` (commits are
+/// fenced by both).
+async fn fetch_loop(context: Rc<Context>, queue: u32, member: (String, u64)) {
     let workload = context.plan.workload.clone();
     let shard = context.plan.layout.queue_shards[queue as usize];
     let mut offset = 0;
@@ -479,16 +484,16 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, generation: u64) {
         offset = next_offset.max(offset);
         if last_commit.elapsed() >= Duration::from_secs(1) {
             last_commit = Instant::now();
-            commit(&context, queue, offset, generation).await;
+            commit(&context, queue, offset, &member).await;
         }
     }
-    commit(&context, queue, offset, generation).await;
+    commit(&context, queue, offset, &member).await;
 }
 
-async fn commit(context: &Context, queue: u32, offset: u64, generation: u64) {
+async fn commit(context: &Context, queue: u32, offset: u64, (member_id, generation): &(String, u64)) {
     let workload = &context.plan.workload;
     let shard = context.plan.layout.queue_shards[queue as usize];
-    let body = protocol::commit_offset_request(&workload.group, &workload.topic, queue, offset, generation);
+    let body = protocol::commit_offset_request(&workload.group, &workload.topic, queue, offset, *generation, member_id);
     if let Ok(connection) = context.connection(shard).await {
         if let Err(error) = connection.request(Kind::CommitOffsetRequest, &body).await {
             tracing::debug!(%error, queue, "commit failed");

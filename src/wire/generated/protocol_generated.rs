@@ -3324,6 +3324,7 @@ pub mod ringmq {
             pub const VT_TOPIC: flatbuffers::VOffsetT = 6;
             pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 8;
             pub const VT_SESSION_TIMEOUT_MS: flatbuffers::VOffsetT = 10;
+            pub const VT_INSTANCE_ID: flatbuffers::VOffsetT = 12;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -3335,6 +3336,9 @@ pub mod ringmq {
                 args: &'args JoinGroupRequestArgs<'args>,
             ) -> flatbuffers::WIPOffset<JoinGroupRequest<'bldr>> {
                 let mut builder = JoinGroupRequestBuilder::new(_fbb);
+                if let Some(x) = args.instance_id {
+                    builder.add_instance_id(x);
+                }
                 builder.add_session_timeout_ms(args.session_timeout_ms);
                 if let Some(x) = args.member_id {
                     builder.add_member_id(x);
@@ -3394,6 +3398,21 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Static membership: a member that joins again with the instance id of
+            /// a member the coordinator still holds gets that member back (same
+            /// member id, same queues, no new generation). Empty: a dynamic member.
+            #[inline]
+            pub fn instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupRequest::VT_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for JoinGroupRequest<'_> {
@@ -3420,6 +3439,11 @@ pub mod ringmq {
                         false,
                     )?
                     .visit_field::<u32>("session_timeout_ms", Self::VT_SESSION_TIMEOUT_MS, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "instance_id",
+                        Self::VT_INSTANCE_ID,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -3429,6 +3453,7 @@ pub mod ringmq {
             pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
             pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
             pub session_timeout_ms: u32,
+            pub instance_id: Option<flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for JoinGroupRequestArgs<'a> {
             #[inline]
@@ -3438,6 +3463,7 @@ pub mod ringmq {
                     topic: None, // required field
                     member_id: None,
                     session_timeout_ms: 0,
+                    instance_id: None,
                 }
             }
         }
@@ -3477,6 +3503,13 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_instance_id(&mut self, instance_id: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_INSTANCE_ID,
+                    instance_id,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> JoinGroupRequestBuilder<'a, 'b> {
@@ -3502,6 +3535,7 @@ pub mod ringmq {
                 ds.field("topic", &self.topic());
                 ds.field("member_id", &self.member_id());
                 ds.field("session_timeout_ms", &self.session_timeout_ms());
+                ds.field("instance_id", &self.instance_id());
                 ds.finish()
             }
         }
@@ -4129,6 +4163,7 @@ pub mod ringmq {
             pub const VT_QUEUE: flatbuffers::VOffsetT = 8;
             pub const VT_OFFSET: flatbuffers::VOffsetT = 10;
             pub const VT_GENERATION: flatbuffers::VOffsetT = 12;
+            pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 14;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4142,6 +4177,9 @@ pub mod ringmq {
                 let mut builder = CommitOffsetRequestBuilder::new(_fbb);
                 builder.add_generation(args.generation);
                 builder.add_offset(args.offset);
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
                 builder.add_queue(args.queue);
                 if let Some(x) = args.topic {
                     builder.add_topic(x);
@@ -4214,6 +4252,19 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// The committing member: it must own `queue` in `generation`.
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        CommitOffsetRequest::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for CommitOffsetRequest<'_> {
@@ -4237,6 +4288,11 @@ pub mod ringmq {
                     .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
                     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
                     .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -4247,6 +4303,7 @@ pub mod ringmq {
             pub queue: u32,
             pub offset: u64,
             pub generation: u64,
+            pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for CommitOffsetRequestArgs<'a> {
             #[inline]
@@ -4257,6 +4314,7 @@ pub mod ringmq {
                     queue: 0,
                     offset: 0,
                     generation: 0,
+                    member_id: None,
                 }
             }
         }
@@ -4296,6 +4354,13 @@ pub mod ringmq {
                     .push_slot::<u64>(CommitOffsetRequest::VT_GENERATION, generation, 0);
             }
             #[inline]
+            pub fn add_member_id(&mut self, member_id: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    CommitOffsetRequest::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> CommitOffsetRequestBuilder<'a, 'b> {
@@ -4324,6 +4389,7 @@ pub mod ringmq {
                 ds.field("queue", &self.queue());
                 ds.field("offset", &self.offset());
                 ds.field("generation", &self.generation());
+                ds.field("member_id", &self.member_id());
                 ds.finish()
             }
         }
