@@ -98,35 +98,45 @@ fn delayed_messages_are_never_early_lost_or_doubled_across_kill_9() {
     };
 
     // Each message is due at a known time: by deliver-at (some in the past)
-    // or by level (due from its store time, which the receipt gives).
-    let mut due_ms: BTreeMap<String, u64> = BTreeMap::new();
-    for number in 0..MESSAGES {
-        let body = format!("m{number}");
-        let now_ms = now_us() / 1000;
-        let message = match number % 4 {
-            0 => OutgoingMessage { deliver_at_ms: now_ms + 300 + number * 13, ..Default::default() },
-            1 => OutgoingMessage { deliver_at_ms: now_ms.saturating_sub(5_000), ..Default::default() },
-            2 => OutgoingMessage { delay_level: 2, ..Default::default() },
-            _ => OutgoingMessage { delay_level: 3, ..Default::default() },
-        };
-        let message = OutgoingMessage { body: body.as_bytes(), ..message };
-        let receipt = producer.send(&message, QueueChoice::RoundRobin).expect("send");
-        assert_eq!(receipt.offset, None, "a delayed message has no offset until it is due");
-        let stored_ms = receipt.store_timestamp_us / 1000;
-        let due = match number % 4 {
-            0 | 1 => message.deliver_at_ms,
-            2 => stored_ms + 700,
-            _ => stored_ms + 1500,
-        };
-        due_ms.insert(body, due);
-    }
-    // Kill the broker while deliveries are due, several times.
+    // or by level (due from its store time, which the receipt gives). They
+    // are sent while the broker is killed and restarted: the producer
+    // resends through each restart, and a resend is never stored twice.
+    let sending = {
+        let producer = Producer::new(client.clone(), "reminders", ProducerOptions::default()).expect("producer");
+        std::thread::spawn(move || {
+            let mut due_ms: BTreeMap<String, u64> = BTreeMap::new();
+            for number in 0..MESSAGES {
+                let body = format!("m{number}");
+                let now_ms = now_us() / 1000;
+                let message = match number % 4 {
+                    0 => OutgoingMessage { deliver_at_ms: now_ms + 300 + number * 7, ..Default::default() },
+                    1 => OutgoingMessage { deliver_at_ms: now_ms.saturating_sub(5_000), ..Default::default() },
+                    2 => OutgoingMessage { delay_level: 2, ..Default::default() },
+                    _ => OutgoingMessage { delay_level: 3, ..Default::default() },
+                };
+                let message = OutgoingMessage { body: body.as_bytes(), ..message };
+                let receipt = producer.send(&message, QueueChoice::RoundRobin).expect("send");
+                assert_eq!(receipt.offset, None, "a delayed message has no offset until it is due");
+                let stored_ms = receipt.store_timestamp_us / 1000;
+                let due = match number % 4 {
+                    0 | 1 => message.deliver_at_ms,
+                    2 => stored_ms + 700,
+                    _ => stored_ms + 1500,
+                };
+                due_ms.insert(body, due);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            due_ms
+        })
+    };
+    // Kill the broker while messages arrive and deliveries are due.
     let started = Instant::now();
-    for _ in 0..4 {
-        std::thread::sleep(Duration::from_millis(fastrand::u64(150..600)));
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(fastrand::u64(200..700)));
         broker.kill();
         broker.restart();
     }
+    let due_ms = sending.join().expect("the producer");
     let last_due = *due_ms.values().max().expect("messages");
     while now_us() / 1000 < last_due + 1000 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));

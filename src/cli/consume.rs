@@ -10,7 +10,7 @@
 
 use crate::client::{
     parse_tags, patiently, Client, ConsumeResult, ConsumerOptions, GroupConsumer, OffsetReset, ReceivedMessage,
-    MAX_RECONSUME_TIMES_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+    MAX_RECONSUME_TIMES_DEFAULT, ORDERED_BACKOFF_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
 };
 use clap::Args;
 use std::io::Write;
@@ -43,6 +43,13 @@ pub struct ConsumeArgs {
     /// dead-letter topic.
     #[arg(long, default_value_t = MAX_RECONSUME_TIMES_DEFAULT)]
     max_reconsume_times: u32,
+    /// Ordered consumption: a message answered later blocks its queue and
+    /// comes again after --ordered-backoff-ms (nothing behind it first);
+    /// after --max-reconsume-times it goes to the dead-letter topic.
+    #[arg(long)]
+    ordered: bool,
+    #[arg(long, default_value_t = ORDERED_BACKOFF_DEFAULT.as_millis() as u64, requires = "ordered")]
+    ordered_backoff_ms: u64,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
     broker: String,
     /// Static membership: a consumer started again with the same instance id
@@ -80,6 +87,7 @@ pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
         GroupConsumer::join(client.clone(), &args.group, &args.topic, options.clone(), args.max_reconsume_times)
     });
     let mut consumer = joined.map_err(|error| error.to_string())?;
+    consumer.ordered_backoff = Duration::from_millis(args.ordered_backoff_ms);
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
     let mut last_message = Instant::now();
@@ -89,7 +97,7 @@ pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
         if idle.is_some_and(|idle| last_message.elapsed() >= idle) {
             break;
         }
-        let handled = consumer.handle_next(|message| {
+        let handle = |message: &ReceivedMessage| {
             if args.max.is_some_and(|max| printed >= max) || write_error.is_some() {
                 return ConsumeResult::Stop;
             }
@@ -108,7 +116,8 @@ pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
             } else {
                 ConsumeResult::Success
             }
-        });
+        };
+        let handled = if args.ordered { consumer.handle_next_ordered(handle) } else { consumer.handle_next(handle) };
         if let Err(error) = handled {
             tracing::warn!(%error, "a commit failed; those messages may come again");
         }

@@ -31,7 +31,9 @@ pub use consumer::{
     ReceivedMessage,
 };
 pub use dead_letters::{dead_letters, resend_dead_letter, DeadLetterResend};
-pub use group_consumer::{send_back, ConsumeResult, GroupConsumer, MAX_RECONSUME_TIMES_DEFAULT};
+pub use group_consumer::{
+    send_back, ConsumeResult, GroupConsumer, MAX_RECONSUME_TIMES_DEFAULT, ORDERED_BACKOFF_DEFAULT,
+};
 pub use idempotent::{Applied, DedupError, DedupStore, IdempotentConsumer, IdempotentError, MsgId, Tally};
 pub use producer::{
     Flight, OutgoingMessage, PreparedMessage, Producer, ProducerOptions, QueueChoice, SendReceipt,
