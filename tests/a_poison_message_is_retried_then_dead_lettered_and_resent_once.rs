@@ -84,6 +84,27 @@ fn a_poison_message_is_retried_then_dead_lettered_and_resent_once() {
     assert_eq!((resent.len(), &resent[0]["resent"]), (1, &serde_json::json!(true)));
     assert_eq!(ringmq(&args, "")[0]["resent"], false, "a dead letter goes back once");
 
+    // The group gets the resent copy and fails it again: it is retried and
+    // dead-lettered again, not taken for the first copy's send-backs.
+    let mut again = GroupConsumer::join(client.clone(), "billing", "orders", options.clone(), MAX_RECONSUME_TIMES)
+        .expect("join again");
+    let mut second: Vec<u32> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) && second.len() <= MAX_RECONSUME_TIMES as usize {
+        again
+            .handle_next(|message| {
+                assert_eq!(message.body, b"poison", "only the resent copy comes");
+                second.push(message.reconsume_times);
+                ConsumeResult::Later
+            })
+            .expect("handle");
+    }
+    assert_eq!(second, (0..=MAX_RECONSUME_TIMES).collect::<Vec<_>>(), "the resent copy is retried from 0");
+    std::thread::sleep(Duration::from_millis(500));
+    again.leave().expect("leave");
+    let letters = ringmq(&["dlq", "list", "--group", "billing", "--json", "--broker", &address], "");
+    assert_eq!(letters.len(), 2, "dead-lettered a second time: {letters:?}");
+
     // A fresh group sees the topic: the resent copy once, at its own offset.
     let mut fresh = GroupConsumer::join(client, "audit", "orders", options, MAX_RECONSUME_TIMES).expect("join");
     let mut bodies = Vec::new();

@@ -13,6 +13,7 @@ use super::dedup::{ProducerTable, QueueWindow, StoredSend, SEQUENCES_REMEMBERED}
 use super::offsets::DELAY_QUEUE_ID;
 use super::replay::replay_messages;
 use super::snapshot_file::{self, Reader};
+use super::timers;
 use crate::storage::backend::Storage;
 use crate::storage::{CommitLog, LogError};
 use std::collections::HashMap;
@@ -138,9 +139,11 @@ async fn replay_queue<S: Storage>(
         // Halves are deduplicated by transaction id (`transactions`); a
         // committed one read here was never in the producer table. A record
         // read through a reference (a delivered delay or retry) was admitted
-        // when its entry was stored: a delayed message in `DELAY_QUEUE_ID`,
+        // when its entry was stored (a delivery that is a copy, too): a
+        // delayed message in `DELAY_QUEUE_ID`,
         // under its target queue (its header's tag hash).
-        if message.producer_id == 0 || message.is_half || record.via.is_some() {
+        let delivered = timers::delivered_entry(record).is_some();
+        if message.producer_id == 0 || message.is_half || record.via.is_some() || delivered {
             return;
         }
         let queue_id = match queue_id {

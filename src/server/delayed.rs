@@ -7,7 +7,7 @@ use super::dedup::StoredSend;
 use super::delay_levels::DelayLevels;
 use super::offsets::DELAY_QUEUE_ID;
 use super::shard::Shard;
-use super::timers::{due_ms, TimerEntry, TimerKey};
+use super::timers::{due_ms, KnownEntry, TimerEntry, TimerKey};
 use crate::constants::RECORD_HEADER_SIZE_BYTES;
 use crate::storage::record::flags;
 use crate::storage::{AppendRequest, LogError};
@@ -59,16 +59,19 @@ pub fn check_delay(
     }
 }
 
-/// Stores a delayed message for the queue `target_queue_id`; `None` when the
-/// shard holds it already (a resend of the same msg id).
+/// Stores a delayed message for the queue `target_queue_id`; `Err(end)`
+/// when the shard holds it already (a resend of the same msg id), with the
+/// end of its record to wait for (0: delivered).
 pub async fn place_delayed(
     shard: &Shard,
     target_queue_id: u32,
     message: &VerifiedMessage,
-) -> Result<Option<StoredSend>, LogError> {
+) -> Result<Result<StoredSend, u64>, LogError> {
     let key = TimerKey::Delayed { msg_id: message.msg_id };
-    if shard.timers.borrow().known(&key).is_some() {
-        return Ok(None);
+    match shard.timers.borrow().known(&key) {
+        Some(KnownEntry::Pending { end, .. }) => return Ok(Err(end)),
+        Some(KnownEntry::Delivered) => return Ok(Err(0)),
+        None => {}
     }
     let request = AppendRequest {
         queue_id: DELAY_QUEUE_ID,
@@ -84,6 +87,7 @@ pub async fn place_delayed(
     let entry = TimerEntry {
         key,
         position: appended.position,
+        end: appended.end,
         due_ms: due_ms(message.delay_level, message.deliver_at_ms, appended.store_timestamp_us, levels),
         target_queue_id,
         message_position: appended.position,
@@ -94,7 +98,7 @@ pub async fn place_delayed(
     };
     shard.timers.borrow_mut().insert(entry);
     shard.timers_changed();
-    Ok(Some(StoredSend {
+    Ok(Ok(StoredSend {
         sequence: message.sequence,
         offset: appended.queue_offset.unwrap_or(0),
         store_timestamp_us: appended.store_timestamp_us,

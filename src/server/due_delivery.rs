@@ -24,7 +24,6 @@ pub async fn run(shard: Rc<Shard>) {
         let now_ms = now_us() / 1000;
         let due = shard.timers.borrow().due(now_ms, BATCH_ENTRIES_MAX);
         if due.is_empty() {
-            shard.timers.borrow_mut().forget_delivered(now_ms, DELIVERED_KEPT);
             let next = shard.timers.borrow().next_due_ms();
             let sleep = next.map_or(IDLE_SLEEP_MAX, |due_ms| Duration::from_millis(due_ms.saturating_sub(now_ms)));
             futures_lite::future::or(glommio::timer::sleep(sleep.min(IDLE_SLEEP_MAX)), shard.timer_wake.wait()).await;
@@ -38,30 +37,66 @@ pub async fn run(shard: Rc<Shard>) {
 }
 
 /// Appends an intent and a delivery per entry, waits for the batch to be
-/// durable, then marks the entries delivered.
+/// durable (also in async flush mode: only then may retention drop what the
+/// entries kept), then marks the entries delivered. A failure part way
+/// still settles the entries whose records went into the log first, so a
+/// later batch never delivers them again.
 async fn deliver(shard: &Shard, due: &[TimerEntry]) -> Result<(), LogError> {
-    let mut last = None;
-    for entry in due {
-        let intent = Intent {
-            entry_position: entry.position,
-            target_queue_id: entry.target_queue_id,
-            expected_offset: shard.log.next_offset(entry.target_queue_id),
-            confirmed: shard.timers.borrow().confirmed(),
-        };
-        let intent_record = shard.log.append_buffered(intent_request(&intent.encode())).await?;
-        let body = entry.position.to_le_bytes();
-        let delivery = shard.log.append_buffered(delivery_request(entry, &body)).await?;
-        last = Some((intent_record.position, delivery.end));
+    // An entry goes into the table before its record is written (a due one
+    // can come here at once): read nothing that is not on the disk yet.
+    if let Some(end) = due.iter().map(|entry| entry.end).max() {
+        shard.log.wait_durable(end).await?;
     }
-    let Some((last_intent, end)) = last else { return Ok(()) };
-    shard.log.wait_acknowledgeable(end).await?;
+    let mut messages = Vec::with_capacity(due.len());
+    for entry in due {
+        // The message's bytes, for a delivery that must be a copy.
+        messages.push(shard.log.record_at(entry.message_position, entry.message_size).await?);
+    }
+    let mut appended = Vec::with_capacity(due.len());
+    let mut failure = None;
+    for (entry, message) in due.iter().zip(&messages) {
+        let Some(message) = message else {
+            tracing::error!(entry = entry.position, "a timer entry's message is gone; dropping the entry");
+            appended.push((entry, None));
+            continue;
+        };
+        match append_pair(shard, entry, &message.message()).await {
+            Ok(records) => appended.push((entry, Some(records))),
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    let end = appended.iter().filter_map(|(_, records)| records.map(|(_, end)| end)).max();
+    if let Some(end) = end {
+        shard.log.wait_durable(end).await?;
+    }
     let now_ms = now_us() / 1000;
     let mut timers = shard.timers.borrow_mut();
-    for entry in due {
+    for (entry, _) in &appended {
         timers.delivered(&entry.key, now_ms);
     }
-    timers.confirm(last_intent + 1);
+    if let Some(last_intent) = appended.iter().filter_map(|(_, records)| records.map(|(intent, _)| intent)).max() {
+        timers.confirm(last_intent + 1);
+    }
+    timers.forget_delivered(now_ms, DELIVERED_KEPT);
     drop(timers);
     shard.timers_changed();
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// Appends `entry`'s intent, then its delivery; returns the intent's
+/// position and the delivery's end.
+async fn append_pair(shard: &Shard, entry: &TimerEntry, message: &[u8]) -> Result<(u64, u64), LogError> {
+    let intent = Intent {
+        entry_position: entry.position,
+        target_queue_id: entry.target_queue_id,
+        expected_offset: shard.log.next_offset(entry.target_queue_id),
+        confirmed: shard.timers.borrow().confirmed(),
+    };
+    let intent_record = shard.log.append_buffered(intent_request(&intent.encode())).await?;
+    let body = entry.position.to_le_bytes();
+    let delivery = shard.log.append_buffered(delivery_request(entry, &body, message)).await?;
+    Ok((intent_record.position, delivery.end))
 }

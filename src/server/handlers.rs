@@ -11,6 +11,7 @@ use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
 use super::send_back;
 use super::shard::Shard;
+use super::timers;
 use super::topics::check_name;
 use super::transactions;
 use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES};
@@ -26,6 +27,8 @@ pub type Answer = Result<(Kind, Vec<u8>), Failure>;
 
 /// Records a fetch returns at most.
 const FETCH_COUNT_MAX: u32 = 10_000;
+/// Tags a fetch may filter by.
+const FETCH_TAGS_MAX: usize = 64;
 
 fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
@@ -211,22 +214,26 @@ async fn place_once(
             }
         }
     }
-    let Some(send) = append_message(shard, queue_id, message).await.map_err(log_failure)? else {
-        return Ok(Placed { send: None, duplicate: true });
+    let (send, duplicate) = match append_message(shard, queue_id, message).await.map_err(log_failure)? {
+        Ok(send) => (send, false),
+        // A delayed message the timers hold already: answered once its first
+        // copy is acknowledgeable (`end`).
+        Err(end) => (StoredSend { sequence, offset: 0, store_timestamp_us: 0, end }, true),
     };
     if sequenced {
         shard.dedup.borrow_mut().stored(producer_id, queue_id, send, shard.log.positions().flushed);
     }
-    Ok(Placed { send: Some(send), duplicate: false })
+    Ok(Placed { send: Some(send), duplicate })
 }
 
 /// Stores a message the producer table admitted: in its queue, or as a
-/// timer entry when delayed (`None`: the shard holds that delayed message).
+/// timer entry when delayed (`Err(end)`: the shard holds that delayed
+/// message, its record ending at `end`).
 async fn append_message(
     shard: &Shard,
     queue_id: u32,
     message: &VerifiedMessage,
-) -> Result<Option<StoredSend>, LogError> {
+) -> Result<Result<StoredSend, u64>, LogError> {
     if delayed::is_delayed(message) {
         return delayed::place_delayed(shard, queue_id, message).await;
     }
@@ -238,7 +245,7 @@ async fn append_message(
         ..AppendRequest::default()
     };
     let appended = shard.log.append_buffered(request).await?;
-    Ok(Some(StoredSend {
+    Ok(Ok(StoredSend {
         sequence: message.sequence,
         offset: appended.queue_offset.unwrap_or(0),
         store_timestamp_us: appended.store_timestamp_us,
@@ -255,6 +262,9 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
     let wait = Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX)));
     let deadline = shard.clock.deadline(wait);
     let tag_hashes: Vec<u32> = request.tag_hashes().map(|hashes| hashes.iter().collect()).unwrap_or_default();
+    if tag_hashes.len() > FETCH_TAGS_MAX {
+        return Err(invalid(format!("a fetch filters by at most {FETCH_TAGS_MAX} tags")));
+    }
     loop {
         let visible = shard.log.positions().visible;
         let batch = match shard.log.read_tagged(queue_id, request.offset(), count, bytes_max, &tag_hashes).await {
@@ -289,11 +299,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
                 records.extend_from_slice(&record.bytes);
             }
             let record_offsets: Vec<u64> = batch.records.iter().map(|record| record.queue_offset).collect();
-            let reconsume_times: Vec<u32> = batch
-                .records
-                .iter()
-                .map(|record| record.via.as_ref().map_or(0, |via| via.header.reconsume_times))
-                .collect();
+            let reconsume_times: Vec<u32> = batch.records.iter().map(timers::deliveries_before).collect();
             let fetched = FetchedRecords {
                 records: &records,
                 record_count: batch.records.len() as u32,

@@ -9,8 +9,8 @@
 
 use super::failures::log_failure;
 use super::offsets::DELAY_QUEUE_ID;
-use super::shard::Shard;
-use super::timers::{EntryBody, TimerEntry, TimerKey};
+use super::shard::{Shard, TimerPin};
+use super::timers::{deliveries_before, delivery_position, EntryBody, KnownEntry, TimerEntry, TimerKey};
 use super::topics::check_name;
 use crate::constants::FRAME_BODY_BYTES_MAX;
 use crate::protocol::{dead_letter_topic, fb, retry_topic, Failure};
@@ -46,19 +46,13 @@ pub async fn send_back(
     delay_level: u8,
 ) -> Result<SentBack, Failure> {
     check_name("group", group)?;
-    let (record, message) = message_at(shard, queue_id, offset).await?;
-    // Deliveries before this one: what its retry delivery said, if it came
-    // through one (a resent dead letter starts again from 0).
-    let delivered_before = record
-        .via
-        .as_ref()
-        .filter(|via| via.header.flags & flags::RETRY != 0)
-        .map_or(0, |via| via.header.reconsume_times);
+    let (record, message, pin) = message_at(shard, queue_id, offset).await?;
+    let delivered_before = deliveries_before(&record);
     let dead_letter = delivered_before >= max_reconsume_times;
     let topic_name = if dead_letter { dead_letter_topic(group) } else { retry_topic(group) };
     let target_queue_id = shard.internal_topic(&topic_name).await?.queue_id(shard.id);
     let reconsume_times = delivered_before.saturating_add(1);
-    let key = TimerKey::SendBack { target_queue_id, message_position: record.position, reconsume_times };
+    let key = TimerKey::SendBack { target_queue_id, from_position: delivery_position(&record) };
     let now_ms = now_us() / 1000;
     let levels = &shard.config.delay_levels;
     let due_at_ms = match dead_letter {
@@ -68,13 +62,28 @@ pub async fn send_back(
                 0 => levels.retry_level(delivered_before),
                 level => u32::from(level).min(levels.len() as u32),
             };
-            now_ms + levels.delay(level).unwrap_or_default().as_millis() as u64
+            now_ms.saturating_add(levels.delay(level).unwrap_or_default().as_millis() as u64)
         }
     };
     let delivery_flag = if dead_letter { flags::DEAD_LETTER } else { flags::RETRY };
-    let body = EntryBody { due_ms: due_at_ms, target_queue_id, delivery_flag, resend: None };
+    let body = EntryBody {
+        due_ms: due_at_ms,
+        target_queue_id,
+        delivery_flag,
+        from_position: key_position(&key),
+        resend: None,
+    };
     let stored = store_entry(shard, &record, &message, key, body, reconsume_times).await?;
-    Ok(SentBack { dead_letter, reconsume_times, duplicate: stored.is_none(), due_at_ms: stored.unwrap_or(due_at_ms) })
+    drop(pin);
+    Ok(SentBack { dead_letter, reconsume_times, duplicate: stored.is_some(), due_at_ms: stored.unwrap_or(due_at_ms) })
+}
+
+/// The delivery a send-back key names.
+fn key_position(key: &TimerKey) -> u64 {
+    match key {
+        TimerKey::SendBack { from_position, .. } => *from_position,
+        _ => 0,
+    }
 }
 
 /// Puts the dead letter at `offset` of queue `queue` of `%DLQ%<group>` back
@@ -89,7 +98,7 @@ pub async fn resend_dead_letter(
     check_name("group", group)?;
     let dead_letters = shard.topic(&dead_letter_topic(group))?;
     let queue_id = shard.owned_queue(&dead_letters, queue)?;
-    let (record, message) = message_at(shard, queue_id, offset).await?;
+    let (record, message, pin) = message_at(shard, queue_id, offset).await?;
     let fields = message.message();
     let original = shard.topic(fields.topic())?;
     // The message's record is in this shard's log, so its queue is too.
@@ -104,14 +113,22 @@ pub async fn resend_dead_letter(
         due_ms: now_us() / 1000,
         target_queue_id,
         delivery_flag: flags::RETRY,
+        from_position: 0,
         resend: Some((queue_id, offset, round)),
     };
     store_entry(shard, &record, &message, key, body, 0).await?;
+    drop(pin);
     Ok(Resent { resent: true, ..resent })
 }
 
-/// The message at `offset` of `queue_id`, read through any reference.
-async fn message_at(shard: &Shard, queue_id: u32, offset: u64) -> Result<(StoredRecord, VerifiedMessage), Failure> {
+/// The message at `offset` of `queue_id`, read through any reference, and
+/// a pin that keeps retention off its record until the entry pointing at it
+/// is in the timer table.
+async fn message_at(
+    shard: &Shard,
+    queue_id: u32,
+    offset: u64,
+) -> Result<(StoredRecord, VerifiedMessage, TimerPin<'_>), Failure> {
     let batch = shard.log.read(queue_id, offset, 1, FRAME_BODY_BYTES_MAX).await.map_err(log_failure)?;
     let Some(record) = batch.records.into_iter().next().filter(|record| record.queue_offset == offset) else {
         return Err(Failure::new(
@@ -119,14 +136,20 @@ async fn message_at(shard: &Shard, queue_id: u32, offset: u64) -> Result<(Stored
             format!("no message at offset {offset} of this queue (its end is {})", batch.visible_end_offset),
         ));
     };
+    // In the same step as the check: retention keeps the record from now on,
+    // or had deleted it already.
+    let pin = shard.pin_for_timers(record.position);
+    if !shard.log.keeps(record.position) {
+        return Err(Failure::new(fb::ErrorCode::OffsetTruncated, format!("retention deleted offset {offset}")));
+    }
     let message = verify_message(record.message())
         .map_err(|error| Failure::new(fb::ErrorCode::Internal, format!("a stored message does not verify: {error}")))?;
-    Ok((record, message))
+    Ok((record, message, pin))
 }
 
 /// Appends a timer entry pointing at `record` and waits until it is
 /// durable; `Ok(Some(due))` without appending when `key` is known (pending
-/// until `due`, or delivered: `Some(0)`).
+/// until `due`, once its record is acknowledgeable; or delivered: `Some(0)`).
 async fn store_entry(
     shard: &Shard,
     record: &StoredRecord,
@@ -135,8 +158,14 @@ async fn store_entry(
     body: EntryBody,
     reconsume_times: u32,
 ) -> Result<Option<u64>, Failure> {
-    if let Some(known) = shard.timers.borrow().known(&key) {
-        return Ok(Some(known.unwrap_or(0)));
+    let known = shard.timers.borrow().known(&key);
+    match known {
+        Some(KnownEntry::Pending { due_ms, end }) => {
+            shard.log.wait_acknowledgeable(end).await.map_err(log_failure)?;
+            return Ok(Some(due_ms));
+        }
+        Some(KnownEntry::Delivered) => return Ok(Some(0)),
+        None => {}
     }
     let request = AppendRequest {
         queue_id: DELAY_QUEUE_ID,
@@ -146,11 +175,13 @@ async fn store_entry(
         reference: Some((record.position, record.header.length)),
         reconsume_times,
         message: &body.encode(),
+        copy_if_far: None,
     };
     let appended = shard.log.append_buffered(request).await.map_err(log_failure)?;
     let entry = TimerEntry {
         key,
         position: appended.position,
+        end: appended.end,
         due_ms: body.due_ms,
         target_queue_id: body.target_queue_id,
         message_position: record.position,

@@ -53,6 +53,8 @@ pub struct Shard {
     pub timers: RefCell<TimerTable>,
     /// Wakes the timer task (`due_delivery`) for a new entry.
     pub timer_wake: Signal,
+    /// Records a timer entry is about to point at (`TimerPin`), counted.
+    timer_pins: RefCell<BTreeMap<u64, usize>>,
     pub placement_line: PlacementLine,
     /// Retention floors of state kept in the log: the two snapshots' and
     /// the oldest pending half message's. The log's floor is the lowest.
@@ -120,6 +122,7 @@ impl Shard {
             timers_floor: Cell::new(parts.timers.floor().unwrap_or(u64::MAX)),
             timers: RefCell::new(parts.timers),
             timer_wake: Signal::default(),
+            timer_pins: RefCell::new(BTreeMap::new()),
             placement_line: PlacementLine::default(),
             offsets_floor: Cell::new(0),
             producers_floor: Cell::new(parts.producers_floor),
@@ -145,9 +148,19 @@ impl Shard {
     /// The timer table changed: retention keeps what its pending entries
     /// need, and the timer task looks again.
     pub fn timers_changed(&self) {
-        let floor = self.timers.borrow().floor().unwrap_or(u64::MAX);
+        let pinned = self.timer_pins.borrow().keys().next().copied().unwrap_or(u64::MAX);
+        let floor = self.timers.borrow().floor().unwrap_or(u64::MAX).min(pinned);
         self.set_floor(&self.timers_floor, floor);
         self.timer_wake.notify();
+    }
+
+    /// Keeps retention off the record at `position` until the pin drops:
+    /// for a send-back between reading a message and putting the entry that
+    /// points at it in the timer table.
+    pub fn pin_for_timers(&self, position: u64) -> TimerPin<'_> {
+        *self.timer_pins.borrow_mut().entry(position).or_insert(0) += 1;
+        self.timers_changed();
+        TimerPin { shard: self, position }
     }
 
     /// The internal topic `name` (`%RETRY%G`, `%DLQ%G`: one queue per shard,
@@ -325,6 +338,26 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+/// A record retention keeps while this lives (`Shard::pin_for_timers`).
+pub struct TimerPin<'a> {
+    shard: &'a Shard,
+    position: u64,
+}
+
+impl Drop for TimerPin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.shard.timer_pins.borrow_mut();
+        if let Some(count) = pins.get_mut(&self.position) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.position);
+            }
+        }
+        drop(pins);
+        self.shard.timers_changed();
     }
 }
 

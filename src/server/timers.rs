@@ -27,7 +27,8 @@
 use super::offsets::{DELAY_QUEUE_ID, TIMER_QUEUE_ID};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
-use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
+use crate::storage::record::NO_POSITION;
+use crate::storage::{AppendRequest, CommitLog, FarCopy, LogError, StoredRecord};
 use crate::wire::verify_message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -46,11 +47,13 @@ pub enum TimerKey {
     Delayed {
         msg_id: (u64, u64),
     },
-    /// A retry or a dead letter of the message at `message_position`.
+    /// A retry or a dead letter of the delivery the consumer got at
+    /// `from_position` (the record it fetched, or the op record it was read
+    /// through): each delivery is sent back once, and a resent dead letter
+    /// is a new delivery.
     SendBack {
         target_queue_id: u32,
-        message_position: u64,
-        reconsume_times: u32,
+        from_position: u64,
     },
     /// The `round`-th resend (from 0) of a dead letter.
     Resend {
@@ -66,6 +69,8 @@ pub struct TimerEntry {
     pub key: TimerKey,
     /// Position of the entry's record (its identity in the log).
     pub position: u64,
+    /// Where the entry's record ends.
+    pub end: u64,
     pub due_ms: u64,
     pub target_queue_id: u32,
     /// The message record the delivery points at.
@@ -91,11 +96,13 @@ pub struct EntryBody {
     pub due_ms: u64,
     pub target_queue_id: u32,
     pub delivery_flag: u16,
+    /// For a send-back: the delivery it sends back (`TimerKey::SendBack`).
+    pub from_position: u64,
     /// For a resend: the dead letter's queue id, offset and round.
     pub resend: Option<(u32, u64, u32)>,
 }
 
-const ENTRY_BODY_VERSION: u8 = 1;
+const ENTRY_BODY_VERSION: u8 = 2;
 
 impl EntryBody {
     pub fn encode(&self) -> Vec<u8> {
@@ -104,6 +111,7 @@ impl EntryBody {
         out.extend_from_slice(&self.due_ms.to_le_bytes());
         out.extend_from_slice(&self.target_queue_id.to_le_bytes());
         out.extend_from_slice(&self.delivery_flag.to_le_bytes());
+        out.extend_from_slice(&self.from_position.to_le_bytes());
         if let Some((queue_id, offset, round)) = self.resend {
             out.extend_from_slice(&queue_id.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
@@ -120,6 +128,7 @@ impl EntryBody {
         let due_ms = u64::from_le_bytes(reader.take()?);
         let target_queue_id = u32::from_le_bytes(reader.take()?);
         let delivery_flag = u16::from_le_bytes(reader.take()?);
+        let from_position = u64::from_le_bytes(reader.take()?);
         let resend = match reader.0.is_empty() {
             true => None,
             false => Some((
@@ -128,7 +137,7 @@ impl EntryBody {
                 u32::from_le_bytes(reader.take()?),
             )),
         };
-        Some(Self { due_ms, target_queue_id, delivery_flag, resend })
+        Some(Self { due_ms, target_queue_id, delivery_flag, from_position, resend })
     }
 }
 
@@ -176,8 +185,11 @@ pub fn intent_request(body: &[u8; 28]) -> AppendRequest<'_> {
 }
 
 /// The delivery record of `entry`: indexed in its target queue, pointing at
-/// its message, its body the entry's position (`body`).
-pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8]) -> AppendRequest<'a> {
+/// its message, its body the entry's position (`body`); or, when the
+/// message lies in an earlier segment than the delivery lands in, a copy of
+/// `message` with the entry's position as its back-pointer (`FarCopy`), so
+/// retention never leaves a delivery pointing at nothing.
+pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8], message: &'a [u8]) -> AppendRequest<'a> {
     debug_assert_eq!(*body, entry.position.to_le_bytes());
     AppendRequest {
         queue_id: entry.target_queue_id,
@@ -187,6 +199,7 @@ pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8]) -> AppendRequ
         reference: Some((entry.message_position, entry.message_size)),
         reconsume_times: entry.reconsume_times,
         message: body,
+        copy_if_far: Some(FarCopy { message, flags: entry.delivery_flag, back_pointer: entry.position }),
     }
 }
 
@@ -200,20 +213,58 @@ impl Fields<'_> {
     }
 }
 
-/// The entry position a delivery record (read through its reference)
-/// names, if `record` was read through one.
+const DELIVERY_FLAGS: u16 = flags::DELAYED | flags::RETRY | flags::DEAD_LETTER;
+
+/// The entry position a delivery names: a reference's body, or a copy's
+/// back-pointer.
 pub fn delivered_entry(record: &StoredRecord) -> Option<u64> {
-    let via = record.via.as_ref()?;
-    let delivery = flags::DELAYED | flags::RETRY | flags::DEAD_LETTER;
-    if via.header.flags & delivery == 0 {
-        return None;
+    if let Some(via) = &record.via {
+        if via.header.flags & DELIVERY_FLAGS == 0 {
+            return None;
+        }
+        return Some(u64::from_le_bytes(*via.body.first_chunk::<8>()?));
     }
-    Some(u64::from_le_bytes(*via.body.first_chunk::<8>()?))
+    let header = &record.header;
+    let copy = header.flags & DELIVERY_FLAGS != 0 && header.ref_size == 0 && header.ref_position != NO_POSITION;
+    copy.then_some(header.ref_position)
+}
+
+/// How many times the message of `record` (as a fetch read it) was
+/// delivered before: what its retry or dead-letter delivery says, else 0 (a
+/// first delivery, a delayed one, a resent dead letter).
+pub fn deliveries_before(record: &StoredRecord) -> u32 {
+    let counted = flags::RETRY | flags::DEAD_LETTER;
+    match &record.via {
+        Some(via) if via.header.flags & counted != 0 => via.header.reconsume_times,
+        Some(_) => 0,
+        None if delivered_entry(record).is_some() && record.header.flags & counted != 0 => {
+            record.header.reconsume_times
+        }
+        None => 0,
+    }
+}
+
+/// Where the delivery the consumer got at this record is in the log: the op
+/// record it was read through, else the record itself.
+pub fn delivery_position(record: &StoredRecord) -> u64 {
+    record.via.as_ref().map_or(record.position, |via| via.position)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Known {
-    Pending { due_ms: u64, position: u64 },
+    Pending { due_ms: u64, position: u64, end: u64 },
+    Delivered,
+}
+
+/// What the table knows of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownEntry {
+    /// Due then; its record ends at `end` (a duplicate answers once that is
+    /// acknowledgeable).
+    Pending {
+        due_ms: u64,
+        end: u64,
+    },
     Delivered,
 }
 
@@ -229,15 +280,16 @@ pub struct TimerTable {
     resends: HashMap<(u32, u64), u32>,
     /// Every intent before this position has its delivery durable.
     confirmed: u64,
+    /// The pending entries' floors (`TimerEntry::floor`), counted.
+    floors: BTreeMap<u64, usize>,
 }
 
 impl TimerTable {
-    /// Whether an entry with `key` is pending (`Some(due)`) or was delivered
-    /// (`Some(None)`).
-    pub fn known(&self, key: &TimerKey) -> Option<Option<u64>> {
+    /// Whether an entry with `key` is pending or was delivered.
+    pub fn known(&self, key: &TimerKey) -> Option<KnownEntry> {
         self.known.get(key).map(|known| match known {
-            Known::Pending { due_ms, .. } => Some(*due_ms),
-            Known::Delivered => None,
+            Known::Pending { due_ms, end, .. } => KnownEntry::Pending { due_ms: *due_ms, end: *end },
+            Known::Delivered => KnownEntry::Delivered,
         })
     }
 
@@ -250,7 +302,9 @@ impl TimerTable {
             let rounds = self.resends.entry((dead_letter_queue_id, offset)).or_insert(0);
             *rounds = (*rounds).max(round + 1);
         }
-        self.known.insert(entry.key, Known::Pending { due_ms: entry.due_ms, position: entry.position });
+        let known = Known::Pending { due_ms: entry.due_ms, position: entry.position, end: entry.end };
+        self.known.insert(entry.key, known);
+        *self.floors.entry(entry.floor()).or_insert(0) += 1;
         self.pending.insert((entry.due_ms, entry.position), entry);
     }
 
@@ -275,10 +329,21 @@ impl TimerTable {
 
     /// The entry's delivery is durable.
     pub fn delivered(&mut self, key: &TimerKey, now_ms: u64) {
-        if let Some(Known::Pending { due_ms, position }) = self.known.get(key).copied() {
-            self.pending.remove(&(due_ms, position));
+        if let Some(Known::Pending { due_ms, position, .. }) = self.known.get(key).copied() {
+            if let Some(entry) = self.pending.remove(&(due_ms, position)) {
+                self.release_floor(entry.floor());
+            }
             self.known.insert(*key, Known::Delivered);
             self.delivered.push_back((now_ms, *key));
+        }
+    }
+
+    fn release_floor(&mut self, floor: u64) {
+        if let Some(count) = self.floors.get_mut(&floor) {
+            *count -= 1;
+            if *count == 0 {
+                self.floors.remove(&floor);
+            }
         }
     }
 
@@ -289,10 +354,10 @@ impl TimerTable {
 
     /// Brings the pending entry `key` to the front: its intent is void.
     fn due_first(&mut self, key: &TimerKey) {
-        if let Some(Known::Pending { due_ms, position }) = self.known.get(key).copied() {
+        if let Some(Known::Pending { due_ms, position, end }) = self.known.get(key).copied() {
             if let Some(mut entry) = self.pending.remove(&(due_ms, position)) {
                 entry.due_ms = 0;
-                self.known.insert(entry.key, Known::Pending { due_ms: 0, position });
+                self.known.insert(entry.key, Known::Pending { due_ms: 0, position, end });
                 self.pending.insert((0, position), entry);
             }
         }
@@ -316,7 +381,7 @@ impl TimerTable {
     /// The lowest log position a pending entry needs (its record or its
     /// message's): retention keeps it.
     pub fn floor(&self) -> Option<u64> {
-        self.pending.values().map(TimerEntry::floor).min()
+        self.floors.keys().next().copied()
     }
 
     pub fn confirmed(&self) -> u64 {
@@ -339,6 +404,7 @@ pub fn entry_of(record: &StoredRecord, levels: &DelayLevels) -> Option<TimerEntr
         return Some(TimerEntry {
             key: TimerKey::Delayed { msg_id: message.msg_id },
             position: record.position,
+            end: record.position + u64::from(record.header.length),
             due_ms,
             target_queue_id: record.header.tag_hash,
             message_position,
@@ -351,15 +417,12 @@ pub fn entry_of(record: &StoredRecord, levels: &DelayLevels) -> Option<TimerEntr
     let body = EntryBody::decode(&via.body)?;
     let key = match body.resend {
         Some((dead_letter_queue_id, offset, round)) => TimerKey::Resend { dead_letter_queue_id, offset, round },
-        None => TimerKey::SendBack {
-            target_queue_id: body.target_queue_id,
-            message_position,
-            reconsume_times: via.header.reconsume_times,
-        },
+        None => TimerKey::SendBack { target_queue_id: body.target_queue_id, from_position: body.from_position },
     };
     Some(TimerEntry {
         key,
         position: via.position,
+        end: via.position + u64::from(via.header.length),
         due_ms: body.due_ms,
         target_queue_id: body.target_queue_id,
         message_position,
@@ -417,7 +480,7 @@ pub async fn recover<S: Storage>(
     }
     for key in void {
         // Delivered since by a later intent of the same entry, or void.
-        if table.known(&key).is_some_and(|due| due.is_some()) {
+        if matches!(table.known(&key), Some(KnownEntry::Pending { .. })) {
             tracing::info!(?key, "a timer delivery was cut by the crash; delivering it again first");
             table.due_first(&key);
         }
@@ -429,7 +492,8 @@ pub async fn recover<S: Storage>(
 /// Whether `intent`'s delivery is in its target queue: at its expected
 /// offset or after it (only what was appended in the same moment).
 async fn delivery_found<S: Storage>(log: &CommitLog<S>, intent: &Intent) -> Result<bool, LogError> {
-    let mut offset = intent.expected_offset;
+    // Retention may have moved the queue's start past the expected offset.
+    let mut offset = intent.expected_offset.max(log.base_offset(intent.target_queue_id));
     loop {
         let batch = log.read(intent.target_queue_id, offset, 64, 1 << 20).await?;
         if batch.records.iter().any(|record| delivered_entry(record) == Some(intent.entry_position)) {
@@ -453,6 +517,7 @@ mod tests {
         TimerEntry {
             key: TimerKey::Delayed { msg_id: (position, 0) },
             position,
+            end: position + 100,
             due_ms,
             target_queue_id: 1000,
             message_position: position,
@@ -475,7 +540,7 @@ mod tests {
         assert_eq!(table.due(20, 10).iter().map(|entry| entry.position).collect::<Vec<_>>(), vec![100, 200]);
         assert_eq!(table.next_due_ms(), Some(10));
         table.delivered(&entry(100, 10).key, 1);
-        assert_eq!(table.known(&entry(100, 10).key), Some(None));
+        assert_eq!(table.known(&entry(100, 10).key), Some(KnownEntry::Delivered));
         assert_eq!(table.due(20, 10).len(), 1);
         assert_eq!(table.floor(), Some(200));
         table.insert(entry(100, 10));
@@ -487,7 +552,13 @@ mod tests {
     #[test]
     fn bodies_and_intents_round_trip() {
         for resend in [None, Some((7, 9, 2))] {
-            let body = EntryBody { due_ms: 123, target_queue_id: 4000, delivery_flag: flags::RETRY, resend };
+            let body = EntryBody {
+                due_ms: 123,
+                target_queue_id: 4000,
+                delivery_flag: flags::RETRY,
+                from_position: 77,
+                resend,
+            };
             assert_eq!(EntryBody::decode(&body.encode()), Some(body));
         }
         assert_eq!(EntryBody::decode(&[2, 0, 0]), None);
@@ -542,7 +613,7 @@ mod tests {
         };
         let position = log.append(intent_request(&intent.encode())).await.expect("intent").position;
         if delivered {
-            log.append(delivery_request(entry, &entry.position.to_le_bytes())).await.expect("delivery");
+            log.append(delivery_request(entry, &entry.position.to_le_bytes(), b"")).await.expect("delivery");
         }
         position
     }
@@ -566,10 +637,14 @@ mod tests {
             deliver(&log, &entries[1], first + 1, true).await;
             let cut = deliver(&log, &entries[2], first + 1, false).await;
             let table = recover(&log, &levels, 10).await.expect("recover");
-            assert_eq!(table.known(&entries[0].key), Some(None), "vouched for: delivered");
-            assert_eq!(table.known(&entries[1].key), Some(None), "found in its queue: delivered");
-            assert_eq!(table.known(&entries[2].key), Some(Some(0)), "cut: pending, delivered first");
-            assert_eq!(table.known(&entries[3].key), Some(Some(1)));
+            let due = |known: Option<KnownEntry>| match known {
+                Some(KnownEntry::Pending { due_ms, .. }) => Some(due_ms),
+                _ => None,
+            };
+            assert_eq!(table.known(&entries[0].key), Some(KnownEntry::Delivered), "vouched for: delivered");
+            assert_eq!(table.known(&entries[1].key), Some(KnownEntry::Delivered), "found in its queue: delivered");
+            assert_eq!(due(table.known(&entries[2].key)), Some(0), "cut: pending, delivered first");
+            assert_eq!(due(table.known(&entries[3].key)), Some(1));
             assert!(table.confirmed() <= cut, "no new intent may vouch for the void one");
             let batch = log.read(target, 0, 10, 1 << 20).await.expect("the target queue");
             assert_eq!(batch.records.len(), 2, "two deliveries landed");

@@ -784,7 +784,10 @@ pub async fn replay_into<S: Storage>(
     .await?;
     for &queue_id in queue_ids {
         replay(log, queue_id, from(queue_id), |record, message| {
-            if record.header.flags & flags::HALF != 0 {
+            // Only through its commit record: a retry or a dead letter of a
+            // committed message points at the half too.
+            let committed = record.via.as_ref().is_some_and(|via| via.header.flags & flags::COMMIT != 0);
+            if record.header.flags & flags::HALF != 0 && committed {
                 let offset = record.queue_offset;
                 table.settle(
                     message.message().transaction_id().unwrap_or_default(),

@@ -158,30 +158,54 @@ impl<F: StorageFile> LogState<F> {
         if let Some(error) = self.stopped_error() {
             return Err(error);
         }
-        let length = RECORD_HEADER_SIZE_BYTES + request.message.len();
-        let size = record::padded_size(length);
+        let mut request = *request;
+        // At most twice: a reference that would reach into an earlier
+        // segment becomes its copy, which needs room of its own.
+        loop {
+            let length = RECORD_HEADER_SIZE_BYTES + request.message.len();
+            let size = record::padded_size(length);
+            if let Err(blocked) = self.make_room(size, capacity) {
+                return Ok(Err(blocked));
+            }
+            if let (Some(copy), Some((referenced, _))) = (request.copy_if_far, request.reference) {
+                if referenced < self.filling.segment.start {
+                    request = AppendRequest {
+                        flags: copy.flags,
+                        reference: Some((copy.back_pointer, 0)),
+                        message: copy.message,
+                        copy_if_far: None,
+                        ..request
+                    };
+                    continue;
+                }
+            }
+            return Ok(Ok(self.encode(&request, length, now_us)));
+        }
+    }
+
+    /// Seals buffers and rolls segments until a record of `size` fits.
+    fn make_room(&mut self, size: usize, capacity: usize) -> Result<(), Blocked> {
         // At most: seal a full buffer, find the rest of the segment too
         // small, roll to the next segment.
         loop {
             let cost = self.filling.cost(size) as u64;
             if self.filling.segment_room() < cost {
-                let Some(next) = self.next_segment.clone() else { return Ok(Err(Blocked::Segment)) };
+                let Some(next) = self.next_segment.clone() else { return Err(Blocked::Segment) };
                 if self.sealed.len() >= SEALED_BUFFERS_MAX {
-                    return Ok(Err(self.room_target()));
+                    return Err(self.room_target());
                 }
                 self.next_segment = None;
                 self.segments.insert(next.start, next.clone());
                 self.seal(capacity, Some(next));
             } else if (self.filling.room() as u64) < cost {
                 if self.sealed.len() >= SEALED_BUFFERS_MAX {
-                    return Ok(Err(self.room_target()));
+                    return Err(self.room_target());
                 }
                 self.seal(capacity, None);
             } else {
-                break;
+                return Ok(());
             }
         }
-        Ok(Ok(self.encode(request, length, now_us)))
     }
 
     fn room_target(&self) -> Blocked {

@@ -41,6 +41,21 @@ pub struct AppendRequest<'a> {
     pub reconsume_times: u32,
     /// The message flatbuffer, stored exactly as given.
     pub message: &'a [u8],
+    /// With a `reference`: what to store instead if the referenced record
+    /// lies in an earlier segment than this record lands in (retention,
+    /// oldest segment first, could delete it while this record is kept).
+    pub copy_if_far: Option<FarCopy<'a>>,
+}
+
+/// The copy an op record becomes when its reference would reach back into
+/// an earlier segment: the referenced message itself, with these flags, and
+/// `ref_position = back_pointer`, `ref_size = 0` (a pointer for recovery
+/// that reads never follow).
+#[derive(Clone, Copy, Debug)]
+pub struct FarCopy<'a> {
+    pub message: &'a [u8],
+    pub flags: u16,
+    pub back_pointer: u64,
 }
 
 /// Where an appended record went.
@@ -224,6 +239,13 @@ impl<S: Storage> CommitLog<S> {
         }
     }
 
+    /// Resolves once everything up to `end` is durable (fdatasynced), in
+    /// either flush mode.
+    pub async fn wait_durable(&self, end: u64) -> Result<(), LogError> {
+        self.shared.flushed.wait_for(end).await?;
+        Ok(())
+    }
+
     /// Resolves once everything up to `end` is acknowledgeable.
     pub async fn wait_acknowledgeable(&self, end: u64) -> Result<(), LogError> {
         match self.shared.config.flush {
@@ -265,6 +287,12 @@ impl<S: Storage> CommitLog<S> {
         let flushed = self.shared.flushed.get();
         let state = self.shared.state.borrow();
         state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(flushed))
+    }
+
+    /// Whether the log still holds `position` (retention deletes from the
+    /// oldest segment).
+    pub fn keeps(&self, position: u64) -> bool {
+        self.shared.state.borrow().segments.keys().next().is_some_and(|first| position >= *first)
     }
 
     /// The earliest offset retention kept for `queue_id`.

@@ -37,7 +37,7 @@ pub use config::{FlushMode, LogConfig, Retention};
 pub use error::LogError;
 pub use index::IndexEntry;
 pub use index_cache::IndexCacheStats;
-pub use log::{now_us, AppendRequest, Appended, CommitLog, IndexMemory, Positions};
+pub use log::{now_us, AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
 pub use read::{OpRecordRead, ReadBatch, StoredRecord};
 pub use repair::{repair, RepairedRange};
 pub use stats::{latency_histogram_us, LogStats};

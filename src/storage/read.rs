@@ -155,8 +155,9 @@ impl<S: Storage> CommitLog<S> {
                 let record_bytes = bytes.slice(start..start + slot.entry.size_bytes as usize);
                 let queue_offset = offsets[index + slot_index];
                 let record = self.checked(queue_id, queue_offset, slot, record_bytes)?;
-                let record = match record.header.ref_position {
-                    record::NO_POSITION => Some(record),
+                // A zero size is a back-pointer (`FarCopy`), not a reference.
+                let record = match record.header.ref_size {
+                    0 => Some(record),
                     _ => self.referenced(&record).await?,
                 };
                 match record {
@@ -192,9 +193,18 @@ impl<S: Storage> CommitLog<S> {
     /// repaired one). Index entries always point at the record appended for
     /// their offset, so they rise with offsets; only this read goes back.
     async fn referenced(&self, op: &StoredRecord) -> Result<Option<StoredRecord>, LogError> {
-        let (position, size_bytes) = (op.header.ref_position, op.header.ref_size);
+        let Some(record) = self.record_at(op.header.ref_position, op.header.ref_size).await? else {
+            return Ok(None);
+        };
+        let via = OpRecordRead { position: op.position, header: op.header, body: op.message() };
+        Ok(Some(StoredRecord { queue_offset: op.queue_offset, via: Some(via), ..record }))
+    }
+
+    /// The message record of `size_bytes` at `position` (checked: valid, a
+    /// message, that long); `None` when retention deleted it.
+    pub async fn record_at(&self, position: u64, size_bytes: u32) -> Result<Option<StoredRecord>, LogError> {
         let corrupt = |detail: String| LogError::Corrupt { path: self.shared().config.dir.clone(), position, detail };
-        let entry = IndexEntry { position, size_bytes, tag_hash: op.header.tag_hash, store_timestamp_us: 0 };
+        let entry = IndexEntry { position, size_bytes, tag_hash: 0, store_timestamp_us: 0 };
         let slot = Slot { entry, record_end: position + u64::from(size_bytes) };
         let Some((bytes, _)) = self.read_range(std::slice::from_ref(&slot)).await? else {
             let deleted = self.shared().state.borrow().segments.keys().next().is_some_and(|first| position < *first);
@@ -213,8 +223,7 @@ impl<S: Storage> CommitLog<S> {
                 header.length, header.flags
             )));
         }
-        let via = OpRecordRead { position: op.position, header: op.header, body: op.message() };
-        Ok(Some(StoredRecord { queue_offset: op.queue_offset, position, header, bytes, via: Some(via) }))
+        Ok(Some(StoredRecord { queue_offset: header.queue_offset, position, header, bytes, via: None }))
     }
 
     /// What a read says when no segment holds the record at `position`

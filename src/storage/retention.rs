@@ -24,9 +24,14 @@ pub async fn enforce<S: Storage>(shared: &Rc<LogShared<S>>, now_us: u64) -> Resu
     if retention.max_age.is_none() && retention.max_total_bytes.is_none() {
         return Ok(0);
     }
-    let victims = choose(shared, now_us);
+    let mut victims = choose(shared, now_us);
     let Some(last) = victims.last() else { return Ok(0) };
     forget_below(shared, last.end()).await?;
+    // The floor may have dropped while the queues forgot (a send-back
+    // pinned a message it is about to point at): keep what it covers now.
+    // Its queue offsets are forgotten already; reads by position still work.
+    let floor = shared.retention_floor.get();
+    victims.retain(|segment| segment.end() <= floor);
     {
         let mut state = shared.state.borrow_mut();
         for segment in &victims {

@@ -78,6 +78,7 @@ on_every_backend!(
     retention_deletes_old_segments_and_their_offsets,
     a_reference_to_a_record_retention_deleted_reads_as_lost,
     retention_keeps_the_records_before_a_late_commit,
+    a_reference_into_an_earlier_segment_is_stored_as_a_copy,
     an_oversized_record_is_refused,
     async_mode_acknowledges_after_the_write,
 );
@@ -287,6 +288,37 @@ async fn retention_keeps_the_records_before_a_late_commit<S: Storage>(storage: S
     let read: Vec<(u64, Vec<u8>)> =
         batch.records.iter().map(|record| (record.queue_offset, record.message().to_vec())).collect();
     assert_eq!(read, [(1, kept), (3, last)]);
+}
+
+/// An op record offered a copy points at a record of its own segment, and
+/// becomes that copy (with a back-pointer reads never follow) when the
+/// record lies in an earlier one: retention, oldest segment first, can never
+/// leave it pointing at nothing.
+async fn a_reference_into_an_earlier_segment_is_stored_as_a_copy<S: Storage>(storage: S, config: LogConfig) {
+    let segment_size_bytes = config.segment_size_bytes;
+    let log = CommitLog::open(storage, config).await.expect("open");
+    let delayed = message(1, 0);
+    let size_bytes = (crate::constants::RECORD_HEADER_SIZE_BYTES + delayed.len()) as u32;
+    let stored =
+        log.append(AppendRequest { flags: record::flags::DELAYED, ..request(1, &delayed) }).await.expect("a message");
+    let op = |back_pointer: u64| AppendRequest {
+        flags: record::flags::DELAYED | record::flags::INTERNAL,
+        reference: Some((stored.position, size_bytes)),
+        copy_if_far: Some(FarCopy { message: &delayed, flags: record::flags::DELAYED, back_pointer }),
+        ..request(5, b"entry")
+    };
+    log.append(op(11)).await.expect("a near op record");
+    append_all(&log, 0, 0..2000).await;
+    assert!(log.positions().flushed > segment_size_bytes, "the test must span segments");
+    log.append(op(22)).await.expect("a far op record");
+    let batch = log.read(5, 0, 10, 1 << 20).await.expect("read");
+    assert_eq!(batch.records.len(), 2);
+    let (near, far) = (&batch.records[0], &batch.records[1]);
+    assert!(near.via.is_some() && near.position == stored.position, "near: a reference");
+    assert_eq!(near.via.as_ref().map(|via| via.body.to_vec()), Some(b"entry".to_vec()));
+    assert!(far.via.is_none() && far.position > stored.position, "far: a record of its own");
+    assert_eq!((far.header.ref_position, far.header.ref_size, far.header.flags), (22, 0, record::flags::DELAYED));
+    assert_eq!(near.message(), far.message(), "the same message either way");
 }
 
 async fn assert_reference_lost<S: Storage>(log: &CommitLog<S>, own: &[u8]) {
