@@ -367,6 +367,10 @@ pub struct Consumer {
     /// (queue, offset) that `ringmq repair` marked lost, met since the
     /// application last took them.
     lost: Vec<(u32, u64)>,
+    /// Per queue, where a fetch that gave no message moved the position (a
+    /// tag filter passed over records): `handle_next` commits it, so the
+    /// group's offset does not stay behind records it will never take.
+    passed_over: BTreeMap<u32, u64>,
 }
 
 impl Consumer {
@@ -412,6 +416,7 @@ impl Consumer {
             answers_sender,
             answers,
             lost: Vec::new(),
+            passed_over: BTreeMap::new(),
         };
         if let Err(error) = consumer.apply(assignment) {
             // Not a member anyone will poll for: hand its queues back.
@@ -737,7 +742,12 @@ impl Consumer {
             self.lost.push((queue, offset));
         }
         if self.positions.get(&queue) == Some(&offset) {
-            self.positions.insert(queue, response.next_offset().max(first));
+            let next = response.next_offset().max(first);
+            self.positions.insert(queue, next);
+            let taken_to = messages.last().map_or(offset, |message| message.offset + 1);
+            if next > taken_to {
+                self.passed_over.insert(queue, next);
+            }
         }
         Ok(messages)
     }
@@ -758,16 +768,31 @@ impl Consumer {
         }
         let mut handled = 0;
         let mut failure = None;
+        // Where fetches moved past records they gave nothing of (a tag
+        // filter): once the queue's messages before are handled, that
+        // position is the commit.
+        let mut passed_over = std::mem::take(&mut self.passed_over);
+        passed_over.retain(|queue, next| self.positions.get(queue) == Some(next));
+        for (queue, next_offset) in passed_over.iter().filter(|(queue, _)| !by_queue.contains_key(queue)) {
+            if let Err(error) = self.commit(*queue, *next_offset) {
+                failure.get_or_insert(error);
+            }
+        }
         for (queue, messages) in by_queue {
             let mut next_offset = None;
+            let mut refused = false;
             for message in &messages {
                 if handler(message).is_err() {
                     // Fetch again from the refused message.
                     self.positions.insert(queue, message.offset);
+                    refused = true;
                     break;
                 }
                 next_offset = Some(message.offset + 1);
                 handled += 1;
+            }
+            if !refused {
+                next_offset = passed_over.get(&queue).copied().or(next_offset);
             }
             // A failed commit (a rebalance, say) must not keep the other
             // queues' messages from the handler: they were fetched already.

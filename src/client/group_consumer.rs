@@ -52,6 +52,16 @@ pub enum ConsumeResult {
     Stop,
 }
 
+/// A handler's `Result`: `Ok` is success, an error is RECONSUME_LATER.
+impl<E> From<Result<(), E>> for ConsumeResult {
+    fn from(result: Result<(), E>) -> Self {
+        match result {
+            Ok(()) => ConsumeResult::Success,
+            Err(_) => ConsumeResult::Later,
+        }
+    }
+}
+
 pub struct GroupConsumer {
     client: Arc<Client>,
     group: String,
