@@ -4,10 +4,10 @@
 //! marks them delivered once the batch is durable.
 
 use super::shard::Shard;
-use super::timers::{delivery_request, intent_request, Intent, TimerEntry, DELIVERED_KEPT};
+use super::timers::{delivery_request, intent_request, roll, Intent, TimerEntry, DELIVERED_KEPT};
 use crate::storage::{now_us, LogError};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Entries one batch delivers at most.
 const BATCH_ENTRIES_MAX: usize = 256;
@@ -15,11 +15,42 @@ const BATCH_ENTRIES_MAX: usize = 256;
 const IDLE_SLEEP_MAX: Duration = Duration::from_secs(1);
 /// After a failed batch (a full disk, a stopped log), wait this long.
 const FAILURE_PAUSE: Duration = Duration::from_millis(500);
+/// How often the task looks whether pending entries hold retention back.
+const ROLL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Entries one roll moves at most.
+const ROLL_ENTRIES_MAX: usize = 1024;
+
+/// Pending entries due long after their records would go (a long delay
+/// under retention): copied to the log's end, so they no longer hold
+/// retention back (RocketMQ's timer rolls its messages the same way).
+async fn roll_held_back(shard: &Shard) -> Result<(), LogError> {
+    let Some(held_back_to) = shard.log.retention_held_back_to(now_us()) else { return Ok(()) };
+    let stale = shard.timers.borrow().pending_below(held_back_to, ROLL_ENTRIES_MAX);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let rolled = roll(&shard.log, &stale).await?;
+    tracing::info!(entries = rolled.len(), "rolled timer entries forward past retention");
+    let mut timers = shard.timers.borrow_mut();
+    for entry in rolled {
+        timers.insert(entry);
+    }
+    drop(timers);
+    shard.timers_changed();
+    Ok(())
+}
 
 pub async fn run(shard: Rc<Shard>) {
+    let mut last_roll = Instant::now();
     loop {
         if shard.shutting_down.get() {
             return;
+        }
+        if last_roll.elapsed() >= ROLL_CHECK_INTERVAL {
+            last_roll = Instant::now();
+            if let Err(error) = roll_held_back(&shard).await {
+                tracing::warn!(%error, "rolling timer entries forward failed; retention waits");
+            }
         }
         let now_ms = now_us() / 1000;
         let due = shard.timers.borrow().due(now_ms, BATCH_ENTRIES_MAX);

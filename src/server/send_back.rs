@@ -8,14 +8,13 @@
 //! letter back on its original queue the same way, once per round.
 
 use super::failures::log_failure;
-use super::offsets::DELAY_QUEUE_ID;
 use super::shard::{Shard, TimerPin};
-use super::timers::{deliveries_before, delivery_position, EntryBody, KnownEntry, TimerEntry, TimerKey};
+use super::timers::{deliveries_before, delivery_position, entry_request, EntryBody, KnownEntry, TimerEntry, TimerKey};
 use super::topics::check_name;
 use crate::constants::FRAME_BODY_BYTES_MAX;
 use crate::protocol::{dead_letter_topic, fb, retry_topic, Failure};
 use crate::storage::record::flags;
-use crate::storage::{now_us, AppendRequest, StoredRecord};
+use crate::storage::{now_us, StoredRecord};
 use crate::wire::{verify_message, VerifiedMessage};
 
 /// What a send-back stored.
@@ -66,24 +65,10 @@ pub async fn send_back(
         }
     };
     let delivery_flag = if dead_letter { flags::DEAD_LETTER } else { flags::RETRY };
-    let body = EntryBody {
-        due_ms: due_at_ms,
-        target_queue_id,
-        delivery_flag,
-        from_position: key_position(&key),
-        resend: None,
-    };
-    let stored = store_entry(shard, &record, &message, key, body, reconsume_times).await?;
+    let body = EntryBody { due_ms: due_at_ms, target_queue_id, delivery_flag, key };
+    let stored = store_entry(shard, &record, &message, body, reconsume_times).await?;
     drop(pin);
     Ok(SentBack { dead_letter, reconsume_times, duplicate: stored.is_some(), due_at_ms: stored.unwrap_or(due_at_ms) })
-}
-
-/// The delivery a send-back key names.
-fn key_position(key: &TimerKey) -> u64 {
-    match key {
-        TimerKey::SendBack { from_position, .. } => *from_position,
-        _ => 0,
-    }
 }
 
 /// Puts the dead letter at `offset` of queue `queue` of `%DLQ%<group>` back
@@ -109,14 +94,8 @@ pub async fn resend_dead_letter(
         return Ok(resent);
     }
     let key = TimerKey::Resend { dead_letter_queue_id: queue_id, offset, round };
-    let body = EntryBody {
-        due_ms: now_us() / 1000,
-        target_queue_id,
-        delivery_flag: flags::RETRY,
-        from_position: 0,
-        resend: Some((queue_id, offset, round)),
-    };
-    store_entry(shard, &record, &message, key, body, 0).await?;
+    let body = EntryBody { due_ms: now_us() / 1000, target_queue_id, delivery_flag: flags::RETRY, key };
+    store_entry(shard, &record, &message, body, 0).await?;
     drop(pin);
     Ok(Resent { resent: true, ..resent })
 }
@@ -154,10 +133,10 @@ async fn store_entry(
     shard: &Shard,
     record: &StoredRecord,
     message: &VerifiedMessage,
-    key: TimerKey,
     body: EntryBody,
     reconsume_times: u32,
 ) -> Result<Option<u64>, Failure> {
+    let key = body.key;
     let known = shard.timers.borrow().known(&key);
     match known {
         Some(KnownEntry::Pending { due_ms, end }) => {
@@ -167,16 +146,8 @@ async fn store_entry(
         Some(KnownEntry::Delivered) => return Ok(Some(0)),
         None => {}
     }
-    let request = AppendRequest {
-        queue_id: DELAY_QUEUE_ID,
-        flags: flags::RETRY | flags::INTERNAL,
-        indexed: true,
-        tag_hash: message.tag_hash,
-        reference: Some((record.position, record.header.length)),
-        reconsume_times,
-        message: &body.encode(),
-        copy_if_far: None,
-    };
+    let encoded = body.encode();
+    let request = entry_request(&encoded, (record.position, record.header.length), message.tag_hash, reconsume_times);
     let appended = shard.log.append_buffered(request).await.map_err(log_failure)?;
     let entry = TimerEntry {
         key,

@@ -90,32 +90,46 @@ impl TimerEntry {
     }
 }
 
-/// The body of a send-back or resend entry record.
+/// The body of an entry op record (a send-back, a resend, or any entry
+/// rolled forward): when it is due, where it goes, and its key, kept so a
+/// rolled entry is still the same entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryBody {
     pub due_ms: u64,
     pub target_queue_id: u32,
     pub delivery_flag: u16,
-    /// For a send-back: the delivery it sends back (`TimerKey::SendBack`).
-    pub from_position: u64,
-    /// For a resend: the dead letter's queue id, offset and round.
-    pub resend: Option<(u32, u64, u32)>,
+    pub key: TimerKey,
 }
 
-const ENTRY_BODY_VERSION: u8 = 2;
+const ENTRY_BODY_VERSION: u8 = 3;
+const KEY_DELAYED: u8 = 0;
+const KEY_SEND_BACK: u8 = 1;
+const KEY_RESEND: u8 = 2;
 
 impl EntryBody {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
+        let mut out = Vec::with_capacity(40);
         out.push(ENTRY_BODY_VERSION);
         out.extend_from_slice(&self.due_ms.to_le_bytes());
         out.extend_from_slice(&self.target_queue_id.to_le_bytes());
         out.extend_from_slice(&self.delivery_flag.to_le_bytes());
-        out.extend_from_slice(&self.from_position.to_le_bytes());
-        if let Some((queue_id, offset, round)) = self.resend {
-            out.extend_from_slice(&queue_id.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(&round.to_le_bytes());
+        match self.key {
+            TimerKey::Delayed { msg_id: (hi, lo) } => {
+                out.push(KEY_DELAYED);
+                out.extend_from_slice(&hi.to_le_bytes());
+                out.extend_from_slice(&lo.to_le_bytes());
+            }
+            TimerKey::SendBack { target_queue_id, from_position } => {
+                out.push(KEY_SEND_BACK);
+                out.extend_from_slice(&target_queue_id.to_le_bytes());
+                out.extend_from_slice(&from_position.to_le_bytes());
+            }
+            TimerKey::Resend { dead_letter_queue_id, offset, round } => {
+                out.push(KEY_RESEND);
+                out.extend_from_slice(&dead_letter_queue_id.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&round.to_le_bytes());
+            }
         }
         out
     }
@@ -128,16 +142,42 @@ impl EntryBody {
         let due_ms = u64::from_le_bytes(reader.take()?);
         let target_queue_id = u32::from_le_bytes(reader.take()?);
         let delivery_flag = u16::from_le_bytes(reader.take()?);
-        let from_position = u64::from_le_bytes(reader.take()?);
-        let resend = match reader.0.is_empty() {
-            true => None,
-            false => Some((
-                u32::from_le_bytes(reader.take()?),
-                u64::from_le_bytes(reader.take()?),
-                u32::from_le_bytes(reader.take()?),
-            )),
+        let key = match reader.take::<1>()?[0] {
+            KEY_DELAYED => {
+                TimerKey::Delayed { msg_id: (u64::from_le_bytes(reader.take()?), u64::from_le_bytes(reader.take()?)) }
+            }
+            KEY_SEND_BACK => TimerKey::SendBack {
+                target_queue_id: u32::from_le_bytes(reader.take()?),
+                from_position: u64::from_le_bytes(reader.take()?),
+            },
+            KEY_RESEND => TimerKey::Resend {
+                dead_letter_queue_id: u32::from_le_bytes(reader.take()?),
+                offset: u64::from_le_bytes(reader.take()?),
+                round: u32::from_le_bytes(reader.take()?),
+            },
+            _ => return None,
         };
-        Some(Self { due_ms, target_queue_id, delivery_flag, from_position, resend })
+        Some(Self { due_ms, target_queue_id, delivery_flag, key })
+    }
+}
+
+/// The entry op record of `body`, pointing at the message record at
+/// `message` (position, size).
+pub fn entry_request<'a>(
+    body: &'a [u8],
+    message: (u64, u32),
+    tag_hash: u32,
+    reconsume_times: u32,
+) -> AppendRequest<'a> {
+    AppendRequest {
+        queue_id: DELAY_QUEUE_ID,
+        flags: flags::RETRY | flags::INTERNAL,
+        indexed: true,
+        tag_hash,
+        reference: Some(message),
+        reconsume_times,
+        message: body,
+        copy_if_far: None,
     }
 }
 
@@ -293,10 +333,21 @@ impl TimerTable {
         })
     }
 
-    /// Adds a pending entry; one whose key is known changes nothing.
+    /// Adds a pending entry. One whose key was delivered changes nothing;
+    /// one whose key is pending at an earlier position takes its place (an
+    /// entry rolled forward, or the later of two racing send-backs).
     pub fn insert(&mut self, entry: TimerEntry) {
-        if self.known.contains_key(&entry.key) {
-            return;
+        match self.known.get(&entry.key).copied() {
+            Some(Known::Delivered) => return,
+            Some(Known::Pending { due_ms, position, .. }) => {
+                if position >= entry.position {
+                    return;
+                }
+                if let Some(earlier) = self.pending.remove(&(due_ms, position)) {
+                    self.release_floor(earlier.floor());
+                }
+            }
+            None => {}
         }
         if let TimerKey::Resend { dead_letter_queue_id, offset, round } = entry.key {
             let rounds = self.resends.entry((dead_letter_queue_id, offset)).or_insert(0);
@@ -316,6 +367,15 @@ impl TimerTable {
     /// Up to `count_max` entries due at `now_ms`, earliest first.
     pub fn due(&self, now_ms: u64, count_max: usize) -> Vec<TimerEntry> {
         self.pending.range(..(now_ms.saturating_add(1), 0)).take(count_max).map(|(_, entry)| entry.clone()).collect()
+    }
+
+    /// Up to `count_max` pending entries that keep a log position below
+    /// `position` (retention waits for them).
+    pub fn pending_below(&self, position: u64, count_max: usize) -> Vec<TimerEntry> {
+        if self.floor().is_none_or(|floor| floor >= position) {
+            return Vec::new();
+        }
+        self.pending.values().filter(|entry| entry.floor() < position).take(count_max).cloned().collect()
     }
 
     /// When the earliest pending entry is due.
@@ -415,10 +475,7 @@ pub fn entry_of(record: &StoredRecord, levels: &DelayLevels) -> Option<TimerEntr
         });
     };
     let body = EntryBody::decode(&via.body)?;
-    let key = match body.resend {
-        Some((dead_letter_queue_id, offset, round)) => TimerKey::Resend { dead_letter_queue_id, offset, round },
-        None => TimerKey::SendBack { target_queue_id: body.target_queue_id, from_position: body.from_position },
-    };
+    let key = body.key;
     Some(TimerEntry {
         key,
         position: via.position,
@@ -443,6 +500,50 @@ pub fn due_ms(delay_level: u8, deliver_at_ms: u64, store_timestamp_us: u64, leve
     let level = u32::from(delay_level).min(levels.len() as u32);
     let delay = levels.delay(level).unwrap_or_default();
     store_timestamp_us / 1000 + delay.as_millis() as u64
+}
+
+/// Rolls `entries` forward: for each, a copy of its message (not indexed)
+/// and a new entry op record pointing at the copy, same key, due time and
+/// target, appended at the log's end; resolves with the new entries once
+/// they are durable. Putting them in the table supersedes the old ones, so
+/// retention may delete what those kept. A crash before that leaves the old
+/// entries in force (and at most an unreferenced copy).
+pub async fn roll<S: Storage>(log: &CommitLog<S>, entries: &[TimerEntry]) -> Result<Vec<TimerEntry>, LogError> {
+    let mut rolled = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Some(message) = log.record_at(entry.message_position, entry.message_size).await? else {
+            tracing::error!(entry = entry.position, "a timer entry's message is gone; not rolled");
+            continue;
+        };
+        let copy = AppendRequest {
+            queue_id: DELAY_QUEUE_ID,
+            flags: flags::DELAYED,
+            tag_hash: entry.target_queue_id,
+            message: &message.message(),
+            ..AppendRequest::default()
+        };
+        let copied = log.append_buffered(copy).await?;
+        let body = EntryBody {
+            due_ms: entry.due_ms,
+            target_queue_id: entry.target_queue_id,
+            delivery_flag: entry.delivery_flag,
+            key: entry.key,
+        }
+        .encode();
+        let request =
+            entry_request(&body, (copied.position, entry.message_size), entry.tag_hash, entry.reconsume_times);
+        let op = log.append_buffered(request).await?;
+        rolled.push(TimerEntry {
+            position: op.position,
+            end: op.end,
+            message_position: copied.position,
+            ..entry.clone()
+        });
+    }
+    if let Some(end) = rolled.iter().map(|entry| entry.end).max() {
+        log.wait_durable(end).await?;
+    }
+    Ok(rolled)
 }
 
 /// Rebuilds the table from the log: the entries, then the intents (see the
@@ -551,17 +652,16 @@ mod tests {
 
     #[test]
     fn bodies_and_intents_round_trip() {
-        for resend in [None, Some((7, 9, 2))] {
-            let body = EntryBody {
-                due_ms: 123,
-                target_queue_id: 4000,
-                delivery_flag: flags::RETRY,
-                from_position: 77,
-                resend,
-            };
+        let keys = [
+            TimerKey::Delayed { msg_id: (1, 2) },
+            TimerKey::SendBack { target_queue_id: 3, from_position: 4 },
+            TimerKey::Resend { dead_letter_queue_id: 5, offset: 6, round: 7 },
+        ];
+        for key in keys {
+            let body = EntryBody { due_ms: 123, target_queue_id: 4000, delivery_flag: flags::RETRY, key };
             assert_eq!(EntryBody::decode(&body.encode()), Some(body));
         }
-        assert_eq!(EntryBody::decode(&[2, 0, 0]), None);
+        assert_eq!(EntryBody::decode(&[3, 0, 0]), None);
         let intent = Intent { entry_position: 1, target_queue_id: 2, expected_offset: 3, confirmed: 4 };
         assert_eq!(Intent::decode(&intent.encode()), Some(intent));
         assert_eq!(Intent::decode(&[0; 10]), None);
@@ -649,6 +749,56 @@ mod tests {
             let batch = log.read(target, 0, 10, 1 << 20).await.expect("the target queue");
             assert_eq!(batch.records.len(), 2, "two deliveries landed");
             assert!(batch.records.iter().all(|record| record.via.is_some() && delivered_entry(record).is_some()));
+        });
+    }
+
+    #[test]
+    fn an_entry_rolled_forward_keeps_its_key_and_time_and_frees_the_log_behind_it() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async move {
+            let config = LogConfig { segment_size_bytes: 256 * 1024, ..LogConfig::new("/memory") };
+            let log = CommitLog::open(MemoryStorage::new(), config).await.expect("open");
+            let levels = DelayLevels::default();
+            let bytes = MessageDraft {
+                msg_id: (7, 1),
+                topic: "t",
+                body: b"in forty days",
+                delay_level: 18,
+                ..MessageDraft::default()
+            }
+            .build();
+            let request = AppendRequest {
+                queue_id: DELAY_QUEUE_ID,
+                flags: flags::DELAYED,
+                indexed: true,
+                tag_hash: 5000,
+                message: &bytes,
+                ..AppendRequest::default()
+            };
+            log.append(request).await.expect("a delayed message");
+            let mut table = recover(&log, &levels, 10).await.expect("recover");
+            let old = table.due(u64::MAX, 1).pop().expect("pending");
+            let filler = vec![7u8; 4000];
+            for _ in 0..200 {
+                let request =
+                    AppendRequest { queue_id: 9000, indexed: true, message: &filler, ..AppendRequest::default() };
+                log.append(request).await.expect("filler");
+            }
+            assert_eq!(table.pending_below(old.position + 1, 10), vec![old.clone()]);
+            let rolled = roll(&log, std::slice::from_ref(&old)).await.expect("roll");
+            table.insert(rolled[0].clone());
+            let new = table.due(u64::MAX, 10);
+            assert_eq!(new.len(), 1, "the rolled entry replaces the old one");
+            assert!(
+                new[0].position > 256 * 1024 && new[0].message_position > 256 * 1024,
+                "both moved to a later segment"
+            );
+            assert_eq!((new[0].key, new[0].due_ms, new[0].target_queue_id), (old.key, old.due_ms, old.target_queue_id));
+            assert!(table.floor().is_some_and(|floor| floor > 256 * 1024));
+            let recovered = recover(&log, &levels, 10).await.expect("recover");
+            assert_eq!(recovered.due(u64::MAX, 10), new, "after a restart the rolled entry is the one in force");
+            let copy = log.record_at(new[0].message_position, new[0].message_size).await.expect("read").expect("kept");
+            assert_eq!(copy.message().to_vec(), bytes, "the same message");
         });
     }
 

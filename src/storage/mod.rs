@@ -51,6 +51,12 @@ impl<S: backend::Storage> CommitLog<S> {
     pub async fn enforce_retention(&self, now_us: u64) -> Result<usize, LogError> {
         retention::enforce(self.shared(), now_us).await
     }
+
+    /// The end of the oldest segment retention would delete now but for the
+    /// retention floor, if the floor holds it back.
+    pub fn retention_held_back_to(&self, now_us: u64) -> Option<u64> {
+        retention::held_back_to(self.shared(), now_us)
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,30 @@ pub async fn enforce<S: Storage>(shared: &Rc<LogShared<S>>, now_us: u64) -> Resu
     Ok(victims.len())
 }
 
+/// Where the retention floor holds retention back: the end of the oldest
+/// segment it would delete now but for the floor. A holder of the floor
+/// (a timer entry due long after) moves what it keeps past it.
+pub fn held_back_to<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Option<u64> {
+    let retention = shared.config.retention;
+    let state = shared.state.borrow();
+    let floor = shared.retention_floor.get();
+    let active_start = state.filling.segment.start;
+    let mut total_bytes: u64 = state.segments.values().map(|segment| segment.size_bytes).sum();
+    for segment in state.segments.values() {
+        let too_big = retention.max_total_bytes.is_some_and(|max| total_bytes > max);
+        let age_us = now_us.saturating_sub(segment.last_store_timestamp_us.get());
+        let too_old = retention.max_age.is_some_and(|max| u128::from(age_us) > max.as_micros());
+        if segment.start >= active_start || (!too_big && !too_old) {
+            return None;
+        }
+        if segment.end() > floor {
+            return Some(segment.end());
+        }
+        total_bytes -= segment.size_bytes;
+    }
+    None
+}
+
 fn choose<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Vec<Rc<Segment<S::File>>> {
     let retention = shared.config.retention;
     let state = shared.state.borrow();
