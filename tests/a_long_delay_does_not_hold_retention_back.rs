@@ -49,3 +49,22 @@ fn a_long_delay_does_not_hold_retention_back() {
         consume_in_order(&address, "g", "reminders").into_iter().map(|(_, _, body)| body).collect();
     assert_eq!(bodies.iter().filter(|body| *body == "later").count(), 1, "delivered once, when due");
 }
+
+/// Delivered when its message lies segments back (no retention here): the
+/// delivery is a copy, and it reads back as the message, once.
+#[test]
+fn a_delivery_segments_after_its_message_is_a_copy_that_reads_back() {
+    let broker = Broker::start_with_config(1, Some("segment_size_bytes = 262144\n"));
+    let address = broker.address();
+    Client::connect(&address).expect("connect").create_topic("reminders", 1).expect("create");
+    let sent = ringmq(&["produce", "--topic", "reminders", "--delay-ms", "4000", "--broker", &address], "later\n");
+    assert_eq!(sent[0]["status"], "SEND_OK");
+    let filler: String = (0..100).map(|number| format!("{number:04}{}\n", "x".repeat(10_000))).collect();
+    ringmq(&["produce", "--topic", "reminders", "--broker", &address], &filler);
+    assert!(segment_starts(&broker).len() >= 4, "the message is segments back: {:?}", segment_starts(&broker));
+    std::thread::sleep(Duration::from_millis(4500));
+    let received = consume_in_order(&address, "g", "reminders");
+    let later: Vec<_> = received.iter().filter(|(_, _, body)| body == "later").collect();
+    assert_eq!(later.len(), 1, "delivered once");
+    assert_eq!(later[0].1, 100, "after the filler, at its own offset");
+}

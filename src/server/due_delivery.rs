@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Entries one batch delivers at most.
-const BATCH_ENTRIES_MAX: usize = 256;
+const BATCH_ENTRIES_MAX: usize = 1024;
 /// The longest the task sleeps without looking (a new entry wakes it).
 const IDLE_SLEEP_MAX: Duration = Duration::from_secs(1);
 /// After a failed batch (a full disk, a stopped log), wait this long.
@@ -73,26 +73,11 @@ pub async fn run(shard: Rc<Shard>) {
 /// still settles the entries whose records went into the log first, so a
 /// later batch never delivers them again.
 async fn deliver(shard: &Shard, due: &[TimerEntry]) -> Result<(), LogError> {
-    // An entry goes into the table before its record is written (a due one
-    // can come here at once): read nothing that is not on the disk yet.
-    if let Some(end) = due.iter().map(|entry| entry.end).max() {
-        shard.log.wait_durable(end).await?;
-    }
-    let mut messages = Vec::with_capacity(due.len());
-    for entry in due {
-        // The message's bytes, for a delivery that must be a copy.
-        messages.push(shard.log.record_at(entry.message_position, entry.message_size).await?);
-    }
     let mut appended = Vec::with_capacity(due.len());
     let mut failure = None;
-    for (entry, message) in due.iter().zip(&messages) {
-        let Some(message) = message else {
-            tracing::error!(entry = entry.position, "a timer entry's message is gone; dropping the entry");
-            appended.push((entry, None));
-            continue;
-        };
-        match append_pair(shard, entry, &message.message()).await {
-            Ok(records) => appended.push((entry, Some(records))),
+    for entry in due {
+        match append_pair(shard, entry).await {
+            Ok(records) => appended.push((entry, records)),
             Err(error) => {
                 failure = Some(error);
                 break;
@@ -117,9 +102,10 @@ async fn deliver(shard: &Shard, due: &[TimerEntry]) -> Result<(), LogError> {
     failure.map_or(Ok(()), Err)
 }
 
-/// Appends `entry`'s intent, then its delivery; returns the intent's
-/// position and the delivery's end.
-async fn append_pair(shard: &Shard, entry: &TimerEntry, message: &[u8]) -> Result<(u64, u64), LogError> {
+/// Appends `entry`'s intent, then its delivery (a copy of the message when
+/// it lies in an earlier segment); returns the intent's position and the
+/// delivery's end, `None` when the message is gone (the entry is dropped).
+async fn append_pair(shard: &Shard, entry: &TimerEntry) -> Result<Option<(u64, u64)>, LogError> {
     let intent = Intent {
         entry_position: entry.position,
         target_queue_id: entry.target_queue_id,
@@ -128,6 +114,16 @@ async fn append_pair(shard: &Shard, entry: &TimerEntry, message: &[u8]) -> Resul
     };
     let intent_record = shard.log.append_buffered(intent_request(&intent.encode())).await?;
     let body = entry.position.to_le_bytes();
-    let delivery = shard.log.append_buffered(delivery_request(entry, &body, message)).await?;
-    Ok((intent_record.position, delivery.end))
+    let delivery = match shard.log.append_buffered(delivery_request(entry, &body, None)).await {
+        Err(LogError::FarReference { .. }) => {
+            // An older segment is durable whole: the message reads back.
+            let Some(message) = shard.log.record_at(entry.message_position, entry.message_size).await? else {
+                tracing::error!(entry = entry.position, "a timer entry's message is gone; dropping the entry");
+                return Ok(None);
+            };
+            shard.log.append_buffered(delivery_request(entry, &body, Some(&message.message()))).await?
+        }
+        other => other?,
+    };
+    Ok(Some((intent_record.position, delivery.end)))
 }

@@ -228,8 +228,9 @@ pub fn intent_request(body: &[u8; 28]) -> AppendRequest<'_> {
 /// its message, its body the entry's position (`body`); or, when the
 /// message lies in an earlier segment than the delivery lands in, a copy of
 /// `message` with the entry's position as its back-pointer (`FarCopy`), so
-/// retention never leaves a delivery pointing at nothing.
-pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8], message: &'a [u8]) -> AppendRequest<'a> {
+/// retention never leaves a delivery pointing at nothing. Without `message`
+/// that case fails with `LogError::FarReference`.
+pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8], message: Option<&'a [u8]>) -> AppendRequest<'a> {
     debug_assert_eq!(*body, entry.position.to_le_bytes());
     AppendRequest {
         queue_id: entry.target_queue_id,
@@ -713,7 +714,7 @@ mod tests {
         };
         let position = log.append(intent_request(&intent.encode())).await.expect("intent").position;
         if delivered {
-            log.append(delivery_request(entry, &entry.position.to_le_bytes(), b"")).await.expect("delivery");
+            log.append(delivery_request(entry, &entry.position.to_le_bytes(), None)).await.expect("delivery");
         }
         position
     }

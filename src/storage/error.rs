@@ -29,6 +29,11 @@ pub enum LogError {
     #[error("invalid log configuration: {0}")]
     Config(String),
 
+    /// An op record would reference a record in an earlier segment and no
+    /// copy was given (`FarCopy::message`): nothing was appended.
+    #[error("the record at {position} lies in an earlier segment: append a copy instead")]
+    FarReference { position: u64 },
+
     #[error("the log is closed")]
     Closed,
 }

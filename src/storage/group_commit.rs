@@ -169,10 +169,13 @@ impl<F: StorageFile> LogState<F> {
             }
             if let (Some(copy), Some((referenced, _))) = (request.copy_if_far, request.reference) {
                 if referenced < self.filling.segment.start {
+                    let Some(message) = copy.message else {
+                        return Err(LogError::FarReference { position: referenced });
+                    };
                     request = AppendRequest {
                         flags: copy.flags,
                         reference: Some((copy.back_pointer, 0)),
-                        message: copy.message,
+                        message,
                         copy_if_far: None,
                         ..request
                     };

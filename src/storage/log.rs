@@ -50,10 +50,12 @@ pub struct AppendRequest<'a> {
 /// The copy an op record becomes when its reference would reach back into
 /// an earlier segment: the referenced message itself, with these flags, and
 /// `ref_position = back_pointer`, `ref_size = 0` (a pointer for recovery
-/// that reads never follow).
+/// that reads never follow). Without the message (`None`, so that the
+/// common near case reads nothing) such an append fails with
+/// `LogError::FarReference` and appends nothing: read it and append again.
 #[derive(Clone, Copy, Debug)]
 pub struct FarCopy<'a> {
-    pub message: &'a [u8],
+    pub message: Option<&'a [u8]>,
     pub flags: u16,
     pub back_pointer: u64,
 }

@@ -304,12 +304,18 @@ async fn a_reference_into_an_earlier_segment_is_stored_as_a_copy<S: Storage>(sto
     let op = |back_pointer: u64| AppendRequest {
         flags: record::flags::DELAYED | record::flags::INTERNAL,
         reference: Some((stored.position, size_bytes)),
-        copy_if_far: Some(FarCopy { message: &delayed, flags: record::flags::DELAYED, back_pointer }),
+        copy_if_far: Some(FarCopy { message: Some(&delayed), flags: record::flags::DELAYED, back_pointer }),
         ..request(5, b"entry")
     };
     log.append(op(11)).await.expect("a near op record");
     append_all(&log, 0, 0..2000).await;
     assert!(log.positions().flushed > segment_size_bytes, "the test must span segments");
+    let without_copy =
+        AppendRequest { copy_if_far: Some(FarCopy { message: None, ..op(0).copy_if_far.expect("a copy") }), ..op(0) };
+    assert!(
+        matches!(log.append(without_copy).await, Err(LogError::FarReference { .. })),
+        "far without the message: refused, nothing appended"
+    );
     log.append(op(22)).await.expect("a far op record");
     let batch = log.read(5, 0, 10, 1 << 20).await.expect("read");
     assert_eq!(batch.records.len(), 2);
