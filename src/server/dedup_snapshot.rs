@@ -13,7 +13,7 @@ use super::dedup::{ProducerTable, QueueWindow, StoredSend, SEQUENCES_REMEMBERED}
 use super::offsets::DELAY_QUEUE_ID;
 use super::replay::replay_messages;
 use super::snapshot_file::{self, Reader};
-use super::timers;
+use super::timer_records;
 use crate::storage::backend::Storage;
 use crate::storage::{CommitLog, LogError};
 use std::collections::HashMap;
@@ -142,7 +142,7 @@ async fn replay_queue<S: Storage>(
         // when its entry was stored (a delivery that is a copy, too): a
         // delayed message in `DELAY_QUEUE_ID`,
         // under its target queue (its header's tag hash).
-        let delivered = timers::delivered_entry(record).is_some();
+        let delivered = timer_records::delivered_entry(record).is_some();
         if message.producer_id == 0 || message.is_half || record.via.is_some() || delivered {
             return;
         }

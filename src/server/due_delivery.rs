@@ -4,7 +4,8 @@
 //! marks them delivered once the batch is durable.
 
 use super::shard::Shard;
-use super::timers::{delivery_request, intent_request, roll, Intent, TimerEntry, DELIVERED_KEPT};
+use super::timer_records::{delivery_request, intent_request, Intent, TimerEntry};
+use super::timers::{roll, DELIVERED_KEPT};
 use crate::storage::{now_us, LogError};
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -11,7 +11,7 @@ use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
 use super::send_back;
 use super::shard::Shard;
-use super::timers;
+use super::timer_records;
 use super::topics::check_name;
 use super::transactions;
 use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES};
@@ -299,7 +299,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
                 records.extend_from_slice(&record.bytes);
             }
             let record_offsets: Vec<u64> = batch.records.iter().map(|record| record.queue_offset).collect();
-            let reconsume_times: Vec<u32> = batch.records.iter().map(timers::deliveries_before).collect();
+            let reconsume_times: Vec<u32> = batch.records.iter().map(timer_records::deliveries_before).collect();
             let fetched = FetchedRecords {
                 records: &records,
                 record_count: batch.records.len() as u32,

@@ -27,6 +27,7 @@ mod send_back;
 mod shard;
 mod snapshot_file;
 mod start_gate;
+mod timer_records;
 mod timers;
 mod topics;
 mod transactions;

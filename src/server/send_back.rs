@@ -9,7 +9,8 @@
 
 use super::failures::log_failure;
 use super::shard::{Shard, TimerPin};
-use super::timers::{deliveries_before, delivery_position, entry_request, EntryBody, KnownEntry, TimerEntry, TimerKey};
+use super::timer_records::{deliveries_before, delivery_position, entry_request, EntryBody, TimerEntry, TimerKey};
+use super::timers::KnownEntry;
 use super::topics::check_name;
 use crate::constants::FRAME_BODY_BYTES_MAX;
 use crate::protocol::{dead_letter_topic, fb, retry_topic, Failure};
