@@ -124,11 +124,21 @@ fn the_doctor_passes_every_check_on_this_host() {
     let names: Vec<&str> = checks.iter().map(|check| check["check"].as_str().expect("check name")).collect();
     assert_eq!(names, ["io_uring", "memlock", "o_direct", "fdatasync", "disk_space"]);
     for check in &checks {
-        assert_eq!(check["ok"], true, "{check}");
         assert!(check["detail"].as_str().is_some_and(|detail| !detail.is_empty()), "{check}");
-        assert!(check.get("advice").is_none(), "{check}");
+        let expected_ok = if check["check"] == "disk_space" {
+            // This host's disk is shared and may really be past 90% used:
+            // then the check must say so, with advice.
+            let detail = check["detail"].as_str().unwrap_or_default();
+            let used: f64 = detail.split('%').next().and_then(|used| used.parse().ok()).expect("N% used");
+            used <= 90.0
+        } else {
+            true
+        };
+        assert_eq!(check["ok"], expected_ok, "{check}");
+        assert_eq!(check.get("advice").is_some(), !expected_ok, "{check}");
     }
-    assert!(output.status.success(), "{stdout}");
+    let all_ok = checks.iter().all(|check| check["ok"] == true);
+    assert_eq!(output.status.success(), all_ok, "non-zero exit exactly when a check fails: {stdout}");
     assert_eq!(std::fs::read_dir(&data_dir).expect("data dir").count(), 0, "the probe file is removed");
 }
 
