@@ -182,3 +182,89 @@ fn above_the_disk_limit_produce_is_refused_retriably_and_delivered_once_the_limi
     let bodies = common::consume_all(&broker.address(), "readers", "events");
     assert_eq!(bodies, ["delivered".to_string()].into_iter().collect());
 }
+
+/// A small tmpfs of its own, so a test can fill a filesystem for real
+/// without touching the shared disk; unmounted on drop (lazily: a process
+/// still inside does not keep it).
+struct SmallFilesystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFilesystem {
+    /// `None` where this process may not mount (not root, no CAP_SYS_ADMIN).
+    fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn produce_resumes_by_itself_when_space_returns_and_each_change_is_logged_once() {
+    let Some(filesystem) = SmallFilesystem::mount(64 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root); the restart test above still runs");
+        return;
+    };
+    let config = filesystem.path().join("ringmq.toml");
+    // Small segments: the logs take a few MiB of the 64 MiB.
+    std::fs::write(&config, "segment_size_bytes = 1048576\ndisk_max_used_percent = 50\n").expect("config");
+    let base_port = free_ports(SHARDS as u16);
+    let log = filesystem.path().join("serve.log");
+    let _broker =
+        Running(serve(filesystem.path(), base_port, &log, &["--config", config.to_str().expect("utf-8")], None));
+    wait_answering(base_port);
+    let client = Arc::new(Client::connect(&format!("127.0.0.1:{base_port}")).expect("connect"));
+    client.create_topic("events", 1).expect("topic");
+    let short = ProducerOptions { delivery_timeout: Duration::from_millis(1000), ..ProducerOptions::default() };
+    let producer = Producer::new(client.clone(), "events", short.clone()).expect("producer");
+    producer.send(&message("before"), QueueChoice::Explicit(0)).expect("room on the disk");
+
+    // Ballast past the limit: 40 of 64 MiB.
+    let ballast = filesystem.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 40 << 20]).expect("ballast");
+    std::thread::sleep(Duration::from_millis(1200));
+    let error = producer.send(&message("refused"), QueueChoice::Explicit(0)).expect_err("the disk is past 50%");
+    assert_eq!(error.code(), Some(fb::ErrorCode::DiskFull), "{error}");
+
+    let patient = ProducerOptions { delivery_timeout: Duration::from_secs(30), ..short };
+    let producer = Producer::new(client.clone(), "events", patient).expect("producer");
+    let sending = std::thread::spawn(move || producer.send(&message("after"), QueueChoice::Explicit(0)));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!sending.is_finished(), "the producer keeps resending while the disk is full");
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    let freed = Instant::now();
+    let receipt = sending.join().expect("sender thread").expect("delivered once space returned, no restart");
+    assert_eq!(receipt.status, fb::SendStatus::SendOk);
+    assert!(freed.elapsed() < Duration::from_secs(10), "resumed {:?} after space returned", freed.elapsed());
+
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    let count = |what: &str| text.lines().filter(|line| line.contains(what)).count();
+    // One line per shard and change, not one per refused request.
+    assert_eq!(count("refusing produce until space returns"), SHARDS as usize, "{text}");
+    assert_eq!(count("taking produce again"), SHARDS as usize, "{text}");
+}

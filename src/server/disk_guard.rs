@@ -19,8 +19,10 @@ pub const DISK_MAX_USED_PERCENT_DEFAULT: u8 = 90;
 /// a `statvfs` (metadata only, no disk I/O) costs nothing measurable.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How full the filesystem holding a path is, as `df` counts it: blocks
-/// reserved for root are not available to the broker.
+/// How full the filesystem holding a path is for this process: as `df`
+/// counts it (blocks reserved for root are not available) for an ordinary
+/// user such as the packaged unit's `ringmq`; a broker running as root can
+/// write into the reserve, so for it they count as available.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FilesystemUsage {
     pub total_bytes: u64,
@@ -44,7 +46,9 @@ pub fn filesystem_usage(path: &Path) -> io::Result<FilesystemUsage> {
     let block = stat.f_frsize;
     let total = stat.f_blocks * block;
     let used = stat.f_blocks.saturating_sub(stat.f_bfree) * block;
-    let available = stat.f_bavail * block;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let available = if root { stat.f_bfree } else { stat.f_bavail } * block;
     let usable = used + available;
     let used_percent = if usable == 0 { 100.0 } else { used as f64 * 100.0 / usable as f64 };
     Ok(FilesystemUsage { total_bytes: total, available_bytes: available, used_percent })
