@@ -13,15 +13,19 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// Sends `state` to the service manager, if the broker runs under one.
 pub fn notify(state: &str) -> io::Result<()> {
-    let Some(socket) = std::env::var_os(NOTIFY_SOCKET) else {
-        return Ok(());
-    };
-    let socket = socket.to_string_lossy();
+    match std::env::var_os(NOTIFY_SOCKET) {
+        Some(socket) => send(&socket.to_string_lossy(), state),
+        None => Ok(()),
+    }
+}
+
+/// Sends `state` to the socket `NOTIFY_SOCKET` names.
+fn send(socket: &str, state: &str) -> io::Result<()> {
     // A leading '@' names a Linux abstract socket (systemd's usual choice in
     // containers), anything else a path.
     let address = match socket.strip_prefix('@') {
         Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(socket.as_ref())?,
+        None => SocketAddr::from_pathname(socket)?,
     };
     UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &address)?;
     Ok(())
@@ -59,5 +63,31 @@ impl Readiness {
                 tracing::warn!(%error, "cannot tell systemd the broker is stopping");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(socket: &UnixDatagram) -> String {
+        let mut datagram = [0u8; 256];
+        let length = socket.recv(&mut datagram).expect("a datagram");
+        String::from_utf8_lossy(&datagram[..length]).into_owned()
+    }
+
+    #[test]
+    fn a_state_reaches_a_path_socket_and_an_abstract_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify.sock");
+        let by_path = UnixDatagram::bind(&path).expect("bind a path");
+        send(path.to_str().expect("utf-8"), "READY=1").expect("send to a path");
+        assert_eq!(received(&by_path), "READY=1");
+
+        let name = format!("ringmq-test-notify-{}", std::process::id());
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract address");
+        let by_name = UnixDatagram::bind_addr(&address).expect("bind an abstract name");
+        send(&format!("@{name}"), "STOPPING=1").expect("send to an abstract name");
+        assert_eq!(received(&by_name), "STOPPING=1");
     }
 }
