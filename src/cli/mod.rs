@@ -1,15 +1,17 @@
-//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`. The
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`, `doctor`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
 mod dlq;
+mod doctor;
 mod produce;
 mod repair;
 mod serve;
 mod topic;
 mod tx;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 pub const BROKER_DEFAULT: &str = "127.0.0.1:9876";
@@ -20,6 +22,9 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
+    /// Log lines as text (for people) or json (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,18 +48,33 @@ pub enum Command {
     Dlq(dlq::DlqCommand),
     /// Repair damaged commit logs of a stopped broker; one JSON line per range.
     Repair(repair::RepairArgs),
+    /// Check that this host can run the broker: one line per check, ok or what to do.
+    Doctor(doctor::DoctorArgs),
 }
 
-fn init_logging(filter: &str) {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr: stdout carries the JSON lines.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Logs go to stderr: stdout carries the JSON lines. Colours only for a
+    // person at a terminal: in a file or a journal the escapes are noise
+    // that breaks grep and log shippers.
+    let colours = format == LogFormat::Text && std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Topic(command) => topic::run(command),
@@ -63,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Tx(command) => tx::run(command),
         Command::Dlq(command) => dlq::run(command),
         Command::Repair(args) => repair::run(args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(code) => code,

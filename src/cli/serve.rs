@@ -67,12 +67,17 @@ pub struct ServeArgs {
     /// 40 days).
     #[arg(long)]
     delay_max_ms: Option<u64>,
+    /// Above this share of the data directory's filesystem used, produce
+    /// is refused with DiskFull (retriable) until space returns (default
+    /// 90; 1 to 100).
+    #[arg(long)]
+    disk_max_used_percent: Option<u8>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
     /// transaction_timeout_ms, transaction_check_interval_ms,
     /// transaction_check_max, delay_levels, delay_max_ms,
-    /// segment_size_bytes, retention_hours, retention_bytes,
+    /// disk_max_used_percent, segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// spin_before_park_us.
     #[arg(long)]
@@ -97,6 +102,7 @@ struct ConfigFile {
     transaction_check_max: Option<u32>,
     delay_levels: Option<String>,
     delay_max_ms: Option<u64>,
+    disk_max_used_percent: Option<u8>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -161,6 +167,9 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(ms) = args.delay_max_ms.or(file.delay_max_ms) {
         config.delay_max = Duration::from_millis(ms);
     }
+    if let Some(percent) = args.disk_max_used_percent.or(file.disk_max_used_percent) {
+        config.disk_max_used_percent = percent;
+    }
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
     }
@@ -215,6 +224,7 @@ mod tests {
         assert_eq!(config.transaction_check_max, 15);
         assert_eq!(config.delay_levels, DelayLevels::default());
         assert_eq!(config.delay_max, Duration::from_millis(3_456_000_000));
+        assert_eq!(config.disk_max_used_percent, 90);
     }
 
     #[test]
@@ -253,6 +263,8 @@ mod tests {
             ("transaction_check_max = 0", "transaction_check_max"),
             ("delay_levels = \"1s 5\"", "delay_levels"),
             ("delay_max_ms = 0", "delay_max_ms"),
+            ("disk_max_used_percent = 0", "disk_max_used_percent"),
+            ("disk_max_used_percent = 101", "disk_max_used_percent"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
@@ -304,5 +316,18 @@ mod tests {
         assert_eq!(from_flags.transaction_timeout, Duration::from_millis(200));
         assert_eq!(from_flags.transaction_check_interval, Duration::from_millis(20));
         assert_eq!(from_flags.transaction_check_max, 4);
+    }
+
+    #[test]
+    fn the_disk_limit_comes_from_the_flag_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "disk_max_used_percent = 80\n").expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.disk_max_used_percent, 80);
+        let args = ServeArgs { config: Some(path), disk_max_used_percent: Some(95), ..ServeArgs::default() };
+        assert_eq!(config(args).expect("config").disk_max_used_percent, 95);
+        let flag_zero = ServeArgs { disk_max_used_percent: Some(0), ..ServeArgs::default() };
+        assert!(config(flag_zero).is_err());
     }
 }

@@ -99,6 +99,11 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
     }
     let topic = shard.topic(request.topic())?;
     let queue_id = shard.owned_queue(&topic, request.queue())?;
+    // After the routing checks (a produce to the wrong shard learns its
+    // owner, whose disk may have room), before anything is placed.
+    if let Some(refusal) = shard.disk.refusal() {
+        return Err(Failure::new(fb::ErrorCode::DiskFull, refusal));
+    }
     let now_ms = now_us() / 1000;
     if request.messages().len() > PRODUCE_MESSAGES_MAX {
         return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));

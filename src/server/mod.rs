@@ -12,6 +12,7 @@ mod dedup;
 mod dedup_snapshot;
 pub mod delay_levels;
 mod delayed;
+pub mod disk_guard;
 mod due_delivery;
 mod failures;
 mod groups;
@@ -27,6 +28,7 @@ mod send_back;
 mod shard;
 mod snapshot_file;
 mod start_gate;
+mod systemd;
 mod timer_records;
 mod timers;
 mod topics;
@@ -101,6 +103,9 @@ pub struct ServerConfig {
     pub delay_levels: delay_levels::DelayLevels,
     /// A delayed message due farther ahead than this is refused.
     pub delay_max: Duration,
+    /// Above this share of its filesystem used, a shard refuses produce
+    /// (`disk_guard`).
+    pub disk_max_used_percent: u8,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +133,7 @@ impl Default for ServerConfig {
             transaction_check_max: TRANSACTION_CHECK_MAX_DEFAULT,
             delay_levels: delay_levels::DelayLevels::default(),
             delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
+            disk_max_used_percent: disk_guard::DISK_MAX_USED_PERCENT_DEFAULT,
         }
     }
 }
@@ -191,6 +197,9 @@ impl ServerConfig {
         }
         if self.checkpoint_interval.is_zero() {
             return refuse("checkpoint_interval_ms must be at least 1".into());
+        }
+        if !(1..=100).contains(&self.disk_max_used_percent) {
+            return refuse(format!("disk_max_used_percent {} must be 1 to 100", self.disk_max_used_percent));
         }
         if matches!(self.flush, FlushMode::Async { interval } if interval.is_zero()) {
             return refuse("flush_interval_ms must be at least 1".into());
@@ -291,12 +300,14 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
         reserved.push(listeners::reserve(&endpoint.host, endpoint.port)?);
     }
     let gate = Arc::new(StartGate::new(shard_count));
+    let readiness = Arc::new(systemd::Readiness::new(shard_count));
     let cpus = cpu_count();
     let mut handles = Vec::new();
     let channels = cross::cross_channels(shard_count as usize);
     for ((index, ends), port) in channels.into_iter().enumerate().zip(reserved) {
         let shard = index as u32;
         let (config, endpoints, stop, gate) = (config.clone(), endpoints.clone(), stop.clone(), gate.clone());
+        let readiness = readiness.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize));
         if !config.spin_before_park.is_zero() {
             builder = builder.spin_before_park(config.spin_before_park);
@@ -305,7 +316,7 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
                 let span = tracing::info_span!("shard", id = shard);
-                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate };
+                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate, readiness };
                 let result = run_shard(started, stop.clone()).instrument(span).await;
                 if result.is_err() {
                     // The other shards stop too: no broker with a shard missing.
@@ -337,10 +348,12 @@ struct ShardStart {
     ends: CrossEnds,
     port: listeners::ReservedPort,
     gate: Arc<StartGate>,
+    /// Tells systemd once every shard listens, and when the broker stops.
+    readiness: Arc<systemd::Readiness>,
 }
 
 async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
-    let ShardStart { id, shard_count, config, endpoints, ends, port, gate } = start;
+    let ShardStart { id, shard_count, config, endpoints, ends, port, gate, readiness } = start;
     let recovering = gate.watch();
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
@@ -437,18 +450,24 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         tracing::info!("another shard failed to start; stopping");
         return shard.log.close().await.map_err(|error| shard_error(format!("closing the log: {error}")));
     }
+    // Before the first connection: a shard started on a full disk refuses
+    // the first produce already.
+    disk_guard::check(&shard);
     let listener = port.listen()?;
     let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
     let listener = listeners::into_glommio(listener);
     let background = glommio::spawn_local(background_work(shard.clone()));
     let checking = glommio::spawn_local(checker::run(shard.clone()));
     let delivering = glommio::spawn_local(due_delivery::run(shard.clone()));
+    let watching_disk = glommio::spawn_local(disk_guard::watch(shard.clone()));
     tracing::info!(%address, "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    readiness.shard_listening();
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
-    shutdown(shard, accepting, [background, checking, delivering]).await
+    readiness.stopping();
+    shutdown(shard, accepting, [background, checking, delivering, watching_disk]).await
 }
 
 /// The peer shard behind inbox `index` of shard `id` (inboxes skip `id`).
@@ -583,7 +602,7 @@ async fn write_transactions_snapshot(shard: &Shard) {
 async fn shutdown(
     shard: Rc<Shard>,
     accepting: glommio::Task<()>,
-    background: [glommio::Task<()>; 3],
+    background: [glommio::Task<()>; 4],
 ) -> Result<(), ServerError> {
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     drop(accepting);

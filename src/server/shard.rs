@@ -5,6 +5,7 @@
 use super::clock::CoarseClock;
 use super::cross::{CrossMessage, Peers};
 use super::dedup::ProducerTable;
+use super::disk_guard::DiskGuard;
 use super::groups::{Coordinator, GroupFence};
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
@@ -76,6 +77,8 @@ pub struct Shard {
     create_lock: glommio::sync::Semaphore,
     pub shutting_down: Cell<bool>,
     pub requests_in_flight: Cell<usize>,
+    /// Whether the filesystem has room for produce (`disk_guard`).
+    pub disk: DiskGuard,
 }
 
 pub struct ShardParts {
@@ -99,6 +102,7 @@ pub struct ShardParts {
 impl Shard {
     pub fn new(parts: ShardParts) -> Self {
         Shard {
+            disk: DiskGuard::new(parts.config.disk_max_used_percent),
             clock: parts.clock,
             id: parts.id,
             shard_count: parts.shard_count,

@@ -43,6 +43,9 @@ impl SpawnedBroker {
             .args(["serve", "--data-dir"])
             .arg(&data_dir)
             .args(["--listen", &address, "--shards", &shard_count.to_string(), "--log", "warn"])
+            // A throwaway broker for one run: its figures must not depend on
+            // how full the host's disk happens to be (disk protection off).
+            .args(["--disk-max-used-percent", "100"])
             .stdout(Stdio::null())
             .spawn()
             .map_err(|error| format!("starting {}: {error}", binary.display()))?;
