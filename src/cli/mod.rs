@@ -1,11 +1,16 @@
-//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`. The
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`,
+//! and the operators' `status`, `group`, `offset`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
 mod dlq;
+mod group;
+mod offset;
 mod produce;
 mod repair;
 mod serve;
+mod status;
+mod table;
 mod topic;
 mod tx;
 
@@ -43,6 +48,13 @@ pub enum Command {
     Dlq(dlq::DlqCommand),
     /// Repair damaged commit logs of a stopped broker; one JSON line per range.
     Repair(repair::RepairArgs),
+    /// One line per shard: health, log, disk and connections.
+    Status(status::StatusArgs),
+    /// Consumer groups: list them, describe one's offsets and lag, reset its offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// The first offset of a queue stored at or after a time.
+    Offset(offset::OffsetArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -63,6 +75,9 @@ pub fn main() -> ExitCode {
         Command::Tx(command) => tx::run(command),
         Command::Dlq(command) => dlq::run(command),
         Command::Repair(args) => repair::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Group(command) => group::run(command),
+        Command::Offset(args) => offset::run(args),
     };
     match result {
         Ok(code) => code,

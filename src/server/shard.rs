@@ -76,6 +76,8 @@ pub struct Shard {
     create_lock: glommio::sync::Semaphore,
     pub shutting_down: Cell<bool>,
     pub requests_in_flight: Cell<usize>,
+    /// Client connections open now (`ringmq status`).
+    pub connections: Cell<usize>,
 }
 
 pub struct ShardParts {
@@ -133,6 +135,7 @@ impl Shard {
             create_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
             requests_in_flight: Cell::new(0),
+            connections: Cell::new(0),
         }
     }
 

@@ -1,0 +1,127 @@
+//! What the operators' commands ask the broker (`ringmq status`, `group`,
+//! `offset`): each request goes to the shard that knows the answer.
+
+use super::{Client, ClientError};
+use crate::protocol::{
+    self, fb, retry_topic, verify, Failure, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
+};
+
+fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {
+    match Failure::from_outcome(outcome) {
+        Some(failure) => Err(ClientError::Broker(failure)),
+        None => Ok(()),
+    }
+}
+
+/// The shard owning `queue` of `topic`.
+fn queue_shard(client: &Client, topic: &str, queue: u32) -> Result<u32, ClientError> {
+    let layout = client.topic(topic)?;
+    layout.queue_shards.get(queue as usize).copied().ok_or_else(|| {
+        ClientError::Usage(format!("topic {topic} has {} queues; no queue {queue}", layout.queue_shards.len()))
+    })
+}
+
+/// Every shard's status, shard by shard.
+pub fn shard_statuses(client: &Client) -> Result<Vec<ShardStatus>, ClientError> {
+    let body = protocol::shard_status_request();
+    let mut statuses = Vec::new();
+    for shard in 0..client.shard_count() {
+        let answer = client.call(shard, Kind::ShardStatusRequest, &body)?;
+        let response = verify::<fb::ShardStatusResponse>(&answer).map_err(ClientError::Protocol)?;
+        broker_failure(response.outcome())?;
+        statuses.push(ShardStatus::read(&response));
+    }
+    Ok(statuses)
+}
+
+/// The groups every coordinator holds (only `group`'s, if given), by group
+/// and topic; and whether a coordinator cut its list.
+pub fn list_groups(client: &Client, group: Option<&str>) -> Result<(Vec<GroupSummary>, bool), ClientError> {
+    let body = protocol::list_groups_request(group);
+    let shards: Vec<u32> = match group {
+        Some(group) => vec![client.coordinator(group)],
+        None => (0..client.shard_count()).collect(),
+    };
+    let (mut groups, mut truncated) = (Vec::new(), false);
+    for shard in shards {
+        let answer = client.call(shard, Kind::ListGroupsRequest, &body)?;
+        let response = verify::<fb::ListGroupsResponse>(&answer).map_err(ClientError::Protocol)?;
+        broker_failure(response.outcome())?;
+        truncated |= response.truncated();
+        groups.extend(response.groups().into_iter().flatten().map(|info| GroupSummary::read(&info)));
+    }
+    groups.sort_by(|left, right| (&left.group, &left.topic).cmp(&(&right.group, &right.topic)));
+    Ok((groups, truncated))
+}
+
+/// One queue of a group as `ringmq group describe` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupQueue {
+    pub offsets: QueueOffsets,
+    /// The member owning the queue now, if any.
+    pub member: Option<String>,
+}
+
+impl GroupQueue {
+    /// Messages the group has yet to consume: from its committed offset
+    /// (the earliest kept one if none or below it) to the end.
+    pub fn lag(&self) -> u64 {
+        let from = self.offsets.committed.unwrap_or(self.offsets.earliest).max(self.offsets.earliest);
+        self.offsets.end.saturating_sub(from)
+    }
+}
+
+/// Every queue of `group`: those of the topics its coordinator holds it on
+/// and of its retry topic, and every queue it committed an offset on; with
+/// the member owning each. Also whether a list was cut.
+pub fn describe_group(client: &Client, group: &str) -> Result<(Vec<GroupQueue>, bool), ClientError> {
+    client.refresh_metadata()?;
+    let (held, mut truncated) = list_groups(client, Some(group))?;
+    let mut topics: Vec<String> = held.iter().map(|summary| summary.topic.clone()).collect();
+    let retry = retry_topic(group);
+    if client.topic(&retry).is_ok() && !topics.contains(&retry) {
+        topics.push(retry);
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let body = protocol::group_offsets_request(group, &names);
+    let mut queues = Vec::new();
+    for shard in 0..client.shard_count() {
+        let answer = client.call(shard, Kind::GroupOffsetsRequest, &body)?;
+        let response = verify::<fb::GroupOffsetsResponse>(&answer).map_err(ClientError::Protocol)?;
+        broker_failure(response.outcome())?;
+        truncated |= response.truncated();
+        for offsets in response.queues().into_iter().flatten().map(|queue| QueueOffsets::read(&queue)) {
+            let member = held
+                .iter()
+                .find(|summary| summary.topic == offsets.topic)
+                .and_then(|summary| summary.owner_of(offsets.queue))
+                .map(str::to_string);
+            queues.push(GroupQueue { offsets, member });
+        }
+    }
+    queues.sort_by(|left, right| {
+        (&left.offsets.topic, left.offsets.queue).cmp(&(&right.offsets.topic, right.offsets.queue))
+    });
+    Ok((queues, truncated))
+}
+
+/// An operator's commit on one queue (see `ResetOffsetRequest`); the
+/// offset committed.
+pub fn reset_offset(client: &Client, reset: &OffsetReset) -> Result<u64, ClientError> {
+    let shard = queue_shard(client, &reset.topic, reset.queue)?;
+    let answer = client.call(shard, Kind::ResetOffsetRequest, &protocol::reset_offset_request(reset))?;
+    let response = verify::<fb::QueueOffsetResponse>(&answer).map_err(ClientError::Protocol)?;
+    broker_failure(response.outcome())?;
+    Ok(response.offset())
+}
+
+/// The first offset of `queue` of `topic` stored at or after `time_ms`
+/// (the queue's visible end if none).
+pub fn offset_at_time(client: &Client, topic: &str, queue: u32, time_ms: u64) -> Result<u64, ClientError> {
+    let shard = queue_shard(client, topic, queue)?;
+    let answer =
+        client.call(shard, Kind::OffsetAtTimeRequest, &protocol::offset_at_time_request(topic, queue, time_ms))?;
+    let response = verify::<fb::QueueOffsetResponse>(&answer).map_err(ClientError::Protocol)?;
+    broker_failure(response.outcome())?;
+    Ok(response.offset())
+}
