@@ -216,3 +216,33 @@ fn offset_by_time_is_the_first_message_stored_at_or_after_it() {
     assert!(stderr.contains("queue 9"), "{stderr}");
     drop(client);
 }
+
+#[test]
+fn message_get_finds_a_message_by_id_and_prints_it_as_consume_does() {
+    let Setup { broker, client, .. } = setup();
+    let address = broker.address();
+    let producer = Producer::new(client.clone(), "work", ProducerOptions::default()).expect("producer");
+    let mut ids = Vec::new();
+    for (queue, body) in [(3, "c0"), (3, "c1"), (0, "d0")] {
+        let message = OutgoingMessage { body: body.as_bytes(), key: Some("k"), ..Default::default() };
+        let receipt = producer.send(&message, QueueChoice::Explicit(queue)).expect("send");
+        ids.push((format!("{:016x}{:016x}", receipt.msg_id.0, receipt.msg_id.1), queue, receipt.offset, body));
+    }
+    for (id, queue, offset, body) in &ids {
+        let lines = ringmq(&["message", "get", "--id", id, "--broker", &address], "");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert_eq!(line["msg_id"], id.as_str(), "{line}");
+        assert_eq!(
+            (&line["topic"], &line["queue"], &line["body"]),
+            (&Value::from("work"), &Value::from(*queue), &Value::from(*body))
+        );
+        assert_eq!(line["offset"].as_u64(), *offset, "{line}");
+        assert_eq!(line["key"], "k", "{line}");
+    }
+    let unknown = format!("{}{:016x}", &ids[0].0[..16], u64::MAX);
+    let stderr = ringmq_failing(&["message", "get", "--id", &unknown, "--broker", &address]);
+    assert!(stderr.contains("no queue holds"), "{stderr}");
+    let stderr = ringmq_failing(&["message", "get", "--id", &ids[1].0, "--scan-max", "1", "--broker", &address]);
+    assert!(stderr.contains("--scan-max"), "{stderr}");
+}

@@ -1,10 +1,11 @@
 //! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`,
-//! and the operators' `status`, `group`, `offset`. The
+//! and the operators' `status`, `group`, `offset`, `message`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
 mod dlq;
 mod group;
+mod message;
 mod offset;
 mod produce;
 mod repair;
@@ -55,6 +56,9 @@ pub enum Command {
     Group(group::GroupCommand),
     /// The first offset of a queue stored at or after a time.
     Offset(offset::OffsetArgs),
+    /// Find a message by id.
+    #[command(subcommand)]
+    Message(message::MessageCommand),
 }
 
 fn init_logging(filter: &str) {
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Group(command) => group::run(command),
         Command::Offset(args) => offset::run(args),
+        Command::Message(command) => message::run(command),
     };
     match result {
         Ok(code) => code,

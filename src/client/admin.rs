@@ -1,9 +1,10 @@
 //! What the operators' commands ask the broker (`ringmq status`, `group`,
-//! `offset`): each request goes to the shard that knows the answer.
+//! `offset`, `message`): each request goes to the shard that knows the answer.
 
-use super::{Client, ClientError};
+use super::{parse_records, Client, ClientError, FetchedRange, ReceivedMessage};
 use crate::protocol::{
-    self, fb, retry_topic, verify, Failure, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
+    self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
+    INTERNAL_TOPIC_PREFIX,
 };
 
 fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {
@@ -124,4 +125,75 @@ pub fn offset_at_time(client: &Client, topic: &str, queue: u32, time_ms: u64) ->
     let response = verify::<fb::QueueOffsetResponse>(&answer).map_err(ClientError::Protocol)?;
     broker_failure(response.outcome())?;
     Ok(response.offset())
+}
+
+/// Records one fetch of `find_message` asks for.
+const SCAN_FETCH_COUNT: u32 = 1000;
+const SCAN_FETCH_BYTES: u32 = 4 << 20;
+
+/// The message with id `msg_id`, looked for without an index: every queue
+/// of `topic` (or of every topic but the broker's own `%` ones), queue by
+/// queue from its earliest kept offset to its visible end, `SCAN_FETCH_COUNT`
+/// records a fetch, until found or `scan_max` records were read (then a
+/// `Usage` error says so). `None`: no queue holds it.
+pub fn find_message(
+    client: &Client,
+    msg_id: (u64, u64),
+    topic: Option<&str>,
+    scan_max: u64,
+) -> Result<Option<ReceivedMessage>, ClientError> {
+    let topics = match topic {
+        Some(topic) => vec![client.topic(topic)?],
+        None => {
+            client.list_topics()?.into_iter().filter(|topic| !topic.name.starts_with(INTERNAL_TOPIC_PREFIX)).collect()
+        }
+    };
+    let mut scanned = 0u64;
+    for layout in &topics {
+        for (queue, shard) in layout.queue_shards.iter().enumerate() {
+            let mut offset = 0;
+            loop {
+                if scanned >= scan_max {
+                    return Err(ClientError::Usage(format!(
+                        "not found in the first {scanned} messages scanned (--scan-max); name the --topic to narrow the search"
+                    )));
+                }
+                let params = FetchParams {
+                    topic: layout.name.clone(),
+                    queue: queue as u32,
+                    offset,
+                    max_count: SCAN_FETCH_COUNT,
+                    max_bytes: SCAN_FETCH_BYTES,
+                    ..FetchParams::default()
+                };
+                let body = client.call(*shard, Kind::FetchRequest, &protocol::fetch_request(&params))?;
+                let response = verify::<fb::FetchResponse>(&body).map_err(ClientError::Protocol)?;
+                let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
+                let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
+                let offsets: Vec<u64> =
+                    response.record_offsets().map(|offsets| offsets.iter().collect()).unwrap_or_default();
+                let times: Vec<u32> =
+                    response.reconsume_times().map(|times| times.iter().collect()).unwrap_or_default();
+                let range = FetchedRange {
+                    topic: &layout.name,
+                    queue: queue as u32,
+                    first_offset: offset.max(response.earliest_offset()),
+                    next_offset: response.next_offset(),
+                    lost_offsets: &lost,
+                    record_offsets: &offsets,
+                    reconsume_times: &times,
+                };
+                let messages = parse_records(range, &records, response.record_count())?;
+                scanned += messages.len() as u64;
+                if let Some(found) = messages.into_iter().find(|message| message.msg_id == msg_id) {
+                    return Ok(Some(found));
+                }
+                if response.next_offset() <= offset {
+                    break;
+                }
+                offset = response.next_offset();
+            }
+        }
+    }
+    Ok(None)
 }
