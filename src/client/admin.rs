@@ -4,7 +4,7 @@
 use super::{parse_records, Client, ClientError, FetchedRange, ReceivedMessage};
 use crate::protocol::{
     self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
-    INTERNAL_TOPIC_PREFIX,
+    GROUP_OFFSETS_TOPICS_MAX, INTERNAL_TOPIC_PREFIX,
 };
 
 fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {
@@ -84,20 +84,33 @@ pub fn describe_group(client: &Client, group: &str) -> Result<(Vec<GroupQueue>, 
         topics.push(retry);
     }
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let body = protocol::group_offsets_request(group, &names);
     let mut queues = Vec::new();
-    for shard in 0..client.shard_count() {
-        let answer = client.call(shard, Kind::GroupOffsetsRequest, &body)?;
-        let response = verify::<fb::GroupOffsetsResponse>(&answer).map_err(ClientError::Protocol)?;
-        broker_failure(response.outcome())?;
-        truncated |= response.truncated();
-        for offsets in response.queues().into_iter().flatten().map(|queue| QueueOffsets::read(&queue)) {
-            let member = held
-                .iter()
-                .find(|summary| summary.topic == offsets.topic)
-                .and_then(|summary| summary.owner_of(offsets.queue))
-                .map(str::to_string);
-            queues.push(GroupQueue { offsets, member });
+    // The topics in requests of at most GROUP_OFFSETS_TOPICS_MAX (one with
+    // none if there are none); each answer also brings every queue the
+    // group committed on, so a queue may come more than once.
+    let mut requests: Vec<&[&str]> = names.chunks(GROUP_OFFSETS_TOPICS_MAX).collect();
+    if requests.is_empty() {
+        requests.push(&[]);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for topics in requests {
+        let body = protocol::group_offsets_request(group, topics);
+        for shard in 0..client.shard_count() {
+            let answer = client.call(shard, Kind::GroupOffsetsRequest, &body)?;
+            let response = verify::<fb::GroupOffsetsResponse>(&answer).map_err(ClientError::Protocol)?;
+            broker_failure(response.outcome())?;
+            truncated |= response.truncated();
+            for offsets in response.queues().into_iter().flatten().map(|queue| QueueOffsets::read(&queue)) {
+                if !seen.insert((offsets.topic.clone(), offsets.queue)) {
+                    continue;
+                }
+                let member = held
+                    .iter()
+                    .find(|summary| summary.topic == offsets.topic)
+                    .and_then(|summary| summary.owner_of(offsets.queue))
+                    .map(str::to_string);
+                queues.push(GroupQueue { offsets, member });
+            }
         }
     }
     queues.sort_by(|left, right| {

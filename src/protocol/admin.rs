@@ -7,6 +7,9 @@ use flatbuffers::FlatBufferBuilder;
 
 /// Groups one `ListGroupsResponse` carries at most (then `truncated`).
 pub const LISTED_GROUPS_MAX: usize = 1000;
+/// About the bytes of names and queues one `ListGroupsResponse` carries
+/// (then `truncated`; one group always fits a frame).
+pub const LISTED_GROUPS_BYTES_MAX: usize = 1 << 20;
 /// Queues one `GroupOffsetsResponse` carries at most (then `truncated`).
 pub const LISTED_QUEUES_MAX: usize = 4096;
 /// Topics a `GroupOffsetsRequest` may name.

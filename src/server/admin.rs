@@ -8,8 +8,8 @@ use super::offsets::OffsetCommit;
 use super::shard::Shard;
 use super::topics::check_name;
 use crate::protocol::{
-    self, fb, verify, Failure, Kind, QueueOffsets, ShardStatus, GROUP_OFFSETS_TOPICS_MAX, LISTED_GROUPS_MAX,
-    LISTED_QUEUES_MAX,
+    self, fb, verify, Failure, Kind, QueueOffsets, ShardStatus, GROUP_OFFSETS_TOPICS_MAX, LISTED_GROUPS_BYTES_MAX,
+    LISTED_GROUPS_MAX, LISTED_QUEUES_MAX,
 };
 use std::collections::BTreeMap;
 
@@ -38,7 +38,7 @@ pub fn list_groups(shard: &Shard, body: &[u8]) -> Answer {
     if let Some(group) = group {
         check_name("group", group)?;
     }
-    let (groups, truncated) = shard.coordinator.borrow().list(group, LISTED_GROUPS_MAX);
+    let (groups, truncated) = shard.coordinator.borrow().list(group, LISTED_GROUPS_MAX, LISTED_GROUPS_BYTES_MAX);
     Ok((Kind::ListGroupsResponse, protocol::list_groups_response(None, &groups, truncated)))
 }
 

@@ -209,20 +209,31 @@ impl Coordinator {
     }
 
     /// The groups it holds (only `group`'s, if given), in name order, at
-    /// most `max`; and whether more were left out.
-    pub fn list(&self, group: Option<&str>, max: usize) -> (Vec<GroupSummary>, bool) {
-        let mut held = self.groups.iter().filter(|((name, _), _)| group.is_none_or(|group| group == name));
-        let listed: Vec<GroupSummary> = held
-            .by_ref()
-            .take(max)
-            .map(|((group, topic), state)| GroupSummary {
+    /// most `max` of them and about `bytes_max` of names and queues (at
+    /// least one); and whether more were left out.
+    pub fn list(&self, group: Option<&str>, max: usize, bytes_max: usize) -> (Vec<GroupSummary>, bool) {
+        let held = self.groups.iter().filter(|((name, _), _)| group.is_none_or(|group| group == name));
+        let mut listed: Vec<GroupSummary> = Vec::new();
+        let mut bytes = 0;
+        for ((group, topic), state) in held {
+            let members: Vec<(String, Vec<u32>)> =
+                state.assignment.iter().map(|(member, queues)| (member.clone(), queues.clone())).collect();
+            let size = group.len()
+                + topic.len()
+                + 32
+                + members.iter().map(|(member, queues)| member.len() + 16 + queues.len() * 4).sum::<usize>();
+            if listed.len() >= max || (!listed.is_empty() && bytes + size > bytes_max) {
+                return (listed, true);
+            }
+            bytes += size;
+            listed.push(GroupSummary {
                 group: group.clone(),
                 topic: topic.clone(),
                 generation: state.generation,
-                members: state.assignment.iter().map(|(member, queues)| (member.clone(), queues.clone())).collect(),
-            })
-            .collect();
-        (listed, held.next().is_some())
+                members,
+            });
+        }
+        (listed, false)
     }
 
     /// Removes members whose session expired; returns the rebalanced groups.
@@ -343,7 +354,7 @@ mod tests {
         let (first, _) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
         let (second, _) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
         coordinator.join("h", "t", dynamic(1000), 1).unwrap();
-        let (listed, truncated) = coordinator.list(Some("g"), 10);
+        let (listed, truncated) = coordinator.list(Some("g"), 10, 1 << 20);
         assert!(!truncated);
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].group.as_str(), listed[0].topic.as_str()), ("g", "t"));
@@ -354,10 +365,12 @@ mod tests {
                 assert_eq!(listed[0].owner_of(*queue), Some(member.member_id.as_str()));
             }
         }
-        let (all, truncated) = coordinator.list(None, 10);
+        let (all, truncated) = coordinator.list(None, 10, 1 << 20);
         assert_eq!((all.len(), truncated), (2, false));
-        let (one, truncated) = coordinator.list(None, 1);
+        let (one, truncated) = coordinator.list(None, 1, 1 << 20);
         assert_eq!((one.len(), truncated), (1, true));
+        let (one, truncated) = coordinator.list(None, 10, 1);
+        assert_eq!((one.len(), truncated), (1, true), "at least one, however small the budget");
     }
 
     #[test]
