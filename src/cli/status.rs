@@ -34,8 +34,11 @@ pub fn run(args: StatusArgs) -> Result<ExitCode, String> {
         print_row(args.json, &COLUMNS, &row);
     }
     // A script can tell a fail-stopped shard from the exit code alone.
-    if statuses.iter().any(|status| status.error.is_some()) {
-        return Ok(ExitCode::FAILURE);
+    let unhealthy: Vec<String> =
+        statuses.iter().filter(|status| status.error.is_some()).map(|status| status.shard.to_string()).collect();
+    if unhealthy.is_empty() {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    eprintln!("ringmq: shard {} not healthy (see its error column)", unhealthy.join(", "));
+    Ok(ExitCode::FAILURE)
 }
