@@ -130,7 +130,7 @@ pub fn run(args: ConsumeArgs) -> Result<ExitCode, String> {
 }
 
 /// The JSON line of one delivery.
-fn line(message: &ReceivedMessage) -> serde_json::Value {
+pub(super) fn line(message: &ReceivedMessage) -> serde_json::Value {
     let now_ms = crate::storage::now_us() / 1000;
     let mut line = serde_json::json!({
         "msg_id": message.msg_id_hex(),

@@ -1,12 +1,18 @@
-//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`, `doctor`. The
+//! The `ringmq` command line: `serve`, `topic`, `produce`, `consume`, `tx`, `dlq`, `repair`, `doctor`,
+//! and the operators' `status`, `group`, `offset`, `message`. The
 //! JSON lines `produce` and `consume` print are a contract scripts rely on.
 
 mod consume;
 mod dlq;
 mod doctor;
+mod group;
+mod message;
+mod offset;
 mod produce;
 mod repair;
 mod serve;
+mod status;
+mod table;
 mod topic;
 mod tx;
 
@@ -50,6 +56,16 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Check that this host can run the broker: one line per check, ok or what to do.
     Doctor(doctor::DoctorArgs),
+    /// One line per shard: health, log, disk and connections.
+    Status(status::StatusArgs),
+    /// Consumer groups: list them, describe one's offsets and lag, reset its offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// The first offset of a queue stored at or after a time.
+    Offset(offset::OffsetArgs),
+    /// Find a message by id.
+    #[command(subcommand)]
+    Message(message::MessageCommand),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,6 +100,10 @@ pub fn main() -> ExitCode {
         Command::Dlq(command) => dlq::run(command),
         Command::Repair(args) => repair::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Group(command) => group::run(command),
+        Command::Offset(args) => offset::run(args),
+        Command::Message(command) => message::run(command),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@
 //! broker acknowledged it, resending after a crash. `TransactionProducer`
 //! sends half messages and answers the broker's check-backs.
 
+pub mod admin;
 mod async_connection;
 mod batching;
 mod connection;

@@ -75,7 +75,10 @@ pub struct FetchParams {
     pub tag_hashes: Vec<u32>,
 }
 
-fn outcome<'a>(builder: &mut FlatBufferBuilder<'a>, failure: Option<&Failure>) -> WIPOffset<fb::Outcome<'a>> {
+pub(super) fn outcome<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    failure: Option<&Failure>,
+) -> WIPOffset<fb::Outcome<'a>> {
     let Some(failure) = failure else {
         return fb::Outcome::create(builder, &fb::OutcomeArgs::default());
     };
@@ -90,7 +93,7 @@ fn outcome<'a>(builder: &mut FlatBufferBuilder<'a>, failure: Option<&Failure>) -
     fb::Outcome::create(builder, &args)
 }
 
-fn finish<T>(mut builder: FlatBufferBuilder<'_>, root: WIPOffset<T>) -> Vec<u8> {
+pub(super) fn finish<T>(mut builder: FlatBufferBuilder<'_>, root: WIPOffset<T>) -> Vec<u8> {
     builder.finish_minimal(root);
     builder.finished_data().to_vec()
 }

@@ -41,6 +41,19 @@ pub enum Kind {
     SendBackResponse = 28,
     ResendDeadLetterRequest = 29,
     ResendDeadLetterResponse = 30,
+    /// Operators' requests (`ringmq status`, `group`, `offset`).
+    ShardStatusRequest = 31,
+    ShardStatusResponse = 32,
+    ListGroupsRequest = 33,
+    ListGroupsResponse = 34,
+    GroupOffsetsRequest = 35,
+    GroupOffsetsResponse = 36,
+    /// Body: `ResetOffsetRequest`, answered with a `QueueOffsetResponse`.
+    ResetOffsetRequest = 37,
+    ResetOffsetResponse = 38,
+    /// Body: `OffsetAtTimeRequest`, answered with a `QueueOffsetResponse`.
+    OffsetAtTimeRequest = 39,
+    OffsetAtTimeResponse = 40,
     ErrorResponse = 100,
 }
 
@@ -78,6 +91,16 @@ impl Kind {
             28 => SendBackResponse,
             29 => ResendDeadLetterRequest,
             30 => ResendDeadLetterResponse,
+            31 => ShardStatusRequest,
+            32 => ShardStatusResponse,
+            33 => ListGroupsRequest,
+            34 => ListGroupsResponse,
+            35 => GroupOffsetsRequest,
+            36 => GroupOffsetsResponse,
+            37 => ResetOffsetRequest,
+            38 => ResetOffsetResponse,
+            39 => OffsetAtTimeRequest,
+            40 => OffsetAtTimeResponse,
             100 => ErrorResponse,
             _ => return None,
         })

@@ -6,11 +6,13 @@
 //! ids below `BROKER_REQUEST_BIT`; the broker starts its own (check-backs)
 //! with that bit set, on a connection that registered a producer group.
 
+mod admin;
 mod build;
 mod frame;
 mod kind;
 mod routing;
 
+pub use admin::*;
 pub use build::*;
 pub use frame::{decode_frame, encode_frame, frame_header, Frame, FrameError, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES};
 pub use kind::{Kind, BROKER_REQUEST_BIT};

@@ -15,7 +15,7 @@
 //! the member and its queues (Kafka fences the older one with a new member
 //! id; here the member id stays, so a restarted member's commits count).
 
-use crate::protocol::{fb, Assignment, Failure};
+use crate::protocol::{fb, Assignment, Failure, GroupSummary};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -208,6 +208,34 @@ impl Coordinator {
         Some(group_state.fence(group, topic))
     }
 
+    /// The groups it holds (only `group`'s, if given), in name order, at
+    /// most `max` of them and about `bytes_max` of names and queues (at
+    /// least one); and whether more were left out.
+    pub fn list(&self, group: Option<&str>, max: usize, bytes_max: usize) -> (Vec<GroupSummary>, bool) {
+        let held = self.groups.iter().filter(|((name, _), _)| group.is_none_or(|group| group == name));
+        let mut listed: Vec<GroupSummary> = Vec::new();
+        let mut bytes = 0;
+        for ((group, topic), state) in held {
+            let members: Vec<(String, Vec<u32>)> =
+                state.assignment.iter().map(|(member, queues)| (member.clone(), queues.clone())).collect();
+            let size = group.len()
+                + topic.len()
+                + 32
+                + members.iter().map(|(member, queues)| member.len() + 16 + queues.len() * 4).sum::<usize>();
+            if listed.len() >= max || (!listed.is_empty() && bytes + size > bytes_max) {
+                return (listed, true);
+            }
+            bytes += size;
+            listed.push(GroupSummary {
+                group: group.clone(),
+                topic: topic.clone(),
+                generation: state.generation,
+                members,
+            });
+        }
+        (listed, false)
+    }
+
     /// Removes members whose session expired; returns the rebalanced groups.
     pub fn expire(&mut self, now: Instant) -> Vec<GroupFence> {
         let mut rebalanced = Vec::new();
@@ -318,6 +346,31 @@ mod tests {
         let (after_expiry, fence) = coordinator.join("g", "t", instance("worker-a"), 2).unwrap();
         assert!(fence.is_some());
         assert!(after_expiry.generation > joined.generation);
+    }
+
+    #[test]
+    fn the_list_names_each_group_topic_with_its_members_and_queues() {
+        let mut coordinator = Coordinator::new(0);
+        let (first, _) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
+        let (second, _) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
+        coordinator.join("h", "t", dynamic(1000), 1).unwrap();
+        let (listed, truncated) = coordinator.list(Some("g"), 10, 1 << 20);
+        assert!(!truncated);
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].group.as_str(), listed[0].topic.as_str()), ("g", "t"));
+        assert_eq!(listed[0].generation, second.generation);
+        let first = coordinator.heartbeat("g", "t", &first.member_id).unwrap();
+        for member in [&first, &second] {
+            for queue in &member.queues {
+                assert_eq!(listed[0].owner_of(*queue), Some(member.member_id.as_str()));
+            }
+        }
+        let (all, truncated) = coordinator.list(None, 10, 1 << 20);
+        assert_eq!((all.len(), truncated), (2, false));
+        let (one, truncated) = coordinator.list(None, 1, 1 << 20);
+        assert_eq!((one.len(), truncated), (1, true));
+        let (one, truncated) = coordinator.list(None, 10, 1);
+        assert_eq!((one.len(), truncated), (1, true), "at least one, however small the budget");
     }
 
     #[test]

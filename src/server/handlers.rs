@@ -2,6 +2,7 @@
 //! (a queue this shard does not own gets `NotOwner` naming the owner) and
 //! answers with its response kind or a `Failure`.
 
+use super::admin;
 use super::dedup::{Admission, StoredSend};
 use super::delayed;
 use super::failures::log_failure;
@@ -30,7 +31,7 @@ const FETCH_COUNT_MAX: u32 = 10_000;
 /// Tags a fetch may filter by.
 const FETCH_TAGS_MAX: usize = 64;
 
-fn invalid(error: String) -> Failure {
+pub(super) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
 }
 
@@ -56,6 +57,11 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Kind::RegisterProducerRequest => register_producer(shard, link, &frame.body),
         Kind::SendBackRequest => send_back(shard, &frame.body).await,
         Kind::ResendDeadLetterRequest => resend_dead_letter(shard, &frame.body).await,
+        Kind::ShardStatusRequest => admin::shard_status(shard, &frame.body),
+        Kind::ListGroupsRequest => admin::list_groups(shard, &frame.body),
+        Kind::GroupOffsetsRequest => admin::group_offsets(shard, &frame.body),
+        Kind::ResetOffsetRequest => admin::reset_offset(shard, &frame.body).await,
+        Kind::OffsetAtTimeRequest => admin::offset_at_time(shard, &frame.body).await,
         _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
     }
 }
@@ -408,11 +414,17 @@ async fn commit_offset(shard: &Shard, body: &[u8]) -> Answer {
         offset: request.offset(),
         generation: request.generation(),
     };
+    store_commit(shard, &commit).await?;
+    Ok((Kind::CommitOffsetResponse, protocol::offset_response(None, Some(commit.offset))))
+}
+
+/// Appends a commit durably (as `append_commit`), then applies it.
+pub(super) async fn store_commit(shard: &Shard, commit: &OffsetCommit) -> Result<(), Failure> {
     // Not above the offset this commit's record gets: a snapshot taken while
     // it is in flight covers only the records before it.
     let floor = shard.log.visible_end_offset(OFFSETS_QUEUE_ID);
     *shard.commits_in_flight.borrow_mut().entry(floor).or_insert(0) += 1;
-    let appended = append_commit(&shard.log, &commit).await;
+    let appended = append_commit(&shard.log, commit).await;
     {
         let mut in_flight = shard.commits_in_flight.borrow_mut();
         if let Some(count) = in_flight.get_mut(&floor) {
@@ -423,8 +435,8 @@ async fn commit_offset(shard: &Shard, body: &[u8]) -> Answer {
         }
     }
     appended.map_err(log_failure)?;
-    shard.offsets.borrow_mut().apply(&commit);
-    Ok((Kind::CommitOffsetResponse, protocol::offset_response(None, Some(commit.offset))))
+    shard.offsets.borrow_mut().apply(commit);
+    Ok(())
 }
 
 fn fetch_offset(shard: &Shard, body: &[u8]) -> Answer {

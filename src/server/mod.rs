@@ -3,6 +3,7 @@
 //! them and returns after a SIGTERM or SIGINT once every shard has finished
 //! its requests in flight, flushed and checkpointed.
 
+mod admin;
 mod checker;
 mod clock;
 mod connection;
@@ -497,7 +498,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         };
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            connection::serve(shard, stream).await;
+            shard.connections.set(shard.connections.get() + 1);
+            connection::serve(shard.clone(), stream).await;
+            shard.connections.set(shard.connections.get().saturating_sub(1));
             drop(permit);
         })
         .detach();

@@ -135,6 +135,27 @@ impl Offsets {
         Ok(())
     }
 
+    /// Whether the newest fence of `group` on `topic` names an owner of
+    /// some queue: the group has a live member there.
+    pub fn has_live_owner(&self, group: &str, topic: &str) -> bool {
+        self.fences
+            .get(&(group.to_string(), topic.to_string()))
+            .is_some_and(|fence| fence.owners.iter().any(|owner| !owner.is_empty()))
+    }
+
+    /// Every committed offset of `group` this shard keeps: topic, queue,
+    /// offset.
+    pub fn committed_of_group(&self, group: &str) -> Vec<(String, u32, u64)> {
+        let mut committed: Vec<_> = self
+            .committed
+            .iter()
+            .filter(|((name, _, _), _)| name == group)
+            .map(|((_, topic, queue), offset)| (topic.clone(), *queue, *offset))
+            .collect();
+        committed.sort();
+        committed
+    }
+
     pub fn apply(&mut self, commit: &OffsetCommit) {
         self.committed.insert((commit.group.clone(), commit.topic.clone(), commit.queue), commit.offset);
     }

@@ -79,6 +79,8 @@ pub struct Shard {
     pub requests_in_flight: Cell<usize>,
     /// Whether the filesystem has room for produce (`disk_guard`).
     pub disk: DiskGuard,
+    /// Client connections open now (`ringmq status`).
+    pub connections: Cell<usize>,
 }
 
 pub struct ShardParts {
@@ -137,6 +139,7 @@ impl Shard {
             create_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
             requests_in_flight: Cell::new(0),
+            connections: Cell::new(0),
         }
     }
 

@@ -57,6 +57,39 @@ impl<S: backend::Storage> CommitLog<S> {
     pub fn retention_held_back_to(&self, now_us: u64) -> Option<u64> {
         retention::held_back_to(self.shared(), now_us)
     }
+
+    /// The first visible offset of `queue_id` stored at or after
+    /// `timestamp_us` (the visible end if none): a binary search over the
+    /// queue's index entries, whose store timestamps never go down as
+    /// offsets grow (the log stamps each record with at least the last
+    /// one's). It may read pages of the index file.
+    pub async fn first_offset_stored_at(&self, queue_id: u32, timestamp_us: u64) -> Result<u64, LogError> {
+        let mut low = self.base_offset(queue_id);
+        let mut high = self.visible_end_offset(queue_id).max(low);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            // An entry retention took meanwhile lies before every kept one.
+            let before = self
+                .shared()
+                .index_entry(queue_id, middle)
+                .await?
+                .is_none_or(|entry| entry.store_timestamp_us < timestamp_us);
+            if before {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low)
+    }
+
+    /// The segment files of the log (the prepared next one included) and
+    /// the bytes they take on disk (segments are preallocated).
+    pub fn disk_usage(&self) -> (u32, u64) {
+        let state = self.shared().state.borrow();
+        let files = state.segments.values().chain(state.next_segment.iter());
+        files.fold((0, 0), |(count, bytes), segment| (count + 1, bytes + segment.size_bytes))
+    }
 }
 
 #[cfg(test)]

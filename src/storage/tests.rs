@@ -588,3 +588,31 @@ fn a_damaged_index_page_fails_only_its_reads() {
         assert_eq!(last.records[0].message(), message(4, count - 1));
     });
 }
+
+#[test]
+fn the_first_offset_stored_at_a_time_is_found_by_its_index_timestamp() {
+    run(async {
+        let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
+        let mut stamps = Vec::new();
+        for sequence in 0..40u64 {
+            let message = message(7, sequence);
+            let appended = log.append(request(7, &message)).await.expect("append");
+            stamps.push(appended.store_timestamp_us);
+            if sequence % 8 == 0 {
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let expected = |time: u64| stamps.iter().position(|stamp| *stamp >= time).unwrap_or(stamps.len()) as u64;
+        for stamp in stamps.clone() {
+            for time in [stamp, stamp + 1, stamp.saturating_sub(1)] {
+                assert_eq!(log.first_offset_stored_at(7, time).await.expect("search"), expected(time), "time {time}");
+            }
+        }
+        assert_eq!(log.first_offset_stored_at(7, 0).await.expect("search"), 0);
+        assert_eq!(log.first_offset_stored_at(7, u64::MAX).await.expect("search"), 40, "none after: the end");
+        assert_eq!(log.first_offset_stored_at(8, 0).await.expect("search"), 0, "an empty queue");
+        let (segments, bytes) = log.disk_usage();
+        assert!(segments >= 1 && bytes >= u64::from(segments), "{segments} segments, {bytes} bytes");
+        log.close().await.expect("close");
+    });
+}

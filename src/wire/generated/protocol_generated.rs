@@ -513,6 +513,111 @@ pub mod ringmq {
         }
 
         impl flatbuffers::SimpleToVerifyInSlice for TransactionState {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_RESET_TARGET: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_RESET_TARGET: u8 = 3;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_RESET_TARGET: [ResetTarget; 4] = [
+            ResetTarget::Earliest,
+            ResetTarget::Latest,
+            ResetTarget::Offset,
+            ResetTarget::Time,
+        ];
+
+        /// Where an operator moves a group's offset.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct ResetTarget(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl ResetTarget {
+            /// The queue's earliest kept offset.
+            pub const Earliest: Self = Self(0);
+            /// The queue's visible end.
+            pub const Latest: Self = Self(1);
+            /// `ResetOffsetRequest.value`, within the queue's earliest kept offset
+            /// and its visible end.
+            pub const Offset: Self = Self(2);
+            /// The first offset stored at or after `value` ms since the epoch.
+            pub const Time: Self = Self(3);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 3;
+            pub const ENUM_VALUES: &'static [Self] =
+                &[Self::Earliest, Self::Latest, Self::Offset, Self::Time];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Earliest => Some("Earliest"),
+                    Self::Latest => Some("Latest"),
+                    Self::Offset => Some("Offset"),
+                    Self::Time => Some("Time"),
+                    _ => None,
+                }
+            }
+        }
+        impl core::fmt::Debug for ResetTarget {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for ResetTarget {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+                Self(b)
+            }
+        }
+
+        impl flatbuffers::Push for ResetTarget {
+            type Output = ResetTarget;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                flatbuffers::emplace_scalar::<u8>(dst, self.0);
+            }
+        }
+
+        impl flatbuffers::EndianScalar for ResetTarget {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for ResetTarget {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for ResetTarget {}
         /// Superseded by SendOutcome (a struct cannot grow); kept so that field
         /// id 2 of ProduceResponse keeps its type.
         // struct SendResult, aligned to 8
@@ -7204,6 +7309,2136 @@ pub mod ringmq {
                 ds.field("resent", &self.resent());
                 ds.field("original_topic", &self.original_topic());
                 ds.field("original_queue", &self.original_queue());
+                ds.finish()
+            }
+        }
+        pub enum ShardStatusRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Asks the shard that receives it about itself (`ringmq status`).
+        pub struct ShardStatusRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ShardStatusRequest<'a> {
+            type Inner = ShardStatusRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ShardStatusRequest<'a> {
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ShardStatusRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                _args: &'args ShardStatusRequestArgs,
+            ) -> flatbuffers::WIPOffset<ShardStatusRequest<'bldr>> {
+                let mut builder = ShardStatusRequestBuilder::new(_fbb);
+                builder.finish()
+            }
+        }
+
+        impl flatbuffers::Verifiable for ShardStatusRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?.finish();
+                Ok(())
+            }
+        }
+        pub struct ShardStatusRequestArgs {}
+        impl<'a> Default for ShardStatusRequestArgs {
+            #[inline]
+            fn default() -> Self {
+                ShardStatusRequestArgs {}
+            }
+        }
+
+        pub struct ShardStatusRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ShardStatusRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ShardStatusRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ShardStatusRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ShardStatusRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ShardStatusRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ShardStatusRequest");
+                ds.finish()
+            }
+        }
+        pub enum ShardStatusResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ShardStatusResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ShardStatusResponse<'a> {
+            type Inner = ShardStatusResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ShardStatusResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_SHARD: flatbuffers::VOffsetT = 6;
+            pub const VT_PORT: flatbuffers::VOffsetT = 8;
+            pub const VT_HEALTHY: flatbuffers::VOffsetT = 10;
+            pub const VT_ERROR: flatbuffers::VOffsetT = 12;
+            pub const VT_SEGMENTS: flatbuffers::VOffsetT = 14;
+            pub const VT_FLUSHED: flatbuffers::VOffsetT = 16;
+            pub const VT_DISK_USED_BYTES: flatbuffers::VOffsetT = 18;
+            pub const VT_CONNECTIONS: flatbuffers::VOffsetT = 20;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ShardStatusResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ShardStatusResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ShardStatusResponse<'bldr>> {
+                let mut builder = ShardStatusResponseBuilder::new(_fbb);
+                builder.add_disk_used_bytes(args.disk_used_bytes);
+                builder.add_flushed(args.flushed);
+                builder.add_connections(args.connections);
+                builder.add_segments(args.segments);
+                if let Some(x) = args.error {
+                    builder.add_error(x);
+                }
+                builder.add_shard(args.shard);
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_port(args.port);
+                builder.add_healthy(args.healthy);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        ShardStatusResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn shard(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ShardStatusResponse::VT_SHARD, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn port(&self) -> u16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u16>(ShardStatusResponse::VT_PORT, Some(0))
+                        .unwrap()
+                }
+            }
+            /// False once the shard's log fail-stopped; `error` says why.
+            #[inline]
+            pub fn healthy(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ShardStatusResponse::VT_HEALTHY, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn error(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        ShardStatusResponse::VT_ERROR,
+                        None,
+                    )
+                }
+            }
+            /// Segment files of the log (the prepared next one included).
+            #[inline]
+            pub fn segments(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ShardStatusResponse::VT_SEGMENTS, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The log position fdatasync covered.
+            #[inline]
+            pub fn flushed(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_FLUSHED, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Bytes the segment files take (they are preallocated).
+            #[inline]
+            pub fn disk_used_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_DISK_USED_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Client connections open on the shard.
+            #[inline]
+            pub fn connections(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ShardStatusResponse::VT_CONNECTIONS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ShardStatusResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+                    .visit_field::<u16>("port", Self::VT_PORT, false)?
+                    .visit_field::<bool>("healthy", Self::VT_HEALTHY, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "error",
+                        Self::VT_ERROR,
+                        false,
+                    )?
+                    .visit_field::<u32>("segments", Self::VT_SEGMENTS, false)?
+                    .visit_field::<u64>("flushed", Self::VT_FLUSHED, false)?
+                    .visit_field::<u64>("disk_used_bytes", Self::VT_DISK_USED_BYTES, false)?
+                    .visit_field::<u32>("connections", Self::VT_CONNECTIONS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ShardStatusResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub shard: u32,
+            pub port: u16,
+            pub healthy: bool,
+            pub error: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub segments: u32,
+            pub flushed: u64,
+            pub disk_used_bytes: u64,
+            pub connections: u32,
+        }
+        impl<'a> Default for ShardStatusResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ShardStatusResponseArgs {
+                    outcome: None,
+                    shard: 0,
+                    port: 0,
+                    healthy: false,
+                    error: None,
+                    segments: 0,
+                    flushed: 0,
+                    disk_used_bytes: 0,
+                    connections: 0,
+                }
+            }
+        }
+
+        pub struct ShardStatusResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ShardStatusResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        ShardStatusResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_shard(&mut self, shard: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ShardStatusResponse::VT_SHARD, shard, 0);
+            }
+            #[inline]
+            pub fn add_port(&mut self, port: u16) {
+                self.fbb_
+                    .push_slot::<u16>(ShardStatusResponse::VT_PORT, port, 0);
+            }
+            #[inline]
+            pub fn add_healthy(&mut self, healthy: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ShardStatusResponse::VT_HEALTHY, healthy, false);
+            }
+            #[inline]
+            pub fn add_error(&mut self, error: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ShardStatusResponse::VT_ERROR,
+                    error,
+                );
+            }
+            #[inline]
+            pub fn add_segments(&mut self, segments: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ShardStatusResponse::VT_SEGMENTS, segments, 0);
+            }
+            #[inline]
+            pub fn add_flushed(&mut self, flushed: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ShardStatusResponse::VT_FLUSHED, flushed, 0);
+            }
+            #[inline]
+            pub fn add_disk_used_bytes(&mut self, disk_used_bytes: u64) {
+                self.fbb_.push_slot::<u64>(
+                    ShardStatusResponse::VT_DISK_USED_BYTES,
+                    disk_used_bytes,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_connections(&mut self, connections: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ShardStatusResponse::VT_CONNECTIONS, connections, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ShardStatusResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ShardStatusResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ShardStatusResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ShardStatusResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ShardStatusResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("shard", &self.shard());
+                ds.field("port", &self.port());
+                ds.field("healthy", &self.healthy());
+                ds.field("error", &self.error());
+                ds.field("segments", &self.segments());
+                ds.field("flushed", &self.flushed());
+                ds.field("disk_used_bytes", &self.disk_used_bytes());
+                ds.field("connections", &self.connections());
+                ds.finish()
+            }
+        }
+        pub enum ListGroupsRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The groups the receiving shard coordinates (`ringmq group list`).
+        pub struct ListGroupsRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ListGroupsRequest<'a> {
+            type Inner = ListGroupsRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ListGroupsRequest<'a> {
+            pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ListGroupsRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ListGroupsRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ListGroupsRequest<'bldr>> {
+                let mut builder = ListGroupsRequestBuilder::new(_fbb);
+                if let Some(x) = args.group {
+                    builder.add_group(x);
+                }
+                builder.finish()
+            }
+
+            /// Only this group; empty: every group.
+            #[inline]
+            pub fn group(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        ListGroupsRequest::VT_GROUP,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ListGroupsRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "group",
+                        Self::VT_GROUP,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ListGroupsRequestArgs<'a> {
+            pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for ListGroupsRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ListGroupsRequestArgs { group: None }
+            }
+        }
+
+        pub struct ListGroupsRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ListGroupsRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_group(&mut self, group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListGroupsRequest::VT_GROUP,
+                    group,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ListGroupsRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ListGroupsRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ListGroupsRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ListGroupsRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ListGroupsRequest");
+                ds.field("group", &self.group());
+                ds.finish()
+            }
+        }
+        pub enum GroupMemberInfoOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct GroupMemberInfo<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for GroupMemberInfo<'a> {
+            type Inner = GroupMemberInfo<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> GroupMemberInfo<'a> {
+            pub const VT_MEMBER_ID: flatbuffers::VOffsetT = 4;
+            pub const VT_QUEUES: flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                GroupMemberInfo { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args GroupMemberInfoArgs<'args>,
+            ) -> flatbuffers::WIPOffset<GroupMemberInfo<'bldr>> {
+                let mut builder = GroupMemberInfoBuilder::new(_fbb);
+                if let Some(x) = args.queues {
+                    builder.add_queues(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn member_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            GroupMemberInfo::VT_MEMBER_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queues(&self) -> Option<flatbuffers::Vector<'a, u32>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u32>>>(
+                            GroupMemberInfo::VT_QUEUES,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for GroupMemberInfo<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        true,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u32>>>(
+                        "queues",
+                        Self::VT_QUEUES,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GroupMemberInfoArgs<'a> {
+            pub member_id: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queues: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u32>>>,
+        }
+        impl<'a> Default for GroupMemberInfoArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GroupMemberInfoArgs {
+                    member_id: None, // required field
+                    queues: None,
+                }
+            }
+        }
+
+        pub struct GroupMemberInfoBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> GroupMemberInfoBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupMemberInfo::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_queues(
+                &mut self,
+                queues: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u32>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupMemberInfo::VT_QUEUES,
+                    queues,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> GroupMemberInfoBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                GroupMemberInfoBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<GroupMemberInfo<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, GroupMemberInfo::VT_MEMBER_ID, "member_id");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for GroupMemberInfo<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("GroupMemberInfo");
+                ds.field("member_id", &self.member_id());
+                ds.field("queues", &self.queues());
+                ds.finish()
+            }
+        }
+        pub enum GroupInfoOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct GroupInfo<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for GroupInfo<'a> {
+            type Inner = GroupInfo<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> GroupInfo<'a> {
+            pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 6;
+            pub const VT_GENERATION: flatbuffers::VOffsetT = 8;
+            pub const VT_MEMBERS: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                GroupInfo { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args GroupInfoArgs<'args>,
+            ) -> flatbuffers::WIPOffset<GroupInfo<'bldr>> {
+                let mut builder = GroupInfoBuilder::new(_fbb);
+                builder.add_generation(args.generation);
+                if let Some(x) = args.members {
+                    builder.add_members(x);
+                }
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                if let Some(x) = args.group {
+                    builder.add_group(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_GROUP, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_TOPIC, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn generation(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(GroupInfo::VT_GENERATION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn members(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupMemberInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupMemberInfo>>,
+                    >>(GroupInfo::VT_MEMBERS, None)
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for GroupInfo<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "group",
+                        Self::VT_GROUP,
+                        true,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<GroupMemberInfo>>,
+                    >>("members", Self::VT_MEMBERS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GroupInfoArgs<'a> {
+            pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub generation: u64,
+            pub members: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupMemberInfo<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for GroupInfoArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GroupInfoArgs {
+                    group: None, // required field
+                    topic: None, // required field
+                    generation: 0,
+                    members: None,
+                }
+            }
+        }
+
+        pub struct GroupInfoBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> GroupInfoBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_group(&mut self, group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<_>>(GroupInfo::VT_GROUP, group);
+            }
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<_>>(GroupInfo::VT_TOPIC, topic);
+            }
+            #[inline]
+            pub fn add_generation(&mut self, generation: u64) {
+                self.fbb_
+                    .push_slot::<u64>(GroupInfo::VT_GENERATION, generation, 0);
+            }
+            #[inline]
+            pub fn add_members(
+                &mut self,
+                members: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<GroupMemberInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<_>>(GroupInfo::VT_MEMBERS, members);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> GroupInfoBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                GroupInfoBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<GroupInfo<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, GroupInfo::VT_GROUP, "group");
+                self.fbb_.required(o, GroupInfo::VT_TOPIC, "topic");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for GroupInfo<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("GroupInfo");
+                ds.field("group", &self.group());
+                ds.field("topic", &self.topic());
+                ds.field("generation", &self.generation());
+                ds.field("members", &self.members());
+                ds.finish()
+            }
+        }
+        pub enum ListGroupsResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ListGroupsResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ListGroupsResponse<'a> {
+            type Inner = ListGroupsResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ListGroupsResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_GROUPS: flatbuffers::VOffsetT = 6;
+            pub const VT_TRUNCATED: flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ListGroupsResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ListGroupsResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ListGroupsResponse<'bldr>> {
+                let mut builder = ListGroupsResponseBuilder::new(_fbb);
+                if let Some(x) = args.groups {
+                    builder.add_groups(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_truncated(args.truncated);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        ListGroupsResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn groups(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupInfo>>,
+                    >>(ListGroupsResponse::VT_GROUPS, None)
+                }
+            }
+            /// More groups than one answer carries: the list is cut.
+            #[inline]
+            pub fn truncated(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ListGroupsResponse::VT_TRUNCATED, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ListGroupsResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<GroupInfo>>,
+                    >>("groups", Self::VT_GROUPS, false)?
+                    .visit_field::<bool>("truncated", Self::VT_TRUNCATED, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ListGroupsResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub groups: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<GroupInfo<'a>>>,
+                >,
+            >,
+            pub truncated: bool,
+        }
+        impl<'a> Default for ListGroupsResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ListGroupsResponseArgs {
+                    outcome: None,
+                    groups: None,
+                    truncated: false,
+                }
+            }
+        }
+
+        pub struct ListGroupsResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ListGroupsResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        ListGroupsResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_groups(
+                &mut self,
+                groups: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<GroupInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListGroupsResponse::VT_GROUPS,
+                    groups,
+                );
+            }
+            #[inline]
+            pub fn add_truncated(&mut self, truncated: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ListGroupsResponse::VT_TRUNCATED, truncated, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ListGroupsResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ListGroupsResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ListGroupsResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ListGroupsResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ListGroupsResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("groups", &self.groups());
+                ds.field("truncated", &self.truncated());
+                ds.finish()
+            }
+        }
+        pub enum GroupOffsetsRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The committed offsets of `group` on the queues the receiving shard owns:
+        /// every queue of `topics` it owns, and every queue it holds a committed
+        /// offset of the group for (`ringmq group describe`).
+        pub struct GroupOffsetsRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for GroupOffsetsRequest<'a> {
+            type Inner = GroupOffsetsRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> GroupOffsetsRequest<'a> {
+            pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+            pub const VT_TOPICS: flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                GroupOffsetsRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args GroupOffsetsRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<GroupOffsetsRequest<'bldr>> {
+                let mut builder = GroupOffsetsRequestBuilder::new(_fbb);
+                if let Some(x) = args.topics {
+                    builder.add_topics(x);
+                }
+                if let Some(x) = args.group {
+                    builder.add_group(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            GroupOffsetsRequest::VT_GROUP,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn topics(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
+                    >>(GroupOffsetsRequest::VT_TOPICS, None)
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for GroupOffsetsRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "group",
+                        Self::VT_GROUP,
+                        true,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>,
+                    >>("topics", Self::VT_TOPICS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GroupOffsetsRequestArgs<'a> {
+            pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub topics: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
+                >,
+            >,
+        }
+        impl<'a> Default for GroupOffsetsRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GroupOffsetsRequestArgs {
+                    group: None, // required field
+                    topics: None,
+                }
+            }
+        }
+
+        pub struct GroupOffsetsRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> GroupOffsetsRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_group(&mut self, group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupOffsetsRequest::VT_GROUP,
+                    group,
+                );
+            }
+            #[inline]
+            pub fn add_topics(
+                &mut self,
+                topics: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<&'b str>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupOffsetsRequest::VT_TOPICS,
+                    topics,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> GroupOffsetsRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                GroupOffsetsRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<GroupOffsetsRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, GroupOffsetsRequest::VT_GROUP, "group");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for GroupOffsetsRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("GroupOffsetsRequest");
+                ds.field("group", &self.group());
+                ds.field("topics", &self.topics());
+                ds.finish()
+            }
+        }
+        pub enum QueueOffsetsOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct QueueOffsets<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for QueueOffsets<'a> {
+            type Inner = QueueOffsets<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> QueueOffsets<'a> {
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 6;
+            pub const VT_COMMITTED: flatbuffers::VOffsetT = 8;
+            pub const VT_END: flatbuffers::VOffsetT = 10;
+            pub const VT_EARLIEST: flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                QueueOffsets { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args QueueOffsetsArgs<'args>,
+            ) -> flatbuffers::WIPOffset<QueueOffsets<'bldr>> {
+                let mut builder = QueueOffsetsBuilder::new(_fbb);
+                builder.add_earliest(args.earliest);
+                builder.add_end(args.end);
+                builder.add_committed(args.committed);
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(QueueOffsets::VT_TOPIC, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(QueueOffsets::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            /// -1 when the group has no committed offset for the queue.
+            #[inline]
+            pub fn committed(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(QueueOffsets::VT_COMMITTED, Some(-1))
+                        .unwrap()
+                }
+            }
+            /// The queue's visible end: the next offset a consumer could read.
+            #[inline]
+            pub fn end(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(QueueOffsets::VT_END, Some(0)).unwrap() }
+            }
+            /// The earliest offset retention kept.
+            #[inline]
+            pub fn earliest(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(QueueOffsets::VT_EARLIEST, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for QueueOffsets<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<i64>("committed", Self::VT_COMMITTED, false)?
+                    .visit_field::<u64>("end", Self::VT_END, false)?
+                    .visit_field::<u64>("earliest", Self::VT_EARLIEST, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct QueueOffsetsArgs<'a> {
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub committed: i64,
+            pub end: u64,
+            pub earliest: u64,
+        }
+        impl<'a> Default for QueueOffsetsArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                QueueOffsetsArgs {
+                    topic: None, // required field
+                    queue: 0,
+                    committed: -1,
+                    end: 0,
+                    earliest: 0,
+                }
+            }
+        }
+
+        pub struct QueueOffsetsBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> QueueOffsetsBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<_>>(QueueOffsets::VT_TOPIC, topic);
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_.push_slot::<u32>(QueueOffsets::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_committed(&mut self, committed: i64) {
+                self.fbb_
+                    .push_slot::<i64>(QueueOffsets::VT_COMMITTED, committed, -1);
+            }
+            #[inline]
+            pub fn add_end(&mut self, end: u64) {
+                self.fbb_.push_slot::<u64>(QueueOffsets::VT_END, end, 0);
+            }
+            #[inline]
+            pub fn add_earliest(&mut self, earliest: u64) {
+                self.fbb_
+                    .push_slot::<u64>(QueueOffsets::VT_EARLIEST, earliest, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> QueueOffsetsBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                QueueOffsetsBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<QueueOffsets<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, QueueOffsets::VT_TOPIC, "topic");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for QueueOffsets<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("QueueOffsets");
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("committed", &self.committed());
+                ds.field("end", &self.end());
+                ds.field("earliest", &self.earliest());
+                ds.finish()
+            }
+        }
+        pub enum GroupOffsetsResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct GroupOffsetsResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for GroupOffsetsResponse<'a> {
+            type Inner = GroupOffsetsResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> GroupOffsetsResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_QUEUES: flatbuffers::VOffsetT = 6;
+            pub const VT_TRUNCATED: flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                GroupOffsetsResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args GroupOffsetsResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<GroupOffsetsResponse<'bldr>> {
+                let mut builder = GroupOffsetsResponseBuilder::new(_fbb);
+                if let Some(x) = args.queues {
+                    builder.add_queues(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_truncated(args.truncated);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        GroupOffsetsResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn queues(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<QueueOffsets<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<QueueOffsets>>,
+                    >>(GroupOffsetsResponse::VT_QUEUES, None)
+                }
+            }
+            #[inline]
+            pub fn truncated(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(GroupOffsetsResponse::VT_TRUNCATED, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for GroupOffsetsResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<QueueOffsets>>,
+                    >>("queues", Self::VT_QUEUES, false)?
+                    .visit_field::<bool>("truncated", Self::VT_TRUNCATED, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GroupOffsetsResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub queues: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<QueueOffsets<'a>>>,
+                >,
+            >,
+            pub truncated: bool,
+        }
+        impl<'a> Default for GroupOffsetsResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GroupOffsetsResponseArgs {
+                    outcome: None,
+                    queues: None,
+                    truncated: false,
+                }
+            }
+        }
+
+        pub struct GroupOffsetsResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> GroupOffsetsResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        GroupOffsetsResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_queues(
+                &mut self,
+                queues: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<QueueOffsets<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupOffsetsResponse::VT_QUEUES,
+                    queues,
+                );
+            }
+            #[inline]
+            pub fn add_truncated(&mut self, truncated: bool) {
+                self.fbb_
+                    .push_slot::<bool>(GroupOffsetsResponse::VT_TRUNCATED, truncated, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> GroupOffsetsResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                GroupOffsetsResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<GroupOffsetsResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for GroupOffsetsResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("GroupOffsetsResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("queues", &self.queues());
+                ds.field("truncated", &self.truncated());
+                ds.finish()
+            }
+        }
+        pub enum ResetOffsetRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// An operator's commit of `group`'s offset on `queue` of `topic` (to the
+        /// shard that owns the queue), bypassing member fencing; refused while the
+        /// group has a member owning a queue of the topic unless `force`.
+        pub struct ResetOffsetRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ResetOffsetRequest<'a> {
+            type Inner = ResetOffsetRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ResetOffsetRequest<'a> {
+            pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 6;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 8;
+            pub const VT_TARGET: flatbuffers::VOffsetT = 10;
+            pub const VT_VALUE: flatbuffers::VOffsetT = 12;
+            pub const VT_FORCE: flatbuffers::VOffsetT = 14;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ResetOffsetRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ResetOffsetRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ResetOffsetRequest<'bldr>> {
+                let mut builder = ResetOffsetRequestBuilder::new(_fbb);
+                builder.add_value(args.value);
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                if let Some(x) = args.group {
+                    builder.add_group(x);
+                }
+                builder.add_force(args.force);
+                builder.add_target(args.target);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            ResetOffsetRequest::VT_GROUP,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            ResetOffsetRequest::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ResetOffsetRequest::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn target(&self) -> ResetTarget {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ResetTarget>(
+                            ResetOffsetRequest::VT_TARGET,
+                            Some(ResetTarget::Earliest),
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ResetOffsetRequest::VT_VALUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn force(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ResetOffsetRequest::VT_FORCE, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ResetOffsetRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "group",
+                        Self::VT_GROUP,
+                        true,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<ResetTarget>("target", Self::VT_TARGET, false)?
+                    .visit_field::<u64>("value", Self::VT_VALUE, false)?
+                    .visit_field::<bool>("force", Self::VT_FORCE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ResetOffsetRequestArgs<'a> {
+            pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub target: ResetTarget,
+            pub value: u64,
+            pub force: bool,
+        }
+        impl<'a> Default for ResetOffsetRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ResetOffsetRequestArgs {
+                    group: None, // required field
+                    topic: None, // required field
+                    queue: 0,
+                    target: ResetTarget::Earliest,
+                    value: 0,
+                    force: false,
+                }
+            }
+        }
+
+        pub struct ResetOffsetRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ResetOffsetRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_group(&mut self, group: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ResetOffsetRequest::VT_GROUP,
+                    group,
+                );
+            }
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ResetOffsetRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ResetOffsetRequest::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_target(&mut self, target: ResetTarget) {
+                self.fbb_.push_slot::<ResetTarget>(
+                    ResetOffsetRequest::VT_TARGET,
+                    target,
+                    ResetTarget::Earliest,
+                );
+            }
+            #[inline]
+            pub fn add_value(&mut self, value: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ResetOffsetRequest::VT_VALUE, value, 0);
+            }
+            #[inline]
+            pub fn add_force(&mut self, force: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ResetOffsetRequest::VT_FORCE, force, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ResetOffsetRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ResetOffsetRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ResetOffsetRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, ResetOffsetRequest::VT_GROUP, "group");
+                self.fbb_.required(o, ResetOffsetRequest::VT_TOPIC, "topic");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ResetOffsetRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ResetOffsetRequest");
+                ds.field("group", &self.group());
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("target", &self.target());
+                ds.field("value", &self.value());
+                ds.field("force", &self.force());
+                ds.finish()
+            }
+        }
+        pub enum QueueOffsetResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Answers OffsetAtTimeRequest and ResetOffsetRequest.
+        pub struct QueueOffsetResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for QueueOffsetResponse<'a> {
+            type Inner = QueueOffsetResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> QueueOffsetResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_OFFSET: flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                QueueOffsetResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args QueueOffsetResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<QueueOffsetResponse<'bldr>> {
+                let mut builder = QueueOffsetResponseBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        QueueOffsetResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(QueueOffsetResponse::VT_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for QueueOffsetResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct QueueOffsetResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub offset: u64,
+        }
+        impl<'a> Default for QueueOffsetResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                QueueOffsetResponseArgs {
+                    outcome: None,
+                    offset: 0,
+                }
+            }
+        }
+
+        pub struct QueueOffsetResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> QueueOffsetResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        QueueOffsetResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_
+                    .push_slot::<u64>(QueueOffsetResponse::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> QueueOffsetResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                QueueOffsetResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<QueueOffsetResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for QueueOffsetResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("QueueOffsetResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("offset", &self.offset());
+                ds.finish()
+            }
+        }
+        pub enum OffsetAtTimeRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The first offset of `queue` of `topic` stored at or after `time_ms`
+        /// (the visible end if none), to the shard that owns the queue.
+        pub struct OffsetAtTimeRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for OffsetAtTimeRequest<'a> {
+            type Inner = OffsetAtTimeRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> OffsetAtTimeRequest<'a> {
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+            pub const VT_QUEUE: flatbuffers::VOffsetT = 6;
+            pub const VT_TIME_MS: flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                OffsetAtTimeRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args OffsetAtTimeRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<OffsetAtTimeRequest<'bldr>> {
+                let mut builder = OffsetAtTimeRequestBuilder::new(_fbb);
+                builder.add_time_ms(args.time_ms);
+                builder.add_queue(args.queue);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetAtTimeRequest::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn queue(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(OffsetAtTimeRequest::VT_QUEUE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn time_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(OffsetAtTimeRequest::VT_TIME_MS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for OffsetAtTimeRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("queue", Self::VT_QUEUE, false)?
+                    .visit_field::<u64>("time_ms", Self::VT_TIME_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetAtTimeRequestArgs<'a> {
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub queue: u32,
+            pub time_ms: u64,
+        }
+        impl<'a> Default for OffsetAtTimeRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetAtTimeRequestArgs {
+                    topic: None, // required field
+                    queue: 0,
+                    time_ms: 0,
+                }
+            }
+        }
+
+        pub struct OffsetAtTimeRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> OffsetAtTimeRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    OffsetAtTimeRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_queue(&mut self, queue: u32) {
+                self.fbb_
+                    .push_slot::<u32>(OffsetAtTimeRequest::VT_QUEUE, queue, 0);
+            }
+            #[inline]
+            pub fn add_time_ms(&mut self, time_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(OffsetAtTimeRequest::VT_TIME_MS, time_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> OffsetAtTimeRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                OffsetAtTimeRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<OffsetAtTimeRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetAtTimeRequest::VT_TOPIC, "topic");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for OffsetAtTimeRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetAtTimeRequest");
+                ds.field("topic", &self.topic());
+                ds.field("queue", &self.queue());
+                ds.field("time_ms", &self.time_ms());
                 ds.finish()
             }
         }
