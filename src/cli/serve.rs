@@ -72,12 +72,16 @@ pub struct ServeArgs {
     /// 90; 1 to 100).
     #[arg(long)]
     disk_max_used_percent: Option<u8>,
+    /// HOST:PORT to serve Prometheus metrics on (GET /metrics); off unless
+    /// set.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
     /// transaction_timeout_ms, transaction_check_interval_ms,
     /// transaction_check_max, delay_levels, delay_max_ms,
-    /// disk_max_used_percent, segment_size_bytes, retention_hours, retention_bytes,
+    /// disk_max_used_percent, metrics_listen, segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// spin_before_park_us.
     #[arg(long)]
@@ -103,6 +107,7 @@ struct ConfigFile {
     delay_levels: Option<String>,
     delay_max_ms: Option<u64>,
     disk_max_used_percent: Option<u8>,
+    metrics_listen: Option<String>,
     segment_size_bytes: Option<u64>,
     retention_hours: Option<u64>,
     retention_bytes: Option<u64>,
@@ -170,6 +175,7 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(percent) = args.disk_max_used_percent.or(file.disk_max_used_percent) {
         config.disk_max_used_percent = percent;
     }
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if let Some(bytes) = file.segment_size_bytes {
         config.segment_size_bytes = bytes;
     }
@@ -225,6 +231,7 @@ mod tests {
         assert_eq!(config.delay_levels, DelayLevels::default());
         assert_eq!(config.delay_max, Duration::from_millis(3_456_000_000));
         assert_eq!(config.disk_max_used_percent, 90);
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9400"));
     }
 
     #[test]
@@ -265,6 +272,8 @@ mod tests {
             ("delay_max_ms = 0", "delay_max_ms"),
             ("disk_max_used_percent = 0", "disk_max_used_percent"),
             ("disk_max_used_percent = 101", "disk_max_used_percent"),
+            ("metrics_listen = \"127.0.0.1\"", "metrics_listen"),
+            ("metrics_listen = \"127.0.0.1:99999\"", "metrics_listen"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
@@ -329,5 +338,18 @@ mod tests {
         assert_eq!(config(args).expect("config").disk_max_used_percent, 95);
         let flag_zero = ServeArgs { disk_max_used_percent: Some(0), ..ServeArgs::default() };
         assert!(config(flag_zero).is_err());
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_by_default_and_comes_from_the_flag_over_the_file() {
+        assert_eq!(config(ServeArgs::default()).expect("config").metrics_listen, None);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:9400\"\n").expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.metrics_listen.as_deref(), Some("127.0.0.1:9400"));
+        let args =
+            ServeArgs { config: Some(path), metrics_listen: Some("0.0.0.0:9500".into()), ..ServeArgs::default() };
+        assert_eq!(config(args).expect("config").metrics_listen.as_deref(), Some("0.0.0.0:9500"));
     }
 }

@@ -11,6 +11,7 @@
 //! discarded, in the round after the last one, so the producer had an
 //! interval to answer it.
 
+use super::metrics::ShardCounters;
 use super::shard::Shard;
 use super::transactions::{self, CheckDue, HALF_QUEUE_ID};
 use crate::protocol::{self, Kind, TransactionCheck};
@@ -97,8 +98,11 @@ async fn check_one(shard: &Shard, link: &super::producer_links::ProducerLink, ha
     let body = protocol::check_transaction_request(&check);
     match link.request(Kind::CheckTransactionRequest, body, ack_timeout).await {
         Ok(frame) if frame.kind == Kind::CheckTransactionResponse as u16 => {
-            if let Err(error) = transactions::record_check(shard, half).await {
-                tracing::warn!(%error, transaction_id = half.transaction_id, "could not record a delivered check");
+            match transactions::record_check(shard, half).await {
+                Ok(()) => ShardCounters::add(&shard.counters.checks_delivered, 1),
+                Err(error) => {
+                    tracing::warn!(%error, transaction_id = half.transaction_id, "could not record a delivered check")
+                }
             }
         }
         Ok(frame) => {

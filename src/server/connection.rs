@@ -151,6 +151,9 @@ async fn dispatch(
     let (shard, responses, link) = (shard.clone(), responses.clone(), link.clone());
     glommio::spawn_local(async move {
         shard.requests_in_flight.set(shard.requests_in_flight.get() + 1);
+        let body_bytes = frame.body.len() as u64;
+        let in_flight = &shard.counters.request_bytes_in_flight;
+        in_flight.set(in_flight.get() + body_bytes);
         let request_id = frame.request_id;
         let (kind, body) = match handlers::handle(&shard, &link, frame).await {
             Ok(answer) => answer,
@@ -160,6 +163,8 @@ async fn dispatch(
             }
         };
         shard.requests_in_flight.set(shard.requests_in_flight.get() - 1);
+        let in_flight = &shard.counters.request_bytes_in_flight;
+        in_flight.set(in_flight.get().saturating_sub(body_bytes));
         let _ = responses.send(Outgoing::new(kind, request_id, body, Some(held))).await;
     })
     .detach();

@@ -8,6 +8,7 @@ use super::delayed;
 use super::failures::log_failure;
 use super::groups::Joiner;
 use super::long_poll;
+use super::metrics::ShardCounters;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
 use super::send_back;
@@ -163,7 +164,17 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
             duplicate: placed.duplicate,
         })
         .collect();
+    count_produced(shard, &messages, &placed);
     Ok((Kind::ProduceResponse, protocol::produce_response(None, request.queue(), &sends)))
+}
+
+/// Counts the messages a produce stored (a duplicate was counted at its
+/// first send).
+fn count_produced(shard: &Shard, messages: &[VerifiedMessage], placed: &[Placed]) {
+    let stored = messages.iter().zip(placed).filter(|(_, placed)| !placed.duplicate);
+    let (count, bytes) = stored.fold((0, 0), |(count, bytes), (message, _)| (count + 1, bytes + message.bytes().len()));
+    ShardCounters::add(&shard.counters.produced_messages, count);
+    ShardCounters::add(&shard.counters.produced_bytes, bytes as u64);
 }
 
 /// Where a message of a produce request ended up.
@@ -311,6 +322,8 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             }
             let record_offsets: Vec<u64> = batch.records.iter().map(|record| record.queue_offset).collect();
             let reconsume_times: Vec<u32> = batch.records.iter().map(timer_records::deliveries_before).collect();
+            ShardCounters::add(&shard.counters.fetched_messages, batch.records.len() as u64);
+            ShardCounters::add(&shard.counters.fetched_bytes, records.len() as u64);
             let fetched = FetchedRecords {
                 records: &records,
                 record_count: batch.records.len() as u32,

@@ -20,6 +20,9 @@ mod groups;
 mod handlers;
 mod listeners;
 mod long_poll;
+mod metrics;
+mod metrics_http;
+mod metrics_text;
 mod offsets;
 mod outgoing;
 mod placement;
@@ -107,6 +110,8 @@ pub struct ServerConfig {
     /// Above this share of its filesystem used, a shard refuses produce
     /// (`disk_guard`).
     pub disk_max_used_percent: u8,
+    /// `HOST:PORT` of the Prometheus endpoint (`metrics_http`); `None`: off.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +140,7 @@ impl Default for ServerConfig {
             delay_levels: delay_levels::DelayLevels::default(),
             delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
             disk_max_used_percent: disk_guard::DISK_MAX_USED_PERCENT_DEFAULT,
+            metrics_listen: None,
         }
     }
 }
@@ -201,6 +207,12 @@ impl ServerConfig {
         }
         if !(1..=100).contains(&self.disk_max_used_percent) {
             return refuse(format!("disk_max_used_percent {} must be 1 to 100", self.disk_max_used_percent));
+        }
+        if let Some(address) = &self.metrics_listen {
+            let port = address.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return refuse(format!("metrics_listen {address:?} is not HOST:PORT"));
+            }
         }
         if matches!(self.flush, FlushMode::Async { interval } if interval.is_zero()) {
             return refuse("flush_interval_ms must be at least 1".into());
@@ -300,6 +312,8 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
     for endpoint in &endpoints {
         reserved.push(listeners::reserve(&endpoint.host, endpoint.port)?);
     }
+    let metrics_listener = config.metrics_listen.as_deref().map(metrics_http::bind).transpose()?;
+    let board = metrics_listener.as_ref().map(|_| Arc::new(metrics::MetricsBoard::new(shard_count)));
     let gate = Arc::new(StartGate::new(shard_count));
     let readiness = Arc::new(systemd::Readiness::new(shard_count));
     let cpus = cpu_count();
@@ -308,7 +322,7 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
     for ((index, ends), port) in channels.into_iter().enumerate().zip(reserved) {
         let shard = index as u32;
         let (config, endpoints, stop, gate) = (config.clone(), endpoints.clone(), stop.clone(), gate.clone());
-        let readiness = readiness.clone();
+        let (readiness, board) = (readiness.clone(), board.clone());
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize));
         if !config.spin_before_park.is_zero() {
             builder = builder.spin_before_park(config.spin_before_park);
@@ -317,7 +331,8 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
                 let span = tracing::info_span!("shard", id = shard);
-                let started = ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate, readiness };
+                let started =
+                    ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate, readiness, board };
                 let result = run_shard(started, stop.clone()).instrument(span).await;
                 if result.is_err() {
                     // The other shards stop too: no broker with a shard missing.
@@ -328,7 +343,20 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             .map_err(|error| ServerError::Shard { shard, detail: format!("starting the executor: {error}") })?;
         handles.push((shard, handle));
     }
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics_thread = match (metrics_listener, &board) {
+        (Some(listener), Some(board)) => {
+            Some(metrics_http::start(listener, board.clone(), metrics_stop.clone()).map_err(|error| {
+                ServerError::Shard { shard: 0, detail: format!("starting the metrics thread: {error}") }
+            }))
+        }
+        _ => None,
+    };
     let mut first_error = None;
+    if let Some(Err(error)) = &metrics_thread {
+        tracing::error!(%error, "no metrics endpoint; stopping");
+        stop.store(true, Ordering::SeqCst);
+    }
     for (shard, handle) in handles {
         let result = handle.join().map_err(|error| ServerError::Shard { shard, detail: format!("executor: {error}") });
         if let Err(error) = result.and_then(|result| result) {
@@ -336,6 +364,14 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
             stop.store(true, Ordering::SeqCst);
             first_error.get_or_insert(error);
         }
+    }
+    metrics_stop.store(true, Ordering::SeqCst);
+    match metrics_thread.map(|started| started.map(std::thread::JoinHandle::join)) {
+        Some(Ok(Err(_))) => tracing::error!("the metrics thread panicked"),
+        Some(Err(error)) => {
+            first_error.get_or_insert(error);
+        }
+        Some(Ok(Ok(()))) | None => {}
     }
     first_error.map_or(Ok(()), Err)
 }
@@ -351,10 +387,12 @@ struct ShardStart {
     gate: Arc<StartGate>,
     /// Tells systemd once every shard listens, and when the broker stops.
     readiness: Arc<systemd::Readiness>,
+    /// Where the shard publishes its figures (`--metrics-listen`).
+    board: Option<Arc<metrics::MetricsBoard>>,
 }
 
 async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
-    let ShardStart { id, shard_count, config, endpoints, ends, port, gate, readiness } = start;
+    let ShardStart { id, shard_count, config, endpoints, ends, port, gate, readiness, board } = start;
     let recovering = gate.watch();
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
@@ -461,6 +499,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let checking = glommio::spawn_local(checker::run(shard.clone()));
     let delivering = glommio::spawn_local(due_delivery::run(shard.clone()));
     let watching_disk = glommio::spawn_local(disk_guard::watch(shard.clone()));
+    let publishing = glommio::spawn_local(metrics::publish(shard.clone(), board));
     tracing::info!(%address, "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     readiness.shard_listening();
@@ -468,7 +507,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     readiness.stopping();
-    shutdown(shard, accepting, [background, checking, delivering, watching_disk]).await
+    shutdown(shard, accepting, [background, checking, delivering, watching_disk, publishing]).await
 }
 
 /// The peer shard behind inbox `index` of shard `id` (inboxes skip `id`).
@@ -605,7 +644,7 @@ async fn write_transactions_snapshot(shard: &Shard) {
 async fn shutdown(
     shard: Rc<Shard>,
     accepting: glommio::Task<()>,
-    background: [glommio::Task<()>; 4],
+    background: [glommio::Task<()>; 5],
 ) -> Result<(), ServerError> {
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     drop(accepting);

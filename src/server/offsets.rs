@@ -156,6 +156,11 @@ impl Offsets {
         committed
     }
 
+    /// Every committed offset this shard keeps, in no order.
+    pub fn committed(&self) -> impl Iterator<Item = (&OffsetKey, u64)> {
+        self.committed.iter().map(|(key, offset)| (key, *offset))
+    }
+
     pub fn apply(&mut self, commit: &OffsetCommit) {
         self.committed.insert((commit.group.clone(), commit.topic.clone(), commit.queue), commit.offset);
     }

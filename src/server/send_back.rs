@@ -69,6 +69,7 @@ pub async fn send_back(
     let body = EntryBody { due_ms: due_at_ms, target_queue_id, delivery_flag, key };
     let stored = store_entry(shard, &record, &message, body, reconsume_times).await?;
     drop(pin);
+    shard.counters.sent_back(dead_letter, stored.is_some());
     Ok(SentBack { dead_letter, reconsume_times, duplicate: stored.is_some(), due_at_ms: stored.unwrap_or(due_at_ms) })
 }
 

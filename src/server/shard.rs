@@ -7,6 +7,7 @@ use super::cross::{CrossMessage, Peers};
 use super::dedup::ProducerTable;
 use super::disk_guard::DiskGuard;
 use super::groups::{Coordinator, GroupFence};
+use super::metrics::ShardCounters;
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
 use super::producer_links::ProducerLinks;
@@ -81,6 +82,8 @@ pub struct Shard {
     pub disk: DiskGuard,
     /// Client connections open now (`ringmq status`).
     pub connections: Cell<usize>,
+    /// What the handlers count for `--metrics-listen` (`metrics`).
+    pub counters: ShardCounters,
 }
 
 pub struct ShardParts {
@@ -140,6 +143,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             requests_in_flight: Cell::new(0),
             connections: Cell::new(0),
+            counters: ShardCounters::default(),
         }
     }
 

@@ -338,6 +338,11 @@ impl<S: Storage> CommitLog<S> {
         self.shared.state.borrow().stats.clone()
     }
 
+    /// Reads the statistics in place (`stats` copies three histograms).
+    pub fn with_stats<R>(&self, read: impl FnOnce(&LogStats) -> R) -> R {
+        read(&self.shared.state.borrow().stats)
+    }
+
     pub fn is_stopped(&self) -> Option<LogError> {
         self.shared.flushed.failure()
     }

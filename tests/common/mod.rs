@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     /// A config file given to `ringmq serve --config`.
     config: Option<PathBuf>,
+    /// More `ringmq serve` flags.
+    extra_args: Vec<String>,
     pub base_port: u16,
     pub shards: u32,
     pub dir: PathBuf,
@@ -36,6 +38,15 @@ impl Broker {
 
     /// A broker reading `config` (TOML) as its config file.
     pub fn start_with_config(shards: u32, config: Option<&str>) -> Self {
+        Self::start_with(shards, config, &[])
+    }
+
+    /// A broker started with `extra_args` as more `ringmq serve` flags.
+    pub fn start_with_args(shards: u32, extra_args: &[&str]) -> Self {
+        Self::start_with(shards, None, extra_args)
+    }
+
+    fn start_with(shards: u32, config: Option<&str>, extra_args: &[&str]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let config = config.map(|text| {
             let path = temp.path().join("ringmq.toml");
@@ -44,6 +55,7 @@ impl Broker {
         });
         let mut broker = Broker {
             config,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             base_port: free_ports(shards as u16),
             shards,
             dir: temp.path().join("data"),
@@ -74,6 +86,7 @@ impl Broker {
         }
         let child = command
             .args(["--listen", &listen, "--shards", &self.shards.to_string(), "--log", "warn"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
