@@ -207,6 +207,30 @@ fn a_scrape_shows_what_was_produced_a_groups_lag_and_the_fdatasync_latency() {
     for name in ["ringmq_timers_pending", "ringmq_transactions_pending", "ringmq_dead_letters_sent_total"] {
         assert_eq!(samples.iter().filter(|sample| sample.name == name).count(), 2, "{name} for each shard");
     }
+    let exported: BTreeSet<&str> = samples.iter().map(|sample| sample.name.as_str()).collect();
+    for name in dashboard_metric_names() {
+        assert!(exported.contains(name.as_str()), "the dashboard uses {name}, which the broker does not export");
+    }
+}
+
+/// The `ringmq_*` names the packaged Grafana dashboard's queries use.
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-ringmq.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("the dashboard is JSON");
+    let mut names = BTreeSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for expr in panels.iter().flat_map(|panel| panel["targets"].as_array().expect("targets")) {
+        let expr = expr["expr"].as_str().expect("a query");
+        let mut rest = expr;
+        while let Some(start) = rest.find("ringmq_") {
+            let name: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[start + name.len()..];
+            names.insert(name);
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    names
 }
 
 #[test]
