@@ -5,7 +5,10 @@
 mod common;
 
 use common::{free_ports, Broker};
-use ringmq::client::{Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
+use ringmq::client::{
+    Client, ConsumeResult, Consumer, ConsumerOptions, GroupConsumer, OutgoingMessage, Producer, ProducerOptions,
+    QueueChoice,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -260,4 +263,41 @@ fn without_the_flag_no_metrics_port_is_opened() {
     let broker = Broker::start(2);
     let shard_ports: BTreeSet<u16> = (0..2).map(|shard| broker.base_port + shard).collect();
     assert_eq!(listening_ports(broker.pid()), shard_ports, "only the shards listen");
+}
+
+#[test]
+fn a_poison_message_counts_one_retry_then_one_dead_letter() {
+    let metrics_port = free_ports(1);
+    // From the config file this time; retries back off from level 3: 40 ms.
+    let config = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\ndelay_levels = \"10ms 20ms 40ms 80ms\"\n");
+    let broker = Broker::start_with_config(1, Some(&config));
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    client.create_topic("orders", 1).expect("create");
+    let producer = Producer::new(client.clone(), "orders", ProducerOptions::default()).expect("producer");
+    for body in ["ok", "poison"] {
+        let message = OutgoingMessage { body: body.as_bytes(), ..Default::default() };
+        producer.send(&message, QueueChoice::Explicit(0)).expect("send");
+    }
+    let options = ConsumerOptions { max_wait: Duration::from_millis(50), ..ConsumerOptions::default() };
+    // One retry allowed: the second RECONSUME_LATER sends it to the DLQ.
+    let mut consumer = GroupConsumer::join(client.clone(), "billing", "orders", options, 1).expect("join");
+    let mut poison_deliveries = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while poison_deliveries < 2 {
+        assert!(Instant::now() < deadline, "the poison message came {poison_deliveries} times");
+        consumer
+            .handle_next(|message| match message.body.as_slice() {
+                b"poison" => {
+                    poison_deliveries += 1;
+                    ConsumeResult::Later
+                }
+                _ => ConsumeResult::Success,
+            })
+            .expect("handle");
+    }
+    let samples = scrape_until(metrics_port, "one dead letter", |samples| {
+        sum(samples, "ringmq_dead_letters_sent_total") == 1.0 && sum(samples, "ringmq_timers_pending") == 0.0
+    });
+    assert_eq!(sum(&samples, "ringmq_retries_sent_total"), 1.0, "one retry before the dead letter");
+    assert_eq!(sum(&samples, "ringmq_produced_messages_total"), 2.0, "send-backs are not produce requests");
 }
