@@ -301,3 +301,24 @@ fn a_poison_message_counts_one_retry_then_one_dead_letter() {
     assert_eq!(sum(&samples, "ringmq_retries_sent_total"), 1.0, "one retry before the dead letter");
     assert_eq!(sum(&samples, "ringmq_produced_messages_total"), 2.0, "send-backs are not produce requests");
 }
+
+#[test]
+fn a_metrics_port_in_use_stops_the_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let metrics = taken.local_addr().expect("its address").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = format!("127.0.0.1:{}", free_ports(1));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--shards", "1", "--log", "warn", "--disk-max-used-percent", "100"])
+        .args(["--listen", &listen, "--metrics-listen", &metrics, "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ringmq serve");
+    let status = common::exit_within(&mut child, Duration::from_secs(20), "ringmq serve on a taken metrics port");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+    assert!(!status.success(), "it started: {stderr}");
+    assert!(stderr.contains(&metrics) && stderr.contains("metrics endpoint"), "{stderr}");
+}

@@ -159,6 +159,8 @@ pub enum ServerError {
     Listen { address: String, detail: String },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
 }
 
 fn describe_holder(holder: Option<u32>) -> String {
@@ -345,11 +347,10 @@ pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), Serv
     }
     let metrics_stop = Arc::new(AtomicBool::new(false));
     let metrics_thread = match (metrics_listener, &board) {
-        (Some(listener), Some(board)) => {
-            Some(metrics_http::start(listener, board.clone(), metrics_stop.clone()).map_err(|error| {
-                ServerError::Shard { shard: 0, detail: format!("starting the metrics thread: {error}") }
-            }))
-        }
+        (Some(listener), Some(board)) => Some(
+            metrics_http::start(listener, board.clone(), metrics_stop.clone())
+                .map_err(|error| ServerError::Metrics(format!("starting its thread: {error}"))),
+        ),
         _ => None,
     };
     let mut first_error = None;
