@@ -6,8 +6,8 @@ mod common;
 
 use common::{free_ports, Broker};
 use ringmq::client::{
-    Client, ConsumeResult, Consumer, ConsumerOptions, GroupConsumer, OutgoingMessage, Producer, ProducerOptions,
-    QueueChoice,
+    CheckedMessage, Client, ConsumeResult, Consumer, ConsumerOptions, GroupConsumer, LocalOutcome, OutgoingMessage,
+    Producer, ProducerOptions, QueueChoice, TransactionListener, TransactionProducer,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -321,4 +321,39 @@ fn a_metrics_port_in_use_stops_the_start_naming_it() {
     child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
     assert!(!status.success(), "it started: {stderr}");
     assert!(stderr.contains(&metrics) && stderr.contains("metrics endpoint"), "{stderr}");
+}
+
+/// A local transaction whose outcome is unknown at first and committed when
+/// the broker checks back.
+struct CommitOnCheck;
+
+impl TransactionListener for CommitOnCheck {
+    fn execute_local(&self, _: &OutgoingMessage<'_>, _: &str) -> LocalOutcome {
+        LocalOutcome::Unknown
+    }
+
+    fn check_local(&self, _: &CheckedMessage) -> LocalOutcome {
+        LocalOutcome::Commit
+    }
+}
+
+#[test]
+fn a_delivered_check_is_counted_and_the_half_it_committed_is_no_longer_pending() {
+    let metrics_port = free_ports(1);
+    // Checks every 100 ms once a half is 300 ms old.
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:{metrics_port}\"\ntransaction_timeout_ms = 300\ntransaction_check_interval_ms = 100\n"
+    );
+    let broker = Broker::start_with_config(1, Some(&config));
+    let client = Arc::new(Client::connect(&broker.address()).expect("connect"));
+    client.create_topic("orders", 1).expect("create");
+    let producer =
+        TransactionProducer::new(client, "orders", "payments", Arc::new(CommitOnCheck), ProducerOptions::default())
+            .expect("transaction producer");
+    let message = OutgoingMessage { body: b"order 1 paid", ..Default::default() };
+    let (_, outcome) = producer.send_in_transaction(&message, QueueChoice::Explicit(0)).expect("half");
+    assert_eq!(outcome, LocalOutcome::Unknown);
+    scrape_until(metrics_port, "a check delivered and the half committed", |samples| {
+        sum(samples, "ringmq_checks_delivered_total") >= 1.0 && sum(samples, "ringmq_transactions_pending") == 0.0
+    });
 }
