@@ -1,6 +1,10 @@
-//! `ringmq serve --metrics-listen`: a real broker, the real client producing
-//! and consuming, then a scrape over plain HTTP whose text is parsed; and a
-//! broker without the flag opens no port but its shards'.
+//! `ringmq serve --metrics-listen` (or `metrics_listen`): a real broker,
+//! the real client producing, consuming, sending back and ending a
+//! transaction on a check-back, then scrapes over plain HTTP whose text is
+//! parsed (counters, committed offset and lag, the fdatasync histogram, the
+//! names the packaged Grafana dashboard uses); requests other than
+//! `GET /metrics` and a silent client; a taken metrics port; and a broker
+//! without the setting opens no port but its shards'.
 
 mod common;
 
