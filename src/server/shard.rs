@@ -6,6 +6,7 @@ use super::clock::CoarseClock;
 use super::cross::{CrossMessage, Peers};
 use super::dedup::ProducerTable;
 use super::disk_guard::DiskGuard;
+use super::frame_budget::IncompleteFrames;
 use super::groups::{Coordinator, GroupFence};
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
@@ -81,6 +82,8 @@ pub struct Shard {
     pub disk: DiskGuard,
     /// Client connections open now (`ringmq status`).
     pub connections: Cell<usize>,
+    /// Bytes the connections hold in incomplete frames, and their bound.
+    pub incomplete_frames: IncompleteFrames,
 }
 
 pub struct ShardParts {
@@ -105,6 +108,7 @@ impl Shard {
     pub fn new(parts: ShardParts) -> Self {
         Shard {
             disk: DiskGuard::new(parts.config.disk_max_used_percent),
+            incomplete_frames: IncompleteFrames::new(parts.config.incomplete_frames_bytes_max),
             clock: parts.clock,
             id: parts.id,
             shard_count: parts.shard_count,

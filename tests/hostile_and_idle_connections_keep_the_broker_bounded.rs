@@ -1,0 +1,192 @@
+//! Hostile and idle clients against a real broker process on 127.0.0.1:
+//! thousands of connections that each send the header of a largest frame and
+//! 64 KiB of it, then stall, leave the broker's memory bounded and a round
+//! trip working; a shard's budget for incomplete frames closes connections
+//! past it; an idle connection is closed after the idle timeout, a busy one
+//! is not.
+
+mod common;
+
+use common::Broker;
+use ringmq::client::{expect_kind, Connection};
+use ringmq::constants::{FRAME_BODY_BYTES_MAX, INCOMPLETE_FRAMES_BYTES_MIN};
+use ringmq::protocol::{self, fb, frame_header, FetchParams, Kind};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// What a stalled client sends: the header of a largest frame, then this
+/// much of its body.
+const STALLED_BODY_BYTES: usize = 64 * 1024;
+
+/// Makes room for `descriptors` open files in this process.
+fn allow_open_files(descriptors: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(read, 0, "getrlimit");
+    if limit.rlim_cur >= descriptors {
+        return;
+    }
+    assert!(limit.rlim_max >= descriptors, "the hard limit of open files {} is below {descriptors}", limit.rlim_max);
+    limit.rlim_cur = descriptors;
+    // SAFETY: as above.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(raised, 0, "setrlimit");
+}
+
+/// A connection that sends a largest frame's header and 64 KiB of its body,
+/// then stalls.
+fn stalled_connection(address: &str, request_id: u32) -> TcpStream {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+    let mut wire = frame_header(Kind::ProduceRequest as u16, request_id, FRAME_BODY_BYTES_MAX).to_vec();
+    wire.resize(wire.len() + STALLED_BODY_BYTES, 0x5a);
+    stream.write_all(&wire).expect("send the beginning of a frame");
+    stream
+}
+
+/// Whether the broker still holds `stream` open (it sent nothing back).
+fn is_open(mut stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0; 1];
+    let open = matches!(stream.read(&mut byte), Err(error) if error.kind() == ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).expect("blocking");
+    open
+}
+
+/// A `kB` line of /proc/PID/status, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status.lines().find(|line| line.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("a number of kB");
+    kib * 1024
+}
+
+/// Produce one message and fetch it back on one fresh connection.
+fn round_trip(address: &str, topic: &str, body: &[u8]) {
+    let timeout = Duration::from_secs(10);
+    let connection = Connection::open(address, timeout).expect("a fresh connection");
+    let message = ringmq::wire::MessageDraft { topic, body, ..Default::default() }.build();
+    let produce = protocol::produce_request(topic, 0, &[&message], false);
+    let answer = connection.request(Kind::ProduceRequest as u16, &produce, timeout).expect("produce");
+    let answer = expect_kind(answer, Kind::ProduceResponse).expect("a produce response");
+    protocol::verify::<fb::ProduceResponse>(&answer).expect("verify");
+    let params = FetchParams {
+        topic: topic.into(),
+        queue: 0,
+        offset: 0,
+        max_count: 10,
+        max_bytes: 1 << 20,
+        max_wait_ms: 1000,
+        ..FetchParams::default()
+    };
+    let answer =
+        connection.request(Kind::FetchRequest as u16, &protocol::fetch_request(&params), timeout).expect("fetch");
+    let answer = expect_kind(answer, Kind::FetchResponse).expect("a fetch response");
+    let fetched = protocol::verify::<fb::FetchResponse>(&answer).expect("verify");
+    assert_eq!(fetched.record_count(), 1, "the message produced comes back");
+}
+
+#[test]
+fn thousands_of_stalled_connections_keep_the_broker_under_a_gib_and_serving() {
+    let started = Instant::now();
+    let connections_max = 2000;
+    // Every stalled connection but one: the round trip takes the last.
+    let stalled_count = connections_max - 1;
+    allow_open_files(stalled_count as u64 + 256);
+    let broker = Broker::start_with_config(1, Some(&format!("connections_max = {connections_max}\n")));
+    ringmq::client::Client::connect(&broker.address()).expect("connect").create_topic("storm", 1).expect("create");
+    // The connections of the start-up checks and the creation are released.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = status_bytes(broker.pid(), "VmRSS:");
+
+    let stalled: Vec<TcpStream> =
+        (0..stalled_count).map(|index| stalled_connection(&broker.address(), index as u32 + 1)).collect();
+    // Until the broker has read what they sent.
+    std::thread::sleep(Duration::from_secs(2));
+    let open = stalled.iter().filter(|stream| is_open(stream)).count();
+    assert_eq!(open, stalled_count, "every stalled connection is still open");
+
+    let rss = status_bytes(broker.pid(), "VmRSS:");
+    let data = status_bytes(broker.pid(), "VmData:");
+    eprintln!(
+        "{stalled_count} stalled connections: broker VmRSS {} MiB (before {} MiB), VmData {} MiB",
+        rss >> 20,
+        before >> 20,
+        data >> 20
+    );
+    assert!(rss < 1 << 30, "the broker's RSS is {} MiB with {stalled_count} stalled connections", rss >> 20);
+    // What the broker allocated, resident or not: with overcommit, the
+    // clients could make it resident by sending the rest of their frames.
+    // Reserving each frame's claimed length puts this past 8 GiB.
+    assert!(data < 2 << 30, "the broker allocated {} MiB for {stalled_count} stalled connections", data >> 20);
+
+    round_trip(&broker.address(), "storm", b"through the storm");
+    let open = stalled.iter().filter(|stream| is_open(stream)).count();
+    assert_eq!(open, stalled_count, "the stalled connections were all open during the round trip");
+    drop(stalled);
+    assert!(started.elapsed() < Duration::from_secs(90), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_shard_closes_the_connections_past_its_budget_for_incomplete_frames() {
+    let budget = INCOMPLETE_FRAMES_BYTES_MIN;
+    let config = format!("incomplete_frames_bytes_max = {budget}\n");
+    let broker = Broker::start_with_config(1, Some(&config));
+    ringmq::client::Client::connect(&broker.address()).expect("connect").create_topic("t", 1).expect("create");
+    let count = 2 * budget / STALLED_BODY_BYTES;
+    allow_open_files(count as u64 + 256);
+    let stalled: Vec<TcpStream> =
+        (0..count).map(|index| stalled_connection(&broker.address(), index as u32 + 1)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let open = stalled.iter().filter(|stream| is_open(stream)).count();
+    eprintln!("{open} of {count} stalled connections kept within a budget of {budget} bytes");
+    assert!(open > 0, "connections within the budget stay open");
+    assert!(
+        open * STALLED_BODY_BYTES <= budget,
+        "{open} connections of {STALLED_BODY_BYTES} bytes each stay open within a budget of {budget} bytes"
+    );
+    // Their budget comes back when they go.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = std::panic::catch_unwind(|| round_trip(&broker.address(), "t", b"after the storm"));
+        match attempt {
+            Ok(()) => break,
+            Err(panic) if Instant::now() >= deadline => std::panic::resume_unwind(panic),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+    let broker = Broker::start_with_config(1, Some("connection_idle_timeout_ms = 500\n"));
+    let silent = TcpStream::connect(broker.address()).expect("connect");
+    let mut half_frame = TcpStream::connect(broker.address()).expect("connect");
+    // A frame's beginning is not activity: only a complete frame is.
+    half_frame.write_all(&1000u32.to_le_bytes()).expect("write");
+    let opened = Instant::now();
+
+    // A connection with a request every 150 ms stays open past the timeout.
+    let busy = Connection::open(&broker.address(), Duration::from_secs(5)).expect("connect");
+    while opened.elapsed() < Duration::from_millis(1500) {
+        let answer =
+            busy.request(Kind::MetadataRequest as u16, &protocol::metadata_request(&[]), Duration::from_secs(5));
+        expect_kind(answer.expect("a busy connection is answered"), Kind::MetadataResponse).expect("metadata");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    for (name, mut stream) in [("silent", silent), ("half a frame", half_frame)] {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut byte = [0; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("the {name} connection should be closed by the broker, got {other:?}"),
+        }
+        let closed_after = opened.elapsed();
+        assert!(closed_after < Duration::from_secs(3), "the {name} connection was closed after {closed_after:?}");
+    }
+}
