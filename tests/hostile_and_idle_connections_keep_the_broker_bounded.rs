@@ -190,3 +190,116 @@ fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
         assert!(closed_after < Duration::from_secs(3), "the {name} connection was closed after {closed_after:?}");
     }
 }
+
+#[test]
+fn a_peer_that_does_not_read_its_answers_is_disconnected() {
+    let broker = Broker::start_with_config(1, Some("connection_write_timeout_ms = 500\n"));
+    round_trip_setup(&broker.address(), "big", &vec![7; 1 << 20]);
+    let mut stream = TcpStream::connect(broker.address()).expect("connect");
+    shrink_receive_buffer(&stream);
+    // 24 fetches of a 1 MiB message: far more than the sockets buffer.
+    let requests = 24;
+    let params = FetchParams {
+        topic: "big".into(),
+        queue: 0,
+        offset: 0,
+        max_count: 1,
+        max_bytes: 2 << 20,
+        max_wait_ms: 0,
+        ..FetchParams::default()
+    };
+    let fetch = protocol::fetch_request(&params);
+    let wire: Vec<u8> = (0..requests)
+        .flat_map(|request_id| protocol::encode_frame(Kind::FetchRequest as u16, request_id + 1, &fetch))
+        .collect();
+    stream.write_all(&wire).expect("send the fetches");
+    // Read nothing until well after the broker has its answers (a debug
+    // build takes a few seconds to check their CRCs) and its write timeout.
+    std::thread::sleep(Duration::from_secs(6));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut received = 0usize;
+    let mut chunk = vec![0; 1 << 16];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => received += read,
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("the broker should have closed the connection; after {received} bytes: {error}"),
+        }
+    }
+    assert!(received < (requests as usize) << 20, "{received} bytes of answers came: the broker never gave up");
+    round_trip(&broker.address(), "big", &[]);
+}
+
+/// A small receive buffer: loopback's autotuned one could take every answer.
+fn shrink_receive_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 64 * 1024;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local
+    // on a descriptor this stream owns.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF");
+}
+
+/// Creates `topic` (one queue) and stores one message of `body` in it.
+fn round_trip_setup(address: &str, topic: &str, body: &[u8]) {
+    let client = ringmq::client::Client::connect(address).expect("connect");
+    client.create_topic(topic, 1).expect("create");
+    let message = ringmq::wire::MessageDraft { topic, body, ..Default::default() }.build();
+    client.call(0, Kind::ProduceRequest, &protocol::produce_request(topic, 0, &[&message], false)).expect("produce");
+}
+
+#[test]
+fn ids_and_producer_groups_past_their_length_caps_are_refused_by_name() {
+    use ringmq::client::{Client, ClientError};
+    use ringmq::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX};
+    let broker = Broker::start(1);
+    let client = Client::connect(&broker.address()).expect("connect");
+    client.create_topic("t", 1).expect("create");
+    let long_id = "i".repeat(CLIENT_ID_BYTES_MAX + 1);
+    let long_group = "g".repeat(NAME_BYTES_MAX + 1);
+    let half = ringmq::wire::MessageDraft {
+        topic: "t",
+        body: b"x",
+        half: true,
+        producer_group: Some("pg"),
+        transaction_id: Some(&long_id),
+        ..Default::default()
+    }
+    .build();
+    let cases = [
+        (Kind::JoinGroupRequest, protocol::join_group_request("g", "t", &long_id, "", 10_000), "member id"),
+        (Kind::JoinGroupRequest, protocol::join_group_request("g", "t", "", &long_id, 10_000), "instance id"),
+        (Kind::HeartbeatRequest, protocol::heartbeat_request("g", "t", &long_id), "member id"),
+        (Kind::RegisterProducerRequest, protocol::register_producer_request(&long_group), "producer group"),
+        (
+            Kind::EndTransactionRequest,
+            protocol::end_transaction_request("t", 0, &long_id, fb::TransactionOutcome::Commit, false),
+            "transaction id",
+        ),
+        (Kind::ProduceRequest, protocol::produce_request("t", 0, &[&half], false), "transaction_id"),
+    ];
+    for (kind, body, named) in cases {
+        match client.call(0, kind, &body) {
+            Err(ClientError::Broker(failure)) => {
+                assert!(
+                    failure.message.contains(named) && failure.message.contains("bytes"),
+                    "{kind:?}: {failure} does not name {named}"
+                );
+                assert!(!failure.message.contains(&long_id), "{kind:?}: the refusal echoes the long value");
+            }
+            other => panic!("{kind:?} with a too long {named}: expected a refusal, got {other:?}"),
+        }
+    }
+    // At the cap, accepted.
+    let at_cap = "g".repeat(NAME_BYTES_MAX);
+    client.call(0, Kind::RegisterProducerRequest, &protocol::register_producer_request(&at_cap)).expect("at the cap");
+}
