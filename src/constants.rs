@@ -72,6 +72,10 @@ pub const TOPIC_QUEUES_MAX: u32 = 1024;
 /// Longest topic or group name (consumer or producer group), in bytes.
 pub const NAME_BYTES_MAX: usize = 249;
 
+/// Longest topic name a request may name: a group's internal topics
+/// (`%RETRY%group`, `%DLQ%group`) add their prefix to a group name.
+pub const TOPIC_NAME_BYTES_MAX: usize = NAME_BYTES_MAX + 16;
+
 /// Longest id a client chooses and the broker stores or echoes (member,
 /// instance and transaction ids), in bytes.
 pub const CLIENT_ID_BYTES_MAX: usize = 255;

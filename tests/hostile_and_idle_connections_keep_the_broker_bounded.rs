@@ -260,12 +260,13 @@ fn round_trip_setup(address: &str, topic: &str, body: &[u8]) {
 #[test]
 fn ids_and_producer_groups_past_their_length_caps_are_refused_by_name() {
     use ringmq::client::{Client, ClientError};
-    use ringmq::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX};
+    use ringmq::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
     let broker = Broker::start(1);
     let client = Client::connect(&broker.address()).expect("connect");
     client.create_topic("t", 1).expect("create");
     let long_id = "i".repeat(CLIENT_ID_BYTES_MAX + 1);
     let long_group = "g".repeat(NAME_BYTES_MAX + 1);
+    let long_topic = "t".repeat(TOPIC_NAME_BYTES_MAX + 1);
     let half = ringmq::wire::MessageDraft {
         topic: "t",
         body: b"x",
@@ -286,6 +287,8 @@ fn ids_and_producer_groups_past_their_length_caps_are_refused_by_name() {
             "transaction id",
         ),
         (Kind::ProduceRequest, protocol::produce_request("t", 0, &[&half], false), "transaction_id"),
+        (Kind::FetchOffsetRequest, protocol::fetch_offset_request(&long_group, "t", 0), "group"),
+        (Kind::ProduceRequest, protocol::produce_request(&long_topic, 0, &[&half], false), "topic name"),
     ];
     for (kind, body, named) in cases {
         match client.call(0, kind, &body) {
@@ -294,7 +297,12 @@ fn ids_and_producer_groups_past_their_length_caps_are_refused_by_name() {
                     failure.message.contains(named) && failure.message.contains("bytes"),
                     "{kind:?}: {failure} does not name {named}"
                 );
-                assert!(!failure.message.contains(&long_id), "{kind:?}: the refusal echoes the long value");
+                assert!(
+                    !failure.message.contains(&long_id)
+                        && !failure.message.contains(&long_group)
+                        && !failure.message.contains(&long_topic),
+                    "{kind:?}: the refusal echoes the long value"
+                );
             }
             other => panic!("{kind:?} with a too long {named}: expected a refusal, got {other:?}"),
         }

@@ -34,6 +34,10 @@ const FETCH_COUNT_MAX: u32 = 10_000;
 /// Tags a fetch may filter by.
 const FETCH_TAGS_MAX: usize = 64;
 
+// The coordinator caps instance ids itself; the handlers cap them (and the
+// other client-chosen ids) with the same bound.
+const _: () = assert!(CLIENT_ID_BYTES_MAX == super::groups::INSTANCE_ID_BYTES_MAX);
+
 pub(super) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
 }

@@ -15,6 +15,7 @@ use super::timers::TimerTable;
 use super::topics::{Topic, Topics, TOPICS_FILE};
 use super::transactions::{AppendsInFlight, TransactionTable};
 use super::ServerConfig;
+use crate::constants::TOPIC_NAME_BYTES_MAX;
 use crate::protocol::{fb, Failure, ShardEndpoint};
 use crate::storage::backend::{DmaStorage, Storage};
 use crate::storage::{CommitLog, Signal};
@@ -204,6 +205,9 @@ impl Shard {
 
     /// The topic `name`, or `UnknownTopic`.
     pub fn topic(&self, name: &str) -> Result<Topic, Failure> {
+        // No topic has a longer name; refused without echoing it.
+        super::topics::check_length("topic name", name, TOPIC_NAME_BYTES_MAX)
+            .map_err(|failure| Failure::new(fb::ErrorCode::InvalidTopic, failure.message))?;
         self.topics
             .borrow()
             .get(name)
