@@ -144,7 +144,10 @@ async fn read_requests(
     ends: &ConnectionEnds<'_>,
 ) -> Result<(), Closing> {
     let body_max = shard.config.frame_body_bytes_max;
-    // Grows with what arrives (`read_room`), charged to the shard's budget.
+    // Grows with what arrives (`read_room`), charged to the shard's budget
+    // past its first read: a new connection's small requests are served
+    // even while stalled ones hold the whole budget (that first read is
+    // bounded by `connections_max` instead).
     let mut buffer = BytesMut::new();
     let mut held = shard.incomplete_frames.account();
     let mut active_at = Instant::now();
@@ -164,13 +167,13 @@ async fn read_requests(
             }
         }
         release_excess(&mut buffer, CONNECTION_BUFFER_RETAINED_BYTES);
-        held.settle(buffer.capacity());
+        held.settle(buffer.capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES));
         if shard.shutting_down.get() {
             return Err(Closing::ShuttingDown);
         }
         let room = read_room(&mut buffer, CONNECTION_READ_FIRST_BYTES, CONNECTION_READ_BYTES_MAX);
         // Refused: the buffer just grown goes with the connection.
-        held.reserve(buffer.capacity())?;
+        held.reserve(buffer.capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES))?;
         let filled = buffer.len();
         buffer.resize(filled + room, 0);
         let read = read_or_idle(shard, &mut reader, &mut buffer[filled..], ends, &mut active_at).await;

@@ -1,6 +1,9 @@
 //! A shard's budget for bytes held in incomplete frames: every connection's
 //! read buffer is charged to it, so a few thousand clients that each send a
-//! frame's beginning and stall cannot grow the shard's memory past it.
+//! frame's beginning and stall cannot grow the shard's memory past it. A
+//! connection's first read (`CONNECTION_READ_FIRST_BYTES`) is not charged,
+//! so small requests on a new connection are served while the budget is
+//! spent; those reads are bounded by `connections_max`.
 
 use std::cell::Cell;
 
