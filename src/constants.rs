@@ -69,8 +69,16 @@ const _: () = assert!(PRODUCE_MESSAGES_MAX + 8 <= VERIFIER_TABLES_MAX);
 /// Largest number of queues a topic may have.
 pub const TOPIC_QUEUES_MAX: u32 = 1024;
 
-/// Longest topic or group name, in bytes.
+/// Longest topic or group name (consumer or producer group), in bytes.
 pub const NAME_BYTES_MAX: usize = 249;
+
+/// Longest topic name a request may name: a group's internal topics
+/// (`%RETRY%group`, `%DLQ%group`) add their prefix to a group name.
+pub const TOPIC_NAME_BYTES_MAX: usize = NAME_BYTES_MAX + 16;
+
+/// Longest id a client chooses and the broker stores or echoes (member,
+/// instance and transaction ids), in bytes.
+pub const CLIENT_ID_BYTES_MAX: usize = 255;
 
 /// Longest long poll a fetch may ask for.
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
@@ -117,3 +125,39 @@ pub const INDEX_CACHE_BYTES_MIN: usize = 2 * INDEX_PAGE_BYTES;
 pub const INDEX_UNWRITTEN_ENTRIES_WAKE_DEFAULT: u64 = 256 * 1024;
 
 const _: () = assert!(INDEX_PAGE_BYTES % BLOCK_SIZE_BYTES == 0);
+
+/// A connection's first read before a frame's length is known, and the
+/// smallest step its buffer grows by: an idle connection holds no more.
+pub const CONNECTION_READ_FIRST_BYTES: usize = 4 * 1024;
+
+/// Most bytes one read of a connection asks for; its buffer grows by at
+/// most this or what it already holds, whichever is more.
+pub const CONNECTION_READ_BYTES_MAX: usize = 64 * 1024;
+
+/// Capacity a connection's buffer keeps after a frame; past it (after a
+/// large frame) the buffer is given back.
+pub const CONNECTION_BUFFER_RETAINED_BYTES: usize = 2 * CONNECTION_READ_BYTES_MAX;
+
+/// Default: a connection with no complete frame and nothing in flight this
+/// long is closed.
+pub const CONNECTION_IDLE_TIMEOUT_MS_DEFAULT: u64 = 600_000;
+
+/// Default: a write of answers that does not finish this long (the peer
+/// does not read) closes the connection.
+pub const CONNECTION_WRITE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Bytes one frame may make a connection's buffer hold: it grows at most by
+/// doubling what arrived, so twice the largest frame.
+pub const INCOMPLETE_FRAME_BYTES_MAX: usize = 2 * (FRAME_BODY_BYTES_MAX + 64 * 1024);
+
+/// Smallest per-shard budget for bytes held in incomplete frames: one
+/// largest frame must always fit.
+pub const INCOMPLETE_FRAMES_BYTES_MIN: usize = INCOMPLETE_FRAME_BYTES_MAX;
+
+/// Default per-shard budget for bytes held in incomplete frames (all its
+/// connections' read buffers); a connection that would pass it is closed.
+pub const INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+
+const _: () = assert!(CONNECTION_READ_FIRST_BYTES <= CONNECTION_READ_BYTES_MAX);
+const _: () = assert!(CONNECTION_BUFFER_RETAINED_BYTES >= CONNECTION_READ_BYTES_MAX + CONNECTION_READ_FIRST_BYTES);
+const _: () = assert!(INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT >= INCOMPLETE_FRAMES_BYTES_MIN);

@@ -76,6 +76,19 @@ pub struct ServeArgs {
     /// set.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// A connection with no complete frame and nothing in flight this long
+    /// is closed (default 600000; at least 1).
+    #[arg(long)]
+    connection_idle_timeout_ms: Option<u64>,
+    /// A connection whose answers cannot be written this long (the peer
+    /// does not read them) is closed (default 30000; at least 1).
+    #[arg(long)]
+    connection_write_timeout_ms: Option<u64>,
+    /// Bytes each shard's connections may hold in incomplete frames; a
+    /// connection that would pass it is closed (default 268435456; at least
+    /// twice the largest frame).
+    #[arg(long)]
+    incomplete_frames_bytes_max: Option<usize>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
@@ -83,7 +96,8 @@ pub struct ServeArgs {
     /// transaction_check_max, delay_levels, delay_max_ms,
     /// disk_max_used_percent, metrics_listen, segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
-    /// spin_before_park_us.
+    /// connection_idle_timeout_ms, connection_write_timeout_ms,
+    /// incomplete_frames_bytes_max, spin_before_park_us.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -114,6 +128,9 @@ struct ConfigFile {
     connections_max: Option<usize>,
     in_flight_max: Option<usize>,
     in_flight_bytes_max: Option<usize>,
+    connection_idle_timeout_ms: Option<u64>,
+    connection_write_timeout_ms: Option<u64>,
+    incomplete_frames_bytes_max: Option<usize>,
     spin_before_park_us: Option<u64>,
 }
 
@@ -189,6 +206,15 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(bytes) = file.in_flight_bytes_max {
         config.in_flight_bytes_max = bytes;
     }
+    if let Some(ms) = args.connection_idle_timeout_ms.or(file.connection_idle_timeout_ms) {
+        config.connection_idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.connection_write_timeout_ms.or(file.connection_write_timeout_ms) {
+        config.connection_write_timeout = Duration::from_millis(ms);
+    }
+    if let Some(bytes) = args.incomplete_frames_bytes_max.or(file.incomplete_frames_bytes_max) {
+        config.incomplete_frames_bytes_max = bytes;
+    }
     if let Some(spin) = file.spin_before_park_us {
         config.spin_before_park = Duration::from_micros(spin);
     }
@@ -232,6 +258,9 @@ mod tests {
         assert_eq!(config.delay_max, Duration::from_millis(3_456_000_000));
         assert_eq!(config.disk_max_used_percent, 90);
         assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9400"));
+        assert_eq!(config.connection_idle_timeout, Duration::from_millis(600_000));
+        assert_eq!(config.connection_write_timeout, Duration::from_millis(30_000));
+        assert_eq!(config.incomplete_frames_bytes_max, 256 * 1024 * 1024);
     }
 
     #[test]
@@ -274,6 +303,9 @@ mod tests {
             ("disk_max_used_percent = 101", "disk_max_used_percent"),
             ("metrics_listen = \"127.0.0.1\"", "metrics_listen"),
             ("metrics_listen = \"127.0.0.1:99999\"", "metrics_listen"),
+            ("connection_idle_timeout_ms = 0", "connection_idle_timeout_ms"),
+            ("connection_write_timeout_ms = 0", "connection_write_timeout_ms"),
+            ("incomplete_frames_bytes_max = 1048576", "incomplete_frames_bytes_max"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
@@ -351,5 +383,28 @@ mod tests {
         let args =
             ServeArgs { config: Some(path), metrics_listen: Some("0.0.0.0:9500".into()), ..ServeArgs::default() };
         assert_eq!(config(args).expect("config").metrics_listen.as_deref(), Some("0.0.0.0:9500"));
+    }
+
+    #[test]
+    fn the_connection_bounds_come_from_the_flags_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        let text = "connection_idle_timeout_ms = 1000\nconnection_write_timeout_ms = 2000\nincomplete_frames_bytes_max = 33554432\n";
+        std::fs::write(&path, text).expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.connection_idle_timeout, Duration::from_millis(1000));
+        assert_eq!(from_file.connection_write_timeout, Duration::from_millis(2000));
+        assert_eq!(from_file.incomplete_frames_bytes_max, 32 << 20);
+        let args = ServeArgs {
+            config: Some(path),
+            connection_idle_timeout_ms: Some(10),
+            connection_write_timeout_ms: Some(20),
+            incomplete_frames_bytes_max: Some(64 << 20),
+            ..ServeArgs::default()
+        };
+        let from_flags = config(args).expect("config");
+        assert_eq!(from_flags.connection_idle_timeout, Duration::from_millis(10));
+        assert_eq!(from_flags.connection_write_timeout, Duration::from_millis(20));
+        assert_eq!(from_flags.incomplete_frames_bytes_max, 64 << 20);
     }
 }

@@ -41,7 +41,8 @@ pub fn encode_frame(kind: u16, request_id: u32, body: &[u8]) -> Vec<u8> {
 
 /// Takes one whole frame off the front of `buffer`, if it holds one. A bad
 /// length is an error as soon as the prefix arrives: nothing is buffered for
-/// a frame that will be refused.
+/// a frame that will be refused. Nothing is reserved for the length a frame
+/// claims: the reader grows the buffer with what arrives (`read_room`).
 pub fn decode_frame(buffer: &mut BytesMut, body_bytes_max: usize) -> Result<Option<Frame>, FrameError> {
     if buffer.len() < FRAME_PREFIX_BYTES {
         return Ok(None);
@@ -56,7 +57,6 @@ pub fn decode_frame(buffer: &mut BytesMut, body_bytes_max: usize) -> Result<Opti
         return Err(FrameError::TooLarge { length: body_length, max: body_bytes_max });
     }
     if buffer.len() < FRAME_PREFIX_BYTES + length {
-        buffer.reserve(FRAME_PREFIX_BYTES + length - buffer.len());
         return Ok(None);
     }
     buffer.advance(FRAME_PREFIX_BYTES);
@@ -64,6 +64,42 @@ pub fn decode_frame(buffer: &mut BytesMut, body_bytes_max: usize) -> Result<Opti
     let request_id = buffer.get_u32_le();
     let body = buffer.split_to(body_length).freeze();
     Ok(Some(Frame { kind, request_id, body }))
+}
+
+/// Bytes still missing from the frame at the front of `buffer`; `None` until
+/// its length prefix has arrived.
+pub fn frame_bytes_missing(buffer: &[u8]) -> Option<usize> {
+    let prefix: [u8; FRAME_PREFIX_BYTES] = buffer.get(..FRAME_PREFIX_BYTES)?.try_into().ok()?;
+    let whole = FRAME_PREFIX_BYTES + u32::from_le_bytes(prefix) as usize;
+    Some(whole.saturating_sub(buffer.len()))
+}
+
+/// Makes room in `buffer` for the next read and returns how many bytes that
+/// read may fill. The buffer grows with what has arrived, never with what a
+/// frame claims: by `first_read_bytes` before a length is known, then by the
+/// missing bytes but at most by what the buffer already holds (or
+/// `read_bytes_max`), so it stays within twice the bytes received plus one
+/// step; a read fills at most `read_bytes_max`.
+pub fn read_room(buffer: &mut BytesMut, first_read_bytes: usize, read_bytes_max: usize) -> usize {
+    // Only a full buffer grows: a stalled frame's beginning holds no step
+    // beyond the one it arrived in.
+    if buffer.capacity() == buffer.len() {
+        let step = match frame_bytes_missing(buffer) {
+            None => first_read_bytes,
+            Some(missing) => missing.min(read_bytes_max.max(buffer.len())).max(first_read_bytes),
+        };
+        buffer.reserve(step);
+    }
+    (buffer.capacity() - buffer.len()).min(read_bytes_max)
+}
+
+/// After a large frame, gives back the capacity past `retained_bytes_max`:
+/// what is left (part of the next frame, if any) moves to a buffer of its
+/// own size.
+pub fn release_excess(buffer: &mut BytesMut, retained_bytes_max: usize) {
+    if buffer.capacity() > retained_bytes_max && buffer.len() <= retained_bytes_max {
+        *buffer = BytesMut::from(&buffer[..]);
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +129,57 @@ mod tests {
         assert!(matches!(decode_frame(&mut buffer, 1024), Err(FrameError::TooLarge { .. })));
         let mut buffer = BytesMut::from(&3u32.to_le_bytes()[..]);
         assert!(matches!(decode_frame(&mut buffer, 1024), Err(FrameError::TooShort { .. })));
+    }
+
+    #[test]
+    fn a_length_prefix_alone_reserves_nothing_for_the_frame_it_claims() {
+        let mut header = frame_header(5, 1, 4 * 1024 * 1024).to_vec();
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&header[..FRAME_PREFIX_BYTES]);
+        assert_eq!(decode_frame(&mut buffer, 8 << 20), Ok(None));
+        assert!(buffer.capacity() < 64 * 1024, "capacity {} for 4 bytes received", buffer.capacity());
+        // The buffer grows with what arrives, in bounded steps.
+        header.drain(..FRAME_PREFIX_BYTES);
+        buffer.extend_from_slice(&header);
+        let mut received = buffer.len();
+        for _ in 0..40 {
+            let room = read_room(&mut buffer, 4096, 64 * 1024);
+            assert!(room > 0 && room <= 64 * 1024);
+            let arrived = room.min(10_000);
+            buffer.extend_from_slice(&vec![7; arrived]);
+            received += arrived;
+            assert_eq!(decode_frame(&mut buffer, 8 << 20), Ok(None));
+            assert!(
+                buffer.capacity() <= 2 * received + 64 * 1024 + 4096,
+                "capacity {} after {received} bytes",
+                buffer.capacity()
+            );
+        }
+        assert!(buffer.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn the_buffer_shrinks_back_after_a_large_frame() {
+        let mut wire = encode_frame(5, 1, &vec![1; 3 << 20]);
+        wire.extend(encode_frame(6, 2, b"next"));
+        let mut buffer = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut offset = 0;
+        while offset < wire.len() {
+            let room = read_room(&mut buffer, 4096, 64 * 1024);
+            let end = (offset + room).min(wire.len() - 3);
+            let end = if end == offset { wire.len() } else { end };
+            buffer.extend_from_slice(&wire[offset..end]);
+            offset = end;
+            while let Some(frame) = decode_frame(&mut buffer, 8 << 20).expect("good frames") {
+                frames.push(frame);
+            }
+            release_excess(&mut buffer, 128 * 1024);
+            assert!(buffer.capacity() <= 2 * offset + 128 * 1024);
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].body.len(), 3 << 20);
+        assert_eq!(&frames[1].body[..], b"next");
+        assert!(buffer.capacity() <= 128 * 1024, "{} bytes kept after the large frame", buffer.capacity());
     }
 }

@@ -14,7 +14,10 @@ mod routing;
 
 pub use admin::*;
 pub use build::*;
-pub use frame::{decode_frame, encode_frame, frame_header, Frame, FrameError, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES};
+pub use frame::{
+    decode_frame, encode_frame, frame_bytes_missing, frame_header, read_room, release_excess, Frame, FrameError,
+    FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
+};
 pub use kind::{Kind, BROKER_REQUEST_BIT};
 pub use routing::{
     coordinator_shard, dead_letter_topic, internal_topic_group, queue_owner, retry_topic, INTERNAL_TOPIC_PREFIX,

@@ -11,6 +11,12 @@ pub const INTERNAL_TOPIC_PREFIX: &str = "%";
 const RETRY_TOPIC_PREFIX: &str = "%RETRY%";
 const DEAD_LETTER_TOPIC_PREFIX: &str = "%DLQ%";
 
+// A group's internal topics stay within the topic-name cap.
+const _: () = assert!(
+    crate::constants::NAME_BYTES_MAX + RETRY_TOPIC_PREFIX.len() <= crate::constants::TOPIC_NAME_BYTES_MAX
+        && crate::constants::NAME_BYTES_MAX + DEAD_LETTER_TOPIC_PREFIX.len() <= crate::constants::TOPIC_NAME_BYTES_MAX
+);
+
 /// The retry topic of `group`: one queue per shard, queue `i` on shard `i`.
 pub fn retry_topic(group: &str) -> String {
     format!("{RETRY_TOPIC_PREFIX}{group}")

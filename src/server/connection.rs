@@ -3,7 +3,13 @@
 //! What a client can pin is bounded: at most `in_flight_max` requests and
 //! `in_flight_bytes_max` bytes of request bodies per connection, counted
 //! until the answer is written to the socket; past that the connection is
-//! not read (TCP pushes back on the client). A frame that cannot be parsed closes the connection
+//! not read (TCP pushes back on the client). The read buffer grows with what
+//! arrives, never with the length a frame claims, and is charged to the
+//! shard's budget for incomplete frames (`frame_budget`): a connection that
+//! would pass it is closed. A connection with no complete frame and nothing
+//! in flight for `connection_idle_timeout` is closed, and so is one whose
+//! answers cannot be written within `connection_write_timeout`. A frame that
+//! cannot be parsed closes the connection
 //! after an error response; any other bad request gets an error response and
 //! the connection goes on.
 //!
@@ -12,20 +18,23 @@
 //! set answers a request the broker started (a check-back) and goes to the
 //! link, not to a handler.
 
+use super::frame_budget::BudgetSpent;
 use super::handlers;
 use super::outgoing::Outgoing;
 use super::producer_links::ProducerLink;
 use super::shard::Shard;
-use crate::protocol::{self, decode_frame, fb, Failure, Frame, FrameError, Kind, BROKER_REQUEST_BIT};
+use crate::constants::{CONNECTION_BUFFER_RETAINED_BYTES, CONNECTION_READ_BYTES_MAX, CONNECTION_READ_FIRST_BYTES};
+use crate::protocol::{
+    self, decode_frame, fb, read_room, release_excess, Failure, Frame, FrameError, Kind, BROKER_REQUEST_BIT,
+};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
-
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
@@ -38,13 +47,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let (reader, writer) = futures_lite::io::split(stream);
         let in_flight_max = shard.config.in_flight_max;
         let (responses, outbox) = local_channel::new_bounded::<Outgoing>(in_flight_max);
-        let writer_task = glommio::spawn_local(write_responses(writer, outbox));
+        let (writer_failed, writer_gone) = local_channel::new_bounded::<()>(1);
+        let write_timeout = shard.config.connection_write_timeout;
+        let writer_task = glommio::spawn_local(write_responses(writer, outbox, write_timeout, writer_failed));
         let budget = Budget::new(in_flight_max, shard.config.in_flight_bytes_max);
         let responses = Rc::new(responses);
         let link = Rc::new(ProducerLink::new(responses.clone()));
-        let outcome = read_requests(&shard, reader, &budget, &responses, &link).await;
-        if let Err(error) = &outcome {
-            tracing::info!(%error, "closing the connection");
+        let ends = ConnectionEnds { budget: &budget, responses: &responses, link: &link, writer_gone: &writer_gone };
+        match read_requests(&shard, reader, &ends).await {
+            Ok(()) => {}
+            Err(error @ Closing::Idle { .. }) => tracing::debug!(%error, "closing the connection"),
+            Err(error @ Closing::IncompleteFrames(_)) => tracing::warn!(%error, "closing the connection"),
+            Err(error) => tracing::info!(%error, "closing the connection"),
         }
         // No more check-backs on it: its producer groups lose a member.
         link.close();
@@ -60,9 +74,31 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     .await
 }
 
+/// Why a connection ends.
+#[derive(Debug, thiserror::Error)]
+enum Closing {
+    #[error("reading: {0}")]
+    Read(std::io::Error),
+    #[error("the peer closed in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    #[error("{0}")]
+    BadFrame(FrameError),
+    #[error("no complete frame and nothing in flight for {idle_ms} ms (connection_idle_timeout_ms)")]
+    Idle { idle_ms: u128 },
+    #[error("its answers could not be written")]
+    WriterGone,
+    #[error(transparent)]
+    IncompleteFrames(#[from] BudgetSpent),
+    #[error("in-flight budget: {0}")]
+    InFlight(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
 /// What one connection may hold at once.
 struct Budget {
     requests: Rc<Semaphore>,
+    requests_max: u64,
     kib: Rc<Semaphore>,
     kib_max: u64,
 }
@@ -70,57 +106,138 @@ struct Budget {
 impl Budget {
     fn new(requests: usize, bytes: usize) -> Self {
         let kib_max = (bytes / 1024).max(1) as u64;
-        Self { requests: Rc::new(Semaphore::new(requests as u64)), kib: Rc::new(Semaphore::new(kib_max)), kib_max }
+        Self {
+            requests: Rc::new(Semaphore::new(requests as u64)),
+            requests_max: requests as u64,
+            kib: Rc::new(Semaphore::new(kib_max)),
+            kib_max,
+        }
     }
 
-    async fn hold(&self, body_bytes: usize) -> Result<(StaticPermit, StaticPermit), String> {
+    async fn hold(&self, body_bytes: usize) -> Result<(StaticPermit, StaticPermit), Closing> {
         let kib = (body_bytes as u64 / 1024 + 1).min(self.kib_max);
-        let request = self.requests.clone().acquire_static_permit(1).await.map_err(|error| error.to_string())?;
-        let bytes = self.kib.clone().acquire_static_permit(kib).await.map_err(|error| error.to_string())?;
+        let closed = |error: glommio::GlommioError<()>| Closing::InFlight(error.to_string());
+        let request = self.requests.clone().acquire_static_permit(1).await.map_err(closed)?;
+        let bytes = self.kib.clone().acquire_static_permit(kib).await.map_err(closed)?;
         Ok((request, bytes))
     }
+
+    /// Whether a request of the connection is being handled or its answer
+    /// is not written yet.
+    fn in_flight(&self) -> bool {
+        self.requests.available() < self.requests_max
+    }
+}
+
+/// What the read loop hands requests and answers to.
+struct ConnectionEnds<'a> {
+    budget: &'a Budget,
+    responses: &'a Rc<local_channel::LocalSender<Outgoing>>,
+    link: &'a Rc<ProducerLink>,
+    /// Ends when the writer gave up (a failed or timed-out write).
+    writer_gone: &'a LocalReceiver<()>,
 }
 
 async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
-    budget: &Budget,
-    responses: &Rc<local_channel::LocalSender<Outgoing>>,
-    link: &Rc<ProducerLink>,
-) -> Result<(), String> {
+    ends: &ConnectionEnds<'_>,
+) -> Result<(), Closing> {
     let body_max = shard.config.frame_body_bytes_max;
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut chunk = vec![0; READ_CHUNK_BYTES];
+    // Grows with what arrives (`read_room`), charged to the shard's budget
+    // past its first read: a new connection's small requests are served
+    // even while stalled ones hold the whole budget (that first read is
+    // bounded by `connections_max` instead).
+    let mut buffer = BytesMut::new();
+    let mut held = shard.incomplete_frames.account();
+    let mut active_at = Instant::now();
     loop {
         loop {
             match decode_frame(&mut buffer, body_max) {
                 Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => {
-                    refuse_or_deliver(frame, responses, link).await
+                    active_at = Instant::now();
+                    refuse_or_deliver(frame, ends.responses, ends.link).await
                 }
-                Ok(Some(frame)) => dispatch(shard, frame, budget, responses, link).await?,
+                Ok(Some(frame)) => {
+                    active_at = Instant::now();
+                    dispatch(shard, frame, ends.budget, ends.responses, ends.link).await?
+                }
                 Ok(None) => break,
-                Err(error) => return Err(refuse_frame(responses, error).await),
+                Err(error) => return Err(refuse_frame(ends.responses, error).await),
             }
         }
+        release_excess(&mut buffer, CONNECTION_BUFFER_RETAINED_BYTES);
+        held.settle(buffer.capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES));
         if shard.shutting_down.get() {
-            return Err("the broker is shutting down".into());
+            return Err(Closing::ShuttingDown);
         }
-        let read = reader.read(&mut chunk).await.map_err(|error| error.to_string())?;
-        if read == 0 {
+        let room = read_room(&mut buffer, CONNECTION_READ_FIRST_BYTES, CONNECTION_READ_BYTES_MAX);
+        // Refused: the buffer just grown goes with the connection.
+        held.reserve(buffer.capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES))?;
+        let filled = buffer.len();
+        buffer.resize(filled + room, 0);
+        let read = read_or_idle(shard, &mut reader, &mut buffer[filled..], ends, &mut active_at).await;
+        buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
+        if read? == 0 {
             return match buffer.is_empty() {
                 true => Ok(()),
-                false => Err(format!("the peer closed in the middle of a frame ({} bytes buffered)", buffer.len())),
+                false => Err(Closing::Truncated { buffered: buffer.len() }),
             };
         }
-        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// One read into `room`; ends the connection once it has had no complete
+/// frame (`active_at`) and nothing in flight for the idle timeout, or when
+/// the writer gave up. The read itself is never dropped while the
+/// connection goes on.
+async fn read_or_idle(
+    shard: &Shard,
+    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    room: &mut [u8],
+    ends: &ConnectionEnds<'_>,
+    active_at: &mut Instant,
+) -> Result<usize, Closing> {
+    enum Woke {
+        Read(std::io::Result<usize>),
+        Tick,
+        WriterGone,
+    }
+    let idle_timeout = shard.config.connection_idle_timeout;
+    let read = reader.read(room);
+    futures_lite::pin!(read);
+    loop {
+        let now = Instant::now();
+        let deadline = *active_at + idle_timeout;
+        if now >= deadline {
+            if !ends.budget.in_flight() {
+                return Err(Closing::Idle { idle_ms: idle_timeout.as_millis() });
+            }
+            *active_at = now;
+            continue;
+        }
+        let reading = async { Woke::Read(read.as_mut().await) };
+        let ticking = async {
+            glommio::timer::sleep(deadline - now).await;
+            Woke::Tick
+        };
+        let writer_gone = async {
+            let _ = ends.writer_gone.recv().await;
+            Woke::WriterGone
+        };
+        match futures_lite::future::or(reading, futures_lite::future::or(writer_gone, ticking)).await {
+            Woke::Read(read) => return read.map_err(Closing::Read),
+            Woke::Tick => {}
+            Woke::WriterGone => return Err(Closing::WriterGone),
+        }
     }
 }
 
 /// The framing is lost: answer once, with request id 0, then close.
-async fn refuse_frame(responses: &local_channel::LocalSender<Outgoing>, error: FrameError) -> String {
+async fn refuse_frame(responses: &local_channel::LocalSender<Outgoing>, error: FrameError) -> Closing {
     let failure = Failure::new(fb::ErrorCode::BadFrame, error.to_string());
     let _ = responses.send(Outgoing::new(Kind::ErrorResponse, 0, protocol::error_response(&failure), None)).await;
-    error.to_string()
+    Closing::BadFrame(error)
 }
 
 /// A frame whose request id has `BROKER_REQUEST_BIT`: an answer to a
@@ -146,7 +263,7 @@ async fn dispatch(
     budget: &Budget,
     responses: &Rc<local_channel::LocalSender<Outgoing>>,
     link: &Rc<ProducerLink>,
-) -> Result<(), String> {
+) -> Result<(), Closing> {
     let held = budget.hold(frame.body.len()).await?;
     let (shard, responses, link) = (shard.clone(), responses.clone(), link.clone());
     glommio::spawn_local(async move {
@@ -172,8 +289,14 @@ async fn dispatch(
 }
 
 /// Writes answers as they come, coalescing those already waiting into one
-/// write.
-async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, outbox: LocalReceiver<Outgoing>) {
+/// write. A write that fails or does not finish within `write_timeout` (the
+/// peer does not read) ends the connection: `failed` tells the reader.
+async fn write_responses(
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    outbox: LocalReceiver<Outgoing>,
+    write_timeout: Duration,
+    failed: local_channel::LocalSender<()>,
+) {
     let mut pending = Vec::new();
     let mut written = Vec::new();
     while let Some(answer) = outbox.recv().await {
@@ -188,8 +311,22 @@ async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, out
                 break;
             }
         }
-        if let Err(error) = writer.write_all(&pending).await {
-            tracing::debug!(%error, "write failed; dropping answers");
+        let writing = async { Some(writer.write_all(&pending).await) };
+        let timing_out = async {
+            glommio::timer::sleep(write_timeout).await;
+            None
+        };
+        let failure = match futures_lite::future::or(writing, timing_out).await {
+            Some(Ok(())) => None,
+            Some(Err(error)) => Some(error.to_string()),
+            None => Some(format!(
+                "not written within {} ms: the peer does not read (connection_write_timeout_ms)",
+                write_timeout.as_millis()
+            )),
+        };
+        if let Some(reason) = failure {
+            tracing::info!(%reason, "write failed; dropping answers and closing the connection");
+            let _ = failed.try_send(());
             // Keep taking answers so their budget comes back and the
             // connection can finish; they have nowhere to go.
             drop(written);

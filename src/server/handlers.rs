@@ -14,9 +14,12 @@ use super::producer_links::ProducerLink;
 use super::send_back;
 use super::shard::Shard;
 use super::timer_records;
-use super::topics::check_name;
+use super::topics::{check_length, check_name};
 use super::transactions;
-use crate::constants::{FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES};
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX,
+    RECORD_HEADER_SIZE_BYTES,
+};
 use crate::protocol::INTERNAL_TOPIC_PREFIX;
 use crate::protocol::{self, coordinator_shard, fb, retry_topic, verify, Failure, FetchedRecords, Frame, Kind};
 use crate::storage::{now_us, AppendRequest, LogError};
@@ -31,6 +34,10 @@ pub type Answer = Result<(Kind, Vec<u8>), Failure>;
 const FETCH_COUNT_MAX: u32 = 10_000;
 /// Tags a fetch may filter by.
 const FETCH_TAGS_MAX: usize = 64;
+
+// The coordinator caps instance ids itself; the handlers cap them (and the
+// other client-chosen ids) with the same bound.
+const _: () = assert!(CLIENT_ID_BYTES_MAX == super::groups::INSTANCE_ID_BYTES_MAX);
 
 pub(super) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
@@ -359,6 +366,8 @@ fn coordinated(shard: &Shard, group: &str, topic: &str) -> Result<u32, Failure> 
 async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::JoinGroupRequest>(body).map_err(invalid)?;
     let queue_count = coordinated(shard, request.group(), request.topic())?;
+    check_length("member id", request.member_id().unwrap_or_default(), CLIENT_ID_BYTES_MAX)?;
+    check_length("instance id", request.instance_id().unwrap_or_default(), CLIENT_ID_BYTES_MAX)?;
     // The group's consumers subscribe to its retry topic by themselves.
     if !request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
         shard.internal_topic(&retry_topic(request.group())).await?;
@@ -380,6 +389,7 @@ async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
 fn heartbeat(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::HeartbeatRequest>(body).map_err(invalid)?;
     coordinated(shard, request.group(), request.topic())?;
+    check_length("member id", request.member_id(), CLIENT_ID_BYTES_MAX)?;
     let assignment = shard.coordinator.borrow_mut().heartbeat(request.group(), request.topic(), request.member_id())?;
     Ok((Kind::HeartbeatResponse, protocol::group_assignment(None, &assignment)))
 }
@@ -387,6 +397,7 @@ fn heartbeat(shard: &Shard, body: &[u8]) -> Answer {
 async fn leave_group(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::LeaveGroupRequest>(body).map_err(invalid)?;
     coordinated(shard, request.group(), request.topic())?;
+    check_length("member id", request.member_id(), CLIENT_ID_BYTES_MAX)?;
     let rebalanced = shard.coordinator.borrow_mut().leave(request.group(), request.topic(), request.member_id());
     if let Some(fence) = rebalanced {
         shard.announce_fence(fence).await;
@@ -401,6 +412,7 @@ async fn commit_offset(shard: &Shard, body: &[u8]) -> Answer {
     let topic = shard.topic(request.topic())?;
     let queue_id = shard.owned_queue(&topic, request.queue())?;
     let member_id = request.member_id().unwrap_or_default();
+    check_length("member id", member_id, CLIENT_ID_BYTES_MAX)?;
     shard
         .offsets
         .borrow()
@@ -454,6 +466,7 @@ pub(super) async fn store_commit(shard: &Shard, commit: &OffsetCommit) -> Result
 
 fn fetch_offset(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::FetchOffsetRequest>(body).map_err(invalid)?;
+    check_length("group", request.group(), NAME_BYTES_MAX)?;
     let topic = shard.topic(request.topic())?;
     shard.owned_queue(&topic, request.queue())?;
     let key = (request.group().to_string(), request.topic().to_string(), request.queue());
@@ -463,6 +476,7 @@ fn fetch_offset(shard: &Shard, body: &[u8]) -> Answer {
 
 async fn end_transaction(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::EndTransactionRequest>(body).map_err(invalid)?;
+    check_length("transaction id", request.transaction_id(), CLIENT_ID_BYTES_MAX)?;
     let topic = shard.topic(request.topic())?;
     let queue_id = shard.owned_queue(&topic, request.queue())?;
     let outcome = transactions::Outcome::from_wire(request.outcome())
@@ -487,6 +501,7 @@ fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Ans
     if request.producer_group().is_empty() {
         return Err(invalid("a producer registers with a producer group".into()));
     }
+    check_length("producer group", request.producer_group(), NAME_BYTES_MAX)?;
     shard.producer_links.borrow_mut().register(request.producer_group(), link);
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }

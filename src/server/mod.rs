@@ -16,6 +16,7 @@ mod delayed;
 pub mod disk_guard;
 mod due_delivery;
 mod failures;
+mod frame_budget;
 mod groups;
 mod handlers;
 mod listeners;
@@ -40,8 +41,9 @@ mod transactions;
 mod transactions_snapshot;
 
 use crate::constants::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, FRAME_BODY_BYTES_MAX, INDEX_CACHE_BYTES_DEFAULT, IN_FLIGHT_BYTES_MIN,
-    SEGMENT_SIZE_BYTES_DEFAULT,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CONNECTION_IDLE_TIMEOUT_MS_DEFAULT, CONNECTION_WRITE_TIMEOUT_MS_DEFAULT,
+    FRAME_BODY_BYTES_MAX, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
+    IN_FLIGHT_BYTES_MIN, SEGMENT_SIZE_BYTES_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -88,6 +90,15 @@ pub struct ServerConfig {
     /// Bytes of request bodies one connection may have in flight.
     pub in_flight_bytes_max: usize,
     pub frame_body_bytes_max: usize,
+    /// A connection with no complete frame and nothing in flight this long
+    /// is closed.
+    pub connection_idle_timeout: Duration,
+    /// A write of answers that does not finish this long (the peer does not
+    /// read them) closes the connection.
+    pub connection_write_timeout: Duration,
+    /// Bytes one shard's connections may hold in incomplete frames; a
+    /// connection that would pass it is closed.
+    pub incomplete_frames_bytes_max: usize,
     /// Executors spin this long for new work before they sleep: less wake-up
     /// latency for more CPU. Zero (the default) sleeps at once.
     pub spin_before_park: Duration,
@@ -131,6 +142,9 @@ impl Default for ServerConfig {
             in_flight_max: 1024,
             in_flight_bytes_max: 64 * 1024 * 1024,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
+            connection_idle_timeout: Duration::from_millis(CONNECTION_IDLE_TIMEOUT_MS_DEFAULT),
+            connection_write_timeout: Duration::from_millis(CONNECTION_WRITE_TIMEOUT_MS_DEFAULT),
+            incomplete_frames_bytes_max: INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT,
             spin_before_park: Duration::ZERO,
             producer_idle_expiry: Duration::from_millis(dedup::PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
             producers_max: dedup::PRODUCERS_MAX_DEFAULT,
@@ -184,6 +198,18 @@ impl ServerConfig {
             return refuse(format!(
                 "in_flight_bytes_max {} must be at least {IN_FLIGHT_BYTES_MIN}",
                 self.in_flight_bytes_max
+            ));
+        }
+        if self.connection_idle_timeout.is_zero() {
+            return refuse("connection_idle_timeout_ms must be at least 1".into());
+        }
+        if self.connection_write_timeout.is_zero() {
+            return refuse("connection_write_timeout_ms must be at least 1".into());
+        }
+        if self.incomplete_frames_bytes_max < INCOMPLETE_FRAMES_BYTES_MIN {
+            return refuse(format!(
+                "incomplete_frames_bytes_max {} must be at least {INCOMPLETE_FRAMES_BYTES_MIN} (two of the largest frame)",
+                self.incomplete_frames_bytes_max
             ));
         }
         if self.producers_max == 0 {

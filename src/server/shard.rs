@@ -6,6 +6,7 @@ use super::clock::CoarseClock;
 use super::cross::{CrossMessage, Peers};
 use super::dedup::ProducerTable;
 use super::disk_guard::DiskGuard;
+use super::frame_budget::IncompleteFrames;
 use super::groups::{Coordinator, GroupFence};
 use super::metrics::ShardCounters;
 use super::offsets::Offsets;
@@ -15,6 +16,7 @@ use super::timers::TimerTable;
 use super::topics::{Topic, Topics, TOPICS_FILE};
 use super::transactions::{AppendsInFlight, TransactionTable};
 use super::ServerConfig;
+use crate::constants::TOPIC_NAME_BYTES_MAX;
 use crate::protocol::{fb, Failure, ShardEndpoint};
 use crate::storage::backend::{DmaStorage, Storage};
 use crate::storage::{CommitLog, Signal};
@@ -84,6 +86,8 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// What the handlers count for `--metrics-listen` (`metrics`).
     pub counters: ShardCounters,
+    /// Bytes the connections hold in incomplete frames, and their bound.
+    pub incomplete_frames: IncompleteFrames,
 }
 
 pub struct ShardParts {
@@ -108,6 +112,7 @@ impl Shard {
     pub fn new(parts: ShardParts) -> Self {
         Shard {
             disk: DiskGuard::new(parts.config.disk_max_used_percent),
+            incomplete_frames: IncompleteFrames::new(parts.config.incomplete_frames_bytes_max),
             clock: parts.clock,
             id: parts.id,
             shard_count: parts.shard_count,
@@ -204,6 +209,9 @@ impl Shard {
 
     /// The topic `name`, or `UnknownTopic`.
     pub fn topic(&self, name: &str) -> Result<Topic, Failure> {
+        // No topic has a longer name; refused without echoing it.
+        super::topics::check_length("topic name", name, TOPIC_NAME_BYTES_MAX)
+            .map_err(|failure| Failure::new(fb::ErrorCode::InvalidTopic, failure.message))?;
         self.topics
             .borrow()
             .get(name)

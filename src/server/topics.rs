@@ -50,6 +50,18 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), Failure> {
     ))
 }
 
+/// Ids and producer groups are free-form but short: the broker stores or
+/// echoes them. The refusal names the field, not the (long) value.
+pub fn check_length(kind: &str, value: &str, bytes_max: usize) -> Result<(), Failure> {
+    if value.len() <= bytes_max {
+        return Ok(());
+    }
+    Err(Failure::new(
+        fb::ErrorCode::InvalidRequest,
+        format!("{kind} of {} bytes is longer than the {bytes_max}-byte maximum", value.len()),
+    ))
+}
+
 impl Topics {
     pub fn get(&self, name: &str) -> Option<&Topic> {
         self.topics.get(name)

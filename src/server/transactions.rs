@@ -39,6 +39,7 @@ pub use super::offsets::{CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID, OP_QUE
 use super::replay::replay_messages;
 use super::shard::Shard;
 use super::topics::Topics;
+use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX};
 use crate::protocol::{fb, Failure, TransactionSummary};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
@@ -524,6 +525,16 @@ pub fn check_half(message: &VerifiedMessage) -> Result<(), String> {
     }
     if fields.producer_group().is_none_or(str::is_empty) {
         return Err("a half message needs a producer_group".into());
+    }
+    // Both stay in the transaction table while the half is pending.
+    let too_long = |field: &str, value: Option<&str>, bytes_max: usize| {
+        let length = value.map_or(0, str::len);
+        (length > bytes_max).then(|| format!("a half message's {field} of {length} bytes is longer than {bytes_max}"))
+    };
+    if let Some(refusal) = too_long("transaction_id", fields.transaction_id(), CLIENT_ID_BYTES_MAX)
+        .or_else(|| too_long("producer_group", fields.producer_group(), NAME_BYTES_MAX))
+    {
+        return Err(refusal);
     }
     Ok(())
 }
