@@ -18,7 +18,9 @@ pub const LOCK_FILE: &str = "LOCK";
 /// Creates `path` and every missing parent, fsyncing the directory that
 /// gains each new entry, so a crash cannot forget a directory we wrote into.
 pub fn create_dir_durably(path: &Path) -> std::io::Result<()> {
-    let missing: Vec<&Path> = path.ancestors().take_while(|ancestor| !ancestor.exists()).collect();
+    // A relative path's last ancestor is the empty path: the working folder.
+    let missing: Vec<&Path> =
+        path.ancestors().take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists()).collect();
     for directory in missing.into_iter().rev() {
         match std::fs::create_dir(directory) {
             Ok(()) => sync_dir(parent_of(directory))?,
