@@ -1,7 +1,7 @@
 //! What the operators' commands ask the broker (`ringmq status`, `group`,
 //! `offset`, `message`): each request goes to the shard that knows the answer.
 
-use super::{parse_records, Client, ClientError, FetchedRange, ReceivedMessage};
+use super::{fetched_messages, Client, ClientError, ReceivedMessage};
 use crate::protocol::{
     self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
     GROUP_OFFSETS_TOPICS_MAX, INTERNAL_TOPIC_PREFIX,
@@ -181,22 +181,8 @@ pub fn find_message(
                 };
                 let body = client.call(*shard, Kind::FetchRequest, &protocol::fetch_request(&params))?;
                 let response = verify::<fb::FetchResponse>(&body).map_err(ClientError::Protocol)?;
-                let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
-                let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
-                let offsets: Vec<u64> =
-                    response.record_offsets().map(|offsets| offsets.iter().collect()).unwrap_or_default();
-                let times: Vec<u32> =
-                    response.reconsume_times().map(|times| times.iter().collect()).unwrap_or_default();
-                let range = FetchedRange {
-                    topic: &layout.name,
-                    queue: queue as u32,
-                    first_offset: offset.max(response.earliest_offset()),
-                    next_offset: response.next_offset(),
-                    lost_offsets: &lost,
-                    record_offsets: &offsets,
-                    reconsume_times: &times,
-                };
-                let messages = parse_records(range, &records, response.record_count())?;
+                let first = offset.max(response.earliest_offset());
+                let (messages, _) = fetched_messages(&body, &response, &layout.name, queue as u32, first)?;
                 scanned += messages.len() as u64;
                 if let Some(found) = messages.into_iter().find(|message| message.msg_id == msg_id) {
                     return Ok(Some(found));

@@ -347,6 +347,34 @@ type FetchAnswer = (u64, u32, Result<Frame, ClientError>);
 /// members at once; a consumer dropped without `leave` is, to the group, a
 /// member that died: its queues move when its session expires (a static
 /// member that comes back first gets them back).
+/// The messages of a verified fetch answer (`response`, read from `body`) of
+/// `queue` of `topic`, the range numbered from `first_offset` (see
+/// `parse_records`), and the offsets it reports lost.
+pub fn fetched_messages(
+    body: &Bytes,
+    response: &fb::FetchResponse<'_>,
+    topic: &str,
+    queue: u32,
+    first_offset: u64,
+) -> Result<(Vec<ReceivedMessage>, Vec<u64>), ClientError> {
+    let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
+    let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
+    let record_offsets: Vec<u64> =
+        response.record_offsets().map(|offsets| offsets.iter().collect()).unwrap_or_default();
+    let reconsume_times: Vec<u32> = response.reconsume_times().map(|times| times.iter().collect()).unwrap_or_default();
+    let range = FetchedRange {
+        topic,
+        queue,
+        first_offset,
+        next_offset: response.next_offset(),
+        lost_offsets: &lost,
+        record_offsets: &record_offsets,
+        reconsume_times: &reconsume_times,
+    };
+    let messages = parse_records(range, &records, response.record_count())?;
+    Ok((messages, lost))
+}
+
 pub struct Consumer {
     client: Arc<Client>,
     group: String,
@@ -690,7 +718,6 @@ impl Consumer {
             Err(error) => return Err(error),
         };
         let response = verify::<fb::FetchResponse>(&body).map_err(ClientError::Protocol)?;
-        let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
         let mut first = offset;
         if response.high_watermark() < offset && response.record_count() == 0 {
             // The broker's queue ends before our position (its log lost an
@@ -718,21 +745,7 @@ impl Consumer {
             );
             first = response.next_offset();
         }
-        let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
-        let record_offsets: Vec<u64> =
-            response.record_offsets().map(|offsets| offsets.iter().collect()).unwrap_or_default();
-        let reconsume_times: Vec<u32> =
-            response.reconsume_times().map(|times| times.iter().collect()).unwrap_or_default();
-        let range = FetchedRange {
-            topic: &self.topic,
-            queue,
-            first_offset: first,
-            next_offset: response.next_offset(),
-            lost_offsets: &lost,
-            record_offsets: &record_offsets,
-            reconsume_times: &reconsume_times,
-        };
-        let mut messages = parse_records(range, &records, response.record_count())?;
+        let (mut messages, lost) = fetched_messages(&body, &response, &self.topic, queue, first)?;
         // The broker filtered by tag hash; a hash collision is caught here.
         if !self.options.tags.is_empty() {
             messages.retain(|message| message.tag.as_ref().is_some_and(|tag| self.options.tags.contains(tag)));

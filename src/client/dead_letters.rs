@@ -2,7 +2,7 @@
 //! on its original queue (the broker does it once per dead letter unless
 //! told again).
 
-use super::{parse_records, Client, ClientError, FetchedRange, ReceivedMessage};
+use super::{fetched_messages, Client, ClientError, ReceivedMessage};
 use crate::protocol::{self, dead_letter_topic, fb, verify, FetchParams, Kind};
 
 /// Records one fetch asks for.
@@ -41,22 +41,8 @@ pub fn dead_letters(client: &Client, group: &str) -> Result<Vec<ReceivedMessage>
             };
             let body = client.call(*shard, Kind::FetchRequest, &protocol::fetch_request(&params))?;
             let response = verify::<fb::FetchResponse>(&body).map_err(ClientError::Protocol)?;
-            let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
-            let lost: Vec<u64> = response.lost_offsets().map(|lost| lost.iter().collect()).unwrap_or_default();
-            let offsets: Vec<u64> =
-                response.record_offsets().map(|offsets| offsets.iter().collect()).unwrap_or_default();
-            let times: Vec<u32> = response.reconsume_times().map(|times| times.iter().collect()).unwrap_or_default();
             let first = offset.max(response.earliest_offset());
-            let range = FetchedRange {
-                topic: &topic,
-                queue: queue as u32,
-                first_offset: first,
-                next_offset: response.next_offset(),
-                lost_offsets: &lost,
-                record_offsets: &offsets,
-                reconsume_times: &times,
-            };
-            letters.extend(parse_records(range, &records, response.record_count())?);
+            letters.extend(fetched_messages(&body, &response, &topic, queue as u32, first)?.0);
             if response.next_offset() <= offset {
                 break;
             }

@@ -28,8 +28,8 @@ pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{BrokerRequests, Connection, Pending};
 pub use consumer::{
-    parse_records, parse_tags, visit_records, Consumer, ConsumerOptions, FetchedRange, OffsetReset, RebalanceListener,
-    ReceivedMessage,
+    fetched_messages, parse_records, parse_tags, visit_records, Consumer, ConsumerOptions, FetchedRange, OffsetReset,
+    RebalanceListener, ReceivedMessage,
 };
 pub use dead_letters::{dead_letters, resend_dead_letter, DeadLetterResend};
 pub use group_consumer::{

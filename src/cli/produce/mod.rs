@@ -86,17 +86,23 @@ enum TransactionEnd {
     Rollback,
 }
 
+/// The JSON line of an acknowledged message (`line` null for one an earlier
+/// run's outbox held).
+fn receipt_line(line: Option<usize>, receipt: &SendReceipt) -> serde_json::Value {
+    serde_json::json!({
+        "line": line,
+        "msg_id": receipt.msg_id_hex(),
+        "queue": receipt.queue,
+        "offset": receipt.offset,
+        "status": receipt.status_name(),
+        "duplicate": receipt.duplicate,
+    })
+}
+
 /// The JSON line for input line `line`.
 fn result_line(line: usize, result: &Result<SendReceipt, ClientError>) -> serde_json::Value {
     match result {
-        Ok(receipt) => serde_json::json!({
-            "line": line,
-            "msg_id": receipt.msg_id_hex(),
-            "queue": receipt.queue,
-            "offset": receipt.offset,
-            "status": receipt.status_name(),
-            "duplicate": receipt.duplicate,
-        }),
+        Ok(receipt) => receipt_line(Some(line), receipt),
         Err(error) => serde_json::json!({"line": line, "error": error.to_string()}),
     }
 }

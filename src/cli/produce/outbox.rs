@@ -86,15 +86,9 @@ fn finish_input(path: &Path, topic: &str) -> Result<(), String> {
 }
 
 fn delivered_line(line: Option<usize>, receipt: &SendReceipt) -> serde_json::Value {
-    serde_json::json!({
-        "line": line,
-        "msg_id": receipt.msg_id_hex(),
-        "queue": receipt.queue,
-        "offset": receipt.offset,
-        "status": receipt.status_name(),
-        "duplicate": receipt.duplicate,
-        "resent": line.is_none(),
-    })
+    let mut printed = super::receipt_line(line, receipt);
+    printed["resent"] = line.is_none().into();
+    printed
 }
 
 /// Prints acknowledgements in row order. Rows are registered in
