@@ -40,15 +40,12 @@ fn stored(client: &Client, topic: &str) -> Vec<(String, u32, u64)> {
             };
             let body = client.call(*shard, Kind::FetchRequest, &protocol::fetch_request(&params)).expect("fetch");
             let response = verify::<fb::FetchResponse>(&body).expect("response");
-            let records = response.records().map(|records| body.slice_ref(records.bytes())).unwrap_or_default();
-            let offsets: Vec<u64> = response.record_offsets().map(|o| o.iter().collect()).unwrap_or_default();
-            let mut index = 0;
-            ringmq::client::visit_records(&records, |_, message| {
-                let text = String::from_utf8_lossy(message.message().body().map(|b| b.bytes()).unwrap_or_default());
-                found.push((text.to_string(), queue as u32, offsets[index]));
-                index += 1;
-            })
-            .expect("records");
+            let first = offset.max(response.earliest_offset());
+            let (messages, _) =
+                ringmq::client::fetched_messages(&body, &response, topic, queue as u32, first).expect("records");
+            for message in messages {
+                found.push((String::from_utf8_lossy(&message.body).to_string(), message.queue, message.offset));
+            }
             if response.next_offset() <= offset {
                 break;
             }
