@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod client;
 pub mod constants;
+pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 pub mod storage;

@@ -3,21 +3,19 @@
 //! reset and the offset of a point in time (`ringmq status`, `group`,
 //! `offset`). One function per request kind, as in `handlers`.
 
-use super::handlers::{invalid, store_commit, Answer};
+use super::handlers::{store_commit, Answer};
 use super::offsets::OffsetCommit;
+use super::requests::{self, ResetTo};
 use super::shard::Shard;
-use super::topics::check_name;
 use crate::protocol::{
-    self, fb, verify, Failure, Kind, QueueOffsets, ShardStatus, GROUP_OFFSETS_TOPICS_MAX, LISTED_GROUPS_BYTES_MAX,
-    LISTED_GROUPS_MAX, LISTED_QUEUES_MAX,
+    self, fb, Failure, Kind, QueueOffsets, ShardStatus, LISTED_GROUPS_BYTES_MAX, LISTED_GROUPS_MAX, LISTED_QUEUES_MAX,
 };
 use std::collections::BTreeMap;
 
 /// The generation an operator's commit is stored with: no member's.
 const OPERATOR_GENERATION: u64 = 0;
 
-pub fn shard_status(shard: &Shard, body: &[u8]) -> Answer {
-    verify::<fb::ShardStatusRequest>(body).map_err(invalid)?;
+pub fn shard_status(shard: &Shard) -> Answer {
     let port = shard.endpoints.iter().find(|endpoint| endpoint.shard == shard.id).map_or(0, |endpoint| endpoint.port);
     let (segments, disk_used_bytes) = shard.log.disk_usage();
     let status = ShardStatus {
@@ -32,24 +30,13 @@ pub fn shard_status(shard: &Shard, body: &[u8]) -> Answer {
     Ok((Kind::ShardStatusResponse, protocol::shard_status_response(None, &status)))
 }
 
-pub fn list_groups(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::ListGroupsRequest>(body).map_err(invalid)?;
-    let group = request.group().filter(|group| !group.is_empty());
-    if let Some(group) = group {
-        check_name("group", group)?;
-    }
+pub fn list_groups(shard: &Shard, group: Option<&str>) -> Answer {
     let (groups, truncated) = shard.coordinator.borrow().list(group, LISTED_GROUPS_MAX, LISTED_GROUPS_BYTES_MAX);
     Ok((Kind::ListGroupsResponse, protocol::list_groups_response(None, &groups, truncated)))
 }
 
-pub fn group_offsets(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::GroupOffsetsRequest>(body).map_err(invalid)?;
-    let group = request.group();
-    check_name("group", group)?;
-    let topics: Vec<&str> = request.topics().into_iter().flatten().collect();
-    if topics.len() > GROUP_OFFSETS_TOPICS_MAX {
-        return Err(invalid(format!("a group-offsets request names at most {GROUP_OFFSETS_TOPICS_MAX} topics")));
-    }
+pub fn group_offsets(shard: &Shard, request: &requests::GroupOffsets<'_>) -> Answer {
+    let (group, topics) = (request.group, &request.topics);
     let mut wanted: BTreeMap<(String, u32), ()> = BTreeMap::new();
     {
         let known = shard.topics.borrow();
@@ -85,13 +72,11 @@ pub fn group_offsets(shard: &Shard, body: &[u8]) -> Answer {
     Ok((Kind::GroupOffsetsResponse, protocol::group_offsets_response(None, &queues, truncated)))
 }
 
-pub async fn reset_offset(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::ResetOffsetRequest>(body).map_err(invalid)?;
-    let (group, topic_name, queue) = (request.group(), request.topic(), request.queue());
-    check_name("group", group)?;
+pub async fn reset_offset(shard: &Shard, request: &requests::ResetOffset<'_>) -> Answer {
+    let (group, topic_name, queue) = (request.group, request.topic, request.queue);
     let topic = shard.topic(topic_name)?;
     let queue_id = shard.owned_queue(&topic, queue)?;
-    if !request.force() && shard.offsets.borrow().has_live_owner(group, topic_name) {
+    if !request.force && shard.offsets.borrow().has_live_owner(group, topic_name) {
         return Err(Failure::new(
             fb::ErrorCode::InvalidRequest,
             format!(
@@ -101,19 +86,18 @@ pub async fn reset_offset(shard: &Shard, body: &[u8]) -> Answer {
     }
     let earliest = shard.log.base_offset(queue_id);
     let end = shard.log.visible_end_offset(queue_id);
-    let offset = match request.target() {
-        fb::ResetTarget::Earliest => earliest,
-        fb::ResetTarget::Latest => end,
+    let offset = match request.target {
+        ResetTo::Earliest => earliest,
+        ResetTo::Latest => end,
         // One offset for every queue of a topic: a shorter queue goes to its
         // end (never past what readers see, as a member's commit), one whose
         // start retention deleted to its earliest.
-        fb::ResetTarget::Offset => request.value().min(end).max(earliest),
-        fb::ResetTarget::Time => shard
+        ResetTo::Offset(offset) => offset.min(end).max(earliest),
+        ResetTo::Time(time_ms) => shard
             .log
-            .first_offset_stored_at(queue_id, request.value().saturating_mul(1000))
+            .first_offset_stored_at(queue_id, time_ms.saturating_mul(1000))
             .await
             .map_err(super::failures::log_failure)?,
-        other => return Err(invalid(format!("unknown reset target {}", other.0))),
     };
     let commit = OffsetCommit {
         group: group.to_string(),
@@ -123,17 +107,16 @@ pub async fn reset_offset(shard: &Shard, body: &[u8]) -> Answer {
         generation: OPERATOR_GENERATION,
     };
     store_commit(shard, &commit).await?;
-    tracing::info!(group, topic = topic_name, queue, offset, force = request.force(), "an operator reset an offset");
+    tracing::info!(group, topic = topic_name, queue, offset, force = request.force, "an operator reset an offset");
     Ok((Kind::ResetOffsetResponse, protocol::queue_offset_response(None, offset)))
 }
 
-pub async fn offset_at_time(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::OffsetAtTimeRequest>(body).map_err(invalid)?;
-    let topic = shard.topic(request.topic())?;
-    let queue_id = shard.owned_queue(&topic, request.queue())?;
+pub async fn offset_at_time(shard: &Shard, request: &requests::QueueAt<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    let queue_id = shard.owned_queue(&topic, request.queue)?;
     let offset = shard
         .log
-        .first_offset_stored_at(queue_id, request.time_ms().saturating_mul(1000))
+        .first_offset_stored_at(queue_id, request.time_ms.saturating_mul(1000))
         .await
         .map_err(super::failures::log_failure)?;
     Ok((Kind::OffsetAtTimeResponse, protocol::queue_offset_response(None, offset)))

@@ -1,6 +1,7 @@
-//! One function per request kind. Each verifies its body, checks routing
-//! (a queue this shard does not own gets `NotOwner` naming the owner) and
-//! answers with its response kind or a `Failure`.
+//! One function per request kind. Each takes its request as `requests`
+//! read and checked it, checks routing (a queue this shard does not own gets
+//! `NotOwner` naming the owner) and answers with its response kind or a
+//! `Failure`.
 
 use super::admin;
 use super::dedup::{Admission, StoredSend};
@@ -11,72 +12,55 @@ use super::long_poll;
 use super::metrics::ShardCounters;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
+use super::requests::{self, GroupMember, MessageLimits, Request};
 use super::send_back;
 use super::shard::Shard;
 use super::timer_records;
-use super::topics::{check_length, check_name};
 use super::transactions;
-use crate::constants::{
-    CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX,
-    RECORD_HEADER_SIZE_BYTES,
-};
+use crate::constants::CLIENT_ID_BYTES_MAX;
 use crate::protocol::INTERNAL_TOPIC_PREFIX;
-use crate::protocol::{self, coordinator_shard, fb, retry_topic, verify, Failure, FetchedRecords, Frame, Kind};
+use crate::protocol::{self, coordinator_shard, fb, retry_topic, Failure, FetchedRecords, Frame, Kind};
 use crate::storage::{now_us, AppendRequest, LogError};
-use crate::wire::{verify_message, VerifiedMessage};
+use crate::wire::VerifiedMessage;
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
-use std::time::Duration;
 
 pub type Answer = Result<(Kind, Vec<u8>), Failure>;
-
-/// Records a fetch returns at most.
-const FETCH_COUNT_MAX: u32 = 10_000;
-/// Tags a fetch may filter by.
-const FETCH_TAGS_MAX: usize = 64;
 
 // The coordinator caps instance ids itself; the handlers cap them (and the
 // other client-chosen ids) with the same bound.
 const _: () = assert!(CLIENT_ID_BYTES_MAX == super::groups::INSTANCE_ID_BYTES_MAX);
 
-pub(super) fn invalid(error: String) -> Failure {
-    Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
-}
-
 pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) -> Answer {
-    let Some(kind) = Kind::from_u16(frame.kind) else {
-        return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("unknown frame kind {}", frame.kind)));
-    };
+    let request = Request::read(frame.kind, &frame.body)?;
     if shard.shutting_down.get() {
         return Err(Failure::new(fb::ErrorCode::ShuttingDown, "the broker is shutting down"));
     }
-    match kind {
-        Kind::MetadataRequest => metadata(shard, &frame.body),
-        Kind::CreateTopicRequest => create_topic(shard, &frame.body).await,
-        Kind::ProduceRequest => produce(shard, &frame.body).await,
-        Kind::FetchRequest => fetch(shard, &frame.body).await,
-        Kind::JoinGroupRequest => join_group(shard, &frame.body).await,
-        Kind::HeartbeatRequest => heartbeat(shard, &frame.body),
-        Kind::LeaveGroupRequest => leave_group(shard, &frame.body).await,
-        Kind::CommitOffsetRequest => commit_offset(shard, &frame.body).await,
-        Kind::FetchOffsetRequest => fetch_offset(shard, &frame.body),
-        Kind::EndTransactionRequest => end_transaction(shard, &frame.body).await,
-        Kind::ListTransactionsRequest => list_transactions(shard, &frame.body),
-        Kind::RegisterProducerRequest => register_producer(shard, link, &frame.body),
-        Kind::SendBackRequest => send_back(shard, &frame.body).await,
-        Kind::ResendDeadLetterRequest => resend_dead_letter(shard, &frame.body).await,
-        Kind::ShardStatusRequest => admin::shard_status(shard, &frame.body),
-        Kind::ListGroupsRequest => admin::list_groups(shard, &frame.body),
-        Kind::GroupOffsetsRequest => admin::group_offsets(shard, &frame.body),
-        Kind::ResetOffsetRequest => admin::reset_offset(shard, &frame.body).await,
-        Kind::OffsetAtTimeRequest => admin::offset_at_time(shard, &frame.body).await,
-        _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
+    match request {
+        Request::Metadata(request) => metadata(shard, &request),
+        Request::CreateTopic(request) => create_topic(shard, &request).await,
+        Request::Produce(request) => produce(shard, &frame.body, &request).await,
+        Request::Fetch(request) => fetch(shard, &request).await,
+        Request::JoinGroup(request) => join_group(shard, &request).await,
+        Request::Heartbeat(request) => heartbeat(shard, &request),
+        Request::LeaveGroup(request) => leave_group(shard, &request).await,
+        Request::CommitOffset(request) => commit_offset(shard, &request).await,
+        Request::FetchOffset(request) => fetch_offset(shard, &request),
+        Request::EndTransaction(request) => end_transaction(shard, &request).await,
+        Request::ListTransactions { discarded } => list_transactions(shard, discarded),
+        Request::RegisterProducer { producer_group } => register_producer(shard, link, producer_group),
+        Request::SendBack(request) => send_back(shard, &request).await,
+        Request::ResendDeadLetter(request) => resend_dead_letter(shard, &request).await,
+        Request::ShardStatus => admin::shard_status(shard),
+        Request::ListGroups { group } => admin::list_groups(shard, group),
+        Request::GroupOffsets(request) => admin::group_offsets(shard, &request),
+        Request::ResetOffset(request) => admin::reset_offset(shard, &request).await,
+        Request::OffsetAtTime(request) => admin::offset_at_time(shard, &request).await,
     }
 }
 
-fn metadata(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::MetadataRequest>(body).map_err(invalid)?;
-    let wanted: Vec<&str> = request.topics().map(|topics| topics.iter().collect()).unwrap_or_default();
+fn metadata(shard: &Shard, request: &requests::Metadata<'_>) -> Answer {
+    let wanted = &request.topics;
     let topics = shard.topics.borrow();
     let layouts: Vec<_> = topics
         .topics
@@ -87,65 +71,27 @@ fn metadata(shard: &Shard, body: &[u8]) -> Answer {
     Ok((Kind::MetadataResponse, protocol::metadata_response(None, &shard.endpoints, &layouts)))
 }
 
-async fn create_topic(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::CreateTopicRequest>(body).map_err(invalid)?;
-    check_name("topic", request.name())?;
-    let (topic, created) = shard.create_topic(request.name(), request.queues()).await?;
+async fn create_topic(shard: &Shard, request: &requests::CreateTopic<'_>) -> Answer {
+    let (topic, created) = shard.create_topic(request.name, request.queues).await?;
     Ok((Kind::CreateTopicResponse, protocol::create_topic_response(None, Some(&topic.layout()), created)))
 }
 
-/// The producer's message bytes, sliced out of the frame without a copy.
-fn message_bytes(frame_body: &Bytes, message: &[u8]) -> Result<Bytes, Failure> {
-    let start = (message.as_ptr() as usize).checked_sub(frame_body.as_ptr() as usize);
-    match start {
-        Some(start) if start + message.len() <= frame_body.len() => Ok(frame_body.slice(start..start + message.len())),
-        _ => Err(Failure::new(fb::ErrorCode::Internal, "message bytes outside the frame")),
-    }
-}
-
-async fn produce(shard: &Shard, body: &Bytes) -> Answer {
-    let request = verify::<fb::ProduceRequest>(body).map_err(invalid)?;
-    if request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
-        return Err(Failure::new(
-            fb::ErrorCode::InvalidTopic,
-            "topics starting with % take only the broker's own records",
-        ));
-    }
-    let topic = shard.topic(request.topic())?;
-    let queue_id = shard.owned_queue(&topic, request.queue())?;
+async fn produce(shard: &Shard, body: &Bytes, request: &requests::Produce<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    let queue_id = shard.owned_queue(&topic, request.queue)?;
     // After the routing checks (a produce to the wrong shard learns its
     // owner, whose disk may have room), before anything is placed.
     if let Some(refusal) = shard.disk.refusal() {
         return Err(Failure::new(fb::ErrorCode::DiskFull, refusal));
     }
-    let now_ms = now_us() / 1000;
-    if request.messages().len() > PRODUCE_MESSAGES_MAX {
-        return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));
-    }
-    let mut messages = Vec::with_capacity(request.messages().len());
-    for (index, message) in request.messages().iter().enumerate() {
-        let bytes = message_bytes(body, message.bytes().bytes())?;
-        let invalid_message = |error: String| {
-            Failure::new(fb::ErrorCode::InvalidMessage, format!("message {index} of the batch: {error}"))
-        };
-        let verified = verify_message(bytes).map_err(|error| invalid_message(error.to_string()))?;
-        transactions::check_half(&verified).map_err(invalid_message)?;
-        delayed::check_delay(&verified, &shard.config.delay_levels, shard.config.delay_max, now_ms)
-            .map_err(invalid_message)?;
-        messages.push(verified);
-    }
-    // Refused before anything is placed: a request fails whole or not at all
-    // for what its own bytes decide.
-    let record_max = shard.log.record_size_bytes_max();
-    if let Some(index) =
-        messages.iter().position(|message| RECORD_HEADER_SIZE_BYTES + message.bytes().len() > record_max)
-    {
-        return Err(Failure::new(
-            fb::ErrorCode::MessageTooLarge,
-            format!("message {index} of the batch is larger than the {record_max} bytes a record may take"),
-        ));
-    }
-    let placed = place_in_order(shard, queue_id, &messages, request.skip_gap()).await?;
+    let limits = MessageLimits {
+        delay_levels: &shard.config.delay_levels,
+        delay_max: shard.config.delay_max,
+        now_ms: now_us() / 1000,
+        record_bytes_max: shard.log.record_size_bytes_max(),
+    };
+    let messages = request.messages(body, &limits)?;
+    let placed = place_in_order(shard, queue_id, &messages, request.skip_gap).await?;
     let end = placed.iter().filter_map(|placed| placed.send.map(|send| send.end)).max().unwrap_or(0);
     let deadline = shard.clock.deadline(shard.config.sync_flush_timeout);
     let durable = futures_lite::future::or(async { Some(shard.log.wait_acknowledgeable(end).await) }, async {
@@ -172,7 +118,7 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         })
         .collect();
     count_produced(shard, &messages, &placed);
-    Ok((Kind::ProduceResponse, protocol::produce_response(None, request.queue(), &sends)))
+    Ok((Kind::ProduceResponse, protocol::produce_response(None, request.queue, &sends)))
 }
 
 /// Counts the messages a produce stored (a duplicate was counted at its
@@ -282,21 +228,14 @@ async fn append_message(
     }))
 }
 
-async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::FetchRequest>(body).map_err(invalid)?;
-    let topic = shard.topic(request.topic())?;
-    let queue_id = shard.owned_queue(&topic, request.queue())?;
-    let count = request.max_count().clamp(1, FETCH_COUNT_MAX) as usize;
-    let bytes_max = (request.max_bytes() as usize).clamp(1, FRAME_BODY_BYTES_MAX - 64 * 1024);
-    let wait = Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX)));
-    let deadline = shard.clock.deadline(wait);
-    let tag_hashes: Vec<u32> = request.tag_hashes().map(|hashes| hashes.iter().collect()).unwrap_or_default();
-    if tag_hashes.len() > FETCH_TAGS_MAX {
-        return Err(invalid(format!("a fetch filters by at most {FETCH_TAGS_MAX} tags")));
-    }
+async fn fetch(shard: &Shard, request: &requests::Fetch<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    let queue_id = shard.owned_queue(&topic, request.queue)?;
+    let (count, bytes_max, tag_hashes) = (request.count, request.bytes_max, &request.tag_hashes);
+    let deadline = shard.clock.deadline(request.wait);
     loop {
         let visible = shard.log.positions().visible;
-        let batch = match shard.log.read_tagged(queue_id, request.offset(), count, bytes_max, &tag_hashes).await {
+        let batch = match shard.log.read_tagged(queue_id, request.offset, count, bytes_max, tag_hashes).await {
             Ok(batch) => batch,
             // Retention deleted the offset: say where the queue now starts,
             // so the consumer moves on from there (and can tell it skipped).
@@ -321,7 +260,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
         let expired = shard.clock.now_ms() >= deadline;
         // A tag filter that passed over records moved too: the consumer
         // goes on from past them.
-        let moved = batch.next_offset > request.offset();
+        let moved = batch.next_offset > request.offset;
         if moved || expired || shard.shutting_down.get() {
             let mut records = BytesMut::with_capacity(batch.records.iter().map(|record| record.bytes.len()).sum());
             for record in &batch.records {
@@ -339,7 +278,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
             let fetched = FetchedRecords {
                 records: &records,
                 record_count: batch.records.len() as u32,
-                next_offset: batch.next_offset.max(request.offset()),
+                next_offset: batch.next_offset.max(request.offset),
                 high_watermark: batch.visible_end_offset,
                 earliest_offset: shard.log.base_offset(queue_id),
                 lost_offsets: &batch.lost_offsets,
@@ -351,7 +290,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
         // Long poll on this queue alone: read again once its own visible end
         // passes the offset asked for (or at the deadline, or shutdown).
         futures_lite::future::or(
-            long_poll::queue_passes(&shard.log, queue_id, request.offset(), visible, || shard.shutting_down.get()),
+            long_poll::queue_passes(&shard.log, queue_id, request.offset, visible, || shard.shutting_down.get()),
             shard.clock.until(deadline),
         )
         .await;
@@ -359,7 +298,6 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
 }
 
 fn coordinated(shard: &Shard, group: &str, topic: &str) -> Result<u32, Failure> {
-    check_name("group", group)?;
     let topic = shard.topic(topic)?;
     let coordinator = coordinator_shard(group, shard.shard_count);
     if coordinator != shard.id {
@@ -368,22 +306,19 @@ fn coordinated(shard: &Shard, group: &str, topic: &str) -> Result<u32, Failure> 
     Ok(topic.queue_shards.len() as u32)
 }
 
-async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::JoinGroupRequest>(body).map_err(invalid)?;
-    let queue_count = coordinated(shard, request.group(), request.topic())?;
-    check_length("member id", request.member_id().unwrap_or_default(), CLIENT_ID_BYTES_MAX)?;
-    check_length("instance id", request.instance_id().unwrap_or_default(), CLIENT_ID_BYTES_MAX)?;
+async fn join_group(shard: &Shard, request: &requests::JoinGroup<'_>) -> Answer {
+    let queue_count = coordinated(shard, request.group, request.topic)?;
     // The group's consumers subscribe to its retry topic by themselves.
-    if !request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
-        shard.internal_topic(&retry_topic(request.group())).await?;
+    if !request.topic.starts_with(INTERNAL_TOPIC_PREFIX) {
+        shard.internal_topic(&retry_topic(request.group)).await?;
     }
     let joiner = Joiner {
-        member_id: request.member_id().unwrap_or_default(),
-        instance_id: request.instance_id().unwrap_or_default(),
-        session_timeout_ms: request.session_timeout_ms(),
+        member_id: request.member_id,
+        instance_id: request.instance_id,
+        session_timeout_ms: request.session_timeout_ms,
     };
     let (assignment, rebalanced) =
-        shard.coordinator.borrow_mut().join(request.group(), request.topic(), joiner, queue_count)?;
+        shard.coordinator.borrow_mut().join(request.group, request.topic, joiner, queue_count)?;
     // Answered only once every shard fences by the new assignment.
     if let Some(fence) = rebalanced {
         shard.announce_fence(fence).await;
@@ -391,58 +326,48 @@ async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
     Ok((Kind::JoinGroupResponse, protocol::group_assignment(None, &assignment)))
 }
 
-fn heartbeat(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::HeartbeatRequest>(body).map_err(invalid)?;
-    coordinated(shard, request.group(), request.topic())?;
-    check_length("member id", request.member_id(), CLIENT_ID_BYTES_MAX)?;
-    let assignment = shard.coordinator.borrow_mut().heartbeat(request.group(), request.topic(), request.member_id())?;
+fn heartbeat(shard: &Shard, request: &GroupMember<'_>) -> Answer {
+    coordinated(shard, request.group, request.topic)?;
+    let assignment = shard.coordinator.borrow_mut().heartbeat(request.group, request.topic, request.member_id)?;
     Ok((Kind::HeartbeatResponse, protocol::group_assignment(None, &assignment)))
 }
 
-async fn leave_group(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::LeaveGroupRequest>(body).map_err(invalid)?;
-    coordinated(shard, request.group(), request.topic())?;
-    check_length("member id", request.member_id(), CLIENT_ID_BYTES_MAX)?;
-    let rebalanced = shard.coordinator.borrow_mut().leave(request.group(), request.topic(), request.member_id());
+async fn leave_group(shard: &Shard, request: &GroupMember<'_>) -> Answer {
+    coordinated(shard, request.group, request.topic)?;
+    let rebalanced = shard.coordinator.borrow_mut().leave(request.group, request.topic, request.member_id);
     if let Some(fence) = rebalanced {
         shard.announce_fence(fence).await;
     }
-    let assignment = protocol::Assignment { member_id: request.member_id().to_string(), ..Default::default() };
+    let assignment = protocol::Assignment { member_id: request.member_id.to_string(), ..Default::default() };
     Ok((Kind::LeaveGroupResponse, protocol::group_assignment(None, &assignment)))
 }
 
-async fn commit_offset(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::CommitOffsetRequest>(body).map_err(invalid)?;
-    check_name("group", request.group())?;
-    let topic = shard.topic(request.topic())?;
-    let queue_id = shard.owned_queue(&topic, request.queue())?;
-    let member_id = request.member_id().unwrap_or_default();
-    check_length("member id", member_id, CLIENT_ID_BYTES_MAX)?;
+async fn commit_offset(shard: &Shard, request: &requests::CommitOffset<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    let queue_id = shard.owned_queue(&topic, request.queue)?;
     shard
         .offsets
         .borrow()
-        .check_owner(request.group(), request.topic(), request.queue(), member_id, request.generation())
+        .check_owner(request.group, request.topic, request.queue, request.member_id, request.generation)
         .map_err(|fenced| Failure::new(fb::ErrorCode::StaleGeneration, fenced.to_string()))?;
     // An offset past what readers can see would make the next owner skip
     // the messages in between once they arrive.
     let end = shard.log.visible_end_offset(queue_id);
-    if request.offset() > end {
+    if request.offset > end {
         return Err(Failure::new(
             fb::ErrorCode::InvalidRequest,
             format!(
                 "offset {} is past the end of queue {} of {} ({end}): a commit names the next offset to consume",
-                request.offset(),
-                request.queue(),
-                request.topic()
+                request.offset, request.queue, request.topic
             ),
         ));
     }
     let commit = OffsetCommit {
-        group: request.group().to_string(),
-        topic: request.topic().to_string(),
-        queue: request.queue(),
-        offset: request.offset(),
-        generation: request.generation(),
+        group: request.group.to_string(),
+        topic: request.topic.to_string(),
+        queue: request.queue,
+        offset: request.offset,
+        generation: request.generation,
     };
     store_commit(shard, &commit).await?;
     Ok((Kind::CommitOffsetResponse, protocol::offset_response(None, Some(commit.offset))))
@@ -469,59 +394,44 @@ pub(super) async fn store_commit(shard: &Shard, commit: &OffsetCommit) -> Result
     Ok(())
 }
 
-fn fetch_offset(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::FetchOffsetRequest>(body).map_err(invalid)?;
-    check_length("group", request.group(), NAME_BYTES_MAX)?;
-    let topic = shard.topic(request.topic())?;
-    shard.owned_queue(&topic, request.queue())?;
-    let key = (request.group().to_string(), request.topic().to_string(), request.queue());
+fn fetch_offset(shard: &Shard, request: &requests::FetchOffset<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    shard.owned_queue(&topic, request.queue)?;
+    let key = (request.group.to_string(), request.topic.to_string(), request.queue);
     let offset = shard.offsets.borrow().get(&key);
     Ok((Kind::FetchOffsetResponse, protocol::offset_response(None, offset)))
 }
 
-async fn end_transaction(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::EndTransactionRequest>(body).map_err(invalid)?;
-    check_length("transaction id", request.transaction_id(), CLIENT_ID_BYTES_MAX)?;
-    let topic = shard.topic(request.topic())?;
-    let queue_id = shard.owned_queue(&topic, request.queue())?;
-    let outcome = transactions::Outcome::from_wire(request.outcome())
-        .ok_or_else(|| invalid(format!("unknown transaction outcome {}", request.outcome().0)))?;
-    let state = transactions::end(shard, queue_id, request.transaction_id(), outcome).await?;
+async fn end_transaction(shard: &Shard, request: &requests::EndTransaction<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    let queue_id = shard.owned_queue(&topic, request.queue)?;
+    let state = transactions::end(shard, queue_id, request.transaction_id, request.outcome).await?;
     let response = protocol::end_transaction_response(None, state.wire(), state.offset());
     Ok((Kind::EndTransactionResponse, response))
 }
 
-fn list_transactions(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::ListTransactionsRequest>(body).map_err(invalid)?;
-    let listed = shard.transactions.borrow().list(request.discarded());
+fn list_transactions(shard: &Shard, discarded: bool) -> Answer {
+    let listed = shard.transactions.borrow().list(discarded);
     Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed)))
 }
 
 /// The connection becomes a live producer of the group: check-backs of the
 /// group's halves on this shard may come on it.
-fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Answer {
-    let request = verify::<fb::RegisterProducerRequest>(body).map_err(invalid)?;
-    // As loose as a half's own group (`check_half`): any group a half can
-    // name must be registrable.
-    if request.producer_group().is_empty() {
-        return Err(invalid("a producer registers with a producer group".into()));
-    }
-    check_length("producer group", request.producer_group(), NAME_BYTES_MAX)?;
-    shard.producer_links.borrow_mut().register(request.producer_group(), link);
+fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, producer_group: &str) -> Answer {
+    shard.producer_links.borrow_mut().register(producer_group, link);
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }
 
-async fn send_back(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::SendBackRequest>(body).map_err(invalid)?;
-    let topic = shard.topic(request.topic())?;
-    let queue_id = shard.owned_queue(&topic, request.queue())?;
+async fn send_back(shard: &Shard, request: &requests::SendBack<'_>) -> Answer {
+    let topic = shard.topic(request.topic)?;
+    let queue_id = shard.owned_queue(&topic, request.queue)?;
     let sent = send_back::send_back(
         shard,
-        request.group(),
+        request.group,
         queue_id,
-        request.offset(),
-        request.max_reconsume_times(),
-        request.delay_level(),
+        request.offset,
+        request.max_reconsume_times,
+        request.delay_level,
     )
     .await?;
     let answer = protocol::SendBackAnswer {
@@ -533,11 +443,9 @@ async fn send_back(shard: &Shard, body: &[u8]) -> Answer {
     Ok((Kind::SendBackResponse, protocol::send_back_response(None, &answer)))
 }
 
-async fn resend_dead_letter(shard: &Shard, body: &[u8]) -> Answer {
-    let request = verify::<fb::ResendDeadLetterRequest>(body).map_err(invalid)?;
+async fn resend_dead_letter(shard: &Shard, request: &requests::ResendDeadLetter<'_>) -> Answer {
     let resent =
-        send_back::resend_dead_letter(shard, request.group(), request.queue(), request.offset(), request.again())
-            .await?;
+        send_back::resend_dead_letter(shard, request.group, request.queue, request.offset, request.again).await?;
     let response =
         protocol::resend_dead_letter_response(None, resent.resent, &resent.original_topic, resent.original_queue);
     Ok((Kind::ResendDeadLetterResponse, response))

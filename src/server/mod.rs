@@ -29,6 +29,7 @@ mod outgoing;
 mod placement;
 mod producer_links;
 mod replay;
+pub(crate) mod requests;
 mod send_back;
 mod shard;
 mod snapshot_file;

@@ -1,0 +1,500 @@
+//! What a request says, read before its handler touches the shard: the
+//! flatbuffers verifier with the broker's limits, then every check that
+//! needs nothing but the bytes (names, lengths, counts, enums). The handlers
+//! and the fuzz targets (`crate::fuzzing::request`) call the same functions,
+//! so what the fuzzers cover is what the broker runs on a client's bytes.
+
+use super::delay_levels::DelayLevels;
+use super::delayed;
+use super::topics::{check_length, check_name};
+use super::transactions::{self, Outcome};
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX,
+    RECORD_HEADER_SIZE_BYTES,
+};
+use crate::protocol::{fb, verify, Failure, Kind, GROUP_OFFSETS_TOPICS_MAX, INTERNAL_TOPIC_PREFIX};
+use crate::wire::{verify_message, VerifiedMessage};
+use bytes::Bytes;
+use flatbuffers::{ForwardsUOffset, Vector};
+use std::time::Duration;
+
+/// Records a fetch returns at most.
+pub const FETCH_COUNT_MAX: u32 = 10_000;
+/// Tags a fetch may filter by.
+pub const FETCH_TAGS_MAX: usize = 64;
+/// Bytes a fetch answer carries at most: room is left for the answer's
+/// own fields within a frame.
+pub const FETCH_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
+
+pub fn invalid(error: String) -> Failure {
+    Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
+}
+
+/// A request the shard serves, read and checked.
+#[derive(Debug)]
+pub enum Request<'a> {
+    Metadata(Metadata<'a>),
+    CreateTopic(CreateTopic<'a>),
+    Produce(Produce<'a>),
+    Fetch(Fetch<'a>),
+    JoinGroup(JoinGroup<'a>),
+    Heartbeat(GroupMember<'a>),
+    LeaveGroup(GroupMember<'a>),
+    CommitOffset(CommitOffset<'a>),
+    FetchOffset(FetchOffset<'a>),
+    EndTransaction(EndTransaction<'a>),
+    ListTransactions { discarded: bool },
+    RegisterProducer { producer_group: &'a str },
+    SendBack(SendBack<'a>),
+    ResendDeadLetter(ResendDeadLetter<'a>),
+    ShardStatus,
+    ListGroups { group: Option<&'a str> },
+    GroupOffsets(GroupOffsets<'a>),
+    ResetOffset(ResetOffset<'a>),
+    OffsetAtTime(QueueAt<'a>),
+}
+
+impl<'a> Request<'a> {
+    /// The request a frame of `kind` carries in `body`, or why the shard
+    /// refuses it without looking any further.
+    pub fn read(kind: u16, body: &'a [u8]) -> Result<Self, Failure> {
+        let Some(known) = Kind::from_u16(kind) else {
+            return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("unknown frame kind {kind}")));
+        };
+        Ok(match known {
+            Kind::MetadataRequest => Self::Metadata(Metadata::read(body)?),
+            Kind::CreateTopicRequest => Self::CreateTopic(CreateTopic::read(body)?),
+            Kind::ProduceRequest => Self::Produce(Produce::read(body)?),
+            Kind::FetchRequest => Self::Fetch(Fetch::read(body)?),
+            Kind::JoinGroupRequest => Self::JoinGroup(JoinGroup::read(body)?),
+            Kind::HeartbeatRequest => {
+                let request = verify::<fb::HeartbeatRequest>(body).map_err(invalid)?;
+                Self::Heartbeat(GroupMember::read(request.group(), request.topic(), request.member_id())?)
+            }
+            Kind::LeaveGroupRequest => {
+                let request = verify::<fb::LeaveGroupRequest>(body).map_err(invalid)?;
+                Self::LeaveGroup(GroupMember::read(request.group(), request.topic(), request.member_id())?)
+            }
+            Kind::CommitOffsetRequest => Self::CommitOffset(CommitOffset::read(body)?),
+            Kind::FetchOffsetRequest => Self::FetchOffset(FetchOffset::read(body)?),
+            Kind::EndTransactionRequest => Self::EndTransaction(EndTransaction::read(body)?),
+            Kind::ListTransactionsRequest => {
+                let request = verify::<fb::ListTransactionsRequest>(body).map_err(invalid)?;
+                Self::ListTransactions { discarded: request.discarded() }
+            }
+            Kind::RegisterProducerRequest => {
+                let request = verify::<fb::RegisterProducerRequest>(body).map_err(invalid)?;
+                let producer_group = request.producer_group();
+                // As loose as a half's own group (`check_half`): any group a
+                // half can name must be registrable.
+                if producer_group.is_empty() {
+                    return Err(invalid("a producer registers with a producer group".into()));
+                }
+                check_length("producer group", producer_group, NAME_BYTES_MAX)?;
+                Self::RegisterProducer { producer_group }
+            }
+            Kind::SendBackRequest => Self::SendBack(SendBack::read(body)?),
+            Kind::ResendDeadLetterRequest => Self::ResendDeadLetter(ResendDeadLetter::read(body)?),
+            Kind::ShardStatusRequest => {
+                verify::<fb::ShardStatusRequest>(body).map_err(invalid)?;
+                Self::ShardStatus
+            }
+            Kind::ListGroupsRequest => {
+                let request = verify::<fb::ListGroupsRequest>(body).map_err(invalid)?;
+                let group = request.group().filter(|group| !group.is_empty());
+                if let Some(group) = group {
+                    check_name("group", group)?;
+                }
+                Self::ListGroups { group }
+            }
+            Kind::GroupOffsetsRequest => Self::GroupOffsets(GroupOffsets::read(body)?),
+            Kind::ResetOffsetRequest => Self::ResetOffset(ResetOffset::read(body)?),
+            Kind::OffsetAtTimeRequest => {
+                let request = verify::<fb::OffsetAtTimeRequest>(body).map_err(invalid)?;
+                Self::OffsetAtTime(QueueAt {
+                    topic: request.topic(),
+                    queue: request.queue(),
+                    time_ms: request.time_ms(),
+                })
+            }
+            other => {
+                return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {other:?} is not a request")))
+            }
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Metadata<'a> {
+    /// Empty: every topic.
+    pub topics: Vec<&'a str>,
+}
+
+impl<'a> Metadata<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::MetadataRequest>(body).map_err(invalid)?;
+        Ok(Self { topics: request.topics().map(|topics| topics.iter().collect()).unwrap_or_default() })
+    }
+}
+
+#[derive(Debug)]
+pub struct CreateTopic<'a> {
+    pub name: &'a str,
+    pub queues: u32,
+}
+
+impl<'a> CreateTopic<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::CreateTopicRequest>(body).map_err(invalid)?;
+        check_name("topic", request.name())?;
+        Ok(Self { name: request.name(), queues: request.queues() })
+    }
+}
+
+/// A produce request whose messages are not verified yet: that waits for
+/// the routing checks (`messages`), so a produce sent to the wrong shard
+/// learns its owner without the cost of verifying its batch twice.
+#[derive(Debug)]
+pub struct Produce<'a> {
+    pub topic: &'a str,
+    pub queue: u32,
+    pub skip_gap: bool,
+    messages: Vector<'a, ForwardsUOffset<fb::MessageBytes<'a>>>,
+}
+
+/// What a produced message is checked against besides its own bytes.
+#[derive(Clone, Debug)]
+pub struct MessageLimits<'a> {
+    pub delay_levels: &'a DelayLevels,
+    pub delay_max: Duration,
+    pub now_ms: u64,
+    /// The largest record the shard's log takes.
+    pub record_bytes_max: usize,
+}
+
+impl MessageLimits<'static> {
+    /// A broker's defaults, at a fixed time: what the fuzz targets check
+    /// messages against.
+    pub fn fuzzing() -> Self {
+        static LEVELS: std::sync::OnceLock<DelayLevels> = std::sync::OnceLock::new();
+        Self {
+            delay_levels: LEVELS.get_or_init(DelayLevels::default),
+            delay_max: Duration::from_millis(super::DELAY_MAX_MS_DEFAULT),
+            now_ms: 1_700_000_000_000,
+            record_bytes_max: crate::constants::RECORD_SIZE_BYTES_MAX,
+        }
+    }
+}
+
+impl<'a> Produce<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::ProduceRequest>(body).map_err(invalid)?;
+        if request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
+            return Err(Failure::new(
+                fb::ErrorCode::InvalidTopic,
+                "topics starting with % take only the broker's own records",
+            ));
+        }
+        Ok(Self {
+            topic: request.topic(),
+            queue: request.queue(),
+            skip_gap: request.skip_gap(),
+            messages: request.messages(),
+        })
+    }
+
+    /// Every message of the batch, verified and checked, each sharing the
+    /// frame's bytes (`frame_body`: the body this request was read from).
+    /// A batch is refused whole for what its own bytes decide, before
+    /// anything of it is placed.
+    pub fn messages(&self, frame_body: &Bytes, limits: &MessageLimits<'_>) -> Result<Vec<VerifiedMessage>, Failure> {
+        if self.messages.len() > PRODUCE_MESSAGES_MAX {
+            return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (index, message) in self.messages.iter().enumerate() {
+            let bytes = message_bytes(frame_body, message.bytes().bytes())?;
+            let invalid_message = |error: String| {
+                Failure::new(fb::ErrorCode::InvalidMessage, format!("message {index} of the batch: {error}"))
+            };
+            let verified = verify_message(bytes).map_err(|error| invalid_message(error.to_string()))?;
+            check_produced(&verified, limits).map_err(invalid_message)?;
+            messages.push(verified);
+        }
+        let record_max = limits.record_bytes_max;
+        if let Some(index) =
+            messages.iter().position(|message| RECORD_HEADER_SIZE_BYTES + message.bytes().len() > record_max)
+        {
+            return Err(Failure::new(
+                fb::ErrorCode::MessageTooLarge,
+                format!("message {index} of the batch is larger than the {record_max} bytes a record may take"),
+            ));
+        }
+        Ok(messages)
+    }
+}
+
+/// Why a verified message cannot be produced, if it cannot: a half without
+/// its transaction fields, a delay the broker does not allow.
+pub fn check_produced(message: &VerifiedMessage, limits: &MessageLimits<'_>) -> Result<(), String> {
+    transactions::check_half(message)?;
+    delayed::check_delay(message, limits.delay_levels, limits.delay_max, limits.now_ms)
+}
+
+/// The producer's message bytes, sliced out of the frame without a copy.
+fn message_bytes(frame_body: &Bytes, message: &[u8]) -> Result<Bytes, Failure> {
+    let start = (message.as_ptr() as usize).checked_sub(frame_body.as_ptr() as usize);
+    match start {
+        Some(start) if start + message.len() <= frame_body.len() => Ok(frame_body.slice(start..start + message.len())),
+        _ => Err(Failure::new(fb::ErrorCode::Internal, "message bytes outside the frame")),
+    }
+}
+
+#[derive(Debug)]
+pub struct Fetch<'a> {
+    pub topic: &'a str,
+    pub queue: u32,
+    pub offset: u64,
+    /// 1 to `FETCH_COUNT_MAX`.
+    pub count: usize,
+    /// 1 to `FETCH_BYTES_MAX`.
+    pub bytes_max: usize,
+    /// At most `FETCH_WAIT_MS_MAX`.
+    pub wait: Duration,
+    /// At most `FETCH_TAGS_MAX`; empty: every record.
+    pub tag_hashes: Vec<u32>,
+}
+
+impl<'a> Fetch<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::FetchRequest>(body).map_err(invalid)?;
+        let tag_hashes = request.tag_hashes();
+        if tag_hashes.is_some_and(|hashes| hashes.len() > FETCH_TAGS_MAX) {
+            return Err(invalid(format!("a fetch filters by at most {FETCH_TAGS_MAX} tags")));
+        }
+        Ok(Self {
+            topic: request.topic(),
+            queue: request.queue(),
+            offset: request.offset(),
+            count: request.max_count().clamp(1, FETCH_COUNT_MAX) as usize,
+            bytes_max: (request.max_bytes() as usize).clamp(1, FETCH_BYTES_MAX),
+            wait: Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX))),
+            tag_hashes: tag_hashes.map(|hashes| hashes.iter().collect()).unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct JoinGroup<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    /// Empty: a new member.
+    pub member_id: &'a str,
+    /// Empty: a dynamic member.
+    pub instance_id: &'a str,
+    pub session_timeout_ms: u32,
+}
+
+impl<'a> JoinGroup<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::JoinGroupRequest>(body).map_err(invalid)?;
+        check_name("group", request.group())?;
+        let member_id = request.member_id().unwrap_or_default();
+        let instance_id = request.instance_id().unwrap_or_default();
+        check_length("member id", member_id, CLIENT_ID_BYTES_MAX)?;
+        check_length("instance id", instance_id, CLIENT_ID_BYTES_MAX)?;
+        Ok(Self {
+            group: request.group(),
+            topic: request.topic(),
+            member_id,
+            instance_id,
+            session_timeout_ms: request.session_timeout_ms(),
+        })
+    }
+}
+
+/// A heartbeat or a leave: a member of a group on a topic.
+#[derive(Debug)]
+pub struct GroupMember<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub member_id: &'a str,
+}
+
+impl<'a> GroupMember<'a> {
+    fn read(group: &'a str, topic: &'a str, member_id: &'a str) -> Result<Self, Failure> {
+        check_name("group", group)?;
+        check_length("member id", member_id, CLIENT_ID_BYTES_MAX)?;
+        Ok(Self { group, topic, member_id })
+    }
+}
+
+#[derive(Debug)]
+pub struct CommitOffset<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub queue: u32,
+    pub offset: u64,
+    pub generation: u64,
+    pub member_id: &'a str,
+}
+
+impl<'a> CommitOffset<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::CommitOffsetRequest>(body).map_err(invalid)?;
+        check_name("group", request.group())?;
+        let member_id = request.member_id().unwrap_or_default();
+        check_length("member id", member_id, CLIENT_ID_BYTES_MAX)?;
+        Ok(Self {
+            group: request.group(),
+            topic: request.topic(),
+            queue: request.queue(),
+            offset: request.offset(),
+            generation: request.generation(),
+            member_id,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct FetchOffset<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub queue: u32,
+}
+
+impl<'a> FetchOffset<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::FetchOffsetRequest>(body).map_err(invalid)?;
+        check_length("group", request.group(), NAME_BYTES_MAX)?;
+        Ok(Self { group: request.group(), topic: request.topic(), queue: request.queue() })
+    }
+}
+
+#[derive(Debug)]
+pub struct EndTransaction<'a> {
+    pub topic: &'a str,
+    pub queue: u32,
+    pub transaction_id: &'a str,
+    pub outcome: Outcome,
+}
+
+impl<'a> EndTransaction<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::EndTransactionRequest>(body).map_err(invalid)?;
+        check_length("transaction id", request.transaction_id(), CLIENT_ID_BYTES_MAX)?;
+        let outcome = Outcome::from_wire(request.outcome())
+            .ok_or_else(|| invalid(format!("unknown transaction outcome {}", request.outcome().0)))?;
+        Ok(Self { topic: request.topic(), queue: request.queue(), transaction_id: request.transaction_id(), outcome })
+    }
+}
+
+#[derive(Debug)]
+pub struct SendBack<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub queue: u32,
+    pub offset: u64,
+    pub max_reconsume_times: u32,
+    /// 0: the broker's back-off.
+    pub delay_level: u8,
+}
+
+impl<'a> SendBack<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::SendBackRequest>(body).map_err(invalid)?;
+        check_name("group", request.group())?;
+        Ok(Self {
+            group: request.group(),
+            topic: request.topic(),
+            queue: request.queue(),
+            offset: request.offset(),
+            max_reconsume_times: request.max_reconsume_times(),
+            delay_level: request.delay_level(),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct ResendDeadLetter<'a> {
+    pub group: &'a str,
+    /// A queue of the group's dead-letter topic.
+    pub queue: u32,
+    pub offset: u64,
+    pub again: bool,
+}
+
+impl<'a> ResendDeadLetter<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::ResendDeadLetterRequest>(body).map_err(invalid)?;
+        check_name("group", request.group())?;
+        Ok(Self { group: request.group(), queue: request.queue(), offset: request.offset(), again: request.again() })
+    }
+}
+
+#[derive(Debug)]
+pub struct GroupOffsets<'a> {
+    pub group: &'a str,
+    /// At most `GROUP_OFFSETS_TOPICS_MAX`.
+    pub topics: Vec<&'a str>,
+}
+
+impl<'a> GroupOffsets<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::GroupOffsetsRequest>(body).map_err(invalid)?;
+        check_name("group", request.group())?;
+        let topics = request.topics();
+        if topics.is_some_and(|topics| topics.len() > GROUP_OFFSETS_TOPICS_MAX) {
+            return Err(invalid(format!("a group-offsets request names at most {GROUP_OFFSETS_TOPICS_MAX} topics")));
+        }
+        Ok(Self { group: request.group(), topics: topics.into_iter().flatten().collect() })
+    }
+}
+
+/// Where an operator moves a group's offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first record stored at or after this time (ms since the epoch).
+    Time(u64),
+}
+
+#[derive(Debug)]
+pub struct ResetOffset<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub queue: u32,
+    pub target: ResetTo,
+    pub force: bool,
+}
+
+impl<'a> ResetOffset<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::ResetOffsetRequest>(body).map_err(invalid)?;
+        check_name("group", request.group())?;
+        let target = match request.target() {
+            fb::ResetTarget::Earliest => ResetTo::Earliest,
+            fb::ResetTarget::Latest => ResetTo::Latest,
+            fb::ResetTarget::Offset => ResetTo::Offset(request.value()),
+            fb::ResetTarget::Time => ResetTo::Time(request.value()),
+            other => return Err(invalid(format!("unknown reset target {}", other.0))),
+        };
+        Ok(Self {
+            group: request.group(),
+            topic: request.topic(),
+            queue: request.queue(),
+            target,
+            force: request.force(),
+        })
+    }
+}
+
+/// A queue and a point in time.
+#[derive(Debug)]
+pub struct QueueAt<'a> {
+    pub topic: &'a str,
+    pub queue: u32,
+    pub time_ms: u64,
+}
