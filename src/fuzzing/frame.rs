@@ -21,8 +21,10 @@ use bytes::BytesMut;
 
 /// Stream bytes taken from the input; the rest is ignored.
 const LITERAL_BYTES_MAX: usize = 64 * 1024;
-/// Reads of one byte each, at most: then reads fill their room.
-const BYTE_READS_MAX: usize = 4096;
+/// Reads of one to a few bytes each, at most: then reads fill their room.
+/// Each read zeroes its whole room first (as the connection does), so a
+/// large frame in tiny reads would cost seconds an input.
+const SMALL_READS_MAX: usize = 256;
 
 pub fn frame(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else { return };
@@ -75,11 +77,12 @@ impl Reads {
     /// Bytes the next read delivers, 1 to `room`.
     fn next(&mut self, room: usize) -> usize {
         self.count += 1;
+        let small = self.count <= SMALL_READS_MAX;
         match self.style {
-            0 if self.count <= BYTE_READS_MAX => 1,
-            0 | 1 => room,
+            0 if small => 1,
             2 => self.rng.usize(1..=room),
-            _ => self.rng.usize(1..=room.min(16)),
+            3 if small => self.rng.usize(1..=room.min(16)),
+            _ => room,
         }
     }
 }

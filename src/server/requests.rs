@@ -26,7 +26,7 @@ pub const FETCH_TAGS_MAX: usize = 64;
 /// own fields within a frame.
 pub const FETCH_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
 
-pub fn invalid(error: String) -> Failure {
+fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
 }
 
