@@ -48,7 +48,7 @@ pub fn frame(data: &[u8]) {
     // plus one read step (`read_room`), and never past what one frame may
     // make a buffer hold.
     let by_arrival = 2 * stream.len() + CONNECTION_READ_BYTES_MAX + CONNECTION_READ_FIRST_BYTES;
-    let by_frame = INCOMPLETE_FRAME_BYTES_MAX.max(stream.len()) + ALLOCATION_SLACK_BYTES;
+    let by_frame = INCOMPLETE_FRAME_BYTES_MAX + ALLOCATION_SLACK_BYTES;
     let body_max_bound = if body_max == FRAME_BODY_BYTES_MAX { by_frame } else { usize::MAX };
     within(by_arrival.min(body_max_bound), "frame decoding", || connection(&stream, body_max, reads));
 }
