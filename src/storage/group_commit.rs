@@ -290,8 +290,9 @@ impl<S: Storage> LogShared<S> {
             let length = align_up(fill.filled);
             if fill.records > 0 {
                 let gap_bytes = (fill.file_offset - fill.data_before) as u32;
+                let start = record::WriteStart { position: fill.start(), durable_position: self.flushed.get() };
                 let write = &mut fill.data.as_mut_slice()[..length];
-                record::stamp_batch_marker(write, self.flushed.get(), gap_bytes, super::now_us());
+                record::stamp_batch_marker(write, start, gap_bytes, super::now_us());
             }
             let fill = &sealed.fill;
             if length > 0 {

@@ -20,7 +20,7 @@
 //!
 //! Every write of the flusher starts on a fresh block with a batch marker
 //! (`flags::BATCH`, no message, `ref_position` = the durable position when
-//! the write began) and ends with zeros up to the next block: a flush never
+//! the write began, `queue_offset` = its own position) and ends with zeros up to the next block: a flush never
 //! rewrites a block that holds acknowledged bytes. A zero header therefore
 //! means either the padding at the end of a write or the end of the data.
 
@@ -111,8 +111,24 @@ impl RecordHeader {
         padded_size(self.length as usize)
     }
 
+    /// Whether the record holds a queue offset (a batch marker's offset
+    /// field holds its own position).
     pub fn is_indexed(&self) -> bool {
-        self.queue_offset != NO_QUEUE_OFFSET
+        self.queue_offset != NO_QUEUE_OFFSET && self.flags & flags::BATCH == 0
+    }
+
+    /// Why a valid record cannot lie at log `position`: a batch marker
+    /// written for another place, or one vouching for data past itself. Both
+    /// are what a block written to the wrong place (a misdirected write)
+    /// leaves; no write of this log makes them.
+    pub fn misplaced_at(&self, position: u64) -> Option<&'static str> {
+        if self.flags & flags::BATCH == 0 {
+            return None;
+        }
+        if self.queue_offset != position {
+            return Some("a batch marker written for another position (a misdirected block)");
+        }
+        (self.ref_position > position).then_some("a batch marker vouching for data after itself")
     }
 
     pub fn is_tombstone(&self) -> bool {
@@ -189,18 +205,30 @@ pub struct WriteShape {
     pub gap_bytes: u32,
 }
 
+/// Where a write starts: the log position of its batch marker and the
+/// durable position when it began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteStart {
+    pub position: u64,
+    pub durable_position: u64,
+}
+
 /// Writes the batch marker that starts a write into `destination` (exactly
-/// `BATCH_MARKER_SIZE_BYTES`): everything before `durable_position` was
-/// durable when the write began, and the write has `shape`.
-pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_timestamp_us: u64, shape: WriteShape) {
+/// `BATCH_MARKER_SIZE_BYTES`): it lies at `start.position`, everything before
+/// `start.durable_position` was durable when the write began, and the write
+/// has `shape`.
+pub fn encode_batch_marker(destination: &mut [u8], start: WriteStart, store_timestamp_us: u64, shape: WriteShape) {
+    debug_assert!(start.durable_position <= start.position, "a write vouches only for what lies before it");
     let header = RecordHeader {
         length: BATCH_MARKER_SIZE_BYTES as u32,
         flags: flags::BATCH | flags::INTERNAL,
         queue_id: shape.gap_bytes,
         tag_hash: shape.length_bytes,
-        queue_offset: NO_QUEUE_OFFSET,
+        // Its own position: a copy of the block at another place (a
+        // misdirected write) is told from the real marker.
+        queue_offset: start.position,
         store_timestamp_us,
-        ref_position: durable_position,
+        ref_position: start.durable_position,
         ref_size: shape.zero_sectors,
         reconsume_times: 0,
     };
@@ -211,11 +239,11 @@ pub fn encode_batch_marker(destination: &mut [u8], durable_position: u64, store_
 /// to blocks, its first `BATCH_MARKER_SIZE_BYTES` reserved), its shape read
 /// off the write itself: its length and its all-zero sectors after the
 /// marker's own, which is never zero.
-pub fn stamp_batch_marker(write: &mut [u8], durable_position: u64, gap_bytes: u32, store_timestamp_us: u64) {
+pub fn stamp_batch_marker(write: &mut [u8], start: WriteStart, gap_bytes: u32, store_timestamp_us: u64) {
     debug_assert!(write.len() >= SECTOR_SIZE_BYTES && write.len() % SECTOR_SIZE_BYTES == 0);
     let zero_sectors = zero_sector_count(&write[SECTOR_SIZE_BYTES..]);
     let shape = WriteShape { length_bytes: write.len() as u32, zero_sectors, gap_bytes };
-    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], durable_position, store_timestamp_us, shape);
+    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], start, store_timestamp_us, shape);
 }
 
 /// Writes header and message into `destination` (exactly `padded_size` bytes,

@@ -154,7 +154,8 @@ async fn vouch<F: StorageFile>(end: &ScanEnd<F>) -> Result<u64, LogError> {
     }
     let mut data = AlignedBuf::zeroed(BLOCK_SIZE_BYTES);
     let gap_bytes = (segment.start + offset - end.position) as u32;
-    record::stamp_batch_marker(data.as_mut_slice(), end.position, gap_bytes, super::now_us());
+    let start = record::WriteStart { position: segment.start + offset, durable_position: end.position };
+    record::stamp_batch_marker(data.as_mut_slice(), start, gap_bytes, super::now_us());
     let io = |operation, error| LogError::io(operation, &segment.path, segment.start + offset, error);
     segment.file.write_at(data.as_slice(), offset).await.map_err(|error| io("write batch marker", error))?;
     segment.file.fdatasync().await.map_err(|error| io("fdatasync batch marker", error))?;
@@ -277,6 +278,20 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         })
     }
 
+    /// After damage at `offset` inside a block: the next block, if the write
+    /// that starts there followed the data ending at `end` (global) exactly.
+    /// Its batch marker then says that `[end, next block)` was padding, which
+    /// no write rewrites (a flush starts on a fresh block): the damage hit no
+    /// record, and the log goes on.
+    pub(super) async fn write_after_damaged_padding(&mut self, offset: u64, end: u64) -> Result<Option<u64>, LogError> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let boundary = offset.div_ceil(block) * block;
+        if boundary == offset || boundary >= self.segment.size_bytes {
+            return Ok(None);
+        }
+        Ok(self.starts_write(boundary, end).await?.then_some(boundary))
+    }
+
     /// What lies at `offset`: a whole valid record, zeros, or garbage.
     pub(super) async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
         let remaining = self.segment.size_bytes - offset;
@@ -284,12 +299,19 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
             return Ok(Decoded::Zero);
         }
         let header = self.bytes(offset, RECORD_HEADER_SIZE_BYTES).await?;
-        match record::claimed_length(header) {
+        let decoded = match record::claimed_length(header) {
             Some(length) if record::plausible_length(length, remaining) => {
-                Ok(record::decode(self.bytes(offset, length).await?))
+                record::decode(self.bytes(offset, length).await?)
             }
-            _ => Ok(record::decode(header)),
-        }
+            _ => record::decode(header),
+        };
+        Ok(match decoded {
+            Decoded::Valid(header) => match header.misplaced_at(self.segment.start + offset) {
+                Some(why) => Decoded::Invalid(why),
+                None => Decoded::Valid(header),
+            },
+            other => other,
+        })
     }
 }
 
@@ -340,9 +362,16 @@ async fn scan<F: StorageFile>(
                     // left of a write that lost the sector(s) before it.
                     Padding::Next(boundary) if reader.starts_write(boundary, end).await? => offset = boundary,
                     Padding::Next(_) | Padding::End => break None,
-                    Padding::Dirty => match decoded {
-                        Decoded::Invalid(why) => break Some(why),
-                        _ => break Some("a zero header followed by non-zero bytes"),
+                    Padding::Dirty => match reader.write_after_damaged_padding(offset, end).await? {
+                        Some(boundary) => {
+                            let position = segment.start + offset;
+                            tracing::warn!(position, "damaged padding between two writes: no record was there");
+                            offset = boundary;
+                        }
+                        None => match decoded {
+                            Decoded::Invalid(why) => break Some(why),
+                            _ => break Some("a zero header followed by non-zero bytes"),
+                        },
                     },
                 },
             }
