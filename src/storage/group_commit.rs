@@ -291,6 +291,7 @@ impl<S: Storage> LogShared<S> {
             if fill.records > 0 {
                 let gap_bytes = (fill.file_offset - fill.data_before) as u32;
                 let start = record::WriteStart { position: fill.start(), durable_position: self.flushed.get() };
+                self.vouched.set(self.vouched.get().max(start.durable_position));
                 let write = &mut fill.data.as_mut_slice()[..length];
                 record::stamp_batch_marker(write, start, gap_bytes, super::now_us());
             }
@@ -320,6 +321,9 @@ impl<S: Storage> LogShared<S> {
         };
         if sync {
             self.sync_unsynced().await?;
+            if matches!(self.config.flush, FlushMode::Async { .. }) {
+                self.vouch_when_idle().await?;
+            }
         }
         if !batch.is_empty() {
             let latency_us = started.elapsed().as_micros() as u64;
@@ -327,6 +331,44 @@ impl<S: Storage> LogShared<S> {
         }
         self.retire(batch);
         Ok(Round { synced: sync })
+    }
+
+    /// After an fdatasync in async mode that covered several writes, only
+    /// the next write's batch marker would say those writes are durable, and
+    /// an idle log has no next write: damage in them would look like a torn
+    /// tail. A lone batch marker, written and synced on the block the next
+    /// write would start on, says it now. Not in sync mode: there every
+    /// write's fdatasync is waited for, and only the last one is unvouched.
+    async fn vouch_when_idle(&self) -> Result<(), LogError> {
+        let flushed = self.flushed.get();
+        let block = BLOCK_SIZE_BYTES as u64;
+        let (segment, file_offset, gap_bytes) = {
+            let mut state = self.state.borrow_mut();
+            let idle = state.filling.filled == 0 && state.sealed.is_empty();
+            let fill = &mut state.filling;
+            // A write still to come vouches for it, as does the first
+            // write of the next segment.
+            if flushed <= self.vouched.get() || !idle || fill.file_offset + 2 * block > fill.segment.size_bytes {
+                return Ok(());
+            }
+            let (file_offset, gap_bytes) = (fill.file_offset, (fill.file_offset - fill.data_before) as u32);
+            fill.data_before = file_offset + BATCH_MARKER_SIZE_BYTES as u64;
+            fill.file_offset += block;
+            (fill.segment.clone(), file_offset, gap_bytes)
+        };
+        let mut data = self.state.borrow_mut().take_buffer(self.config.buffer_capacity_bytes);
+        let start = record::WriteStart { position: segment.start + file_offset, durable_position: flushed };
+        record::stamp_batch_marker(&mut data.as_mut_slice()[..BLOCK_SIZE_BYTES], start, gap_bytes, super::now_us());
+        let written = segment.file.write_at(&data.as_slice()[..BLOCK_SIZE_BYTES], file_offset).await;
+        data.clear(BLOCK_SIZE_BYTES);
+        self.state.borrow_mut().pool.push(data);
+        written.map_err(|error| LogError::io("write batch marker", &segment.path, start.position, error))?;
+        self.note_unsynced(&segment, block);
+        let marker_end = start.position + BATCH_MARKER_SIZE_BYTES as u64;
+        self.written.advance(marker_end);
+        // The marker itself needs no vouching: no second one follows it.
+        self.vouched.set(marker_end);
+        self.sync_unsynced().await
     }
 
     /// One O_DIRECT write of a whole buffer, padded to whole blocks.

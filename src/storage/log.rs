@@ -149,6 +149,9 @@ pub struct LogShared<S: Storage> {
     /// Wakes the checkpointer early once the backlog passes
     /// `config.index_unwritten_entries_wake`.
     pub index_backlog_signal: Signal,
+    /// The largest durable position a batch marker written so far claims:
+    /// recovery can tell damage below it from a torn write.
+    pub vouched: Cell<u64>,
 }
 
 /// A shard's commit log. Must live inside a glommio executor; dropping it
@@ -186,6 +189,9 @@ impl<S: Storage> CommitLog<S> {
             index_cache: RefCell::new(IndexCache::new(config_cache_bytes)),
             index_backlog: Cell::new(0),
             index_backlog_signal: Signal::default(),
+            // Recovery's end: the checkpoint or a recovery marker vouches
+            // for it, or nothing is there to vouch for.
+            vouched: Cell::new(end),
         });
         shared.count_index_backlog();
         // Retention may have deleted segments after the checkpoint.

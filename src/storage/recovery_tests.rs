@@ -408,3 +408,41 @@ fn a_bit_flip_in_a_record_full_of_zeros_in_the_last_write_is_refused() {
         expect_refused(&storage, &config, last.position).await;
     });
 }
+
+/// Async flush: an fdatasync covers several writes, and only a later batch
+/// marker says so. With no later write (the log went idle) a zeroed block in
+/// those writes looked like a torn tail and was cut: durable records lost
+/// with the log opening. The flusher now writes and syncs a lone marker
+/// after such an fdatasync when nothing follows, so the damage is refused.
+#[test]
+fn async_an_idle_log_vouches_for_what_its_last_fdatasync_made_durable() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = LogConfig {
+            flush: FlushMode::Async { interval: Duration::from_secs(3600) },
+            ..small_config("/idle-vouch")
+        };
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        let mut last = None;
+        for sequence in 0..10_000 {
+            let message = message(0, sequence);
+            let request = AppendRequest { queue_id: 0, indexed: true, message: &message, ..Default::default() };
+            let appended = log.append_buffered(request).await.expect("append");
+            log.wait_acknowledgeable(appended.end).await.expect("written");
+            if log.positions().flushed >= appended.end {
+                last = Some(appended);
+                break;
+            }
+        }
+        let last = last.expect("a buffer's worth of writes brings an fdatasync");
+        for _ in 0..16 {
+            glommio::executor().yield_now().await;
+        }
+        drop(log);
+        storage.crash();
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, last.position);
+        let block = offset / BLOCK_SIZE_BYTES as u64 * BLOCK_SIZE_BYTES as u64;
+        storage.overwrite(&path, block, &[0; BLOCK_SIZE_BYTES]).expect("zero the block of the last durable record");
+        expect_refused(&storage, &config, last.position).await;
+    });
+}
