@@ -1,5 +1,14 @@
 //! Every limit of the broker, in one place. Where two limits must agree, a
 //! `const` assertion says so and the build fails if they drift apart.
+//!
+//! A `_DEFAULT` is the default of a setting an operator may change
+//! (`ringmq serve --foo` / config key `foo`); the others are fixed. Constants
+//! that only tune one algorithm inside (a batch size, a poll interval) and
+//! are never met as a limit stay beside their code.
+
+use std::time::Duration;
+
+// ===== Log records and segments =====
 
 /// O_DIRECT alignment: every write position and length in a segment is a
 /// multiple of this. 4 KiB covers both 512e and 4Kn devices.
@@ -53,6 +62,8 @@ const _: () = assert!(BLOCK_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_ZERO_FILL_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(SEGMENT_SIZE_BYTES_MIN % BLOCK_SIZE_BYTES as u64 == 0);
 
+// ===== Frames and requests =====
+
 /// Largest frame body the broker reads: the largest message plus room for
 /// the request around it. A batch must fit too.
 pub const FRAME_BODY_BYTES_MAX: usize = MESSAGE_SIZE_BYTES_MAX + 64 * 1024;
@@ -65,6 +76,8 @@ pub const PRODUCE_MESSAGES_MAX: usize = 4000;
 pub const PRODUCE_MESSAGE_OVERHEAD_BYTES: usize = 256;
 
 const _: () = assert!(PRODUCE_MESSAGES_MAX + 8 <= VERIFIER_TABLES_MAX);
+
+// ===== Names and ids =====
 
 /// Largest number of queues a topic may have.
 pub const TOPIC_QUEUES_MAX: u32 = 1024;
@@ -85,6 +98,8 @@ pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
 const _: () = assert!(FRAME_BODY_BYTES_MAX > MESSAGE_SIZE_BYTES_MAX);
 
+// ===== Start and stop =====
+
 /// How long a starting broker waits for the data directory's `LOCK` (a
 /// predecessor killed a moment ago may still hold it) before it gives up.
 pub const DATA_DIR_LOCK_WAIT_MS: u64 = 2_000;
@@ -100,6 +115,8 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 
 /// Pause between two attempts at the data directory lock or a port.
 pub const STARTUP_RETRY_PAUSE_MS: u64 = 100;
+
+// ===== Checkpoints and the index =====
 
 /// Default interval between two checkpoints (index files and positions).
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 2_000;
@@ -125,6 +142,8 @@ pub const INDEX_CACHE_BYTES_MIN: usize = 2 * INDEX_PAGE_BYTES;
 pub const INDEX_UNWRITTEN_ENTRIES_WAKE_DEFAULT: u64 = 256 * 1024;
 
 const _: () = assert!(INDEX_PAGE_BYTES % BLOCK_SIZE_BYTES == 0);
+
+// ===== Connections =====
 
 /// A connection's first read before a frame's length is known, and the
 /// smallest step its buffer grows by: an idle connection holds no more.
@@ -161,3 +180,119 @@ pub const INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 const _: () = assert!(CONNECTION_READ_FIRST_BYTES <= CONNECTION_READ_BYTES_MAX);
 const _: () = assert!(CONNECTION_BUFFER_RETAINED_BYTES >= CONNECTION_READ_BYTES_MAX + CONNECTION_READ_FIRST_BYTES);
 const _: () = assert!(INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT >= INCOMPLETE_FRAMES_BYTES_MIN);
+
+/// Default: connections one shard accepts at once; more are refused at
+/// accept (`connections_max`).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// Default: requests one connection may have in flight (`in_flight_max`).
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+
+/// Default: request-body bytes one connection may have in flight
+/// (`in_flight_bytes_max`).
+pub const IN_FLIGHT_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+
+const _: () = assert!(IN_FLIGHT_BYTES_MAX_DEFAULT >= IN_FLIGHT_BYTES_MIN);
+
+/// How long a stopping shard waits for its requests in flight before it
+/// flushes and exits anyway.
+pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+
+// ===== Fetch =====
+
+/// Records a fetch returns at most: bounds the per-record vectors of the
+/// answer (offsets, reconsume times, lost offsets).
+pub const FETCH_COUNT_MAX: u32 = 10_000;
+
+/// Tags a fetch may filter by: the filter is a linear scan per record.
+pub const FETCH_TAGS_MAX: usize = 64;
+
+// ===== Consumer groups =====
+
+/// Session timeout of a member that names none.
+pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+/// Shortest session timeout: below it heartbeats (a third of it) would
+/// flood the coordinator.
+pub const SESSION_TIMEOUT_MS_MIN: u32 = 300;
+/// Longest session timeout: a dead member holds its queues at most this long.
+pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
+
+/// Members one group (on one topic) may have: each is a line of every
+/// fence the coordinator announces to every shard.
+pub const GROUP_MEMBERS_MAX: usize = 1024;
+
+const _: () = assert!(SESSION_TIMEOUT_MS_MIN <= SESSION_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(SESSION_TIMEOUT_MS_DEFAULT <= SESSION_TIMEOUT_MS_MAX);
+
+// ===== Operators' lists =====
+
+/// Groups one `ListGroupsResponse` carries at most (then `truncated`).
+pub const LISTED_GROUPS_MAX: usize = 1000;
+/// About the bytes of names and queues one `ListGroupsResponse` carries
+/// (then `truncated`; one group always fits a frame).
+pub const LISTED_GROUPS_BYTES_MAX: usize = 1 << 20;
+/// Queues one `GroupOffsetsResponse` carries at most (then `truncated`).
+pub const LISTED_QUEUES_MAX: usize = 4096;
+/// Topics a `GroupOffsetsRequest` may name.
+pub const GROUP_OFFSETS_TOPICS_MAX: usize = 64;
+/// Transactions one `ListTransactions` answer carries at most (pending ones
+/// first), so the answer stays far below the frame limit.
+pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
+
+// ===== Producers (the producer table, `server::dedup`) =====
+
+/// Stored sends remembered per producer and queue, with their results: at
+/// least as many as a client may have in flight (64 by default), so any
+/// retry of an unacknowledged send finds its first result. (A retried batch
+/// larger than this finds its older messages as duplicates without offsets.)
+/// Sends not yet durable are kept beyond it, so a snapshot always knows the
+/// first of them.
+pub const SEQUENCES_REMEMBERED: usize = 64;
+/// Default (`producer_idle_expiry_ms`), Kafka's producer id expiry: a
+/// producer idle this long is forgotten.
+pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+/// Default (`producers_max`): producers one shard tracks at most, ~100 bytes
+/// for a producer that sent once, ~2.5 KiB per queue for a busy one.
+pub const PRODUCERS_MAX_DEFAULT: usize = 100_000;
+
+// ===== Transactions, delays and retries =====
+
+/// Default (`transaction_timeout_ms`): a half with no outcome is checked
+/// back once this old.
+pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
+/// Default (`transaction_check_interval_ms`).
+pub const TRANSACTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// Default (`transaction_check_max`): check-backs before the broker rolls a
+/// half back itself (RocketMQ's 15).
+pub const TRANSACTION_CHECK_MAX_DEFAULT: u32 = 15;
+/// How long a settled transaction stays known (for repeated outcomes and
+/// `tx list`), and how many settled ones stay known at most.
+pub const SETTLED_TRANSACTIONS_KEPT: Duration = Duration::from_secs(3600);
+pub const SETTLED_TRANSACTIONS_MAX: usize = 100_000;
+
+/// Default (`delay_max_ms`): how far ahead a delayed message may be due,
+/// 40 days.
+pub const DELAY_MAX_MS_DEFAULT: u64 = 40 * 24 * 3600 * 1000;
+/// Delay levels a configuration may name: a message's delay level is a
+/// `ubyte`.
+pub const DELAY_LEVELS_MAX: usize = u8::MAX as usize;
+/// Delivered timer keys kept to answer a repeated produce or send-back as a
+/// duplicate: for an hour, at most this many.
+pub const DELIVERED_KEPT: Duration = Duration::from_secs(3600);
+pub const DELIVERED_KEPT_MAX: usize = 100_000;
+
+// ===== Disk =====
+
+/// Default (`disk_max_used_percent`): above this share of its filesystem
+/// used, a shard refuses produce.
+pub const DISK_MAX_USED_PERCENT_DEFAULT: u8 = 90;
+
+// ===== Metrics endpoint (`--metrics-listen`) =====
+
+/// The request line and headers a scrape may send.
+pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// How long one scrape connection may take to send its request and read the
+/// answer.
+pub const METRICS_REQUEST_TIME_MAX: Duration = Duration::from_secs(2);
+/// What is read and dropped after an answer, at most.
+pub const METRICS_DRAIN_BYTES_MAX: usize = 64 * 1024;

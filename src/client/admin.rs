@@ -2,9 +2,10 @@
 //! `offset`, `message`): each request goes to the shard that knows the answer.
 
 use super::{fetched_messages, Client, ClientError, ReceivedMessage};
+use crate::constants::GROUP_OFFSETS_TOPICS_MAX;
 use crate::protocol::{
     self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
-    GROUP_OFFSETS_TOPICS_MAX, INTERNAL_TOPIC_PREFIX,
+    INTERNAL_TOPIC_PREFIX,
 };
 
 fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {

@@ -5,16 +5,6 @@ use super::build::{finish, outcome};
 use super::{fb, Failure};
 use flatbuffers::FlatBufferBuilder;
 
-/// Groups one `ListGroupsResponse` carries at most (then `truncated`).
-pub const LISTED_GROUPS_MAX: usize = 1000;
-/// About the bytes of names and queues one `ListGroupsResponse` carries
-/// (then `truncated`; one group always fits a frame).
-pub const LISTED_GROUPS_BYTES_MAX: usize = 1 << 20;
-/// Queues one `GroupOffsetsResponse` carries at most (then `truncated`).
-pub const LISTED_QUEUES_MAX: usize = 4096;
-/// Topics a `GroupOffsetsRequest` may name.
-pub const GROUP_OFFSETS_TOPICS_MAX: usize = 64;
-
 /// What a shard says about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardStatus {

@@ -7,10 +7,8 @@ use super::handlers::{invalid, store_commit, Answer};
 use super::offsets::OffsetCommit;
 use super::shard::Shard;
 use super::topics::check_name;
-use crate::protocol::{
-    self, fb, verify, Failure, Kind, QueueOffsets, ShardStatus, GROUP_OFFSETS_TOPICS_MAX, LISTED_GROUPS_BYTES_MAX,
-    LISTED_GROUPS_MAX, LISTED_QUEUES_MAX,
-};
+use crate::constants::{GROUP_OFFSETS_TOPICS_MAX, LISTED_GROUPS_BYTES_MAX, LISTED_GROUPS_MAX, LISTED_QUEUES_MAX};
+use crate::protocol::{self, fb, verify, Failure, Kind, QueueOffsets, ShardStatus};
 use std::collections::BTreeMap;
 
 /// The generation an operator's commit is stored with: no member's.

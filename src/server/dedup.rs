@@ -5,21 +5,9 @@
 //! are stored in the order it sent them. Everything here is rebuilt from
 //! the log at start-up (`dedup_snapshot` shortens the replay).
 
+pub use crate::constants::SEQUENCES_REMEMBERED;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-
-/// Stored sends remembered per producer and queue, with their results: at
-/// least as many as a client may have in flight (64 by default), so any
-/// retry of an unacknowledged send finds its first result. (A retried batch
-/// larger than this finds its older messages as duplicates without offsets.)
-/// Sends not yet durable are kept beyond it, so a snapshot always knows the
-/// first of them.
-pub const SEQUENCES_REMEMBERED: usize = 64;
-/// Kafka's producer id expiry: a producer idle this long is forgotten.
-pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
-/// Producers one shard tracks at most: ~100 bytes for a producer that sent
-/// once, ~2.5 KiB per queue for a busy one.
-pub const PRODUCERS_MAX_DEFAULT: usize = 100_000;
 
 /// The keys are random producer ids: a multiply-and-fold hash spreads them
 /// well, at a fraction of SipHash's cost (the table is read for every

@@ -15,17 +15,12 @@
 //! the member and its queues (Kafka fences the older one with a new member
 //! id; here the member id stays, so a restarted member's commits count).
 
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, GROUP_MEMBERS_MAX, SESSION_TIMEOUT_MS_DEFAULT, SESSION_TIMEOUT_MS_MAX, SESSION_TIMEOUT_MS_MIN,
+};
 use crate::protocol::{fb, Assignment, Failure, GroupSummary};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
-pub const SESSION_TIMEOUT_MS_MIN: u32 = 300;
-pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
-/// Members a group may have.
-pub const GROUP_MEMBERS_MAX: usize = 1024;
-/// Longest instance id a static member may give.
-pub const INSTANCE_ID_BYTES_MAX: usize = 255;
 
 struct Member {
     last_seen: Instant,
@@ -135,10 +130,10 @@ impl Coordinator {
         joiner: Joiner<'_>,
         queue_count: u32,
     ) -> Result<(Assignment, Rebalanced), Failure> {
-        if joiner.instance_id.len() > INSTANCE_ID_BYTES_MAX {
+        if joiner.instance_id.len() > CLIENT_ID_BYTES_MAX {
             return Err(Failure::new(
                 fb::ErrorCode::InvalidRequest,
-                format!("an instance id has at most {INSTANCE_ID_BYTES_MAX} bytes"),
+                format!("an instance id has at most {CLIENT_ID_BYTES_MAX} bytes"),
             ));
         }
         let key = (group.to_string(), topic.to_string());
@@ -376,7 +371,7 @@ mod tests {
     #[test]
     fn an_overlong_instance_id_is_refused() {
         let mut coordinator = Coordinator::new(0);
-        let long = "x".repeat(INSTANCE_ID_BYTES_MAX + 1);
+        let long = "x".repeat(CLIENT_ID_BYTES_MAX + 1);
         let failure = coordinator.join("g", "t", instance(&long), 2).unwrap_err();
         assert_eq!(failure.code, fb::ErrorCode::InvalidRequest);
     }

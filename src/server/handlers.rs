@@ -17,8 +17,8 @@ use super::timer_records;
 use super::topics::{check_length, check_name};
 use super::transactions;
 use crate::constants::{
-    CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX,
-    RECORD_HEADER_SIZE_BYTES,
+    CLIENT_ID_BYTES_MAX, FETCH_COUNT_MAX, FETCH_TAGS_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX,
+    PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES,
 };
 use crate::protocol::INTERNAL_TOPIC_PREFIX;
 use crate::protocol::{self, coordinator_shard, fb, retry_topic, verify, Failure, FetchedRecords, Frame, Kind};
@@ -29,15 +29,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub type Answer = Result<(Kind, Vec<u8>), Failure>;
-
-/// Records a fetch returns at most.
-const FETCH_COUNT_MAX: u32 = 10_000;
-/// Tags a fetch may filter by.
-const FETCH_TAGS_MAX: usize = 64;
-
-// The coordinator caps instance ids itself; the handlers cap them (and the
-// other client-chosen ids) with the same bound.
-const _: () = assert!(CLIENT_ID_BYTES_MAX == super::groups::INSTANCE_ID_BYTES_MAX);
 
 pub(super) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))

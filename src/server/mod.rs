@@ -41,9 +41,12 @@ mod transactions;
 mod transactions_snapshot;
 
 use crate::constants::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, CONNECTION_IDLE_TIMEOUT_MS_DEFAULT, CONNECTION_WRITE_TIMEOUT_MS_DEFAULT,
-    FRAME_BODY_BYTES_MAX, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
-    IN_FLIGHT_BYTES_MIN, SEGMENT_SIZE_BYTES_DEFAULT,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTION_IDLE_TIMEOUT_MS_DEFAULT,
+    CONNECTION_WRITE_TIMEOUT_MS_DEFAULT, DELAY_MAX_MS_DEFAULT, DISK_MAX_USED_PERCENT_DEFAULT, FRAME_BODY_BYTES_MAX,
+    INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
+    IN_FLIGHT_BYTES_MAX_DEFAULT, IN_FLIGHT_BYTES_MIN, IN_FLIGHT_MAX_DEFAULT, PRODUCERS_MAX_DEFAULT,
+    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT, SHUTDOWN_DRAIN_MAX,
+    TRANSACTION_CHECK_INTERVAL_MS_DEFAULT, TRANSACTION_CHECK_MAX_DEFAULT, TRANSACTION_TIMEOUT_MS_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -61,13 +64,6 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub const CLUSTER_FILE: &str = "cluster.json";
-pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
-pub const TRANSACTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
-pub const TRANSACTION_CHECK_MAX_DEFAULT: u32 = 15;
-/// How far ahead a delayed message may be due: 40 days.
-pub const DELAY_MAX_MS_DEFAULT: u64 = 40 * 24 * 3600 * 1000;
-/// How long a shard waits for its requests in flight at shutdown.
-const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
@@ -138,22 +134,22 @@ impl Default for ServerConfig {
             retention: Retention::default(),
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
             index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
-            connections_max: 10_000,
-            in_flight_max: 1024,
-            in_flight_bytes_max: 64 * 1024 * 1024,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            in_flight_bytes_max: IN_FLIGHT_BYTES_MAX_DEFAULT,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
             connection_idle_timeout: Duration::from_millis(CONNECTION_IDLE_TIMEOUT_MS_DEFAULT),
             connection_write_timeout: Duration::from_millis(CONNECTION_WRITE_TIMEOUT_MS_DEFAULT),
             incomplete_frames_bytes_max: INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT,
             spin_before_park: Duration::ZERO,
-            producer_idle_expiry: Duration::from_millis(dedup::PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
-            producers_max: dedup::PRODUCERS_MAX_DEFAULT,
+            producer_idle_expiry: Duration::from_millis(PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
+            producers_max: PRODUCERS_MAX_DEFAULT,
             transaction_timeout: Duration::from_millis(TRANSACTION_TIMEOUT_MS_DEFAULT),
             transaction_check_interval: Duration::from_millis(TRANSACTION_CHECK_INTERVAL_MS_DEFAULT),
             transaction_check_max: TRANSACTION_CHECK_MAX_DEFAULT,
             delay_levels: delay_levels::DelayLevels::default(),
             delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
-            disk_max_used_percent: disk_guard::DISK_MAX_USED_PERCENT_DEFAULT,
+            disk_max_used_percent: DISK_MAX_USED_PERCENT_DEFAULT,
             metrics_listen: None,
         }
     }

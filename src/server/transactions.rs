@@ -39,7 +39,7 @@ pub use super::offsets::{CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID, OP_QUE
 use super::replay::replay_messages;
 use super::shard::Shard;
 use super::topics::Topics;
-use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX};
+use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX, SETTLED_TRANSACTIONS_MAX, TRANSACTIONS_LISTED_MAX};
 use crate::protocol::{fb, Failure, TransactionSummary};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
@@ -49,13 +49,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Transactions one `ListTransactions` answer carries at most (pending ones
-/// first), so the answer stays far below the frame limit.
-pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
-/// How long a settled transaction stays known (for repeated outcomes and
-/// `tx list`), and how many settled ones stay known at most.
-pub const SETTLED_TRANSACTIONS_KEPT: Duration = Duration::from_secs(3600);
-pub const SETTLED_TRANSACTIONS_MAX: usize = 100_000;
 /// A concurrent `END_TRANSACTION` of the same transaction looks again this
 /// soon whether the one in flight finished.
 const ENDING_POLL: Duration = Duration::from_millis(1);
