@@ -93,6 +93,17 @@ pub const TOPIC_NAME_BYTES_MAX: usize = NAME_BYTES_MAX + 16;
 /// instance and transaction ids), in bytes.
 pub const CLIENT_ID_BYTES_MAX: usize = 255;
 
+/// Longest tag a new message may carry: consumers filter by it, and
+/// RocketMQ keeps tags short.
+pub const MESSAGE_TAG_BYTES_MAX: usize = 255;
+/// Keys a new message may carry, and the longest: they are for lookup.
+pub const MESSAGE_KEYS_MAX: usize = 64;
+pub const MESSAGE_KEY_BYTES_MAX: usize = 1024;
+/// Properties a new message may carry, and the longest property name (the
+/// values are payload, bounded by the message size only).
+pub const MESSAGE_PROPERTIES_MAX: usize = 256;
+pub const MESSAGE_PROPERTY_NAME_BYTES_MAX: usize = 255;
+
 /// Longest long poll a fetch may ask for.
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
@@ -207,6 +218,16 @@ pub const FETCH_COUNT_MAX: u32 = 10_000;
 /// Tags a fetch may filter by: the filter is a linear scan per record.
 pub const FETCH_TAGS_MAX: usize = 64;
 
+/// Record bytes one fetch answer carries at most, whatever the request asks
+/// (one record always goes, however large): room is left for the answer's
+/// per-record vectors (offsets, lost offsets, reconsume times: 20 bytes a
+/// record) and its table.
+pub const FETCH_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 64 * 1024 - 20 * FETCH_COUNT_MAX as usize;
+
+const _: () = assert!(FETCH_BYTES_MAX + 20 * FETCH_COUNT_MAX as usize + 64 * 1024 <= FRAME_BODY_BYTES_MAX);
+// A fetch of one largest record fits a frame.
+const _: () = assert!(RECORD_SIZE_BYTES_MAX + 1024 <= FRAME_BODY_BYTES_MAX);
+
 // ===== Consumer groups =====
 
 /// Session timeout of a member that names none.
@@ -221,23 +242,59 @@ pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
 /// fence the coordinator announces to every shard.
 pub const GROUP_MEMBERS_MAX: usize = 1024;
 
+/// Default (`groups_max`): groups (on a topic each) one coordinator shard
+/// holds. Each one's fence lives on every shard, one owner per queue.
+pub const GROUPS_MAX_DEFAULT: usize = 10_000;
+
+/// Default (`topics_max`): topics one broker holds, its groups' `%RETRY%`
+/// and `%DLQ%` topics included. Creating one rewrites the whole topic table.
+pub const TOPICS_MAX_DEFAULT: usize = 10_000;
+/// Highest `topics_max`: queue `q` of topic `t` is log queue id
+/// `t * TOPIC_QUEUES_MAX + q`, a `u32`.
+pub const TOPICS_MAX_LIMIT: usize = 1_000_000;
+
+const _: () = assert!((TOPICS_MAX_LIMIT as u64 + 1) * (TOPIC_QUEUES_MAX as u64) < u32::MAX as u64);
+const _: () = assert!(TOPICS_MAX_DEFAULT <= TOPICS_MAX_LIMIT);
 const _: () = assert!(SESSION_TIMEOUT_MS_MIN <= SESSION_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(SESSION_TIMEOUT_MS_DEFAULT <= SESSION_TIMEOUT_MS_MAX);
 
-// ===== Operators' lists =====
+// ===== Answers that list, and their pages (`protocol::page`) =====
 
-/// Groups one `ListGroupsResponse` carries at most (then `truncated`).
-pub const LISTED_GROUPS_MAX: usize = 1000;
-/// About the bytes of names and queues one `ListGroupsResponse` carries
-/// (then `truncated`; one group always fits a frame).
-pub const LISTED_GROUPS_BYTES_MAX: usize = 1 << 20;
-/// Queues one `GroupOffsetsResponse` carries at most (then `truncated`).
-pub const LISTED_QUEUES_MAX: usize = 4096;
+/// Bytes (estimated) one listing answer carries at most: metadata, groups,
+/// a group's queues, transactions. What is left goes on the next page
+/// (`next` / `after`). A quarter of the frame limit, so an estimate that is
+/// off by half still fits, and a client's read buffer stays small.
+pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+/// Tables one listing answer carries at most: the reader's verifier counts
+/// them (`VERIFIER_TABLES_MAX`); the rest of the answer (outcome, shard
+/// addresses) needs room too.
+pub const RESPONSE_TABLES_MAX: usize = VERIFIER_TABLES_MAX / 2;
+/// Longest cursor a request may hand back: two names and a separator, or a
+/// name and a number.
+pub const PAGE_CURSOR_BYTES_MAX: usize = TOPIC_NAME_BYTES_MAX + NAME_BYTES_MAX + 16;
+/// Pages a client follows for one list before it gives up on a broker
+/// whose list never ends (each page moves the cursor on).
+pub const PAGES_FOLLOWED_MAX: usize = 1_000_000;
 /// Topics a `GroupOffsetsRequest` may name.
 pub const GROUP_OFFSETS_TOPICS_MAX: usize = 64;
-/// Transactions one `ListTransactions` answer carries at most (pending ones
-/// first), so the answer stays far below the frame limit.
-pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
+
+/// Shards a broker may run: each is a table of every metadata answer, beside
+/// a page of topics.
+pub const SHARDS_MAX: u32 = 1024;
+
+const _: () = assert!(RESPONSE_BYTES_MAX * 4 <= FRAME_BODY_BYTES_MAX);
+// One entry always fits a page: the largest topic (every queue's shard),
+// the largest group (every member with its longest id and all queues).
+const _: () = assert!(TOPIC_NAME_BYTES_MAX + 4 * TOPIC_QUEUES_MAX as usize + 128 <= RESPONSE_BYTES_MAX);
+const _: () = assert!(
+    NAME_BYTES_MAX
+        + TOPIC_NAME_BYTES_MAX
+        + GROUP_MEMBERS_MAX * (CLIENT_ID_BYTES_MAX + 128)
+        + 4 * TOPIC_QUEUES_MAX as usize
+        <= RESPONSE_BYTES_MAX
+);
+const _: () = assert!(GROUP_MEMBERS_MAX < RESPONSE_TABLES_MAX);
+const _: () = assert!(SHARDS_MAX as usize + RESPONSE_TABLES_MAX + 8 <= VERIFIER_TABLES_MAX);
 
 // ===== Producers (the producer table, `server::dedup`) =====
 

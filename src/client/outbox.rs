@@ -811,7 +811,7 @@ mod tests {
                     Some(Kind::MetadataRequest) => {
                         let shard = ShardEndpoint { shard: 0, host: "127.0.0.1".into(), port };
                         let topic = TopicLayout { name: TOPIC.into(), queue_shards: vec![0; QUEUES as usize] };
-                        Some((Kind::MetadataResponse, protocol::metadata_response(None, &[shard], &[topic])))
+                        Some((Kind::MetadataResponse, protocol::metadata_response(None, &[shard], &[topic], None)))
                     }
                     Some(Kind::ProduceRequest) => produce(&frame.body, state),
                     _ => None,

@@ -43,10 +43,11 @@ mod transactions_snapshot;
 use crate::constants::{
     CHECKPOINT_INTERVAL_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTION_IDLE_TIMEOUT_MS_DEFAULT,
     CONNECTION_WRITE_TIMEOUT_MS_DEFAULT, DELAY_MAX_MS_DEFAULT, DISK_MAX_USED_PERCENT_DEFAULT, FRAME_BODY_BYTES_MAX,
-    INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
+    GROUPS_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
     IN_FLIGHT_BYTES_MAX_DEFAULT, IN_FLIGHT_BYTES_MIN, IN_FLIGHT_MAX_DEFAULT, PRODUCERS_MAX_DEFAULT,
-    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT, SHUTDOWN_DRAIN_MAX,
-    TRANSACTION_CHECK_INTERVAL_MS_DEFAULT, TRANSACTION_CHECK_MAX_DEFAULT, TRANSACTION_TIMEOUT_MS_DEFAULT,
+    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT, SHARDS_MAX, SHUTDOWN_DRAIN_MAX, TOPICS_MAX_DEFAULT,
+    TOPICS_MAX_LIMIT, TRANSACTION_CHECK_INTERVAL_MS_DEFAULT, TRANSACTION_CHECK_MAX_DEFAULT,
+    TRANSACTION_TIMEOUT_MS_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -102,6 +103,10 @@ pub struct ServerConfig {
     pub producer_idle_expiry: Duration,
     /// Producers one shard tracks at most.
     pub producers_max: usize,
+    /// Topics the broker holds at most (internal ones included).
+    pub topics_max: usize,
+    /// Groups (on a topic each) one coordinator shard holds at most.
+    pub groups_max: usize,
     /// A half message with no outcome is checked back once it is this old
     /// (unless the message sets its own check-immunity time).
     pub transaction_timeout: Duration,
@@ -144,6 +149,8 @@ impl Default for ServerConfig {
             spin_before_park: Duration::ZERO,
             producer_idle_expiry: Duration::from_millis(PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
             producers_max: PRODUCERS_MAX_DEFAULT,
+            topics_max: TOPICS_MAX_DEFAULT,
+            groups_max: GROUPS_MAX_DEFAULT,
             transaction_timeout: Duration::from_millis(TRANSACTION_TIMEOUT_MS_DEFAULT),
             transaction_check_interval: Duration::from_millis(TRANSACTION_CHECK_INTERVAL_MS_DEFAULT),
             transaction_check_max: TRANSACTION_CHECK_MAX_DEFAULT,
@@ -181,8 +188,14 @@ impl ServerConfig {
     /// Refuses settings that cannot work, rather than bending them quietly.
     pub fn validate(&self) -> Result<(), ServerError> {
         let refuse = |detail: String| Err(ServerError::Config(detail));
-        if self.shards == Some(0) {
-            return refuse("shards must be at least 1".into());
+        if self.shards.is_some_and(|shards| !(1..=SHARDS_MAX).contains(&shards)) {
+            return refuse(format!("shards must be 1 to {SHARDS_MAX}"));
+        }
+        if !(1..=TOPICS_MAX_LIMIT).contains(&self.topics_max) {
+            return refuse(format!("topics_max {} must be 1 to {TOPICS_MAX_LIMIT}", self.topics_max));
+        }
+        if self.groups_max == 0 {
+            return refuse("groups_max must be at least 1".into());
         }
         if self.connections_max == 0 {
             return refuse("connections_max must be at least 1".into());
@@ -285,7 +298,7 @@ fn settle_shard_count(config: &ServerConfig) -> Result<u32, ServerError> {
             }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let shards = config.shards.unwrap_or_else(cpu_count);
+            let shards = config.shards.unwrap_or_else(|| cpu_count().min(SHARDS_MAX));
             let bytes = serde_json::to_vec(&Cluster { shards }).map_err(|error| data_error(error.to_string()))?;
             write_durably(&path, &bytes).map_err(|error| data_error(error.to_string()))?;
             Ok(shards)

@@ -4,7 +4,11 @@
 //! producer's bytes and the few fields the broker routes by, read once.
 
 use super::generated::{Message, MessageArgs, MessageId, TransactionKind};
-use crate::constants::{MESSAGE_SIZE_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX};
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, MESSAGE_KEYS_MAX, MESSAGE_KEY_BYTES_MAX, MESSAGE_PROPERTIES_MAX,
+    MESSAGE_PROPERTY_NAME_BYTES_MAX, MESSAGE_SIZE_BYTES_MAX, MESSAGE_TAG_BYTES_MAX, NAME_BYTES_MAX,
+    TOPIC_NAME_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX,
+};
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, VerifierOptions};
 
@@ -16,6 +20,10 @@ pub enum WireError {
     InvalidMessage(String),
     #[error("message topic is empty")]
     EmptyTopic,
+    #[error("the message's {field} of {bytes} bytes is longer than the {max}-byte maximum")]
+    FieldTooLong { field: &'static str, bytes: usize, max: usize },
+    #[error("the message has {count} {field}, more than the {max} a message may have")]
+    TooMany { field: &'static str, count: usize, max: usize },
 }
 
 fn verifier_options() -> VerifierOptions {
@@ -70,6 +78,40 @@ pub fn verify_message(bytes: Bytes) -> Result<VerifiedMessage, WireError> {
         bytes: Bytes::new(),
     };
     Ok(VerifiedMessage { bytes, ..verified })
+}
+
+fn check_length(field: &'static str, text: Option<&str>, max: usize) -> Result<(), WireError> {
+    let bytes = text.map_or(0, str::len);
+    if bytes > max {
+        return Err(WireError::FieldTooLong { field, bytes, max });
+    }
+    Ok(())
+}
+
+fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), WireError> {
+    if count > max {
+        return Err(WireError::TooMany { field, count, max });
+    }
+    Ok(())
+}
+
+/// The caps on what a new message names, checked where the broker takes
+/// it in (a produce), not where anyone reads it: a message stored before a
+/// cap existed still reads.
+pub fn check_message_fields(message: &Message<'_>) -> Result<(), WireError> {
+    check_length("topic", Some(message.topic()), TOPIC_NAME_BYTES_MAX)?;
+    check_length("tag", message.tags(), MESSAGE_TAG_BYTES_MAX)?;
+    let keys = message.keys().into_iter().flatten();
+    check_count("keys", message.keys().map_or(0, |keys| keys.len()), MESSAGE_KEYS_MAX)?;
+    for key in keys {
+        check_length("key", Some(key), MESSAGE_KEY_BYTES_MAX)?;
+    }
+    check_count("properties", message.properties().map_or(0, |properties| properties.len()), MESSAGE_PROPERTIES_MAX)?;
+    for property in message.properties().into_iter().flatten() {
+        check_length("property name", Some(property.key()), MESSAGE_PROPERTY_NAME_BYTES_MAX)?;
+    }
+    check_length("producer group", message.producer_group(), NAME_BYTES_MAX)?;
+    check_length("transaction id", message.transaction_id(), CLIENT_ID_BYTES_MAX)
 }
 
 impl VerifiedMessage {
