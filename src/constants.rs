@@ -309,8 +309,20 @@ pub const SEQUENCES_REMEMBERED: usize = 64;
 /// producer idle this long is forgotten.
 pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 /// Default (`producers_max`): producers one shard tracks at most, ~100 bytes
-/// for a producer that sent once, ~2.5 KiB per queue for a busy one.
+/// for a producer that sent once, ~2.5 KiB per queue for a busy one. Past
+/// it a new producer is refused (`TooManyProducers`); the tracked ones go on.
 pub const PRODUCERS_MAX_DEFAULT: usize = 100_000;
+/// Shortest `producer_idle_expiry_ms`: a producer resends a send for up to
+/// its delivery timeout, and a retry after its producer was forgotten would
+/// be stored twice. So a producer is never forgotten while a retry of its
+/// last send may still come from the client's own resending.
+pub const PRODUCER_IDLE_EXPIRY_MS_MIN: u64 = 300_000;
+/// Kafka's `delivery.timeout.ms`: how long a client's producer resends a
+/// message before it reports it failed.
+pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
+
+const _: () = assert!(PRODUCER_IDLE_EXPIRY_MS_MIN >= 2 * DELIVERY_TIMEOUT_DEFAULT.as_millis() as u64);
+const _: () = assert!(PRODUCER_IDLE_EXPIRY_MS_DEFAULT >= PRODUCER_IDLE_EXPIRY_MS_MIN);
 
 // ===== Transactions, delays and retries =====
 

@@ -39,8 +39,9 @@ pub struct ServeArgs {
     /// 67108864; at least 32768).
     #[arg(long)]
     index_cache_bytes: Option<usize>,
-    /// A producer that stored nothing this long is forgotten (its retries
-    /// are then stored again); default 604800000 (7 days).
+    /// A producer that stored nothing on a queue this long is forgotten
+    /// there (its retries are then stored again); default 604800000 (7
+    /// days), at least 300000.
     #[arg(long)]
     producer_idle_expiry_ms: Option<u64>,
     /// Producers each shard tracks at most; a new one past it is refused
@@ -317,6 +318,7 @@ mod tests {
             ("groups_max = 0", "groups_max"),
             ("shards = 1025", "shards"),
             ("producer_idle_expiry_ms = 0", "producer_idle_expiry_ms"),
+            ("producer_idle_expiry_ms = 299999", "producer_idle_expiry_ms"),
             ("transaction_timeout_ms = 0", "transaction_timeout_ms"),
             ("transaction_check_interval_ms = 0", "transaction_check_interval_ms"),
             ("transaction_check_max = 0", "transaction_check_max"),

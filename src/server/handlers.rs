@@ -237,7 +237,10 @@ async fn place_once(
             Admission::TooManyProducers { max } => {
                 return Err(Failure::new(
                     fb::ErrorCode::TooManyProducers,
-                    format!("shard {} already tracks {max} producers (producers_max); retry when idle ones expire", shard.id),
+                    format!(
+                        "producer {producer_id:016x} is refused: shard {} already tracks {max} producers (producers_max); a new producer is taken once idle ones expire (producer_idle_expiry_ms)",
+                        shard.id
+                    ),
                 ))
             }
         }

@@ -45,9 +45,9 @@ use crate::constants::{
     CONNECTION_WRITE_TIMEOUT_MS_DEFAULT, DELAY_MAX_MS_DEFAULT, DISK_MAX_USED_PERCENT_DEFAULT, FRAME_BODY_BYTES_MAX,
     GROUPS_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
     IN_FLIGHT_BYTES_MAX_DEFAULT, IN_FLIGHT_BYTES_MIN, IN_FLIGHT_MAX_DEFAULT, PRODUCERS_MAX_DEFAULT,
-    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT, SHARDS_MAX, SHUTDOWN_DRAIN_MAX, TOPICS_MAX_DEFAULT,
-    TOPICS_MAX_LIMIT, TRANSACTION_CHECK_INTERVAL_MS_DEFAULT, TRANSACTION_CHECK_MAX_DEFAULT,
-    TRANSACTION_TIMEOUT_MS_DEFAULT,
+    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, PRODUCER_IDLE_EXPIRY_MS_MIN, SEGMENT_SIZE_BYTES_DEFAULT, SHARDS_MAX,
+    SHUTDOWN_DRAIN_MAX, TOPICS_MAX_DEFAULT, TOPICS_MAX_LIMIT, TRANSACTION_CHECK_INTERVAL_MS_DEFAULT,
+    TRANSACTION_CHECK_MAX_DEFAULT, TRANSACTION_TIMEOUT_MS_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -224,8 +224,11 @@ impl ServerConfig {
         if self.producers_max == 0 {
             return refuse("producers_max must be at least 1".into());
         }
-        if self.producer_idle_expiry.is_zero() {
-            return refuse("producer_idle_expiry_ms must be at least 1".into());
+        if self.producer_idle_expiry < Duration::from_millis(PRODUCER_IDLE_EXPIRY_MS_MIN) {
+            return refuse(format!(
+                "producer_idle_expiry_ms {} must be at least {PRODUCER_IDLE_EXPIRY_MS_MIN}: a producer forgotten while it may still resend would have its resends stored twice",
+                self.producer_idle_expiry.as_millis()
+            ));
         }
         if self.transaction_timeout.is_zero() {
             return refuse("transaction_timeout_ms must be at least 1".into());
