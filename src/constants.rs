@@ -326,6 +326,11 @@ const _: () = assert!(PRODUCER_IDLE_EXPIRY_MS_DEFAULT >= PRODUCER_IDLE_EXPIRY_MS
 
 // ===== Transactions, delays and retries =====
 
+/// Producer groups one connection may register as a live producer of (for
+/// check-backs): a process registers its own few; each is a name the shard
+/// keeps while the connection lives.
+pub const PRODUCER_GROUPS_PER_CONNECTION_MAX: usize = 64;
+
 /// Default (`transaction_timeout_ms`): a half with no outcome is checked
 /// back once this old.
 pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 6_000;

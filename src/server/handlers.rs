@@ -516,7 +516,7 @@ fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Ans
         return Err(invalid("a producer registers with a producer group".into()));
     }
     check_length("producer group", request.producer_group(), NAME_BYTES_MAX)?;
-    shard.producer_links.borrow_mut().register(request.producer_group(), link);
+    shard.producer_links.borrow_mut().register(request.producer_group(), link)?;
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }
 
