@@ -9,7 +9,9 @@ mod common;
 
 use common::{ringmq, Broker};
 use ringmq::client::{admin, Client, ClientError, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
-use ringmq::constants::{CLIENT_ID_BYTES_MAX, GROUP_MEMBERS_MAX, NAME_BYTES_MAX, RESPONSE_TABLES_MAX};
+use ringmq::constants::{
+    CLIENT_ID_BYTES_MAX, GROUP_MEMBERS_MAX, NAME_BYTES_MAX, RESPONSE_TABLES_MAX, TOPIC_QUEUES_MAX,
+};
 use ringmq::protocol::{self, fb, verify, Failure, Kind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,6 +126,35 @@ fn groups_of_the_most_members_list_through_pages_and_caps_refuse_new_groups_and_
         assert_eq!(line["member_ids"].as_array().map(Vec::len), Some(GROUP_MEMBERS_MAX));
     }
     assert!(started.elapsed() < Duration::from_secs(30), "listing took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_group_on_thousands_of_queues_is_described_through_pages() {
+    let broker = Broker::start(1);
+    let client = Client::connect(&broker.address()).expect("connect");
+    let topics = ["wide-a", "wide-b", "wide-c"];
+    for topic in topics {
+        client.create_topic(topic, TOPIC_QUEUES_MAX).expect("create");
+        join(&client, "wide", topic, "").expect("join");
+    }
+    // Every queue of the three topics, and the retry topic's one (one shard).
+    let expected = 3 * TOPIC_QUEUES_MAX as usize + 1;
+    let started = Instant::now();
+    let (queues, truncated) = admin::describe_group(&client, "wide").expect("describe");
+    assert!(!truncated);
+    assert_eq!(queues.len(), expected);
+    assert!(queues.iter().filter(|queue| !queue.offsets.topic.starts_with('%')).all(|queue| queue.member.is_some()));
+    let lines = ringmq(&["group", "describe", "wide", "--json", "--broker", &broker.address()], "");
+    assert_eq!(lines.len(), expected, "the CLI prints every queue once");
+    assert!(started.elapsed() < Duration::from_secs(30), "describing took {:?}", started.elapsed());
+
+    // One answer alone carries a page and names the next.
+    let body = protocol::group_offsets_request("wide", &topics, None);
+    let answer = client.call(0, Kind::GroupOffsetsRequest, &body).expect("offsets");
+    let response = verify::<fb::GroupOffsetsResponse>(&answer).expect("a page verifies");
+    let first_page = response.queues().map_or(0, |queues| queues.len());
+    assert!(first_page > 0 && first_page < 3 * TOPIC_QUEUES_MAX as usize, "{first_page} queues on the first page");
+    assert!(response.truncated() && response.next().is_some());
 }
 
 #[test]
