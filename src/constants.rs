@@ -132,10 +132,6 @@ pub const STARTUP_RETRY_PAUSE_MS: u64 = 100;
 /// Default interval between two checkpoints (index files and positions).
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 2_000;
 
-/// Fewest request-body bytes a connection may have in flight (the budget
-/// counts whole KiB).
-pub const IN_FLIGHT_BYTES_MIN: usize = 1024;
-
 /// An index-cache page: this many bytes of an index file (32-byte entries),
 /// read with one I/O and kept decoded. 16 KiB is 512 entries: a fetch of a
 /// few hundred records costs one read, and a small cache still holds many
@@ -196,6 +192,10 @@ const _: () = assert!(INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT >= INCOMPLETE_FRAMES_B
 /// accept (`connections_max`).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
+/// Fewest request-body bytes a connection may have in flight (the budget
+/// counts whole KiB).
+pub const IN_FLIGHT_BYTES_MIN: usize = 1024;
+
 /// Default: requests one connection may have in flight (`in_flight_max`).
 pub const IN_FLIGHT_MAX_DEFAULT: usize = 1024;
 
@@ -228,6 +228,18 @@ const _: () = assert!(FETCH_BYTES_MAX + 20 * FETCH_COUNT_MAX as usize + 64 * 102
 // A fetch of one largest record fits a frame.
 const _: () = assert!(RECORD_SIZE_BYTES_MAX + 1024 <= FRAME_BODY_BYTES_MAX);
 
+// ===== Topics =====
+
+/// Default (`topics_max`): topics one broker holds, its groups' `%RETRY%`
+/// and `%DLQ%` topics included. Creating one rewrites the whole topic table.
+pub const TOPICS_MAX_DEFAULT: usize = 10_000;
+/// Highest `topics_max`: queue `q` of topic `t` is log queue id
+/// `t * TOPIC_QUEUES_MAX + q`, a `u32`.
+pub const TOPICS_MAX_LIMIT: usize = 1_000_000;
+
+const _: () = assert!((TOPICS_MAX_LIMIT as u64 + 1) * (TOPIC_QUEUES_MAX as u64) < u32::MAX as u64);
+const _: () = assert!(TOPICS_MAX_DEFAULT <= TOPICS_MAX_LIMIT);
+
 // ===== Consumer groups =====
 
 /// Session timeout of a member that names none.
@@ -246,15 +258,6 @@ pub const GROUP_MEMBERS_MAX: usize = 1024;
 /// holds. Each one's fence lives on every shard, one owner per queue.
 pub const GROUPS_MAX_DEFAULT: usize = 10_000;
 
-/// Default (`topics_max`): topics one broker holds, its groups' `%RETRY%`
-/// and `%DLQ%` topics included. Creating one rewrites the whole topic table.
-pub const TOPICS_MAX_DEFAULT: usize = 10_000;
-/// Highest `topics_max`: queue `q` of topic `t` is log queue id
-/// `t * TOPIC_QUEUES_MAX + q`, a `u32`.
-pub const TOPICS_MAX_LIMIT: usize = 1_000_000;
-
-const _: () = assert!((TOPICS_MAX_LIMIT as u64 + 1) * (TOPIC_QUEUES_MAX as u64) < u32::MAX as u64);
-const _: () = assert!(TOPICS_MAX_DEFAULT <= TOPICS_MAX_LIMIT);
 const _: () = assert!(SESSION_TIMEOUT_MS_MIN <= SESSION_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(SESSION_TIMEOUT_MS_DEFAULT <= SESSION_TIMEOUT_MS_MAX);
 
@@ -317,12 +320,34 @@ pub const PRODUCERS_MAX_DEFAULT: usize = 100_000;
 /// be stored twice. So a producer is never forgotten while a retry of its
 /// last send may still come from the client's own resending.
 pub const PRODUCER_IDLE_EXPIRY_MS_MIN: u64 = 300_000;
-/// Kafka's `delivery.timeout.ms`: how long a client's producer resends a
-/// message before it reports it failed.
-pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
 
 const _: () = assert!(PRODUCER_IDLE_EXPIRY_MS_MIN >= 2 * DELIVERY_TIMEOUT_DEFAULT.as_millis() as u64);
 const _: () = assert!(PRODUCER_IDLE_EXPIRY_MS_DEFAULT >= PRODUCER_IDLE_EXPIRY_MS_MIN);
+
+// ===== Clients, and the broker timeouts they wait out =====
+
+/// Kafka's `delivery.timeout.ms`: how long a client's producer resends a
+/// message before it reports it failed.
+pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
+/// How long a client's produce request waits for its answer: above the
+/// broker's `sync_flush_timeout`, so a slow disk is answered
+/// `FLUSH_DISK_TIMEOUT` instead of a client timeout that would make the
+/// producer resend.
+pub const PRODUCE_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default (`sync_flush_timeout_ms`): a produce not durable this long is
+/// answered `FLUSH_DISK_TIMEOUT`.
+pub const SYNC_FLUSH_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default (`flush_interval_ms`, async flush): how often the log fdatasyncs.
+pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 10;
+/// Bytes a client's batch of one queue's messages closes at: below the
+/// largest frame the broker reads, with room for the request around it.
+pub const PRODUCE_BATCH_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
+/// Default of `ringmq message get --scan-max`: messages read looking for an
+/// id before giving up.
+pub const MESSAGE_SCAN_MAX_DEFAULT: u64 = 1_000_000;
+
+const _: () = assert!(PRODUCE_REQUEST_TIMEOUT_DEFAULT.as_millis() as u64 > SYNC_FLUSH_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(PRODUCE_BATCH_BYTES_MAX >= MESSAGE_SIZE_BYTES_MAX);
 
 // ===== Transactions, delays and retries =====
 

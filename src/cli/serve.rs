@@ -1,5 +1,6 @@
 //! `ringmq serve`: flags over an optional TOML config file over defaults.
 
+use crate::constants::FLUSH_INTERVAL_MS_DEFAULT;
 use crate::server::delay_levels::DelayLevels;
 use crate::server::{self, ServerConfig};
 use crate::storage::{FlushMode, Retention};
@@ -169,7 +170,9 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     config.shards = args.shards.or(file.shards);
     config.flush = match args.flush.or(file.flush).unwrap_or(Flush::Sync) {
         Flush::Sync => FlushMode::Sync,
-        Flush::Async => FlushMode::Async { interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(10)) },
+        Flush::Async => FlushMode::Async {
+            interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(FLUSH_INTERVAL_MS_DEFAULT)),
+        },
     };
     if let Some(ms) = file.sync_flush_timeout_ms {
         config.sync_flush_timeout = Duration::from_millis(ms);

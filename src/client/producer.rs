@@ -20,10 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use crate::constants::DELIVERY_TIMEOUT_DEFAULT;
-/// Above the broker's `sync_flush_timeout` (5 s by default), so a slow disk
-/// is answered `FLUSH_DISK_TIMEOUT` instead of a client timeout that would
-/// make the producer resend.
-pub const PRODUCE_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+pub use crate::constants::PRODUCE_REQUEST_TIMEOUT_DEFAULT;
 /// A message waiting for an older one of its queue looks again this soon.
 const ORDER_WAIT: Duration = Duration::from_millis(2);
 

@@ -46,8 +46,8 @@ use crate::constants::{
     GROUPS_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
     IN_FLIGHT_BYTES_MAX_DEFAULT, IN_FLIGHT_BYTES_MIN, IN_FLIGHT_MAX_DEFAULT, PRODUCERS_MAX_DEFAULT,
     PRODUCER_IDLE_EXPIRY_MS_DEFAULT, PRODUCER_IDLE_EXPIRY_MS_MIN, SEGMENT_SIZE_BYTES_DEFAULT, SHARDS_MAX,
-    SHUTDOWN_DRAIN_MAX, TOPICS_MAX_DEFAULT, TOPICS_MAX_LIMIT, TRANSACTION_CHECK_INTERVAL_MS_DEFAULT,
-    TRANSACTION_CHECK_MAX_DEFAULT, TRANSACTION_TIMEOUT_MS_DEFAULT,
+    SHUTDOWN_DRAIN_MAX, SYNC_FLUSH_TIMEOUT_MS_DEFAULT, TOPICS_MAX_DEFAULT, TOPICS_MAX_LIMIT,
+    TRANSACTION_CHECK_INTERVAL_MS_DEFAULT, TRANSACTION_CHECK_MAX_DEFAULT, TRANSACTION_TIMEOUT_MS_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -134,7 +134,7 @@ impl Default for ServerConfig {
             base_port: 9876,
             shards: None,
             flush: FlushMode::Sync,
-            sync_flush_timeout: Duration::from_secs(5),
+            sync_flush_timeout: Duration::from_millis(SYNC_FLUSH_TIMEOUT_MS_DEFAULT),
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             retention: Retention::default(),
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
