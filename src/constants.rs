@@ -395,3 +395,7 @@ pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 pub const METRICS_REQUEST_TIME_MAX: Duration = Duration::from_secs(2);
 /// What is read and dropped after an answer, at most.
 pub const METRICS_DRAIN_BYTES_MAX: usize = 64 * 1024;
+/// Committed-offset series (group, topic, queue) one shard publishes at
+/// most, the first in that order: a scrape's size and the copy each shard
+/// makes every half second stay bounded however many groups commit.
+pub const METRICS_OFFSET_SERIES_MAX: usize = 10_000;
