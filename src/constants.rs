@@ -349,6 +349,12 @@ pub const MESSAGE_SCAN_MAX_DEFAULT: u64 = 1_000_000;
 const _: () = assert!(PRODUCE_REQUEST_TIMEOUT_DEFAULT.as_millis() as u64 > SYNC_FLUSH_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(PRODUCE_BATCH_BYTES_MAX >= MESSAGE_SIZE_BYTES_MAX);
 
+/// Sends an outbox keeps in flight by default: each retry must find its
+/// first result among the broker's remembered sends.
+pub const OUTBOX_WINDOW_DEFAULT: usize = 64;
+
+const _: () = assert!(OUTBOX_WINDOW_DEFAULT <= SEQUENCES_REMEMBERED);
+
 // ===== Transactions, delays and retries =====
 
 /// Producer groups one connection may register as a live producer of (for

@@ -127,8 +127,8 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
             Failure::new(fb::ErrorCode::InvalidMessage, format!("message {index} of the batch: {error}"))
         };
         let verified = verify_message(bytes).map_err(|error| invalid_message(error.to_string()))?;
-        check_message_fields(&verified.message()).map_err(|error| invalid_message(error.to_string()))?;
         transactions::check_half(&verified).map_err(invalid_message)?;
+        check_message_fields(&verified.message()).map_err(|error| invalid_message(error.to_string()))?;
         delayed::check_delay(&verified, &shard.config.delay_levels, shard.config.delay_max, now_ms)
             .map_err(invalid_message)?;
         messages.push(verified);
