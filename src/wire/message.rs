@@ -199,6 +199,34 @@ impl MessageDraft<'_> {
 mod tests {
     use super::*;
 
+    /// The caps a produce checks, on a message built with `draft`.
+    fn fields_of(draft: MessageDraft<'_>) -> Result<(), WireError> {
+        let verified = verify_message(Bytes::from(draft.build())).expect("a message");
+        check_message_fields(&verified.message())
+    }
+
+    #[test]
+    fn a_new_message_past_a_field_cap_is_refused_naming_the_field() {
+        let base = || MessageDraft { topic: "t", body: b"b", ..MessageDraft::default() };
+        assert!(fields_of(base()).is_ok());
+        let tag = "x".repeat(MESSAGE_TAG_BYTES_MAX);
+        assert!(fields_of(MessageDraft { tag: Some(&tag), ..base() }).is_ok(), "at the cap");
+        let tag = "x".repeat(MESSAGE_TAG_BYTES_MAX + 1);
+        let error = fields_of(MessageDraft { tag: Some(&tag), ..base() }).expect_err("a long tag");
+        assert_eq!(error.to_string(), "the message's tag of 256 bytes is longer than the 255-byte maximum");
+        let key = "k".repeat(MESSAGE_KEY_BYTES_MAX + 1);
+        let keys = [key.as_str()];
+        assert!(fields_of(MessageDraft { keys: &keys, ..base() }).is_err(), "a long key");
+        let many: Vec<&str> = vec!["k"; MESSAGE_KEYS_MAX + 1];
+        let error = fields_of(MessageDraft { keys: &many, ..base() }).expect_err("many keys");
+        assert!(matches!(error, WireError::TooMany { field: "keys", .. }), "{error}");
+        let name = "p".repeat(MESSAGE_PROPERTY_NAME_BYTES_MAX + 1);
+        let properties = [(name.as_str(), "v")];
+        assert!(fields_of(MessageDraft { properties: &properties, ..base() }).is_err(), "a long property name");
+        let topic = "t".repeat(TOPIC_NAME_BYTES_MAX + 1);
+        assert!(fields_of(MessageDraft { topic: &topic, ..base() }).is_err(), "a long topic");
+    }
+
     #[test]
     fn a_built_message_verifies_and_reads_back_unchanged() {
         let draft = MessageDraft {
