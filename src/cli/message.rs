@@ -6,8 +6,7 @@ use crate::client::{admin, Client};
 use clap::Subcommand;
 use std::process::ExitCode;
 
-/// Messages `get` reads at most before it gives up.
-const SCAN_MAX_DEFAULT: u64 = 1_000_000;
+use crate::constants::MESSAGE_SCAN_MAX_DEFAULT;
 
 #[derive(Subcommand, Debug)]
 pub enum MessageCommand {
@@ -20,7 +19,7 @@ pub enum MessageCommand {
         #[arg(long)]
         topic: Option<String>,
         /// Give up after reading this many messages.
-        #[arg(long, default_value_t = SCAN_MAX_DEFAULT)]
+        #[arg(long, default_value_t = MESSAGE_SCAN_MAX_DEFAULT)]
         scan_max: u64,
         /// Accepted for symmetry: the line is JSON either way, as `consume`'s.
         #[arg(long)]

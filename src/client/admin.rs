@@ -1,10 +1,12 @@
 //! What the operators' commands ask the broker (`ringmq status`, `group`,
 //! `offset`, `message`): each request goes to the shard that knows the answer.
 
+use super::pages::PageCursor;
 use super::{fetched_messages, Client, ClientError, ReceivedMessage};
+use crate::constants::GROUP_OFFSETS_TOPICS_MAX;
 use crate::protocol::{
     self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
-    GROUP_OFFSETS_TOPICS_MAX, INTERNAL_TOPIC_PREFIX,
+    INTERNAL_TOPIC_PREFIX,
 };
 
 fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {
@@ -36,20 +38,28 @@ pub fn shard_statuses(client: &Client) -> Result<Vec<ShardStatus>, ClientError> 
 }
 
 /// The groups every coordinator holds (only `group`'s, if given), by group
-/// and topic; and whether a coordinator cut its list.
+/// and topic, every page; and whether a coordinator cut its list (one that
+/// does not page: an older broker).
 pub fn list_groups(client: &Client, group: Option<&str>) -> Result<(Vec<GroupSummary>, bool), ClientError> {
-    let body = protocol::list_groups_request(group);
     let shards: Vec<u32> = match group {
         Some(group) => vec![client.coordinator(group)],
         None => (0..client.shard_count()).collect(),
     };
     let (mut groups, mut truncated) = (Vec::new(), false);
     for shard in shards {
-        let answer = client.call(shard, Kind::ListGroupsRequest, &body)?;
-        let response = verify::<fb::ListGroupsResponse>(&answer).map_err(ClientError::Protocol)?;
-        broker_failure(response.outcome())?;
-        truncated |= response.truncated();
-        groups.extend(response.groups().into_iter().flatten().map(|info| GroupSummary::read(&info)));
+        let mut pages = PageCursor::default();
+        let mut body = protocol::list_groups_request(group, None);
+        loop {
+            let answer = client.call(shard, Kind::ListGroupsRequest, &body)?;
+            let response = verify::<fb::ListGroupsResponse>(&answer).map_err(ClientError::Protocol)?;
+            broker_failure(response.outcome())?;
+            groups.extend(response.groups().into_iter().flatten().map(|info| GroupSummary::read(&info)));
+            let Some(after) = pages.next(response.next())? else {
+                truncated |= response.truncated();
+                break;
+            };
+            body = protocol::list_groups_request(group, Some(after));
+        }
     }
     groups.sort_by(|left, right| (&left.group, &left.topic).cmp(&(&right.group, &right.topic)));
     Ok((groups, truncated))
@@ -94,22 +104,29 @@ pub fn describe_group(client: &Client, group: &str) -> Result<(Vec<GroupQueue>, 
     }
     let mut seen = std::collections::BTreeSet::new();
     for topics in requests {
-        let body = protocol::group_offsets_request(group, topics);
         for shard in 0..client.shard_count() {
-            let answer = client.call(shard, Kind::GroupOffsetsRequest, &body)?;
-            let response = verify::<fb::GroupOffsetsResponse>(&answer).map_err(ClientError::Protocol)?;
-            broker_failure(response.outcome())?;
-            truncated |= response.truncated();
-            for offsets in response.queues().into_iter().flatten().map(|queue| QueueOffsets::read(&queue)) {
-                if !seen.insert((offsets.topic.clone(), offsets.queue)) {
-                    continue;
+            let mut pages = PageCursor::default();
+            let mut body = protocol::group_offsets_request(group, topics, None);
+            loop {
+                let answer = client.call(shard, Kind::GroupOffsetsRequest, &body)?;
+                let response = verify::<fb::GroupOffsetsResponse>(&answer).map_err(ClientError::Protocol)?;
+                broker_failure(response.outcome())?;
+                for offsets in response.queues().into_iter().flatten().map(|queue| QueueOffsets::read(&queue)) {
+                    if !seen.insert((offsets.topic.clone(), offsets.queue)) {
+                        continue;
+                    }
+                    let member = held
+                        .iter()
+                        .find(|summary| summary.topic == offsets.topic)
+                        .and_then(|summary| summary.owner_of(offsets.queue))
+                        .map(str::to_string);
+                    queues.push(GroupQueue { offsets, member });
                 }
-                let member = held
-                    .iter()
-                    .find(|summary| summary.topic == offsets.topic)
-                    .and_then(|summary| summary.owner_of(offsets.queue))
-                    .map(str::to_string);
-                queues.push(GroupQueue { offsets, member });
+                let Some(after) = pages.next(response.next())? else {
+                    truncated |= response.truncated();
+                    break;
+                };
+                body = protocol::group_offsets_request(group, topics, Some(after));
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use super::producer::{Flight, OutgoingMessage, PreparedMessage, Producer, QueueChoice, SendReceipt};
 use super::ClientError;
-use crate::constants::{FRAME_BODY_BYTES_MAX, PRODUCE_MESSAGES_MAX, PRODUCE_MESSAGE_OVERHEAD_BYTES};
+use crate::constants::{PRODUCE_BATCH_BYTES_MAX, PRODUCE_MESSAGES_MAX, PRODUCE_MESSAGE_OVERHEAD_BYTES};
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -60,9 +60,6 @@ impl OwnedMessage {
             + PRODUCE_MESSAGE_OVERHEAD_BYTES
     }
 }
-
-/// A batch closes before its request could pass what the broker reads.
-const BATCH_BYTES_LIMIT: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
 
 /// A command without waiting; an empty channel reads as a timeout.
 fn try_take(commands: &mpsc::Receiver<Command>) -> Result<Command, RecvTimeoutError> {
@@ -226,7 +223,7 @@ impl Batcher {
                     opened: Instant::now(),
                 });
                 let bytes = message.request_bytes();
-                if !batch.messages.is_empty() && batch.bytes + bytes > BATCH_BYTES_LIMIT {
+                if !batch.messages.is_empty() && batch.bytes + bytes > PRODUCE_BATCH_BYTES_MAX {
                     if let Some(full) = self.open.remove(&queue) {
                         self.close(queue, full);
                     }

@@ -18,6 +18,7 @@ mod group_consumer;
 mod idempotent;
 #[cfg(feature = "sqlite")]
 mod outbox;
+mod pages;
 mod producer;
 mod sequencer;
 #[cfg(feature = "sqlite")]
@@ -56,6 +57,8 @@ pub use outbox::{
 pub use rusqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite_dedup::{SqliteDedupError, SqliteDedupStore};
+
+use pages::PageCursor;
 
 use crate::protocol::{self, fb, verify, Failure, Frame, Kind, ShardEndpoint, TopicLayout, TransactionSummary};
 use bytes::Bytes;
@@ -159,6 +162,14 @@ pub fn expect_kind(frame: Frame, kind: Kind) -> Result<Bytes, ClientError> {
     Ok(frame.body)
 }
 
+/// The shard addresses a metadata answer names.
+fn read_shards(response: &fb::MetadataResponse<'_>) -> Vec<ShardEndpoint> {
+    let shards = response.shards().into_iter().flatten();
+    shards
+        .map(|shard| ShardEndpoint { shard: shard.shard(), host: shard.host().to_string(), port: shard.port() })
+        .collect()
+}
+
 #[derive(Default)]
 struct ClusterView {
     shards: Vec<ShardEndpoint>,
@@ -199,44 +210,46 @@ impl Client {
         self.timeout
     }
 
-    /// Reads shards and topics again, from a shard it knows or the bootstrap.
+    /// Reads shards and topics again, from a shard it knows or the bootstrap,
+    /// page by page.
     pub fn refresh_metadata(&self) -> Result<(), ClientError> {
         let body = protocol::metadata_request(&[]);
         let known = lock(&self.view).connections.values().find(|connection| !connection.is_closed()).cloned();
-        let frame = match known {
+        let first = match &known {
             Some(connection) => connection.request(Kind::MetadataRequest as u16, &body, self.timeout),
             None => Err(ClientError::Closed { address: String::new() }),
         };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(_) => Connection::open(&self.bootstrap, self.timeout)?.request(
-                Kind::MetadataRequest as u16,
-                &body,
-                self.timeout,
-            )?,
+        let (connection, first) = match (known, first) {
+            (Some(connection), Ok(frame)) => (connection, frame),
+            _ => {
+                let connection = Connection::open(&self.bootstrap, self.timeout)?;
+                let frame = connection.request(Kind::MetadataRequest as u16, &body, self.timeout)?;
+                (connection, frame)
+            }
         };
-        let body = expect_kind(frame, Kind::MetadataResponse)?;
-        let response = verify::<fb::MetadataResponse>(&body).map_err(ClientError::Protocol)?;
-        let shards: Vec<ShardEndpoint> = response
-            .shards()
-            .map(|shards| {
-                shards
-                    .iter()
-                    .map(|shard| ShardEndpoint {
-                        shard: shard.shard(),
-                        host: shard.host().to_string(),
-                        port: shard.port(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut shards;
+        let mut topics = HashMap::new();
+        let mut pages = PageCursor::default();
+        let mut frame = first;
+        loop {
+            let body = expect_kind(frame, Kind::MetadataResponse)?;
+            let response = verify::<fb::MetadataResponse>(&body).map_err(ClientError::Protocol)?;
+            if let Some(failure) = Failure::from_outcome(response.outcome()) {
+                return Err(ClientError::Broker(failure));
+            }
+            shards = read_shards(&response);
+            let page = response.topics().into_iter().flatten().map(protocol::read_topic);
+            topics.extend(page.map(|topic| (topic.name.clone(), topic)));
+            let Some(after) = pages.next(response.next())? else { break };
+            let body = protocol::metadata_page_request(&[], Some(after));
+            frame = connection.request(Kind::MetadataRequest as u16, &body, self.timeout)?;
+        }
         if shards.is_empty() {
             return Err(ClientError::Protocol("metadata names no shard".into()));
         }
-        let topics = response.topics().map(|topics| topics.iter().map(protocol::read_topic).collect::<Vec<_>>());
         let mut view = lock(&self.view);
         view.shards = shards;
-        view.topics = topics.unwrap_or_default().into_iter().map(|topic| (topic.name.clone(), topic)).collect();
+        view.topics = topics;
         Ok(())
     }
 
@@ -339,18 +352,23 @@ impl Client {
     }
 
     /// Every shard's transactions (with `discarded`: only those the broker
-    /// discarded), shard by shard.
+    /// discarded), shard by shard, every page.
     pub fn list_transactions(&self, discarded: bool) -> Result<Vec<TransactionSummary>, ClientError> {
-        let body = protocol::list_transactions_request(discarded);
         let mut listed = Vec::new();
         for shard in 0..self.shard_count() {
-            let answer = self.call(shard, Kind::ListTransactionsRequest, &body)?;
-            let response = verify::<fb::ListTransactionsResponse>(&answer).map_err(ClientError::Protocol)?;
-            if let Some(failure) = Failure::from_outcome(response.outcome()) {
-                return Err(ClientError::Broker(failure));
+            let mut pages = PageCursor::default();
+            let mut body = protocol::list_transactions_request(discarded);
+            loop {
+                let answer = self.call(shard, Kind::ListTransactionsRequest, &body)?;
+                let response = verify::<fb::ListTransactionsResponse>(&answer).map_err(ClientError::Protocol)?;
+                if let Some(failure) = Failure::from_outcome(response.outcome()) {
+                    return Err(ClientError::Broker(failure));
+                }
+                let transactions = response.transactions().into_iter().flatten();
+                listed.extend(transactions.map(|info| TransactionSummary::read(&info)));
+                let Some(after) = pages.next(response.next())? else { break };
+                body = protocol::list_transactions_page_request(discarded, Some(after));
             }
-            let transactions = response.transactions().into_iter().flatten();
-            listed.extend(transactions.map(|info| TransactionSummary::read(&info)));
         }
         Ok(listed)
     }

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A row of `ringmq_outbox`: its `id`, which only grows.
 pub type RowId = i64;
 
-pub const OUTBOX_WINDOW_DEFAULT: usize = 64;
+pub use crate::constants::OUTBOX_WINDOW_DEFAULT;
 pub const OUTBOX_RETRY_PAUSE_DEFAULT: Duration = Duration::from_secs(1);
 /// How long a transaction waits for another connection's write lock (the
 /// application's own, or the other side of the outbox) before failing.
@@ -811,7 +811,7 @@ mod tests {
                     Some(Kind::MetadataRequest) => {
                         let shard = ShardEndpoint { shard: 0, host: "127.0.0.1".into(), port };
                         let topic = TopicLayout { name: TOPIC.into(), queue_shards: vec![0; QUEUES as usize] };
-                        Some((Kind::MetadataResponse, protocol::metadata_response(None, &[shard], &[topic])))
+                        Some((Kind::MetadataResponse, protocol::metadata_response(None, &[shard], &[topic], None)))
                     }
                     Some(Kind::ProduceRequest) => produce(&frame.body, state),
                     _ => None,

@@ -19,13 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Kafka's `delivery.timeout.ms`: how long a message is resent before it
-/// is reported failed.
-pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
-/// Above the broker's `sync_flush_timeout` (5 s by default), so a slow disk
-/// is answered `FLUSH_DISK_TIMEOUT` instead of a client timeout that would
-/// make the producer resend.
-pub const PRODUCE_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+pub use crate::constants::DELIVERY_TIMEOUT_DEFAULT;
+pub use crate::constants::PRODUCE_REQUEST_TIMEOUT_DEFAULT;
 /// A message waiting for an older one of its queue looks again this soon.
 const ORDER_WAIT: Duration = Duration::from_millis(2);
 

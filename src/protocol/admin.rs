@@ -5,16 +5,6 @@ use super::build::{finish, outcome};
 use super::{fb, Failure};
 use flatbuffers::FlatBufferBuilder;
 
-/// Groups one `ListGroupsResponse` carries at most (then `truncated`).
-pub const LISTED_GROUPS_MAX: usize = 1000;
-/// About the bytes of names and queues one `ListGroupsResponse` carries
-/// (then `truncated`; one group always fits a frame).
-pub const LISTED_GROUPS_BYTES_MAX: usize = 1 << 20;
-/// Queues one `GroupOffsetsResponse` carries at most (then `truncated`).
-pub const LISTED_QUEUES_MAX: usize = 4096;
-/// Topics a `GroupOffsetsRequest` may name.
-pub const GROUP_OFFSETS_TOPICS_MAX: usize = 64;
-
 /// What a shard says about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardStatus {
@@ -133,14 +123,18 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
     finish(builder, root)
 }
 
-pub fn list_groups_request(group: Option<&str>) -> Vec<u8> {
+/// The page of groups after the cursor `after` (an answer's `next`).
+pub fn list_groups_request(group: Option<&str>, after: Option<&[u8]>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let group = group.map(|group| builder.create_string(group));
-    let root = fb::ListGroupsRequest::create(&mut builder, &fb::ListGroupsRequestArgs { group });
+    let after = after.map(|after| builder.create_vector(after));
+    let root = fb::ListGroupsRequest::create(&mut builder, &fb::ListGroupsRequestArgs { group, after });
     finish(builder, root)
 }
 
-pub fn list_groups_response(failure: Option<&Failure>, groups: &[GroupSummary], truncated: bool) -> Vec<u8> {
+/// `next`: the cursor of the page after this one, when groups are left
+/// (`truncated` too, for clients that do not follow pages).
+pub fn list_groups_response(failure: Option<&Failure>, groups: &[GroupSummary], next: Option<&[u8]>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::with_capacity(128 + groups.len() * 128);
     let outcome = outcome(&mut builder, failure);
     let groups: Vec<_> = groups
@@ -169,22 +163,27 @@ pub fn list_groups_response(failure: Option<&Failure>, groups: &[GroupSummary], 
         })
         .collect();
     let groups = builder.create_vector(&groups);
-    let args = fb::ListGroupsResponseArgs { outcome: Some(outcome), groups: Some(groups), truncated };
+    let truncated = next.is_some();
+    let next = next.map(|next| builder.create_vector(next));
+    let args = fb::ListGroupsResponseArgs { outcome: Some(outcome), groups: Some(groups), truncated, next };
     let root = fb::ListGroupsResponse::create(&mut builder, &args);
     finish(builder, root)
 }
 
-pub fn group_offsets_request(group: &str, topics: &[&str]) -> Vec<u8> {
+/// The page of queues after the cursor `after` (an answer's `next`).
+pub fn group_offsets_request(group: &str, topics: &[&str], after: Option<&[u8]>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let names: Vec<_> = topics.iter().map(|topic| builder.create_string(topic)).collect();
     let topics = builder.create_vector(&names);
     let group = builder.create_string(group);
-    let args = fb::GroupOffsetsRequestArgs { group: Some(group), topics: Some(topics) };
+    let after = after.map(|after| builder.create_vector(after));
+    let args = fb::GroupOffsetsRequestArgs { group: Some(group), topics: Some(topics), after };
     let root = fb::GroupOffsetsRequest::create(&mut builder, &args);
     finish(builder, root)
 }
 
-pub fn group_offsets_response(failure: Option<&Failure>, queues: &[QueueOffsets], truncated: bool) -> Vec<u8> {
+/// `next`: the cursor of the page after this one, when queues are left.
+pub fn group_offsets_response(failure: Option<&Failure>, queues: &[QueueOffsets], next: Option<&[u8]>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::with_capacity(128 + queues.len() * 64);
     let outcome = outcome(&mut builder, failure);
     let queues: Vec<_> = queues
@@ -202,7 +201,9 @@ pub fn group_offsets_response(failure: Option<&Failure>, queues: &[QueueOffsets]
         })
         .collect();
     let queues = builder.create_vector(&queues);
-    let args = fb::GroupOffsetsResponseArgs { outcome: Some(outcome), queues: Some(queues), truncated };
+    let truncated = next.is_some();
+    let next = next.map(|next| builder.create_vector(next));
+    let args = fb::GroupOffsetsResponseArgs { outcome: Some(outcome), queues: Some(queues), truncated, next };
     let root = fb::GroupOffsetsResponse::create(&mut builder, &args);
     finish(builder, root)
 }
@@ -263,9 +264,10 @@ mod tests {
             generation: 7,
             members: vec![("m-1".into(), vec![0, 2]), ("m-2".into(), vec![1])],
         };
-        let body = list_groups_response(None, std::slice::from_ref(&summary), true);
+        let body = list_groups_response(None, std::slice::from_ref(&summary), Some(b"g\0t"));
         let response = verify::<fb::ListGroupsResponse>(&body).expect("verifies");
         assert!(response.truncated());
+        assert_eq!(response.next().map(|next| next.bytes()), Some(&b"g\0t"[..]));
         let read: Vec<_> = response.groups().into_iter().flatten().map(|info| GroupSummary::read(&info)).collect();
         assert_eq!(read, vec![summary.clone()]);
         assert_eq!(read[0].owner_of(2), Some("m-1"));
@@ -274,10 +276,11 @@ mod tests {
             QueueOffsets { topic: "t".into(), queue: 0, committed: Some(5), end: 9, earliest: 0 },
             QueueOffsets { topic: "t".into(), queue: 1, committed: None, end: 0, earliest: 0 },
         ];
-        let body = group_offsets_response(None, &queues, false);
+        let body = group_offsets_response(None, &queues, None);
         let response = verify::<fb::GroupOffsetsResponse>(&body).expect("verifies");
         let read: Vec<_> = response.queues().into_iter().flatten().map(|queue| QueueOffsets::read(&queue)).collect();
         assert_eq!(read, queues);
+        assert!(!response.truncated() && response.next().is_none());
         let reset = OffsetReset {
             group: "g".into(),
             topic: "t".into(),

@@ -116,14 +116,26 @@ pub fn error_response(failure: &Failure) -> Vec<u8> {
 }
 
 pub fn metadata_request(topics: &[&str]) -> Vec<u8> {
+    metadata_page_request(topics, None)
+}
+
+/// The page of metadata after the cursor `after` (an answer's `next`).
+pub fn metadata_page_request(topics: &[&str], after: Option<&[u8]>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let names: Vec<_> = topics.iter().map(|topic| builder.create_string(topic)).collect();
     let topics = builder.create_vector(&names);
-    let root = fb::MetadataRequest::create(&mut builder, &fb::MetadataRequestArgs { topics: Some(topics) });
+    let after = after.map(|after| builder.create_vector(after));
+    let root = fb::MetadataRequest::create(&mut builder, &fb::MetadataRequestArgs { topics: Some(topics), after });
     finish(builder, root)
 }
 
-pub fn metadata_response(failure: Option<&Failure>, shards: &[ShardEndpoint], topics: &[TopicLayout]) -> Vec<u8> {
+/// `next`: the cursor of the page after this one, when topics are left.
+pub fn metadata_response(
+    failure: Option<&Failure>,
+    shards: &[ShardEndpoint],
+    topics: &[TopicLayout],
+    next: Option<&[u8]>,
+) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let outcome = outcome(&mut builder, failure);
     let shards: Vec<_> = shards
@@ -137,7 +149,8 @@ pub fn metadata_response(failure: Option<&Failure>, shards: &[ShardEndpoint], to
     let shards = builder.create_vector(&shards);
     let topics: Vec<_> = topics.iter().map(|topic| topic_info(&mut builder, topic)).collect();
     let topics = builder.create_vector(&topics);
-    let args = fb::MetadataResponseArgs { outcome: Some(outcome), shards: Some(shards), topics: Some(topics) };
+    let next = next.map(|next| builder.create_vector(next));
+    let args = fb::MetadataResponseArgs { outcome: Some(outcome), shards: Some(shards), topics: Some(topics), next };
     let root = fb::MetadataResponse::create(&mut builder, &args);
     finish(builder, root)
 }
@@ -437,8 +450,14 @@ pub fn end_transaction_response(
 }
 
 pub fn list_transactions_request(discarded: bool) -> Vec<u8> {
+    list_transactions_page_request(discarded, None)
+}
+
+/// The page of transactions after the cursor `after` (an answer's `next`).
+pub fn list_transactions_page_request(discarded: bool, after: Option<&[u8]>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
-    let root = fb::ListTransactionsRequest::create(&mut builder, &fb::ListTransactionsRequestArgs { discarded });
+    let after = after.map(|after| builder.create_vector(after));
+    let root = fb::ListTransactionsRequest::create(&mut builder, &fb::ListTransactionsRequestArgs { discarded, after });
     finish(builder, root)
 }
 
@@ -470,7 +489,11 @@ impl TransactionSummary {
     }
 }
 
-pub fn list_transactions_response(failure: Option<&Failure>, transactions: &[TransactionSummary]) -> Vec<u8> {
+pub fn list_transactions_response(
+    failure: Option<&Failure>,
+    transactions: &[TransactionSummary],
+    next: Option<&[u8]>,
+) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::with_capacity(128 + transactions.len() * 128);
     let outcome = outcome(&mut builder, failure);
     let transactions: Vec<_> = transactions
@@ -494,7 +517,8 @@ pub fn list_transactions_response(failure: Option<&Failure>, transactions: &[Tra
         })
         .collect();
     let transactions = builder.create_vector(&transactions);
-    let args = fb::ListTransactionsResponseArgs { outcome: Some(outcome), transactions: Some(transactions) };
+    let next = next.map(|next| builder.create_vector(next));
+    let args = fb::ListTransactionsResponseArgs { outcome: Some(outcome), transactions: Some(transactions), next };
     let root = fb::ListTransactionsResponse::create(&mut builder, &args);
     finish(builder, root)
 }
@@ -608,12 +632,16 @@ mod transaction_tests {
             checks_delivered: 0,
             state: fb::TransactionState::Pending,
         };
-        let body = list_transactions_response(None, std::slice::from_ref(&summary));
+        let body = list_transactions_response(None, std::slice::from_ref(&summary), Some(b"cursor"));
         let response = verify::<fb::ListTransactionsResponse>(&body).expect("verifies");
         let read: Vec<_> =
             response.transactions().expect("a list").iter().map(|info| TransactionSummary::read(&info)).collect();
         assert_eq!(read, vec![summary]);
+        assert_eq!(response.next().map(|next| next.bytes()), Some(&b"cursor"[..]));
         assert!(verify::<fb::ListTransactionsRequest>(&list_transactions_request(true)).expect("verifies").discarded());
+        let body = list_transactions_page_request(false, Some(b"after"));
+        let request = verify::<fb::ListTransactionsRequest>(&body).expect("verifies");
+        assert_eq!(request.after().map(|after| after.bytes()), Some(&b"after"[..]));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod admin;
 mod build;
 mod frame;
 mod kind;
+pub mod page;
 mod routing;
 
 pub use admin::*;

@@ -17,27 +17,20 @@ use super::timer_records;
 use super::topics::{check_length, check_name};
 use super::transactions;
 use crate::constants::{
-    CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX,
-    RECORD_HEADER_SIZE_BYTES,
+    CLIENT_ID_BYTES_MAX, FETCH_BYTES_MAX, FETCH_COUNT_MAX, FETCH_TAGS_MAX, FETCH_WAIT_MS_MAX, NAME_BYTES_MAX,
+    PRODUCE_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES,
 };
-use crate::protocol::INTERNAL_TOPIC_PREFIX;
 use crate::protocol::{self, coordinator_shard, fb, retry_topic, verify, Failure, FetchedRecords, Frame, Kind};
+use crate::protocol::{page, INTERNAL_TOPIC_PREFIX};
 use crate::storage::{now_us, AppendRequest, LogError};
-use crate::wire::{verify_message, VerifiedMessage};
+use crate::wire::{check_message_fields, verify_message, VerifiedMessage};
 use bytes::{Bytes, BytesMut};
+use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::rc::Rc;
 use std::time::Duration;
 
 pub type Answer = Result<(Kind, Vec<u8>), Failure>;
-
-/// Records a fetch returns at most.
-const FETCH_COUNT_MAX: u32 = 10_000;
-/// Tags a fetch may filter by.
-const FETCH_TAGS_MAX: usize = 64;
-
-// The coordinator caps instance ids itself; the handlers cap them (and the
-// other client-chosen ids) with the same bound.
-const _: () = assert!(CLIENT_ID_BYTES_MAX == super::groups::INSTANCE_ID_BYTES_MAX);
 
 pub(super) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
@@ -74,17 +67,22 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
     }
 }
 
+/// One page of topics (in name order, from after the request's cursor).
 fn metadata(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::MetadataRequest>(body).map_err(invalid)?;
-    let wanted: Vec<&str> = request.topics().map(|topics| topics.iter().collect()).unwrap_or_default();
+    let wanted: BTreeSet<&str> = request.topics().map(|topics| topics.iter().collect()).unwrap_or_default();
+    let after = page::cursor_of(request.after())?.map(page::read_name_cursor).transpose()?;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
     let topics = shard.topics.borrow();
-    let layouts: Vec<_> = topics
+    let candidates = topics
         .topics
-        .values()
-        .filter(|topic| wanted.is_empty() || wanted.contains(&topic.name.as_str()))
-        .map(|topic| topic.layout())
-        .collect();
-    Ok((Kind::MetadataResponse, protocol::metadata_response(None, &shard.endpoints, &layouts)))
+        .range::<str, _>((from, Bound::Unbounded))
+        .map(|(_, topic)| topic)
+        .filter(|topic| wanted.is_empty() || wanted.contains(topic.name.as_str()))
+        .map(|topic| topic.layout());
+    let (layouts, more) = page::fill_page(candidates);
+    let next = layouts.last().filter(|_| more).map(|last| page::name_cursor(&last.name));
+    Ok((Kind::MetadataResponse, protocol::metadata_response(None, &shard.endpoints, &layouts, next.as_deref())))
 }
 
 async fn create_topic(shard: &Shard, body: &[u8]) -> Answer {
@@ -130,6 +128,7 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
         };
         let verified = verify_message(bytes).map_err(|error| invalid_message(error.to_string()))?;
         transactions::check_half(&verified).map_err(invalid_message)?;
+        check_message_fields(&verified.message()).map_err(|error| invalid_message(error.to_string()))?;
         delayed::check_delay(&verified, &shard.config.delay_levels, shard.config.delay_max, now_ms)
             .map_err(invalid_message)?;
         messages.push(verified);
@@ -238,7 +237,10 @@ async fn place_once(
             Admission::TooManyProducers { max } => {
                 return Err(Failure::new(
                     fb::ErrorCode::TooManyProducers,
-                    format!("shard {} already tracks {max} producers (producers_max); retry when idle ones expire", shard.id),
+                    format!(
+                        "producer {producer_id:016x} is refused: shard {} already tracks {max} producers (producers_max); a new producer is taken once idle ones expire (producer_idle_expiry_ms)",
+                        shard.id
+                    ),
                 ))
             }
         }
@@ -287,7 +289,7 @@ async fn fetch(shard: &Shard, body: &[u8]) -> Answer {
     let topic = shard.topic(request.topic())?;
     let queue_id = shard.owned_queue(&topic, request.queue())?;
     let count = request.max_count().clamp(1, FETCH_COUNT_MAX) as usize;
-    let bytes_max = (request.max_bytes() as usize).clamp(1, FRAME_BODY_BYTES_MAX - 64 * 1024);
+    let bytes_max = (request.max_bytes() as usize).clamp(1, FETCH_BYTES_MAX);
     let wait = Duration::from_millis(u64::from(request.max_wait_ms().min(FETCH_WAIT_MS_MAX)));
     let deadline = shard.clock.deadline(wait);
     let tag_hashes: Vec<u32> = request.tag_hashes().map(|hashes| hashes.iter().collect()).unwrap_or_default();
@@ -373,6 +375,9 @@ async fn join_group(shard: &Shard, body: &[u8]) -> Answer {
     let queue_count = coordinated(shard, request.group(), request.topic())?;
     check_length("member id", request.member_id().unwrap_or_default(), CLIENT_ID_BYTES_MAX)?;
     check_length("instance id", request.instance_id().unwrap_or_default(), CLIENT_ID_BYTES_MAX)?;
+    // Refused before its retry topic is made: a group the coordinator has no
+    // room for leaves nothing behind.
+    shard.coordinator.borrow_mut().admit_group(request.group(), request.topic())?;
     // The group's consumers subscribe to its retry topic by themselves.
     if !request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
         shard.internal_topic(&retry_topic(request.group())).await?;
@@ -493,8 +498,12 @@ async fn end_transaction(shard: &Shard, body: &[u8]) -> Answer {
 
 fn list_transactions(shard: &Shard, body: &[u8]) -> Answer {
     let request = verify::<fb::ListTransactionsRequest>(body).map_err(invalid)?;
-    let listed = shard.transactions.borrow().list(request.discarded());
-    Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed)))
+    let after = page::cursor_of(request.after())?.map(page::read_keyed_cursor).transpose()?;
+    let after = after.map(|(settled, position)| (settled == "settled", position));
+    let (listed, last) = shard.transactions.borrow().list(request.discarded(), after);
+    let next =
+        last.map(|(settled, position)| page::keyed_cursor(if settled { "settled" } else { "pending" }, position));
+    Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed, next.as_deref())))
 }
 
 /// The connection becomes a live producer of the group: check-backs of the
@@ -507,7 +516,7 @@ fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, body: &[u8]) -> Ans
         return Err(invalid("a producer registers with a producer group".into()));
     }
     check_length("producer group", request.producer_group(), NAME_BYTES_MAX)?;
-    shard.producer_links.borrow_mut().register(request.producer_group(), link);
+    shard.producer_links.borrow_mut().register(request.producer_group(), link)?;
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }
 

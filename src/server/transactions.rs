@@ -43,7 +43,12 @@ pub use super::offsets::{CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID, OP_QUE
 use super::replay::replay_messages;
 use super::shard::Shard;
 use super::topics::Topics;
-use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX};
+use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX, SETTLED_TRANSACTIONS_MAX};
+
+/// Where a transaction stands in a list: settled (false first) and its half
+/// record's log position.
+pub type ListKey = (bool, u64);
+use crate::protocol::page::fill_page;
 use crate::protocol::{fb, Failure, TransactionSummary};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
@@ -53,13 +58,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Transactions one `ListTransactions` answer carries at most (pending ones
-/// first), so the answer stays far below the frame limit.
-pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
-/// How long a settled transaction stays known (for repeated outcomes and
-/// `tx list`), and how many settled ones stay known at most.
-pub const SETTLED_TRANSACTIONS_KEPT: Duration = Duration::from_secs(3600);
-pub const SETTLED_TRANSACTIONS_MAX: usize = 100_000;
 /// A concurrent `END_TRANSACTION` of the same transaction looks again this
 /// soon whether the one in flight finished.
 const ENDING_POLL: Duration = Duration::from_millis(1);
@@ -457,16 +455,21 @@ impl TransactionTable {
         (due, exhausted)
     }
 
-    /// The transactions to list: all, or only those the broker discarded.
-    /// Pending ones first, oldest first; at most `TRANSACTIONS_LISTED_MAX`.
-    pub fn list(&self, discarded_only: bool) -> Vec<TransactionSummary> {
+    /// One page of the transactions to list: all, or only those the broker
+    /// discarded. Pending ones first, oldest first, from after the key
+    /// `after`; and the key of the last one listed when more are left.
+    pub fn list(&self, discarded_only: bool, after: Option<ListKey>) -> (Vec<TransactionSummary>, Option<ListKey>) {
+        let key = |half: &HalfMessage| (half.state != TransactionState::Pending, half.position);
         let mut halves: Vec<&HalfMessage> = self
             .transactions
             .values()
             .filter(|half| !discarded_only || half.state == TransactionState::Discarded)
+            .filter(|half| after.is_none_or(|after| key(half) > after))
             .collect();
-        halves.sort_by_key(|half| (half.state != TransactionState::Pending, half.position));
-        halves.into_iter().take(TRANSACTIONS_LISTED_MAX).map(HalfMessage::summary).collect()
+        halves.sort_by_key(|half| key(half));
+        let (listed, more) = fill_page(halves.iter().map(|half| half.summary()));
+        let last = more.then(|| halves.get(listed.len().wrapping_sub(1)).map(|half| key(half))).flatten();
+        (listed, last)
     }
 }
 
@@ -954,15 +957,48 @@ mod tests {
     }
 
     #[test]
+    fn the_list_pages_under_the_answer_budget_and_the_cursor_resumes_it() {
+        let mut table = TransactionTable::default();
+        let long = "x".repeat(CLIENT_ID_BYTES_MAX - 8);
+        let total = 3000;
+        for index in 0..total {
+            table.stored(half(&format!("{long}-{index:05}"), 1000 + index));
+        }
+        // Every tenth one settled: listed after every pending one.
+        for index in (0..total).step_by(10) {
+            table.settle(&format!("{long}-{index:05}"), TransactionState::RolledBack, 0);
+        }
+        let (mut listed, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let (page, last) = table.list(false, after);
+            let body = crate::protocol::list_transactions_response(None, &page, Some(&[0; 64]));
+            assert!(body.len() <= crate::constants::RESPONSE_BYTES_MAX, "a page of {} bytes", body.len());
+            assert!(crate::protocol::verify::<fb::ListTransactionsResponse>(&body).is_ok(), "the reader's limits");
+            listed.extend(page.into_iter().map(|summary| (summary.state, summary.transaction_id)));
+            pages += 1;
+            match last {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        assert!(pages > 1, "{pages} page");
+        assert_eq!(listed.len(), total as usize, "each once");
+        let settled_from = listed.iter().position(|(state, _)| *state != fb::TransactionState::Pending);
+        assert_eq!(settled_from, Some(total as usize - 300), "pending ones first");
+        let unique: BTreeSet<_> = listed.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!(unique.len(), total as usize);
+    }
+
+    #[test]
     fn the_list_puts_pending_transactions_first() {
         let mut table = TransactionTable::default();
         table.stored(half("settled", 100));
         table.settle("settled", TransactionState::RolledBack, 0);
         table.stored(half("pending", 200));
-        let listed: Vec<_> = table.list(false).into_iter().map(|summary| summary.transaction_id).collect();
+        let listed: Vec<_> = table.list(false, None).0.into_iter().map(|summary| summary.transaction_id).collect();
         assert_eq!(listed, ["pending", "settled"]);
-        assert!(table.list(true).is_empty(), "nothing is discarded");
-        assert_eq!(table.list(false)[0].stored_at_ms, 5);
+        assert!(table.list(true, None).0.is_empty(), "nothing is discarded");
+        assert_eq!(table.list(false, None).0[0].stored_at_ms, 5);
     }
 
     #[test]
@@ -1023,7 +1059,7 @@ mod tests {
             assert_eq!(discarded.expect("discard").state, TransactionState::Discarded);
             let table = recover(&log, &topics, &[target]).await.expect("recovers");
             assert_eq!(table.get("c").expect("known").state, TransactionState::Discarded);
-            let listed: Vec<_> = table.list(true).into_iter().map(|summary| summary.transaction_id).collect();
+            let listed: Vec<_> = table.list(true, None).0.into_iter().map(|summary| summary.transaction_id).collect();
             assert_eq!(listed, ["c"]);
             log.close().await.expect("close");
         });
@@ -1118,7 +1154,7 @@ mod tests {
         assert!(matches!(table.begin_end("old", Outcome::Rollback), Ok(EndStep::Append { .. })));
         table.finish_end("old", Some(op(TransactionState::Discarded)));
         assert_eq!(code(table.begin_end("old", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
-        assert_eq!(table.list(true).len(), 1);
+        assert_eq!(table.list(true, None).0.len(), 1);
     }
 
     #[test]

@@ -79,6 +79,7 @@ on_every_backend!(
     a_reference_to_a_record_retention_deleted_reads_as_lost,
     retention_keeps_the_records_before_a_late_commit,
     a_reference_into_an_earlier_segment_is_stored_as_a_copy,
+    references_to_large_records_keep_a_read_within_its_bytes,
     an_oversized_record_is_refused,
     async_mode_acknowledges_after_the_write,
 );
@@ -257,6 +258,31 @@ async fn a_reference_to_a_record_retention_deleted_reads_as_lost<S: Storage>(sto
     log.close().await.expect("close");
     let log = CommitLog::open(storage, config).await.expect("reopen");
     assert_reference_lost(&log, &own).await;
+}
+
+/// Op records are small index entries pointing at large records: a read
+/// counts the records it returns, not the entries, stops before the one
+/// that would pass its byte cap (the first always goes) and says where to
+/// go on.
+async fn references_to_large_records_keep_a_read_within_its_bytes<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage, config).await.expect("open");
+    let large = vec![7u8; 20_000];
+    let stored = log.append(AppendRequest { flags: record::flags::HALF, ..request(1, &large) }).await.expect("half");
+    let size_bytes = (crate::constants::RECORD_HEADER_SIZE_BYTES + large.len()) as u32;
+    for offset in 0..10 {
+        let commit = AppendRequest {
+            flags: record::flags::COMMIT,
+            reference: Some((stored.position, size_bytes)),
+            ..request(5, b"commit")
+        };
+        assert_eq!(log.append(commit).await.expect("commit").queue_offset, Some(offset));
+    }
+    let batch = log.read(5, 0, 10, 50_000).await.expect("read");
+    assert_eq!(batch.records.len(), 2, "two records of 20 KB fit 50 KB, three do not");
+    assert!(batch.records.iter().map(|record| record.bytes.len()).sum::<usize>() <= 50_000);
+    assert_eq!(batch.next_offset, 2, "the read goes on at the first record left out");
+    let batch = log.read(5, 2, 10, 1).await.expect("read");
+    assert_eq!((batch.records.len(), batch.next_offset), (1, 3), "one record always goes");
 }
 
 /// A transaction committed long after its half: the commit's offset sits

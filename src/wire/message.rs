@@ -4,7 +4,11 @@
 //! producer's bytes and the few fields the broker routes by, read once.
 
 use super::generated::{Message, MessageArgs, MessageId, TransactionKind};
-use crate::constants::{MESSAGE_SIZE_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX};
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, MESSAGE_KEYS_MAX, MESSAGE_KEY_BYTES_MAX, MESSAGE_PROPERTIES_MAX,
+    MESSAGE_PROPERTY_NAME_BYTES_MAX, MESSAGE_SIZE_BYTES_MAX, MESSAGE_TAG_BYTES_MAX, NAME_BYTES_MAX,
+    TOPIC_NAME_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX,
+};
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, VerifierOptions};
 
@@ -16,6 +20,10 @@ pub enum WireError {
     InvalidMessage(String),
     #[error("message topic is empty")]
     EmptyTopic,
+    #[error("the message's {field} of {bytes} bytes is longer than the {max}-byte maximum")]
+    FieldTooLong { field: &'static str, bytes: usize, max: usize },
+    #[error("the message has {count} {field}, more than the {max} a message may have")]
+    TooMany { field: &'static str, count: usize, max: usize },
 }
 
 fn verifier_options() -> VerifierOptions {
@@ -70,6 +78,40 @@ pub fn verify_message(bytes: Bytes) -> Result<VerifiedMessage, WireError> {
         bytes: Bytes::new(),
     };
     Ok(VerifiedMessage { bytes, ..verified })
+}
+
+fn check_length(field: &'static str, text: Option<&str>, max: usize) -> Result<(), WireError> {
+    let bytes = text.map_or(0, str::len);
+    if bytes > max {
+        return Err(WireError::FieldTooLong { field, bytes, max });
+    }
+    Ok(())
+}
+
+fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), WireError> {
+    if count > max {
+        return Err(WireError::TooMany { field, count, max });
+    }
+    Ok(())
+}
+
+/// The caps on what a new message names, checked where the broker takes
+/// it in (a produce), not where anyone reads it: a message stored before a
+/// cap existed still reads.
+pub fn check_message_fields(message: &Message<'_>) -> Result<(), WireError> {
+    check_length("topic", Some(message.topic()), TOPIC_NAME_BYTES_MAX)?;
+    check_length("tag", message.tags(), MESSAGE_TAG_BYTES_MAX)?;
+    let keys = message.keys().into_iter().flatten();
+    check_count("keys", message.keys().map_or(0, |keys| keys.len()), MESSAGE_KEYS_MAX)?;
+    for key in keys {
+        check_length("key", Some(key), MESSAGE_KEY_BYTES_MAX)?;
+    }
+    check_count("properties", message.properties().map_or(0, |properties| properties.len()), MESSAGE_PROPERTIES_MAX)?;
+    for property in message.properties().into_iter().flatten() {
+        check_length("property name", Some(property.key()), MESSAGE_PROPERTY_NAME_BYTES_MAX)?;
+    }
+    check_length("producer group", message.producer_group(), NAME_BYTES_MAX)?;
+    check_length("transaction id", message.transaction_id(), CLIENT_ID_BYTES_MAX)
 }
 
 impl VerifiedMessage {
@@ -156,6 +198,34 @@ impl MessageDraft<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The caps a produce checks, on a message built with `draft`.
+    fn fields_of(draft: MessageDraft<'_>) -> Result<(), WireError> {
+        let verified = verify_message(Bytes::from(draft.build())).expect("a message");
+        check_message_fields(&verified.message())
+    }
+
+    #[test]
+    fn a_new_message_past_a_field_cap_is_refused_naming_the_field() {
+        let base = || MessageDraft { topic: "t", body: b"b", ..MessageDraft::default() };
+        assert!(fields_of(base()).is_ok());
+        let tag = "x".repeat(MESSAGE_TAG_BYTES_MAX);
+        assert!(fields_of(MessageDraft { tag: Some(&tag), ..base() }).is_ok(), "at the cap");
+        let tag = "x".repeat(MESSAGE_TAG_BYTES_MAX + 1);
+        let error = fields_of(MessageDraft { tag: Some(&tag), ..base() }).expect_err("a long tag");
+        assert_eq!(error.to_string(), "the message's tag of 256 bytes is longer than the 255-byte maximum");
+        let key = "k".repeat(MESSAGE_KEY_BYTES_MAX + 1);
+        let keys = [key.as_str()];
+        assert!(fields_of(MessageDraft { keys: &keys, ..base() }).is_err(), "a long key");
+        let many: Vec<&str> = vec!["k"; MESSAGE_KEYS_MAX + 1];
+        let error = fields_of(MessageDraft { keys: &many, ..base() }).expect_err("many keys");
+        assert!(matches!(error, WireError::TooMany { field: "keys", .. }), "{error}");
+        let name = "p".repeat(MESSAGE_PROPERTY_NAME_BYTES_MAX + 1);
+        let properties = [(name.as_str(), "v")];
+        assert!(fields_of(MessageDraft { properties: &properties, ..base() }).is_err(), "a long property name");
+        let topic = "t".repeat(TOPIC_NAME_BYTES_MAX + 1);
+        assert!(fields_of(MessageDraft { topic: &topic, ..base() }).is_err(), "a long topic");
+    }
 
     #[test]
     fn a_built_message_verifies_and_reads_back_unchanged() {

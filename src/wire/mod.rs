@@ -4,4 +4,4 @@
 pub mod generated;
 mod message;
 
-pub use message::{tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};
+pub use message::{check_message_fields, tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};

@@ -34,13 +34,13 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u16 = 20;
+        pub const ENUM_MAX_ERROR_CODE: u16 = 21;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 21] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
             ErrorCode::None,
             ErrorCode::BadFrame,
             ErrorCode::UnknownKind,
@@ -62,6 +62,7 @@ pub mod ringmq {
             ErrorCode::TooManyProducers,
             ErrorCode::UnknownTransaction,
             ErrorCode::TransactionConflict,
+            ErrorCode::LimitReached,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -96,9 +97,12 @@ pub mod ringmq {
             /// END_TRANSACTION asks for the opposite of the transaction's settled
             /// outcome (a rollback after a commit, or the reverse).
             pub const TransactionConflict: Self = Self(20);
+            /// A cap on what the broker holds is reached (topics, groups, members of
+            /// a group): the message names the cap and its setting.
+            pub const LimitReached: Self = Self(21);
 
             pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 20;
+            pub const ENUM_MAX: u16 = 21;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::None,
                 Self::BadFrame,
@@ -121,6 +125,7 @@ pub mod ringmq {
                 Self::TooManyProducers,
                 Self::UnknownTransaction,
                 Self::TransactionConflict,
+                Self::LimitReached,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -146,6 +151,7 @@ pub mod ringmq {
                     Self::TooManyProducers => Some("TooManyProducers"),
                     Self::UnknownTransaction => Some("UnknownTransaction"),
                     Self::TransactionConflict => Some("TransactionConflict"),
+                    Self::LimitReached => Some("LimitReached"),
                     _ => None,
                 }
             }
@@ -1455,6 +1461,7 @@ pub mod ringmq {
 
         impl<'a> MetadataRequest<'a> {
             pub const VT_TOPICS: flatbuffers::VOffsetT = 4;
+            pub const VT_AFTER: flatbuffers::VOffsetT = 6;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1466,6 +1473,9 @@ pub mod ringmq {
                 args: &'args MetadataRequestArgs<'args>,
             ) -> flatbuffers::WIPOffset<MetadataRequest<'bldr>> {
                 let mut builder = MetadataRequestBuilder::new(_fbb);
+                if let Some(x) = args.after {
+                    builder.add_after(x);
+                }
                 if let Some(x) = args.topics {
                     builder.add_topics(x);
                 }
@@ -1487,6 +1497,21 @@ pub mod ringmq {
                     >>(MetadataRequest::VT_TOPICS, None)
                 }
             }
+            /// Resume after this cursor (an earlier answer's `next`); absent: from
+            /// the first topic.
+            #[inline]
+            pub fn after(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            MetadataRequest::VT_AFTER,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for MetadataRequest<'_> {
@@ -1500,6 +1525,11 @@ pub mod ringmq {
                     .visit_field::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>,
                     >>("topics", Self::VT_TOPICS, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "after",
+                        Self::VT_AFTER,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -1510,11 +1540,15 @@ pub mod ringmq {
                     flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
                 >,
             >,
+            pub after: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for MetadataRequestArgs<'a> {
             #[inline]
             fn default() -> Self {
-                MetadataRequestArgs { topics: None }
+                MetadataRequestArgs {
+                    topics: None,
+                    after: None,
+                }
             }
         }
 
@@ -1533,6 +1567,16 @@ pub mod ringmq {
                 self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
                     MetadataRequest::VT_TOPICS,
                     topics,
+                );
+            }
+            #[inline]
+            pub fn add_after(
+                &mut self,
+                after: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    MetadataRequest::VT_AFTER,
+                    after,
                 );
             }
             #[inline]
@@ -1556,6 +1600,7 @@ pub mod ringmq {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 let mut ds = f.debug_struct("MetadataRequest");
                 ds.field("topics", &self.topics());
+                ds.field("after", &self.after());
                 ds.finish()
             }
         }
@@ -1580,6 +1625,7 @@ pub mod ringmq {
             pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
             pub const VT_SHARDS: flatbuffers::VOffsetT = 6;
             pub const VT_TOPICS: flatbuffers::VOffsetT = 8;
+            pub const VT_NEXT: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1591,6 +1637,9 @@ pub mod ringmq {
                 args: &'args MetadataResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<MetadataResponse<'bldr>> {
                 let mut builder = MetadataResponseBuilder::new(_fbb);
+                if let Some(x) = args.next {
+                    builder.add_next(x);
+                }
                 if let Some(x) = args.topics {
                     builder.add_topics(x);
                 }
@@ -1629,6 +1678,7 @@ pub mod ringmq {
                     >>(MetadataResponse::VT_SHARDS, None)
                 }
             }
+            /// In name order.
             #[inline]
             pub fn topics(
                 &self,
@@ -1641,6 +1691,20 @@ pub mod ringmq {
                     self._tab.get::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicInfo>>,
                     >>(MetadataResponse::VT_TOPICS, None)
+                }
+            }
+            /// More topics are left: ask again with `after` = this.
+            #[inline]
+            pub fn next(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            MetadataResponse::VT_NEXT,
+                            None,
+                        )
                 }
             }
         }
@@ -1664,6 +1728,11 @@ pub mod ringmq {
                     .visit_field::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicInfo>>,
                     >>("topics", Self::VT_TOPICS, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "next",
+                        Self::VT_NEXT,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -1680,6 +1749,7 @@ pub mod ringmq {
                     flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicInfo<'a>>>,
                 >,
             >,
+            pub next: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for MetadataResponseArgs<'a> {
             #[inline]
@@ -1688,6 +1758,7 @@ pub mod ringmq {
                     outcome: None,
                     shards: None,
                     topics: None,
+                    next: None,
                 }
             }
         }
@@ -1730,6 +1801,11 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_next(&mut self, next: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<_>>(MetadataResponse::VT_NEXT, next);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> MetadataResponseBuilder<'a, 'b> {
@@ -1752,6 +1828,7 @@ pub mod ringmq {
                 ds.field("outcome", &self.outcome());
                 ds.field("shards", &self.shards());
                 ds.field("topics", &self.topics());
+                ds.field("next", &self.next());
                 ds.finish()
             }
         }
@@ -5231,6 +5308,7 @@ pub mod ringmq {
 
         impl<'a> ListTransactionsRequest<'a> {
             pub const VT_DISCARDED: flatbuffers::VOffsetT = 4;
+            pub const VT_AFTER: flatbuffers::VOffsetT = 6;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -5239,9 +5317,12 @@ pub mod ringmq {
             #[allow(unused_mut)]
             pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
                 _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
-                args: &'args ListTransactionsRequestArgs,
+                args: &'args ListTransactionsRequestArgs<'args>,
             ) -> flatbuffers::WIPOffset<ListTransactionsRequest<'bldr>> {
                 let mut builder = ListTransactionsRequestBuilder::new(_fbb);
+                if let Some(x) = args.after {
+                    builder.add_after(x);
+                }
                 builder.add_discarded(args.discarded);
                 builder.finish()
             }
@@ -5258,6 +5339,20 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Resume after this cursor (an earlier answer's `next`).
+            #[inline]
+            pub fn after(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ListTransactionsRequest::VT_AFTER,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ListTransactionsRequest<'_> {
@@ -5269,17 +5364,26 @@ pub mod ringmq {
                 use self::flatbuffers::Verifiable;
                 v.visit_table(pos)?
                     .visit_field::<bool>("discarded", Self::VT_DISCARDED, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "after",
+                        Self::VT_AFTER,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
         }
-        pub struct ListTransactionsRequestArgs {
+        pub struct ListTransactionsRequestArgs<'a> {
             pub discarded: bool,
+            pub after: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
-        impl<'a> Default for ListTransactionsRequestArgs {
+        impl<'a> Default for ListTransactionsRequestArgs<'a> {
             #[inline]
             fn default() -> Self {
-                ListTransactionsRequestArgs { discarded: false }
+                ListTransactionsRequestArgs {
+                    discarded: false,
+                    after: None,
+                }
             }
         }
 
@@ -5294,6 +5398,16 @@ pub mod ringmq {
                     ListTransactionsRequest::VT_DISCARDED,
                     discarded,
                     false,
+                );
+            }
+            #[inline]
+            pub fn add_after(
+                &mut self,
+                after: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListTransactionsRequest::VT_AFTER,
+                    after,
                 );
             }
             #[inline]
@@ -5317,6 +5431,7 @@ pub mod ringmq {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 let mut ds = f.debug_struct("ListTransactionsRequest");
                 ds.field("discarded", &self.discarded());
+                ds.field("after", &self.after());
                 ds.finish()
             }
         }
@@ -5663,6 +5778,7 @@ pub mod ringmq {
         impl<'a> ListTransactionsResponse<'a> {
             pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
             pub const VT_TRANSACTIONS: flatbuffers::VOffsetT = 6;
+            pub const VT_NEXT: flatbuffers::VOffsetT = 8;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -5674,6 +5790,9 @@ pub mod ringmq {
                 args: &'args ListTransactionsResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ListTransactionsResponse<'bldr>> {
                 let mut builder = ListTransactionsResponseBuilder::new(_fbb);
+                if let Some(x) = args.next {
+                    builder.add_next(x);
+                }
                 if let Some(x) = args.transactions {
                     builder.add_transactions(x);
                 }
@@ -5695,6 +5814,7 @@ pub mod ringmq {
                     )
                 }
             }
+            /// Pending ones first, then in the order they were stored.
             #[inline]
             pub fn transactions(
                 &self,
@@ -5707,6 +5827,20 @@ pub mod ringmq {
                     self._tab.get::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TransactionInfo>>,
                     >>(ListTransactionsResponse::VT_TRANSACTIONS, None)
+                }
+            }
+            /// More transactions are left: ask again with `after` = this.
+            #[inline]
+            pub fn next(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ListTransactionsResponse::VT_NEXT,
+                            None,
+                        )
                 }
             }
         }
@@ -5727,6 +5861,11 @@ pub mod ringmq {
                     .visit_field::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TransactionInfo>>,
                     >>("transactions", Self::VT_TRANSACTIONS, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "next",
+                        Self::VT_NEXT,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -5738,6 +5877,7 @@ pub mod ringmq {
                     flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TransactionInfo<'a>>>,
                 >,
             >,
+            pub next: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for ListTransactionsResponseArgs<'a> {
             #[inline]
@@ -5745,6 +5885,7 @@ pub mod ringmq {
                 ListTransactionsResponseArgs {
                     outcome: None,
                     transactions: None,
+                    next: None,
                 }
             }
         }
@@ -5775,6 +5916,13 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_next(&mut self, next: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListTransactionsResponse::VT_NEXT,
+                    next,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ListTransactionsResponseBuilder<'a, 'b> {
@@ -5796,6 +5944,7 @@ pub mod ringmq {
                 let mut ds = f.debug_struct("ListTransactionsResponse");
                 ds.field("outcome", &self.outcome());
                 ds.field("transactions", &self.transactions());
+                ds.field("next", &self.next());
                 ds.finish()
             }
         }
@@ -7721,6 +7870,7 @@ pub mod ringmq {
 
         impl<'a> ListGroupsRequest<'a> {
             pub const VT_GROUP: flatbuffers::VOffsetT = 4;
+            pub const VT_AFTER: flatbuffers::VOffsetT = 6;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -7732,6 +7882,9 @@ pub mod ringmq {
                 args: &'args ListGroupsRequestArgs<'args>,
             ) -> flatbuffers::WIPOffset<ListGroupsRequest<'bldr>> {
                 let mut builder = ListGroupsRequestBuilder::new(_fbb);
+                if let Some(x) = args.after {
+                    builder.add_after(x);
+                }
                 if let Some(x) = args.group {
                     builder.add_group(x);
                 }
@@ -7751,6 +7904,20 @@ pub mod ringmq {
                     )
                 }
             }
+            /// Resume after this cursor (an earlier answer's `next`).
+            #[inline]
+            pub fn after(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ListGroupsRequest::VT_AFTER,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ListGroupsRequest<'_> {
@@ -7766,17 +7933,26 @@ pub mod ringmq {
                         Self::VT_GROUP,
                         false,
                     )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "after",
+                        Self::VT_AFTER,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
         }
         pub struct ListGroupsRequestArgs<'a> {
             pub group: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub after: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for ListGroupsRequestArgs<'a> {
             #[inline]
             fn default() -> Self {
-                ListGroupsRequestArgs { group: None }
+                ListGroupsRequestArgs {
+                    group: None,
+                    after: None,
+                }
             }
         }
 
@@ -7790,6 +7966,16 @@ pub mod ringmq {
                 self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
                     ListGroupsRequest::VT_GROUP,
                     group,
+                );
+            }
+            #[inline]
+            pub fn add_after(
+                &mut self,
+                after: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListGroupsRequest::VT_AFTER,
+                    after,
                 );
             }
             #[inline]
@@ -7813,6 +7999,7 @@ pub mod ringmq {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 let mut ds = f.debug_struct("ListGroupsRequest");
                 ds.field("group", &self.group());
+                ds.field("after", &self.after());
                 ds.finish()
             }
         }
@@ -8193,6 +8380,7 @@ pub mod ringmq {
             pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
             pub const VT_GROUPS: flatbuffers::VOffsetT = 6;
             pub const VT_TRUNCATED: flatbuffers::VOffsetT = 8;
+            pub const VT_NEXT: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -8204,6 +8392,9 @@ pub mod ringmq {
                 args: &'args ListGroupsResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ListGroupsResponse<'bldr>> {
                 let mut builder = ListGroupsResponseBuilder::new(_fbb);
+                if let Some(x) = args.next {
+                    builder.add_next(x);
+                }
                 if let Some(x) = args.groups {
                     builder.add_groups(x);
                 }
@@ -8240,7 +8431,8 @@ pub mod ringmq {
                     >>(ListGroupsResponse::VT_GROUPS, None)
                 }
             }
-            /// More groups than one answer carries: the list is cut.
+            /// More groups than one answer carries: the list is cut (`next` says
+            /// where it goes on).
             #[inline]
             pub fn truncated(&self) -> bool {
                 // Safety:
@@ -8250,6 +8442,20 @@ pub mod ringmq {
                     self._tab
                         .get::<bool>(ListGroupsResponse::VT_TRUNCATED, Some(false))
                         .unwrap()
+                }
+            }
+            /// More groups are left: ask again with `after` = this.
+            #[inline]
+            pub fn next(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ListGroupsResponse::VT_NEXT,
+                            None,
+                        )
                 }
             }
         }
@@ -8271,6 +8477,11 @@ pub mod ringmq {
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<GroupInfo>>,
                     >>("groups", Self::VT_GROUPS, false)?
                     .visit_field::<bool>("truncated", Self::VT_TRUNCATED, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "next",
+                        Self::VT_NEXT,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -8283,6 +8494,7 @@ pub mod ringmq {
                 >,
             >,
             pub truncated: bool,
+            pub next: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for ListGroupsResponseArgs<'a> {
             #[inline]
@@ -8291,6 +8503,7 @@ pub mod ringmq {
                     outcome: None,
                     groups: None,
                     truncated: false,
+                    next: None,
                 }
             }
         }
@@ -8326,6 +8539,13 @@ pub mod ringmq {
                     .push_slot::<bool>(ListGroupsResponse::VT_TRUNCATED, truncated, false);
             }
             #[inline]
+            pub fn add_next(&mut self, next: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ListGroupsResponse::VT_NEXT,
+                    next,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ListGroupsResponseBuilder<'a, 'b> {
@@ -8348,6 +8568,7 @@ pub mod ringmq {
                 ds.field("outcome", &self.outcome());
                 ds.field("groups", &self.groups());
                 ds.field("truncated", &self.truncated());
+                ds.field("next", &self.next());
                 ds.finish()
             }
         }
@@ -8374,6 +8595,7 @@ pub mod ringmq {
         impl<'a> GroupOffsetsRequest<'a> {
             pub const VT_GROUP: flatbuffers::VOffsetT = 4;
             pub const VT_TOPICS: flatbuffers::VOffsetT = 6;
+            pub const VT_AFTER: flatbuffers::VOffsetT = 8;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -8385,6 +8607,9 @@ pub mod ringmq {
                 args: &'args GroupOffsetsRequestArgs<'args>,
             ) -> flatbuffers::WIPOffset<GroupOffsetsRequest<'bldr>> {
                 let mut builder = GroupOffsetsRequestBuilder::new(_fbb);
+                if let Some(x) = args.after {
+                    builder.add_after(x);
+                }
                 if let Some(x) = args.topics {
                     builder.add_topics(x);
                 }
@@ -8422,6 +8647,20 @@ pub mod ringmq {
                     >>(GroupOffsetsRequest::VT_TOPICS, None)
                 }
             }
+            /// Resume after this cursor (an earlier answer's `next`).
+            #[inline]
+            pub fn after(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            GroupOffsetsRequest::VT_AFTER,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for GroupOffsetsRequest<'_> {
@@ -8440,6 +8679,11 @@ pub mod ringmq {
                     .visit_field::<flatbuffers::ForwardsUOffset<
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>,
                     >>("topics", Self::VT_TOPICS, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "after",
+                        Self::VT_AFTER,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -8451,6 +8695,7 @@ pub mod ringmq {
                     flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
                 >,
             >,
+            pub after: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for GroupOffsetsRequestArgs<'a> {
             #[inline]
@@ -8458,6 +8703,7 @@ pub mod ringmq {
                 GroupOffsetsRequestArgs {
                     group: None, // required field
                     topics: None,
+                    after: None,
                 }
             }
         }
@@ -8487,6 +8733,16 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_after(
+                &mut self,
+                after: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupOffsetsRequest::VT_AFTER,
+                    after,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> GroupOffsetsRequestBuilder<'a, 'b> {
@@ -8510,6 +8766,7 @@ pub mod ringmq {
                 let mut ds = f.debug_struct("GroupOffsetsRequest");
                 ds.field("group", &self.group());
                 ds.field("topics", &self.topics());
+                ds.field("after", &self.after());
                 ds.finish()
             }
         }
@@ -8732,6 +8989,7 @@ pub mod ringmq {
             pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
             pub const VT_QUEUES: flatbuffers::VOffsetT = 6;
             pub const VT_TRUNCATED: flatbuffers::VOffsetT = 8;
+            pub const VT_NEXT: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -8743,6 +9001,9 @@ pub mod ringmq {
                 args: &'args GroupOffsetsResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<GroupOffsetsResponse<'bldr>> {
                 let mut builder = GroupOffsetsResponseBuilder::new(_fbb);
+                if let Some(x) = args.next {
+                    builder.add_next(x);
+                }
                 if let Some(x) = args.queues {
                     builder.add_queues(x);
                 }
@@ -8765,6 +9026,7 @@ pub mod ringmq {
                     )
                 }
             }
+            /// In topic and queue order.
             #[inline]
             pub fn queues(
                 &self,
@@ -8779,6 +9041,7 @@ pub mod ringmq {
                     >>(GroupOffsetsResponse::VT_QUEUES, None)
                 }
             }
+            /// The list is cut (`next` says where it goes on).
             #[inline]
             pub fn truncated(&self) -> bool {
                 // Safety:
@@ -8788,6 +9051,20 @@ pub mod ringmq {
                     self._tab
                         .get::<bool>(GroupOffsetsResponse::VT_TRUNCATED, Some(false))
                         .unwrap()
+                }
+            }
+            /// More queues are left: ask again with `after` = this.
+            #[inline]
+            pub fn next(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            GroupOffsetsResponse::VT_NEXT,
+                            None,
+                        )
                 }
             }
         }
@@ -8809,6 +9086,11 @@ pub mod ringmq {
                         flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<QueueOffsets>>,
                     >>("queues", Self::VT_QUEUES, false)?
                     .visit_field::<bool>("truncated", Self::VT_TRUNCATED, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "next",
+                        Self::VT_NEXT,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -8821,6 +9103,7 @@ pub mod ringmq {
                 >,
             >,
             pub truncated: bool,
+            pub next: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for GroupOffsetsResponseArgs<'a> {
             #[inline]
@@ -8829,6 +9112,7 @@ pub mod ringmq {
                     outcome: None,
                     queues: None,
                     truncated: false,
+                    next: None,
                 }
             }
         }
@@ -8864,6 +9148,13 @@ pub mod ringmq {
                     .push_slot::<bool>(GroupOffsetsResponse::VT_TRUNCATED, truncated, false);
             }
             #[inline]
+            pub fn add_next(&mut self, next: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    GroupOffsetsResponse::VT_NEXT,
+                    next,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> GroupOffsetsResponseBuilder<'a, 'b> {
@@ -8886,6 +9177,7 @@ pub mod ringmq {
                 ds.field("outcome", &self.outcome());
                 ds.field("queues", &self.queues());
                 ds.field("truncated", &self.truncated());
+                ds.field("next", &self.next());
                 ds.finish()
             }
         }
