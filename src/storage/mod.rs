@@ -21,6 +21,7 @@ mod group_commit;
 mod index;
 mod index_cache;
 mod index_lookup;
+mod index_rebuild;
 mod log;
 mod read;
 pub mod record;

@@ -8,6 +8,7 @@ use super::backend::{Storage, StorageFile, ZeroFillPace};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::group_commit::FillBuffer;
 use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
+use super::index_rebuild::{IndexFiles, IndexSpill};
 use super::log::LogState;
 use super::record::{self, Decoded, RecordHeader, BATCH_MARKER_SIZE_BYTES};
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
@@ -91,6 +92,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
             Ok((queues, files)) => (queues, files, checkpoint.position.max(first_start)),
             Err(error) => {
                 tracing::warn!(%error, "index files do not match the checkpoint; rebuilding from the whole log");
+                // The rebuild rewrites the index files before a checkpoint
+                // names them: a crash meanwhile must rebuild again.
+                forget_checkpoint(storage, config).await?;
                 (Queues::new(), BTreeMap::new(), first_start)
             }
         },
@@ -104,7 +108,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
     // A queue the scan meets first starts at offset 0, unless retention
     // deleted segments the scan would have started in.
     let late_starts = scan_start == first_start && first_start > 0;
-    let end = scan(&segments, scan_start, &mut queues, late_starts).await?;
+    let mut spill = IndexSpill::new(storage, &index_dir, index_files, config.index_unwritten_entries_wake);
+    let end = scan(&segments, scan_start, &mut queues, late_starts, &mut spill).await?;
+    let index_files = spill.files;
     let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
     let tail = tail::examine(&segments, &end, checkpoint_position, config.look_ahead_zero_run_bytes()).await?;
     let next_segment = settle_tail(config, &mut segments, &end, &tail).await?;
@@ -190,8 +196,6 @@ pub(super) async fn load_checkpoint<S: Storage>(storage: &S, config: &LogConfig)
         }
     }
 }
-
-type IndexFiles<F> = BTreeMap<u32, IndexFile<F>>;
 
 async fn load_indexes<S: Storage>(
     storage: &S,
@@ -315,12 +319,13 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
     }
 }
 
-async fn scan<F: StorageFile>(
-    segments: &Segments<F>,
+async fn scan<S: Storage>(
+    segments: &Segments<S::File>,
     start: u64,
     queues: &mut Queues,
     late_starts: bool,
-) -> Result<ScanEnd<F>, LogError> {
+    spill: &mut IndexSpill<'_, S>,
+) -> Result<ScanEnd<S::File>, LogError> {
     let Some(mut segment) = segments.range(..=start).next_back().map(|(_, segment)| segment.clone()) else {
         return Err(LogError::Corrupt {
             path: Default::default(),
@@ -348,8 +353,10 @@ async fn scan<F: StorageFile>(
                     }
                     // A valid record that does not continue its queue is
                     // damage (a misdirected block), judged like any other.
-                    if let Err(why) = index_record(queues, &segment, &header, segment.start + offset, late_starts) {
-                        break Some(why);
+                    match index_record(queues, &segment, &header, segment.start + offset, late_starts) {
+                        Err(why) => break Some(why),
+                        Ok(true) => spill.entry_added(queues).await?,
+                        Ok(false) => {}
                     }
                     offset += header.padded_size() as u64;
                     end = segment.start + offset;
@@ -406,11 +413,11 @@ fn index_record<F>(
     header: &RecordHeader,
     position: u64,
     late_starts: bool,
-) -> Result<(), &'static str> {
+) -> Result<bool, &'static str> {
     let timestamp = segment.last_store_timestamp_us.get().max(header.store_timestamp_us);
     segment.last_store_timestamp_us.set(timestamp);
     if !header.is_indexed() {
-        return Ok(());
+        return Ok(false);
     }
     if !queues.contains_key(&header.queue_id) && header.queue_offset != 0 && !late_starts {
         return Err("a queue's first record does not have offset 0");
@@ -432,7 +439,7 @@ fn index_record<F>(
         store_timestamp_us: header.store_timestamp_us,
     };
     queue.push(entry, position + header.padded_size() as u64);
-    Ok(())
+    Ok(true)
 }
 
 /// Refuses corruption (unless overridden) and zeroes what lies after the
