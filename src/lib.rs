@@ -13,9 +13,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cli;
-pub mod client;
-pub mod constants;
-pub mod protocol;
 pub mod server;
 pub mod storage;
-pub mod wire;
+
+// The wire format and the client live in `ringmq-client` (`client/`), which
+// applications use without the broker; the old paths stay.
+pub use ringmq_client::{client, constants, protocol, wire};

@@ -23,7 +23,7 @@ mod index_cache;
 mod index_lookup;
 mod log;
 mod read;
-pub mod record;
+pub use crate::wire::record;
 mod recovery;
 mod repair;
 mod retention;
