@@ -18,4 +18,4 @@ pub mod storage;
 
 // The wire format and the client live in `ringmq-client` (`client/`), which
 // applications use without the broker; the old paths stay.
-pub use ringmq_client::{client, constants, protocol, wire};
+pub use ringmq_client::{client, constants, framed, protocol, wire};

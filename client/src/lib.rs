@@ -9,12 +9,15 @@
 //! - [`wire`]: the flatbuffers schemas' code, message verification and the
 //!   record header a fetch answer carries.
 //! - [`protocol`]: frames, request kinds, body verification and builders.
+//! - [`framed`]: frames read and written on a stream, with timeouts, for
+//!   every end of a connection (the broker's too).
 //! - [`client`]: connections, producers, consumers, the outbox.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod client;
 pub mod constants;
+pub mod framed;
 pub mod protocol;
 pub mod wire;
 
