@@ -32,12 +32,13 @@ mod stats;
 mod tail;
 mod watermark;
 
+pub use crate::now_us;
 pub use checkpoint::Checkpoint;
 pub use config::{FlushMode, LogConfig, Retention};
 pub use error::LogError;
 pub use index::IndexEntry;
 pub use index_cache::IndexCacheStats;
-pub use log::{now_us, AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
+pub use log::{AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
 pub use read::{OpRecordRead, ReadBatch, StoredRecord};
 pub use repair::{repair, RepairedRange};
 pub use stats::{latency_histogram_us, LogStats};
