@@ -18,12 +18,13 @@ use super::segment::{create_segment_classified, Segment, SegmentCreation};
 use super::stats::LogStats;
 use super::watermark::{Signal, Watermark};
 use super::{recovery, FlushMode, LogConfig, LogError};
+// Store timestamps: the clock producers stamp messages with.
+pub(super) use crate::now_us;
 use glommio::Task;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One record to append.
 #[derive(Clone, Copy, Debug, Default)]
@@ -159,10 +160,6 @@ pub struct LogShared<S: Storage> {
 pub struct CommitLog<S: Storage> {
     shared: Rc<LogShared<S>>,
     tasks: RefCell<Vec<Task<()>>>,
-}
-
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_micros() as u64).unwrap_or(0)
 }
 
 impl<S: Storage> CommitLog<S> {

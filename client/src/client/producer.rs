@@ -10,8 +10,8 @@
 use super::sequencer::{new_producer_id, Sequencer, Stamp};
 use super::{expect_kind, Client, ClientError, Pending};
 use crate::constants::PRODUCE_MESSAGES_MAX;
+use crate::now_us;
 use crate::protocol::{self, fb, verify, Kind, SendOutcome};
-use crate::storage::now_us;
 use crate::wire::{verify_message, MessageDraft};
 use bytes::Bytes;
 use std::collections::VecDeque;

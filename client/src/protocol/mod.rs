@@ -8,6 +8,7 @@
 
 mod admin;
 mod build;
+mod codec;
 mod frame;
 mod kind;
 pub mod page;
@@ -15,6 +16,7 @@ mod routing;
 
 pub use admin::*;
 pub use build::*;
+pub use codec::{DecoderLimits, FrameBatch, FrameDecoder, OutgoingFrame, Truncated, WRITE_COALESCE_BYTES};
 pub use frame::{
     decode_frame, encode_frame, frame_bytes_missing, frame_header, read_room, release_excess, Frame, FrameError,
     FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,

@@ -7,11 +7,11 @@
 //! times out closes the connection, which is then replaced, never reused
 //! with a late answer on its way.
 
+use super::connection::read_failure;
 use super::{expect_kind, ClientError};
-use crate::constants::FRAME_BODY_BYTES_MAX;
-use crate::protocol::{decode_frame, encode_frame, Frame, Kind};
-use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::framed::glommio_io::{self, AsyncFrameReader};
+use crate::protocol::{encode_frame, DecoderLimits, Frame, Kind};
+use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -25,11 +25,7 @@ const OUTBOX_FRAMES_MAX: usize = 1024;
 
 /// `future`, or `Timeout` after `limit`.
 async fn within<T>(limit: Duration, future: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
-    futures_lite::future::or(future, async {
-        glommio::timer::sleep(limit).await;
-        Err(ClientError::Timeout { after: limit })
-    })
-    .await
+    glommio_io::within(limit, future).await.unwrap_or(Err(ClientError::Timeout { after: limit }))
 }
 
 type Waiters = Rc<RefCell<HashMap<u32, LocalSender<Result<Frame, ClientError>>>>>;
@@ -58,6 +54,7 @@ impl AsyncConnection {
         let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
         let closed = Rc::new(Cell::new(false));
         let writer_task = glommio::spawn_local(write_frames(writer, frames, closed.clone(), timeout));
+        let reader = AsyncFrameReader::new(reader, DecoderLimits::answers());
         let reader_task =
             glommio::spawn_local(read_frames(reader, waiters.clone(), closed.clone(), address.to_string()));
         Ok(Rc::new(Self {
@@ -124,50 +121,28 @@ async fn write_frames(
     closed: Rc<Cell<bool>>,
     timeout: Duration,
 ) {
-    let mut pending = Vec::new();
-    while let Some(frame) = frames.recv().await {
-        pending.extend_from_slice(&frame);
-        while let Some(Some(frame)) = futures_lite::future::poll_once(frames.recv()).await {
-            pending.extend_from_slice(&frame);
-            if pending.len() > 1 << 20 {
-                break;
-            }
-        }
-        let writing =
-            async { writer.write_all(&pending).await.map_err(|error| ClientError::Protocol(error.to_string())) };
-        if within(timeout, writing).await.is_err() {
-            closed.set(true);
-            return;
-        }
-        pending.clear();
+    // Closed (`close` drops this task): the broker sees the end and the
+    // reader's answers stop. Failed: requests find the connection closed.
+    if glommio_io::write_frames(&mut writer, &frames, timeout).await.is_err() {
+        closed.set(true);
     }
-    // Closed: the broker sees the end and the reader's answers stop.
-    let _ = writer.close().await;
 }
 
 async fn read_frames(
-    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    mut reader: AsyncFrameReader<futures_lite::io::ReadHalf<TcpStream>>,
     waiters: Waiters,
     closed: Rc<Cell<bool>>,
     address: String,
 ) {
-    let mut buffer = BytesMut::with_capacity(256 * 1024);
-    let mut chunk = vec![0; 256 * 1024];
     let error = loop {
-        match decode_frame(&mut buffer, FRAME_BODY_BYTES_MAX * 2) {
+        match reader.next_frame().await {
             Ok(Some(frame)) => {
                 if let Some(waiter) = waiters.borrow_mut().remove(&frame.request_id) {
                     let _ = waiter.try_send(Ok(frame));
                 }
-                continue;
             }
-            Ok(None) => {}
-            Err(error) => break ClientError::Protocol(error.to_string()),
-        }
-        match reader.read(&mut chunk).await {
-            Ok(0) => break ClientError::Closed { address: address.clone() },
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-            Err(error) => break ClientError::Io { address: address.clone(), error: error.to_string() },
+            Ok(None) => break ClientError::Closed { address: address.clone() },
+            Err(error) => break read_failure(&address, error),
         }
     };
     closed.set(true);

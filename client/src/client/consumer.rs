@@ -6,7 +6,7 @@
 use super::{expect_kind, Client, ClientError, Connection};
 use crate::constants::RECORD_HEADER_SIZE_BYTES;
 use crate::protocol::{self, fb, verify, Assignment, FetchParams, Frame, Kind};
-use crate::storage::record::{self, Decoded};
+use crate::wire::record::{self, Decoded};
 use crate::wire::{verify_message, VerifiedMessage};
 use bytes::Bytes;
 use std::collections::BTreeMap;

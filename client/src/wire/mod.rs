@@ -3,5 +3,6 @@
 
 pub mod generated;
 mod message;
+pub mod record;
 
 pub use message::{check_message_fields, tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};

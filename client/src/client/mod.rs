@@ -1,5 +1,5 @@
 //! The Rust client: blocking handles usable from any thread, without an
-//! async runtime, and `AsyncConnection` for code inside a glommio executor. It fetches metadata from any shard, keeps one connection
+//! async runtime, and `AsyncConnection` (feature `glommio`) for code inside a glommio executor. It fetches metadata from any shard, keeps one connection
 //! per shard it needs, sends every request straight to the owning shard and
 //! refreshes metadata when told `NotOwner`. `IdempotentConsumer` applies
 //! each message's effect once across redeliveries, through a `DedupStore`
@@ -9,6 +9,7 @@
 //! sends half messages and answers the broker's check-backs.
 
 pub mod admin;
+#[cfg(feature = "glommio")]
 mod async_connection;
 mod batching;
 mod connection;
@@ -25,6 +26,7 @@ mod sequencer;
 mod sqlite_dedup;
 mod transaction_producer;
 
+#[cfg(feature = "glommio")]
 pub use async_connection::AsyncConnection;
 pub use batching::{AsyncProducer, BatchOptions, Completion, OwnedMessage};
 pub use connection::{BrokerRequests, Connection, Pending};

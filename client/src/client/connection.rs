@@ -7,11 +7,9 @@
 //! `BrokerRequests` handler, and `answer` replies to it.
 
 use super::ClientError;
-use crate::constants::FRAME_BODY_BYTES_MAX;
-use crate::protocol::{decode_frame, encode_frame, Frame, BROKER_REQUEST_BIT};
-use bytes::BytesMut;
+use crate::framed::{write_frame, FrameReader, ReadError};
+use crate::protocol::{DecoderLimits, Frame, BROKER_REQUEST_BIT};
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -145,12 +143,7 @@ impl Connection {
             }
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        let frame = encode_frame(kind, request_id, body);
-        if let Err(error) = lock(&self.writer).write_all(&frame) {
-            let error = ClientError::Io { address: self.address.clone(), error: error.to_string() };
-            self.shared.fail_all(&error);
-            return Err(error);
-        }
+        self.write(kind, request_id, body)?;
         Ok(request_id)
     }
 
@@ -179,8 +172,12 @@ impl Connection {
         if self.is_closed() {
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        let frame = encode_frame(kind, request_id, body);
-        if let Err(error) = lock(&self.writer).write_all(&frame) {
+        self.write(kind, request_id, body)
+    }
+
+    /// A frame out; a failed write gives the connection up.
+    fn write(&self, kind: u16, request_id: u32, body: &[u8]) -> Result<(), ClientError> {
+        if let Err(error) = write_frame(&mut *lock(&self.writer), kind, request_id, body) {
             let error = ClientError::Io { address: self.address.clone(), error: error.to_string() };
             self.shared.fail_all(&error);
             return Err(error);
@@ -200,18 +197,16 @@ impl Drop for Connection {
     }
 }
 
-fn read_responses(mut stream: TcpStream, shared: &Shared) {
+fn read_responses(stream: TcpStream, shared: &Shared) {
     let address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0; 64 * 1024];
+    let mut frames = FrameReader::new(stream, DecoderLimits::answers());
     let error = loop {
-        match decode_frame(&mut buffer, FRAME_BODY_BYTES_MAX * 2) {
+        match frames.next_frame() {
             Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => {
                 let handler = lock(&shared.broker_requests).clone();
                 if let Some(handler) = handler {
                     handler(frame);
                 }
-                continue;
             }
             Ok(Some(frame)) => {
                 // Not under the lock: a callback may send again.
@@ -219,16 +214,19 @@ fn read_responses(mut stream: TcpStream, shared: &Shared) {
                 if let Some(deliver) = deliver {
                     deliver(Ok(frame));
                 }
-                continue;
             }
-            Ok(None) => {}
-            Err(error) => break ClientError::Protocol(format!("bad frame from {address}: {error}")),
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => break ClientError::Closed { address: address.clone() },
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-            Err(error) => break ClientError::Io { address: address.clone(), error: error.to_string() },
+            Ok(None) => break ClientError::Closed { address: address.clone() },
+            Err(error) => break read_failure(&address, error),
         }
     };
     shared.fail_all(&error);
+}
+
+/// What a reader that cannot go on tells those waiting for answers.
+pub(super) fn read_failure(address: &str, error: ReadError) -> ClientError {
+    match error {
+        ReadError::Io(error) => ClientError::Io { address: address.to_string(), error: error.to_string() },
+        ReadError::BadFrame(error) => ClientError::Protocol(format!("bad frame from {address}: {error}")),
+        ReadError::Truncated(_) => ClientError::Closed { address: address.to_string() },
+    }
 }
