@@ -4,4 +4,4 @@
 pub mod generated;
 mod message;
 
-pub use message::{tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};
+pub use message::{key_hash, stored_key_hashes, tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};
