@@ -20,7 +20,8 @@
 //! earlier one; the last block's `through` says how far the file goes.
 //! Only the last block is ever rewritten (to add entries or move `through`).
 //! A file that fails a check is never trusted: it is rebuilt from its
-//! segment's records (`key_lookup`).
+//! segment's records (`key_lookup`), except that a torn last block after a
+//! full valid one is cut off (what a crash in the middle of a write leaves).
 
 use super::aligned::AlignedBuf;
 use super::backend::{Storage, StorageFile};
@@ -225,8 +226,19 @@ impl<F: StorageFile> KeyFile<F> {
         if size % BLOCK_SIZE_BYTES as u64 != 0 {
             return Ok(Opened::Missing("not whole blocks (a torn write)"));
         }
-        let blocks = size / BLOCK_SIZE_BYTES as u64;
-        let last = read_block(&file, &path, segment_start, blocks - 1).await?;
+        let mut blocks = size / BLOCK_SIZE_BYTES as u64;
+        let mut last = read_block(&file, &path, segment_start, blocks - 1).await?;
+        if last.is_none() && blocks > 1 {
+            // Only the last write can be torn, and it starts at most one
+            // block earlier (the rewritten last block): a valid block before
+            // it is a shorter file that recovery catches up from its `through`.
+            let before = read_block(&file, &path, segment_start, blocks - 2).await?;
+            if before.as_ref().is_some_and(|block| block.entries.len() == KEY_BLOCK_ENTRIES) {
+                tracing::warn!(path = %path.display(), "the last block of a key file is torn; it is written again");
+                blocks -= 1;
+                last = before;
+            }
+        }
         let Some(last) = last else { return Ok(Opened::Missing("its last block fails its checksum")) };
         if last.through < segment_start || last.through > bound {
             return Ok(Opened::Missing("it covers more than the recovered log"));
@@ -396,12 +408,31 @@ mod tests {
                 "a file covering more than the log is not trusted"
             );
             storage.flip_bit(&path, 2 * BLOCK_SIZE_BYTES as u64 + 40, 3).expect("flip");
-            assert!(
-                matches!(KeyFile::open(&storage, path.clone(), 0, u64::MAX).await, Ok(Opened::Missing(_))),
-                "a damaged last block is not trusted"
-            );
             let blocks = reopened.read_blocks(0, 3).await.expect("read");
             assert!(blocks[0].is_some() && blocks[2].is_none(), "reads check every block");
+            // A torn last block after a full one: the file ends before it.
+            let Opened::Valid(mut shorter) = KeyFile::open(&storage, path.clone(), 0, u64::MAX).await.expect("open")
+            else {
+                panic!("a file with a torn last block after a full one was not kept")
+            };
+            assert_eq!((shorter.blocks(), shorter.through()), (2, all[254].position));
+            shorter.append(&all[254..], 300 * 104).await.expect("written again");
+            shorter.sync().await.expect("sync");
+            let read: Vec<KeyEntry> = shorter
+                .read_blocks(0, 3)
+                .await
+                .expect("read")
+                .into_iter()
+                .flat_map(|block| block.expect("a valid block").entries)
+                .collect();
+            assert_eq!(read, all);
+            // A damaged last block after one that is not full: not trusted.
+            storage.flip_bit(&path, 2 * BLOCK_SIZE_BYTES as u64 + 40, 3).expect("flip");
+            storage.flip_bit(&path, BLOCK_SIZE_BYTES as u64 + 40, 3).expect("flip");
+            assert!(
+                matches!(KeyFile::open(&storage, path.clone(), 0, u64::MAX).await, Ok(Opened::Missing(_))),
+                "a damaged file is not trusted"
+            );
         });
     }
 }

@@ -198,6 +198,13 @@ impl MessageDraft<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_hash_never_changes_and_separates_topic_from_key() {
+        // Key files on disk hold these hashes: a new value is a format change.
+        assert_eq!(key_hash("orders", "order-17"), 0x5464_a42c_5cd1_2c7a);
+        assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
+    }
+
     use super::*;
 
     #[test]
