@@ -18,7 +18,7 @@ use super::segment::Segment;
 use super::tail::Segments;
 use super::{LogConfig, LogError, KEYS_DIR};
 use crate::constants::{
-    BLOCK_SIZE_BYTES, KEY_FILE_THROUGH_STEP_BYTES, KEY_QUERY_BLOCKS_MAX, KEY_QUERY_READ_BLOCKS,
+    BLOCK_SIZE_BYTES, KEY_FILE_THROUGH_STEP_BYTES, KEY_QUERY_BLOCKS_MAX, KEY_QUERY_READ_BLOCKS, RECORD_ALIGNMENT_BYTES,
     RECORD_HEADER_SIZE_BYTES,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,9 +63,19 @@ pub async fn catch_up<F: StorageFile>(
                 }
                 offset += header.padded_size() as u64;
             }
-            // Below the recovered end anything else is the zero padding that
-            // ends a write: the next write starts on the next block.
-            _ => offset = (offset / block + 1) * block,
+            // Zeros to the next block: the padding that ends a write (the
+            // next write starts on a fresh block).
+            Decoded::Zero => {
+                let boundary = (offset / block + 1) * block;
+                let rest = reader.bytes(offset, (boundary - offset) as usize).await?;
+                let padding = rest.iter().all(|byte| *byte == 0);
+                offset = if padding { boundary } else { offset + RECORD_ALIGNMENT_BYTES as u64 };
+            }
+            // Damage (a record the checkpoint vouched for and a disk lost
+            // since, which reads then report): records start on 8-byte
+            // boundaries and carry a magic and a CRC, so step until the
+            // next one rather than lose the rest of the block or more.
+            Decoded::Invalid(_) => offset += RECORD_ALIGNMENT_BYTES as u64,
         }
         if batch.len() >= REBUILD_BATCH_ENTRIES {
             file.append(&batch, segment.start + offset.min(end)).await?;
