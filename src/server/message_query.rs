@@ -12,8 +12,11 @@ use crate::protocol::{self, fb, verify, Kind};
 use crate::wire::{key_hash, verify_message};
 use bytes::Bytes;
 
-/// Key-index entries one search round hands over.
-const CANDIDATES_PER_ROUND: usize = 64;
+/// Key-index entries one search round hands over: enough for the largest
+/// answer and the entry that says more match, so that only collisions or
+/// records retention took make a second round (which reads the key files
+/// again from the newest block down to where the first stopped).
+const CANDIDATES_PER_ROUND: usize = QUERY_MESSAGES_MAX as usize + 1;
 
 /// Records one query reads at most (matches and collisions alike); past it
 /// the answer says `truncated`.

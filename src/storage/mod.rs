@@ -23,6 +23,7 @@ mod index;
 mod index_cache;
 mod index_lookup;
 mod key_lookup;
+mod key_search;
 mod keys;
 mod log;
 mod read;
@@ -40,7 +41,7 @@ pub use config::{FlushMode, LogConfig, Retention};
 pub use error::LogError;
 pub use index::IndexEntry;
 pub use index_cache::IndexCacheStats;
-pub use key_lookup::KeyCandidates;
+pub use key_search::KeyCandidates;
 pub use keys::{KeyEntry, KeyHasher};
 pub use log::{now_us, AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
 pub use read::{OpRecordRead, ReadBatch, StoredRecord};
@@ -101,7 +102,7 @@ impl<S: backend::Storage> CommitLog<S> {
         before: u64,
         limit: usize,
     ) -> Result<KeyCandidates, LogError> {
-        key_lookup::search(self.shared(), key_hash, since_us, before, limit).await
+        key_search::search(self.shared(), key_hash, since_us, before, limit).await
     }
 
     /// The segment files of the log (the prepared next one included) and

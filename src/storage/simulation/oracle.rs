@@ -287,7 +287,10 @@ impl Oracle {
         match log.read(queue_id, offset, 1, 1 << 20).await {
             Ok(batch) => match batch.records.first() {
                 Some(stored) if stored.message() == body(self.seed, record.id, record.length) => {
-                    self.judge_key(log, queue_id, offset, record).await;
+                    // Where the log keeps it now: after the operator's
+                    // truncation that may be a misdirected copy's place.
+                    let position = stored.position;
+                    self.judge_key(log, queue_id, offset, record, position).await;
                 }
                 Some(stored) => self.violation(format!(
                     "phantom: {queue_id}/{offset} read back {} bytes that are not the record placed there (log {})",
@@ -311,16 +314,22 @@ impl Oracle {
 
     /// A record that reads back must be found by its key (the key index
     /// was caught up, or rebuilt, at recovery): the newest entry of its key
-    /// at or below its position is its own.
-    async fn judge_key<S: Storage>(&mut self, log: &CommitLog<S>, queue_id: u32, offset: u64, record: &Placed) {
+    /// at or below `position`, where the read found it, is its own.
+    async fn judge_key<S: Storage>(
+        &mut self,
+        log: &CommitLog<S>,
+        queue_id: u32,
+        offset: u64,
+        record: &Placed,
+        position: u64,
+    ) {
         let mut hashes = Vec::new();
         super::first_word_key(&body(self.seed, record.id, record.length), &mut hashes);
         let Some(hash) = hashes.first() else { return };
-        match log.key_candidates(*hash, 0, record.position + 1, 1).await {
-            Ok(found) if found.entries.first().is_some_and(|entry| entry.position == record.position) => {}
+        match log.key_candidates(*hash, 0, position + 1, 1).await {
+            Ok(found) if found.entries.first().is_some_and(|entry| entry.position == position) => {}
             Ok(found) => self.violation(format!(
-                "key index: {queue_id}/{offset} (log {}) is not found by its key (found {:?})",
-                record.position,
+                "key index: {queue_id}/{offset} (log {position}) is not found by its key (found {:?})",
                 found.entries.first()
             )),
             Err(error) => self.violation(format!("key index: searching {queue_id}/{offset}'s key failed: {error}")),
