@@ -386,6 +386,39 @@ pub const DELAY_LEVELS_MAX: usize = u8::MAX as usize;
 pub const DELIVERED_KEPT: Duration = Duration::from_secs(3600);
 pub const DELIVERED_KEPT_MAX: usize = 100_000;
 
+// ===== The key index (`storage::keys`, `ringmq message query`) =====
+
+/// Keys of one message that get key-index entries (the first ones; a
+/// message may carry more, found only through these).
+pub const KEYS_INDEXED_PER_MESSAGE_MAX: usize = 16;
+
+/// A key file whose segment saw no keyed record is still brought up to the
+/// checkpoint once it lags this far: recovery scans at most this much of a
+/// segment again to catch the file up.
+pub const KEY_FILE_THROUGH_STEP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Key-file blocks (4 KiB each) one read of a key search takes.
+pub const KEY_QUERY_READ_BLOCKS: u64 = 64;
+
+/// Key-file blocks one key search reads at most (256 MiB of key files,
+/// about 8 million keyed records); past it the answer says `truncated`.
+pub const KEY_QUERY_BLOCKS_MAX: u64 = 65_536;
+
+/// Messages one `QUERY_MESSAGES` answer carries at most.
+pub const QUERY_MESSAGES_MAX: u32 = 256;
+
+/// Records' bytes one `QUERY_MESSAGES` answer carries at most (one record
+/// always goes, whatever its size: the frame has room for the largest).
+pub const QUERY_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Longest key a query may name, in bytes: the longest a message may carry.
+pub const KEY_BYTES_MAX: usize = MESSAGE_KEY_BYTES_MAX;
+
+const _: () = assert!(KEYS_INDEXED_PER_MESSAGE_MAX <= MESSAGE_KEYS_MAX);
+const _: () = assert!(KEY_QUERY_READ_BLOCKS <= KEY_QUERY_BLOCKS_MAX);
+// The client reads answers of up to twice the largest request body.
+const _: () = assert!(QUERY_ANSWER_BYTES_MAX + RECORD_SIZE_BYTES_MAX + 64 * 1024 <= FRAME_BODY_BYTES_MAX * 2);
+
 // ===== Disk =====
 
 /// Default (`disk_max_used_percent`): above this share of its filesystem

@@ -63,6 +63,7 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Kind::GroupOffsetsRequest => admin::group_offsets(shard, &frame.body),
         Kind::ResetOffsetRequest => admin::reset_offset(shard, &frame.body).await,
         Kind::OffsetAtTimeRequest => admin::offset_at_time(shard, &frame.body).await,
+        Kind::QueryMessagesRequest => super::message_query::query_messages(shard, &frame.body).await,
         _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
     }
 }
@@ -268,11 +269,13 @@ async fn append_message(
     if delayed::is_delayed(message) {
         return delayed::place_delayed(shard, queue_id, message).await;
     }
+    let key_hashes = message.key_hashes();
     let request = AppendRequest {
         queue_id,
         indexed: true,
         tag_hash: message.tag_hash,
         message: message.bytes(),
+        key_hashes: &key_hashes,
         ..AppendRequest::default()
     };
     let appended = shard.log.append_buffered(request).await?;

@@ -21,6 +21,7 @@ mod groups;
 mod handlers;
 mod listeners;
 mod long_poll;
+mod message_query;
 mod metrics;
 mod metrics_http;
 mod metrics_text;
@@ -270,6 +271,7 @@ impl ServerConfig {
             retention: self.retention,
             checkpoint_interval: self.checkpoint_interval,
             index_cache_bytes: self.index_cache_bytes,
+            key_hasher: Some(crate::wire::stored_key_hashes),
             ..LogConfig::new(dir)
         }
     }

@@ -235,6 +235,15 @@ impl<F: StorageFile> LogState<F> {
             };
             self.queues.entry(request.queue_id).or_default().push(entry, position + size as u64)
         });
+        let keyed = super::keys::is_keyed(request.flags, request.indexed, request.reference.is_some());
+        let key_hashes: &[u64] = if keyed && self.keys_enabled { request.key_hashes } else { &[] };
+        self.key_tail.extend(key_hashes.iter().map(|key_hash| super::keys::KeyEntry {
+            key_hash: *key_hash,
+            position,
+            store_timestamp_us,
+            size_bytes: length as u32,
+            queue_id: request.queue_id,
+        }));
         let (ref_position, ref_size) = request.reference.unwrap_or((NO_POSITION, 0));
         let header = RecordHeader {
             length: length as u32,
@@ -253,7 +262,7 @@ impl<F: StorageFile> LogState<F> {
         self.filling.filled += size;
         self.filling.records += 1;
         self.filling.segment.last_store_timestamp_us.set(store_timestamp_us);
-        Appended { position, end: self.filling.end(), queue_offset, store_timestamp_us }
+        Appended { position, end: self.filling.end(), queue_offset, store_timestamp_us, key_entries: key_hashes.len() }
     }
 
     /// Whether records wait to be written or synced.

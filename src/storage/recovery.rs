@@ -122,6 +122,7 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
     if truncated || !tail.evidence.dirty_end.is_empty() {
         next_write = vouch(&end).await?;
     }
+    let key_files = super::key_lookup::recover_key_files(storage, config, &segments, end.position).await?;
     let filling = filling_at(&end.segment, next_write, config.buffer_capacity_bytes);
     tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
     Ok(Pass::Recovered(Box::new(LogState {
@@ -137,6 +138,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
         pool: Vec::new(),
         queues,
         index_files,
+        keys_enabled: config.key_hasher.is_some(),
+        key_tail: Default::default(),
+        key_files,
         unsynced_segments: Vec::new(),
         unsynced_bytes: 0,
         batches_taken: 0,

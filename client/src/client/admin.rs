@@ -2,11 +2,11 @@
 //! `offset`, `message`): each request goes to the shard that knows the answer.
 
 use super::pages::PageCursor;
-use super::{fetched_messages, Client, ClientError, ReceivedMessage};
+use super::{fetched_messages, visit_records, Client, ClientError, ReceivedMessage};
 use crate::constants::GROUP_OFFSETS_TOPICS_MAX;
 use crate::protocol::{
-    self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, OffsetReset, QueueOffsets, ShardStatus,
-    INTERNAL_TOPIC_PREFIX,
+    self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, MessageQuery, OffsetReset, QueueOffsets,
+    ShardStatus, INTERNAL_TOPIC_PREFIX,
 };
 
 fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {
@@ -212,4 +212,54 @@ pub fn find_message(
         }
     }
     Ok(None)
+}
+
+/// The messages of `query.topic` carrying `query.key`, newest first (by
+/// store time), at most `query.max_count`, from every shard's key index (a
+/// topic's queues spread over the shards); and whether more may match (a
+/// shard cut its answer, or the shards together found more than asked).
+pub fn query_messages(client: &Client, query: &MessageQuery) -> Result<(Vec<ReceivedMessage>, bool), ClientError> {
+    client.topic(&query.topic)?;
+    let body = protocol::query_messages_request(query);
+    let (mut messages, mut truncated) = (Vec::new(), false);
+    for shard in 0..client.shard_count() {
+        let answer = client.call(shard, Kind::QueryMessagesRequest, &body)?;
+        let response = verify::<fb::QueryMessagesResponse>(&answer).map_err(ClientError::Protocol)?;
+        broker_failure(response.outcome())?;
+        truncated |= response.truncated();
+        let records = response.records().map(|records| answer.slice_ref(records.bytes())).unwrap_or_default();
+        let count = visit_records(&records, |header, verified| {
+            let message = verified.message();
+            messages.push(ReceivedMessage {
+                topic: message.topic().to_string(),
+                queue: message.queue(),
+                offset: header.queue_offset,
+                msg_id: verified.msg_id,
+                key: message.keys().and_then(|keys| keys.iter().next().map(str::to_string)),
+                tag: message.tags().map(str::to_string),
+                body: message.body().map(|body| body.bytes().to_vec()).unwrap_or_default(),
+                reconsume_times: 0,
+                store_timestamp_us: header.store_timestamp_us,
+                born_timestamp_us: message.born_timestamp_us(),
+                original_topic: message.topic().to_string(),
+                original_queue: message.queue(),
+            });
+        })?;
+        if count != response.record_count() {
+            return Err(ClientError::Protocol(format!(
+                "a message query answer said {} records, carried {count}",
+                response.record_count()
+            )));
+        }
+    }
+    messages.sort_by_key(|message| std::cmp::Reverse(message.store_timestamp_us));
+    let max = match query.max_count {
+        0 => usize::MAX,
+        max => max as usize,
+    };
+    if messages.len() > max {
+        messages.truncate(max);
+        truncated = true;
+    }
+    Ok((messages, truncated))
 }

@@ -240,6 +240,46 @@ pub fn offset_at_time_request(topic: &str, queue: u32, time_ms: u64) -> Vec<u8> 
     finish(builder, root)
 }
 
+/// What `ringmq message query` asks each shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageQuery {
+    pub topic: String,
+    pub key: String,
+    /// Stored at or after this time (unix ms); 0: every kept message.
+    pub since_ms: u64,
+    pub max_count: u32,
+}
+
+pub fn query_messages_request(query: &MessageQuery) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let topic = builder.create_string(&query.topic);
+    let key = builder.create_string(&query.key);
+    let args = fb::QueryMessagesRequestArgs {
+        topic: Some(topic),
+        key: Some(key),
+        since_ms: query.since_ms,
+        max_count: query.max_count,
+    };
+    let root = fb::QueryMessagesRequest::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+/// `records`: stored records back to back, newest first.
+pub fn query_messages_response(
+    failure: Option<&Failure>,
+    records: &[u8],
+    record_count: u32,
+    truncated: bool,
+) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::with_capacity(records.len() + 128);
+    let outcome = outcome(&mut builder, failure);
+    let records = builder.create_vector(records);
+    let args =
+        fb::QueryMessagesResponseArgs { outcome: Some(outcome), records: Some(records), record_count, truncated };
+    let root = fb::QueryMessagesResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,10 @@ pub enum Kind {
     /// Body: `OffsetAtTimeRequest`, answered with a `QueueOffsetResponse`.
     OffsetAtTimeRequest = 39,
     OffsetAtTimeResponse = 40,
+    /// Messages of a topic by key, from the shard's key index
+    /// (`ringmq message query`; every shard is asked).
+    QueryMessagesRequest = 41,
+    QueryMessagesResponse = 42,
     ErrorResponse = 100,
 }
 
@@ -101,6 +105,8 @@ impl Kind {
             38 => ResetOffsetResponse,
             39 => OffsetAtTimeRequest,
             40 => OffsetAtTimeResponse,
+            41 => QueryMessagesRequest,
+            42 => QueryMessagesResponse,
             100 => ErrorResponse,
             _ => return None,
         })

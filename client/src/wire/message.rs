@@ -5,7 +5,7 @@
 
 use super::generated::{Message, MessageArgs, MessageId, TransactionKind};
 use crate::constants::{
-    CLIENT_ID_BYTES_MAX, MESSAGE_KEYS_MAX, MESSAGE_KEY_BYTES_MAX, MESSAGE_PROPERTIES_MAX,
+    CLIENT_ID_BYTES_MAX, KEYS_INDEXED_PER_MESSAGE_MAX, MESSAGE_KEYS_MAX, MESSAGE_KEY_BYTES_MAX, MESSAGE_PROPERTIES_MAX,
     MESSAGE_PROPERTY_NAME_BYTES_MAX, MESSAGE_SIZE_BYTES_MAX, MESSAGE_TAG_BYTES_MAX, NAME_BYTES_MAX,
     TOPIC_NAME_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX,
 };
@@ -39,6 +39,37 @@ fn verifier_options() -> VerifierOptions {
 /// the message.
 pub fn tag_hash(tag: &str) -> u32 {
     crc32fast::hash(tag.as_bytes())
+}
+
+/// Hash of a message key within its topic, kept in the key index (FNV-1a,
+/// 64 bits, over the topic, a 0xff byte no UTF-8 text holds, and the key).
+/// Persisted in key files: it must never change.
+pub fn key_hash(topic: &str, key: &str) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = topic.as_bytes().iter().chain(&[0xff]).chain(key.as_bytes());
+    bytes.fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+}
+
+/// The key-index hashes of `message`: its first `KEYS_INDEXED_PER_MESSAGE_MAX`
+/// non-empty keys, each once.
+fn message_key_hashes(message: &Message<'_>, hashes: &mut Vec<u64>) {
+    let Some(keys) = message.keys() else { return };
+    let topic = message.topic();
+    for key in keys.iter().filter(|key| !key.is_empty()).take(KEYS_INDEXED_PER_MESSAGE_MAX) {
+        let hash = key_hash(topic, key);
+        if !hashes.contains(&hash) {
+            hashes.push(hash);
+        }
+    }
+}
+
+/// The key-index hashes of a stored message's bytes (`storage::KeyHasher`
+/// for rebuilding key files from the log); none if it does not verify.
+pub fn stored_key_hashes(bytes: &[u8], hashes: &mut Vec<u64>) {
+    if let Ok(message) = flatbuffers::root_with_opts::<Message>(&verifier_options(), bytes) {
+        message_key_hashes(&message, hashes);
+    }
 }
 
 /// A message that passed the flatbuffers verifier with the broker's limits.
@@ -120,6 +151,18 @@ impl VerifiedMessage {
         &self.bytes
     }
 
+    /// Its key-index hashes (see `stored_key_hashes`).
+    pub fn key_hashes(&self) -> Vec<u64> {
+        let mut hashes = Vec::new();
+        message_key_hashes(&self.message(), &mut hashes);
+        hashes
+    }
+
+    /// Whether `key` is one of its keys.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.message().keys().is_some_and(|keys| keys.iter().any(|candidate| candidate == key))
+    }
+
     /// Reads the message; cannot fail, it was verified.
     pub fn message(&self) -> Message<'_> {
         // SAFETY: `bytes` passed `root_with_opts::<Message>` in
@@ -197,6 +240,13 @@ impl MessageDraft<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_hash_never_changes_and_separates_topic_from_key() {
+        // Key files on disk hold these hashes: a new value is a format change.
+        assert_eq!(key_hash("orders", "order-17"), 0x5464_a42c_5cd1_2c7a);
+        assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
+    }
+
     use super::*;
 
     /// The caps a produce checks, on a message built with `draft`.

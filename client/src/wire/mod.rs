@@ -5,4 +5,7 @@ pub mod generated;
 mod message;
 pub mod record;
 
-pub use message::{check_message_fields, tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};
+pub use message::{
+    check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, MessageDraft, VerifiedMessage,
+    WireError,
+};

@@ -44,6 +44,16 @@ pub fn body(seed: u64, id: u64, length: usize) -> Vec<u8> {
     bytes
 }
 
+/// The key index's hasher here: a body's first 8 bytes (random, so unique
+/// in practice) are its one key hash; a shorter body has no key.
+pub fn first_word_key(body: &[u8], hashes: &mut Vec<u64>) {
+    if let Some(word) = body.get(..8) {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        hashes.push(u64::from_le_bytes(bytes));
+    }
+}
+
 /// The shape of one seed's run.
 #[derive(Clone, Debug)]
 struct Scenario {
@@ -65,6 +75,7 @@ impl Scenario {
             recent_buffers_bytes: buffer_capacity_bytes * rng.usize(1..=4),
             flush,
             checkpoint_interval: NEVER,
+            key_hasher: Some(first_word_key),
             ..LogConfig::new("/sim")
         };
         Self {
@@ -144,7 +155,15 @@ async fn append_one<S: super::backend::Storage>(
         (oracle.seed, oracle.next_body_id())
     };
     let message = body(seed, id, length);
-    let request = AppendRequest { queue_id, indexed: true, message: &message, ..AppendRequest::default() };
+    let mut key_hashes = Vec::new();
+    first_word_key(&message, &mut key_hashes);
+    let request = AppendRequest {
+        queue_id,
+        indexed: true,
+        message: &message,
+        key_hashes: &key_hashes,
+        ..AppendRequest::default()
+    };
     let Ok(appended) = log.append_buffered(request).await else { return false };
     oracle.borrow_mut().place(queue_id, id, length, &appended);
     if log.wait_acknowledgeable(appended.end).await.is_err() {

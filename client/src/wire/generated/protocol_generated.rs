@@ -9734,5 +9734,402 @@ pub mod ringmq {
                 ds.finish()
             }
         }
+        pub enum QueryMessagesRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The messages of `topic` that carry `key`, newest first, from the key
+        /// index of the shard it is sent to (`ringmq message query` asks every
+        /// shard: a topic's queues spread over them).
+        pub struct QueryMessagesRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for QueryMessagesRequest<'a> {
+            type Inner = QueryMessagesRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> QueryMessagesRequest<'a> {
+            pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+            pub const VT_KEY: flatbuffers::VOffsetT = 6;
+            pub const VT_SINCE_MS: flatbuffers::VOffsetT = 8;
+            pub const VT_MAX_COUNT: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                QueryMessagesRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args QueryMessagesRequestArgs<'args>,
+            ) -> flatbuffers::WIPOffset<QueryMessagesRequest<'bldr>> {
+                let mut builder = QueryMessagesRequestBuilder::new(_fbb);
+                builder.add_since_ms(args.since_ms);
+                builder.add_max_count(args.max_count);
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            QueryMessagesRequest::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn key(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<&str>>(
+                            QueryMessagesRequest::VT_KEY,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            /// Only messages stored at or after this time (unix ms); 0: every kept one.
+            #[inline]
+            pub fn since_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(QueryMessagesRequest::VT_SINCE_MS, Some(0))
+                        .unwrap()
+                }
+            }
+            /// At most this many (0 or more than the broker's cap: its cap, 256).
+            #[inline]
+            pub fn max_count(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(QueryMessagesRequest::VT_MAX_COUNT, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for QueryMessagesRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, true)?
+                    .visit_field::<u64>("since_ms", Self::VT_SINCE_MS, false)?
+                    .visit_field::<u32>("max_count", Self::VT_MAX_COUNT, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct QueryMessagesRequestArgs<'a> {
+            pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub key: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub since_ms: u64,
+            pub max_count: u32,
+        }
+        impl<'a> Default for QueryMessagesRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                QueryMessagesRequestArgs {
+                    topic: None, // required field
+                    key: None,   // required field
+                    since_ms: 0,
+                    max_count: 0,
+                }
+            }
+        }
+
+        pub struct QueryMessagesRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> QueryMessagesRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    QueryMessagesRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_key(&mut self, key: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    QueryMessagesRequest::VT_KEY,
+                    key,
+                );
+            }
+            #[inline]
+            pub fn add_since_ms(&mut self, since_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(QueryMessagesRequest::VT_SINCE_MS, since_ms, 0);
+            }
+            #[inline]
+            pub fn add_max_count(&mut self, max_count: u32) {
+                self.fbb_
+                    .push_slot::<u32>(QueryMessagesRequest::VT_MAX_COUNT, max_count, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> QueryMessagesRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                QueryMessagesRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<QueryMessagesRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, QueryMessagesRequest::VT_TOPIC, "topic");
+                self.fbb_.required(o, QueryMessagesRequest::VT_KEY, "key");
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for QueryMessagesRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("QueryMessagesRequest");
+                ds.field("topic", &self.topic());
+                ds.field("key", &self.key());
+                ds.field("since_ms", &self.since_ms());
+                ds.field("max_count", &self.max_count());
+                ds.finish()
+            }
+        }
+        pub enum QueryMessagesResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct QueryMessagesResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for QueryMessagesResponse<'a> {
+            type Inner = QueryMessagesResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> QueryMessagesResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_RECORDS: flatbuffers::VOffsetT = 6;
+            pub const VT_RECORD_COUNT: flatbuffers::VOffsetT = 8;
+            pub const VT_TRUNCATED: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                QueryMessagesResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args QueryMessagesResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<QueryMessagesResponse<'bldr>> {
+                let mut builder = QueryMessagesResponseBuilder::new(_fbb);
+                builder.add_record_count(args.record_count);
+                if let Some(x) = args.records {
+                    builder.add_records(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_truncated(args.truncated);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        QueryMessagesResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            /// Log records (fixed header + the producer's message bytes), as stored,
+            /// back to back, newest first.
+            #[inline]
+            pub fn records(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            QueryMessagesResponse::VT_RECORDS,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn record_count(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(QueryMessagesResponse::VT_RECORD_COUNT, Some(0))
+                        .unwrap()
+                }
+            }
+            /// More may match: the count asked for, the answer's byte budget or the
+            /// search's read budget ended the answer.
+            #[inline]
+            pub fn truncated(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(QueryMessagesResponse::VT_TRUNCATED, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for QueryMessagesResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "records",
+                        Self::VT_RECORDS,
+                        false,
+                    )?
+                    .visit_field::<u32>("record_count", Self::VT_RECORD_COUNT, false)?
+                    .visit_field::<bool>("truncated", Self::VT_TRUNCATED, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct QueryMessagesResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub records: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+            pub record_count: u32,
+            pub truncated: bool,
+        }
+        impl<'a> Default for QueryMessagesResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                QueryMessagesResponseArgs {
+                    outcome: None,
+                    records: None,
+                    record_count: 0,
+                    truncated: false,
+                }
+            }
+        }
+
+        pub struct QueryMessagesResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> QueryMessagesResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        QueryMessagesResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_records(
+                &mut self,
+                records: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    QueryMessagesResponse::VT_RECORDS,
+                    records,
+                );
+            }
+            #[inline]
+            pub fn add_record_count(&mut self, record_count: u32) {
+                self.fbb_
+                    .push_slot::<u32>(QueryMessagesResponse::VT_RECORD_COUNT, record_count, 0);
+            }
+            #[inline]
+            pub fn add_truncated(&mut self, truncated: bool) {
+                self.fbb_
+                    .push_slot::<bool>(QueryMessagesResponse::VT_TRUNCATED, truncated, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> QueryMessagesResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                QueryMessagesResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<QueryMessagesResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for QueryMessagesResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("QueryMessagesResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("records", &self.records());
+                ds.field("record_count", &self.record_count());
+                ds.field("truncated", &self.truncated());
+                ds.finish()
+            }
+        }
     } // pub mod protocol
 } // pub mod ringmq
