@@ -2,8 +2,10 @@
 //! message, on a thread-per-core engine (glommio, io_uring, O_DIRECT).
 //!
 //! # Layout
-//! - [`constants`]: every limit, with compile-time checks where two agree.
-//! - [`wire`]: the flatbuffers schemas' code and message verification.
+//! - [`constants`], [`wire`], [`protocol`], [`framed`], [`client`]: the
+//!   wire format, the framed connection and the client, from the
+//!   `ringmq-client` crate (`client/`), which applications use alone.
+//! - [`server`]: shards, connections, request handlers.
 //! - [`storage`]: the per-shard commit log: segments, group commit, indexes,
 //!   checkpoints, recovery, retention; behind a thin storage trait.
 //!
@@ -13,10 +15,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cli;
-pub mod client;
-pub mod constants;
 pub mod fuzzing;
-pub mod protocol;
 pub mod server;
 pub mod storage;
-pub mod wire;
+
+// The wire format and the client live in `ringmq-client` (`client/`), which
+// applications use without the broker; the old paths stay.
+pub use ringmq_client::{client, constants, framed, now_us, protocol, wire};

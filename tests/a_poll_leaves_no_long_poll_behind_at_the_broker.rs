@@ -76,7 +76,7 @@ fn serve_connection(stream: TcpStream, port: u16, held: Arc<Held>) {
                 Some(Kind::MetadataRequest) => {
                     let shards = [ShardEndpoint { shard: 0, host: "127.0.0.1".into(), port }];
                     let topics = [TopicLayout { name: "work".into(), queue_shards: vec![0, 0] }];
-                    answer(&writer, &frame, &protocol::metadata_response(None, &shards, &topics));
+                    answer(&writer, &frame, &protocol::metadata_response(None, &shards, &topics, None));
                 }
                 Some(Kind::JoinGroupRequest | Kind::HeartbeatRequest | Kind::LeaveGroupRequest) => {
                     answer(&writer, &frame, &protocol::group_assignment(None, &assignment));

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the checked-in flatbuffers Rust code (src/wire/generated) from
-# schemas/*.fbs with a pinned flatc (23.5.26, built from vendored sources by
+# Regenerates the checked-in flatbuffers Rust code (client/src/wire/generated)
+# from client/schemas/*.fbs with a pinned flatc (23.5.26, built from vendored sources by
 # tools/flatc-regen), formatted with rustfmt.
 #
-#   tools/regen-schemas.sh           regenerate src/wire/generated in place
+#   tools/regen-schemas.sh           regenerate client/src/wire/generated in place
 #   tools/regen-schemas.sh --check   exit 1 (and print the diff) if the
 #                                    checked-in code differs from a fresh run
 #
@@ -15,7 +15,7 @@
 #   CARGO_NET_OFFLINE=true  regenerate without network once the crates
 #                           (flatc, cmake, cc, ...) are in the cargo cache.
 #
-# Files in src/wire/generated that flatc does not produce (mod.rs) are
+# Files in client/src/wire/generated that flatc does not produce (mod.rs) are
 # hand-written: they are left alone and ignored by --check.
 set -euo pipefail
 
@@ -40,7 +40,7 @@ esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-gen_dir="src/wire/generated"
+gen_dir="client/src/wire/generated"
 # Hand-written files living next to the generated ones.
 handwritten=(mod.rs)
 
@@ -87,7 +87,7 @@ if [ "$mode" = check ]; then
     if diff -ru "${excludes[@]}" "$gen_dir" "$out"; then
         echo "regen-schemas: $gen_dir is up to date"
     else
-        echo "regen-schemas: $gen_dir is out of date with schemas/*.fbs;" \
+        echo "regen-schemas: $gen_dir is out of date with client/schemas/*.fbs;" \
             "run tools/regen-schemas.sh and commit the result" >&2
         exit 1
     fi

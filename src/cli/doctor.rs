@@ -3,7 +3,8 @@
 //! check fails. With `--json`, one object per line: `check`, `ok`, `detail`
 //! and, when not ok, `advice`.
 
-use crate::server::disk_guard::{filesystem_usage, DISK_MAX_USED_PERCENT_DEFAULT};
+use crate::constants::DISK_MAX_USED_PERCENT_DEFAULT;
+use crate::server::disk_guard::filesystem_usage;
 use serde::Serialize;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

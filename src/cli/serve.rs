@@ -1,5 +1,6 @@
 //! `ringmq serve`: flags over an optional TOML config file over defaults.
 
+use crate::constants::FLUSH_INTERVAL_MS_DEFAULT;
 use crate::server::delay_levels::DelayLevels;
 use crate::server::{self, ServerConfig};
 use crate::storage::{FlushMode, Retention};
@@ -39,14 +40,24 @@ pub struct ServeArgs {
     /// 67108864; at least 32768).
     #[arg(long)]
     index_cache_bytes: Option<usize>,
-    /// A producer that stored nothing this long is forgotten (its retries
-    /// are then stored again); default 604800000 (7 days).
+    /// A producer that stored nothing on a queue this long is forgotten
+    /// there (its retries are then stored again); default 604800000 (7
+    /// days), at least 300000.
     #[arg(long)]
     producer_idle_expiry_ms: Option<u64>,
     /// Producers each shard tracks at most; a new one past it is refused
     /// with TooManyProducers (default 100000).
     #[arg(long)]
     producers_max: Option<usize>,
+    /// Topics the broker holds at most, groups' %RETRY% and %DLQ% topics
+    /// included; one more is refused with LimitReached (default 10000; 1 to
+    /// 1000000).
+    #[arg(long)]
+    topics_max: Option<usize>,
+    /// Groups (each on one topic) a coordinator shard holds at most; a new
+    /// one past it is refused with LimitReached (default 10000; at least 1).
+    #[arg(long)]
+    groups_max: Option<usize>,
     /// A half message with no outcome is checked back with its producer
     /// group once it is this old (default 6000; at least 1).
     #[arg(long)]
@@ -91,7 +102,7 @@ pub struct ServeArgs {
     incomplete_frames_bytes_max: Option<usize>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
-    /// index_cache_bytes, producer_idle_expiry_ms, producers_max,
+    /// index_cache_bytes, producer_idle_expiry_ms, producers_max, topics_max, groups_max,
     /// transaction_timeout_ms, transaction_check_interval_ms,
     /// transaction_check_max, delay_levels, delay_max_ms,
     /// disk_max_used_percent, metrics_listen, segment_size_bytes, retention_hours, retention_bytes,
@@ -115,6 +126,8 @@ struct ConfigFile {
     index_cache_bytes: Option<usize>,
     producer_idle_expiry_ms: Option<u64>,
     producers_max: Option<usize>,
+    topics_max: Option<usize>,
+    groups_max: Option<usize>,
     transaction_timeout_ms: Option<u64>,
     transaction_check_interval_ms: Option<u64>,
     transaction_check_max: Option<u32>,
@@ -157,7 +170,9 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     config.shards = args.shards.or(file.shards);
     config.flush = match args.flush.or(file.flush).unwrap_or(Flush::Sync) {
         Flush::Sync => FlushMode::Sync,
-        Flush::Async => FlushMode::Async { interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(10)) },
+        Flush::Async => FlushMode::Async {
+            interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(FLUSH_INTERVAL_MS_DEFAULT)),
+        },
     };
     if let Some(ms) = file.sync_flush_timeout_ms {
         config.sync_flush_timeout = Duration::from_millis(ms);
@@ -173,6 +188,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     }
     if let Some(max) = args.producers_max.or(file.producers_max) {
         config.producers_max = max;
+    }
+    if let Some(max) = args.topics_max.or(file.topics_max) {
+        config.topics_max = max;
+    }
+    if let Some(max) = args.groups_max.or(file.groups_max) {
+        config.groups_max = max;
     }
     if let Some(ms) = args.transaction_timeout_ms.or(file.transaction_timeout_ms) {
         config.transaction_timeout = Duration::from_millis(ms);
@@ -251,6 +272,8 @@ mod tests {
         assert_eq!(config.index_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(config.producer_idle_expiry, Duration::from_millis(604_800_000));
         assert_eq!(config.producers_max, 100_000);
+        assert_eq!(config.topics_max, 10_000);
+        assert_eq!(config.groups_max, 10_000);
         assert_eq!(config.transaction_timeout, Duration::from_millis(6000));
         assert_eq!(config.transaction_check_interval, Duration::from_millis(30_000));
         assert_eq!(config.transaction_check_max, 15);
@@ -293,7 +316,12 @@ mod tests {
             ("segment_size_bytes = 1000", "segment size"),
             ("index_cache_bytes = 1000", "index_cache_bytes"),
             ("producers_max = 0", "producers_max"),
+            ("topics_max = 0", "topics_max"),
+            ("topics_max = 1000001", "topics_max"),
+            ("groups_max = 0", "groups_max"),
+            ("shards = 1025", "shards"),
             ("producer_idle_expiry_ms = 0", "producer_idle_expiry_ms"),
+            ("producer_idle_expiry_ms = 299999", "producer_idle_expiry_ms"),
             ("transaction_timeout_ms = 0", "transaction_timeout_ms"),
             ("transaction_check_interval_ms = 0", "transaction_check_interval_ms"),
             ("transaction_check_max = 0", "transaction_check_max"),
@@ -357,6 +385,20 @@ mod tests {
         assert_eq!(from_flags.transaction_timeout, Duration::from_millis(200));
         assert_eq!(from_flags.transaction_check_interval, Duration::from_millis(20));
         assert_eq!(from_flags.transaction_check_max, 4);
+    }
+
+    #[test]
+    fn the_topic_and_group_caps_come_from_the_flags_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "topics_max = 50\ngroups_max = 60\n").expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!((from_file.topics_max, from_file.groups_max), (50, 60));
+        let args = ServeArgs { config: Some(path), topics_max: Some(70), groups_max: Some(80), ..ServeArgs::default() };
+        let from_flags = config(args).expect("config");
+        assert_eq!((from_flags.topics_max, from_flags.groups_max), (70, 80));
+        let flag_zero = ServeArgs { groups_max: Some(0), ..ServeArgs::default() };
+        assert!(config(flag_zero).unwrap_err().contains("groups_max"));
     }
 
     #[test]

@@ -6,9 +6,12 @@
 
 use super::message::read_every_field;
 use super::{within, ALLOCATION_SLACK_BYTES, FAILURE_MESSAGE_BYTES_MAX};
-use crate::constants::{CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX};
-use crate::protocol::{fb, Failure, GROUP_OFFSETS_TOPICS_MAX};
-use crate::server::requests::{MessageLimits, Request, FETCH_BYTES_MAX, FETCH_COUNT_MAX, FETCH_TAGS_MAX};
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, FETCH_BYTES_MAX, FETCH_COUNT_MAX, FETCH_TAGS_MAX, FETCH_WAIT_MS_MAX, GROUP_OFFSETS_TOPICS_MAX,
+    KEY_BYTES_MAX, NAME_BYTES_MAX, PAGE_CURSOR_BYTES_MAX, PRODUCE_MESSAGES_MAX, QUERY_MESSAGES_MAX,
+};
+use crate::protocol::{fb, Failure};
+use crate::server::requests::{MessageLimits, Request};
 use crate::wire::VerifiedMessage;
 use bytes::Bytes;
 
@@ -40,7 +43,10 @@ fn assert_clear(failure: &Failure, codes: &[fb::ErrorCode]) {
 
 fn check(request: &Request<'_>, body: &Bytes) {
     match request {
-        Request::Metadata(request) => assert!(request.topics.len() <= body.len() / 4),
+        Request::Metadata(request) => {
+            assert!(request.topics.len() <= body.len() / 4);
+            assert!(request.after.is_none_or(|after| after.len() <= PAGE_CURSOR_BYTES_MAX));
+        }
         Request::CreateTopic(request) => assert_name(request.name),
         Request::Produce(request) => match request.messages(body, &MessageLimits::fuzzing()) {
             Ok(messages) => {
@@ -77,13 +83,21 @@ fn check(request: &Request<'_>, body: &Bytes) {
         }
         Request::SendBack(request) => assert_name(request.group),
         Request::ResendDeadLetter(request) => assert_name(request.group),
-        Request::ListGroups { group } => group.iter().for_each(|group| assert_name(group)),
+        Request::ListGroups(request) => {
+            request.group.iter().for_each(|group| assert_name(group));
+            assert!(request.after.is_none_or(|(group, topic)| group.len() + topic.len() < PAGE_CURSOR_BYTES_MAX));
+        }
         Request::GroupOffsets(request) => {
             assert_name(request.group);
             assert!(request.topics.len() <= GROUP_OFFSETS_TOPICS_MAX);
+            assert!(request.after.is_none_or(|(topic, _)| topic.len() < PAGE_CURSOR_BYTES_MAX));
         }
         Request::ResetOffset(request) => assert_name(request.group),
-        Request::ListTransactions { .. } | Request::ShardStatus | Request::OffsetAtTime(_) => {}
+        Request::QueryMessages(request) => {
+            assert!(!request.key.is_empty() && request.key.len() <= KEY_BYTES_MAX);
+            assert!((1..=QUERY_MESSAGES_MAX).contains(&request.max));
+        }
+        Request::ListTransactions(_) | Request::ShardStatus | Request::OffsetAtTime(_) => {}
     }
 }
 

@@ -3,7 +3,7 @@
 //! decoders and handlers know. `fuzz/corpus/<target>/` holds them
 //! (`cargo test --test fuzz_corpus -- --ignored` writes them again).
 
-use crate::protocol::{self, fb, FetchParams, Kind, OffsetReset};
+use crate::protocol::{self, fb, page, FetchParams, Kind, MessageQuery, OffsetReset};
 use crate::wire::MessageDraft;
 
 /// Name and bytes of each seed.
@@ -13,6 +13,8 @@ pub type Seeds = Vec<(String, Vec<u8>)>;
 /// ones the produce checks refuse.
 pub fn messages() -> Seeds {
     let plain = MessageDraft { msg_id: (1, 2), topic: "orders", body: b"payload", ..MessageDraft::default() };
+    let long_tag = "t".repeat(crate::constants::MESSAGE_TAG_BYTES_MAX + 1);
+    let long_key = "k".repeat(crate::constants::MESSAGE_KEY_BYTES_MAX + 1);
     let full = MessageDraft {
         queue: 3,
         keys: &["order-1", "customer-9"],
@@ -36,6 +38,9 @@ pub fn messages() -> Seeds {
         ("delayed-half", MessageDraft { delay_level: 1, ..half.clone() }.build()),
         ("empty-topic", MessageDraft { topic: "", ..plain.clone() }.build()),
         ("empty-body", MessageDraft { body: b"", ..plain.clone() }.build()),
+        // Past the field caps a produce applies (`wire::check_message_fields`).
+        ("tag-too-long", MessageDraft { tag: Some(&long_tag), ..plain.clone() }.build()),
+        ("key-too-long", MessageDraft { keys: &[&long_key], ..plain.clone() }.build()),
     ];
     let mut seeds: Seeds = seeds.into_iter().map(|(name, bytes)| (name.to_string(), bytes)).collect();
     let full = seeds[1].1.clone();
@@ -72,9 +77,23 @@ pub fn requests() -> Seeds {
         value,
         force: false,
     };
+    let query =
+        MessageQuery { topic: "orders".into(), key: "order-1".into(), since_ms: 1_700_000_000_000, max_count: 16 };
+    let too_long_cursor = vec![b'a'; crate::constants::PAGE_CURSOR_BYTES_MAX + 1];
     let mut seeds = vec![
         ("metadata", Kind::MetadataRequest, protocol::metadata_request(&["orders", "payments"])),
         ("metadata-all", Kind::MetadataRequest, protocol::metadata_request(&[])),
+        (
+            "metadata-after",
+            Kind::MetadataRequest,
+            protocol::metadata_page_request(&[], Some(&page::name_cursor("orders"))),
+        ),
+        (
+            "metadata-after-too-long",
+            Kind::MetadataRequest,
+            protocol::metadata_page_request(&[], Some(&too_long_cursor)),
+        ),
+        ("metadata-after-not-utf8", Kind::MetadataRequest, protocol::metadata_page_request(&[], Some(b"\xff\xfe"))),
         ("create-topic", Kind::CreateTopicRequest, protocol::create_topic_request("orders", 8)),
         ("create-topic-bad-name", Kind::CreateTopicRequest, protocol::create_topic_request("a b/c", 8)),
         ("create-topic-long-name", Kind::CreateTopicRequest, protocol::create_topic_request(&long_name, 8)),
@@ -113,6 +132,16 @@ pub fn requests() -> Seeds {
             protocol::end_transaction_request("orders", 0, "tx-1", fb::TransactionOutcome(9), true),
         ),
         ("list-transactions", Kind::ListTransactionsRequest, protocol::list_transactions_request(true)),
+        (
+            "list-transactions-after",
+            Kind::ListTransactionsRequest,
+            protocol::list_transactions_page_request(false, Some(&page::keyed_cursor("settled", 4096))),
+        ),
+        (
+            "list-transactions-bad-cursor",
+            Kind::ListTransactionsRequest,
+            protocol::list_transactions_page_request(false, Some(b"settled")),
+        ),
         ("register-producer", Kind::RegisterProducerRequest, protocol::register_producer_request("payments")),
         ("register-producer-empty", Kind::RegisterProducerRequest, protocol::register_producer_request("")),
         ("send-back", Kind::SendBackRequest, protocol::send_back_request("billing", "orders", 2, 10, 16, 0)),
@@ -122,12 +151,28 @@ pub fn requests() -> Seeds {
             protocol::resend_dead_letter_request("billing", 0, 4, true),
         ),
         ("shard-status", Kind::ShardStatusRequest, protocol::shard_status_request()),
-        ("list-groups", Kind::ListGroupsRequest, protocol::list_groups_request(Some("billing"))),
-        ("list-groups-all", Kind::ListGroupsRequest, protocol::list_groups_request(None)),
+        ("list-groups", Kind::ListGroupsRequest, protocol::list_groups_request(Some("billing"), None)),
+        ("list-groups-all", Kind::ListGroupsRequest, protocol::list_groups_request(None, None)),
+        (
+            "list-groups-after",
+            Kind::ListGroupsRequest,
+            protocol::list_groups_request(None, Some(&page::pair_cursor("billing", "orders"))),
+        ),
+        ("list-groups-bad-cursor", Kind::ListGroupsRequest, protocol::list_groups_request(None, Some(b"billing"))),
         (
             "group-offsets",
             Kind::GroupOffsetsRequest,
-            protocol::group_offsets_request("billing", &["orders", "%RETRY%billing"]),
+            protocol::group_offsets_request("billing", &["orders", "%RETRY%billing"], None),
+        ),
+        (
+            "group-offsets-after",
+            Kind::GroupOffsetsRequest,
+            protocol::group_offsets_request("billing", &["orders"], Some(&page::keyed_cursor("orders", 3))),
+        ),
+        (
+            "group-offsets-cursor-queue-too-large",
+            Kind::GroupOffsetsRequest,
+            protocol::group_offsets_request("billing", &[], Some(&page::keyed_cursor("orders", u64::MAX))),
         ),
         ("reset-offset", Kind::ResetOffsetRequest, protocol::reset_offset_request(&reset(fb::ResetTarget::Offset, 7))),
         (
@@ -141,6 +186,26 @@ pub fn requests() -> Seeds {
             protocol::reset_offset_request(&reset(fb::ResetTarget(9), 0)),
         ),
         ("offset-at-time", Kind::OffsetAtTimeRequest, protocol::offset_at_time_request("orders", 2, 1_700_000_000_000)),
+        ("query-messages", Kind::QueryMessagesRequest, protocol::query_messages_request(&query)),
+        (
+            "query-messages-all",
+            Kind::QueryMessagesRequest,
+            protocol::query_messages_request(&MessageQuery { since_ms: 0, max_count: 0, ..query.clone() }),
+        ),
+        (
+            "query-messages-empty-key",
+            Kind::QueryMessagesRequest,
+            protocol::query_messages_request(&MessageQuery { key: String::new(), ..query.clone() }),
+        ),
+        (
+            "query-messages-long-key",
+            Kind::QueryMessagesRequest,
+            protocol::query_messages_request(&MessageQuery {
+                key: "k".repeat(crate::constants::KEY_BYTES_MAX + 1),
+                max_count: u32::MAX,
+                ..query.clone()
+            }),
+        ),
         ("not-a-request", Kind::MetadataResponse, protocol::metadata_request(&[])),
     ];
     seeds.push(("unknown-kind", Kind::ErrorResponse, b"\x04\x00\x00\x00".to_vec()));

@@ -7,10 +7,10 @@ use super::handlers::{store_commit, Answer};
 use super::offsets::OffsetCommit;
 use super::requests::{self, ResetTo};
 use super::shard::Shard;
-use crate::protocol::{
-    self, fb, Failure, Kind, QueueOffsets, ShardStatus, LISTED_GROUPS_BYTES_MAX, LISTED_GROUPS_MAX, LISTED_QUEUES_MAX,
-};
-use std::collections::BTreeMap;
+use crate::protocol::page::{self, Listed, PageBudget};
+use crate::protocol::{self, fb, Failure, Kind, QueueOffsets, ShardStatus};
+use std::collections::BTreeSet;
+use std::ops::Bound;
 
 /// The generation an operator's commit is stored with: no member's.
 const OPERATOR_GENERATION: u64 = 0;
@@ -30,14 +30,19 @@ pub fn shard_status(shard: &Shard) -> Answer {
     Ok((Kind::ShardStatusResponse, protocol::shard_status_response(None, &status)))
 }
 
-pub fn list_groups(shard: &Shard, group: Option<&str>) -> Answer {
-    let (groups, truncated) = shard.coordinator.borrow().list(group, LISTED_GROUPS_MAX, LISTED_GROUPS_BYTES_MAX);
-    Ok((Kind::ListGroupsResponse, protocol::list_groups_response(None, &groups, truncated)))
+pub fn list_groups(shard: &Shard, request: &requests::ListGroups<'_>) -> Answer {
+    let (groups, more) = shard.coordinator.borrow().list(request.group, request.after);
+    let next = groups.last().filter(|_| more).map(|last| page::pair_cursor(&last.group, &last.topic));
+    Ok((Kind::ListGroupsResponse, protocol::list_groups_response(None, &groups, next.as_deref())))
 }
 
 pub fn group_offsets(shard: &Shard, request: &requests::GroupOffsets<'_>) -> Answer {
     let (group, topics) = (request.group, &request.topics);
-    let mut wanted: BTreeMap<(String, u32), ()> = BTreeMap::new();
+    let after = match request.after {
+        Some((topic, queue)) => Bound::Excluded((topic.to_string(), queue)),
+        None => Bound::Unbounded,
+    };
+    let mut wanted: BTreeSet<(String, u32)> = BTreeSet::new();
     {
         let known = shard.topics.borrow();
         // A named topic this broker does not have (a retry topic not made
@@ -45,31 +50,39 @@ pub fn group_offsets(shard: &Shard, request: &requests::GroupOffsets<'_>) -> Ans
         for topic in topics.iter().filter_map(|name| known.get(name)) {
             for (queue, owner) in topic.queue_shards.iter().enumerate() {
                 if *owner == shard.id {
-                    wanted.insert((topic.name.clone(), queue as u32), ());
+                    wanted.insert((topic.name.clone(), queue as u32));
                 }
             }
         }
     }
     for (topic, queue, _) in shard.offsets.borrow().committed_of_group(group) {
-        wanted.insert((topic, queue), ());
+        wanted.insert((topic, queue));
     }
-    let truncated = wanted.len() > LISTED_QUEUES_MAX;
-    let mut queues = Vec::with_capacity(wanted.len().min(LISTED_QUEUES_MAX));
-    for (topic_name, queue) in wanted.into_keys().take(LISTED_QUEUES_MAX) {
+    // One page, in topic and queue order from after the cursor.
+    let mut budget = PageBudget::default();
+    let (mut queues, mut more) = (Vec::new(), false);
+    for (topic_name, queue) in wanted.range((after, Bound::Unbounded)).cloned() {
         // A committed offset of a topic this shard no longer owns (or knows)
         // has no queue to measure against.
         let Ok(topic) = shard.topic(&topic_name) else { continue };
         let Ok(queue_id) = shard.owned_queue(&topic, queue) else { continue };
         let committed = shard.offsets.borrow().get(&(group.to_string(), topic_name.clone(), queue));
-        queues.push(QueueOffsets {
+        let offsets = QueueOffsets {
             topic: topic_name,
             queue,
             committed,
             end: shard.log.visible_end_offset(queue_id),
             earliest: shard.log.base_offset(queue_id),
-        });
+        };
+        let (bytes, tables) = offsets.page_cost();
+        if !budget.take(bytes, tables) {
+            more = true;
+            break;
+        }
+        queues.push(offsets);
     }
-    Ok((Kind::GroupOffsetsResponse, protocol::group_offsets_response(None, &queues, truncated)))
+    let next = queues.last().filter(|_| more).map(|last| page::keyed_cursor(&last.topic, u64::from(last.queue)));
+    Ok((Kind::GroupOffsetsResponse, protocol::group_offsets_response(None, &queues, next.as_deref())))
 }
 
 pub async fn reset_offset(shard: &Shard, request: &requests::ResetOffset<'_>) -> Answer {

@@ -31,7 +31,7 @@ pub async fn run(shard: Rc<Shard>) {
             return;
         }
         let forgotten =
-            shard.transactions.borrow_mut().forget_settled(now_us(), transactions::SETTLED_TRANSACTIONS_KEPT);
+            shard.transactions.borrow_mut().forget_settled(now_us(), crate::constants::SETTLED_TRANSACTIONS_KEPT);
         if forgotten > 0 {
             tracing::debug!(forgotten, "forgot transactions settled over an hour ago");
         }

@@ -23,12 +23,9 @@ use super::handlers;
 use super::outgoing::Outgoing;
 use super::producer_links::ProducerLink;
 use super::shard::Shard;
-use crate::constants::{CONNECTION_BUFFER_RETAINED_BYTES, CONNECTION_READ_BYTES_MAX, CONNECTION_READ_FIRST_BYTES};
-use crate::protocol::{
-    self, decode_frame, fb, read_room, release_excess, Failure, Frame, FrameError, Kind, BROKER_REQUEST_BIT,
-};
-use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::constants::CONNECTION_READ_FIRST_BYTES;
+use crate::framed::glommio_io::{self, AsyncFrameReader, WriteError};
+use crate::protocol::{self, fb, DecoderLimits, Failure, Frame, FrameError, Kind, Truncated, BROKER_REQUEST_BIT};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
@@ -79,8 +76,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 enum Closing {
     #[error("reading: {0}")]
     Read(std::io::Error),
-    #[error("the peer closed in the middle of a frame ({buffered} bytes buffered)")]
-    Truncated { buffered: usize },
+    #[error(transparent)]
+    Truncated(#[from] Truncated),
     #[error("{0}")]
     BadFrame(FrameError),
     #[error("no complete frame and nothing in flight for {idle_ms} ms (connection_idle_timeout_ms)")]
@@ -140,20 +137,19 @@ struct ConnectionEnds<'a> {
 
 async fn read_requests(
     shard: &Rc<Shard>,
-    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    reader: futures_lite::io::ReadHalf<TcpStream>,
     ends: &ConnectionEnds<'_>,
 ) -> Result<(), Closing> {
-    let body_max = shard.config.frame_body_bytes_max;
-    // Grows with what arrives (`read_room`), charged to the shard's budget
-    // past its first read: a new connection's small requests are served
-    // even while stalled ones hold the whole budget (that first read is
-    // bounded by `connections_max` instead).
-    let mut buffer = BytesMut::new();
+    // The buffer grows with what arrives (`FrameDecoder`), charged to the
+    // shard's budget past its first read: a new connection's small requests
+    // are served even while stalled ones hold the whole budget (that first
+    // read is bounded by `connections_max` instead).
+    let mut frames = AsyncFrameReader::new(reader, DecoderLimits::requests(shard.config.frame_body_bytes_max));
     let mut held = shard.incomplete_frames.account();
     let mut active_at = Instant::now();
     loop {
         loop {
-            match decode_frame(&mut buffer, body_max) {
+            match frames.decoder().decode() {
                 Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => {
                     active_at = Instant::now();
                     refuse_or_deliver(frame, ends.responses, ends.link).await
@@ -166,35 +162,27 @@ async fn read_requests(
                 Err(error) => return Err(refuse_frame(ends.responses, error).await),
             }
         }
-        release_excess(&mut buffer, CONNECTION_BUFFER_RETAINED_BYTES);
-        held.settle(buffer.capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES));
+        // No whole frame left: the decoder gave back what a large one took.
+        held.settle(frames.decoder().capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES));
         if shard.shutting_down.get() {
             return Err(Closing::ShuttingDown);
         }
-        let room = read_room(&mut buffer, CONNECTION_READ_FIRST_BYTES, CONNECTION_READ_BYTES_MAX);
+        let capacity = frames.decoder().reserve_read();
         // Refused: the buffer just grown goes with the connection.
-        held.reserve(buffer.capacity().saturating_sub(CONNECTION_READ_FIRST_BYTES))?;
-        let filled = buffer.len();
-        buffer.resize(filled + room, 0);
-        let read = read_or_idle(shard, &mut reader, &mut buffer[filled..], ends, &mut active_at).await;
-        buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
-        if read? == 0 {
-            return match buffer.is_empty() {
-                true => Ok(()),
-                false => Err(Closing::Truncated { buffered: buffer.len() }),
-            };
+        held.reserve(capacity.saturating_sub(CONNECTION_READ_FIRST_BYTES))?;
+        if read_or_idle(shard, &mut frames, ends, &mut active_at).await? == 0 {
+            return Ok(frames.decoder().end()?);
         }
     }
 }
 
-/// One read into `room`; ends the connection once it has had no complete
+/// One read into the decoder; ends the connection once it has had no complete
 /// frame (`active_at`) and nothing in flight for the idle timeout, or when
 /// the writer gave up. The read itself is never dropped while the
 /// connection goes on.
 async fn read_or_idle(
     shard: &Shard,
-    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
-    room: &mut [u8],
+    frames: &mut AsyncFrameReader<futures_lite::io::ReadHalf<TcpStream>>,
     ends: &ConnectionEnds<'_>,
     active_at: &mut Instant,
 ) -> Result<usize, Closing> {
@@ -204,7 +192,7 @@ async fn read_or_idle(
         WriterGone,
     }
     let idle_timeout = shard.config.connection_idle_timeout;
-    let read = reader.read(room);
+    let read = frames.fill();
     futures_lite::pin!(read);
     loop {
         let now = Instant::now();
@@ -288,55 +276,26 @@ async fn dispatch(
     Ok(())
 }
 
-/// Writes answers as they come, coalescing those already waiting into one
-/// write. A write that fails or does not finish within `write_timeout` (the
-/// peer does not read) ends the connection: `failed` tells the reader.
+/// Writes answers as they come (`glommio_io::write_frames`: those already
+/// waiting in one write, an answer's budget back once it is written). A
+/// write that fails or does not finish within `write_timeout` (the peer
+/// does not read) ends the connection: `failed` tells the reader.
 async fn write_responses(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     outbox: LocalReceiver<Outgoing>,
     write_timeout: Duration,
     failed: local_channel::LocalSender<()>,
 ) {
-    let mut pending = Vec::new();
-    let mut written = Vec::new();
-    while let Some(answer) = outbox.recv().await {
-        pending.extend_from_slice(&answer.header);
-        pending.extend_from_slice(&answer.body);
-        written.push(answer);
-        while let Some(Some(answer)) = futures_lite::future::poll_once(outbox.recv()).await {
-            pending.extend_from_slice(&answer.header);
-            pending.extend_from_slice(&answer.body);
-            written.push(answer);
-            if pending.len() > 1 << 20 {
-                break;
-            }
+    let reason = match glommio_io::write_frames(&mut writer, &outbox, write_timeout).await {
+        Ok(()) => return,
+        Err(WriteError::Io(error)) => error.to_string(),
+        Err(error @ WriteError::TimedOut { .. }) => {
+            format!("{error}: the peer does not read (connection_write_timeout_ms)")
         }
-        let writing = async { Some(writer.write_all(&pending).await) };
-        let timing_out = async {
-            glommio::timer::sleep(write_timeout).await;
-            None
-        };
-        let failure = match futures_lite::future::or(writing, timing_out).await {
-            Some(Ok(())) => None,
-            Some(Err(error)) => Some(error.to_string()),
-            None => Some(format!(
-                "not written within {} ms: the peer does not read (connection_write_timeout_ms)",
-                write_timeout.as_millis()
-            )),
-        };
-        if let Some(reason) = failure {
-            tracing::info!(%reason, "write failed; dropping answers and closing the connection");
-            let _ = failed.try_send(());
-            // Keep taking answers so their budget comes back and the
-            // connection can finish; they have nowhere to go.
-            drop(written);
-            while outbox.recv().await.is_some() {}
-            return;
-        }
-        pending.clear();
-        // Their budget goes back only now that the bytes left.
-        written.clear();
-    }
-    let _ = writer.flush().await;
-    let _ = writer.close().await;
+    };
+    tracing::info!(%reason, "write failed; dropping answers and closing the connection");
+    let _ = failed.try_send(());
+    // Keep taking answers so their budget comes back and the connection can
+    // finish; they have nowhere to go.
+    while outbox.recv().await.is_some() {}
 }

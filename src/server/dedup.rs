@@ -4,22 +4,25 @@
 //! of the next expected sequence is refused, so each producer's messages
 //! are stored in the order it sent them. Everything here is rebuilt from
 //! the log at start-up (`dedup_snapshot` shortens the replay).
+//!
+//! Bounds, and the rule that keeps them from breaking deduplication: a
+//! shard tracks at most `producers_max` producers. Once full, a send from a
+//! producer it does not know is refused (`TooManyProducers`, not retried by
+//! the client); every producer it tracks goes on, on any queue. Nothing is
+//! ever evicted to make room: a producer evicted while it may still resend
+//! would have its resend stored twice, the one thing this table prevents.
+//! Entries go only by idle expiry: a producer's window of a queue whose last
+//! stored send is `producer_idle_expiry_ms` old (7 days by default, never
+//! under `PRODUCER_IDLE_EXPIRY_MS_MIN`, above any client's resending) is
+//! forgotten at the next checkpoint tick, and the producer with its last
+//! window. So a retry is a duplicate as long as its producer stored on that
+//! queue within the expiry. A table rebuilt at start past a lowered
+//! `producers_max` keeps what it rebuilt and refuses new producers until
+//! expiry brings it under.
 
+pub use crate::constants::SEQUENCES_REMEMBERED;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-
-/// Stored sends remembered per producer and queue, with their results: at
-/// least as many as a client may have in flight (64 by default), so any
-/// retry of an unacknowledged send finds its first result. (A retried batch
-/// larger than this finds its older messages as duplicates without offsets.)
-/// Sends not yet durable are kept beyond it, so a snapshot always knows the
-/// first of them.
-pub const SEQUENCES_REMEMBERED: usize = 64;
-/// Kafka's producer id expiry: a producer idle this long is forgotten.
-pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
-/// Producers one shard tracks at most: ~100 bytes for a producer that sent
-/// once, ~2.5 KiB per queue for a busy one.
-pub const PRODUCERS_MAX_DEFAULT: usize = 100_000;
 
 /// The keys are random producer ids: a multiply-and-fold hash spreads them
 /// well, at a fraction of SipHash's cost (the table is read for every
@@ -234,6 +237,20 @@ mod tests {
         table.stored(1, 0, send(total), DURABLE);
         let (_, _, window) = table.windows().next().expect("a window");
         assert_eq!(window.recent.len(), SEQUENCES_REMEMBERED, "trimmed once durable");
+    }
+
+    #[test]
+    fn a_full_table_forgets_nobody_to_make_room() {
+        let mut table = ProducerTable::new(1);
+        table.stored(1, 0, send(0), DURABLE);
+        assert_eq!(table.admit(2, 0, 0, false), Admission::TooManyProducers { max: 1 });
+        assert_eq!(table.admit(1, 0, 0, false), Admission::Duplicate(Some(send(0))), "a tracked retry is known");
+        assert_eq!(table.admit(1, 0, 1, false), Admission::Store, "and its next send stored");
+        // Rebuilt past a lowered cap: what was rebuilt stays, new ones wait.
+        table.restore(3, 0, QueueWindow { next_sequence: 5, ..QueueWindow::default() });
+        assert_eq!(table.producer_count(), 2);
+        assert_eq!(table.admit(3, 0, 4, false), Admission::Duplicate(None));
+        assert_eq!(table.admit(4, 0, 0, false), Admission::TooManyProducers { max: 1 });
     }
 
     #[test]

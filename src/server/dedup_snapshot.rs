@@ -62,14 +62,18 @@ pub fn encode(table: &ProducerTable, covered: u64, queue_offsets: &HashMap<u32, 
 }
 
 /// The part of `window` a crash at `covered` keeps: the sends that end at
-/// or below it; the next expected sequence is the first one above it.
+/// or below it, the last `SEQUENCES_REMEMBERED` of them (the table forgets
+/// older durable ones; a burst that was not durable yet when it was stored
+/// can leave more in the window); the next expected sequence is the first
+/// one above it.
 fn durable_part(window: &QueueWindow, covered: u64) -> QueueWindow {
     let durable = window.recent.partition_point(|send| send.end <= covered);
+    let kept_from = durable.saturating_sub(SEQUENCES_REMEMBERED);
     let next_sequence = window.recent.get(durable).map_or(window.next_sequence, |send| send.sequence);
     QueueWindow {
         next_sequence,
         last_stored_ms: window.last_stored_ms,
-        recent: window.recent.range(..durable).copied().collect(),
+        recent: window.recent.range(kept_from..durable).copied().collect(),
     }
 }
 
@@ -255,6 +259,25 @@ mod tests {
         let (_, _, window) = &snapshot.windows[0];
         assert_eq!(window.next_sequence, 10, "a restart must take sends 10 and on from the log, or from the producer");
         assert!(window.recent.is_empty(), "the durable sends were past the window");
+    }
+
+    /// A burst stored before any of it was durable stays whole in the
+    /// window; once durable, a snapshot keeps the last sends the table
+    /// remembers, not all of them (a longer window read back as damage, and
+    /// a restart replayed the whole log).
+    #[test]
+    fn a_snapshot_after_a_burst_keeps_the_remembered_sends_and_reads_back() {
+        let mut table = ProducerTable::new(10);
+        let total = 3 * SEQUENCES_REMEMBERED as u64;
+        for sequence in 0..total {
+            table.stored(4, 1, send(sequence, 100 * (sequence + 1)), 0);
+        }
+        let covered = 100 * total;
+        let snapshot = decode(&encode(&table, covered, &HashMap::new())).expect("a burst's snapshot reads back");
+        let (_, _, window) = &snapshot.windows[0];
+        assert_eq!(window.next_sequence, total);
+        assert_eq!(window.recent.len(), SEQUENCES_REMEMBERED);
+        assert_eq!(window.recent.front().map(|send| send.sequence), Some(total - SEQUENCES_REMEMBERED as u64));
     }
 
     fn send(sequence: u64, end: u64) -> StoredSend {

@@ -1,12 +1,11 @@
 //! The delay levels a message or a retry may name, written as RocketMQ
 //! writes them: `"1s 5s 10s 30s 1m 2m …"`, level N being the Nth entry.
 
+use crate::constants::DELAY_LEVELS_MAX;
 use std::time::Duration;
 
 /// RocketMQ's levels (`messageDelayLevel`).
 pub const DELAY_LEVELS_DEFAULT: &str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
-/// A message's delay level is a `ubyte`.
-pub const DELAY_LEVELS_MAX: usize = u8::MAX as usize;
 /// A retry's first back-off is level 3 + its reconsume times (RocketMQ).
 const RETRY_FIRST_LEVEL: u32 = 3;
 

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
-pub const DISK_MAX_USED_PERCENT_DEFAULT: u8 = 90;
 /// Often enough that a burst cannot fill many GiB unseen, rare enough that
 /// a `statvfs` (metadata only, no disk I/O) costs nothing measurable.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);

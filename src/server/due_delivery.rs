@@ -5,7 +5,8 @@
 
 use super::shard::Shard;
 use super::timer_records::{delivery_request, intent_request, Intent, TimerEntry};
-use super::timers::{roll, DELIVERED_KEPT};
+use super::timers::roll;
+use crate::constants::DELIVERED_KEPT;
 use crate::storage::{now_us, LogError};
 use std::rc::Rc;
 use std::time::{Duration, Instant};

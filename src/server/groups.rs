@@ -15,17 +15,15 @@
 //! the member and its queues (Kafka fences the older one with a new member
 //! id; here the member id stays, so a restarted member's commits count).
 
+use crate::constants::{
+    CLIENT_ID_BYTES_MAX, GROUPS_MAX_DEFAULT, GROUP_MEMBERS_MAX, SESSION_TIMEOUT_MS_DEFAULT, SESSION_TIMEOUT_MS_MAX,
+    SESSION_TIMEOUT_MS_MIN,
+};
+use crate::protocol::page::fill_page;
 use crate::protocol::{fb, Assignment, Failure, GroupSummary};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
-
-pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
-pub const SESSION_TIMEOUT_MS_MIN: u32 = 300;
-pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
-/// Members a group may have.
-pub const GROUP_MEMBERS_MAX: usize = 1024;
-/// Longest instance id a static member may give.
-pub const INSTANCE_ID_BYTES_MAX: usize = 255;
 
 struct Member {
     last_seen: Instant,
@@ -103,6 +101,8 @@ impl Group {
 /// fence, which the shard announces to every shard.
 pub struct Coordinator {
     groups: BTreeMap<(String, String), Group>,
+    /// Groups (on a topic each) it holds at most (`groups_max`).
+    groups_max: usize,
     shard: u32,
     members_created: u64,
     /// Generations start from the wall clock so they keep growing across
@@ -124,8 +124,48 @@ pub struct Joiner<'a> {
 
 impl Coordinator {
     pub fn new(shard: u32) -> Self {
+        Self::with_groups_max(shard, GROUPS_MAX_DEFAULT)
+    }
+
+    pub fn with_groups_max(shard: u32, groups_max: usize) -> Self {
         let generation_base = crate::storage::now_us() / 1000;
-        Self { groups: BTreeMap::new(), shard, members_created: 0, generation_base }
+        Self { groups: BTreeMap::new(), groups_max, shard, members_created: 0, generation_base }
+    }
+
+    /// Whether the group can be joined: it exists, or there is room for it.
+    pub fn admit_group(&mut self, group: &str, topic: &str) -> Result<(), Failure> {
+        if self.groups.contains_key(&(group.to_string(), topic.to_string())) {
+            return Ok(());
+        }
+        self.make_room(group, topic)
+    }
+
+    /// Room for one more group, or a clear refusal. Groups left without
+    /// members are forgotten first, only now that room is needed (until then
+    /// `group list` still shows them); a group forgotten and joined again
+    /// gets generations above its old ones, so no stale fence can match.
+    fn make_room(&mut self, group: &str, topic: &str) -> Result<(), Failure> {
+        if self.groups.len() < self.groups_max {
+            return Ok(());
+        }
+        let mut highest = self.generation_base;
+        self.groups.retain(|_, state| {
+            highest = highest.max(state.generation);
+            !state.members.is_empty()
+        });
+        self.generation_base = highest;
+        if self.groups.len() < self.groups_max {
+            return Ok(());
+        }
+        Err(Failure::new(
+            fb::ErrorCode::LimitReached,
+            format!(
+                "group {group} on {topic} is refused: shard {} coordinates {} groups with members and groups_max is {}; retry once members of other groups leave or expire",
+                self.shard,
+                self.groups.len(),
+                self.groups_max
+            ),
+        ))
     }
 
     pub fn join(
@@ -135,13 +175,16 @@ impl Coordinator {
         joiner: Joiner<'_>,
         queue_count: u32,
     ) -> Result<(Assignment, Rebalanced), Failure> {
-        if joiner.instance_id.len() > INSTANCE_ID_BYTES_MAX {
+        if joiner.instance_id.len() > CLIENT_ID_BYTES_MAX {
             return Err(Failure::new(
                 fb::ErrorCode::InvalidRequest,
-                format!("an instance id has at most {INSTANCE_ID_BYTES_MAX} bytes"),
+                format!("an instance id has at most {CLIENT_ID_BYTES_MAX} bytes"),
             ));
         }
         let key = (group.to_string(), topic.to_string());
+        if !self.groups.contains_key(&key) {
+            self.make_room(group, topic)?;
+        }
         let base = self.generation_base;
         let group_state = self.groups.entry(key.clone()).or_insert_with(|| Group {
             generation: base,
@@ -169,7 +212,10 @@ impl Coordinator {
         };
         let is_new = !group_state.members.contains_key(&member_id);
         if is_new && group_state.members.len() >= GROUP_MEMBERS_MAX {
-            return Err(Failure::new(fb::ErrorCode::InvalidRequest, format!("group has {GROUP_MEMBERS_MAX} members")));
+            return Err(Failure::new(
+                fb::ErrorCode::LimitReached,
+                format!("group {group} on {topic} already has {GROUP_MEMBERS_MAX} members, the most a group may have; a new member is refused"),
+            ));
         }
         let member = Member {
             last_seen: Instant::now(),
@@ -208,32 +254,22 @@ impl Coordinator {
         Some(group_state.fence(group, topic))
     }
 
-    /// The groups it holds (only `group`'s, if given), in name order, at
-    /// most `max` of them and about `bytes_max` of names and queues (at
-    /// least one); and whether more were left out.
-    pub fn list(&self, group: Option<&str>, max: usize, bytes_max: usize) -> (Vec<GroupSummary>, bool) {
-        let held = self.groups.iter().filter(|((name, _), _)| group.is_none_or(|group| group == name));
-        let mut listed: Vec<GroupSummary> = Vec::new();
-        let mut bytes = 0;
-        for ((group, topic), state) in held {
-            let members: Vec<(String, Vec<u32>)> =
-                state.assignment.iter().map(|(member, queues)| (member.clone(), queues.clone())).collect();
-            let size = group.len()
-                + topic.len()
-                + 32
-                + members.iter().map(|(member, queues)| member.len() + 16 + queues.len() * 4).sum::<usize>();
-            if listed.len() >= max || (!listed.is_empty() && bytes + size > bytes_max) {
-                return (listed, true);
-            }
-            bytes += size;
-            listed.push(GroupSummary {
+    /// One page of the groups it holds (only `group`'s, if given), in group
+    /// and topic order from after `after`; and whether more were left out.
+    pub fn list(&self, group: Option<&str>, after: Option<(&str, &str)>) -> (Vec<GroupSummary>, bool) {
+        let from =
+            after.map_or(Bound::Unbounded, |(group, topic)| Bound::Excluded((group.to_string(), topic.to_string())));
+        let held = self
+            .groups
+            .range((from, Bound::Unbounded))
+            .filter(|((name, _), _)| group.is_none_or(|group| group == name))
+            .map(|((group, topic), state)| GroupSummary {
                 group: group.clone(),
                 topic: topic.clone(),
                 generation: state.generation,
-                members,
+                members: state.assignment.iter().map(|(member, queues)| (member.clone(), queues.clone())).collect(),
             });
-        }
-        (listed, false)
+        fill_page(held)
     }
 
     /// Removes members whose session expired; returns the rebalanced groups.
@@ -354,7 +390,7 @@ mod tests {
         let (first, _) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
         let (second, _) = coordinator.join("g", "t", dynamic(1000), 3).unwrap();
         coordinator.join("h", "t", dynamic(1000), 1).unwrap();
-        let (listed, truncated) = coordinator.list(Some("g"), 10, 1 << 20);
+        let (listed, truncated) = coordinator.list(Some("g"), None);
         assert!(!truncated);
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].group.as_str(), listed[0].topic.as_str()), ("g", "t"));
@@ -365,18 +401,81 @@ mod tests {
                 assert_eq!(listed[0].owner_of(*queue), Some(member.member_id.as_str()));
             }
         }
-        let (all, truncated) = coordinator.list(None, 10, 1 << 20);
+        let (all, truncated) = coordinator.list(None, None);
         assert_eq!((all.len(), truncated), (2, false));
-        let (one, truncated) = coordinator.list(None, 1, 1 << 20);
-        assert_eq!((one.len(), truncated), (1, true));
-        let (one, truncated) = coordinator.list(None, 10, 1);
-        assert_eq!((one.len(), truncated), (1, true), "at least one, however small the budget");
+        let (after_g, truncated) = coordinator.list(None, Some(("g", "t")));
+        assert_eq!((after_g.len(), after_g[0].group.as_str(), truncated), (1, "h", false));
+    }
+
+    #[test]
+    fn a_group_past_the_cap_is_refused_until_an_empty_one_can_be_forgotten() {
+        let mut coordinator = Coordinator::with_groups_max(3, 2);
+        let (first, _) = coordinator.join("a", "t", dynamic(1000), 1).unwrap();
+        coordinator.join("b", "t", dynamic(1000), 1).unwrap();
+        let failure = coordinator.join("c", "t", dynamic(1000), 1).unwrap_err();
+        assert_eq!(failure.code, fb::ErrorCode::LimitReached);
+        assert!(failure.message.contains("groups_max is 2"), "{}", failure.message);
+        let (second, _) = coordinator.join("a", "t", dynamic(1000), 1).expect("an existing group takes a new member");
+        coordinator.leave("a", "t", &first.member_id);
+        coordinator.leave("a", "t", &second.member_id);
+        let (listed, _) = coordinator.list(Some("a"), None);
+        assert_eq!(listed.len(), 1, "an empty group is listed while there is room");
+        let old_generation = listed[0].generation;
+        let (third, _) = coordinator.join("c", "t", dynamic(1000), 1).expect("room once a is empty");
+        assert!(coordinator.list(Some("a"), None).0.is_empty(), "the empty group was forgotten");
+        assert_eq!(coordinator.join("a", "t", dynamic(1000), 1).unwrap_err().code, fb::ErrorCode::LimitReached);
+        coordinator.leave("c", "t", &third.member_id);
+        let (again, _) = coordinator.join("a", "t", dynamic(1000), 1).expect("room once c is empty");
+        assert!(again.generation > old_generation, "no fence of the forgotten group can match");
+    }
+
+    #[test]
+    fn the_list_pages_under_the_answer_budget_and_the_cursor_resumes_it() {
+        let mut coordinator = Coordinator::new(0);
+        let (groups, members) = (100, 60);
+        for group in 0..groups {
+            for member in 0..members {
+                let member_id = format!("{member:03}{}", "m".repeat(CLIENT_ID_BYTES_MAX - 3));
+                let joiner = Joiner { member_id: &member_id, session_timeout_ms: 10_000, ..Joiner::default() };
+                coordinator.join(&format!("g{group:03}"), "t", joiner, 8).unwrap();
+            }
+        }
+        let (mut listed, mut after, mut pages) = (Vec::<GroupSummary>::new(), None::<(String, String)>, 0);
+        loop {
+            let cursor = after.as_ref().map(|(group, topic)| (group.as_str(), topic.as_str()));
+            let (page, more) = coordinator.list(None, cursor);
+            let body = crate::protocol::list_groups_response(None, &page, Some(&[0; 64]));
+            assert!(body.len() <= crate::constants::RESPONSE_BYTES_MAX, "a page of {} bytes", body.len());
+            assert!(crate::protocol::verify::<fb::ListGroupsResponse>(&body).is_ok(), "the reader's limits");
+            pages += 1;
+            after = page.last().map(|last| (last.group.clone(), last.topic.clone()));
+            listed.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert!(pages > 1, "{pages} page");
+        assert_eq!(listed.len(), groups);
+        assert!(listed.windows(2).all(|pair| pair[0].group < pair[1].group), "in order, each once");
+        assert!(listed.iter().all(|summary| summary.members.len() == members));
+    }
+
+    #[test]
+    fn a_member_past_the_cap_is_refused_and_the_others_stay() {
+        let mut coordinator = Coordinator::new(0);
+        for _ in 0..GROUP_MEMBERS_MAX {
+            coordinator.join("g", "t", dynamic(1000), 1).unwrap();
+        }
+        let failure = coordinator.join("g", "t", dynamic(1000), 1).unwrap_err();
+        assert_eq!(failure.code, fb::ErrorCode::LimitReached);
+        assert!(failure.message.contains(&format!("{GROUP_MEMBERS_MAX} members")), "{}", failure.message);
+        assert_eq!(coordinator.list(Some("g"), None).0[0].members.len(), GROUP_MEMBERS_MAX);
     }
 
     #[test]
     fn an_overlong_instance_id_is_refused() {
         let mut coordinator = Coordinator::new(0);
-        let long = "x".repeat(INSTANCE_ID_BYTES_MAX + 1);
+        let long = "x".repeat(CLIENT_ID_BYTES_MAX + 1);
         let failure = coordinator.join("g", "t", instance(&long), 2).unwrap_err();
         assert_eq!(failure.code, fb::ErrorCode::InvalidRequest);
     }

@@ -17,19 +17,15 @@ use super::send_back;
 use super::shard::Shard;
 use super::timer_records;
 use super::transactions;
-use crate::constants::CLIENT_ID_BYTES_MAX;
-use crate::protocol::INTERNAL_TOPIC_PREFIX;
 use crate::protocol::{self, coordinator_shard, fb, retry_topic, Failure, FetchedRecords, Frame, Kind};
+use crate::protocol::{page, INTERNAL_TOPIC_PREFIX};
 use crate::storage::{now_us, AppendRequest, LogError};
 use crate::wire::VerifiedMessage;
 use bytes::{Bytes, BytesMut};
+use std::ops::Bound;
 use std::rc::Rc;
 
 pub type Answer = Result<(Kind, Vec<u8>), Failure>;
-
-// The coordinator caps instance ids itself; the handlers cap them (and the
-// other client-chosen ids) with the same bound.
-const _: () = assert!(CLIENT_ID_BYTES_MAX == super::groups::INSTANCE_ID_BYTES_MAX);
 
 pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) -> Answer {
     let request = Request::read(frame.kind, &frame.body)?;
@@ -47,28 +43,33 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Request::CommitOffset(request) => commit_offset(shard, &request).await,
         Request::FetchOffset(request) => fetch_offset(shard, &request),
         Request::EndTransaction(request) => end_transaction(shard, &request).await,
-        Request::ListTransactions { discarded } => list_transactions(shard, discarded),
+        Request::ListTransactions(request) => list_transactions(shard, &request),
         Request::RegisterProducer { producer_group } => register_producer(shard, link, producer_group),
         Request::SendBack(request) => send_back(shard, &request).await,
         Request::ResendDeadLetter(request) => resend_dead_letter(shard, &request).await,
         Request::ShardStatus => admin::shard_status(shard),
-        Request::ListGroups { group } => admin::list_groups(shard, group),
+        Request::ListGroups(request) => admin::list_groups(shard, &request),
         Request::GroupOffsets(request) => admin::group_offsets(shard, &request),
         Request::ResetOffset(request) => admin::reset_offset(shard, &request).await,
         Request::OffsetAtTime(request) => admin::offset_at_time(shard, &request).await,
+        Request::QueryMessages(request) => super::message_query::query_messages(shard, &request).await,
     }
 }
 
+/// One page of topics (in name order, from after the request's cursor).
 fn metadata(shard: &Shard, request: &requests::Metadata<'_>) -> Answer {
     let wanted = &request.topics;
+    let from = request.after.map_or(Bound::Unbounded, Bound::Excluded);
     let topics = shard.topics.borrow();
-    let layouts: Vec<_> = topics
+    let candidates = topics
         .topics
-        .values()
-        .filter(|topic| wanted.is_empty() || wanted.contains(&topic.name.as_str()))
-        .map(|topic| topic.layout())
-        .collect();
-    Ok((Kind::MetadataResponse, protocol::metadata_response(None, &shard.endpoints, &layouts)))
+        .range::<str, _>((from, Bound::Unbounded))
+        .map(|(_, topic)| topic)
+        .filter(|topic| wanted.is_empty() || wanted.contains(topic.name.as_str()))
+        .map(|topic| topic.layout());
+    let (layouts, more) = page::fill_page(candidates);
+    let next = layouts.last().filter(|_| more).map(|last| page::name_cursor(&last.name));
+    Ok((Kind::MetadataResponse, protocol::metadata_response(None, &shard.endpoints, &layouts, next.as_deref())))
 }
 
 async fn create_topic(shard: &Shard, request: &requests::CreateTopic<'_>) -> Answer {
@@ -184,7 +185,10 @@ async fn place_once(
             Admission::TooManyProducers { max } => {
                 return Err(Failure::new(
                     fb::ErrorCode::TooManyProducers,
-                    format!("shard {} already tracks {max} producers (producers_max); retry when idle ones expire", shard.id),
+                    format!(
+                        "producer {producer_id:016x} is refused: shard {} already tracks {max} producers (producers_max); a new producer is taken once idle ones expire (producer_idle_expiry_ms)",
+                        shard.id
+                    ),
                 ))
             }
         }
@@ -212,11 +216,13 @@ async fn append_message(
     if delayed::is_delayed(message) {
         return delayed::place_delayed(shard, queue_id, message).await;
     }
+    let key_hashes = message.key_hashes();
     let request = AppendRequest {
         queue_id,
         indexed: true,
         tag_hash: message.tag_hash,
         message: message.bytes(),
+        key_hashes: &key_hashes,
         ..AppendRequest::default()
     };
     let appended = shard.log.append_buffered(request).await?;
@@ -308,6 +314,9 @@ fn coordinated(shard: &Shard, group: &str, topic: &str) -> Result<u32, Failure> 
 
 async fn join_group(shard: &Shard, request: &requests::JoinGroup<'_>) -> Answer {
     let queue_count = coordinated(shard, request.group, request.topic)?;
+    // Refused before its retry topic is made: a group the coordinator has no
+    // room for leaves nothing behind.
+    shard.coordinator.borrow_mut().admit_group(request.group, request.topic)?;
     // The group's consumers subscribe to its retry topic by themselves.
     if !request.topic.starts_with(INTERNAL_TOPIC_PREFIX) {
         shard.internal_topic(&retry_topic(request.group)).await?;
@@ -410,15 +419,17 @@ async fn end_transaction(shard: &Shard, request: &requests::EndTransaction<'_>) 
     Ok((Kind::EndTransactionResponse, response))
 }
 
-fn list_transactions(shard: &Shard, discarded: bool) -> Answer {
-    let listed = shard.transactions.borrow().list(discarded);
-    Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed)))
+fn list_transactions(shard: &Shard, request: &requests::ListTransactions) -> Answer {
+    let (listed, last) = shard.transactions.borrow().list(request.discarded, request.after);
+    let next =
+        last.map(|(settled, position)| page::keyed_cursor(if settled { "settled" } else { "pending" }, position));
+    Ok((Kind::ListTransactionsResponse, protocol::list_transactions_response(None, &listed, next.as_deref())))
 }
 
 /// The connection becomes a live producer of the group: check-backs of the
 /// group's halves on this shard may come on it.
 fn register_producer(shard: &Shard, link: &Rc<ProducerLink>, producer_group: &str) -> Answer {
-    shard.producer_links.borrow_mut().register(producer_group, link);
+    shard.producer_links.borrow_mut().register(producer_group, link)?;
     Ok((Kind::RegisterProducerResponse, protocol::register_producer_response(None)))
 }
 

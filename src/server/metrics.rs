@@ -183,7 +183,9 @@ pub fn figures(shard: &Shard) -> ShardFigures {
     }
 }
 
-/// Every committed offset on a queue this shard owns, with its lag.
+/// Every committed offset on a queue this shard owns, with its lag: the
+/// first `METRICS_OFFSET_SERIES_MAX` in group, topic and queue order, so a
+/// scrape stays bounded however many groups commit.
 fn queue_offsets(shard: &Shard) -> Vec<QueueOffsetFigures> {
     let topics = shard.topics.borrow();
     let mut figures: Vec<QueueOffsetFigures> = shard
@@ -206,6 +208,7 @@ fn queue_offsets(shard: &Shard) -> Vec<QueueOffsetFigures> {
         })
         .collect();
     figures.sort_by(|a, b| (&a.group, &a.topic, a.queue).cmp(&(&b.group, &b.topic, b.queue)));
+    figures.truncate(crate::constants::METRICS_OFFSET_SERIES_MAX);
     figures
 }
 

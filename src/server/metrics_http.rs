@@ -2,13 +2,14 @@
 //! executor, answering `GET /metrics` over HTTP/1.1 with what the shards
 //! last published (`metrics::MetricsBoard`). One request per connection,
 //! one connection at a time; a request is untrusted: its head is bounded
-//! in size (`REQUEST_HEAD_BYTES_MAX`) and in time (`REQUEST_TIME_MAX`, the
+//! in size (`METRICS_REQUEST_HEAD_BYTES_MAX`) and in time (`METRICS_REQUEST_TIME_MAX`, the
 //! answer's write too), and anything but `GET /metrics` is answered 400,
 //! 404, 405 or 431, never a panic.
 
 use super::metrics::MetricsBoard;
 use super::metrics_text;
 use super::ServerError;
+use crate::constants::{METRICS_DRAIN_BYTES_MAX, METRICS_REQUEST_HEAD_BYTES_MAX, METRICS_REQUEST_TIME_MAX};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +17,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The request line and headers a scrape may send.
-pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
-/// How long one connection may take to send its request and read the answer.
-pub const REQUEST_TIME_MAX: Duration = Duration::from_secs(2);
-/// What is read and dropped after an answer, at most.
-const DRAIN_BYTES_MAX: usize = 64 * 1024;
 /// How often the idle thread looks whether the broker stops.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
@@ -73,7 +68,7 @@ pub enum Asked {
 /// Reads one request and answers it.
 fn answer(mut stream: TcpStream, board: &MetricsBoard) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    let deadline = Instant::now() + REQUEST_TIME_MAX;
+    let deadline = Instant::now() + METRICS_REQUEST_TIME_MAX;
     let asked = match read_head(&mut stream, deadline)? {
         Some(head) => parse_head(&head),
         None => Asked::Refused("431 Request Header Fields Too Large", "request head too large\n"),
@@ -97,14 +92,14 @@ fn answer(mut stream: TcpStream, board: &MetricsBoard) -> std::io::Result<()> {
 }
 
 /// Closes our side, then reads what the client still sends (the rest of an
-/// oversized head) until it closes, `DRAIN_BYTES_MAX` or the deadline: a
+/// oversized head) until it closes, `METRICS_DRAIN_BYTES_MAX` or the deadline: a
 /// close with unread bytes would reset the connection before the client
 /// read the answer.
 fn drain(mut stream: TcpStream, deadline: Instant) -> std::io::Result<()> {
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut chunk = [0u8; 4096];
     let mut drained = 0;
-    while drained < DRAIN_BYTES_MAX {
+    while drained < METRICS_DRAIN_BYTES_MAX {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -119,12 +114,12 @@ fn drain(mut stream: TcpStream, deadline: Instant) -> std::io::Result<()> {
 }
 
 /// The request head (up to its blank line), `None` past
-/// `REQUEST_HEAD_BYTES_MAX`; a timeout or a close before it is an error.
+/// `METRICS_REQUEST_HEAD_BYTES_MAX`; a timeout or a close before it is an error.
 fn read_head(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        if head.len() > REQUEST_HEAD_BYTES_MAX {
+        if head.len() > METRICS_REQUEST_HEAD_BYTES_MAX {
             return Ok(None);
         }
         let left = deadline.saturating_duration_since(Instant::now());

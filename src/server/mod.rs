@@ -21,6 +21,7 @@ mod groups;
 mod handlers;
 mod listeners;
 mod long_poll;
+mod message_query;
 mod metrics;
 mod metrics_http;
 mod metrics_text;
@@ -42,9 +43,13 @@ mod transactions;
 mod transactions_snapshot;
 
 use crate::constants::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, CONNECTION_IDLE_TIMEOUT_MS_DEFAULT, CONNECTION_WRITE_TIMEOUT_MS_DEFAULT,
-    FRAME_BODY_BYTES_MAX, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
-    IN_FLIGHT_BYTES_MIN, SEGMENT_SIZE_BYTES_DEFAULT,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, CONNECTION_IDLE_TIMEOUT_MS_DEFAULT,
+    CONNECTION_WRITE_TIMEOUT_MS_DEFAULT, DELAY_MAX_MS_DEFAULT, DISK_MAX_USED_PERCENT_DEFAULT, FRAME_BODY_BYTES_MAX,
+    GROUPS_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT, INCOMPLETE_FRAMES_BYTES_MIN, INDEX_CACHE_BYTES_DEFAULT,
+    IN_FLIGHT_BYTES_MAX_DEFAULT, IN_FLIGHT_BYTES_MIN, IN_FLIGHT_MAX_DEFAULT, PRODUCERS_MAX_DEFAULT,
+    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, PRODUCER_IDLE_EXPIRY_MS_MIN, SEGMENT_SIZE_BYTES_DEFAULT, SHARDS_MAX,
+    SHUTDOWN_DRAIN_MAX, SYNC_FLUSH_TIMEOUT_MS_DEFAULT, TOPICS_MAX_DEFAULT, TOPICS_MAX_LIMIT,
+    TRANSACTION_CHECK_INTERVAL_MS_DEFAULT, TRANSACTION_CHECK_MAX_DEFAULT, TRANSACTION_TIMEOUT_MS_DEFAULT,
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
@@ -62,13 +67,6 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub const CLUSTER_FILE: &str = "cluster.json";
-pub const TRANSACTION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
-pub const TRANSACTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
-pub const TRANSACTION_CHECK_MAX_DEFAULT: u32 = 15;
-/// How far ahead a delayed message may be due: 40 days.
-pub const DELAY_MAX_MS_DEFAULT: u64 = 40 * 24 * 3600 * 1000;
-/// How long a shard waits for its requests in flight at shutdown.
-const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
@@ -107,6 +105,10 @@ pub struct ServerConfig {
     pub producer_idle_expiry: Duration,
     /// Producers one shard tracks at most.
     pub producers_max: usize,
+    /// Topics the broker holds at most (internal ones included).
+    pub topics_max: usize,
+    /// Groups (on a topic each) one coordinator shard holds at most.
+    pub groups_max: usize,
     /// A half message with no outcome is checked back once it is this old
     /// (unless the message sets its own check-immunity time).
     pub transaction_timeout: Duration,
@@ -134,27 +136,29 @@ impl Default for ServerConfig {
             base_port: 9876,
             shards: None,
             flush: FlushMode::Sync,
-            sync_flush_timeout: Duration::from_secs(5),
+            sync_flush_timeout: Duration::from_millis(SYNC_FLUSH_TIMEOUT_MS_DEFAULT),
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             retention: Retention::default(),
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS_DEFAULT),
             index_cache_bytes: INDEX_CACHE_BYTES_DEFAULT,
-            connections_max: 10_000,
-            in_flight_max: 1024,
-            in_flight_bytes_max: 64 * 1024 * 1024,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            in_flight_bytes_max: IN_FLIGHT_BYTES_MAX_DEFAULT,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
             connection_idle_timeout: Duration::from_millis(CONNECTION_IDLE_TIMEOUT_MS_DEFAULT),
             connection_write_timeout: Duration::from_millis(CONNECTION_WRITE_TIMEOUT_MS_DEFAULT),
             incomplete_frames_bytes_max: INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT,
             spin_before_park: Duration::ZERO,
-            producer_idle_expiry: Duration::from_millis(dedup::PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
-            producers_max: dedup::PRODUCERS_MAX_DEFAULT,
+            producer_idle_expiry: Duration::from_millis(PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
+            producers_max: PRODUCERS_MAX_DEFAULT,
+            topics_max: TOPICS_MAX_DEFAULT,
+            groups_max: GROUPS_MAX_DEFAULT,
             transaction_timeout: Duration::from_millis(TRANSACTION_TIMEOUT_MS_DEFAULT),
             transaction_check_interval: Duration::from_millis(TRANSACTION_CHECK_INTERVAL_MS_DEFAULT),
             transaction_check_max: TRANSACTION_CHECK_MAX_DEFAULT,
             delay_levels: delay_levels::DelayLevels::default(),
             delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
-            disk_max_used_percent: disk_guard::DISK_MAX_USED_PERCENT_DEFAULT,
+            disk_max_used_percent: DISK_MAX_USED_PERCENT_DEFAULT,
             metrics_listen: None,
         }
     }
@@ -186,8 +190,14 @@ impl ServerConfig {
     /// Refuses settings that cannot work, rather than bending them quietly.
     pub fn validate(&self) -> Result<(), ServerError> {
         let refuse = |detail: String| Err(ServerError::Config(detail));
-        if self.shards == Some(0) {
-            return refuse("shards must be at least 1".into());
+        if self.shards.is_some_and(|shards| !(1..=SHARDS_MAX).contains(&shards)) {
+            return refuse(format!("shards must be 1 to {SHARDS_MAX}"));
+        }
+        if !(1..=TOPICS_MAX_LIMIT).contains(&self.topics_max) {
+            return refuse(format!("topics_max {} must be 1 to {TOPICS_MAX_LIMIT}", self.topics_max));
+        }
+        if self.groups_max == 0 {
+            return refuse("groups_max must be at least 1".into());
         }
         if self.connections_max == 0 {
             return refuse("connections_max must be at least 1".into());
@@ -216,8 +226,11 @@ impl ServerConfig {
         if self.producers_max == 0 {
             return refuse("producers_max must be at least 1".into());
         }
-        if self.producer_idle_expiry.is_zero() {
-            return refuse("producer_idle_expiry_ms must be at least 1".into());
+        if self.producer_idle_expiry < Duration::from_millis(PRODUCER_IDLE_EXPIRY_MS_MIN) {
+            return refuse(format!(
+                "producer_idle_expiry_ms {} must be at least {PRODUCER_IDLE_EXPIRY_MS_MIN}: a producer forgotten while it may still resend would have its resends stored twice",
+                self.producer_idle_expiry.as_millis()
+            ));
         }
         if self.transaction_timeout.is_zero() {
             return refuse("transaction_timeout_ms must be at least 1".into());
@@ -259,6 +272,7 @@ impl ServerConfig {
             retention: self.retention,
             checkpoint_interval: self.checkpoint_interval,
             index_cache_bytes: self.index_cache_bytes,
+            key_hasher: Some(crate::wire::stored_key_hashes),
             ..LogConfig::new(dir)
         }
     }
@@ -290,7 +304,7 @@ fn settle_shard_count(config: &ServerConfig) -> Result<u32, ServerError> {
             }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let shards = config.shards.unwrap_or_else(cpu_count);
+            let shards = config.shards.unwrap_or_else(|| cpu_count().min(SHARDS_MAX));
             let bytes = serde_json::to_vec(&Cluster { shards }).map_err(|error| data_error(error.to_string()))?;
             write_durably(&path, &bytes).map_err(|error| data_error(error.to_string()))?;
             Ok(shards)

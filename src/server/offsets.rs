@@ -103,7 +103,13 @@ impl Offsets {
         if self.fences.get(&key).is_some_and(|known| known.generation > fence.generation) {
             return;
         }
-        self.fences.insert(key, Fence { generation: fence.generation, owners: fence.owners.clone() });
+        // A group without members (every group ends so) keeps only its
+        // generation: one owner per queue of nobody would stay on every shard.
+        let owners = match fence.owners.iter().all(String::is_empty) {
+            true => Vec::new(),
+            false => fence.owners.clone(),
+        };
+        self.fences.insert(key, Fence { generation: fence.generation, owners });
     }
 
     /// Whether `member_id` owns `queue` in `generation`, the group's current
@@ -288,6 +294,13 @@ mod tests {
         offsets.fence(&fence(6, &["a", "a", "a"]));
         assert_eq!(offsets.check_owner("g", "t", 0, "b", 7), Ok(()));
         assert!(offsets.check_owner("g", "t", 0, "a", 6).is_err());
+        // An empty group's fence keeps its generation, no owners.
+        offsets.fence(&fence(8, &["", "", ""]));
+        assert!(matches!(offsets.check_owner("g", "t", 0, "b", 8), Err(Fenced::NotOwner { .. })));
+        assert!(!offsets.has_live_owner("g", "t"));
+        assert!(offsets.fences.get(&("g".to_string(), "t".to_string())).is_some_and(|fence| fence.owners.is_empty()));
+        offsets.fence(&fence(7, &["b", "b", "b"]));
+        assert!(offsets.check_owner("g", "t", 0, "b", 7).is_err(), "still no late older fence");
     }
 
     #[test]

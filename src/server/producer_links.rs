@@ -6,7 +6,8 @@
 //! loop hands the producer's answer (same id) back here.
 
 use super::outgoing::Outgoing;
-use crate::protocol::{Frame, Kind, BROKER_REQUEST_BIT};
+use crate::constants::PRODUCER_GROUPS_PER_CONNECTION_MAX;
+use crate::protocol::{fb, Failure, Frame, Kind, BROKER_REQUEST_BIT};
 use glommio::channels::local_channel::{self, LocalSender};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,11 +29,19 @@ pub struct ProducerLink {
     waiting: RefCell<HashMap<u32, LocalSender<Frame>>>,
     next_request: Cell<u32>,
     closed: Cell<bool>,
+    /// Producer groups it registered with.
+    groups: Cell<usize>,
 }
 
 impl ProducerLink {
     pub fn new(outgoing: Rc<LocalSender<Outgoing>>) -> Self {
-        Self { outgoing, waiting: RefCell::default(), next_request: Cell::new(0), closed: Cell::new(false) }
+        Self {
+            outgoing,
+            waiting: RefCell::default(),
+            next_request: Cell::new(0),
+            closed: Cell::new(false),
+            groups: Cell::new(0),
+        }
     }
 
     fn request_id(&self) -> u32 {
@@ -91,12 +100,24 @@ pub struct ProducerLinks {
 }
 
 impl ProducerLinks {
-    /// Adds `link` to `group` (once, however often it registers).
-    pub fn register(&mut self, group: &str, link: &Rc<ProducerLink>) {
-        let (links, _) = self.groups.entry(group.to_string()).or_default();
-        if !links.iter().any(|known| Rc::ptr_eq(known, link)) {
-            links.push(link.clone());
+    /// Adds `link` to `group` (once, however often it registers); refused
+    /// past `PRODUCER_GROUPS_PER_CONNECTION_MAX` groups on one link.
+    pub fn register(&mut self, group: &str, link: &Rc<ProducerLink>) -> Result<(), Failure> {
+        let known = self.groups.get(group).is_some_and(|(links, _)| links.iter().any(|known| Rc::ptr_eq(known, link)));
+        if known {
+            return Ok(());
         }
+        if link.groups.get() >= PRODUCER_GROUPS_PER_CONNECTION_MAX {
+            return Err(Failure::new(
+                fb::ErrorCode::LimitReached,
+                format!(
+                    "producer group {group} is refused: a connection registers at most {PRODUCER_GROUPS_PER_CONNECTION_MAX} producer groups"
+                ),
+            ));
+        }
+        link.groups.set(link.groups.get() + 1);
+        self.groups.entry(group.to_string()).or_default().0.push(link.clone());
+        Ok(())
     }
 
     /// Forgets `link` in every group (its connection ended).
@@ -135,9 +156,9 @@ mod tests {
         let mut links = ProducerLinks::default();
         assert!(links.pick("payments").is_none(), "nobody registered");
         let (first, second) = (link(), link());
-        links.register("payments", &first);
-        links.register("payments", &first);
-        links.register("payments", &second);
+        links.register("payments", &first).expect("room");
+        links.register("payments", &first).expect("again");
+        links.register("payments", &second).expect("room");
         let picked: Vec<_> = (0..4).map(|_| links.pick("payments").expect("a member")).collect();
         assert!(Rc::ptr_eq(&picked[0], &first) && Rc::ptr_eq(&picked[1], &second));
         assert!(Rc::ptr_eq(&picked[2], &first) && Rc::ptr_eq(&picked[3], &second), "registered once each");
@@ -145,6 +166,19 @@ mod tests {
         assert!((0..3).all(|_| Rc::ptr_eq(&links.pick("payments").expect("a member"), &first)));
         links.remove(&first);
         assert!(links.pick("payments").is_none(), "the whole group is offline");
+    }
+
+    #[test]
+    fn a_connection_registers_a_bounded_number_of_groups() {
+        let mut links = ProducerLinks::default();
+        let (busy, other) = (link(), link());
+        for index in 0..PRODUCER_GROUPS_PER_CONNECTION_MAX {
+            links.register(&format!("group-{index}"), &busy).expect("room");
+        }
+        links.register("group-0", &busy).expect("a group it has is no new one");
+        let failure = links.register("one-more", &busy).expect_err("full");
+        assert_eq!(failure.code, fb::ErrorCode::LimitReached);
+        links.register("one-more", &other).expect("another connection has its own room");
     }
 
     #[test]

@@ -9,24 +9,17 @@ use super::delayed;
 use super::topics::{check_length, check_name};
 use super::transactions::{self, Outcome};
 use crate::constants::{
-    CLIENT_ID_BYTES_MAX, FETCH_WAIT_MS_MAX, FRAME_BODY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX,
-    RECORD_HEADER_SIZE_BYTES,
+    CLIENT_ID_BYTES_MAX, FETCH_BYTES_MAX, FETCH_COUNT_MAX, FETCH_TAGS_MAX, FETCH_WAIT_MS_MAX, GROUP_OFFSETS_TOPICS_MAX,
+    KEY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX, QUERY_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES,
 };
-use crate::protocol::{fb, verify, Failure, Kind, GROUP_OFFSETS_TOPICS_MAX, INTERNAL_TOPIC_PREFIX};
-use crate::wire::{verify_message, VerifiedMessage};
+use crate::protocol::{fb, page, verify, Failure, Kind, INTERNAL_TOPIC_PREFIX};
+use crate::wire::{check_message_fields, verify_message, VerifiedMessage};
 use bytes::Bytes;
 use flatbuffers::{ForwardsUOffset, Vector};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Records a fetch returns at most.
-pub const FETCH_COUNT_MAX: u32 = 10_000;
-/// Tags a fetch may filter by.
-pub const FETCH_TAGS_MAX: usize = 64;
-/// Bytes a fetch answer carries at most: room is left for the answer's
-/// own fields within a frame.
-pub const FETCH_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 64 * 1024;
-
-fn invalid(error: String) -> Failure {
+pub(crate) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
 }
 
@@ -43,15 +36,16 @@ pub enum Request<'a> {
     CommitOffset(CommitOffset<'a>),
     FetchOffset(FetchOffset<'a>),
     EndTransaction(EndTransaction<'a>),
-    ListTransactions { discarded: bool },
+    ListTransactions(ListTransactions),
     RegisterProducer { producer_group: &'a str },
     SendBack(SendBack<'a>),
     ResendDeadLetter(ResendDeadLetter<'a>),
     ShardStatus,
-    ListGroups { group: Option<&'a str> },
+    ListGroups(ListGroups<'a>),
     GroupOffsets(GroupOffsets<'a>),
     ResetOffset(ResetOffset<'a>),
     OffsetAtTime(QueueAt<'a>),
+    QueryMessages(QueryMessages<'a>),
 }
 
 impl<'a> Request<'a> {
@@ -80,7 +74,9 @@ impl<'a> Request<'a> {
             Kind::EndTransactionRequest => Self::EndTransaction(EndTransaction::read(body)?),
             Kind::ListTransactionsRequest => {
                 let request = verify::<fb::ListTransactionsRequest>(body).map_err(invalid)?;
-                Self::ListTransactions { discarded: request.discarded() }
+                let after = page::cursor_of(request.after())?.map(page::read_keyed_cursor).transpose()?;
+                let after = after.map(|(settled, position)| (settled == "settled", position));
+                Self::ListTransactions(ListTransactions { discarded: request.discarded(), after })
             }
             Kind::RegisterProducerRequest => {
                 let request = verify::<fb::RegisterProducerRequest>(body).map_err(invalid)?;
@@ -105,7 +101,8 @@ impl<'a> Request<'a> {
                 if let Some(group) = group {
                     check_name("group", group)?;
                 }
-                Self::ListGroups { group }
+                let after = page::cursor_of(request.after())?.map(page::read_pair_cursor).transpose()?;
+                Self::ListGroups(ListGroups { group, after })
             }
             Kind::GroupOffsetsRequest => Self::GroupOffsets(GroupOffsets::read(body)?),
             Kind::ResetOffsetRequest => Self::ResetOffset(ResetOffset::read(body)?),
@@ -117,6 +114,7 @@ impl<'a> Request<'a> {
                     time_ms: request.time_ms(),
                 })
             }
+            Kind::QueryMessagesRequest => Self::QueryMessages(QueryMessages::read(body)?),
             other => {
                 return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {other:?} is not a request")))
             }
@@ -127,14 +125,34 @@ impl<'a> Request<'a> {
 #[derive(Debug)]
 pub struct Metadata<'a> {
     /// Empty: every topic.
-    pub topics: Vec<&'a str>,
+    pub topics: BTreeSet<&'a str>,
+    /// The page starts after this topic name.
+    pub after: Option<&'a str>,
 }
 
 impl<'a> Metadata<'a> {
     fn read(body: &'a [u8]) -> Result<Self, Failure> {
         let request = verify::<fb::MetadataRequest>(body).map_err(invalid)?;
-        Ok(Self { topics: request.topics().map(|topics| topics.iter().collect()).unwrap_or_default() })
+        let after = page::cursor_of(request.after())?.map(page::read_name_cursor).transpose()?;
+        Ok(Self { topics: request.topics().map(|topics| topics.iter().collect()).unwrap_or_default(), after })
     }
+}
+
+/// A listing of transactions, one page of it.
+#[derive(Debug)]
+pub struct ListTransactions {
+    pub discarded: bool,
+    /// The page starts after this (settled, log position).
+    pub after: Option<(bool, u64)>,
+}
+
+/// A listing of the coordinator's groups, one page of it.
+#[derive(Debug)]
+pub struct ListGroups<'a> {
+    /// `None`: every group.
+    pub group: Option<&'a str>,
+    /// The page starts after this (group, topic).
+    pub after: Option<(&'a str, &'a str)>,
 }
 
 #[derive(Debug)]
@@ -237,7 +255,9 @@ impl<'a> Produce<'a> {
 /// Why a verified message cannot be produced, if it cannot: a half without
 /// its transaction fields, a delay the broker does not allow.
 pub fn check_produced(message: &VerifiedMessage, limits: &MessageLimits<'_>) -> Result<(), String> {
+    // A half's own id check first: its error names transaction_id.
     transactions::check_half(message)?;
+    check_message_fields(&message.message()).map_err(|error| error.to_string())?;
     delayed::check_delay(message, limits.delay_levels, limits.delay_max, limits.now_ms)
 }
 
@@ -437,6 +457,8 @@ pub struct GroupOffsets<'a> {
     pub group: &'a str,
     /// At most `GROUP_OFFSETS_TOPICS_MAX`.
     pub topics: Vec<&'a str>,
+    /// The page starts after this (topic, queue).
+    pub after: Option<(&'a str, u32)>,
 }
 
 impl<'a> GroupOffsets<'a> {
@@ -447,7 +469,15 @@ impl<'a> GroupOffsets<'a> {
         if topics.is_some_and(|topics| topics.len() > GROUP_OFFSETS_TOPICS_MAX) {
             return Err(invalid(format!("a group-offsets request names at most {GROUP_OFFSETS_TOPICS_MAX} topics")));
         }
-        Ok(Self { group: request.group(), topics: topics.into_iter().flatten().collect() })
+        let after = page::cursor_of(request.after())?.map(page::read_keyed_cursor).transpose()?;
+        let after = match after {
+            Some((topic, queue)) => {
+                let queue = u32::try_from(queue).map_err(|_| invalid("a bad page cursor (queue)".into()))?;
+                Some((topic, queue))
+            }
+            None => None,
+        };
+        Ok(Self { group: request.group(), topics: topics.into_iter().flatten().collect(), after })
     }
 }
 
@@ -497,4 +527,31 @@ pub struct QueueAt<'a> {
     pub topic: &'a str,
     pub queue: u32,
     pub time_ms: u64,
+}
+
+/// The messages of a topic carrying a key (`server::message_query`).
+#[derive(Debug)]
+pub struct QueryMessages<'a> {
+    pub topic: &'a str,
+    /// 1 to `KEY_BYTES_MAX` bytes.
+    pub key: &'a str,
+    /// 1 to `QUERY_MESSAGES_MAX`.
+    pub max: u32,
+    /// Stored at or after this time (µs since the epoch); 0: any.
+    pub since_us: u64,
+}
+
+impl<'a> QueryMessages<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, Failure> {
+        let request = verify::<fb::QueryMessagesRequest>(body).map_err(invalid)?;
+        let key = request.key();
+        if key.is_empty() || key.len() > KEY_BYTES_MAX {
+            return Err(invalid(format!("a key is 1 to {KEY_BYTES_MAX} bytes, not {}", key.len())));
+        }
+        let max = match request.max_count() {
+            0 => QUERY_MESSAGES_MAX,
+            asked => asked.min(QUERY_MESSAGES_MAX),
+        };
+        Ok(Self { topic: request.topic(), key, max, since_us: request.since_ms().saturating_mul(1000) })
+    }
 }

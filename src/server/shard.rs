@@ -110,6 +110,7 @@ pub struct ShardParts {
 
 impl Shard {
     pub fn new(parts: ShardParts) -> Self {
+        let groups_max = parts.config.groups_max;
         Shard {
             disk: DiskGuard::new(parts.config.disk_max_used_percent),
             incomplete_frames: IncompleteFrames::new(parts.config.incomplete_frames_bytes_max),
@@ -124,7 +125,7 @@ impl Shard {
             topics: RefCell::new(parts.topics),
             offsets: RefCell::new(parts.offsets),
             commits_in_flight: RefCell::new(BTreeMap::new()),
-            coordinator: RefCell::new(Coordinator::new(parts.id)),
+            coordinator: RefCell::new(Coordinator::with_groups_max(parts.id, groups_max)),
             dedup: RefCell::new(parts.producers),
             transactions_floor: Cell::new(
                 parts.transactions.oldest_pending().unwrap_or(u64::MAX).min(parts.transactions_snapshot_floor),
@@ -259,6 +260,7 @@ impl Shard {
             return Ok((existing.clone(), false));
         }
         let topic = self.topics.borrow().plan(name, queues, self.shard_count)?;
+        self.topics.borrow().check_room(name, self.config.topics_max)?;
         let mut table = self.topics.borrow().clone();
         table.apply(topic.clone());
         let path = self.config.data_dir.join(TOPICS_FILE);

@@ -144,6 +144,7 @@ pub fn entry_request<'a>(
         reconsume_times,
         message: body,
         copy_if_far: None,
+        key_hashes: &[],
     }
 }
 
@@ -207,6 +208,7 @@ pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8], message: Opti
         reconsume_times: entry.reconsume_times,
         message: body,
         copy_if_far: Some(FarCopy { message, flags: entry.delivery_flag, back_pointer: entry.position }),
+        key_hashes: &[],
     }
 }
 

@@ -26,6 +26,7 @@
 
 use super::offsets::{DELAY_QUEUE_ID, TIMER_QUEUE_ID};
 use super::timer_records::{delivered_entry, entry_request, EntryBody, Intent, TimerEntry, TimerKey};
+use crate::constants::DELIVERED_KEPT_MAX;
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
 use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
@@ -34,11 +35,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::delay_levels::DelayLevels;
-
-/// Delivered keys kept to answer a repeated produce or send-back as a
-/// duplicate: for an hour, at most this many.
-pub const DELIVERED_KEPT: Duration = Duration::from_secs(3600);
-pub const DELIVERED_KEPT_MAX: usize = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Known {
@@ -360,6 +356,7 @@ async fn delivery_found<S: Storage>(log: &CommitLog<S>, intent: &Intent) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::DELIVERED_KEPT;
     use crate::server::timer_records::{delivery_request, intent_request};
     use crate::storage::backend::MemoryStorage;
     use crate::storage::LogConfig;

@@ -36,8 +36,15 @@ pub struct Topics {
     pub topics: BTreeMap<String, Topic>,
 }
 
-/// Names are short, printable ASCII without spaces or slashes.
+/// Names are short, printable ASCII without spaces or slashes. An overlong
+/// one is refused by its length, without echoing it.
 pub fn check_name(kind: &str, name: &str) -> Result<(), Failure> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Failure::new(
+            fb::ErrorCode::InvalidTopic,
+            format!("{kind} name of {} bytes is longer than the {NAME_BYTES_MAX}-byte maximum", name.len()),
+        ));
+    }
     let valid = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
         && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte));
@@ -99,6 +106,22 @@ impl Topics {
         Ok(Topic { name: name.to_string(), id, queue_shards })
     }
 
+    /// Refuses a topic past `topics_max` (every topic counts, a group's
+    /// `%RETRY%` and `%DLQ%` topics too: each takes queue ids, files and a
+    /// line of every metadata answer). Existing topics go on working.
+    pub fn check_room(&self, name: &str, topics_max: usize) -> Result<(), Failure> {
+        if self.topics.len() < topics_max {
+            return Ok(());
+        }
+        Err(Failure::new(
+            fb::ErrorCode::LimitReached,
+            format!(
+                "topic {name:?} is refused: the broker holds {} topics and topics_max is {topics_max} (a group's %RETRY% and %DLQ% topics count too)",
+                self.topics.len()
+            ),
+        ))
+    }
+
     pub fn apply(&mut self, topic: Topic) {
         self.topics.insert(topic.name.clone(), topic);
     }
@@ -148,6 +171,24 @@ mod tests {
         assert!(topics.plan("ok", TOPIC_QUEUES_MAX + 1, 1).is_err());
         assert!(topics.plan("%mine", 1, 1).is_err());
         assert!(topics.plan("%RETRY%a b", 1, 1).is_err());
+        let long = "n".repeat(NAME_BYTES_MAX + 1);
+        let failure = topics.plan(&long, 1, 1).expect_err("too long");
+        assert!(failure.message.contains("longer than the 249-byte maximum"), "{}", failure.message);
+        assert!(!failure.message.contains(&long), "the name is not echoed");
+        assert!(topics.plan(&"n".repeat(NAME_BYTES_MAX), 1, 1).is_ok());
+    }
+
+    #[test]
+    fn a_topic_past_the_cap_is_refused_and_names_the_setting() {
+        let mut topics = Topics::default();
+        for name in ["a", "b"] {
+            topics.check_room(name, 2).expect("room");
+            topics.apply(topics.plan(name, 1, 1).expect("a plan"));
+        }
+        let failure = topics.check_room("c", 2).expect_err("full");
+        assert_eq!(failure.code, fb::ErrorCode::LimitReached);
+        assert!(failure.message.contains("topics_max is 2"), "{}", failure.message);
+        assert!(topics.check_room("c", 3).is_ok(), "a higher cap has room");
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! - **commit** appends a small op record (flag `COMMIT`, the transaction id
 //!   as body) indexed in the *target* queue and pointing at the half record
 //!   (`AppendRequest::reference`): a read of that offset returns the half
-//!   record itself, so a consumer gets it with no copy of the body;
+//!   record itself, so a consumer gets it with no copy of the body. Where
+//!   the half lies in an earlier segment than the commit lands in, the
+//!   commit stores a copy of the half instead (`FarCopy`, flags `HALF |
+//!   COMMIT`): retention deletes the oldest segment first and must never
+//!   leave a committed message pointing at nothing;
 //! - **rollback** appends an op record (flag `ROLLBACK`) indexed in the
 //!   internal queue `OP_QUEUE_ID`, also pointing at the half record;
 //! - **unknown** records nothing: the half stays pending.
@@ -39,23 +43,21 @@ pub use super::offsets::{CHECK_QUEUE_ID, DISCARD_QUEUE_ID, HALF_QUEUE_ID, OP_QUE
 use super::replay::replay_messages;
 use super::shard::Shard;
 use super::topics::Topics;
-use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX};
+use crate::constants::{CLIENT_ID_BYTES_MAX, NAME_BYTES_MAX, SETTLED_TRANSACTIONS_MAX};
+
+/// Where a transaction stands in a list: settled (false first) and its half
+/// record's log position.
+pub type ListKey = (bool, u64);
+use crate::protocol::page::fill_page;
 use crate::protocol::{fb, Failure, TransactionSummary};
 use crate::storage::backend::Storage;
 use crate::storage::record::flags;
-use crate::storage::{AppendRequest, CommitLog, LogError, StoredRecord};
+use crate::storage::{AppendRequest, CommitLog, FarCopy, LogError, StoredRecord};
 use crate::wire::VerifiedMessage;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Transactions one `ListTransactions` answer carries at most (pending ones
-/// first), so the answer stays far below the frame limit.
-pub const TRANSACTIONS_LISTED_MAX: usize = 10_000;
-/// How long a settled transaction stays known (for repeated outcomes and
-/// `tx list`), and how many settled ones stay known at most.
-pub const SETTLED_TRANSACTIONS_KEPT: Duration = Duration::from_secs(3600);
-pub const SETTLED_TRANSACTIONS_MAX: usize = 100_000;
 /// A concurrent `END_TRANSACTION` of the same transaction looks again this
 /// soon whether the one in flight finished.
 const ENDING_POLL: Duration = Duration::from_millis(1);
@@ -453,16 +455,21 @@ impl TransactionTable {
         (due, exhausted)
     }
 
-    /// The transactions to list: all, or only those the broker discarded.
-    /// Pending ones first, oldest first; at most `TRANSACTIONS_LISTED_MAX`.
-    pub fn list(&self, discarded_only: bool) -> Vec<TransactionSummary> {
+    /// One page of the transactions to list: all, or only those the broker
+    /// discarded. Pending ones first, oldest first, from after the key
+    /// `after`; and the key of the last one listed when more are left.
+    pub fn list(&self, discarded_only: bool, after: Option<ListKey>) -> (Vec<TransactionSummary>, Option<ListKey>) {
+        let key = |half: &HalfMessage| (half.state != TransactionState::Pending, half.position);
         let mut halves: Vec<&HalfMessage> = self
             .transactions
             .values()
             .filter(|half| !discarded_only || half.state == TransactionState::Discarded)
+            .filter(|half| after.is_none_or(|after| key(half) > after))
             .collect();
-        halves.sort_by_key(|half| (half.state != TransactionState::Pending, half.position));
-        halves.into_iter().take(TRANSACTIONS_LISTED_MAX).map(HalfMessage::summary).collect()
+        halves.sort_by_key(|half| key(half));
+        let (listed, more) = fill_page(halves.iter().map(|half| half.summary()));
+        let last = more.then(|| halves.get(listed.len().wrapping_sub(1)).map(|half| key(half))).flatten();
+        (listed, last)
     }
 }
 
@@ -714,6 +721,14 @@ pub async fn append_op<S: Storage>(
     tag_hash: u32,
 ) -> Result<OpRecord, LogError> {
     let (queue_id, op_flags) = op.placement();
+    // A commit is read by consumers for as long as its queue keeps it; a
+    // half in an earlier segment would go first under retention (oldest
+    // segment first), so such a commit stores a copy of the half instead.
+    let copy_if_far = matches!(op, Op::Commit { .. }).then_some(FarCopy {
+        message: None,
+        flags: flags::HALF | flags::COMMIT,
+        back_pointer: position,
+    });
     let request = AppendRequest {
         queue_id,
         flags: op_flags | flags::INTERNAL,
@@ -721,9 +736,25 @@ pub async fn append_op<S: Storage>(
         tag_hash,
         reference: Some((position, size_bytes)),
         message: transaction_id.as_bytes(),
+        copy_if_far,
         ..AppendRequest::default()
     };
-    let appended = log.append(request).await?;
+    let appended = match log.append(request).await {
+        Err(LogError::FarReference { .. }) => {
+            // A pending half is above the retention floor: it reads back.
+            let Some(half) = log.record_at(position, size_bytes).await? else {
+                return Err(LogError::Corrupt {
+                    path: Default::default(),
+                    position,
+                    detail: format!("the pending half of transaction {transaction_id:?} is gone"),
+                });
+            };
+            let message = half.message();
+            let copy = copy_if_far.map(|copy| FarCopy { message: Some(&message), ..copy });
+            log.append(AppendRequest { copy_if_far: copy, ..request }).await?
+        }
+        other => other?,
+    };
     let offset = appended.queue_offset.unwrap_or(0);
     let state = match op {
         Op::Commit { .. } => TransactionState::Committed { offset },
@@ -795,9 +826,13 @@ pub async fn replay_into<S: Storage>(
     .await?;
     for &queue_id in queue_ids {
         replay(log, queue_id, from(queue_id), |record, message| {
-            // Only through its commit record: a retry or a dead letter of a
-            // committed message points at the half too.
-            let committed = record.via.as_ref().is_some_and(|via| via.header.flags & flags::COMMIT != 0);
+            // Only through its commit record, or as the copy a far commit
+            // stores: a retry or a dead letter of a committed message
+            // points at the half (or that copy) too.
+            let committed = match &record.via {
+                Some(via) => via.header.flags & flags::COMMIT != 0,
+                None => record.header.flags & flags::COMMIT != 0,
+            };
             if record.header.flags & flags::HALF != 0 && committed {
                 let offset = record.queue_offset;
                 table.settle(
@@ -922,15 +957,48 @@ mod tests {
     }
 
     #[test]
+    fn the_list_pages_under_the_answer_budget_and_the_cursor_resumes_it() {
+        let mut table = TransactionTable::default();
+        let long = "x".repeat(CLIENT_ID_BYTES_MAX - 8);
+        let total = 3000;
+        for index in 0..total {
+            table.stored(half(&format!("{long}-{index:05}"), 1000 + index));
+        }
+        // Every tenth one settled: listed after every pending one.
+        for index in (0..total).step_by(10) {
+            table.settle(&format!("{long}-{index:05}"), TransactionState::RolledBack, 0);
+        }
+        let (mut listed, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let (page, last) = table.list(false, after);
+            let body = crate::protocol::list_transactions_response(None, &page, Some(&[0; 64]));
+            assert!(body.len() <= crate::constants::RESPONSE_BYTES_MAX, "a page of {} bytes", body.len());
+            assert!(crate::protocol::verify::<fb::ListTransactionsResponse>(&body).is_ok(), "the reader's limits");
+            listed.extend(page.into_iter().map(|summary| (summary.state, summary.transaction_id)));
+            pages += 1;
+            match last {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        assert!(pages > 1, "{pages} page");
+        assert_eq!(listed.len(), total as usize, "each once");
+        let settled_from = listed.iter().position(|(state, _)| *state != fb::TransactionState::Pending);
+        assert_eq!(settled_from, Some(total as usize - 300), "pending ones first");
+        let unique: BTreeSet<_> = listed.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!(unique.len(), total as usize);
+    }
+
+    #[test]
     fn the_list_puts_pending_transactions_first() {
         let mut table = TransactionTable::default();
         table.stored(half("settled", 100));
         table.settle("settled", TransactionState::RolledBack, 0);
         table.stored(half("pending", 200));
-        let listed: Vec<_> = table.list(false).into_iter().map(|summary| summary.transaction_id).collect();
+        let listed: Vec<_> = table.list(false, None).0.into_iter().map(|summary| summary.transaction_id).collect();
         assert_eq!(listed, ["pending", "settled"]);
-        assert!(table.list(true).is_empty(), "nothing is discarded");
-        assert_eq!(table.list(false)[0].stored_at_ms, 5);
+        assert!(table.list(true, None).0.is_empty(), "nothing is discarded");
+        assert_eq!(table.list(false, None).0[0].stored_at_ms, 5);
     }
 
     #[test]
@@ -991,8 +1059,68 @@ mod tests {
             assert_eq!(discarded.expect("discard").state, TransactionState::Discarded);
             let table = recover(&log, &topics, &[target]).await.expect("recovers");
             assert_eq!(table.get("c").expect("known").state, TransactionState::Discarded);
-            let listed: Vec<_> = table.list(true).into_iter().map(|summary| summary.transaction_id).collect();
+            let listed: Vec<_> = table.list(true, None).0.into_iter().map(|summary| summary.transaction_id).collect();
             assert_eq!(listed, ["c"]);
+            log.close().await.expect("close");
+        });
+    }
+
+    /// A commit whose half lies in an earlier segment stores a copy of it:
+    /// the committed message outlives the half's segment, and recovery
+    /// still finds the commit.
+    #[test]
+    fn a_commit_of_a_half_in_an_earlier_segment_stores_a_copy() {
+        use crate::storage::backend::MemoryStorage;
+        use crate::storage::LogConfig;
+        use crate::wire::MessageDraft;
+        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
+        let target = topic.queue_id(0);
+        let mut topics = Topics::default();
+        topics.topics.insert(topic.name.clone(), topic);
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async move {
+            let config = LogConfig {
+                segment_size_bytes: 64 * 1024,
+                buffer_capacity_bytes: 16 * 1024,
+                recent_buffers_bytes: 16 * 1024,
+                ..LogConfig::new("/memory")
+            };
+            let log = CommitLog::open(MemoryStorage::new(), config).await.expect("open");
+            let half = MessageDraft {
+                msg_id: (9, 1),
+                topic: "orders",
+                body: b"far",
+                half: true,
+                producer_group: Some("payments"),
+                transaction_id: Some("far"),
+                ..MessageDraft::default()
+            }
+            .build();
+            let request = AppendRequest {
+                queue_id: HALF_QUEUE_ID,
+                flags: flags::HALF,
+                indexed: true,
+                message: &half,
+                ..Default::default()
+            };
+            let stored = log.append(request).await.expect("half");
+            let filler = vec![7u8; 1000];
+            while log.positions().flushed < 64 * 1024 + 4096 {
+                let request = AppendRequest { queue_id: 900, indexed: true, message: &filler, ..Default::default() };
+                log.append(request).await.expect("filler");
+            }
+            let size = (crate::constants::RECORD_HEADER_SIZE_BYTES + half.len()) as u32;
+            let committed =
+                append_op(&log, Op::Commit { target_queue_id: target }, "far", stored.position, size, 0).await;
+            assert_eq!(committed.expect("commit").state, TransactionState::Committed { offset: 0 });
+            let batch = log.read(target, 0, 1, 1 << 20).await.expect("the target queue reads");
+            let record = &batch.records[0];
+            assert_eq!(record.message(), half.as_slice(), "the half's bytes");
+            assert!(record.via.is_none() && record.position > 64 * 1024, "a copy in the later segment");
+            assert_eq!(record.header.flags & (flags::HALF | flags::COMMIT), flags::HALF | flags::COMMIT);
+            assert_eq!(record.header.ref_position, stored.position, "the copy points back at the half");
+            let table = recover(&log, &topics, &[target]).await.expect("recovers");
+            assert_eq!(table.get("far").expect("known").state, TransactionState::Committed { offset: 0 });
             log.close().await.expect("close");
         });
     }
@@ -1026,7 +1154,7 @@ mod tests {
         assert!(matches!(table.begin_end("old", Outcome::Rollback), Ok(EndStep::Append { .. })));
         table.finish_end("old", Some(op(TransactionState::Discarded)));
         assert_eq!(code(table.begin_end("old", Outcome::Commit)), fb::ErrorCode::TransactionConflict);
-        assert_eq!(table.list(true).len(), 1);
+        assert_eq!(table.list(true, None).0.len(), 1);
     }
 
     #[test]

@@ -147,6 +147,7 @@ async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> 
     for job in &jobs {
         write_index(shared, job).await?;
     }
+    super::key_lookup::persist(shared, position).await?;
     shared.count_index_backlog();
     let path = shared.config.dir.join(CHECKPOINT_FILE);
     shared

@@ -44,6 +44,9 @@ pub struct LogConfig {
     /// Operator override: start even though recovery found a corrupt record
     /// followed by valid ones, cutting the log at the corruption.
     pub truncate_corruption: bool,
+    /// Finds the key hashes of a stored message, for rebuilding key files
+    /// from the log. `None`: the log keeps no key index at all.
+    pub key_hasher: Option<super::KeyHasher>,
 }
 
 impl LogConfig {
@@ -60,6 +63,7 @@ impl LogConfig {
             index_unwritten_entries_wake: INDEX_UNWRITTEN_ENTRIES_WAKE_DEFAULT,
             truncate_corruption: false,
             zero_fill_bytes_per_second: ZERO_FILL_BYTES_PER_SECOND_DEFAULT,
+            key_hasher: None,
         }
     }
 

@@ -235,6 +235,15 @@ impl<F: StorageFile> LogState<F> {
             };
             self.queues.entry(request.queue_id).or_default().push(entry, position + size as u64)
         });
+        let keyed = super::keys::is_keyed(request.flags, request.indexed, request.reference.is_some());
+        let key_hashes: &[u64] = if keyed && self.keys_enabled { request.key_hashes } else { &[] };
+        self.key_tail.extend(key_hashes.iter().map(|key_hash| super::keys::KeyEntry {
+            key_hash: *key_hash,
+            position,
+            store_timestamp_us,
+            size_bytes: length as u32,
+            queue_id: request.queue_id,
+        }));
         let (ref_position, ref_size) = request.reference.unwrap_or((NO_POSITION, 0));
         let header = RecordHeader {
             length: length as u32,
@@ -253,7 +262,7 @@ impl<F: StorageFile> LogState<F> {
         self.filling.filled += size;
         self.filling.records += 1;
         self.filling.segment.last_store_timestamp_us.set(store_timestamp_us);
-        Appended { position, end: self.filling.end(), queue_offset, store_timestamp_us }
+        Appended { position, end: self.filling.end(), queue_offset, store_timestamp_us, key_entries: key_hashes.len() }
     }
 
     /// Whether records wait to be written or synced.
@@ -290,8 +299,10 @@ impl<S: Storage> LogShared<S> {
             let length = align_up(fill.filled);
             if fill.records > 0 {
                 let gap_bytes = (fill.file_offset - fill.data_before) as u32;
+                let start = record::WriteStart { position: fill.start(), durable_position: self.flushed.get() };
+                self.vouched.set(self.vouched.get().max(start.durable_position));
                 let write = &mut fill.data.as_mut_slice()[..length];
-                record::stamp_batch_marker(write, self.flushed.get(), gap_bytes, super::now_us());
+                record::stamp_batch_marker(write, start, gap_bytes, super::now_us());
             }
             let fill = &sealed.fill;
             if length > 0 {
@@ -319,6 +330,9 @@ impl<S: Storage> LogShared<S> {
         };
         if sync {
             self.sync_unsynced().await?;
+            if matches!(self.config.flush, FlushMode::Async { .. }) {
+                self.vouch_when_idle().await?;
+            }
         }
         if !batch.is_empty() {
             let latency_us = started.elapsed().as_micros() as u64;
@@ -326,6 +340,44 @@ impl<S: Storage> LogShared<S> {
         }
         self.retire(batch);
         Ok(Round { synced: sync })
+    }
+
+    /// After an fdatasync in async mode that covered several writes, only
+    /// the next write's batch marker would say those writes are durable, and
+    /// an idle log has no next write: damage in them would look like a torn
+    /// tail. A lone batch marker, written and synced on the block the next
+    /// write would start on, says it now. Not in sync mode: there every
+    /// write's fdatasync is waited for, and only the last one is unvouched.
+    async fn vouch_when_idle(&self) -> Result<(), LogError> {
+        let flushed = self.flushed.get();
+        let block = BLOCK_SIZE_BYTES as u64;
+        let (segment, file_offset, gap_bytes) = {
+            let mut state = self.state.borrow_mut();
+            let idle = state.filling.filled == 0 && state.sealed.is_empty();
+            let fill = &mut state.filling;
+            // A write still to come vouches for it, as does the first
+            // write of the next segment.
+            if flushed <= self.vouched.get() || !idle || fill.file_offset + 2 * block > fill.segment.size_bytes {
+                return Ok(());
+            }
+            let (file_offset, gap_bytes) = (fill.file_offset, (fill.file_offset - fill.data_before) as u32);
+            fill.data_before = file_offset + BATCH_MARKER_SIZE_BYTES as u64;
+            fill.file_offset += block;
+            (fill.segment.clone(), file_offset, gap_bytes)
+        };
+        let mut data = self.state.borrow_mut().take_buffer(self.config.buffer_capacity_bytes);
+        let start = record::WriteStart { position: segment.start + file_offset, durable_position: flushed };
+        record::stamp_batch_marker(&mut data.as_mut_slice()[..BLOCK_SIZE_BYTES], start, gap_bytes, super::now_us());
+        let written = segment.file.write_at(&data.as_slice()[..BLOCK_SIZE_BYTES], file_offset).await;
+        data.clear(BLOCK_SIZE_BYTES);
+        self.state.borrow_mut().pool.push(data);
+        written.map_err(|error| LogError::io("write batch marker", &segment.path, start.position, error))?;
+        self.note_unsynced(&segment, block);
+        let marker_end = start.position + BATCH_MARKER_SIZE_BYTES as u64;
+        self.written.advance(marker_end);
+        // The marker itself needs no vouching: no second one follows it.
+        self.vouched.set(marker_end);
+        self.sync_unsynced().await
     }
 
     /// One O_DIRECT write of a whole buffer, padded to whole blocks.

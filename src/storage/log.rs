@@ -13,17 +13,19 @@ use super::backend::{Storage, ZeroFillPace};
 use super::group_commit::{run_flusher, Blocked, FillBuffer, SealedBuffer};
 use super::index::{IndexFile, QueueIndex};
 use super::index_cache::{IndexCache, IndexCacheStats};
+use super::keys::{KeyEntry, KeyFile};
 use super::read::RecentBuffers;
 use super::segment::{create_segment_classified, Segment, SegmentCreation};
 use super::stats::LogStats;
 use super::watermark::{Signal, Watermark};
 use super::{recovery, FlushMode, LogConfig, LogError};
+// Store timestamps: the clock producers stamp messages with.
+pub(super) use crate::now_us;
 use glommio::Task;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One record to append.
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,6 +41,10 @@ pub struct AppendRequest<'a> {
     pub reference: Option<(u64, u32)>,
     /// On an op record delivering a retried message: its deliveries so far.
     pub reconsume_times: u32,
+    /// Hashes of the message's keys for the key index (only an ordinary
+    /// message in its queue has them: `keys::is_keyed`); must be what the
+    /// log's `key_hasher` finds in `message`.
+    pub key_hashes: &'a [u64],
     /// The message flatbuffer, stored exactly as given.
     pub message: &'a [u8],
     /// With a `reference`: what to store instead if the referenced record
@@ -67,6 +73,8 @@ pub struct Appended {
     pub end: u64,
     pub queue_offset: Option<u64>,
     pub store_timestamp_us: u64,
+    /// Key-index entries the record got.
+    pub key_entries: usize,
 }
 
 /// The index's resident memory (`CommitLog::index_memory`).
@@ -80,11 +88,14 @@ pub struct IndexMemory {
     pub cached_pages: usize,
     pub cache_bytes: usize,
     pub cache_stats: IndexCacheStats,
+    /// Key-index entries only in memory, not yet in the key files.
+    pub key_tail_entries: usize,
+    pub key_tail_bytes: usize,
 }
 
 impl IndexMemory {
     pub fn total_bytes(&self) -> usize {
-        self.queue_bytes + self.cache_bytes
+        self.queue_bytes + self.cache_bytes + self.key_tail_bytes
     }
 }
 
@@ -110,6 +121,12 @@ pub struct LogState<F> {
     pub pool: Vec<super::aligned::AlignedBuf>,
     pub queues: BTreeMap<u32, QueueIndex>,
     pub index_files: BTreeMap<u32, IndexFile<F>>,
+    /// Whether appends keep key entries (`LogConfig::key_hasher` is set).
+    pub keys_enabled: bool,
+    /// Key entries not yet in the key files, in log order (`key_lookup`).
+    pub key_tail: VecDeque<KeyEntry>,
+    /// Per segment start, its key file.
+    pub key_files: BTreeMap<u64, KeyFile<F>>,
     pub unsynced_segments: Vec<Rc<Segment<F>>>,
     pub unsynced_bytes: u64,
     /// Batches the flusher has taken so far.
@@ -149,6 +166,9 @@ pub struct LogShared<S: Storage> {
     /// Wakes the checkpointer early once the backlog passes
     /// `config.index_unwritten_entries_wake`.
     pub index_backlog_signal: Signal,
+    /// The largest durable position a batch marker written so far claims:
+    /// recovery can tell damage below it from a torn write.
+    pub vouched: Cell<u64>,
 }
 
 /// A shard's commit log. Must live inside a glommio executor; dropping it
@@ -156,10 +176,6 @@ pub struct LogShared<S: Storage> {
 pub struct CommitLog<S: Storage> {
     shared: Rc<LogShared<S>>,
     tasks: RefCell<Vec<Task<()>>>,
-}
-
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_micros() as u64).unwrap_or(0)
 }
 
 impl<S: Storage> CommitLog<S> {
@@ -186,6 +202,9 @@ impl<S: Storage> CommitLog<S> {
             index_cache: RefCell::new(IndexCache::new(config_cache_bytes)),
             index_backlog: Cell::new(0),
             index_backlog_signal: Signal::default(),
+            // Recovery's end: the checkpoint or a recovery marker vouches
+            // for it, or nothing is there to vouch for.
+            vouched: Cell::new(end),
         });
         shared.count_index_backlog();
         // Retention may have deleted segments after the checkpoint.
@@ -217,6 +236,9 @@ impl<S: Storage> CommitLog<S> {
             match placed {
                 Ok(appended) => {
                     if appended.queue_offset.is_some() {
+                        self.shared.note_index_entry();
+                    }
+                    for _ in 0..appended.key_entries {
                         self.shared.note_index_entry();
                     }
                     self.shared.flush_signal.notify();
@@ -320,6 +342,8 @@ impl<S: Storage> CommitLog<S> {
             cached_pages: cache.page_count(),
             cache_bytes: cache.resident_bytes(),
             cache_stats: cache.stats,
+            key_tail_entries: state.key_tail.len(),
+            key_tail_bytes: state.key_tail.capacity() * std::mem::size_of::<KeyEntry>(),
         }
     }
 
@@ -392,7 +416,9 @@ impl<S: Storage> LogShared<S> {
     /// Recounts the entries waiting for the index files (after recovery and
     /// each checkpoint) and wakes the checkpointer if they are too many.
     pub fn count_index_backlog(&self) {
-        let backlog: usize = self.state.borrow().queues.values().map(QueueIndex::unwritten_len).sum();
+        let state = self.state.borrow();
+        let backlog = state.queues.values().map(QueueIndex::unwritten_len).sum::<usize>() + state.key_tail.len();
+        drop(state);
         self.index_backlog.set(backlog as u64);
         if self.index_backlog.get() >= self.config.index_unwritten_entries_wake {
             self.index_backlog_signal.notify();

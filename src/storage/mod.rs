@@ -8,6 +8,7 @@
 //! ```text
 //! <dir>/segments/<start position, 20 digits>.log
 //! <dir>/index/<queue id, 10 digits>.idx
+//! <dir>/keys/<segment start, 20 digits>.keys
 //! <dir>/checkpoint
 //! ```
 
@@ -21,9 +22,13 @@ mod group_commit;
 mod index;
 mod index_cache;
 mod index_lookup;
+mod index_rebuild;
+mod key_lookup;
+mod key_search;
+mod keys;
 mod log;
 mod read;
-pub mod record;
+pub use crate::wire::record;
 mod recovery;
 mod repair;
 mod retention;
@@ -32,12 +37,15 @@ mod stats;
 mod tail;
 mod watermark;
 
+pub use crate::now_us;
 pub use checkpoint::Checkpoint;
 pub use config::{FlushMode, LogConfig, Retention};
 pub use error::LogError;
 pub use index::IndexEntry;
 pub use index_cache::IndexCacheStats;
-pub use log::{now_us, AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
+pub use key_search::KeyCandidates;
+pub use keys::{KeyEntry, KeyHasher};
+pub use log::{AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
 pub use read::{OpRecordRead, ReadBatch, StoredRecord};
 pub use repair::{repair, RepairedRange};
 pub use stats::{latency_histogram_us, LogStats};
@@ -45,6 +53,7 @@ pub use watermark::{Signal, Watermark};
 
 pub const SEGMENTS_DIR: &str = "segments";
 pub const INDEX_DIR: &str = "index";
+pub const KEYS_DIR: &str = "keys";
 
 impl<S: backend::Storage> CommitLog<S> {
     /// Applies retention now; returns how many segments were deleted.
@@ -83,6 +92,21 @@ impl<S: backend::Storage> CommitLog<S> {
         Ok(low)
     }
 
+    /// Key-index entries of `key_hash` (the broker's hash of a topic and a
+    /// key), visible, stored at or after `since_us`, at positions below
+    /// `before`, newest first, at most `limit`. A hash matches other keys
+    /// too: the caller reads each record and compares. It reads key files
+    /// (and rebuilds one that fails its checks).
+    pub async fn key_candidates(
+        &self,
+        key_hash: u64,
+        since_us: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<KeyCandidates, LogError> {
+        key_search::search(self.shared(), key_hash, since_us, before, limit).await
+    }
+
     /// The segment files of the log (the prepared next one included) and
     /// the bytes they take on disk (segments are preallocated).
     pub fn disk_usage(&self) -> (u32, u64) {
@@ -94,6 +118,8 @@ impl<S: backend::Storage> CommitLog<S> {
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod key_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]

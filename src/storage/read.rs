@@ -140,10 +140,15 @@ impl<S: Storage> CommitLog<S> {
             .map(|(index, slot)| (offset + index as u64, slot))
             .filter(|(_, slot)| tag_hashes.is_empty() || tag_hashes.contains(&slot.entry.tag_hash))
             .unzip();
-        let mut records = Vec::with_capacity(slots.len());
+        let mut records: Vec<StoredRecord> = Vec::with_capacity(slots.len());
         let mut lost_offsets = Vec::new();
+        // Bytes of the records read: a reference (a committed half, a due
+        // delay, a retry) brings the record it points at, larger than its
+        // index entry, so the entries' sizes alone do not bound the batch.
+        let mut read_bytes = 0;
+        let mut cut_at = None;
         let mut index = 0;
-        while index < slots.len() {
+        'runs: while index < slots.len() {
             let run = contiguous_run(&slots[index..]);
             let first_offset = offsets[index];
             let Some((bytes, run)) = self.read_range(&slots[index..index + run]).await? else {
@@ -161,13 +166,21 @@ impl<S: Storage> CommitLog<S> {
                     _ => self.referenced(&record).await?,
                 };
                 match record {
-                    Some(record) if !record.header.is_tombstone() => records.push(record),
+                    Some(record) if !record.header.is_tombstone() => {
+                        // The first record always goes, so a read moves on.
+                        if !records.is_empty() && read_bytes + record.bytes.len() > bytes_max {
+                            cut_at = Some(queue_offset);
+                            break 'runs;
+                        }
+                        read_bytes += record.bytes.len();
+                        records.push(record);
+                    }
                     _ => lost_offsets.push(queue_offset),
                 }
             }
             index += run;
         }
-        let next_offset = offset + covered;
+        let next_offset = cut_at.unwrap_or(offset + covered);
         Ok(ReadBatch { records, next_offset, visible_end_offset, lost_offsets })
     }
 

@@ -8,6 +8,7 @@ use super::backend::{Storage, StorageFile, ZeroFillPace};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::group_commit::FillBuffer;
 use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
+use super::index_rebuild::{IndexFiles, IndexSpill};
 use super::log::LogState;
 use super::record::{self, Decoded, RecordHeader, BATCH_MARKER_SIZE_BYTES};
 use super::segment::{create_segment, open_segment, parse_segment_start, Segment};
@@ -91,6 +92,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
             Ok((queues, files)) => (queues, files, checkpoint.position.max(first_start)),
             Err(error) => {
                 tracing::warn!(%error, "index files do not match the checkpoint; rebuilding from the whole log");
+                // The rebuild rewrites the index files before a checkpoint
+                // names them: a crash meanwhile must rebuild again.
+                forget_checkpoint(storage, config).await?;
                 (Queues::new(), BTreeMap::new(), first_start)
             }
         },
@@ -104,7 +108,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
     // A queue the scan meets first starts at offset 0, unless retention
     // deleted segments the scan would have started in.
     let late_starts = scan_start == first_start && first_start > 0;
-    let end = scan(&segments, scan_start, &mut queues, late_starts).await?;
+    let mut spill = IndexSpill::new(storage, &index_dir, index_files, config.index_unwritten_entries_wake);
+    let end = scan(&segments, scan_start, &mut queues, late_starts, &mut spill).await?;
+    let index_files = spill.files;
     let checkpoint_position = checkpoint.as_ref().map_or(0, |checkpoint| checkpoint.position);
     let tail = tail::examine(&segments, &end, checkpoint_position, config.look_ahead_zero_run_bytes()).await?;
     let next_segment = settle_tail(config, &mut segments, &end, &tail).await?;
@@ -116,6 +122,7 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
     if truncated || !tail.evidence.dirty_end.is_empty() {
         next_write = vouch(&end).await?;
     }
+    let key_files = super::key_lookup::recover_key_files(storage, config, &segments, end.position).await?;
     let filling = filling_at(&end.segment, next_write, config.buffer_capacity_bytes);
     tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
     Ok(Pass::Recovered(Box::new(LogState {
@@ -131,6 +138,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
         pool: Vec::new(),
         queues,
         index_files,
+        keys_enabled: config.key_hasher.is_some(),
+        key_tail: Default::default(),
+        key_files,
         unsynced_segments: Vec::new(),
         unsynced_bytes: 0,
         batches_taken: 0,
@@ -154,7 +164,8 @@ async fn vouch<F: StorageFile>(end: &ScanEnd<F>) -> Result<u64, LogError> {
     }
     let mut data = AlignedBuf::zeroed(BLOCK_SIZE_BYTES);
     let gap_bytes = (segment.start + offset - end.position) as u32;
-    record::stamp_batch_marker(data.as_mut_slice(), end.position, gap_bytes, super::now_us());
+    let start = record::WriteStart { position: segment.start + offset, durable_position: end.position };
+    record::stamp_batch_marker(data.as_mut_slice(), start, gap_bytes, super::now_us());
     let io = |operation, error| LogError::io(operation, &segment.path, segment.start + offset, error);
     segment.file.write_at(data.as_slice(), offset).await.map_err(|error| io("write batch marker", error))?;
     segment.file.fdatasync().await.map_err(|error| io("fdatasync batch marker", error))?;
@@ -189,8 +200,6 @@ pub(super) async fn load_checkpoint<S: Storage>(storage: &S, config: &LogConfig)
         }
     }
 }
-
-type IndexFiles<F> = BTreeMap<u32, IndexFile<F>>;
 
 async fn load_indexes<S: Storage>(
     storage: &S,
@@ -277,6 +286,20 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
         })
     }
 
+    /// After damage at `offset` inside a block: the next block, if the write
+    /// that starts there followed the data ending at `end` (global) exactly.
+    /// Its batch marker then says that `[end, next block)` was padding, which
+    /// no write rewrites (a flush starts on a fresh block): the damage hit no
+    /// record, and the log goes on.
+    pub(super) async fn write_after_damaged_padding(&mut self, offset: u64, end: u64) -> Result<Option<u64>, LogError> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let boundary = offset.div_ceil(block) * block;
+        if boundary == offset || boundary >= self.segment.size_bytes {
+            return Ok(None);
+        }
+        Ok(self.starts_write(boundary, end).await?.then_some(boundary))
+    }
+
     /// What lies at `offset`: a whole valid record, zeros, or garbage.
     pub(super) async fn probe(&mut self, offset: u64) -> Result<Decoded, LogError> {
         let remaining = self.segment.size_bytes - offset;
@@ -284,21 +307,29 @@ impl<'a, F: StorageFile> SegmentReader<'a, F> {
             return Ok(Decoded::Zero);
         }
         let header = self.bytes(offset, RECORD_HEADER_SIZE_BYTES).await?;
-        match record::claimed_length(header) {
+        let decoded = match record::claimed_length(header) {
             Some(length) if record::plausible_length(length, remaining) => {
-                Ok(record::decode(self.bytes(offset, length).await?))
+                record::decode(self.bytes(offset, length).await?)
             }
-            _ => Ok(record::decode(header)),
-        }
+            _ => record::decode(header),
+        };
+        Ok(match decoded {
+            Decoded::Valid(header) => match header.misplaced_at(self.segment.start + offset) {
+                Some(why) => Decoded::Invalid(why),
+                None => Decoded::Valid(header),
+            },
+            other => other,
+        })
     }
 }
 
-async fn scan<F: StorageFile>(
-    segments: &Segments<F>,
+async fn scan<S: Storage>(
+    segments: &Segments<S::File>,
     start: u64,
     queues: &mut Queues,
     late_starts: bool,
-) -> Result<ScanEnd<F>, LogError> {
+    spill: &mut IndexSpill<'_, S>,
+) -> Result<ScanEnd<S::File>, LogError> {
     let Some(mut segment) = segments.range(..=start).next_back().map(|(_, segment)| segment.clone()) else {
         return Err(LogError::Corrupt {
             path: Default::default(),
@@ -326,8 +357,10 @@ async fn scan<F: StorageFile>(
                     }
                     // A valid record that does not continue its queue is
                     // damage (a misdirected block), judged like any other.
-                    if let Err(why) = index_record(queues, &segment, &header, segment.start + offset, late_starts) {
-                        break Some(why);
+                    match index_record(queues, &segment, &header, segment.start + offset, late_starts) {
+                        Err(why) => break Some(why),
+                        Ok(true) => spill.entry_added(queues).await?,
+                        Ok(false) => {}
                     }
                     offset += header.padded_size() as u64;
                     end = segment.start + offset;
@@ -340,9 +373,16 @@ async fn scan<F: StorageFile>(
                     // left of a write that lost the sector(s) before it.
                     Padding::Next(boundary) if reader.starts_write(boundary, end).await? => offset = boundary,
                     Padding::Next(_) | Padding::End => break None,
-                    Padding::Dirty => match decoded {
-                        Decoded::Invalid(why) => break Some(why),
-                        _ => break Some("a zero header followed by non-zero bytes"),
+                    Padding::Dirty => match reader.write_after_damaged_padding(offset, end).await? {
+                        Some(boundary) => {
+                            let position = segment.start + offset;
+                            tracing::warn!(position, "damaged padding between two writes: no record was there");
+                            offset = boundary;
+                        }
+                        None => match decoded {
+                            Decoded::Invalid(why) => break Some(why),
+                            _ => break Some("a zero header followed by non-zero bytes"),
+                        },
                     },
                 },
             }
@@ -377,11 +417,11 @@ fn index_record<F>(
     header: &RecordHeader,
     position: u64,
     late_starts: bool,
-) -> Result<(), &'static str> {
+) -> Result<bool, &'static str> {
     let timestamp = segment.last_store_timestamp_us.get().max(header.store_timestamp_us);
     segment.last_store_timestamp_us.set(timestamp);
     if !header.is_indexed() {
-        return Ok(());
+        return Ok(false);
     }
     if !queues.contains_key(&header.queue_id) && header.queue_offset != 0 && !late_starts {
         return Err("a queue's first record does not have offset 0");
@@ -403,7 +443,7 @@ fn index_record<F>(
         store_timestamp_us: header.store_timestamp_us,
     };
     queue.push(entry, position + header.padded_size() as u64);
-    Ok(())
+    Ok(true)
 }
 
 /// Refuses corruption (unless overridden) and zeroes what lies after the

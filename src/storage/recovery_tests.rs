@@ -226,11 +226,12 @@ fn a_crash_in_the_middle_of_writes_loses_nothing_durable() {
 /// What a power cut can leave of a write that began when `durable` was the
 /// durable end: its first sector (batch marker and the start of a record)
 /// arrived, the second did not, some later ones did.
-fn torn_write(durable: u64, gap_bytes: u32) -> Vec<u8> {
+fn torn_write(position: u64, durable: u64, gap_bytes: u32) -> Vec<u8> {
     use super::record::{encode, encode_batch_marker, padded_size, RecordHeader, BATCH_MARKER_SIZE_BYTES, NO_POSITION};
     let mut write = vec![0u8; 3 * BLOCK_SIZE_BYTES];
     let shape = super::record::WriteShape { length_bytes: write.len() as u32, zero_sectors: 0, gap_bytes };
-    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], durable, now_us(), shape);
+    let start = super::record::WriteStart { position, durable_position: durable };
+    encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], start, now_us(), shape);
     let body = message(0, 300);
     let length = crate::constants::RECORD_HEADER_SIZE_BYTES + body.len();
     let header = RecordHeader {
@@ -298,7 +299,8 @@ fn default_sizes_a_torn_last_write_is_cut_and_the_log_goes_on() {
         // one never arrived (zeros), as a power cut leaves it.
         let (path, end_offset) = segment_holding(&segment_files(&storage, &config).await, flushed);
         let torn_start = end_offset.div_ceil(BLOCK_SIZE_BYTES as u64) * BLOCK_SIZE_BYTES as u64;
-        damage_file(&path, torn_start, &torn_write(flushed, (torn_start - end_offset) as u32));
+        let torn_position = flushed - end_offset + torn_start;
+        damage_file(&path, torn_start, &torn_write(torn_position, flushed, (torn_start - end_offset) as u32));
         let log = CommitLog::open(storage.clone(), config.clone()).await.expect("a torn tail is cut, not refused");
         for (queue_id, count) in records_before.iter().enumerate() {
             assert_eq!(log.visible_end_offset(queue_id as u32), *count);
@@ -403,6 +405,44 @@ fn a_bit_flip_in_a_record_full_of_zeros_in_the_last_write_is_refused() {
         drop(log);
         let (path, offset) = segment_holding(&segment_files(&storage, &config).await, last.position);
         storage.flip_bit(&path, offset + 2000, 4).expect("flip");
+        expect_refused(&storage, &config, last.position).await;
+    });
+}
+
+/// Async flush: an fdatasync covers several writes, and only a later batch
+/// marker says so. With no later write (the log went idle) a zeroed block in
+/// those writes looked like a torn tail and was cut: durable records lost
+/// with the log opening. The flusher now writes and syncs a lone marker
+/// after such an fdatasync when nothing follows, so the damage is refused.
+#[test]
+fn async_an_idle_log_vouches_for_what_its_last_fdatasync_made_durable() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = LogConfig {
+            flush: FlushMode::Async { interval: Duration::from_secs(3600) },
+            ..small_config("/idle-vouch")
+        };
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        let mut last = None;
+        for sequence in 0..10_000 {
+            let message = message(0, sequence);
+            let request = AppendRequest { queue_id: 0, indexed: true, message: &message, ..Default::default() };
+            let appended = log.append_buffered(request).await.expect("append");
+            log.wait_acknowledgeable(appended.end).await.expect("written");
+            if log.positions().flushed >= appended.end {
+                last = Some(appended);
+                break;
+            }
+        }
+        let last = last.expect("a buffer's worth of writes brings an fdatasync");
+        for _ in 0..16 {
+            glommio::executor().yield_now().await;
+        }
+        drop(log);
+        storage.crash();
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, last.position);
+        let block = offset / BLOCK_SIZE_BYTES as u64 * BLOCK_SIZE_BYTES as u64;
+        storage.overwrite(&path, block, &[0; BLOCK_SIZE_BYTES]).expect("zero the block of the last durable record");
         expect_refused(&storage, &config, last.position).await;
     });
 }

@@ -6,7 +6,8 @@
 //! data, to the last non-zero byte). Each range is copied next to its
 //! segment (`<segment>.damaged-<position>`), then overwritten in place with
 //! valid records: a tombstone for every queue offset it held (known from the
-//! gap in the queue's offsets around it) and a filler for the rest. Nothing
+//! gap in the queue's offsets around it, or for a queue's first offsets from
+//! 0 while retention has deleted nothing) and a filler for the rest. Nothing
 //! moves, so no offset is renumbered; a reader skips the tombstones and says
 //! so. A damaged range at the very end that looks like a torn write is left
 //! to recovery, which cuts it. The checkpoint goes, so the next start
@@ -57,7 +58,9 @@ impl<F> Damage<F> {
 struct Gap {
     queue_id: u32,
     offsets: std::ops::Range<u64>,
-    after_position: u64,
+    /// The queue's record before the gap; `None`: the gap is the queue's
+    /// first offsets, which no record before names.
+    after_position: Option<u64>,
     before_position: u64,
 }
 
@@ -67,12 +70,17 @@ struct Survey<F> {
     gaps: Vec<Gap>,
     /// Per queue: (position, offset) of its last valid record.
     last: BTreeMap<u32, (u64, u64)>,
+    /// A queue first met above offset 0 lost its first offsets.
+    queues_start_at_zero: bool,
 }
 
 /// Repairs the log in `config.dir`; returns the ranges it replaced.
 pub async fn repair<S: Storage>(storage: &S, config: &LogConfig) -> Result<Vec<RepairedRange>, LogError> {
     let segments = open_segments(storage, &config.dir.join(SEGMENTS_DIR)).await?;
-    let Survey { mut damaged, gaps, last } = survey(&segments).await?;
+    // Without retention every queue starts at offset 0 in the first
+    // segment; after it, a queue's first kept offset is its start.
+    let queues_start_at_zero = segments.keys().next().is_none_or(|first| *first == 0);
+    let Survey { mut damaged, gaps, last, .. } = survey(&segments, queues_start_at_zero).await?;
     let checkpoint_position = load_checkpoint(storage, config).await.map_or(0, |checkpoint| checkpoint.position);
     let last_is_torn = match damaged.last() {
         Some(last) if !last.followed && last.start >= checkpoint_position => {
@@ -100,8 +108,8 @@ pub async fn repair<S: Storage>(storage: &S, config: &LogConfig) -> Result<Vec<R
 
 /// Walks every record of every segment: the damaged ranges, and the gaps in
 /// each queue's offsets they explain.
-async fn survey<F: StorageFile>(segments: &Segments<F>) -> Result<Survey<F>, LogError> {
-    let mut found = Survey { damaged: Vec::new(), gaps: Vec::new(), last: BTreeMap::new() };
+async fn survey<F: StorageFile>(segments: &Segments<F>, queues_start_at_zero: bool) -> Result<Survey<F>, LogError> {
+    let mut found = Survey { damaged: Vec::new(), gaps: Vec::new(), last: BTreeMap::new(), queues_start_at_zero };
     let mut data_end = 0;
     for segment in segments.values() {
         let mut reader = SegmentReader::new(segment);
@@ -149,15 +157,13 @@ async fn survey<F: StorageFile>(segments: &Segments<F>) -> Result<Survey<F>, Log
 
 impl<F> Survey<F> {
     fn note_record(&mut self, queue_id: u32, offset: u64, position: u64) {
-        if let Some((previous_position, previous_offset)) = self.last.get(&queue_id) {
-            if offset > previous_offset + 1 {
-                self.gaps.push(Gap {
-                    queue_id,
-                    offsets: previous_offset + 1..offset,
-                    after_position: *previous_position,
-                    before_position: position,
-                });
-            }
+        let (after_position, first_missing) = match self.last.get(&queue_id) {
+            Some((previous_position, previous_offset)) => (Some(*previous_position), previous_offset + 1),
+            None if self.queues_start_at_zero => (None, 0),
+            None => (None, offset),
+        };
+        if offset > first_missing {
+            self.gaps.push(Gap { queue_id, offsets: first_missing..offset, after_position, before_position: position });
         }
         self.last.insert(queue_id, (position, offset));
     }
@@ -170,7 +176,8 @@ fn place_gaps<F>(damaged: &mut [Damage<F>], gaps: &[Gap]) -> Result<(), LogError
     for gap in gaps {
         let mut offsets = gap.offsets.clone();
         for damage in damaged.iter_mut() {
-            if damage.start <= gap.after_position || damage.end > gap.before_position {
+            let before_gap = gap.after_position.is_some_and(|after| damage.start <= after);
+            if before_gap || damage.end > gap.before_position {
                 continue;
             }
             while damage.lost.len() < damage.capacity() {

@@ -170,3 +170,24 @@ fn a_damaged_last_record_of_a_segment_gets_one_tombstone_when_its_queue_goes_on(
         assert_all_but(&log, 300, &[(queue_id, queue_offset)]).await;
     });
 }
+
+/// A queue's first record damaged: no record before it names the offsets
+/// lost, but without retention every queue starts at 0, so they become
+/// tombstones too and the queue still starts at 0.
+#[test]
+fn a_damaged_first_record_of_a_queue_becomes_a_tombstone_at_offset_zero() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = small_config("/repair-first");
+        fill(&storage, &config, 100).await;
+        let position = position_of(&storage, &config, 1, 0).await;
+        let (path, offset) = segment_holding(&segment_files(&storage, &config).await, position);
+        storage.flip_bit(&path, offset + 70, 3).expect("flip");
+        expect_refused(&storage, &config, position).await;
+        let repaired = repair(&storage, &config).await.expect("repair");
+        assert_eq!(repaired.iter().map(|range| range.records_lost).sum::<u64>(), 1, "{repaired:?}");
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("opens after repair");
+        assert_eq!(log.base_offset(1), 0, "the queue still starts at 0");
+        assert_all_but(&log, 100, &[(1, 0)]).await;
+    });
+}

@@ -44,6 +44,7 @@ pub async fn enforce<S: Storage>(shared: &Rc<LogShared<S>>, now_us: u64) -> Resu
             .remove(&segment.path)
             .await
             .map_err(|error| shared.fail_stop(LogError::io("remove segment", &segment.path, segment.start, error)))?;
+        super::key_lookup::forget_segment(shared, segment.start, segment.end()).await?;
         tracing::info!(path = %segment.path.display(), "retention deleted a segment");
     }
     Ok(victims.len())

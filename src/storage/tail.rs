@@ -263,6 +263,9 @@ async fn record_in_chunk<F: StorageFile>(
     };
     let Decoded::Valid(header) = decoded else { return Ok(None) };
     let position = segment.start + offset;
+    if header.misplaced_at(position).is_some() {
+        return Ok(None);
+    }
     evidence.first_valid.get_or_insert(position);
     if let Some(durable) = header.batch_durable_position() {
         if evidence.durable_claim.is_none_or(|(known, _)| durable > known) {

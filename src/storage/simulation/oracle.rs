@@ -286,7 +286,12 @@ impl Oracle {
         let damaged = self.damaged.contains(&(queue_id, offset)) || allowance.damaged.contains(&(queue_id, offset));
         match log.read(queue_id, offset, 1, 1 << 20).await {
             Ok(batch) => match batch.records.first() {
-                Some(stored) if stored.message() == body(self.seed, record.id, record.length) => {}
+                Some(stored) if stored.message() == body(self.seed, record.id, record.length) => {
+                    // Where the log keeps it now: after the operator's
+                    // truncation that may be a misdirected copy's place.
+                    let position = stored.position;
+                    self.judge_key(log, queue_id, offset, record, position).await;
+                }
                 Some(stored) => self.violation(format!(
                     "phantom: {queue_id}/{offset} read back {} bytes that are not the record placed there (log {})",
                     stored.message().len(),
@@ -304,6 +309,30 @@ impl Oracle {
             Err(error) => {
                 self.violation(format!("reading {queue_id}/{offset} (log {}) failed: {error}", record.position))
             }
+        }
+    }
+
+    /// A record that reads back must be found by its key (the key index
+    /// was caught up, or rebuilt, at recovery): the newest entry of its key
+    /// at or below `position`, where the read found it, is its own.
+    async fn judge_key<S: Storage>(
+        &mut self,
+        log: &CommitLog<S>,
+        queue_id: u32,
+        offset: u64,
+        record: &Placed,
+        position: u64,
+    ) {
+        let mut hashes = Vec::new();
+        super::first_word_key(&body(self.seed, record.id, record.length), &mut hashes);
+        let Some(hash) = hashes.first() else { return };
+        match log.key_candidates(*hash, 0, position + 1, 1).await {
+            Ok(found) if found.entries.first().is_some_and(|entry| entry.position == position) => {}
+            Ok(found) => self.violation(format!(
+                "key index: {queue_id}/{offset} (log {position}) is not found by its key (found {:?})",
+                found.entries.first()
+            )),
+            Err(error) => self.violation(format!("key index: searching {queue_id}/{offset}'s key failed: {error}")),
         }
     }
 

@@ -1,7 +1,7 @@
-//! Regenerates the Rust code for every `schemas/*.fbs` of the ringmq
+//! Regenerates the Rust code for every `client/schemas/*.fbs` of the ringmq
 //! repository with a pinned flatc, built from source by the `flatc` crate.
 //!
-//! Usage: `flatc-regen [OUT_DIR]` (default `src/wire/generated`). A relative
+//! Usage: `flatc-regen [OUT_DIR]` (default `client/src/wire/generated`). A relative
 //! `OUT_DIR` is resolved against the repository root, which is two levels up
 //! from this tool's manifest directory. Normally run via
 //! `tools/regen-schemas.sh`, which also formats the output and implements
@@ -12,7 +12,9 @@ use std::process::{Command, ExitCode};
 
 /// Must match the `flatbuffers` crate version used by ringmq.
 const EXPECTED_VERSION: &str = "flatc version 23.5.26";
-const DEFAULT_OUT_DIR: &str = "src/wire/generated";
+const DEFAULT_OUT_DIR: &str = "client/src/wire/generated";
+/// The crate that holds the schemas (in `schemas/`) and their code.
+const SCHEMA_CRATE_DIR: &str = "client";
 
 fn main() -> ExitCode {
     match run() {
@@ -61,15 +63,16 @@ fn run() -> Result<(), String> {
     }
     check_version(flatc)?;
 
-    let schemas = find_schemas(&root)?;
+    let crate_dir = root.join(SCHEMA_CRATE_DIR);
+    let schemas = find_schemas(&crate_dir)?;
 
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create output directory {}: {e}", out_dir.display()))?;
 
-    // Run from the repo root with repo-relative schema paths so that nothing
-    // about this machine's layout can leak into the output.
+    // Run from the schemas' crate with crate-relative schema paths so that
+    // nothing about this machine's layout can leak into the output.
     let mut cmd = Command::new(flatc);
-    cmd.current_dir(&root)
+    cmd.current_dir(&crate_dir)
         .arg("--rust")
         .arg("--gen-all")
         .arg("-I")
@@ -122,7 +125,8 @@ fn check_version(flatc: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Repo-relative paths of `schemas/*.fbs`, sorted for a stable order.
+/// `schemas/*.fbs` relative to `root` (the schemas' crate), sorted for a
+/// stable order.
 fn find_schemas(root: &Path) -> Result<Vec<PathBuf>, String> {
     let dir = root.join("schemas");
     let entries = std::fs::read_dir(&dir)

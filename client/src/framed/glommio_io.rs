@@ -1,0 +1,104 @@
+//! Frames over futures' streams inside a glommio executor: a reader whose
+//! single read can be raced against other events without being dropped,
+//! the writer loop that coalesces queued frames, and the timeouts they use.
+
+use super::ReadError;
+use crate::protocol::{DecoderLimits, Frame, FrameBatch, FrameDecoder, OutgoingFrame};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::local_channel::LocalReceiver;
+use std::future::Future;
+use std::time::Duration;
+
+/// `future`'s output, or `None` once `limit` passed first (the future is
+/// then dropped).
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    let bounded = async { Some(future.await) };
+    let expired = async {
+        glommio::timer::sleep(limit).await;
+        None
+    };
+    futures_lite::future::or(bounded, expired).await
+}
+
+/// Reads whole frames from a stream.
+pub struct AsyncFrameReader<R> {
+    stream: R,
+    decoder: FrameDecoder,
+}
+
+impl<R: AsyncRead + Unpin> AsyncFrameReader<R> {
+    pub fn new(stream: R, limits: DecoderLimits) -> Self {
+        Self { stream, decoder: FrameDecoder::new(limits) }
+    }
+
+    /// The decoder, for a reader that takes frames and accounts for its
+    /// buffer itself between reads (the broker's connection).
+    pub fn decoder(&mut self) -> &mut FrameDecoder {
+        &mut self.decoder
+    }
+
+    /// One read into the decoder: the bytes read, 0 at the end of the
+    /// stream.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        let read = self.stream.read(self.decoder.room()).await;
+        self.decoder.filled(*read.as_ref().unwrap_or(&0));
+        read
+    }
+
+    /// The next frame; `None` once the stream ended between two frames.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) = self.decoder.decode()? {
+                return Ok(Some(frame));
+            }
+            if self.fill().await? == 0 {
+                self.decoder.end()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Why a writer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer does not read.
+    #[error("not written within {} ms", after.as_millis())]
+    TimedOut { after: Duration },
+}
+
+/// Writes the frames `queue` hands over as they come, those already
+/// waiting coalesced into one write (up to `WRITE_COALESCE_BYTES`), each
+/// write within `timeout`. A frame is dropped only once its bytes are
+/// written (what it holds, such as a broker answer's budget, goes back
+/// then), or with the writer's failure. Once the queue closes, the stream
+/// is flushed and closed.
+pub async fn write_frames<W, F>(stream: &mut W, queue: &LocalReceiver<F>, timeout: Duration) -> Result<(), WriteError>
+where
+    W: AsyncWrite + Unpin,
+    F: OutgoingFrame,
+{
+    let mut batch = FrameBatch::default();
+    let mut written = Vec::new();
+    while let Some(frame) = queue.recv().await {
+        batch.push(&frame);
+        written.push(frame);
+        while !batch.is_full() {
+            let Some(Some(frame)) = futures_lite::future::poll_once(queue.recv()).await else { break };
+            batch.push(&frame);
+            written.push(frame);
+        }
+        match within(timeout, stream.write_all(batch.bytes())).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(WriteError::TimedOut { after: timeout }),
+        }
+        batch.clear();
+        written.clear();
+    }
+    let _ = stream.flush().await;
+    let _ = stream.close().await;
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The framing as a sans-IO codec: bytes in, frames out, and frames in,
+//! bytes out. Every end of a connection (the broker's, the blocking
+//! client's reader thread, the async client) reads through one
+//! `FrameDecoder` and writes through `encode_frame` or a `FrameBatch`;
+//! only the I/O around them differs (`crate::framed`).
+
+use super::frame::{decode_frame, frame_header, read_room, release_excess, Frame, FrameError};
+use crate::constants::{
+    CONNECTION_BUFFER_RETAINED_BYTES, CONNECTION_READ_BYTES_MAX, CONNECTION_READ_FIRST_BYTES, FRAME_BODY_BYTES_MAX,
+};
+use bytes::BytesMut;
+
+/// Frames waiting for a writer are coalesced into one write up to about
+/// this many bytes: fewer system calls, and no single write so large that
+/// its timeout means little.
+pub const WRITE_COALESCE_BYTES: usize = 1 << 20;
+
+/// How a decoder's buffer may grow and what it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecoderLimits {
+    /// A frame claiming a larger body is refused from its length prefix.
+    pub body_bytes_max: usize,
+    /// Room for a read before any length is known.
+    pub first_read_bytes: usize,
+    /// One read fills at most this much.
+    pub read_bytes_max: usize,
+    /// Capacity kept after a large frame has gone.
+    pub retained_bytes_max: usize,
+}
+
+impl DecoderLimits {
+    /// The broker's limits for a client's requests, with bodies up to
+    /// `body_bytes_max` (the broker's `frame_body_bytes_max`).
+    pub fn requests(body_bytes_max: usize) -> Self {
+        Self {
+            body_bytes_max,
+            first_read_bytes: CONNECTION_READ_FIRST_BYTES,
+            read_bytes_max: CONNECTION_READ_BYTES_MAX,
+            retained_bytes_max: CONNECTION_BUFFER_RETAINED_BYTES,
+        }
+    }
+
+    /// A client's limits for the broker's frames: an answer carries up to a
+    /// frame body's worth of stored records plus their headers, hence twice
+    /// the request limit.
+    pub fn answers() -> Self {
+        Self::requests(FRAME_BODY_BYTES_MAX * 2)
+    }
+}
+
+/// Bytes in, whole frames out. The buffer grows with what arrives, never
+/// with the length a frame claims (`read_room`), and gives back what a
+/// large frame took once it is gone (`release_excess`), so it stays within
+/// twice the bytes received plus one read step.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buffer: BytesMut,
+    limits: DecoderLimits,
+    /// Bytes at the end of `buffer` handed out by `room` and not yet
+    /// `filled`: zeros, never frame bytes.
+    unfilled: usize,
+}
+
+/// The stream ended in the middle of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the peer closed in the middle of a frame ({buffered} bytes buffered)")]
+pub struct Truncated {
+    pub buffered: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(limits: DecoderLimits) -> Self {
+        Self { buffer: BytesMut::new(), limits, unfilled: 0 }
+    }
+
+    /// Takes the next whole frame, if the bytes so far hold one. A bad
+    /// length is an error as soon as its prefix is in: the framing is lost.
+    /// When no whole frame is left, capacity past the retained bound goes
+    /// back.
+    pub fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.filled(0);
+        let frame = decode_frame(&mut self.buffer, self.limits.body_bytes_max)?;
+        if frame.is_none() {
+            release_excess(&mut self.buffer, self.limits.retained_bytes_max);
+        }
+        Ok(frame)
+    }
+
+    /// Grows the buffer for the next read, by the rules above, and returns
+    /// its capacity (what a budget for incomplete frames charges).
+    pub fn reserve_read(&mut self) -> usize {
+        self.filled(0);
+        read_room(&mut self.buffer, self.limits.first_read_bytes, self.limits.read_bytes_max);
+        self.buffer.capacity()
+    }
+
+    /// Where the next read goes (grown as `reserve_read` does); tell
+    /// `filled` how much of it the read filled.
+    pub fn room(&mut self) -> &mut [u8] {
+        self.filled(0);
+        let room = read_room(&mut self.buffer, self.limits.first_read_bytes, self.limits.read_bytes_max);
+        let start = self.buffer.len();
+        self.buffer.resize(start + room, 0);
+        self.unfilled = room;
+        &mut self.buffer[start..]
+    }
+
+    /// The last `room` got `bytes` (at most its length); the rest of it is
+    /// dropped.
+    pub fn filled(&mut self, bytes: usize) {
+        let end = self.buffer.len() - self.unfilled + bytes.min(self.unfilled);
+        self.buffer.truncate(end);
+        self.unfilled = 0;
+    }
+
+    /// The stream ended: clean only between frames.
+    pub fn end(&mut self) -> Result<(), Truncated> {
+        self.filled(0);
+        match self.buffer.len() {
+            0 => Ok(()),
+            buffered => Err(Truncated { buffered }),
+        }
+    }
+
+    /// Bytes received and not yet taken as frames.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len() - self.unfilled
+    }
+
+    /// What the buffer holds allocated now.
+    pub fn capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+}
+
+/// One part of an outgoing frame, as a writer queues it: the header and
+/// the body apart, so a body is copied once, into the write.
+pub trait OutgoingFrame {
+    fn header(&self) -> &[u8];
+    fn body(&self) -> &[u8];
+}
+
+/// A frame encoded whole (`encode_frame`).
+impl OutgoingFrame for Vec<u8> {
+    fn header(&self) -> &[u8] {
+        &[]
+    }
+
+    fn body(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Frames out, bytes in one buffer for one write.
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    bytes: Vec<u8>,
+}
+
+impl FrameBatch {
+    pub fn push(&mut self, frame: &impl OutgoingFrame) {
+        self.bytes.extend_from_slice(frame.header());
+        self.bytes.extend_from_slice(frame.body());
+    }
+
+    /// Encodes a frame into the batch.
+    pub fn push_frame(&mut self, kind: u16, request_id: u32, body: &[u8]) {
+        self.bytes.extend_from_slice(&frame_header(kind, request_id, body.len()));
+        self.bytes.extend_from_slice(body);
+    }
+
+    /// Whether it should be written before more is added.
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() > WRITE_COALESCE_BYTES
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Written: empty again, its allocation kept.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode_frame as encode;
+
+    fn limits() -> DecoderLimits {
+        DecoderLimits {
+            body_bytes_max: 8 << 20,
+            first_read_bytes: 4096,
+            read_bytes_max: 64 * 1024,
+            retained_bytes_max: 128 * 1024,
+        }
+    }
+
+    /// Feeds `wire` to `decoder` the way a reader does, at most `step`
+    /// bytes a read, and returns the frames in order.
+    fn feed(decoder: &mut FrameDecoder, wire: &[u8], step: usize) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut offset = 0;
+        loop {
+            while let Some(frame) = decoder.decode().expect("good frames") {
+                frames.push(frame);
+            }
+            if offset == wire.len() {
+                return frames;
+            }
+            let room = decoder.room();
+            let read = room.len().min(step).min(wire.len() - offset);
+            room[..read].copy_from_slice(&wire[offset..offset + read]);
+            decoder.filled(read);
+            offset += read;
+        }
+    }
+
+    #[test]
+    fn frames_come_out_whole_whatever_the_reads_cut() {
+        let mut wire = encode(5, 77, b"hello");
+        wire.extend(encode(7, 78, b""));
+        wire.extend(encode(9, 79, &vec![3; 200_000]));
+        for step in [1, 3, 10, 4096, 1 << 20] {
+            let mut decoder = FrameDecoder::new(limits());
+            let frames = feed(&mut decoder, &wire, step);
+            let seen: Vec<_> = frames.iter().map(|frame| (frame.kind, frame.request_id, frame.body.len())).collect();
+            assert_eq!(seen, [(5, 77, 5), (7, 78, 0), (9, 79, 200_000)], "reads of {step} bytes");
+            assert_eq!(&frames[0].body[..], b"hello");
+            assert_eq!(decoder.end(), Ok(()));
+            assert!(decoder.capacity() <= 128 * 1024, "{} bytes kept", decoder.capacity());
+        }
+    }
+
+    #[test]
+    fn room_not_filled_is_never_taken_for_frame_bytes() {
+        let mut decoder = FrameDecoder::new(limits());
+        let wire = encode(5, 1, b"abc");
+        let room = decoder.room();
+        room[..4].copy_from_slice(&wire[..4]);
+        decoder.filled(4);
+        // A read that failed: its room holds nothing.
+        let _ = decoder.room();
+        assert_eq!(decoder.buffered(), 4);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.end(), Err(Truncated { buffered: 4 }));
+    }
+
+    #[test]
+    fn a_claimed_length_grows_the_buffer_only_with_what_arrives() {
+        let mut decoder = FrameDecoder::new(limits());
+        let header = frame_header(5, 1, 4 << 20);
+        let mut received = 0;
+        let mut wire = header.to_vec();
+        wire.resize(600_000, 7);
+        for chunk in wire.chunks(10_000) {
+            assert!(decoder.reserve_read() <= 2 * received + 64 * 1024 + 4096);
+            let room = decoder.room();
+            let read = room.len().min(chunk.len());
+            room[..read].copy_from_slice(&chunk[..read]);
+            decoder.filled(read);
+            received += read;
+            assert_eq!(decoder.decode(), Ok(None));
+        }
+        assert!(decoder.capacity() < 2 << 20, "{} bytes for {received} received", decoder.capacity());
+    }
+
+    #[test]
+    fn a_bad_length_is_an_error_from_the_prefix() {
+        let mut decoder = FrameDecoder::new(limits());
+        let room = decoder.room();
+        room[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        decoder.filled(4);
+        assert!(matches!(decoder.decode(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_batch_holds_frames_back_to_back() {
+        let mut batch = FrameBatch::default();
+        batch.push(&encode(5, 1, b"one"));
+        batch.push_frame(6, 2, b"two");
+        let mut decoder = FrameDecoder::new(limits());
+        let frames = feed(&mut decoder, batch.bytes(), 7);
+        assert_eq!(frames.len(), 2);
+        assert_eq!((frames[1].kind, frames[1].request_id, &frames[1].body[..]), (6, 2, &b"two"[..]));
+        assert!(!batch.is_full());
+        batch.clear();
+        assert!(batch.is_empty());
+    }
+}

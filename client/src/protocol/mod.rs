@@ -1,0 +1,46 @@
+//! The wire protocol around the schemas: frames, request kinds, verification
+//! of every body with explicit limits, and the builders both ends use.
+//!
+//! Frame: `u32 length | u16 kind | u32 request id | flatbuffer`, little-endian,
+//! `length` counting the bytes after itself. Clients start requests with
+//! ids below `BROKER_REQUEST_BIT`; the broker starts its own (check-backs)
+//! with that bit set, on a connection that registered a producer group.
+
+mod admin;
+mod build;
+mod codec;
+mod frame;
+mod kind;
+pub mod page;
+mod routing;
+
+pub use admin::*;
+pub use build::*;
+pub use codec::{DecoderLimits, FrameBatch, FrameDecoder, OutgoingFrame, Truncated, WRITE_COALESCE_BYTES};
+pub use frame::{
+    decode_frame, encode_frame, frame_bytes_missing, frame_header, read_room, release_excess, Frame, FrameError,
+    FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
+};
+pub use kind::{Kind, BROKER_REQUEST_BIT};
+pub use routing::{
+    coordinator_shard, dead_letter_topic, internal_topic_group, queue_owner, retry_topic, INTERNAL_TOPIC_PREFIX,
+};
+
+pub use crate::wire::generated::protocol as fb;
+
+use crate::constants::{VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX};
+use flatbuffers::{Follow, Verifiable, VerifierOptions};
+
+/// Verifies a request or response body as `T` with the broker's limits.
+pub fn verify<'a, T>(body: &'a [u8]) -> Result<T::Inner, String>
+where
+    T: Follow<'a> + Verifiable + 'a,
+{
+    let options = VerifierOptions {
+        max_depth: VERIFIER_DEPTH_MAX,
+        max_tables: VERIFIER_TABLES_MAX,
+        max_apparent_size: crate::constants::FRAME_BODY_BYTES_MAX * 2,
+        ignore_missing_null_terminator: false,
+    };
+    flatbuffers::root_with_opts::<T>(&options, body).map_err(|error| error.to_string())
+}

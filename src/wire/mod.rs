@@ -1,7 +1,0 @@
-//! What travels on the wire: the flatbuffers schemas' generated code and the
-//! verification every incoming message passes before anything touches it.
-
-pub mod generated;
-mod message;
-
-pub use message::{tag_hash, verify_message, MessageDraft, VerifiedMessage, WireError};
