@@ -863,6 +863,46 @@ async fn replay<S: Storage>(
 }
 
 #[cfg(test)]
+pub(super) mod fixtures {
+    //! What the transaction tests share: a topic and halves in a log.
+    use super::*;
+    use crate::wire::MessageDraft;
+
+    /// Topics holding `orders` (one queue, on shard 0) and that queue's id.
+    pub fn orders() -> (Topics, u32) {
+        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
+        let target = topic.queue_id(0);
+        let mut topics = Topics::default();
+        topics.topics.insert(topic.name.clone(), topic);
+        (topics, target)
+    }
+
+    /// Appends a half of `transaction_id` to `orders`; returns its position,
+    /// its record's own length (header and message, no padding) and bytes.
+    pub async fn append_half<S: Storage>(log: &CommitLog<S>, transaction_id: &str, number: u64) -> (u64, u32, Vec<u8>) {
+        let bytes = MessageDraft {
+            msg_id: (9, number),
+            topic: "orders",
+            body: transaction_id.as_bytes(),
+            half: true,
+            producer_group: Some("payments"),
+            transaction_id: Some(transaction_id),
+            ..MessageDraft::default()
+        }
+        .build();
+        let request = AppendRequest {
+            queue_id: HALF_QUEUE_ID,
+            flags: flags::HALF,
+            indexed: true,
+            message: &bytes,
+            ..Default::default()
+        };
+        let appended = log.append(request).await.expect("half");
+        (appended.position, (crate::constants::RECORD_HEADER_SIZE_BYTES + bytes.len()) as u32, bytes)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1005,38 +1045,15 @@ mod tests {
     fn recovery_finds_commits_in_the_target_queue_and_rollbacks_in_the_op_queue() {
         use crate::storage::backend::MemoryStorage;
         use crate::storage::LogConfig;
-        use crate::wire::MessageDraft;
-        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
-        let target = topic.queue_id(0);
-        let mut topics = Topics::default();
-        topics.topics.insert(topic.name.clone(), topic);
+        let (topics, target) = fixtures::orders();
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
         executor.run(async move {
             let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
             let mut halves = Vec::new();
             for (number, transaction_id) in ["a", "b", "c"].into_iter().enumerate() {
-                let bytes = MessageDraft {
-                    msg_id: (9, number as u64),
-                    topic: "orders",
-                    body: transaction_id.as_bytes(),
-                    half: true,
-                    producer_group: Some("payments"),
-                    transaction_id: Some(transaction_id),
-                    ..MessageDraft::default()
-                }
-                .build();
-                let request = AppendRequest {
-                    queue_id: HALF_QUEUE_ID,
-                    flags: flags::HALF,
-                    indexed: true,
-                    message: &bytes,
-                    ..AppendRequest::default()
-                };
-                let appended = log.append(request).await.expect("half");
-                halves.push((appended.position, (appended.end - appended.position) as u32, bytes));
+                halves.push(fixtures::append_half(&log, transaction_id, number as u64).await);
             }
-            // Padding: the record's own length is the header plus the message.
-            let size = |index: usize| (crate::constants::RECORD_HEADER_SIZE_BYTES + halves[index].2.len()) as u32;
+            let size = |index: usize| halves[index].1;
             let committed = append_op(&log, Op::Commit { target_queue_id: target }, "a", halves[0].0, size(0), 0).await;
             assert_eq!(committed.expect("commit").state, TransactionState::Committed { offset: 0 });
             let rolled_back = append_op(&log, Op::Rollback, "b", halves[1].0, size(1), 0).await;
@@ -1072,11 +1089,7 @@ mod tests {
     fn a_commit_of_a_half_in_an_earlier_segment_stores_a_copy() {
         use crate::storage::backend::MemoryStorage;
         use crate::storage::LogConfig;
-        use crate::wire::MessageDraft;
-        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
-        let target = topic.queue_id(0);
-        let mut topics = Topics::default();
-        topics.topics.insert(topic.name.clone(), topic);
+        let (topics, target) = fixtures::orders();
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
         executor.run(async move {
             let config = LogConfig {
@@ -1086,39 +1099,20 @@ mod tests {
                 ..LogConfig::new("/memory")
             };
             let log = CommitLog::open(MemoryStorage::new(), config).await.expect("open");
-            let half = MessageDraft {
-                msg_id: (9, 1),
-                topic: "orders",
-                body: b"far",
-                half: true,
-                producer_group: Some("payments"),
-                transaction_id: Some("far"),
-                ..MessageDraft::default()
-            }
-            .build();
-            let request = AppendRequest {
-                queue_id: HALF_QUEUE_ID,
-                flags: flags::HALF,
-                indexed: true,
-                message: &half,
-                ..Default::default()
-            };
-            let stored = log.append(request).await.expect("half");
+            let (position, size, half) = fixtures::append_half(&log, "far", 1).await;
             let filler = vec![7u8; 1000];
             while log.positions().flushed < 64 * 1024 + 4096 {
                 let request = AppendRequest { queue_id: 900, indexed: true, message: &filler, ..Default::default() };
                 log.append(request).await.expect("filler");
             }
-            let size = (crate::constants::RECORD_HEADER_SIZE_BYTES + half.len()) as u32;
-            let committed =
-                append_op(&log, Op::Commit { target_queue_id: target }, "far", stored.position, size, 0).await;
+            let committed = append_op(&log, Op::Commit { target_queue_id: target }, "far", position, size, 0).await;
             assert_eq!(committed.expect("commit").state, TransactionState::Committed { offset: 0 });
             let batch = log.read(target, 0, 1, 1 << 20).await.expect("the target queue reads");
             let record = &batch.records[0];
             assert_eq!(record.message(), half.as_slice(), "the half's bytes");
             assert!(record.via.is_none() && record.position > 64 * 1024, "a copy in the later segment");
             assert_eq!(record.header.flags & (flags::HALF | flags::COMMIT), flags::HALF | flags::COMMIT);
-            assert_eq!(record.header.ref_position, stored.position, "the copy points back at the half");
+            assert_eq!(record.header.ref_position, position, "the copy points back at the half");
             let table = recover(&log, &topics, &[target]).await.expect("recovers");
             assert_eq!(table.get("far").expect("known").state, TransactionState::Committed { offset: 0 });
             log.close().await.expect("close");

@@ -222,11 +222,9 @@ pub async fn write<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::transactions::{append_op, Op, OpRecord};
+    use crate::server::transactions::{append_op, fixtures, Op, OpRecord};
     use crate::storage::backend::MemoryStorage;
-    use crate::storage::record::flags;
-    use crate::storage::{AppendRequest, LogConfig};
-    use crate::wire::MessageDraft;
+    use crate::storage::LogConfig;
     use std::collections::BTreeMap;
 
     fn half(transaction_id: &str, position: u64) -> HalfMessage {
@@ -332,37 +330,14 @@ mod tests {
         assert!(decode(b"").is_err());
     }
 
-    /// Appends a half of transaction `transaction_id`; returns its position
-    /// and record size.
     async fn append_half(log: &CommitLog<MemoryStorage>, transaction_id: &str, number: u64) -> (u64, u32) {
-        let bytes = MessageDraft {
-            msg_id: (9, number),
-            topic: "orders",
-            body: transaction_id.as_bytes(),
-            half: true,
-            producer_group: Some("payments"),
-            transaction_id: Some(transaction_id),
-            ..MessageDraft::default()
-        }
-        .build();
-        let request = AppendRequest {
-            queue_id: HALF_QUEUE_ID,
-            flags: flags::HALF,
-            indexed: true,
-            message: &bytes,
-            ..AppendRequest::default()
-        };
-        let appended = log.append(request).await.expect("half");
-        // The record's own length is the header plus the message (no padding).
-        (appended.position, (crate::constants::RECORD_HEADER_SIZE_BYTES + bytes.len()) as u32)
+        let (position, size, _) = fixtures::append_half(log, transaction_id, number).await;
+        (position, size)
     }
 
     #[test]
     fn the_table_comes_back_from_a_snapshot_and_the_records_after_it() {
-        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
-        let target = topic.queue_id(0);
-        let mut topics = Topics::default();
-        topics.topics.insert(topic.name.clone(), topic);
+        let (topics, target) = fixtures::orders();
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
         executor.run(async move {
             let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
