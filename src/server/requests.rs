@@ -230,8 +230,17 @@ impl<'a> Produce<'a> {
             return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
+        let mut total_bytes = 0;
         for (index, message) in self.messages.iter().enumerate() {
             let bytes = message_bytes(frame_body, message.bytes().bytes())?;
+            // Flatbuffers let entries share one vector: without this a 4 MiB
+            // request could have the log store 4000 copies of its bytes.
+            total_bytes += bytes.len();
+            if total_bytes > frame_body.len() {
+                return Err(invalid(format!(
+                    "message {index} of the batch shares its bytes with another: a batch's messages take more bytes than the request"
+                )));
+            }
             let invalid_message = |error: String| {
                 Failure::new(fb::ErrorCode::InvalidMessage, format!("message {index} of the batch: {error}"))
             };
@@ -553,5 +562,40 @@ impl<'a> QueryMessages<'a> {
             asked => asked.min(QUERY_MESSAGES_MAX),
         };
         Ok(Self { topic: request.topic(), key, max, since_us: request.since_ms().saturating_mul(1000) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::MessageDraft;
+
+    /// Entries of a batch pointing at one shared vector are refused: each
+    /// message must bring its own bytes, so what the log stores never
+    /// exceeds what arrived.
+    #[test]
+    fn a_batch_whose_messages_share_their_bytes_is_refused() {
+        let message =
+            MessageDraft { msg_id: (1, 1), topic: "orders", body: &[7; 1000], ..MessageDraft::default() }.build();
+        let mut builder = flatbuffers::FlatBufferBuilder::new();
+        let bytes = builder.create_vector(&message);
+        let entry = fb::MessageBytes::create(&mut builder, &fb::MessageBytesArgs { bytes: Some(bytes) });
+        let entries = builder.create_vector(&[entry; 100]);
+        let topic = builder.create_string("orders");
+        let args = fb::ProduceRequestArgs { topic: Some(topic), queue: 0, messages: Some(entries), skip_gap: false };
+        let root = fb::ProduceRequest::create(&mut builder, &args);
+        builder.finish_minimal(root);
+        let body = Bytes::copy_from_slice(builder.finished_data());
+        let Ok(Request::Produce(produce)) = Request::read(Kind::ProduceRequest as u16, &body) else {
+            panic!("a produce")
+        };
+        let error = produce.messages(&body, &MessageLimits::fuzzing()).expect_err("shared bytes are refused");
+        assert!(error.to_string().contains("shares its bytes"), "{error}");
+        let single = crate::protocol::produce_request("orders", 0, &[&message, &message], false);
+        let single = Bytes::from(single);
+        let Ok(Request::Produce(produce)) = Request::read(Kind::ProduceRequest as u16, &single) else {
+            panic!("a produce")
+        };
+        assert_eq!(produce.messages(&single, &MessageLimits::fuzzing()).expect("own bytes each").len(), 2);
     }
 }
