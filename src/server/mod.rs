@@ -30,6 +30,7 @@ mod outgoing;
 mod placement;
 mod producer_links;
 mod replay;
+pub mod replication;
 mod send_back;
 mod shard;
 mod snapshot_file;
@@ -125,6 +126,8 @@ pub struct ServerConfig {
     pub disk_max_used_percent: u8,
     /// `HOST:PORT` of the Prometheus endpoint (`metrics_http`); `None`: off.
     pub metrics_listen: Option<String>,
+    /// Primary or standby, and what a primary waits for (`replication`).
+    pub replication: replication::ReplicationSettings,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +162,7 @@ impl Default for ServerConfig {
             delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
             disk_max_used_percent: DISK_MAX_USED_PERCENT_DEFAULT,
             metrics_listen: None,
+            replication: replication::ReplicationSettings::default(),
         }
     }
 }
@@ -258,6 +262,8 @@ impl ServerConfig {
         if matches!(self.flush, FlushMode::Async { interval } if interval.is_zero()) {
             return refuse("flush_interval_ms must be at least 1".into());
         }
+        self.replication.validate().map_err(ServerError::Config)?;
+        replication::refuse_unbuilt(&self.replication).map_err(ServerError::Config)?;
         self.log_config(self.data_dir.join("shard-0"))
             .validate()
             .map_err(|error| ServerError::Config(error.to_string()))
