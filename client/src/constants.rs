@@ -438,3 +438,14 @@ pub const METRICS_DRAIN_BYTES_MAX: usize = 64 * 1024;
 /// most, the first in that order: a scrape's size and the copy each shard
 /// makes every half second stay bounded however many groups commit.
 pub const METRICS_OFFSET_SERIES_MAX: usize = 10_000;
+
+// ===== Replication to a standby (issue 13) =====
+
+/// Log bytes one REPLICATE answer carries at most: well inside the frames a
+/// client reads, and small enough that one answer does not hold a shard's
+/// connection for long.
+pub const REPLICATE_BYTES_MAX: u32 = 1024 * 1024;
+/// Longest a REPLICATE with nothing durable to send waits for something.
+pub const REPLICATE_WAIT_MS_MAX: u32 = 1_000;
+
+const _: () = assert!((REPLICATE_BYTES_MAX as usize) + 64 * 1024 <= FRAME_BODY_BYTES_MAX);

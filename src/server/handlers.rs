@@ -64,6 +64,7 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Kind::ResetOffsetRequest => admin::reset_offset(shard, &frame.body).await,
         Kind::OffsetAtTimeRequest => admin::offset_at_time(shard, &frame.body).await,
         Kind::QueryMessagesRequest => super::message_query::query_messages(shard, &frame.body).await,
+        Kind::ReplicateRequest => super::replication::primary::replicate(shard, &frame.body).await,
         _ => Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {kind:?} is not a request"))),
     }
 }

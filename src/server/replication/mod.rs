@@ -2,6 +2,7 @@
 //! say which role a broker plays and how a primary waits for its standby.
 //! See ARCHITECTURE.md, "Replication (partial)", for what exists so far.
 
+pub mod primary;
 mod settings;
 
 pub use settings::{Replication, ReplicationSettings, Role};

@@ -34,13 +34,13 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u16 = 21;
+        pub const ENUM_MAX_ERROR_CODE: u16 = 22;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 23] = [
             ErrorCode::None,
             ErrorCode::BadFrame,
             ErrorCode::UnknownKind,
@@ -63,6 +63,7 @@ pub mod ringmq {
             ErrorCode::UnknownTransaction,
             ErrorCode::TransactionConflict,
             ErrorCode::LimitReached,
+            ErrorCode::NotPrimary,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -100,9 +101,12 @@ pub mod ringmq {
             /// A cap on what the broker holds is reached (topics, groups, members of
             /// a group): the message names the cap and its setting.
             pub const LimitReached: Self = Self(21);
+            /// A standby refuses what would change its data (produce and every other
+            /// state-changing request): the message names its primary.
+            pub const NotPrimary: Self = Self(22);
 
             pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 21;
+            pub const ENUM_MAX: u16 = 22;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::None,
                 Self::BadFrame,
@@ -126,6 +130,7 @@ pub mod ringmq {
                 Self::UnknownTransaction,
                 Self::TransactionConflict,
                 Self::LimitReached,
+                Self::NotPrimary,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -152,6 +157,7 @@ pub mod ringmq {
                     Self::UnknownTransaction => Some("UnknownTransaction"),
                     Self::TransactionConflict => Some("TransactionConflict"),
                     Self::LimitReached => Some("LimitReached"),
+                    Self::NotPrimary => Some("NotPrimary"),
                     _ => None,
                 }
             }
@@ -10128,6 +10134,411 @@ pub mod ringmq {
                 ds.field("records", &self.records());
                 ds.field("record_count", &self.record_count());
                 ds.field("truncated", &self.truncated());
+                ds.finish()
+            }
+        }
+        pub enum ReplicateRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A standby's shard asks the same shard of its primary for raw commit-log
+        /// bytes from `position` on (issue 13). The primary answers only durable
+        /// bytes (fdatasynced), as stored: batch markers, records and padding.
+        pub struct ReplicateRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ReplicateRequest<'a> {
+            type Inner = ReplicateRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ReplicateRequest<'a> {
+            pub const VT_POSITION: flatbuffers::VOffsetT = 4;
+            pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 6;
+            pub const VT_WAIT_MS: flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ReplicateRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ReplicateRequestArgs,
+            ) -> flatbuffers::WIPOffset<ReplicateRequest<'bldr>> {
+                let mut builder = ReplicateRequestBuilder::new(_fbb);
+                builder.add_position(args.position);
+                builder.add_wait_ms(args.wait_ms);
+                builder.add_max_bytes(args.max_bytes);
+                builder.finish()
+            }
+
+            /// Log position of the first byte wanted (the standby's durable end).
+            #[inline]
+            pub fn position(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateRequest::VT_POSITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// At most this many bytes (0 or more than the broker's cap: its cap).
+            #[inline]
+            pub fn max_bytes(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ReplicateRequest::VT_MAX_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// With nothing durable at `position` yet: wait up to this long (capped
+            /// by the broker) for something before answering with no bytes.
+            #[inline]
+            pub fn wait_ms(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ReplicateRequest::VT_WAIT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ReplicateRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<u64>("position", Self::VT_POSITION, false)?
+                    .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
+                    .visit_field::<u32>("wait_ms", Self::VT_WAIT_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicateRequestArgs {
+            pub position: u64,
+            pub max_bytes: u32,
+            pub wait_ms: u32,
+        }
+        impl<'a> Default for ReplicateRequestArgs {
+            #[inline]
+            fn default() -> Self {
+                ReplicateRequestArgs {
+                    position: 0,
+                    max_bytes: 0,
+                    wait_ms: 0,
+                }
+            }
+        }
+
+        pub struct ReplicateRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ReplicateRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_position(&mut self, position: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateRequest::VT_POSITION, position, 0);
+            }
+            #[inline]
+            pub fn add_max_bytes(&mut self, max_bytes: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ReplicateRequest::VT_MAX_BYTES, max_bytes, 0);
+            }
+            #[inline]
+            pub fn add_wait_ms(&mut self, wait_ms: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ReplicateRequest::VT_WAIT_MS, wait_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ReplicateRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ReplicateRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ReplicateRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ReplicateRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicateRequest");
+                ds.field("position", &self.position());
+                ds.field("max_bytes", &self.max_bytes());
+                ds.field("wait_ms", &self.wait_ms());
+                ds.finish()
+            }
+        }
+        pub enum ReplicateResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ReplicateResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ReplicateResponse<'a> {
+            type Inner = ReplicateResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ReplicateResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_POSITION: flatbuffers::VOffsetT = 6;
+            pub const VT_BYTES: flatbuffers::VOffsetT = 8;
+            pub const VT_DURABLE: flatbuffers::VOffsetT = 10;
+            pub const VT_SEGMENT_START: flatbuffers::VOffsetT = 12;
+            pub const VT_SEGMENT_SIZE_BYTES: flatbuffers::VOffsetT = 14;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ReplicateResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ReplicateResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ReplicateResponse<'bldr>> {
+                let mut builder = ReplicateResponseBuilder::new(_fbb);
+                builder.add_segment_size_bytes(args.segment_size_bytes);
+                builder.add_segment_start(args.segment_start);
+                builder.add_durable(args.durable);
+                builder.add_position(args.position);
+                if let Some(x) = args.bytes {
+                    builder.add_bytes(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        ReplicateResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            /// Log position of `bytes[0]`: the request's `position`.
+            #[inline]
+            pub fn position(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_POSITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The log's bytes from `position`, never past the durable end nor the
+            /// end of the segment that holds `position`.
+            #[inline]
+            pub fn bytes(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ReplicateResponse::VT_BYTES,
+                            None,
+                        )
+                }
+            }
+            /// The primary's durable end when it answered.
+            #[inline]
+            pub fn durable(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_DURABLE, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Start and size of the segment `bytes` lie in (a standby keeps the
+            /// same segment files, byte for byte).
+            #[inline]
+            pub fn segment_start(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_SEGMENT_START, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn segment_size_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_SEGMENT_SIZE_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ReplicateResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<u64>("position", Self::VT_POSITION, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "bytes",
+                        Self::VT_BYTES,
+                        false,
+                    )?
+                    .visit_field::<u64>("durable", Self::VT_DURABLE, false)?
+                    .visit_field::<u64>("segment_start", Self::VT_SEGMENT_START, false)?
+                    .visit_field::<u64>("segment_size_bytes", Self::VT_SEGMENT_SIZE_BYTES, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicateResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub position: u64,
+            pub bytes: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+            pub durable: u64,
+            pub segment_start: u64,
+            pub segment_size_bytes: u64,
+        }
+        impl<'a> Default for ReplicateResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicateResponseArgs {
+                    outcome: None,
+                    position: 0,
+                    bytes: None,
+                    durable: 0,
+                    segment_start: 0,
+                    segment_size_bytes: 0,
+                }
+            }
+        }
+
+        pub struct ReplicateResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ReplicateResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        ReplicateResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_position(&mut self, position: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_POSITION, position, 0);
+            }
+            #[inline]
+            pub fn add_bytes(
+                &mut self,
+                bytes: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ReplicateResponse::VT_BYTES,
+                    bytes,
+                );
+            }
+            #[inline]
+            pub fn add_durable(&mut self, durable: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_DURABLE, durable, 0);
+            }
+            #[inline]
+            pub fn add_segment_start(&mut self, segment_start: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_SEGMENT_START, segment_start, 0);
+            }
+            #[inline]
+            pub fn add_segment_size_bytes(&mut self, segment_size_bytes: u64) {
+                self.fbb_.push_slot::<u64>(
+                    ReplicateResponse::VT_SEGMENT_SIZE_BYTES,
+                    segment_size_bytes,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ReplicateResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ReplicateResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ReplicateResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ReplicateResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicateResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("position", &self.position());
+                ds.field("bytes", &self.bytes());
+                ds.field("durable", &self.durable());
+                ds.field("segment_start", &self.segment_start());
+                ds.field("segment_size_bytes", &self.segment_size_bytes());
                 ds.finish()
             }
         }
