@@ -495,7 +495,11 @@ mod tests {
         assert_eq!(from_flags.replication.sync_standby_timeout, Duration::from_millis(700));
         let standby =
             ServeArgs { role: Some(Role::Standby), standby_of: Some("127.0.0.1:9876".into()), ..ServeArgs::default() };
-        assert!(config(standby).unwrap_err().contains("role = \"standby\" is not built yet"));
+        let standby = config(standby).expect("a standby");
+        assert_eq!(standby.replication.role, Role::Standby);
+        assert_eq!(standby.replication.standby_of.as_deref(), Some("127.0.0.1:9876"));
+        let following = ServeArgs { replication: Some(Replication::Async), ..ServeArgs::default() };
+        assert_eq!(config(following).expect("async").replication.replication, Replication::Async);
         let lone = ServeArgs { role: Some(Role::Standby), ..ServeArgs::default() };
         assert!(config(lone).unwrap_err().contains("standby_of"));
     }

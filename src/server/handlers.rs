@@ -43,6 +43,11 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
     if shard.shutting_down.get() {
         return Err(Failure::new(fb::ErrorCode::ShuttingDown, "the broker is shutting down"));
     }
+    if let Some(primary) = shard.config.replication.standby_of.as_deref() {
+        if super::replication::standby::changes_state(kind) {
+            return Err(super::replication::standby::not_primary(primary, kind));
+        }
+    }
     match kind {
         Kind::MetadataRequest => metadata(shard, &frame.body),
         Kind::CreateTopicRequest => create_topic(shard, &frame.body).await,

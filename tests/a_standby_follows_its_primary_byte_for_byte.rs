@@ -1,0 +1,121 @@
+//! Replication (issue 13, partial): two real brokers on 127.0.0.1 with their
+//! own data directories. A standby's shards follow the primary's and hold
+//! its segment files byte for byte up to the durable end, across a kill -9
+//! and restart of the standby; the standby refuses changes, naming the
+//! primary.
+
+mod common;
+
+use common::Broker;
+use ringmq::client::{admin, Client, ClientError, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
+use ringmq::protocol::{self, fb, Kind};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SHARDS: u32 = 2;
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+
+fn durable_ends(address: &str) -> Vec<u64> {
+    let client = Client::connect_with_timeout(address, Duration::from_secs(5)).expect("connect");
+    admin::shard_statuses(&client).expect("status").iter().map(|status| status.flushed).collect()
+}
+
+/// Waits (bounded) until every standby shard's durable end is its
+/// primary's; returns them.
+fn wait_caught_up(primary: &Broker, standby: &Broker) -> Vec<u64> {
+    let started = Instant::now();
+    loop {
+        let (wanted, got) = (durable_ends(&primary.address()), durable_ends(&standby.address()));
+        if wanted == got {
+            return got;
+        }
+        assert!(started.elapsed() < CATCH_UP_LIMIT, "the standby is at {got:?}, the primary at {wanted:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn prefix(path: &Path, length: u64) -> Vec<u8> {
+    let mut bytes = vec![0; length as usize];
+    std::fs::File::open(path).expect("segment file").read_exact(&mut bytes).expect("read segment");
+    bytes
+}
+
+/// Every segment file of every shard, byte for byte, up to the durable end.
+fn assert_same_segments(primary: &Broker, standby: &Broker, ends: &[u64]) {
+    for (shard, end) in ends.iter().enumerate() {
+        let dir = |broker: &Broker| broker.data_dir().join(format!("shard-{shard}")).join("segments");
+        let mut starts: Vec<u64> = std::fs::read_dir(dir(primary))
+            .expect("segments")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .filter(|start| start < end)
+            .collect();
+        starts.sort_unstable();
+        assert!(!starts.is_empty());
+        for (index, start) in starts.iter().enumerate() {
+            let segment_end = starts.get(index + 1).copied().unwrap_or(*end).min(*end);
+            let name = format!("{start:020}.log");
+            let (wanted, got) = (
+                prefix(&dir(primary).join(&name), segment_end - start),
+                prefix(&dir(standby).join(&name), segment_end - start),
+            );
+            assert!(wanted == got, "shard {shard} segment {start} differs from the primary's");
+        }
+    }
+}
+
+fn produce(producer: &Producer, from: usize, to: usize) {
+    for index in from..to {
+        let body = format!("order-{index}");
+        let receipt = producer
+            .send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::RoundRobin)
+            .expect("send");
+        assert_eq!(receipt.status, fb::SendStatus::SendOk);
+    }
+}
+
+#[test]
+fn a_standby_follows_its_primary_byte_for_byte_and_catches_up_after_a_kill() {
+    let primary = Broker::start_with_args(SHARDS, &["--replication", "async"]);
+    let client = Arc::new(Client::connect(&primary.address()).expect("connect"));
+    client.create_topic("orders", 4).expect("create");
+    let producer = Producer::new(client.clone(), "orders", ProducerOptions::default()).expect("producer");
+    // Records before the standby exists: it starts from an empty log.
+    produce(&producer, 0, 100);
+
+    let primary_address = primary.address();
+    let mut standby = Broker::start_with_args(SHARDS, &["--role", "standby", "--standby-of", &primary_address]);
+    let ends = wait_caught_up(&primary, &standby);
+    assert!(ends.iter().all(|end| *end > 0), "every shard has records: {ends:?}");
+    assert_same_segments(&primary, &standby, &ends);
+
+    // Records while it follows.
+    produce(&producer, 100, 200);
+    let ends = wait_caught_up(&primary, &standby);
+    assert_same_segments(&primary, &standby, &ends);
+
+    // A standby refuses changes, naming its primary.
+    let standby_client = Client::connect(&standby.address()).expect("connect to the standby");
+    let refusal = standby_client.create_topic("payments", 1).expect_err("a standby creates no topic");
+    for shard in 0..SHARDS {
+        let body = protocol::produce_request("orders", shard, &[b"refused".as_slice()], false);
+        match standby_client.call(shard, Kind::ProduceRequest, &body) {
+            Err(ClientError::Broker(failure)) => {
+                assert_eq!(failure.code, fb::ErrorCode::NotPrimary);
+                assert!(failure.message.contains(&primary_address), "{failure}");
+            }
+            other => panic!("a produce to a standby: {other:?}"),
+        }
+    }
+    assert!(refusal.to_string().contains(&primary_address), "{refusal}");
+
+    // Killed while the primary goes on, restarted: it catches up exactly.
+    standby.kill();
+    produce(&producer, 200, 300);
+    standby.restart();
+    let ends = wait_caught_up(&primary, &standby);
+    assert_same_segments(&primary, &standby, &ends);
+    let after_restart = durable_ends(&standby.address());
+    assert_eq!(after_restart, ends);
+}
