@@ -119,3 +119,64 @@ fn a_standby_follows_its_primary_byte_for_byte_and_catches_up_after_a_kill() {
     let after_restart = durable_ends(&standby.address());
     assert_eq!(after_restart, ends);
 }
+
+fn send_one(producer: &Producer, body: &str) -> (fb::SendStatus, Duration) {
+    let started = Instant::now();
+    let receipt = producer
+        .send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::Explicit(0))
+        .expect("send");
+    (receipt.status, started.elapsed())
+}
+
+fn signal(broker: &Broker, signal: i32) {
+    // SAFETY: sending a signal to our own child's pid has no memory-safety
+    // preconditions; the child has not been waited for, so the pid is its.
+    let sent = unsafe { libc::kill(broker.pid() as i32, signal) };
+    assert_eq!(sent, 0, "signal {signal}");
+}
+
+#[test]
+fn a_sync_primary_answers_send_ok_only_with_its_standby_and_says_why_otherwise() {
+    let config = "replication = \"sync\"\nsync_standby_timeout_ms = 1000\n";
+    let primary = Broker::start_with_config(1, Some(config));
+    let client = Arc::new(Client::connect(&primary.address()).expect("connect"));
+    client.create_topic("orders", 1).expect("create");
+    let producer = Producer::new(client.clone(), "orders", ProducerOptions::default()).expect("producer");
+
+    // No standby: stored, and said so at once.
+    let (status, took) = send_one(&producer, "alone");
+    assert_eq!(status, fb::SendStatus::SlaveNotAvailable);
+    assert!(took < Duration::from_millis(900), "no wait for a standby that is not there: {took:?}");
+
+    let standby = Broker::start_with_args(1, &["--role", "standby", "--standby-of", &primary.address()]);
+    wait_caught_up(&primary, &standby);
+    for index in 0..50 {
+        let (status, took) = send_one(&producer, &format!("confirmed-{index}"));
+        assert_eq!(status, fb::SendStatus::SendOk, "message {index}");
+        assert!(took < Duration::from_secs(2), "message {index} took {took:?}");
+    }
+    // Every SEND_OK record is on the standby already: its durable end is
+    // at least the primary's at the last answer.
+    let primary_end = durable_ends(&primary.address());
+    let standby_end = durable_ends(&standby.address());
+    assert!(standby_end[0] >= primary_end[0], "standby {standby_end:?}, primary {primary_end:?}");
+
+    // A stopped standby confirms nothing: FLUSH_SLAVE_TIMEOUT after the timeout.
+    signal(&standby, libc::SIGSTOP);
+    let (status, took) = send_one(&producer, "unconfirmed");
+    signal(&standby, libc::SIGCONT);
+    assert_eq!(status, fb::SendStatus::FlushSlaveTimeout);
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "took {took:?}");
+
+    // Resumed, it confirms again; the unconfirmed record reached it too.
+    let started = Instant::now();
+    loop {
+        let (status, _) = send_one(&producer, "after the pause");
+        if status == fb::SendStatus::SendOk {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still {status:?} after the standby resumed");
+    }
+    let ends = wait_caught_up(&primary, &standby);
+    assert_same_segments(&primary, &standby, &ends);
+}

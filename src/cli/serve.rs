@@ -486,9 +486,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("ringmq.toml");
         std::fs::write(&path, "replication = \"sync\"\nsync_standby_timeout_ms = 700\n").expect("write");
-        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() });
-        // Read and understood, then refused: this build cannot keep the promise.
-        assert!(from_file.unwrap_err().contains("replication = \"sync\" is not built yet"));
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.replication.replication, Replication::Sync);
         let args = ServeArgs { config: Some(path), replication: Some(Replication::Off), ..ServeArgs::default() };
         let from_flags = config(args).expect("config");
         assert_eq!(from_flags.replication.replication, Replication::Off);

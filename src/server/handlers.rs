@@ -11,6 +11,7 @@ use super::long_poll;
 use super::metrics::ShardCounters;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
+use super::replication::Replication;
 use super::send_back;
 use super::shard::Shard;
 use super::timer_records;
@@ -160,6 +161,9 @@ async fn produce(shard: &Shard, body: &Bytes) -> Answer {
     })
     .await;
     let status = match durable {
+        Some(Ok(())) if shard.config.replication.replication == Replication::Sync => {
+            super::replication::primary::standby_status(shard, end).await
+        }
         Some(Ok(())) => fb::SendStatus::SendOk,
         Some(Err(error)) => return Err(log_failure(error)),
         None => fb::SendStatus::FlushDiskTimeout,

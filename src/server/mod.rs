@@ -263,7 +263,6 @@ impl ServerConfig {
             return refuse("flush_interval_ms must be at least 1".into());
         }
         self.replication.validate().map_err(ServerError::Config)?;
-        replication::refuse_unbuilt(&self.replication).map_err(ServerError::Config)?;
         self.log_config(self.data_dir.join("shard-0"))
             .validate()
             .map_err(|error| ServerError::Config(error.to_string()))

@@ -3,18 +3,10 @@
 //! standby's shards following the primary's. See ARCHITECTURE.md,
 //! "Replication (partial)", for what exists so far and what does not.
 
+mod confirmations;
 pub mod primary;
 mod settings;
 pub mod standby;
 
+pub use confirmations::{Confirmation, StandbyConfirmations};
 pub use settings::{Replication, ReplicationSettings, Role};
-
-/// Settings this build parses but cannot honour yet are refused at start
-/// rather than ignored: a primary that answered SEND_OK while promising a
-/// standby copy it does not make would lose what it promised to keep.
-pub fn refuse_unbuilt(settings: &ReplicationSettings) -> Result<(), String> {
-    if settings.replication == Replication::Sync {
-        return Err("replication = \"sync\" is not built yet (issue 13 is partial; see ARCHITECTURE.md)".into());
-    }
-    Ok(())
-}

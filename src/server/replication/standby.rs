@@ -128,6 +128,7 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             }
             Err(error) => return StreamEnd::Malformed(error),
         };
+        shard.primary_durable.set(replicated.durable);
         if replicated.bytes.is_empty() {
             if !caught_up && position >= replicated.durable {
                 tracing::info!(position, "caught up with the primary");
