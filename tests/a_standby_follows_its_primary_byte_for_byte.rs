@@ -95,6 +95,32 @@ fn a_standby_follows_its_primary_byte_for_byte_and_catches_up_after_a_kill() {
     let ends = wait_caught_up(&primary, &standby);
     assert_same_segments(&primary, &standby, &ends);
 
+    // Status: each shard's role, and no lag once caught up (the primary
+    // learns the standby's end from its next request, within a second).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["status", "--replication", "--broker", &standby.address(), "--log", "warn"])
+        .output()
+        .expect("ringmq status ran");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    for row in text.lines().map(|line| line.split('\t').collect::<Vec<_>>()) {
+        assert_eq!(row[8..], ["standby", primary_address.as_str(), "0", "false"], "{text}");
+    }
+    let standby_status = admin::shard_statuses(&Client::connect(&standby.address()).expect("connect")).expect("status");
+    for status in &standby_status {
+        assert_eq!((status.role_name(), status.standby_of.as_deref()), ("standby", Some(primary_address.as_str())));
+        assert_eq!(status.replication_lag_bytes, 0, "{status:?}");
+    }
+    let started = Instant::now();
+    loop {
+        let statuses = admin::shard_statuses(&client).expect("status");
+        assert!(statuses.iter().all(|status| status.role_name() == "primary" && status.standby_connected));
+        if statuses.iter().all(|status| status.replication_lag_bytes == 0) {
+            break;
+        }
+        assert!(started.elapsed() < CATCH_UP_LIMIT, "the primary still sees lag: {statuses:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // A standby refuses changes, naming its primary.
     let standby_client = Client::connect(&standby.address()).expect("connect to the standby");
     let refusal = standby_client.create_topic("payments", 1).expect_err("a standby creates no topic");

@@ -529,6 +529,96 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
+        pub const ENUM_MIN_SHARD_ROLE: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_SHARD_ROLE: u8 = 1;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_SHARD_ROLE: [ShardRole; 2] = [ShardRole::Primary, ShardRole::Standby];
+
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct ShardRole(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl ShardRole {
+            pub const Primary: Self = Self(0);
+            /// Follows a primary (`standby_of`) and refuses every change.
+            pub const Standby: Self = Self(1);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 1;
+            pub const ENUM_VALUES: &'static [Self] = &[Self::Primary, Self::Standby];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Primary => Some("Primary"),
+                    Self::Standby => Some("Standby"),
+                    _ => None,
+                }
+            }
+        }
+        impl core::fmt::Debug for ShardRole {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for ShardRole {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+                Self(b)
+            }
+        }
+
+        impl flatbuffers::Push for ShardRole {
+            type Output = ShardRole;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                flatbuffers::emplace_scalar::<u8>(dst, self.0);
+            }
+        }
+
+        impl flatbuffers::EndianScalar for ShardRole {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for ShardRole {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for ShardRole {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
         pub const ENUM_MIN_RESET_TARGET: u8 = 0;
         #[deprecated(
             since = "2.0.0",
@@ -7574,6 +7664,10 @@ pub mod ringmq {
             pub const VT_FLUSHED: flatbuffers::VOffsetT = 16;
             pub const VT_DISK_USED_BYTES: flatbuffers::VOffsetT = 18;
             pub const VT_CONNECTIONS: flatbuffers::VOffsetT = 20;
+            pub const VT_ROLE: flatbuffers::VOffsetT = 22;
+            pub const VT_STANDBY_OF: flatbuffers::VOffsetT = 24;
+            pub const VT_REPLICATION_LAG_BYTES: flatbuffers::VOffsetT = 26;
+            pub const VT_STANDBY_CONNECTED: flatbuffers::VOffsetT = 28;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -7585,8 +7679,12 @@ pub mod ringmq {
                 args: &'args ShardStatusResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ShardStatusResponse<'bldr>> {
                 let mut builder = ShardStatusResponseBuilder::new(_fbb);
+                builder.add_replication_lag_bytes(args.replication_lag_bytes);
                 builder.add_disk_used_bytes(args.disk_used_bytes);
                 builder.add_flushed(args.flushed);
+                if let Some(x) = args.standby_of {
+                    builder.add_standby_of(x);
+                }
                 builder.add_connections(args.connections);
                 builder.add_segments(args.segments);
                 if let Some(x) = args.error {
@@ -7597,6 +7695,8 @@ pub mod ringmq {
                     builder.add_outcome(x);
                 }
                 builder.add_port(args.port);
+                builder.add_standby_connected(args.standby_connected);
+                builder.add_role(args.role);
                 builder.add_healthy(args.healthy);
                 builder.finish()
             }
@@ -7707,6 +7807,57 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Issue 13: primary (an older broker says nothing: primary) or standby.
+            #[inline]
+            pub fn role(&self) -> ShardRole {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ShardRole>(ShardStatusResponse::VT_ROLE, Some(ShardRole::Primary))
+                        .unwrap()
+                }
+            }
+            /// On a standby: its primary's base address.
+            #[inline]
+            pub fn standby_of(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        ShardStatusResponse::VT_STANDBY_OF,
+                        None,
+                    )
+                }
+            }
+            /// Log bytes durable on the primary not yet durable on the standby: on a
+            /// primary, as its standby last reported; on a standby, as its primary
+            /// last answered.
+            #[inline]
+            pub fn replication_lag_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_REPLICATION_LAG_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// On a primary: whether a standby asked for bytes lately.
+            #[inline]
+            pub fn standby_connected(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ShardStatusResponse::VT_STANDBY_CONNECTED, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ShardStatusResponse<'_> {
@@ -7734,6 +7885,18 @@ pub mod ringmq {
                     .visit_field::<u64>("flushed", Self::VT_FLUSHED, false)?
                     .visit_field::<u64>("disk_used_bytes", Self::VT_DISK_USED_BYTES, false)?
                     .visit_field::<u32>("connections", Self::VT_CONNECTIONS, false)?
+                    .visit_field::<ShardRole>("role", Self::VT_ROLE, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "standby_of",
+                        Self::VT_STANDBY_OF,
+                        false,
+                    )?
+                    .visit_field::<u64>(
+                        "replication_lag_bytes",
+                        Self::VT_REPLICATION_LAG_BYTES,
+                        false,
+                    )?
+                    .visit_field::<bool>("standby_connected", Self::VT_STANDBY_CONNECTED, false)?
                     .finish();
                 Ok(())
             }
@@ -7748,6 +7911,10 @@ pub mod ringmq {
             pub flushed: u64,
             pub disk_used_bytes: u64,
             pub connections: u32,
+            pub role: ShardRole,
+            pub standby_of: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub replication_lag_bytes: u64,
+            pub standby_connected: bool,
         }
         impl<'a> Default for ShardStatusResponseArgs<'a> {
             #[inline]
@@ -7762,6 +7929,10 @@ pub mod ringmq {
                     flushed: 0,
                     disk_used_bytes: 0,
                     connections: 0,
+                    role: ShardRole::Primary,
+                    standby_of: None,
+                    replication_lag_bytes: 0,
+                    standby_connected: false,
                 }
             }
         }
@@ -7825,6 +7996,37 @@ pub mod ringmq {
                     .push_slot::<u32>(ShardStatusResponse::VT_CONNECTIONS, connections, 0);
             }
             #[inline]
+            pub fn add_role(&mut self, role: ShardRole) {
+                self.fbb_.push_slot::<ShardRole>(
+                    ShardStatusResponse::VT_ROLE,
+                    role,
+                    ShardRole::Primary,
+                );
+            }
+            #[inline]
+            pub fn add_standby_of(&mut self, standby_of: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ShardStatusResponse::VT_STANDBY_OF,
+                    standby_of,
+                );
+            }
+            #[inline]
+            pub fn add_replication_lag_bytes(&mut self, replication_lag_bytes: u64) {
+                self.fbb_.push_slot::<u64>(
+                    ShardStatusResponse::VT_REPLICATION_LAG_BYTES,
+                    replication_lag_bytes,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_standby_connected(&mut self, standby_connected: bool) {
+                self.fbb_.push_slot::<bool>(
+                    ShardStatusResponse::VT_STANDBY_CONNECTED,
+                    standby_connected,
+                    false,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ShardStatusResponseBuilder<'a, 'b> {
@@ -7853,6 +8055,10 @@ pub mod ringmq {
                 ds.field("flushed", &self.flushed());
                 ds.field("disk_used_bytes", &self.disk_used_bytes());
                 ds.field("connections", &self.connections());
+                ds.field("role", &self.role());
+                ds.field("standby_of", &self.standby_of());
+                ds.field("replication_lag_bytes", &self.replication_lag_bytes());
+                ds.field("standby_connected", &self.standby_connected());
                 ds.finish()
             }
         }
