@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const MESSAGES: usize = 300;
 
 fn replicate(client: &Client, position: u64, max_bytes: u32, wait_ms: u32) -> ReplicatedBytes {
-    let body = protocol::replicate_request(position, max_bytes, wait_ms);
+    let body = protocol::replicate_request(position, max_bytes, wait_ms, false);
     let answer = client.call(0, Kind::ReplicateRequest, &body).expect("replicate");
     let response = verify::<fb::ReplicateResponse>(&answer).expect("verify");
     assert!(protocol::Failure::from_outcome(response.outcome()).is_none(), "a failure");

@@ -8,7 +8,7 @@ mod common;
 
 use common::Broker;
 use ringmq::client::{admin, Client, ClientError, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
-use ringmq::protocol::{self, fb, Kind};
+use ringmq::protocol::{self, fb, FetchParams, Kind};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -63,6 +63,25 @@ fn assert_same_segments(primary: &Broker, standby: &Broker, ends: &[u64]) {
             assert!(wanted == got, "shard {shard} segment {start} differs from the primary's");
         }
     }
+}
+
+/// Every message body of queue `queue` of `topic`, from offset 0, as a
+/// broker's fetch answers (no group: a standby refuses joins).
+fn fetch_all(client: &Client, topic: &str, queue: u32) -> Vec<String> {
+    let shard = client.topic(topic).expect("topic").queue_shards[queue as usize];
+    let params = FetchParams {
+        topic: topic.into(),
+        queue,
+        offset: 0,
+        max_count: 1000,
+        max_bytes: 4 << 20,
+        max_wait_ms: 0,
+        ..FetchParams::default()
+    };
+    let body = client.call(shard, Kind::FetchRequest, &protocol::fetch_request(&params)).expect("fetch");
+    let response = protocol::verify::<fb::FetchResponse>(&body).expect("verify");
+    let (messages, _) = ringmq::client::fetched_messages(&body, &response, topic, queue, 0).expect("records");
+    messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")).collect()
 }
 
 fn produce(producer: &Producer, from: usize, to: usize) {
@@ -121,8 +140,17 @@ fn a_standby_follows_its_primary_byte_for_byte_and_catches_up_after_a_kill() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // A standby refuses changes, naming its primary.
+    // A standby serves fetches of the primary's topics, record for record.
     let standby_client = Client::connect(&standby.address()).expect("connect to the standby");
+    let mut fetched = 0;
+    for queue in 0..4 {
+        let (wanted, got) = (fetch_all(&client, "orders", queue), fetch_all(&standby_client, "orders", queue));
+        assert_eq!(wanted, got, "queue {queue}");
+        fetched += got.len();
+    }
+    assert_eq!(fetched, 200);
+
+    // A standby refuses changes, naming its primary.
     let refusal = standby_client.create_topic("payments", 1).expect_err("a standby creates no topic");
     for shard in 0..SHARDS {
         let body = protocol::produce_request("orders", shard, &[b"refused".as_slice()], false);

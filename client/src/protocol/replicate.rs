@@ -14,6 +14,8 @@ pub struct ReplicatedBytes {
     pub durable: u64,
     pub segment_start: u64,
     pub segment_size_bytes: u64,
+    /// The primary's topic registry (JSON), when asked for.
+    pub topics: Option<Vec<u8>>,
 }
 
 impl ReplicatedBytes {
@@ -28,6 +30,7 @@ impl ReplicatedBytes {
             durable: response.durable(),
             segment_start: response.segment_start(),
             segment_size_bytes: response.segment_size_bytes(),
+            topics: response.topics().map(|topics| topics.bytes().to_vec()),
         };
         let end = answer.position.checked_add(answer.bytes.len() as u64).ok_or("bytes end past u64")?;
         if !answer.bytes.is_empty() {
@@ -47,9 +50,10 @@ impl ReplicatedBytes {
     }
 }
 
-pub fn replicate_request(position: u64, max_bytes: u32, wait_ms: u32) -> Vec<u8> {
+pub fn replicate_request(position: u64, max_bytes: u32, wait_ms: u32, with_topics: bool) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
-    let root = fb::ReplicateRequest::create(&mut builder, &fb::ReplicateRequestArgs { position, max_bytes, wait_ms });
+    let args = fb::ReplicateRequestArgs { position, max_bytes, wait_ms, with_topics };
+    let root = fb::ReplicateRequest::create(&mut builder, &args);
     finish(builder, root)
 }
 
@@ -57,6 +61,7 @@ pub fn replicate_response(failure: Option<&Failure>, answer: &ReplicatedBytes) -
     let mut builder = FlatBufferBuilder::with_capacity(answer.bytes.len() + 256);
     let outcome = outcome(&mut builder, failure);
     let bytes = (!answer.bytes.is_empty()).then(|| builder.create_vector(&answer.bytes));
+    let topics = answer.topics.as_deref().map(|topics| builder.create_vector(topics));
     let args = fb::ReplicateResponseArgs {
         outcome: Some(outcome),
         position: answer.position,
@@ -64,6 +69,7 @@ pub fn replicate_response(failure: Option<&Failure>, answer: &ReplicatedBytes) -
         durable: answer.durable,
         segment_start: answer.segment_start,
         segment_size_bytes: answer.segment_size_bytes,
+        topics,
     };
     let root = fb::ReplicateResponse::create(&mut builder, &args);
     finish(builder, root)
@@ -82,6 +88,7 @@ mod tests {
             durable: 4196,
             segment_start: 0,
             segment_size_bytes: 1 << 20,
+            topics: Some(b"{}".to_vec()),
         };
         let body = replicate_response(None, &answer);
         let response = verify::<fb::ReplicateResponse>(&body).expect("verify");

@@ -38,6 +38,7 @@ pub async fn replicate(shard: &Shard, body: &[u8]) -> Answer {
         durable: raw.durable,
         segment_start: raw.segment_start,
         segment_size_bytes: raw.segment_size_bytes,
+        topics: request.with_topics().then(|| shard.topics.borrow().encode()),
     };
     tracing::trace!(shard = shard.id, position, bytes = answer.bytes.len(), "replicate");
     Ok((Kind::ReplicateResponse, protocol::replicate_response(None, &answer)))

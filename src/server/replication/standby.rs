@@ -6,18 +6,22 @@
 
 use super::settings::split_host_port;
 use crate::client::{AsyncConnection, ClientError};
-use crate::constants::{REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX};
+use crate::constants::{REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, TOPIC_QUEUES_MAX};
 use crate::protocol::{self, fb, verify, Failure, Kind, ReplicatedBytes};
 use crate::server::shard::Shard;
+use crate::server::topics::{check_name, Topics};
 use crate::storage::FollowError;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 const BACK_OFF_FIRST: Duration = Duration::from_millis(100);
 const BACK_OFF_MAX: Duration = Duration::from_secs(5);
 /// Bounds connecting and each request; above the longest REPLICATE wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a standby asks for the primary's topics again (new topics
+/// become fetchable on the standby within this).
+const TOPICS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Whether a request changes what a broker holds: a standby refuses those
 /// (its data is its primary's, byte for byte).
@@ -107,9 +111,15 @@ async fn follow_address(shard: Rc<Shard>, address: String) {
 /// Asks and writes until something fails; `back_off` is reset by progress.
 async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Duration) -> StreamEnd {
     let mut caught_up = false;
+    // The first request after connecting asks for the topics.
+    let mut topics_asked: Option<Instant> = None;
     loop {
         let position = shard.log.follow_position();
-        let body = protocol::replicate_request(position, REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX);
+        let with_topics = topics_asked.is_none_or(|asked| asked.elapsed() >= TOPICS_REFRESH);
+        if with_topics {
+            topics_asked = Some(Instant::now());
+        }
+        let body = protocol::replicate_request(position, REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, with_topics);
         let answer = match connection.request(Kind::ReplicateRequest, &body).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
@@ -129,6 +139,11 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             Err(error) => return StreamEnd::Malformed(error),
         };
         shard.primary_durable.set(replicated.durable);
+        if let Some(topics) = &replicated.topics {
+            if let Err(error) = learn_topics(shard, topics) {
+                return StreamEnd::Malformed(error);
+            }
+        }
         if replicated.bytes.is_empty() {
             if !caught_up && position >= replicated.durable {
                 tracing::info!(position, "caught up with the primary");
@@ -152,4 +167,36 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             caught_up = false;
         }
     }
+}
+
+/// Takes the primary's topics into this shard's registry (in memory: a
+/// restarted standby asks again), so its fetches find them. Untrusted like
+/// every byte from the network: a topic whose name, queues or owners could
+/// not come from a primary of this shape refuses the whole answer.
+fn learn_topics(shard: &Shard, bytes: &[u8]) -> Result<(), String> {
+    let topics = Topics::decode(bytes).map_err(|error| format!("the primary's topics: {error}"))?;
+    for (name, topic) in &topics.topics {
+        check_name("topic", name).map_err(|failure| failure.message)?;
+        let queues = topic.queue_shards.len();
+        if name != &topic.name || queues == 0 || queues > TOPIC_QUEUES_MAX as usize {
+            return Err(format!("the primary's topic {name:?} has {queues} queues or a mismatched name"));
+        }
+        if topic.id >= u32::MAX / TOPIC_QUEUES_MAX {
+            return Err(format!("the primary's topic {name:?} has id {}, past every queue id", topic.id));
+        }
+        if let Some(owner) = topic.queue_shards.iter().find(|owner| **owner >= shard.shard_count) {
+            return Err(format!(
+                "the primary's topic {name:?} has a queue on shard {owner}; this standby has {} shards (they must match)",
+                shard.shard_count
+            ));
+        }
+    }
+    let mut known = shard.topics.borrow_mut();
+    for topic in topics.topics.into_values() {
+        if known.get(&topic.name) != Some(&topic) {
+            tracing::info!(topic = %topic.name, "learned a topic from the primary");
+            known.apply(topic);
+        }
+    }
+    Ok(())
 }

@@ -10367,6 +10367,7 @@ pub mod ringmq {
             pub const VT_POSITION: flatbuffers::VOffsetT = 4;
             pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 6;
             pub const VT_WAIT_MS: flatbuffers::VOffsetT = 8;
+            pub const VT_WITH_TOPICS: flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -10381,6 +10382,7 @@ pub mod ringmq {
                 builder.add_position(args.position);
                 builder.add_wait_ms(args.wait_ms);
                 builder.add_max_bytes(args.max_bytes);
+                builder.add_with_topics(args.with_topics);
                 builder.finish()
             }
 
@@ -10421,6 +10423,19 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Also send the primary's topic registry (`topics` of the answer): a
+            /// standby needs it to serve fetches of the primary's topics.
+            #[inline]
+            pub fn with_topics(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ReplicateRequest::VT_WITH_TOPICS, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ReplicateRequest<'_> {
@@ -10434,6 +10449,7 @@ pub mod ringmq {
                     .visit_field::<u64>("position", Self::VT_POSITION, false)?
                     .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
                     .visit_field::<u32>("wait_ms", Self::VT_WAIT_MS, false)?
+                    .visit_field::<bool>("with_topics", Self::VT_WITH_TOPICS, false)?
                     .finish();
                 Ok(())
             }
@@ -10442,6 +10458,7 @@ pub mod ringmq {
             pub position: u64,
             pub max_bytes: u32,
             pub wait_ms: u32,
+            pub with_topics: bool,
         }
         impl<'a> Default for ReplicateRequestArgs {
             #[inline]
@@ -10450,6 +10467,7 @@ pub mod ringmq {
                     position: 0,
                     max_bytes: 0,
                     wait_ms: 0,
+                    with_topics: false,
                 }
             }
         }
@@ -10475,6 +10493,11 @@ pub mod ringmq {
                     .push_slot::<u32>(ReplicateRequest::VT_WAIT_MS, wait_ms, 0);
             }
             #[inline]
+            pub fn add_with_topics(&mut self, with_topics: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ReplicateRequest::VT_WITH_TOPICS, with_topics, false);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ReplicateRequestBuilder<'a, 'b> {
@@ -10497,6 +10520,7 @@ pub mod ringmq {
                 ds.field("position", &self.position());
                 ds.field("max_bytes", &self.max_bytes());
                 ds.field("wait_ms", &self.wait_ms());
+                ds.field("with_topics", &self.with_topics());
                 ds.finish()
             }
         }
@@ -10524,6 +10548,7 @@ pub mod ringmq {
             pub const VT_DURABLE: flatbuffers::VOffsetT = 10;
             pub const VT_SEGMENT_START: flatbuffers::VOffsetT = 12;
             pub const VT_SEGMENT_SIZE_BYTES: flatbuffers::VOffsetT = 14;
+            pub const VT_TOPICS: flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -10539,6 +10564,9 @@ pub mod ringmq {
                 builder.add_segment_start(args.segment_start);
                 builder.add_durable(args.durable);
                 builder.add_position(args.position);
+                if let Some(x) = args.topics {
+                    builder.add_topics(x);
+                }
                 if let Some(x) = args.bytes {
                     builder.add_bytes(x);
                 }
@@ -10623,6 +10651,21 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// With `with_topics`: the primary's topics as its `topics.json` holds
+            /// them (names, ids, queue owners).
+            #[inline]
+            pub fn topics(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ReplicateResponse::VT_TOPICS,
+                            None,
+                        )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ReplicateResponse<'_> {
@@ -10647,6 +10690,11 @@ pub mod ringmq {
                     .visit_field::<u64>("durable", Self::VT_DURABLE, false)?
                     .visit_field::<u64>("segment_start", Self::VT_SEGMENT_START, false)?
                     .visit_field::<u64>("segment_size_bytes", Self::VT_SEGMENT_SIZE_BYTES, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "topics",
+                        Self::VT_TOPICS,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -10658,6 +10706,7 @@ pub mod ringmq {
             pub durable: u64,
             pub segment_start: u64,
             pub segment_size_bytes: u64,
+            pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
         }
         impl<'a> Default for ReplicateResponseArgs<'a> {
             #[inline]
@@ -10669,6 +10718,7 @@ pub mod ringmq {
                     durable: 0,
                     segment_start: 0,
                     segment_size_bytes: 0,
+                    topics: None,
                 }
             }
         }
@@ -10720,6 +10770,16 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_topics(
+                &mut self,
+                topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ReplicateResponse::VT_TOPICS,
+                    topics,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ReplicateResponseBuilder<'a, 'b> {
@@ -10745,6 +10805,7 @@ pub mod ringmq {
                 ds.field("durable", &self.durable());
                 ds.field("segment_start", &self.segment_start());
                 ds.field("segment_size_bytes", &self.segment_size_bytes());
+                ds.field("topics", &self.topics());
                 ds.finish()
             }
         }
