@@ -234,3 +234,26 @@ fn a_sync_primary_answers_send_ok_only_with_its_standby_and_says_why_otherwise()
     let ends = wait_caught_up(&primary, &standby);
     assert_same_segments(&primary, &standby, &ends);
 }
+
+#[test]
+fn a_standby_reconnects_to_a_restarted_primary_and_catches_up() {
+    let mut primary = Broker::start(1);
+    let standby = Broker::start_with_args(1, &["--role", "standby", "--standby-of", &primary.address()]);
+    {
+        let client = Arc::new(Client::connect(&primary.address()).expect("connect"));
+        client.create_topic("orders", 1).expect("create");
+        let producer = Producer::new(client, "orders", ProducerOptions::default()).expect("producer");
+        produce(&producer, 0, 50);
+    }
+    wait_caught_up(&primary, &standby);
+    // The standby loses its connection, retries with back-off, and follows
+    // the restarted primary from its own durable end.
+    primary.restart();
+    {
+        let client = Arc::new(Client::connect(&primary.address()).expect("connect"));
+        let producer = Producer::new(client, "orders", ProducerOptions::default()).expect("producer");
+        produce(&producer, 50, 100);
+    }
+    let ends = wait_caught_up(&primary, &standby);
+    assert_same_segments(&primary, &standby, &ends);
+}
