@@ -438,3 +438,15 @@ pub const METRICS_DRAIN_BYTES_MAX: usize = 64 * 1024;
 /// most, the first in that order: a scrape's size and the copy each shard
 /// makes every half second stay bounded however many groups commit.
 pub const METRICS_OFFSET_SERIES_MAX: usize = 10_000;
+
+// ===== Replication to a standby (issue 13) =====
+
+/// Log bytes one REPLICATE answer carries at most: the largest record with
+/// a batch marker before it and padding after it must fit in one answer (a
+/// standby takes only whole records), inside the answers a client reads.
+pub const REPLICATE_BYTES_MAX: u32 = (RECORD_SIZE_BYTES_MAX + 2 * BLOCK_SIZE_BYTES) as u32;
+/// Longest a REPLICATE with nothing durable to send waits for something.
+pub const REPLICATE_WAIT_MS_MAX: u32 = 1_000;
+
+// The client reads answers of up to twice the largest request body.
+const _: () = assert!((REPLICATE_BYTES_MAX as usize) + 64 * 1024 <= FRAME_BODY_BYTES_MAX * 2);

@@ -2,6 +2,7 @@
 
 use crate::constants::FLUSH_INTERVAL_MS_DEFAULT;
 use crate::server::delay_levels::DelayLevels;
+use crate::server::replication::{Replication, Role};
 use crate::server::{self, ServerConfig};
 use crate::storage::{FlushMode, Retention};
 use clap::{Args, ValueEnum};
@@ -100,6 +101,17 @@ pub struct ServeArgs {
     /// twice the largest frame).
     #[arg(long)]
     incomplete_frames_bytes_max: Option<usize>,
+    /// primary (default) takes produce; standby follows the primary named
+    /// by --standby-of and refuses every change.
+    #[arg(long, value_enum)]
+    role: Option<Role>,
+    /// On a primary: sync answers a produce once its standby has it durable
+    /// too; async lets the standby follow in the background; off (default).
+    #[arg(long, value_enum)]
+    replication: Option<Replication>,
+    /// On a standby: the primary's base address, HOST:PORT.
+    #[arg(long)]
+    standby_of: Option<String>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max, topics_max, groups_max,
@@ -108,7 +120,8 @@ pub struct ServeArgs {
     /// disk_max_used_percent, metrics_listen, segment_size_bytes, retention_hours, retention_bytes,
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// connection_idle_timeout_ms, connection_write_timeout_ms,
-    /// incomplete_frames_bytes_max, spin_before_park_us.
+    /// incomplete_frames_bytes_max, spin_before_park_us, role, replication,
+    /// sync_standby_timeout_ms, standby_of.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -145,6 +158,10 @@ struct ConfigFile {
     connection_write_timeout_ms: Option<u64>,
     incomplete_frames_bytes_max: Option<usize>,
     spin_before_park_us: Option<u64>,
+    role: Option<Role>,
+    replication: Option<Replication>,
+    sync_standby_timeout_ms: Option<u64>,
+    standby_of: Option<String>,
 }
 
 fn split_listen(listen: &str) -> Result<(String, u16), String> {
@@ -242,6 +259,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(max) = file.in_flight_max {
         config.in_flight_max = max;
     }
+    config.replication.role = args.role.or(file.role).unwrap_or_default();
+    config.replication.replication = args.replication.or(file.replication).unwrap_or_default();
+    if let Some(ms) = file.sync_standby_timeout_ms {
+        config.replication.sync_standby_timeout = Duration::from_millis(ms);
+    }
+    config.replication.standby_of = args.standby_of.or(file.standby_of);
     config.validate().map_err(|error| error.to_string())?;
     Ok(config)
 }
@@ -284,6 +307,7 @@ mod tests {
         assert_eq!(config.connection_idle_timeout, Duration::from_millis(600_000));
         assert_eq!(config.connection_write_timeout, Duration::from_millis(30_000));
         assert_eq!(config.incomplete_frames_bytes_max, 256 * 1024 * 1024);
+        assert_eq!(config.replication, crate::server::replication::ReplicationSettings::default());
     }
 
     #[test]
@@ -334,6 +358,13 @@ mod tests {
             ("connection_idle_timeout_ms = 0", "connection_idle_timeout_ms"),
             ("connection_write_timeout_ms = 0", "connection_write_timeout_ms"),
             ("incomplete_frames_bytes_max = 1048576", "incomplete_frames_bytes_max"),
+            ("role = \"standby\"", "standby_of"),
+            ("standby_of = \"127.0.0.1:9876\"", "role"),
+            ("role = \"standby\"\nstandby_of = \"127.0.0.1\"", "standby_of"),
+            ("role = \"standby\"\nstandby_of = \"h:1\"\nreplication = \"sync\"", "replication"),
+            ("sync_standby_timeout_ms = 0", "sync_standby_timeout_ms"),
+            ("role = \"leader\"", "role"),
+            ("replication = \"eventual\"", "replication"),
         ] {
             let error = refusal(text);
             assert!(error.contains(named), "{text:?}: {error:?} does not name {named}");
@@ -448,5 +479,27 @@ mod tests {
         assert_eq!(from_flags.connection_idle_timeout, Duration::from_millis(10));
         assert_eq!(from_flags.connection_write_timeout, Duration::from_millis(20));
         assert_eq!(from_flags.incomplete_frames_bytes_max, 64 << 20);
+    }
+
+    #[test]
+    fn the_replication_settings_come_from_the_flags_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, "replication = \"sync\"\nsync_standby_timeout_ms = 700\n").expect("write");
+        let from_file = config(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).expect("config");
+        assert_eq!(from_file.replication.replication, Replication::Sync);
+        let args = ServeArgs { config: Some(path), replication: Some(Replication::Off), ..ServeArgs::default() };
+        let from_flags = config(args).expect("config");
+        assert_eq!(from_flags.replication.replication, Replication::Off);
+        assert_eq!(from_flags.replication.sync_standby_timeout, Duration::from_millis(700));
+        let standby =
+            ServeArgs { role: Some(Role::Standby), standby_of: Some("127.0.0.1:9876".into()), ..ServeArgs::default() };
+        let standby = config(standby).expect("a standby");
+        assert_eq!(standby.replication.role, Role::Standby);
+        assert_eq!(standby.replication.standby_of.as_deref(), Some("127.0.0.1:9876"));
+        let following = ServeArgs { replication: Some(Replication::Async), ..ServeArgs::default() };
+        assert_eq!(config(following).expect("async").replication.replication, Replication::Async);
+        let lone = ServeArgs { role: Some(Role::Standby), ..ServeArgs::default() };
+        assert!(config(lone).unwrap_err().contains("standby_of"));
     }
 }

@@ -10,12 +10,33 @@ pub struct StatusArgs {
     /// One JSON object per line instead of tab-separated columns.
     #[arg(long)]
     json: bool,
+    /// Four more columns: the shard's role (primary or standby), its
+    /// primary (on a standby), the replication lag in bytes and whether a
+    /// standby is connected (on a primary). `--json` always has them.
+    #[arg(long)]
+    replication: bool,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
     broker: String,
 }
 
 const COLUMNS: [&str; 8] =
     ["shard", "port", "healthy", "error", "segments", "flushed", "disk_used_bytes", "connections"];
+
+/// With `--replication`, after the eight columns scripts read by position.
+const REPLICATION_COLUMNS: [&str; 12] = [
+    "shard",
+    "port",
+    "healthy",
+    "error",
+    "segments",
+    "flushed",
+    "disk_used_bytes",
+    "connections",
+    "role",
+    "standby_of",
+    "replication_lag_bytes",
+    "standby_connected",
+];
 
 pub fn run(args: StatusArgs) -> Result<ExitCode, String> {
     let client = Client::connect(&args.broker).map_err(|error| error.to_string())?;
@@ -30,8 +51,13 @@ pub fn run(args: StatusArgs) -> Result<ExitCode, String> {
             "flushed": status.flushed,
             "disk_used_bytes": status.disk_used_bytes,
             "connections": status.connections,
+            "role": status.role_name(),
+            "standby_of": status.standby_of,
+            "replication_lag_bytes": status.replication_lag_bytes,
+            "standby_connected": status.standby_connected,
         });
-        print_row(args.json, &COLUMNS, &row);
+        let columns: &[&str] = if args.replication { &REPLICATION_COLUMNS } else { &COLUMNS };
+        print_row(args.json, columns, &row);
     }
     // A script can tell a fail-stopped shard from the exit code alone.
     let unhealthy: Vec<String> =

@@ -26,8 +26,23 @@ pub fn shard_status(shard: &Shard) -> Answer {
         flushed: shard.log.positions().flushed,
         disk_used_bytes,
         connections: u32::try_from(shard.connections.get()).unwrap_or(u32::MAX),
+        standby_of: shard.config.replication.standby_of.clone(),
+        replication_lag_bytes: replication_lag_bytes(shard),
+        standby_connected: shard.standby_confirmations.connected(),
     };
     Ok((Kind::ShardStatusResponse, protocol::shard_status_response(None, &status)))
+}
+
+/// Durable bytes the standby lacks: on a standby, as its primary last
+/// answered; on a primary, as its standby last reported (its whole log
+/// before any standby asked).
+fn replication_lag_bytes(shard: &Shard) -> u64 {
+    let flushed = shard.log.positions().flushed;
+    if shard.config.replication.standby_of.is_some() {
+        shard.primary_durable.get().saturating_sub(flushed)
+    } else {
+        flushed.saturating_sub(shard.standby_confirmations.confirmed())
+    }
 }
 
 pub fn list_groups(shard: &Shard, request: &requests::ListGroups<'_>) -> Answer {

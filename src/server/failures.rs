@@ -11,7 +11,7 @@ pub fn log_failure(error: LogError) -> Failure {
         LogError::Stopped { .. } => fb::ErrorCode::StoreStopped,
         LogError::NoSpace { .. } => fb::ErrorCode::DiskFull,
         LogError::RecordTooLarge { .. } => fb::ErrorCode::MessageTooLarge,
-        LogError::OffsetTruncated { .. } => fb::ErrorCode::OffsetTruncated,
+        LogError::OffsetTruncated { .. } | LogError::PositionTruncated { .. } => fb::ErrorCode::OffsetTruncated,
         _ => fb::ErrorCode::Internal,
     };
     Failure::new(code, error.to_string())

@@ -12,6 +12,7 @@ use super::long_poll;
 use super::metrics::ShardCounters;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
+use super::replication::Replication;
 use super::requests::{self, GroupMember, MessageLimits, Request};
 use super::send_back;
 use super::shard::Shard;
@@ -31,6 +32,12 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
     let request = Request::read(frame.kind, &frame.body)?;
     if shard.shutting_down.get() {
         return Err(Failure::new(fb::ErrorCode::ShuttingDown, "the broker is shutting down"));
+    }
+    if let Some(primary) = shard.config.replication.standby_of.as_deref() {
+        let kind = Kind::from_u16(frame.kind).filter(|kind| super::replication::standby::changes_state(*kind));
+        if let Some(kind) = kind {
+            return Err(super::replication::standby::not_primary(primary, kind));
+        }
     }
     match request {
         Request::Metadata(request) => metadata(shard, &request),
@@ -53,6 +60,7 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Request::ResetOffset(request) => admin::reset_offset(shard, &request).await,
         Request::OffsetAtTime(request) => admin::offset_at_time(shard, &request).await,
         Request::QueryMessages(request) => super::message_query::query_messages(shard, &request).await,
+        Request::Replicate(request) => super::replication::primary::replicate(shard, request).await,
     }
 }
 
@@ -101,6 +109,9 @@ async fn produce(shard: &Shard, body: &Bytes, request: &requests::Produce<'_>) -
     })
     .await;
     let status = match durable {
+        Some(Ok(())) if shard.config.replication.replication == Replication::Sync => {
+            super::replication::primary::standby_status(shard, end).await
+        }
         Some(Ok(())) => fb::SendStatus::SendOk,
         Some(Err(error)) => return Err(log_failure(error)),
         None => fb::SendStatus::FlushDiskTimeout,

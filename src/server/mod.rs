@@ -30,6 +30,7 @@ mod outgoing;
 mod placement;
 mod producer_links;
 mod replay;
+pub mod replication;
 pub(crate) mod requests;
 mod send_back;
 mod shard;
@@ -126,6 +127,8 @@ pub struct ServerConfig {
     pub disk_max_used_percent: u8,
     /// `HOST:PORT` of the Prometheus endpoint (`metrics_http`); `None`: off.
     pub metrics_listen: Option<String>,
+    /// Primary or standby, and what a primary waits for (`replication`).
+    pub replication: replication::ReplicationSettings,
 }
 
 impl Default for ServerConfig {
@@ -160,6 +163,7 @@ impl Default for ServerConfig {
             delay_max: Duration::from_millis(DELAY_MAX_MS_DEFAULT),
             disk_max_used_percent: DISK_MAX_USED_PERCENT_DEFAULT,
             metrics_listen: None,
+            replication: replication::ReplicationSettings::default(),
         }
     }
 }
@@ -259,6 +263,7 @@ impl ServerConfig {
         if matches!(self.flush, FlushMode::Async { interval } if interval.is_zero()) {
             return refuse("flush_interval_ms must be at least 1".into());
         }
+        self.replication.validate().map_err(ServerError::Config)?;
         self.log_config(self.data_dir.join("shard-0"))
             .validate()
             .map_err(|error| ServerError::Config(error.to_string()))
@@ -537,19 +542,29 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let listener = port.listen()?;
     let address = listener.local_addr().map_or_else(|_| "?".to_string(), |address| address.to_string());
     let listener = listeners::into_glommio(listener);
-    let background = glommio::spawn_local(background_work(shard.clone()));
-    let checking = glommio::spawn_local(checker::run(shard.clone()));
-    let delivering = glommio::spawn_local(due_delivery::run(shard.clone()));
-    let watching_disk = glommio::spawn_local(disk_guard::watch(shard.clone()));
-    let publishing = glommio::spawn_local(metrics::publish(shard.clone(), board));
-    tracing::info!(%address, "shard listening");
+    let mut tasks = vec![
+        glommio::spawn_local(disk_guard::watch(shard.clone())),
+        glommio::spawn_local(metrics::publish(shard.clone(), board)),
+    ];
+    match shard.config.replication.standby_of.clone() {
+        // A standby's log takes only its primary's bytes: the tasks that
+        // append records of their own (check-backs, due timers) or write
+        // snapshots of state it does not keep up to date do not run.
+        Some(primary) => tasks.push(glommio::spawn_local(replication::standby::follow(shard.clone(), primary))),
+        None => tasks.extend([
+            glommio::spawn_local(background_work(shard.clone())),
+            glommio::spawn_local(checker::run(shard.clone())),
+            glommio::spawn_local(due_delivery::run(shard.clone())),
+        ]),
+    }
+    tracing::info!(%address, role = ?shard.config.replication.role, "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     readiness.shard_listening();
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     readiness.stopping();
-    shutdown(shard, accepting, [background, checking, delivering, watching_disk, publishing]).await
+    shutdown(shard, accepting, tasks).await
 }
 
 /// The peer shard behind inbox `index` of shard `id` (inboxes skip `id`).
@@ -686,7 +701,7 @@ async fn write_transactions_snapshot(shard: &Shard) {
 async fn shutdown(
     shard: Rc<Shard>,
     accepting: glommio::Task<()>,
-    background: [glommio::Task<()>; 5],
+    background: Vec<glommio::Task<()>>,
 ) -> Result<(), ServerError> {
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     drop(accepting);
@@ -696,9 +711,14 @@ async fn shutdown(
     while shard.requests_in_flight.get() > 0 && started.elapsed() < SHUTDOWN_DRAIN_MAX {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
-    write_offsets_snapshot(&shard).await;
-    write_producers_snapshot(&shard).await;
-    write_transactions_snapshot(&shard).await;
+    // A standby's tables were rebuilt at its start and do not follow what
+    // it replicated since: a snapshot of them would hide records from the
+    // next start's replay.
+    if shard.config.replication.standby_of.is_none() {
+        write_offsets_snapshot(&shard).await;
+        write_producers_snapshot(&shard).await;
+        write_transactions_snapshot(&shard).await;
+    }
     shard
         .log
         .close()

@@ -37,7 +37,9 @@ pub enum Request<'a> {
     FetchOffset(FetchOffset<'a>),
     EndTransaction(EndTransaction<'a>),
     ListTransactions(ListTransactions),
-    RegisterProducer { producer_group: &'a str },
+    RegisterProducer {
+        producer_group: &'a str,
+    },
     SendBack(SendBack<'a>),
     ResendDeadLetter(ResendDeadLetter<'a>),
     ShardStatus,
@@ -46,6 +48,8 @@ pub enum Request<'a> {
     ResetOffset(ResetOffset<'a>),
     OffsetAtTime(QueueAt<'a>),
     QueryMessages(QueryMessages<'a>),
+    /// A standby asking for durable log bytes (`replication::primary`).
+    Replicate(fb::ReplicateRequest<'a>),
 }
 
 impl<'a> Request<'a> {
@@ -115,6 +119,7 @@ impl<'a> Request<'a> {
                 })
             }
             Kind::QueryMessagesRequest => Self::QueryMessages(QueryMessages::read(body)?),
+            Kind::ReplicateRequest => Self::Replicate(verify::<fb::ReplicateRequest>(body).map_err(invalid)?),
             other => {
                 return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {other:?} is not a request")))
             }

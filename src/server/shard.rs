@@ -88,6 +88,10 @@ pub struct Shard {
     pub counters: ShardCounters,
     /// Bytes the connections hold in incomplete frames, and their bound.
     pub incomplete_frames: IncompleteFrames,
+    /// On a primary: how far its standby has this shard's log durable.
+    pub standby_confirmations: super::replication::StandbyConfirmations,
+    /// On a standby: the primary's durable end in its last answer (lag).
+    pub primary_durable: Cell<u64>,
 }
 
 pub struct ShardParts {
@@ -150,6 +154,8 @@ impl Shard {
             requests_in_flight: Cell::new(0),
             connections: Cell::new(0),
             counters: ShardCounters::default(),
+            standby_confirmations: Default::default(),
+            primary_durable: Cell::new(0),
         }
     }
 

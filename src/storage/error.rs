@@ -26,6 +26,10 @@ pub enum LogError {
     #[error("queue {queue_id} offset {requested} was deleted by retention; the earliest kept is {earliest}")]
     OffsetTruncated { queue_id: u32, requested: u64, earliest: u64 },
 
+    /// Raw log bytes asked for (by a standby) that retention deleted.
+    #[error("log position {requested} was deleted by retention; the earliest kept is {earliest}")]
+    PositionTruncated { requested: u64, earliest: u64 },
+
     #[error("invalid log configuration: {0}")]
     Config(String),
 

@@ -411,7 +411,7 @@ async fn continues_in<F: StorageFile>(next: &Segment<F>, end: u64) -> Result<boo
     })
 }
 
-fn index_record<F>(
+pub(super) fn index_record<F>(
     queues: &mut Queues,
     segment: &Segment<F>,
     header: &RecordHeader,
@@ -529,7 +529,7 @@ async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) ->
 
 /// The empty filling buffer that continues the log on the block after
 /// `position` of `segment`.
-fn filling_at<F: StorageFile>(segment: &Rc<Segment<F>>, position: u64, capacity: usize) -> FillBuffer<F> {
+pub(super) fn filling_at<F: StorageFile>(segment: &Rc<Segment<F>>, position: u64, capacity: usize) -> FillBuffer<F> {
     let block = BLOCK_SIZE_BYTES as u64;
     let data_before = position - segment.start;
     let file_offset = (data_before.div_ceil(block) * block).min(segment.size_bytes);

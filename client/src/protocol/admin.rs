@@ -16,9 +16,22 @@ pub struct ShardStatus {
     pub flushed: u64,
     pub disk_used_bytes: u64,
     pub connections: u32,
+    /// Whether the shard is a primary's or a standby's (issue 13).
+    pub standby_of: Option<String>,
+    pub replication_lag_bytes: u64,
+    /// On a primary: whether a standby asked for bytes lately.
+    pub standby_connected: bool,
 }
 
 impl ShardStatus {
+    pub fn role_name(&self) -> &'static str {
+        if self.standby_of.is_some() {
+            "standby"
+        } else {
+            "primary"
+        }
+    }
+
     pub fn read(response: &fb::ShardStatusResponse<'_>) -> Self {
         Self {
             shard: response.shard(),
@@ -28,6 +41,10 @@ impl ShardStatus {
             flushed: response.flushed(),
             disk_used_bytes: response.disk_used_bytes(),
             connections: response.connections(),
+            standby_of: (response.role() == fb::ShardRole::Standby)
+                .then(|| response.standby_of().unwrap_or_default().to_string()),
+            replication_lag_bytes: response.replication_lag_bytes(),
+            standby_connected: response.standby_connected(),
         }
     }
 }
@@ -108,6 +125,8 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
     let mut builder = FlatBufferBuilder::new();
     let outcome = outcome(&mut builder, failure);
     let error = status.error.as_deref().map(|error| builder.create_string(error));
+    let standby_of = status.standby_of.as_deref().map(|primary| builder.create_string(primary));
+    let role = if status.standby_of.is_some() { fb::ShardRole::Standby } else { fb::ShardRole::Primary };
     let args = fb::ShardStatusResponseArgs {
         outcome: Some(outcome),
         shard: status.shard,
@@ -118,6 +137,10 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
         flushed: status.flushed,
         disk_used_bytes: status.disk_used_bytes,
         connections: status.connections,
+        role,
+        standby_of,
+        replication_lag_bytes: status.replication_lag_bytes,
+        standby_connected: status.standby_connected,
     };
     let root = fb::ShardStatusResponse::create(&mut builder, &args);
     finish(builder, root)
@@ -295,6 +318,9 @@ mod tests {
             flushed: 4096,
             disk_used_bytes: 1 << 30,
             connections: 3,
+            standby_of: Some("10.0.0.1:9876".into()),
+            replication_lag_bytes: 8192,
+            standby_connected: false,
         };
         let body = shard_status_response(None, &status);
         assert_eq!(ShardStatus::read(&verify::<fb::ShardStatusResponse>(&body).expect("verifies")), status);

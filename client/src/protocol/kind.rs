@@ -58,6 +58,10 @@ pub enum Kind {
     /// (`ringmq message query`; every shard is asked).
     QueryMessagesRequest = 41,
     QueryMessagesResponse = 42,
+    /// A standby's shard asks its primary's shard for durable log bytes
+    /// (`ReplicateRequest`; issue 13).
+    ReplicateRequest = 43,
+    ReplicateResponse = 44,
     ErrorResponse = 100,
 }
 
@@ -107,6 +111,8 @@ impl Kind {
             40 => OffsetAtTimeResponse,
             41 => QueryMessagesRequest,
             42 => QueryMessagesResponse,
+            43 => ReplicateRequest,
+            44 => ReplicateResponse,
             100 => ErrorResponse,
             _ => return None,
         })

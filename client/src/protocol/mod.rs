@@ -12,6 +12,7 @@ mod codec;
 mod frame;
 mod kind;
 pub mod page;
+mod replicate;
 mod routing;
 
 pub use admin::*;
@@ -22,6 +23,7 @@ pub use frame::{
     FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
+pub use replicate::{replicate_request, replicate_response, ReplicatedBytes};
 pub use routing::{
     coordinator_shard, dead_letter_topic, internal_topic_group, queue_owner, retry_topic, INTERNAL_TOPIC_PREFIX,
 };

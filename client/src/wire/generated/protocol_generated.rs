@@ -34,13 +34,13 @@ pub mod ringmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u16 = 21;
+        pub const ENUM_MAX_ERROR_CODE: u16 = 22;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 23] = [
             ErrorCode::None,
             ErrorCode::BadFrame,
             ErrorCode::UnknownKind,
@@ -63,6 +63,7 @@ pub mod ringmq {
             ErrorCode::UnknownTransaction,
             ErrorCode::TransactionConflict,
             ErrorCode::LimitReached,
+            ErrorCode::NotPrimary,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -100,9 +101,12 @@ pub mod ringmq {
             /// A cap on what the broker holds is reached (topics, groups, members of
             /// a group): the message names the cap and its setting.
             pub const LimitReached: Self = Self(21);
+            /// A standby refuses what would change its data (produce and every other
+            /// state-changing request): the message names its primary.
+            pub const NotPrimary: Self = Self(22);
 
             pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 21;
+            pub const ENUM_MAX: u16 = 22;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::None,
                 Self::BadFrame,
@@ -126,6 +130,7 @@ pub mod ringmq {
                 Self::UnknownTransaction,
                 Self::TransactionConflict,
                 Self::LimitReached,
+                Self::NotPrimary,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -152,6 +157,7 @@ pub mod ringmq {
                     Self::UnknownTransaction => Some("UnknownTransaction"),
                     Self::TransactionConflict => Some("TransactionConflict"),
                     Self::LimitReached => Some("LimitReached"),
+                    Self::NotPrimary => Some("NotPrimary"),
                     _ => None,
                 }
             }
@@ -519,6 +525,96 @@ pub mod ringmq {
         }
 
         impl flatbuffers::SimpleToVerifyInSlice for TransactionState {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_SHARD_ROLE: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_SHARD_ROLE: u8 = 1;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_SHARD_ROLE: [ShardRole; 2] = [ShardRole::Primary, ShardRole::Standby];
+
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct ShardRole(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl ShardRole {
+            pub const Primary: Self = Self(0);
+            /// Follows a primary (`standby_of`) and refuses every change.
+            pub const Standby: Self = Self(1);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 1;
+            pub const ENUM_VALUES: &'static [Self] = &[Self::Primary, Self::Standby];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Primary => Some("Primary"),
+                    Self::Standby => Some("Standby"),
+                    _ => None,
+                }
+            }
+        }
+        impl core::fmt::Debug for ShardRole {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for ShardRole {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+                Self(b)
+            }
+        }
+
+        impl flatbuffers::Push for ShardRole {
+            type Output = ShardRole;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                flatbuffers::emplace_scalar::<u8>(dst, self.0);
+            }
+        }
+
+        impl flatbuffers::EndianScalar for ShardRole {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for ShardRole {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for ShardRole {}
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
@@ -7568,6 +7664,10 @@ pub mod ringmq {
             pub const VT_FLUSHED: flatbuffers::VOffsetT = 16;
             pub const VT_DISK_USED_BYTES: flatbuffers::VOffsetT = 18;
             pub const VT_CONNECTIONS: flatbuffers::VOffsetT = 20;
+            pub const VT_ROLE: flatbuffers::VOffsetT = 22;
+            pub const VT_STANDBY_OF: flatbuffers::VOffsetT = 24;
+            pub const VT_REPLICATION_LAG_BYTES: flatbuffers::VOffsetT = 26;
+            pub const VT_STANDBY_CONNECTED: flatbuffers::VOffsetT = 28;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -7579,8 +7679,12 @@ pub mod ringmq {
                 args: &'args ShardStatusResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ShardStatusResponse<'bldr>> {
                 let mut builder = ShardStatusResponseBuilder::new(_fbb);
+                builder.add_replication_lag_bytes(args.replication_lag_bytes);
                 builder.add_disk_used_bytes(args.disk_used_bytes);
                 builder.add_flushed(args.flushed);
+                if let Some(x) = args.standby_of {
+                    builder.add_standby_of(x);
+                }
                 builder.add_connections(args.connections);
                 builder.add_segments(args.segments);
                 if let Some(x) = args.error {
@@ -7591,6 +7695,8 @@ pub mod ringmq {
                     builder.add_outcome(x);
                 }
                 builder.add_port(args.port);
+                builder.add_standby_connected(args.standby_connected);
+                builder.add_role(args.role);
                 builder.add_healthy(args.healthy);
                 builder.finish()
             }
@@ -7701,6 +7807,57 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// Issue 13: primary (an older broker says nothing: primary) or standby.
+            #[inline]
+            pub fn role(&self) -> ShardRole {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ShardRole>(ShardStatusResponse::VT_ROLE, Some(ShardRole::Primary))
+                        .unwrap()
+                }
+            }
+            /// On a standby: its primary's base address.
+            #[inline]
+            pub fn standby_of(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        ShardStatusResponse::VT_STANDBY_OF,
+                        None,
+                    )
+                }
+            }
+            /// Log bytes durable on the primary not yet durable on the standby: on a
+            /// primary, as its standby last reported; on a standby, as its primary
+            /// last answered.
+            #[inline]
+            pub fn replication_lag_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_REPLICATION_LAG_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// On a primary: whether a standby asked for bytes lately.
+            #[inline]
+            pub fn standby_connected(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ShardStatusResponse::VT_STANDBY_CONNECTED, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ShardStatusResponse<'_> {
@@ -7728,6 +7885,18 @@ pub mod ringmq {
                     .visit_field::<u64>("flushed", Self::VT_FLUSHED, false)?
                     .visit_field::<u64>("disk_used_bytes", Self::VT_DISK_USED_BYTES, false)?
                     .visit_field::<u32>("connections", Self::VT_CONNECTIONS, false)?
+                    .visit_field::<ShardRole>("role", Self::VT_ROLE, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                        "standby_of",
+                        Self::VT_STANDBY_OF,
+                        false,
+                    )?
+                    .visit_field::<u64>(
+                        "replication_lag_bytes",
+                        Self::VT_REPLICATION_LAG_BYTES,
+                        false,
+                    )?
+                    .visit_field::<bool>("standby_connected", Self::VT_STANDBY_CONNECTED, false)?
                     .finish();
                 Ok(())
             }
@@ -7742,6 +7911,10 @@ pub mod ringmq {
             pub flushed: u64,
             pub disk_used_bytes: u64,
             pub connections: u32,
+            pub role: ShardRole,
+            pub standby_of: Option<flatbuffers::WIPOffset<&'a str>>,
+            pub replication_lag_bytes: u64,
+            pub standby_connected: bool,
         }
         impl<'a> Default for ShardStatusResponseArgs<'a> {
             #[inline]
@@ -7756,6 +7929,10 @@ pub mod ringmq {
                     flushed: 0,
                     disk_used_bytes: 0,
                     connections: 0,
+                    role: ShardRole::Primary,
+                    standby_of: None,
+                    replication_lag_bytes: 0,
+                    standby_connected: false,
                 }
             }
         }
@@ -7819,6 +7996,37 @@ pub mod ringmq {
                     .push_slot::<u32>(ShardStatusResponse::VT_CONNECTIONS, connections, 0);
             }
             #[inline]
+            pub fn add_role(&mut self, role: ShardRole) {
+                self.fbb_.push_slot::<ShardRole>(
+                    ShardStatusResponse::VT_ROLE,
+                    role,
+                    ShardRole::Primary,
+                );
+            }
+            #[inline]
+            pub fn add_standby_of(&mut self, standby_of: flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ShardStatusResponse::VT_STANDBY_OF,
+                    standby_of,
+                );
+            }
+            #[inline]
+            pub fn add_replication_lag_bytes(&mut self, replication_lag_bytes: u64) {
+                self.fbb_.push_slot::<u64>(
+                    ShardStatusResponse::VT_REPLICATION_LAG_BYTES,
+                    replication_lag_bytes,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_standby_connected(&mut self, standby_connected: bool) {
+                self.fbb_.push_slot::<bool>(
+                    ShardStatusResponse::VT_STANDBY_CONNECTED,
+                    standby_connected,
+                    false,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ShardStatusResponseBuilder<'a, 'b> {
@@ -7847,6 +8055,10 @@ pub mod ringmq {
                 ds.field("flushed", &self.flushed());
                 ds.field("disk_used_bytes", &self.disk_used_bytes());
                 ds.field("connections", &self.connections());
+                ds.field("role", &self.role());
+                ds.field("standby_of", &self.standby_of());
+                ds.field("replication_lag_bytes", &self.replication_lag_bytes());
+                ds.field("standby_connected", &self.standby_connected());
                 ds.finish()
             }
         }
@@ -10128,6 +10340,472 @@ pub mod ringmq {
                 ds.field("records", &self.records());
                 ds.field("record_count", &self.record_count());
                 ds.field("truncated", &self.truncated());
+                ds.finish()
+            }
+        }
+        pub enum ReplicateRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A standby's shard asks the same shard of its primary for raw commit-log
+        /// bytes from `position` on (issue 13). The primary answers only durable
+        /// bytes (fdatasynced), as stored: batch markers, records and padding.
+        pub struct ReplicateRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ReplicateRequest<'a> {
+            type Inner = ReplicateRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ReplicateRequest<'a> {
+            pub const VT_POSITION: flatbuffers::VOffsetT = 4;
+            pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 6;
+            pub const VT_WAIT_MS: flatbuffers::VOffsetT = 8;
+            pub const VT_WITH_TOPICS: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ReplicateRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ReplicateRequestArgs,
+            ) -> flatbuffers::WIPOffset<ReplicateRequest<'bldr>> {
+                let mut builder = ReplicateRequestBuilder::new(_fbb);
+                builder.add_position(args.position);
+                builder.add_wait_ms(args.wait_ms);
+                builder.add_max_bytes(args.max_bytes);
+                builder.add_with_topics(args.with_topics);
+                builder.finish()
+            }
+
+            /// Log position of the first byte wanted (the standby's durable end).
+            #[inline]
+            pub fn position(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateRequest::VT_POSITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// At most this many bytes (0 or more than the broker's cap: its cap).
+            #[inline]
+            pub fn max_bytes(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ReplicateRequest::VT_MAX_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// With nothing durable at `position` yet: wait up to this long (capped
+            /// by the broker) for something before answering with no bytes.
+            #[inline]
+            pub fn wait_ms(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ReplicateRequest::VT_WAIT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Also send the primary's topic registry (`topics` of the answer): a
+            /// standby needs it to serve fetches of the primary's topics.
+            #[inline]
+            pub fn with_topics(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ReplicateRequest::VT_WITH_TOPICS, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ReplicateRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<u64>("position", Self::VT_POSITION, false)?
+                    .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
+                    .visit_field::<u32>("wait_ms", Self::VT_WAIT_MS, false)?
+                    .visit_field::<bool>("with_topics", Self::VT_WITH_TOPICS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicateRequestArgs {
+            pub position: u64,
+            pub max_bytes: u32,
+            pub wait_ms: u32,
+            pub with_topics: bool,
+        }
+        impl<'a> Default for ReplicateRequestArgs {
+            #[inline]
+            fn default() -> Self {
+                ReplicateRequestArgs {
+                    position: 0,
+                    max_bytes: 0,
+                    wait_ms: 0,
+                    with_topics: false,
+                }
+            }
+        }
+
+        pub struct ReplicateRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ReplicateRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_position(&mut self, position: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateRequest::VT_POSITION, position, 0);
+            }
+            #[inline]
+            pub fn add_max_bytes(&mut self, max_bytes: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ReplicateRequest::VT_MAX_BYTES, max_bytes, 0);
+            }
+            #[inline]
+            pub fn add_wait_ms(&mut self, wait_ms: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ReplicateRequest::VT_WAIT_MS, wait_ms, 0);
+            }
+            #[inline]
+            pub fn add_with_topics(&mut self, with_topics: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ReplicateRequest::VT_WITH_TOPICS, with_topics, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ReplicateRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ReplicateRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ReplicateRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ReplicateRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicateRequest");
+                ds.field("position", &self.position());
+                ds.field("max_bytes", &self.max_bytes());
+                ds.field("wait_ms", &self.wait_ms());
+                ds.field("with_topics", &self.with_topics());
+                ds.finish()
+            }
+        }
+        pub enum ReplicateResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ReplicateResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for ReplicateResponse<'a> {
+            type Inner = ReplicateResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> ReplicateResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_POSITION: flatbuffers::VOffsetT = 6;
+            pub const VT_BYTES: flatbuffers::VOffsetT = 8;
+            pub const VT_DURABLE: flatbuffers::VOffsetT = 10;
+            pub const VT_SEGMENT_START: flatbuffers::VOffsetT = 12;
+            pub const VT_SEGMENT_SIZE_BYTES: flatbuffers::VOffsetT = 14;
+            pub const VT_TOPICS: flatbuffers::VOffsetT = 16;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                ReplicateResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args ReplicateResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<ReplicateResponse<'bldr>> {
+                let mut builder = ReplicateResponseBuilder::new(_fbb);
+                builder.add_segment_size_bytes(args.segment_size_bytes);
+                builder.add_segment_start(args.segment_start);
+                builder.add_durable(args.durable);
+                builder.add_position(args.position);
+                if let Some(x) = args.topics {
+                    builder.add_topics(x);
+                }
+                if let Some(x) = args.bytes {
+                    builder.add_bytes(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        ReplicateResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            /// Log position of `bytes[0]`: the request's `position`.
+            #[inline]
+            pub fn position(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_POSITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The log's bytes from `position`, never past the durable end nor the
+            /// end of the segment that holds `position`.
+            #[inline]
+            pub fn bytes(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ReplicateResponse::VT_BYTES,
+                            None,
+                        )
+                }
+            }
+            /// The primary's durable end when it answered.
+            #[inline]
+            pub fn durable(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_DURABLE, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Start and size of the segment `bytes` lie in (a standby keeps the
+            /// same segment files, byte for byte).
+            #[inline]
+            pub fn segment_start(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_SEGMENT_START, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn segment_size_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_SEGMENT_SIZE_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// With `with_topics`: the primary's topics as its `topics.json` holds
+            /// them (names, ids, queue owners).
+            #[inline]
+            pub fn topics(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(
+                            ReplicateResponse::VT_TOPICS,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for ReplicateResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        "outcome",
+                        Self::VT_OUTCOME,
+                        false,
+                    )?
+                    .visit_field::<u64>("position", Self::VT_POSITION, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "bytes",
+                        Self::VT_BYTES,
+                        false,
+                    )?
+                    .visit_field::<u64>("durable", Self::VT_DURABLE, false)?
+                    .visit_field::<u64>("segment_start", Self::VT_SEGMENT_START, false)?
+                    .visit_field::<u64>("segment_size_bytes", Self::VT_SEGMENT_SIZE_BYTES, false)?
+                    .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>(
+                        "topics",
+                        Self::VT_TOPICS,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicateResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub position: u64,
+            pub bytes: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+            pub durable: u64,
+            pub segment_start: u64,
+            pub segment_size_bytes: u64,
+            pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for ReplicateResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicateResponseArgs {
+                    outcome: None,
+                    position: 0,
+                    bytes: None,
+                    durable: 0,
+                    segment_start: 0,
+                    segment_size_bytes: 0,
+                    topics: None,
+                }
+            }
+        }
+
+        pub struct ReplicateResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> ReplicateResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        ReplicateResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_position(&mut self, position: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_POSITION, position, 0);
+            }
+            #[inline]
+            pub fn add_bytes(
+                &mut self,
+                bytes: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ReplicateResponse::VT_BYTES,
+                    bytes,
+                );
+            }
+            #[inline]
+            pub fn add_durable(&mut self, durable: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_DURABLE, durable, 0);
+            }
+            #[inline]
+            pub fn add_segment_start(&mut self, segment_start: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_SEGMENT_START, segment_start, 0);
+            }
+            #[inline]
+            pub fn add_segment_size_bytes(&mut self, segment_size_bytes: u64) {
+                self.fbb_.push_slot::<u64>(
+                    ReplicateResponse::VT_SEGMENT_SIZE_BYTES,
+                    segment_size_bytes,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_topics(
+                &mut self,
+                topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ReplicateResponse::VT_TOPICS,
+                    topics,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> ReplicateResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                ReplicateResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<ReplicateResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for ReplicateResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicateResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("position", &self.position());
+                ds.field("bytes", &self.bytes());
+                ds.field("durable", &self.durable());
+                ds.field("segment_start", &self.segment_start());
+                ds.field("segment_size_bytes", &self.segment_size_bytes());
+                ds.field("topics", &self.topics());
                 ds.finish()
             }
         }

@@ -1,0 +1,12 @@
+//! Replication to a standby broker (issue 13, partial): the settings that
+//! say which role a broker plays, the primary's REPLICATE answers, and the
+//! standby's shards following the primary's. See ARCHITECTURE.md,
+//! "Replication (partial)", for what exists so far and what does not.
+
+mod confirmations;
+pub mod primary;
+mod settings;
+pub mod standby;
+
+pub use confirmations::{Confirmation, StandbyConfirmations};
+pub use settings::{Replication, ReplicationSettings, Role};

@@ -1,0 +1,56 @@
+//! The primary's side of replication: REPLICATE answers a standby's shard
+//! with the durable bytes of this shard's log from the position it asks for.
+
+use super::Confirmation;
+use crate::constants::{REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX};
+use crate::protocol::{self, fb, Kind, ReplicatedBytes};
+use crate::server::failures::log_failure;
+use crate::server::handlers::Answer;
+use crate::server::shard::Shard;
+use std::time::Duration;
+
+/// `request` was verified when the frame was read (`server::requests`).
+pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answer {
+    let position = request.position();
+    let max_bytes = match request.max_bytes() {
+        0 => REPLICATE_BYTES_MAX,
+        asked => asked.min(REPLICATE_BYTES_MAX),
+    };
+    let wait = Duration::from_millis(u64::from(request.wait_ms().min(REPLICATE_WAIT_MS_MAX)));
+    // The standby asks from its own durable end: that is its confirmation.
+    shard.standby_confirmations.note_request(position);
+    if shard.log.positions().flushed <= position && !wait.is_zero() {
+        // A caught-up standby waits here rather than polling: it hears of a
+        // new durable record within one fdatasync, which is what a
+        // synchronous primary's produce waits on.
+        let durable = shard.log.wait_durable(position.saturating_add(1));
+        let _ = futures_lite::future::or(async { durable.await.is_ok() }, async {
+            glommio::timer::sleep(wait).await;
+            false
+        })
+        .await;
+    }
+    shard.standby_confirmations.note_seen();
+    let raw = shard.log.read_durable_bytes(position, max_bytes as usize).await.map_err(log_failure)?;
+    let answer = ReplicatedBytes {
+        position: raw.position,
+        bytes: raw.bytes,
+        durable: raw.durable,
+        segment_start: raw.segment_start,
+        segment_size_bytes: raw.segment_size_bytes,
+        topics: request.with_topics().then(|| shard.topics.borrow().encode()),
+    };
+    tracing::trace!(shard = shard.id, position, bytes = answer.bytes.len(), "replicate");
+    Ok((Kind::ReplicateResponse, protocol::replicate_response(None, &answer)))
+}
+
+/// The status a sync primary answers a produce with once `end` is durable
+/// here: SEND_OK only when the standby has reported `end` durable too.
+pub async fn standby_status(shard: &Shard, end: u64) -> fb::SendStatus {
+    let timeout = shard.config.replication.sync_standby_timeout;
+    match shard.standby_confirmations.confirm(end, timeout).await {
+        Confirmation::Confirmed => fb::SendStatus::SendOk,
+        Confirmation::TimedOut => fb::SendStatus::FlushSlaveTimeout,
+        Confirmation::NoStandby => fb::SendStatus::SlaveNotAvailable,
+    }
+}

@@ -1,0 +1,202 @@
+//! The standby's side: each shard follows the same shard of its primary
+//! over a connection of its own, asking REPLICATE from its log's durable end
+//! and writing what comes back through `CommitLog::take_replicated`, which
+//! verifies every record first. A bad answer or a lost connection is logged
+//! and retried with back-off; nothing unverified is ever written.
+
+use super::settings::split_host_port;
+use crate::client::{AsyncConnection, ClientError};
+use crate::constants::{REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, TOPIC_QUEUES_MAX};
+use crate::protocol::{self, fb, verify, Failure, Kind, ReplicatedBytes};
+use crate::server::shard::Shard;
+use crate::server::topics::{check_name, Topics};
+use crate::storage::FollowError;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+const BACK_OFF_FIRST: Duration = Duration::from_millis(100);
+const BACK_OFF_MAX: Duration = Duration::from_secs(5);
+/// Bounds connecting and each request; above the longest REPLICATE wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a standby asks for the primary's topics again (new topics
+/// become fetchable on the standby within this).
+const TOPICS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Whether a request changes what a broker holds: a standby refuses those
+/// (its data is its primary's, byte for byte).
+pub fn changes_state(kind: Kind) -> bool {
+    use Kind::*;
+    matches!(
+        kind,
+        CreateTopicRequest
+            | ProduceRequest
+            | JoinGroupRequest
+            | HeartbeatRequest
+            | LeaveGroupRequest
+            | CommitOffsetRequest
+            | EndTransactionRequest
+            | RegisterProducerRequest
+            | SendBackRequest
+            | ResendDeadLetterRequest
+            | ResetOffsetRequest
+    )
+}
+
+/// The refusal a standby gives a state-changing request.
+pub fn not_primary(primary: &str, kind: Kind) -> Failure {
+    Failure::new(
+        fb::ErrorCode::NotPrimary,
+        format!("this broker is a standby of {primary} and refuses {kind:?}: send it to the primary, {primary}"),
+    )
+}
+
+/// Why one connection's following ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("the primary refused: {0}")]
+    Refused(Failure),
+    #[error("a malformed answer: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Follow(#[from] FollowError),
+}
+
+/// Follows the primary's shard `shard.id` (base address `primary`) until the
+/// task is dropped or the log stops.
+pub async fn follow(shard: Rc<Shard>, primary: String) {
+    let Ok((host, base_port)) = split_host_port(&primary) else {
+        // `ReplicationSettings::validate` refused such an address at start.
+        tracing::error!(%primary, "standby_of is not HOST:PORT; not following");
+        return;
+    };
+    let Some(port) = u16::try_from(shard.id).ok().and_then(|id| base_port.checked_add(id)) else {
+        tracing::error!(%primary, shard = shard.id, "the primary's port for this shard is past 65535; not following");
+        return;
+    };
+    let address = format!("{host}:{port}");
+    let span = tracing::info_span!("standby", shard = shard.id, primary = %address);
+    follow_address(shard, address).instrument(span).await
+}
+
+async fn follow_address(shard: Rc<Shard>, address: String) {
+    let mut back_off = BACK_OFF_FIRST;
+    loop {
+        if let Some(error) = shard.log.is_stopped() {
+            tracing::error!(%error, "the log stopped; no longer following the primary");
+            return;
+        }
+        let ended = match AsyncConnection::connect(&address, REQUEST_TIMEOUT).await {
+            Ok(connection) => {
+                tracing::info!(position = shard.log.follow_position(), "connected to the primary; following");
+                let ended = stream(&shard, &connection, &mut back_off).await;
+                drop(connection);
+                ended
+            }
+            Err(error) => StreamEnd::Client(error),
+        };
+        match &ended {
+            StreamEnd::Follow(FollowError::Damage(_)) | StreamEnd::Malformed(_) => {
+                tracing::error!(error = %ended, "bad replication stream; nothing of it was written; reconnecting")
+            }
+            _ => tracing::warn!(error = %ended, retry_in_ms = back_off.as_millis() as u64, "not following the primary"),
+        }
+        glommio::timer::sleep(back_off).await;
+        back_off = (back_off * 2).min(BACK_OFF_MAX);
+    }
+}
+
+/// Asks and writes until something fails; `back_off` is reset by progress.
+async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Duration) -> StreamEnd {
+    let mut caught_up = false;
+    // The first request after connecting asks for the topics.
+    let mut topics_asked: Option<Instant> = None;
+    loop {
+        let position = shard.log.follow_position();
+        let with_topics = topics_asked.is_none_or(|asked| asked.elapsed() >= TOPICS_REFRESH);
+        if with_topics {
+            topics_asked = Some(Instant::now());
+        }
+        let body = protocol::replicate_request(position, REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, with_topics);
+        let answer = match connection.request(Kind::ReplicateRequest, &body).await {
+            Ok(answer) => answer,
+            Err(error) => return error.into(),
+        };
+        let response = match verify::<fb::ReplicateResponse>(&answer) {
+            Ok(response) => response,
+            Err(error) => return StreamEnd::Malformed(error),
+        };
+        if let Some(failure) = Failure::from_outcome(response.outcome()) {
+            return StreamEnd::Refused(failure);
+        }
+        let replicated = match ReplicatedBytes::read(&response) {
+            Ok(replicated) if replicated.position == position => replicated,
+            Ok(replicated) => {
+                return StreamEnd::Malformed(format!("asked from {position}, answered from {}", replicated.position))
+            }
+            Err(error) => return StreamEnd::Malformed(error),
+        };
+        shard.primary_durable.set(replicated.durable);
+        if let Some(topics) = &replicated.topics {
+            if let Err(error) = learn_topics(shard, topics) {
+                return StreamEnd::Malformed(error);
+            }
+        }
+        if replicated.bytes.is_empty() {
+            if !caught_up && position >= replicated.durable {
+                tracing::info!(position, "caught up with the primary");
+                caught_up = true;
+            }
+            continue;
+        }
+        let taken = shard
+            .log
+            .take_replicated(position, &replicated.bytes, replicated.segment_start, replicated.segment_size_bytes)
+            .await;
+        match taken {
+            Ok(end) if end > position => *back_off = BACK_OFF_FIRST,
+            // A whole answer and not one whole record: the primary's bytes
+            // there cannot be taken, and asking again gets the same.
+            Ok(_) => return StreamEnd::Malformed(format!("no whole record in {} bytes", replicated.bytes.len())),
+            Err(error) => return error.into(),
+        }
+        if caught_up && replicated.durable > shard.log.follow_position() {
+            tracing::info!(behind_bytes = replicated.durable - shard.log.follow_position(), "fell behind the primary");
+            caught_up = false;
+        }
+    }
+}
+
+/// Takes the primary's topics into this shard's registry (in memory: a
+/// restarted standby asks again), so its fetches find them. Untrusted like
+/// every byte from the network: a topic whose name, queues or owners could
+/// not come from a primary of this shape refuses the whole answer.
+fn learn_topics(shard: &Shard, bytes: &[u8]) -> Result<(), String> {
+    let topics = Topics::decode(bytes).map_err(|error| format!("the primary's topics: {error}"))?;
+    for (name, topic) in &topics.topics {
+        check_name("topic", name).map_err(|failure| failure.message)?;
+        let queues = topic.queue_shards.len();
+        if name != &topic.name || queues == 0 || queues > TOPIC_QUEUES_MAX as usize {
+            return Err(format!("the primary's topic {name:?} has {queues} queues or a mismatched name"));
+        }
+        if topic.id >= u32::MAX / TOPIC_QUEUES_MAX {
+            return Err(format!("the primary's topic {name:?} has id {}, past every queue id", topic.id));
+        }
+        if let Some(owner) = topic.queue_shards.iter().find(|owner| **owner >= shard.shard_count) {
+            return Err(format!(
+                "the primary's topic {name:?} has a queue on shard {owner}; this standby has {} shards (they must match)",
+                shard.shard_count
+            ));
+        }
+    }
+    let mut known = shard.topics.borrow_mut();
+    for topic in topics.topics.into_values() {
+        if known.get(&topic.name) != Some(&topic) {
+            tracing::info!(topic = %topic.name, "learned a topic from the primary");
+            known.apply(topic);
+        }
+    }
+    Ok(())
+}
