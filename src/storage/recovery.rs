@@ -379,6 +379,11 @@ async fn scan<S: Storage>(
                             tracing::warn!(position, "damaged padding between two writes: no record was there");
                             offset = boundary;
                         }
+                        None if next_segment_follows(segments, &segment, end).await? => {
+                            let position = segment.start + offset;
+                            tracing::warn!(position, "damaged padding at the end of a segment: no record was there");
+                            break None;
+                        }
                         None => match decoded {
                             Decoded::Invalid(why) => break Some(why),
                             _ => break Some("a zero header followed by non-zero bytes"),
@@ -398,6 +403,21 @@ async fn scan<S: Storage>(
         }
         return Ok(ScanEnd { stop: segment.start + offset, position: end, segment, invalid, write });
     }
+}
+
+/// Whether the segment after `segment` starts with a write that began when
+/// exactly `end` was durable: a full segment is synced before the next one
+/// is written, so its data ended at `end` and what lies after it is padding.
+async fn next_segment_follows<F: StorageFile>(
+    segments: &Segments<F>,
+    segment: &Segment<F>,
+    end: u64,
+) -> Result<bool, LogError> {
+    let Some((_, next)) = segments.range(segment.end()..).next() else { return Ok(false) };
+    Ok(match SegmentReader::new(next).probe(0).await? {
+        Decoded::Valid(header) => next.start == segment.end() && header.batch_durable_position() == Some(end),
+        _ => false,
+    })
 }
 
 /// Whether the log goes on in `next` after ending at `end` in the segment

@@ -147,14 +147,19 @@ async fn read_bytes<S: Storage>(disk: &S, path: &Path, offset: u64, length: usiz
 pub async fn vouched_position<S: Storage>(disk: &S, config: &LogConfig) -> u64 {
     let checkpoint = disk.read_file(&config.dir.join(CHECKPOINT_FILE)).await.ok().flatten();
     let mut vouched = checkpoint.and_then(|bytes| Checkpoint::decode(&bytes).ok()).map_or(0, |c| c.position);
-    for (_, path) in segments(disk, config).await {
+    for (start, path) in segments(disk, config).await {
         let Ok(file) = disk.open(&path).await else { continue };
         let size = file.size_bytes().await.unwrap_or(0);
         let bytes = file.read_at(0, size as usize).await.unwrap_or_default();
-        for block in bytes.chunks(BLOCK_SIZE_BYTES) {
+        for (index, block) in bytes.chunks(BLOCK_SIZE_BYTES).enumerate() {
             let header = &block[..RECORD_HEADER_SIZE_BYTES.min(block.len())];
+            let position = start + (index * BLOCK_SIZE_BYTES) as u64;
+            // A copy of a marker at another place (a misdirected block
+            // below a truncation) vouches for nothing there.
             if let Decoded::Valid(header) = record::decode(header) {
-                vouched = vouched.max(header.batch_durable_position().unwrap_or(0));
+                if header.misplaced_at(position).is_none() {
+                    vouched = vouched.max(header.batch_durable_position().unwrap_or(0));
+                }
             }
         }
     }
