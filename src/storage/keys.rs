@@ -323,10 +323,19 @@ impl<F: StorageFile> KeyFile<F> {
             encode_block(self.segment_start, first_block + index as u64, block_through, chunk, block);
         }
         let start = first_block * BLOCK_SIZE_BYTES as u64;
-        self.file
-            .write_at(buffer.as_slice(), start)
-            .await
-            .map_err(|error| LogError::io("write key file", &self.path, start, error))?;
+        let write_error = |error| LogError::io("write key file", &self.path, start, error);
+        let mut bytes = buffer.as_slice();
+        if rewrite_last && chunks.len() > 1 {
+            // The rewritten last block goes first, alone and synced: a crash
+            // may land a multi-block write in any order, and new blocks
+            // after an old (valid, partly filled) version of it would say
+            // entries are in the file that never arrived.
+            self.file.write_at(&bytes[..BLOCK_SIZE_BYTES], start).await.map_err(write_error)?;
+            self.sync().await?;
+            bytes = &bytes[BLOCK_SIZE_BYTES..];
+        }
+        let rest_start = start + (buffer.as_slice().len() - bytes.len()) as u64;
+        self.file.write_at(bytes, rest_start).await.map_err(write_error)?;
         self.blocks = first_block + chunks.len() as u64;
         self.last_count = chunks.last().map_or(0, |chunk| chunk.len());
         self.through = through;
