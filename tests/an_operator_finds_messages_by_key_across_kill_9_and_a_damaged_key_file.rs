@@ -6,23 +6,10 @@
 
 mod common;
 
-use common::{ringmq, Broker};
+use common::{ringmq, ringmq_failing, Broker};
 use ringmq::client::Client;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-/// Runs `ringmq` expecting it to fail; returns its stderr.
-fn ringmq_failing(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .args(["--log", "warn"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("ringmq ran");
-    assert!(!output.status.success(), "ringmq {args:?} succeeded: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8(output.stderr).expect("utf-8")
-}
 
 fn produce(broker: &str, key: &str, lines: &str) {
     let answers = ringmq(&["produce", "--topic", "orders", "--key", key, "--broker", broker], lines);

@@ -5,26 +5,14 @@
 
 mod common;
 
-use common::{ringmq, Broker};
+use common::{ringmq, ringmq_failing, Broker};
 use ringmq::client::{Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 const QUEUES: u32 = 4;
-
-/// Runs `ringmq` expecting it to fail; returns its stderr.
-fn ringmq_failing(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .args(["--log", "warn"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("ringmq ran");
-    assert!(!output.status.success(), "ringmq {args:?} succeeded: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8(output.stderr).expect("utf-8")
-}
 
 /// Sends `bodies` to `queue` of `work`, a few ms apart (each its own store
 /// millisecond); returns each one's store time in microseconds.

@@ -246,3 +246,15 @@ pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `ringmq` expecting it to fail; returns its stderr.
+pub fn ringmq_failing(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .args(["--log", "warn"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ringmq ran");
+    assert!(!output.status.success(), "ringmq {args:?} succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8(output.stderr).expect("utf-8")
+}
