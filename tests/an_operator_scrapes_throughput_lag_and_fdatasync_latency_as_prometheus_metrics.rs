@@ -196,8 +196,12 @@ fn a_scrape_shows_what_was_produced_a_groups_lag_and_the_fdatasync_latency() {
     consumer.commit(1, 4).expect("commit queue 1");
 
     let committed = [("group", "g"), ("topic", "work"), ("queue", "1")];
-    let samples = scrape_until(metrics_port, "the commit of queue 1", |samples| {
+    // Each shard publishes its figures every half second, so a scrape may
+    // lag behind what happened; wait until every shard has caught up.
+    let samples = scrape_until(metrics_port, "the commit of queue 1 and every send and fetch", |samples| {
         find(samples, "ringmq_group_committed_offset", &committed).is_some_and(|sample| sample.value == 4.0)
+            && sum(samples, "ringmq_produced_messages_total") >= 10.0
+            && sum(samples, "ringmq_fetched_messages_total") >= 10.0
     });
     assert_eq!(sum(&samples, "ringmq_produced_messages_total"), 10.0, "every message sent, once");
     let produced_bytes = sum(&samples, "ringmq_produced_bytes_total");
