@@ -9,7 +9,7 @@ use crate::client::{AsyncConnection, ClientError};
 use crate::constants::{REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, TOPIC_QUEUES_MAX};
 use crate::protocol::{self, fb, verify, Failure, Kind, ReplicatedBytes};
 use crate::server::shard::Shard;
-use crate::server::topics::{check_name, Topics};
+use crate::server::topics::{check_topic_name, Topics};
 use crate::storage::FollowError;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -176,7 +176,8 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
 fn learn_topics(shard: &Shard, bytes: &[u8]) -> Result<(), String> {
     let topics = Topics::decode(bytes).map_err(|error| format!("the primary's topics: {error}"))?;
     for (name, topic) in &topics.topics {
-        check_name("topic", name).map_err(|failure| failure.message)?;
+        // A group's `%RETRY%` and `%DLQ%` topics are the primary's too.
+        check_topic_name(name).map_err(|failure| failure.message)?;
         let queues = topic.queue_shards.len();
         if name != &topic.name || queues == 0 || queues > TOPIC_QUEUES_MAX as usize {
             return Err(format!("the primary's topic {name:?} has {queues} queues or a mismatched name"));
