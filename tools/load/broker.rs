@@ -1,15 +1,39 @@
 //! `--spawn-broker`: a `ringmq serve` of our own on a temporary data
 //! directory and free loopback ports, stopped with SIGTERM at the end.
+//! With `--standby`, also a primary with `--replication sync|async` and a
+//! standby following it, each on its own directory and ports.
 
-use ringmq::client::Client;
+use ringmq::client::{admin, Client};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long a spawned broker may take to answer, and a spawned standby to
+/// connect to every shard of its primary.
+const START_MAX: Duration = Duration::from_secs(30);
 
 pub struct SpawnedBroker {
     child: Child,
     pub address: String,
     _temp: tempfile::TempDir,
+}
+
+/// `--standby`: how the spawned primary replicates to its standby.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StandbyMode {
+    /// A produce is answered SEND_OK once the standby has it durable too.
+    Sync,
+    /// The standby follows in the background.
+    Async,
+}
+
+impl StandbyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            StandbyMode::Sync => "sync",
+            StandbyMode::Async => "async",
+        }
+    }
 }
 
 fn free_base_port(count: u16) -> Result<u16, String> {
@@ -22,6 +46,11 @@ fn free_base_port(count: u16) -> Result<u16, String> {
     Err(format!("no {count} free ports on 127.0.0.1"))
 }
 
+/// `--broker-shards`, or one per CPU.
+pub fn shard_count(shards: Option<u32>) -> u32 {
+    shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get() as u32)).max(1)
+}
+
 impl SpawnedBroker {
     /// A temporary directory under the working directory, so the raw disk
     /// probe measures the disk the broker will write to (not a tmpfs /tmp).
@@ -30,13 +59,31 @@ impl SpawnedBroker {
     }
 
     pub fn start(temp: tempfile::TempDir, shards: Option<u32>) -> Result<Self, String> {
+        Self::start_with(temp, shard_count(shards), &[])
+    }
+
+    /// A primary with `--replication MODE`, then a standby of it on a
+    /// directory and ports of its own; returns once every shard of the
+    /// primary reports its standby connected.
+    pub fn start_pair(shards: Option<u32>, mode: StandbyMode) -> Result<(Self, Self), String> {
+        let shard_count = shard_count(shards);
+        let primary = Self::start_with(Self::directory()?, shard_count, &["--replication", mode.name()])?;
+        let primary_address = primary.address.clone();
+        let mut standby = Self::start_with(
+            Self::directory()?,
+            shard_count,
+            &["--role", "standby", "--standby-of", primary_address.as_str()],
+        )?;
+        standby.wait_connected_to(&primary_address)?;
+        Ok((primary, standby))
+    }
+
+    fn start_with(temp: tempfile::TempDir, shard_count: u32, extra: &[&str]) -> Result<Self, String> {
         let binary = std::env::current_exe().map_err(|error| error.to_string())?.with_file_name("ringmq");
         if !binary.exists() {
             return Err(format!("{} not found: build it with `cargo build --release`", binary.display()));
         }
         let data_dir = temp.path().join("data");
-        let shard_count =
-            shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get() as u32));
         let base = free_base_port(shard_count as u16)?;
         let address = format!("127.0.0.1:{base}");
         let child = Command::new(&binary)
@@ -46,18 +93,61 @@ impl SpawnedBroker {
             // A throwaway broker for one run: its figures must not depend on
             // how full the host's disk happens to be (disk protection off).
             .args(["--disk-max-used-percent", "100"])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .map_err(|error| format!("starting {}: {error}", binary.display()))?;
-        let broker = Self { child, address, _temp: temp };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut broker = Self { child, address, _temp: temp };
+        let deadline = Instant::now() + START_MAX;
         while Client::connect_with_timeout(&broker.address, Duration::from_secs(1)).is_err() {
+            broker.check_running()?;
             if Instant::now() > deadline {
-                return Err("the spawned broker did not answer in 30 s".into());
+                return Err(format!("the spawned broker ({}) did not answer in {START_MAX:?}", extra.join(" ")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(broker)
+    }
+
+    fn check_running(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!("the spawned broker on {} exited: {status}", self.address)),
+            Ok(None) => Ok(()),
+            Err(error) => Err(format!("the spawned broker on {}: {error}", self.address)),
+        }
+    }
+
+    /// Polls the primary's shard status (what `ringmq status --json` shows)
+    /// until every shard has `standby_connected`.
+    fn wait_connected_to(&mut self, primary: &str) -> Result<(), String> {
+        let deadline = Instant::now() + START_MAX;
+        let client = Client::connect_with_timeout(primary, Duration::from_secs(5))
+            .map_err(|error| format!("the spawned primary {primary}: {error}"))?;
+        loop {
+            self.check_running()?;
+            let waiting = match admin::shard_statuses(&client) {
+                Ok(statuses) if statuses.is_empty() => "no shard answered".to_string(),
+                Ok(statuses) => {
+                    let missing: Vec<String> = statuses
+                        .iter()
+                        .filter(|status| !status.standby_connected)
+                        .map(|status| status.shard.to_string())
+                        .collect();
+                    if missing.is_empty() {
+                        return Ok(());
+                    }
+                    format!("shard {} of the primary report no standby connected", missing.join(", "))
+                }
+                Err(error) => format!("status of the primary: {error}"),
+            };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the spawned standby {} did not connect to its primary {primary} within {START_MAX:?}: {waiting}",
+                    self.address
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn stop(mut self) {

@@ -16,6 +16,7 @@ use ringmq::client::Client;
 use ringmq::protocol::{self, fb, verify, Kind};
 use ringmq::storage::latency_histogram_us;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,9 @@ const DRAIN_IDLE_MAX: Duration = Duration::from_secs(5);
 const DRAIN_MAX: Duration = Duration::from_secs(120);
 /// How long past the end producers may still wait for answers.
 const PRODUCERS_OVERDUE_MAX: Duration = Duration::from_secs(60);
+/// The goal for `--standby sync`: publish p50 with a standby at
+/// most this many times the p50 of local durability alone.
+const STANDBY_P50_GOAL: f64 = 1.5;
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.find(|c: char| c.is_ascii_alphabetic()).map_or((text, "s"), |at| text.split_at(at));
@@ -102,6 +106,12 @@ struct Args {
     /// reports both and their ratio. One message per request.
     #[arg(long)]
     transactional: bool,
+    /// With --spawn-broker: run the workload twice, against a primary
+    /// without standby (local durability alone), then against a primary
+    /// with --replication sync|async and a standby broker on this machine;
+    /// reports both and their ratio.
+    #[arg(long, value_enum)]
+    standby: Option<broker::StandbyMode>,
     #[arg(long, default_value = "warn")]
     log: String,
 }
@@ -158,6 +168,15 @@ fn run(args: Args) -> Result<ExitCode, String> {
         // Every half has its own transaction and commit.
         return Err("--transactional sends one message per request: leave --batch at 1".into());
     }
+    if args.standby.is_some() && !args.spawn_broker {
+        return Err(
+            "--standby starts a primary and a standby of its own: it needs --spawn-broker (it cannot add a standby to --broker)"
+                .into(),
+        );
+    }
+    if args.standby.is_some() && args.transactional {
+        return Err("--standby compares plain sends: leave out --transactional".into());
+    }
     // The raw disk is measured before a spawned broker starts, so the two do
     // not compete (a new broker zero-fills its first segments).
     let temp = if args.spawn_broker { Some(broker::SpawnedBroker::directory()?) } else { None };
@@ -169,13 +188,51 @@ fn run(args: Args) -> Result<ExitCode, String> {
         probe_dir.display(),
         raw.value_at_quantile(0.99)
     );
-    let spawned = match temp {
-        Some(temp) => Some(broker::SpawnedBroker::start(temp, args.broker_shards)?),
-        None => None,
+    let cores =
+        args.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get())).max(1);
+    let spawned = match (temp, args.standby) {
+        (Some(temp), Some(mode)) => return compare_with_standby(&args, mode, temp, cores, raw_p50),
+        (Some(temp), None) => Some(broker::SpawnedBroker::start(temp, args.broker_shards)?),
+        (None, _) => None,
     };
     let address = spawned.as_ref().map_or(args.broker.clone(), |broker| broker.address.clone());
+    let (plain, transactional) = measure(&args, &address, cores)?;
+    if let Some(broker) = spawned {
+        broker.stop();
+    }
+    summarize(&args, &plain, transactional.as_ref(), None, raw_p50)
+}
 
-    let client = Client::connect(&address).map_err(|error| error.to_string())?;
+/// `--standby`: the same workload against a primary alone, then against a
+/// primary with a standby; each run on brokers of its own, started fresh.
+fn compare_with_standby(
+    args: &Args,
+    mode: broker::StandbyMode,
+    temp: tempfile::TempDir,
+    cores: usize,
+    raw_p50: u64,
+) -> Result<ExitCode, String> {
+    println!("=== run 1 of 2: local: a primary without standby (local durability alone)");
+    let local_broker = broker::SpawnedBroker::start(temp, args.broker_shards)?;
+    let (local, _) = measure(args, &local_broker.address, cores)?;
+    local_broker.stop();
+    println!(
+        "=== run 2 of 2: {0} standby: a primary with --replication {0} and a standby broker following it",
+        mode.name()
+    );
+    let (primary, standby_broker) = broker::SpawnedBroker::start_pair(args.broker_shards, mode)?;
+    println!("standby {} connected to every shard of the primary {}", standby_broker.address, primary.address);
+    let (standby, _) = measure(args, &primary.address, cores)?;
+    // The standby first: it would otherwise warn about its primary leaving.
+    standby_broker.stop();
+    primary.stop();
+    summarize(args, &local, None, Some((mode, &standby)), raw_p50)
+}
+
+/// Creates the topic on the broker at `address` and runs the workload
+/// against it: the plain phase, then the transactional one if asked.
+fn measure(args: &Args, address: &str, cores: usize) -> Result<(PhaseRun, Option<PhaseRun>), String> {
+    let client = Client::connect(address).map_err(|error| error.to_string())?;
     let (layout, _) = client.create_topic(&args.topic, args.queues).map_err(|error| error.to_string())?;
     let endpoints: Vec<String> = (0..client.shard_count())
         .map(|shard| {
@@ -184,25 +241,20 @@ fn run(args: Args) -> Result<ExitCode, String> {
             format!("{host}:{}", port + shard as u16)
         })
         .collect();
-    let cores =
-        args.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get())).max(1);
     println!(
         "workload: {} producers, {} consumers, {} queues, {} B, batch {}, window {}, rate {}, {:?} (+{:?} warm-up), {cores} executors, broker {address}",
         args.producers, args.consumers, args.queues, args.size, args.batch, args.window,
         if args.rate > 0.0 { format!("{} msg/s", args.rate) } else { "max".into() }, args.duration, args.warmup
     );
     let target = Target { client: &client, layout: &layout, endpoints: &endpoints, cores };
-    let plain = run_phase(&args, &target, false)?;
+    let plain = run_phase(args, &target, false)?;
     let transactional = if args.transactional {
         println!("--- transactional phase: a half and its commit per message");
-        Some(run_phase(&args, &target, true)?)
+        Some(run_phase(args, &target, true)?)
     } else {
         None
     };
-    if let Some(broker) = spawned {
-        broker.stop();
-    }
-    summarize(&args, &plain, transactional.as_ref(), raw_p50)
+    Ok((plain, transactional))
 }
 
 /// The broker and topic the phases run against.
@@ -239,6 +291,7 @@ fn run_phase(args: &Args, target: &Target<'_>, transactional: bool) -> Result<Ph
         published: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        not_send_ok: Mutex::new(BTreeMap::new()),
         interval: Mutex::new((latency_histogram_us(), latency_histogram_us())),
     });
     let workload = Workload {
@@ -356,6 +409,7 @@ struct PhaseSummary {
     json: serde_json::Value,
     publish_rate: f64,
     lost: u64,
+    not_send_ok: u64,
 }
 
 fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) -> PhaseSummary {
@@ -378,6 +432,13 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) ->
         "{prefix}verification: {} acknowledged, {} received, {} lost, {} duplicates, {} received unacknowledged, {errors} send errors",
         verdict.acknowledged, verdict.received, verdict.lost, verdict.duplicates, verdict.unacknowledged_received
     );
+    let not_send_ok = shared.not_send_ok.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let not_send_ok_total: u64 = not_send_ok.values().sum();
+    let by_status: Vec<String> = not_send_ok.iter().map(|(status, count)| format!("{status} {count}")).collect();
+    println!(
+        "{prefix}answered other than SEND_OK (not acknowledged, among the send errors): {not_send_ok_total} messages{}",
+        if by_status.is_empty() { String::new() } else { format!(" ({})", by_status.join(", ")) }
+    );
     let lost = if args.consumers == 0 { 0 } else { verdict.lost };
     let json = json!({
         "publish_rate": publish_rate.round(),
@@ -393,8 +454,10 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) ->
         "unacknowledged_received": verdict.unacknowledged_received,
         "errors": errors,
         "publish_p50_to_raw_fsync_p50": ((publish_p50 as f64 / raw_p50.max(1) as f64) * 100.0).round() / 100.0,
+        "not_send_ok": not_send_ok_total,
+        "not_send_ok_by_status": not_send_ok,
     });
-    PhaseSummary { json, publish_rate, lost }
+    PhaseSummary { json, publish_rate, lost, not_send_ok: not_send_ok_total }
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
@@ -403,15 +466,21 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 
 /// The plain phase's figures at the top level of the JSON (as without
 /// `--transactional`); with it, the transactional phase under
-/// `transactional` and the costs under `transactional_to_plain`.
+/// `transactional` and the costs under `transactional_to_plain`. With
+/// `--standby`, `plain` is the run without standby (`"run": "local"`), the
+/// run with one is under `standby` and the costs under `standby_to_local`.
 fn summarize(
     args: &Args,
     plain: &PhaseRun,
     transactional: Option<&PhaseRun>,
+    standby: Option<(broker::StandbyMode, &PhaseRun)>,
     raw_p50: u64,
 ) -> Result<ExitCode, String> {
     let seconds = args.duration.as_secs_f64();
     println!("---");
+    if standby.is_some() {
+        println!("--- local: without standby (local durability alone)");
+    }
     let plain_summary = summarize_phase(args, plain, raw_p50, "");
     let mut summary = plain_summary.json.clone();
     summary["raw_fsync_p50_us"] = json!(raw_p50);
@@ -419,6 +488,7 @@ fn summarize(
         "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
         "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
         "transactional": args.transactional,
+        "standby": args.standby.map(|mode| mode.name()),
     });
     let mut lost = plain_summary.lost;
     if let Some(phase) = transactional {
@@ -436,6 +506,54 @@ fn summarize(
         summary["transactional_to_plain"] = json!({"publish_p50": p50, "publish_p99": p99, "throughput": throughput});
         lost += tx_summary.lost;
     }
+    if let Some((mode, phase)) = standby {
+        let name = mode.name();
+        println!("--- {name} standby: a primary with --replication {name} and a standby");
+        let standby_summary = summarize_phase(args, phase, raw_p50, &format!("{name} standby "));
+        let quantile = |run: &PhaseRun, quantile: f64| run.totals.publish.value_at_quantile(quantile) as f64;
+        let p50 = ratio(quantile(phase, 0.5), quantile(plain, 0.5));
+        let p99 = ratio(quantile(phase, 0.99), quantile(plain, 0.99));
+        let throughput = ratio(standby_summary.publish_rate, plain_summary.publish_rate);
+        // No sample on either side (nothing answered SEND_OK): no ratio to
+        // speak of, and no goal met.
+        let measured = !phase.totals.publish.is_empty() && !plain.totals.publish.is_empty();
+        let goal_met = measured && p50 <= STANDBY_P50_GOAL;
+        println!("--- {name} standby / local (side by side)");
+        println!("{:<22} {:>12} {:>12} {:>14}", "run", "publish p50", "publish p99", "publish msg/s");
+        for (label, run, rate) in [
+            ("local", plain, plain_summary.publish_rate),
+            (format!("{name} standby").as_str(), phase, standby_summary.publish_rate),
+        ] {
+            println!("{label:<22} {:>9} us {:>9} us {rate:>14.0}", quantile(run, 0.5), quantile(run, 0.99));
+        }
+        println!(
+            "{name} standby / local: publish p50 {p50:.2} ({} us / {} us), p99 {p99:.2}, throughput {throughput:.2} ({:.0} / {:.0} msg/s); goal p50 <= {STANDBY_P50_GOAL:.1}: {}",
+            quantile(phase, 0.5),
+            quantile(plain, 0.5),
+            standby_summary.publish_rate,
+            plain_summary.publish_rate,
+            match (measured, goal_met) {
+                (false, _) => "no samples to compare",
+                (true, true) => "met",
+                (true, false) => "not met",
+            }
+        );
+        if standby_summary.not_send_ok > 0 {
+            eprintln!(
+                "ringmq-load: {} messages of the {name} standby run were answered other than SEND_OK (see its report)",
+                standby_summary.not_send_ok
+            );
+        }
+        summary["run"] = json!("local");
+        summary["standby"] = standby_summary.json;
+        summary["standby"]["run"] = json!(format!("{name}-standby"));
+        summary["standby"]["mode"] = json!(name);
+        summary["standby_to_local"] = json!({
+            "publish_p50": p50, "publish_p99": p99, "throughput": throughput,
+            "publish_p50_goal": STANDBY_P50_GOAL, "publish_p50_goal_met": goal_met,
+        });
+        lost += standby_summary.lost;
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&summary).map_err(|error| error.to_string())?)
             .map_err(|error| format!("{path}: {error}"))?;
@@ -450,6 +568,9 @@ fn summarize(
             vec![("publish", "#1f77b4", &plain.totals.publish), ("end-to-end", "#d62728", &plain.totals.e2e)];
         if let Some(phase) = transactional {
             series.push(("transactional publish", "#2ca02c", &phase.totals.publish));
+        }
+        if let Some((_, phase)) = standby {
+            series.push(("publish with standby", "#ff7f0e", &phase.totals.publish));
         }
         report::write_svg(path, &series)?;
     }

@@ -11,7 +11,7 @@ use ringmq::protocol::{self, fb, verify, Assignment, Failure, FetchParams, Kind,
 use ringmq::storage::latency_histogram_us;
 use ringmq::wire::MessageDraft;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +59,10 @@ pub struct Shared {
     pub published: AtomicU64,
     pub consumed: AtomicU64,
     pub errors: AtomicU64,
+    /// Messages the broker answered with a status other than SEND_OK
+    /// (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE), by
+    /// status name; each is in `errors` too, never acknowledged.
+    pub not_send_ok: Mutex<BTreeMap<&'static str, u64>>,
     /// The current reporting interval: publish and end-to-end latency.
     pub interval: Mutex<(Histogram<u64>, Histogram<u64>)>,
 }
@@ -276,16 +280,40 @@ async fn send(
         Ok(connection) => connection.request(Kind::ProduceRequest, &request).await,
         Err(error) => Err(error),
     };
-    let acknowledged = answer.ok().and_then(|body| {
+    let statuses: Option<Vec<fb::SendStatus>> = answer.ok().and_then(|body| {
         let response = verify::<fb::ProduceResponse>(&body).ok()?;
-        let sends = response.sends()?;
-        Some(sends.iter().filter(|send| send.status() == fb::SendStatus::SendOk).count())
+        Some(response.sends()?.iter().map(|send| send.status()).collect())
     });
-    let Some(acknowledged) = acknowledged.filter(|count| *count == workload.batch) else {
+    let statuses = statuses.unwrap_or_default();
+    let acknowledged = statuses.iter().filter(|status| **status == fb::SendStatus::SendOk).count();
+    // A request is acknowledged only when every message of it answered
+    // SEND_OK; any other status is counted, never taken for a success.
+    count_not_send_ok(context, &statuses);
+    if statuses.len() != workload.batch || acknowledged != workload.batch {
         context.shared.errors.fetch_add(workload.batch as u64, Ordering::Relaxed);
         return;
-    };
+    }
     acknowledge(context, workload, producer, first_sequence, intended, acknowledged);
+}
+
+pub fn status_name(status: fb::SendStatus) -> &'static str {
+    match status {
+        fb::SendStatus::SendOk => "SEND_OK",
+        fb::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+        fb::SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
+        fb::SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
+        _ => "UNKNOWN",
+    }
+}
+
+fn count_not_send_ok(context: &Context, statuses: &[fb::SendStatus]) {
+    if statuses.iter().all(|status| *status == fb::SendStatus::SendOk) {
+        return;
+    }
+    let mut counts = context.shared.not_send_ok.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for status in statuses.iter().filter(|status| **status != fb::SendStatus::SendOk) {
+        *counts.entry(status_name(*status)).or_default() += 1;
+    }
 }
 
 /// Records an acknowledged request: its latency from the intended send
@@ -347,14 +375,31 @@ async fn send_transactional(
     let shard = context.plan.layout.queue_shards[queue as usize];
     let committed = match context.connection(shard).await {
         Ok(connection) => half_and_commit(&connection, &workload.topic, queue, &half, &transaction_id).await,
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(HalfFailure::Other(error.to_string())),
     };
     match committed {
         Ok(()) => acknowledge(context, workload, producer, sequence, intended, 1),
-        Err(error) => {
+        Err(HalfFailure::Status(status)) => {
+            count_not_send_ok(context, &[status]);
+            context.shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(HalfFailure::Other(error)) => {
             tracing::debug!(error, transaction_id, "a transactional send failed");
             context.shared.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Why a transactional send was not acknowledged.
+enum HalfFailure {
+    /// The half was answered with a status other than SEND_OK.
+    Status(fb::SendStatus),
+    Other(String),
+}
+
+impl From<String> for HalfFailure {
+    fn from(error: String) -> Self {
+        HalfFailure::Other(error)
     }
 }
 
@@ -364,24 +409,25 @@ async fn half_and_commit(
     queue: u32,
     half: &[u8],
     transaction_id: &str,
-) -> Result<(), String> {
+) -> Result<(), HalfFailure> {
     let request = protocol::produce_request(topic, queue, &[half], false);
     let answer = connection.request(Kind::ProduceRequest, &request).await.map_err(|error| error.to_string())?;
-    let response = verify::<fb::ProduceResponse>(&answer)?;
-    let stored =
-        response.sends().is_some_and(|sends| sends.len() == 1 && sends.get(0).status() == fb::SendStatus::SendOk);
-    if !stored {
-        return Err("the half was not stored".into());
+    let response = verify::<fb::ProduceResponse>(&answer).map_err(|error| error.to_string())?;
+    let status = response.sends().filter(|sends| sends.len() == 1).map(|sends| sends.get(0).status());
+    match status {
+        Some(fb::SendStatus::SendOk) => {}
+        Some(status) => return Err(HalfFailure::Status(status)),
+        None => return Err("the half was not stored".to_string().into()),
     }
     let request =
         protocol::end_transaction_request(topic, queue, transaction_id, fb::TransactionOutcome::Commit, false);
     let answer = connection.request(Kind::EndTransactionRequest, &request).await.map_err(|error| error.to_string())?;
-    let response = verify::<fb::EndTransactionResponse>(&answer)?;
+    let response = verify::<fb::EndTransactionResponse>(&answer).map_err(|error| error.to_string())?;
     if let Some(failure) = Failure::from_outcome(response.outcome()) {
-        return Err(failure.to_string());
+        return Err(failure.to_string().into());
     }
     if response.state() != fb::TransactionState::Committed {
-        return Err(format!("the commit answered state {:?}", response.state()));
+        return Err(format!("the commit answered state {:?}", response.state()).into());
     }
     Ok(())
 }
