@@ -6,7 +6,7 @@ mod common;
 
 use common::Broker;
 use ringmq::client::{Client, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
-use ringmq::protocol::{self, fb, verify, Kind, ReplicatedBytes};
+use ringmq::protocol::{self, fb, verify, Kind, ReplicateAsk, ReplicatedBytes};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 const MESSAGES: usize = 300;
 
 fn replicate(client: &Client, position: u64, max_bytes: u32, wait_ms: u32) -> ReplicatedBytes {
-    let body = protocol::replicate_request(position, max_bytes, wait_ms, false);
+    let ask = ReplicateAsk { position, confirmed: position, max_bytes, wait_ms, with_topics: false };
+    let body = protocol::replicate_request(&ask);
     let answer = client.call(0, Kind::ReplicateRequest, &body).expect("replicate");
     let response = verify::<fb::ReplicateResponse>(&answer).expect("verify");
     assert!(protocol::Failure::from_outcome(response.outcome()).is_none(), "a failure");

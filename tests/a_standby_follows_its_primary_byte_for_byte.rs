@@ -122,7 +122,7 @@ fn a_standby_follows_its_primary_byte_for_byte_and_catches_up_after_a_kill() {
         .expect("ringmq status ran");
     let text = String::from_utf8(output.stdout).expect("utf-8");
     for row in text.lines().map(|line| line.split('\t').collect::<Vec<_>>()) {
-        assert_eq!(row[8..], ["standby", primary_address.as_str(), "0", "false"], "{text}");
+        assert_eq!(row[8..], ["standby", primary_address.as_str(), "0", "false", "0", "0"], "{text}");
     }
     let standby_status = admin::shard_statuses(&Client::connect(&standby.address()).expect("connect")).expect("status");
     for status in &standby_status {

@@ -9,6 +9,7 @@ mod group;
 mod message;
 mod offset;
 mod produce;
+mod promote;
 mod repair;
 mod serve;
 mod status;
@@ -58,6 +59,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// One line per shard: health, log, disk and connections.
     Status(status::StatusArgs),
+    /// Turn a standby into the primary of a new epoch (failover).
+    Promote(promote::PromoteArgs),
     /// Consumer groups: list them, describe one's offsets and lag, reset its offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Repair(args) => repair::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Status(args) => status::run(args),
+        Command::Promote(args) => promote::run(args),
         Command::Group(command) => group::run(command),
         Command::Offset(args) => offset::run(args),
         Command::Message(command) => message::run(command),

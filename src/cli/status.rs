@@ -10,9 +10,10 @@ pub struct StatusArgs {
     /// One JSON object per line instead of tab-separated columns.
     #[arg(long)]
     json: bool,
-    /// Four more columns: the shard's role (primary or standby), its
-    /// primary (on a standby), the replication lag in bytes and whether a
-    /// standby is connected (on a primary). `--json` always has them.
+    /// Six more columns: the shard's role (primary or standby), its
+    /// primary (on a standby), the replication lag in bytes, whether a
+    /// standby is connected (on a primary), the epoch and the replication
+    /// lag in milliseconds. `--json` always has them.
     #[arg(long)]
     replication: bool,
     #[arg(long, default_value = super::BROKER_DEFAULT)]
@@ -23,7 +24,7 @@ const COLUMNS: [&str; 8] =
     ["shard", "port", "healthy", "error", "segments", "flushed", "disk_used_bytes", "connections"];
 
 /// With `--replication`, after the eight columns scripts read by position.
-const REPLICATION_COLUMNS: [&str; 12] = [
+const REPLICATION_COLUMNS: [&str; 14] = [
     "shard",
     "port",
     "healthy",
@@ -36,6 +37,8 @@ const REPLICATION_COLUMNS: [&str; 12] = [
     "standby_of",
     "replication_lag_bytes",
     "standby_connected",
+    "epoch",
+    "replication_lag_ms",
 ];
 
 pub fn run(args: StatusArgs) -> Result<ExitCode, String> {
@@ -55,6 +58,9 @@ pub fn run(args: StatusArgs) -> Result<ExitCode, String> {
             "standby_of": status.standby_of,
             "replication_lag_bytes": status.replication_lag_bytes,
             "standby_connected": status.standby_connected,
+            "epoch": status.epoch,
+            "replication_lag_ms": status.replication_lag_ms,
+            "diverged_files": status.diverged_files,
         });
         let columns: &[&str] = if args.replication { &REPLICATION_COLUMNS } else { &COLUMNS };
         print_row(args.json, columns, &row);

@@ -98,7 +98,7 @@ fn check(request: &Request<'_>, body: &Bytes) {
             assert!((1..=QUERY_MESSAGES_MAX).contains(&request.max));
         }
         // Its numbers are capped where they are used (`replication::primary`).
-        Request::Replicate(_) => {}
+        Request::Replicate(_) | Request::Promote(_) => {}
         Request::ListTransactions(_) | Request::ShardStatus | Request::OffsetAtTime(_) => {}
     }
 }

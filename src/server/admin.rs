@@ -18,6 +18,7 @@ const OPERATOR_GENERATION: u64 = 0;
 pub fn shard_status(shard: &Shard) -> Answer {
     let port = shard.endpoints.iter().find(|endpoint| endpoint.shard == shard.id).map_or(0, |endpoint| endpoint.port);
     let (segments, disk_used_bytes) = shard.log.disk_usage();
+    let lag_bytes = replication_lag_bytes(shard);
     let status = ShardStatus {
         shard: shard.id,
         port,
@@ -26,11 +27,29 @@ pub fn shard_status(shard: &Shard) -> Answer {
         flushed: shard.log.positions().flushed,
         disk_used_bytes,
         connections: u32::try_from(shard.connections.get()).unwrap_or(u32::MAX),
-        standby_of: shard.config.replication.standby_of.clone(),
-        replication_lag_bytes: replication_lag_bytes(shard),
-        standby_connected: shard.standby_confirmations.connected(),
+        standby_of: shard.replica.standby_of(),
+        replication_lag_bytes: lag_bytes,
+        standby_connected: shard.replica.confirmations.connected(),
+        epoch: shard.replica.epoch(),
+        epochs: shard.replica.epochs.borrow().starts().to_vec(),
+        replication_lag_ms: shard.replica.caught_up.lag(lag_bytes).as_millis() as u64,
+        diverged_files: diverged_files(&shard.dir),
     };
     Ok((Kind::ShardStatusResponse, protocol::shard_status_response(None, &status)))
+}
+
+/// The side files of a rejoin in the shard's directory (`diverged-*.log`).
+fn diverged_files(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            entry.file_name().to_str().is_some_and(|name| name.starts_with("diverged-") && name.ends_with(".log"))
+        })
+        .map(|entry| entry.path().display().to_string())
+        .collect();
+    files.sort();
+    files
 }
 
 /// Durable bytes the standby lacks: on a standby, as its primary last
@@ -38,10 +57,10 @@ pub fn shard_status(shard: &Shard) -> Answer {
 /// before any standby asked).
 fn replication_lag_bytes(shard: &Shard) -> u64 {
     let flushed = shard.log.positions().flushed;
-    if shard.config.replication.standby_of.is_some() {
-        shard.primary_durable.get().saturating_sub(flushed)
+    if shard.replica.is_standby() {
+        shard.replica.primary_durable.get().saturating_sub(flushed)
     } else {
-        flushed.saturating_sub(shard.standby_confirmations.confirmed())
+        flushed.saturating_sub(shard.replica.confirmations.confirmed())
     }
 }
 

@@ -3,6 +3,8 @@
 //! the produce or fetch path crosses shards.
 
 use super::groups::GroupFence;
+use super::replication::promotion::Promotion;
+use super::replication::Replication;
 use super::topics::Topic;
 use crate::protocol::Failure;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
@@ -41,6 +43,17 @@ pub enum CrossMessage {
     },
     FenceApplied {
         token: u64,
+    },
+    /// From the shard a PROMOTE reached to every other shard: become
+    /// primary of `epoch` and answer (`Promoted`).
+    Promote {
+        token: u64,
+        epoch: u64,
+        replication: Replication,
+    },
+    Promoted {
+        token: u64,
+        result: Promotion,
     },
 }
 

@@ -33,10 +33,10 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
     if shard.shutting_down.get() {
         return Err(Failure::new(fb::ErrorCode::ShuttingDown, "the broker is shutting down"));
     }
-    if let Some(primary) = shard.config.replication.standby_of.as_deref() {
+    if let Some(primary) = shard.replica.standby_of() {
         let kind = Kind::from_u16(frame.kind).filter(|kind| super::replication::standby::changes_state(*kind));
         if let Some(kind) = kind {
-            return Err(super::replication::standby::not_primary(primary, kind));
+            return Err(super::replication::standby::not_primary(&primary, kind));
         }
     }
     match request {
@@ -61,6 +61,7 @@ pub async fn handle(shard: &Rc<Shard>, link: &Rc<ProducerLink>, frame: Frame) ->
         Request::OffsetAtTime(request) => admin::offset_at_time(shard, &request).await,
         Request::QueryMessages(request) => super::message_query::query_messages(shard, &request).await,
         Request::Replicate(request) => super::replication::primary::replicate(shard, request).await,
+        Request::Promote(replication) => super::replication::promotion::promote(shard, replication).await,
     }
 }
 
@@ -109,7 +110,7 @@ async fn produce(shard: &Shard, body: &Bytes, request: &requests::Produce<'_>) -
     })
     .await;
     let status = match durable {
-        Some(Ok(())) if shard.config.replication.replication == Replication::Sync => {
+        Some(Ok(())) if shard.replica.replication() == Replication::Sync => {
             super::replication::primary::standby_status(shard, end).await
         }
         Some(Ok(())) => fb::SendStatus::SendOk,

@@ -19,6 +19,7 @@ mod failures;
 mod frame_budget;
 mod groups;
 mod handlers;
+mod kept_state;
 mod listeners;
 mod long_poll;
 mod message_query;
@@ -340,8 +341,16 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 }
 
 /// Runs the broker until `stop` becomes true.
-pub fn run_until(config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
+pub fn run_until(mut config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
     config.validate()?;
+    let marker = replication::promoted_marker::PromotedMarker::load(&config.data_dir).map_err(ServerError::Config)?;
+    if let Some(marker) = marker.filter(|marker| marker.apply(&mut config.replication)) {
+        tracing::warn!(
+            epoch = marker.epoch,
+            replaced = %marker.replaced_primary,
+            "this broker was promoted: it starts as primary although its configuration says standby of the primary it replaced; update the configuration"
+        );
+    }
     // Held until every shard has stopped: no second broker on these logs.
     let _lock = data_dir::DataDirLock::acquire(&config.data_dir)?;
     let shard_count = settle_shard_count(&config)?;
@@ -449,57 +458,8 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     // Nothing may go before the snapshots on disk are known.
     log.set_retention_floor(0);
     let topics = shard::load_topics(&DmaStorage, &config).await.map_err(shard_error)?;
-    let mut offsets =
-        offsets::Offsets::recover(&DmaStorage, &dir, &log).await.map_err(|error| shard_error(error.to_string()))?;
-    offsets.clamp_to_queue_ends(|topic, queue| {
-        topics.get(topic).map(|topic| log.visible_end_offset(topic.queue_id(queue)))
-    });
-    let offsets_floor = offsets::retention_floor(&log, offsets.covered_by_snapshot())
-        .await
-        .map_err(|error| shard_error(error.to_string()))?;
-    let mut snapshot = dedup_snapshot::load(&DmaStorage, &dir).await;
-    let recovered_end = log.positions().flushed;
-    if snapshot.covered > recovered_end {
-        // The log was cut below the snapshot (a repair or a truncation): it
-        // would vouch for sends the log no longer holds.
-        tracing::warn!(
-            covered = snapshot.covered,
-            recovered_end,
-            "the producer snapshot reaches past the recovered log; replaying the whole log instead"
-        );
-        snapshot = dedup_snapshot::Snapshot::default();
-    }
-    let producers_floor = snapshot.covered;
-    let queue_ids = shard::owned_queue_ids(&topics, id);
-    let producer_queue_ids: Vec<u32> = queue_ids.iter().copied().chain([offsets::DELAY_QUEUE_ID]).collect();
-    let producers = dedup_snapshot::recover(snapshot, &log, &producer_queue_ids, config.producers_max)
-        .await
-        .map_err(|error| shard_error(format!("rebuilding the producer table: {error}")))?;
-    tracing::info!(producers = producers.producer_count(), "producer table rebuilt from the log");
-    let mut transactions_snapshot = transactions_snapshot::load(&DmaStorage, &dir).await;
-    if let Some(covered) = transactions_snapshot.as_ref().map(|snapshot| snapshot.covered) {
-        if covered > recovered_end {
-            tracing::warn!(
-                covered,
-                recovered_end,
-                "the transactions snapshot reaches past the recovered log; replaying the whole log instead"
-            );
-            transactions_snapshot = None;
-        }
-    }
-    let transactions_snapshot_floor = transactions_snapshot.as_ref().map_or(u64::MAX, |snapshot| snapshot.floor);
-    let transactions = transactions_snapshot::recover(transactions_snapshot, &log, &topics, &queue_ids)
-        .await
-        .map_err(|error| shard_error(format!("rebuilding the transaction table: {error}")))?;
-    tracing::info!(
-        transactions = transactions.len(),
-        pending = transactions.pending_count(),
-        "transaction table rebuilt from the log"
-    );
-    let timers = timers::recover(&log, &config.delay_levels, crate::storage::now_us() / 1000)
-        .await
-        .map_err(|error| shard_error(format!("rebuilding the timers: {error}")))?;
-    tracing::info!(pending = timers.pending_count(), "timers rebuilt from the log");
+    let kept = kept_state::rebuild(id, &config, &dir, &log, &topics).await.map_err(shard_error)?;
+    let epochs = replication::epochs::recover(&DmaStorage, &dir, &log).await.map_err(shard_error)?;
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
     let (clock, _ticking) = clock::CoarseClock::start();
@@ -512,15 +472,16 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         dir,
         log,
         topics,
-        offsets,
-        producers,
-        producers_floor,
-        transactions,
-        transactions_snapshot_floor,
-        timers,
+        offsets: kept.offsets,
+        producers: kept.producers,
+        producers_floor: kept.producers_floor,
+        transactions: kept.transactions,
+        transactions_snapshot_floor: kept.transactions_snapshot_floor,
+        timers: kept.timers,
         peers,
+        epochs,
     }));
-    shard.set_floor(&shard.offsets_floor, offsets_floor);
+    shard.set_floor(&shard.offsets_floor, kept.offsets_floor);
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -546,18 +507,15 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
         glommio::spawn_local(disk_guard::watch(shard.clone())),
         glommio::spawn_local(metrics::publish(shard.clone(), board)),
     ];
-    match shard.config.replication.standby_of.clone() {
+    match shard.replica.standby_of() {
         // A standby's log takes only its primary's bytes: the tasks that
         // append records of their own (check-backs, due timers) or write
-        // snapshots of state it does not keep up to date do not run.
+        // snapshots of state it does not keep up to date do not run until
+        // a promotion starts them.
         Some(primary) => tasks.push(glommio::spawn_local(replication::standby::follow(shard.clone(), primary))),
-        None => tasks.extend([
-            glommio::spawn_local(background_work(shard.clone())),
-            glommio::spawn_local(checker::run(shard.clone())),
-            glommio::spawn_local(due_delivery::run(shard.clone())),
-        ]),
+        None => tasks.extend(primary_tasks(&shard)),
     }
-    tracing::info!(%address, role = ?shard.config.replication.role, "shard listening");
+    tracing::info!(%address, role = ?shard.config.replication.role, epoch = shard.replica.epoch(), "shard listening");
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     readiness.shard_listening();
     while !stop.load(Ordering::SeqCst) {
@@ -601,6 +559,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         })
         .detach();
     }
+}
+
+/// The tasks only a primary runs: they append records of their own.
+pub(crate) fn primary_tasks(shard: &Rc<Shard>) -> Vec<glommio::Task<()>> {
+    vec![
+        glommio::spawn_local(background_work(shard.clone())),
+        glommio::spawn_local(checker::run(shard.clone())),
+        glommio::spawn_local(due_delivery::run(shard.clone())),
+    ]
 }
 
 /// Group expiry, idle producers and the snapshots of state kept in the log.
@@ -706,6 +673,7 @@ async fn shutdown(
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     drop(accepting);
     drop(background);
+    drop(shard.replica.primary_tasks.take());
     shard.shutting_down.set(true);
     let started = std::time::Instant::now();
     while shard.requests_in_flight.get() > 0 && started.elapsed() < SHUTDOWN_DRAIN_MAX {
@@ -714,7 +682,7 @@ async fn shutdown(
     // A standby's tables were rebuilt at its start and do not follow what
     // it replicated since: a snapshot of them would hide records from the
     // next start's replay.
-    if shard.config.replication.standby_of.is_none() {
+    if !shard.replica.is_standby() {
         write_offsets_snapshot(&shard).await;
         write_producers_snapshot(&shard).await;
         write_transactions_snapshot(&shard).await;

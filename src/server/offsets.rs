@@ -32,7 +32,9 @@ pub const DISCARD_QUEUE_ID: u32 = 4;
 pub const DELAY_QUEUE_ID: u32 = 5;
 /// Timer intents: the progress of the deliveries (`due_delivery`).
 pub const TIMER_QUEUE_ID: u32 = 6;
-const _: () = assert!(TIMER_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
+/// Epoch starts (`replication::epochs`): one record per promotion.
+pub const EPOCH_QUEUE_ID: u32 = 7;
+const _: () = assert!(EPOCH_QUEUE_ID < crate::constants::TOPIC_QUEUES_MAX);
 pub const OFFSETS_SNAPSHOT_FILE: &str = "offsets.json";
 
 pub type OffsetKey = (String, String, u32);

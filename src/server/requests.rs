@@ -6,6 +6,7 @@
 
 use super::delay_levels::DelayLevels;
 use super::delayed;
+use super::replication::Replication;
 use super::topics::{check_length, check_name};
 use super::transactions::{self, Outcome};
 use crate::constants::{
@@ -50,6 +51,8 @@ pub enum Request<'a> {
     QueryMessages(QueryMessages<'a>),
     /// A standby asking for durable log bytes (`replication::primary`).
     Replicate(fb::ReplicateRequest<'a>),
+    /// `ringmq promote`: `None` keeps the configured `replication`.
+    Promote(Option<Replication>),
 }
 
 impl<'a> Request<'a> {
@@ -120,6 +123,16 @@ impl<'a> Request<'a> {
             }
             Kind::QueryMessagesRequest => Self::QueryMessages(QueryMessages::read(body)?),
             Kind::ReplicateRequest => Self::Replicate(verify::<fb::ReplicateRequest>(body).map_err(invalid)?),
+            Kind::PromoteRequest => {
+                let request = verify::<fb::PromoteRequest>(body).map_err(invalid)?;
+                Self::Promote(match request.replication() {
+                    fb::PromoteReplication::Configured => None,
+                    fb::PromoteReplication::Off => Some(Replication::Off),
+                    fb::PromoteReplication::Async => Some(Replication::Async),
+                    fb::PromoteReplication::Sync => Some(Replication::Sync),
+                    other => return Err(invalid(format!("unknown replication mode {}", other.0))),
+                })
+            }
             other => {
                 return Err(Failure::new(fb::ErrorCode::UnknownKind, format!("frame kind {other:?} is not a request")))
             }

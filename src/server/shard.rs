@@ -12,6 +12,10 @@ use super::metrics::ShardCounters;
 use super::offsets::Offsets;
 use super::placement::PlacementLine;
 use super::producer_links::ProducerLinks;
+use super::replication::epochs::EpochHistory;
+use super::replication::promotion::{self, Promotion};
+use super::replication::ReplicaState;
+use super::replication::Replication;
 use super::timers::TimerTable;
 use super::topics::{Topic, Topics, TOPICS_FILE};
 use super::transactions::{AppendsInFlight, TransactionTable};
@@ -88,10 +92,10 @@ pub struct Shard {
     pub counters: ShardCounters,
     /// Bytes the connections hold in incomplete frames, and their bound.
     pub incomplete_frames: IncompleteFrames,
-    /// On a primary: how far its standby has this shard's log durable.
-    pub standby_confirmations: super::replication::StandbyConfirmations,
-    /// On a standby: the primary's durable end in its last answer (lag).
-    pub primary_durable: Cell<u64>,
+    /// Primary or standby, epochs, and how far the other side is.
+    pub replica: ReplicaState,
+    /// A promotion's shards that have not answered yet, by token.
+    promotions_waiting: RefCell<HashMap<u64, LocalSender<(u32, Promotion)>>>,
 }
 
 pub struct ShardParts {
@@ -110,11 +114,13 @@ pub struct ShardParts {
     pub transactions_snapshot_floor: u64,
     pub timers: TimerTable,
     pub peers: Peers,
+    pub epochs: EpochHistory,
 }
 
 impl Shard {
     pub fn new(parts: ShardParts) -> Self {
         let groups_max = parts.config.groups_max;
+        let replica = ReplicaState::new(&parts.config.replication, parts.epochs);
         Shard {
             disk: DiskGuard::new(parts.config.disk_max_used_percent),
             incomplete_frames: IncompleteFrames::new(parts.config.incomplete_frames_bytes_max),
@@ -154,8 +160,8 @@ impl Shard {
             requests_in_flight: Cell::new(0),
             connections: Cell::new(0),
             counters: ShardCounters::default(),
-            standby_confirmations: Default::default(),
-            primary_durable: Cell::new(0),
+            replica,
+            promotions_waiting: RefCell::new(HashMap::new()),
         }
     }
 
@@ -321,6 +327,30 @@ impl Shard {
         }
     }
 
+    /// Promotes every shard, this one too, to primary of `epoch`; each
+    /// shard's answer, by shard.
+    pub async fn promote_everywhere(self: &Rc<Self>, epoch: u64, replication: Replication) -> Vec<(u32, Promotion)> {
+        let token = self.token();
+        let (sender, receiver) = local_channel::new_bounded(self.shard_count as usize);
+        self.promotions_waiting.borrow_mut().insert(token, sender);
+        let mut answers = Vec::new();
+        for peer in (0..self.shard_count).filter(|peer| *peer != self.id) {
+            if let Err(failure) = self.send(peer, CrossMessage::Promote { token, epoch, replication }).await {
+                answers.push((peer, Err(failure)));
+            }
+        }
+        answers.push((self.id, promotion::promote_here(self, epoch, replication).await));
+        while answers.len() < self.shard_count as usize {
+            match receiver.recv().await {
+                Some(answer) => answers.push(answer),
+                None => break,
+            }
+        }
+        self.promotions_waiting.borrow_mut().remove(&token);
+        answers.sort_by_key(|(id, _)| *id);
+        answers
+    }
+
     fn acknowledged(&self, token: u64) {
         let mut waiting = self.acks_waiting.borrow_mut();
         if let Some((remaining, _)) = waiting.get_mut(&token) {
@@ -356,6 +386,21 @@ impl Shard {
             CrossMessage::CreateTopicDone { token, result } => {
                 if let Some(sender) = self.creates_waiting.borrow_mut().remove(&token) {
                     let _ = sender.try_send(result);
+                }
+            }
+            CrossMessage::Promote { token, epoch, replication } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let result = promotion::promote_here(&shard, epoch, replication).await;
+                    if let Err(failure) = shard.send(from, CrossMessage::Promoted { token, result }).await {
+                        tracing::warn!(%failure, "could not answer a promotion");
+                    }
+                })
+                .detach();
+            }
+            CrossMessage::Promoted { token, result } => {
+                if let Some(sender) = self.promotions_waiting.borrow().get(&token) {
+                    let _ = sender.try_send((from, result));
                 }
             }
             CrossMessage::Fence { token, fence } => {

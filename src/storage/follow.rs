@@ -19,6 +19,19 @@ use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+/// Bytes of the primary's log as one REPLICATE answer (or several
+/// gathered) brought them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaSpan<'a> {
+    pub position: u64,
+    pub bytes: &'a [u8],
+    /// The primary's segment that holds them.
+    pub segment_start: u64,
+    pub segment_size_bytes: u64,
+    /// The primary's durable end when it answered.
+    pub source_end: u64,
+}
+
 /// Why replicated bytes were not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -40,19 +53,14 @@ impl<S: Storage> CommitLog<S> {
         self.shared().flushed.get()
     }
 
-    /// Verifies `bytes` (the primary's log from `position`, inside its
-    /// segment `segment_start..+segment_size_bytes`), writes the verified
-    /// prefix at the same place, fdatasyncs and indexes it. Returns the new
-    /// durable end (less than `position + bytes.len()` when the last record
-    /// is cut: the next request asks for it again).
-    pub async fn take_replicated(
-        &self,
-        position: u64,
-        bytes: &[u8],
-        segment_start: u64,
-        segment_size_bytes: u64,
-    ) -> Result<u64, FollowError> {
+    /// Verifies `span.bytes` (the primary's log from `span.position`),
+    /// writes the verified prefix at the same place, fdatasyncs and indexes
+    /// it. Returns the new durable end: the end of the last whole write in
+    /// the bytes (a write cut by their end waits for the rest), always a
+    /// place the primary's log has a write boundary too.
+    pub async fn take_replicated(&self, span: ReplicaSpan<'_>) -> Result<u64, FollowError> {
         let shared = self.shared();
+        let ReplicaSpan { position, bytes, segment_start, segment_size_bytes, source_end } = span;
         if segment_size_bytes != shared.config.segment_size_bytes {
             return Err(FollowError::Misfit(format!(
                 "the primary's segments are {segment_size_bytes} bytes, this log's {}: set the same segment_size_bytes",
@@ -73,28 +81,24 @@ impl<S: Storage> CommitLog<S> {
         if !(segment_start..segment_end).contains(&position) {
             return Err(FollowError::Misfit(format!("{position} lies outside segment {segment_start}..{segment_end}")));
         }
-        let end = verified_end(position, bytes, segment_end)?;
+        let end = verified_end(position, bytes, segment_end, source_end)?;
         if end == position {
             return Ok(durable);
         }
         let segment = self.segment_starting(segment_start).await?;
-        let verified = &bytes[..(end - position) as usize];
-        // O_DIRECT writes whole blocks: the block `position` lies in is
-        // written again with the bytes it already holds (the standby's own
-        // durable ones), the last one padded with the zeros the primary's
-        // holds there too.
+        // The padding after the last write is zeros on disk already (the
+        // segment files are zero-filled): the write starts at the next
+        // block, and no block holding durable bytes is written again.
         let block = BLOCK_SIZE_BYTES as u64;
-        let first_block = (position - segment.start) / block * block;
-        let write_end = ((end - segment.start).div_ceil(block) * block).min(segment.size_bytes);
-        let kept = segment.read(first_block, (position - segment.start - first_block) as usize).await?;
-        let mut buffer = AlignedBuf::zeroed((write_end - first_block) as usize);
-        let data = buffer.as_mut_slice();
-        data[..kept.len()].copy_from_slice(&kept);
-        data[kept.len()..kept.len() + verified.len()].copy_from_slice(verified);
-        let io = |operation, error| LogError::io(operation, &segment.path, position, error);
-        segment.file.write_at(buffer.as_slice(), first_block).await.map_err(|error| io("write replicated", error))?;
-        segment.file.fdatasync().await.map_err(|error| io("fdatasync replicated", error))?;
-        self.index_replicated(&segment, position, verified)?;
+        let to_block = (block - position % block) % block;
+        let lead = to_block.min(end - position);
+        let skipped = if bytes[..lead as usize].iter().all(|byte| *byte == 0) { lead } else { 0 };
+        let from = position + skipped;
+        let verified = &bytes[skipped as usize..(end - position) as usize];
+        if !verified.is_empty() {
+            self.write_replicated(&segment, from, verified).await?;
+            self.index_replicated(&segment, from, verified)?;
+        }
         {
             let mut state = shared.state.borrow_mut();
             let capacity = shared.config.buffer_capacity_bytes;
@@ -105,6 +109,32 @@ impl<S: Storage> CommitLog<S> {
         shared.written.advance(end);
         shared.flushed.advance(end);
         Ok(end)
+    }
+
+    /// Writes `verified` at log position `from` of `segment` (O_DIRECT,
+    /// whole blocks) and fdatasyncs. Only when `from` lies inside a block
+    /// (the primary's write continues past the last answer's durable end:
+    /// never with whole writes) is that block written again with the bytes
+    /// it holds.
+    async fn write_replicated(
+        &self,
+        segment: &super::segment::Segment<S::File>,
+        from: u64,
+        verified: &[u8],
+    ) -> Result<(), FollowError> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let end = from + verified.len() as u64;
+        let first_block = (from - segment.start) / block * block;
+        let write_end = ((end - segment.start).div_ceil(block) * block).min(segment.size_bytes);
+        let kept = segment.read(first_block, (from - segment.start - first_block) as usize).await?;
+        let mut buffer = AlignedBuf::zeroed((write_end - first_block) as usize);
+        let data = buffer.as_mut_slice();
+        data[..kept.len()].copy_from_slice(&kept);
+        data[kept.len()..kept.len() + verified.len()].copy_from_slice(verified);
+        let io = |operation, error| LogError::io(operation, &segment.path, from, error);
+        segment.file.write_at(buffer.as_slice(), first_block).await.map_err(|error| io("write replicated", error))?;
+        segment.file.fdatasync().await.map_err(|error| io("fdatasync replicated", error))?;
+        Ok(())
     }
 
     /// The segment starting at `start`: the active one, or the next one,
@@ -238,20 +268,24 @@ mod tests {
             if raw.bytes.is_empty() && position >= raw.durable {
                 return;
             }
-            let end = standby
-                .take_replicated(position, &raw.bytes, raw.segment_start, raw.segment_size_bytes)
-                .await
-                .expect("take");
-            if end == position && raw.bytes.len() < chunk {
-                // Only a cut record: ask for a longer answer next.
+            let end = standby.take_replicated(span(position, &raw)).await.expect("take");
+            if end == position {
+                // Only a cut write: ask for a longer answer next.
                 let raw = primary.read_durable_bytes(position, 1 << 20).await.expect("read");
-                standby
-                    .take_replicated(position, &raw.bytes, raw.segment_start, raw.segment_size_bytes)
-                    .await
-                    .expect("take");
+                standby.take_replicated(span(position, &raw)).await.expect("take");
             }
         }
         panic!("the standby did not catch up");
+    }
+
+    fn span(position: u64, raw: &super::super::RawBytes) -> ReplicaSpan<'_> {
+        ReplicaSpan {
+            position,
+            bytes: &raw.bytes,
+            segment_start: raw.segment_start,
+            segment_size_bytes: raw.segment_size_bytes,
+            source_end: raw.durable,
+        }
     }
 
     fn segment_bytes(dir: &Path, start: u64, length: u64) -> Vec<u8> {
@@ -313,11 +347,11 @@ mod tests {
             append(&primary, 0, 20).await;
             let mut raw = primary.read_durable_bytes(0, 1 << 20).await.expect("read");
             raw.bytes[200] ^= 0x10;
-            let taken = standby.take_replicated(0, &raw.bytes, raw.segment_start, raw.segment_size_bytes).await;
+            let taken = standby.take_replicated(span(0, &raw)).await;
             assert!(matches!(taken, Err(FollowError::Damage(_))), "{taken:?}");
             assert_eq!(standby.follow_position(), 0);
             assert_eq!(standby.next_offset(0), 0);
-            let elsewhere = standby.take_replicated(64, &raw.bytes, 0, raw.segment_size_bytes).await;
+            let elsewhere = standby.take_replicated(ReplicaSpan { position: 64, ..span(0, &raw) }).await;
             assert!(matches!(elsewhere, Err(FollowError::Misfit(_))));
             primary.close().await.expect("close");
             standby.close().await.expect("close");

@@ -44,7 +44,7 @@ pub use crate::now_us;
 pub use checkpoint::Checkpoint;
 pub use config::{FlushMode, LogConfig, Retention};
 pub use error::LogError;
-pub use follow::FollowError;
+pub use follow::{FollowError, ReplicaSpan};
 pub use index::IndexEntry;
 pub use index_cache::IndexCacheStats;
 pub use key_search::KeyCandidates;

@@ -18,10 +18,15 @@ pub struct ReplicaDamage {
 
 /// The end (a log position) of the longest prefix of `bytes`, which start
 /// at log `position` inside the segment `segment_start..segment_end`, made
-/// of whole verified records and zero padding. A record cut by the end of
-/// `bytes` ends the prefix before it (the next request asks for it again).
-pub fn verified_end(position: u64, bytes: &[u8], segment_end: u64) -> Result<u64, ReplicaDamage> {
+/// of whole verified writes (batch marker, records, padding) and zero
+/// padding. A write cut by the end of `bytes` ends the prefix before its
+/// marker (the standby gathers more and asks again): its own recovery would
+/// cut a write whose marker claims blocks it lacks. When `bytes` end at the
+/// primary's durable end (`source_end`), that end is the last write's data
+/// end and its padding is not sent: its whole records count.
+pub fn verified_end(position: u64, bytes: &[u8], segment_end: u64, source_end: u64) -> Result<u64, ReplicaDamage> {
     let damage = |at: usize, detail: String| ReplicaDamage { position: position + at as u64, detail };
+    let bytes_end = position + bytes.len() as u64;
     let mut at = 0usize;
     while at < bytes.len() {
         let here = position + at as u64;
@@ -59,8 +64,20 @@ pub fn verified_end(position: u64, bytes: &[u8], segment_end: u64) -> Result<u64
                 if let Some(why) = header.misplaced_at(here) {
                     return Err(damage(at, why.into()));
                 }
-                if header.batch_write_shape().is_some() && here % BLOCK_SIZE_BYTES as u64 != 0 {
-                    return Err(damage(at, "a batch marker off a block boundary".into()));
+                if let Some(shape) = header.batch_write_shape() {
+                    if here % BLOCK_SIZE_BYTES as u64 != 0 {
+                        return Err(damage(at, "a batch marker off a block boundary".into()));
+                    }
+                    let write_end = here.saturating_add(u64::from(shape.length_bytes));
+                    if write_end > segment_end || (shape.length_bytes as usize) < size {
+                        return Err(damage(
+                            at,
+                            format!("a batch marker claims a write of {} bytes", shape.length_bytes),
+                        ));
+                    }
+                    if write_end > bytes_end && bytes_end != source_end {
+                        return Ok(here);
+                    }
                 }
                 if let Some(stray) = rest[length..size].iter().position(|byte| *byte != 0) {
                     return Err(damage(at + length + stray, "a non-zero byte in a record's alignment".into()));
@@ -122,13 +139,23 @@ mod tests {
     #[test]
     fn whole_writes_verify_and_a_cut_record_ends_the_prefix_before_it() {
         let log = two_writes(8192);
-        assert_eq!(verified_end(8192, &log, SEGMENT_END), Ok(8192 + log.len() as u64));
-        // Cut inside the second record of the first write: the prefix ends
-        // after the first one.
+        assert_eq!(verified_end(8192, &log, SEGMENT_END, 0), Ok(8192 + log.len() as u64));
+        // Cut inside the second record of the first write: the whole write
+        // waits for more...
         let first_end = RECORD_HEADER_SIZE_BYTES + record(b"message 0 0", 0).len();
-        assert_eq!(verified_end(8192, &log[..first_end + 10], SEGMENT_END), Ok(8192 + first_end as u64));
+        let cut = 8192 + first_end as u64 + 10;
+        assert_eq!(verified_end(8192, &log[..first_end + 10], SEGMENT_END, cut + 4096), Ok(8192));
+        // ... unless the primary has nothing durable past the cut: its whole
+        // records count.
+        assert_eq!(verified_end(8192, &log[..first_end + 10], SEGMENT_END, cut), Ok(8192 + first_end as u64));
+        // The second write cut: the prefix ends at its marker.
+        let second = BLOCK_SIZE_BYTES + 100;
+        assert_eq!(verified_end(8192, &log[..second], SEGMENT_END, 1 << 30), Ok(8192 + BLOCK_SIZE_BYTES as u64));
         // From a record boundary in the middle, as a standby resumes.
-        assert_eq!(verified_end(8192 + first_end as u64, &log[first_end..], SEGMENT_END), Ok(8192 + log.len() as u64));
+        assert_eq!(
+            verified_end(8192 + first_end as u64, &log[first_end..], SEGMENT_END, 0),
+            Ok(8192 + log.len() as u64)
+        );
     }
 
     #[test]
@@ -136,15 +163,15 @@ mod tests {
         let log = two_writes(8192);
         let mut flipped = log.clone();
         flipped[RECORD_HEADER_SIZE_BYTES + 70] ^= 1;
-        assert!(verified_end(8192, &flipped, SEGMENT_END).is_err());
+        assert!(verified_end(8192, &flipped, SEGMENT_END, 0).is_err());
         // The same bytes claimed for another place: the markers say where they belong.
-        assert!(verified_end(8192 + 4096, &log, SEGMENT_END).is_err());
+        assert!(verified_end(8192 + 4096, &log, SEGMENT_END, 0).is_err());
         let mut dirty = log.clone();
         dirty[BLOCK_SIZE_BYTES - 1] = 1;
-        let error = verified_end(8192, &dirty, SEGMENT_END).unwrap_err();
+        let error = verified_end(8192, &dirty, SEGMENT_END, 0).unwrap_err();
         assert_eq!(error.position, 8192 + BLOCK_SIZE_BYTES as u64 - 1);
         let mut garbage = log;
         garbage[BLOCK_SIZE_BYTES..BLOCK_SIZE_BYTES + 8].copy_from_slice(b"garbage!");
-        assert!(verified_end(8192, &garbage, SEGMENT_END).is_err());
+        assert!(verified_end(8192, &garbage, SEGMENT_END, 0).is_err());
     }
 }

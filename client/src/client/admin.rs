@@ -5,8 +5,8 @@ use super::pages::PageCursor;
 use super::{fetched_messages, visit_records, Client, ClientError, ReceivedMessage};
 use crate::constants::GROUP_OFFSETS_TOPICS_MAX;
 use crate::protocol::{
-    self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, MessageQuery, OffsetReset, QueueOffsets,
-    ShardStatus, INTERNAL_TOPIC_PREFIX,
+    self, fb, retry_topic, verify, Failure, FetchParams, GroupSummary, Kind, MessageQuery, OffsetReset, Promoted,
+    QueueOffsets, ShardStatus, INTERNAL_TOPIC_PREFIX,
 };
 
 fn broker_failure(outcome: Option<fb::Outcome<'_>>) -> Result<(), ClientError> {
@@ -35,6 +35,15 @@ pub fn shard_statuses(client: &Client) -> Result<Vec<ShardStatus>, ClientError> 
         statuses.push(ShardStatus::read(&response));
     }
     Ok(statuses)
+}
+
+/// Promotes the broker to primary (shard 0 promotes every shard); `None`:
+/// with its configured `replication`.
+pub fn promote(client: &Client, replication: Option<fb::PromoteReplication>) -> Result<Promoted, ClientError> {
+    let answer = client.call(0, Kind::PromoteRequest, &protocol::promote_request(replication))?;
+    let response = verify::<fb::PromoteResponse>(&answer).map_err(ClientError::Protocol)?;
+    broker_failure(response.outcome())?;
+    Ok(Promoted::read(&response))
 }
 
 /// The groups every coordinator holds (only `group`'s, if given), by group

@@ -21,6 +21,36 @@ pub struct ShardStatus {
     pub replication_lag_bytes: u64,
     /// On a primary: whether a standby asked for bytes lately.
     pub standby_connected: bool,
+    /// The broker's epoch (0 before any promotion).
+    pub epoch: u64,
+    /// Every epoch the shard's log holds, oldest first.
+    pub epochs: Vec<EpochStart>,
+    /// 0 while the standby is caught up, else how long it has not been.
+    pub replication_lag_ms: u64,
+    /// Side files of records set aside when this shard's log rejoined a
+    /// new primary's history.
+    pub diverged_files: Vec<String>,
+}
+
+/// Where an epoch starts in a shard's log (issue 13).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EpochStart {
+    pub epoch: u64,
+    pub position: u64,
+}
+
+impl EpochStart {
+    pub fn read_all(starts: Option<flatbuffers::Vector<'_, fb::EpochStart>>) -> Vec<Self> {
+        starts
+            .map(|starts| {
+                starts.iter().map(|start| Self { epoch: start.epoch(), position: start.position() }).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn to_wire(starts: &[Self]) -> Vec<fb::EpochStart> {
+        starts.iter().map(|start| fb::EpochStart::new(start.epoch, start.position)).collect()
+    }
 }
 
 impl ShardStatus {
@@ -45,6 +75,13 @@ impl ShardStatus {
                 .then(|| response.standby_of().unwrap_or_default().to_string()),
             replication_lag_bytes: response.replication_lag_bytes(),
             standby_connected: response.standby_connected(),
+            epoch: response.epoch(),
+            epochs: EpochStart::read_all(response.epochs()),
+            replication_lag_ms: response.replication_lag_ms(),
+            diverged_files: response
+                .diverged_files()
+                .map(|files| files.iter().map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -126,6 +163,9 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
     let outcome = outcome(&mut builder, failure);
     let error = status.error.as_deref().map(|error| builder.create_string(error));
     let standby_of = status.standby_of.as_deref().map(|primary| builder.create_string(primary));
+    let epochs = builder.create_vector(&EpochStart::to_wire(&status.epochs));
+    let diverged: Vec<_> = status.diverged_files.iter().map(|file| builder.create_string(file)).collect();
+    let diverged_files = builder.create_vector(&diverged);
     let role = if status.standby_of.is_some() { fb::ShardRole::Standby } else { fb::ShardRole::Primary };
     let args = fb::ShardStatusResponseArgs {
         outcome: Some(outcome),
@@ -141,6 +181,10 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
         standby_of,
         replication_lag_bytes: status.replication_lag_bytes,
         standby_connected: status.standby_connected,
+        epoch: status.epoch,
+        epochs: Some(epochs),
+        replication_lag_ms: status.replication_lag_ms,
+        diverged_files: Some(diverged_files),
     };
     let root = fb::ShardStatusResponse::create(&mut builder, &args);
     finish(builder, root)
@@ -321,6 +365,10 @@ mod tests {
             standby_of: Some("10.0.0.1:9876".into()),
             replication_lag_bytes: 8192,
             standby_connected: false,
+            epoch: 2,
+            epochs: vec![EpochStart { epoch: 1, position: 4096 }, EpochStart { epoch: 2, position: 65536 }],
+            replication_lag_ms: 120,
+            diverged_files: vec!["/data/shard-1/diverged-00000000000000004096.log".into()],
         };
         let body = shard_status_response(None, &status);
         assert_eq!(ShardStatus::read(&verify::<fb::ShardStatusResponse>(&body).expect("verifies")), status);

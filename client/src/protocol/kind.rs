@@ -62,6 +62,9 @@ pub enum Kind {
     /// (`ReplicateRequest`; issue 13).
     ReplicateRequest = 43,
     ReplicateResponse = 44,
+    /// Turns a standby into a primary with a new epoch (`ringmq promote`).
+    PromoteRequest = 45,
+    PromoteResponse = 46,
     ErrorResponse = 100,
 }
 
@@ -113,6 +116,8 @@ impl Kind {
             42 => QueryMessagesResponse,
             43 => ReplicateRequest,
             44 => ReplicateResponse,
+            45 => PromoteRequest,
+            46 => PromoteResponse,
             100 => ErrorResponse,
             _ => return None,
         })

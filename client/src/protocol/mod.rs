@@ -23,7 +23,9 @@ pub use frame::{
     FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
-pub use replicate::{replicate_request, replicate_response, ReplicatedBytes};
+pub use replicate::{
+    promote_request, promote_response, replicate_request, replicate_response, Promoted, ReplicateAsk, ReplicatedBytes,
+};
 pub use routing::{
     coordinator_shard, dead_letter_topic, internal_topic_group, queue_owner, retry_topic, INTERNAL_TOPIC_PREFIX,
 };

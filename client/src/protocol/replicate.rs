@@ -2,7 +2,7 @@
 //! its primary for durable raw log bytes, shared by broker and client.
 
 use super::build::{finish, outcome};
-use super::{fb, Failure};
+use super::{fb, EpochStart, Failure};
 use flatbuffers::FlatBufferBuilder;
 
 /// Durable log bytes from `position`, all in one segment of the primary.
@@ -50,9 +50,26 @@ impl ReplicatedBytes {
     }
 }
 
-pub fn replicate_request(position: u64, max_bytes: u32, wait_ms: u32, with_topics: bool) -> Vec<u8> {
+/// What a standby's shard asks for: bytes from `position`, having
+/// `confirmed` durable (the two differ while it gathers one large write).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicateAsk {
+    pub position: u64,
+    pub confirmed: u64,
+    pub max_bytes: u32,
+    pub wait_ms: u32,
+    pub with_topics: bool,
+}
+
+pub fn replicate_request(ask: &ReplicateAsk) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
-    let args = fb::ReplicateRequestArgs { position, max_bytes, wait_ms, with_topics };
+    let args = fb::ReplicateRequestArgs {
+        position: ask.position,
+        confirmed: ask.confirmed,
+        max_bytes: ask.max_bytes,
+        wait_ms: ask.wait_ms,
+        with_topics: ask.with_topics,
+    };
     let root = fb::ReplicateRequest::create(&mut builder, &args);
     finish(builder, root)
 }
@@ -72,6 +89,44 @@ pub fn replicate_response(failure: Option<&Failure>, answer: &ReplicatedBytes) -
         topics,
     };
     let root = fb::ReplicateResponse::create(&mut builder, &args);
+    finish(builder, root)
+}
+
+/// What a promoted broker's primary waits for: `None`, its configured
+/// `replication`.
+pub fn promote_request(replication: Option<fb::PromoteReplication>) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let replication = replication.unwrap_or(fb::PromoteReplication::Configured);
+    let root = fb::PromoteRequest::create(&mut builder, &fb::PromoteRequestArgs { replication });
+    finish(builder, root)
+}
+
+/// A promotion's answer: the epoch now, whether this request changed it,
+/// and where the epoch starts in each shard's log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Promoted {
+    pub epoch: u64,
+    pub promoted: bool,
+    pub starts: Vec<EpochStart>,
+}
+
+impl Promoted {
+    pub fn read(response: &fb::PromoteResponse<'_>) -> Self {
+        Self { epoch: response.epoch(), promoted: response.promoted(), starts: EpochStart::read_all(response.starts()) }
+    }
+}
+
+pub fn promote_response(failure: Option<&Failure>, promoted: &Promoted) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let outcome = outcome(&mut builder, failure);
+    let starts = builder.create_vector(&EpochStart::to_wire(&promoted.starts));
+    let args = fb::PromoteResponseArgs {
+        outcome: Some(outcome),
+        epoch: promoted.epoch,
+        promoted: promoted.promoted,
+        starts: Some(starts),
+    };
+    let root = fb::PromoteResponse::create(&mut builder, &args);
     finish(builder, root)
 }
 
@@ -102,5 +157,19 @@ mod tests {
             let response = verify::<fb::ReplicateResponse>(&body).expect("verify");
             assert!(ReplicatedBytes::read(&response).is_err(), "{lie:?}");
         }
+    }
+
+    #[test]
+    fn a_promotion_answer_round_trips() {
+        let promoted = Promoted {
+            epoch: 3,
+            promoted: true,
+            starts: vec![EpochStart { epoch: 3, position: 8192 }, EpochStart { epoch: 3, position: 4096 }],
+        };
+        let body = promote_response(None, &promoted);
+        assert_eq!(Promoted::read(&verify::<fb::PromoteResponse>(&body).expect("verify")), promoted);
+        let ask = promote_request(Some(fb::PromoteReplication::Sync));
+        let request = verify::<fb::PromoteRequest>(&ask).expect("verify");
+        assert_eq!(request.replication(), fb::PromoteReplication::Sync);
     }
 }

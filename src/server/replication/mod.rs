@@ -4,9 +4,16 @@
 //! "Replication (partial)", for what exists so far and what does not.
 
 mod confirmations;
+pub mod epochs;
+mod lag;
 pub mod primary;
+pub mod promoted_marker;
+pub mod promotion;
 mod settings;
 pub mod standby;
+mod state;
 
 pub use confirmations::{Confirmation, StandbyConfirmations};
+pub use lag::CaughtUp;
 pub use settings::{Replication, ReplicationSettings, Role};
+pub use state::ReplicaState;

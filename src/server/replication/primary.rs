@@ -12,13 +12,15 @@ use std::time::Duration;
 /// `request` was verified when the frame was read (`server::requests`).
 pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answer {
     let position = request.position();
+    let confirmed = request.confirmed().min(position);
     let max_bytes = match request.max_bytes() {
         0 => REPLICATE_BYTES_MAX,
         asked => asked.min(REPLICATE_BYTES_MAX),
     };
     let wait = Duration::from_millis(u64::from(request.wait_ms().min(REPLICATE_WAIT_MS_MAX)));
-    // The standby asks from its own durable end: that is its confirmation.
-    shard.standby_confirmations.note_request(position);
+    // The standby names its own durable end: that is its confirmation.
+    shard.replica.confirmations.note_request(confirmed);
+    shard.replica.caught_up.note(shard.log.positions().flushed, confirmed);
     if shard.log.positions().flushed <= position && !wait.is_zero() {
         // A caught-up standby waits here rather than polling: it hears of a
         // new durable record within one fdatasync, which is what a
@@ -30,7 +32,7 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
         })
         .await;
     }
-    shard.standby_confirmations.note_seen();
+    shard.replica.confirmations.note_seen();
     let raw = shard.log.read_durable_bytes(position, max_bytes as usize).await.map_err(log_failure)?;
     let answer = ReplicatedBytes {
         position: raw.position,
@@ -48,7 +50,7 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
 /// here: SEND_OK only when the standby has reported `end` durable too.
 pub async fn standby_status(shard: &Shard, end: u64) -> fb::SendStatus {
     let timeout = shard.config.replication.sync_standby_timeout;
-    match shard.standby_confirmations.confirm(end, timeout).await {
+    match shard.replica.confirmations.confirm(end, timeout).await {
         Confirmation::Confirmed => fb::SendStatus::SendOk,
         Confirmation::TimedOut => fb::SendStatus::FlushSlaveTimeout,
         Confirmation::NoStandby => fb::SendStatus::SlaveNotAvailable,

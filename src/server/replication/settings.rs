@@ -14,7 +14,8 @@ pub enum Role {
     /// Takes produce; may have a standby follow it.
     #[default]
     Primary,
-    /// Follows the primary named by `standby_of`; refuses every change.
+    /// Follows the primary named by `standby_of`; refuses every change
+    /// until promoted (`replication` is then what its produce waits for).
     Standby,
 }
 
@@ -72,14 +73,9 @@ impl ReplicationSettings {
                         "role = \"standby\" needs standby_of = \"HOST:PORT\" (the primary's base address)".into()
                     );
                 };
+                // `replication` on a standby is what it waits for once
+                // promoted (`ringmq promote`).
                 split_host_port(primary).map_err(|detail| format!("standby_of {primary:?}: {detail}"))?;
-                if self.replication != Replication::Off {
-                    return Err(format!(
-                        "replication = {:?} is a primary's setting; a standby takes replication = \"off\"",
-                        self.replication
-                    )
-                    .to_lowercase());
-                }
             }
         }
         Ok(())
@@ -120,9 +116,9 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_with_replication_or_a_zero_timeout_is_refused() {
+    fn a_standby_keeps_its_replication_for_its_promotion_and_a_zero_timeout_is_refused() {
         let waiting = ReplicationSettings { replication: Replication::Sync, ..standby_of("h:1") };
-        assert!(waiting.validate().unwrap_err().contains("replication"));
+        assert!(waiting.validate().is_ok());
         let zero = ReplicationSettings { sync_standby_timeout: Duration::ZERO, ..ReplicationSettings::default() };
         assert!(zero.validate().unwrap_err().contains("sync_standby_timeout_ms"));
     }

@@ -4,13 +4,16 @@
 //! verifies every record first. A bad answer or a lost connection is logged
 //! and retried with back-off; nothing unverified is ever written.
 
+use super::epochs;
 use super::settings::split_host_port;
 use crate::client::{AsyncConnection, ClientError};
-use crate::constants::{REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, TOPIC_QUEUES_MAX};
-use crate::protocol::{self, fb, verify, Failure, Kind, ReplicatedBytes};
+use crate::constants::{
+    GROUP_COMMIT_BUFFER_BYTES_DEFAULT, REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, TOPIC_QUEUES_MAX,
+};
+use crate::protocol::{self, fb, verify, Failure, Kind, ReplicateAsk, ReplicatedBytes};
 use crate::server::shard::Shard;
 use crate::server::topics::{check_topic_name, Topics};
-use crate::storage::FollowError;
+use crate::storage::{FollowError, ReplicaSpan};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -62,6 +65,8 @@ enum StreamEnd {
     Malformed(String),
     #[error(transparent)]
     Follow(#[from] FollowError),
+    #[error("a promotion stopped the following")]
+    Stopped,
 }
 
 /// Follows the primary's shard `shard.id` (base address `primary`) until the
@@ -81,9 +86,24 @@ pub async fn follow(shard: Rc<Shard>, primary: String) {
     follow_address(shard, address).instrument(span).await
 }
 
+/// Clears `following` however following ends (a promotion waits for it).
+struct Following<'a>(&'a Shard);
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.replica.following.set(false);
+    }
+}
+
 async fn follow_address(shard: Rc<Shard>, address: String) {
+    shard.replica.following.set(true);
+    let _following = Following(&shard);
     let mut back_off = BACK_OFF_FIRST;
     loop {
+        if shard.replica.stop_following.get() {
+            tracing::info!("no longer following: promoted");
+            return;
+        }
         if let Some(error) = shard.log.is_stopped() {
             tracing::error!(%error, "the log stopped; no longer following the primary");
             return;
@@ -98,29 +118,52 @@ async fn follow_address(shard: Rc<Shard>, address: String) {
             Err(error) => StreamEnd::Client(error),
         };
         match &ended {
+            StreamEnd::Stopped => continue,
             StreamEnd::Follow(FollowError::Damage(_)) | StreamEnd::Malformed(_) => {
                 tracing::error!(error = %ended, "bad replication stream; nothing of it was written; reconnecting")
             }
             _ => tracing::warn!(error = %ended, retry_in_ms = back_off.as_millis() as u64, "not following the primary"),
         }
-        glommio::timer::sleep(back_off).await;
+        // In short steps: a promotion does not wait out a long back-off.
+        let resume = Instant::now() + back_off;
+        while Instant::now() < resume && !shard.replica.stop_following.get() {
+            glommio::timer::sleep(BACK_OFF_FIRST.min(resume.saturating_duration_since(Instant::now()))).await;
+        }
         back_off = (back_off * 2).min(BACK_OFF_MAX);
     }
+}
+
+/// Bytes received past the durable end, not written yet: the start of a
+/// write larger than one answer. Bounded by the largest write a primary
+/// makes (its group-commit buffer) plus one answer.
+#[derive(Default)]
+struct Gathered {
+    bytes: Vec<u8>,
+    segment_start: u64,
 }
 
 /// Asks and writes until something fails; `back_off` is reset by progress.
 async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Duration) -> StreamEnd {
     let mut caught_up = false;
+    let mut gathered = Gathered::default();
+    let gathered_max = GROUP_COMMIT_BUFFER_BYTES_DEFAULT + REPLICATE_BYTES_MAX as usize;
     // The first request after connecting asks for the topics.
     let mut topics_asked: Option<Instant> = None;
     loop {
-        let position = shard.log.follow_position();
+        let durable = shard.log.follow_position();
+        let position = durable + gathered.bytes.len() as u64;
         let with_topics = topics_asked.is_none_or(|asked| asked.elapsed() >= TOPICS_REFRESH);
         if with_topics {
             topics_asked = Some(Instant::now());
         }
-        let body = protocol::replicate_request(position, REPLICATE_BYTES_MAX, REPLICATE_WAIT_MS_MAX, with_topics);
-        let answer = match connection.request(Kind::ReplicateRequest, &body).await {
+        let ask = ReplicateAsk {
+            position,
+            confirmed: durable,
+            max_bytes: REPLICATE_BYTES_MAX,
+            wait_ms: REPLICATE_WAIT_MS_MAX,
+            with_topics,
+        };
+        let answer = match connection.request(Kind::ReplicateRequest, &protocol::replicate_request(&ask)).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -131,6 +174,9 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
         if let Some(failure) = Failure::from_outcome(response.outcome()) {
             return StreamEnd::Refused(failure);
         }
+        if shard.replica.stop_following.get() {
+            return StreamEnd::Stopped;
+        }
         let replicated = match ReplicatedBytes::read(&response) {
             Ok(replicated) if replicated.position == position => replicated,
             Ok(replicated) => {
@@ -138,7 +184,8 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             }
             Err(error) => return StreamEnd::Malformed(error),
         };
-        shard.primary_durable.set(replicated.durable);
+        shard.replica.primary_durable.set(replicated.durable);
+        shard.replica.caught_up.note(replicated.durable, durable);
         if let Some(topics) = &replicated.topics {
             if let Err(error) = learn_topics(shard, topics) {
                 return StreamEnd::Malformed(error);
@@ -151,22 +198,61 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             }
             continue;
         }
-        let taken = shard
-            .log
-            .take_replicated(position, &replicated.bytes, replicated.segment_start, replicated.segment_size_bytes)
-            .await;
-        match taken {
-            Ok(end) if end > position => *back_off = BACK_OFF_FIRST,
-            // A whole answer and not one whole record: the primary's bytes
-            // there cannot be taken, and asking again gets the same.
-            Ok(_) => return StreamEnd::Malformed(format!("no whole record in {} bytes", replicated.bytes.len())),
+        if gathered.bytes.is_empty() {
+            gathered.segment_start = replicated.segment_start;
+        } else if gathered.segment_start != replicated.segment_start {
+            return StreamEnd::Malformed(format!("a write's rest came from segment {}", replicated.segment_start));
+        }
+        gathered.bytes.extend_from_slice(&replicated.bytes);
+        let span = ReplicaSpan {
+            position: durable,
+            bytes: &gathered.bytes,
+            segment_start: gathered.segment_start,
+            segment_size_bytes: replicated.segment_size_bytes,
+            source_end: replicated.durable,
+        };
+        let end = match shard.log.take_replicated(span).await {
+            Ok(end) => end,
             Err(error) => return error.into(),
+        };
+        gathered.bytes.drain(..(end - durable) as usize);
+        if end > durable {
+            *back_off = BACK_OFF_FIRST;
+            if let Err(error) = epochs_learned(shard).await {
+                return StreamEnd::Malformed(error);
+            }
+        } else if gathered.bytes.len() > gathered_max {
+            return StreamEnd::Malformed(format!("no whole write in {} bytes", gathered.bytes.len()));
         }
         if caught_up && replicated.durable > shard.log.follow_position() {
             tracing::info!(behind_bytes = replicated.durable - shard.log.follow_position(), "fell behind the primary");
             caught_up = false;
         }
     }
+}
+
+/// Epoch records that just arrived go into the shard's history (and its
+/// `epochs` file) before the standby asks again.
+async fn epochs_learned(shard: &Shard) -> Result<(), String> {
+    let known = shard.replica.epoch();
+    let next_offset = shard.replica.epoch_records_read.get();
+    if shard.log.visible_end_offset(crate::server::offsets::EPOCH_QUEUE_ID) <= next_offset {
+        return Ok(());
+    }
+    let records = epochs::read_records(&shard.log, next_offset).await.map_err(|error| error.to_string())?;
+    shard.replica.epoch_records_read.set(shard.log.visible_end_offset(crate::server::offsets::EPOCH_QUEUE_ID));
+    let newer: Vec<_> = records.into_iter().filter(|start| start.epoch > known).collect();
+    if newer.is_empty() {
+        return Ok(());
+    }
+    let mut history = shard.replica.epochs.borrow().clone();
+    for start in newer {
+        tracing::info!(epoch = start.epoch, position = start.position, "the primary started a new epoch");
+        history.push(start);
+    }
+    epochs::save(&shard.storage, &shard.dir, &history).await?;
+    *shard.replica.epochs.borrow_mut() = history;
+    Ok(())
 }
 
 /// Takes the primary's topics into this shard's registry (in memory: a

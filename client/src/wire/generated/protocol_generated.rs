@@ -720,6 +720,107 @@ pub mod ringmq {
         }
 
         impl flatbuffers::SimpleToVerifyInSlice for ResetTarget {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_PROMOTE_REPLICATION: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_PROMOTE_REPLICATION: u8 = 3;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_PROMOTE_REPLICATION: [PromoteReplication; 4] = [
+            PromoteReplication::Configured,
+            PromoteReplication::Off,
+            PromoteReplication::Async,
+            PromoteReplication::Sync,
+        ];
+
+        /// What a promoted broker's primary waits for (`ringmq promote
+        /// --replication`); `Configured`: its `replication` setting.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct PromoteReplication(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl PromoteReplication {
+            pub const Configured: Self = Self(0);
+            pub const Off: Self = Self(1);
+            pub const Async: Self = Self(2);
+            pub const Sync: Self = Self(3);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 3;
+            pub const ENUM_VALUES: &'static [Self] =
+                &[Self::Configured, Self::Off, Self::Async, Self::Sync];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Configured => Some("Configured"),
+                    Self::Off => Some("Off"),
+                    Self::Async => Some("Async"),
+                    Self::Sync => Some("Sync"),
+                    _ => None,
+                }
+            }
+        }
+        impl core::fmt::Debug for PromoteReplication {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for PromoteReplication {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+                Self(b)
+            }
+        }
+
+        impl flatbuffers::Push for PromoteReplication {
+            type Output = PromoteReplication;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                flatbuffers::emplace_scalar::<u8>(dst, self.0);
+            }
+        }
+
+        impl flatbuffers::EndianScalar for PromoteReplication {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for PromoteReplication {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for PromoteReplication {}
         /// Superseded by SendOutcome (a struct cannot grow); kept so that field
         /// id 2 of ProduceResponse keeps its type.
         // struct SendResult, aligned to 8
@@ -940,6 +1041,131 @@ pub mod ringmq {
                     core::ptr::copy_nonoverlapping(
                         &x_le as *const _ as *const u8,
                         self.0[32..].as_mut_ptr(),
+                        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+        }
+
+        /// Where an epoch starts in a shard's log (issue 13).
+        // struct EpochStart, aligned to 8
+        #[repr(transparent)]
+        #[derive(Clone, Copy, PartialEq)]
+        pub struct EpochStart(pub [u8; 16]);
+        impl Default for EpochStart {
+            fn default() -> Self {
+                Self([0; 16])
+            }
+        }
+        impl core::fmt::Debug for EpochStart {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                f.debug_struct("EpochStart")
+                    .field("epoch", &self.epoch())
+                    .field("position", &self.position())
+                    .finish()
+            }
+        }
+
+        impl flatbuffers::SimpleToVerifyInSlice for EpochStart {}
+        impl<'a> flatbuffers::Follow<'a> for EpochStart {
+            type Inner = &'a EpochStart;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                <&'a EpochStart>::follow(buf, loc)
+            }
+        }
+        impl<'a> flatbuffers::Follow<'a> for &'a EpochStart {
+            type Inner = &'a EpochStart;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                flatbuffers::follow_cast_ref::<EpochStart>(buf, loc)
+            }
+        }
+        impl<'b> flatbuffers::Push for EpochStart {
+            type Output = EpochStart;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                let src = ::core::slice::from_raw_parts(
+                    self as *const EpochStart as *const u8,
+                    Self::size(),
+                );
+                dst.copy_from_slice(src);
+            }
+        }
+
+        impl<'a> flatbuffers::Verifiable for EpochStart {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.in_buffer::<Self>(pos)
+            }
+        }
+
+        impl<'a> EpochStart {
+            #[allow(clippy::too_many_arguments)]
+            pub fn new(epoch: u64, position: u64) -> Self {
+                let mut s = Self([0; 16]);
+                s.set_epoch(epoch);
+                s.set_position(position);
+                s
+            }
+
+            pub fn epoch(&self) -> u64 {
+                let mut mem = core::mem::MaybeUninit::<<u64 as EndianScalar>::Scalar>::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                EndianScalar::from_little_endian(unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        self.0[0..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_epoch(&mut self, x: u64) {
+                let x_le = x.to_little_endian();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[0..].as_mut_ptr(),
+                        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+
+            pub fn position(&self) -> u64 {
+                let mut mem = core::mem::MaybeUninit::<<u64 as EndianScalar>::Scalar>::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                EndianScalar::from_little_endian(unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        self.0[8..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_position(&mut self, x: u64) {
+                let x_le = x.to_little_endian();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[8..].as_mut_ptr(),
                         core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
                     );
                 }
@@ -7668,6 +7894,10 @@ pub mod ringmq {
             pub const VT_STANDBY_OF: flatbuffers::VOffsetT = 24;
             pub const VT_REPLICATION_LAG_BYTES: flatbuffers::VOffsetT = 26;
             pub const VT_STANDBY_CONNECTED: flatbuffers::VOffsetT = 28;
+            pub const VT_EPOCH: flatbuffers::VOffsetT = 30;
+            pub const VT_EPOCHS: flatbuffers::VOffsetT = 32;
+            pub const VT_REPLICATION_LAG_MS: flatbuffers::VOffsetT = 34;
+            pub const VT_DIVERGED_FILES: flatbuffers::VOffsetT = 36;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -7679,9 +7909,17 @@ pub mod ringmq {
                 args: &'args ShardStatusResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ShardStatusResponse<'bldr>> {
                 let mut builder = ShardStatusResponseBuilder::new(_fbb);
+                builder.add_replication_lag_ms(args.replication_lag_ms);
+                builder.add_epoch(args.epoch);
                 builder.add_replication_lag_bytes(args.replication_lag_bytes);
                 builder.add_disk_used_bytes(args.disk_used_bytes);
                 builder.add_flushed(args.flushed);
+                if let Some(x) = args.diverged_files {
+                    builder.add_diverged_files(x);
+                }
+                if let Some(x) = args.epochs {
+                    builder.add_epochs(x);
+                }
                 if let Some(x) = args.standby_of {
                     builder.add_standby_of(x);
                 }
@@ -7858,6 +8096,64 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// The broker's epoch: 0 until a promotion, then one more at each
+            /// (`ringmq promote`); recorded in the log where it starts.
+            #[inline]
+            pub fn epoch(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_EPOCH, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Every epoch this shard's log holds and the log position it starts at,
+            /// oldest first (a returning old primary compares its own with them).
+            #[inline]
+            pub fn epochs(&self) -> Option<flatbuffers::Vector<'a, EpochStart>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, EpochStart>>>(
+                            ShardStatusResponse::VT_EPOCHS,
+                            None,
+                        )
+                }
+            }
+            /// How long the standby has lacked durable bytes the primary has: 0 while
+            /// caught up, else the time since it last was.
+            #[inline]
+            pub fn replication_lag_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_REPLICATION_LAG_MS, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Side files of records this shard's log held past where its history
+            /// parted from its primary's (an old primary that rejoined as a standby),
+            /// set aside, not lost: paths on the broker's machine.
+            #[inline]
+            pub fn diverged_files(
+                &self,
+            ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<
+                        flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
+                    >>(ShardStatusResponse::VT_DIVERGED_FILES, None)
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ShardStatusResponse<'_> {
@@ -7868,36 +8164,24 @@ pub mod ringmq {
             ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
                 use self::flatbuffers::Verifiable;
                 v.visit_table(pos)?
-                    .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>(
-                        "outcome",
-                        Self::VT_OUTCOME,
-                        false,
-                    )?
-                    .visit_field::<u32>("shard", Self::VT_SHARD, false)?
-                    .visit_field::<u16>("port", Self::VT_PORT, false)?
-                    .visit_field::<bool>("healthy", Self::VT_HEALTHY, false)?
-                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
-                        "error",
-                        Self::VT_ERROR,
-                        false,
-                    )?
-                    .visit_field::<u32>("segments", Self::VT_SEGMENTS, false)?
-                    .visit_field::<u64>("flushed", Self::VT_FLUSHED, false)?
-                    .visit_field::<u64>("disk_used_bytes", Self::VT_DISK_USED_BYTES, false)?
-                    .visit_field::<u32>("connections", Self::VT_CONNECTIONS, false)?
-                    .visit_field::<ShardRole>("role", Self::VT_ROLE, false)?
-                    .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
-                        "standby_of",
-                        Self::VT_STANDBY_OF,
-                        false,
-                    )?
-                    .visit_field::<u64>(
-                        "replication_lag_bytes",
-                        Self::VT_REPLICATION_LAG_BYTES,
-                        false,
-                    )?
-                    .visit_field::<bool>("standby_connected", Self::VT_STANDBY_CONNECTED, false)?
-                    .finish();
+     .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>("outcome", Self::VT_OUTCOME, false)?
+     .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u16>("port", Self::VT_PORT, false)?
+     .visit_field::<bool>("healthy", Self::VT_HEALTHY, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<u32>("segments", Self::VT_SEGMENTS, false)?
+     .visit_field::<u64>("flushed", Self::VT_FLUSHED, false)?
+     .visit_field::<u64>("disk_used_bytes", Self::VT_DISK_USED_BYTES, false)?
+     .visit_field::<u32>("connections", Self::VT_CONNECTIONS, false)?
+     .visit_field::<ShardRole>("role", Self::VT_ROLE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("standby_of", Self::VT_STANDBY_OF, false)?
+     .visit_field::<u64>("replication_lag_bytes", Self::VT_REPLICATION_LAG_BYTES, false)?
+     .visit_field::<bool>("standby_connected", Self::VT_STANDBY_CONNECTED, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, EpochStart>>>("epochs", Self::VT_EPOCHS, false)?
+     .visit_field::<u64>("replication_lag_ms", Self::VT_REPLICATION_LAG_MS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("diverged_files", Self::VT_DIVERGED_FILES, false)?
+     .finish();
                 Ok(())
             }
         }
@@ -7915,6 +8199,14 @@ pub mod ringmq {
             pub standby_of: Option<flatbuffers::WIPOffset<&'a str>>,
             pub replication_lag_bytes: u64,
             pub standby_connected: bool,
+            pub epoch: u64,
+            pub epochs: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, EpochStart>>>,
+            pub replication_lag_ms: u64,
+            pub diverged_files: Option<
+                flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
+                >,
+            >,
         }
         impl<'a> Default for ShardStatusResponseArgs<'a> {
             #[inline]
@@ -7933,6 +8225,10 @@ pub mod ringmq {
                     standby_of: None,
                     replication_lag_bytes: 0,
                     standby_connected: false,
+                    epoch: 0,
+                    epochs: None,
+                    replication_lag_ms: 0,
+                    diverged_files: None,
                 }
             }
         }
@@ -8027,6 +8323,41 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_epoch(&mut self, epoch: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ShardStatusResponse::VT_EPOCH, epoch, 0);
+            }
+            #[inline]
+            pub fn add_epochs(
+                &mut self,
+                epochs: flatbuffers::WIPOffset<flatbuffers::Vector<'b, EpochStart>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ShardStatusResponse::VT_EPOCHS,
+                    epochs,
+                );
+            }
+            #[inline]
+            pub fn add_replication_lag_ms(&mut self, replication_lag_ms: u64) {
+                self.fbb_.push_slot::<u64>(
+                    ShardStatusResponse::VT_REPLICATION_LAG_MS,
+                    replication_lag_ms,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_diverged_files(
+                &mut self,
+                diverged_files: flatbuffers::WIPOffset<
+                    flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<&'b str>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ShardStatusResponse::VT_DIVERGED_FILES,
+                    diverged_files,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ShardStatusResponseBuilder<'a, 'b> {
@@ -8059,6 +8390,10 @@ pub mod ringmq {
                 ds.field("standby_of", &self.standby_of());
                 ds.field("replication_lag_bytes", &self.replication_lag_bytes());
                 ds.field("standby_connected", &self.standby_connected());
+                ds.field("epoch", &self.epoch());
+                ds.field("epochs", &self.epochs());
+                ds.field("replication_lag_ms", &self.replication_lag_ms());
+                ds.field("diverged_files", &self.diverged_files());
                 ds.finish()
             }
         }
@@ -10368,6 +10703,7 @@ pub mod ringmq {
             pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 6;
             pub const VT_WAIT_MS: flatbuffers::VOffsetT = 8;
             pub const VT_WITH_TOPICS: flatbuffers::VOffsetT = 10;
+            pub const VT_CONFIRMED: flatbuffers::VOffsetT = 12;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -10379,6 +10715,7 @@ pub mod ringmq {
                 args: &'args ReplicateRequestArgs,
             ) -> flatbuffers::WIPOffset<ReplicateRequest<'bldr>> {
                 let mut builder = ReplicateRequestBuilder::new(_fbb);
+                builder.add_confirmed(args.confirmed);
                 builder.add_position(args.position);
                 builder.add_wait_ms(args.wait_ms);
                 builder.add_max_bytes(args.max_bytes);
@@ -10436,6 +10773,20 @@ pub mod ringmq {
                         .unwrap()
                 }
             }
+            /// The standby's own durable end, which the primary counts as confirmed
+            /// (a standby asks past it while it gathers a write larger than one
+            /// answer; it writes whole writes only).
+            #[inline]
+            pub fn confirmed(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateRequest::VT_CONFIRMED, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ReplicateRequest<'_> {
@@ -10450,6 +10801,7 @@ pub mod ringmq {
                     .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
                     .visit_field::<u32>("wait_ms", Self::VT_WAIT_MS, false)?
                     .visit_field::<bool>("with_topics", Self::VT_WITH_TOPICS, false)?
+                    .visit_field::<u64>("confirmed", Self::VT_CONFIRMED, false)?
                     .finish();
                 Ok(())
             }
@@ -10459,6 +10811,7 @@ pub mod ringmq {
             pub max_bytes: u32,
             pub wait_ms: u32,
             pub with_topics: bool,
+            pub confirmed: u64,
         }
         impl<'a> Default for ReplicateRequestArgs {
             #[inline]
@@ -10468,6 +10821,7 @@ pub mod ringmq {
                     max_bytes: 0,
                     wait_ms: 0,
                     with_topics: false,
+                    confirmed: 0,
                 }
             }
         }
@@ -10498,6 +10852,11 @@ pub mod ringmq {
                     .push_slot::<bool>(ReplicateRequest::VT_WITH_TOPICS, with_topics, false);
             }
             #[inline]
+            pub fn add_confirmed(&mut self, confirmed: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateRequest::VT_CONFIRMED, confirmed, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ReplicateRequestBuilder<'a, 'b> {
@@ -10521,6 +10880,7 @@ pub mod ringmq {
                 ds.field("max_bytes", &self.max_bytes());
                 ds.field("wait_ms", &self.wait_ms());
                 ds.field("with_topics", &self.with_topics());
+                ds.field("confirmed", &self.confirmed());
                 ds.finish()
             }
         }
@@ -10806,6 +11166,310 @@ pub mod ringmq {
                 ds.field("segment_start", &self.segment_start());
                 ds.field("segment_size_bytes", &self.segment_size_bytes());
                 ds.field("topics", &self.topics());
+                ds.finish()
+            }
+        }
+        pub enum PromoteRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Turns a standby into a primary (`ringmq promote`, issue 13): sent to any
+        /// shard, which promotes every shard of the broker and starts a new epoch.
+        pub struct PromoteRequest<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for PromoteRequest<'a> {
+            type Inner = PromoteRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> PromoteRequest<'a> {
+            pub const VT_REPLICATION: flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                PromoteRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args PromoteRequestArgs,
+            ) -> flatbuffers::WIPOffset<PromoteRequest<'bldr>> {
+                let mut builder = PromoteRequestBuilder::new(_fbb);
+                builder.add_replication(args.replication);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn replication(&self) -> PromoteReplication {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<PromoteReplication>(
+                            PromoteRequest::VT_REPLICATION,
+                            Some(PromoteReplication::Configured),
+                        )
+                        .unwrap()
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for PromoteRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+                    .visit_field::<PromoteReplication>("replication", Self::VT_REPLICATION, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct PromoteRequestArgs {
+            pub replication: PromoteReplication,
+        }
+        impl<'a> Default for PromoteRequestArgs {
+            #[inline]
+            fn default() -> Self {
+                PromoteRequestArgs {
+                    replication: PromoteReplication::Configured,
+                }
+            }
+        }
+
+        pub struct PromoteRequestBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> PromoteRequestBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_replication(&mut self, replication: PromoteReplication) {
+                self.fbb_.push_slot::<PromoteReplication>(
+                    PromoteRequest::VT_REPLICATION,
+                    replication,
+                    PromoteReplication::Configured,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> PromoteRequestBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                PromoteRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<PromoteRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for PromoteRequest<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("PromoteRequest");
+                ds.field("replication", &self.replication());
+                ds.finish()
+            }
+        }
+        pub enum PromoteResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct PromoteResponse<'a> {
+            pub _tab: flatbuffers::Table<'a>,
+        }
+
+        impl<'a> flatbuffers::Follow<'a> for PromoteResponse<'a> {
+            type Inner = PromoteResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: flatbuffers::Table::new(buf, loc),
+                }
+            }
+        }
+
+        impl<'a> PromoteResponse<'a> {
+            pub const VT_OUTCOME: flatbuffers::VOffsetT = 4;
+            pub const VT_EPOCH: flatbuffers::VOffsetT = 6;
+            pub const VT_PROMOTED: flatbuffers::VOffsetT = 8;
+            pub const VT_STARTS: flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+                PromoteResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+                _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+                args: &'args PromoteResponseArgs<'args>,
+            ) -> flatbuffers::WIPOffset<PromoteResponse<'bldr>> {
+                let mut builder = PromoteResponseBuilder::new(_fbb);
+                builder.add_epoch(args.epoch);
+                if let Some(x) = args.starts {
+                    builder.add_starts(x);
+                }
+                if let Some(x) = args.outcome {
+                    builder.add_outcome(x);
+                }
+                builder.add_promoted(args.promoted);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn outcome(&self) -> Option<Outcome<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<Outcome>>(
+                        PromoteResponse::VT_OUTCOME,
+                        None,
+                    )
+                }
+            }
+            /// The epoch the broker is primary of now.
+            #[inline]
+            pub fn epoch(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(PromoteResponse::VT_EPOCH, Some(0))
+                        .unwrap()
+                }
+            }
+            /// False: it already was a primary (nothing changed).
+            #[inline]
+            pub fn promoted(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(PromoteResponse::VT_PROMOTED, Some(false))
+                        .unwrap()
+                }
+            }
+            /// Per shard, where the new epoch starts in its log.
+            #[inline]
+            pub fn starts(&self) -> Option<flatbuffers::Vector<'a, EpochStart>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, EpochStart>>>(
+                            PromoteResponse::VT_STARTS,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl flatbuffers::Verifiable for PromoteResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+                use self::flatbuffers::Verifiable;
+                v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Outcome>>("outcome", Self::VT_OUTCOME, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<bool>("promoted", Self::VT_PROMOTED, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, EpochStart>>>("starts", Self::VT_STARTS, false)?
+     .finish();
+                Ok(())
+            }
+        }
+        pub struct PromoteResponseArgs<'a> {
+            pub outcome: Option<flatbuffers::WIPOffset<Outcome<'a>>>,
+            pub epoch: u64,
+            pub promoted: bool,
+            pub starts: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, EpochStart>>>,
+        }
+        impl<'a> Default for PromoteResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                PromoteResponseArgs {
+                    outcome: None,
+                    epoch: 0,
+                    promoted: false,
+                    starts: None,
+                }
+            }
+        }
+
+        pub struct PromoteResponseBuilder<'a: 'b, 'b> {
+            fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b> PromoteResponseBuilder<'a, 'b> {
+            #[inline]
+            pub fn add_outcome(&mut self, outcome: flatbuffers::WIPOffset<Outcome<'b>>) {
+                self.fbb_
+                    .push_slot_always::<flatbuffers::WIPOffset<Outcome>>(
+                        PromoteResponse::VT_OUTCOME,
+                        outcome,
+                    );
+            }
+            #[inline]
+            pub fn add_epoch(&mut self, epoch: u64) {
+                self.fbb_
+                    .push_slot::<u64>(PromoteResponse::VT_EPOCH, epoch, 0);
+            }
+            #[inline]
+            pub fn add_promoted(&mut self, promoted: bool) {
+                self.fbb_
+                    .push_slot::<bool>(PromoteResponse::VT_PROMOTED, promoted, false);
+            }
+            #[inline]
+            pub fn add_starts(
+                &mut self,
+                starts: flatbuffers::WIPOffset<flatbuffers::Vector<'b, EpochStart>>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    PromoteResponse::VT_STARTS,
+                    starts,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+            ) -> PromoteResponseBuilder<'a, 'b> {
+                let start = _fbb.start_table();
+                PromoteResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> flatbuffers::WIPOffset<PromoteResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl core::fmt::Debug for PromoteResponse<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut ds = f.debug_struct("PromoteResponse");
+                ds.field("outcome", &self.outcome());
+                ds.field("epoch", &self.epoch());
+                ds.field("promoted", &self.promoted());
+                ds.field("starts", &self.starts());
                 ds.finish()
             }
         }
