@@ -30,6 +30,11 @@ pub enum LogError {
     #[error("log position {requested} was deleted by retention; the earliest kept is {earliest}")]
     PositionTruncated { requested: u64, earliest: u64 },
 
+    /// A cut asked for (`set_aside_after`) where the log cannot be cut:
+    /// past its last segment, or inside a record.
+    #[error("cannot cut the log at position {position}: {detail}")]
+    BadCut { position: u64, detail: String },
+
     #[error("invalid log configuration: {0}")]
     Config(String),
 

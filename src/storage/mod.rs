@@ -10,6 +10,7 @@
 //! <dir>/index/<queue id, 10 digits>.idx
 //! <dir>/keys/<segment start, 20 digits>.keys
 //! <dir>/checkpoint
+//! <dir>/diverged-<cut position, 20 digits>.log   (set_aside_after)
 //! ```
 
 pub mod aligned;
@@ -17,6 +18,7 @@ pub mod backend;
 mod checkpoint;
 mod config;
 pub mod disk_probe;
+mod diverged;
 mod error;
 mod follow;
 mod group_commit;
@@ -43,6 +45,7 @@ mod watermark;
 pub use crate::now_us;
 pub use checkpoint::Checkpoint;
 pub use config::{FlushMode, LogConfig, Retention};
+pub use diverged::{set_aside_after, side_file_path, DivergedTail};
 pub use error::LogError;
 pub use follow::{FollowError, ReplicaSpan};
 pub use index::IndexEntry;

@@ -523,7 +523,7 @@ async fn sync_scanned<F: StorageFile>(
 
 /// Zeroes `[from, to)` of a segment, keeping the bytes before `from` in its
 /// first block, and syncs.
-async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) -> Result<(), LogError> {
+pub(super) async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, to: u64) -> Result<(), LogError> {
     let block = BLOCK_SIZE_BYTES as u64;
     let start = (from - segment.start) / block * block;
     let end = ((to - segment.start).div_ceil(block) * block).min(segment.size_bytes);

@@ -170,6 +170,19 @@ pub(super) async fn survey_segment<F: StorageFile>(segment: &Segment<F>, offset:
     Ok(evidence)
 }
 
+/// The end (global) of the last non-zero byte of `segment` from `offset`
+/// on, looking no further than a run of `zero_run_max` zeros: where the
+/// segment's data ends, damage included.
+pub(super) async fn dirty_end<F: StorageFile>(
+    segment: &Segment<F>,
+    offset: u64,
+    zero_run_max: u64,
+) -> Result<Option<u64>, LogError> {
+    let mut evidence = Evidence::default();
+    gather(segment, offset, &mut evidence, &mut ZeroRun { bytes: 0, max: zero_run_max }).await?;
+    Ok(evidence.dirty_end.get(&segment.start).copied())
+}
+
 /// Zeros seen since the last non-zero byte. Writes are contiguous and at a
 /// crash at most a few buffers are unsynced, so sectors a torn write missed
 /// make a shorter run than `max`: past a run of `max` zeros nothing was
