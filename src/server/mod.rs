@@ -452,6 +452,9 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let recovering = gate.watch();
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
+    if let Some(primary) = &config.replication.standby_of {
+        replication::settle_history(primary, id, &config.log_config(dir.clone()), &stop).await.map_err(shard_error)?;
+    }
     let log = CommitLog::open(DmaStorage, config.log_config(dir.clone()))
         .await
         .map_err(|error| shard_error(error.to_string()))?;

@@ -141,6 +141,14 @@ impl Broker {
         self.spawn();
     }
 
+    /// Killed, then started again on the same data directory and ports
+    /// with `extra_args` instead of its flags.
+    pub fn restart_with_args(&mut self, extra_args: &[&str]) {
+        self.kill();
+        self.extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
+        self.spawn();
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }

@@ -9,9 +9,11 @@ mod lag;
 pub mod primary;
 pub mod promoted_marker;
 pub mod promotion;
+mod rejoin;
 mod settings;
 pub mod standby;
 mod state;
+pub use rejoin::settle as settle_history;
 
 pub use confirmations::{Confirmation, StandbyConfirmations};
 pub use lag::CaughtUp;

@@ -72,16 +72,13 @@ enum StreamEnd {
 /// Follows the primary's shard `shard.id` (base address `primary`) until the
 /// task is dropped or the log stops.
 pub async fn follow(shard: Rc<Shard>, primary: String) {
-    let Ok((host, base_port)) = split_host_port(&primary) else {
-        // `ReplicationSettings::validate` refused such an address at start.
-        tracing::error!(%primary, "standby_of is not HOST:PORT; not following");
-        return;
+    let address = match shard_address(&primary, shard.id) {
+        Ok(address) => address,
+        Err(error) => {
+            tracing::error!(%primary, %error, "not following");
+            return;
+        }
     };
-    let Some(port) = u16::try_from(shard.id).ok().and_then(|id| base_port.checked_add(id)) else {
-        tracing::error!(%primary, shard = shard.id, "the primary's port for this shard is past 65535; not following");
-        return;
-    };
-    let address = format!("{host}:{port}");
     let span = tracing::info_span!("standby", shard = shard.id, primary = %address);
     follow_address(shard, address).instrument(span).await
 }
@@ -93,6 +90,15 @@ impl Drop for Following<'_> {
     fn drop(&mut self) {
         self.0.replica.following.set(false);
     }
+}
+
+/// The address of shard `id` of the primary whose base address is `primary`.
+pub fn shard_address(primary: &str, id: u32) -> Result<String, String> {
+    // `ReplicationSettings::validate` refused other addresses at start.
+    let (host, base_port) = split_host_port(primary).map_err(|error| format!("standby_of {primary:?}: {error}"))?;
+    let port = u16::try_from(id).ok().and_then(|id| base_port.checked_add(id));
+    let port = port.ok_or_else(|| format!("the primary's port for shard {id} is past 65535"))?;
+    Ok(format!("{host}:{port}"))
 }
 
 async fn follow_address(shard: Rc<Shard>, address: String) {
