@@ -12,6 +12,7 @@ mod produce;
 mod promote;
 mod repair;
 mod serve;
+mod standby;
 mod status;
 mod table;
 mod topic;
@@ -61,6 +62,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Turn a standby into the primary of a new epoch (failover).
     Promote(promote::PromoteArgs),
+    /// A standby's logs: set them aside for a full copy (`resync`).
+    #[command(subcommand)]
+    Standby(standby::StandbyCommand),
     /// Consumer groups: list them, describe one's offsets and lag, reset its offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -105,6 +109,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Status(args) => status::run(args),
         Command::Promote(args) => promote::run(args),
+        Command::Standby(command) => standby::run(command),
         Command::Group(command) => group::run(command),
         Command::Offset(args) => offset::run(args),
         Command::Message(command) => message::run(command),

@@ -5,7 +5,7 @@
 //! line per range on stdout:
 //! `{"shard":0,"segment":"…","position":…,"bytes":…,"records_lost":…,"copy":"…"}`.
 
-use crate::server::data_dir::DataDirLock;
+use crate::server::data_dir::{shard_dirs, DataDirLock};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{repair, CommitLog, LogConfig, RepairedRange};
 use std::path::{Path, PathBuf};
@@ -46,26 +46,6 @@ pub fn run(args: RepairArgs) -> Result<ExitCode, String> {
 }
 
 /// `shard-N` directories of the data directory, in shard order.
-fn shard_dirs(data_dir: &Path, only: Option<u32>) -> Result<Vec<(u32, PathBuf)>, String> {
-    let entries = std::fs::read_dir(data_dir).map_err(|error| format!("{}: {error}", data_dir.display()))?;
-    let mut shards = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(shard) = name.to_str().and_then(|name| name.strip_prefix("shard-")).and_then(|id| id.parse().ok())
-        else {
-            continue;
-        };
-        if only.is_none_or(|only| only == shard) {
-            shards.push((shard, entry.path()));
-        }
-    }
-    shards.sort();
-    match only {
-        Some(shard) if shards.is_empty() => Err(format!("no shard {shard} in {}", data_dir.display())),
-        _ => Ok(shards),
-    }
-}
-
 fn executor() -> Result<glommio::LocalExecutor, String> {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().map_err(|error| error.to_string())
 }

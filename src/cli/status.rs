@@ -61,6 +61,8 @@ pub fn run(args: StatusArgs) -> Result<ExitCode, String> {
             "epoch": status.epoch,
             "replication_lag_ms": status.replication_lag_ms,
             "diverged_files": status.diverged_files,
+            "log_start": status.log_start,
+            "replication_error": status.replication_error,
         });
         let columns: &[&str] = if args.replication { &REPLICATION_COLUMNS } else { &COLUMNS };
         print_row(args.json, columns, &row);

@@ -34,6 +34,8 @@ pub fn shard_status(shard: &Shard) -> Answer {
         epochs: shard.replica.epochs.borrow().starts().to_vec(),
         replication_lag_ms: shard.replica.caught_up.lag(lag_bytes).as_millis() as u64,
         diverged_files: diverged_files(&shard.dir),
+        log_start: shard.log.first_position(),
+        replication_error: shard.replica.stream_error.borrow().clone(),
     };
     Ok((Kind::ShardStatusResponse, protocol::shard_status_response(None, &status)))
 }

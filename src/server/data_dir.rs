@@ -112,6 +112,27 @@ pub fn holder_pid(path: &Path) -> Option<u32> {
     text.trim().parse().ok()
 }
 
+/// The `shard-N` directories of `data_dir` (only shard `only`'s, if given), by shard.
+pub fn shard_dirs(data_dir: &Path, only: Option<u32>) -> Result<Vec<(u32, PathBuf)>, String> {
+    let entries = std::fs::read_dir(data_dir).map_err(|error| format!("{}: {error}", data_dir.display()))?;
+    let mut shards = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(shard) = name.to_str().and_then(|name| name.strip_prefix("shard-")).and_then(|id| id.parse().ok())
+        else {
+            continue;
+        };
+        if only.is_none_or(|only| only == shard) {
+            shards.push((shard, entry.path()));
+        }
+    }
+    shards.sort();
+    match only {
+        Some(shard) if shards.is_empty() => Err(format!("no shard {shard} in {}", data_dir.display())),
+        _ => Ok(shards),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -452,12 +452,11 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let recovering = gate.watch();
     let shard_error = |detail: String| ServerError::Shard { shard: id, detail };
     let dir = config.data_dir.join(format!("shard-{id}"));
+    let mut log_config = config.log_config(dir.clone());
     if let Some(primary) = &config.replication.standby_of {
-        replication::settle_history(primary, id, &config.log_config(dir.clone()), &stop).await.map_err(shard_error)?;
+        replication::settle_history(primary, id, &mut log_config, &stop).await.map_err(shard_error)?;
     }
-    let log = CommitLog::open(DmaStorage, config.log_config(dir.clone()))
-        .await
-        .map_err(|error| shard_error(error.to_string()))?;
+    let log = CommitLog::open(DmaStorage, log_config).await.map_err(|error| shard_error(error.to_string()))?;
     // Nothing may go before the snapshots on disk are known.
     log.set_retention_floor(0);
     let topics = shard::load_topics(&DmaStorage, &config).await.map_err(shard_error)?;

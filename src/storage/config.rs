@@ -47,6 +47,10 @@ pub struct LogConfig {
     /// Finds the key hashes of a stored message, for rebuilding key files
     /// from the log. `None`: the log keeps no key index at all.
     pub key_hasher: Option<super::KeyHasher>,
+    /// Where a brand-new log starts: 0, or for a standby joining a primary
+    /// whose retention deleted the start, the primary's first segment's
+    /// start (a segment boundary). An existing log ignores it.
+    pub first_position: u64,
 }
 
 impl LogConfig {
@@ -64,6 +68,7 @@ impl LogConfig {
             truncate_corruption: false,
             zero_fill_bytes_per_second: ZERO_FILL_BYTES_PER_SECOND_DEFAULT,
             key_hasher: None,
+            first_position: 0,
         }
     }
 
@@ -105,6 +110,9 @@ impl LogConfig {
                 "index_cache_bytes {} must be at least {INDEX_CACHE_BYTES_MIN}",
                 self.index_cache_bytes
             )));
+        }
+        if self.first_position % block != 0 {
+            return Err(LogError::Config(format!("first position {} is not on a block boundary", self.first_position)));
         }
         if self.index_unwritten_entries_wake == 0 {
             return Err(LogError::Config("index_unwritten_entries_wake must be at least 1".into()));

@@ -170,12 +170,16 @@ impl<S: Storage> CommitLog<S> {
         let shared = self.shared();
         let records = records_in(position, bytes)?;
         let mut state = shared.state.borrow_mut();
+        // A log that starts late (a standby that joined after its primary's
+        // retention deleted the start) meets each queue at whatever offset
+        // the primary kept, as recovery of such a log does.
+        let late_starts = state.segments.keys().next().is_some_and(|first| *first > 0);
         // Every queue offset must follow its queue before any is taken.
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         for (here, header, _) in records.iter().filter(|(_, header, _)| header.is_indexed()) {
-            let expected = next
-                .entry(header.queue_id)
-                .or_insert_with(|| state.queues.get(&header.queue_id).map_or(0, |queue| queue.next_offset()));
+            let known = state.queues.get(&header.queue_id).map(|queue| queue.next_offset());
+            let first = if late_starts { header.queue_offset } else { 0 };
+            let expected = next.entry(header.queue_id).or_insert(known.unwrap_or(first));
             if header.queue_offset != *expected {
                 return Err(FollowError::Damage(ReplicaDamage {
                     position: *here,
@@ -193,7 +197,7 @@ impl<S: Storage> CommitLog<S> {
             let newest = state.last_store_timestamp_us.max(header.store_timestamp_us);
             state.last_store_timestamp_us = newest;
             // Checked above: it cannot refuse.
-            let pushed = index_record(&mut state.queues, segment, header, *here, false)
+            let pushed = index_record(&mut state.queues, segment, header, *here, late_starts)
                 .map_err(|detail| ReplicaDamage { position: *here, detail: detail.into() })?;
             entries += u64::from(pushed);
             if let Some(hasher) = hasher.filter(|_| header_is_keyed(header)) {

@@ -313,6 +313,11 @@ impl<S: Storage> CommitLog<S> {
         state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(flushed))
     }
 
+    /// The first position the log still holds (its first segment's start).
+    pub fn first_position(&self) -> u64 {
+        self.shared.state.borrow().segments.keys().next().copied().unwrap_or(0)
+    }
+
     /// Whether the log still holds `position` (retention deletes from the
     /// oldest segment).
     pub fn keeps(&self, position: u64) -> bool {

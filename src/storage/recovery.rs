@@ -82,8 +82,9 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
     let mut segments = open_segments(storage, &segments_dir).await?;
     if segments.is_empty() {
         let pace = ZeroFillPace::unlimited();
-        let first = create_segment(storage, &segments_dir, 0, config.segment_size_bytes, &pace).await?;
-        segments.insert(0, Rc::new(first));
+        let start = config.first_position;
+        let first = create_segment(storage, &segments_dir, start, config.segment_size_bytes, &pace).await?;
+        segments.insert(start, Rc::new(first));
     }
     let first_start = segments.keys().next().copied().unwrap_or(0);
     let checkpoint = load_checkpoint(storage, config).await;

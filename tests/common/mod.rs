@@ -46,7 +46,8 @@ impl Broker {
         Self::start_with(shards, None, extra_args)
     }
 
-    fn start_with(shards: u32, config: Option<&str>, extra_args: &[&str]) -> Self {
+    /// A broker reading `config` and started with `extra_args` too.
+    pub fn start_with(shards: u32, config: Option<&str>, extra_args: &[&str]) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");
         let config = config.map(|text| {
             let path = temp.path().join("ringmq.toml");

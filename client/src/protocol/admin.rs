@@ -30,6 +30,10 @@ pub struct ShardStatus {
     /// Side files of records set aside when this shard's log rejoined a
     /// new primary's history.
     pub diverged_files: Vec<String>,
+    /// The first log position the shard still holds.
+    pub log_start: u64,
+    /// On a standby: why it does not follow its primary now.
+    pub replication_error: Option<String>,
 }
 
 /// Where an epoch starts in a shard's log (issue 13).
@@ -82,6 +86,8 @@ impl ShardStatus {
                 .diverged_files()
                 .map(|files| files.iter().map(str::to_string).collect())
                 .unwrap_or_default(),
+            log_start: response.log_start(),
+            replication_error: response.replication_error().map(str::to_string),
         }
     }
 }
@@ -166,6 +172,7 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
     let epochs = builder.create_vector(&EpochStart::to_wire(&status.epochs));
     let diverged: Vec<_> = status.diverged_files.iter().map(|file| builder.create_string(file)).collect();
     let diverged_files = builder.create_vector(&diverged);
+    let replication_error = status.replication_error.as_deref().map(|error| builder.create_string(error));
     let role = if status.standby_of.is_some() { fb::ShardRole::Standby } else { fb::ShardRole::Primary };
     let args = fb::ShardStatusResponseArgs {
         outcome: Some(outcome),
@@ -185,6 +192,8 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
         epochs: Some(epochs),
         replication_lag_ms: status.replication_lag_ms,
         diverged_files: Some(diverged_files),
+        log_start: status.log_start,
+        replication_error,
     };
     let root = fb::ShardStatusResponse::create(&mut builder, &args);
     finish(builder, root)
@@ -369,6 +378,8 @@ mod tests {
             epochs: vec![EpochStart { epoch: 1, position: 4096 }, EpochStart { epoch: 2, position: 65536 }],
             replication_lag_ms: 120,
             diverged_files: vec!["/data/shard-1/diverged-00000000000000004096.log".into()],
+            log_start: 1 << 30,
+            replication_error: Some("the primary is gone".into()),
         };
         let body = shard_status_response(None, &status);
         assert_eq!(ShardStatus::read(&verify::<fb::ShardStatusResponse>(&body).expect("verifies")), status);

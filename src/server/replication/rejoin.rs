@@ -15,7 +15,7 @@ use crate::protocol::{self, fb, verify, Failure, Kind, ShardStatus};
 use crate::server::dedup_snapshot::DEDUP_SNAPSHOT_FILE;
 use crate::server::offsets::OFFSETS_SNAPSHOT_FILE;
 use crate::server::transactions_snapshot::TRANSACTIONS_SNAPSHOT_FILE;
-use crate::storage::backend::DmaStorage;
+use crate::storage::backend::{DmaStorage, Storage};
 use crate::storage::{set_aside_after, LogConfig, SEGMENTS_DIR};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,16 +26,29 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Settles shard `config.dir`'s log with the primary `primary` before it is
-/// opened; `stop` ends the wait for an unreachable primary.
-pub async fn settle(primary: &str, id: u32, config: &LogConfig, stop: &AtomicBool) -> Result<(), String> {
+/// opened; `stop` ends the wait for an unreachable primary. A new log
+/// starts where the primary's does (`config.first_position`) and takes its
+/// epochs: retention may have deleted the primary's first segments.
+pub async fn settle(primary: &str, id: u32, config: &mut LogConfig, stop: &AtomicBool) -> Result<(), String> {
+    let address = shard_address(primary, id)?;
+    let theirs = ask_status(&address, stop).await?;
+    let theirs_epochs = EpochHistory::from_starts(theirs.epochs.clone());
     if !has_segments(&config.dir) {
-        // An empty log continues every history.
-        return Ok(());
+        if theirs.log_start > 0 {
+            tracing::info!(
+                log_start = theirs.log_start,
+                "the primary's log starts past 0: this new log starts there too"
+            );
+        }
+        config.first_position = theirs.log_start;
+        if theirs_epochs.starts().is_empty() {
+            return Ok(());
+        }
+        DmaStorage.create_dir_all(&config.dir).await.map_err(|error| format!("{}: {error}", config.dir.display()))?;
+        return epochs::save(&DmaStorage, &config.dir, &theirs_epochs).await;
     }
     let ours = epochs::load(&DmaStorage, &config.dir).await?;
-    let address = shard_address(primary, id)?;
-    let theirs = ask_epochs(&address, stop).await?;
-    match ours.diverges_from(&theirs) {
+    match ours.diverges_from(&theirs_epochs) {
         Divergence::None => Ok(()),
         Divergence::At(position) => set_aside(config, position, &ours).await,
         Divergence::TheyAreBehind { ours, theirs } => Err(format!(
@@ -54,8 +67,8 @@ fn has_segments(dir: &Path) -> bool {
     std::fs::read_dir(dir.join(SEGMENTS_DIR)).is_ok_and(|mut entries| entries.next().is_some())
 }
 
-/// The primary shard's epochs, retrying until it answers or `stop`.
-async fn ask_epochs(address: &str, stop: &AtomicBool) -> Result<EpochHistory, String> {
+/// The primary shard's status, retrying until it answers or `stop`.
+async fn ask_status(address: &str, stop: &AtomicBool) -> Result<ShardStatus, String> {
     let mut retry = RETRY_FIRST;
     let mut asked = 0u32;
     loop {
@@ -76,7 +89,7 @@ async fn ask_epochs(address: &str, stop: &AtomicBool) -> Result<EpochHistory, St
     }
 }
 
-async fn ask_once(address: &str) -> Result<EpochHistory, String> {
+async fn ask_once(address: &str) -> Result<ShardStatus, String> {
     let connection = AsyncConnection::connect(address, ASK_TIMEOUT).await.map_err(|error| error.to_string())?;
     let answer = connection
         .request(Kind::ShardStatusRequest, &protocol::shard_status_request())
@@ -90,7 +103,7 @@ async fn ask_once(address: &str) -> Result<EpochHistory, String> {
     if status.standby_of.is_some() {
         return Err(format!("{address} is a standby itself; a standby follows a primary"));
     }
-    Ok(EpochHistory::from_starts(status.epochs))
+    Ok(status)
 }
 
 /// Cuts the log at `position`; the snapshots of tables may cover records

@@ -123,8 +123,24 @@ async fn follow_address(shard: Rc<Shard>, address: String) {
             }
             Err(error) => StreamEnd::Client(error),
         };
+        let refusal = match &ended {
+            StreamEnd::Refused(failure) | StreamEnd::Client(ClientError::Broker(failure)) => Some(failure),
+            _ => None,
+        };
+        let position_gone = refusal.filter(|failure| failure.code == fb::ErrorCode::OffsetTruncated);
+        let why = match position_gone {
+            Some(failure) => format!(
+                "the primary no longer holds this standby's position ({failure}); nothing is skipped: stop this \
+                 standby, run `ringmq standby resync --data-dir {}` and start it again to copy the primary from its \
+                 first segment",
+                shard.config.data_dir.display()
+            ),
+            None => ended.to_string(),
+        };
+        shard.replica.stream_error.replace(Some(why.clone()));
         match &ended {
             StreamEnd::Stopped => continue,
+            _ if position_gone.is_some() => tracing::error!("{why}"),
             StreamEnd::Follow(FollowError::Damage(_)) | StreamEnd::Malformed(_) => {
                 tracing::error!(error = %ended, "bad replication stream; nothing of it was written; reconnecting")
             }
@@ -191,6 +207,7 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             Err(error) => return StreamEnd::Malformed(error),
         };
         shard.replica.primary_durable.set(replicated.durable);
+        shard.replica.stream_error.replace(None);
         shard.replica.caught_up.note(replicated.durable, durable);
         if let Some(topics) = &replicated.topics {
             if let Err(error) = learn_topics(shard, topics) {

@@ -20,6 +20,9 @@ pub struct ReplicaState {
     pub confirmations: StandbyConfirmations,
     /// On a standby: the primary's durable end in its last answer.
     pub primary_durable: Cell<u64>,
+    /// On a standby: why its stream to the primary ended last, until the
+    /// next answer arrives (`ringmq status`).
+    pub stream_error: RefCell<Option<String>>,
     /// Set by a promotion: the following task stops before its next write
     /// and clears `following`.
     pub stop_following: Cell<bool>,
@@ -41,6 +44,7 @@ impl ReplicaState {
             caught_up: CaughtUp::default(),
             confirmations: StandbyConfirmations::default(),
             primary_durable: Cell::new(0),
+            stream_error: RefCell::new(None),
             stop_following: Cell::new(false),
             following: Cell::new(false),
             primary_tasks: RefCell::new(Vec::new()),
@@ -67,6 +71,7 @@ impl ReplicaState {
     /// The last step of a promotion: from now on this shard is a primary.
     pub fn become_primary(&self, replication: Replication) {
         self.standby_of.replace(None);
+        self.stream_error.replace(None);
         self.replication.set(replication);
     }
 }

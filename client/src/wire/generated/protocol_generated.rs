@@ -7898,6 +7898,8 @@ pub mod ringmq {
             pub const VT_EPOCHS: flatbuffers::VOffsetT = 32;
             pub const VT_REPLICATION_LAG_MS: flatbuffers::VOffsetT = 34;
             pub const VT_DIVERGED_FILES: flatbuffers::VOffsetT = 36;
+            pub const VT_LOG_START: flatbuffers::VOffsetT = 38;
+            pub const VT_REPLICATION_ERROR: flatbuffers::VOffsetT = 40;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -7909,11 +7911,15 @@ pub mod ringmq {
                 args: &'args ShardStatusResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ShardStatusResponse<'bldr>> {
                 let mut builder = ShardStatusResponseBuilder::new(_fbb);
+                builder.add_log_start(args.log_start);
                 builder.add_replication_lag_ms(args.replication_lag_ms);
                 builder.add_epoch(args.epoch);
                 builder.add_replication_lag_bytes(args.replication_lag_bytes);
                 builder.add_disk_used_bytes(args.disk_used_bytes);
                 builder.add_flushed(args.flushed);
+                if let Some(x) = args.replication_error {
+                    builder.add_replication_error(x);
+                }
                 if let Some(x) = args.diverged_files {
                     builder.add_diverged_files(x);
                 }
@@ -8154,6 +8160,33 @@ pub mod ringmq {
                     >>(ShardStatusResponse::VT_DIVERGED_FILES, None)
                 }
             }
+            /// The first log position the shard still holds (retention deletes
+            /// from the front): where a new standby of it starts its copy.
+            #[inline]
+            pub fn log_start(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ShardStatusResponse::VT_LOG_START, Some(0))
+                        .unwrap()
+                }
+            }
+            /// On a standby: why it is not following its primary now (the last
+            /// failure of its stream; none while it follows).
+            #[inline]
+            pub fn replication_error(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(
+                        ShardStatusResponse::VT_REPLICATION_ERROR,
+                        None,
+                    )
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ShardStatusResponse<'_> {
@@ -8181,6 +8214,8 @@ pub mod ringmq {
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, EpochStart>>>("epochs", Self::VT_EPOCHS, false)?
      .visit_field::<u64>("replication_lag_ms", Self::VT_REPLICATION_LAG_MS, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("diverged_files", Self::VT_DIVERGED_FILES, false)?
+     .visit_field::<u64>("log_start", Self::VT_LOG_START, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("replication_error", Self::VT_REPLICATION_ERROR, false)?
      .finish();
                 Ok(())
             }
@@ -8207,6 +8242,8 @@ pub mod ringmq {
                     flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>,
                 >,
             >,
+            pub log_start: u64,
+            pub replication_error: Option<flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for ShardStatusResponseArgs<'a> {
             #[inline]
@@ -8229,6 +8266,8 @@ pub mod ringmq {
                     epochs: None,
                     replication_lag_ms: 0,
                     diverged_files: None,
+                    log_start: 0,
+                    replication_error: None,
                 }
             }
         }
@@ -8358,6 +8397,21 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_log_start(&mut self, log_start: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ShardStatusResponse::VT_LOG_START, log_start, 0);
+            }
+            #[inline]
+            pub fn add_replication_error(
+                &mut self,
+                replication_error: flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(
+                    ShardStatusResponse::VT_REPLICATION_ERROR,
+                    replication_error,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ShardStatusResponseBuilder<'a, 'b> {
@@ -8394,6 +8448,8 @@ pub mod ringmq {
                 ds.field("epochs", &self.epochs());
                 ds.field("replication_lag_ms", &self.replication_lag_ms());
                 ds.field("diverged_files", &self.diverged_files());
+                ds.field("log_start", &self.log_start());
+                ds.field("replication_error", &self.replication_error());
                 ds.finish()
             }
         }
