@@ -257,3 +257,23 @@ fn a_standby_reconnects_to_a_restarted_primary_and_catches_up() {
     let ends = wait_caught_up(&primary, &standby);
     assert_same_segments(&primary, &standby, &ends);
 }
+
+#[test]
+fn a_standby_with_another_shard_count_than_its_primary_does_not_start() {
+    let primary = Broker::start(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = format!("127.0.0.1:{}", common::free_ports(1));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--shards", "1", "--log", "warn", "--disk-max-used-percent", "100", "--listen", &listen])
+        .args(["--role", "standby", "--standby-of", &primary.address(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ringmq serve");
+    let status = common::exit_within(&mut child, Duration::from_secs(20), "a standby with one shard of two");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+    assert!(!status.success(), "it started: {stderr}");
+    assert!(stderr.contains("2 shards, this standby 1"), "{stderr}");
+}

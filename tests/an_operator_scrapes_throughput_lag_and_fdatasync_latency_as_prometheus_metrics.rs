@@ -365,3 +365,25 @@ fn a_delivered_check_is_counted_and_the_half_it_committed_is_no_longer_pending()
         sum(samples, "ringmq_checks_delivered_total") >= 1.0 && sum(samples, "ringmq_transactions_pending") == 0.0
     });
 }
+
+#[test]
+fn a_standby_and_its_primary_export_their_role_epoch_and_lag() {
+    let (primary_metrics, standby_metrics) = (free_ports(1), free_ports(1));
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let primary = Broker::start_with_args(2, &["--metrics-listen", &listen(primary_metrics)]);
+    let primary_address = primary.address();
+    let standby_args = ["--role", "standby", "--standby-of", &primary_address, "--metrics-listen"];
+    let standby = Broker::start_with_args(2, &[&standby_args[..], &[listen(standby_metrics).as_str()]].concat());
+    let client = Arc::new(Client::connect(&primary_address).expect("connect"));
+    client.create_topic("work", 2).expect("create");
+    let samples = scrape_until(primary_metrics, "the standby connected on both shards", |samples| {
+        sum(samples, "ringmq_standby_connected") == 2.0
+    });
+    assert_eq!(sum(&samples, "ringmq_standby"), 0.0, "a primary");
+    assert_eq!(sum(&samples, "ringmq_epoch"), 0.0);
+    let samples = scrape_until(standby_metrics, "the standby caught up", |samples| {
+        sum(samples, "ringmq_replication_lag_bytes") == 0.0 && sum(samples, "ringmq_standby") == 2.0
+    });
+    assert_eq!(samples.iter().filter(|sample| sample.name == "ringmq_replication_lag_seconds").count(), 2);
+    drop(standby);
+}

@@ -57,7 +57,7 @@ fn diverged_files(dir: &std::path::Path) -> Vec<String> {
 /// Durable bytes the standby lacks: on a standby, as its primary last
 /// answered; on a primary, as its standby last reported (its whole log
 /// before any standby asked).
-fn replication_lag_bytes(shard: &Shard) -> u64 {
+pub(super) fn replication_lag_bytes(shard: &Shard) -> u64 {
     let flushed = shard.log.positions().flushed;
     if shard.replica.is_standby() {
         shard.replica.primary_durable.get().saturating_sub(flushed)

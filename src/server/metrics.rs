@@ -115,6 +115,13 @@ pub struct ShardFigures {
     pub timers_pending: u64,
     pub retries_sent: u64,
     pub dead_letters_sent: u64,
+    /// 1 on a standby, 0 on a primary.
+    pub standby: u64,
+    pub epoch: u64,
+    pub replication_lag_bytes: u64,
+    pub replication_lag_ms: u64,
+    /// On a primary: 1 while a standby asks for bytes.
+    pub standby_connected: u64,
     pub offsets: Vec<QueueOffsetFigures>,
 }
 
@@ -160,6 +167,7 @@ pub fn figures(shard: &Shard) -> ShardFigures {
         (stats.flush_count, stats.records_flushed, LatencyBuckets::of(&stats.flush_latency_us))
     });
     let positions = shard.log.positions();
+    let lag_bytes = super::admin::replication_lag_bytes(shard);
     ShardFigures {
         shard: shard.id,
         produced_messages: counters.produced_messages.get(),
@@ -179,6 +187,11 @@ pub fn figures(shard: &Shard) -> ShardFigures {
         timers_pending: shard.timers.borrow().pending_count() as u64,
         retries_sent: counters.retries_sent.get(),
         dead_letters_sent: counters.dead_letters_sent.get(),
+        standby: u64::from(shard.replica.is_standby()),
+        epoch: shard.replica.epoch(),
+        replication_lag_bytes: lag_bytes,
+        replication_lag_ms: shard.replica.caught_up.lag(lag_bytes).as_millis() as u64,
+        standby_connected: u64::from(shard.replica.confirmations.connected()),
         offsets: queue_offsets(shard),
     }
 }

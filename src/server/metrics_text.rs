@@ -44,7 +44,7 @@ const SHARD_COUNTERS: [(&str, &str, Read); 9] = [
 ];
 
 /// Per-shard gauges: name, help, value.
-const SHARD_GAUGES: [(&str, &str, Read); 7] = [
+const SHARD_GAUGES: [(&str, &str, Read); 11] = [
     ("flushed_position_bytes", "Log position every byte below which is durable.", |f| f.flushed_position),
     ("visible_position_bytes", "Log position consumers may read up to.", |f| f.visible_position),
     ("connections", "Client connections open.", |f| f.connections),
@@ -52,6 +52,12 @@ const SHARD_GAUGES: [(&str, &str, Read); 7] = [
     ("request_bytes_in_flight", "Body bytes of the requests in flight.", |f| f.request_bytes_in_flight),
     ("transactions_pending", "Half messages with no outcome yet.", |f| f.transactions_pending),
     ("timers_pending", "Delayed messages, retries and dead letters not yet delivered.", |f| f.timers_pending),
+    ("standby", "1 on a standby (follows its primary), 0 on a primary.", |f| f.standby),
+    ("epoch", "The broker's epoch: one more at each promotion.", |f| f.epoch),
+    ("replication_lag_bytes", "Durable log bytes the standby lacks (as this side last heard).", |f| {
+        f.replication_lag_bytes
+    }),
+    ("standby_connected", "On a primary: 1 while a standby asks for bytes.", |f| f.standby_connected),
 ];
 
 #[derive(Debug)]
@@ -70,6 +76,12 @@ impl Collector for Figures {
             for figures in &self.0 {
                 gauge(read(figures)).encode(family.encode_family(&shard_label(figures))?)?;
             }
+        }
+        let help = "Time since standby and primary last had the same bytes durable; 0 while they do.";
+        let mut family = encoder.encode_descriptor("replication_lag_seconds", help, None, MetricType::Gauge)?;
+        for figures in &self.0 {
+            let seconds = figures.replication_lag_ms as f64 / 1000.0;
+            ConstGauge::new(seconds).encode(family.encode_family(&shard_label(figures))?)?;
         }
         let help = "Mean records (appends) per fdatasync since the start.";
         let mut family = encoder.encode_descriptor("appends_per_fdatasync", help, None, MetricType::Gauge)?;

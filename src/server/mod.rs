@@ -454,7 +454,7 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     let dir = config.data_dir.join(format!("shard-{id}"));
     let mut log_config = config.log_config(dir.clone());
     if let Some(primary) = &config.replication.standby_of {
-        replication::settle_history(primary, id, &mut log_config, &stop).await.map_err(shard_error)?;
+        replication::settle_history(primary, (id, shard_count), &mut log_config, &stop).await.map_err(shard_error)?;
     }
     let log = CommitLog::open(DmaStorage, log_config).await.map_err(|error| shard_error(error.to_string()))?;
     // Nothing may go before the snapshots on disk are known.

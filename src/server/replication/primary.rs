@@ -19,6 +19,9 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
     };
     let wait = Duration::from_millis(u64::from(request.wait_ms().min(REPLICATE_WAIT_MS_MAX)));
     // The standby names its own durable end: that is its confirmation.
+    if !shard.replica.confirmations.connected() {
+        tracing::info!(shard = shard.id, position, confirmed, "a standby connected and asks for bytes");
+    }
     shard.replica.confirmations.note_request(confirmed);
     shard.replica.caught_up.note(shard.log.positions().flushed, confirmed);
     if shard.log.positions().flushed <= position && !wait.is_zero() {

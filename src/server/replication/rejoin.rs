@@ -29,9 +29,19 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// opened; `stop` ends the wait for an unreachable primary. A new log
 /// starts where the primary's does (`config.first_position`) and takes its
 /// epochs: retention may have deleted the primary's first segments.
-pub async fn settle(primary: &str, id: u32, config: &mut LogConfig, stop: &AtomicBool) -> Result<(), String> {
+pub async fn settle(
+    primary: &str,
+    (id, shard_count): (u32, u32),
+    config: &mut LogConfig,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let address = shard_address(primary, id)?;
-    let theirs = ask_status(&address, stop).await?;
+    let (theirs, their_shards) = ask_status(&address, stop).await?;
+    if their_shards != shard_count {
+        return Err(format!(
+            "{primary} has {their_shards} shards, this standby {shard_count}: shard i follows shard i, so they must match"
+        ));
+    }
     let theirs_epochs = EpochHistory::from_starts(theirs.epochs.clone());
     if !has_segments(&config.dir) {
         if theirs.log_start > 0 {
@@ -68,7 +78,7 @@ fn has_segments(dir: &Path) -> bool {
 }
 
 /// The primary shard's status, retrying until it answers or `stop`.
-async fn ask_status(address: &str, stop: &AtomicBool) -> Result<ShardStatus, String> {
+async fn ask_status(address: &str, stop: &AtomicBool) -> Result<(ShardStatus, u32), String> {
     let mut retry = RETRY_FIRST;
     let mut asked = 0u32;
     loop {
@@ -89,7 +99,8 @@ async fn ask_status(address: &str, stop: &AtomicBool) -> Result<ShardStatus, Str
     }
 }
 
-async fn ask_once(address: &str) -> Result<ShardStatus, String> {
+/// The shard's status and the broker's shard count.
+async fn ask_once(address: &str) -> Result<(ShardStatus, u32), String> {
     let connection = AsyncConnection::connect(address, ASK_TIMEOUT).await.map_err(|error| error.to_string())?;
     let answer = connection
         .request(Kind::ShardStatusRequest, &protocol::shard_status_request())
@@ -103,7 +114,13 @@ async fn ask_once(address: &str) -> Result<ShardStatus, String> {
     if status.standby_of.is_some() {
         return Err(format!("{address} is a standby itself; a standby follows a primary"));
     }
-    Ok(status)
+    let answer = connection
+        .request(Kind::MetadataRequest, &protocol::metadata_request(&[]))
+        .await
+        .map_err(|error| error.to_string())?;
+    let metadata = verify::<fb::MetadataResponse>(&answer)?;
+    let shards = metadata.shards().map_or(0, |shards| shards.len() as u32);
+    Ok((status, shards))
 }
 
 /// Cuts the log at `position`; the snapshots of tables may cover records
