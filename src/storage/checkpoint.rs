@@ -142,7 +142,7 @@ pub async fn write_checkpoint<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(
 }
 
 async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> {
-    let position = shared.flushed.get();
+    let position = checkpointable(shared);
     let (jobs, checkpoint) = plan(shared, position);
     for job in &jobs {
         write_index(shared, job).await?;
@@ -169,6 +169,12 @@ async fn release_deleted_offsets<S: Storage>(shared: &LogShared<S>, checkpoint: 
         }
     }
     Ok(())
+}
+
+/// How far a checkpoint may reach: the flushed position, or less while the
+/// log's owner holds index entries in memory (`LogShared::index_hold`).
+fn checkpointable<S: Storage>(shared: &LogShared<S>) -> u64 {
+    shared.flushed.get().min(shared.index_hold.get())
 }
 
 fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Checkpoint) {
@@ -239,7 +245,8 @@ pub async fn run_checkpointer<S: Storage>(shared: Rc<LogShared<S>>) {
         if shared.closing.get() || shared.flushed.failure().is_some() {
             return;
         }
-        if shared.flushed.get() > shared.state.borrow().checkpoint_position && write_checkpoint(&shared).await.is_err()
+        if checkpointable(&shared) > shared.state.borrow().checkpoint_position
+            && write_checkpoint(&shared).await.is_err()
         {
             // The log is stopped (`stop` said why): nothing retries.
             return;

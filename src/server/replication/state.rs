@@ -18,6 +18,9 @@ pub struct ReplicaState {
     pub caught_up: CaughtUp,
     /// On a primary: how far its standby has this shard's log durable.
     pub confirmations: StandbyConfirmations,
+    /// When a change answered without the standby's confirmation was last
+    /// warned about (`release::confirm_change`).
+    pub unconfirmed_warned: Cell<Option<std::time::Instant>>,
     /// On a standby: the primary's durable end in its last answer.
     pub primary_durable: Cell<u64>,
     /// Set by a promotion: the following task stops before its next write
@@ -40,6 +43,7 @@ impl ReplicaState {
             epoch_records_read: Cell::new(0),
             caught_up: CaughtUp::default(),
             confirmations: StandbyConfirmations::default(),
+            unconfirmed_warned: Cell::new(None),
             primary_durable: Cell::new(0),
             stop_following: Cell::new(false),
             following: Cell::new(false),
