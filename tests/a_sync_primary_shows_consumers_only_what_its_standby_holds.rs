@@ -181,3 +181,46 @@ fn a_sync_primary_shows_consumers_only_what_its_standby_holds_or_a_produce_gave_
     consumer.commit(0, 3).expect("commit");
     assert!(started.elapsed() < TIMEOUT * 5, "a confirmed commit took {:?}", started.elapsed());
 }
+
+/// Long-polls queue 0 from `offset` until `body` is there (bounded).
+fn wait_fetched(client: &Client, offset: u64, body: &str) {
+    let started = Instant::now();
+    while !fetch_from(client, offset, 2_000).iter().any(|fetched| fetched == body) {
+        assert!(started.elapsed() < WAIT_LIMIT, "{body:?} never became fetchable");
+    }
+}
+
+#[test]
+fn a_delayed_message_no_request_waits_for_is_released_with_or_without_the_standby() {
+    let config = format!("replication = \"sync\"\nsync_standby_timeout_ms = {}\n", TIMEOUT.as_millis());
+    let primary = Broker::start_with_config(1, Some(&config));
+    let client = Arc::new(Client::connect(&primary.address()).expect("connect"));
+    client.create_topic("orders", 1).expect("create");
+    let standby = Broker::start_with_args(1, &["--role", "standby", "--standby-of", &primary.address()]);
+    wait_caught_up(&primary, &standby);
+    let producer = Producer::new(client.clone(), "orders", ProducerOptions::default()).expect("producer");
+    let delayed = |body: &'static str| {
+        let message = OutgoingMessage { body: body.as_bytes(), delay_level: 1, ..Default::default() };
+        producer.send(&message, QueueChoice::Explicit(0)).expect("send delayed").status
+    };
+
+    // Delivered by a timer with the standby following: its confirmation
+    // releases the delivery.
+    assert_eq!(delayed("followed"), fb::SendStatus::SendOk);
+    wait_fetched(&client, 0, "followed");
+
+    // With the standby stopped (longer than the primary's 3 s window after
+    // its last REPLICATE answer, so usually counted as gone) the produce is
+    // not SEND_OK, and the delivery, which no request waits for, is
+    // released all the same: at once with no standby, after the timeout
+    // and a grace otherwise.
+    let stopped = Stopped::new(&standby);
+    std::thread::sleep(Duration::from_millis(4_500));
+    let status = delayed("unfollowed");
+    assert!(
+        matches!(status, fb::SendStatus::SlaveNotAvailable | fb::SendStatus::FlushSlaveTimeout),
+        "a delayed message the standby cannot confirm: {status:?}"
+    );
+    wait_fetched(&client, 1, "unfollowed");
+    drop(stopped);
+}

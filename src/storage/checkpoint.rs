@@ -171,6 +171,10 @@ async fn release_deleted_offsets<S: Storage>(shared: &LogShared<S>, checkpoint: 
     Ok(())
 }
 
+/// How often a checkpoint the index backlog asks for looks again while the
+/// log's owner holds it.
+const HELD_CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How far a checkpoint may reach: the flushed position, or less while the
 /// log's owner holds index entries in memory (`LogShared::index_hold`).
 fn checkpointable<S: Storage>(shared: &LogShared<S>) -> u64 {
@@ -228,10 +232,18 @@ async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Resul
 /// can go to the index files).
 async fn checkpoint_due<S: Storage>(shared: &LogShared<S>) {
     let backlog = async {
-        shared.index_backlog_signal.wait().await;
-        let checkpointed = shared.state.borrow().checkpoint_position;
-        // A failure wakes it too; the loop then sees the stop.
-        let _ = shared.flushed.wait_for(checkpointed + 1).await;
+        loop {
+            shared.index_backlog_signal.wait().await;
+            let checkpointed = shared.state.borrow().checkpoint_position;
+            // A failure wakes it too; the loop then sees the stop.
+            if shared.flushed.wait_for(checkpointed + 1).await.is_err() || checkpointable(shared) > checkpointed {
+                return;
+            }
+            // Held (`LogShared::index_hold`): the hold is the owner's to
+            // move, not an append's; look again after a pause rather than
+            // on every append that notifies.
+            glommio::timer::sleep(HELD_CHECKPOINT_PAUSE).await;
+        }
     };
     futures_lite::future::or(glommio::timer::sleep(shared.config.checkpoint_interval), backlog).await
 }

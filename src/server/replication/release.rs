@@ -6,8 +6,8 @@
 //! request waits for (a due delayed message, a check-back's op record) is
 //! released by `run` once the standby confirmed it or, failing that,
 //! `sync_standby_timeout_ms + UNWAITED_RELEASE_GRACE` after it became
-//! durable: later than any request that waits for the same record gives up,
-//! so a waiting producer is always answered before its record shows.
+//! durable: a second after a request waiting for the same record gives up,
+//! so a waiting producer is answered before its record shows.
 
 use super::{Confirmation, Replication};
 use crate::server::long_poll::ConsumerView;
