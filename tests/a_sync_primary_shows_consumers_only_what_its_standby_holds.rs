@@ -7,11 +7,13 @@
 
 mod common;
 
-use common::Broker;
+use common::{free_ports, Broker};
 use ringmq::client::{
     admin, Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice,
 };
 use ringmq::protocol::{self, fb, FetchParams, Kind};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,13 +85,32 @@ impl Drop for Stopped<'_> {
     }
 }
 
+/// The shards' `unconfirmed_changes` counters summed, from the metrics
+/// endpoint on `port`.
+fn unconfirmed_changes(port: u16) -> u64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: ringmq\r\n\r\n").expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+        .lines()
+        .filter(|line| line.starts_with("ringmq_unconfirmed_changes_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn assert_took_the_timeout(took: Duration, what: &str) {
     assert!(took >= TIMEOUT - Duration::from_millis(100) && took < WAIT_LIMIT, "{what} took {took:?}");
 }
 
 #[test]
 fn a_sync_primary_shows_consumers_only_what_its_standby_holds_or_a_produce_gave_up_on() {
-    let config = format!("replication = \"sync\"\nsync_standby_timeout_ms = {}\n", TIMEOUT.as_millis());
+    let metrics_port = free_ports(1);
+    let config = format!(
+        "replication = \"sync\"\nsync_standby_timeout_ms = {}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+        TIMEOUT.as_millis()
+    );
     let primary = Broker::start_with_config(1, Some(&config));
     let client = Arc::new(Client::connect(&primary.address()).expect("connect"));
     client.create_topic("orders", 1).expect("create");
@@ -165,6 +186,13 @@ fn a_sync_primary_shows_consumers_only_what_its_standby_holds_or_a_produce_gave_
     assert_eq!((state, offset), (fb::TransactionState::Committed, Some(2)));
     assert_eq!(fetch_from(&client, 0, 0), ["confirmed", "unconfirmed", "transacted"]);
     drop(stopped);
+    // Both answers without the standby's confirmation were counted (the
+    // shard publishes its figures now and then).
+    let started = Instant::now();
+    while unconfirmed_changes(metrics_port) < 2 {
+        assert!(started.elapsed() < WAIT_LIMIT, "the unconfirmed changes were not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Resumed, the standby confirms again: SEND_OK, fetchable at once.
     let started = Instant::now();
