@@ -5,6 +5,7 @@
 
 use super::handlers::{store_commit, Answer};
 use super::offsets::OffsetCommit;
+use super::replication::release;
 use super::requests::{self, ResetTo};
 use super::shard::Shard;
 use crate::protocol::page::{self, Listed, PageBudget};
@@ -107,7 +108,9 @@ pub fn group_offsets(shard: &Shard, request: &requests::GroupOffsets<'_>) -> Ans
             topic: topic_name,
             queue,
             committed,
-            end: shard.log.visible_end_offset(queue_id),
+            // What its consumers can reach: on a sync primary, records the
+            // standby has not confirmed yet count as lag.
+            end: release::consumer_view(shard).end_offset(queue_id),
             earliest: shard.log.base_offset(queue_id),
         };
         let (bytes, tables) = offsets.page_cost();
@@ -134,7 +137,7 @@ pub async fn reset_offset(shard: &Shard, request: &requests::ResetOffset<'_>) ->
         ));
     }
     let earliest = shard.log.base_offset(queue_id);
-    let end = shard.log.visible_end_offset(queue_id);
+    let end = release::consumer_view(shard).end_offset(queue_id);
     let offset = match request.target {
         ResetTo::Earliest => earliest,
         ResetTo::Latest => end,

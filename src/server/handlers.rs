@@ -12,7 +12,7 @@ use super::long_poll;
 use super::metrics::ShardCounters;
 use super::offsets::{append_commit, OffsetCommit, OFFSETS_QUEUE_ID};
 use super::producer_links::ProducerLink;
-use super::replication::Replication;
+use super::replication::{release, Replication};
 use super::requests::{self, GroupMember, MessageLimits, Request};
 use super::send_back;
 use super::shard::Shard;
@@ -252,15 +252,18 @@ async fn fetch(shard: &Shard, request: &requests::Fetch<'_>) -> Answer {
     let (count, bytes_max, tag_hashes) = (request.count, request.bytes_max, &request.tag_hashes);
     let deadline = shard.clock.deadline(request.wait);
     loop {
-        let visible = shard.log.positions().visible;
-        let batch = match shard.log.read_tagged(queue_id, request.offset, count, bytes_max, tag_hashes).await {
+        // Taken afresh each time: a promotion may change what consumers see.
+        let view = release::consumer_view(shard);
+        let seen = view.seen();
+        let limits = view.limits(count, bytes_max);
+        let batch = match shard.log.read_tagged(queue_id, request.offset, limits, tag_hashes).await {
             Ok(batch) => batch,
             // Retention deleted the offset: say where the queue now starts,
             // so the consumer moves on from there (and can tell it skipped).
             Err(LogError::OffsetTruncated { earliest, .. }) => {
                 let fetched = FetchedRecords {
                     next_offset: earliest,
-                    high_watermark: shard.log.visible_end_offset(queue_id),
+                    high_watermark: view.end_offset(queue_id),
                     earliest_offset: earliest,
                     ..FetchedRecords::default()
                 };
@@ -305,10 +308,11 @@ async fn fetch(shard: &Shard, request: &requests::Fetch<'_>) -> Answer {
             };
             return Ok((Kind::FetchResponse, protocol::fetch_response(None, &fetched)));
         }
-        // Long poll on this queue alone: read again once its own visible end
-        // passes the offset asked for (or at the deadline, or shutdown).
+        // Long poll on this queue alone: read again once its own end, as
+        // consumers see it, passes the offset asked for (or at the
+        // deadline, or shutdown).
         futures_lite::future::or(
-            long_poll::queue_passes(&shard.log, queue_id, request.offset, visible, || shard.shutting_down.get()),
+            long_poll::queue_passes(&view, queue_id, request.offset, seen, || shard.shutting_down.get()),
             shard.clock.until(deadline),
         )
         .await;
@@ -394,7 +398,8 @@ async fn commit_offset(shard: &Shard, request: &requests::CommitOffset<'_>) -> A
     Ok((Kind::CommitOffsetResponse, protocol::offset_response(None, Some(commit.offset))))
 }
 
-/// Appends a commit durably (as `append_commit`), then applies it.
+/// Appends a commit durably (as `append_commit`), then applies it; in
+/// sync mode answers once the standby holds it too (`confirm_change`).
 pub(super) async fn store_commit(shard: &Shard, commit: &OffsetCommit) -> Result<(), Failure> {
     // Not above the offset this commit's record gets: a snapshot taken while
     // it is in flight covers only the records before it.
@@ -410,8 +415,10 @@ pub(super) async fn store_commit(shard: &Shard, commit: &OffsetCommit) -> Result
             }
         }
     }
-    appended.map_err(log_failure)?;
+    let end = appended.map_err(log_failure)?;
     shard.offsets.borrow_mut().apply(commit);
+    // Applied before: it is durable here and kept whatever the standby says.
+    release::confirm_change(shard, end, "offset commit").await;
     Ok(())
 }
 

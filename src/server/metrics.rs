@@ -36,6 +36,9 @@ pub struct ShardCounters {
     pub dead_letters_sent: Cell<u64>,
     /// Check-backs a live producer acknowledged.
     pub checks_delivered: Cell<u64>,
+    /// Changes (offset commits, transaction ends, send-backs) a sync
+    /// primary answered without its standby's confirmation.
+    pub unconfirmed_changes: Cell<u64>,
     /// Request body bytes taken off connections and not yet answered.
     pub request_bytes_in_flight: Cell<u64>,
 }
@@ -115,6 +118,7 @@ pub struct ShardFigures {
     pub timers_pending: u64,
     pub retries_sent: u64,
     pub dead_letters_sent: u64,
+    pub unconfirmed_changes: u64,
     /// 1 on a standby, 0 on a primary.
     pub standby: u64,
     pub epoch: u64,
@@ -178,7 +182,9 @@ pub fn figures(shard: &Shard) -> ShardFigures {
         records_flushed,
         flush_latency,
         flushed_position: positions.flushed,
-        visible_position: positions.visible,
+        // On a sync primary consumers see no further than the standby
+        // confirmed (or a request gave up waiting for it).
+        visible_position: positions.visible.min(super::replication::release::consumer_view(shard).cap()),
         connections: shard.connections.get() as u64,
         requests_in_flight: shard.requests_in_flight.get() as u64,
         request_bytes_in_flight: counters.request_bytes_in_flight.get(),
@@ -187,6 +193,7 @@ pub fn figures(shard: &Shard) -> ShardFigures {
         timers_pending: shard.timers.borrow().pending_count() as u64,
         retries_sent: counters.retries_sent.get(),
         dead_letters_sent: counters.dead_letters_sent.get(),
+        unconfirmed_changes: counters.unconfirmed_changes.get(),
         standby: u64::from(shard.replica.is_standby()),
         epoch: shard.replica.epoch(),
         replication_lag_bytes: lag_bytes,
@@ -209,7 +216,7 @@ fn queue_offsets(shard: &Shard) -> Vec<QueueOffsetFigures> {
             let topic = topics.get(topic_name)?;
             let owner = topic.queue_shards.get(*queue as usize)?;
             (*owner == shard.id).then(|| {
-                let end = shard.log.visible_end_offset(topic.queue_id(*queue));
+                let end = super::replication::release::consumer_view(shard).end_offset(topic.queue_id(*queue));
                 QueueOffsetFigures {
                     group: group.clone(),
                     topic: topic_name.clone(),

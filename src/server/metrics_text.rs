@@ -31,7 +31,7 @@ type Read = fn(&ShardFigures) -> u64;
 type ReadQueue = fn(&QueueOffsetFigures) -> u64;
 
 /// Per-shard counters: name (before `_total`), help, value.
-const SHARD_COUNTERS: [(&str, &str, Read); 9] = [
+const SHARD_COUNTERS: [(&str, &str, Read); 10] = [
     ("produced_messages", "Messages stored by produce requests (duplicates not counted).", |f| f.produced_messages),
     ("produced_bytes", "Bytes of the messages stored by produce requests.", |f| f.produced_bytes),
     ("fetched_messages", "Records returned by fetch requests.", |f| f.fetched_messages),
@@ -41,6 +41,11 @@ const SHARD_COUNTERS: [(&str, &str, Read); 9] = [
     ("checks_delivered", "Transaction check-backs a live producer acknowledged.", |f| f.checks_delivered),
     ("retries_sent", "Send-backs stored for the group's retry topic.", |f| f.retries_sent),
     ("dead_letters_sent", "Send-backs stored for the group's dead-letter topic.", |f| f.dead_letters_sent),
+    (
+        "unconfirmed_changes",
+        "Offset commits, transaction ends and send-backs a sync primary answered without its standby's confirmation.",
+        |f| f.unconfirmed_changes,
+    ),
 ];
 
 /// Per-shard gauges: name, help, value.

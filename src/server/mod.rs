@@ -565,11 +565,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
 
 /// The tasks only a primary runs: they append records of their own.
 pub(crate) fn primary_tasks(shard: &Rc<Shard>) -> Vec<glommio::Task<()>> {
-    vec![
+    let mut tasks = vec![
         glommio::spawn_local(background_work(shard.clone())),
         glommio::spawn_local(checker::run(shard.clone())),
         glommio::spawn_local(due_delivery::run(shard.clone())),
-    ]
+    ];
+    // In sync mode: releases to consumers what no request waits for.
+    tasks.extend(replication::release::start(shard));
+    tasks
 }
 
 /// Group expiry, idle producers and the snapshots of state kept in the log.

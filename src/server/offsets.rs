@@ -244,8 +244,9 @@ pub async fn write_snapshot<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -
         .map_err(|error| LogError::io("write offsets snapshot", &path, 0, error))
 }
 
-/// Appends a commit durably; the caller applies it once this resolves.
-pub async fn append_commit<S: Storage>(log: &CommitLog<S>, commit: &OffsetCommit) -> Result<(), LogError> {
+/// Appends a commit durably; the caller applies it once this resolves with
+/// the end of its record.
+pub async fn append_commit<S: Storage>(log: &CommitLog<S>, commit: &OffsetCommit) -> Result<u64, LogError> {
     let message = commit.encode();
     let request = AppendRequest {
         queue_id: OFFSETS_QUEUE_ID,
@@ -254,7 +255,7 @@ pub async fn append_commit<S: Storage>(log: &CommitLog<S>, commit: &OffsetCommit
         message: &message,
         ..AppendRequest::default()
     };
-    log.append(request).await.map(|_| ())
+    log.append(request).await.map(|appended| appended.end)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! letter back on its original queue the same way, once per round.
 
 use super::failures::log_failure;
+use super::replication::release;
 use super::shard::{Shard, TimerPin};
 use super::timer_records::{deliveries_before, delivery_position, entry_request, EntryBody, TimerEntry, TimerKey};
 use super::timers::KnownEntry;
@@ -143,6 +144,7 @@ async fn store_entry(
     match known {
         Some(KnownEntry::Pending { due_ms, end }) => {
             shard.log.wait_acknowledgeable(end).await.map_err(log_failure)?;
+            release::confirm_change(shard, end, "send back or dead-letter resend").await;
             return Ok(Some(due_ms));
         }
         Some(KnownEntry::Delivered) => return Ok(Some(0)),
@@ -168,5 +170,6 @@ async fn store_entry(
     shard.timers.borrow_mut().insert(entry);
     shard.timers_changed();
     shard.log.wait_acknowledgeable(appended.end).await.map_err(log_failure)?;
+    release::confirm_change(shard, appended.end, "send back or dead-letter resend").await;
     Ok(None)
 }

@@ -656,6 +656,9 @@ pub async fn end(
     shard.transactions.borrow_mut().finish_end(transaction_id, Some(settled));
     drop(in_flight);
     update_floor(shard);
+    // Settled here whatever the standby says; in sync mode the answer waits
+    // for it (and a commit's message shows to consumers once it holds it).
+    super::replication::release::confirm_change(shard, settled.end, "end transaction").await;
     Ok(settled.state)
 }
 

@@ -142,7 +142,7 @@ pub async fn write_checkpoint<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(
 }
 
 async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> {
-    let position = shared.flushed.get();
+    let position = checkpointable(shared);
     let (jobs, checkpoint) = plan(shared, position);
     for job in &jobs {
         write_index(shared, job).await?;
@@ -169,6 +169,16 @@ async fn release_deleted_offsets<S: Storage>(shared: &LogShared<S>, checkpoint: 
         }
     }
     Ok(())
+}
+
+/// How often a checkpoint the index backlog asks for looks again while the
+/// log's owner holds it.
+const HELD_CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How far a checkpoint may reach: the flushed position, or less while the
+/// log's owner holds index entries in memory (`LogShared::index_hold`).
+fn checkpointable<S: Storage>(shared: &LogShared<S>) -> u64 {
+    shared.flushed.get().min(shared.index_hold.get())
 }
 
 fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Checkpoint) {
@@ -222,10 +232,18 @@ async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Resul
 /// can go to the index files).
 async fn checkpoint_due<S: Storage>(shared: &LogShared<S>) {
     let backlog = async {
-        shared.index_backlog_signal.wait().await;
-        let checkpointed = shared.state.borrow().checkpoint_position;
-        // A failure wakes it too; the loop then sees the stop.
-        let _ = shared.flushed.wait_for(checkpointed + 1).await;
+        loop {
+            shared.index_backlog_signal.wait().await;
+            let checkpointed = shared.state.borrow().checkpoint_position;
+            // A failure wakes it too; the loop then sees the stop.
+            if shared.flushed.wait_for(checkpointed + 1).await.is_err() || checkpointable(shared) > checkpointed {
+                return;
+            }
+            // Held (`LogShared::index_hold`): the hold is the owner's to
+            // move, not an append's; look again after a pause rather than
+            // on every append that notifies.
+            glommio::timer::sleep(HELD_CHECKPOINT_PAUSE).await;
+        }
     };
     futures_lite::future::or(glommio::timer::sleep(shared.config.checkpoint_interval), backlog).await
 }
@@ -239,7 +257,8 @@ pub async fn run_checkpointer<S: Storage>(shared: Rc<LogShared<S>>) {
         if shared.closing.get() || shared.flushed.failure().is_some() {
             return;
         }
-        if shared.flushed.get() > shared.state.borrow().checkpoint_position && write_checkpoint(&shared).await.is_err()
+        if checkpointable(&shared) > shared.state.borrow().checkpoint_position
+            && write_checkpoint(&shared).await.is_err()
         {
             // The log is stopped (`stop` said why): nothing retries.
             return;

@@ -9,7 +9,7 @@ use super::backend::{Storage, StorageFile};
 use super::index::{page_range, IndexEntry, IndexFile, QueueIndex, Slot};
 use super::index_cache::{page_key, IndexCache, PageLoad};
 use super::log::LogShared;
-use super::LogError;
+use super::{LogError, ReadLimits};
 use std::collections::BTreeMap;
 
 /// A read's visible slots, gathered over passes.
@@ -19,6 +19,8 @@ struct Gathering {
     next: u64,
     count_max: usize,
     bytes_max: usize,
+    /// The reader's own limit on the visible position (`ReadLimits::cap`).
+    cap: u64,
     bytes: usize,
     full: bool,
     slots: Vec<Slot>,
@@ -68,22 +70,23 @@ fn page_load<F: StorageFile>(
 }
 
 impl<S: Storage> LogShared<S> {
-    /// Up to `count_max` slots of `queue_id` from `offset` below the visible
-    /// position, stopping before `bytes_max` is passed (the first always
-    /// comes), and the queue's visible end offset.
+    /// Up to `limits.count_max` slots of `queue_id` from `offset` below the
+    /// visible position (and `limits.cap`), stopping before
+    /// `limits.bytes_max` is passed (the first always comes), and the
+    /// queue's visible end offset under the same cap.
     pub async fn visible_slots(
         &self,
         queue_id: u32,
         offset: u64,
-        count_max: usize,
-        bytes_max: usize,
+        limits: ReadLimits,
     ) -> Result<(Vec<Slot>, u64), LogError> {
         let mut gathering = Gathering {
             queue_id,
             requested: offset,
             next: offset,
-            count_max,
-            bytes_max,
+            count_max: limits.count_max,
+            bytes_max: limits.bytes_max,
+            cap: limits.cap,
             bytes: 0,
             full: false,
             slots: Vec::new(),
@@ -121,7 +124,7 @@ impl<S: Storage> LogShared<S> {
     }
 
     fn gather(&self, gathering: &mut Gathering) -> Result<Pass<S::File>, LogError> {
-        let visible = self.visible_mark().get();
+        let visible = self.visible_mark().get().min(gathering.cap);
         let state = self.state.borrow();
         let mut cache = self.index_cache.borrow_mut();
         let queue_id = gathering.queue_id;
@@ -189,6 +192,7 @@ mod tests {
             next: 0,
             count_max: 3,
             bytes_max: 100,
+            cap: u64::MAX,
             bytes: 0,
             full: false,
             slots: Vec::new(),

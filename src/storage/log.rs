@@ -158,6 +158,11 @@ pub struct LogShared<S: Storage> {
     /// log's owner keeps state in records there that no snapshot covers yet.
     /// `u64::MAX` (the default) when nothing but the queues lives in the log.
     pub retention_floor: Cell<u64>,
+    /// The checkpointer moves no index entry of a record ending above this
+    /// position into the index files (`CommitLog::hold_index_at`): only
+    /// in-memory entries know where their record ends, which a reader
+    /// capped below the visible position needs. `u64::MAX` by default.
+    pub index_hold: Cell<u64>,
     /// Pages of the index files, bounded by `config.index_cache_bytes`.
     pub index_cache: RefCell<IndexCache>,
     /// Index entries not yet in the index files (exact after each
@@ -199,6 +204,7 @@ impl<S: Storage> CommitLog<S> {
             zero_fill_urgent: Rc::new(Cell::new(false)),
             checkpoint_lock: glommio::sync::Semaphore::new(1),
             retention_floor: Cell::new(u64::MAX),
+            index_hold: Cell::new(u64::MAX),
             index_cache: RefCell::new(IndexCache::new(config_cache_bytes)),
             index_backlog: Cell::new(0),
             index_backlog_signal: Signal::default(),
@@ -303,6 +309,23 @@ impl<S: Storage> CommitLog<S> {
         let visible = self.shared.visible_mark().get();
         let state = self.shared.state.borrow();
         state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(visible))
+    }
+
+    /// First offset of `queue_id` a reader capped at log position `cap`
+    /// cannot see (`visible_end_offset` when `cap` is at least the visible
+    /// position). Exact only while `cap` is at least the index hold.
+    pub fn visible_end_offset_below(&self, queue_id: u32, cap: u64) -> u64 {
+        let visible = self.shared.visible_mark().get().min(cap);
+        let state = self.shared.state.borrow();
+        state.queues.get(&queue_id).map_or(0, |queue| queue.visible_end_offset(visible))
+    }
+
+    /// Keeps the index entries of records ending above `position` in
+    /// memory (checkpoints stop there), so that reads capped at or above
+    /// `position` stay exact; `u64::MAX` lifts the hold. The log's owner
+    /// must move it forward, or the in-memory index grows without bound.
+    pub fn hold_index_at(&self, position: u64) {
+        self.shared.index_hold.set(position);
     }
 
     /// First offset of `queue_id` not yet durable (the same as

@@ -54,7 +54,7 @@ pub use key_search::KeyCandidates;
 pub use keys::{KeyEntry, KeyHasher};
 pub use log::{AppendRequest, Appended, CommitLog, FarCopy, IndexMemory, Positions};
 pub use raw::RawBytes;
-pub use read::{OpRecordRead, ReadBatch, StoredRecord};
+pub use read::{OpRecordRead, ReadBatch, ReadLimits, StoredRecord};
 pub use repair::{repair, RepairedRange};
 pub use replicated::{verified_end, ReplicaDamage};
 pub use stats::{latency_histogram_us, LogStats};

@@ -104,6 +104,18 @@ pub struct ReadBatch {
     pub lost_offsets: Vec<u64>,
 }
 
+/// How much one read may return: up to `count_max` records, stopping before
+/// `bytes_max` is passed (the first record always comes), none ending above
+/// the log position `cap` (a reader's own visibility limit below the log's
+/// visible position; `u64::MAX` for none; exact only at or above the index
+/// hold, `CommitLog::hold_index_at`).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    pub count_max: usize,
+    pub bytes_max: usize,
+    pub cap: u64,
+}
+
 /// Records and bytes one step of `CommitLog::replay` reads at most.
 const REPLAY_BATCH_RECORDS: usize = 1024;
 const REPLAY_BATCH_BYTES: usize = 4 << 20;
@@ -118,21 +130,23 @@ impl<S: Storage> CommitLog<S> {
         count_max: usize,
         bytes_max: usize,
     ) -> Result<ReadBatch, LogError> {
-        self.read_tagged(queue_id, offset, count_max, bytes_max, &[]).await
+        let limits = ReadLimits { count_max, bytes_max, cap: u64::MAX };
+        self.read_tagged(queue_id, offset, limits, &[]).await
     }
 
-    /// `read`, keeping only records whose index entry carries one of
+    /// `read` within `limits` (records ending above `limits.cap` are not
+    /// seen either), keeping only records whose index entry carries one of
     /// `tag_hashes` (all when empty): the others are passed over unread,
     /// and `next_offset` moves past them.
     pub async fn read_tagged(
         &self,
         queue_id: u32,
         offset: u64,
-        count_max: usize,
-        bytes_max: usize,
+        limits: ReadLimits,
         tag_hashes: &[u32],
     ) -> Result<ReadBatch, LogError> {
-        let (slots, visible_end_offset) = self.shared().visible_slots(queue_id, offset, count_max, bytes_max).await?;
+        let bytes_max = limits.bytes_max;
+        let (slots, visible_end_offset) = self.shared().visible_slots(queue_id, offset, limits).await?;
         let covered = slots.len() as u64;
         let (offsets, slots): (Vec<u64>, Vec<Slot>) = slots
             .into_iter()

@@ -82,6 +82,7 @@ on_every_backend!(
     references_to_large_records_keep_a_read_within_its_bytes,
     an_oversized_record_is_refused,
     async_mode_acknowledges_after_the_write,
+    a_capped_read_sees_no_record_past_its_cap_even_after_a_checkpoint,
 );
 
 /// A message whose content says which one it is, so damage shows.
@@ -173,6 +174,35 @@ async fn segments_roll_over_and_recover<S: Storage + Crash>(storage: S, config: 
     log.close().await.expect("close");
     let log = CommitLog::open(storage, config).await.expect("reopen");
     assert_queue(&log, 0, 1600).await;
+}
+
+/// A reader's cap (a sync primary's released position) hides the records
+/// ending above it; the index hold keeps their entries in memory across a
+/// checkpoint, where the cap can still be applied to them.
+async fn a_capped_read_sees_no_record_past_its_cap_even_after_a_checkpoint<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage, config).await.expect("open");
+    let mut ends = Vec::new();
+    for sequence in 0..5 {
+        let message = message(0, sequence);
+        ends.push(log.append(request(0, &message)).await.expect("append").end);
+    }
+    let cap = ends[2];
+    log.hold_index_at(cap);
+    log.checkpoint().await.expect("checkpoint");
+    assert_eq!(log.index_memory().unwritten_entries, 2, "the entries past the hold stay in memory");
+    let limits = ReadLimits { count_max: 10, bytes_max: 1 << 20, cap };
+    let batch = log.read_tagged(0, 0, limits, &[]).await.expect("capped read");
+    assert_eq!((batch.records.len(), batch.next_offset, batch.visible_end_offset), (3, 3, 3));
+    assert_eq!(log.visible_end_offset_below(0, cap), 3);
+    assert_eq!(log.visible_end_offset_below(0, ends[3] - 1), 3, "a cap inside a record hides it");
+    let nothing = log.read_tagged(0, 3, limits, &[]).await.expect("capped read at the cap");
+    assert!(nothing.records.is_empty());
+    assert_eq!(log.visible_end_offset_below(0, u64::MAX), 5);
+    assert_queue(&log, 0, 5).await;
+    log.hold_index_at(u64::MAX);
+    log.checkpoint().await.expect("checkpoint");
+    assert_eq!(log.index_memory().unwritten_entries, 0, "the lifted hold lets the entries go");
+    log.close().await.expect("close");
 }
 
 async fn unflushed_records_are_invisible<S: Storage>(storage: S, config: LogConfig) {

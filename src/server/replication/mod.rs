@@ -10,6 +10,7 @@ pub mod primary;
 pub mod promoted_marker;
 pub mod promotion;
 mod rejoin;
+pub mod release;
 mod settings;
 pub mod standby;
 mod state;

@@ -52,10 +52,9 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
 /// The status a sync primary answers a produce with once `end` is durable
 /// here: SEND_OK only when the standby has reported `end` durable too.
 pub async fn standby_status(shard: &Shard, end: u64) -> fb::SendStatus {
-    let timeout = shard.config.replication.sync_standby_timeout;
-    match shard.replica.confirmations.confirm(end, timeout).await {
-        Confirmation::Confirmed => fb::SendStatus::SendOk,
-        Confirmation::TimedOut => fb::SendStatus::FlushSlaveTimeout,
-        Confirmation::NoStandby => fb::SendStatus::SlaveNotAvailable,
+    match super::release::await_standby(shard, end).await {
+        None | Some(Confirmation::Confirmed) => fb::SendStatus::SendOk,
+        Some(Confirmation::TimedOut) => fb::SendStatus::FlushSlaveTimeout,
+        Some(Confirmation::NoStandby) => fb::SendStatus::SlaveNotAvailable,
     }
 }

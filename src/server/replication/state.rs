@@ -18,6 +18,9 @@ pub struct ReplicaState {
     pub caught_up: CaughtUp,
     /// On a primary: how far its standby has this shard's log durable.
     pub confirmations: StandbyConfirmations,
+    /// When a change answered without the standby's confirmation was last
+    /// warned about (`release::confirm_change`).
+    pub unconfirmed_warned: Cell<Option<std::time::Instant>>,
     /// On a standby: the primary's durable end in its last answer.
     pub primary_durable: Cell<u64>,
     /// On a standby: why its stream to the primary ended last, until the
@@ -43,6 +46,7 @@ impl ReplicaState {
             epoch_records_read: Cell::new(0),
             caught_up: CaughtUp::default(),
             confirmations: StandbyConfirmations::default(),
+            unconfirmed_warned: Cell::new(None),
             primary_durable: Cell::new(0),
             stream_error: RefCell::new(None),
             stop_following: Cell::new(false),
