@@ -361,7 +361,6 @@ mod tests {
             ("role = \"standby\"", "standby_of"),
             ("standby_of = \"127.0.0.1:9876\"", "role"),
             ("role = \"standby\"\nstandby_of = \"127.0.0.1\"", "standby_of"),
-            ("role = \"standby\"\nstandby_of = \"h:1\"\nreplication = \"sync\"", "replication"),
             ("sync_standby_timeout_ms = 0", "sync_standby_timeout_ms"),
             ("role = \"leader\"", "role"),
             ("replication = \"eventual\"", "replication"),
