@@ -461,7 +461,15 @@ async fn run_shard(start: ShardStart, stop: Arc<AtomicBool>) -> Result<(), Serve
     log.set_retention_floor(0);
     let topics = shard::load_topics(&DmaStorage, &config).await.map_err(shard_error)?;
     let kept = kept_state::rebuild(id, &config, &dir, &log, &topics).await.map_err(shard_error)?;
-    let epochs = replication::epochs::recover(&DmaStorage, &dir, &log).await.map_err(shard_error)?;
+    let mut epochs = replication::epochs::recover(&DmaStorage, &dir, &log).await.map_err(shard_error)?;
+    if replication::epochs::restart_needs_epoch(&config.replication, &log) {
+        // A sync primary ships writes before they are durable: a crash may
+        // have lost bytes its standby holds. The new epoch tells it where
+        // this log ends now.
+        let epoch = epochs.current().epoch + 1;
+        (epochs, _) = replication::epochs::begin(&DmaStorage, &dir, &log, &epochs, epoch).await.map_err(shard_error)?;
+        tracing::info!(epoch, position = log.positions().flushed, "a sync primary's restart starts a new epoch");
+    }
     let (peers, inboxes) = cross::connect(ends).await;
     let config = Rc::new(config);
     let (clock, _ticking) = clock::CoarseClock::start();

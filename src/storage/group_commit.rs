@@ -328,17 +328,20 @@ impl<S: Storage> LogShared<S> {
             FlushMode::Sync => true,
             FlushMode::Async { .. } => force_sync || self.state.borrow().unsynced_bytes >= capacity as u64,
         };
+        let written_buffers = !batch.is_empty();
+        // Before the fdatasync: a sync primary ships what it wrote to its
+        // standby while the fdatasync runs (`read_replicable_bytes`).
+        self.retire(batch);
         if sync {
             self.sync_unsynced().await?;
             if matches!(self.config.flush, FlushMode::Async { .. }) {
                 self.vouch_when_idle().await?;
             }
         }
-        if !batch.is_empty() {
+        if written_buffers {
             let latency_us = started.elapsed().as_micros() as u64;
             self.state.borrow_mut().stats.record_flush(records, bytes, padding, latency_us);
         }
-        self.retire(batch);
         Ok(Round { synced: sync })
     }
 

@@ -276,6 +276,12 @@ impl<S: Storage> CommitLog<S> {
         Ok(())
     }
 
+    /// Resolves once everything up to `end` is written (not yet durable).
+    pub async fn wait_written(&self, end: u64) -> Result<(), LogError> {
+        self.shared.written.wait_for(end).await?;
+        Ok(())
+    }
+
     /// Resolves once everything up to `end` is acknowledgeable.
     pub async fn wait_acknowledgeable(&self, end: u64) -> Result<(), LogError> {
         match self.shared.config.flush {

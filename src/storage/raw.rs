@@ -11,7 +11,8 @@ use super::{CommitLog, LogError};
 pub struct RawBytes {
     pub position: u64,
     pub bytes: Vec<u8>,
-    /// The durable end when they were read.
+    /// The end they were read up to (the durable end, or for a sync
+    /// primary's standby the written end) when they were read.
     pub durable: u64,
     pub segment_start: u64,
     pub segment_size_bytes: u64,
@@ -23,9 +24,25 @@ impl<S: Storage> CommitLog<S> {
     /// files with the same starts and sizes). No bytes when nothing durable
     /// lies there yet; `PositionTruncated` when retention deleted it.
     pub async fn read_durable_bytes(&self, position: u64, max_bytes: usize) -> Result<RawBytes, LogError> {
-        let durable = self.shared().flushed.get();
+        self.read_replicable_bytes(position, max_bytes, false).await
+    }
+
+    /// `read_durable_bytes`, or with `written`, the bytes written and not
+    /// yet durable too: a sync primary ships a write to its standby while
+    /// its own fdatasync runs, and answers its producer once both are
+    /// durable. Such bytes are lost here by a crash before the fdatasync;
+    /// the primary then starts a new epoch where its log ends, which tells
+    /// its standby where to cut (`replication::rejoin`).
+    pub async fn read_replicable_bytes(
+        &self,
+        position: u64,
+        max_bytes: usize,
+        written: bool,
+    ) -> Result<RawBytes, LogError> {
+        let shared = self.shared();
+        let end_mark = if written { shared.written.get() } else { shared.flushed.get() };
         let segment = {
-            let state = self.shared().state.borrow();
+            let state = shared.state.borrow();
             if let Some(earliest) = state.segments.keys().next().copied().filter(|earliest| position < *earliest) {
                 return Err(LogError::PositionTruncated { requested: position, earliest });
             }
@@ -33,10 +50,17 @@ impl<S: Storage> CommitLog<S> {
         };
         let Some(segment) = segment.filter(|segment| segment.contains(position)) else {
             // Past every segment: the log has not reached `position` yet.
-            return Ok(RawBytes { position, durable, ..RawBytes::default() });
+            return Ok(RawBytes { position, durable: end_mark, ..RawBytes::default() });
         };
         let (segment_start, segment_size_bytes) = (segment.start, segment.size_bytes);
-        let end = durable.min(segment.end()).min(position.saturating_add(max_bytes as u64));
+        // A caught-up standby asks for the write just made: still in
+        // memory, no need to read it back from the disk.
+        let limit = segment.end().min(position.saturating_add(max_bytes as u64));
+        let recent = shared.state.borrow().recent.written_from(position, end_mark, limit);
+        if let Some(bytes) = recent {
+            return Ok(RawBytes { position, bytes, durable: end_mark, segment_start, segment_size_bytes });
+        }
+        let end = end_mark.min(limit);
         let bytes = if end > position {
             let length = usize::try_from(end - position).unwrap_or(max_bytes);
             let bytes = segment.read(position - segment.start, length).await?;
@@ -44,14 +68,14 @@ impl<S: Storage> CommitLog<S> {
                 return Err(LogError::Corrupt {
                     path: segment.path.clone(),
                     position,
-                    detail: format!("read {} of {length} durable bytes: the segment file is shorter", bytes.len()),
+                    detail: format!("read {} of {length} replicable bytes: the segment file is shorter", bytes.len()),
                 });
             }
             bytes
         } else {
             Vec::new()
         };
-        Ok(RawBytes { position, bytes, durable, segment_start, segment_size_bytes })
+        Ok(RawBytes { position, bytes, durable: end_mark, segment_start, segment_size_bytes })
     }
 }
 

@@ -10,7 +10,7 @@ use super::index::{IndexEntry, QueueIndex, Slot};
 use super::log::CommitLog;
 use super::record::{self, Decoded};
 use super::LogError;
-use crate::constants::RECORD_HEADER_SIZE_BYTES;
+use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -28,6 +28,13 @@ pub struct WrittenBuffer {
     pub start: u64,
     pub data: AlignedBuf,
     pub filled: usize,
+}
+
+impl WrittenBuffer {
+    /// Where its write ended: the data padded to whole blocks.
+    fn written_end(&self) -> u64 {
+        self.start + (self.filled.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES) as u64
+    }
 }
 
 /// The last written buffers, oldest first, bounded by their capacity.
@@ -51,6 +58,20 @@ impl RecentBuffers {
             }
         }
         evicted
+    }
+
+    /// The written bytes from `position` as the segment file holds them
+    /// (with the write's zero padding up to the next write), up to the end
+    /// of the one buffer that holds `position`, `end_mark` and `limit`, if
+    /// that buffer's data ends at or before `end_mark` (the durable or the
+    /// written end, as the caller may hand out).
+    pub fn written_from(&self, position: u64, end_mark: u64, limit: u64) -> Option<Vec<u8>> {
+        let buffer = self.buffers.iter().rev().find(|buffer| {
+            (buffer.start..buffer.written_end()).contains(&position) && buffer.start + buffer.filled as u64 <= end_mark
+        })?;
+        let end = buffer.written_end().min(end_mark).min(limit);
+        (end > position)
+            .then(|| buffer.data.as_slice()[(position - buffer.start) as usize..(end - buffer.start) as usize].to_vec())
     }
 
     /// The bytes `[position, position + length)` if one buffer holds them.

@@ -16,6 +16,8 @@ pub struct ReplicatedBytes {
     pub segment_size_bytes: u64,
     /// The primary's topic registry (JSON), when asked for.
     pub topics: Option<Vec<u8>>,
+    /// The primary's epoch and where it started in this shard's log.
+    pub epoch: EpochStart,
 }
 
 impl ReplicatedBytes {
@@ -31,6 +33,7 @@ impl ReplicatedBytes {
             segment_start: response.segment_start(),
             segment_size_bytes: response.segment_size_bytes(),
             topics: response.topics().map(|topics| topics.bytes().to_vec()),
+            epoch: EpochStart { epoch: response.epoch(), position: response.epoch_start() },
         };
         let end = answer.position.checked_add(answer.bytes.len() as u64).ok_or("bytes end past u64")?;
         if !answer.bytes.is_empty() {
@@ -87,6 +90,8 @@ pub fn replicate_response(failure: Option<&Failure>, answer: &ReplicatedBytes) -
         segment_start: answer.segment_start,
         segment_size_bytes: answer.segment_size_bytes,
         topics,
+        epoch: answer.epoch.epoch,
+        epoch_start: answer.epoch.position,
     };
     let root = fb::ReplicateResponse::create(&mut builder, &args);
     finish(builder, root)
@@ -144,6 +149,7 @@ mod tests {
             segment_start: 0,
             segment_size_bytes: 1 << 20,
             topics: Some(b"{}".to_vec()),
+            epoch: EpochStart { epoch: 2, position: 8192 },
         };
         let body = replicate_response(None, &answer);
         let response = verify::<fb::ReplicateResponse>(&body).expect("verify");

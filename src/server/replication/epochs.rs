@@ -153,6 +153,29 @@ pub async fn append_record<S: Storage>(log: &CommitLog<S>, start: EpochStart) ->
     log.wait_durable(appended.end).await
 }
 
+/// Whether a start must begin a new epoch: a sync primary's log that holds
+/// anything (its standby may hold bytes a crash lost here).
+pub fn restart_needs_epoch<S: Storage>(settings: &super::ReplicationSettings, log: &CommitLog<S>) -> bool {
+    settings.standby_of.is_none() && settings.replication == super::Replication::Sync && log.positions().flushed > 0
+}
+
+/// Starts `epoch` at the log's durable end: the epoch record, durable, then
+/// the `epochs` file; returns the new history and where the epoch starts.
+pub async fn begin<S: Storage>(
+    storage: &S,
+    shard_dir: &Path,
+    log: &CommitLog<S>,
+    history: &EpochHistory,
+    epoch: u64,
+) -> Result<(EpochHistory, EpochStart), String> {
+    let start = EpochStart { epoch, position: log.positions().flushed };
+    append_record(log, start).await.map_err(|error| format!("appending the epoch record: {error}"))?;
+    let mut history = history.clone();
+    history.push(start);
+    save(storage, shard_dir, &history).await?;
+    Ok((history, start))
+}
+
 /// The epoch records the log holds from queue offset `from` on.
 pub async fn read_records<S: Storage>(log: &CommitLog<S>, from: u64) -> Result<Vec<EpochStart>, LogError> {
     let mut starts = Vec::new();

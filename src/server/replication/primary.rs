@@ -24,19 +24,39 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
     }
     shard.replica.confirmations.note_request(confirmed);
     shard.replica.caught_up.note(shard.log.positions().flushed, confirmed);
-    if shard.log.positions().flushed <= position && !wait.is_zero() {
+    // A sync primary ships each write as soon as it is written: the
+    // standby's fdatasync runs beside its own, and its producer waits for
+    // both. Otherwise only durable bytes go.
+    let written = super::release::is_sync_primary(shard);
+    let end_now = |log: &crate::storage::CommitLog<_>| {
+        let positions = log.positions();
+        if written {
+            positions.written
+        } else {
+            positions.flushed
+        }
+    };
+    if end_now(&shard.log) <= position && !wait.is_zero() {
         // A caught-up standby waits here rather than polling: it hears of a
-        // new durable record within one fdatasync, which is what a
+        // new write at once (sync) or within one fdatasync, which is what a
         // synchronous primary's produce waits on.
-        let durable = shard.log.wait_durable(position.saturating_add(1));
-        let _ = futures_lite::future::or(async { durable.await.is_ok() }, async {
+        let next = position.saturating_add(1);
+        let more = async {
+            if written {
+                shard.log.wait_written(next).await.is_ok()
+            } else {
+                shard.log.wait_durable(next).await.is_ok()
+            }
+        };
+        let _ = futures_lite::future::or(more, async {
             glommio::timer::sleep(wait).await;
             false
         })
         .await;
     }
     shard.replica.confirmations.note_seen();
-    let raw = shard.log.read_durable_bytes(position, max_bytes as usize).await.map_err(log_failure)?;
+    let raw = shard.log.read_replicable_bytes(position, max_bytes as usize, written).await.map_err(log_failure)?;
+    let epoch = shard.replica.epochs.borrow().current();
     let answer = ReplicatedBytes {
         position: raw.position,
         bytes: raw.bytes,
@@ -44,6 +64,7 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
         segment_start: raw.segment_start,
         segment_size_bytes: raw.segment_size_bytes,
         topics: request.with_topics().then(|| shard.topics.borrow().encode()),
+        epoch,
     };
     tracing::trace!(shard = shard.id, position, bytes = answer.bytes.len(), "replicate");
     Ok((Kind::ReplicateResponse, protocol::replicate_response(None, &answer)))

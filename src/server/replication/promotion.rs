@@ -94,7 +94,6 @@ async fn promote_once(shard: &Rc<Shard>, epoch: u64, replication: Replication) -
         return Err(internal(format!("epoch {epoch} is not past this shard's {}", current.epoch)));
     }
     stop_following(shard).await?;
-    let start = EpochStart { epoch, position: shard.log.follow_position() };
     let topics = shard.topics.borrow().clone();
     let kept = kept_state::rebuild(shard.id, &shard.config, &shard.dir, &shard.log, &topics)
         .await
@@ -108,12 +107,9 @@ async fn promote_once(shard: &Rc<Shard>, epoch: u64, replication: Replication) -
             .await
             .map_err(|error| internal(format!("writing the topic table: {error}")))?;
     }
-    epochs::append_record(&shard.log, start)
-        .await
-        .map_err(|error| internal(format!("appending the epoch record: {error}")))?;
-    let mut history: EpochHistory = shard.replica.epochs.borrow().clone();
-    history.push(start);
-    epochs::save(&shard.storage, &shard.dir, &history).await.map_err(internal)?;
+    let history: EpochHistory = shard.replica.epochs.borrow().clone();
+    let (history, start) =
+        epochs::begin(&shard.storage, &shard.dir, &shard.log, &history, epoch).await.map_err(internal)?;
     *shard.replica.epochs.borrow_mut() = history;
     shard.replica.become_primary(replication);
     *shard.replica.primary_tasks.borrow_mut() = crate::server::primary_tasks(shard);

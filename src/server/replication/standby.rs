@@ -67,6 +67,14 @@ enum StreamEnd {
     Follow(#[from] FollowError),
     #[error("a promotion stopped the following")]
     Stopped,
+    #[error(
+        "the primary started epoch {} at log position {} and this log runs past it to {durable}: it holds bytes \
+         the primary lost in a crash before they were durable there (never acknowledged); restart this standby \
+         to set them aside and follow again",
+        epoch.epoch,
+        epoch.position
+    )]
+    Diverged { epoch: crate::protocol::EpochStart, durable: u64 },
 }
 
 /// Follows the primary's shard `shard.id` (base address `primary`) until the
@@ -140,6 +148,12 @@ async fn follow_address(shard: Rc<Shard>, address: String) {
         shard.replica.stream_error.replace(Some(why.clone()));
         match &ended {
             StreamEnd::Stopped => continue,
+            StreamEnd::Diverged { .. } => {
+                // Only an offline cut (`rejoin`, at the next start) can
+                // take the log back; following on would mix two histories.
+                tracing::error!("{why}");
+                return;
+            }
             _ if position_gone.is_some() => tracing::error!("{why}"),
             StreamEnd::Follow(FollowError::Damage(_)) | StreamEnd::Malformed(_) => {
                 tracing::error!(error = %ended, "bad replication stream; nothing of it was written; reconnecting")
@@ -206,6 +220,9 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
             }
             Err(error) => return StreamEnd::Malformed(error),
         };
+        if replicated.epoch.epoch > shard.replica.epoch() && replicated.epoch.position < durable {
+            return StreamEnd::Diverged { epoch: replicated.epoch, durable };
+        }
         shard.replica.primary_durable.set(replicated.durable);
         shard.replica.stream_error.replace(None);
         shard.replica.caught_up.note(replicated.durable, durable);

@@ -10965,6 +10965,8 @@ pub mod ringmq {
             pub const VT_SEGMENT_START: flatbuffers::VOffsetT = 12;
             pub const VT_SEGMENT_SIZE_BYTES: flatbuffers::VOffsetT = 14;
             pub const VT_TOPICS: flatbuffers::VOffsetT = 16;
+            pub const VT_EPOCH: flatbuffers::VOffsetT = 18;
+            pub const VT_EPOCH_START: flatbuffers::VOffsetT = 20;
 
             #[inline]
             pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -10976,6 +10978,8 @@ pub mod ringmq {
                 args: &'args ReplicateResponseArgs<'args>,
             ) -> flatbuffers::WIPOffset<ReplicateResponse<'bldr>> {
                 let mut builder = ReplicateResponseBuilder::new(_fbb);
+                builder.add_epoch_start(args.epoch_start);
+                builder.add_epoch(args.epoch);
                 builder.add_segment_size_bytes(args.segment_size_bytes);
                 builder.add_segment_start(args.segment_start);
                 builder.add_durable(args.durable);
@@ -11082,6 +11086,31 @@ pub mod ringmq {
                         )
                 }
             }
+            /// The primary's epoch and where it started in this shard's log: a
+            /// standby whose log runs past that start holds bytes the primary lost
+            /// (shipped before they were durable, then a crash) and must cut there.
+            #[inline]
+            pub fn epoch(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_EPOCH, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn epoch_start(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicateResponse::VT_EPOCH_START, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl flatbuffers::Verifiable for ReplicateResponse<'_> {
@@ -11111,6 +11140,8 @@ pub mod ringmq {
                         Self::VT_TOPICS,
                         false,
                     )?
+                    .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+                    .visit_field::<u64>("epoch_start", Self::VT_EPOCH_START, false)?
                     .finish();
                 Ok(())
             }
@@ -11123,6 +11154,8 @@ pub mod ringmq {
             pub segment_start: u64,
             pub segment_size_bytes: u64,
             pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+            pub epoch: u64,
+            pub epoch_start: u64,
         }
         impl<'a> Default for ReplicateResponseArgs<'a> {
             #[inline]
@@ -11135,6 +11168,8 @@ pub mod ringmq {
                     segment_start: 0,
                     segment_size_bytes: 0,
                     topics: None,
+                    epoch: 0,
+                    epoch_start: 0,
                 }
             }
         }
@@ -11196,6 +11231,16 @@ pub mod ringmq {
                 );
             }
             #[inline]
+            pub fn add_epoch(&mut self, epoch: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_EPOCH, epoch, 0);
+            }
+            #[inline]
+            pub fn add_epoch_start(&mut self, epoch_start: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicateResponse::VT_EPOCH_START, epoch_start, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>,
             ) -> ReplicateResponseBuilder<'a, 'b> {
@@ -11222,6 +11267,8 @@ pub mod ringmq {
                 ds.field("segment_start", &self.segment_start());
                 ds.field("segment_size_bytes", &self.segment_size_bytes());
                 ds.field("topics", &self.topics());
+                ds.field("epoch", &self.epoch());
+                ds.field("epoch_start", &self.epoch_start());
                 ds.finish()
             }
         }
