@@ -134,17 +134,7 @@ mod tests {
                 assert!(!woken.get(), "a record of queue 1 woke the long poll of queue 0");
             }
             append(QUEUE_0).await;
-            let resolved = futures_lite::future::or(
-                async {
-                    waiter.await;
-                    true
-                },
-                async {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    false
-                },
-            )
-            .await;
+            let resolved = crate::storage::tests::resolves_within(waiter, Duration::from_secs(5)).await;
             assert!(resolved && woken.get(), "a record of its own queue ends the long poll");
             match Rc::try_unwrap(log) {
                 Ok(log) => log.close().await.expect("close"),
@@ -187,17 +177,7 @@ mod tests {
             glommio::timer::sleep(Duration::from_millis(30)).await;
             assert!(!woken.get(), "a record visible in the log but not released ended the long poll");
             confirmations.release(second);
-            let resolved = futures_lite::future::or(
-                async {
-                    waiter.await;
-                    true
-                },
-                async {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    false
-                },
-            )
-            .await;
+            let resolved = crate::storage::tests::resolves_within(waiter, Duration::from_secs(5)).await;
             assert!(resolved && woken.get(), "the release ends the long poll");
             match Rc::try_unwrap(log) {
                 Ok(log) => log.close().await.expect("close"),

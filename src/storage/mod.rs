@@ -136,4 +136,4 @@ mod repair_tests;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

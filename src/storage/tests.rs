@@ -15,6 +15,19 @@ pub(crate) fn run<F: Future>(future: F) -> F::Output {
     executor.run(future)
 }
 
+/// Whether `future` resolves within `limit` (on the test's executor).
+pub(crate) async fn resolves_within(future: impl Future, limit: Duration) -> bool {
+    let resolved = async {
+        future.await;
+        true
+    };
+    futures_lite::future::or(resolved, async {
+        glommio::timer::sleep(limit).await;
+        false
+    })
+    .await
+}
+
 pub(crate) fn config(dir: &Path) -> LogConfig {
     LogConfig {
         segment_size_bytes: 256 * 1024,

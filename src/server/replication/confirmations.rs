@@ -186,17 +186,7 @@ mod tests {
             };
             glommio::timer::sleep(Duration::from_millis(20)).await;
             confirmations.release(50);
-            let woken = futures_lite::future::or(
-                async {
-                    waiter.await;
-                    true
-                },
-                async {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    false
-                },
-            )
-            .await;
+            let woken = crate::storage::tests::resolves_within(waiter, Duration::from_secs(5)).await;
             assert!(woken, "a release woke no one");
         });
     }
