@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::{ringmq, Broker};
+use common::{fetch_all, ringmq, signal, Broker};
 use ringmq::client::{
     admin, CheckedMessage, Client, LocalOutcome, OutgoingMessage, Producer, ProducerOptions, QueueChoice,
     TransactionListener, TransactionProducer,
 };
-use ringmq::protocol::{self, fb, FetchParams, Kind};
+use ringmq::protocol::fb;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,31 +23,6 @@ const QUEUES: u32 = 4;
 const PRODUCERS: usize = 4;
 /// Each producer sends at most this many (bounded load).
 const SENDS_MAX: usize = 400;
-
-/// Every body of `queue`, in offset order, as the broker's fetch answers.
-fn fetch_all(client: &Client, topic: &str, queue: u32) -> Vec<String> {
-    let shard = client.topic(topic).expect("topic").queue_shards[queue as usize];
-    let (mut bodies, mut offset) = (Vec::new(), 0);
-    loop {
-        let params = FetchParams {
-            topic: topic.into(),
-            queue,
-            offset,
-            max_count: 1000,
-            max_bytes: 4 << 20,
-            max_wait_ms: 0,
-            ..FetchParams::default()
-        };
-        let body = client.call(shard, Kind::FetchRequest, &protocol::fetch_request(&params)).expect("fetch");
-        let response = protocol::verify::<fb::FetchResponse>(&body).expect("verify");
-        let (messages, _) = ringmq::client::fetched_messages(&body, &response, topic, queue, offset).expect("records");
-        if response.next_offset() <= offset {
-            return bodies;
-        }
-        bodies.extend(messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")));
-        offset = response.next_offset();
-    }
-}
 
 struct Unknown;
 
@@ -220,13 +195,6 @@ fn every_send_ok_message_survives_a_kill_and_a_promotion_in_order_once() {
     // primary's restart starts the next epoch.
     standby.restart();
     check(&standby_address, 2);
-}
-
-fn signal(broker: &Broker, signal: i32) {
-    // SAFETY: sending a signal to our own child's pid has no memory-safety
-    // preconditions; the child has not been waited for, so the pid is its.
-    let sent = unsafe { libc::kill(broker.pid() as i32, signal) };
-    assert_eq!(sent, 0, "signal {signal}");
 }
 
 fn send(producer: &Producer, body: &str) -> fb::SendStatus {

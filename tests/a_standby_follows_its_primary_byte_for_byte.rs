@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::Broker;
+use common::{fetch_all, signal, Broker};
 use ringmq::client::{admin, Client, ClientError, OutgoingMessage, Producer, ProducerOptions, QueueChoice};
-use ringmq::protocol::{self, fb, FetchParams, Kind};
+use ringmq::protocol::{self, fb, Kind};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -63,25 +63,6 @@ fn assert_same_segments(primary: &Broker, standby: &Broker, ends: &[u64]) {
             assert!(wanted == got, "shard {shard} segment {start} differs from the primary's");
         }
     }
-}
-
-/// Every message body of queue `queue` of `topic`, from offset 0, as a
-/// broker's fetch answers (no group: a standby refuses joins).
-fn fetch_all(client: &Client, topic: &str, queue: u32) -> Vec<String> {
-    let shard = client.topic(topic).expect("topic").queue_shards[queue as usize];
-    let params = FetchParams {
-        topic: topic.into(),
-        queue,
-        offset: 0,
-        max_count: 1000,
-        max_bytes: 4 << 20,
-        max_wait_ms: 0,
-        ..FetchParams::default()
-    };
-    let body = client.call(shard, Kind::FetchRequest, &protocol::fetch_request(&params)).expect("fetch");
-    let response = protocol::verify::<fb::FetchResponse>(&body).expect("verify");
-    let (messages, _) = ringmq::client::fetched_messages(&body, &response, topic, queue, 0).expect("records");
-    messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")).collect()
 }
 
 fn produce(producer: &Producer, from: usize, to: usize) {
@@ -180,13 +161,6 @@ fn send_one(producer: &Producer, body: &str) -> (fb::SendStatus, Duration) {
         .send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::Explicit(0))
         .expect("send");
     (receipt.status, started.elapsed())
-}
-
-fn signal(broker: &Broker, signal: i32) {
-    // SAFETY: sending a signal to our own child's pid has no memory-safety
-    // preconditions; the child has not been waited for, so the pid is its.
-    let sent = unsafe { libc::kill(broker.pid() as i32, signal) };
-    assert_eq!(sent, 0, "signal {signal}");
 }
 
 #[test]

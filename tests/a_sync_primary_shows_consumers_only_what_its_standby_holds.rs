@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{free_ports, Broker};
+use common::{free_ports, signal, Broker};
 use ringmq::client::{
     admin, Client, Consumer, ConsumerOptions, OutgoingMessage, Producer, ProducerOptions, QueueChoice,
 };
@@ -59,13 +59,6 @@ fn send(producer: &Producer, body: &str) -> (fb::SendStatus, Duration) {
         .send(&OutgoingMessage { body: body.as_bytes(), ..Default::default() }, QueueChoice::Explicit(0))
         .expect("send");
     (receipt.status, started.elapsed())
-}
-
-fn signal(broker: &Broker, signal: i32) {
-    // SAFETY: sending a signal to our own child's pid has no memory-safety
-    // preconditions; the child has not been waited for, so the pid is its.
-    let sent = unsafe { libc::kill(broker.pid() as i32, signal) };
-    assert_eq!(sent, 0, "signal {signal}");
 }
 
 /// Resumes the standby however the test ends, so the broker's drop can

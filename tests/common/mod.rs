@@ -267,3 +267,38 @@ pub fn ringmq_failing(args: &[&str]) -> String {
     assert!(!output.status.success(), "ringmq {args:?} succeeded: {}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8(output.stderr).expect("utf-8")
 }
+
+/// Sends `signal` (SIGSTOP, SIGCONT, ...) to the running broker.
+pub fn signal(broker: &Broker, signal: i32) {
+    // SAFETY: sending a signal to our own child's pid has no memory-safety
+    // preconditions; the child has not been waited for, so the pid is its.
+    let sent = unsafe { libc::kill(broker.pid() as i32, signal) };
+    assert_eq!(sent, 0, "signal {signal}");
+}
+
+/// Every body of `queue` of `topic` from offset 0, in offset order, as a
+/// broker's fetch answers (no group: a standby refuses joins).
+pub fn fetch_all(client: &ringmq::client::Client, topic: &str, queue: u32) -> Vec<String> {
+    use ringmq::protocol::{self, fb, FetchParams, Kind};
+    let shard = client.topic(topic).expect("topic").queue_shards[queue as usize];
+    let (mut bodies, mut offset) = (Vec::new(), 0);
+    loop {
+        let params = FetchParams {
+            topic: topic.into(),
+            queue,
+            offset,
+            max_count: 1000,
+            max_bytes: 4 << 20,
+            max_wait_ms: 0,
+            ..FetchParams::default()
+        };
+        let body = client.call(shard, Kind::FetchRequest, &protocol::fetch_request(&params)).expect("fetch");
+        let response = protocol::verify::<fb::FetchResponse>(&body).expect("verify");
+        let (messages, _) = ringmq::client::fetched_messages(&body, &response, topic, queue, offset).expect("records");
+        if response.next_offset() <= offset {
+            return bodies;
+        }
+        bodies.extend(messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")));
+        offset = response.next_offset();
+    }
+}
