@@ -234,3 +234,24 @@ fn message_get_finds_a_message_by_id_and_prints_it_as_consume_does() {
     let stderr = ringmq_failing(&["message", "get", "--id", &ids[1].0, "--scan-max", "1", "--broker", &address]);
     assert!(stderr.contains("--scan-max"), "{stderr}");
 }
+
+/// `ringmq status | head -1` and the like: a closed stdout ends the command
+/// quietly, never with a panic.
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    let broker = Broker::start(2);
+    for args in [&["status", "--json"][..], &["status"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(args)
+            .args(["--broker", &broker.address(), "--log", "warn"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ringmq status");
+        // The reader goes away before the first line.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

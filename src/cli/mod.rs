@@ -95,9 +95,25 @@ fn init_logging(filter: &str, format: LogFormat) {
     };
 }
 
+/// A command whose output goes into a pipe that closed (`ringmq status |
+/// head -1`) ends quietly, as other Unix tools do, instead of panicking in
+/// `println!`. Not the broker: it writes no stdout, and a signal must not
+/// end it. Sockets are unaffected (the standard library sends with
+/// MSG_NOSIGNAL).
+fn end_quietly_on_a_closed_stdout() {
+    // SAFETY: `signal` with SIG_DFL installs no handler (no code runs in
+    // signal context); it is called once, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_a_closed_stdout();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Topic(command) => topic::run(command),
