@@ -292,6 +292,7 @@ fn run_phase(args: &Args, target: &Target<'_>, transactional: bool) -> Result<Ph
         consumed: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         not_send_ok: Mutex::new(BTreeMap::new()),
+        failed_requests: Mutex::new(BTreeMap::new()),
         interval: Mutex::new((latency_histogram_us(), latency_histogram_us())),
     });
     let workload = Workload {
@@ -434,6 +435,14 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) ->
     );
     let not_send_ok = shared.not_send_ok.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let not_send_ok_total: u64 = not_send_ok.values().sum();
+    let failed_requests = shared.failed_requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    if !failed_requests.is_empty() {
+        let kinds: Vec<String> = failed_requests.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+        println!(
+            "{prefix}requests that got no answer (their messages are among the send errors): {}",
+            kinds.join(", ")
+        );
+    }
     let by_status: Vec<String> = not_send_ok.iter().map(|(status, count)| format!("{status} {count}")).collect();
     println!(
         "{prefix}answered other than SEND_OK (not acknowledged, among the send errors): {not_send_ok_total} messages{}",
@@ -456,6 +465,7 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) ->
         "publish_p50_to_raw_fsync_p50": ((publish_p50 as f64 / raw_p50.max(1) as f64) * 100.0).round() / 100.0,
         "not_send_ok": not_send_ok_total,
         "not_send_ok_by_status": not_send_ok,
+        "failed_requests_by_kind": failed_requests,
     });
     PhaseSummary { json, publish_rate, lost, not_send_ok: not_send_ok_total }
 }

@@ -63,6 +63,9 @@ pub struct Shared {
     /// (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE), by
     /// status name; each is in `errors` too, never acknowledged.
     pub not_send_ok: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests that got no answer, by why (a broker's refusal by its
+    /// error code, a timeout, a lost connection): counted in `errors` too.
+    pub failed_requests: Mutex<BTreeMap<String, u64>>,
     /// The current reporting interval: publish and end-to-end latency.
     pub interval: Mutex<(Histogram<u64>, Histogram<u64>)>,
 }
@@ -280,6 +283,9 @@ async fn send(
         Ok(connection) => connection.request(Kind::ProduceRequest, &request).await,
         Err(error) => Err(error),
     };
+    if let Err(error) = &answer {
+        count_failed_request(context, error);
+    }
     let statuses: Option<Vec<fb::SendStatus>> = answer.ok().and_then(|body| {
         let response = verify::<fb::ProduceResponse>(&body).ok()?;
         Some(response.sends()?.iter().map(|send| send.status()).collect())
@@ -304,6 +310,25 @@ pub fn status_name(status: fb::SendStatus) -> &'static str {
         fb::SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
         _ => "UNKNOWN",
     }
+}
+
+/// Why a request got no answer, in a word or two: a refusal by its error
+/// code, else the kind of failure.
+fn failure_kind(error: &ClientError) -> String {
+    match error {
+        ClientError::Broker(failure) => format!("{:?}", failure.code),
+        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Io { .. } => "io".into(),
+        ClientError::Closed { .. } => "closed".into(),
+        ClientError::Timeout { .. } => "timeout".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        other => format!("{other:?}").split([' ', '(', '{']).next().unwrap_or("other").to_string(),
+    }
+}
+
+fn count_failed_request(context: &Context, error: &ClientError) {
+    let mut counts = context.shared.failed_requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *counts.entry(failure_kind(error)).or_default() += 1;
 }
 
 fn count_not_send_ok(context: &Context, statuses: &[fb::SendStatus]) {

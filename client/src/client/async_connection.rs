@@ -20,9 +20,6 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Frames queued for the writer at most.
-const OUTBOX_FRAMES_MAX: usize = 1024;
-
 /// `future`, or `Timeout` after `limit`.
 async fn within<T>(limit: Duration, future: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
     glommio_io::within(limit, future).await.unwrap_or(Err(ClientError::Timeout { after: limit }))
@@ -50,7 +47,12 @@ impl AsyncConnection {
         let stream = within(timeout, connecting).await?;
         stream.set_nodelay(true).map_err(|error| connect_error(error.to_string()))?;
         let (reader, writer) = futures_lite::io::split(stream);
-        let (outbox, frames) = local_channel::new_bounded(OUTBOX_FRAMES_MAX);
+        // Unbounded, so frames go out in the order `request` was called: a
+        // bounded channel lets a new sender overtake one waiting for room,
+        // which reorders a producer's sequenced requests. Every queued frame
+        // has a caller waiting for its answer, so the callers' own
+        // concurrency bounds the queue.
+        let (outbox, frames) = local_channel::new_unbounded();
         let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
         let closed = Rc::new(Cell::new(false));
         let writer_task = glommio::spawn_local(write_frames(writer, frames, closed.clone(), timeout));
@@ -103,7 +105,7 @@ impl AsyncConnection {
         self.next_request_id.set((request_id.wrapping_add(1) & !crate::protocol::BROKER_REQUEST_BIT).max(1));
         let (sender, receiver) = local_channel::new_bounded(1);
         self.waiters.borrow_mut().insert(request_id, sender);
-        if self.outbox.send(encode_frame(kind as u16, request_id, body)).await.is_err() {
+        if self.outbox.try_send(encode_frame(kind as u16, request_id, body)).is_err() {
             self.waiters.borrow_mut().remove(&request_id);
             return Err(ClientError::Closed { address: self.address.clone() });
         }
