@@ -20,7 +20,7 @@ use super::stats::LogStats;
 use super::watermark::{Signal, Watermark};
 use super::{recovery, FlushMode, LogConfig, LogError};
 // Store timestamps: the clock producers stamp messages with.
-pub(super) use crate::now_us;
+pub(super) use super::now_us;
 use glommio::Task;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};

@@ -42,7 +42,17 @@ mod stats;
 mod tail;
 mod watermark;
 
-pub use crate::now_us;
+/// Wall-clock microseconds, for store timestamps and retention. A fault
+/// simulation sets its own clock on its thread (`simulation::clock`): the
+/// timestamps are in the bytes it damages, and a seed must replay byte for
+/// byte.
+pub fn now_us() -> u64 {
+    #[cfg(test)]
+    if let Some(now) = simulation::clock::tick() {
+        return now;
+    }
+    crate::now_us()
+}
 pub use checkpoint::Checkpoint;
 pub use config::{FlushMode, LogConfig, Retention};
 pub use diverged::{set_aside_after, side_file_path, DivergedTail};

@@ -16,6 +16,7 @@
 //! `RINGMQ_SIM_FIRST_SEED=<n>` shifts the range.
 
 mod boot;
+pub mod clock;
 mod disk;
 mod found_bugs;
 mod oracle;
@@ -356,6 +357,7 @@ async fn simulate<D: SimDisk>(seed: u64, scenario: Scenario, mut rng: fastrand::
 }
 
 fn run_seed(seed: u64) -> Outcome {
+    let _clock = clock::SimulatedClock::start();
     let mut rng = fastrand::Rng::with_seed(seed);
     let scenario = Scenario::random(&mut rng);
     let faulty = rng.u8(0..10) < 3;
