@@ -131,6 +131,15 @@ pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
     };
     let context =
         Rc::new(Context { plan, shared, local: RefCell::new(local), connections: RefCell::new(HashMap::new()) });
+    // One connection per shard, made before any producer sends: producers
+    // that found none and each connected would spread one producer's
+    // requests over several connections, whose order the broker cannot
+    // keep (it answers OUT_OF_ORDER_SEQUENCE).
+    for shard in 0..context.plan.endpoints.len() as u32 {
+        if let Err(error) = context.connection(shard).await {
+            tracing::warn!(shard, %error, "no connection to the shard yet; producers will retry");
+        }
+    }
     let mut tasks = Vec::new();
     for producer in context.plan.producers.clone() {
         tasks.push(glommio::spawn_local(run_producer(context.clone(), producer)));
