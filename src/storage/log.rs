@@ -276,10 +276,14 @@ impl<S: Storage> CommitLog<S> {
         Ok(())
     }
 
-    /// Resolves once everything up to `end` is written (not yet durable).
-    pub async fn wait_written(&self, end: u64) -> Result<(), LogError> {
-        self.shared.written.wait_for(end).await?;
-        Ok(())
+    /// The end a standby may be sent bytes up to: the durable end, or with
+    /// `written` (a sync primary, `read_replicable_bytes`) the written end.
+    pub fn replicable_mark(&self, written: bool) -> &Watermark<LogError> {
+        if written {
+            &self.shared.written
+        } else {
+            &self.shared.flushed
+        }
     }
 
     /// Resolves once everything up to `end` is acknowledgeable.

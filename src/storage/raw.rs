@@ -40,7 +40,7 @@ impl<S: Storage> CommitLog<S> {
         written: bool,
     ) -> Result<RawBytes, LogError> {
         let shared = self.shared();
-        let end_mark = if written { shared.written.get() } else { shared.flushed.get() };
+        let end_mark = self.replicable_mark(written).get();
         let segment = {
             let state = shared.state.borrow();
             if let Some(earliest) = state.segments.keys().next().copied().filter(|earliest| position < *earliest) {

@@ -64,6 +64,17 @@ impl EpochHistory {
         *self = Self::from_starts(starts);
     }
 
+    /// This history with the epochs of `records` that are newer than its
+    /// current one; `None` when none is (nothing to write down).
+    pub fn with_newer(&self, records: Vec<EpochStart>) -> Option<EpochHistory> {
+        let current = self.current().epoch;
+        let newer: Vec<EpochStart> = records.into_iter().filter(|start| start.epoch > current).collect();
+        if newer.is_empty() {
+            return None;
+        }
+        Some(Self::from_starts(self.starts.iter().copied().chain(newer).collect()))
+    }
+
     /// Where this history's log parts from the log of `theirs`.
     pub fn diverges_from(&self, theirs: &EpochHistory) -> Divergence {
         let ours = self.current();
@@ -190,17 +201,15 @@ pub async fn read_records<S: Storage>(log: &CommitLog<S>, from: u64) -> Result<V
 /// The file's history with the epoch records the log holds on top (a crash
 /// between a replicated epoch record and the file's update loses neither).
 pub async fn recover<S: Storage>(storage: &S, shard_dir: &Path, log: &CommitLog<S>) -> Result<EpochHistory, String> {
-    let mut history = load(storage, shard_dir).await?;
+    let history = load(storage, shard_dir).await?;
     let records = read_records(log, 0).await.map_err(|error| format!("reading the epoch records: {error}"))?;
-    let current = history.current().epoch;
-    let newer: Vec<EpochStart> = records.into_iter().filter(|start| start.epoch > current).collect();
-    if !newer.is_empty() {
-        let mut starts = history.starts().to_vec();
-        starts.extend(newer);
-        history = EpochHistory::from_starts(starts);
-        save(storage, shard_dir, &history).await?;
+    match history.with_newer(records) {
+        Some(newer) => {
+            save(storage, shard_dir, &newer).await?;
+            Ok(newer)
+        }
+        None => Ok(history),
     }
-    Ok(history)
 }
 
 #[cfg(test)]

@@ -28,26 +28,12 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
     // standby's fdatasync runs beside its own, and its producer waits for
     // both. Otherwise only durable bytes go.
     let written = super::release::is_sync_primary(shard);
-    let end_now = |log: &crate::storage::CommitLog<_>| {
-        let positions = log.positions();
-        if written {
-            positions.written
-        } else {
-            positions.flushed
-        }
-    };
-    if end_now(&shard.log) <= position && !wait.is_zero() {
+    let end = shard.log.replicable_mark(written);
+    if end.get() <= position && !wait.is_zero() {
         // A caught-up standby waits here rather than polling: it hears of a
         // new write at once (sync) or within one fdatasync, which is what a
         // synchronous primary's produce waits on.
-        let next = position.saturating_add(1);
-        let more = async {
-            if written {
-                shard.log.wait_written(next).await.is_ok()
-            } else {
-                shard.log.wait_durable(next).await.is_ok()
-            }
-        };
+        let more = async { end.wait_for(position.saturating_add(1)).await.is_ok() };
         let _ = futures_lite::future::or(more, async {
             glommio::timer::sleep(wait).await;
             false

@@ -274,21 +274,16 @@ async fn stream(shard: &Shard, connection: &AsyncConnection, back_off: &mut Dura
 /// Epoch records that just arrived go into the shard's history (and its
 /// `epochs` file) before the standby asks again.
 async fn epochs_learned(shard: &Shard) -> Result<(), String> {
-    let known = shard.replica.epoch();
     let next_offset = shard.replica.epoch_records_read.get();
     if shard.log.visible_end_offset(crate::server::offsets::EPOCH_QUEUE_ID) <= next_offset {
         return Ok(());
     }
     let records = epochs::read_records(&shard.log, next_offset).await.map_err(|error| error.to_string())?;
     shard.replica.epoch_records_read.set(shard.log.visible_end_offset(crate::server::offsets::EPOCH_QUEUE_ID));
-    let newer: Vec<_> = records.into_iter().filter(|start| start.epoch > known).collect();
-    if newer.is_empty() {
-        return Ok(());
-    }
-    let mut history = shard.replica.epochs.borrow().clone();
-    for start in newer {
+    let known = shard.replica.epoch();
+    let Some(history) = shard.replica.epochs.borrow().with_newer(records) else { return Ok(()) };
+    for start in history.starts().iter().filter(|start| start.epoch > known) {
         tracing::info!(epoch = start.epoch, position = start.position, "the primary started a new epoch");
-        history.push(start);
     }
     epochs::save(&shard.storage, &shard.dir, &history).await?;
     *shard.replica.epochs.borrow_mut() = history;
