@@ -367,6 +367,12 @@ mod tests {
     use crate::storage::backend::MemoryStorage;
     use crate::storage::tests::run;
 
+    /// Every entry of the first `blocks` blocks of `file`, each block valid.
+    async fn entries_of<F: StorageFile>(file: &KeyFile<F>, blocks: u64) -> Vec<KeyEntry> {
+        let read = file.read_blocks(0, blocks).await.expect("read");
+        read.into_iter().flat_map(|block| block.expect("a valid block").entries).collect()
+    }
+
     fn entry(position: u64) -> KeyEntry {
         KeyEntry { key_hash: position * 7, position, store_timestamp_us: position + 1, size_bytes: 100, queue_id: 1024 }
     }
@@ -404,13 +410,7 @@ mod tests {
                 panic!("a good file was not trusted")
             };
             assert_eq!((reopened.blocks(), reopened.through()), (3, 400 * 104));
-            let read: Vec<KeyEntry> = reopened
-                .read_blocks(0, 3)
-                .await
-                .expect("read")
-                .into_iter()
-                .flat_map(|block| block.expect("a valid block").entries)
-                .collect();
+            let read = entries_of(&reopened, 3).await;
             assert_eq!(read, all);
             assert!(
                 matches!(KeyFile::open(&storage, path.clone(), 0, 300 * 104).await, Ok(Opened::Missing(_))),
@@ -427,13 +427,7 @@ mod tests {
             assert_eq!((shorter.blocks(), shorter.through()), (2, all[254].position));
             shorter.append(&all[254..], 300 * 104).await.expect("written again");
             shorter.sync().await.expect("sync");
-            let read: Vec<KeyEntry> = shorter
-                .read_blocks(0, 3)
-                .await
-                .expect("read")
-                .into_iter()
-                .flat_map(|block| block.expect("a valid block").entries)
-                .collect();
+            let read = entries_of(&shorter, 3).await;
             assert_eq!(read, all);
             // A damaged last block after one that is not full: not trusted.
             storage.flip_bit(&path, 2 * BLOCK_SIZE_BYTES as u64 + 40, 3).expect("flip");

@@ -130,6 +130,16 @@ mod tests {
         assert_eq!((confirmations.confirmed(), confirmations.released()), (500, 500));
     }
 
+    /// A task waiting (`confirm_or_release`) for `end`.
+    fn spawn_wait(
+        confirmations: &std::rc::Rc<StandbyConfirmations>,
+        end: u64,
+        timeout: Duration,
+    ) -> glommio::Task<Confirmation> {
+        let confirmations = confirmations.clone();
+        glommio::spawn_local(async move { confirmations.confirm_or_release(end, timeout).await })
+    }
+
     #[test]
     fn a_wait_with_no_standby_releases_its_end_at_once() {
         run(async {
@@ -145,12 +155,7 @@ mod tests {
         run(async {
             let confirmations = std::rc::Rc::new(StandbyConfirmations::default());
             confirmations.note_request(100);
-            let waiting = {
-                let confirmations = confirmations.clone();
-                glommio::spawn_local(
-                    async move { confirmations.confirm_or_release(900, Duration::from_millis(200)).await },
-                )
-            };
+            let waiting = spawn_wait(&confirmations, 900, Duration::from_millis(200));
             glommio::timer::sleep(Duration::from_millis(50)).await;
             assert_eq!(confirmations.released(), 100, "released before the wait gave up");
             assert_eq!(waiting.await, Confirmation::TimedOut);
@@ -163,12 +168,7 @@ mod tests {
         run(async {
             let confirmations = std::rc::Rc::new(StandbyConfirmations::default());
             confirmations.note_request(100);
-            let waiting = {
-                let confirmations = confirmations.clone();
-                glommio::spawn_local(
-                    async move { confirmations.confirm_or_release(300, Duration::from_secs(60)).await },
-                )
-            };
+            let waiting = spawn_wait(&confirmations, 300, Duration::from_secs(60));
             glommio::timer::sleep(Duration::from_millis(20)).await;
             confirmations.note_request(400);
             assert_eq!(waiting.await, Confirmation::Confirmed);
