@@ -206,19 +206,22 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
     let mut next_sequences = vec![0u64; queues as usize];
     loop {
         let now = Instant::now();
-        let intended = match request_interval {
-            Some(interval) => context.shared.start + interval.mul_f64(request as f64),
-            None => now,
-        };
+        let scheduled = request_interval.map(|interval| context.shared.start + interval.mul_f64(request as f64));
         // Stop at the end of the run, in intended time or, when the broker
         // cannot keep up with the rate, in wall-clock time.
-        if intended >= context.shared.produce_end || now >= context.shared.produce_end {
+        if scheduled.is_some_and(|at| at >= context.shared.produce_end) || now >= context.shared.produce_end {
             break;
         }
-        if intended > now {
-            glommio::timer::sleep(intended - now).await;
+        if let Some(wait) = scheduled.and_then(|at| at.checked_duration_since(now)) {
+            glommio::timer::sleep(wait).await;
         }
         let Ok(permit) = window.clone().acquire_static_permit(1).await else { break };
+        // At a fixed rate a request is due at its slot, and waiting for room
+        // in the window is part of its latency (coordinated omission). As
+        // fast as the window allows (closed loop), it is due when its room
+        // comes: timing it from before would add the previous request's
+        // round trip to its own (twice the latency at window 1).
+        let intended = scheduled.unwrap_or_else(Instant::now);
         let first_sequence = request * workload.batch as u64;
         let queue = if workload.keyed {
             crc32fast::hash(format!("key-{}", first_sequence % 1024).as_bytes()) % queues
