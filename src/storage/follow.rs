@@ -106,13 +106,14 @@ impl<S: Storage> CommitLog<S> {
         }
         // Nothing of its own to vouch for: the primary's markers are in the bytes.
         shared.vouched.set(shared.vouched.get().max(end));
+        shared.taken.advance(end);
         shared.written.advance(end);
         shared.flushed.advance(end);
         Ok(end)
     }
 
     /// Writes `verified` at log position `from` of `segment` (O_DIRECT,
-    /// whole blocks) and fdatasyncs. Only when `from` lies inside a block
+    /// whole blocks), durable when the write completes. Only when `from` lies inside a block
     /// (the primary's write continues past the last answer's durable end:
     /// never with whole writes) is that block written again with the bytes
     /// it holds.
@@ -132,8 +133,11 @@ impl<S: Storage> CommitLog<S> {
         data[..kept.len()].copy_from_slice(&kept);
         data[kept.len()..kept.len() + verified.len()].copy_from_slice(verified);
         let io = |operation, error| LogError::io(operation, &segment.path, from, error);
-        segment.file.write_at(buffer.as_slice(), first_block).await.map_err(|error| io("write replicated", error))?;
-        segment.file.fdatasync().await.map_err(|error| io("fdatasync replicated", error))?;
+        segment
+            .file
+            .write_durable_at(buffer.as_slice(), first_block)
+            .await
+            .map_err(|error| io("write replicated", error))?;
         Ok(())
     }
 

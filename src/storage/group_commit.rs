@@ -286,41 +286,62 @@ pub struct Round {
     pub synced: bool,
 }
 
+/// A sealed buffer with its batch marker stamped: final bytes, readable
+/// from the recent buffers, waiting for their write.
+struct TakenWrite<F> {
+    segment: Rc<Segment<F>>,
+    file_offset: u64,
+    buffer: Rc<WrittenBuffer>,
+    records: u64,
+    ends_segment: bool,
+}
+
+impl<F> TakenWrite<F> {
+    /// Bytes the write covers: the data padded to whole blocks.
+    fn length(&self) -> usize {
+        align_up(self.buffer.filled)
+    }
+
+    fn end(&self) -> u64 {
+        self.buffer.start + self.buffer.filled as u64
+    }
+}
+
 impl<S: Storage> LogShared<S> {
     /// Writes every pending buffer and, when `sync` is due, fdatasyncs.
     pub async fn flush_round(&self, force_sync: bool) -> Result<Round, LogError> {
         let capacity = self.config.buffer_capacity_bytes;
-        let mut batch = self.state.borrow_mut().take_batch(capacity);
+        let batch = self.state.borrow_mut().take_batch(capacity);
         self.batches.advance(self.state.borrow().batches_taken);
         let started = Instant::now();
+        let durable_writes = self.durable_writes_fit(&batch);
+        let written_buffers = !batch.is_empty();
         let (mut records, mut bytes, mut padding) = (0, 0, 0);
-        for sealed in &mut batch {
-            let fill = &mut sealed.fill;
-            let length = align_up(fill.filled);
-            if fill.records > 0 {
-                let gap_bytes = (fill.file_offset - fill.data_before) as u32;
-                let start = record::WriteStart { position: fill.start(), durable_position: self.flushed.get() };
-                self.vouched.set(self.vouched.get().max(start.durable_position));
-                let write = &mut fill.data.as_mut_slice()[..length];
-                record::stamp_batch_marker(write, start, gap_bytes, super::now_us());
-            }
-            let fill = &sealed.fill;
+        for sealed in batch {
+            // Stamped one at a time, each right before its write: its marker
+            // claims what is durable then (after an earlier buffer that ended
+            // a segment was synced), as recovery expects.
+            let write = self.stamp(sealed);
+            let length = write.length();
             if length > 0 {
-                self.write(fill, length).await?;
+                // Final now: a sync primary ships it to its standby while it
+                // is written and synced here (`read_replicable_bytes`).
+                self.taken.advance(write.end());
+                self.write(&write, durable_writes).await?;
                 if let Some(error) = self.state.borrow().stopped_error() {
                     return Err(error);
                 }
-                self.written.advance(fill.end());
+                self.written.advance(write.end());
             }
-            records += fill.records;
+            records += write.records;
             bytes += length as u64;
-            if fill.records > 0 {
-                padding += (length - fill.filled + BATCH_MARKER_SIZE_BYTES) as u64;
+            if write.records > 0 {
+                padding += (length - write.buffer.filled + BATCH_MARKER_SIZE_BYTES) as u64;
             }
             // A full segment is durable before anything reaches the next one,
             // so recovery can trust that data in a later segment means every
             // earlier segment is complete.
-            if sealed.ends_segment {
+            if write.ends_segment {
                 self.sync_unsynced().await?;
             }
         }
@@ -328,11 +349,9 @@ impl<S: Storage> LogShared<S> {
             FlushMode::Sync => true,
             FlushMode::Async { .. } => force_sync || self.state.borrow().unsynced_bytes >= capacity as u64,
         };
-        let written_buffers = !batch.is_empty();
-        // Before the fdatasync: a sync primary ships what it wrote to its
-        // standby while the fdatasync runs (`read_replicable_bytes`).
-        self.retire(batch);
-        if sync {
+        if durable_writes {
+            self.mark_durable(self.written.get())?;
+        } else if sync {
             self.sync_unsynced().await?;
             if matches!(self.config.flush, FlushMode::Async { .. }) {
                 self.vouch_when_idle().await?;
@@ -343,6 +362,33 @@ impl<S: Storage> LogShared<S> {
             self.state.borrow_mut().stats.record_flush(records, bytes, padding, latency_us);
         }
         Ok(Round { synced: sync })
+    }
+
+    /// Stamps a sealed buffer's batch marker and moves it to the recent
+    /// buffers (readers see only what their watermark covers).
+    fn stamp(&self, sealed: SealedBuffer<S::File>) -> TakenWrite<S::File> {
+        let SealedBuffer { mut fill, ends_segment } = sealed;
+        if fill.records > 0 {
+            let gap_bytes = (fill.file_offset - fill.data_before) as u32;
+            let start = record::WriteStart { position: fill.start(), durable_position: self.flushed.get() };
+            self.vouched.set(self.vouched.get().max(start.durable_position));
+            let length = align_up(fill.filled);
+            let write = &mut fill.data.as_mut_slice()[..length];
+            record::stamp_batch_marker(write, start, gap_bytes, super::now_us());
+        }
+        let (segment, file_offset, records) = (fill.segment.clone(), fill.file_offset, fill.records);
+        let buffer = Rc::new(WrittenBuffer { start: fill.start(), data: fill.data, filled: fill.filled });
+        self.retire(buffer.clone());
+        TakenWrite { segment, file_offset, buffer, records, ends_segment }
+    }
+
+    /// In sync mode a round of one write, with nothing else unsynced, is
+    /// made durable by the write itself (`write_durable_at`): its fdatasync
+    /// would cover exactly that write.
+    fn durable_writes_fit(&self, batch: &[SealedBuffer<S::File>]) -> bool {
+        matches!(self.config.flush, FlushMode::Sync)
+            && matches!(batch, [only] if only.fill.filled > 0)
+            && self.state.borrow().unsynced_segments.is_empty()
     }
 
     /// After an fdatasync in async mode that covered several writes, only
@@ -377,20 +423,27 @@ impl<S: Storage> LogShared<S> {
         written.map_err(|error| LogError::io("write batch marker", &segment.path, start.position, error))?;
         self.note_unsynced(&segment, block);
         let marker_end = start.position + BATCH_MARKER_SIZE_BYTES as u64;
+        self.taken.advance(marker_end);
         self.written.advance(marker_end);
         // The marker itself needs no vouching: no second one follows it.
         self.vouched.set(marker_end);
         self.sync_unsynced().await
     }
 
-    /// One O_DIRECT write of a whole buffer, padded to whole blocks.
-    async fn write(&self, fill: &FillBuffer<S::File>, length: usize) -> Result<(), LogError> {
-        fill.segment
-            .file
-            .write_at(&fill.data.as_slice()[..length], fill.file_offset)
-            .await
-            .map_err(|error| LogError::io("write", &fill.segment.path, fill.start(), error))?;
-        self.note_unsynced(&fill.segment, length as u64);
+    /// One O_DIRECT write of a whole buffer, padded to whole blocks; with
+    /// `durable`, one that is durable when it completes.
+    async fn write(&self, write: &TakenWrite<S::File>, durable: bool) -> Result<(), LogError> {
+        let (file, length) = (&write.segment.file, write.length());
+        let data = &write.buffer.data.as_slice()[..length];
+        let written = if durable {
+            file.write_durable_at(data, write.file_offset).await
+        } else {
+            file.write_at(data, write.file_offset).await
+        };
+        written.map_err(|error| LogError::io("write", &write.segment.path, write.buffer.start, error))?;
+        if !durable {
+            self.note_unsynced(&write.segment, length as u64);
+        }
         Ok(())
     }
 
@@ -413,30 +466,32 @@ impl<S: Storage> LogShared<S> {
         for segment in &segments {
             segment.file.fdatasync().await.map_err(|error| LogError::io("fdatasync", &segment.path, written, error))?;
         }
+        self.state.borrow_mut().unsynced_bytes = 0;
+        self.mark_durable(written)
+    }
+
+    /// Everything up to `written` reached the disk durably.
+    fn mark_durable(&self, written: u64) -> Result<(), LogError> {
         if let Some(error) = self.state.borrow().stopped_error() {
             // Stopped while this round was on the disk: its records were
             // refused to their appenders and must not become visible.
             return Err(error);
         }
-        self.state.borrow_mut().unsynced_bytes = 0;
         if written > self.flushed.get() {
             self.flushed.advance(written);
         }
         Ok(())
     }
 
-    /// Written buffers go to the recent cache; evicted ones back to the pool.
-    fn retire(&self, batch: Vec<SealedBuffer<S::File>>) {
+    /// A taken buffer goes to the recent cache; evicted ones that nobody
+    /// holds any more (a write in flight does) back to the pool.
+    fn retire(&self, buffer: Rc<WrittenBuffer>) {
         let mut state = self.state.borrow_mut();
-        for sealed in batch {
-            let fill = sealed.fill;
-            let written = WrittenBuffer { start: fill.start(), data: fill.data, filled: fill.filled };
-            for mut evicted in state.recent.push(Rc::new(written), self.config.recent_buffers_bytes) {
-                if state.pool.len() < 2 * SEALED_BUFFERS_MAX + 2 {
-                    let used = align_up(evicted.filled);
-                    evicted.data.clear(used);
-                    state.pool.push(evicted.data);
-                }
+        for mut evicted in state.recent.push(buffer, self.config.recent_buffers_bytes) {
+            if state.pool.len() < 2 * SEALED_BUFFERS_MAX + 2 {
+                let used = align_up(evicted.filled);
+                evicted.data.clear(used);
+                state.pool.push(evicted.data);
             }
         }
     }
@@ -447,6 +502,7 @@ impl<S: Storage> LogShared<S> {
         tracing::error!(%error, "commit log stopped: no more appends are accepted");
         let cause = Arc::new(error);
         self.state.borrow_mut().stopped = Some(cause.clone());
+        self.taken.fail(LogError::Stopped { cause: cause.clone() });
         self.written.fail(LogError::Stopped { cause: cause.clone() });
         self.batches.fail(LogError::Stopped { cause: cause.clone() });
         self.flushed.fail(LogError::Stopped { cause });

@@ -143,6 +143,10 @@ pub struct LogShared<S: Storage> {
     pub storage: S,
     pub config: LogConfig,
     pub state: RefCell<LogState<S::File>>,
+    /// End of the buffers the flusher took for writing: their bytes are
+    /// final (batch markers stamped) though maybe not on the disk yet.
+    /// `appended >= taken >= written >= flushed`.
+    pub taken: Watermark<LogError>,
     pub written: Watermark<LogError>,
     pub flushed: Watermark<LogError>,
     /// Mirrors `LogState::batches_taken`, for appenders waiting for room.
@@ -195,6 +199,7 @@ impl<S: Storage> CommitLog<S> {
             storage,
             config,
             state: RefCell::new(state),
+            taken: Watermark::new(end),
             written: Watermark::new(end),
             flushed: Watermark::new(end),
             batches: Watermark::new(0),
@@ -277,10 +282,11 @@ impl<S: Storage> CommitLog<S> {
     }
 
     /// The end a standby may be sent bytes up to: the durable end, or with
-    /// `written` (a sync primary, `read_replicable_bytes`) the written end.
-    pub fn replicable_mark(&self, written: bool) -> &Watermark<LogError> {
-        if written {
-            &self.shared.written
+    /// `taken` (a sync primary, `read_replicable_bytes`) the end of what the
+    /// flusher took for writing, so the standby writes beside this log.
+    pub fn replicable_mark(&self, taken: bool) -> &Watermark<LogError> {
+        if taken {
+            &self.shared.taken
         } else {
             &self.shared.flushed
         }

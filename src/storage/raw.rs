@@ -12,7 +12,7 @@ pub struct RawBytes {
     pub position: u64,
     pub bytes: Vec<u8>,
     /// The end they were read up to (the durable end, or for a sync
-    /// primary's standby the written end) when they were read.
+    /// primary's standby the taken end) when they were read.
     pub durable: u64,
     pub segment_start: u64,
     pub segment_size_bytes: u64,
@@ -27,20 +27,21 @@ impl<S: Storage> CommitLog<S> {
         self.read_replicable_bytes(position, max_bytes, false).await
     }
 
-    /// `read_durable_bytes`, or with `written`, the bytes written and not
-    /// yet durable too: a sync primary ships a write to its standby while
-    /// its own fdatasync runs, and answers its producer once both are
-    /// durable. Such bytes are lost here by a crash before the fdatasync;
+    /// `read_durable_bytes`, or with `taken`, the bytes taken for writing
+    /// and not yet durable too (from the recent buffers; the disk holds only
+    /// what was written): a sync primary ships a write to its standby while
+    /// its own write and fdatasync run, and answers its producer once both
+    /// are durable. Such bytes are lost here by a crash before they are;
     /// the primary then starts a new epoch where its log ends, which tells
     /// its standby where to cut (`replication::rejoin`).
     pub async fn read_replicable_bytes(
         &self,
         position: u64,
         max_bytes: usize,
-        written: bool,
+        taken: bool,
     ) -> Result<RawBytes, LogError> {
         let shared = self.shared();
-        let end_mark = self.replicable_mark(written).get();
+        let end_mark = self.replicable_mark(taken).get();
         let segment = {
             let state = shared.state.borrow();
             if let Some(earliest) = state.segments.keys().next().copied().filter(|earliest| position < *earliest) {
@@ -60,7 +61,7 @@ impl<S: Storage> CommitLog<S> {
         if let Some(bytes) = recent {
             return Ok(RawBytes { position, bytes, durable: end_mark, segment_start, segment_size_bytes });
         }
-        let end = end_mark.min(limit);
+        let end = end_mark.min(shared.written.get()).min(limit);
         let bytes = if end > position {
             let length = usize::try_from(end - position).unwrap_or(max_bytes);
             let bytes = segment.read(position - segment.start, length).await?;

@@ -64,7 +64,7 @@ impl RecentBuffers {
     /// (with the write's zero padding up to the next write), up to the end
     /// of the one buffer that holds `position`, `end_mark` and `limit`, if
     /// that buffer's data ends at or before `end_mark` (the durable or the
-    /// written end, as the caller may hand out).
+    /// taken end, as the caller may hand out).
     pub fn written_from(&self, position: u64, end_mark: u64, limit: u64) -> Option<Vec<u8>> {
         let buffer = self.buffers.iter().rev().find(|buffer| {
             (buffer.start..buffer.written_end()).contains(&position) && buffer.start + buffer.filled as u64 <= end_mark

@@ -24,11 +24,11 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
     }
     shard.replica.confirmations.note_request(confirmed);
     shard.replica.caught_up.note(shard.log.positions().flushed, confirmed);
-    // A sync primary ships each write as soon as it is written: the
-    // standby's fdatasync runs beside its own, and its producer waits for
-    // both. Otherwise only durable bytes go.
-    let written = super::release::is_sync_primary(shard);
-    let end = shard.log.replicable_mark(written);
+    // A sync primary ships each write as soon as its flusher takes it: the
+    // standby's write and fdatasync run beside its own, and its producer
+    // waits for both. Otherwise only durable bytes go.
+    let taken = super::release::is_sync_primary(shard);
+    let end = shard.log.replicable_mark(taken);
     if end.get() <= position && !wait.is_zero() {
         // A caught-up standby waits here rather than polling: it hears of a
         // new write at once (sync) or within one fdatasync, which is what a
@@ -41,7 +41,7 @@ pub async fn replicate(shard: &Shard, request: fb::ReplicateRequest<'_>) -> Answ
         .await;
     }
     shard.replica.confirmations.note_seen();
-    let raw = shard.log.read_replicable_bytes(position, max_bytes as usize, written).await.map_err(log_failure)?;
+    let raw = shard.log.read_replicable_bytes(position, max_bytes as usize, taken).await.map_err(log_failure)?;
     let epoch = shard.replica.epochs.borrow().current();
     let answer = ReplicatedBytes {
         position: raw.position,

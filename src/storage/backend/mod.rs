@@ -71,6 +71,13 @@ impl From<CreateError> for io::Error {
 #[allow(async_fn_in_trait)]
 pub trait StorageFile: 'static {
     async fn write_at(&self, data: &[u8], position: u64) -> io::Result<()>;
+    /// `write_at` followed by what `fdatasync` promises, for this write and
+    /// every earlier one to this file. A backend may do it in one operation
+    /// (an O_DSYNC write: one trip to the device's queue instead of two).
+    async fn write_durable_at(&self, data: &[u8], position: u64) -> io::Result<()> {
+        self.write_at(data, position).await?;
+        self.fdatasync().await
+    }
     /// Reads exactly `length` bytes at `position` (any alignment); fewer only
     /// at the end of the file.
     async fn read_at(&self, position: u64, length: usize) -> io::Result<Vec<u8>>;
