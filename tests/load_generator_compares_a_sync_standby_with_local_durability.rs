@@ -25,6 +25,8 @@ fn a_sync_standby_run_is_reported_beside_local_durability_and_every_send_is_ok()
         "run 1 of 2: local",
         "run 2 of 2: sync standby",
         "connected to every shard of the primary",
+        // The standby's shards were placed (`ringmq serve --cpuset`).
+        "standby shards on CPUs",
         "publish:",
         "verification:",
         "publish p50 / raw fdatasync p50",

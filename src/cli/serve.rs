@@ -1,6 +1,7 @@
 //! `ringmq serve`: flags over an optional TOML config file over defaults.
 
 use crate::constants::FLUSH_INTERVAL_MS_DEFAULT;
+use crate::server::cpuset::CpuSet;
 use crate::server::delay_levels::DelayLevels;
 use crate::server::replication::{Replication, Role};
 use crate::server::{self, ServerConfig};
@@ -112,6 +113,10 @@ pub struct ServeArgs {
     /// On a standby: the primary's base address, HOST:PORT.
     #[arg(long)]
     standby_of: Option<String>,
+    /// CPUs the shards run on, in shard order, e.g. "1,3-4" (wrapping when
+    /// there are more shards); default: shard i on CPU i.
+    #[arg(long)]
+    cpuset: Option<String>,
     /// TOML file with any of: data_dir, listen, shards, flush,
     /// flush_interval_ms, sync_flush_timeout_ms, checkpoint_interval_ms,
     /// index_cache_bytes, producer_idle_expiry_ms, producers_max, topics_max, groups_max,
@@ -121,7 +126,7 @@ pub struct ServeArgs {
     /// connections_max, in_flight_max, in_flight_bytes_max,
     /// connection_idle_timeout_ms, connection_write_timeout_ms,
     /// incomplete_frames_bytes_max, spin_before_park_us, role, replication,
-    /// sync_standby_timeout_ms, standby_of.
+    /// sync_standby_timeout_ms, standby_of, cpuset.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -162,6 +167,7 @@ struct ConfigFile {
     replication: Option<Replication>,
     sync_standby_timeout_ms: Option<u64>,
     standby_of: Option<String>,
+    cpuset: Option<String>,
 }
 
 fn split_listen(listen: &str) -> Result<(String, u16), String> {
@@ -252,6 +258,9 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     }
     if let Some(bytes) = args.incomplete_frames_bytes_max.or(file.incomplete_frames_bytes_max) {
         config.incomplete_frames_bytes_max = bytes;
+    }
+    if let Some(cpuset) = args.cpuset.or(file.cpuset) {
+        config.cpuset = Some(CpuSet::parse(&cpuset)?);
     }
     if let Some(spin) = file.spin_before_park_us {
         config.spin_before_park = Duration::from_micros(spin);

@@ -7,6 +7,7 @@ mod admin;
 mod checker;
 mod clock;
 mod connection;
+pub mod cpuset;
 mod cross;
 pub mod data_dir;
 mod dedup;
@@ -103,6 +104,8 @@ pub struct ServerConfig {
     /// Executors spin this long for new work before they sleep: less wake-up
     /// latency for more CPU. Zero (the default) sleeps at once.
     pub spin_before_park: Duration,
+    /// The CPUs the shards run on, in shard order; `None`: shard i on CPU i.
+    pub cpuset: Option<cpuset::CpuSet>,
     /// A producer that stored nothing this long is forgotten.
     pub producer_idle_expiry: Duration,
     /// Producers one shard tracks at most.
@@ -153,6 +156,7 @@ impl Default for ServerConfig {
             connection_write_timeout: Duration::from_millis(CONNECTION_WRITE_TIMEOUT_MS_DEFAULT),
             incomplete_frames_bytes_max: INCOMPLETE_FRAMES_BYTES_MAX_DEFAULT,
             spin_before_park: Duration::ZERO,
+            cpuset: None,
             producer_idle_expiry: Duration::from_millis(PRODUCER_IDLE_EXPIRY_MS_DEFAULT),
             producers_max: PRODUCERS_MAX_DEFAULT,
             topics_max: TOPICS_MAX_DEFAULT,
@@ -197,6 +201,9 @@ impl ServerConfig {
         let refuse = |detail: String| Err(ServerError::Config(detail));
         if self.shards.is_some_and(|shards| !(1..=SHARDS_MAX).contains(&shards)) {
             return refuse(format!("shards must be 1 to {SHARDS_MAX}"));
+        }
+        if let Some(cpuset) = &self.cpuset {
+            cpuset.check_allowed().map_err(ServerError::Config)?;
         }
         if !(1..=TOPICS_MAX_LIMIT).contains(&self.topics_max) {
             return refuse(format!("topics_max {} must be 1 to {TOPICS_MAX_LIMIT}", self.topics_max));
@@ -380,14 +387,15 @@ pub fn run_until(mut config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), 
         let shard = index as u32;
         let (config, endpoints, stop, gate) = (config.clone(), endpoints.clone(), stop.clone(), gate.clone());
         let (readiness, board) = (readiness.clone(), board.clone());
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed((shard % cpus) as usize));
+        let cpu = config.cpuset.as_ref().map_or((shard % cpus) as usize, |cpuset| cpuset.cpu_for(shard));
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu));
         if !config.spin_before_park.is_zero() {
             builder = builder.spin_before_park(config.spin_before_park);
         }
         let handle = builder
             .name(&format!("ringmq-shard-{shard}"))
             .spawn(move || async move {
-                let span = tracing::info_span!("shard", id = shard);
+                let span = tracing::info_span!("shard", id = shard, cpu);
                 let started =
                     ShardStart { id: shard, shard_count, config, endpoints, ends, port, gate, readiness, board };
                 let result = run_shard(started, stop.clone()).instrument(span).await;

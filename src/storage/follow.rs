@@ -100,9 +100,14 @@ impl<S: Storage> CommitLog<S> {
             self.index_replicated(&segment, from, verified)?;
         }
         {
+            // The filling buffer moves to the new end; its memory (empty: a
+            // following log appends nothing) is reused, not allocated anew
+            // for every replicated write.
             let mut state = shared.state.borrow_mut();
-            let capacity = shared.config.buffer_capacity_bytes;
-            state.filling = filling_at(&segment, end, capacity);
+            let data = state.take_buffer(shared.config.buffer_capacity_bytes);
+            let before = std::mem::replace(&mut state.filling, filling_at(&segment, end, data));
+            debug_assert_eq!(before.filled, 0);
+            state.pool.push(before.data);
         }
         // Nothing of its own to vouch for: the primary's markers are in the bytes.
         shared.vouched.set(shared.vouched.get().max(end));

@@ -60,18 +60,32 @@ impl RecentBuffers {
         evicted
     }
 
-    /// The written bytes from `position` as the segment file holds them
-    /// (with the write's zero padding up to the next write), up to the end
-    /// of the one buffer that holds `position`, `end_mark` and `limit`, if
-    /// that buffer's data ends at or before `end_mark` (the durable or the
-    /// taken end, as the caller may hand out).
+    /// The bytes from `position` as the segment file holds them (each
+    /// write's zero padding included), through the buffer that holds
+    /// `position` and the ones right after it that continue it, up to
+    /// `end_mark` (the durable or the taken end, as the caller may hand out)
+    /// and `limit`; only buffers whose data ends at or before `end_mark`.
+    /// A standby whose durable end is the last write's data end gets that
+    /// write's padding and the next write in one answer, not two.
     pub fn written_from(&self, position: u64, end_mark: u64, limit: u64) -> Option<Vec<u8>> {
-        let buffer = self.buffers.iter().rev().find(|buffer| {
-            (buffer.start..buffer.written_end()).contains(&position) && buffer.start + buffer.filled as u64 <= end_mark
-        })?;
-        let end = buffer.written_end().min(end_mark).min(limit);
-        (end > position)
-            .then(|| buffer.data.as_slice()[(position - buffer.start) as usize..(end - buffer.start) as usize].to_vec())
+        let first = self.buffers.iter().rposition(|buffer| (buffer.start..buffer.written_end()).contains(&position))?;
+        let mut bytes = Vec::new();
+        let mut at = position;
+        for buffer in self.buffers.range(first..) {
+            let continues = buffer.start <= at && at < buffer.written_end();
+            if !continues || buffer.start + buffer.filled as u64 > end_mark {
+                break;
+            }
+            let end = buffer.written_end().min(end_mark).min(limit);
+            if end <= at {
+                break;
+            }
+            bytes.extend_from_slice(
+                &buffer.data.as_slice()[(at - buffer.start) as usize..(end - buffer.start) as usize],
+            );
+            at = end;
+        }
+        (!bytes.is_empty()).then_some(bytes)
     }
 
     /// The bytes `[position, position + length)` if one buffer holds them.
@@ -392,6 +406,39 @@ mod tests {
     fn slot(position: u64, size_bytes: u32) -> Slot {
         let entry = IndexEntry { position, size_bytes, tag_hash: 0, store_timestamp_us: 0 };
         Slot { entry, record_end: position + u64::from(size_bytes) }
+    }
+
+    /// A written buffer at `start` holding `filled` bytes of `fill`.
+    fn written(start: u64, filled: usize, fill: u8) -> Rc<WrittenBuffer> {
+        let mut data = AlignedBuf::zeroed(4 * BLOCK_SIZE_BYTES);
+        data.as_mut_slice()[..filled].fill(fill);
+        Rc::new(WrittenBuffer { start, data, filled })
+    }
+
+    #[test]
+    fn a_standby_at_a_writes_data_end_gets_its_padding_and_the_next_write_at_once() {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let mut recent = RecentBuffers::default();
+        // Two writes: 100 bytes at 0 (padded to the block), 300 at the next block.
+        recent.push(written(0, 100, 1), usize::MAX);
+        recent.push(written(block, 300, 2), usize::MAX);
+        let bytes = recent.written_from(100, block + 300, u64::MAX).expect("bytes");
+        assert_eq!(bytes.len() as u64, block + 300 - 100);
+        assert!(bytes[..(block - 100) as usize].iter().all(|byte| *byte == 0), "the first write's padding");
+        assert!(bytes[(block - 100) as usize..].iter().all(|byte| *byte == 2), "the second write's data");
+        // Only up to the mark: a buffer not wholly below it is not handed out.
+        assert_eq!(recent.written_from(100, 100, u64::MAX), None);
+        assert_eq!(recent.written_from(100, block + 299, u64::MAX).map(|bytes| bytes.len() as u64), Some(block - 100));
+        // And the limit (the answer's size, the segment's end) holds.
+        assert_eq!(recent.written_from(0, block + 300, 50).map(|bytes| bytes.len()), Some(50));
+        // A gap (another segment, a lone marker's block) ends the bytes.
+        let mut gapped = RecentBuffers::default();
+        gapped.push(written(0, 100, 1), usize::MAX);
+        gapped.push(written(2 * block, 300, 2), usize::MAX);
+        assert_eq!(
+            gapped.written_from(100, 2 * block + 300, u64::MAX).map(|bytes| bytes.len() as u64),
+            Some(block - 100)
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
         next_write = vouch(&end).await?;
     }
     let key_files = super::key_lookup::recover_key_files(storage, config, &segments, end.position).await?;
-    let filling = filling_at(&end.segment, next_write, config.buffer_capacity_bytes);
+    let filling = filling_at(&end.segment, next_write, AlignedBuf::zeroed(config.buffer_capacity_bytes));
     tracing::info!(end = end.position, scanned_from = scan_start, queues = queues.len(), "commit log recovered");
     Ok(Pass::Recovered(Box::new(LogState {
         segments,
@@ -550,9 +550,9 @@ pub(super) async fn zero_range<F: StorageFile>(segment: &Segment<F>, from: u64, 
 
 /// The empty filling buffer that continues the log on the block after
 /// `position` of `segment`.
-pub(super) fn filling_at<F: StorageFile>(segment: &Rc<Segment<F>>, position: u64, capacity: usize) -> FillBuffer<F> {
+pub(super) fn filling_at<F: StorageFile>(segment: &Rc<Segment<F>>, position: u64, data: AlignedBuf) -> FillBuffer<F> {
     let block = BLOCK_SIZE_BYTES as u64;
     let data_before = position - segment.start;
     let file_offset = (data_before.div_ceil(block) * block).min(segment.size_bytes);
-    FillBuffer::empty_at(segment.clone(), file_offset, data_before, AlignedBuf::zeroed(capacity))
+    FillBuffer::empty_at(segment.clone(), file_offset, data_before, data)
 }

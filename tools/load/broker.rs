@@ -64,15 +64,18 @@ impl SpawnedBroker {
 
     /// A primary with `--replication MODE`, then a standby of it on a
     /// directory and ports of its own; returns once every shard of the
-    /// primary reports its standby connected.
+    /// primary reports its standby connected. The standby's shard i runs on
+    /// another CPU than the primary's shard i (`standby_cpuset`).
     pub fn start_pair(shards: Option<u32>, mode: StandbyMode) -> Result<(Self, Self), String> {
         let shard_count = shard_count(shards);
         let primary = Self::start_with(Self::directory()?, shard_count, &["--replication", mode.name()])?;
         let primary_address = primary.address.clone();
+        let cpuset = standby_cpuset(shard_count, cpu_count());
+        println!("standby shards on CPUs {cpuset} (shard i of the primary on CPU i)");
         let mut standby = Self::start_with(
             Self::directory()?,
             shard_count,
-            &["--role", "standby", "--standby-of", primary_address.as_str()],
+            &["--role", "standby", "--standby-of", primary_address.as_str(), "--cpuset", cpuset.as_str()],
         )?;
         standby.wait_connected_to(&primary_address)?;
         Ok((primary, standby))
@@ -163,5 +166,38 @@ impl Drop for SpawnedBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |count| count.get())
+}
+
+/// The standby's `--cpuset`: its shard i on a CPU other than its primary's
+/// shard i (which runs on CPU i), the CPUs after the primary's shards first.
+/// On separate machines a standby's CPU is its own; here each pair of
+/// shards at least does not share one while there are two.
+pub fn standby_cpuset(shards: u32, cpus: usize) -> String {
+    let (shards, cpus) = (shards as usize, cpus.max(1));
+    let offset = match shards % cpus {
+        0 => 1,
+        rest => rest,
+    };
+    let list: Vec<String> = (0..shards).map(|shard| ((shard + offset) % cpus).to_string()).collect();
+    list.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::standby_cpuset;
+
+    #[test]
+    fn a_standby_runs_on_the_cpus_after_its_primarys_shards() {
+        assert_eq!(standby_cpuset(1, 2), "1");
+        assert_eq!(standby_cpuset(2, 8), "2,3");
+        assert_eq!(standby_cpuset(2, 2), "1,0");
+        assert_eq!(standby_cpuset(3, 4), "3,0,1");
+        assert_eq!(standby_cpuset(4, 2), "1,0,1,0");
+        assert_eq!(standby_cpuset(1, 1), "0");
     }
 }
