@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// On a standby: the primary's base address, HOST:PORT.
     #[arg(long)]
     standby_of: Option<String>,
+    /// Shard executors spin this long (microseconds) for new work before
+    /// they sleep: less wake-up latency for more CPU (default 0).
+    #[arg(long)]
+    spin_before_park_us: Option<u64>,
     /// CPUs the shards run on, in shard order, e.g. "1,3-4" (wrapping when
     /// there are more shards); default: shard i on CPU i.
     #[arg(long)]
@@ -262,7 +266,7 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(cpuset) = args.cpuset.or(file.cpuset) {
         config.cpuset = Some(CpuSet::parse(&cpuset)?);
     }
-    if let Some(spin) = file.spin_before_park_us {
+    if let Some(spin) = args.spin_before_park_us.or(file.spin_before_park_us) {
         config.spin_before_park = Duration::from_micros(spin);
     }
     if let Some(max) = file.in_flight_max {

@@ -18,6 +18,14 @@ pub struct SpawnedBroker {
     _temp: tempfile::TempDir,
 }
 
+/// The spawned standby's `--spin-before-park-us`. On a machine of its own
+/// a standby has idle cores to spin on; here it has the CPU `standby_cpuset`
+/// gives it. Spinning spares it a wake-up from sleep per write it receives
+/// (on these VMs an interrupt to a halted virtual CPU: 50-90 us of publish
+/// p50 in docs/PERFORMANCE.md); longer spins crowd out the kernel's own work
+/// on that CPU (p99 2-4x at 500-1000 us).
+const STANDBY_SPIN_BEFORE_PARK_US: u64 = 200;
+
 /// `--standby`: how the spawned primary replicates to its standby.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StandbyMode {
@@ -71,11 +79,23 @@ impl SpawnedBroker {
         let primary = Self::start_with(Self::directory()?, shard_count, &["--replication", mode.name()])?;
         let primary_address = primary.address.clone();
         let cpuset = standby_cpuset(shard_count, cpu_count());
-        println!("standby shards on CPUs {cpuset} (shard i of the primary on CPU i)");
+        let spin = STANDBY_SPIN_BEFORE_PARK_US.to_string();
+        println!(
+            "standby shards on CPUs {cpuset} (shard i of the primary on CPU i), spinning {spin} us before they sleep"
+        );
         let mut standby = Self::start_with(
             Self::directory()?,
             shard_count,
-            &["--role", "standby", "--standby-of", primary_address.as_str(), "--cpuset", cpuset.as_str()],
+            &[
+                "--role",
+                "standby",
+                "--standby-of",
+                primary_address.as_str(),
+                "--cpuset",
+                cpuset.as_str(),
+                "--spin-before-park-us",
+                spin.as_str(),
+            ],
         )?;
         standby.wait_connected_to(&primary_address)?;
         Ok((primary, standby))
