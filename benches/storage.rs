@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 const RECORD_MESSAGE_BYTES: usize = 1024;
 const RAW_FSYNC_ITERATIONS: usize = 3000;
 const RAW_BANDWIDTH_BYTES: u64 = 1024 * 1024 * 1024;
-const RAW_WRITES_IN_FLIGHT: u64 = 4;
 const APPENDER_COUNTS: [usize; 3] = [1, 16, 256];
 /// A phase stops at its time or at this many bytes, whichever comes first,
 /// so it crosses at most one (prepared) segment boundary.
@@ -220,9 +219,11 @@ async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
     println!(
         "raw 256 KiB O_DIRECT overwrite + fdatasync: p50 {raw_batch_p50} us (ceiling for 256 x 1 KiB sync appenders: {batch_ceiling_mb_s:.0} MB/s)"
     );
-    let raw_mb_s =
-        disk_probe::write_bandwidth_mb_s(&dir, RAW_BANDWIDTH_BYTES, RAW_WRITES_IN_FLIGHT).await.expect("raw bandwidth");
-    println!("raw sequential O_DIRECT write ({RAW_WRITES_IN_FLIGHT} x 1 MiB in flight): {raw_mb_s:.0} MB/s");
+    let raw_mb_s = disk_probe::write_bandwidth_mb_s(&dir, RAW_BANDWIDTH_BYTES, disk_probe::BANDWIDTH_WRITES_IN_FLIGHT)
+        .await
+        .expect("raw bandwidth");
+    let in_flight = disk_probe::BANDWIDTH_WRITES_IN_FLIGHT;
+    println!("raw sequential O_DIRECT write ({in_flight} x 1 MiB in flight): {raw_mb_s:.0} MB/s");
     let log_dir = dir.join("log");
     let log = Rc::new(CommitLog::open(DmaStorage, LogConfig::new(&log_dir)).await.expect("open log"));
     let mut report = json!({

@@ -24,7 +24,15 @@ fn a_short_run_reports_everything_and_loses_nothing() {
         .expect("run ringmq-load");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for line in ["raw disk under", "publish:", "end-to-end:", "verification:", "publish p50 / raw fdatasync p50"] {
+    for line in [
+        "raw disk under",
+        "sequential O_DIRECT write",
+        "publish:",
+        "end-to-end:",
+        "verification:",
+        "publish p50 / raw fdatasync p50",
+        "publish MB/s / raw write MB/s",
+    ] {
         assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
     }
     let summary: serde_json::Value =
@@ -38,6 +46,8 @@ fn a_short_run_reports_everything_and_loses_nothing() {
         }
     }
     assert_eq!(summary["lost"], 0);
+    assert!(summary["raw_write_mb_s"].as_f64().is_some_and(|mb_s| mb_s > 0.0), "no raw bandwidth: {summary}");
+    assert!(summary["publish_mb_s_to_raw_write_mb_s"].as_f64().is_some_and(|share| share > 0.0), "{summary}");
     assert!(summary["acknowledged"].as_u64().is_some_and(|count| count > 0), "nothing acknowledged: {summary}");
     let log = std::fs::read_to_string(&hdr).expect("hdr log");
     assert!(log.contains("Tag=publish,") && log.contains("Tag=e2e,"), "{log}");

@@ -14,6 +14,9 @@ use std::time::Instant;
 /// Size of the file the fdatasync probe overwrites in turn.
 const PROBE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// 1 MiB writes the bandwidth probe keeps in flight: enough to keep the
+/// device's queue busy, as the log's flusher does with large rounds.
+pub const BANDWIDTH_WRITES_IN_FLIGHT: u64 = 4;
 
 fn open_options() -> OpenOptions {
     let mut options = OpenOptions::new();

@@ -130,12 +130,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn raw_fsync(dir: &std::path::Path) -> Result<Histogram<u64>, String> {
+/// The raw disk figures of one run, measured before any broker starts.
+#[derive(Clone, Copy, Debug)]
+struct RawDisk {
+    fsync_p50_us: u64,
+    write_mb_s: f64,
+}
+
+/// Bytes the raw bandwidth probe writes (after zero-filling its file).
+const RAW_BANDWIDTH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The raw disk under `dir`, as the log uses it: 4 KiB O_DIRECT overwrite +
+/// fdatasync latency, and sequential O_DIRECT write bandwidth (MB/s).
+fn raw_disk(dir: &std::path::Path) -> Result<(Histogram<u64>, f64), String> {
     let executor =
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().map_err(|error| error.to_string())?;
     let probe_dir = dir.to_path_buf();
     executor
-        .run(async move { ringmq::storage::disk_probe::fdatasync_latency(&probe_dir, 4096, 2000).await })
+        .run(async move {
+            use ringmq::storage::disk_probe;
+            let latency = disk_probe::fdatasync_latency(&probe_dir, 4096, 2000).await?;
+            let in_flight = disk_probe::BANDWIDTH_WRITES_IN_FLIGHT;
+            let bandwidth = disk_probe::write_bandwidth_mb_s(&probe_dir, RAW_BANDWIDTH_BYTES, in_flight).await?;
+            std::io::Result::Ok((latency, bandwidth))
+        })
         .map_err(|error| format!("raw disk probe in {}: {error}", dir.display()))
 }
 
@@ -181,17 +199,20 @@ fn run(args: Args) -> Result<ExitCode, String> {
     // not compete (a new broker zero-fills its first segments).
     let temp = if args.spawn_broker { Some(broker::SpawnedBroker::directory()?) } else { None };
     let probe_dir = temp.as_ref().map_or(args.data_dir.clone(), |temp| temp.path().to_path_buf());
-    let raw = raw_fsync(&probe_dir)?;
-    let raw_p50 = raw.value_at_quantile(0.5);
+    let (latency, write_mb_s) = raw_disk(&probe_dir)?;
+    let raw = RawDisk { fsync_p50_us: latency.value_at_quantile(0.5), write_mb_s };
     println!(
-        "raw disk under {}: 4 KiB O_DIRECT overwrite + fdatasync p50 {raw_p50} us, p99 {} us",
+        "raw disk under {}: 4 KiB O_DIRECT overwrite + fdatasync p50 {} us, p99 {} us; sequential O_DIRECT write \
+         ({} x 1 MiB in flight) {write_mb_s:.0} MB/s",
         probe_dir.display(),
-        raw.value_at_quantile(0.99)
+        raw.fsync_p50_us,
+        latency.value_at_quantile(0.99),
+        ringmq::storage::disk_probe::BANDWIDTH_WRITES_IN_FLIGHT,
     );
     let cores =
         args.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get())).max(1);
     let spawned = match (temp, args.standby) {
-        (Some(temp), Some(mode)) => return compare_with_standby(&args, mode, temp, cores, raw_p50),
+        (Some(temp), Some(mode)) => return compare_with_standby(&args, mode, temp, cores, raw),
         (Some(temp), None) => Some(broker::SpawnedBroker::start(temp, args.broker_shards)?),
         (None, _) => None,
     };
@@ -200,7 +221,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
     if let Some(broker) = spawned {
         broker.stop();
     }
-    summarize(&args, &plain, transactional.as_ref(), None, raw_p50)
+    summarize(&args, &plain, transactional.as_ref(), None, raw)
 }
 
 /// `--standby`: the same workload against a primary alone, then against a
@@ -210,7 +231,7 @@ fn compare_with_standby(
     mode: broker::StandbyMode,
     temp: tempfile::TempDir,
     cores: usize,
-    raw_p50: u64,
+    raw: RawDisk,
 ) -> Result<ExitCode, String> {
     println!("=== run 1 of 2: local: a primary without standby (local durability alone)");
     let local_broker = broker::SpawnedBroker::start(temp, args.broker_shards)?;
@@ -226,7 +247,7 @@ fn compare_with_standby(
     // The standby first: it would otherwise warn about its primary leaving.
     standby_broker.stop();
     primary.stop();
-    summarize(args, &local, None, Some((mode, &standby)), raw_p50)
+    summarize(args, &local, None, Some((mode, &standby)), raw)
 }
 
 /// Creates the topic on the broker at `address` and runs the workload
@@ -413,7 +434,7 @@ struct PhaseSummary {
     not_send_ok: u64,
 }
 
-fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) -> PhaseSummary {
+fn summarize_phase(args: &Args, phase: &PhaseRun, raw: RawDisk, prefix: &str) -> PhaseSummary {
     let (shared, totals) = (&phase.shared, &phase.totals);
     let verdict = shared.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).verdict();
     let seconds = args.duration.as_secs_f64();
@@ -425,14 +446,28 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) ->
     println!("{prefix}publish: {publish_rate:.0} msg/s, {publish_mb_s:.1} MB/s; latency {}", describe(&totals.publish));
     println!("{prefix}end-to-end: {consume_rate:.0} msg/s; latency {}", describe(&totals.e2e));
     println!("{prefix}send delay (intended -> actual): {}", describe(&totals.send_delay));
+    let raw_p50 = raw.fsync_p50_us;
     println!(
         "{prefix}publish p50 / raw fdatasync p50 = {:.2} ({publish_p50} us / {raw_p50} us)",
         publish_p50 as f64 / raw_p50.max(1) as f64
     );
+    let bandwidth_share = publish_mb_s / raw.write_mb_s.max(f64::MIN_POSITIVE);
     println!(
-        "{prefix}verification: {} acknowledged, {} received, {} lost, {} duplicates, {} received unacknowledged, {errors} send errors",
-        verdict.acknowledged, verdict.received, verdict.lost, verdict.duplicates, verdict.unacknowledged_received
+        "{prefix}publish MB/s / raw write MB/s = {bandwidth_share:.3} ({publish_mb_s:.1} MB/s / {:.0} MB/s)",
+        raw.write_mb_s
     );
+    if args.consumers == 0 {
+        // Nothing was read back: no message can be called lost.
+        println!(
+            "{prefix}verification: {} acknowledged, not read back (--consumers 0), {errors} send errors",
+            verdict.acknowledged
+        );
+    } else {
+        println!(
+            "{prefix}verification: {} acknowledged, {} received, {} lost, {} duplicates, {} received unacknowledged, {errors} send errors",
+            verdict.acknowledged, verdict.received, verdict.lost, verdict.duplicates, verdict.unacknowledged_received
+        );
+    }
     let not_send_ok = shared.not_send_ok.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let not_send_ok_total: u64 = not_send_ok.values().sum();
     let failed_requests = shared.failed_requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
@@ -463,6 +498,7 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw_p50: u64, prefix: &str) ->
         "unacknowledged_received": verdict.unacknowledged_received,
         "errors": errors,
         "publish_p50_to_raw_fsync_p50": ((publish_p50 as f64 / raw_p50.max(1) as f64) * 100.0).round() / 100.0,
+        "publish_mb_s_to_raw_write_mb_s": (bandwidth_share * 1e6).round() / 1e6,
         "not_send_ok": not_send_ok_total,
         "not_send_ok_by_status": not_send_ok,
         "failed_requests_by_kind": failed_requests,
@@ -484,16 +520,17 @@ fn summarize(
     plain: &PhaseRun,
     transactional: Option<&PhaseRun>,
     standby: Option<(broker::StandbyMode, &PhaseRun)>,
-    raw_p50: u64,
+    raw: RawDisk,
 ) -> Result<ExitCode, String> {
     let seconds = args.duration.as_secs_f64();
     println!("---");
     if standby.is_some() {
         println!("--- local: without standby (local durability alone)");
     }
-    let plain_summary = summarize_phase(args, plain, raw_p50, "");
+    let plain_summary = summarize_phase(args, plain, raw, "");
     let mut summary = plain_summary.json.clone();
-    summary["raw_fsync_p50_us"] = json!(raw_p50);
+    summary["raw_fsync_p50_us"] = json!(raw.fsync_p50_us);
+    summary["raw_write_mb_s"] = json!(raw.write_mb_s.round());
     summary["workload"] = json!({
         "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
         "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
@@ -503,7 +540,7 @@ fn summarize(
     let mut lost = plain_summary.lost;
     if let Some(phase) = transactional {
         println!("--- transactional (half + commit per message)");
-        let tx_summary = summarize_phase(args, phase, raw_p50, "transactional ");
+        let tx_summary = summarize_phase(args, phase, raw, "transactional ");
         let quantile = |run: &PhaseRun, quantile: f64| run.totals.publish.value_at_quantile(quantile) as f64;
         let p50 = ratio(quantile(phase, 0.5), quantile(plain, 0.5));
         let p99 = ratio(quantile(phase, 0.99), quantile(plain, 0.99));
@@ -519,7 +556,7 @@ fn summarize(
     if let Some((mode, phase)) = standby {
         let name = mode.name();
         println!("--- {name} standby: a primary with --replication {name} and a standby");
-        let standby_summary = summarize_phase(args, phase, raw_p50, &format!("{name} standby "));
+        let standby_summary = summarize_phase(args, phase, raw, &format!("{name} standby "));
         let quantile = |run: &PhaseRun, quantile: f64| run.totals.publish.value_at_quantile(quantile) as f64;
         let p50 = ratio(quantile(phase, 0.5), quantile(plain, 0.5));
         let p99 = ratio(quantile(phase, 0.99), quantile(plain, 0.99));
