@@ -79,7 +79,8 @@ struct Args {
     /// Start a broker on a temporary data directory for the run.
     #[arg(long)]
     spawn_broker: bool,
-    /// Shards of the spawned broker (default: one per CPU).
+    /// Shards of the spawned broker (default: one per CPU; with --standby,
+    /// half the CPUs for each of the two brokers).
     #[arg(long)]
     broker_shards: Option<u32>,
     #[arg(long, default_value = "127.0.0.1:9876")]
@@ -88,7 +89,8 @@ struct Args {
     /// broker's data directory.
     #[arg(long, default_value = ".")]
     data_dir: std::path::PathBuf,
-    /// Executors (cores) for the generator; default: one per CPU.
+    /// Executors (cores) for the generator; default: one per CPU (with
+    /// --standby, the primary's half of them).
     #[arg(long)]
     cores: Option<usize>,
     /// CPU of the first executor; the others follow (wrapping). Keeps the
@@ -178,7 +180,17 @@ fn join_group(client: &Client, group: &str, topic: &str, consumers: u32) -> Resu
         .collect()
 }
 
-fn run(args: Args) -> Result<ExitCode, String> {
+fn run(mut args: Args) -> Result<ExitCode, String> {
+    if args.standby.is_some() {
+        // A primary and its standby on one machine each take half of it, as
+        // each would have a machine of its own (`standby_cpuset` puts the
+        // standby on the other half); the generator shares the primary's
+        // half, in both runs alike.
+        let cpus = std::thread::available_parallelism().map_or(1, |count| count.get()) as u32;
+        let half = (cpus / 2).max(1);
+        args.broker_shards = args.broker_shards.or(Some(half));
+        args.cores = args.cores.or(Some(half as usize));
+    }
     if args.size < BODY_HEADER_BYTES {
         return Err(format!("--size must be at least {BODY_HEADER_BYTES} bytes"));
     }
@@ -233,7 +245,8 @@ fn compare_with_standby(
     cores: usize,
     raw: RawDisk,
 ) -> Result<ExitCode, String> {
-    println!("=== run 1 of 2: local: a primary without standby (local durability alone)");
+    let shards = args.broker_shards.map_or_else(|| "one per CPU".to_string(), |shards| shards.to_string());
+    println!("=== run 1 of 2: local: a primary without standby (local durability alone), {shards} shards per broker");
     let local_broker = broker::SpawnedBroker::start(temp, args.broker_shards)?;
     let (local, _) = measure(args, &local_broker.address, cores)?;
     local_broker.stop();
