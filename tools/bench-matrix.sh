@@ -58,36 +58,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A base port with one free port per shard after it (shard i listens on base + i).
-free_port() {
-    python3 - "$shards" <<'EOF'
-import random, socket, sys
-count = int(sys.argv[1])
-for _ in range(200):
-    base = random.randrange(20000, 32000)
-    sockets = []
-    try:
-        for port in range(base, base + count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", port))
-            sockets.append(s)
-    except OSError:
-        continue
-    finally:
-        for s in sockets:
-            s.close()
-    print(base)
-    sys.exit(0)
-sys.exit("no free ports")
-EOF
-}
+# shellcheck source=tools/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 # One point: prints "msg/s | MB/s | p50 us | p99 us | RSS MiB".
 run_point() {
     local size=$1 queues=$2 producers=$3 window=$4
     local data="$work/data" port json rss
     rm -rf "$data"
-    port=$(free_port)
+    port=$(free_port "$shards")
     "$bin/ringmq" serve --data-dir "$data" --listen "127.0.0.1:$port" --shards "$shards" --log warn \
         --disk-max-used-percent 100 >"$work/broker.log" 2>&1 &
     broker_pid=$!

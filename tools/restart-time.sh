@@ -34,30 +34,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 - "$shards" <<'EOF'
-import random, socket, sys
-count = int(sys.argv[1])
-for _ in range(200):
-    base = random.randrange(20000, 32000)
-    sockets = []
-    try:
-        for port in range(base, base + count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", port))
-            sockets.append(s)
-    except OSError:
-        continue
-    finally:
-        for s in sockets:
-            s.close()
-    print(base)
-    sys.exit(0)
-sys.exit("no free ports")
-EOF
-}
+# shellcheck source=tools/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 now_ms() { date +%s%3N; }
+
+# 5 s of batched sends (4 producers x 1000 x 1 KiB per request, 4 queues).
+load_5s() {
+    "$bin/ringmq-load" --broker "127.0.0.1:$port" --data-dir "$work" --queues 4 --producers 4 --window 1 \
+        --batch 1000 --consumers 0 --size 1024 --duration 5s --warmup 0s >"$work/load.log" 2>&1 ||
+        { echo "restart-time: ringmq-load failed" >&2; tail "$work/load.log" >&2; exit 1; }
+}
 
 # Bytes in the broker's logs: the sum of every shard's flushed position.
 logged_bytes() {
@@ -90,15 +77,13 @@ echo "| retained | written since the last checkpoint | time to serve after kill 
 echo "|---|---|---|"
 for gb in "${sizes[@]}"; do
     data="$work/data-$gb"
-    port=$(free_port)
+    port=$(free_port "$shards")
     start_broker
     wait_serving "$(now_ms)" >/dev/null
     target=$((gb * 1024 * 1024 * 1024))
     # Batched sends until the log holds the target: 4 producers x 1000 x 1 KiB.
     while [ "$(logged_bytes)" -lt "$target" ]; do
-        "$bin/ringmq-load" --broker "127.0.0.1:$port" --data-dir "$work" --queues 4 --producers 4 --window 1 \
-            --batch 1000 --consumers 0 --size 1024 --duration 5s --warmup 0s >"$work/load.log" 2>&1 ||
-            { echo "restart-time: ringmq-load failed" >&2; tail "$work/load.log" >&2; exit 1; }
+        load_5s
     done
     # Two checkpoint intervals (2 s each by default) with nothing written.
     sleep 5
@@ -111,9 +96,7 @@ for gb in "${sizes[@]}"; do
     echo "| $retained | nothing (idle 5 s before the kill) | $ms ms |"
     # Again, killed the moment a 5 s load ends: up to one checkpoint
     # interval of writes (a few hundred MB) for recovery to scan.
-    "$bin/ringmq-load" --broker "127.0.0.1:$port" --data-dir "$work" --queues 4 --producers 4 --window 1 \
-        --batch 1000 --consumers 0 --size 1024 --duration 5s --warmup 0s >"$work/load.log" 2>&1 ||
-        { echo "restart-time: ringmq-load failed" >&2; tail "$work/load.log" >&2; exit 1; }
+    load_5s
     retained="$(python3 -c "print(f'{$(logged_bytes) / 2**30:.2f}')") GiB logged"
     kill -9 "$broker_pid"
     wait "$broker_pid" 2>/dev/null || true
