@@ -46,6 +46,19 @@ load_5s() {
         { echo "restart-time: ringmq-load failed" >&2; tail "$work/load.log" >&2; exit 1; }
 }
 
+# SIGKILL, start again, print a table row: what was written since the last
+# checkpoint ($1), the time to serve; $2 is added to the retained column.
+kill_and_restart() {
+    local retained started ms
+    retained="$(python3 -c "print(f'{$(logged_bytes) / 2**30:.2f}')") GiB logged$2"
+    kill -9 "$broker_pid"
+    wait "$broker_pid" 2>/dev/null || true
+    started=$(now_ms)
+    start_broker
+    ms=$(wait_serving "$started")
+    echo "| $retained | $1 | $ms ms |"
+}
+
 # Bytes in the broker's logs: the sum of every shard's flushed position.
 logged_bytes() {
     "$bin/ringmq" status --broker "127.0.0.1:$port" --json |
@@ -87,23 +100,11 @@ for gb in "${sizes[@]}"; do
     done
     # Two checkpoint intervals (2 s each by default) with nothing written.
     sleep 5
-    retained="$(python3 -c "print(f'{$(logged_bytes) / 2**30:.2f}')") GiB logged, $(du -sh "$data" | cut -f1) on disk"
-    kill -9 "$broker_pid"
-    wait "$broker_pid" 2>/dev/null || true
-    started=$(now_ms)
-    start_broker
-    ms=$(wait_serving "$started")
-    echo "| $retained | nothing (idle 5 s before the kill) | $ms ms |"
+    kill_and_restart "nothing (idle 5 s before the kill)" ", $(du -sh "$data" | cut -f1) on disk"
     # Again, killed the moment a 5 s load ends: up to one checkpoint
     # interval of writes (a few hundred MB) for recovery to scan.
     load_5s
-    retained="$(python3 -c "print(f'{$(logged_bytes) / 2**30:.2f}')") GiB logged"
-    kill -9 "$broker_pid"
-    wait "$broker_pid" 2>/dev/null || true
-    started=$(now_ms)
-    start_broker
-    ms=$(wait_serving "$started")
-    echo "| $retained | up to one checkpoint interval (2 s) of a 5 s load, killed as it ended | $ms ms |"
+    kill_and_restart "up to one checkpoint interval (2 s) of a 5 s load, killed as it ended" ""
     kill -9 "$broker_pid"
     wait "$broker_pid" 2>/dev/null || true
     broker_pid=""
