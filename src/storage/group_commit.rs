@@ -303,7 +303,7 @@ impl<F> TakenWrite<F> {
     }
 
     fn end(&self) -> u64 {
-        self.buffer.start + self.buffer.filled as u64
+        self.buffer.data_end()
     }
 }
 

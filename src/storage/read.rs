@@ -31,6 +31,11 @@ pub struct WrittenBuffer {
 }
 
 impl WrittenBuffer {
+    /// Where its data (batch marker and records) ends.
+    pub(super) fn data_end(&self) -> u64 {
+        self.start + self.filled as u64
+    }
+
     /// Where its write ended: the data padded to whole blocks.
     fn written_end(&self) -> u64 {
         self.start + (self.filled.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES) as u64
@@ -73,7 +78,7 @@ impl RecentBuffers {
         let mut at = position;
         for buffer in self.buffers.range(first..) {
             let continues = buffer.start <= at && at < buffer.written_end();
-            if !continues || buffer.start + buffer.filled as u64 > end_mark {
+            if !continues || buffer.data_end() > end_mark {
                 break;
             }
             let end = buffer.written_end().min(end_mark).min(limit);
@@ -90,9 +95,11 @@ impl RecentBuffers {
 
     /// The bytes `[position, position + length)` if one buffer holds them.
     fn find(&self, position: u64, length: usize) -> Option<Bytes> {
-        let buffer = self.buffers.iter().rev().find(|buffer| {
-            buffer.start <= position && position + length as u64 <= buffer.start + buffer.filled as u64
-        })?;
+        let buffer = self
+            .buffers
+            .iter()
+            .rev()
+            .find(|buffer| buffer.start <= position && position + length as u64 <= buffer.data_end())?;
         let offset = (position - buffer.start) as usize;
         Some(Bytes::copy_from_slice(&buffer.data.as_slice()[offset..offset + length]))
     }
