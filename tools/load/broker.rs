@@ -56,7 +56,7 @@ fn free_base_port(count: u16) -> Result<u16, String> {
 
 /// `--broker-shards`, or one per CPU.
 pub fn shard_count(shards: Option<u32>) -> u32 {
-    shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get() as u32)).max(1)
+    shards.unwrap_or_else(|| cpu_count() as u32).max(1)
 }
 
 impl SpawnedBroker {
@@ -189,7 +189,8 @@ impl Drop for SpawnedBroker {
     }
 }
 
-fn cpu_count() -> usize {
+/// CPUs this process may use (at least 1).
+pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |count| count.get())
 }
 

@@ -186,8 +186,7 @@ fn run(mut args: Args) -> Result<ExitCode, String> {
         // each would have a machine of its own (`standby_cpuset` puts the
         // standby on the other half); the generator shares the primary's
         // half, in both runs alike.
-        let cpus = std::thread::available_parallelism().map_or(1, |count| count.get()) as u32;
-        let half = (cpus / 2).max(1);
+        let half = (broker::cpu_count() as u32 / 2).max(1);
         args.broker_shards = args.broker_shards.or(Some(half));
         args.cores = args.cores.or(Some(half as usize));
     }
@@ -221,8 +220,7 @@ fn run(mut args: Args) -> Result<ExitCode, String> {
         latency.value_at_quantile(0.99),
         ringmq::storage::disk_probe::BANDWIDTH_WRITES_IN_FLIGHT,
     );
-    let cores =
-        args.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get())).max(1);
+    let cores = args.cores.unwrap_or_else(broker::cpu_count).max(1);
     let spawned = match (temp, args.standby) {
         (Some(temp), Some(mode)) => return compare_with_standby(&args, mode, temp, cores, raw),
         (Some(temp), None) => Some(broker::SpawnedBroker::start(temp, args.broker_shards)?),
@@ -340,7 +338,7 @@ fn run_phase(args: &Args, target: &Target<'_>, transactional: bool) -> Result<Ph
         producer_id_base: fastrand::u64(1..u64::MAX / 2),
         transactional,
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let cpus = broker::cpu_count();
     let mut handles = Vec::new();
     for executor in 0..cores {
         let plan = ExecutorPlan {
