@@ -374,6 +374,9 @@ impl<S: Storage> LogShared<S> {
             self.vouched.set(self.vouched.get().max(start.durable_position));
             let length = align_up(fill.filled);
             let write = &mut fill.data.as_mut_slice()[..length];
+            // Records wrote every byte before `filled` (their padding too);
+            // a reused buffer holds old bytes after it.
+            write[fill.filled..].fill(0);
             record::stamp_batch_marker(write, start, gap_bytes, super::now_us());
         }
         let (segment, file_offset, records) = (fill.segment.clone(), fill.file_offset, fill.records);
@@ -416,9 +419,9 @@ impl<S: Storage> LogShared<S> {
         };
         let mut data = self.state.borrow_mut().take_buffer(self.config.buffer_capacity_bytes);
         let start = record::WriteStart { position: segment.start + file_offset, durable_position: flushed };
+        data.clear(BLOCK_SIZE_BYTES);
         record::stamp_batch_marker(&mut data.as_mut_slice()[..BLOCK_SIZE_BYTES], start, gap_bytes, super::now_us());
         let written = segment.file.write_at(&data.as_slice()[..BLOCK_SIZE_BYTES], file_offset).await;
-        data.clear(BLOCK_SIZE_BYTES);
         self.state.borrow_mut().pool.push(data);
         written.map_err(|error| LogError::io("write batch marker", &segment.path, start.position, error))?;
         self.note_unsynced(&segment, block);
@@ -484,13 +487,13 @@ impl<S: Storage> LogShared<S> {
     }
 
     /// A taken buffer goes to the recent cache; evicted ones that nobody
-    /// holds any more (a write in flight does) back to the pool.
+    /// holds any more (a write in flight does) back to the pool, as they
+    /// are: records and `stamp` write every byte a write carries, so the
+    /// megabytes a buffer held are not zeroed again.
     fn retire(&self, buffer: Rc<WrittenBuffer>) {
         let mut state = self.state.borrow_mut();
-        for mut evicted in state.recent.push(buffer, self.config.recent_buffers_bytes) {
+        for evicted in state.recent.push(buffer, self.config.recent_buffers_bytes) {
             if state.pool.len() < 2 * SEALED_BUFFERS_MAX + 2 {
-                let used = align_up(evicted.filled);
-                evicted.data.clear(used);
                 state.pool.push(evicted.data);
             }
         }

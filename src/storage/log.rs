@@ -118,6 +118,7 @@ pub struct LogState<F> {
     pub sealed: VecDeque<SealedBuffer<F>>,
     pub last_store_timestamp_us: u64,
     pub recent: RecentBuffers,
+    /// Buffers to fill again; they hold what they held before.
     pub pool: Vec<super::aligned::AlignedBuf>,
     pub queues: BTreeMap<u32, QueueIndex>,
     pub index_files: BTreeMap<u32, IndexFile<F>>,

@@ -719,3 +719,32 @@ fn the_first_offset_stored_at_a_time_is_found_by_its_index_timestamp() {
         log.close().await.expect("close");
     });
 }
+
+/// Buffers come back from the recent cache holding their old records and are
+/// not zeroed again: a write from such a buffer still carries zeros after
+/// its last record, as recovery's count of zero sectors expects.
+#[test]
+fn a_reused_buffer_writes_zeros_after_its_records() {
+    run(async {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let config = config(temp.path());
+        let log = CommitLog::open(DmaStorage, config.clone()).await.expect("open");
+        let old = vec![0xA5; 3000];
+        // One write per append: more than the recent cache holds, so its
+        // oldest buffers go back to the pool with these bytes in them.
+        let writes = 2 * config.recent_buffers_bytes / config.buffer_capacity_bytes + 4;
+        for _ in 0..writes {
+            log.append(request(1, &old)).await.expect("append");
+        }
+        let small = log.append(request(1, b"small")).await.expect("append");
+        log.close().await.expect("close");
+        let segment = std::fs::read(temp.path().join(SEGMENTS_DIR).join(format!("{:020}.log", 0))).expect("segment");
+        let block = crate::constants::BLOCK_SIZE_BYTES as u64;
+        assert!(small.end < config.segment_size_bytes, "the test stays in the first segment");
+        let after = &segment[small.end as usize..small.end.div_ceil(block) as usize * block as usize];
+        assert!(after.iter().all(|byte| *byte == 0), "old bytes after the last record: {:?}", &after[..16]);
+        let log = CommitLog::open(DmaStorage, config).await.expect("reopen");
+        assert_eq!(log.visible_end_offset(1), writes as u64 + 1);
+        log.close().await.expect("close");
+    });
+}

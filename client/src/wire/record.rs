@@ -246,8 +246,8 @@ pub fn stamp_batch_marker(write: &mut [u8], start: WriteStart, gap_bytes: u32, s
     encode_batch_marker(&mut write[..BATCH_MARKER_SIZE_BYTES], start, store_timestamp_us, shape);
 }
 
-/// Writes header and message into `destination` (exactly `padded_size` bytes,
-/// zeroed by the caller) and returns the CRC written.
+/// Writes header, message and zero padding into `destination` (exactly
+/// `padded_size` bytes, whatever it held before) and returns the CRC written.
 pub fn encode(destination: &mut [u8], header: &RecordHeader, message: &[u8]) -> u32 {
     let length = header.length as usize;
     debug_assert_eq!(length, RECORD_HEADER_SIZE_BYTES + message.len());
@@ -264,6 +264,7 @@ pub fn encode(destination: &mut [u8], header: &RecordHeader, message: &[u8]) -> 
     destination[48..52].copy_from_slice(&header.ref_size.to_le_bytes());
     destination[52..56].copy_from_slice(&header.reconsume_times.to_le_bytes());
     destination[RECORD_HEADER_SIZE_BYTES..length].copy_from_slice(message);
+    destination[length..].fill(0);
     let crc = crc32fast::hash(&destination[4..length]);
     destination[0..4].copy_from_slice(&crc.to_le_bytes());
     // Pair assertion: what goes to the disk decodes to what was meant.
