@@ -183,7 +183,7 @@ fn sequenced_with(sequence: u64, skip_gap: bool) -> Vec<u8> {
         sequence,
         ..Default::default()
     };
-    protocol::produce_request("once", 0, &[&draft.build()], skip_gap)
+    protocol::produce_request("once", 0, &[&draft.build()], skip_gap).to_vec()
 }
 
 fn sequenced(sequence: u64) -> Vec<u8> {

@@ -292,9 +292,9 @@ fn ids_and_producer_groups_past_their_length_caps_are_refused_by_name() {
             protocol::end_transaction_request("t", 0, &long_id, fb::TransactionOutcome::Commit, false),
             "transaction id",
         ),
-        (Kind::ProduceRequest, protocol::produce_request("t", 0, &[&half], false), "transaction_id"),
+        (Kind::ProduceRequest, protocol::produce_request("t", 0, &[&half], false).to_vec(), "transaction_id"),
         (Kind::FetchOffsetRequest, protocol::fetch_offset_request(&long_group, "t", 0), "group"),
-        (Kind::ProduceRequest, protocol::produce_request(&long_topic, 0, &[&half], false), "topic name"),
+        (Kind::ProduceRequest, protocol::produce_request(&long_topic, 0, &[&half], false).to_vec(), "topic name"),
     ];
     for (kind, body, named) in cases {
         match client.call(0, kind, &body) {

@@ -97,10 +97,14 @@ pub fn requests() -> Seeds {
         ("create-topic", Kind::CreateTopicRequest, protocol::create_topic_request("orders", 8)),
         ("create-topic-bad-name", Kind::CreateTopicRequest, protocol::create_topic_request("a b/c", 8)),
         ("create-topic-long-name", Kind::CreateTopicRequest, protocol::create_topic_request(&long_name, 8)),
-        ("produce", Kind::ProduceRequest, protocol::produce_request("orders", 0, &batch, false)),
-        ("produce-skip-gap", Kind::ProduceRequest, protocol::produce_request("orders", 1, &batch[..1], true)),
-        ("produce-internal", Kind::ProduceRequest, protocol::produce_request("%RETRY%g", 0, &batch, false)),
-        ("produce-bad-message", Kind::ProduceRequest, protocol::produce_request("orders", 0, &[b"junk"], false)),
+        ("produce", Kind::ProduceRequest, protocol::produce_request("orders", 0, &batch, false).to_vec()),
+        ("produce-skip-gap", Kind::ProduceRequest, protocol::produce_request("orders", 1, &batch[..1], true).to_vec()),
+        ("produce-internal", Kind::ProduceRequest, protocol::produce_request("%RETRY%g", 0, &batch, false).to_vec()),
+        (
+            "produce-bad-message",
+            Kind::ProduceRequest,
+            protocol::produce_request("orders", 0, &[b"junk"], false).to_vec(),
+        ),
         ("fetch", Kind::FetchRequest, protocol::fetch_request(&fetch)),
         (
             "fetch-many-tags",

@@ -610,7 +610,7 @@ mod tests {
         let error = produce.messages(&body, &MessageLimits::fuzzing()).expect_err("shared bytes are refused");
         assert!(error.to_string().contains("shares its bytes"), "{error}");
         let single = crate::protocol::produce_request("orders", 0, &[&message, &message], false);
-        let single = Bytes::from(single);
+        let single = Bytes::from(single.to_vec());
         let Ok(Request::Produce(produce)) = Request::read(Kind::ProduceRequest as u16, &single) else {
             panic!("a produce")
         };

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use ringmq::client::{visit_records, AsyncConnection, ClientError};
 use ringmq::protocol::{self, fb, verify, Assignment, Failure, FetchParams, Kind, TopicLayout};
 use ringmq::storage::latency_histogram_us;
-use ringmq::wire::MessageDraft;
+use ringmq::wire::{BuiltMessage, MessageDraft};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -270,29 +270,29 @@ async fn send(
     let queue = stamp.queue;
     let message_producer = workload.producer_id_base + u64::from(producer);
     let queue_producer = message_producer.wrapping_mul(QUEUES_PER_PRODUCER_ID).wrapping_add(u64::from(queue)).max(1);
-    let messages: Vec<Vec<u8>> = (first_sequence..first_sequence + workload.batch as u64)
+    let messages: Vec<BuiltMessage> = (first_sequence..first_sequence + workload.batch as u64)
         .map(|sequence| {
             let body = body(workload.size, intended_ns, producer, sequence);
-            let key = format!("key-{}", sequence % 1024);
-            let keys = [key.as_str()];
+            let key = workload.keyed.then(|| format!("key-{}", sequence % 1024));
+            let keys: Vec<&str> = key.iter().map(String::as_str).collect();
             MessageDraft {
                 msg_id: (message_producer, sequence),
                 topic: &workload.topic,
                 queue,
-                keys: if workload.keyed { &keys } else { &[] },
+                keys: &keys,
                 body: &body,
                 producer_id: queue_producer,
                 sequence: stamp.first_sequence + (sequence - first_sequence),
                 ..MessageDraft::default()
             }
-            .build()
+            .build_in_place()
         })
         .collect();
-    let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let slices: Vec<&[u8]> = messages.iter().map(|message| &message[..]).collect();
     let request = protocol::produce_request(&workload.topic, queue, &slices, false);
     let shard = context.plan.layout.queue_shards[queue as usize];
     let answer = match context.connection(shard).await {
-        Ok(connection) => connection.request(Kind::ProduceRequest, &request).await,
+        Ok(connection) => connection.request_body(Kind::ProduceRequest, request).await,
         Err(error) => Err(error),
     };
     if let Err(error) = &answer {

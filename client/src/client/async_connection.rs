@@ -10,7 +10,7 @@
 use super::connection::read_failure;
 use super::{expect_kind, ClientError};
 use crate::framed::glommio_io::{self, AsyncFrameReader};
-use crate::protocol::{encode_frame, DecoderLimits, Frame, Kind};
+use crate::protocol::{DecoderLimits, Frame, Kind, RequestBody, WireFrame};
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -29,7 +29,7 @@ type Waiters = Rc<RefCell<HashMap<u32, LocalSender<Result<Frame, ClientError>>>>
 
 pub struct AsyncConnection {
     address: String,
-    outbox: LocalSender<Vec<u8>>,
+    outbox: LocalSender<WireFrame>,
     waiters: Waiters,
     closed: Rc<Cell<bool>>,
     next_request_id: Cell<u32>,
@@ -77,7 +77,17 @@ impl AsyncConnection {
     /// Sends a request and waits for its answer of the matching kind, for
     /// at most the connection's timeout; a timeout closes the connection.
     pub async fn request(&self, kind: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
-        let answer = within(self.timeout, self.request_unbounded(kind, body)).await;
+        self.request_framed(kind, |request_id| WireFrame::encoded(kind as u16, request_id, body)).await
+    }
+
+    /// `request` for a body built with room for its frame header, which
+    /// goes out without being copied.
+    pub async fn request_body(&self, kind: Kind, body: RequestBody) -> Result<Bytes, ClientError> {
+        self.request_framed(kind, |request_id| body.into_frame(kind as u16, request_id)).await
+    }
+
+    async fn request_framed(&self, kind: Kind, frame: impl FnOnce(u32) -> WireFrame) -> Result<Bytes, ClientError> {
+        let answer = within(self.timeout, self.request_unbounded(kind, frame)).await;
         if matches!(answer, Err(ClientError::Timeout { .. })) {
             self.close(&ClientError::Timeout { after: self.timeout });
         }
@@ -95,7 +105,7 @@ impl AsyncConnection {
         drop(self.tasks.borrow_mut().take());
     }
 
-    async fn request_unbounded(&self, kind: Kind, body: &[u8]) -> Result<Bytes, ClientError> {
+    async fn request_unbounded(&self, kind: Kind, frame: impl FnOnce(u32) -> WireFrame) -> Result<Bytes, ClientError> {
         let response = kind.response().ok_or_else(|| ClientError::Usage(format!("{kind:?} is not a request")))?;
         if self.closed.get() {
             return Err(ClientError::Closed { address: self.address.clone() });
@@ -105,7 +115,7 @@ impl AsyncConnection {
         self.next_request_id.set((request_id.wrapping_add(1) & !crate::protocol::BROKER_REQUEST_BIT).max(1));
         let (sender, receiver) = local_channel::new_bounded(1);
         self.waiters.borrow_mut().insert(request_id, sender);
-        if self.outbox.try_send(encode_frame(kind as u16, request_id, body)).is_err() {
+        if self.outbox.try_send(frame(request_id)).is_err() {
             self.waiters.borrow_mut().remove(&request_id);
             return Err(ClientError::Closed { address: self.address.clone() });
         }
@@ -119,7 +129,7 @@ impl AsyncConnection {
 
 async fn write_frames(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
-    frames: LocalReceiver<Vec<u8>>,
+    frames: LocalReceiver<WireFrame>,
     closed: Rc<Cell<bool>>,
     timeout: Duration,
 ) {

@@ -3,7 +3,7 @@
 //! the writer loop that coalesces queued frames, and the timeouts they use.
 
 use super::ReadError;
-use crate::protocol::{DecoderLimits, Frame, FrameBatch, FrameDecoder, OutgoingFrame};
+use crate::protocol::{DecoderLimits, Frame, FrameBatch, FrameDecoder, OutgoingFrame, Pushed};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::LocalReceiver;
 use std::future::Future;
@@ -59,6 +59,18 @@ impl<R: AsyncRead + Unpin> AsyncFrameReader<R> {
     }
 }
 
+async fn write_within<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    match within(timeout, stream.write_all(bytes)).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) => Err(error.into()),
+        None => Err(WriteError::TimedOut { after: timeout }),
+    }
+}
+
 /// Why a writer stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -70,8 +82,9 @@ pub enum WriteError {
 }
 
 /// Writes the frames `queue` hands over as they come, those already
-/// waiting coalesced into one write (up to `WRITE_COALESCE_BYTES`), each
-/// write within `timeout`. A frame is dropped only once its bytes are
+/// waiting coalesced into one write (up to `WRITE_COALESCE_BYTES`; a large
+/// body is written from its frame after the batch, not copied into it),
+/// each write within `timeout`. A frame is dropped only once its bytes are
 /// written (what it holds, such as a broker answer's budget, goes back
 /// then), or with the writer's failure. Once the queue closes, the stream
 /// is flushed and closed.
@@ -83,17 +96,16 @@ where
     let mut batch = FrameBatch::default();
     let mut written = Vec::new();
     while let Some(frame) = queue.recv().await {
-        batch.push(&frame);
+        let mut pushed = batch.push(&frame);
         written.push(frame);
-        while !batch.is_full() {
+        while pushed == Pushed::Copied && !batch.is_full() {
             let Some(Some(frame)) = futures_lite::future::poll_once(queue.recv()).await else { break };
-            batch.push(&frame);
+            pushed = batch.push(&frame);
             written.push(frame);
         }
-        match within(timeout, stream.write_all(batch.bytes())).await {
-            Some(Ok(())) => {}
-            Some(Err(error)) => return Err(error.into()),
-            None => return Err(WriteError::TimedOut { after: timeout }),
+        write_within(stream, batch.bytes(), timeout).await?;
+        if let (Pushed::InPlace, Some(last)) = (pushed, written.last()) {
+            write_within(stream, last.body(), timeout).await?;
         }
         batch.clear();
         written.clear();

@@ -1,6 +1,7 @@
 //! Builders of every request and response body, shared by broker and client.
 
 use super::fb;
+use super::frame::{RequestBody, FRAME_HEADER_BYTES};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 /// Why a request failed, as it goes on the wire.
@@ -172,9 +173,12 @@ pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayo
 }
 
 /// `skip_gap`: see `ProduceRequest.skip_gap` in schemas/protocol.fbs.
-pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bool) -> Vec<u8> {
-    let size: usize = messages.iter().map(|message| message.len() + 16).sum();
-    let mut builder = FlatBufferBuilder::with_capacity(size + 128);
+/// Built with room for the frame header in front (`RequestBody::into_frame`).
+pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bool) -> RequestBody {
+    // Per message: its bytes, their length prefix and alignment, its table
+    // and its offset in the vector; a builder that runs short grows by a copy.
+    let size: usize = messages.iter().map(|message| message.len() + 24).sum();
+    let mut builder = FlatBufferBuilder::with_capacity(size + topic.len() + 128 + FRAME_HEADER_BYTES);
     let messages: Vec<_> = messages
         .iter()
         .map(|message| {
@@ -186,7 +190,9 @@ pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bo
     let topic = builder.create_string(topic);
     let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages), skip_gap };
     let root = fb::ProduceRequest::create(&mut builder, &args);
-    finish(builder, root)
+    builder.finish_minimal(root);
+    let (buffer, start) = builder.collapse();
+    RequestBody::new(buffer, start)
 }
 
 /// What became of one message of a produce request.

@@ -4,7 +4,7 @@
 //! `FrameDecoder` and writes through `encode_frame` or a `FrameBatch`;
 //! only the I/O around them differs (`crate::framed`).
 
-use super::frame::{decode_frame, frame_header, read_room, release_excess, Frame, FrameError};
+use super::frame::{decode_frame, frame_header, read_room, release_excess, Frame, FrameError, WireFrame};
 use crate::constants::{
     CONNECTION_BUFFER_RETAINED_BYTES, CONNECTION_READ_BYTES_MAX, CONNECTION_READ_FIRST_BYTES, FRAME_BODY_BYTES_MAX,
 };
@@ -14,6 +14,10 @@ use bytes::BytesMut;
 /// this many bytes: fewer system calls, and no single write so large that
 /// its timeout means little.
 pub const WRITE_COALESCE_BYTES: usize = 1 << 20;
+
+/// A frame body at least this large is not copied into a batch: it is
+/// written from where it lies, right after the batch that holds its header.
+pub const WRITE_IN_PLACE_BYTES: usize = 64 * 1024;
 
 /// How a decoder's buffer may grow and what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +61,12 @@ pub struct FrameDecoder {
     buffer: BytesMut,
     limits: DecoderLimits,
     /// Bytes at the end of `buffer` handed out by `room` and not yet
-    /// `filled`: zeros, never frame bytes.
+    /// `filled`: never frame bytes.
     unfilled: usize,
+    /// Bytes of `buffer`'s spare capacity (past its length) that an earlier
+    /// `room` initialised: the next `room` zeroes only what lies beyond
+    /// them, so a read's room is zeroed once per allocation, not per read.
+    spare_initialised: usize,
 }
 
 /// The stream ended in the middle of a frame.
@@ -70,7 +78,7 @@ pub struct Truncated {
 
 impl FrameDecoder {
     pub fn new(limits: DecoderLimits) -> Self {
-        Self { buffer: BytesMut::new(), limits, unfilled: 0 }
+        Self { buffer: BytesMut::new(), limits, unfilled: 0, spare_initialised: 0 }
     }
 
     /// Takes the next whole frame, if the bytes so far hold one. A bad
@@ -79,18 +87,34 @@ impl FrameDecoder {
     /// back.
     pub fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
         self.filled(0);
+        // Taking a frame off the front leaves the spare capacity as it was.
         let frame = decode_frame(&mut self.buffer, self.limits.body_bytes_max)?;
         if frame.is_none() {
-            release_excess(&mut self.buffer, self.limits.retained_bytes_max);
+            self.grow(|buffer, limits| release_excess(buffer, limits.retained_bytes_max));
         }
         Ok(frame)
+    }
+
+    /// Runs `change`, which may move the buffer's bytes or reallocate it;
+    /// then nothing of the spare capacity is known to be initialised.
+    fn grow<T>(&mut self, change: impl FnOnce(&mut BytesMut, &DecoderLimits) -> T) -> T {
+        let before = (self.buffer.as_ptr(), self.buffer.capacity());
+        let result = change(&mut self.buffer, &self.limits);
+        if (self.buffer.as_ptr(), self.buffer.capacity()) != before {
+            self.spare_initialised = 0;
+        }
+        result
+    }
+
+    fn read_room(&mut self) -> usize {
+        self.grow(|buffer, limits| read_room(buffer, limits.first_read_bytes, limits.read_bytes_max))
     }
 
     /// Grows the buffer for the next read, by the rules above, and returns
     /// its capacity (what a budget for incomplete frames charges).
     pub fn reserve_read(&mut self) -> usize {
         self.filled(0);
-        read_room(&mut self.buffer, self.limits.first_read_bytes, self.limits.read_bytes_max);
+        self.read_room();
         self.buffer.capacity()
     }
 
@@ -98,18 +122,29 @@ impl FrameDecoder {
     /// `filled` how much of it the read filled.
     pub fn room(&mut self) -> &mut [u8] {
         self.filled(0);
-        let room = read_room(&mut self.buffer, self.limits.first_read_bytes, self.limits.read_bytes_max);
+        let room = self.read_room();
         let start = self.buffer.len();
-        self.buffer.resize(start + room, 0);
+        let spare = &mut self.buffer.spare_capacity_mut()[..room];
+        if let Some(fresh) = spare.get_mut(self.spare_initialised..) {
+            fresh.fill(std::mem::MaybeUninit::new(0));
+        }
+        // SAFETY: `read_room` left at least `room` bytes of spare capacity;
+        // the first `spare_initialised` of them were initialised by an
+        // earlier `room` in this same allocation (`grow` forgets them when
+        // it changes), and the rest were just zeroed above.
+        unsafe { self.buffer.set_len(start + room) };
+        self.spare_initialised = self.spare_initialised.saturating_sub(room);
         self.unfilled = room;
         &mut self.buffer[start..]
     }
 
     /// The last `room` got `bytes` (at most its length); the rest of it is
-    /// dropped.
+    /// dropped, and stays initialised for the next `room`.
     pub fn filled(&mut self, bytes: usize) {
-        let end = self.buffer.len() - self.unfilled + bytes.min(self.unfilled);
+        let kept = bytes.min(self.unfilled);
+        let end = self.buffer.len() - self.unfilled + kept;
         self.buffer.truncate(end);
+        self.spare_initialised += self.unfilled - kept;
         self.unfilled = 0;
     }
 
@@ -151,16 +186,41 @@ impl OutgoingFrame for Vec<u8> {
     }
 }
 
+/// A frame in a buffer of its own: header and body are one slice.
+impl OutgoingFrame for WireFrame {
+    fn header(&self) -> &[u8] {
+        &[]
+    }
+
+    fn body(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// Frames out, bytes in one buffer for one write.
 #[derive(Debug, Default)]
 pub struct FrameBatch {
     bytes: Vec<u8>,
 }
 
+/// Where a frame's body went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Into the batch.
+    Copied,
+    /// Nowhere yet (`WRITE_IN_PLACE_BYTES` or more): write the batch, then
+    /// the frame's body from the frame, before anything else.
+    InPlace,
+}
+
 impl FrameBatch {
-    pub fn push(&mut self, frame: &impl OutgoingFrame) {
+    pub fn push(&mut self, frame: &impl OutgoingFrame) -> Pushed {
         self.bytes.extend_from_slice(frame.header());
+        if frame.body().len() >= WRITE_IN_PLACE_BYTES {
+            return Pushed::InPlace;
+        }
         self.bytes.extend_from_slice(frame.body());
+        Pushed::Copied
     }
 
     /// Encodes a frame into the batch.
@@ -191,7 +251,7 @@ impl FrameBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::encode_frame as encode;
+    use crate::protocol::{encode_frame as encode, FRAME_HEADER_BYTES};
 
     fn limits() -> DecoderLimits {
         DecoderLimits {
@@ -238,6 +298,36 @@ mod tests {
         }
     }
 
+    /// The room a read gets is zeroed once per allocation, not per read: a
+    /// read that scribbled past what it filled leaves those bytes in the next
+    /// room, and they never become frame bytes.
+    #[test]
+    fn bytes_a_read_scribbled_past_its_fill_never_reach_a_frame() {
+        let mut wire = encode(5, 77, &vec![1; 3000]);
+        wire.extend(encode(9, 79, &vec![3; 100_000]));
+        wire.extend(encode(7, 78, b"tail"));
+        for step in [100, 1000, 70_000] {
+            let mut decoder = FrameDecoder::new(limits());
+            let (mut frames, mut offset, mut scribbled_seen) = (Vec::new(), 0, false);
+            while offset < wire.len() {
+                let room = decoder.room();
+                scribbled_seen |= room.first() == Some(&0xEE);
+                room.fill(0xEE);
+                let read = room.len().min(step).min(wire.len() - offset);
+                room[..read].copy_from_slice(&wire[offset..offset + read]);
+                decoder.filled(read);
+                offset += read;
+                while let Some(frame) = decoder.decode().expect("good frames") {
+                    frames.push(frame);
+                }
+            }
+            let bodies: Vec<_> = frames.iter().map(|frame| (frame.request_id, frame.body.to_vec())).collect();
+            assert_eq!(bodies, [(77, vec![1; 3000]), (79, vec![3; 100_000]), (78, b"tail".to_vec())], "step {step}");
+            // Reads of a whole room (70,000 bytes) leave nothing scribbled.
+            assert!(scribbled_seen || step > 64 * 1024, "step {step}: every room was zeroed again");
+        }
+    }
+
     #[test]
     fn room_not_filled_is_never_taken_for_frame_bytes() {
         let mut decoder = FrameDecoder::new(limits());
@@ -278,6 +368,36 @@ mod tests {
         room[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         decoder.filled(4);
         assert!(matches!(decoder.decode(), Err(FrameError::TooLarge { .. })));
+    }
+
+    /// A large body stays where it is: the batch gets its header (if the
+    /// frame keeps one apart) and the writer writes the body right after.
+    #[test]
+    fn a_large_body_is_left_out_of_the_batch_and_follows_it() {
+        struct Apart(Vec<u8>);
+        impl OutgoingFrame for Apart {
+            fn header(&self) -> &[u8] {
+                &self.0[..FRAME_HEADER_BYTES]
+            }
+            fn body(&self) -> &[u8] {
+                &self.0[FRAME_HEADER_BYTES..]
+            }
+        }
+        let small = encode(5, 1, b"one");
+        let large = Apart(encode(6, 2, &vec![9; WRITE_IN_PLACE_BYTES]));
+        let mut batch = FrameBatch::default();
+        assert_eq!(batch.push(&small), Pushed::Copied);
+        assert_eq!(batch.push(&large), Pushed::InPlace);
+        assert_eq!(batch.bytes().len(), small.len() + FRAME_HEADER_BYTES, "only the large frame's header");
+        let mut wire = batch.bytes().to_vec();
+        wire.extend_from_slice(large.body());
+        let frames = feed(&mut FrameDecoder::new(limits()), &wire, 4096);
+        let seen: Vec<_> = frames.iter().map(|frame| (frame.request_id, frame.body.len())).collect();
+        assert_eq!(seen, [(1, 3), (2, WRITE_IN_PLACE_BYTES)]);
+        let whole = WireFrame::encoded(7, 3, &vec![1; WRITE_IN_PLACE_BYTES]);
+        batch.clear();
+        assert_eq!(batch.push(&whole), Pushed::InPlace);
+        assert!(batch.is_empty(), "a whole frame is written from its own buffer");
     }
 
     #[test]

@@ -32,6 +32,60 @@ pub fn frame_header(kind: u16, request_id: u32, body_length: usize) -> [u8; FRAM
     header
 }
 
+/// A whole frame in a buffer that may hold other bytes before it: a body
+/// built with room in front (`RequestBody`) becomes a frame in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireFrame {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl WireFrame {
+    pub fn encoded(kind: u16, request_id: u32, body: &[u8]) -> Self {
+        Self { buffer: encode_frame(kind, request_id, body), start: 0 }
+    }
+
+    /// The frame: header and body.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+}
+
+/// A request body as a flatbuffer builder left it: the body at the end of
+/// `buffer`, usually with room for the frame header in front, so
+/// `into_frame` writes the header there instead of copying the body after
+/// one (a megabyte per large produce request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestBody {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl RequestBody {
+    /// `buffer[start..]` is the body.
+    pub fn new(buffer: Vec<u8>, start: usize) -> Self {
+        debug_assert!(start <= buffer.len());
+        Self { buffer, start }
+    }
+
+    pub fn into_frame(mut self, kind: u16, request_id: u32) -> WireFrame {
+        let Some(header_start) = self.start.checked_sub(FRAME_HEADER_BYTES) else {
+            return WireFrame::encoded(kind, request_id, &self);
+        };
+        let header = frame_header(kind, request_id, self.buffer.len() - self.start);
+        self.buffer[header_start..self.start].copy_from_slice(&header);
+        WireFrame { buffer: self.buffer, start: header_start }
+    }
+}
+
+impl std::ops::Deref for RequestBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+}
+
 pub fn encode_frame(kind: u16, request_id: u32, body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
     frame.extend_from_slice(&frame_header(kind, request_id, body.len()));
@@ -105,6 +159,33 @@ pub fn release_excess(buffer: &mut BytesMut, retained_bytes_max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body built with room in front becomes the same frame as one
+    /// encoded by copying; without room it is copied.
+    #[test]
+    fn a_request_body_becomes_its_frame_in_place_or_by_a_copy() {
+        let body = b"flatbuffer bytes".to_vec();
+        let mut roomy = vec![0xEE; 32];
+        roomy.extend_from_slice(&body);
+        let frame = RequestBody::new(roomy, 32).into_frame(5, 77);
+        assert_eq!(frame.bytes(), &encode_frame(5, 77, &body)[..]);
+        let mut tight = vec![0xEE; 3];
+        tight.extend_from_slice(&body);
+        let tight = RequestBody::new(tight, 3);
+        assert_eq!(&tight[..], &body[..]);
+        assert_eq!(tight.into_frame(5, 77).bytes(), &encode_frame(5, 77, &body)[..]);
+    }
+
+    #[test]
+    fn a_produce_request_leaves_room_for_its_frame_header() {
+        let messages: Vec<Vec<u8>> = (0..1000).map(|index| vec![index as u8; 1024]).collect();
+        let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let body = crate::protocol::produce_request("orders", 3, &slices, false);
+        let copied = encode_frame(7, 9, &body);
+        let frame = body.into_frame(7, 9);
+        assert_eq!(frame.bytes(), &copied[..]);
+        assert_ne!(frame.start, 0, "the builder's estimate left room: no copy");
+    }
 
     #[test]
     fn frames_round_trip_even_when_they_arrive_byte_by_byte() {

@@ -17,10 +17,13 @@ mod routing;
 
 pub use admin::*;
 pub use build::*;
-pub use codec::{DecoderLimits, FrameBatch, FrameDecoder, OutgoingFrame, Truncated, WRITE_COALESCE_BYTES};
+pub use codec::{
+    DecoderLimits, FrameBatch, FrameDecoder, OutgoingFrame, Pushed, Truncated, WRITE_COALESCE_BYTES,
+    WRITE_IN_PLACE_BYTES,
+};
 pub use frame::{
     decode_frame, encode_frame, frame_bytes_missing, frame_header, read_room, release_excess, Frame, FrameError,
-    FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
+    RequestBody, WireFrame, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
 pub use replicate::{

@@ -6,6 +6,6 @@ mod message;
 pub mod record;
 
 pub use message::{
-    check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, MessageDraft, VerifiedMessage,
-    WireError,
+    check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, BuiltMessage, MessageDraft,
+    VerifiedMessage, WireError,
 };
