@@ -7,9 +7,10 @@
 //! `BrokerRequests` handler, and `answer` replies to it.
 
 use super::ClientError;
-use crate::framed::{write_frame, FrameReader, ReadError};
-use crate::protocol::{DecoderLimits, Frame, BROKER_REQUEST_BIT};
+use crate::framed::{FrameReader, ReadError};
+use crate::protocol::{DecoderLimits, Frame, RequestBody, WireFrame, BROKER_REQUEST_BIT};
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -123,6 +124,21 @@ impl Connection {
 
     /// Sends a request; `deliver` gets its answer (or the connection's end).
     pub fn send_with(&self, kind: u16, body: &[u8], deliver: Deliver) -> Result<u32, ClientError> {
+        self.send_frame(|request_id| WireFrame::encoded(kind, request_id, body), deliver)
+    }
+
+    /// `send` for a body built with room for its frame header
+    /// (`produce_request`): the frame is written without copying the body.
+    pub fn send_body(&self, kind: u16, body: RequestBody) -> Result<Pending, ClientError> {
+        let (sender, receiver) = mpsc::channel();
+        let deliver: Deliver = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        let request_id = self.send_frame(|request_id| body.into_frame(kind, request_id), deliver)?;
+        Ok(Pending { request_id, receiver, shared: self.shared.clone() })
+    }
+
+    fn send_frame(&self, frame: impl FnOnce(u32) -> WireFrame, deliver: Deliver) -> Result<u32, ClientError> {
         if self.is_closed() {
             return Err(ClientError::Closed { address: self.address.clone() });
         }
@@ -143,7 +159,7 @@ impl Connection {
             }
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        self.write(kind, request_id, body)?;
+        self.write(frame(request_id).bytes())?;
         Ok(request_id)
     }
 
@@ -172,12 +188,13 @@ impl Connection {
         if self.is_closed() {
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        self.write(kind, request_id, body)
+        self.write(WireFrame::encoded(kind, request_id, body).bytes())
     }
 
-    /// A frame out; a failed write gives the connection up.
-    fn write(&self, kind: u16, request_id: u32, body: &[u8]) -> Result<(), ClientError> {
-        if let Err(error) = write_frame(&mut *lock(&self.writer), kind, request_id, body) {
+    /// A whole frame out, in one `write_all` so that frames written under
+    /// the lock never interleave; a failed write gives the connection up.
+    fn write(&self, frame: &[u8]) -> Result<(), ClientError> {
+        if let Err(error) = lock(&self.writer).write_all(frame) {
             let error = ClientError::Io { address: self.address.clone(), error: error.to_string() };
             self.shared.fail_all(&error);
             return Err(error);

@@ -343,7 +343,7 @@ impl Producer {
             *topic.queue_shards.get(queue as usize).ok_or_else(|| ClientError::Usage(format!("no queue {queue}")))?;
         let messages: Vec<&[u8]> = prepared.iter().map(|message| message.bytes.as_slice()).collect();
         let body = protocol::produce_request(&self.topic, queue, &messages, skip_gap);
-        self.client.connection(shard)?.send(Kind::ProduceRequest as u16, &body)
+        self.client.connection(shard)?.send_body(Kind::ProduceRequest as u16, body)
     }
 
     fn finish(&self, pending: Pending, prepared: &[PreparedMessage]) -> Result<Vec<SendReceipt>, ClientError> {

@@ -3,8 +3,8 @@
 //! one fails with an I/O error.
 
 use super::ReadError;
-use crate::protocol::{encode_frame, DecoderLimits, Frame, FrameDecoder};
-use std::io::{ErrorKind, Read, Write};
+use crate::protocol::{DecoderLimits, Frame, FrameDecoder};
+use std::io::{ErrorKind, Read};
 
 /// Reads whole frames from a stream.
 pub struct FrameReader<R> {
@@ -36,10 +36,4 @@ impl<R: Read> FrameReader<R> {
             }
         }
     }
-}
-
-/// Writes one frame in one `write_all`, so frames written under a lock
-/// never interleave.
-pub fn write_frame(stream: &mut impl Write, kind: u16, request_id: u32, body: &[u8]) -> std::io::Result<()> {
-    stream.write_all(&encode_frame(kind, request_id, body))
 }

@@ -13,7 +13,7 @@ mod blocking;
 #[cfg(feature = "glommio")]
 pub mod glommio_io;
 
-pub use blocking::{write_frame, FrameReader};
+pub use blocking::FrameReader;
 
 use crate::protocol::{FrameError, Truncated};
 
