@@ -74,7 +74,7 @@ impl IndexEntry {
     }
 
     /// Reads the file entry of queue offset `offset`, if its CRC holds.
-    fn decode_checked(offset: u64, source: &[u8]) -> Option<Self> {
+    pub(super) fn decode_checked(offset: u64, source: &[u8]) -> Option<Self> {
         let mut stored = [0; 4];
         stored.copy_from_slice(&source[CHECKED_BYTES..INDEX_FILE_ENTRY_SIZE_BYTES]);
         (u32::from_le_bytes(stored) == entry_crc(offset, &source[..CHECKED_BYTES])).then(|| Self::decode(source))

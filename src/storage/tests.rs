@@ -748,3 +748,33 @@ fn a_reused_buffer_writes_zeros_after_its_records() {
         log.close().await.expect("close");
     });
 }
+
+/// A checkpoint writes a queue's index entries a bounded write at a time;
+/// more entries than one write holds read back whole from the index file
+/// after a restart.
+#[test]
+fn an_index_larger_than_one_write_reads_back_from_its_file() {
+    run(async {
+        let storage = MemoryStorage::new();
+        let config = LogConfig { checkpoint_interval: Duration::from_secs(3600), ..LogConfig::new("/memory") };
+        let count = 2 * checkpoint::INDEX_ENTRIES_PER_WRITE as u64 + 1000;
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        append_burst(&log, 7, 0..count).await;
+        log.close().await.expect("close: one checkpoint with every entry");
+        // Each entry at its own offset's slot (a read would not tell: a
+        // damaged index file is rebuilt from the log).
+        let path = index::index_path(&config.dir.join(INDEX_DIR), 7);
+        let file = storage.read_file(&path).await.expect("read").expect("an index file");
+        let mut last_position = None;
+        for offset in 0..count {
+            let slot = &file[offset as usize * index::INDEX_FILE_ENTRY_SIZE_BYTES..];
+            let entry = index::IndexEntry::decode_checked(offset, slot).unwrap_or_else(|| panic!("offset {offset}"));
+            assert!(last_position < Some(entry.position), "offset {offset}");
+            last_position = Some(entry.position);
+        }
+        let log = CommitLog::open(storage, config).await.expect("reopen");
+        assert_queue(&log, 7, count).await;
+        assert_backwards(&log, 7, count).await;
+        log.close().await.expect("close");
+    });
+}
