@@ -203,15 +203,8 @@ fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Che
     (jobs, checkpoint)
 }
 
-/// Index entries per write to an index file (256 KiB). A device finishes
-/// the writes queued before a flush first, so one large write holds the
-/// log's durable writes behind it: at 50,000 messages a second a checkpoint
-/// wrote 100,000 entries (3.2 MB) at once, and the log's answers waited
-/// 10-20 ms every checkpoint (docs/PERFORMANCE.md).
-pub(super) const INDEX_ENTRIES_PER_WRITE: usize = 8192;
-
-/// Appends a queue's entries to its index file, a bounded write at a time,
-/// and syncs it; then memory lets them go. The writer works on a copy of the file's state: readers
+/// Appends a queue's entries to its index file and syncs it; then memory
+/// lets them go. The writer works on a copy of the file's state: readers
 /// keep using the file meanwhile, and a failed write leaves the state as
 /// it was (and stops the log).
 async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Result<(), LogError> {
@@ -223,9 +216,7 @@ async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Resul
             IndexFile::open(&shared.storage, path, 0, 0).await?
         }
     };
-    for (index, entries) in job.entries.chunks(INDEX_ENTRIES_PER_WRITE).enumerate() {
-        file.append(job.from + (index * INDEX_ENTRIES_PER_WRITE) as u64, entries).await?;
-    }
+    file.append(job.from, &job.entries).await?;
     file.sync().await?;
     shared.index_cache.borrow_mut().absorb(job.queue_id, job.from, &job.entries);
     let mut state = shared.state.borrow_mut();

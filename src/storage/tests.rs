@@ -757,7 +757,7 @@ fn an_index_larger_than_one_write_reads_back_from_its_file() {
     run(async {
         let storage = MemoryStorage::new();
         let config = LogConfig { checkpoint_interval: Duration::from_secs(3600), ..LogConfig::new("/memory") };
-        let count = 2 * checkpoint::INDEX_ENTRIES_PER_WRITE as u64 + 1000;
+        let count = 2 * index::INDEX_ENTRIES_PER_WRITE as u64 + 1000;
         let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
         append_burst(&log, 7, 0..count).await;
         log.close().await.expect("close: one checkpoint with every entry");
