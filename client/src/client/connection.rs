@@ -130,11 +130,16 @@ impl Connection {
     /// `send` for a body built with room for its frame header
     /// (`produce_request`): the frame is written without copying the body.
     pub fn send_body(&self, kind: u16, body: RequestBody) -> Result<Pending, ClientError> {
+        self.send_pending(|request_id| body.into_frame(kind, request_id))
+    }
+
+    /// Sends a frame whose answer a `Pending` waits for.
+    fn send_pending(&self, frame: impl FnOnce(u32) -> WireFrame) -> Result<Pending, ClientError> {
         let (sender, receiver) = mpsc::channel();
         let deliver: Deliver = Box::new(move |result| {
             let _ = sender.send(result);
         });
-        let request_id = self.send_frame(|request_id| body.into_frame(kind, request_id), deliver)?;
+        let request_id = self.send_frame(frame, deliver)?;
         Ok(Pending { request_id, receiver, shared: self.shared.clone() })
     }
 
@@ -164,12 +169,7 @@ impl Connection {
     }
 
     pub fn send(&self, kind: u16, body: &[u8]) -> Result<Pending, ClientError> {
-        let (sender, receiver) = mpsc::channel();
-        let deliver: Deliver = Box::new(move |result| {
-            let _ = sender.send(result);
-        });
-        let request_id = self.send_with(kind, body, deliver)?;
-        Ok(Pending { request_id, receiver, shared: self.shared.clone() })
+        self.send_pending(|request_id| WireFrame::encoded(kind, request_id, body))
     }
 
     pub fn request(&self, kind: u16, body: &[u8], timeout: Duration) -> Result<Frame, ClientError> {
