@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use ringmq::client::{visit_records, AsyncConnection, ClientError};
 use ringmq::protocol::{self, fb, verify, Assignment, Failure, FetchParams, Kind, TopicLayout};
 use ringmq::storage::latency_histogram_us;
-use ringmq::wire::{BuiltMessage, MessageDraft};
+use ringmq::wire::{Finished, MessageDraft};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -270,7 +270,7 @@ async fn send(
     let queue = stamp.queue;
     let message_producer = workload.producer_id_base + u64::from(producer);
     let queue_producer = message_producer.wrapping_mul(QUEUES_PER_PRODUCER_ID).wrapping_add(u64::from(queue)).max(1);
-    let messages: Vec<BuiltMessage> = (first_sequence..first_sequence + workload.batch as u64)
+    let messages: Vec<Finished> = (first_sequence..first_sequence + workload.batch as u64)
         .map(|sequence| {
             let body = body(workload.size, intended_ns, producer, sequence);
             let key = workload.keyed.then(|| format!("key-{}", sequence % 1024));

@@ -10,7 +10,8 @@
 use super::connection::read_failure;
 use super::{expect_kind, ClientError};
 use crate::framed::glommio_io::{self, AsyncFrameReader};
-use crate::protocol::{DecoderLimits, Frame, Kind, RequestBody, WireFrame};
+use crate::protocol::{DecoderLimits, Frame, Kind, WireFrame};
+use crate::wire::Finished;
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -82,8 +83,8 @@ impl AsyncConnection {
 
     /// `request` for a body built with room for its frame header, which
     /// goes out without being copied.
-    pub async fn request_body(&self, kind: Kind, body: RequestBody) -> Result<Bytes, ClientError> {
-        self.request_framed(kind, |request_id| body.into_frame(kind as u16, request_id)).await
+    pub async fn request_body(&self, kind: Kind, body: Finished) -> Result<Bytes, ClientError> {
+        self.request_framed(kind, |request_id| WireFrame::in_place(body, kind as u16, request_id)).await
     }
 
     async fn request_framed(&self, kind: Kind, frame: impl FnOnce(u32) -> WireFrame) -> Result<Bytes, ClientError> {

@@ -8,7 +8,8 @@
 
 use super::ClientError;
 use crate::framed::{FrameReader, ReadError};
-use crate::protocol::{DecoderLimits, Frame, RequestBody, WireFrame, BROKER_REQUEST_BIT};
+use crate::protocol::{DecoderLimits, Frame, WireFrame, BROKER_REQUEST_BIT};
+use crate::wire::Finished;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -129,8 +130,8 @@ impl Connection {
 
     /// `send` for a body built with room for its frame header
     /// (`produce_request`): the frame is written without copying the body.
-    pub fn send_body(&self, kind: u16, body: RequestBody) -> Result<Pending, ClientError> {
-        self.send_pending(|request_id| body.into_frame(kind, request_id))
+    pub fn send_body(&self, kind: u16, body: Finished) -> Result<Pending, ClientError> {
+        self.send_pending(|request_id| WireFrame::in_place(body, kind, request_id))
     }
 
     /// Sends a frame whose answer a `Pending` waits for.

@@ -1,7 +1,8 @@
 //! Builders of every request and response body, shared by broker and client.
 
 use super::fb;
-use super::frame::{RequestBody, FRAME_HEADER_BYTES};
+use super::frame::FRAME_HEADER_BYTES;
+use crate::wire::Finished;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 /// Why a request failed, as it goes on the wire.
@@ -173,8 +174,8 @@ pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayo
 }
 
 /// `skip_gap`: see `ProduceRequest.skip_gap` in schemas/protocol.fbs.
-/// Built with room for the frame header in front (`RequestBody::into_frame`).
-pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bool) -> RequestBody {
+/// Built with room for the frame header in front (`WireFrame::in_place`).
+pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bool) -> Finished {
     // Per message: its bytes, their length prefix and alignment, its table
     // and its offset in the vector; a builder that runs short grows by a copy.
     let size: usize = messages.iter().map(|message| message.len() + 24).sum();
@@ -191,8 +192,7 @@ pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bo
     let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages), skip_gap };
     let root = fb::ProduceRequest::create(&mut builder, &args);
     builder.finish_minimal(root);
-    let (buffer, start) = builder.collapse();
-    RequestBody::new(buffer, start)
+    Finished::of(builder)
 }
 
 /// What became of one message of a produce request.

@@ -1,5 +1,6 @@
 //! Length-prefixed frames.
 
+use crate::wire::Finished;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// `u32 length`.
@@ -33,7 +34,7 @@ pub fn frame_header(kind: u16, request_id: u32, body_length: usize) -> [u8; FRAM
 }
 
 /// A whole frame in a buffer that may hold other bytes before it: a body
-/// built with room in front (`RequestBody`) becomes a frame in place.
+/// built with room in front becomes a frame in place (`in_place`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WireFrame {
     buffer: Vec<u8>,
@@ -45,43 +46,21 @@ impl WireFrame {
         Self { buffer: encode_frame(kind, request_id, body), start: 0 }
     }
 
+    /// The frame of `body`, its header written in the room in front of it
+    /// instead of the body copied after one (a megabyte per large produce
+    /// request); copied only when there is no room.
+    pub fn in_place(body: Finished, kind: u16, request_id: u32) -> Self {
+        let (mut buffer, start) = body.into_parts();
+        let Some(header_start) = start.checked_sub(FRAME_HEADER_BYTES) else {
+            return Self::encoded(kind, request_id, &buffer[start..]);
+        };
+        let header = frame_header(kind, request_id, buffer.len() - start);
+        buffer[header_start..start].copy_from_slice(&header);
+        Self { buffer, start: header_start }
+    }
+
     /// The frame: header and body.
     pub fn bytes(&self) -> &[u8] {
-        &self.buffer[self.start..]
-    }
-}
-
-/// A request body as a flatbuffer builder left it: the body at the end of
-/// `buffer`, usually with room for the frame header in front, so
-/// `into_frame` writes the header there instead of copying the body after
-/// one (a megabyte per large produce request).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestBody {
-    buffer: Vec<u8>,
-    start: usize,
-}
-
-impl RequestBody {
-    /// `buffer[start..]` is the body.
-    pub fn new(buffer: Vec<u8>, start: usize) -> Self {
-        debug_assert!(start <= buffer.len());
-        Self { buffer, start }
-    }
-
-    pub fn into_frame(mut self, kind: u16, request_id: u32) -> WireFrame {
-        let Some(header_start) = self.start.checked_sub(FRAME_HEADER_BYTES) else {
-            return WireFrame::encoded(kind, request_id, &self);
-        };
-        let header = frame_header(kind, request_id, self.buffer.len() - self.start);
-        self.buffer[header_start..self.start].copy_from_slice(&header);
-        WireFrame { buffer: self.buffer, start: header_start }
-    }
-}
-
-impl std::ops::Deref for RequestBody {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
         &self.buffer[self.start..]
     }
 }
@@ -167,13 +146,13 @@ mod tests {
         let body = b"flatbuffer bytes".to_vec();
         let mut roomy = vec![0xEE; 32];
         roomy.extend_from_slice(&body);
-        let frame = RequestBody::new(roomy, 32).into_frame(5, 77);
+        let frame = WireFrame::in_place(Finished::new(roomy, 32), 5, 77);
         assert_eq!(frame.bytes(), &encode_frame(5, 77, &body)[..]);
         let mut tight = vec![0xEE; 3];
         tight.extend_from_slice(&body);
-        let tight = RequestBody::new(tight, 3);
+        let tight = Finished::new(tight, 3);
         assert_eq!(&tight[..], &body[..]);
-        assert_eq!(tight.into_frame(5, 77).bytes(), &encode_frame(5, 77, &body)[..]);
+        assert_eq!(WireFrame::in_place(tight, 5, 77).bytes(), &encode_frame(5, 77, &body)[..]);
     }
 
     #[test]
@@ -182,7 +161,7 @@ mod tests {
         let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
         let body = crate::protocol::produce_request("orders", 3, &slices, false);
         let copied = encode_frame(7, 9, &body);
-        let frame = body.into_frame(7, 9);
+        let frame = WireFrame::in_place(body, 7, 9);
         assert_eq!(frame.bytes(), &copied[..]);
         assert_ne!(frame.start, 0, "the builder's estimate left room: no copy");
     }

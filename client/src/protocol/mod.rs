@@ -23,7 +23,7 @@ pub use codec::{
 };
 pub use frame::{
     decode_frame, encode_frame, frame_bytes_missing, frame_header, read_room, release_excess, Frame, FrameError,
-    RequestBody, WireFrame, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
+    WireFrame, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
 pub use replicate::{

@@ -4,6 +4,7 @@
 //! producer's bytes and the few fields the broker routes by, read once.
 
 use super::generated::{Message, MessageArgs, MessageId, TransactionKind};
+use super::Finished;
 use crate::constants::{
     CLIENT_ID_BYTES_MAX, KEYS_INDEXED_PER_MESSAGE_MAX, MESSAGE_KEYS_MAX, MESSAGE_KEY_BYTES_MAX, MESSAGE_PROPERTIES_MAX,
     MESSAGE_PROPERTY_NAME_BYTES_MAX, MESSAGE_SIZE_BYTES_MAX, MESSAGE_TAG_BYTES_MAX, NAME_BYTES_MAX,
@@ -191,29 +192,12 @@ pub struct MessageDraft<'a> {
     pub transaction_id: Option<&'a str>,
 }
 
-/// A built message where its builder left it, at the end of the builder's
-/// buffer: not copied into a vector of its own (a producer sending large
-/// batches builds thousands a second).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuiltMessage {
-    buffer: Vec<u8>,
-    start: usize,
-}
-
-impl std::ops::Deref for BuiltMessage {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.buffer[self.start..]
-    }
-}
-
 impl MessageDraft<'_> {
     pub fn build(&self) -> Vec<u8> {
         self.build_in_place().to_vec()
     }
 
-    pub fn build_in_place(&self) -> BuiltMessage {
+    pub fn build_in_place(&self) -> Finished {
         let mut builder = FlatBufferBuilder::with_capacity(self.body.len() + 256);
         let topic = builder.create_string(self.topic);
         let keys: Vec<_> = self.keys.iter().map(|key| builder.create_string(key)).collect();
@@ -255,8 +239,7 @@ impl MessageDraft<'_> {
         };
         let message = Message::create(&mut builder, &args);
         builder.finish_minimal(message);
-        let (buffer, start) = builder.collapse();
-        BuiltMessage { buffer, start }
+        Finished::of(builder)
     }
 }
 

@@ -1,11 +1,13 @@
 //! What travels on the wire: the flatbuffers schemas' generated code and the
 //! verification every incoming message passes before anything touches it.
 
+mod finished;
 pub mod generated;
 mod message;
 pub mod record;
 
+pub use finished::Finished;
 pub use message::{
-    check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, BuiltMessage, MessageDraft,
-    VerifiedMessage, WireError,
+    check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, MessageDraft, VerifiedMessage,
+    WireError,
 };
