@@ -96,8 +96,14 @@ impl<S: Storage> CommitLog<S> {
         let from = position + skipped;
         let verified = &bytes[skipped as usize..(end - position) as usize];
         if !verified.is_empty() {
-            self.write_replicated(&segment, from, verified).await?;
-            self.index_replicated(&segment, from, verified)?;
+            let started = std::time::Instant::now();
+            let written_bytes = self.write_replicated(&segment, from, verified).await?;
+            let latency_us = started.elapsed().as_micros() as u64;
+            let (records, record_bytes) = self.index_replicated(&segment, from, verified)?;
+            // The same figures a primary's flush round keeps: a standby's
+            // `fdatasync_seconds` is its share of a sync produce's answer.
+            let padding = written_bytes.saturating_sub(record_bytes);
+            shared.state.borrow_mut().stats.record_flush(records, written_bytes, padding, latency_us);
         }
         {
             // The filling buffer moves to the new end; its memory (empty: a
@@ -118,7 +124,8 @@ impl<S: Storage> CommitLog<S> {
     }
 
     /// Writes `verified` at log position `from` of `segment` (O_DIRECT,
-    /// whole blocks), durable when the write completes. Only when `from` lies inside a block
+    /// whole blocks), durable when the write completes; returns the bytes
+    /// written. Only when `from` lies inside a block
     /// (the primary's write continues past the last answer's durable end:
     /// never with whole writes) is that block written again with the bytes
     /// it holds.
@@ -127,7 +134,7 @@ impl<S: Storage> CommitLog<S> {
         segment: &super::segment::Segment<S::File>,
         from: u64,
         verified: &[u8],
-    ) -> Result<(), FollowError> {
+    ) -> Result<u64, FollowError> {
         let block = BLOCK_SIZE_BYTES as u64;
         let end = from + verified.len() as u64;
         let first_block = (from - segment.start) / block * block;
@@ -143,7 +150,7 @@ impl<S: Storage> CommitLog<S> {
             .write_durable_at(buffer.as_slice(), first_block)
             .await
             .map_err(|error| io("write replicated", error))?;
-        Ok(())
+        Ok(write_end - first_block)
     }
 
     /// The segment starting at `start`: the active one, or the next one,
@@ -169,13 +176,14 @@ impl<S: Storage> CommitLog<S> {
 
     /// Indexes verified records as recovery does: queue entries (a queue
     /// offset that does not follow its queue is refused before anything is
-    /// indexed) and key entries.
+    /// indexed) and key entries. Returns the records and the bytes they
+    /// fill, padded.
     fn index_replicated(
         &self,
         segment: &super::segment::Segment<S::File>,
         position: u64,
         bytes: &[u8],
-    ) -> Result<(), FollowError> {
+    ) -> Result<(u64, u64), FollowError> {
         let shared = self.shared();
         let records = records_in(position, bytes)?;
         let mut state = shared.state.borrow_mut();
@@ -201,8 +209,9 @@ impl<S: Storage> CommitLog<S> {
             *expected += 1;
         }
         let hasher = shared.config.key_hasher.filter(|_| state.keys_enabled);
-        let (mut hashes, mut entries) = (Vec::new(), 0u64);
+        let (mut hashes, mut entries, mut record_bytes) = (Vec::new(), 0u64, 0u64);
         for (here, header, message) in &records {
+            record_bytes += header.padded_size() as u64;
             let newest = state.last_store_timestamp_us.max(header.store_timestamp_us);
             state.last_store_timestamp_us = newest;
             // Checked above: it cannot refuse.
@@ -226,7 +235,7 @@ impl<S: Storage> CommitLog<S> {
         for _ in 0..entries {
             shared.note_index_entry();
         }
-        Ok(())
+        Ok((records.len() as u64, record_bytes))
     }
 }
 
@@ -321,6 +330,9 @@ mod tests {
             append(&primary, 0, 150).await;
             follow(&primary, &standby, 5000).await;
             assert_eq!(standby.follow_position(), primary.positions().flushed);
+            // Its writes count as flush rounds, as a primary's do.
+            let (rounds, records) = standby.with_stats(|stats| (stats.flush_count, stats.records_flushed));
+            assert!(rounds > 0 && records == 150, "{rounds} rounds, {records} records");
             standby.close().await.expect("close standby");
             drop(standby);
             // More records while the standby is down, across a segment roll.
