@@ -66,6 +66,16 @@ fn a_sync_standby_run_is_reported_beside_local_durability_and_every_send_is_ok()
         );
     }
     assert!(summary["standby_to_local"]["publish_p50_goal_met"].is_boolean(), "{summary}");
+    // Each broker's flush rounds, scraped from its metrics: the standby's
+    // replicated writes count too, one per write it confirmed.
+    let flush = &summary["broker_flush"];
+    for broker in ["local", "primary", "standby"] {
+        let rounds = flush[broker]["rounds"].as_u64().unwrap_or(0);
+        assert!(rounds > 0 && flush[broker]["mean_us"].as_f64().is_some_and(|us| us > 0.0), "{broker}: {summary}");
+    }
+    let records = |broker: &str| flush[broker]["records"].as_u64().unwrap_or(0);
+    assert!(records("standby") >= standby["acknowledged"].as_u64().unwrap_or(u64::MAX), "{summary}");
+    assert!(stdout.contains("flush rounds inside the broker"), "{stdout}");
 }
 
 #[test]

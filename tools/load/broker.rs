@@ -15,7 +15,67 @@ const START_MAX: Duration = Duration::from_secs(30);
 pub struct SpawnedBroker {
     child: Child,
     pub address: String,
+    /// Its `--metrics-listen` address.
+    metrics: String,
     _temp: tempfile::TempDir,
+}
+
+/// How long the broker may take to answer a metrics scrape.
+const SCRAPE_MAX: Duration = Duration::from_secs(5);
+
+/// A broker publishes its figures for scrapes this often (`server::metrics`):
+/// a scrape this much later sees everything before it.
+const METRICS_REFRESH: Duration = Duration::from_millis(600);
+
+/// A broker's flush rounds (each made durable by one O_DSYNC write or one
+/// fdatasync), summed over its shards: the disk's share of an answer, as
+/// the broker itself saw it. A standby's replicated writes count too.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlushRounds {
+    pub rounds: u64,
+    pub records: u64,
+    pub seconds: f64,
+}
+
+impl FlushRounds {
+    /// From the text of a `/metrics` scrape.
+    pub fn parse(metrics: &str) -> Self {
+        let mut flush = Self::default();
+        for line in metrics.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            match series.split('{').next().unwrap_or(series) {
+                "ringmq_fdatasync_seconds_count" => flush.rounds += value.parse::<u64>().unwrap_or(0),
+                "ringmq_records_flushed_total" => flush.records += value.parse::<u64>().unwrap_or(0),
+                "ringmq_fdatasync_seconds_sum" => flush.seconds += value.parse::<f64>().unwrap_or(0.0),
+                _ => {}
+            }
+        }
+        flush
+    }
+
+    /// What happened between `earlier` and this.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            rounds: self.rounds.saturating_sub(earlier.rounds),
+            records: self.records.saturating_sub(earlier.records),
+            seconds: (self.seconds - earlier.seconds).max(0.0),
+        }
+    }
+
+    pub fn mean_us(&self) -> f64 {
+        if self.rounds == 0 {
+            return 0.0;
+        }
+        self.seconds * 1e6 / self.rounds as f64
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rounds": self.rounds,
+            "records": self.records,
+            "mean_us": self.mean_us().round(),
+        })
+    }
 }
 
 /// The spawned standby's `--spin-before-park-us`. On a machine of its own
@@ -107,12 +167,14 @@ impl SpawnedBroker {
             return Err(format!("{} not found: build it with `cargo build --release`", binary.display()));
         }
         let data_dir = temp.path().join("data");
-        let base = free_base_port(shard_count as u16)?;
+        let base = free_base_port(shard_count as u16 + 1)?;
         let address = format!("127.0.0.1:{base}");
+        let metrics = format!("127.0.0.1:{}", base + shard_count as u16);
         let child = Command::new(&binary)
             .args(["serve", "--data-dir"])
             .arg(&data_dir)
             .args(["--listen", &address, "--shards", &shard_count.to_string(), "--log", "warn"])
+            .args(["--metrics-listen", &metrics])
             // A throwaway broker for one run: its figures must not depend on
             // how full the host's disk happens to be (disk protection off).
             .args(["--disk-max-used-percent", "100"])
@@ -120,7 +182,7 @@ impl SpawnedBroker {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|error| format!("starting {}: {error}", binary.display()))?;
-        let mut broker = Self { child, address, _temp: temp };
+        let mut broker = Self { child, address, metrics, _temp: temp };
         let deadline = Instant::now() + START_MAX;
         while Client::connect_with_timeout(&broker.address, Duration::from_secs(1)).is_err() {
             broker.check_running()?;
@@ -173,6 +235,23 @@ impl SpawnedBroker {
         }
     }
 
+    /// Its flush rounds so far, from its metrics endpoint.
+    pub fn flush_rounds(&self) -> Result<FlushRounds, String> {
+        use std::io::{Read, Write};
+        std::thread::sleep(METRICS_REFRESH);
+        let scrape = || -> std::io::Result<String> {
+            let address = self.metrics.parse().map_err(std::io::Error::other)?;
+            let mut stream = std::net::TcpStream::connect_timeout(&address, SCRAPE_MAX)?;
+            stream.set_read_timeout(Some(SCRAPE_MAX))?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: ringmq\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        let text = scrape().map_err(|error| format!("metrics of the spawned broker ({}): {error}", self.metrics))?;
+        Ok(FlushRounds::parse(&text))
+    }
+
     pub fn stop(mut self) {
         // SAFETY: the pid is our own child's, not yet waited for.
         unsafe {
@@ -210,7 +289,23 @@ pub fn standby_cpuset(shards: u32, cpus: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::standby_cpuset;
+    use super::{standby_cpuset, FlushRounds};
+
+    #[test]
+    fn flush_rounds_sum_every_shard_of_a_scrape() {
+        let text = "# HELP x\n\
+            ringmq_fdatasync_seconds_sum{shard=\"0\"} 0.5\n\
+            ringmq_fdatasync_seconds_count{shard=\"0\"} 1000\n\
+            ringmq_fdatasync_seconds_bucket{le=\"0.001\",shard=\"0\"} 7\n\
+            ringmq_fdatasync_seconds_sum{shard=\"1\"} 1.5\n\
+            ringmq_fdatasync_seconds_count{shard=\"1\"} 3000\n\
+            ringmq_records_flushed_total{shard=\"0\"} 4000\n";
+        let flush = FlushRounds::parse(text);
+        assert_eq!(flush, FlushRounds { rounds: 4000, records: 4000, seconds: 2.0 });
+        assert_eq!(flush.mean_us(), 500.0);
+        let earlier = FlushRounds { rounds: 2000, records: 1000, seconds: 1.5 };
+        assert_eq!(flush.since(earlier).mean_us(), 250.0);
+    }
 
     #[test]
     fn a_standby_runs_on_the_cpus_after_its_primarys_shards() {

@@ -97,6 +97,12 @@ struct Args {
     /// generator off the broker's cores when there are spare ones.
     #[arg(long, default_value_t = 0)]
     first_cpu: usize,
+    /// CPU the raw disk probe runs on; default 0, where shard 0 of a broker
+    /// with the default placement runs. The disk's completions reach one
+    /// CPU sooner than another (a VM's single interrupt queue): the raw
+    /// figure is measured where the broker's shard waits for its own.
+    #[arg(long, default_value_t = 0)]
+    probe_cpu: usize,
     #[arg(long)]
     json: Option<String>,
     #[arg(long)]
@@ -144,9 +150,10 @@ const RAW_BANDWIDTH_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The raw disk under `dir`, as the log uses it: 4 KiB O_DIRECT overwrite +
 /// fdatasync latency, and sequential O_DIRECT write bandwidth (MB/s).
-fn raw_disk(dir: &std::path::Path) -> Result<(Histogram<u64>, f64), String> {
-    let executor =
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().map_err(|error| error.to_string())?;
+fn raw_disk(dir: &std::path::Path, cpu: usize) -> Result<(Histogram<u64>, f64), String> {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+        .make()
+        .map_err(|error| format!("raw disk probe on CPU {cpu}: {error}"))?;
     let probe_dir = dir.to_path_buf();
     executor
         .run(async move {
@@ -210,12 +217,16 @@ fn run(mut args: Args) -> Result<ExitCode, String> {
     // not compete (a new broker zero-fills its first segments).
     let temp = if args.spawn_broker { Some(broker::SpawnedBroker::directory()?) } else { None };
     let probe_dir = temp.as_ref().map_or(args.data_dir.clone(), |temp| temp.path().to_path_buf());
-    let (latency, write_mb_s) = raw_disk(&probe_dir)?;
+    if args.probe_cpu >= broker::cpu_count() {
+        return Err(format!("--probe-cpu {}: this process has {} CPUs", args.probe_cpu, broker::cpu_count()));
+    }
+    let (latency, write_mb_s) = raw_disk(&probe_dir, args.probe_cpu)?;
     let raw = RawDisk { fsync_p50_us: latency.value_at_quantile(0.5), write_mb_s };
     println!(
-        "raw disk under {}: 4 KiB O_DIRECT overwrite + fdatasync p50 {} us, p99 {} us; sequential O_DIRECT write \
-         ({} x 1 MiB in flight) {write_mb_s:.0} MB/s",
+        "raw disk under {} (on CPU {}): 4 KiB O_DIRECT overwrite + fdatasync p50 {} us, p99 {} us; sequential \
+         O_DIRECT write ({} x 1 MiB in flight) {write_mb_s:.0} MB/s",
         probe_dir.display(),
+        args.probe_cpu,
         raw.fsync_p50_us,
         latency.value_at_quantile(0.99),
         ringmq::storage::disk_probe::BANDWIDTH_WRITES_IN_FLIGHT,
@@ -226,12 +237,33 @@ fn run(mut args: Args) -> Result<ExitCode, String> {
         (Some(temp), None) => Some(broker::SpawnedBroker::start(temp, args.broker_shards)?),
         (None, _) => None,
     };
-    let address = spawned.as_ref().map_or(args.broker.clone(), |broker| broker.address.clone());
-    let (plain, transactional) = measure(&args, &address, cores)?;
-    if let Some(broker) = spawned {
-        broker.stop();
+    let Some(broker) = spawned else {
+        let (plain, transactional) = measure(&args, &args.broker, cores)?;
+        return summarize(&args, &plain, transactional.as_ref(), None, raw, &[]);
+    };
+    let (plain, transactional, flush) = measure_spawned(&args, &[("broker", &broker)], cores)?;
+    broker.stop();
+    summarize(&args, &plain, transactional.as_ref(), None, raw, &flush)
+}
+
+/// A broker's flush rounds during a run, by the name it has in the report.
+type BrokerFlush = Vec<(String, broker::FlushRounds)>;
+
+/// `measure` against the first of `brokers` (all spawned), with each
+/// broker's flush rounds during the run (warm-up included).
+fn measure_spawned(
+    args: &Args,
+    brokers: &[(&str, &broker::SpawnedBroker)],
+    cores: usize,
+) -> Result<(PhaseRun, Option<PhaseRun>, BrokerFlush), String> {
+    let before = brokers.iter().map(|(_, broker)| broker.flush_rounds()).collect::<Result<Vec<_>, _>>()?;
+    let address = brokers.first().map(|(_, broker)| broker.address.as_str()).ok_or("no broker to measure")?;
+    let (plain, transactional) = measure(args, address, cores)?;
+    let mut flush = Vec::new();
+    for ((name, broker), before) in brokers.iter().zip(before) {
+        flush.push((name.to_string(), broker.flush_rounds()?.since(before)));
     }
-    summarize(&args, &plain, transactional.as_ref(), None, raw)
+    Ok((plain, transactional, flush))
 }
 
 /// `--standby`: the same workload against a primary alone, then against a
@@ -246,7 +278,7 @@ fn compare_with_standby(
     let shards = args.broker_shards.map_or_else(|| "one per CPU".to_string(), |shards| shards.to_string());
     println!("=== run 1 of 2: local: a primary without standby (local durability alone), {shards} shards per broker");
     let local_broker = broker::SpawnedBroker::start(temp, args.broker_shards)?;
-    let (local, _) = measure(args, &local_broker.address, cores)?;
+    let (local, _, mut flush) = measure_spawned(args, &[("local", &local_broker)], cores)?;
     local_broker.stop();
     println!(
         "=== run 2 of 2: {0} standby: a primary with --replication {0} and a standby broker following it",
@@ -254,11 +286,13 @@ fn compare_with_standby(
     );
     let (primary, standby_broker) = broker::SpawnedBroker::start_pair(args.broker_shards, mode)?;
     println!("standby {} connected to every shard of the primary {}", standby_broker.address, primary.address);
-    let (standby, _) = measure(args, &primary.address, cores)?;
+    let pair = [("primary", &primary), ("standby", &standby_broker)];
+    let (standby, _, pair_flush) = measure_spawned(args, &pair, cores)?;
+    flush.extend(pair_flush);
     // The standby first: it would otherwise warn about its primary leaving.
     standby_broker.stop();
     primary.stop();
-    summarize(args, &local, None, Some((mode, &standby)), raw)
+    summarize(args, &local, None, Some((mode, &standby)), raw, &flush)
 }
 
 /// Creates the topic on the broker at `address` and runs the workload
@@ -532,6 +566,7 @@ fn summarize(
     transactional: Option<&PhaseRun>,
     standby: Option<(broker::StandbyMode, &PhaseRun)>,
     raw: RawDisk,
+    flush: &[(String, broker::FlushRounds)],
 ) -> Result<ExitCode, String> {
     let seconds = args.duration.as_secs_f64();
     println!("---");
@@ -542,6 +577,7 @@ fn summarize(
     let mut summary = plain_summary.json.clone();
     summary["raw_fsync_p50_us"] = json!(raw.fsync_p50_us);
     summary["raw_write_mb_s"] = json!(raw.write_mb_s.round());
+    summary["raw_probe_cpu"] = json!(args.probe_cpu);
     summary["workload"] = json!({
         "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
         "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
@@ -611,6 +647,19 @@ fn summarize(
             "publish_p50_goal": STANDBY_P50_GOAL, "publish_p50_goal_met": goal_met,
         });
         lost += standby_summary.lost;
+    }
+    if !flush.is_empty() {
+        println!("--- flush rounds inside the broker(s) during the run, warm-up included (its disk time per round)");
+        for (name, rounds) in flush {
+            let per_round = rounds.records as f64 / rounds.rounds.max(1) as f64;
+            println!(
+                "{name:<8} {:>9} rounds, mean {:>6.0} us = {:.2} x raw fdatasync p50, {per_round:.1} records each",
+                rounds.rounds,
+                rounds.mean_us(),
+                ratio(rounds.mean_us(), raw.fsync_p50_us as f64),
+            );
+            summary["broker_flush"][name] = rounds.json();
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&summary).map_err(|error| error.to_string())?)
