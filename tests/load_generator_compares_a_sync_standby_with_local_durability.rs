@@ -37,6 +37,11 @@ fn a_sync_standby_run_is_reported_beside_local_durability_and_every_send_is_ok()
     ] {
         assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
     }
+    // The raw probe, pinned to CPU 0, left the tool (and the brokers it
+    // spawned) every CPU: the standby's one shard went to CPU 1.
+    if std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2) {
+        assert!(stdout.contains("standby shards on CPUs 1 "), "{stdout}");
+    }
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
     assert_eq!(summary["run"], "local", "{summary}");

@@ -43,7 +43,13 @@ fn resync(data_dir: &Path, force: bool) -> Result<ExitCode, String> {
     }
     // A running broker holds the lock: its logs cannot move under it.
     let _lock = DataDirLock::acquire(data_dir).map_err(|error| error.to_string())?;
-    if let (Some(marker), false) = (PromotedMarker::load(data_dir)?, force) {
+    let marker = match force {
+        true => None,
+        false => {
+            PromotedMarker::load(data_dir).map_err(|error| format!("{error} (--force moves it aside all the same)"))?
+        }
+    };
+    if let Some(marker) = marker {
         return Err(format!(
             "{} belongs to a broker promoted to primary (epoch {}, replacing {}): its logs may be the only copy of \
              acknowledged messages, so they stay. If it now follows another primary that no longer holds its \

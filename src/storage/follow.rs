@@ -125,7 +125,7 @@ impl<S: Storage> CommitLog<S> {
 
     /// Writes `verified` at log position `from` of `segment` (O_DIRECT,
     /// whole blocks), durable when the write completes; returns the bytes
-    /// written. Only when `from` lies inside a block
+    /// written from `from` on. Only when `from` lies inside a block
     /// (the primary's write continues past the last answer's durable end:
     /// never with whole writes) is that block written again with the bytes
     /// it holds.
@@ -150,7 +150,8 @@ impl<S: Storage> CommitLog<S> {
             .write_durable_at(buffer.as_slice(), first_block)
             .await
             .map_err(|error| io("write replicated", error))?;
-        Ok(write_end - first_block)
+        // The kept prefix was written before: not new bytes.
+        Ok(write_end - first_block - kept.len() as u64)
     }
 
     /// The segment starting at `start`: the active one, or the next one,

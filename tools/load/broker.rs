@@ -248,7 +248,13 @@ impl SpawnedBroker {
             stream.read_to_string(&mut text)?;
             Ok(text)
         };
-        let text = scrape().map_err(|error| format!("metrics of the spawned broker ({}): {error}", self.metrics))?;
+        let failed =
+            |error: &dyn std::fmt::Display| format!("metrics of the spawned broker ({}): {error}", self.metrics);
+        let text = scrape().map_err(|error| failed(&error))?;
+        let status = text.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("200") {
+            return Err(failed(&format!("answered {status:?}")));
+        }
         Ok(FlushRounds::parse(&text))
     }
 
