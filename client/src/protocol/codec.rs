@@ -90,14 +90,14 @@ impl FrameDecoder {
         // Taking a frame off the front leaves the spare capacity as it was.
         let frame = decode_frame(&mut self.buffer, self.limits.body_bytes_max)?;
         if frame.is_none() {
-            self.grow(|buffer, limits| release_excess(buffer, limits.retained_bytes_max));
+            self.reallocating(|buffer, limits| release_excess(buffer, limits.retained_bytes_max));
         }
         Ok(frame)
     }
 
     /// Runs `change`, which may move the buffer's bytes or reallocate it;
     /// then nothing of the spare capacity is known to be initialised.
-    fn grow<T>(&mut self, change: impl FnOnce(&mut BytesMut, &DecoderLimits) -> T) -> T {
+    fn reallocating<T>(&mut self, change: impl FnOnce(&mut BytesMut, &DecoderLimits) -> T) -> T {
         let before = (self.buffer.as_ptr(), self.buffer.capacity());
         let result = change(&mut self.buffer, &self.limits);
         if (self.buffer.as_ptr(), self.buffer.capacity()) != before {
@@ -107,7 +107,7 @@ impl FrameDecoder {
     }
 
     fn read_room(&mut self) -> usize {
-        self.grow(|buffer, limits| read_room(buffer, limits.first_read_bytes, limits.read_bytes_max))
+        self.reallocating(|buffer, limits| read_room(buffer, limits.first_read_bytes, limits.read_bytes_max))
     }
 
     /// Grows the buffer for the next read, by the rules above, and returns
