@@ -475,6 +475,12 @@ fn watch(shared: &Shared, args: &Args) -> Vec<Interval> {
     }
 }
 
+/// At a fixed rate, a send delay p99 above this means the generator ran
+/// behind its own schedule: its lateness is in every latency (as the
+/// coordinated-omission correction wants), but it then says more about the
+/// generator's CPUs than about the broker.
+const SEND_DELAY_P99_BEHIND_US: u64 = 1_000;
+
 /// One phase's figures: printed (each line after `prefix`) and as JSON.
 struct PhaseSummary {
     json: serde_json::Value,
@@ -495,6 +501,15 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw: RawDisk, prefix: &str) ->
     println!("{prefix}publish: {publish_rate:.0} msg/s, {publish_mb_s:.1} MB/s; latency {}", describe(&totals.publish));
     println!("{prefix}end-to-end: {consume_rate:.0} msg/s; latency {}", describe(&totals.e2e));
     println!("{prefix}send delay (intended -> actual): {}", describe(&totals.send_delay));
+    let send_delay_p99 = totals.send_delay.value_at_quantile(0.99);
+    let generator_behind = args.rate > 0.0 && send_delay_p99 > SEND_DELAY_P99_BEHIND_US;
+    if generator_behind {
+        println!(
+            "{prefix}the generator ran behind its schedule (send delay p99 {send_delay_p99} us, above \
+             {SEND_DELAY_P99_BEHIND_US} us): the latencies include its own lateness; give it CPUs of its own \
+             (--cores, --first-cpu) or a lower --rate"
+        );
+    }
     let raw_p50 = raw.fsync_p50_us;
     println!(
         "{prefix}publish p50 / raw fdatasync p50 = {:.2} ({publish_p50} us / {raw_p50} us)",
@@ -540,6 +555,7 @@ fn summarize_phase(args: &Args, phase: &PhaseRun, raw: RawDisk, prefix: &str) ->
         "publish_latency_us": percentiles(&totals.publish),
         "e2e_latency_us": percentiles(&totals.e2e),
         "send_delay_us": percentiles(&totals.send_delay),
+        "generator_behind": generator_behind,
         "acknowledged": verdict.acknowledged,
         "received": verdict.received,
         "lost": lost,
