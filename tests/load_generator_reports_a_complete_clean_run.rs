@@ -49,6 +49,7 @@ fn a_short_run_reports_everything_and_loses_nothing() {
     // Whether the generator kept its schedule, and which CPU the raw probe
     // ran on; each spawned broker's flush rounds during the run.
     assert!(summary["generator_behind"].is_boolean(), "{summary}");
+    assert!(summary["schedule_lag_us"]["p99"].is_u64(), "a fixed-rate run keeps its schedule lag: {summary}");
     assert_eq!(summary["raw_probe_cpu"], 0, "{summary}");
     assert!(summary["broker_flush"]["broker"]["rounds"].as_u64().is_some_and(|rounds| rounds > 0), "{summary}");
     assert!(summary["raw_write_mb_s"].as_f64().is_some_and(|mb_s| mb_s > 0.0), "no raw bandwidth: {summary}");

@@ -75,6 +75,29 @@ pub struct Totals {
     pub publish: Histogram<u64>,
     pub e2e: Histogram<u64>,
     pub send_delay: Histogram<u64>,
+    /// At a fixed rate: how late a producer came to a request's slot, before
+    /// any wait for room in its window (the send delay includes that wait,
+    /// which a slow broker causes). Late here is the generator's own doing.
+    pub schedule_lag: Histogram<u64>,
+}
+
+impl Totals {
+    pub fn new() -> Self {
+        Self {
+            publish: latency_histogram_us(),
+            e2e: latency_histogram_us(),
+            send_delay: latency_histogram_us(),
+            schedule_lag: latency_histogram_us(),
+        }
+    }
+
+    /// Adds another executor's figures.
+    pub fn add(&mut self, other: &Totals) {
+        let _ = self.publish.add(&other.publish);
+        let _ = self.e2e.add(&other.e2e);
+        let _ = self.send_delay.add(&other.send_delay);
+        let _ = self.schedule_lag.add(&other.schedule_lag);
+    }
 }
 
 struct Local {
@@ -120,15 +143,8 @@ impl Context {
 }
 
 pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
-    let local = Local {
-        totals: Totals {
-            publish: latency_histogram_us(),
-            e2e: latency_histogram_us(),
-            send_delay: latency_histogram_us(),
-        },
-        publish_interval: latency_histogram_us(),
-        e2e_interval: latency_histogram_us(),
-    };
+    let local =
+        Local { totals: Totals::new(), publish_interval: latency_histogram_us(), e2e_interval: latency_histogram_us() };
     let context =
         Rc::new(Context { plan, shared, local: RefCell::new(local), connections: RefCell::new(HashMap::new()) });
     // One connection per shard, made before any producer sends: producers
@@ -153,9 +169,7 @@ pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
     }
     drop(publisher);
     move_interval(&context);
-    let fresh =
-        Totals { publish: latency_histogram_us(), e2e: latency_histogram_us(), send_delay: latency_histogram_us() };
-    let totals = std::mem::replace(&mut context.local.borrow_mut().totals, fresh);
+    let totals = std::mem::replace(&mut context.local.borrow_mut().totals, Totals::new());
     totals
 }
 
@@ -214,6 +228,10 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
         }
         if let Some(wait) = scheduled.and_then(|at| at.checked_duration_since(now)) {
             glommio::timer::sleep(wait).await;
+        }
+        if let Some(at) = scheduled.filter(|at| context.measured(*at)) {
+            let lag = Instant::now().saturating_duration_since(at).as_micros() as u64;
+            context.local.borrow_mut().totals.schedule_lag.saturating_record(lag);
         }
         let Ok(permit) = window.clone().acquire_static_permit(1).await else { break };
         // At a fixed rate a request is due at its slot, and waiting for room
