@@ -25,7 +25,7 @@ const SCRAPE_MAX: Duration = Duration::from_secs(5);
 
 /// A broker publishes its figures for scrapes this often (`server::metrics`):
 /// a scrape this much later sees everything before it.
-const METRICS_REFRESH: Duration = Duration::from_millis(600);
+pub const METRICS_REFRESH: Duration = Duration::from_millis(600);
 
 /// A broker's flush rounds (each made durable by one O_DSYNC write or one
 /// fdatasync), summed over its shards: the disk's share of an answer, as
@@ -235,10 +235,10 @@ impl SpawnedBroker {
         }
     }
 
-    /// Its flush rounds so far, from its metrics endpoint.
+    /// Its flush rounds as its metrics endpoint last published them: at
+    /// most `METRICS_REFRESH` old.
     pub fn flush_rounds(&self) -> Result<FlushRounds, String> {
         use std::io::{Read, Write};
-        std::thread::sleep(METRICS_REFRESH);
         let scrape = || -> std::io::Result<String> {
             let address = self.metrics.parse().map_err(std::io::Error::other)?;
             let mut stream = std::net::TcpStream::connect_timeout(&address, SCRAPE_MAX)?;

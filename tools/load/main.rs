@@ -256,9 +256,13 @@ fn measure_spawned(
     brokers: &[(&str, &broker::SpawnedBroker)],
     cores: usize,
 ) -> Result<(PhaseRun, Option<PhaseRun>, BrokerFlush), String> {
+    // One wait for the brokers' published figures to catch up, before each
+    // round of scrapes, not one per scrape.
+    std::thread::sleep(broker::METRICS_REFRESH);
     let before = brokers.iter().map(|(_, broker)| broker.flush_rounds()).collect::<Result<Vec<_>, _>>()?;
     let address = brokers.first().map(|(_, broker)| broker.address.as_str()).ok_or("no broker to measure")?;
     let (plain, transactional) = measure(args, address, cores)?;
+    std::thread::sleep(broker::METRICS_REFRESH);
     // A failed scrape now costs the flush lines, not the finished run.
     let mut flush = Vec::new();
     for ((name, broker), before) in brokers.iter().zip(before) {
