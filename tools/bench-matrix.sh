@@ -120,7 +120,7 @@ row() {
 
 raw=""
 row "base" $base_size $base_queues $base_producers $base_window
-raw=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["raw_fsync_p50_us"])' "$work/point.json" 2>/dev/null || echo "?")
+raw=$(report_fields "$work/point.json" raw_fsync_p50_us 2>/dev/null || echo "?")
 for size in 128 16384 262144 1048576; do
     row "size $size B" "$size" $base_queues $base_producers $base_window
 done

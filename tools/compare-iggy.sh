@@ -55,13 +55,10 @@ iggy_msg_s=$(sed -n 's/.*MB\/s, \([0-9.]*\) messages\/s.*/\1/p' <<<"$results")
 iggy_p99_ms=$(sed -n 's/.*p99 latency: \([0-9.]*\) ms.*/\1/p' <<<"$results")
 
 ringmq_json=$(mktemp)
-(cd "$work" && "$bin/ringmq-load" --spawn-broker --queues 4 --consumers 0 --producers 4 --window 1 \
-    --batch 1000 --size 1024 --duration 10s --warmup 2s --json "$ringmq_json") | grep -E '^(raw disk|publish:)'
-read -r ringmq_msg_s ringmq_mb_s ringmq_p99_us raw_mb_s < <(python3 -c '
-import json, sys
-report = json.load(open(sys.argv[1]))
-print(report["publish_rate"], report["publish_mb_s"], report["publish_latency_us"]["p99"], report["raw_write_mb_s"])
-' "$ringmq_json")
+spawned_load "$work" "$ringmq_json" --queues 4 --consumers 0 --producers 4 --window 1 \
+    --batch 1000 --size 1024 --duration 10s --warmup 2s
+read -r ringmq_msg_s ringmq_mb_s ringmq_p99_us raw_mb_s < <(report_fields "$ringmq_json" \
+    publish_rate publish_mb_s publish_latency_us.p99 raw_write_mb_s)
 rm -f "$ringmq_json"
 
 echo "iggy fsync every batch, 4 x 1000 x 1 KiB: $iggy_msg_s msg/s, $iggy_mb_s MB/s, p99 $iggy_p99_ms ms per batch (mean of the producers' p99)"

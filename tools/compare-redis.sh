@@ -42,13 +42,9 @@ kill $redis_pid; wait $redis_pid 2>/dev/null || true
 
 ringmq_json=$(mktemp)
 # A spawned broker keeps its data in a directory under the working one.
-(cd "$work" && "$bin/ringmq-load" --spawn-broker --broker-shards 2 --queues 4 --consumers 0 \
-    --producers 4 --window 64 --size 1024 --duration 10s --warmup 2s --json "$ringmq_json") | grep -E '^(raw disk|publish:)'
-read -r ringmq_rps ringmq_p99_us < <(python3 -c '
-import json, sys
-report = json.load(open(sys.argv[1]))
-print(report["publish_rate"], report["publish_latency_us"]["p99"])
-' "$ringmq_json")
+spawned_load "$work" "$ringmq_json" --broker-shards 2 --queues 4 --consumers 0 \
+    --producers 4 --window 64 --size 1024 --duration 10s --warmup 2s
+read -r ringmq_rps ringmq_p99_us < <(report_fields "$ringmq_json" publish_rate publish_latency_us.p99)
 rm -f "$ringmq_json"
 
 echo "redis appendfsync always, 32 clients, 1 KiB SET: $redis_rps msg/s, p99 $redis_p99_ms ms"
