@@ -39,8 +39,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    // Boxed: its many flags make it far larger than the other commands.
     /// Run the broker.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create or list topics.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
@@ -115,7 +116,7 @@ pub fn main() -> ExitCode {
         end_quietly_on_a_closed_stdout();
     }
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Topic(command) => topic::run(command),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),

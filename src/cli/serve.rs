@@ -34,6 +34,32 @@ pub struct ServeArgs {
     shards: Option<u32>,
     #[arg(long, value_enum)]
     flush: Option<Flush>,
+    /// With --flush async: how often each shard fdatasyncs (default 10).
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
+    /// A produce not durable within this long is answered
+    /// FLUSH_DISK_TIMEOUT (default 5000).
+    #[arg(long)]
+    sync_flush_timeout_ms: Option<u64>,
+    /// Bytes of each commit-log segment file (default 1073741824).
+    #[arg(long)]
+    segment_size_bytes: Option<u64>,
+    /// Segments older than this are deleted (default: kept).
+    #[arg(long)]
+    retention_hours: Option<u64>,
+    /// Oldest segments are deleted while a shard's log holds more than this
+    /// (default: kept).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Connections each shard accepts at most (default 10000).
+    #[arg(long)]
+    connections_max: Option<usize>,
+    /// Requests a connection may have in flight (default 1024).
+    #[arg(long)]
+    in_flight_max: Option<usize>,
+    /// Request bytes a connection may have in flight (default 67108864).
+    #[arg(long)]
+    in_flight_bytes_max: Option<usize>,
     /// How often each shard writes its index files and a checkpoint
     /// (default 2000; at least 1).
     #[arg(long)]
@@ -113,6 +139,10 @@ pub struct ServeArgs {
     /// On a standby: the primary's base address, HOST:PORT.
     #[arg(long)]
     standby_of: Option<String>,
+    /// On a sync primary: a produce the standby has not confirmed within
+    /// this long is answered FLUSH_SLAVE_TIMEOUT (default 5000).
+    #[arg(long)]
+    sync_standby_timeout_ms: Option<u64>,
     /// Shard executors spin this long (microseconds) for new work before
     /// they sleep: less wake-up latency for more CPU (default 0).
     #[arg(long)]
@@ -198,10 +228,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     config.flush = match args.flush.or(file.flush).unwrap_or(Flush::Sync) {
         Flush::Sync => FlushMode::Sync,
         Flush::Async => FlushMode::Async {
-            interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(FLUSH_INTERVAL_MS_DEFAULT)),
+            interval: Duration::from_millis(
+                args.flush_interval_ms.or(file.flush_interval_ms).unwrap_or(FLUSH_INTERVAL_MS_DEFAULT),
+            ),
         },
     };
-    if let Some(ms) = file.sync_flush_timeout_ms {
+    if let Some(ms) = args.sync_flush_timeout_ms.or(file.sync_flush_timeout_ms) {
         config.sync_flush_timeout = Duration::from_millis(ms);
     }
     if let Some(ms) = args.checkpoint_interval_ms.or(file.checkpoint_interval_ms) {
@@ -241,17 +273,17 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
         config.disk_max_used_percent = percent;
     }
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
-    if let Some(bytes) = file.segment_size_bytes {
+    if let Some(bytes) = args.segment_size_bytes.or(file.segment_size_bytes) {
         config.segment_size_bytes = bytes;
     }
     config.retention = Retention {
-        max_age: file.retention_hours.map(|hours| Duration::from_secs(hours * 3600)),
-        max_total_bytes: file.retention_bytes,
+        max_age: args.retention_hours.or(file.retention_hours).map(|hours| Duration::from_secs(hours * 3600)),
+        max_total_bytes: args.retention_bytes.or(file.retention_bytes),
     };
-    if let Some(max) = file.connections_max {
+    if let Some(max) = args.connections_max.or(file.connections_max) {
         config.connections_max = max;
     }
-    if let Some(bytes) = file.in_flight_bytes_max {
+    if let Some(bytes) = args.in_flight_bytes_max.or(file.in_flight_bytes_max) {
         config.in_flight_bytes_max = bytes;
     }
     if let Some(ms) = args.connection_idle_timeout_ms.or(file.connection_idle_timeout_ms) {
@@ -269,12 +301,12 @@ pub fn config(args: ServeArgs) -> Result<ServerConfig, String> {
     if let Some(spin) = args.spin_before_park_us.or(file.spin_before_park_us) {
         config.spin_before_park = Duration::from_micros(spin);
     }
-    if let Some(max) = file.in_flight_max {
+    if let Some(max) = args.in_flight_max.or(file.in_flight_max) {
         config.in_flight_max = max;
     }
     config.replication.role = args.role.or(file.role).unwrap_or_default();
     config.replication.replication = args.replication.or(file.replication).unwrap_or_default();
-    if let Some(ms) = file.sync_standby_timeout_ms {
+    if let Some(ms) = args.sync_standby_timeout_ms.or(file.sync_standby_timeout_ms) {
         config.replication.sync_standby_timeout = Duration::from_millis(ms);
     }
     config.replication.standby_of = args.standby_of.or(file.standby_of);
@@ -513,5 +545,57 @@ mod tests {
         assert_eq!(config(following).expect("async").replication.replication, Replication::Async);
         let lone = ServeArgs { role: Some(Role::Standby), ..ServeArgs::default() };
         assert!(config(lone).unwrap_err().contains("standby_of"));
+    }
+
+    /// A config key `foo_ms` is the flag `--foo-ms` (scripts drive the
+    /// broker by either), and the flag wins over the file: the keys that
+    /// had no flag (the others have tests of their own).
+    #[test]
+    fn keys_that_were_file_only_are_flags_too_and_win_over_the_file() {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("file.toml");
+        let file =
+            "flush = \"async\"\nflush_interval_ms = 1\nsync_flush_timeout_ms = 1\nsegment_size_bytes = 1048576\n\
+                    retention_hours = 1\nretention_bytes = 1\nconnections_max = 1\nin_flight_max = 1\n\
+                    in_flight_bytes_max = 2048\nreplication = \"sync\"\nsync_standby_timeout_ms = 1\n";
+        std::fs::write(&path, file).expect("write");
+        let flags = [
+            "serve",
+            "--flush-interval-ms",
+            "7",
+            "--sync-flush-timeout-ms",
+            "7000",
+            "--segment-size-bytes",
+            "8388608",
+            "--retention-hours",
+            "48",
+            "--retention-bytes",
+            "4294967296",
+            "--connections-max",
+            "77",
+            "--in-flight-max",
+            "33",
+            "--in-flight-bytes-max",
+            "1048576",
+            "--sync-standby-timeout-ms",
+            "750",
+            "--config",
+        ];
+        let parsed =
+            <Serve as clap::Parser>::try_parse_from(flags.iter().copied().chain([path.to_str().expect("utf-8")]))
+                .expect("every flag parses");
+        let config = config(parsed.args).expect("a valid config");
+        assert_eq!(config.flush, FlushMode::Async { interval: Duration::from_millis(7) });
+        assert_eq!(config.sync_flush_timeout, Duration::from_millis(7000));
+        assert_eq!(config.segment_size_bytes, 8 * 1024 * 1024);
+        assert_eq!(config.retention.max_age, Some(Duration::from_secs(48 * 3600)));
+        assert_eq!(config.retention.max_total_bytes, Some(4 * 1024 * 1024 * 1024));
+        assert_eq!((config.connections_max, config.in_flight_max, config.in_flight_bytes_max), (77, 33, 1024 * 1024));
+        assert_eq!(config.replication.sync_standby_timeout, Duration::from_millis(750));
     }
 }
