@@ -3,7 +3,8 @@
 //! grows and `release_excess` shrinks, decoded after every read. Checked
 //! against a plain reading of the whole stream: the same frames, the same
 //! refusal at the same frame, and a buffer (and every allocation) within
-//! twice what arrived plus one read step.
+//! twice what arrived plus one read step, or room for a frame no larger
+//! than one that already arrived whole.
 //!
 //! Input: `flags | seed: u64 | stream`. `flags` picks the body limit (bits
 //! 0-1), how reads are cut (bits 2-3) and whether filler completes the last
@@ -90,7 +91,7 @@ impl Reads {
 /// The read loop of `server::connection::read_requests`, fed from `stream`.
 fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
     let mut buffer = BytesMut::new();
-    let (mut arrived, mut expected_at) = (0, 0);
+    let (mut arrived, mut expected_at, mut proven) = (0, 0, 0);
     loop {
         loop {
             let decoded = decode_frame(&mut buffer, body_max);
@@ -99,6 +100,7 @@ fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
                 (Ok(Some(frame)), Next::Frame { length }) => {
                     assert_same_frame(&frame, &stream[expected_at..expected_at + length]);
                     expected_at += length;
+                    proven = proven.max(length);
                 }
                 (Ok(None), Next::Incomplete { .. }) => break,
                 (Err(error), Next::Refused(expected)) => {
@@ -109,18 +111,18 @@ fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
                 (decoded, expected) => panic!("decoded {decoded:?} where the stream holds {expected:?}"),
             }
         }
-        release_excess(&mut buffer, CONNECTION_BUFFER_RETAINED_BYTES);
+        release_excess(&mut buffer, CONNECTION_BUFFER_RETAINED_BYTES, proven);
         assert_eq!(buffer.len(), arrived - expected_at, "buffered bytes are the incomplete frame's");
-        let grown_max = CONNECTION_BUFFER_RETAINED_BYTES.max(grown_capacity_max(buffer.len()));
+        let grown_max = CONNECTION_BUFFER_RETAINED_BYTES.max(grown_capacity_max(buffer.len(), proven));
         assert!(buffer.capacity() <= grown_max, "capacity {} holding {} bytes", buffer.capacity(), buffer.len());
         if arrived == stream.len() {
             // The peer closes: what is left is the start of a frame.
             return;
         }
         let held = buffer.len();
-        let room = read_room(&mut buffer, CONNECTION_READ_FIRST_BYTES, CONNECTION_READ_BYTES_MAX);
+        let room = read_room(&mut buffer, CONNECTION_READ_FIRST_BYTES, CONNECTION_READ_BYTES_MAX, proven);
         assert!((1..=CONNECTION_READ_BYTES_MAX).contains(&room), "a read room of {room} bytes");
-        assert!(buffer.capacity() <= grown_capacity_max(held).max(CONNECTION_BUFFER_RETAINED_BYTES));
+        assert!(buffer.capacity() <= grown_capacity_max(held, proven).max(CONNECTION_BUFFER_RETAINED_BYTES));
         let delivered = reads.next(room).min(stream.len() - arrived);
         // As the connection reads: into zeroed room, then cut to what came.
         buffer.resize(held + room, 0);
@@ -131,9 +133,10 @@ fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
 }
 
 /// The most a buffer holding `held` bytes may have after one growth step:
-/// doubled, or grown by one step.
-fn grown_capacity_max(held: usize) -> usize {
-    2 * held + CONNECTION_READ_BYTES_MAX + CONNECTION_READ_FIRST_BYTES
+/// doubled, or grown by one step, or room for a frame as large as the
+/// largest one the peer already sent (`proven` bytes).
+fn grown_capacity_max(held: usize, proven: usize) -> usize {
+    (2 * held + CONNECTION_READ_BYTES_MAX + CONNECTION_READ_FIRST_BYTES).max(proven + CONNECTION_READ_FIRST_BYTES)
 }
 
 fn assert_same_frame(frame: &Frame, bytes: &[u8]) {

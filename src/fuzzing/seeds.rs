@@ -240,6 +240,14 @@ pub fn frames() -> Seeds {
     let large = protocol::frame_header(Kind::ProduceRequest as u16, 1, 3 << 20);
     let mut too_short = protocol::encode_frame(1, 1, b"");
     too_short.extend(5u32.to_le_bytes());
+    // Frames no larger than one already received whole get their room at
+    // once (`read_room`); the last one is completed by the filler.
+    let proven: Vec<u8> = [
+        protocol::encode_frame(Kind::ProduceRequest as u16, 1, &[7; 30_000]),
+        protocol::encode_frame(Kind::ProduceRequest as u16, 2, &[8; 20_000]),
+        protocol::frame_header(Kind::ProduceRequest as u16, 3, 30_000).to_vec(),
+    ]
+    .concat();
     let mut too_large = stream[..40.min(stream.len())].to_vec();
     too_large.extend(u32::MAX.to_le_bytes());
     vec![
@@ -250,6 +258,8 @@ pub fn frames() -> Seeds {
         ("requests-small-limit".into(), frame_input(9, 300, &stream)),
         ("large-frame".into(), frame_input(16 | 8, 5, &large)),
         ("large-frame-then-more".into(), frame_input(16 | 4, 6, &[&stream[..], &large[..]].concat())),
+        ("proven-frames-random-reads".into(), frame_input(16 | 8, 10, &proven)),
+        ("proven-frames-whole-reads".into(), frame_input(16 | 4, 11, &proven)),
         ("too-short".into(), frame_input(8, 7, &too_short)),
         ("too-large".into(), frame_input(12, 8, &too_large)),
         ("truncated".into(), frame_input(8, 9, &stream[..stream.len() - 3])),

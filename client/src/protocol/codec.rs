@@ -4,7 +4,9 @@
 //! `FrameDecoder` and writes through `encode_frame` or a `FrameBatch`;
 //! only the I/O around them differs (`crate::framed`).
 
-use super::frame::{decode_frame, frame_header, read_room, release_excess, Frame, FrameError, WireFrame};
+use super::frame::{
+    decode_frame, frame_header, read_room, release_excess, Frame, FrameError, WireFrame, FRAME_HEADER_BYTES,
+};
 use crate::constants::{
     CONNECTION_BUFFER_RETAINED_BYTES, CONNECTION_READ_BYTES_MAX, CONNECTION_READ_FIRST_BYTES, FRAME_BODY_BYTES_MAX,
 };
@@ -53,9 +55,10 @@ impl DecoderLimits {
 }
 
 /// Bytes in, whole frames out. The buffer grows with what arrives, never
-/// with the length a frame claims (`read_room`), and gives back what a
-/// large frame took once it is gone (`release_excess`), so it stays within
-/// twice the bytes received plus one read step.
+/// with the length a frame claims beyond the largest frame the peer has
+/// already sent (`read_room`), and gives back what a large frame took once
+/// it is gone (`release_excess`), so it stays within twice the bytes
+/// received plus one read step.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buffer: BytesMut,
@@ -67,6 +70,8 @@ pub struct FrameDecoder {
     /// `room` initialised: the next `room` zeroes only what lies beyond
     /// them, so a read's room is zeroed once per allocation, not per read.
     spare_initialised: usize,
+    /// The largest whole frame decoded so far (`read_room`).
+    proven_frame_bytes: usize,
 }
 
 /// The stream ended in the middle of a frame.
@@ -78,7 +83,7 @@ pub struct Truncated {
 
 impl FrameDecoder {
     pub fn new(limits: DecoderLimits) -> Self {
-        Self { buffer: BytesMut::new(), limits, unfilled: 0, spare_initialised: 0 }
+        Self { buffer: BytesMut::new(), limits, unfilled: 0, spare_initialised: 0, proven_frame_bytes: 0 }
     }
 
     /// Takes the next whole frame, if the bytes so far hold one. A bad
@@ -89,8 +94,14 @@ impl FrameDecoder {
         self.filled(0);
         // Taking a frame off the front leaves the spare capacity as it was.
         let frame = decode_frame(&mut self.buffer, self.limits.body_bytes_max)?;
-        if frame.is_none() {
-            self.reallocating(|buffer, limits| release_excess(buffer, limits.retained_bytes_max));
+        match &frame {
+            Some(frame) => {
+                self.proven_frame_bytes = self.proven_frame_bytes.max(FRAME_HEADER_BYTES + frame.body.len());
+            }
+            None => {
+                let proven = self.proven_frame_bytes;
+                self.reallocating(|buffer, limits| release_excess(buffer, limits.retained_bytes_max, proven));
+            }
         }
         Ok(frame)
     }
@@ -107,7 +118,8 @@ impl FrameDecoder {
     }
 
     fn read_room(&mut self) -> usize {
-        self.reallocating(|buffer, limits| read_room(buffer, limits.first_read_bytes, limits.read_bytes_max))
+        let proven = self.proven_frame_bytes;
+        self.reallocating(|buffer, limits| read_room(buffer, limits.first_read_bytes, limits.read_bytes_max, proven))
     }
 
     /// Grows the buffer for the next read, by the rules above, and returns
@@ -280,6 +292,42 @@ mod tests {
             decoder.filled(read);
             offset += read;
         }
+    }
+
+    /// Feeds one frame's `wire` in reads of up to 64 KiB and counts the
+    /// times the decoder's buffer grew.
+    fn growths_for(decoder: &mut FrameDecoder, wire: &[u8]) -> usize {
+        let (mut growths, mut offset, mut frames) = (0, 0, 0);
+        while offset < wire.len() {
+            let before = decoder.capacity();
+            let room = decoder.room();
+            let read = room.len().min(wire.len() - offset);
+            room[..read].copy_from_slice(&wire[offset..offset + read]);
+            decoder.filled(read);
+            offset += read;
+            growths += usize::from(decoder.capacity() > before);
+            assert!(decoder.capacity() <= 2 * wire.len() + 68 * 1024, "capacity {}", decoder.capacity());
+            while decoder.decode().expect("a good frame").is_some() {
+                frames += 1;
+            }
+        }
+        assert_eq!(frames, 1);
+        growths
+    }
+
+    #[test]
+    fn a_frame_no_larger_than_one_already_sent_grows_the_buffer_once() {
+        let wire = encode(5, 1, &vec![4; 1 << 20]);
+        let mut decoder = FrameDecoder::new(limits());
+        let unproven = growths_for(&mut decoder, &wire);
+        assert!(unproven >= 5, "the first 1 MiB frame grew the buffer {unproven} times");
+        for _ in 0..3 {
+            let proven = growths_for(&mut decoder, &wire);
+            assert!(proven <= 2, "a frame as large as one already sent grew the buffer {proven} times");
+        }
+        // A larger frame is unproven again: it grows with what arrives.
+        let larger = encode(5, 2, &vec![4; 3 << 20]);
+        assert!(growths_for(&mut decoder, &larger) >= 3);
     }
 
     #[test]

@@ -113,12 +113,24 @@ pub fn frame_bytes_missing(buffer: &[u8]) -> Option<usize> {
 /// missing bytes but at most by what the buffer already holds (or
 /// `read_bytes_max`), so it stays within twice the bytes received plus one
 /// step; a read fills at most `read_bytes_max`.
-pub fn read_room(buffer: &mut BytesMut, first_read_bytes: usize, read_bytes_max: usize) -> usize {
+///
+/// `proven_frame_bytes` is the largest whole frame the peer has already
+/// sent: a frame no larger gets all its missing room at once, since the
+/// peer has shown it sends that much. A client sending 1 MiB requests then
+/// costs one allocation per request, not a doubling series that copies the
+/// frame's bytes about twice over.
+pub fn read_room(
+    buffer: &mut BytesMut,
+    first_read_bytes: usize,
+    read_bytes_max: usize,
+    proven_frame_bytes: usize,
+) -> usize {
     // Only a full buffer grows: a stalled frame's beginning holds no step
     // beyond the one it arrived in.
     if buffer.capacity() == buffer.len() {
         let step = match frame_bytes_missing(buffer) {
             None => first_read_bytes,
+            Some(missing) if buffer.len() + missing <= proven_frame_bytes => missing.max(first_read_bytes),
             Some(missing) => missing.min(read_bytes_max.max(buffer.len())).max(first_read_bytes),
         };
         buffer.reserve(step);
@@ -128,9 +140,12 @@ pub fn read_room(buffer: &mut BytesMut, first_read_bytes: usize, read_bytes_max:
 
 /// After a large frame, gives back the capacity past `retained_bytes_max`:
 /// what is left (part of the next frame, if any) moves to a buffer of its
-/// own size.
-pub fn release_excess(buffer: &mut BytesMut, retained_bytes_max: usize) {
-    if buffer.capacity() > retained_bytes_max && buffer.len() <= retained_bytes_max {
+/// own size. Room the frame at the front still needs is not excess when
+/// that frame is no larger than `proven_frame_bytes` (see `read_room`).
+pub fn release_excess(buffer: &mut BytesMut, retained_bytes_max: usize, proven_frame_bytes: usize) {
+    let front_frame = frame_bytes_missing(buffer).map_or(0, |missing| buffer.len() + missing);
+    let needed = if front_frame <= proven_frame_bytes { front_frame } else { 0 };
+    if buffer.capacity() > retained_bytes_max.max(needed) && buffer.len() <= retained_bytes_max {
         *buffer = BytesMut::from(&buffer[..]);
     }
 }
@@ -203,7 +218,7 @@ mod tests {
         buffer.extend_from_slice(&header);
         let mut received = buffer.len();
         for _ in 0..40 {
-            let room = read_room(&mut buffer, 4096, 64 * 1024);
+            let room = read_room(&mut buffer, 4096, 64 * 1024, 0);
             assert!(room > 0 && room <= 64 * 1024);
             let arrived = room.min(10_000);
             buffer.extend_from_slice(&vec![7; arrived]);
@@ -226,7 +241,7 @@ mod tests {
         let mut frames = Vec::new();
         let mut offset = 0;
         while offset < wire.len() {
-            let room = read_room(&mut buffer, 4096, 64 * 1024);
+            let room = read_room(&mut buffer, 4096, 64 * 1024, 0);
             let end = (offset + room).min(wire.len() - 3);
             let end = if end == offset { wire.len() } else { end };
             buffer.extend_from_slice(&wire[offset..end]);
@@ -234,7 +249,7 @@ mod tests {
             while let Some(frame) = decode_frame(&mut buffer, 8 << 20).expect("good frames") {
                 frames.push(frame);
             }
-            release_excess(&mut buffer, 128 * 1024);
+            release_excess(&mut buffer, 128 * 1024, 0);
             assert!(buffer.capacity() <= 2 * offset + 128 * 1024);
         }
         assert_eq!(frames.len(), 2);
