@@ -279,6 +279,11 @@ pub fn signal(broker: &Broker, signal: i32) {
 /// Every body of `queue` of `topic` from offset 0, in offset order, as a
 /// broker's fetch answers (no group: a standby refuses joins).
 pub fn fetch_all(client: &ringmq::client::Client, topic: &str, queue: u32) -> Vec<String> {
+    fetch_all_bytes(client, topic, queue).into_iter().map(|body| String::from_utf8(body).expect("utf-8")).collect()
+}
+
+/// `fetch_all`, bodies as bytes.
+pub fn fetch_all_bytes(client: &ringmq::client::Client, topic: &str, queue: u32) -> Vec<Vec<u8>> {
     use ringmq::protocol::{self, fb, FetchParams, Kind};
     let shard = client.topic(topic).expect("topic").queue_shards[queue as usize];
     let (mut bodies, mut offset) = (Vec::new(), 0);
@@ -298,7 +303,7 @@ pub fn fetch_all(client: &ringmq::client::Client, topic: &str, queue: u32) -> Ve
         if response.next_offset() <= offset {
             return bodies;
         }
-        bodies.extend(messages.into_iter().map(|message| String::from_utf8(message.body).expect("utf-8")));
+        bodies.extend(messages.into_iter().map(|message| message.body));
         offset = response.next_offset();
     }
 }

@@ -50,10 +50,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 struct Args {
     #[arg(long, default_value = "ringmq-load")]
     topic: String,
+    /// Queues of each topic.
     #[arg(long, default_value_t = 1)]
     queues: u32,
+    /// Topics producers spread over, each with --queues queues: named
+    /// --topic with 1, else --topic-0, --topic-1, ... (with --consumers 0).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    topics: u32,
     #[arg(long, default_value_t = 1)]
     producers: u32,
+    /// Each producer on connections of its own (one per shard), not the
+    /// executor's shared connection per shard: producers = connections.
+    #[arg(long)]
+    connection_per_producer: bool,
     /// Consumers in one group; 0 for none.
     #[arg(long, default_value_t = 1)]
     consumers: u32,
@@ -203,6 +212,12 @@ fn run(mut args: Args) -> Result<ExitCode, String> {
     if args.size < BODY_HEADER_BYTES {
         return Err(format!("--size must be at least {BODY_HEADER_BYTES} bytes"));
     }
+    if args.topics > 1 && args.consumers > 0 {
+        return Err("--topics spreads producers over several topics; consumers read one: use --consumers 0".into());
+    }
+    if u64::from(args.topics) * u64::from(args.queues) > workers::QUEUES_PER_PRODUCER_ID {
+        return Err(format!("--topics x --queues is at most {} queues", workers::QUEUES_PER_PRODUCER_ID));
+    }
     if args.transactional && args.batch != 1 {
         // Every half has its own transaction and commit.
         return Err("--transactional sends one message per request: leave --batch at 1".into());
@@ -307,7 +322,15 @@ fn compare_with_standby(
 /// against it: the plain phase, then the transactional one if asked.
 fn measure(args: &Args, address: &str, cores: usize) -> Result<(PhaseRun, Option<PhaseRun>), String> {
     let client = Client::connect(address).map_err(|error| error.to_string())?;
-    let (layout, _) = client.create_topic(&args.topic, args.queues).map_err(|error| error.to_string())?;
+    let names: Vec<String> = match args.topics {
+        1 => vec![args.topic.clone()],
+        topics => (0..topics).map(|index| format!("{}-{index}", args.topic)).collect(),
+    };
+    let mut layouts = Vec::with_capacity(names.len());
+    for name in &names {
+        let (layout, _) = client.create_topic(name, args.queues).map_err(|error| format!("topic {name}: {error}"))?;
+        layouts.push(layout);
+    }
     let endpoints: Vec<String> = (0..client.shard_count())
         .map(|shard| {
             let port = address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(9876);
@@ -316,11 +339,12 @@ fn measure(args: &Args, address: &str, cores: usize) -> Result<(PhaseRun, Option
         })
         .collect();
     println!(
-        "workload: {} producers, {} consumers, {} queues, {} B, batch {}, window {}, rate {}, {:?} (+{:?} warm-up), {cores} executors, broker {address}",
-        args.producers, args.consumers, args.queues, args.size, args.batch, args.window,
+        "workload: {} producers ({}), {} consumers, {} topic(s) x {} queues, {} B, batch {}, window {}, rate {}, {:?} (+{:?} warm-up), {cores} executors, broker {address}",
+        args.producers, if args.connection_per_producer { "a connection each per shard" } else { "sharing one connection per executor and shard" },
+        args.consumers, args.topics, args.queues, args.size, args.batch, args.window,
         if args.rate > 0.0 { format!("{} msg/s", args.rate) } else { "max".into() }, args.duration, args.warmup
     );
-    let target = Target { client: &client, layout: &layout, endpoints: &endpoints, cores };
+    let target = Target { client: &client, topics: &layouts, endpoints: &endpoints, cores };
     let plain = run_phase(args, &target, false)?;
     let transactional = if args.transactional {
         println!("--- transactional phase: a half and its commit per message");
@@ -334,7 +358,8 @@ fn measure(args: &Args, address: &str, cores: usize) -> Result<(PhaseRun, Option
 /// The broker and topic the phases run against.
 struct Target<'a> {
     client: &'a Client,
-    layout: &'a protocol::TopicLayout,
+    /// The topics producers send to; consumers read the first.
+    topics: &'a [protocol::TopicLayout],
     endpoints: &'a [String],
     cores: usize,
 }
@@ -379,6 +404,7 @@ fn run_phase(args: &Args, target: &Target<'_>, transactional: bool) -> Result<Ph
         keyed: args.keyed,
         producer_id_base: fastrand::u64(1..u64::MAX / 2),
         transactional,
+        connection_per_producer: args.connection_per_producer,
     };
     let cpus = broker::cpu_count();
     let mut handles = Vec::new();
@@ -391,7 +417,7 @@ fn run_phase(args: &Args, target: &Target<'_>, transactional: bool) -> Result<Ph
                 .filter(|(consumer, _)| consumer % cores == executor)
                 .map(|(consumer, assignment)| (consumer as u32, assignment.clone()))
                 .collect(),
-            layout: target.layout.clone(),
+            topics: target.topics.to_vec(),
             endpoints: target.endpoints.to_vec(),
             workload: workload.clone(),
         };
@@ -600,7 +626,8 @@ fn summarize(
     summary["raw_write_mb_s"] = json!(raw.write_mb_s.round());
     summary["raw_probe_cpu"] = json!(args.probe_cpu);
     summary["workload"] = json!({
-        "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "size": args.size,
+        "producers": args.producers, "consumers": args.consumers, "queues": args.queues, "topics": args.topics,
+        "connection_per_producer": args.connection_per_producer, "size": args.size,
         "batch": args.batch, "window": args.window, "rate": args.rate, "duration_s": seconds, "keyed": args.keyed,
         "transactional": args.transactional,
         "standby": args.standby.map(|mode| mode.name()),

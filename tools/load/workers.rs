@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// healthy broker gives (a 1 MiB batch and its fdatasync).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Spreads the per-queue producer ids of one load producer apart.
-const QUEUES_PER_PRODUCER_ID: u64 = 1 << 16;
+pub const QUEUES_PER_PRODUCER_ID: u64 = 1 << 16;
 
 /// The producer group of the transactional phase's halves. Nothing of it
 /// registers, so the broker never checks them back: each gets its commit
@@ -46,6 +46,9 @@ pub struct Workload {
     /// Each message a half, then `END_TRANSACTION` commit (one message per
     /// request); acknowledged, and timed, at the commit's answer.
     pub transactional: bool,
+    /// Each producer on connections of its own (`--connection-per-producer`),
+    /// not the executor's shared one per shard.
+    pub connection_per_producer: bool,
 }
 
 /// State every executor and the main thread share.
@@ -109,7 +112,8 @@ struct Local {
 pub struct ExecutorPlan {
     pub producers: Vec<u32>,
     pub consumers: Vec<(u32, Assignment)>,
-    pub layout: TopicLayout,
+    /// The topics producers send to (`--topics`); consumers read the first.
+    pub topics: Vec<TopicLayout>,
     pub endpoints: Vec<String>,
     pub workload: Workload,
 }
@@ -118,18 +122,35 @@ struct Context {
     plan: ExecutorPlan,
     shared: Arc<Shared>,
     local: RefCell<Local>,
-    connections: RefCell<HashMap<u32, Rc<AsyncConnection>>>,
+    connections: RefCell<HashMap<ConnectionKey, Rc<AsyncConnection>>>,
 }
 
+/// Whose connection to which shard: a producer's own with
+/// `--connection-per-producer`, else the executor's (`None`).
+type ConnectionKey = (Option<u32>, u32);
+
 impl Context {
+    /// The executor's shared connection to `shard`.
     async fn connection(&self, shard: u32) -> Result<Rc<AsyncConnection>, ClientError> {
-        if let Some(connection) = self.connections.borrow().get(&shard).filter(|connection| !connection.is_closed()) {
+        self.owned_connection(None, shard).await
+    }
+
+    /// The connection `producer` sends to `shard` on: its own with
+    /// `--connection-per-producer`, else the executor's.
+    async fn producer_connection(&self, producer: u32, shard: u32) -> Result<Rc<AsyncConnection>, ClientError> {
+        let owner = self.plan.workload.connection_per_producer.then_some(producer);
+        self.owned_connection(owner, shard).await
+    }
+
+    async fn owned_connection(&self, owner: Option<u32>, shard: u32) -> Result<Rc<AsyncConnection>, ClientError> {
+        let key = (owner, shard);
+        if let Some(connection) = self.connections.borrow().get(&key).filter(|connection| !connection.is_closed()) {
             return Ok(connection.clone());
         }
         let address =
             self.plan.endpoints.get(shard as usize).ok_or_else(|| ClientError::Usage(format!("no shard {shard}")))?;
         let connection = AsyncConnection::connect(address, REQUEST_TIMEOUT).await?;
-        self.connections.borrow_mut().insert(shard, connection.clone());
+        self.connections.borrow_mut().insert(key, connection.clone());
         Ok(connection)
     }
 
@@ -208,9 +229,27 @@ pub fn read_body(body: &[u8]) -> Option<(u64, u32, u64)> {
     Some((word(0..8), word(8..12) as u32, word(12..20)))
 }
 
+/// Every queue of every topic producers send to, as (topic index, queue).
+fn queue_slots(topics: &[TopicLayout]) -> Vec<(usize, u32)> {
+    topics
+        .iter()
+        .enumerate()
+        .flat_map(|(topic, layout)| (0..layout.queue_shards.len() as u32).map(move |queue| (topic, queue)))
+        .collect()
+}
+
 async fn run_producer(context: Rc<Context>, producer: u32) {
     let workload = context.plan.workload.clone();
-    let queues = context.plan.layout.queue_shards.len() as u32;
+    let slots = queue_slots(&context.plan.topics);
+    let queues = slots.len() as u32;
+    if workload.connection_per_producer {
+        // Before the first send, for the reason `run_executor` connects first.
+        for shard in 0..context.plan.endpoints.len() as u32 {
+            if let Err(error) = context.producer_connection(producer, shard).await {
+                tracing::warn!(producer, shard, %error, "no connection to the shard yet; the producer will retry");
+            }
+        }
+    }
     let window = Rc::new(glommio::sync::Semaphore::new(workload.window as u64));
     let request_interval = (workload.rate_per_producer > 0.0)
         .then(|| Duration::from_secs_f64(workload.batch as f64 / workload.rate_per_producer));
@@ -241,19 +280,20 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
         // round trip to its own (twice the latency at window 1).
         let intended = scheduled.unwrap_or_else(Instant::now);
         let first_sequence = request * workload.batch as u64;
-        let queue = if workload.keyed {
+        let slot = if workload.keyed {
             crc32fast::hash(format!("key-{}", first_sequence % 1024).as_bytes()) % queues
         } else {
             ((request + u64::from(producer)) % u64::from(queues)) as u32
         };
+        let (topic, queue) = slots[slot as usize];
         if context.measured(intended) {
             let delay = Instant::now().saturating_duration_since(intended).as_micros() as u64;
             context.local.borrow_mut().totals.send_delay.saturating_record(delay);
         }
         let context = context.clone();
         let workload = workload.clone();
-        let stamp = QueueStamp { queue, first_sequence: next_sequences[queue as usize] };
-        next_sequences[queue as usize] += workload.batch as u64;
+        let stamp = QueueStamp { topic, queue, slot, first_sequence: next_sequences[slot as usize] };
+        next_sequences[slot as usize] += workload.batch as u64;
         glommio::spawn_local(async move {
             send(&context, &workload, producer, stamp, first_sequence, intended).await;
             drop(permit);
@@ -267,7 +307,11 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
 
 /// Where a request goes and the queue sequence of its first message.
 struct QueueStamp {
+    /// Index into the plan's topics.
+    topic: usize,
     queue: u32,
+    /// Index of (topic, queue) among every queue the producers send to.
+    slot: u32,
     first_sequence: u64,
 }
 
@@ -281,13 +325,14 @@ async fn send(
 ) {
     if workload.transactional {
         // One message per request (`--transactional` refuses `--batch`).
-        send_transactional(context, workload, producer, stamp.queue, first_sequence, intended).await;
+        send_transactional(context, workload, producer, &stamp, first_sequence, intended).await;
         return;
     }
     let intended_ns = context.since_start_ns(intended);
-    let queue = stamp.queue;
+    let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
     let message_producer = workload.producer_id_base + u64::from(producer);
-    let queue_producer = message_producer.wrapping_mul(QUEUES_PER_PRODUCER_ID).wrapping_add(u64::from(queue)).max(1);
+    let queue_producer =
+        message_producer.wrapping_mul(QUEUES_PER_PRODUCER_ID).wrapping_add(u64::from(stamp.slot)).max(1);
     let messages: Vec<Finished> = (first_sequence..first_sequence + workload.batch as u64)
         .map(|sequence| {
             let body = body(workload.size, intended_ns, producer, sequence);
@@ -295,7 +340,7 @@ async fn send(
             let keys: Vec<&str> = key.iter().map(String::as_str).collect();
             MessageDraft {
                 msg_id: (message_producer, sequence),
-                topic: &workload.topic,
+                topic: &layout.name,
                 queue,
                 keys: &keys,
                 body: &body,
@@ -307,9 +352,9 @@ async fn send(
         })
         .collect();
     let slices: Vec<&[u8]> = messages.iter().map(|message| &message[..]).collect();
-    let request = protocol::produce_request(&workload.topic, queue, &slices, false);
-    let shard = context.plan.layout.queue_shards[queue as usize];
-    let answer = match context.connection(shard).await {
+    let request = protocol::produce_request(&layout.name, queue, &slices, false);
+    let shard = layout.queue_shards[queue as usize];
+    let answer = match context.producer_connection(producer, shard).await {
         Ok(connection) => connection.request_body(Kind::ProduceRequest, request).await,
         Err(error) => Err(error),
     };
@@ -402,10 +447,11 @@ async fn send_transactional(
     context: &Context,
     workload: &Workload,
     producer: u32,
-    queue: u32,
+    stamp: &QueueStamp,
     sequence: u64,
     intended: Instant,
 ) {
+    let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
     let body = body(workload.size, context.since_start_ns(intended), producer, sequence);
     let message_producer = workload.producer_id_base + u64::from(producer);
     let key = format!("key-{}", sequence % 1024);
@@ -417,7 +463,7 @@ async fn send_transactional(
     // by queue sequence.
     let half = MessageDraft {
         msg_id: (message_producer, sequence),
-        topic: &workload.topic,
+        topic: &layout.name,
         queue,
         keys: if workload.keyed { &keys } else { &[] },
         body: &body,
@@ -427,9 +473,9 @@ async fn send_transactional(
         ..MessageDraft::default()
     }
     .build();
-    let shard = context.plan.layout.queue_shards[queue as usize];
-    let committed = match context.connection(shard).await {
-        Ok(connection) => half_and_commit(&connection, &workload.topic, queue, &half, &transaction_id).await,
+    let shard = layout.queue_shards[queue as usize];
+    let committed = match context.producer_connection(producer, shard).await {
+        Ok(connection) => half_and_commit(&connection, &layout.name, queue, &half, &transaction_id).await,
         Err(error) => Err(HalfFailure::Other(error.to_string())),
     };
     match committed {
@@ -528,7 +574,7 @@ async fn heartbeat_loop(context: Rc<Context>, assignment: Assignment) {
 /// fenced by both).
 async fn fetch_loop(context: Rc<Context>, queue: u32, member: (String, u64)) {
     let workload = context.plan.workload.clone();
-    let shard = context.plan.layout.queue_shards[queue as usize];
+    let shard = context.plan.topics[0].queue_shards[queue as usize];
     let mut offset = 0;
     let mut last_commit = Instant::now();
     while !context.shared.stop_consumers.load(Ordering::SeqCst) {
@@ -593,7 +639,7 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, member: (String, u64)) {
 
 async fn commit(context: &Context, queue: u32, offset: u64, (member_id, generation): &(String, u64)) {
     let workload = &context.plan.workload;
-    let shard = context.plan.layout.queue_shards[queue as usize];
+    let shard = context.plan.topics[0].queue_shards[queue as usize];
     let body = protocol::commit_offset_request(&workload.group, &workload.topic, queue, offset, *generation, member_id);
     if let Ok(connection) = context.connection(shard).await {
         if let Err(error) = connection.request(Kind::CommitOffsetRequest, &body).await {
