@@ -422,7 +422,41 @@ async fn async_mode_acknowledges_after_the_write<S: Storage>(storage: S, mut con
     assert_queue(&log, 0, 200).await;
 }
 
-on_every_backend!(bursts_larger_than_the_buffers_all_become_durable);
+on_every_backend!(bursts_larger_than_the_buffers_all_become_durable, the_next_segment_is_prepared_from_a_quarter_full);
+
+/// Segment files in the log's directory.
+async fn segment_files<S: Storage>(storage: &S, config: &LogConfig) -> usize {
+    storage.list(&config.dir.join(SEGMENTS_DIR)).await.expect("list segments").len()
+}
+
+/// The next segment starts being zero-filled once a quarter of the active
+/// one is written. At half, a 1 GiB fill beside the log's own writes did
+/// not finish before the second half filled, and appends waited for it at
+/// the roll.
+async fn the_next_segment_is_prepared_from_a_quarter_full<S: Storage>(storage: S, config: LogConfig) {
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    let quarter = config.segment_size_bytes / 4;
+    let (mut sequence, mut end) = (0, 0);
+    // Each append waits for its write, so the next one starts a block on.
+    while end + 2 * crate::constants::BLOCK_SIZE_BYTES as u64 <= quarter {
+        end = log.append(request(0, &message(0, sequence))).await.expect("append").end;
+        sequence += 1;
+    }
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+    assert_eq!(segment_files(&storage, &config).await, 1, "prepared before a quarter was written");
+    while end <= quarter {
+        end = log.append(request(0, &message(0, sequence))).await.expect("append").end;
+        sequence += 1;
+    }
+    let prepared = async {
+        while segment_files(&storage, &config).await < 2 {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    assert!(resolves_within(prepared, Duration::from_secs(10)).await, "no next segment with a quarter written");
+    assert!(end < config.segment_size_bytes / 2);
+    log.close().await.expect("close");
+}
 
 /// Many tasks each place a burst of records bigger than all the buffers
 /// together before waiting for durability, as a batch produce does.
