@@ -91,7 +91,7 @@ impl Reads {
 /// The read loop of `server::connection::read_requests`, fed from `stream`.
 fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
     let mut buffer = BytesMut::new();
-    let (mut arrived, mut expected_at, mut proven) = (0, 0, 0);
+    let (mut arrived, mut expected_at, mut proven, mut streaming) = (0, 0, 0, false);
     loop {
         loop {
             let decoded = decode_frame(&mut buffer, body_max);
@@ -120,7 +120,9 @@ fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
             return;
         }
         let held = buffer.len();
-        let room = read_room(&mut buffer, CONNECTION_READ_FIRST_BYTES, CONNECTION_READ_BYTES_MAX, proven);
+        // As `FrameDecoder`: a whole read's step while the last read filled its room.
+        let step_min = if streaming { CONNECTION_READ_BYTES_MAX } else { CONNECTION_READ_FIRST_BYTES };
+        let room = read_room(&mut buffer, step_min, CONNECTION_READ_BYTES_MAX, proven);
         assert!((1..=CONNECTION_READ_BYTES_MAX).contains(&room), "a read room of {room} bytes");
         assert!(buffer.capacity() <= grown_capacity_max(held, proven).max(CONNECTION_BUFFER_RETAINED_BYTES));
         let delivered = reads.next(room).min(stream.len() - arrived);
@@ -129,6 +131,9 @@ fn connection(stream: &[u8], body_max: usize, mut reads: Reads) {
         buffer[held..held + delivered].copy_from_slice(&stream[arrived..arrived + delivered]);
         buffer.truncate(held + delivered);
         arrived += delivered;
+        if room >= CONNECTION_READ_FIRST_BYTES {
+            streaming = delivered == room;
+        }
     }
 }
 

@@ -167,6 +167,7 @@ async fn read_requests(
         if shard.shutting_down.get() {
             return Err(Closing::ShuttingDown);
         }
+        frames.decoder().set_frugal(shard.incomplete_frames.more_than_half_spent());
         let capacity = frames.decoder().reserve_read();
         // Refused: the buffer just grown goes with the connection.
         held.reserve(capacity.saturating_sub(CONNECTION_READ_FIRST_BYTES))?;

@@ -32,6 +32,13 @@ impl IncompleteFrames {
         self.held.get()
     }
 
+    /// Past half the budget, connections stop taking whole-read steps for
+    /// streams of small frames (`FrameDecoder::set_frugal`): the budget is
+    /// kept for frames that need it.
+    pub fn more_than_half_spent(&self) -> bool {
+        self.held.get() > self.max / 2
+    }
+
     /// A connection's account, empty.
     pub fn account(&self) -> Charge<'_> {
         Charge { budget: self, charged: 0 }
@@ -92,5 +99,15 @@ mod tests {
         assert_eq!(budget.held(), 10);
         drop(first);
         assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn past_half_the_budget_is_tight() {
+        let budget = IncompleteFrames::new(100);
+        let mut charge = budget.account();
+        charge.reserve(50).expect("within the budget");
+        assert!(!budget.more_than_half_spent());
+        charge.reserve(51).expect("within the budget");
+        assert!(budget.more_than_half_spent());
     }
 }

@@ -72,6 +72,12 @@ pub struct FrameDecoder {
     spare_initialised: usize,
     /// The largest whole frame decoded so far (`read_room`).
     proven_frame_bytes: usize,
+    /// The last read given at least a first read's room filled it: the
+    /// peer streams, and the next growth is a whole read's worth
+    /// (`read_room`).
+    streaming: bool,
+    /// Grow by first-read steps even while the peer streams (`set_frugal`).
+    frugal: bool,
 }
 
 /// The stream ended in the middle of a frame.
@@ -83,7 +89,15 @@ pub struct Truncated {
 
 impl FrameDecoder {
     pub fn new(limits: DecoderLimits) -> Self {
-        Self { buffer: BytesMut::new(), limits, unfilled: 0, spare_initialised: 0, proven_frame_bytes: 0 }
+        Self {
+            buffer: BytesMut::new(),
+            limits,
+            unfilled: 0,
+            spare_initialised: 0,
+            proven_frame_bytes: 0,
+            streaming: false,
+            frugal: false,
+        }
     }
 
     /// Takes the next whole frame, if the bytes so far hold one. A bad
@@ -119,7 +133,9 @@ impl FrameDecoder {
 
     fn read_room(&mut self) -> usize {
         let proven = self.proven_frame_bytes;
-        self.reallocating(|buffer, limits| read_room(buffer, limits.first_read_bytes, limits.read_bytes_max, proven))
+        let whole_reads = self.streaming && !self.frugal;
+        let step_min = if whole_reads { self.limits.read_bytes_max } else { self.limits.first_read_bytes };
+        self.reallocating(|buffer, limits| read_room(buffer, step_min, limits.read_bytes_max, proven))
     }
 
     /// Grows the buffer for the next read, by the rules above, and returns
@@ -154,6 +170,11 @@ impl FrameDecoder {
     /// dropped, and stays initialised for the next `room`.
     pub fn filled(&mut self, bytes: usize) {
         let kept = bytes.min(self.unfilled);
+        // A room smaller than a first read (what a frame left of an
+        // allocation) says nothing either way.
+        if self.unfilled >= self.limits.first_read_bytes {
+            self.streaming = kept == self.unfilled;
+        }
         let end = self.buffer.len() - self.unfilled + kept;
         self.buffer.truncate(end);
         self.spare_initialised += self.unfilled - kept;
@@ -172,6 +193,13 @@ impl FrameDecoder {
     /// Bytes received and not yet taken as frames.
     pub fn buffered(&self) -> usize {
         self.buffer.len() - self.unfilled
+    }
+
+    /// Whether growth stays at first-read steps even for a streaming peer:
+    /// a broker shard whose budget for read buffers runs low keeps each
+    /// connection's buffer small rather than closing connections.
+    pub fn set_frugal(&mut self, frugal: bool) {
+        self.frugal = frugal;
     }
 
     /// What the buffer holds allocated now.
@@ -328,6 +356,41 @@ mod tests {
         // A larger frame is unproven again: it grows with what arrives.
         let larger = encode(5, 2, &vec![4; 3 << 20]);
         assert!(growths_for(&mut decoder, &larger) >= 3);
+    }
+
+    /// Reads that fill all their room (a peer streaming small frames) earn
+    /// whole 64 KiB reads, unless the decoder is frugal; a peer whose reads
+    /// come in smaller than their room keeps 4 KiB steps.
+    #[test]
+    fn a_streaming_peer_is_read_a_whole_read_at_a_time() {
+        let wire: Vec<u8> = (0..200).flat_map(|id| encode(5, id, &[7; 1000])).collect();
+        let reads_with = |step: usize, frugal: bool| {
+            let mut decoder = FrameDecoder::new(limits());
+            decoder.set_frugal(frugal);
+            let (mut offset, mut reads, mut frames, mut capacity_max) = (0, 0, 0, 0);
+            while offset < wire.len() {
+                let room = decoder.room();
+                let read = room.len().min(step).min(wire.len() - offset);
+                room[..read].copy_from_slice(&wire[offset..offset + read]);
+                decoder.filled(read);
+                (offset, reads) = (offset + read, reads + 1);
+                capacity_max = capacity_max.max(decoder.capacity());
+                while decoder.decode().expect("good frames").is_some() {
+                    frames += 1;
+                }
+            }
+            assert_eq!(frames, 200);
+            (reads, capacity_max)
+        };
+        let reads_for = |step: usize| reads_with(step, false);
+        let reads_for_frugal = |step: usize| reads_with(step, true);
+        let (streamed, _) = reads_for(usize::MAX);
+        assert!(streamed <= 8, "{streamed} reads for 200 KB that arrived as fast as they were read");
+        let (frugal, _) = reads_for_frugal(usize::MAX);
+        assert!(frugal >= 20, "{frugal} reads: a frugal decoder kept first-read steps");
+        let (trickled, capacity) = reads_for(1000);
+        assert!(trickled >= 200, "{trickled} reads");
+        assert!(capacity <= 2 * 4096, "a trickling peer's buffer grew to {capacity}");
     }
 
     #[test]

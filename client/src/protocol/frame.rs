@@ -109,10 +109,15 @@ pub fn frame_bytes_missing(buffer: &[u8]) -> Option<usize> {
 
 /// Makes room in `buffer` for the next read and returns how many bytes that
 /// read may fill. The buffer grows with what has arrived, never with what a
-/// frame claims: by `first_read_bytes` before a length is known, then by the
+/// frame claims: by `step_bytes_min` before a length is known, then by the
 /// missing bytes but at most by what the buffer already holds (or
 /// `read_bytes_max`), so it stays within twice the bytes received plus one
 /// step; a read fills at most `read_bytes_max`.
+///
+/// `step_bytes_min` is the least a growth adds: a first read's worth, or
+/// while the peer streams (its last read filled all the room it had) a
+/// whole read's worth, so a stream of small frames is read 64 KiB at a
+/// time rather than a few frames a read.
 ///
 /// `proven_frame_bytes` is the largest whole frame the peer has already
 /// sent: a frame no larger gets all its missing room at once, since the
@@ -121,17 +126,18 @@ pub fn frame_bytes_missing(buffer: &[u8]) -> Option<usize> {
 /// frame's bytes about twice over.
 pub fn read_room(
     buffer: &mut BytesMut,
-    first_read_bytes: usize,
+    step_bytes_min: usize,
     read_bytes_max: usize,
     proven_frame_bytes: usize,
 ) -> usize {
+    debug_assert!(step_bytes_min <= read_bytes_max);
     // Only a full buffer grows: a stalled frame's beginning holds no step
     // beyond the one it arrived in.
     if buffer.capacity() == buffer.len() {
         let step = match frame_bytes_missing(buffer) {
-            None => first_read_bytes,
-            Some(missing) if buffer.len() + missing <= proven_frame_bytes => missing.max(first_read_bytes),
-            Some(missing) => missing.min(read_bytes_max.max(buffer.len())).max(first_read_bytes),
+            None => step_bytes_min,
+            Some(missing) if buffer.len() + missing <= proven_frame_bytes => missing.max(step_bytes_min),
+            Some(missing) => missing.min(read_bytes_max.max(buffer.len())).max(step_bytes_min),
         };
         buffer.reserve(step);
     }
