@@ -215,9 +215,6 @@ fn run(mut args: Args) -> Result<ExitCode, String> {
     if args.topics > 1 && args.consumers > 0 {
         return Err("--topics spreads producers over several topics; consumers read one: use --consumers 0".into());
     }
-    if u64::from(args.topics) * u64::from(args.queues) > workers::QUEUES_PER_PRODUCER_ID {
-        return Err(format!("--topics x --queues is at most {} queues", workers::QUEUES_PER_PRODUCER_ID));
-    }
     if args.transactional && args.batch != 1 {
         // Every half has its own transaction and commit.
         return Err("--transactional sends one message per request: leave --batch at 1".into());

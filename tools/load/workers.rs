@@ -20,9 +20,6 @@ use std::time::{Duration, Instant};
 /// Bounds connecting, each write and each request: far above any answer a
 /// healthy broker gives (a 1 MiB batch and its fdatasync).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Spreads the per-queue producer ids of one load producer apart.
-pub const QUEUES_PER_PRODUCER_ID: u64 = 1 << 16;
-
 /// The producer group of the transactional phase's halves. Nothing of it
 /// registers, so the broker never checks them back: each gets its commit
 /// right away.
@@ -255,7 +252,7 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
         .then(|| Duration::from_secs_f64(workload.batch as f64 / workload.rate_per_producer));
     let mut request = 0u64;
     // The broker stores a producer's messages to a queue in sequence order:
-    // one producer id per queue, with its own consecutive sequences.
+    // consecutive sequences per queue, from 0.
     let mut next_sequences = vec![0u64; queues as usize];
     loop {
         let now = Instant::now();
@@ -292,7 +289,7 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
         }
         let context = context.clone();
         let workload = workload.clone();
-        let stamp = QueueStamp { topic, queue, slot, first_sequence: next_sequences[slot as usize] };
+        let stamp = QueueStamp { topic, queue, first_sequence: next_sequences[slot as usize] };
         next_sequences[slot as usize] += workload.batch as u64;
         glommio::spawn_local(async move {
             send(&context, &workload, producer, stamp, first_sequence, intended).await;
@@ -310,8 +307,6 @@ struct QueueStamp {
     /// Index into the plan's topics.
     topic: usize,
     queue: u32,
-    /// Index of (topic, queue) among every queue the producers send to.
-    slot: u32,
     first_sequence: u64,
 }
 
@@ -330,9 +325,10 @@ async fn send(
     }
     let intended_ns = context.since_start_ns(intended);
     let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
+    // One producer id for every queue, as the client's `Producer` has: the
+    // broker keeps its sequences per producer and queue. (An id per queue
+    // would make the broker track producers x queues producers.)
     let message_producer = workload.producer_id_base + u64::from(producer);
-    let queue_producer =
-        message_producer.wrapping_mul(QUEUES_PER_PRODUCER_ID).wrapping_add(u64::from(stamp.slot)).max(1);
     let messages: Vec<Finished> = (first_sequence..first_sequence + workload.batch as u64)
         .map(|sequence| {
             let body = body(workload.size, intended_ns, producer, sequence);
@@ -344,7 +340,7 @@ async fn send(
                 queue,
                 keys: &keys,
                 body: &body,
-                producer_id: queue_producer,
+                producer_id: message_producer,
                 sequence: stamp.first_sequence + (sequence - first_sequence),
                 ..MessageDraft::default()
             }
