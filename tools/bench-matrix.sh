@@ -49,6 +49,9 @@ for tool in ringmq ringmq-load; do
     fi
 done
 command -v python3 >/dev/null || { echo "bench-matrix: needs python3" >&2; exit 1; }
+# The 1,000-producer row opens 2 sockets per producer and shard pair (one
+# in the generator, one in the broker): more than a default 1,024 files.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # The base workload; each row changes one of these.
 base_size=1024 base_topics=1 base_queues=4 base_producers=4 base_window=64
@@ -97,7 +100,7 @@ run_point() {
         echo "bench-matrix: ringmq-load failed (size $size, topics $topics, queues $queues, producers $producers, window $window):" >&2
         tail -5 "$work/point.log" >&2
     fi
-    awk '/VmRSS/ {print $2}' "/proc/$broker_pid/status" >"$work/rss_kib" 2>/dev/null || echo "" >"$work/rss_kib"
+    awk '/VmRSS/ {print $2}' "/proc/$broker_pid/status" >"$work/rss_kib" 2>/dev/null || : >"$work/rss_kib"
     rss=$(awk '{printf "%.0f", $1 / 1024}' "$work/rss_kib")
     [ -n "$rss" ] || rss="?"
     kill "$broker_pid" 2>/dev/null || true

@@ -593,8 +593,9 @@ impl<S: Storage> LogShared<S> {
     pub fn prepare_in_background(self: &Rc<Self>) {
         {
             let mut state = self.state.borrow_mut();
-            // One request at a time: a batch of appends past the half-way
-            // mark would otherwise spawn a task per record.
+            // One request at a time: a batch of appends past the quarter
+            // mark (`NEXT_SEGMENT_PREPARE_AT`) would otherwise spawn a task
+            // per record.
             if state.next_segment.is_some() || state.preparing_segment || state.preparation_requested {
                 return;
             }
