@@ -87,7 +87,7 @@ pub fn group_offsets(shard: &Shard, request: &requests::GroupOffsets<'_>) -> Ans
         for topic in topics.iter().filter_map(|name| known.get(name)) {
             for (queue, owner) in topic.queue_shards.iter().enumerate() {
                 if *owner == shard.id {
-                    wanted.insert((topic.name.clone(), queue as u32));
+                    wanted.insert((topic.name.to_string(), queue as u32));
                 }
             }
         }

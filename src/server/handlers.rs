@@ -74,7 +74,7 @@ fn metadata(shard: &Shard, request: &requests::Metadata<'_>) -> Answer {
         .topics
         .range::<str, _>((from, Bound::Unbounded))
         .map(|(_, topic)| topic)
-        .filter(|topic| wanted.is_empty() || wanted.contains(topic.name.as_str()))
+        .filter(|topic| wanted.is_empty() || wanted.contains(&*topic.name))
         .map(|topic| topic.layout());
     let (layouts, more) = page::fill_page(candidates);
     let next = layouts.last().filter(|_| more).map(|last| page::name_cursor(&last.name));

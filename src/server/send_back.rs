@@ -91,7 +91,7 @@ pub async fn resend_dead_letter(
     let original = shard.topic(fields.topic())?;
     // The message's record is in this shard's log, so its queue is too.
     let target_queue_id = shard.owned_queue(&original, message.queue)?;
-    let resent = Resent { resent: false, original_topic: original.name.clone(), original_queue: message.queue };
+    let resent = Resent { resent: false, original_topic: original.name.to_string(), original_queue: message.queue };
     let round = shard.timers.borrow().resend_rounds(queue_id, offset);
     if round > 0 && !again {
         return Ok(resent);

@@ -873,10 +873,10 @@ pub(super) mod fixtures {
 
     /// Topics holding `orders` (one queue, on shard 0) and that queue's id.
     pub fn orders() -> (Topics, u32) {
-        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0] };
+        let topic = super::super::topics::Topic { name: "orders".into(), id: 1, queue_shards: vec![0].into() };
         let target = topic.queue_id(0);
         let mut topics = Topics::default();
-        topics.topics.insert(topic.name.clone(), topic);
+        topics.topics.insert(topic.name.to_string(), topic);
         (topics, target)
     }
 

@@ -300,7 +300,7 @@ fn learn_topics(shard: &Shard, bytes: &[u8]) -> Result<(), String> {
         // A group's `%RETRY%` and `%DLQ%` topics are the primary's too.
         check_topic_name(name).map_err(|failure| failure.message)?;
         let queues = topic.queue_shards.len();
-        if name != &topic.name || queues == 0 || queues > TOPIC_QUEUES_MAX as usize {
+        if **name != *topic.name || queues == 0 || queues > TOPIC_QUEUES_MAX as usize {
             return Err(format!("the primary's topic {name:?} has {queues} queues or a mismatched name"));
         }
         if topic.id >= u32::MAX / TOPIC_QUEUES_MAX {
