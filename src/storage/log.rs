@@ -577,13 +577,12 @@ impl<S: Storage> LogShared<S> {
         }
         let used = state.filling.file_offset + state.filling.filled as u64;
         let size = state.filling.segment.size_bytes;
-        let (prepare_at, urgent_at) = (NEXT_SEGMENT_PREPARE_AT, NEXT_SEGMENT_URGENT_AT);
         let past = |(numerator, denominator): (u64, u64)| used >= size / denominator * numerator;
         let preparing = state.preparing_segment;
         drop(state);
-        if preparing && past(urgent_at) {
+        if preparing && past(NEXT_SEGMENT_URGENT_AT) {
             self.zero_fill_urgent.set(true);
-        } else if !preparing && past(prepare_at) {
+        } else if !preparing && past(NEXT_SEGMENT_PREPARE_AT) {
             self.prepare_in_background();
         }
     }

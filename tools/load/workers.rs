@@ -139,6 +139,18 @@ impl Context {
         self.owned_connection(owner, shard).await
     }
 
+    /// `owner`'s connection to every shard, made before any request: senders
+    /// that found none and each connected would spread one producer's
+    /// requests over several connections, whose order the broker cannot
+    /// keep (it answers OUT_OF_ORDER_SEQUENCE).
+    async fn connect_every_shard(&self, owner: Option<u32>) {
+        for shard in 0..self.plan.endpoints.len() as u32 {
+            if let Err(error) = self.owned_connection(owner, shard).await {
+                tracing::warn!(?owner, shard, %error, "no connection to the shard yet; its senders will retry");
+            }
+        }
+    }
+
     async fn owned_connection(&self, owner: Option<u32>, shard: u32) -> Result<Rc<AsyncConnection>, ClientError> {
         let key = (owner, shard);
         if let Some(connection) = self.connections.borrow().get(&key).filter(|connection| !connection.is_closed()) {
@@ -165,15 +177,7 @@ pub async fn run_executor(plan: ExecutorPlan, shared: Arc<Shared>) -> Totals {
         Local { totals: Totals::new(), publish_interval: latency_histogram_us(), e2e_interval: latency_histogram_us() };
     let context =
         Rc::new(Context { plan, shared, local: RefCell::new(local), connections: RefCell::new(HashMap::new()) });
-    // One connection per shard, made before any producer sends: producers
-    // that found none and each connected would spread one producer's
-    // requests over several connections, whose order the broker cannot
-    // keep (it answers OUT_OF_ORDER_SEQUENCE).
-    for shard in 0..context.plan.endpoints.len() as u32 {
-        if let Err(error) = context.connection(shard).await {
-            tracing::warn!(shard, %error, "no connection to the shard yet; producers will retry");
-        }
-    }
+    context.connect_every_shard(None).await;
     let mut tasks = Vec::new();
     for producer in context.plan.producers.clone() {
         tasks.push(glommio::spawn_local(run_producer(context.clone(), producer)));
@@ -240,12 +244,7 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
     let slots = queue_slots(&context.plan.topics);
     let queues = slots.len() as u32;
     if workload.connection_per_producer {
-        // Before the first send, for the reason `run_executor` connects first.
-        for shard in 0..context.plan.endpoints.len() as u32 {
-            if let Err(error) = context.producer_connection(producer, shard).await {
-                tracing::warn!(producer, shard, %error, "no connection to the shard yet; the producer will retry");
-            }
-        }
+        context.connect_every_shard(Some(producer)).await;
     }
     let window = Rc::new(glommio::sync::Semaphore::new(workload.window as u64));
     let request_interval = (workload.rate_per_producer > 0.0)

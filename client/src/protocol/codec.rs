@@ -399,13 +399,11 @@ mod tests {
             assert_eq!(frames, 200);
             (reads, capacity_max)
         };
-        let reads_for = |step: usize| reads_with(step, false);
-        let reads_for_frugal = |step: usize| reads_with(step, true);
-        let (streamed, _) = reads_for(usize::MAX);
+        let (streamed, _) = reads_with(usize::MAX, false);
         assert!(streamed <= 8, "{streamed} reads for 200 KB that arrived as fast as they were read");
-        let (frugal, _) = reads_for_frugal(usize::MAX);
+        let (frugal, _) = reads_with(usize::MAX, true);
         assert!(frugal >= 20, "{frugal} reads: a frugal decoder kept first-read steps");
-        let (_, capacity) = reads_for(1000);
+        let (_, capacity) = reads_with(1000, false);
         assert!(capacity <= 2 * 4096, "a trickling peer's buffer grew to {capacity}");
     }
 
