@@ -9,7 +9,7 @@
 //! - After a failed write or fdatasync the log is stopped: every waiting and
 //!   every later append fails; reads of visible records go on.
 
-use super::backend::{Storage, ZeroFillPace};
+use super::backend::{Storage, ZeroFillPace, ZeroFillProgress};
 use super::group_commit::{run_flusher, Blocked, FillBuffer, SealedBuffer};
 use super::index::{IndexFile, QueueIndex};
 use super::index_cache::{IndexCache, IndexCacheStats};
@@ -157,9 +157,12 @@ pub struct LogShared<S: Storage> {
     pub segment_attempts: Watermark<LogError>,
     pub flush_signal: Signal,
     pub closing: Cell<bool>,
-    /// Set while an append waits for the segment being zero-filled, or
-    /// once the active segment is nearly full (`NEXT_SEGMENT_URGENT_AT`).
-    pub zero_fill_urgent: Rc<Cell<bool>>,
+    /// The next segment's fill in progress: urgent while an append waits
+    /// for it, or once the active segment is nearly full
+    /// (`NEXT_SEGMENT_URGENT_AT`); behind when an append waits, or when at
+    /// its pace so far it would end after the active segment is full
+    /// (`FillRace`).
+    pub zero_fill: Rc<ZeroFillProgress>,
     /// An append waited for the segment being prepared: the preparation
     /// says so once, with how long it took.
     pub appends_waited_for_segment: Cell<bool>,
@@ -197,6 +200,36 @@ const NEXT_SEGMENT_URGENT_AT: (u64, u64) = (3, 4);
 const _: () = assert!(
     NEXT_SEGMENT_PREPARE_AT.0 * NEXT_SEGMENT_URGENT_AT.1 < NEXT_SEGMENT_URGENT_AT.0 * NEXT_SEGMENT_PREPARE_AT.1
 );
+/// A fill counts as behind when, at its pace so far, it would need more
+/// than 4/5 of the time the appends take to fill the active segment.
+const ZERO_FILL_MARGIN: (u128, u128) = (5, 4);
+
+/// The next segment's zero fill against the appends filling the active one,
+/// in bytes since the fill started (so no clock is needed).
+struct FillRace {
+    /// The next segment's size.
+    fill_bytes: u64,
+    left_bytes: u64,
+    /// The active segment's used bytes when the fill started, and now.
+    used_at_start: u64,
+    used: u64,
+    /// The active segment's size.
+    size: u64,
+}
+
+impl FillRace {
+    /// Whether the fill, at the pace it kept so far against the appends',
+    /// ends after the active segment is full (with `ZERO_FILL_MARGIN`):
+    /// then it must take more of the disk.
+    fn is_behind(&self) -> bool {
+        let left = u128::from(self.left_bytes.min(self.fill_bytes));
+        let filled = u128::from(self.fill_bytes) - left;
+        let appended = u128::from(self.used.saturating_sub(self.used_at_start));
+        let room = u128::from(self.size.saturating_sub(self.used));
+        // left / filled > room / appended, each side scaled by the margin.
+        left * appended * ZERO_FILL_MARGIN.0 > room * filled * ZERO_FILL_MARGIN.1
+    }
+}
 
 /// A shard's commit log. Must live inside a glommio executor; dropping it
 /// cancels its background tasks (prefer `close`).
@@ -224,7 +257,7 @@ impl<S: Storage> CommitLog<S> {
             segment_attempts: Watermark::new(0),
             flush_signal: Signal::default(),
             closing: Cell::new(false),
-            zero_fill_urgent: Rc::new(Cell::new(false)),
+            zero_fill: Rc::new(ZeroFillProgress::default()),
             appends_waited_for_segment: Cell::new(false),
             checkpoint_lock: glommio::sync::Semaphore::new(1),
             retention_floor: Cell::new(u64::MAX),
@@ -528,23 +561,27 @@ impl<S: Storage> LogShared<S> {
             }
             let start = (!state.preparing_segment).then(|| state.filling.segment.end());
             state.preparing_segment = true;
+            if start.is_some() {
+                self.zero_fill.segment_used_at_start.set(state.filling.file_offset + state.filling.filled as u64);
+            }
             start
         };
         let Some(start) = start else {
             if urgent {
                 // Someone needs the segment now: fill at full speed.
-                self.zero_fill_urgent.set(true);
+                self.zero_fill.urgent.set(true);
+                self.zero_fill.behind.set(true);
             }
             self.segment_attempts.wait_for(attempts + 1).await?;
             return Ok(());
         };
-        self.zero_fill_urgent.set(urgent);
-        let pace = ZeroFillPace {
-            bytes_per_second: self.config.zero_fill_bytes_per_second,
-            urgent: self.zero_fill_urgent.clone(),
-        };
-        let segments_dir = self.config.dir.join(super::SEGMENTS_DIR);
         let size = self.config.segment_size_bytes;
+        self.zero_fill.urgent.set(urgent);
+        self.zero_fill.behind.set(urgent);
+        self.zero_fill.left_bytes.set(size);
+        let pace =
+            ZeroFillPace { bytes_per_second: self.config.zero_fill_bytes_per_second, progress: self.zero_fill.clone() };
+        let segments_dir = self.config.dir.join(super::SEGMENTS_DIR);
         let started = Instant::now();
         let created = create_segment_classified(&self.storage, &segments_dir, start, size, &pace).await;
         let took_ms = started.elapsed().as_millis() as u64;
@@ -581,10 +618,23 @@ impl<S: Storage> LogShared<S> {
         let preparing = state.preparing_segment;
         drop(state);
         if preparing && past(NEXT_SEGMENT_URGENT_AT) {
-            self.zero_fill_urgent.set(true);
+            self.zero_fill.urgent.set(true);
+            self.zero_fill.behind.set(self.zero_fill_behind(used, size));
         } else if !preparing && past(NEXT_SEGMENT_PREPARE_AT) {
             self.prepare_in_background();
         }
+    }
+
+    fn zero_fill_behind(&self, used: u64, size: u64) -> bool {
+        let progress = &self.zero_fill;
+        let fill = FillRace {
+            fill_bytes: self.config.segment_size_bytes,
+            left_bytes: progress.left_bytes.get(),
+            used_at_start: progress.segment_used_at_start.get(),
+            used,
+            size,
+        };
+        fill.is_behind()
     }
 
     /// Prepares the next segment in a task of its own, so the append that
@@ -614,5 +664,42 @@ impl<S: Storage> LogShared<S> {
             }
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FillRace;
+
+    const GIB: u64 = 1 << 30;
+
+    fn race(left_bytes: u64, used: u64) -> FillRace {
+        FillRace { fill_bytes: GIB, left_bytes, used_at_start: GIB / 4, used, size: GIB }
+    }
+
+    #[test]
+    fn a_fill_at_one_and_a_half_times_the_appends_pace_is_not_behind() {
+        // 3/4 filled while half a segment was appended: the last quarter
+        // takes a sixth of the half the appends need for the last quarter.
+        assert!(!race(GIB / 4, 3 * GIB / 4).is_behind());
+    }
+
+    #[test]
+    fn a_fill_that_would_use_most_of_the_room_left_is_behind() {
+        // A shard appending 300 MB/s beside a fill reaching 410 MB/s: 70% of
+        // the fill done when the appends reach three quarters. At that pace
+        // its last 30% takes 86% of the appends' time to the roll.
+        let left = 3 * GIB / 10;
+        assert!(race(left, 3 * GIB / 4).is_behind());
+        // The same fill a little further on is not.
+        assert!(!race(GIB / 5, 3 * GIB / 4).is_behind());
+    }
+
+    #[test]
+    fn a_done_fill_or_idle_appends_are_never_behind() {
+        assert!(!race(0, GIB - 1).is_behind(), "nothing left to fill");
+        assert!(!race(GIB / 2, GIB / 4).is_behind(), "nothing appended since the fill started");
+        assert!(race(GIB, 3 * GIB / 4).is_behind(), "nothing filled while the appends went on");
+        assert!(race(GIB / 2, GIB).is_behind(), "the active segment is full");
     }
 }

@@ -22,18 +22,44 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-/// How fast zero-filling a new file may write. `urgent` lifts the limit:
-/// someone is waiting for the file.
+/// How fast zero-filling a new file may write, and what the file's user
+/// and the fill tell each other while it runs.
 #[derive(Clone, Debug, Default)]
 pub struct ZeroFillPace {
     /// Zero means no limit.
     pub bytes_per_second: u64,
-    pub urgent: Rc<Cell<bool>>,
+    pub progress: Rc<ZeroFillProgress>,
+}
+
+/// Shared by the log and the fill of its next segment.
+#[derive(Debug, Default)]
+pub struct ZeroFillProgress {
+    /// Lifts the limit: the file is needed soon (or already).
+    pub urgent: Cell<bool>,
+    /// At its pace so far the fill would end after the appends need the
+    /// file: it must take more of the disk.
+    pub behind: Cell<bool>,
+    /// Bytes the fill has still to write.
+    pub left_bytes: Cell<u64>,
+    /// How much of the active segment was used when the fill started: with
+    /// `left_bytes`, how fast each side went since.
+    pub segment_used_at_start: Cell<u64>,
 }
 
 impl ZeroFillPace {
     pub fn unlimited() -> Self {
         Self::default()
+    }
+
+    /// Nothing limits the fill now: no limit set, or the file is needed.
+    pub fn is_unpaced(&self) -> bool {
+        self.bytes_per_second == 0 || self.progress.urgent.get()
+    }
+
+    /// The fill should take all the disk it can: nothing else is written
+    /// (no limit set), or the appends would otherwise wait for it.
+    pub fn is_pressed(&self) -> bool {
+        self.bytes_per_second == 0 || (self.progress.urgent.get() && self.progress.behind.get())
     }
 }
 
