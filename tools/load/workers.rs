@@ -216,8 +216,13 @@ fn body(size: usize, intended_ns: u64, producer: u32, sequence: u64) -> Vec<u8> 
     let mut body = vec![0x5a; size.max(BODY_HEADER_BYTES)];
     body[0..8].copy_from_slice(&intended_ns.to_le_bytes());
     body[8..12].copy_from_slice(&producer.to_le_bytes());
-    body[12..20].copy_from_slice(&sequence.to_le_bytes());
+    stamp_sequence(&mut body, sequence);
     body
+}
+
+/// Rewrites the sequence a `body` carries.
+fn stamp_sequence(body: &mut [u8], sequence: u64) {
+    body[12..20].copy_from_slice(&sequence.to_le_bytes());
 }
 
 pub fn read_body(body: &[u8]) -> Option<(u64, u32, u64)> {
@@ -328,9 +333,12 @@ async fn send(
     // broker keeps its sequences per producer and queue. (An id per queue
     // would make the broker track producers x queues producers.)
     let message_producer = workload.producer_id_base + u64::from(producer);
+    // One body for the request, its sequence rewritten per message: each
+    // message copies it as it is built.
+    let mut body = body(workload.size, intended_ns, producer, first_sequence);
     let messages: Vec<Finished> = (first_sequence..first_sequence + workload.batch as u64)
         .map(|sequence| {
-            let body = body(workload.size, intended_ns, producer, sequence);
+            stamp_sequence(&mut body, sequence);
             let key = workload.keyed.then(|| format!("key-{}", sequence % 1024));
             let keys: Vec<&str> = key.iter().map(String::as_str).collect();
             MessageDraft {
