@@ -48,6 +48,16 @@ pub struct Workload {
     pub connection_per_producer: bool,
 }
 
+impl Workload {
+    /// The id load producer `producer` sends under, on every queue, as the
+    /// client's `Producer` has: the broker keeps its sequences per producer
+    /// and queue (an id per queue would make it track producers x queues
+    /// producers). Its messages' ids start with it too.
+    pub fn producer_id(&self, producer: u32) -> u64 {
+        self.producer_id_base + u64::from(producer)
+    }
+}
+
 /// State every executor and the main thread share.
 pub struct Shared {
     pub start: Instant,
@@ -329,10 +339,7 @@ async fn send(
     }
     let intended_ns = context.since_start_ns(intended);
     let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
-    // One producer id for every queue, as the client's `Producer` has: the
-    // broker keeps its sequences per producer and queue. (An id per queue
-    // would make the broker track producers x queues producers.)
-    let message_producer = workload.producer_id_base + u64::from(producer);
+    let message_producer = workload.producer_id(producer);
     // One body for the request, its sequence rewritten per message: each
     // message copies it as it is built.
     let mut body = body(workload.size, intended_ns, producer, first_sequence);
@@ -456,7 +463,7 @@ async fn send_transactional(
 ) {
     let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
     let body = body(workload.size, context.since_start_ns(intended), producer, sequence);
-    let message_producer = workload.producer_id_base + u64::from(producer);
+    let message_producer = workload.producer_id(producer);
     let key = format!("key-{}", sequence % 1024);
     let keys = [key.as_str()];
     // Unique across runs too: the broker refuses the opposite outcome of a
@@ -607,7 +614,7 @@ async fn fetch_loop(context: Rc<Context>, queue: u32, member: (String, u64)) {
             let body = message.message().body().map(|body| body.bytes()).unwrap_or_default();
             let Some((intended_ns, producer, sequence)) = read_body(body) else { return };
             // Messages of an earlier run on the same topic are not ours.
-            if message.msg_id.0 != workload.producer_id_base + u64::from(producer) {
+            if message.msg_id.0 != workload.producer_id(producer) {
                 return;
             }
             received.push((producer, sequence));
