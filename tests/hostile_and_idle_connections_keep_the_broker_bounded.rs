@@ -4,7 +4,8 @@
 //! trip working; a shard's budget for incomplete frames closes connections
 //! past it, and peers that claim again a size they sent whole cannot spend
 //! it; an idle connection is closed after the idle timeout, a busy one is
-//! not.
+//! not; a peer that reads none of its answers is disconnected, and one that
+//! sends requests the broker refuses and reads nothing stops being read.
 
 mod common;
 
@@ -284,6 +285,37 @@ fn a_peer_that_does_not_read_its_answers_is_disconnected() {
     }
     assert!(received < (requests as usize) << 20, "{received} bytes of answers came: the broker never gave up");
     round_trip(&broker.address(), "big", &[]);
+}
+
+#[test]
+fn a_peer_that_sends_refused_requests_and_reads_nothing_stops_being_read() {
+    let broker = Broker::start_with_config(1, Some("in_flight_max = 8\n"));
+    ringmq::client::Client::connect(&broker.address()).expect("connect").create_topic("t", 1).expect("create");
+    let mut stream = TcpStream::connect(broker.address()).expect("connect");
+    shrink_receive_buffer(&stream);
+    stream.set_write_timeout(Some(Duration::from_secs(3))).expect("write timeout");
+    // Requests numbered as the broker's own: each is refused with an answer
+    // this peer never reads. Their answers must hold the connection's
+    // budget, so that the broker stops reading once 8 are stuck.
+    let chunk: Vec<u8> = (0..2048u32)
+        .flat_map(|n| {
+            protocol::encode_frame(Kind::MetadataRequest as u16, 0x8000_0000 | n, &protocol::metadata_request(&[]))
+        })
+        .collect();
+    let limit = 64usize << 20;
+    let mut sent = 0usize;
+    let stopped = loop {
+        if sent >= limit {
+            break false;
+        }
+        match stream.write(&chunk) {
+            Ok(written) => sent += written,
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break true,
+            Err(error) => panic!("the broker closed the connection after {sent} bytes: {error}"),
+        }
+    };
+    assert!(stopped, "the broker read {sent} bytes of requests it could not answer");
+    round_trip(&broker.address(), "t", b"still serving");
 }
 
 /// A small receive buffer: loopback's autotuned one could take every answer.

@@ -43,7 +43,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let (reader, writer) = futures_lite::io::split(stream);
         let in_flight_max = shard.config.in_flight_max;
-        let (responses, outbox) = local_channel::new_bounded::<Outgoing>(in_flight_max);
+        // Unbounded, so that it holds only what waits: a bounded glommio
+        // channel allocates all its room up front, and a connection's queue
+        // comes to keep all of it resident (72 KiB at the default
+        // `in_flight_max`, idle or not). What waits is bounded all the same:
+        // every answer and refusal holds the connection's budget until it is
+        // written, and the broker's own check-backs are bounded by their
+        // round (`checker`).
+        let (responses, outbox) = local_channel::new_unbounded::<Outgoing>();
         let (writer_failed, writer_gone) = local_channel::new_bounded::<()>(1);
         let write_timeout = shard.config.connection_write_timeout;
         let writer_task = glommio::spawn_local(write_responses(writer, outbox, write_timeout, writer_failed));
@@ -152,7 +159,7 @@ async fn read_requests(
             match frames.decoder().decode() {
                 Ok(Some(frame)) if frame.request_id & BROKER_REQUEST_BIT != 0 => {
                     active_at = Instant::now();
-                    refuse_or_deliver(frame, ends.responses, ends.link).await
+                    refuse_or_deliver(frame, ends).await?
                 }
                 Ok(Some(frame)) => {
                     active_at = Instant::now();
@@ -231,19 +238,23 @@ async fn refuse_frame(responses: &local_channel::LocalSender<Outgoing>, error: F
 
 /// A frame whose request id has `BROKER_REQUEST_BIT`: an answer to a
 /// request the broker started goes to the link; a client request numbered
-/// that way is refused (the connection goes on), never left unanswered.
-async fn refuse_or_deliver(frame: Frame, responses: &local_channel::LocalSender<Outgoing>, link: &ProducerLink) {
+/// that way is refused (the connection goes on), never left unanswered. The
+/// refusal holds the budget as an answer does, so a client that sends such
+/// requests and reads nothing is stopped by its budget.
+async fn refuse_or_deliver(frame: Frame, ends: &ConnectionEnds<'_>) -> Result<(), Closing> {
     let is_request = Kind::from_u16(frame.kind).is_some_and(|kind| kind.response().is_some());
     if !is_request {
-        link.answered(frame);
-        return;
+        ends.link.answered(frame);
+        return Ok(());
     }
+    let held = ends.budget.hold(0).await?;
     let failure = Failure::new(
         fb::ErrorCode::InvalidRequest,
         format!("request id {:#x} has the high bit set: those ids are the broker's own requests", frame.request_id),
     );
-    let refusal = Outgoing::new(Kind::ErrorResponse, frame.request_id, protocol::error_response(&failure), None);
-    let _ = responses.send(refusal).await;
+    let refusal = Outgoing::new(Kind::ErrorResponse, frame.request_id, protocol::error_response(&failure), Some(held));
+    let _ = ends.responses.send(refusal).await;
+    Ok(())
 }
 
 async fn dispatch(
