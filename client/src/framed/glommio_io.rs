@@ -81,6 +81,10 @@ pub enum WriteError {
     TimedOut { after: Duration },
 }
 
+/// Frames of a write `write_frames` keeps room for after it, as the batch
+/// keeps its bytes (`FrameBatch::clear`).
+const WRITTEN_FRAMES_RETAINED: usize = 64;
+
 /// Writes the frames `queue` hands over as they come, those already
 /// waiting coalesced into one write (up to `WRITE_COALESCE_BYTES`; a large
 /// body is written from its frame after the batch, not copied into it),
@@ -109,6 +113,7 @@ where
         }
         batch.clear();
         written.clear();
+        written.shrink_to(WRITTEN_FRAMES_RETAINED);
     }
     let _ = stream.flush().await;
     let _ = stream.close().await;

@@ -295,9 +295,13 @@ impl FrameBatch {
         &self.bytes
     }
 
-    /// Written: empty again, its allocation kept.
+    /// Written: empty again. It keeps its allocation for the next write,
+    /// up to what a connection's read buffer keeps: one burst of answers
+    /// (up to `WRITE_COALESCE_BYTES`) does not leave the connection holding
+    /// a megabyte for the rest of its life.
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.bytes.shrink_to(CONNECTION_BUFFER_RETAINED_BYTES);
     }
 }
 
@@ -523,6 +527,22 @@ mod tests {
         batch.clear();
         assert_eq!(batch.push(&whole), Pushed::InPlace);
         assert!(batch.is_empty(), "a whole frame is written from its own buffer");
+    }
+
+    #[test]
+    fn a_batch_gives_back_what_a_burst_took_once_written() {
+        let mut batch = FrameBatch::default();
+        let answer = encode(5, 1, &vec![3; WRITE_IN_PLACE_BYTES - 64]);
+        while !batch.is_full() {
+            assert_eq!(batch.push(&answer), Pushed::Copied);
+        }
+        assert!(batch.bytes.capacity() > WRITE_COALESCE_BYTES);
+        batch.clear();
+        assert!(batch.is_empty());
+        assert_eq!(batch.bytes.capacity(), CONNECTION_BUFFER_RETAINED_BYTES);
+        batch.push(&encode(5, 2, b"small"));
+        batch.clear();
+        assert_eq!(batch.bytes.capacity(), CONNECTION_BUFFER_RETAINED_BYTES, "a small batch keeps its room");
     }
 
     #[test]
