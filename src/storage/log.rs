@@ -314,7 +314,11 @@ impl<S: Storage> CommitLog<S> {
                 }
                 Err(Blocked::Segment) => {
                     self.shared.appends_waited_for_segment.set(true);
-                    self.shared.prepare_next_segment(true).await?;
+                    // Boxed: this wait is rare (a roll before the next
+                    // segment is ready), and its future, a kilobyte, would
+                    // otherwise be part of every request in flight
+                    // (docs/PERFORMANCE.md, "Memory per request in flight").
+                    Box::pin(self.shared.prepare_next_segment(true)).await?;
                 }
             }
         }
