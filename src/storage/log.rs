@@ -166,6 +166,9 @@ pub struct LogShared<S: Storage> {
     /// An append waited for the segment being prepared: the preparation
     /// says so once, with how long it took.
     pub appends_waited_for_segment: Cell<bool>,
+    /// When a preparation in the background last failed (a full disk):
+    /// the next one waits `BACKGROUND_RETRY_AFTER_FAILURE`.
+    pub background_preparation_failed_at: Cell<Option<Instant>>,
     pub checkpoint_lock: glommio::sync::Semaphore,
     /// Retention deletes no segment that ends above this position: the
     /// log's owner keeps state in records there that no snapshot covers yet.
@@ -195,6 +198,12 @@ pub struct LogShared<S: Storage> {
 /// writes while the second half filled in 2.7 s, and appends waited up to
 /// 300 ms at the roll (docs/PERFORMANCE.md).
 const NEXT_SEGMENT_PREPARE_AT: (u64, u64) = (1, 4);
+
+/// After a background preparation of the next segment failed (a full
+/// disk refuses it at once), the next waits this long: every append past
+/// the mark asks for one, and each failure logs a warning. An append that
+/// needs the segment still tries at once (and is refused `DiskFull`).
+const BACKGROUND_RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Share written when a fill still running goes to full speed.
 const NEXT_SEGMENT_URGENT_AT: (u64, u64) = (3, 4);
 const _: () = assert!(
@@ -259,6 +268,7 @@ impl<S: Storage> CommitLog<S> {
             closing: Cell::new(false),
             zero_fill: Rc::new(ZeroFillProgress::default()),
             appends_waited_for_segment: Cell::new(false),
+            background_preparation_failed_at: Cell::new(None),
             checkpoint_lock: glommio::sync::Semaphore::new(1),
             retention_floor: Cell::new(u64::MAX),
             index_hold: Cell::new(u64::MAX),
@@ -589,7 +599,8 @@ impl<S: Storage> LogShared<S> {
         let started = Instant::now();
         let created = create_segment_classified(&self.storage, &segments_dir, start, size, &pace).await;
         let took_ms = started.elapsed().as_millis() as u64;
-        if self.appends_waited_for_segment.take() {
+        // A refused creation is the appends' `DiskFull`, not a slow fill.
+        if self.appends_waited_for_segment.take() && created.is_ok() {
             tracing::warn!(start, took_ms, "appends waited for the next segment's zero fill");
         } else {
             tracing::debug!(start, took_ms, "next segment prepared");
@@ -652,18 +663,26 @@ impl<S: Storage> LogShared<S> {
             if state.next_segment.is_some() || state.preparing_segment || state.preparation_requested {
                 return;
             }
+            let failed_at = self.background_preparation_failed_at.get();
+            if failed_at.is_some_and(|at| at.elapsed() < BACKGROUND_RETRY_AFTER_FAILURE) {
+                return;
+            }
             state.preparation_requested = true;
         }
         let shared = self.clone();
         glommio::spawn_local(async move {
             let prepared = shared.prepare_next_segment(false).await;
             shared.state.borrow_mut().preparation_requested = false;
+            let failed = prepared.is_err();
+            shared.background_preparation_failed_at.set(failed.then(Instant::now));
             match prepared {
                 // `stop` already said why.
                 Err(error) if error.is_stopped() => {}
-                Err(error) => {
-                    tracing::warn!(%error, "preparing the next segment failed; the append that needs it will retry")
-                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    retry_after_ms = BACKGROUND_RETRY_AFTER_FAILURE.as_millis() as u64,
+                    "preparing the next segment failed; the append that needs it will retry"
+                ),
                 Ok(()) => {}
             }
         })

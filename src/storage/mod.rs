@@ -18,6 +18,7 @@ pub mod backend;
 mod checkpoint;
 mod config;
 pub mod disk_probe;
+pub mod disk_space;
 mod diverged;
 mod error;
 mod follow;

@@ -174,13 +174,18 @@ async fn create_zeroed_file(
     fallocate_outcome: fn(io::Result<()>) -> io::Result<()>,
 ) -> Result<DmaSegmentFile, CreateError> {
     debug_assert!(size_bytes % BLOCK_SIZE_BYTES as u64 == 0);
+    refuse_without_room(parent_dir(path), size_bytes)?;
     probe_device_with_data(parent_dir(path)).await.map_err(CreateError::Reserve)?;
     let file =
         direct_options(true, true).dma_open(path).await.map_err(|error| CreateError::Reserve(os_error(error)))?;
     // Reserve the extents first so a full disk fails here, before any
     // write, with ENOSPC.
     let fallocated = file.pre_allocate(size_bytes, false).await.map_err(os_error);
-    if reservation(fallocate_outcome(fallocated)).map_err(CreateError::Reserve)? == Reservation::Unsupported {
+    let reserved = match reservation(fallocate_outcome(fallocated)) {
+        Ok(reserved) => reserved,
+        Err(error) => return Err(CreateError::Reserve(give_back(file, path, error).await)),
+    };
+    if reserved == Reservation::Unsupported {
         tracing::warn!(
             path = %path.display(),
             size_bytes,
@@ -190,6 +195,38 @@ async fn create_zeroed_file(
     zero_fill(&file, size_bytes, pace).await.map_err(CreateError::Fill)?;
     DmaStorage.sync_dir(parent_dir(path)).await.map_err(CreateError::Fill)?;
     Ok(DmaSegmentFile::new(file, path))
+}
+
+/// What a new file must leave free on its filesystem: the log's index
+/// files, checkpoint and snapshots go on writing while appends wait for
+/// room, and their ENOSPC would stop the log.
+const ROOM_LEFT_AFTER_CREATE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A file the disk has no room for is refused before it exists (ENOSPC):
+/// a fallocate would first take what is left of the disk, and the log
+/// retries the creation often while appends wait for it. When the room
+/// cannot be read, fallocate decides.
+fn refuse_without_room(dir: &Path, size_bytes: u64) -> Result<(), CreateError> {
+    match super::super::disk_space::filesystem_usage(dir) {
+        Ok(usage) if usage.available_bytes < size_bytes.saturating_add(ROOM_LEFT_AFTER_CREATE_BYTES) => {
+            Err(CreateError::Reserve(io::Error::from_raw_os_error(libc::ENOSPC)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A refused reservation gives its room back: a fallocate that fails with
+/// ENOSPC keeps the extents it got, the rest of the disk, and the log
+/// retries the creation while appends wait for it. Its index files,
+/// checkpoint and snapshots must still find room meanwhile, or their
+/// ENOSPC stops the log. Returns `error` (the reason to report); a failure
+/// to remove is only logged, the next attempt truncates the file anyway.
+async fn give_back(file: DmaFile, path: &Path, error: io::Error) -> io::Error {
+    let _ = file.close().await;
+    if let Err(removing) = DmaStorage.remove(path).await {
+        tracing::warn!(path = %path.display(), error = %removing, "could not remove a file whose reservation failed");
+    }
+    error
 }
 
 /// Writes `size_bytes` of zeros at `pace` and fdatasyncs. Writing real zeros
@@ -481,6 +518,45 @@ mod tests {
                 Err(other) => panic!("expected a reservation failure, got {other}"),
                 Ok(_) => panic!("a failed fallocate was ignored"),
             }
+            assert!(!path.exists(), "the file of a failed reservation is removed");
+        });
+    }
+
+    fn no_space(_: io::Result<()>) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+
+    /// A file larger than the room left is refused before it exists.
+    #[test]
+    fn a_file_the_disk_has_no_room_for_is_refused_before_it_exists() {
+        crate::storage::tests::run(async {
+            let temp = tempfile::tempdir().expect("temp dir");
+            let path = temp.path().join("00000000000000000000.log");
+            let size = 1 << 60;
+            let created = create_zeroed_file(&path, size, &ZeroFillPace::unlimited(), std::convert::identity).await;
+            match created {
+                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(libc::ENOSPC)),
+                Err(other) => panic!("expected a reservation failure, got {other}"),
+                Ok(_) => panic!("a file of {size} bytes was created"),
+            }
+            assert!(!path.exists(), "no file for a refused creation");
+        });
+    }
+
+    /// A full disk's ENOSPC leaves no file behind, so no extents a partial
+    /// fallocate took stay taken while the log retries.
+    #[test]
+    fn a_reservation_refused_for_space_leaves_no_file() {
+        crate::storage::tests::run(async {
+            let temp = tempfile::tempdir().expect("temp dir");
+            let path = temp.path().join("00000000000000000000.log");
+            let created = create_zeroed_file(&path, 1 << 20, &ZeroFillPace::unlimited(), no_space).await;
+            match created {
+                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(libc::ENOSPC)),
+                Err(other) => panic!("expected a reservation failure, got {other}"),
+                Ok(_) => panic!("a refused fallocate was ignored"),
+            }
+            assert!(!path.exists(), "the file of a refused reservation is removed");
         });
     }
 }
