@@ -507,56 +507,39 @@ mod tests {
         });
     }
 
-    #[test]
-    fn another_fallocate_failure_still_fails_the_creation() {
-        crate::storage::tests::run(async {
+    /// Creates a file of `size` whose fallocate answers `outcome`; the
+    /// creation must fail to reserve with `errno` and leave no file behind.
+    fn refused_creation_leaves_no_file(size: u64, outcome: fn(io::Result<()>) -> io::Result<()>, errno: i32) {
+        crate::storage::tests::run(async move {
             let temp = tempfile::tempdir().expect("temp dir");
             let path = temp.path().join("00000000000000000000.log");
-            let created = create_zeroed_file(&path, 1 << 20, &ZeroFillPace::unlimited(), failing).await;
-            match created {
-                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(libc::EIO)),
+            match create_zeroed_file(&path, size, &ZeroFillPace::unlimited(), outcome).await {
+                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(errno)),
                 Err(other) => panic!("expected a reservation failure, got {other}"),
-                Ok(_) => panic!("a failed fallocate was ignored"),
+                Ok(_) => panic!("a file of {size} bytes was created"),
             }
-            assert!(!path.exists(), "the file of a failed reservation is removed");
+            assert!(!path.exists(), "a refused creation leaves no file");
         });
     }
 
-    fn no_space(_: io::Result<()>) -> io::Result<()> {
-        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    #[test]
+    fn another_fallocate_failure_still_fails_the_creation() {
+        refused_creation_leaves_no_file(1 << 20, failing, libc::EIO);
     }
 
     /// A file larger than the room left is refused before it exists.
     #[test]
     fn a_file_the_disk_has_no_room_for_is_refused_before_it_exists() {
-        crate::storage::tests::run(async {
-            let temp = tempfile::tempdir().expect("temp dir");
-            let path = temp.path().join("00000000000000000000.log");
-            let size = 1 << 60;
-            let created = create_zeroed_file(&path, size, &ZeroFillPace::unlimited(), std::convert::identity).await;
-            match created {
-                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(libc::ENOSPC)),
-                Err(other) => panic!("expected a reservation failure, got {other}"),
-                Ok(_) => panic!("a file of {size} bytes was created"),
-            }
-            assert!(!path.exists(), "no file for a refused creation");
-        });
+        refused_creation_leaves_no_file(1 << 60, std::convert::identity, libc::ENOSPC);
     }
 
     /// A full disk's ENOSPC leaves no file behind, so no extents a partial
     /// fallocate took stay taken while the log retries.
     #[test]
     fn a_reservation_refused_for_space_leaves_no_file() {
-        crate::storage::tests::run(async {
-            let temp = tempfile::tempdir().expect("temp dir");
-            let path = temp.path().join("00000000000000000000.log");
-            let created = create_zeroed_file(&path, 1 << 20, &ZeroFillPace::unlimited(), no_space).await;
-            match created {
-                Err(CreateError::Reserve(error)) => assert_eq!(error.raw_os_error(), Some(libc::ENOSPC)),
-                Err(other) => panic!("expected a reservation failure, got {other}"),
-                Ok(_) => panic!("a refused fallocate was ignored"),
-            }
-            assert!(!path.exists(), "the file of a refused reservation is removed");
-        });
+        fn no_space(_: io::Result<()>) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        refused_creation_leaves_no_file(1 << 20, no_space, libc::ENOSPC);
     }
 }
