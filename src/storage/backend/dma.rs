@@ -197,10 +197,12 @@ async fn create_zeroed_file(
     Ok(DmaSegmentFile::new(file, path))
 }
 
-/// What a new file must leave free on its filesystem: the log's index
-/// files, checkpoint and snapshots go on writing while appends wait for
-/// room, and their ENOSPC would stop the log.
-const ROOM_LEFT_AFTER_CREATE_BYTES: u64 = 64 * 1024 * 1024;
+/// What a new file must leave free on its filesystem, as a share of its
+/// size: the log's index files, checkpoint and snapshots go on writing
+/// while appends wait for room, and their ENOSPC would stop the log. An
+/// index entry takes 32 bytes, so a segment of messages of 512 bytes or
+/// more indexes into a sixteenth of its size.
+const ROOM_LEFT_AFTER_CREATE_DIVISOR: u64 = 16;
 
 /// A file the disk has no room for is refused before it exists (ENOSPC):
 /// a fallocate would first take what is left of the disk, and the log
@@ -208,7 +210,7 @@ const ROOM_LEFT_AFTER_CREATE_BYTES: u64 = 64 * 1024 * 1024;
 /// cannot be read, fallocate decides.
 fn refuse_without_room(dir: &Path, size_bytes: u64) -> Result<(), CreateError> {
     match super::super::disk_space::filesystem_usage(dir) {
-        Ok(usage) if usage.available_bytes < size_bytes.saturating_add(ROOM_LEFT_AFTER_CREATE_BYTES) => {
+        Ok(usage) if usage.available_bytes < size_bytes.saturating_add(size_bytes / ROOM_LEFT_AFTER_CREATE_DIVISOR) => {
             Err(CreateError::Reserve(io::Error::from_raw_os_error(libc::ENOSPC)))
         }
         _ => Ok(()),
