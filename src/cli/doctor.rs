@@ -4,7 +4,7 @@
 //! and, when not ok, `advice`.
 
 use crate::constants::DISK_MAX_USED_PERCENT_DEFAULT;
-use crate::server::disk_guard::filesystem_usage;
+use crate::storage::disk_space::filesystem_usage;
 use serde::Serialize;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

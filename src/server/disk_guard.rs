@@ -6,7 +6,7 @@
 //! task, never per request: a produce reads one `Cell`.
 
 use super::shard::Shard;
-pub use crate::storage::disk_space::{filesystem_usage, FilesystemUsage};
+use crate::storage::disk_space::filesystem_usage;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;

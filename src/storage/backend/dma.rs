@@ -209,7 +209,7 @@ const ROOM_LEFT_AFTER_CREATE_DIVISOR: u64 = 16;
 /// retries the creation often while appends wait for it. When the room
 /// cannot be read, fallocate decides.
 fn refuse_without_room(dir: &Path, size_bytes: u64) -> Result<(), CreateError> {
-    match super::super::disk_space::filesystem_usage(dir) {
+    match crate::storage::disk_space::filesystem_usage(dir) {
         Ok(usage) if usage.available_bytes < size_bytes.saturating_add(size_bytes / ROOM_LEFT_AFTER_CREATE_DIVISOR) => {
             Err(CreateError::Reserve(io::Error::from_raw_os_error(libc::ENOSPC)))
         }
