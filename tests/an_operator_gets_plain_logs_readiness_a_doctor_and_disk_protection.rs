@@ -1,8 +1,9 @@
 //! Operating the broker: logs in a file carry no terminal escapes, json logs
 //! parse, systemd hears READY=1 once every shard accepts and STOPPING=1 at
-//! SIGTERM, `ringmq doctor --json` passes on this host, and a disk above
+//! SIGTERM, `ringmq doctor --json` passes on this host, a disk above
 //! `disk_max_used_percent` refuses produce with a retriable DiskFull that a
-//! producer rides out.
+//! producer rides out, and a disk another process fills to the last byte
+//! under a checkpoint skips checkpoints without stopping the log.
 
 mod common;
 
@@ -267,4 +268,83 @@ fn produce_resumes_by_itself_when_space_returns_and_each_change_is_logged_once()
     // One line per shard and change, not one per refused request.
     assert_eq!(count("refusing produce until space returns"), SHARDS as usize, "{text}");
     assert_eq!(count("taking produce again"), SHARDS as usize, "{text}");
+}
+
+/// Fills `dir`'s filesystem to its last page: 1 MiB at a time, then 4 KiB.
+fn fill_to_the_last_byte(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("ballast");
+    for chunk in [1 << 20, 4096] {
+        let bytes = vec![1u8; chunk];
+        while file.write_all(&bytes).is_ok() {}
+    }
+    let _ = file.sync_all();
+}
+
+#[test]
+fn a_disk_filled_under_a_checkpoint_keeps_the_log_up_and_every_acknowledged_message() {
+    let Some(filesystem) = SmallFilesystem::mount(64 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // Off the small filesystem: the broker's own log lines must not need its room.
+    let outside = tempfile::tempdir().expect("temp dir");
+    let config = outside.path().join("ringmq.toml");
+    // No limit of its own: the disk guard looks once a second, and another
+    // process can fill the disk between two looks; the log must cope.
+    std::fs::write(
+        &config,
+        "segment_size_bytes = 4194304\ndisk_max_used_percent = 100\ncheckpoint_interval_ms = 100\n",
+    )
+    .expect("config");
+    let base_port = free_ports(SHARDS as u16);
+    let log = outside.path().join("serve.log");
+    let args = ["--config", config.to_str().expect("utf-8")];
+    let mut broker = Running(serve(filesystem.path(), base_port, &log, &args, None));
+    wait_answering(base_port);
+    let address = format!("127.0.0.1:{base_port}");
+    let client = Arc::new(Client::connect(&address).expect("connect"));
+    client.create_topic("events", 1).expect("topic");
+    // A stopped log refuses retriably too: do not wait out the default timeout.
+    let options = ProducerOptions { delivery_timeout: Duration::from_secs(10), ..ProducerOptions::default() };
+    let producer = Producer::new(client.clone(), "events", options).expect("producer");
+    let send = |body: String| {
+        let receipt = producer.send(&message(&body), QueueChoice::Explicit(0)).expect("acknowledged");
+        assert_eq!(receipt.status, fb::SendStatus::SendOk);
+        body
+    };
+    let mut acknowledged: Vec<String> = (0..10).map(|index| send(format!("before {index}"))).collect();
+    std::thread::sleep(Duration::from_millis(500)); // a checkpoint writes the queue's index file
+
+    let ballast = filesystem.path().join("ballast");
+    fill_to_the_last_byte(&ballast);
+    // 400 index entries are 12.8 KB: the index file must grow, and cannot.
+    // (Each message is a durable write of its own, a block: 1.6 MB, inside
+    // the 4 MiB segment the shard already has.)
+    acknowledged.extend((0..400).map(|index| send(format!("full {index}"))));
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    let count = |text: &str, what: &str| text.lines().filter(|line| line.contains(what)).count();
+    let skipped = count(&text, "checkpoint skipped");
+    assert!((1..=SHARDS as usize).contains(&skipped), "one warning per refused shard, not one per retry: {text}");
+    assert_eq!(count(&text, "stopped"), 0, "{text}");
+    assert_eq!(common::fetch_all(&client, "events", 0), acknowledged, "served from memory while the disk is full");
+
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&std::fs::read_to_string(&log).expect("read the log"), "checkpoints written again") < skipped {
+        assert!(Instant::now() < deadline, "no checkpoint after the disk had room again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    acknowledged.extend((0..50).map(|index| send(format!("after {index}"))));
+    drop(producer);
+    drop(client);
+
+    let _ = broker.0.kill();
+    let _ = broker.0.wait();
+    let restart_log = outside.path().join("serve-again.log");
+    let _broker = Running(serve(filesystem.path(), base_port, &restart_log, &args, None));
+    wait_answering(base_port);
+    let client = Client::connect(&address).expect("connect");
+    assert_eq!(common::fetch_all(&client, "events", 0), acknowledged, "each acknowledged message once, in order");
 }

@@ -8,6 +8,8 @@
 //! base offset, the index file's blocks below it go back to the filesystem.
 //! The checkpointer runs every `checkpoint_interval`, and early when the
 //! entries waiting for the index files pass `index_unwritten_entries_wake`.
+//! A full disk skips a checkpoint rather than stopping the log
+//! (`write_checkpoint`).
 //!
 //! ```text
 //! magic u32 | version u32 | crc32 u32 (of everything after it) | position u64
@@ -131,14 +133,23 @@ struct IndexJob {
     entries: Vec<super::index::IndexEntry>,
 }
 
-/// Brings the index files up to the flushed position and records it. Any
-/// failure to write or sync them stops the log: nothing retries an fsync.
+/// Brings the index files up to the flushed position and records it.
+///
+/// A full disk that refused a write or a file (another process filled it)
+/// only skips this checkpoint: the error comes back, the log goes on, and
+/// the next checkpoint writes the same entries again from memory (index and
+/// key files change their in-memory state only after a write succeeded).
+/// Any other failure to write or sync stops the log: nothing retries an
+/// fsync.
 pub async fn write_checkpoint<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> {
     let Ok(_permit) = shared.checkpoint_lock.acquire_permit(1).await else { return Err(LogError::Closed) };
     if let Some(error) = shared.flushed.failure() {
         return Err(error);
     }
-    persist(shared).await.map_err(|error| shared.fail_stop(error))
+    match persist(shared).await {
+        Err(error) if error.is_no_space_before_a_sync() => Err(error),
+        other => other.map_err(|error| shared.fail_stop(error)),
+    }
 }
 
 async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> {
@@ -206,7 +217,7 @@ fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Che
 /// Appends a queue's entries to its index file and syncs it; then memory
 /// lets them go. The writer works on a copy of the file's state: readers
 /// keep using the file meanwhile, and a failed write leaves the state as
-/// it was (and stops the log).
+/// it was (`write_checkpoint` says what the failure then means).
 async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Result<(), LogError> {
     let existing = shared.state.borrow().index_files.get(&job.queue_id).cloned();
     let mut file = match existing {
@@ -248,20 +259,44 @@ async fn checkpoint_due<S: Storage>(shared: &LogShared<S>) {
     futures_lite::future::or(glommio::timer::sleep(shared.config.checkpoint_interval), backlog).await
 }
 
+/// How long the checkpointer waits after a full disk refused a checkpoint
+/// before it tries again (the index backlog would wake it at once).
+const NO_SPACE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Background task: a checkpoint whenever the interval passed (or the index
 /// backlog grew too long) and the flushed position moved, and retention
-/// after it.
+/// after it. A checkpoint a full disk refused is tried again every
+/// `NO_SPACE_RETRY_AFTER`, with a warning when that starts and a line when
+/// one succeeds again; retention still runs meanwhile (it frees room).
 pub async fn run_checkpointer<S: Storage>(shared: Rc<LogShared<S>>) {
+    let mut refused_since: Option<std::time::Instant> = None;
     loop {
-        checkpoint_due(&shared).await;
+        match refused_since {
+            Some(_) => glommio::timer::sleep(NO_SPACE_RETRY_AFTER).await,
+            None => checkpoint_due(&shared).await,
+        }
         if shared.closing.get() || shared.flushed.failure().is_some() {
             return;
         }
-        if checkpointable(&shared) > shared.state.borrow().checkpoint_position
-            && write_checkpoint(&shared).await.is_err()
-        {
-            // The log is stopped (`stop` said why): nothing retries.
-            return;
+        if checkpointable(&shared) > shared.state.borrow().checkpoint_position {
+            match write_checkpoint(&shared).await {
+                Ok(()) => {
+                    if let Some(since) = refused_since.take() {
+                        tracing::info!(
+                            refused_for_ms = since.elapsed().as_millis() as u64,
+                            "checkpoints written again: the disk has room"
+                        );
+                    }
+                }
+                Err(error) if error.is_no_space_before_a_sync() => {
+                    if refused_since.is_none() {
+                        tracing::warn!(%error, retry_after_ms = NO_SPACE_RETRY_AFTER.as_millis() as u64, "the disk is full: checkpoint skipped, the index stays in memory until one succeeds");
+                        refused_since = Some(std::time::Instant::now());
+                    }
+                }
+                // The log is stopped (`stop` said why) or closed: nothing retries.
+                Err(_) => return,
+            }
         }
         if let Err(error) = super::retention::enforce(&shared, super::log::now_us()).await {
             if error.is_stopped() {

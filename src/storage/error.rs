@@ -58,4 +58,30 @@ impl LogError {
     pub fn is_stopped(&self) -> bool {
         matches!(self, LogError::Stopped { .. })
     }
+
+    /// The filesystem had no room (ENOSPC, or EDQUOT for a quota).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            LogError::NoSpace { .. } => true,
+            // By errno, or by the kind an error built from ENOSPC carries
+            // (`ErrorKind::StorageFull` itself is newer than the MSRV).
+            LogError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                    || source.kind() == io::Error::from_raw_os_error(libc::ENOSPC).kind()
+            }
+            _ => false,
+        }
+    }
+
+    /// A full disk refused a write or a creation, and nothing else failed:
+    /// the bytes that did land are rewritten whole by the next attempt,
+    /// which starts again from the state held in memory. An fdatasync's
+    /// failure never is: it may have dropped dirty pages a retry would
+    /// then call durable.
+    pub fn is_no_space_before_a_sync(&self) -> bool {
+        match self {
+            LogError::Io { operation, .. } => self.is_no_space() && !operation.starts_with("fdatasync"),
+            other => other.is_no_space(),
+        }
+    }
 }

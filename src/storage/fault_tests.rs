@@ -323,8 +323,7 @@ fn a_failed_background_checkpoint_stops_the_log_and_is_not_retried() {
 #[test]
 fn a_failed_segment_removal_stops_the_log() {
     run(async {
-        let mut config = config();
-        config.retention.max_total_bytes = Some(2 * config.segment_size_bytes);
+        let config = retention_config();
         let storage = FaultyStorage::new(plan_failing(TargetedFault::eio(Operation::Remove, ".log")));
         let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
         let (acknowledged, errors) = append_until_failure(&log, 3000).await;
@@ -343,18 +342,31 @@ fn a_failed_segment_removal_stops_the_log() {
     });
 }
 
+/// A log that keeps two segments' worth.
+fn retention_config() -> LogConfig {
+    let mut config = config();
+    config.retention.max_total_bytes = Some(2 * config.segment_size_bytes);
+    config
+}
+
+/// Appends to queue 0 from offset `from` until five segments are durable;
+/// returns the queue's next offset.
+async fn append_five_segments(log: &CommitLog<FaultyStorage>, from: u64) -> u64 {
+    let mut count = from;
+    while log.positions().flushed < 5 * config().segment_size_bytes {
+        append_from(log, 0, count, count + 100).await;
+        count += 100;
+    }
+    count
+}
+
 #[test]
 fn a_read_racing_retention_says_offset_truncated() {
     run(async {
-        let mut config = config();
-        config.retention.max_total_bytes = Some(2 * config.segment_size_bytes);
+        let config = retention_config();
         let storage = FaultyStorage::new(FaultPlan::default());
         let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
-        let mut count = 0;
-        while log.positions().flushed < 5 * config.segment_size_bytes {
-            append_from(&log, 0, count, count + 100).await;
-            count += 100;
-        }
+        append_five_segments(&log, 0).await;
         storage.hold_reads();
         let reader = {
             let log = log.clone();
@@ -379,5 +391,124 @@ fn a_read_racing_retention_says_offset_truncated() {
         }
         let batch = log.read(0, log.base_offset(0), 10, 1 << 20).await.expect("read after retention");
         assert_eq!(batch.records[0].message(), message(0, log.base_offset(0)));
+    });
+}
+
+// A full disk under a checkpoint (another process took the room): the
+// checkpoint is skipped and the log goes on; the next checkpoint writes the
+// same entries again, and a restart finds every acknowledged record.
+
+fn no_space_on(operation: Operation, path_contains: &str, from: u64) -> TargetedFault {
+    TargetedFault { operation, path_contains: path_contains.to_owned(), from, errno: libc::ENOSPC }
+}
+
+#[test]
+fn a_full_disk_under_a_checkpoint_skips_it_and_the_next_one_writes_it() {
+    run(async {
+        let storage = FaultyStorage::new(plan_failing(no_space_on(Operation::Write, "/index/", 0)));
+        let log = Rc::new(CommitLog::open(storage.clone(), config()).await.expect("open"));
+        // 1,000 entries a queue: several blocks per index write, of which
+        // the full disk lands the first half.
+        let (acknowledged, errors) = append_until_failure(&log, 1000).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        for _ in 0..2 {
+            match log.checkpoint().await {
+                Err(error) => assert!(error.is_no_space() && !error.is_stopped(), "{error}"),
+                Ok(()) => panic!("a checkpoint passed a full disk"),
+            }
+        }
+        assert_eq!(storage.targeted_calls(0), 2, "each checkpoint tried the index writes again");
+        assert!(log.is_stopped().is_none(), "a full disk under a checkpoint stopped the log");
+        assert!(log.index_memory().unwritten_entries >= 4000, "the entries wait in memory");
+        assert_recovered(&log, &acknowledged, 0).await;
+        append_from(&log, 0, 1000, 1100).await;
+        storage.set_plan(FaultPlan::default());
+        log.checkpoint().await.expect("a checkpoint once the disk has room");
+        assert_eq!(log.index_memory().unwritten_entries, 0);
+        let mut acknowledged = acknowledged;
+        acknowledged.insert(0, 1100);
+        drop(log);
+        storage.crash();
+        let log = CommitLog::open(storage.clone(), config()).await.expect("recover");
+        assert_recovered(&log, &acknowledged, 0).await;
+        for (queue_id, acked) in &acknowledged {
+            assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
+        }
+    });
+}
+
+#[test]
+fn a_full_disk_under_the_checkpoint_file_skips_it() {
+    run(async {
+        let storage = FaultyStorage::new(plan_failing(no_space_on(Operation::WriteFileAtomic, CHECKPOINT_NAME, 0)));
+        let log = Rc::new(CommitLog::open(storage.clone(), config()).await.expect("open"));
+        let (acknowledged, errors) = append_until_failure(&log, 300).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(log.checkpoint().await.is_err_and(|error| error.is_no_space() && !error.is_stopped()));
+        append_from(&log, 1, 300, 350).await;
+        storage.set_plan(FaultPlan::default());
+        log.checkpoint().await.expect("a checkpoint once the disk has room");
+        let mut acknowledged = acknowledged;
+        acknowledged.insert(1, 350);
+        drop(log);
+        storage.crash();
+        let log = CommitLog::open(storage.clone(), config()).await.expect("recover");
+        assert_recovered(&log, &acknowledged, 0).await;
+    });
+}
+
+#[test]
+fn no_space_on_an_index_file_fdatasync_still_stops_the_log() {
+    run(assert_checkpoint_failure_stops(no_space_on(Operation::Fdatasync, "/index/", 0)));
+}
+
+#[test]
+fn the_checkpointer_retries_a_checkpoint_a_full_disk_refused() {
+    run(async {
+        let config = LogConfig { checkpoint_interval: Duration::from_millis(5), ..config() };
+        let storage = FaultyStorage::new(plan_failing(no_space_on(Operation::Write, "/index/", 0)));
+        let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
+        let (acknowledged, errors) = append_until_failure(&log, 500).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        let refused = storage.targeted_calls(0);
+        assert!(refused >= 1, "no checkpoint met the full disk");
+        assert!(refused <= 2, "the checkpointer retried at once, {refused} times in 300 ms");
+        assert!(log.is_stopped().is_none());
+        storage.set_plan(FaultPlan::default());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.index_memory().unwritten_entries > 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint after the disk had room again");
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        drop(log);
+        storage.crash();
+        let log = CommitLog::open(storage.clone(), config).await.expect("recover");
+        assert_recovered(&log, &acknowledged, 0).await;
+    });
+}
+
+#[test]
+fn retention_past_the_last_checkpoint_keeps_every_offset_after_a_crash() {
+    run(async {
+        let config = retention_config();
+        let storage = FaultyStorage::new(FaultPlan::default());
+        let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
+        append_from(&log, 0, 0, 100).await;
+        log.checkpoint().await.expect("checkpoint");
+        // Segments past the checkpoint's position, then retention deletes
+        // some of them before another checkpoint (one a full disk refused).
+        let count = append_five_segments(&log, 100).await;
+        let deleted = log.enforce_retention(now_us()).await.expect("retention");
+        assert!(deleted >= 2, "retention deleted {deleted} segments");
+        let base = log.base_offset(0);
+        drop(log);
+        storage.crash();
+        let log = CommitLog::open(storage.clone(), config).await.expect("recover");
+        assert_eq!(log.visible_end_offset(0), count);
+        assert_eq!(log.base_offset(0), base, "the same offsets are kept");
+        let batch = log.read(0, base, 10, 1 << 20).await.expect("read the first kept offset");
+        assert_eq!(batch.records[0].message(), message(0, base));
+        append_from(&log, 0, count, count + 10).await;
     });
 }

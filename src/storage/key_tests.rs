@@ -248,3 +248,38 @@ fn a_rebuild_over_a_zeroed_block_finds_every_record_after_it() {
 fn config_segment_end<S: Storage>(log: &CommitLog<S>) -> u64 {
     log.shared().state.borrow().segments.values().next().map_or(0, |segment| segment.end())
 }
+
+/// A full disk refused a checkpoint's key file write after the file's
+/// rewritten last block was synced (the blocks after it were refused, half
+/// of them landed): the next checkpoint writes the same entries again, and
+/// no key is found twice.
+#[test]
+fn a_key_file_write_a_full_disk_refused_is_written_again_without_doubles() {
+    use super::backend::{FaultPlan, FaultyStorage, Operation, TargetedFault};
+    run(async {
+        let storage = FaultyStorage::new(FaultPlan::default());
+        let config = keyed_config();
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        let mut placed = append_all(&log, 0..1500, 10).await;
+        log.checkpoint().await.expect("checkpoint");
+        // Write 0 rewrites a file's partly filled last block (alone, then
+        // synced); write 1, its new blocks, meets the full disk.
+        let fault = TargetedFault { from: 1, errno: libc::ENOSPC, ..TargetedFault::eio(Operation::Write, KEYS_DIR) };
+        storage.set_plan(FaultPlan { targeted: vec![fault], ..FaultPlan::default() });
+        placed.extend(append_all(&log, 1500..3000, 10).await);
+        let refused = log.checkpoint().await.expect_err("the key file's write meets the full disk");
+        assert!(refused.is_no_space() && log.is_stopped().is_none(), "{refused}");
+        let mut expected: Vec<u64> = placed.iter().skip(3).step_by(10).copied().collect();
+        expected.reverse();
+        assert_eq!(positions(&log, 3).await, expected, "from the files and the tail");
+        storage.set_plan(FaultPlan::default());
+        log.checkpoint().await.expect("a checkpoint once the disk has room");
+        assert_eq!(log.index_memory().key_tail_entries, 0);
+        assert_eq!(positions(&log, 3).await, expected, "from the files, each once");
+        drop(log);
+        storage.crash();
+        let log = CommitLog::open(storage, config).await.expect("reopen");
+        assert_eq!(positions(&log, 3).await, expected, "after a crash");
+        log.close().await.expect("close");
+    });
+}

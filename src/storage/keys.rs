@@ -295,18 +295,24 @@ impl<F: StorageFile> KeyFile<F> {
     /// Appends `entries` (in log order, all past `through`) and moves
     /// `through`. The last block, if not full (or if nothing is added), is
     /// read back and rewritten with them. Not synced: `sync` does that.
+    ///
+    /// Only the last block's first `last_count` entries are kept from the
+    /// read-back: an append that failed after rewriting that block (a full
+    /// disk refused the blocks after it) left more there, which this
+    /// append brings again.
     pub async fn append(&mut self, entries: &[KeyEntry], through: u64) -> Result<(), LogError> {
         let rewrite_last = self.blocks > 0 && (self.last_count < KEY_BLOCK_ENTRIES || entries.is_empty());
         let first_block = if rewrite_last { self.blocks - 1 } else { self.blocks };
         let mut pending = Vec::with_capacity(entries.len() + KEY_BLOCK_ENTRIES);
         if rewrite_last {
-            match read_block(&*self.file, &self.path, self.segment_start, first_block).await? {
-                Some(last) => pending.extend(last.entries),
+            let last = read_block(&*self.file, &self.path, self.segment_start, first_block).await?;
+            match last.filter(|last| last.entries.len() >= self.last_count) {
+                Some(last) => pending.extend_from_slice(&last.entries[..self.last_count]),
                 None => {
                     return Err(LogError::Corrupt {
                         path: self.path.clone(),
                         position: first_block * BLOCK_SIZE_BYTES as u64,
-                        detail: "the last block of a key file fails its checksum".into(),
+                        detail: "the last block of a key file fails its checksum or lost entries".into(),
                     })
                 }
             }

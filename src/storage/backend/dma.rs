@@ -45,16 +45,26 @@ impl DmaSegmentFile {
 }
 
 /// One O_DIRECT write of `data` (block-aligned) at `position` of `file`.
+/// A short write (a full disk or a quota: the kernel returns what landed)
+/// goes on with what is left, so that the reason comes back as the next
+/// write's error, with its errno; a short write that ends inside a block
+/// cannot go on with O_DIRECT and is an error of its own.
 async fn write_direct(file: &DmaFile, data: &[u8], position: u64) -> io::Result<()> {
     debug_assert!(is_block_aligned(position, data.len()));
-    let mut buffer = file.alloc_dma_buffer(data.len());
-    buffer.as_bytes_mut().copy_from_slice(data);
-    let written = file.write_at(buffer, position).await.map_err(os_error)?;
-    if written != data.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("short O_DIRECT write at {position}: {written} of {} bytes", data.len()),
-        ));
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        let mut buffer = file.alloc_dma_buffer(rest.len());
+        buffer.as_bytes_mut().copy_from_slice(rest);
+        let at = position + done as u64;
+        let written = file.write_at(buffer, at).await.map_err(os_error)?;
+        if written == 0 || !is_block_aligned(0, written) {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short O_DIRECT write at {at}: {written} of {} bytes", rest.len()),
+            ));
+        }
+        done += written;
     }
     Ok(())
 }

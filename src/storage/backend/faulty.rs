@@ -1,7 +1,9 @@
 //! Fault injection on top of [`MemoryStorage`], driven by a [`FaultPlan`] and
 //! a seed: EIO on the n-th write or fdatasync, ENOSPC on the n-th file
 //! creation, errors on chosen operations of chosen files
-//! ([`TargetedFault`]), torn writes at a simulated crash, and bit flips. A
+//! ([`TargetedFault`]; a write refused with ENOSPC lands its first half
+//! first, as a full disk's short write does), torn writes at a simulated
+//! crash, and bit flips. A
 //! failing test prints the seed so the same faults can be replayed. Reads
 //! can be held, so a test can run something else while a read is in flight.
 
@@ -205,15 +207,28 @@ impl FaultyStorage {
     }
 }
 
+/// What of a write a full disk takes before it refuses the rest: the
+/// first half of its blocks (none of a one-block write).
+fn landed_before_no_space(data: &[u8]) -> &[u8] {
+    let block = crate::constants::BLOCK_SIZE_BYTES;
+    &data[..data.len() / block / 2 * block]
+}
+
 impl StorageFile for FaultyFile {
     async fn write_at(&self, data: &[u8], position: u64) -> io::Result<()> {
-        {
+        let targeted = {
             let mut state = self.state.borrow_mut();
             let from = state.plan.write_error_from;
             if FaultState::should_fail(from, &mut state.counters.writes) {
                 return Err(eio("write"));
             }
-            state.targeted(Operation::Write, &self.path)?;
+            state.targeted(Operation::Write, &self.path)
+        };
+        if let Err(error) = targeted {
+            if error.kind() == no_space().kind() {
+                self.file.write_at(landed_before_no_space(data), position).await?;
+            }
+            return Err(error);
         }
         self.file.write_at(data, position).await
     }
