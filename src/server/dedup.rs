@@ -160,7 +160,11 @@ impl ProducerTable {
         })
     }
 
-    /// Puts back a window read from a snapshot.
+    /// The window of `producer_id` in `queue_id`, if the table has one.
+    pub fn window(&self, producer_id: u64, queue_id: u32) -> Option<&QueueWindow> {
+        self.producers.get(&producer_id)?.get(&queue_id)
+    }
+
     /// The sequence the producer's next message of the queue must carry (0
     /// for a producer the table does not know there).
     pub fn next_sequence(&self, producer_id: u64, queue_id: u32) -> u64 {
@@ -170,6 +174,7 @@ impl ProducerTable {
             .map_or(0, |window| window.next_sequence)
     }
 
+    /// Puts back a window read from a snapshot.
     pub fn restore(&mut self, producer_id: u64, queue_id: u32, window: QueueWindow) {
         self.producers.entry(producer_id).or_default().insert(queue_id, window);
     }

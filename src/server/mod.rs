@@ -594,6 +594,7 @@ pub(crate) fn primary_tasks(shard: &Rc<Shard>) -> Vec<glommio::Task<()>> {
 /// Group expiry, idle producers and the snapshots of state kept in the log.
 async fn background_work(shard: Rc<Shard>) {
     let mut last_snapshot = std::time::Instant::now();
+    let mut producers_due = dedup_snapshot::Cadence::default();
     loop {
         glommio::timer::sleep(Duration::from_millis(200)).await;
         let rebalanced = shard.coordinator.borrow_mut().expire(std::time::Instant::now());
@@ -607,7 +608,10 @@ async fn background_work(shard: Rc<Shard>) {
             last_snapshot = std::time::Instant::now();
             expire_idle_producers(&shard);
             write_offsets_snapshot(&shard).await;
-            write_producers_snapshot(&shard).await;
+            if producers_due.is_due() {
+                let bytes = write_producers_snapshot(&shard).await;
+                producers_due.written(bytes);
+            }
             write_transactions_snapshot(&shard).await;
         }
     }
@@ -642,8 +646,10 @@ async fn write_offsets_snapshot(shard: &Shard) {
 
 /// Snapshots the producer table as of the durable position, so that start-up
 /// replays only the messages after it and retention may delete before it.
-async fn write_producers_snapshot(shard: &Shard) {
-    // One synchronous step: the position and every queue's durable end agree.
+/// Returns the snapshot's size in bytes.
+async fn write_producers_snapshot(shard: &Shard) -> u64 {
+    // One synchronous step: the position, every queue's durable end and
+    // the windows listed (`encode_in_steps`) agree.
     let covered = shard.log.positions().flushed;
     let queue_offsets = shard
         .owned_queue_ids()
@@ -651,11 +657,12 @@ async fn write_producers_snapshot(shard: &Shard) {
         .chain([offsets::DELAY_QUEUE_ID])
         .map(|id| (id, shard.log.durable_end_offset(id)))
         .collect();
-    let bytes = dedup_snapshot::encode(&shard.dedup.borrow(), covered, &queue_offsets);
+    let bytes = dedup_snapshot::encode_in_steps(&shard.dedup, covered, &queue_offsets).await;
     match dedup_snapshot::write(&shard.storage, &shard.dir, &bytes).await {
         Ok(()) => shard.set_floor(&shard.producers_floor, covered),
         Err(error) => tracing::warn!(%error, "producer snapshot failed; start-up will replay more"),
     }
+    bytes.len() as u64
 }
 
 /// Snapshots the transaction table as of the durable position (see
