@@ -646,7 +646,7 @@ async fn write_offsets_snapshot(shard: &Shard) {
 
 /// Snapshots the producer table as of the durable position, so that start-up
 /// replays only the messages after it and retention may delete before it.
-/// Returns the snapshot's size in bytes.
+/// Returns the snapshot's size in bytes (0 when it failed).
 async fn write_producers_snapshot(shard: &Shard) -> u64 {
     // One synchronous step: the position, every queue's durable end and
     // the windows listed (`encode_in_steps`) agree.
@@ -659,10 +659,15 @@ async fn write_producers_snapshot(shard: &Shard) -> u64 {
         .collect();
     let bytes = dedup_snapshot::encode_in_steps(&shard.dedup, covered, &queue_offsets).await;
     match dedup_snapshot::write(&shard.storage, &shard.dir, &bytes).await {
-        Ok(()) => shard.set_floor(&shard.producers_floor, covered),
-        Err(error) => tracing::warn!(%error, "producer snapshot failed; start-up will replay more"),
+        Ok(()) => {
+            shard.set_floor(&shard.producers_floor, covered);
+            bytes.len() as u64
+        }
+        Err(error) => {
+            tracing::warn!(%error, "producer snapshot failed; start-up will replay more");
+            0 // tried again at the next interval
+        }
     }
-    bytes.len() as u64
 }
 
 /// Snapshots the transaction table as of the durable position (see

@@ -328,6 +328,7 @@ fn a_failed_segment_removal_stops_the_log() {
         let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
         let (acknowledged, errors) = append_until_failure(&log, 3000).await;
         assert!(errors.is_empty(), "{errors:?}");
+        log.checkpoint().await.expect("checkpoint");
         assert!(matches!(log.enforce_retention(now_us()).await, Err(LogError::Stopped { .. })));
         let message = message(0, 0);
         let request = AppendRequest { queue_id: 0, indexed: true, message: &message, ..Default::default() };
@@ -367,6 +368,10 @@ fn a_read_racing_retention_says_offset_truncated() {
         let storage = FaultyStorage::new(FaultPlan::default());
         let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
         append_five_segments(&log, 0).await;
+        // Retention runs behind a checkpoint; its lookups of the index then
+        // read the index files, which must not wait with the reader below.
+        log.checkpoint().await.expect("checkpoint");
+        log.read(0, 0, usize::MAX, usize::MAX).await.expect("a read that caches the index pages");
         storage.hold_reads();
         let reader = {
             let log = log.clone();
@@ -489,26 +494,33 @@ fn the_checkpointer_retries_a_checkpoint_a_full_disk_refused() {
 }
 
 #[test]
-fn retention_past_the_last_checkpoint_keeps_every_offset_after_a_crash() {
+fn retention_waits_for_the_checkpoints_a_full_disk_refused() {
     run(async {
         let config = retention_config();
         let storage = FaultyStorage::new(FaultPlan::default());
         let log = Rc::new(CommitLog::open(storage.clone(), config.clone()).await.expect("open"));
-        append_from(&log, 0, 0, 100).await;
+        // Queue 1 has records only before the checkpoint; queue 0 goes on.
+        append_from(&log, 1, 0, 10).await;
         log.checkpoint().await.expect("checkpoint");
-        // Segments past the checkpoint's position, then retention deletes
-        // some of them before another checkpoint (one a full disk refused).
-        let count = append_five_segments(&log, 100).await;
+        storage.set_plan(plan_failing(no_space_on(Operation::Write, "/index/", 0)));
+        let count = append_five_segments(&log, 0).await;
+        assert!(log.checkpoint().await.is_err_and(|error| error.is_no_space()), "the disk is full");
+        // A segment past the checkpoint on disk would leave a restart
+        // scanning from it into a deleted segment.
+        assert_eq!(log.enforce_retention(now_us()).await.expect("retention"), 0);
+        storage.set_plan(FaultPlan::default());
+        log.checkpoint().await.expect("a checkpoint once the disk has room");
         let deleted = log.enforce_retention(now_us()).await.expect("retention");
         assert!(deleted >= 2, "retention deleted {deleted} segments");
         let base = log.base_offset(0);
         drop(log);
         storage.crash();
         let log = CommitLog::open(storage.clone(), config).await.expect("recover");
-        assert_eq!(log.visible_end_offset(0), count);
-        assert_eq!(log.base_offset(0), base, "the same offsets are kept");
+        assert_eq!((log.base_offset(0), log.visible_end_offset(0)), (base, count), "the same offsets are kept");
         let batch = log.read(0, base, 10, 1 << 20).await.expect("read the first kept offset");
         assert_eq!(batch.records[0].message(), message(0, base));
+        assert_eq!(log.visible_end_offset(1), 10, "the idle queue keeps its next offset");
         append_from(&log, 0, count, count + 10).await;
+        append_from(&log, 1, 10, 11).await;
     });
 }

@@ -123,14 +123,19 @@ async fn search_segment<S: Storage>(
 ) -> Result<SegmentSearch, LogError> {
     let file = {
         let state = shared.state.borrow();
-        let from = state.key_tail.partition_point(|entry| entry.position < start);
+        let file = state.key_files.get(&start).cloned();
+        // The file holds what lies below its `through`. A checkpoint a full
+        // disk refused can leave those entries in the tail as well (the
+        // tail is cleared once every file is written): count them once.
+        let tail_start = file.as_ref().map_or(start, |file| file.through().max(start));
+        let from = state.key_tail.partition_point(|entry| entry.position < tail_start);
         let to = state.key_tail.partition_point(|entry| entry.position < end);
         for entry in state.key_tail.range(from..to.max(from)).rev() {
             if let Some(done) = query.take(entry, found) {
                 return Ok(done);
             }
         }
-        state.key_files.get(&start).cloned()
+        file
     };
     let Some(file) = file else { return Ok(SegmentSearch::Next) };
     // Taken with the tail above: the file's entries end where the tail's

@@ -283,3 +283,32 @@ fn a_key_file_write_a_full_disk_refused_is_written_again_without_doubles() {
         log.close().await.expect("close");
     });
 }
+
+/// A checkpoint that wrote the first segments' key files and then met a
+/// full disk on a later one keeps the tail whole until one succeeds: a
+/// search finds each key once meanwhile, not from the file and the tail.
+#[test]
+fn keys_written_before_a_refused_key_file_are_found_once() {
+    use super::backend::{FaultPlan, FaultyStorage, Operation, TargetedFault};
+    run(async {
+        let storage = FaultyStorage::new(FaultPlan::default());
+        let config = keyed_config();
+        let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+        let placed = append_all(&log, 0..3000, 10).await;
+        let third = key_file_path(&key_files("/memory"), 2 * config.segment_size_bytes);
+        assert!(log.disk_usage().0 > 3, "several segments");
+        let fault =
+            TargetedFault { errno: libc::ENOSPC, ..TargetedFault::eio(Operation::Write, &third.to_string_lossy()) };
+        storage.set_plan(FaultPlan { targeted: vec![fault], ..FaultPlan::default() });
+        let refused = log.checkpoint().await.expect_err("the third key file meets the full disk");
+        assert!(refused.is_no_space() && log.is_stopped().is_none(), "{refused}");
+        assert!(storage.targeted_calls(0) > 0, "the third segment's key file was tried");
+        let mut expected: Vec<u64> = placed.iter().skip(3).step_by(10).copied().collect();
+        expected.reverse();
+        assert_eq!(positions(&log, 3).await, expected, "each key once while the tail is kept");
+        storage.set_plan(FaultPlan::default());
+        log.checkpoint().await.expect("a checkpoint once the disk has room");
+        assert_eq!(positions(&log, 3).await, expected);
+        log.close().await.expect("close");
+    });
+}

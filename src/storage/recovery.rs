@@ -87,18 +87,7 @@ async fn recover_pass<S: Storage>(storage: &S, config: &LogConfig, truncated: bo
         segments.insert(start, Rc::new(first));
     }
     let first_start = segments.keys().next().copied().unwrap_or(0);
-    let mut checkpoint = load_checkpoint(storage, config).await;
-    if checkpoint.as_ref().is_some_and(|checkpoint| checkpoint.position < first_start) {
-        // Retention deleted segments past it (a full disk refused the
-        // checkpoints after it): its queues end where the log no longer
-        // holds their next records, so a scan cannot carry them on.
-        tracing::warn!(
-            first_start,
-            "the checkpoint predates segments retention deleted; rebuilding the index from the log kept"
-        );
-        forget_checkpoint(storage, config).await?;
-        checkpoint = None;
-    }
+    let checkpoint = load_checkpoint(storage, config).await;
     let (mut queues, index_files, scan_start) = match &checkpoint {
         Some(checkpoint) => match load_indexes(storage, &index_dir, checkpoint).await {
             Ok((queues, files)) => (queues, files, checkpoint.position.max(first_start)),

@@ -1,6 +1,7 @@
 //! Retention: deletes whole segments, oldest first, that are older than the
 //! configured age or beyond the configured total size. Never the active
 //! segment, never one not yet fully durable, never one that ends above the
+//! last checkpoint written, never one that ends above the
 //! retention floor (it may hold state no snapshot covers yet), and every
 //! queue index forgets the offsets in a segment before its file goes. A
 //! failed removal (unlink or the directory fsync after it) stops the log.
@@ -84,7 +85,14 @@ fn choose<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Vec<Rc<Segment<S::F
     let mut victims = Vec::new();
     for segment in state.segments.values() {
         // Segments are in position order: stop at the first one that must stay.
-        if segment.start >= active_start || segment.end() > flushed || segment.end() > floor {
+        // Past the checkpoint on disk (a full disk refused the later ones),
+        // a restart would scan from it into a deleted segment, and a queue
+        // whose records there are gone would lose where its offsets were.
+        if segment.start >= active_start
+            || segment.end() > flushed
+            || segment.end() > floor
+            || segment.end() > state.checkpoint_position
+        {
             break;
         }
         let too_big = retention.max_total_bytes.is_some_and(|max| total_bytes > max);
@@ -177,6 +185,7 @@ mod tests {
             }
             let floor = log.position_of(1, 100).await.expect("read").expect("offset 100 is indexed");
             log.set_retention_floor(floor);
+            log.checkpoint().await.expect("checkpoint");
             log.enforce_retention(crate::storage::now_us()).await.expect("retention");
             let kept = log.base_offset(1);
             assert!(kept > 0, "retention deleted nothing below the floor");

@@ -259,6 +259,7 @@ async fn retention_deletes_old_segments_and_their_offsets<S: Storage>(storage: S
     config.retention.max_total_bytes = Some(3 * config.segment_size_bytes);
     let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
     append_all(&log, 0, 0..2000).await;
+    log.checkpoint().await.expect("checkpoint");
     let deleted = log.enforce_retention(now_us()).await.expect("retention");
     assert!(deleted > 0, "nothing deleted");
     let earliest = log.base_offset(0);
@@ -296,6 +297,7 @@ async fn a_reference_to_a_record_retention_deleted_reads_as_lost<S: Storage>(sto
     log.append(request(5, &own)).await.expect("append");
     let before = log.read(5, 0, 10, 1 << 20).await.expect("read before retention");
     assert_eq!(before.records[1].message(), half, "the reference reads the half record");
+    log.checkpoint().await.expect("checkpoint");
     assert!(log.enforce_retention(now_us()).await.expect("retention") > 0);
     assert_reference_lost(&log, &own).await;
     log.close().await.expect("close");
@@ -350,6 +352,7 @@ async fn retention_keeps_the_records_before_a_late_commit<S: Storage>(storage: S
     assert_eq!(log.append(commit).await.expect("commit").queue_offset, Some(2));
     let last = message(5, 3);
     log.append(request(5, &last)).await.expect("offset 3");
+    log.checkpoint().await.expect("checkpoint");
     assert!(log.enforce_retention(now_us()).await.expect("retention") > 0);
     assert_eq!(log.base_offset(5), 1, "offset 0 went with its segment, offset 1 stays");
     let batch = log.read(5, 1, 10, 1 << 20).await.expect("read");

@@ -177,6 +177,29 @@ async fn write_in_pieces(temp: &Path, bytes: &[u8]) -> io::Result<()> {
     written.and(closed)
 }
 
+/// Writes `bytes` to a new file at `temp` through the page cache and
+/// fdatasyncs it. A short write (a full disk takes what fits) goes on with
+/// the rest, so the reason comes back with its errno.
+async fn write_buffered(temp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    let file = options.buffered_open(temp).await.map_err(os_error)?;
+    let written = async {
+        let mut done = 0;
+        while done < bytes.len() {
+            let written = file.write_at(bytes[done..].to_vec(), done as u64).await.map_err(os_error)?;
+            if written == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "a metadata file's write took nothing"));
+            }
+            done += written;
+        }
+        file.fdatasync().await.map_err(os_error)
+    }
+    .await;
+    let closed = file.close().await.map_err(os_error);
+    written.and(closed)
+}
+
 /// glommio's conversion to `io::Error` keeps only the kind of an errno, and
 /// the errno itself (ENOSPC, EOPNOTSUPP) decides what the log does.
 fn os_error<T>(error: GlommioError<T>) -> io::Error {
@@ -368,14 +391,14 @@ impl Storage for DmaStorage {
 
     async fn open(&self, path: &Path) -> io::Result<Self::File> {
         probe_device_with_data(parent_dir(path)).await?;
-        let file = direct_options(false, false).dma_open(path).await?;
+        let file = direct_options(false, false).dma_open(path).await.map_err(os_error)?;
         Ok(DmaSegmentFile::new(file, path))
     }
 
     async fn open_or_create(&self, path: &Path) -> io::Result<Self::File> {
         probe_device_with_data(parent_dir(path)).await?;
         let existed = path.exists();
-        let file = direct_options(true, false).dma_open(path).await?;
+        let file = direct_options(true, false).dma_open(path).await.map_err(os_error)?;
         if !existed {
             self.sync_dir(parent_dir(path)).await?;
         }
@@ -406,34 +429,31 @@ impl Storage for DmaStorage {
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        glommio::io::remove(path).await?;
+        glommio::io::remove(path).await.map_err(os_error)?;
         self.sync_dir(parent_dir(path)).await
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         // glommio's Directory::open refuses relative paths (EBADF).
-        let directory = Directory::open(std::path::absolute(dir)?).await?;
-        directory.sync().await?;
-        directory.close().await?;
+        let directory = Directory::open(std::path::absolute(dir)?).await.map_err(os_error)?;
+        directory.sync().await.map_err(os_error)?;
+        directory.close().await.map_err(os_error)?;
         Ok(())
     }
 
     async fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let temp = temp_path(path);
-        if bytes.len() > ATOMIC_FILE_PIECE_BYTES {
-            write_in_pieces(&temp, bytes).await?;
-        } else {
-            let mut options = OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            let file = options.buffered_open(&temp).await?;
-            let written = file.write_at(bytes.to_vec(), 0).await?;
-            if written != bytes.len() {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of a metadata file"));
-            }
-            file.fdatasync().await?;
-            file.close().await?;
+        let written = match bytes.len() > ATOMIC_FILE_PIECE_BYTES {
+            true => write_in_pieces(&temp, bytes).await,
+            false => write_buffered(&temp, bytes).await,
+        };
+        if let Err(error) = written {
+            // Best effort: on a full disk the temp file holds room the
+            // next attempt needs (it would replace it anyway).
+            let _ = glommio::io::remove(&temp).await;
+            return Err(error);
         }
-        glommio::io::rename(&temp, path).await?;
+        glommio::io::rename(&temp, path).await.map_err(os_error)?;
         self.sync_dir(parent_dir(path)).await
     }
 
