@@ -39,7 +39,8 @@ pub struct Snapshot {
 /// (The shard writes it with `encode_in_steps`.)
 #[cfg(test)]
 pub fn encode(table: &ProducerTable, covered: u64, queue_offsets: &HashMap<u32, u64>) -> Vec<u8> {
-    let mut out = Encoder::start(covered, queue_offsets, table);
+    let held = table.windows().map(|(_, _, window)| held_bytes(window)).sum();
+    let mut out = Encoder::start(covered, queue_offsets, held);
     for (producer_id, queue_id, window) in table.windows() {
         out.put_window(producer_id, queue_id, window);
     }
@@ -65,12 +66,16 @@ pub async fn encode_in_steps(
     covered: u64,
     queue_offsets: &HashMap<u32, u64>,
 ) -> Vec<u8> {
-    let (listed, mut out) = {
-        let table = table.borrow();
-        let listed: Vec<(u64, u32)> =
-            table.windows().map(|(producer_id, queue_id, _)| (producer_id, queue_id)).collect();
-        (listed, Encoder::start(covered, queue_offsets, &table))
-    };
+    let mut held = 0;
+    let listed: Vec<(u64, u32)> = table
+        .borrow()
+        .windows()
+        .map(|(producer_id, queue_id, window)| {
+            held += held_bytes(window);
+            (producer_id, queue_id)
+        })
+        .collect();
+    let mut out = Encoder::start(covered, queue_offsets, held);
     for step in listed.chunks(WINDOWS_PER_STEP) {
         {
             let table = table.borrow();
@@ -97,13 +102,16 @@ struct Encoder {
 const WINDOW_HEAD_BYTES: usize = 8 + 4 + 8 + 8 + 4;
 const SEND_BYTES: usize = 4 * 8;
 
+/// At most what `window` takes in a snapshot (every send it holds).
+fn held_bytes(window: &QueueWindow) -> usize {
+    WINDOW_HEAD_BYTES + window.recent.len() * SEND_BYTES
+}
+
 impl Encoder {
-    /// With room for every window of `table` and every send they hold, up
-    /// front: a snapshot of tens of MB grown by doubling copied itself
-    /// several times over, each copy a pause for the shard.
-    fn start(covered: u64, queue_offsets: &HashMap<u32, u64>, table: &ProducerTable) -> Self {
-        let held: usize =
-            table.windows().map(|(_, _, window)| WINDOW_HEAD_BYTES + window.recent.len() * SEND_BYTES).sum();
+    /// With room for `held` bytes of windows (`held_bytes`) up front: a
+    /// snapshot of tens of MB grown by doubling copied itself several times
+    /// over, each copy a pause for the shard.
+    fn start(covered: u64, queue_offsets: &HashMap<u32, u64>, held: usize) -> Self {
         let expected = 64 + queue_offsets.len() * 12 + held;
         let mut out = snapshot_file::start(MAGIC, expected);
         out.extend_from_slice(&covered.to_le_bytes());

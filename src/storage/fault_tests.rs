@@ -403,6 +403,17 @@ fn a_read_racing_retention_says_offset_truncated() {
 // checkpoint is skipped and the log goes on; the next checkpoint writes the
 // same entries again, and a restart finds every acknowledged record.
 
+/// A power cut (unsynced writes torn at random), then the log opened again.
+async fn crashed_and_reopened(
+    storage: &FaultyStorage,
+    log: Rc<CommitLog<FaultyStorage>>,
+    config: &LogConfig,
+) -> CommitLog<FaultyStorage> {
+    drop(log);
+    storage.crash();
+    CommitLog::open(storage.clone(), config.clone()).await.expect("recover")
+}
+
 fn no_space_on(operation: Operation, path_contains: &str, from: u64) -> TargetedFault {
     TargetedFault { operation, path_contains: path_contains.to_owned(), from, errno: libc::ENOSPC }
 }
@@ -432,9 +443,7 @@ fn a_full_disk_under_a_checkpoint_skips_it_and_the_next_one_writes_it() {
         assert_eq!(log.index_memory().unwritten_entries, 0);
         let mut acknowledged = acknowledged;
         acknowledged.insert(0, 1100);
-        drop(log);
-        storage.crash();
-        let log = CommitLog::open(storage.clone(), config()).await.expect("recover");
+        let log = crashed_and_reopened(&storage, log, &config()).await;
         assert_recovered(&log, &acknowledged, 0).await;
         for (queue_id, acked) in &acknowledged {
             assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
@@ -455,9 +464,7 @@ fn a_full_disk_under_the_checkpoint_file_skips_it() {
         log.checkpoint().await.expect("a checkpoint once the disk has room");
         let mut acknowledged = acknowledged;
         acknowledged.insert(1, 350);
-        drop(log);
-        storage.crash();
-        let log = CommitLog::open(storage.clone(), config()).await.expect("recover");
+        let log = crashed_and_reopened(&storage, log, &config()).await;
         assert_recovered(&log, &acknowledged, 0).await;
     });
 }
@@ -486,9 +493,7 @@ fn the_checkpointer_retries_a_checkpoint_a_full_disk_refused() {
             assert!(std::time::Instant::now() < deadline, "no checkpoint after the disk had room again");
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
-        drop(log);
-        storage.crash();
-        let log = CommitLog::open(storage.clone(), config).await.expect("recover");
+        let log = crashed_and_reopened(&storage, log, &config).await;
         assert_recovered(&log, &acknowledged, 0).await;
     });
 }
@@ -513,9 +518,7 @@ fn retention_waits_for_the_checkpoints_a_full_disk_refused() {
         let deleted = log.enforce_retention(now_us()).await.expect("retention");
         assert!(deleted >= 2, "retention deleted {deleted} segments");
         let base = log.base_offset(0);
-        drop(log);
-        storage.crash();
-        let log = CommitLog::open(storage.clone(), config).await.expect("recover");
+        let log = crashed_and_reopened(&storage, log, &config).await;
         assert_eq!((log.base_offset(0), log.visible_end_offset(0)), (base, count), "the same offsets are kept");
         let batch = log.read(0, base, 10, 1 << 20).await.expect("read the first kept offset");
         assert_eq!(batch.records[0].message(), message(0, base));

@@ -30,12 +30,10 @@ pub const INDEX_FILE_ENTRY_SIZE_BYTES: usize = 32;
 const _: () = assert!(crate::constants::BLOCK_SIZE_BYTES % INDEX_FILE_ENTRY_SIZE_BYTES == 0);
 const _: () = assert!(512 % INDEX_FILE_ENTRY_SIZE_BYTES == 0);
 
-/// Index entries per write to an index file (256 KiB). A device finishes
-/// the writes queued before a flush first, so one large write holds the
-/// log's durable writes behind it: at 50,000 messages a second a checkpoint
-/// wrote 100,000 entries (3.2 MB) at once, and the log's answers waited
-/// 10-20 ms every checkpoint (docs/PERFORMANCE.md).
-pub const INDEX_ENTRIES_PER_WRITE: usize = 8192;
+/// Index entries per write to an index file (`BACKGROUND_WRITE_PIECE_BYTES`):
+/// at 50,000 messages a second a checkpoint wrote 100,000 entries (3.2 MB)
+/// at once, and the log's answers waited 10-20 ms every checkpoint.
+pub const INDEX_ENTRIES_PER_WRITE: usize = crate::constants::BACKGROUND_WRITE_PIECE_BYTES / INDEX_FILE_ENTRY_SIZE_BYTES;
 
 /// Bytes of an entry its CRC covers (everything before the CRC).
 const CHECKED_BYTES: usize = INDEX_FILE_ENTRY_SIZE_BYTES - 4;

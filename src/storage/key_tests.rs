@@ -74,6 +74,12 @@ async fn positions<S: Storage>(log: &CommitLog<S>, hash: u64) -> Vec<u64> {
     found.entries.iter().map(|entry| entry.position).collect()
 }
 
+/// The positions of `placed` (appended as `append_all` does, `keys` keys)
+/// whose key is `key`, newest first, as a search gives them.
+fn newest_first_of_key(placed: &[u64], key: usize, keys: usize) -> Vec<u64> {
+    placed.iter().skip(key).step_by(keys).rev().copied().collect()
+}
+
 fn key_files(log_dir: &str) -> PathBuf {
     PathBuf::from(log_dir).join(KEYS_DIR)
 }
@@ -86,8 +92,7 @@ fn keys_are_found_in_memory_in_the_files_and_after_a_crash() {
         let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
         let count = 3000; // several segments, several blocks each
         let placed = append_all(&log, 0..count, 10).await;
-        let mut expected: Vec<u64> = placed.iter().skip(3).step_by(10).copied().collect();
-        expected.reverse();
+        let mut expected = newest_first_of_key(&placed, 3, 10);
         assert!(log.disk_usage().0 > 3, "several segments");
         assert_eq!(positions(&log, 3).await, expected, "from memory");
         assert!(log.index_memory().key_tail_entries > 0);
@@ -269,8 +274,7 @@ fn a_key_file_write_a_full_disk_refused_is_written_again_without_doubles() {
         placed.extend(append_all(&log, 1500..3000, 10).await);
         let refused = log.checkpoint().await.expect_err("the key file's write meets the full disk");
         assert!(refused.is_no_space() && log.is_stopped().is_none(), "{refused}");
-        let mut expected: Vec<u64> = placed.iter().skip(3).step_by(10).copied().collect();
-        expected.reverse();
+        let expected = newest_first_of_key(&placed, 3, 10);
         assert_eq!(positions(&log, 3).await, expected, "from the files and the tail");
         storage.set_plan(FaultPlan::default());
         log.checkpoint().await.expect("a checkpoint once the disk has room");
@@ -303,8 +307,7 @@ fn keys_written_before_a_refused_key_file_are_found_once() {
         let refused = log.checkpoint().await.expect_err("the third key file meets the full disk");
         assert!(refused.is_no_space() && log.is_stopped().is_none(), "{refused}");
         assert!(storage.targeted_calls(0) > 0, "the third segment's key file was tried");
-        let mut expected: Vec<u64> = placed.iter().skip(3).step_by(10).copied().collect();
-        expected.reverse();
+        let expected = newest_first_of_key(&placed, 3, 10);
         assert_eq!(positions(&log, 3).await, expected, "each key once while the tail is kept");
         storage.set_plan(FaultPlan::default());
         log.checkpoint().await.expect("a checkpoint once the disk has room");

@@ -78,21 +78,18 @@ pub fn held_back_to<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Option<u6
 fn choose<S: Storage>(shared: &LogShared<S>, now_us: u64) -> Vec<Rc<Segment<S::File>>> {
     let retention = shared.config.retention;
     let state = shared.state.borrow();
-    let flushed = shared.flushed.get();
-    let floor = shared.retention_floor.get();
+    // The checkpoint written is durable, so a segment below it is too. Past
+    // it (a full disk refused the later ones), a restart would scan from it
+    // into a deleted segment, and a queue whose records there are gone
+    // would lose where its offsets were.
+    debug_assert!(state.checkpoint_position <= shared.flushed.get());
+    let kept_above = state.checkpoint_position.min(shared.retention_floor.get());
     let active_start = state.filling.segment.start;
     let mut total_bytes: u64 = state.segments.values().map(|segment| segment.size_bytes).sum();
     let mut victims = Vec::new();
     for segment in state.segments.values() {
         // Segments are in position order: stop at the first one that must stay.
-        // Past the checkpoint on disk (a full disk refused the later ones),
-        // a restart would scan from it into a deleted segment, and a queue
-        // whose records there are gone would lose where its offsets were.
-        if segment.start >= active_start
-            || segment.end() > flushed
-            || segment.end() > floor
-            || segment.end() > state.checkpoint_position
-        {
+        if segment.start >= active_start || segment.end() > kept_above {
             break;
         }
         let too_big = retention.max_total_bytes.is_some_and(|max| total_bytes > max);

@@ -3,7 +3,7 @@
 //! calls; they run only at start-up and retention, never on the append path.
 
 use super::{is_block_aligned, parent_dir, temp_path, CreateError, Storage, StorageFile, ZeroFillPace};
-use crate::constants::{BLOCK_SIZE_BYTES, SEGMENT_ZERO_FILL_CHUNK_BYTES};
+use crate::constants::{BACKGROUND_WRITE_PIECE_BYTES, BLOCK_SIZE_BYTES, SEGMENT_ZERO_FILL_CHUNK_BYTES};
 use glommio::io::{Directory, DmaFile, OpenOptions};
 use glommio::GlommioError;
 use std::cell::RefCell;
@@ -144,14 +144,11 @@ fn direct_options(create: bool, truncate: bool) -> OpenOptions {
 }
 
 /// A file `write_file_atomic` writes larger than this goes to the disk in
-/// O_DIRECT pieces of this size, one after another. A device finishes the
-/// writes queued before a flush first: written whole (buffered, then
-/// fdatasync), a 50 MB producer snapshot held the log's durable writes
-/// behind it for 100-170 ms every checkpoint at 10,000 queues
-/// (docs/PERFORMANCE.md). Index files are written in pieces of the same
-/// size for the same reason.
-const ATOMIC_FILE_PIECE_BYTES: usize = 256 * 1024;
-const _: () = assert!(ATOMIC_FILE_PIECE_BYTES % BLOCK_SIZE_BYTES == 0);
+/// O_DIRECT pieces of this size, one after another: written whole
+/// (buffered, then fdatasync), a 50 MB producer snapshot held the log's
+/// durable writes behind it for 100-170 ms every checkpoint at 10,000
+/// queues.
+const ATOMIC_FILE_PIECE_BYTES: usize = BACKGROUND_WRITE_PIECE_BYTES;
 
 /// Writes `bytes` to a new file at `temp` in `ATOMIC_FILE_PIECE_BYTES`
 /// O_DIRECT pieces (the last one padded, then the file cut to its length),
