@@ -7,9 +7,9 @@
 use crate::ledger::Ledger;
 use hdrhistogram::Histogram;
 use ringmq::client::{visit_records, AsyncConnection, ClientError};
-use ringmq::protocol::{self, fb, verify, Assignment, Failure, FetchParams, Kind, TopicLayout};
+use ringmq::protocol::{self, fb, verify, Assignment, Failure, FetchParams, Kind, ProduceRequestBuilder, TopicLayout};
 use ringmq::storage::latency_histogram_us;
-use ringmq::wire::{Finished, MessageDraft};
+use ringmq::wire::MessageDraft;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -324,6 +324,10 @@ struct QueueStamp {
     first_sequence: u64,
 }
 
+/// A generated message's bytes beside its body (ids, topic, sequence, a
+/// key): the request's builder is sized with it so that it never grows.
+const MESSAGE_FIELDS_BYTES: usize = 256;
+
 async fn send(
     context: &Context,
     workload: &Workload,
@@ -341,28 +345,31 @@ async fn send(
     let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
     let message_producer = workload.producer_id(producer);
     // One body for the request, its sequence rewritten per message: each
-    // message copies it as it is built.
+    // message is built in the thread's reused builder and copied once, into
+    // the request.
     let mut body = body(workload.size, intended_ns, producer, first_sequence);
-    let messages: Vec<Finished> = (first_sequence..first_sequence + workload.batch as u64)
-        .map(|sequence| {
-            stamp_sequence(&mut body, sequence);
-            let key = workload.keyed.then(|| format!("key-{}", sequence % 1024));
-            let keys: Vec<&str> = key.iter().map(String::as_str).collect();
-            MessageDraft {
-                msg_id: (message_producer, sequence),
-                topic: &layout.name,
-                queue,
-                keys: &keys,
-                body: &body,
-                producer_id: message_producer,
-                sequence: stamp.first_sequence + (sequence - first_sequence),
-                ..MessageDraft::default()
-            }
-            .build_in_place()
-        })
-        .collect();
-    let slices: Vec<&[u8]> = messages.iter().map(|message| &message[..]).collect();
-    let request = protocol::produce_request(&layout.name, queue, &slices, false);
+    let mut request = ProduceRequestBuilder::with_capacity(
+        &layout.name,
+        workload.batch,
+        workload.batch * (workload.size + MESSAGE_FIELDS_BYTES),
+    );
+    for sequence in first_sequence..first_sequence + workload.batch as u64 {
+        stamp_sequence(&mut body, sequence);
+        let key = workload.keyed.then(|| format!("key-{}", sequence % 1024));
+        let keys: Vec<&str> = key.iter().map(String::as_str).collect();
+        let draft = MessageDraft {
+            msg_id: (message_producer, sequence),
+            topic: &layout.name,
+            queue,
+            keys: &keys,
+            body: &body,
+            producer_id: message_producer,
+            sequence: stamp.first_sequence + (sequence - first_sequence),
+            ..MessageDraft::default()
+        };
+        draft.with_built(|message| request.push(message));
+    }
+    let request = request.finish(&layout.name, queue, false);
     let shard = layout.queue_shards[queue as usize];
     let answer = match context.producer_connection(producer, shard).await {
         Ok(connection) => connection.request_body(Kind::ProduceRequest, request).await,

@@ -2,7 +2,7 @@
 
 use super::fb;
 use super::frame::FRAME_HEADER_BYTES;
-use crate::wire::Finished;
+use crate::wire::{with_reused_builder, Finished};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 /// Why a request failed, as it goes on the wire.
@@ -176,23 +176,46 @@ pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayo
 /// `skip_gap`: see `ProduceRequest.skip_gap` in schemas/protocol.fbs.
 /// Built with room for the frame header in front (`WireFrame::in_place`).
 pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bool) -> Finished {
-    // Per message: its bytes, their length prefix and alignment, its table
-    // and its offset in the vector; a builder that runs short grows by a copy.
-    let size: usize = messages.iter().map(|message| message.len() + 24).sum();
-    let mut builder = FlatBufferBuilder::with_capacity(size + topic.len() + 128 + FRAME_HEADER_BYTES);
-    let messages: Vec<_> = messages
-        .iter()
-        .map(|message| {
-            let bytes = builder.create_vector(message);
-            fb::MessageBytes::create(&mut builder, &fb::MessageBytesArgs { bytes: Some(bytes) })
-        })
-        .collect();
-    let messages = builder.create_vector(&messages);
-    let topic = builder.create_string(topic);
-    let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages), skip_gap };
-    let root = fb::ProduceRequest::create(&mut builder, &args);
-    builder.finish_minimal(root);
-    Finished::of(builder)
+    let bytes: usize = messages.iter().map(|message| message.len()).sum();
+    let mut request = ProduceRequestBuilder::with_capacity(topic, messages.len(), bytes);
+    for message in messages {
+        request.push(message);
+    }
+    request.finish(topic, queue, skip_gap)
+}
+
+/// A produce request, its messages copied in one at a time: a producer that
+/// builds each message (`MessageDraft::with_built`) copies it once, into
+/// the request.
+pub struct ProduceRequestBuilder {
+    builder: FlatBufferBuilder<'static>,
+    messages: Vec<WIPOffset<fb::MessageBytes<'static>>>,
+}
+
+impl ProduceRequestBuilder {
+    /// Room for `messages` messages of `message_bytes` in all; a builder
+    /// that runs short grows by a copy.
+    pub fn with_capacity(topic: &str, messages: usize, message_bytes: usize) -> Self {
+        // Per message: its length prefix and alignment, its table and its
+        // offset in the vector.
+        let size = message_bytes + messages * 24 + topic.len() + 128 + FRAME_HEADER_BYTES;
+        Self { builder: FlatBufferBuilder::with_capacity(size), messages: Vec::with_capacity(messages) }
+    }
+
+    pub fn push(&mut self, message: &[u8]) {
+        let bytes = self.builder.create_vector(message);
+        let args = fb::MessageBytesArgs { bytes: Some(bytes) };
+        self.messages.push(fb::MessageBytes::create(&mut self.builder, &args));
+    }
+
+    pub fn finish(mut self, topic: &str, queue: u32, skip_gap: bool) -> Finished {
+        let messages = self.builder.create_vector(&self.messages);
+        let topic = self.builder.create_string(topic);
+        let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages), skip_gap };
+        let root = fb::ProduceRequest::create(&mut self.builder, &args);
+        self.builder.finish_minimal(root);
+        Finished::of(self.builder)
+    }
 }
 
 /// What became of one message of a produce request.
@@ -218,27 +241,31 @@ impl SendOutcome {
     }
 }
 
+/// Built in the thread's reused builder: the broker answers every produce
+/// request, most of them of one message.
 pub fn produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
-    let mut builder = FlatBufferBuilder::with_capacity(64 + sends.len() * 64);
-    let outcome = outcome(&mut builder, failure);
-    let sends: Vec<_> = sends
-        .iter()
-        .map(|send| {
-            let args = fb::SendOutcomeArgs {
-                status: send.status,
-                msg_id_hi: send.msg_id.0,
-                msg_id_lo: send.msg_id.1,
-                offset: send.offset.and_then(|offset| i64::try_from(offset).ok()).unwrap_or(-1),
-                store_timestamp_us: send.store_timestamp_us,
-                duplicate: send.duplicate,
-            };
-            fb::SendOutcome::create(&mut builder, &args)
-        })
-        .collect();
-    let sends = builder.create_vector(&sends);
-    let args = fb::ProduceResponseArgs { outcome: Some(outcome), queue, sends: Some(sends) };
-    let root = fb::ProduceResponse::create(&mut builder, &args);
-    finish(builder, root)
+    with_reused_builder(|builder| {
+        let outcome = outcome(builder, failure);
+        let sends: Vec<_> = sends
+            .iter()
+            .map(|send| {
+                let args = fb::SendOutcomeArgs {
+                    status: send.status,
+                    msg_id_hi: send.msg_id.0,
+                    msg_id_lo: send.msg_id.1,
+                    offset: send.offset.and_then(|offset| i64::try_from(offset).ok()).unwrap_or(-1),
+                    store_timestamp_us: send.store_timestamp_us,
+                    duplicate: send.duplicate,
+                };
+                fb::SendOutcome::create(builder, &args)
+            })
+            .collect();
+        let sends = builder.create_vector(&sends);
+        let args = fb::ProduceResponseArgs { outcome: Some(outcome), queue, sends: Some(sends) };
+        let root = fb::ProduceResponse::create(builder, &args);
+        builder.finish_minimal(root);
+        builder.finished_data().to_vec()
+    })
 }
 
 pub fn fetch_request(params: &FetchParams) -> Vec<u8> {

@@ -194,11 +194,25 @@ pub struct MessageDraft<'a> {
 
 impl MessageDraft<'_> {
     pub fn build(&self) -> Vec<u8> {
-        self.build_in_place().to_vec()
+        self.with_built(<[u8]>::to_vec)
     }
 
     pub fn build_in_place(&self) -> Finished {
         let mut builder = FlatBufferBuilder::with_capacity(self.body.len() + 256);
+        self.encode(&mut builder);
+        Finished::of(builder)
+    }
+
+    /// Calls `use_message` with the message built in the thread's reused
+    /// builder.
+    pub fn with_built<R>(&self, use_message: impl FnOnce(&[u8]) -> R) -> R {
+        super::with_reused_builder(|builder| {
+            self.encode(builder);
+            use_message(builder.finished_data())
+        })
+    }
+
+    fn encode(&self, builder: &mut FlatBufferBuilder<'_>) {
         let topic = builder.create_string(self.topic);
         let keys: Vec<_> = self.keys.iter().map(|key| builder.create_string(key)).collect();
         let keys = (!keys.is_empty()).then(|| builder.create_vector(&keys));
@@ -210,7 +224,7 @@ impl MessageDraft<'_> {
                 let key = builder.create_string(key);
                 let value = builder.create_string(value);
                 super::generated::Property::create(
-                    &mut builder,
+                    builder,
                     &super::generated::PropertyArgs { key: Some(key), value: Some(value) },
                 )
             })
@@ -237,9 +251,8 @@ impl MessageDraft<'_> {
             producer_group,
             transaction_id,
         };
-        let message = Message::create(&mut builder, &args);
+        let message = Message::create(builder, &args);
         builder.finish_minimal(message);
-        Finished::of(builder)
     }
 }
 
@@ -301,6 +314,10 @@ mod tests {
         assert_eq!(verified.msg_id, (1, 2));
         assert_eq!(verified.tag_hash, tag_hash("blue"));
         assert_eq!(verified.message().body().map(|body| body.bytes()), Some(&b"payload"[..]));
+        assert_eq!(&draft.build_in_place()[..], &bytes[..], "the reused builder and a fresh one agree");
+        let other = MessageDraft { topic: "o", body: b"p", ..draft.clone() }.build();
+        assert_eq!(verify_message(Bytes::from(other)).unwrap().message().topic(), "o");
+        assert_eq!(draft.build(), bytes, "nothing of a longer message before stays in the reused builder");
     }
 
     #[test]

@@ -5,9 +5,11 @@ mod finished;
 pub mod generated;
 mod message;
 pub mod record;
+mod reused_builder;
 
 pub use finished::Finished;
 pub use message::{
     check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, MessageDraft, VerifiedMessage,
     WireError,
 };
+pub use reused_builder::with_reused_builder;
