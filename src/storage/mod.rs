@@ -33,6 +33,7 @@ mod keys;
 mod log;
 mod raw;
 mod read;
+mod read_ahead;
 mod replicated;
 pub use crate::wire::record;
 mod recovery;

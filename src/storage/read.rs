@@ -5,9 +5,10 @@
 //! read; the bytes go to the caller unchanged.
 
 use super::aligned::AlignedBuf;
-use super::backend::{Storage, StorageFile};
+use super::backend::Storage;
 use super::index::{IndexEntry, QueueIndex, Slot};
 use super::log::CommitLog;
+use super::read_ahead::{ReadAhead, RunRead};
 use super::record::{self, Decoded};
 use super::LogError;
 use crate::constants::{BLOCK_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES};
@@ -204,10 +205,10 @@ impl<S: Storage> CommitLog<S> {
         let mut read_bytes = 0;
         let mut cut_at = None;
         let mut index = 0;
+        let mut ahead = ReadAhead::default();
         'runs: while index < slots.len() {
-            let run = contiguous_run(&slots[index..]);
             let first_offset = offsets[index];
-            let Some((bytes, run)) = self.read_range(&slots[index..index + run]).await? else {
+            let Some((bytes, run)) = ahead.take(&slots, index, |slots| self.start_run(slots)).await? else {
                 let position = slots[index].entry.position;
                 return Err(self.segment_gone(queue_id, offset, first_offset, position));
             };
@@ -275,7 +276,7 @@ impl<S: Storage> CommitLog<S> {
         let corrupt = |detail: String| LogError::Corrupt { path: self.shared().config.dir.clone(), position, detail };
         let entry = IndexEntry { position, size_bytes, tag_hash: 0, store_timestamp_us: 0 };
         let slot = Slot { entry, record_end: position + u64::from(size_bytes) };
-        let Some((bytes, _)) = self.read_range(std::slice::from_ref(&slot)).await? else {
+        let Some((bytes, _)) = self.start_run(std::slice::from_ref(&slot)).1.finish().await? else {
             let deleted = self.shared().state.borrow().segments.keys().next().is_some_and(|first| position < *first);
             return match deleted {
                 true => Ok(None),
@@ -311,43 +312,33 @@ impl<S: Storage> CommitLog<S> {
         }
     }
 
-    /// Reads the bytes of adjacent records (at least the first); returns them
-    /// and how many records they cover, or `None` when no segment holds the
-    /// first one.
-    async fn read_range(&self, slots: &[Slot]) -> Result<Option<(Bytes, usize)>, LogError> {
+    /// Starts the read of the records adjacent to the first of `slots` (at
+    /// least the first, in one segment): how many records it covers, and
+    /// the read, whose bytes are `None` when no segment holds the first one.
+    fn start_run(&self, slots: &[Slot]) -> (usize, RunRead) {
+        let slots = &slots[..contiguous_run(slots)];
         let first = slots[0].entry.position;
         let span = |slots: &[Slot]| {
             slots.last().map_or(0, |last| (last.entry.position - first) as usize + last.entry.size_bytes as usize)
         };
-        let shared = self.shared();
         let segment = {
-            let state = shared.state.borrow();
+            let state = self.shared().state.borrow();
             if let Some(bytes) = state.recent.find(first, span(slots)) {
-                return Ok(Some((bytes, slots.len())));
+                return (slots.len(), RunRead::Ready(Some((bytes, slots.len()))));
             }
             let segment = state.segments.range(..=first).next_back().map(|(_, segment)| segment.clone());
             segment.filter(|segment| segment.contains(first))
         };
-        let Some(segment) = segment else { return Ok(None) };
+        let Some(segment) = segment else {
+            return (slots.len(), RunRead::Ready(None));
+        };
         let in_segment = slots
             .iter()
             .take_while(|slot| slot.entry.position + u64::from(slot.entry.size_bytes) <= segment.end())
             .count()
             .max(1);
         let length = span(&slots[..in_segment]);
-        let bytes = segment
-            .file
-            .read_at(first - segment.start, length)
-            .await
-            .map_err(|error| LogError::io("read", &segment.path, first, error))?;
-        if bytes.len() < length {
-            return Err(LogError::Corrupt {
-                path: segment.path.clone(),
-                position: first,
-                detail: format!("read {} of {length} bytes: the segment ends early", bytes.len()),
-            });
-        }
-        Ok(Some((Bytes::from(bytes), in_segment)))
+        (in_segment, RunRead::start(segment, first, length, in_segment))
     }
 
     /// Verifies a record read back: CRC, and the offset its header claims.
