@@ -561,7 +561,8 @@ async fn a_damaged_index_file_is_rebuilt_from_the_log<S: Storage + Damage>(stora
 on_every_backend!(
     a_queue_larger_than_the_index_cache_reads_back_whole,
     index_memory_stays_under_its_bound,
-    a_rebuild_from_the_whole_log_holds_few_entries_in_memory
+    a_rebuild_from_the_whole_log_holds_few_entries_in_memory,
+    a_rebuild_of_more_queues_than_its_writes_in_flight_reads_back_whole
 );
 
 /// Without a checkpoint recovery rebuilds every queue's index from the whole
@@ -590,6 +591,34 @@ async fn a_rebuild_from_the_whole_log_holds_few_entries_in_memory<S: Storage>(st
     log.close().await.expect("close");
     let log = CommitLog::open(storage, config).await.expect("reopen from the checkpoint after the rebuild");
     for queue_id in 0..3 {
+        assert_queue(&log, queue_id, count).await;
+    }
+}
+
+/// A rebuild's spill writes many queues' files at once (a window of
+/// `SPILL_WRITES_IN_FLIGHT_MAX`): with more queues than that, interleaved,
+/// every queue reads back whole, after the rebuild and after a reopen.
+async fn a_rebuild_of_more_queues_than_its_writes_in_flight_reads_back_whole<S: Storage>(
+    storage: S,
+    config: LogConfig,
+) {
+    let config = small_index(config);
+    let (queues, count) = (40, 12);
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("open");
+    for sequence in 0..count {
+        for queue_id in 0..queues {
+            append_burst(&log, queue_id, sequence..sequence + 1).await;
+        }
+    }
+    log.close().await.expect("close");
+    storage.remove(&config.dir.join(super::checkpoint::CHECKPOINT_FILE)).await.expect("remove the checkpoint");
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("rebuild");
+    for queue_id in 0..queues {
+        assert_queue(&log, queue_id, count).await;
+    }
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage, config).await.expect("reopen from the checkpoint after the rebuild");
+    for queue_id in 0..queues {
         assert_queue(&log, queue_id, count).await;
     }
 }
