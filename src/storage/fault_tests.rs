@@ -422,7 +422,10 @@ fn a_read_racing_retention_says_offset_truncated() {
         // The read's first runs (`read_ahead`) wait at the disk.
         assert!(storage.reads_waiting() >= 1, "the read never reached the disk");
         let deleted = log.enforce_retention(now_us()).await.expect("retention");
-        assert!(deleted >= 2, "retention deleted {deleted} segments");
+        // Reads already started finish on their open segment files: the
+        // read-ahead (about 2 MiB, two segments here) must not reach past
+        // what retention deleted for the read to meet a deleted segment.
+        assert!(deleted >= 3, "retention deleted {deleted} segments");
         storage.release_reads();
         match reader.await {
             Err(LogError::OffsetTruncated { queue_id: 0, requested: 0, earliest }) => {
@@ -553,7 +556,10 @@ fn retention_waits_for_the_checkpoints_a_full_disk_refused() {
         storage.set_plan(FaultPlan::default());
         log.checkpoint().await.expect("a checkpoint once the disk has room");
         let deleted = log.enforce_retention(now_us()).await.expect("retention");
-        assert!(deleted >= 2, "retention deleted {deleted} segments");
+        // Reads already started finish on their open segment files: the
+        // read-ahead (about 2 MiB, two segments here) must not reach past
+        // what retention deleted for the read to meet a deleted segment.
+        assert!(deleted >= 3, "retention deleted {deleted} segments");
         let base = log.base_offset(0);
         let log = crashed_and_reopened(&storage, log, &config).await;
         assert_eq!((log.base_offset(0), log.visible_end_offset(0)), (base, count), "the same offsets are kept");

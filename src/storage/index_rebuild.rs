@@ -44,19 +44,20 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
         if self.in_memory < self.threshold {
             return Ok(());
         }
-        let jobs: Vec<_> = queues
+        // Offsets only: a queue's entries are copied as its write starts,
+        // so memory holds the threshold plus the writes in flight.
+        let jobs: Vec<(u32, u64, u64)> = queues
             .iter()
             .filter(|(_, queue)| queue.next_offset() > queue.file_end())
-            .map(|(queue_id, queue)| {
-                let (from, to) = (queue.file_end(), queue.next_offset());
-                (*queue_id, from, to, queue.unwritten_entries(from, to))
-            })
+            .map(|(queue_id, queue)| (*queue_id, queue.file_end(), queue.next_offset()))
             .collect();
         let mut in_flight = VecDeque::new();
-        for (queue_id, from, to, entries) in jobs {
+        for (queue_id, from, to) in jobs {
             if in_flight.len() == SPILL_WRITES_IN_FLIGHT_MAX {
                 self.spilled(in_flight.pop_front(), queues).await?;
             }
+            let Some(queue) = queues.get(&queue_id) else { continue };
+            let entries = queue.unwritten_entries(from, to);
             let file = self.files.remove(&queue_id);
             let (storage, path) = (self.storage.clone(), index_path(self.dir, queue_id));
             in_flight.push_back(glommio::spawn_local(async move {

@@ -2,8 +2,11 @@
 //! records interleave with many other queues' needs one read per record
 //! (`contiguous_run` coalesces only close neighbours); one after another,
 //! a start's replay of 5,000 such queues per shard waited 8-9 s on
-//! them (docs/PERFORMANCE.md). Results are taken in order, so what a read
-//! returns is unchanged.
+//! them (docs/PERFORMANCE.md). Results are taken in order: the records, a
+//! cut at `bytes_max` and the first error are those of reads one after
+//! another, but for retention: a read already started when retention
+//! unlinks its segment completes on the open file, where a read started
+//! after it finds no segment (`OffsetTruncated`).
 
 use super::index::Slot;
 use super::segment::Segment;
@@ -12,11 +15,12 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// Reads started ahead of the one awaited, at most.
+/// Reads in flight, the awaited one included, at most.
 pub(super) const READS_IN_FLIGHT_MAX: usize = 16;
 
-/// Bytes of the reads started ahead, at most (the first one always starts):
-/// a read of adjacent records is up to 1 MiB already.
+/// Another read starts only while less than this is in flight (the first
+/// always starts); a read of adjacent records is up to 1 MiB, so about
+/// 2 MiB can be in flight for one reader.
 pub(super) const READ_AHEAD_BYTES_MAX: usize = 1024 * 1024;
 
 /// The bytes of adjacent records and how many records they cover; `None`
@@ -87,8 +91,10 @@ pub(super) struct ReadAhead {
 impl ReadAhead {
     /// The read of the run starting at slot `index`, starting it and the
     /// next ones first with `start(slots from its first) -> (records it
-    /// covers, read)`. A run that covered fewer records than planned (it
-    /// reached a segment's end) drops the reads started after it.
+    /// covers, read)`. Each run starts where the one before it ends, so
+    /// the first started run is the one asked for; were it not (a caller
+    /// that skipped slots), the reads started are dropped and started
+    /// again from `index`.
     pub async fn take(
         &mut self,
         slots: &[Slot],

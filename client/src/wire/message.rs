@@ -204,8 +204,12 @@ impl MessageDraft<'_> {
     }
 
     /// Calls `use_message` with the message built in the thread's reused
-    /// builder.
+    /// builder; a large one (which the thread would not keep) in a builder
+    /// sized for it.
     pub fn with_built<R>(&self, use_message: impl FnOnce(&[u8]) -> R) -> R {
+        if self.body.len() > super::REUSED_BUILDER_BYTES_MAX / 2 {
+            return use_message(&self.build_in_place());
+        }
         super::with_reused_builder(|builder| {
             self.encode(builder);
             use_message(builder.finished_data())
@@ -318,6 +322,9 @@ mod tests {
         let other = MessageDraft { topic: "o", body: b"p", ..draft.clone() }.build();
         assert_eq!(verify_message(Bytes::from(other)).unwrap().message().topic(), "o");
         assert_eq!(draft.build(), bytes, "nothing of a longer message before stays in the reused builder");
+        let large_body = vec![7; 100 * 1024];
+        let large = MessageDraft { body: &large_body, ..draft.clone() };
+        assert_eq!(large.build(), large.build_in_place().to_vec(), "a large message, in a builder of its own");
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub use message::{
     WireError,
 };
 pub use reused_builder::with_reused_builder;
+pub(crate) use reused_builder::REUSED_BUILDER_BYTES_MAX;

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 /// A builder that grew past this size is dropped after use rather than kept
 /// by its thread for good.
-const REUSED_BUILDER_BYTES_MAX: usize = 64 * 1024;
+pub(crate) const REUSED_BUILDER_BYTES_MAX: usize = 64 * 1024;
 
 thread_local! {
     static REUSED_BUILDER: RefCell<FlatBufferBuilder<'static>> = RefCell::new(FlatBufferBuilder::new());
