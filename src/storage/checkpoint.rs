@@ -220,15 +220,8 @@ fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob>, Che
 /// it was (`write_checkpoint` says what the failure then means).
 async fn write_index<S: Storage>(shared: &LogShared<S>, job: &IndexJob) -> Result<(), LogError> {
     let existing = shared.state.borrow().index_files.get(&job.queue_id).cloned();
-    let mut file = match existing {
-        Some(file) => file,
-        None => {
-            let path = index_path(&shared.config.dir.join(super::INDEX_DIR), job.queue_id);
-            IndexFile::open(&shared.storage, path, 0, 0).await?
-        }
-    };
-    file.append(job.from, &job.entries).await?;
-    file.sync().await?;
+    let path = index_path(&shared.config.dir.join(super::INDEX_DIR), job.queue_id);
+    let file = IndexFile::append_synced(existing, &shared.storage, path, job.from, &job.entries).await?;
     shared.index_cache.borrow_mut().absorb(job.queue_id, job.from, &job.entries);
     let mut state = shared.state.borrow_mut();
     state.index_files.insert(job.queue_id, file);

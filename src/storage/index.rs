@@ -347,6 +347,25 @@ impl<F: StorageFile> IndexFile<F> {
         Ok(Self { handle, tail, entry_count })
     }
 
+    /// The queue's index file with `entries` appended as offsets `from..`
+    /// and synced: `file` where the queue has one, else the file at `path`,
+    /// created.
+    pub async fn append_synced<S: Storage<File = F>>(
+        file: Option<Self>,
+        storage: &S,
+        path: PathBuf,
+        from: u64,
+        entries: &[IndexEntry],
+    ) -> Result<Self, LogError> {
+        let mut file = match file {
+            Some(file) => file,
+            None => Self::open(storage, path, 0, 0).await?,
+        };
+        file.append(from, entries).await?;
+        file.sync().await?;
+        Ok(file)
+    }
+
     pub fn handle(&self) -> Rc<IndexHandle<F>> {
         self.handle.clone()
     }

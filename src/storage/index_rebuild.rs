@@ -54,24 +54,20 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
         let mut in_flight = VecDeque::new();
         for (queue_id, from, to) in jobs {
             if in_flight.len() == SPILL_WRITES_IN_FLIGHT_MAX {
-                self.spilled(in_flight.pop_front(), queues).await?;
+                let oldest = in_flight.pop_front().expect("a full window holds a write");
+                self.spilled(oldest, queues).await?;
             }
             let Some(queue) = queues.get(&queue_id) else { continue };
             let entries = queue.unwritten_entries(from, to);
             let file = self.files.remove(&queue_id);
             let (storage, path) = (self.storage.clone(), index_path(self.dir, queue_id));
             in_flight.push_back(glommio::spawn_local(async move {
-                let mut file = match file {
-                    Some(file) => file,
-                    None => IndexFile::open(&storage, path, 0, 0).await?,
-                };
-                file.append(from, &entries).await?;
-                file.sync().await?;
+                let file = IndexFile::append_synced(file, &storage, path, from, &entries).await?;
                 Ok((queue_id, to, file))
             }));
         }
         while let Some(write) = in_flight.pop_front() {
-            self.spilled(Some(write), queues).await?;
+            self.spilled(write, queues).await?;
         }
         self.in_memory = 0;
         Ok(())
@@ -81,10 +77,9 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
     /// memory lets them go.
     async fn spilled(
         &mut self,
-        write: Option<SpillWrite<S::File>>,
+        write: SpillWrite<S::File>,
         queues: &mut BTreeMap<u32, QueueIndex>,
     ) -> Result<(), LogError> {
-        let Some(write) = write else { return Ok(()) };
         let (queue_id, to, file) = write.await?;
         self.files.insert(queue_id, file);
         if let Some(queue) = queues.get_mut(&queue_id) {

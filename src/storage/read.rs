@@ -276,7 +276,7 @@ impl<S: Storage> CommitLog<S> {
         let corrupt = |detail: String| LogError::Corrupt { path: self.shared().config.dir.clone(), position, detail };
         let entry = IndexEntry { position, size_bytes, tag_hash: 0, store_timestamp_us: 0 };
         let slot = Slot { entry, record_end: position + u64::from(size_bytes) };
-        let Some((bytes, _)) = self.start_run(std::slice::from_ref(&slot)).1.finish().await? else {
+        let Some((bytes, _)) = self.start_run(std::slice::from_ref(&slot)).finish().await? else {
             let deleted = self.shared().state.borrow().segments.keys().next().is_some_and(|first| position < *first);
             return match deleted {
                 true => Ok(None),
@@ -313,9 +313,9 @@ impl<S: Storage> CommitLog<S> {
     }
 
     /// Starts the read of the records adjacent to the first of `slots` (at
-    /// least the first, in one segment): how many records it covers, and
-    /// the read, whose bytes are `None` when no segment holds the first one.
-    fn start_run(&self, slots: &[Slot]) -> (usize, RunRead) {
+    /// least the first, in one segment); its bytes are `None` when no
+    /// segment holds the first one.
+    fn start_run(&self, slots: &[Slot]) -> RunRead {
         let slots = &slots[..contiguous_run(slots)];
         let first = slots[0].entry.position;
         let span = |slots: &[Slot]| {
@@ -324,21 +324,19 @@ impl<S: Storage> CommitLog<S> {
         let segment = {
             let state = self.shared().state.borrow();
             if let Some(bytes) = state.recent.find(first, span(slots)) {
-                return (slots.len(), RunRead::Ready(Some((bytes, slots.len()))));
+                return RunRead::ready(Some(bytes), slots.len());
             }
             let segment = state.segments.range(..=first).next_back().map(|(_, segment)| segment.clone());
             segment.filter(|segment| segment.contains(first))
         };
-        let Some(segment) = segment else {
-            return (slots.len(), RunRead::Ready(None));
-        };
+        let Some(segment) = segment else { return RunRead::ready(None, slots.len()) };
         let in_segment = slots
             .iter()
             .take_while(|slot| slot.entry.position + u64::from(slot.entry.size_bytes) <= segment.end())
             .count()
             .max(1);
         let length = span(&slots[..in_segment]);
-        (in_segment, RunRead::start(segment, first, length, in_segment))
+        RunRead::start(segment, first, length, in_segment)
     }
 
     /// Verifies a record read back: CRC, and the offset its header claims.

@@ -27,15 +27,26 @@ pub(super) const READ_AHEAD_BYTES_MAX: usize = 1024 * 1024;
 /// when no segment holds the first one.
 pub(super) type RunBytes = Option<(Bytes, usize)>;
 
-/// One run's read, started.
-pub(super) enum RunRead {
+/// One run's read, started: how many records it covers, and its bytes.
+pub(super) struct RunRead {
+    covers: usize,
+    source: Source,
+}
+
+enum Source {
     /// Found in memory (the recent buffers), or in no segment.
-    Ready(RunBytes),
-    /// An O_DIRECT read of a segment, in flight in a task of its own.
-    Reading { task: glommio::Task<Result<(Bytes, usize), LogError>>, bytes: usize },
+    Ready(Option<Bytes>),
+    /// An O_DIRECT read of `length` bytes of a segment, in flight in a task
+    /// of its own.
+    Reading { task: glommio::Task<Result<Bytes, LogError>>, length: usize },
 }
 
 impl RunRead {
+    /// A run whose bytes are at hand (`None`: no segment holds it).
+    pub fn ready(bytes: Option<Bytes>, covers: usize) -> Self {
+        Self { covers, source: Source::Ready(bytes) }
+    }
+
     /// Starts the read of `length` bytes at `first` in `segment`, covering
     /// `covers` records.
     pub fn start<F: super::backend::StorageFile>(
@@ -59,23 +70,24 @@ impl RunRead {
                     detail: format!("read {} of {length} bytes: the segment ends early", bytes.len()),
                 });
             }
-            Ok((Bytes::from(bytes), covers))
+            Ok(Bytes::from(bytes))
         });
-        RunRead::Reading { task, bytes: length }
+        Self { covers, source: Source::Reading { task, length } }
     }
 
     fn bytes_in_flight(&self) -> usize {
-        match self {
-            RunRead::Ready(_) => 0,
-            RunRead::Reading { bytes, .. } => *bytes,
+        match self.source {
+            Source::Ready(_) => 0,
+            Source::Reading { length, .. } => length,
         }
     }
 
     pub async fn finish(self) -> Result<RunBytes, LogError> {
-        match self {
-            RunRead::Ready(bytes) => Ok(bytes),
-            RunRead::Reading { task, .. } => task.await.map(Some),
-        }
+        let bytes = match self.source {
+            Source::Ready(bytes) => bytes,
+            Source::Reading { task, .. } => Some(task.await?),
+        };
+        Ok(bytes.map(|bytes| (bytes, self.covers)))
     }
 }
 
@@ -90,8 +102,7 @@ pub(super) struct ReadAhead {
 
 impl ReadAhead {
     /// The read of the run starting at slot `index`, starting it and the
-    /// next ones first with `start(slots from its first) -> (records it
-    /// covers, read)`. Each run starts where the one before it ends, so
+    /// next ones first with `start(slots from its first)`. Each run starts where the one before it ends, so
     /// the first started run is the one asked for; were it not (a caller
     /// that skipped slots), the reads started are dropped and started
     /// again from `index`.
@@ -99,7 +110,7 @@ impl ReadAhead {
         &mut self,
         slots: &[Slot],
         index: usize,
-        mut start: impl FnMut(&[Slot]) -> (usize, RunRead),
+        mut start: impl FnMut(&[Slot]) -> RunRead,
     ) -> Result<RunBytes, LogError> {
         if self.started.front().map(|(first, _)| *first) != Some(index) {
             self.started.clear();
@@ -110,11 +121,12 @@ impl ReadAhead {
             && (self.started.is_empty()
                 || (self.started.len() < READS_IN_FLIGHT_MAX && in_flight < READ_AHEAD_BYTES_MAX))
         {
-            let (covers, read) = start(&slots[self.planned..]);
-            debug_assert!(covers >= 1);
+            let read = start(&slots[self.planned..]);
+            debug_assert!(read.covers >= 1);
             in_flight += read.bytes_in_flight();
+            let next = self.planned + read.covers;
             self.started.push_back((self.planned, read));
-            self.planned += covers;
+            self.planned = next;
         }
         let (first, read) = self.started.pop_front().expect("a run starts at every slot index below the end");
         debug_assert_eq!(first, index);

@@ -161,7 +161,7 @@ pub struct OffsetReset {
 pub fn shard_status_request() -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let root = fb::ShardStatusRequest::create(&mut builder, &fb::ShardStatusRequestArgs {});
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) -> Vec<u8> {
@@ -196,7 +196,7 @@ pub fn shard_status_response(failure: Option<&Failure>, status: &ShardStatus) ->
         replication_error,
     };
     let root = fb::ShardStatusResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// The page of groups after the cursor `after` (an answer's `next`).
@@ -205,7 +205,7 @@ pub fn list_groups_request(group: Option<&str>, after: Option<&[u8]>) -> Vec<u8>
     let group = group.map(|group| builder.create_string(group));
     let after = after.map(|after| builder.create_vector(after));
     let root = fb::ListGroupsRequest::create(&mut builder, &fb::ListGroupsRequestArgs { group, after });
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `next`: the cursor of the page after this one, when groups are left
@@ -243,7 +243,7 @@ pub fn list_groups_response(failure: Option<&Failure>, groups: &[GroupSummary], 
     let next = next.map(|next| builder.create_vector(next));
     let args = fb::ListGroupsResponseArgs { outcome: Some(outcome), groups: Some(groups), truncated, next };
     let root = fb::ListGroupsResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// The page of queues after the cursor `after` (an answer's `next`).
@@ -255,7 +255,7 @@ pub fn group_offsets_request(group: &str, topics: &[&str], after: Option<&[u8]>)
     let after = after.map(|after| builder.create_vector(after));
     let args = fb::GroupOffsetsRequestArgs { group: Some(group), topics: Some(topics), after };
     let root = fb::GroupOffsetsRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `next`: the cursor of the page after this one, when queues are left.
@@ -281,7 +281,7 @@ pub fn group_offsets_response(failure: Option<&Failure>, queues: &[QueueOffsets]
     let next = next.map(|next| builder.create_vector(next));
     let args = fb::GroupOffsetsResponseArgs { outcome: Some(outcome), queues: Some(queues), truncated, next };
     let root = fb::GroupOffsetsResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn reset_offset_request(reset: &OffsetReset) -> Vec<u8> {
@@ -297,7 +297,7 @@ pub fn reset_offset_request(reset: &OffsetReset) -> Vec<u8> {
         force: reset.force,
     };
     let root = fb::ResetOffsetRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn queue_offset_response(failure: Option<&Failure>, offset: u64) -> Vec<u8> {
@@ -305,7 +305,7 @@ pub fn queue_offset_response(failure: Option<&Failure>, offset: u64) -> Vec<u8> 
     let outcome = outcome(&mut builder, failure);
     let args = fb::QueueOffsetResponseArgs { outcome: Some(outcome), offset };
     let root = fb::QueueOffsetResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn offset_at_time_request(topic: &str, queue: u32, time_ms: u64) -> Vec<u8> {
@@ -313,7 +313,7 @@ pub fn offset_at_time_request(topic: &str, queue: u32, time_ms: u64) -> Vec<u8> 
     let topic = builder.create_string(topic);
     let args = fb::OffsetAtTimeRequestArgs { topic: Some(topic), queue, time_ms };
     let root = fb::OffsetAtTimeRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// What `ringmq message query` asks each shard.
@@ -337,7 +337,7 @@ pub fn query_messages_request(query: &MessageQuery) -> Vec<u8> {
         max_count: query.max_count,
     };
     let root = fb::QueryMessagesRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `records`: stored records back to back, newest first.
@@ -353,7 +353,7 @@ pub fn query_messages_response(
     let args =
         fb::QueryMessagesResponseArgs { outcome: Some(outcome), records: Some(records), record_count, truncated };
     let root = fb::QueryMessagesResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 #[cfg(test)]

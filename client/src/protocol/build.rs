@@ -95,7 +95,7 @@ pub(super) fn outcome<'a>(
     fb::Outcome::create(builder, &args)
 }
 
-pub(super) fn finish<T>(mut builder: FlatBufferBuilder<'_>, root: WIPOffset<T>) -> Vec<u8> {
+pub(super) fn finish<T>(builder: &mut FlatBufferBuilder<'_>, root: WIPOffset<T>) -> Vec<u8> {
     builder.finish_minimal(root);
     builder.finished_data().to_vec()
 }
@@ -114,7 +114,7 @@ pub fn error_response(failure: &Failure) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let outcome = outcome(&mut builder, Some(failure));
     let root = fb::ErrorResponse::create(&mut builder, &fb::ErrorResponseArgs { outcome: Some(outcome) });
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn metadata_request(topics: &[&str]) -> Vec<u8> {
@@ -128,7 +128,7 @@ pub fn metadata_page_request(topics: &[&str], after: Option<&[u8]>) -> Vec<u8> {
     let topics = builder.create_vector(&names);
     let after = after.map(|after| builder.create_vector(after));
     let root = fb::MetadataRequest::create(&mut builder, &fb::MetadataRequestArgs { topics: Some(topics), after });
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `next`: the cursor of the page after this one, when topics are left.
@@ -154,14 +154,14 @@ pub fn metadata_response(
     let next = next.map(|next| builder.create_vector(next));
     let args = fb::MetadataResponseArgs { outcome: Some(outcome), shards: Some(shards), topics: Some(topics), next };
     let root = fb::MetadataResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn create_topic_request(name: &str, queues: u32) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let name = builder.create_string(name);
     let root = fb::CreateTopicRequest::create(&mut builder, &fb::CreateTopicRequestArgs { name: Some(name), queues });
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayout>, created: bool) -> Vec<u8> {
@@ -170,7 +170,7 @@ pub fn create_topic_response(failure: Option<&Failure>, topic: Option<&TopicLayo
     let topic = topic.map(|topic| topic_info(&mut builder, topic));
     let args = fb::CreateTopicResponseArgs { outcome: Some(outcome), topic, created };
     let root = fb::CreateTopicResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `skip_gap`: see `ProduceRequest.skip_gap` in schemas/protocol.fbs.
@@ -263,8 +263,7 @@ pub fn produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutc
         let sends = builder.create_vector(&sends);
         let args = fb::ProduceResponseArgs { outcome: Some(outcome), queue, sends: Some(sends) };
         let root = fb::ProduceResponse::create(builder, &args);
-        builder.finish_minimal(root);
-        builder.finished_data().to_vec()
+        finish(builder, root)
     })
 }
 
@@ -282,7 +281,7 @@ pub fn fetch_request(params: &FetchParams) -> Vec<u8> {
         tag_hashes,
     };
     let root = fb::FetchRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// The records of a fetch, as stored, and where the queue stands.
@@ -321,7 +320,7 @@ pub fn fetch_response(failure: Option<&Failure>, fetched: &FetchedRecords<'_>) -
         reconsume_times,
     };
     let root = fb::FetchResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `instance_id` empty: a dynamic member; otherwise static membership.
@@ -345,7 +344,7 @@ pub fn join_group_request(
         instance_id,
     };
     let root = fb::JoinGroupRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// A member's view of its group.
@@ -370,7 +369,7 @@ pub fn group_assignment(failure: Option<&Failure>, assignment: &Assignment) -> V
         heartbeat_interval_ms: assignment.heartbeat_interval_ms,
     };
     let root = fb::GroupAssignment::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn read_assignment(assignment: fb::GroupAssignment<'_>) -> Assignment {
@@ -389,7 +388,7 @@ pub fn heartbeat_request(group: &str, topic: &str, member_id: &str) -> Vec<u8> {
     let member_id = builder.create_string(member_id);
     let args = fb::HeartbeatRequestArgs { group: Some(group), topic: Some(topic), member_id: Some(member_id) };
     let root = fb::HeartbeatRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn leave_group_request(group: &str, topic: &str, member_id: &str) -> Vec<u8> {
@@ -399,7 +398,7 @@ pub fn leave_group_request(group: &str, topic: &str, member_id: &str) -> Vec<u8>
     let member_id = builder.create_string(member_id);
     let args = fb::LeaveGroupRequestArgs { group: Some(group), topic: Some(topic), member_id: Some(member_id) };
     let root = fb::LeaveGroupRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// A commit of `offset` (the next one to consume) by `member_id`, which must
@@ -425,7 +424,7 @@ pub fn commit_offset_request(
         member_id: Some(member_id),
     };
     let root = fb::CommitOffsetRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn fetch_offset_request(group: &str, topic: &str, queue: u32) -> Vec<u8> {
@@ -434,7 +433,7 @@ pub fn fetch_offset_request(group: &str, topic: &str, queue: u32) -> Vec<u8> {
     let topic = builder.create_string(topic);
     let args = fb::FetchOffsetRequestArgs { group: Some(group), topic: Some(topic), queue };
     let root = fb::FetchOffsetRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn offset_response(failure: Option<&Failure>, offset: Option<u64>) -> Vec<u8> {
@@ -443,7 +442,7 @@ pub fn offset_response(failure: Option<&Failure>, offset: Option<u64>) -> Vec<u8
     let offset = offset.map_or(-1, |offset| offset as i64);
     let args = fb::OffsetResponseArgs { outcome: Some(outcome), offset };
     let root = fb::OffsetResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn end_transaction_request(
@@ -464,7 +463,7 @@ pub fn end_transaction_request(
         from_check,
     };
     let root = fb::EndTransactionRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// `offset`: with `Committed`, the queue offset the half message became
@@ -479,7 +478,7 @@ pub fn end_transaction_response(
     let offset = offset.and_then(|offset| i64::try_from(offset).ok()).unwrap_or(-1);
     let args = fb::EndTransactionResponseArgs { outcome: Some(outcome), state, offset };
     let root = fb::EndTransactionResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn list_transactions_request(discarded: bool) -> Vec<u8> {
@@ -491,7 +490,7 @@ pub fn list_transactions_page_request(discarded: bool, after: Option<&[u8]>) -> 
     let mut builder = FlatBufferBuilder::new();
     let after = after.map(|after| builder.create_vector(after));
     let root = fb::ListTransactionsRequest::create(&mut builder, &fb::ListTransactionsRequestArgs { discarded, after });
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// One transaction as `ListTransactions` reports it.
@@ -553,7 +552,7 @@ pub fn list_transactions_response(
     let next = next.map(|next| builder.create_vector(next));
     let args = fb::ListTransactionsResponseArgs { outcome: Some(outcome), transactions: Some(transactions), next };
     let root = fb::ListTransactionsResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn register_producer_request(producer_group: &str) -> Vec<u8> {
@@ -561,7 +560,7 @@ pub fn register_producer_request(producer_group: &str) -> Vec<u8> {
     let producer_group = builder.create_string(producer_group);
     let args = fb::RegisterProducerRequestArgs { producer_group: Some(producer_group) };
     let root = fb::RegisterProducerRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn register_producer_response(failure: Option<&Failure>) -> Vec<u8> {
@@ -571,7 +570,7 @@ pub fn register_producer_response(failure: Option<&Failure>) -> Vec<u8> {
         &mut builder,
         &fb::RegisterProducerResponseArgs { outcome: Some(outcome) },
     );
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// A check-back of one half message, as the broker sends it.
@@ -622,7 +621,7 @@ pub fn check_transaction_request(check: &TransactionCheck) -> Vec<u8> {
         checks_delivered: check.checks_delivered,
     };
     let root = fb::CheckTransactionRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn check_transaction_response(failure: Option<&Failure>) -> Vec<u8> {
@@ -632,7 +631,7 @@ pub fn check_transaction_response(failure: Option<&Failure>) -> Vec<u8> {
         &mut builder,
         &fb::CheckTransactionResponseArgs { outcome: Some(outcome) },
     );
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 #[cfg(test)]
@@ -718,7 +717,7 @@ pub fn send_back_request(
         delay_level,
     };
     let root = fb::SendBackRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// What the broker did with a send-back.
@@ -741,7 +740,7 @@ pub fn send_back_response(failure: Option<&Failure>, answer: &SendBackAnswer) ->
         due_at_ms: answer.due_at_ms,
     };
     let root = fb::SendBackResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn read_send_back_answer(response: fb::SendBackResponse<'_>) -> SendBackAnswer {
@@ -758,7 +757,7 @@ pub fn resend_dead_letter_request(group: &str, queue: u32, offset: u64, again: b
     let group = builder.create_string(group);
     let args = fb::ResendDeadLetterRequestArgs { group: Some(group), queue, offset, again };
     let root = fb::ResendDeadLetterRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn resend_dead_letter_response(
@@ -777,5 +776,5 @@ pub fn resend_dead_letter_response(
         original_queue,
     };
     let root = fb::ResendDeadLetterResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }

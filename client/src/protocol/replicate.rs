@@ -74,7 +74,7 @@ pub fn replicate_request(ask: &ReplicateAsk) -> Vec<u8> {
         with_topics: ask.with_topics,
     };
     let root = fb::ReplicateRequest::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 pub fn replicate_response(failure: Option<&Failure>, answer: &ReplicatedBytes) -> Vec<u8> {
@@ -94,7 +94,7 @@ pub fn replicate_response(failure: Option<&Failure>, answer: &ReplicatedBytes) -
         epoch_start: answer.epoch.position,
     };
     let root = fb::ReplicateResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// What a promoted broker's primary waits for: `None`, its configured
@@ -103,7 +103,7 @@ pub fn promote_request(replication: Option<fb::PromoteReplication>) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let replication = replication.unwrap_or(fb::PromoteReplication::Configured);
     let root = fb::PromoteRequest::create(&mut builder, &fb::PromoteRequestArgs { replication });
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 /// A promotion's answer: the epoch now, whether this request changed it,
@@ -132,7 +132,7 @@ pub fn promote_response(failure: Option<&Failure>, promoted: &Promoted) -> Vec<u
         starts: Some(starts),
     };
     let root = fb::PromoteResponse::create(&mut builder, &args);
-    finish(builder, root)
+    finish(&mut builder, root)
 }
 
 #[cfg(test)]
