@@ -77,10 +77,12 @@ impl LogError {
     /// the bytes that did land are rewritten whole by the next attempt,
     /// which starts again from the state held in memory. An fdatasync's
     /// failure never is: it may have dropped dirty pages a retry would
-    /// then call durable.
+    /// then call durable; nor a directory's sync, for the same reason.
     pub fn is_no_space_before_a_sync(&self) -> bool {
         match self {
-            LogError::Io { operation, .. } => self.is_no_space() && !operation.starts_with("fdatasync"),
+            LogError::Io { operation, .. } => {
+                self.is_no_space() && !operation.starts_with("fdatasync") && !operation.starts_with("sync")
+            }
             other => other.is_no_space(),
         }
     }

@@ -252,6 +252,10 @@ impl<F: StorageFile> IndexHandle<F> {
         checked_entries(&self.path, offsets.start, &bytes)
     }
 
+    pub async fn sync(&self) -> Result<(), LogError> {
+        self.file.fdatasync().await.map_err(|error| LogError::io("fdatasync index", &self.path, 0, error))
+    }
+
     /// Gives the blocks holding only offsets below `offset` back to the
     /// filesystem (they read as zeros after). Where the filesystem cannot
     /// punch holes, the space stays and a warning says so once.
@@ -347,25 +351,6 @@ impl<F: StorageFile> IndexFile<F> {
         Ok(Self { handle, tail, entry_count })
     }
 
-    /// The queue's index file with `entries` appended as offsets `from..`
-    /// and synced: `file` where the queue has one, else the file at `path`,
-    /// created.
-    pub async fn append_synced<S: Storage<File = F>>(
-        file: Option<Self>,
-        storage: &S,
-        path: PathBuf,
-        from: u64,
-        entries: &[IndexEntry],
-    ) -> Result<Self, LogError> {
-        let mut file = match file {
-            Some(file) => file,
-            None => Self::open(storage, path, 0, 0).await?,
-        };
-        file.append(from, entries).await?;
-        file.sync().await?;
-        Ok(file)
-    }
-
     pub fn handle(&self) -> Rc<IndexHandle<F>> {
         self.handle.clone()
     }
@@ -420,10 +405,6 @@ impl<F: StorageFile> IndexFile<F> {
         self.entry_count = from + entries.len() as u64;
         Ok(())
     }
-
-    pub async fn sync(&self) -> Result<(), LogError> {
-        self.handle.file.fdatasync().await.map_err(|error| LogError::io("fdatasync index", &self.handle.path, 0, error))
-    }
 }
 
 #[cfg(test)]
@@ -467,7 +448,7 @@ mod tests {
     async fn written_file(storage: &MemoryStorage, path: &Path, all: &[IndexEntry]) -> IndexFile<MemoryFile> {
         let mut file = IndexFile::open(storage, path.to_path_buf(), 0, 0).await.expect("open");
         file.append(0, all).await.expect("append");
-        file.sync().await.expect("sync");
+        file.handle().sync().await.expect("sync");
         file
     }
 

@@ -6,21 +6,17 @@
 //! names them, so a crash during a rebuild means another rebuild.
 
 use super::backend::Storage;
-use super::index::{index_path, IndexFile, QueueIndex};
+use super::index::{IndexFile, QueueIndex};
+use super::index_writes::{write_and_sync, Entries, IndexJob, IndexWrite};
 use super::LogError;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub(super) type IndexFiles<F> = BTreeMap<u32, IndexFile<F>>;
 
-/// Queues whose entries a spill writes and syncs at once: nothing else
-/// runs during a recovery, and one after another 5,000 queues' writes held
-/// a start at 10,000 queues for seconds (docs/PERFORMANCE.md).
-const SPILL_WRITES_IN_FLIGHT_MAX: usize = 16;
-
-/// One queue's spill, in flight: its queue, the offset its file now ends
-/// at, and the file.
-type SpillWrite<F> = glommio::Task<Result<(u32, u64, IndexFile<F>), LogError>>;
+/// Index writes a spill keeps in flight: nothing else runs during a
+/// recovery.
+const SPILL_APPENDS_IN_FLIGHT_MAX: usize = 16;
 
 /// Writes a scan's index entries out past a threshold.
 pub(super) struct IndexSpill<'a, S: Storage> {
@@ -44,30 +40,19 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
         if self.in_memory < self.threshold {
             return Ok(());
         }
-        // Offsets only: a queue's entries are copied as its write starts,
-        // so memory holds the threshold plus the writes in flight.
-        let jobs: Vec<(u32, u64, u64)> = queues
-            .iter()
-            .filter(|(_, queue)| queue.next_offset() > queue.file_end())
-            .map(|(queue_id, queue)| (*queue_id, queue.file_end(), queue.next_offset()))
-            .collect();
-        let mut in_flight = VecDeque::new();
-        for (queue_id, from, to) in jobs {
-            if in_flight.len() == SPILL_WRITES_IN_FLIGHT_MAX {
-                let oldest = in_flight.pop_front().expect("a full window holds a write");
-                self.spilled(oldest, queues).await?;
-            }
-            let Some(queue) = queues.get(&queue_id) else { continue };
-            let entries = queue.unwritten_entries(from, to);
-            let file = self.files.remove(&queue_id);
-            let (storage, path) = (self.storage.clone(), index_path(self.dir, queue_id));
-            in_flight.push_back(glommio::spawn_local(async move {
-                let file = IndexFile::append_synced(file, &storage, path, from, &entries).await?;
-                Ok((queue_id, to, file))
-            }));
-        }
-        while let Some(write) = in_flight.pop_front() {
-            self.spilled(write, queues).await?;
+        // A queue's entries are copied as its write starts, and let go once
+        // written: memory holds the threshold plus the writes in flight.
+        let files = &mut self.files;
+        let jobs =
+            queues.iter().filter(|(_, queue)| queue.next_offset() > queue.file_end()).map(|(queue_id, queue)| {
+                let from = queue.file_end();
+                let entries = queue.unwritten_entries(from, queue.next_offset());
+                IndexJob { queue_id: *queue_id, from, entries, file: files.remove(queue_id) }
+            });
+        let written =
+            write_and_sync(self.storage, self.dir, jobs, SPILL_APPENDS_IN_FLIGHT_MAX, Entries::Dropped).await?;
+        for write in written {
+            self.spilled(write, queues);
         }
         self.in_memory = 0;
         Ok(())
@@ -75,16 +60,10 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
 
     /// Takes back a queue's file once its entries are written and synced;
     /// memory lets them go.
-    async fn spilled(
-        &mut self,
-        write: SpillWrite<S::File>,
-        queues: &mut BTreeMap<u32, QueueIndex>,
-    ) -> Result<(), LogError> {
-        let (queue_id, to, file) = write.await?;
-        self.files.insert(queue_id, file);
-        if let Some(queue) = queues.get_mut(&queue_id) {
-            queue.written(to);
+    fn spilled(&mut self, write: IndexWrite<S::File>, queues: &mut BTreeMap<u32, QueueIndex>) {
+        self.files.insert(write.queue_id, write.file);
+        if let Some(queue) = queues.get_mut(&write.queue_id) {
+            queue.written(write.to);
         }
-        Ok(())
     }
 }

@@ -27,6 +27,7 @@ mod index;
 mod index_cache;
 mod index_lookup;
 mod index_rebuild;
+mod index_writes;
 mod key_lookup;
 mod key_search;
 mod keys;

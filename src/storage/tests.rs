@@ -595,9 +595,10 @@ async fn a_rebuild_from_the_whole_log_holds_few_entries_in_memory<S: Storage>(st
     }
 }
 
-/// A rebuild's spill writes many queues' files at once (a window of
-/// `SPILL_WRITES_IN_FLIGHT_MAX`): with more queues than that, interleaved,
-/// every queue reads back whole, after the rebuild and after a reopen.
+/// Checkpoints and a rebuild's spill write and sync many queues' index files
+/// at once (`index_writes`): with more queues than their windows hold,
+/// interleaved, every queue reads back whole from the checkpoint, after
+/// the rebuild, and from the checkpoint after it.
 async fn a_rebuild_of_more_queues_than_its_writes_in_flight_reads_back_whole<S: Storage>(
     storage: S,
     config: LogConfig,
@@ -609,6 +610,11 @@ async fn a_rebuild_of_more_queues_than_its_writes_in_flight_reads_back_whole<S: 
         for queue_id in 0..queues {
             append_burst(&log, queue_id, sequence..sequence + 1).await;
         }
+    }
+    log.close().await.expect("close");
+    let log = CommitLog::open(storage.clone(), config.clone()).await.expect("reopen from the checkpoint");
+    for queue_id in 0..queues {
+        assert_queue(&log, queue_id, count).await;
     }
     log.close().await.expect("close");
     storage.remove(&config.dir.join(super::checkpoint::CHECKPOINT_FILE)).await.expect("remove the checkpoint");

@@ -394,11 +394,7 @@ impl Storage for DmaStorage {
 
     async fn open_or_create(&self, path: &Path) -> io::Result<Self::File> {
         probe_device_with_data(parent_dir(path)).await?;
-        let existed = path.exists();
         let file = direct_options(true, false).dma_open(path).await.map_err(os_error)?;
-        if !existed {
-            self.sync_dir(parent_dir(path)).await?;
-        }
         Ok(DmaSegmentFile::new(file, path))
     }
 

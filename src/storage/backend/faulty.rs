@@ -39,6 +39,8 @@ pub enum Operation {
     WriteFileAtomic,
     /// `remove` (the unlink or the directory fsync after it).
     Remove,
+    /// `sync_dir` of a directory.
+    SyncDir,
 }
 
 /// Fails `operation` on every file whose path contains `path_contains`,
@@ -311,6 +313,7 @@ impl Storage for FaultyStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check_targeted(Operation::SyncDir, dir)?;
         self.memory.sync_dir(dir).await
     }
 

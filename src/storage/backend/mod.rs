@@ -129,6 +129,8 @@ pub trait Storage: Clone + 'static {
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Creates an empty file (or opens it if it exists) for appending blocks.
+    /// A new file's name survives a crash only once `sync_dir` of its
+    /// directory returned: a caller that creates many syncs it once.
     async fn open_or_create(&self, path: &Path) -> io::Result<Self::File>;
     async fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// File names directly inside `dir`, sorted.
