@@ -149,14 +149,7 @@ async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> 
     let position = checkpointable(shared);
     let (jobs, checkpoint) = plan(shared, position);
     write_indexes(shared, jobs).await?;
-    // The index files this checkpoint or a recovery's spill created: their
-    // names must be durable before a checkpoint names their queues.
-    let index_dir = shared.config.dir.join(super::INDEX_DIR);
-    shared
-        .storage
-        .sync_dir(&index_dir)
-        .await
-        .map_err(|error| LogError::io("sync index directory", &index_dir, 0, error))?;
+    sync_index_dir(shared).await?;
     super::key_lookup::persist(shared, position).await?;
     shared.count_index_backlog();
     let path = shared.config.dir.join(CHECKPOINT_FILE);
@@ -238,7 +231,22 @@ async fn write_indexes<S: Storage>(shared: &LogShared<S>, jobs: Vec<IndexJob<S::
     Ok(())
 }
 
+/// The index files this checkpoint or a recovery's rebuild created: their
+/// names must be durable before a checkpoint names their queues.
+async fn sync_index_dir<S: Storage>(shared: &LogShared<S>) -> Result<(), LogError> {
+    if shared.index_dir_synced.get() {
+        return Ok(());
+    }
+    let dir = shared.config.dir.join(super::INDEX_DIR);
+    shared.storage.sync_dir(&dir).await.map_err(|error| LogError::io("sync index directory", &dir, 0, error))?;
+    shared.index_dir_synced.set(true);
+    Ok(())
+}
+
 fn index_written<S: Storage>(shared: &LogShared<S>, write: IndexWrite<S::File>) {
+    if write.created {
+        shared.index_dir_synced.set(false);
+    }
     shared.index_cache.borrow_mut().absorb(write.queue_id, write.from, &write.entries);
     let mut state = shared.state.borrow_mut();
     state.index_files.insert(write.queue_id, write.file);

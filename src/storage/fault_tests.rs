@@ -311,6 +311,27 @@ fn a_failed_sync_of_the_index_directory_stops_the_log() {
 }
 
 #[test]
+fn the_index_directory_is_synced_once_files_were_created_and_only_then() {
+    run(async {
+        // A fault that never fires counts the directory's syncs.
+        let counted = TargetedFault { from: u64::MAX, ..TargetedFault::eio(Operation::SyncDir, "/index") };
+        let storage = FaultyStorage::new(plan_failing(counted));
+        let log = Rc::new(CommitLog::open(storage.clone(), config()).await.expect("open"));
+        append_from(&log, 0, 0, 10).await;
+        log.checkpoint().await.expect("checkpoint");
+        assert_eq!(storage.targeted_calls(0), 1, "the first checkpoint after an open syncs the directory");
+        append_from(&log, 0, 10, 20).await;
+        log.checkpoint().await.expect("checkpoint");
+        assert_eq!(storage.targeted_calls(0), 1, "no file was created, yet the directory was synced");
+        append_from(&log, 1, 0, 10).await;
+        log.checkpoint().await.expect("checkpoint");
+        assert_eq!(storage.targeted_calls(0), 2, "queue 1's new index file was named before its directory was synced");
+        let log = crashed_and_reopened(&storage, log, &config()).await;
+        assert_recovered(&log, &BTreeMap::from([(0, 20), (1, 10)]), 0).await;
+    });
+}
+
+#[test]
 fn eio_writing_the_checkpoint_file_stops_the_log() {
     run(assert_checkpoint_failure_stops(TargetedFault::eio(Operation::WriteFileAtomic, CHECKPOINT_NAME)));
 }

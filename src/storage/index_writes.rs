@@ -39,6 +39,9 @@ pub(super) struct IndexJob<F> {
 /// A queue's entries `[from, to)`, appended to `file` and synced.
 pub(super) struct IndexWrite<F> {
     pub queue_id: u32,
+    /// The file was created for this write: its name is durable only once
+    /// the index directory is synced.
+    pub created: bool,
     pub from: u64,
     pub to: u64,
     /// The entries written, where the caller asked to keep them.
@@ -73,6 +76,7 @@ pub(super) async fn write_and_sync<S: Storage>(
         }
         let (storage, path) = (storage.clone(), index_path(dir, job.queue_id));
         appends.start(async move {
+            let created = job.file.is_none();
             let mut file = match job.file {
                 Some(file) => file,
                 None => IndexFile::open(&storage, path, 0, 0).await?,
@@ -80,7 +84,7 @@ pub(super) async fn write_and_sync<S: Storage>(
             file.append(job.from, &job.entries).await?;
             let to = job.from + job.entries.len() as u64;
             let entries = if entries == Entries::Kept { job.entries } else { Vec::new() };
-            Ok(IndexWrite { queue_id: job.queue_id, from: job.from, to, entries, file })
+            Ok(IndexWrite { queue_id: job.queue_id, created, from: job.from, to, entries, file })
         });
     }
     written.extend(appends.drain().await?);

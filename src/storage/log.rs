@@ -181,6 +181,10 @@ pub struct LogShared<S: Storage> {
     pub index_hold: Cell<u64>,
     /// Pages of the index files, bounded by `config.index_cache_bytes`.
     pub index_cache: RefCell<IndexCache>,
+    /// Every index file's name is durable: the index directory was synced
+    /// since the last file was created. False at open (a recovery's
+    /// rebuild may have created files).
+    pub index_dir_synced: Cell<bool>,
     /// Index entries not yet in the index files (exact after each
     /// checkpoint, counted up by appends in between).
     pub index_backlog: Cell<u64>,
@@ -273,6 +277,7 @@ impl<S: Storage> CommitLog<S> {
             retention_floor: Cell::new(u64::MAX),
             index_hold: Cell::new(u64::MAX),
             index_cache: RefCell::new(IndexCache::new(config_cache_bytes)),
+            index_dir_synced: Cell::new(false),
             index_backlog: Cell::new(0),
             index_backlog_signal: Signal::default(),
             // Recovery's end: the checkpoint or a recovery marker vouches
