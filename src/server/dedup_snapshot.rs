@@ -11,11 +11,13 @@
 
 use super::dedup::{ProducerTable, QueueWindow, StoredSend, SEQUENCES_REMEMBERED};
 use super::offsets::DELAY_QUEUE_ID;
-use super::replay::replay_messages;
+use super::replay::{replay_messages, replay_messages_once};
 use super::snapshot_file::{self, Reader};
 use super::timer_records;
 use crate::storage::backend::Storage;
-use crate::storage::{CommitLog, LogError};
+use crate::storage::{CommitLog, LogError, StoredRecord};
+use crate::wire::VerifiedMessage;
+use futures_util::StreamExt;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -220,8 +222,20 @@ pub async fn load<S: Storage>(storage: &S, dir: &Path) -> Snapshot {
     snapshot_file::load(storage, &path, "producer", decode).await.unwrap_or_default()
 }
 
+/// Queues whose first replay read is in flight at once. A queue holds few
+/// records after the snapshot when there are many queues, and one queue
+/// after another each start waited on the disk: 5,000 queues took 3-4 s of
+/// a start (docs/PERFORMANCE.md).
+const QUEUES_READ_AT_ONCE: usize = 16;
+
+/// A queue's first replay read: up to this many records, about this many
+/// bytes (the reads in flight hold at most `QUEUES_READ_AT_ONCE` times it).
+const FIRST_READ_LIMITS: (usize, usize) = (256, 256 * 1024);
+
 /// Rebuilds the producer table: the snapshot, then every stored message
-/// of `queue_ids` after it, in each queue's order.
+/// of `queue_ids` after it, in each queue's order, queue after queue. The
+/// first read of several queues is in flight at once; the sends they find
+/// are applied in that same order.
 pub async fn recover<S: Storage>(
     snapshot: Snapshot,
     log: &CommitLog<S>,
@@ -232,49 +246,72 @@ pub async fn recover<S: Storage>(
     for (producer_id, queue_id, window) in snapshot.windows {
         table.restore(producer_id, queue_id, window);
     }
-    for &queue_id in queue_ids {
-        let from = snapshot.queue_offsets.get(&queue_id).copied().unwrap_or(0);
-        replay_queue(&mut table, log, queue_id, from).await?;
+    let offsets = &snapshot.queue_offsets;
+    let first_reads = futures_util::stream::iter(queue_ids)
+        .map(|&queue_id| async move {
+            let from = offsets.get(&queue_id).copied().unwrap_or(0);
+            let mut sends = Vec::new();
+            let rest = replay_messages_once(log, queue_id, from, FIRST_READ_LIMITS, |record, message| {
+                sends.extend(replayed_send(queue_id, record, message));
+            })
+            .await?;
+            Ok::<_, LogError>((queue_id, sends, rest))
+        })
+        .buffered(QUEUES_READ_AT_ONCE);
+    futures_util::pin_mut!(first_reads);
+    while let Some(first_read) = first_reads.next().await {
+        let (queue_id, sends, rest) = first_read?;
+        sends.into_iter().for_each(|send| apply_send(&mut table, send));
+        if let Some(from) = rest {
+            replay_messages(log, queue_id, from, |record, message| {
+                if let Some(send) = replayed_send(queue_id, record, message) {
+                    apply_send(&mut table, send);
+                }
+            })
+            .await?;
+        }
     }
     Ok(table)
 }
 
-async fn replay_queue<S: Storage>(
-    table: &mut ProducerTable,
-    log: &CommitLog<S>,
-    queue_id: u32,
-    from: u64,
-) -> Result<(), LogError> {
-    replay_messages(log, queue_id, from, |record, message| {
-        // Halves are deduplicated by transaction id (`transactions`); a
-        // committed one read here was never in the producer table. A record
-        // read through a reference (a delivered delay or retry) was admitted
-        // when its entry was stored (a delivery that is a copy, too): a
-        // delayed message in `DELAY_QUEUE_ID`,
-        // under its target queue (its header's tag hash).
-        let delivered = timer_records::delivered_entry(record).is_some();
-        if message.producer_id == 0 || message.is_half || record.via.is_some() || delivered {
-            return;
-        }
-        let queue_id = match queue_id {
-            DELAY_QUEUE_ID => record.header.tag_hash,
-            own => own,
-        };
-        // A delayed message is replayed after its queue's later sends: its
-        // sequence is behind, and known as an older one.
-        if table.next_sequence(message.producer_id, queue_id) > message.sequence {
-            return;
-        }
-        let send = StoredSend {
-            sequence: message.sequence,
-            offset: record.queue_offset,
-            store_timestamp_us: record.header.store_timestamp_us,
-            end: record.position + u64::from(record.header.length),
-        };
-        // Everything the replay reads is durable.
-        table.stored(message.producer_id, queue_id, send, u64::MAX);
-    })
-    .await
+/// A producer's send found by the replay: (producer id, queue id, sequence,
+/// the send).
+type ReplayedSend = (u64, u32, u64, StoredSend);
+
+/// The send a stored message of `queue_id` stands for, if the producer
+/// table keeps it.
+fn replayed_send(queue_id: u32, record: &StoredRecord, message: &VerifiedMessage) -> Option<ReplayedSend> {
+    // Halves are deduplicated by transaction id (`transactions`); a
+    // committed one read here was never in the producer table. A record
+    // read through a reference (a delivered delay or retry) was admitted
+    // when its entry was stored (a delivery that is a copy, too): a
+    // delayed message in `DELAY_QUEUE_ID`, under its target queue (its
+    // header's tag hash).
+    let delivered = timer_records::delivered_entry(record).is_some();
+    if message.producer_id == 0 || message.is_half || record.via.is_some() || delivered {
+        return None;
+    }
+    let queue_id = match queue_id {
+        DELAY_QUEUE_ID => record.header.tag_hash,
+        own => own,
+    };
+    let send = StoredSend {
+        sequence: message.sequence,
+        offset: record.queue_offset,
+        store_timestamp_us: record.header.store_timestamp_us,
+        end: record.position + u64::from(record.header.length),
+    };
+    Some((message.producer_id, queue_id, message.sequence, send))
+}
+
+fn apply_send(table: &mut ProducerTable, (producer_id, queue_id, sequence, send): ReplayedSend) {
+    // A delayed message is replayed after its queue's later sends: its
+    // sequence is behind, and known as an older one.
+    if table.next_sequence(producer_id, queue_id) > sequence {
+        return;
+    }
+    // Everything the replay reads is durable.
+    table.stored(producer_id, queue_id, send, u64::MAX);
 }
 
 pub async fn write<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<(), LogError> {
@@ -349,6 +386,48 @@ mod tests {
                 Admission::OutOfOrder { expected: 0 },
                 "the log alone never knew it"
             );
+            log.close().await.expect("close");
+        });
+    }
+
+    /// More queues than the replay reads at once, and one queue longer than
+    /// its first read: every producer's window comes back whole.
+    #[test]
+    fn a_replay_of_more_queues_than_it_reads_at_once_rebuilds_every_window() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async {
+            let log = CommitLog::open(MemoryStorage::new(), LogConfig::new("/memory")).await.expect("open");
+            // Producers' queues, past the broker's own (`offsets`).
+            let first_queue = crate::server::offsets::EPOCH_QUEUE_ID + 1;
+            let queues = first_queue..first_queue + 3 * QUEUES_READ_AT_ONCE as u32;
+            let long_queue = queues.start + 7;
+            let long_sends = FIRST_READ_LIMITS.0 as u64 + 50;
+            // (producer, queue) -> the offset of each sequence.
+            let mut stored: HashMap<(u64, u32), Vec<u64>> = HashMap::new();
+            for queue_id in queues.clone() {
+                let sends = if queue_id == long_queue { long_sends } else { 3 };
+                for sequence in 0..sends {
+                    for producer_id in [1 + u64::from(queue_id % 3), 4] {
+                        let offset = append(&log, producer_id, queue_id, sequence).await;
+                        stored.entry((producer_id, queue_id)).or_default().push(offset);
+                    }
+                }
+            }
+            let queue_ids: Vec<u32> = queues.collect();
+            let table = recover(Snapshot::default(), &log, &queue_ids, 10).await.expect("recover");
+            for ((producer_id, queue_id), offsets) in &stored {
+                let last = offsets.len() as u64 - 1;
+                match table.admit(*producer_id, *queue_id, last, false) {
+                    Admission::Duplicate(Some(send)) => assert_eq!(send.offset, offsets[last as usize]),
+                    other => panic!("{producer_id}/{queue_id}/{last}: {other:?}"),
+                }
+                assert_eq!(
+                    table.admit(*producer_id, *queue_id, last + 2, false),
+                    Admission::OutOfOrder { expected: last + 1 },
+                    "{producer_id}/{queue_id}"
+                );
+                assert_eq!(table.admit(*producer_id, *queue_id, last + 1, false), Admission::Store);
+            }
             log.close().await.expect("close");
         });
     }

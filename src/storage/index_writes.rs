@@ -17,10 +17,9 @@
 //! sync returned, so a failure leaves the queues as they were.
 
 use super::backend::Storage;
+use super::in_flight::InFlight;
 use super::index::{index_path, IndexEntry, IndexFile};
 use super::LogError;
-use std::collections::VecDeque;
-use std::future::Future;
 use std::path::Path;
 
 /// Index files synced at once.
@@ -69,7 +68,7 @@ pub(super) async fn write_and_sync<S: Storage>(
     entries: Entries,
 ) -> Result<Vec<IndexWrite<S::File>>, LogError> {
     let mut written = Vec::new();
-    let mut appends = Window::new(appends_in_flight);
+    let mut appends = InFlight::new(appends_in_flight);
     for job in jobs {
         if let Some(done) = appends.free_slot().await {
             written.push(done?);
@@ -88,7 +87,7 @@ pub(super) async fn write_and_sync<S: Storage>(
         });
     }
     written.extend(appends.drain().await?);
-    let mut syncs = Window::new(SYNCS_IN_FLIGHT_MAX);
+    let mut syncs = InFlight::new(SYNCS_IN_FLIGHT_MAX);
     for write in &written {
         syncs.free_slot().await.transpose()?;
         let handle = write.file.handle();
@@ -96,40 +95,4 @@ pub(super) async fn write_and_sync<S: Storage>(
     }
     syncs.drain().await?;
     Ok(written)
-}
-
-/// At most `limit` tasks, finished in the order they started.
-struct Window<T> {
-    in_flight: VecDeque<glommio::Task<Result<T, LogError>>>,
-    limit: usize,
-}
-
-impl<T: 'static> Window<T> {
-    fn new(limit: usize) -> Self {
-        debug_assert!(limit > 0);
-        Self { in_flight: VecDeque::with_capacity(limit), limit }
-    }
-
-    /// Waits for the oldest task if the window is full; its result.
-    async fn free_slot(&mut self) -> Option<Result<T, LogError>> {
-        if self.in_flight.len() < self.limit {
-            return None;
-        }
-        let oldest = self.in_flight.pop_front()?;
-        Some(oldest.await)
-    }
-
-    fn start(&mut self, task: impl Future<Output = Result<T, LogError>> + 'static) {
-        debug_assert!(self.in_flight.len() < self.limit);
-        self.in_flight.push_back(glommio::spawn_local(task));
-    }
-
-    /// Every task's result, in order, once all finished.
-    async fn drain(&mut self) -> Result<Vec<T>, LogError> {
-        let mut results = Vec::with_capacity(self.in_flight.len());
-        while let Some(task) = self.in_flight.pop_front() {
-            results.push(task.await?);
-        }
-        Ok(results)
-    }
 }

@@ -23,6 +23,7 @@ mod diverged;
 mod error;
 mod follow;
 mod group_commit;
+mod in_flight;
 mod index;
 mod index_cache;
 mod index_lookup;

@@ -245,15 +245,34 @@ impl<S: Storage> CommitLog<S> {
     /// up to the visible end to `apply`, in offset order, reading in bounded
     /// batches: how state kept in the log is rebuilt at start.
     pub async fn replay(&self, queue_id: u32, from: u64, mut apply: impl FnMut(&StoredRecord)) -> Result<(), LogError> {
-        let mut next = from.max(self.base_offset(queue_id));
-        loop {
-            let batch = self.read(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES).await?;
-            if batch.records.is_empty() && batch.lost_offsets.is_empty() {
-                return Ok(());
-            }
-            batch.records.iter().for_each(&mut apply);
-            next = batch.next_offset;
+        let mut next = from;
+        while let Some(after) =
+            self.replay_once(queue_id, next, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES, &mut apply).await?
+        {
+            next = after;
         }
+        Ok(())
+    }
+
+    /// One read of `replay`: up to `count_max` records of `queue_id` from
+    /// `from` (or the queue's base), stopping before `bytes_max` is
+    /// passed, handed to `apply`. The offset to go on from, or `None` once
+    /// nothing is left to the visible end.
+    pub async fn replay_once(
+        &self,
+        queue_id: u32,
+        from: u64,
+        count_max: usize,
+        bytes_max: usize,
+        apply: impl FnMut(&StoredRecord),
+    ) -> Result<Option<u64>, LogError> {
+        let from = from.max(self.base_offset(queue_id));
+        let batch = self.read(queue_id, from, count_max, bytes_max).await?;
+        if batch.records.is_empty() && batch.lost_offsets.is_empty() {
+            return Ok(None);
+        }
+        batch.records.iter().for_each(apply);
+        Ok(Some(batch.next_offset))
     }
 
     /// The record an op record points at (a committed or rolled-back half
