@@ -149,7 +149,6 @@ async fn persist<S: Storage>(shared: &Rc<LogShared<S>>) -> Result<(), LogError> 
     let position = checkpointable(shared);
     let (jobs, checkpoint) = plan(shared, position);
     write_indexes(shared, jobs).await?;
-    sync_index_dir(shared).await?;
     super::key_lookup::persist(shared, position).await?;
     shared.count_index_backlog();
     let path = shared.config.dir.join(CHECKPOINT_FILE);
@@ -214,7 +213,8 @@ fn plan<S: Storage>(shared: &LogShared<S>, position: u64) -> (Vec<IndexJob<S::Fi
 const CHECKPOINT_APPENDS_IN_FLIGHT_MAX: usize = 4;
 
 /// Appends each queue's entries to its index file and syncs them all
-/// (`index_writes`); then memory lets them go. Each writer works on a copy
+/// (`index_writes`), then the index directory where files were created;
+/// then memory lets them go. Each writer works on a copy
 /// of the file's state: readers keep using the file meanwhile, and a failed
 /// write leaves the state as it was (`write_checkpoint` says what the
 /// failure then means).
@@ -225,7 +225,12 @@ async fn write_indexes<S: Storage>(shared: &LogShared<S>, jobs: Vec<IndexJob<S::
         let file = shared.state.borrow().index_files.get(&job.queue_id).cloned();
         IndexJob { file, ..job }
     });
-    for write in write_and_sync(&shared.storage, &dir, jobs, CHECKPOINT_APPENDS_IN_FLIGHT_MAX, Entries::Kept).await? {
+    let written = write_and_sync(&shared.storage, &dir, jobs, CHECKPOINT_APPENDS_IN_FLIGHT_MAX, Entries::Kept).await?;
+    if written.iter().any(|write| write.created) {
+        shared.index_dir_synced.set(false);
+    }
+    sync_index_dir(shared).await?;
+    for write in written {
         index_written(shared, write);
     }
     Ok(())
@@ -244,9 +249,6 @@ async fn sync_index_dir<S: Storage>(shared: &LogShared<S>) -> Result<(), LogErro
 }
 
 fn index_written<S: Storage>(shared: &LogShared<S>, write: IndexWrite<S::File>) {
-    if write.created {
-        shared.index_dir_synced.set(false);
-    }
     shared.index_cache.borrow_mut().absorb(write.queue_id, write.from, &write.entries);
     let mut state = shared.state.borrow_mut();
     state.index_files.insert(write.queue_id, write.file);

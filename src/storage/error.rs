@@ -77,7 +77,11 @@ impl LogError {
     /// the bytes that did land are rewritten whole by the next attempt,
     /// which starts again from the state held in memory. An fdatasync's
     /// failure never is: it may have dropped dirty pages a retry would
-    /// then call durable; nor a directory's sync, for the same reason.
+    /// then call durable; nor a directory's sync reported as one ("sync
+    /// ..."), for the same reason. (`write_file_atomic` and `remove` sync
+    /// their directory inside one operation, reported under its name: a
+    /// retry writes and renames a new temp file, or unlinks again, and
+    /// syncs again.)
     pub fn is_no_space_before_a_sync(&self) -> bool {
         match self {
             LogError::Io { operation, .. } => {

@@ -40,8 +40,9 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
         if self.in_memory < self.threshold {
             return Ok(());
         }
-        // A queue's entries are copied as its write starts, and let go once
-        // written: memory holds the threshold plus the writes in flight.
+        // A queue's entries are copied as its write is queued, and let go
+        // once written: memory holds the threshold plus the writes in
+        // flight and the one waiting for room.
         let files = &mut self.files;
         let jobs =
             queues.iter().filter(|(_, queue)| queue.next_offset() > queue.file_end()).map(|(queue_id, queue)| {

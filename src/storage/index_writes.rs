@@ -58,8 +58,8 @@ pub(super) enum Entries {
 
 /// Runs `jobs` (taken from the iterator one at a time, as a window slot
 /// frees), `appends_in_flight` writes at a time, and returns their results
-/// in job order. The first error ends it; the writes and syncs still in
-/// flight are cancelled.
+/// in job order. The first error ends it, once the writes and syncs still
+/// in flight have finished (`in_flight`).
 pub(super) async fn write_and_sync<S: Storage>(
     storage: &S,
     dir: &Path,
@@ -70,11 +70,8 @@ pub(super) async fn write_and_sync<S: Storage>(
     let mut written = Vec::new();
     let mut appends = InFlight::new(appends_in_flight);
     for job in jobs {
-        if let Some(done) = appends.free_slot().await {
-            written.push(done?);
-        }
         let (storage, path) = (storage.clone(), index_path(dir, job.queue_id));
-        appends.start(async move {
+        let append = async move {
             let created = job.file.is_none();
             let mut file = match job.file {
                 Some(file) => file,
@@ -84,15 +81,15 @@ pub(super) async fn write_and_sync<S: Storage>(
             let to = job.from + job.entries.len() as u64;
             let entries = if entries == Entries::Kept { job.entries } else { Vec::new() };
             Ok(IndexWrite { queue_id: job.queue_id, created, from: job.from, to, entries, file })
-        });
+        };
+        written.extend(appends.push(append).await?);
     }
-    written.extend(appends.drain().await?);
+    written.extend(appends.finish().await?);
     let mut syncs = InFlight::new(SYNCS_IN_FLIGHT_MAX);
     for write in &written {
-        syncs.free_slot().await.transpose()?;
         let handle = write.file.handle();
-        syncs.start(async move { handle.sync().await });
+        syncs.push(async move { handle.sync().await }).await?;
     }
-    syncs.drain().await?;
+    syncs.finish().await?;
     Ok(written)
 }

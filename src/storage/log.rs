@@ -504,7 +504,12 @@ impl<S: Storage> CommitLog<S> {
         if let Some(flusher) = tasks.next() {
             flusher.await;
         }
+        // A checkpoint under way finishes first: its index writes, dropped
+        // with the checkpointer, could still reach the disk after the last
+        // checkpoint's writes to the same blocks.
+        let checkpoint_under_way = self.shared.checkpoint_lock.acquire_permit(1).await;
         drop(tasks);
+        drop(checkpoint_under_way);
         if let Some(error) = self.shared.flushed.failure() {
             return Err(error);
         }

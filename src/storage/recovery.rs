@@ -217,21 +217,18 @@ async fn load_indexes<S: Storage>(
     let mut files = IndexFiles::new();
     let mut opens = InFlight::new(INDEX_OPENS_IN_FLIGHT_MAX);
     for queue in &checkpoint.queues {
-        if let Some(opened) = opens.free_slot().await {
-            let (queue_id, file) = opened?;
-            files.insert(queue_id, file);
-        }
         let (storage, path, queue) = (storage.clone(), index_path(dir, queue.queue_id), *queue);
         // Opened, not read: pages are read (and checked) as reads need them.
         // Segments retention deleted after this checkpoint are forgotten
         // once the log is open (`retention::forget_deleted_segments`).
-        opens.start(async move {
+        let open = async move {
             let file = IndexFile::open(&storage, path, queue.base_offset, queue.next_offset).await?;
             Ok((queue.queue_id, file))
-        });
+        };
+        files.extend(opens.push(open).await?);
         queues.insert(queue.queue_id, QueueIndex::restore(queue.base_offset, queue.next_offset));
     }
-    files.extend(opens.drain().await?);
+    files.extend(opens.finish().await?);
     Ok((queues, files))
 }
 
