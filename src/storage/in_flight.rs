@@ -59,3 +59,52 @@ impl<T: 'static> InFlight<T> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    #[test]
+    fn an_error_returns_only_once_every_task_in_flight_finished() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async {
+            let finished = Rc::new(Cell::new(0));
+            let mut window = InFlight::new(4);
+            let failing = async { Err::<(), _>(LogError::Closed) };
+            assert!(window.push(failing).await.expect("room for it").is_none());
+            for _ in 0..3 {
+                let finished = finished.clone();
+                let slow = async move {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                    finished.set(finished.get() + 1);
+                    Ok(())
+                };
+                assert!(window.push(slow).await.expect("room for it").is_none());
+            }
+            assert!(matches!(window.finish().await, Err(LogError::Closed)));
+            assert_eq!(finished.get(), 3, "the error came back while tasks were still running");
+        });
+    }
+
+    #[test]
+    fn results_come_back_in_the_order_the_tasks_started() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(async {
+            let mut window = InFlight::new(2);
+            let mut results = Vec::new();
+            for index in 0..5u64 {
+                // Later tasks finish sooner.
+                let task = async move {
+                    glommio::timer::sleep(Duration::from_millis(10 * (5 - index))).await;
+                    Ok(index)
+                };
+                results.extend(window.push(task).await.expect("no error"));
+            }
+            results.extend(window.finish().await.expect("no error"));
+            assert_eq!(results, [0, 1, 2, 3, 4]);
+        });
+    }
+}
