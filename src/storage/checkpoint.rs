@@ -19,7 +19,7 @@
 //! ```
 
 use super::backend::Storage;
-use super::index_writes::{write_and_sync, Entries, IndexJob, IndexWrite};
+use super::index_writes::{write_and_sync, Entries, IndexJob};
 use super::log::LogShared;
 use super::LogError;
 use std::rc::Rc;
@@ -226,35 +226,27 @@ async fn write_indexes<S: Storage>(shared: &LogShared<S>, jobs: Vec<IndexJob<S::
         IndexJob { file, ..job }
     });
     let written = write_and_sync(&shared.storage, &dir, jobs, CHECKPOINT_APPENDS_IN_FLIGHT_MAX, Entries::Kept).await?;
-    if written.iter().any(|write| write.created) {
-        shared.index_dir_synced.set(false);
-    }
-    sync_index_dir(shared).await?;
+    sync_index_dir(shared, written.iter().any(|write| write.created)).await?;
     for write in written {
-        index_written(shared, write);
+        let (queue_id, from) = (write.queue_id, write.from);
+        let state = &mut *shared.state.borrow_mut();
+        let entries = write.settle(&mut state.index_files, &mut state.queues);
+        shared.index_cache.borrow_mut().absorb(queue_id, from, &entries);
     }
     Ok(())
 }
 
-/// The index files this checkpoint or a recovery's rebuild created: their
-/// names must be durable before a checkpoint names their queues.
-async fn sync_index_dir<S: Storage>(shared: &LogShared<S>) -> Result<(), LogError> {
-    if shared.index_dir_synced.get() {
+/// The index files this checkpoint (`created`) or a recovery's rebuild
+/// created: their names must be durable before a checkpoint names their
+/// queues.
+async fn sync_index_dir<S: Storage>(shared: &LogShared<S>, created: bool) -> Result<(), LogError> {
+    if !created && shared.index_dir_synced.get() {
         return Ok(());
     }
     let dir = shared.config.dir.join(super::INDEX_DIR);
     shared.storage.sync_dir(&dir).await.map_err(|error| LogError::io("sync index directory", &dir, 0, error))?;
     shared.index_dir_synced.set(true);
     Ok(())
-}
-
-fn index_written<S: Storage>(shared: &LogShared<S>, write: IndexWrite<S::File>) {
-    shared.index_cache.borrow_mut().absorb(write.queue_id, write.from, &write.entries);
-    let mut state = shared.state.borrow_mut();
-    state.index_files.insert(write.queue_id, write.file);
-    if let Some(queue) = state.queues.get_mut(&write.queue_id) {
-        queue.written(write.to);
-    }
 }
 
 /// Resolves when the interval passed, or earlier once the index backlog

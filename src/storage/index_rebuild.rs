@@ -7,7 +7,7 @@
 
 use super::backend::Storage;
 use super::index::{IndexFile, QueueIndex};
-use super::index_writes::{write_and_sync, Entries, IndexJob, IndexWrite};
+use super::index_writes::{write_and_sync, Entries, IndexJob};
 use super::LogError;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,18 +53,9 @@ impl<'a, S: Storage> IndexSpill<'a, S> {
         let written =
             write_and_sync(self.storage, self.dir, jobs, SPILL_APPENDS_IN_FLIGHT_MAX, Entries::Dropped).await?;
         for write in written {
-            self.spilled(write, queues);
+            write.settle(&mut self.files, queues);
         }
         self.in_memory = 0;
         Ok(())
-    }
-
-    /// Takes back a queue's file once its entries are written and synced;
-    /// memory lets them go.
-    fn spilled(&mut self, write: IndexWrite<S::File>, queues: &mut BTreeMap<u32, QueueIndex>) {
-        self.files.insert(write.queue_id, write.file);
-        if let Some(queue) = queues.get_mut(&write.queue_id) {
-            queue.written(write.to);
-        }
     }
 }

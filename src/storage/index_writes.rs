@@ -18,8 +18,9 @@
 
 use super::backend::Storage;
 use super::in_flight::InFlight;
-use super::index::{index_path, IndexEntry, IndexFile};
+use super::index::{index_path, IndexEntry, IndexFile, QueueIndex};
 use super::LogError;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Index files synced at once.
@@ -46,6 +47,22 @@ pub(super) struct IndexWrite<F> {
     /// The entries written, where the caller asked to keep them.
     pub entries: Vec<IndexEntry>,
     pub file: IndexFile<F>,
+}
+
+impl<F> IndexWrite<F> {
+    /// The queue's file back in `files`, and its written entries out of
+    /// memory; the entries kept, for the caller.
+    pub fn settle(
+        self,
+        files: &mut BTreeMap<u32, IndexFile<F>>,
+        queues: &mut BTreeMap<u32, QueueIndex>,
+    ) -> Vec<IndexEntry> {
+        files.insert(self.queue_id, self.file);
+        if let Some(queue) = queues.get_mut(&self.queue_id) {
+            queue.written(self.to);
+        }
+        self.entries
+    }
 }
 
 /// Whether the results keep the entries written (a checkpoint hands them

@@ -181,9 +181,9 @@ pub struct LogShared<S: Storage> {
     pub index_hold: Cell<u64>,
     /// Pages of the index files, bounded by `config.index_cache_bytes`.
     pub index_cache: RefCell<IndexCache>,
-    /// Every index file's name is durable: the index directory was synced
-    /// since the last file was created. False at open (a recovery's
-    /// rebuild may have created files).
+    /// The index directory was synced since the log opened (a recovery's
+    /// rebuild may have created files); a checkpoint that creates files
+    /// syncs it again.
     pub index_dir_synced: Cell<bool>,
     /// Index entries not yet in the index files (exact after each
     /// checkpoint, counted up by appends in between).
