@@ -1,43 +1,63 @@
 //! A connection for code that runs inside a glommio executor (the load
 //! generator): no threads, no locks. A writer task sends the frames queued by
 //! any task of the executor; a reader task hands each answer to the task
-//! waiting for its request id. Many requests may be in flight, but the
-//! queue of frames not yet written is bounded (a sender waits for room).
-//! Connecting, writing and every request have timeouts; a request that
+//! waiting for its request id. Many requests may be in flight; every frame
+//! queued for the writer has a caller waiting for its answer, so the
+//! callers bound the queue. Connecting, writing and every request have
+//! timeouts; a request that
 //! times out closes the connection, which is then replaced, never reused
 //! with a late answer on its way.
 
+use super::awaited::AwaitedAnswers;
 use super::connection::read_failure;
 use super::{expect_kind, ClientError};
 use crate::framed::glommio_io::{self, AsyncFrameReader};
-use crate::protocol::{DecoderLimits, Frame, Kind, WireFrame};
+use crate::protocol::{DecoderLimits, Kind, WireFrame};
 use crate::wire::Finished;
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `future`, or `Timeout` after `limit`.
 async fn within<T>(limit: Duration, future: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
     glommio_io::within(limit, future).await.unwrap_or(Err(ClientError::Timeout { after: limit }))
 }
 
-type Waiters = Rc<RefCell<HashMap<u32, LocalSender<Result<Frame, ClientError>>>>>;
+/// The writer and reader tasks; dropping them cancels both and closes the
+/// socket.
+type Tasks = Rc<RefCell<Option<(glommio::Task<()>, glommio::Task<()>)>>>;
+
+/// What the connection, its reader and its deadline watch share.
+struct Ends {
+    awaited: AwaitedAnswers,
+    closed: Cell<bool>,
+}
+
+impl Ends {
+    /// Fails every request waiting, refuses new ones and closes the socket
+    /// (nothing more is written or read on it).
+    fn close(&self, tasks: &Tasks, error: &ClientError) {
+        self.closed.set(true);
+        self.awaited.fail_all(error);
+        drop(tasks.borrow_mut().take());
+    }
+}
 
 pub struct AsyncConnection {
     address: String,
     outbox: LocalSender<WireFrame>,
-    waiters: Waiters,
-    closed: Rc<Cell<bool>>,
+    ends: Rc<Ends>,
     next_request_id: Cell<u32>,
     timeout: Duration,
-    /// The writer and reader tasks; dropping them (at `close`) cancels
-    /// both and closes the socket.
-    tasks: RefCell<Option<(glommio::Task<()>, glommio::Task<()>)>>,
+    /// Held for the life of the connection (the deadline watch holds them too).
+    _tasks: Tasks,
+    /// Closes the connection when a request's answer is late; dropped with
+    /// the connection.
+    _deadline_watch: glommio::Task<()>,
 }
 
 impl AsyncConnection {
@@ -54,25 +74,25 @@ impl AsyncConnection {
         // has a caller waiting for its answer, so the callers' own
         // concurrency bounds the queue.
         let (outbox, frames) = local_channel::new_unbounded();
-        let waiters: Waiters = Rc::new(RefCell::new(HashMap::new()));
-        let closed = Rc::new(Cell::new(false));
-        let writer_task = glommio::spawn_local(write_frames(writer, frames, closed.clone(), timeout));
+        let ends = Rc::new(Ends { awaited: AwaitedAnswers::default(), closed: Cell::new(false) });
+        let writer_task = glommio::spawn_local(write_frames(writer, frames, ends.clone(), timeout));
         let reader = AsyncFrameReader::new(reader, DecoderLimits::answers());
-        let reader_task =
-            glommio::spawn_local(read_frames(reader, waiters.clone(), closed.clone(), address.to_string()));
+        let reader_task = glommio::spawn_local(read_frames(reader, ends.clone(), address.to_string()));
+        let tasks: Tasks = Rc::new(RefCell::new(Some((writer_task, reader_task))));
+        let deadline_watch = glommio::spawn_local(watch_deadlines(ends.clone(), tasks.clone(), timeout));
         Ok(Rc::new(Self {
             address: address.to_string(),
             outbox,
-            waiters,
-            closed,
+            ends,
             next_request_id: Cell::new(1),
             timeout,
-            tasks: RefCell::new(Some((writer_task, reader_task))),
+            _tasks: tasks,
+            _deadline_watch: deadline_watch,
         }))
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.get()
+        self.ends.closed.get()
     }
 
     /// Sends a request and waits for its answer of the matching kind, for
@@ -87,79 +107,187 @@ impl AsyncConnection {
         self.request_framed(kind, |request_id| WireFrame::in_place(body, kind as u16, request_id)).await
     }
 
+    /// The answer within the connection's timeout (`watch_deadlines`
+    /// closes the connection and fails every request once one is late).
     async fn request_framed(&self, kind: Kind, frame: impl FnOnce(u32) -> WireFrame) -> Result<Bytes, ClientError> {
-        let answer = within(self.timeout, self.request_unbounded(kind, frame)).await;
-        if matches!(answer, Err(ClientError::Timeout { .. })) {
-            self.close(&ClientError::Timeout { after: self.timeout });
-        }
-        answer
-    }
-
-    /// Fails every request waiting, refuses new ones and closes the socket
-    /// (nothing more is written or read on it).
-    fn close(&self, error: &ClientError) {
-        self.closed.set(true);
-        let waiters: Vec<_> = self.waiters.borrow_mut().drain().collect();
-        for (_, waiter) in waiters {
-            let _ = waiter.try_send(Err(error.clone()));
-        }
-        drop(self.tasks.borrow_mut().take());
-    }
-
-    async fn request_unbounded(&self, kind: Kind, frame: impl FnOnce(u32) -> WireFrame) -> Result<Bytes, ClientError> {
         let response = kind.response().ok_or_else(|| ClientError::Usage(format!("{kind:?} is not a request")))?;
-        if self.closed.get() {
+        if self.ends.closed.get() {
             return Err(ClientError::Closed { address: self.address.clone() });
         }
         let request_id = self.next_request_id.get();
         // Never `BROKER_REQUEST_BIT`: those ids are the broker's own requests.
         self.next_request_id.set((request_id.wrapping_add(1) & !crate::protocol::BROKER_REQUEST_BIT).max(1));
-        let (sender, receiver) = local_channel::new_bounded(1);
-        self.waiters.borrow_mut().insert(request_id, sender);
+        let awaited = &self.ends.awaited;
+        let (slot, arrival) = awaited.expect(request_id, Instant::now() + self.timeout);
+        // However this ends (answered, failed, or the caller gave up), the
+        // request stops counting against the deadline watch.
+        let _waiting = scopeguard(|| awaited.forget(request_id, &slot));
         if self.outbox.try_send(frame(request_id)).is_err() {
-            self.waiters.borrow_mut().remove(&request_id);
             return Err(ClientError::Closed { address: self.address.clone() });
         }
-        let frame = receiver.recv().await;
-        // Gone unanswered (a timeout or a close): nobody waits for it now.
-        self.waiters.borrow_mut().remove(&request_id);
-        let frame = frame.unwrap_or_else(|| Err(ClientError::Closed { address: self.address.clone() }))?;
-        expect_kind(frame, response)
+        expect_kind(arrival.await?, response)
+    }
+}
+
+/// Runs `on_drop` when dropped.
+fn scopeguard(on_drop: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(on_drop) = self.0.take() {
+                on_drop();
+            }
+        }
+    }
+    Guard(Some(on_drop))
+}
+
+/// Sleeps until the oldest unanswered request's deadline; a request still
+/// unanswered then closes the connection, failing every request with
+/// `Timeout`. One timer for the connection, re-armed only as the oldest
+/// request changes.
+async fn watch_deadlines(ends: Rc<Ends>, tasks: Tasks, timeout: Duration) {
+    while !ends.closed.get() {
+        let now = Instant::now();
+        match ends.awaited.earliest_deadline() {
+            // Any request sent from now on is due after `now + timeout`.
+            None => glommio::timer::sleep(timeout).await,
+            Some(deadline) if deadline > now => glommio::timer::sleep(deadline - now).await,
+            Some(_) => ends.close(&tasks, &ClientError::Timeout { after: timeout }),
+        }
     }
 }
 
 async fn write_frames(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     frames: LocalReceiver<WireFrame>,
-    closed: Rc<Cell<bool>>,
+    ends: Rc<Ends>,
     timeout: Duration,
 ) {
     // Closed (`close` drops this task): the broker sees the end and the
     // reader's answers stop. Failed: requests find the connection closed.
     if glommio_io::write_frames(&mut writer, &frames, timeout).await.is_err() {
-        closed.set(true);
+        ends.closed.set(true);
     }
 }
 
 async fn read_frames(
     mut reader: AsyncFrameReader<futures_lite::io::ReadHalf<TcpStream>>,
-    waiters: Waiters,
-    closed: Rc<Cell<bool>>,
+    ends: Rc<Ends>,
     address: String,
 ) {
     let error = loop {
         match reader.next_frame().await {
-            Ok(Some(frame)) => {
-                if let Some(waiter) = waiters.borrow_mut().remove(&frame.request_id) {
-                    let _ = waiter.try_send(Ok(frame));
-                }
-            }
+            Ok(Some(frame)) => ends.awaited.answer(frame),
             Ok(None) => break ClientError::Closed { address: address.clone() },
             Err(error) => break read_failure(&address, error),
         }
     };
-    closed.set(true);
-    for (_, waiter) in waiters.borrow_mut().drain() {
-        let _ = waiter.try_send(Err(error.clone()));
+    ends.closed.set(true);
+    ends.awaited.fail_all(&error);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode_frame;
+    use futures_lite::AsyncWriteExt;
+    use glommio::net::TcpListener;
+
+    const TIMEOUT: Duration = Duration::from_millis(200);
+
+    /// A peer that answers the requests `answer` picks, in the order of the
+    /// ids it returns, once it has read `batch` requests.
+    async fn peer(listener: TcpListener, batch: usize, answer: impl Fn(Vec<u32>) -> Vec<u32>) {
+        let stream = listener.accept().await.expect("a connection");
+        let (reader, mut writer) = futures_lite::io::split(stream);
+        let mut reader = AsyncFrameReader::new(reader, DecoderLimits::answers());
+        loop {
+            let mut ids = Vec::new();
+            while ids.len() < batch {
+                match reader.next_frame().await {
+                    Ok(Some(frame)) => ids.push(frame.request_id),
+                    _ => return,
+                }
+            }
+            for id in answer(ids) {
+                let frame = encode_frame(Kind::ProduceResponse as u16, id, b"answered");
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run(test: impl std::future::Future<Output = ()> + 'static) {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("an executor");
+        executor.run(test);
+    }
+
+    /// `count` requests in flight at once, their answers in the order sent.
+    async fn all_at_once(connection: &Rc<AsyncConnection>, count: usize) -> Vec<Result<Bytes, ClientError>> {
+        let tasks: Vec<_> = (0..count)
+            .map(|_| {
+                let connection = connection.clone();
+                glommio::spawn_local(async move { connection.request(Kind::ProduceRequest, b"request").await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await);
+        }
+        answers
+    }
+
+    fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let address = listener.local_addr().expect("its address").to_string();
+        (listener, address)
+    }
+
+    #[test]
+    fn answers_out_of_order_reach_their_requests() {
+        run(async {
+            let (listener, address) = listen();
+            let _peer = glommio::spawn_local(peer(listener, 3, |ids| ids.into_iter().rev().collect()));
+            let connection = AsyncConnection::connect(&address, TIMEOUT).await.expect("connected");
+            for answer in all_at_once(&connection, 3).await {
+                assert_eq!(answer.expect("answered").as_ref(), b"answered");
+            }
+            assert!(!connection.is_closed());
+        });
+    }
+
+    #[test]
+    fn an_unanswered_request_times_out_every_request_and_closes_the_connection() {
+        run(async {
+            let (listener, address) = listen();
+            let _peer = glommio::spawn_local(peer(listener, usize::MAX, |_| Vec::new()));
+            let connection = AsyncConnection::connect(&address, TIMEOUT).await.expect("connected");
+            let started = Instant::now();
+            for answer in all_at_once(&connection, 2).await {
+                assert!(matches!(answer, Err(ClientError::Timeout { after }) if after == TIMEOUT), "{answer:?}");
+            }
+            assert!(started.elapsed() >= TIMEOUT, "not before the timeout");
+            assert!(connection.is_closed());
+            let after = connection.request(Kind::ProduceRequest, b"request").await;
+            assert!(matches!(after, Err(ClientError::Closed { .. })), "{after:?}");
+        });
+    }
+
+    #[test]
+    fn a_request_its_caller_gave_up_does_not_time_the_connection_out() {
+        run(async {
+            let (listener, address) = listen();
+            // Answers every request but the first.
+            let _peer = glommio::spawn_local(peer(listener, 1, |ids| ids.into_iter().filter(|id| *id != 1).collect()));
+            let connection = AsyncConnection::connect(&address, TIMEOUT).await.expect("connected");
+            let given_up = glommio_io::within(TIMEOUT / 4, connection.request(Kind::ProduceRequest, b"first")).await;
+            assert!(given_up.is_none(), "the first request is never answered");
+            glommio::timer::sleep(TIMEOUT * 2).await;
+            let answer = connection.request(Kind::ProduceRequest, b"second").await;
+            assert_eq!(answer.expect("answered").as_ref(), b"answered");
+            assert!(!connection.is_closed());
+        });
     }
 }

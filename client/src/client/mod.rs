@@ -11,6 +11,8 @@
 pub mod admin;
 #[cfg(feature = "glommio")]
 mod async_connection;
+#[cfg(feature = "glommio")]
+mod awaited;
 mod batching;
 mod connection;
 mod consumer;
