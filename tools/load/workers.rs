@@ -302,11 +302,10 @@ async fn run_producer(context: Rc<Context>, producer: u32) {
             context.local.borrow_mut().totals.send_delay.saturating_record(delay);
         }
         let context = context.clone();
-        let workload = workload.clone();
         let stamp = QueueStamp { topic, queue, first_sequence: next_sequences[slot as usize] };
         next_sequences[slot as usize] += workload.batch as u64;
         glommio::spawn_local(async move {
-            send(&context, &workload, producer, stamp, first_sequence, intended).await;
+            send(&context, &context.plan.workload, producer, stamp, first_sequence, intended).await;
             drop(permit);
         })
         .detach();
