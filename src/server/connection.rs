@@ -298,7 +298,7 @@ async fn write_responses(
     write_timeout: Duration,
     failed: local_channel::LocalSender<()>,
 ) {
-    let reason = match glommio_io::write_frames(&mut writer, &outbox, write_timeout).await {
+    let reason = match glommio_io::write_frames(&mut writer, &outbox, Some(write_timeout)).await {
         Ok(()) => return,
         Err(WriteError::Io(error)) => error.to_string(),
         Err(error @ WriteError::TimedOut { .. }) => {

@@ -3,8 +3,8 @@
 //! any task of the executor; a reader task hands each answer to the task
 //! waiting for its request id. Many requests may be in flight; every frame
 //! queued for the writer has a caller waiting for its answer, so the
-//! callers bound the queue. Connecting, writing and every request have
-//! timeouts; a request that
+//! callers bound the queue. Connecting and every request have timeouts
+//! (a write that stalls shows as its requests' timeouts); a request that
 //! times out closes the connection, which is then replaced, never reused
 //! with a late answer on its way.
 
@@ -75,7 +75,7 @@ impl AsyncConnection {
         // concurrency bounds the queue.
         let (outbox, frames) = local_channel::new_unbounded();
         let ends = Rc::new(Ends { awaited: AwaitedAnswers::default(), closed: Cell::new(false) });
-        let writer_task = glommio::spawn_local(write_frames(writer, frames, ends.clone(), timeout));
+        let writer_task = glommio::spawn_local(write_frames(writer, frames, ends.clone()));
         let reader = AsyncFrameReader::new(reader, DecoderLimits::answers());
         let reader_task = glommio::spawn_local(read_frames(reader, ends.clone(), address.to_string()));
         let tasks: Tasks = Rc::new(RefCell::new(Some((writer_task, reader_task))));
@@ -162,11 +162,12 @@ async fn write_frames(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     frames: LocalReceiver<WireFrame>,
     ends: Rc<Ends>,
-    timeout: Duration,
 ) {
-    // Closed (`close` drops this task): the broker sees the end and the
-    // reader's answers stop. Failed: requests find the connection closed.
-    if glommio_io::write_frames(&mut writer, &frames, timeout).await.is_err() {
+    // No timer per write: every frame queued is a request's, whose deadline
+    // closes the connection (and drops this task) if its write stalls.
+    // Closed that way, the broker sees the end and the reader's answers
+    // stop. Failed: requests find the connection closed.
+    if glommio_io::write_frames(&mut writer, &frames, None).await.is_err() {
         ends.closed.set(true);
     }
 }
@@ -272,6 +273,23 @@ mod tests {
             assert!(connection.is_closed());
             let after = connection.request(Kind::ProduceRequest, b"request").await;
             assert!(matches!(after, Err(ClientError::Closed { .. })), "{after:?}");
+        });
+    }
+
+    #[test]
+    fn a_write_the_peer_never_reads_times_its_request_out() {
+        run(async {
+            let (listener, address) = listen();
+            let _peer = glommio::spawn_local(async move {
+                let _stream = listener.accept().await.expect("a connection");
+                glommio::timer::sleep(TIMEOUT * 10).await;
+            });
+            let connection = AsyncConnection::connect(&address, TIMEOUT).await.expect("connected");
+            // Far more than the socket buffers hold: the write stalls.
+            let body = vec![7u8; 64 * 1024 * 1024];
+            let answer = connection.request(Kind::ProduceRequest, &body).await;
+            assert!(matches!(answer, Err(ClientError::Timeout { .. })), "{answer:?}");
+            assert!(connection.is_closed());
         });
     }
 

@@ -62,8 +62,11 @@ impl<R: AsyncRead + Unpin> AsyncFrameReader<R> {
 async fn write_within<W: AsyncWrite + Unpin>(
     stream: &mut W,
     bytes: &[u8],
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<(), WriteError> {
+    let Some(timeout) = timeout else {
+        return Ok(stream.write_all(bytes).await?);
+    };
     match within(timeout, stream.write_all(bytes)).await {
         Some(Ok(())) => Ok(()),
         Some(Err(error)) => Err(error.into()),
@@ -88,11 +91,16 @@ const WRITTEN_FRAMES_RETAINED: usize = 64;
 /// Writes the frames `queue` hands over as they come, those already
 /// waiting coalesced into one write (up to `WRITE_COALESCE_BYTES`; a large
 /// body is written from its frame after the batch, not copied into it),
-/// each write within `timeout`. A frame is dropped only once its bytes are
-/// written (what it holds, such as a broker answer's budget, goes back
-/// then), or with the writer's failure. Once the queue closes, the stream
+/// each write within `timeout` (`None`: the caller bounds its writes
+/// otherwise, as a client's request deadlines do). A frame is dropped only
+/// once its bytes are written (what it holds, such as a broker answer's
+/// budget, goes back then), or with the writer's failure. Once the queue closes, the stream
 /// is flushed and closed.
-pub async fn write_frames<W, F>(stream: &mut W, queue: &LocalReceiver<F>, timeout: Duration) -> Result<(), WriteError>
+pub async fn write_frames<W, F>(
+    stream: &mut W,
+    queue: &LocalReceiver<F>,
+    timeout: Option<Duration>,
+) -> Result<(), WriteError>
 where
     W: AsyncWrite + Unpin,
     F: OutgoingFrame,
