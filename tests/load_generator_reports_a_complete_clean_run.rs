@@ -35,8 +35,9 @@ fn a_short_run_reports_everything_and_loses_nothing() {
     ] {
         assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
     }
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
+    let written = std::fs::read_to_string(&json).expect("summary file");
+    assert_eq!(written.lines().count(), 1, "one JSON object on one line:\n{written}");
+    let summary: serde_json::Value = serde_json::from_str(&written).expect("JSON");
     for key in ["publish_rate", "consume_rate", "publish_mb_s", "lost", "duplicates", "errors", "raw_fsync_p50_us"] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
     }

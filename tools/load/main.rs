@@ -112,6 +112,7 @@ struct Args {
     /// figure is measured where the broker's shard waits for its own.
     #[arg(long, default_value_t = 0)]
     probe_cpu: usize,
+    /// Writes the run's summary to this file: one JSON object on one line.
     #[arg(long)]
     json: Option<String>,
     #[arg(long)]
@@ -707,8 +708,10 @@ fn summarize(
         }
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&summary).map_err(|error| error.to_string())?)
-            .map_err(|error| format!("{path}: {error}"))?;
+        // One object per line, as every `--json` of the project writes.
+        let mut line = serde_json::to_vec(&summary).map_err(|error| error.to_string())?;
+        line.push(b'\n');
+        std::fs::write(path, line).map_err(|error| format!("{path}: {error}"))?;
     }
     // The interval log and the plot are the plain phase's, as without
     // `--transactional`; the plot adds the transactional publish curve.
