@@ -61,7 +61,7 @@ pub struct AsyncConnection {
 }
 
 impl AsyncConnection {
-    /// Connects within `timeout`, which also bounds each request and write.
+    /// Connects within `timeout`, which also bounds each request.
     pub async fn connect(address: &str, timeout: Duration) -> Result<Rc<Self>, ClientError> {
         let connect_error = |error: String| ClientError::Connect { address: address.to_string(), error };
         let connecting = async { TcpStream::connect(address).await.map_err(|error| connect_error(error.to_string())) };
@@ -75,7 +75,7 @@ impl AsyncConnection {
         // concurrency bounds the queue.
         let (outbox, frames) = local_channel::new_unbounded();
         let ends = Rc::new(Ends { awaited: AwaitedAnswers::default(), closed: Cell::new(false) });
-        let writer_task = glommio::spawn_local(write_frames(writer, frames, ends.clone()));
+        let writer_task = glommio::spawn_local(write_frames(writer, frames, ends.clone(), address.to_string()));
         let reader = AsyncFrameReader::new(reader, DecoderLimits::answers());
         let reader_task = glommio::spawn_local(read_frames(reader, ends.clone(), address.to_string()));
         let tasks: Tasks = Rc::new(RefCell::new(Some((writer_task, reader_task))));
@@ -158,17 +158,21 @@ async fn watch_deadlines(ends: Rc<Ends>, tasks: Tasks, timeout: Duration) {
     }
 }
 
+/// No timer per write: a frame queued is a request's, whose deadline
+/// closes the connection (and drops this task) if the write stalls. A
+/// frame whose caller gave up is watched no more: a write stalled on it
+/// shows at the next request's deadline, and meanwhile nobody waits.
 async fn write_frames(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     frames: LocalReceiver<WireFrame>,
     ends: Rc<Ends>,
+    address: String,
 ) {
-    // No timer per write: every frame queued is a request's, whose deadline
-    // closes the connection (and drops this task) if its write stalls.
-    // Closed that way, the broker sees the end and the reader's answers
-    // stop. Failed: requests find the connection closed.
-    if glommio_io::write_frames(&mut writer, &frames, None).await.is_err() {
+    // Failed: the requests waiting will get no answer over this socket
+    // (the reader may not see its end soon), and new ones are refused.
+    if let Err(error) = glommio_io::write_frames(&mut writer, &frames, None).await {
         ends.closed.set(true);
+        ends.awaited.fail_all(&ClientError::Io { address, error: error.to_string() });
     }
 }
 
@@ -195,7 +199,8 @@ mod tests {
     use futures_lite::AsyncWriteExt;
     use glommio::net::TcpListener;
 
-    const TIMEOUT: Duration = Duration::from_millis(200);
+    /// Long enough that a loaded machine answers over loopback within it.
+    const TIMEOUT: Duration = Duration::from_secs(1);
 
     /// A peer that answers the requests `answer` picks, in the order of the
     /// ids it returns, once it has read `batch` requests.
@@ -273,6 +278,27 @@ mod tests {
             assert!(connection.is_closed());
             let after = connection.request(Kind::ProduceRequest, b"request").await;
             assert!(matches!(after, Err(ClientError::Closed { .. })), "{after:?}");
+        });
+    }
+
+    #[test]
+    fn a_peer_that_closes_fails_every_request_at_once() {
+        run(async {
+            let (listener, address) = listen();
+            let _peer = glommio::spawn_local(async move {
+                let stream = listener.accept().await.expect("a connection");
+                let mut reader = AsyncFrameReader::new(stream, DecoderLimits::answers());
+                let _ = reader.next_frame().await;
+            });
+            let connection = AsyncConnection::connect(&address, TIMEOUT).await.expect("connected");
+            let started = Instant::now();
+            for answer in all_at_once(&connection, 2).await {
+                // The reader sees the end, or the writer fails first.
+                let failed_at_once = matches!(answer, Err(ClientError::Closed { .. } | ClientError::Io { .. }));
+                assert!(failed_at_once, "{answer:?}");
+            }
+            assert!(started.elapsed() < TIMEOUT, "failed when the peer closed, not at the timeout");
+            assert!(connection.is_closed());
         });
     }
 

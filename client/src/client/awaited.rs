@@ -16,6 +16,10 @@ use std::time::Instant;
 
 type Answer = Result<Frame, ClientError>;
 
+/// Settled requests the deadline queue may hold behind an unsettled one
+/// beyond twice the requests waiting, before it is swept.
+const DEADLINES_SETTLED_KEPT_MAX: usize = 64;
+
 /// Where one request's answer (or the connection's failure) is left for it.
 #[derive(Default)]
 pub(super) struct AnswerSlot {
@@ -30,7 +34,8 @@ impl AnswerSlot {
     fn settle(&self, answer: Answer) {
         self.settled.set(true);
         *self.answer.borrow_mut() = Some(answer);
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
             waker.wake();
         }
     }
@@ -80,9 +85,13 @@ impl AwaitedAnswers {
         }
     }
 
-    /// The request no longer waits (answered, or its future dropped).
+    /// The request no longer waits (answered, or its future dropped). An
+    /// answer nobody took and the task's waker go now, not when the slot
+    /// leaves the deadline queue.
     pub fn forget(&self, request_id: u32, slot: &Rc<AnswerSlot>) {
         slot.settled.set(true);
+        slot.answer.borrow_mut().take();
+        slot.waker.borrow_mut().take();
         let mut waiters = self.waiters.borrow_mut();
         if waiters.get(&request_id).is_some_and(|waiting| Rc::ptr_eq(waiting, slot)) {
             waiters.remove(&request_id);
@@ -106,12 +115,17 @@ impl AwaitedAnswers {
         self.deadlines.borrow().front().map(|(deadline, _)| *deadline)
     }
 
-    /// Answers mostly come in the order of the requests, so the queue holds
-    /// about the requests in flight.
+    /// Settled requests leave from the front. One slow request at the front
+    /// (a long poll) would keep every later one behind it, so once settled
+    /// ones outnumber those waiting, the queue is swept whole: amortised,
+    /// each entry is looked at a bounded number of times.
     fn drop_settled_front(&self) {
         let mut deadlines = self.deadlines.borrow_mut();
         while deadlines.front().is_some_and(|(_, slot)| slot.settled.get()) {
             deadlines.pop_front();
+        }
+        if deadlines.len() > 2 * self.waiters.borrow().len() + DEADLINES_SETTLED_KEPT_MAX {
+            deadlines.retain(|(_, slot)| !slot.settled.get());
         }
     }
 
@@ -174,6 +188,44 @@ mod tests {
         assert_eq!(awaited.earliest_deadline(), None);
         awaited.answer(frame(7));
         assert!(slot.answer.borrow().is_none(), "nobody waited: the answer was not kept");
+    }
+
+    #[test]
+    fn a_slow_request_at_the_front_does_not_keep_every_later_one() {
+        let awaited = AwaitedAnswers::default();
+        let start = Instant::now();
+        let (_slow_slot, _slow) = awaited.expect(1, start);
+        for id in 2..10_000 {
+            let (slot, arrival) = awaited.expect(id, start);
+            awaited.answer(frame(id));
+            drop(arrival);
+            awaited.forget(id, &slot);
+        }
+        assert!(
+            awaited.deadlines_held() <= 2 + DEADLINES_SETTLED_KEPT_MAX + 1,
+            "{} deadlines held behind one waiting request",
+            awaited.deadlines_held()
+        );
+        assert_eq!(awaited.earliest_deadline(), Some(start), "the slow request still counts");
+    }
+
+    #[test]
+    fn a_request_given_up_keeps_neither_its_answer_nor_its_waker() {
+        let awaited = AwaitedAnswers::default();
+        let start = Instant::now();
+        let (_front_slot, _front) = awaited.expect(1, start);
+        // Polled, then given up before any answer: its waker was kept.
+        let (polled_slot, mut polled) = awaited.expect(2, start);
+        assert!(ready(&mut polled).is_none());
+        drop(polled);
+        awaited.forget(2, &polled_slot);
+        assert!(polled_slot.waker.borrow().is_none(), "the waker went with the request");
+        // Answered, then given up before it was polled.
+        let (answered_slot, answered) = awaited.expect(3, start);
+        awaited.answer(frame(3));
+        drop(answered);
+        awaited.forget(3, &answered_slot);
+        assert!(answered_slot.answer.borrow().is_none(), "the answer went with the request");
     }
 
     #[test]
