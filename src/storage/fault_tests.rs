@@ -562,6 +562,25 @@ fn a_full_disk_in_the_middle_of_many_index_writes_skips_the_checkpoint_whole() {
 }
 
 #[test]
+fn a_full_disk_under_the_last_checkpoint_still_closes_the_log() {
+    run(async {
+        // A broker stopped on a full disk: its log closes, and what it
+        // acknowledged is found again from the last checkpoint on disk.
+        let storage = FaultyStorage::new(plan_failing(no_space_on(Operation::Write, "/index/", 0)));
+        let log = Rc::new(CommitLog::open(storage.clone(), config()).await.expect("open"));
+        let (acknowledged, errors) = append_until_failure(&log, 300).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        log.close().await.expect("a full disk skips the last checkpoint, not the close");
+        assert!(log.is_stopped().is_none(), "closed, not stopped");
+        let log = crashed_and_reopened(&storage, log, &config()).await;
+        assert_recovered(&log, &acknowledged, 0).await;
+        for (queue_id, acked) in &acknowledged {
+            assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
+        }
+    });
+}
+
+#[test]
 fn a_full_disk_under_the_checkpoint_file_skips_it() {
     run(async {
         let storage = FaultyStorage::new(plan_failing(no_space_on(Operation::WriteFileAtomic, CHECKPOINT_NAME, 0)));

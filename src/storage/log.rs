@@ -513,7 +513,15 @@ impl<S: Storage> CommitLog<S> {
         if let Some(error) = self.shared.flushed.failure() {
             return Err(error);
         }
-        super::checkpoint::write_checkpoint(&self.shared).await
+        match super::checkpoint::write_checkpoint(&self.shared).await {
+            // Everything appended is synced in the log: a start rebuilds the
+            // index from the last checkpoint on disk, as after a crash.
+            Err(error) if error.is_no_space_before_a_sync() => {
+                tracing::warn!(%error, "the disk is full: the log closed without its last checkpoint; the next start reads the log from the one before");
+                Ok(())
+            }
+            closed => closed,
+        }
     }
 }
 
