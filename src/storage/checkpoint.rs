@@ -22,6 +22,7 @@ use super::backend::Storage;
 use super::index_writes::{write_and_sync, Entries, IndexJob};
 use super::log::LogShared;
 use super::LogError;
+use std::path::Path;
 use std::rc::Rc;
 
 const CHECKPOINT_MAGIC: u32 = 0x4351_4d52;
@@ -226,7 +227,7 @@ async fn write_indexes<S: Storage>(shared: &LogShared<S>, jobs: Vec<IndexJob<S::
         IndexJob { file, ..job }
     });
     let written = write_and_sync(&shared.storage, &dir, jobs, CHECKPOINT_APPENDS_IN_FLIGHT_MAX, Entries::Kept).await?;
-    sync_index_dir(shared, written.iter().any(|write| write.created)).await?;
+    sync_index_dir(shared, &dir, written.iter().any(|write| write.created)).await?;
     for write in written {
         let (queue_id, from) = (write.queue_id, write.from);
         let state = &mut *shared.state.borrow_mut();
@@ -239,12 +240,11 @@ async fn write_indexes<S: Storage>(shared: &LogShared<S>, jobs: Vec<IndexJob<S::
 /// The index files this checkpoint (`created`) or a recovery's rebuild
 /// created: their names must be durable before a checkpoint names their
 /// queues.
-async fn sync_index_dir<S: Storage>(shared: &LogShared<S>, created: bool) -> Result<(), LogError> {
+async fn sync_index_dir<S: Storage>(shared: &LogShared<S>, dir: &Path, created: bool) -> Result<(), LogError> {
     if !created && shared.index_dir_synced.get() {
         return Ok(());
     }
-    let dir = shared.config.dir.join(super::INDEX_DIR);
-    shared.storage.sync_dir(&dir).await.map_err(|error| LogError::io("sync index directory", &dir, 0, error))?;
+    shared.storage.sync_dir(dir).await.map_err(|error| LogError::io("sync index directory", dir, 0, error))?;
     shared.index_dir_synced.set(true);
     Ok(())
 }

@@ -76,6 +76,15 @@ async fn assert_recovered(log: &CommitLog<FaultyStorage>, acknowledged: &BTreeMa
     }
 }
 
+/// `assert_recovered`, and each queue ends at its last acknowledged record:
+/// nothing more, nothing less.
+async fn assert_recovered_exactly(log: &CommitLog<FaultyStorage>, acknowledged: &BTreeMap<u32, u64>) {
+    assert_recovered(log, acknowledged, 0).await;
+    for (queue_id, acked) in acknowledged {
+        assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
+    }
+}
+
 #[test]
 fn a_torn_write_at_the_tail_is_cut_and_nothing_acknowledged_is_lost() {
     for seed in 0..40 {
@@ -522,10 +531,7 @@ fn a_full_disk_under_a_checkpoint_skips_it_and_the_next_one_writes_it() {
         let mut acknowledged = acknowledged;
         acknowledged.insert(0, 1100);
         let log = crashed_and_reopened(&storage, log, &config()).await;
-        assert_recovered(&log, &acknowledged, 0).await;
-        for (queue_id, acked) in &acknowledged {
-            assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
-        }
+        assert_recovered_exactly(&log, &acknowledged).await;
     });
 }
 
@@ -554,10 +560,7 @@ fn a_full_disk_in_the_middle_of_many_index_writes_skips_the_checkpoint_whole() {
         log.checkpoint().await.expect("a checkpoint once the disk has room");
         assert_eq!(log.index_memory().unwritten_entries, 0);
         let log = crashed_and_reopened(&storage, log, &config()).await;
-        assert_recovered(&log, &acknowledged, 0).await;
-        for (queue_id, acked) in &acknowledged {
-            assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
-        }
+        assert_recovered_exactly(&log, &acknowledged).await;
     });
 }
 
@@ -573,10 +576,7 @@ fn a_full_disk_under_the_last_checkpoint_still_closes_the_log() {
         log.close().await.expect("a full disk skips the last checkpoint, not the close");
         assert!(log.is_stopped().is_none(), "closed, not stopped");
         let log = crashed_and_reopened(&storage, log, &config()).await;
-        assert_recovered(&log, &acknowledged, 0).await;
-        for (queue_id, acked) in &acknowledged {
-            assert_eq!(log.visible_end_offset(*queue_id), *acked, "queue {queue_id}: nothing more, nothing less");
-        }
+        assert_recovered_exactly(&log, &acknowledged).await;
     });
 }
 
