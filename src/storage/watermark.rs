@@ -3,7 +3,7 @@
 //! to reach; a [`Signal`] wakes one background task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -13,11 +13,28 @@ use std::task::{Context, Poll, Waker};
 pub struct Watermark<E: Clone> {
     value: Cell<u64>,
     failure: RefCell<Option<E>>,
-    /// Waiters by (target, registration number), lowest target first. A wait
-    /// that is dropped removes its entry, so abandoned waits (a deadline that
-    /// lost its race) leave nothing behind.
-    waiters: RefCell<BTreeMap<(u64, u64), Waker>>,
+    /// Waiters sorted by (target, registration number), lowest target
+    /// first. Targets mostly come in rising order (log positions, deadlines
+    /// of one timeout), so a registration is a push at the back and an
+    /// advance pops from the front: no allocation per wait, as a tree node
+    /// was. A wait that is dropped removes its entry, so abandoned waits (a
+    /// deadline that lost its race) leave nothing behind.
+    waiters: RefCell<VecDeque<Waiter>>,
     registrations: Cell<u64>,
+}
+
+/// A registered wait: its key and the task to wake.
+struct Waiter {
+    key: WaitKey,
+    waker: Waker,
+}
+
+/// (target, registration number): unique, and ordered as waiters are.
+type WaitKey = (u64, u64);
+
+/// Where `key` is, or would be inserted, in `waiters`.
+fn search(waiters: &VecDeque<Waiter>, key: WaitKey) -> Result<usize, usize> {
+    waiters.binary_search_by(|waiter| waiter.key.cmp(&key))
 }
 
 impl<E: Clone> Watermark<E> {
@@ -25,7 +42,7 @@ impl<E: Clone> Watermark<E> {
         Self {
             value: Cell::new(value),
             failure: RefCell::new(None),
-            waiters: RefCell::new(BTreeMap::new()),
+            waiters: RefCell::new(VecDeque::new()),
             registrations: Cell::new(0),
         }
     }
@@ -42,19 +59,28 @@ impl<E: Clone> Watermark<E> {
     pub fn advance(&self, value: u64) {
         debug_assert!(value >= self.value.get(), "watermark moved back: {} -> {value}", self.value.get());
         self.value.set(value);
-        let reached = {
-            let mut waiters = self.waiters.borrow_mut();
-            let rest = waiters.split_off(&(value.saturating_add(1), 0));
-            std::mem::replace(&mut *waiters, rest)
-        };
-        reached.into_values().for_each(Waker::wake);
+        loop {
+            // Popped before waking: a woken task may run (and register
+            // again) before this returns.
+            let reached = {
+                let mut waiters = self.waiters.borrow_mut();
+                match waiters.front() {
+                    Some(front) if front.key.0 <= value => waiters.pop_front(),
+                    _ => None,
+                }
+            };
+            match reached {
+                Some(waiter) => waiter.waker.wake(),
+                None => return,
+            }
+        }
     }
 
     /// Fails the mark for good; every waiter wakes to the error.
     pub fn fail(&self, error: E) {
         self.failure.borrow_mut().get_or_insert(error);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        waiters.into_values().for_each(Waker::wake);
+        waiters.into_iter().for_each(|waiter| waiter.waker.wake());
     }
 
     /// Resolves once the mark is at least `target`, or with the failure.
@@ -71,13 +97,16 @@ impl<E: Clone> Watermark<E> {
 pub struct WaitFor<'a, E: Clone> {
     mark: &'a Watermark<E>,
     target: u64,
-    key: Option<(u64, u64)>,
+    key: Option<WaitKey>,
 }
 
 impl<E: Clone> WaitFor<'_, E> {
     fn deregister(&mut self) {
         if let Some(key) = self.key.take() {
-            self.mark.waiters.borrow_mut().remove(&key);
+            let mut waiters = self.mark.waiters.borrow_mut();
+            if let Ok(index) = search(&waiters, key) {
+                waiters.remove(index);
+            }
         }
     }
 }
@@ -97,17 +126,25 @@ impl<E: Clone> Future for WaitFor<'_, E> {
         }
         let mark = self.mark;
         let mut waiters = mark.waiters.borrow_mut();
-        match self.key.and_then(|key| waiters.get_mut(&key)) {
-            Some(waker) => waker.clone_from(context.waker()),
-            None => {
-                let number = mark.registrations.get();
-                mark.registrations.set(number + 1);
-                let key = (self.target, number);
-                waiters.insert(key, context.waker().clone());
-                drop(waiters);
-                self.key = Some(key);
-            }
+        if let Some(Ok(index)) = self.key.map(|key| search(&waiters, key)) {
+            waiters[index].waker.clone_from(context.waker());
+            return Poll::Pending;
         }
+        let number = mark.registrations.get();
+        mark.registrations.set(number + 1);
+        let key = (self.target, number);
+        let waiter = Waiter { key, waker: context.waker().clone() };
+        // Registration numbers rise, so a key is past every key of an equal
+        // or lower target already registered.
+        match waiters.back() {
+            Some(last) if last.key > key => {
+                let index = search(&waiters, key).unwrap_or_else(|index| index);
+                waiters.insert(index, waiter);
+            }
+            _ => waiters.push_back(waiter),
+        }
+        drop(waiters);
+        self.key = Some(key);
         Poll::Pending
     }
 }
@@ -182,5 +219,34 @@ mod tests {
         assert_eq!(mark.waiting(), 1, "polling again reuses the registration");
         drop(wait);
         assert_eq!(mark.waiting(), 0, "a dropped wait deregisters");
+    }
+
+    #[test]
+    fn waits_registered_out_of_order_resolve_by_target_and_a_dropped_one_leaves() {
+        let mark: Watermark<String> = Watermark::new(0);
+        let mut waits: Vec<_> =
+            [5, 3, 9, 3, 7, 1].into_iter().map(|target| Some(Box::pin(mark.wait_for(target)))).collect();
+        for wait in waits.iter_mut().flatten() {
+            assert!(future::block_on(future::poll_once(wait)).is_none());
+        }
+        assert_eq!(mark.waiting(), 6);
+        waits[2] = None;
+        assert_eq!(mark.waiting(), 5, "the wait for 9, in the middle, deregistered");
+        mark.advance(4);
+        assert_eq!(mark.waiting(), 2, "only the waits for 5 and 7 are left");
+        let ready = |waits: &mut Vec<Option<Pin<Box<WaitFor<'_, String>>>>>| -> Vec<bool> {
+            let polled = waits.iter_mut().map(|wait| match wait {
+                Some(wait) => future::block_on(future::poll_once(wait)).is_some(),
+                None => false,
+            });
+            polled.collect()
+        };
+        assert_eq!(ready(&mut waits), [false, true, false, true, false, true]);
+        mark.advance(7);
+        assert_eq!(mark.waiting(), 0);
+        waits[1] = None;
+        waits[3] = None;
+        waits[5] = None;
+        assert_eq!(ready(&mut waits), [true, false, false, false, true, false]);
     }
 }
