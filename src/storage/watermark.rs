@@ -3,24 +3,38 @@
 //! to reach; a [`Signal`] wakes one background task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+
+/// Room for waiters a watermark keeps once they are all gone: a burst of
+/// requests in flight does not hold its peak for good.
+const WAITERS_RETAINED_MAX: usize = 16 * 1024;
 
 /// A position that only grows, which tasks await to reach. Once failed, every
 /// current and future waiter gets the failure.
 pub struct Watermark<E: Clone> {
     value: Cell<u64>,
     failure: RefCell<Option<E>>,
-    /// Waiters sorted by (target, registration number), lowest target
-    /// first. Targets mostly come in rising order (log positions, deadlines
-    /// of one timeout), so a registration is a push at the back and an
-    /// advance pops from the front: no allocation per wait, as a tree node
-    /// was. A wait that is dropped removes its entry, so abandoned waits (a
+    /// A wait that is dropped removes its entry, so abandoned waits (a
     /// deadline that lost its race) leave nothing behind.
-    waiters: RefCell<VecDeque<Waiter>>,
+    waiters: RefCell<Waiters>,
     registrations: Cell<u64>,
+}
+
+/// Registered waits by (target, registration number), unique keys.
+///
+/// Targets nearly always come in rising order (log positions, deadlines of
+/// one timeout): those go to the back of a deque, without an allocation
+/// per wait, and an advance pops them from the front. A target below the
+/// last one registered (a short deadline behind a long poll's) goes to a
+/// tree, so no registration shifts a long deque.
+#[derive(Default)]
+struct Waiters {
+    /// Keys rise from front to back.
+    in_order: VecDeque<Waiter>,
+    out_of_order: BTreeMap<WaitKey, Waker>,
 }
 
 /// A registered wait: its key and the task to wake.
@@ -32,9 +46,70 @@ struct Waiter {
 /// (target, registration number): unique, and ordered as waiters are.
 type WaitKey = (u64, u64);
 
-/// Where `key` is, or would be inserted, in `waiters`.
-fn search(waiters: &VecDeque<Waiter>, key: WaitKey) -> Result<usize, usize> {
-    waiters.binary_search_by(|waiter| waiter.key.cmp(&key))
+impl Waiters {
+    fn register(&mut self, key: WaitKey, waker: Waker) {
+        match self.in_order.back() {
+            Some(last) if last.key > key => {
+                self.out_of_order.insert(key, waker);
+            }
+            _ => self.in_order.push_back(Waiter { key, waker }),
+        }
+    }
+
+    /// Where `key` is in the deque, if there.
+    fn in_order_index(&self, key: WaitKey) -> Option<usize> {
+        let (first, last) = (self.in_order.front()?, self.in_order.back()?);
+        if key < first.key || key > last.key {
+            return None;
+        }
+        self.in_order.binary_search_by(|waiter| waiter.key.cmp(&key)).ok()
+    }
+
+    fn waker_mut(&mut self, key: WaitKey) -> Option<&mut Waker> {
+        match self.in_order_index(key) {
+            Some(index) => Some(&mut self.in_order[index].waker),
+            None => self.out_of_order.get_mut(&key),
+        }
+    }
+
+    fn remove(&mut self, key: WaitKey) {
+        match self.in_order_index(key) {
+            // Shifts the shorter side: waits mostly end oldest first.
+            Some(index) => drop(self.in_order.remove(index)),
+            None => drop(self.out_of_order.remove(&key)),
+        }
+        self.release_room();
+    }
+
+    /// Takes one wait whose target is at most `value`, if any is left.
+    fn pop_reached(&mut self, value: u64) -> Option<Waker> {
+        if let Some(front) = self.in_order.front().filter(|front| front.key.0 <= value) {
+            debug_assert!(self.in_order.len() == 1 || self.in_order[1].key > front.key);
+            return self.in_order.pop_front().map(|waiter| waiter.waker);
+        }
+        match self.out_of_order.first_key_value() {
+            Some((key, _)) if key.0 <= value => self.out_of_order.pop_first().map(|(_, waker)| waker),
+            _ => {
+                self.release_room();
+                None
+            }
+        }
+    }
+
+    fn release_room(&mut self) {
+        if self.in_order.is_empty() && self.in_order.capacity() > WAITERS_RETAINED_MAX {
+            self.in_order = VecDeque::new();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.in_order.len() + self.out_of_order.len()
+    }
+
+    fn take_all(&mut self) -> impl Iterator<Item = Waker> {
+        let Waiters { in_order, out_of_order } = std::mem::take(self);
+        in_order.into_iter().map(|waiter| waiter.waker).chain(out_of_order.into_values())
+    }
 }
 
 impl<E: Clone> Watermark<E> {
@@ -42,7 +117,7 @@ impl<E: Clone> Watermark<E> {
         Self {
             value: Cell::new(value),
             failure: RefCell::new(None),
-            waiters: RefCell::new(VecDeque::new()),
+            waiters: RefCell::new(Waiters::default()),
             registrations: Cell::new(0),
         }
     }
@@ -59,28 +134,18 @@ impl<E: Clone> Watermark<E> {
     pub fn advance(&self, value: u64) {
         debug_assert!(value >= self.value.get(), "watermark moved back: {} -> {value}", self.value.get());
         self.value.set(value);
-        loop {
-            // Popped before waking: a woken task may run (and register
-            // again) before this returns.
-            let reached = {
-                let mut waiters = self.waiters.borrow_mut();
-                match waiters.front() {
-                    Some(front) if front.key.0 <= value => waiters.pop_front(),
-                    _ => None,
-                }
-            };
-            match reached {
-                Some(waiter) => waiter.waker.wake(),
-                None => return,
-            }
+        // Taken one at a time, the borrow released before each wake: a
+        // waker may run code that registers again.
+        while let Some(waker) = self.waiters.borrow_mut().pop_reached(value) {
+            waker.wake();
         }
     }
 
     /// Fails the mark for good; every waiter wakes to the error.
     pub fn fail(&self, error: E) {
         self.failure.borrow_mut().get_or_insert(error);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        waiters.into_iter().for_each(|waiter| waiter.waker.wake());
+        let waiters: Vec<Waker> = self.waiters.borrow_mut().take_all().collect();
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Resolves once the mark is at least `target`, or with the failure.
@@ -103,10 +168,7 @@ pub struct WaitFor<'a, E: Clone> {
 impl<E: Clone> WaitFor<'_, E> {
     fn deregister(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut waiters = self.mark.waiters.borrow_mut();
-            if let Ok(index) = search(&waiters, key) {
-                waiters.remove(index);
-            }
+            self.mark.waiters.borrow_mut().remove(key);
         }
     }
 }
@@ -126,23 +188,14 @@ impl<E: Clone> Future for WaitFor<'_, E> {
         }
         let mark = self.mark;
         let mut waiters = mark.waiters.borrow_mut();
-        if let Some(Ok(index)) = self.key.map(|key| search(&waiters, key)) {
-            waiters[index].waker.clone_from(context.waker());
+        if let Some(waker) = self.key.and_then(|key| waiters.waker_mut(key)) {
+            waker.clone_from(context.waker());
             return Poll::Pending;
         }
         let number = mark.registrations.get();
         mark.registrations.set(number + 1);
         let key = (self.target, number);
-        let waiter = Waiter { key, waker: context.waker().clone() };
-        // Registration numbers rise, so a key is past every key of an equal
-        // or lower target already registered.
-        match waiters.back() {
-            Some(last) if last.key > key => {
-                let index = search(&waiters, key).unwrap_or_else(|index| index);
-                waiters.insert(index, waiter);
-            }
-            _ => waiters.push_back(waiter),
-        }
+        waiters.register(key, context.waker().clone());
         drop(waiters);
         self.key = Some(key);
         Poll::Pending
@@ -248,5 +301,25 @@ mod tests {
         waits[3] = None;
         waits[5] = None;
         assert_eq!(ready(&mut waits), [true, false, false, false, true, false]);
+    }
+
+    #[test]
+    fn a_burst_of_waits_does_not_keep_its_room_once_they_are_gone() {
+        let mark: Watermark<String> = Watermark::new(0);
+        let burst = WAITERS_RETAINED_MAX * 2;
+        let mut waits: Vec<_> = (1..=burst as u64).map(|target| Box::pin(mark.wait_for(target))).collect();
+        for wait in &mut waits {
+            assert!(future::block_on(future::poll_once(wait)).is_none());
+        }
+        assert!(mark.waiters.borrow().in_order.capacity() >= burst);
+        mark.advance(burst as u64 / 2);
+        assert_eq!(mark.waiting(), burst / 2);
+        assert!(mark.waiters.borrow().in_order.capacity() >= burst, "room is kept while waits remain");
+        mark.advance(burst as u64);
+        assert_eq!(mark.waiting(), 0);
+        assert!(mark.waiters.borrow().in_order.capacity() <= WAITERS_RETAINED_MAX);
+        for wait in waits {
+            assert_eq!(future::block_on(wait), Ok(burst as u64));
+        }
     }
 }
