@@ -134,10 +134,15 @@ impl<E: Clone> Watermark<E> {
     pub fn advance(&self, value: u64) {
         debug_assert!(value >= self.value.get(), "watermark moved back: {} -> {value}", self.value.get());
         self.value.set(value);
-        // Taken one at a time, the borrow released before each wake: a
-        // waker may run code that registers again.
-        while let Some(waker) = self.waiters.borrow_mut().pop_reached(value) {
-            waker.wake();
+        // Taken one at a time, the borrow released before each wake (a
+        // `while let` would hold it through the body): a waker may run code
+        // that registers or deregisters.
+        loop {
+            let reached = self.waiters.borrow_mut().pop_reached(value);
+            match reached {
+                Some(waker) => waker.wake(),
+                None => return,
+            }
         }
     }
 
@@ -301,6 +306,39 @@ mod tests {
         waits[3] = None;
         waits[5] = None;
         assert_eq!(ready(&mut waits), [true, false, false, false, true, false]);
+    }
+
+    /// A waker that reads the watermark it waits on when woken, as a task
+    /// run at once by its waker would.
+    fn waker_reading(mark: &Watermark<String>) -> Waker {
+        use std::task::{RawWaker, RawWakerVTable};
+        fn read(data: *const ()) {
+            // SAFETY: `data` is the `&Watermark` given to `waker_reading`,
+            // which the test keeps alive while any copy of the waker is used.
+            let mark = unsafe { &*(data as *const Watermark<String>) };
+            let _ = mark.waiting();
+        }
+        const VTABLE: RawWakerVTable = RawWakerVTable::new(|data| RawWaker::new(data, &VTABLE), read, read, |_| {});
+        let data = mark as *const Watermark<String> as *const ();
+        // SAFETY: the vtable's functions only read the watermark at `data`
+        // (see `read`); cloning copies the pointer and dropping does nothing.
+        unsafe { Waker::from_raw(RawWaker::new(data, &VTABLE)) }
+    }
+
+    #[test]
+    fn a_waker_may_use_the_watermark_while_an_advance_wakes() {
+        let mark: Watermark<String> = Watermark::new(0);
+        let waker = waker_reading(&mark);
+        let mut context = Context::from_waker(&waker);
+        let mut waits: Vec<_> = (1..=3).map(|target| Box::pin(mark.wait_for(target))).collect();
+        for wait in &mut waits {
+            assert!(wait.as_mut().poll(&mut context).is_pending());
+        }
+        mark.advance(3);
+        assert_eq!(mark.waiting(), 0);
+        for wait in &mut waits {
+            assert_eq!(wait.as_mut().poll(&mut context), Poll::Ready(Ok(3)));
+        }
     }
 
     #[test]
