@@ -13,7 +13,8 @@ use ringmq::storage::Watermark;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
 use std::time::Instant;
 
 const ROUNDS: u64 = 200_000;
@@ -22,12 +23,11 @@ const DEADLINES_IN_FLIGHT: usize = 20_000;
 const DEADLINES: u64 = 1_000_000;
 const LONG_POLLS: usize = 1_000;
 
-fn noop_waker() -> Waker {
-    const VTABLE: RawWakerVTable =
-        RawWakerVTable::new(|_| RawWaker::new(std::ptr::null(), &VTABLE), |_| {}, |_| {}, |_| {});
-    // SAFETY: every function of the vtable ignores its data pointer, so a
-    // null one is never read.
-    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
+/// A waker that does nothing: the bench polls by hand.
+struct Unwoken;
+
+impl Wake for Unwoken {
+    fn wake(self: Arc<Self>) {}
 }
 
 fn poll<F: Future>(future: Pin<&mut F>, context: &mut Context<'_>) -> bool {
@@ -73,7 +73,7 @@ fn deadlines(context: &mut Context<'_>, long_polls: usize) -> f64 {
 }
 
 fn main() {
-    let waker = noop_waker();
+    let waker = Waker::from(Arc::new(Unwoken));
     let context = &mut Context::from_waker(&waker);
     println!("rising: {:.1} ns per wait", rising(context));
     println!("deadlines: {:.1} ns per wait", deadlines(context, 0));

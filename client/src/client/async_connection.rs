@@ -38,11 +38,16 @@ struct Ends {
 }
 
 impl Ends {
-    /// Fails every request waiting, refuses new ones and closes the socket
-    /// (nothing more is written or read on it).
-    fn close(&self, tasks: &Tasks, error: &ClientError) {
+    /// Fails every request waiting and refuses new ones.
+    fn fail(&self, error: &ClientError) {
         self.closed.set(true);
         self.awaited.fail_all(error);
+    }
+
+    /// Fails as `fail` does and closes the socket (nothing more is written
+    /// or read on it).
+    fn close(&self, tasks: &Tasks, error: &ClientError) {
+        self.fail(error);
         drop(tasks.borrow_mut().take());
     }
 }
@@ -171,8 +176,7 @@ async fn write_frames(
     // Failed: the requests waiting will get no answer over this socket
     // (the reader may not see its end soon), and new ones are refused.
     if let Err(error) = glommio_io::write_frames(&mut writer, &frames, None).await {
-        ends.closed.set(true);
-        ends.awaited.fail_all(&ClientError::Io { address, error: error.to_string() });
+        ends.fail(&ClientError::Io { address, error: error.to_string() });
     }
 }
 
@@ -188,8 +192,7 @@ async fn read_frames(
             Err(error) => break read_failure(&address, error),
         }
     };
-    ends.closed.set(true);
-    ends.awaited.fail_all(&error);
+    ends.fail(&error);
 }
 
 #[cfg(test)]

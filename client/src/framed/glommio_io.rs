@@ -94,8 +94,8 @@ const WRITTEN_FRAMES_RETAINED: usize = 64;
 /// each write within `timeout` (`None`: the caller bounds its writes
 /// otherwise, as a client's request deadlines do). A frame is dropped only
 /// once its bytes are written (what it holds, such as a broker answer's
-/// budget, goes back then), or with the writer's failure. Once the queue closes, the stream
-/// is flushed and closed.
+/// budget, goes back then), or with the writer's failure. Once the queue
+/// closes, the stream is flushed and closed.
 pub async fn write_frames<W, F>(
     stream: &mut W,
     queue: &LocalReceiver<F>,
