@@ -1,5 +1,6 @@
-//! The message verifier (`wire::verify_message`) on arbitrary bytes: a
-//! refusal with a reason, or a message whose every accessor reads without
+//! The message verifier (`wire::verify_message`) on arbitrary bytes: its
+//! fast checks and flatbuffers' verifier agree, and it gives a refusal with
+//! a reason, or a message whose every accessor reads without
 //! a panic and agrees with the fields read at verification, and which the
 //! produce path's own checks judge without a panic.
 
@@ -7,10 +8,12 @@ use super::{within, ALLOCATION_SLACK_BYTES, FAILURE_MESSAGE_BYTES_MAX};
 use crate::constants::MESSAGE_SIZE_BYTES_MAX;
 use crate::server::requests::{self, MessageLimits};
 use crate::wire::generated::TransactionKind;
-use crate::wire::{tag_hash, verify_message, VerifiedMessage, WireError};
+use crate::wire::{message_verifiers_agree, tag_hash, verify_message, VerifiedMessage, WireError};
 use bytes::Bytes;
 
 pub fn message(data: &[u8]) {
+    // The fast checks never say yes where flatbuffers' verifier says no.
+    assert!(message_verifiers_agree(data), "the message verifiers disagree");
     let bytes = Bytes::copy_from_slice(data);
     // The broker never copies a message: nothing near its size is allocated.
     within(ALLOCATION_SLACK_BYTES, "message verification", || match verify_message(bytes.clone()) {

@@ -4,6 +4,7 @@
 mod finished;
 pub mod generated;
 mod message;
+mod message_verifier;
 pub mod record;
 mod reused_builder;
 
@@ -12,5 +13,6 @@ pub use message::{
     check_message_fields, key_hash, stored_key_hashes, tag_hash, verify_message, MessageDraft, VerifiedMessage,
     WireError,
 };
+pub use message_verifier::agrees_with_flatbuffers as message_verifiers_agree;
 pub use reused_builder::with_reused_builder;
 pub(crate) use reused_builder::REUSED_BUILDER_BYTES_MAX;
