@@ -13,7 +13,7 @@ use crate::constants::{
     CLIENT_ID_BYTES_MAX, FETCH_BYTES_MAX, FETCH_COUNT_MAX, FETCH_TAGS_MAX, FETCH_WAIT_MS_MAX, GROUP_OFFSETS_TOPICS_MAX,
     KEY_BYTES_MAX, NAME_BYTES_MAX, PRODUCE_MESSAGES_MAX, QUERY_MESSAGES_MAX, RECORD_HEADER_SIZE_BYTES,
 };
-use crate::protocol::{fb, page, verify, Failure, Kind, INTERNAL_TOPIC_PREFIX};
+use crate::protocol::{self, fb, page, verify, Failure, Kind, INTERNAL_TOPIC_PREFIX};
 use crate::wire::{check_message_fields, verify_message, VerifiedMessage};
 use bytes::Bytes;
 use flatbuffers::{ForwardsUOffset, Vector};
@@ -224,7 +224,7 @@ impl MessageLimits<'static> {
 
 impl<'a> Produce<'a> {
     fn read(body: &'a [u8]) -> Result<Self, Failure> {
-        let request = verify::<fb::ProduceRequest>(body).map_err(invalid)?;
+        let request = protocol::verify_produce_request(body).map_err(invalid)?;
         if request.topic().starts_with(INTERNAL_TOPIC_PREFIX) {
             return Err(Failure::new(
                 fb::ErrorCode::InvalidTopic,

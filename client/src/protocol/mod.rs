@@ -12,6 +12,7 @@ mod codec;
 mod frame;
 mod kind;
 pub mod page;
+mod produce_verifier;
 mod replicate;
 mod routing;
 
@@ -26,6 +27,7 @@ pub use frame::{
     WireFrame, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
+pub use produce_verifier::{agrees_with_flatbuffers as produce_verifiers_agree, verify_produce_request};
 pub use replicate::{
     promote_request, promote_response, replicate_request, replicate_response, Promoted, ReplicateAsk, ReplicatedBytes,
 };
@@ -38,6 +40,11 @@ pub use crate::wire::generated::protocol as fb;
 use crate::constants::{VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX};
 use flatbuffers::{Follow, Verifiable, VerifierOptions};
 
+/// What the verifier lets a body's ranges add up to: twice the largest
+/// body, so that sharing (several references to one string or table) is
+/// bounded.
+const BODY_APPARENT_BYTES_MAX: usize = crate::constants::FRAME_BODY_BYTES_MAX * 2;
+
 /// Verifies a request or response body as `T` with the broker's limits.
 pub fn verify<'a, T>(body: &'a [u8]) -> Result<T::Inner, String>
 where
@@ -46,7 +53,7 @@ where
     let options = VerifierOptions {
         max_depth: VERIFIER_DEPTH_MAX,
         max_tables: VERIFIER_TABLES_MAX,
-        max_apparent_size: crate::constants::FRAME_BODY_BYTES_MAX * 2,
+        max_apparent_size: BODY_APPARENT_BYTES_MAX,
         ignore_missing_null_terminator: false,
     };
     flatbuffers::root_with_opts::<T>(&options, body).map_err(|error| error.to_string())

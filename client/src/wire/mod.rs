@@ -7,6 +7,7 @@ mod message;
 mod message_verifier;
 pub mod record;
 mod reused_builder;
+pub(crate) mod walk;
 
 pub use finished::Finished;
 pub use message::{
