@@ -30,16 +30,19 @@ pub(crate) struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
+    #[inline]
     pub fn new(buffer: &'a [u8], apparent_bytes_max: usize) -> Self {
         Self { buffer, apparent_bytes: 0, apparent_bytes_max, tables: 0 }
     }
 
     /// The root table (`root_with_opts`: the offset at 0 and its table).
+    #[inline]
     pub fn root(&mut self) -> Option<Table> {
         self.table_behind(0)
     }
 
     /// `range_in_buffer`: in the buffer, counted into the apparent size.
+    #[inline]
     pub fn range(&mut self, position: usize, size: usize) -> Option<()> {
         if position.saturating_add(size) > self.buffer.len() {
             return None;
@@ -49,6 +52,7 @@ impl<'a> Walk<'a> {
     }
 
     /// `in_buffer` of a scalar, whose alignment is its size.
+    #[inline]
     fn scalar(&mut self, position: usize, size: usize) -> Option<()> {
         debug_assert!(size.is_power_of_two() && size <= 8);
         if position % size != 0 {
@@ -57,6 +61,7 @@ impl<'a> Walk<'a> {
         self.range(position, size)
     }
 
+    #[inline]
     pub fn scalar_if_present(&mut self, table: &Table, field: u16, size: usize) -> Option<()> {
         match self.field(table, field)? {
             Some(position) => self.scalar(position, size),
@@ -64,12 +69,14 @@ impl<'a> Walk<'a> {
         }
     }
 
+    #[inline]
     fn u16_at(&mut self, position: usize) -> Option<usize> {
         self.scalar(position, 2)?;
         let bytes = self.buffer.get(position..position + 2)?;
         Some(usize::from(u16::from_le_bytes([bytes[0], bytes[1]])))
     }
 
+    #[inline]
     fn u32_at(&mut self, position: usize) -> Option<u32> {
         self.scalar(position, 4)?;
         let bytes = self.buffer.get(position..position + 4)?;
@@ -77,12 +84,14 @@ impl<'a> Walk<'a> {
     }
 
     /// Where the unsigned offset at `position` points.
+    #[inline]
     fn offset_target(&mut self, position: usize) -> Option<usize> {
         Some((self.u32_at(position)? as usize).saturating_add(position))
     }
 
     /// `visit_table`: the signed offset to the vtable, the vtable's length
     /// (even, in the buffer), the table and depth limits.
+    #[inline]
     fn table_at(&mut self, position: usize) -> Option<Table> {
         let soffset = self.u32_at(position)? as i32;
         let vtable = if soffset > 0 {
@@ -100,6 +109,7 @@ impl<'a> Walk<'a> {
     }
 
     /// `deref`: the field's position, if the vtable has it and it is set.
+    #[inline]
     pub fn field(&mut self, table: &Table, field: u16) -> Option<Option<usize>> {
         let field = usize::from(field);
         if field >= table.vtable_bytes {
@@ -111,6 +121,7 @@ impl<'a> Walk<'a> {
 
     /// `verify_vector_range`: the length, the elements' alignment and room;
     /// the elements' range.
+    #[inline]
     fn vector(&mut self, position: usize, element_bytes: usize) -> Option<std::ops::Range<usize>> {
         let length = self.u32_at(position)? as usize;
         let start = position.saturating_add(OFFSET_BYTES);
@@ -122,12 +133,14 @@ impl<'a> Walk<'a> {
     }
 
     /// The offset at `position` points at a table.
+    #[inline]
     pub fn table_behind(&mut self, position: usize) -> Option<Table> {
         let target = self.offset_target(position)?;
         self.table_at(target)
     }
 
     /// The field at `position` points at a vector of bytes.
+    #[inline]
     pub fn bytes(&mut self, position: usize) -> Option<()> {
         let target = self.offset_target(position)?;
         self.vector(target, 1).map(|_| ())
@@ -135,6 +148,7 @@ impl<'a> Walk<'a> {
 
     /// The field at `position` points at a vector of offsets: `visit`
     /// each of them.
+    #[inline]
     pub fn each_offset(&mut self, position: usize, visit: impl Fn(&mut Walk<'a>, usize) -> Option<()>) -> Option<()> {
         let target = self.offset_target(position)?;
         let elements = self.vector(target, OFFSET_BYTES)?;
@@ -143,6 +157,7 @@ impl<'a> Walk<'a> {
 
     /// The field at `position` points at a string: UTF-8, followed by a
     /// zero byte.
+    #[inline]
     pub fn string(&mut self, position: usize) -> Option<()> {
         let target = self.offset_target(position)?;
         let text = self.vector(target, 1)?;
