@@ -167,9 +167,12 @@ async fn place_in_order(
 ) -> Result<Vec<Placed>, Failure> {
     let _turn = shard.placement_line.turn().await;
     let mut placed = Vec::with_capacity(messages.len());
+    // One read of the clock for the request: a thousand reads were 2% of
+    // the shard's CPU under 1,000-message requests.
+    let clock_us = now_us();
     for (index, message) in messages.iter().enumerate() {
         // A gap may open only before the first message: the rest follow it.
-        placed.push(place_once(shard, queue_id, message, skip_gap && index == 0).await?);
+        placed.push(place_once(shard, queue_id, message, skip_gap && index == 0, clock_us).await?);
     }
     Ok(placed)
 }
@@ -179,6 +182,7 @@ async fn place_once(
     queue_id: u32,
     message: &VerifiedMessage,
     skip_gap: bool,
+    clock_us: u64,
 ) -> Result<Placed, Failure> {
     if message.is_half {
         // Deduplicated by transaction id, not by producer sequence.
@@ -209,7 +213,7 @@ async fn place_once(
             }
         }
     }
-    let (send, duplicate) = match append_message(shard, queue_id, message).await.map_err(log_failure)? {
+    let (send, duplicate) = match append_message(shard, queue_id, message, clock_us).await.map_err(log_failure)? {
         Ok(send) => (send, false),
         // A delayed message the timers hold already: answered once its first
         // copy is acknowledgeable (`end`).
@@ -228,6 +232,7 @@ async fn append_message(
     shard: &Shard,
     queue_id: u32,
     message: &VerifiedMessage,
+    clock_us: u64,
 ) -> Result<Result<StoredSend, u64>, LogError> {
     if delayed::is_delayed(message) {
         return delayed::place_delayed(shard, queue_id, message).await;
@@ -239,6 +244,7 @@ async fn append_message(
         tag_hash: message.tag_hash,
         message: message.bytes(),
         key_hashes: &key_hashes,
+        clock_us: Some(clock_us),
         ..AppendRequest::default()
     };
     let appended = shard.log.append_buffered(request).await?;

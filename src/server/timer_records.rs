@@ -145,6 +145,7 @@ pub fn entry_request<'a>(
         message: body,
         copy_if_far: None,
         key_hashes: &[],
+        clock_us: None,
     }
 }
 
@@ -209,6 +210,7 @@ pub fn delivery_request<'a>(entry: &TimerEntry, body: &'a [u8; 8], message: Opti
         message: body,
         copy_if_far: Some(FarCopy { message, flags: entry.delivery_flag, back_pointer: entry.position }),
         key_hashes: &[],
+        clock_us: None,
     }
 }
 

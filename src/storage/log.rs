@@ -52,6 +52,10 @@ pub struct AppendRequest<'a> {
     /// lies in an earlier segment than this record lands in (retention,
     /// oldest segment first, could delete it while this record is kept).
     pub copy_if_far: Option<FarCopy<'a>>,
+    /// The clock read for its store timestamp, if the caller took it (the
+    /// messages of one produce request share one read); `None`: the clock
+    /// now. Either way timestamps never fall from record to record.
+    pub clock_us: Option<u64>,
 }
 
 /// The copy an op record becomes when its reference would reach back into
@@ -310,7 +314,8 @@ impl<S: Storage> CommitLog<S> {
         }
         let capacity = self.shared.config.buffer_capacity_bytes;
         loop {
-            let placed = self.shared.state.borrow_mut().place(&request, capacity, now_us())?;
+            let now_us = request.clock_us.unwrap_or_else(now_us);
+            let placed = self.shared.state.borrow_mut().place(&request, capacity, now_us)?;
             match placed {
                 Ok(appended) => {
                     if appended.queue_offset.is_some() {
