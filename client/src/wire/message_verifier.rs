@@ -194,7 +194,7 @@ mod tests {
         let topic = builder.create_string("t");
         let msg_id = MessageId::new(1, 2);
         let start = builder.start_table();
-        builder.push_slot_always(Message::VT_MSG_ID, &msg_id);
+        builder.push_slot_always(Message::VT_MSG_ID, msg_id);
         builder.push_slot_always(Message::VT_TOPIC, topic);
         // A u32 in the slot after `transaction_id`.
         builder.push_slot_always::<u32>(Message::VT_TRANSACTION_ID + 2, 7);
