@@ -378,7 +378,7 @@ async fn send(
         count_failed_request(context, error);
     }
     let statuses: Option<Vec<fb::SendStatus>> = answer.ok().and_then(|body| {
-        let response = verify::<fb::ProduceResponse>(&body).ok()?;
+        let response = protocol::verify_produce_response(&body).ok()?;
         Some(response.sends()?.iter().map(|send| send.status()).collect())
     });
     let statuses = statuses.unwrap_or_default();
@@ -529,7 +529,7 @@ async fn half_and_commit(
 ) -> Result<(), HalfFailure> {
     let request = protocol::produce_request(topic, queue, &[half], false);
     let answer = connection.request(Kind::ProduceRequest, &request).await.map_err(|error| error.to_string())?;
-    let response = verify::<fb::ProduceResponse>(&answer).map_err(|error| error.to_string())?;
+    let response = protocol::verify_produce_response(&answer).map_err(|error| error.to_string())?;
     let status = response.sends().filter(|sends| sends.len() == 1).map(|sends| sends.get(0).status());
     match status {
         Some(fb::SendStatus::SendOk) => {}

@@ -11,7 +11,7 @@ use super::sequencer::{new_producer_id, Sequencer, Stamp};
 use super::{expect_kind, Client, ClientError, Pending};
 use crate::constants::PRODUCE_MESSAGES_MAX;
 use crate::now_us;
-use crate::protocol::{self, fb, verify, Kind, SendOutcome};
+use crate::protocol::{self, fb, Kind, SendOutcome};
 use crate::wire::{verify_message, MessageDraft};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -348,7 +348,7 @@ impl Producer {
 
     fn finish(&self, pending: Pending, prepared: &[PreparedMessage]) -> Result<Vec<SendReceipt>, ClientError> {
         let body = expect_kind(pending.wait(self.options.request_timeout)?, Kind::ProduceResponse)?;
-        let response = verify::<fb::ProduceResponse>(&body).map_err(ClientError::Protocol)?;
+        let response = protocol::verify_produce_response(&body).map_err(ClientError::Protocol)?;
         let sends = response.sends().ok_or_else(|| ClientError::Protocol("produce answer without results".into()))?;
         if sends.len() != prepared.len() {
             return Err(ClientError::Protocol(format!("{} results for {} messages", sends.len(), prepared.len())));

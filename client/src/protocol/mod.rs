@@ -27,7 +27,11 @@ pub use frame::{
     WireFrame, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
-pub use produce_verifier::{agrees_with_flatbuffers as produce_verifiers_agree, verify_produce_request};
+pub use produce_verifier::{
+    agrees_with_flatbuffers as produce_verifiers_agree,
+    response_agrees_with_flatbuffers as produce_response_verifiers_agree, verify_produce_request,
+    verify_produce_response,
+};
 pub use replicate::{
     promote_request, promote_response, replicate_request, replicate_response, Promoted, ReplicateAsk, ReplicatedBytes,
 };

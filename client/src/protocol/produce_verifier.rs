@@ -1,10 +1,12 @@
-//! The checks flatbuffers' generated verifier makes on a `ProduceRequest`,
-//! written out as `wire::message_verifier` does for a message, and for the
-//! same reason: the broker verifies every produce request, and the generic
-//! verifier spent about 1,500 instructions on one of a single message.
+//! The checks flatbuffers' generated verifier makes on a `ProduceRequest`
+//! and on its answer, a `ProduceResponse`, written out as
+//! `wire::message_verifier` does for a message, and for the same reason:
+//! the broker verifies every produce request and every producer its
+//! answer, and the generic verifier spent about 1,500 instructions on a
+//! request of a single message.
 //!
 //! A no goes to flatbuffers' verifier for the reason (`verify`), as does a
-//! request whose vtables are longer than the fields known here. The tests
+//! body whose vtables are longer than the fields known here. The tests
 //! below and the `request` fuzz target compare the two answers.
 
 use super::{fb, verify, BODY_APPARENT_BYTES_MAX};
@@ -22,17 +24,49 @@ const _: () = assert!(REQUEST_DEPTH <= VERIFIER_DEPTH_MAX);
 /// Verifies a produce request's body, as `verify::<fb::ProduceRequest>`
 /// does, with its reason on a refusal.
 pub fn verify_produce_request(body: &[u8]) -> Result<fb::ProduceRequest<'_>, String> {
-    if verifies(body) {
-        // SAFETY: `verifies` said yes only where `verify` (flatbuffers'
-        // `root_with_opts` with the same limits) would; the tests below
-        // and the `request` fuzz target compare the two.
-        return Ok(unsafe { flatbuffers::root_unchecked::<fb::ProduceRequest>(body) });
-    }
-    verify::<fb::ProduceRequest>(body)
+    verify_with::<fb::ProduceRequest>(body, request)
 }
 
+#[cfg(test)]
 fn verifies(body: &[u8]) -> bool {
-    request(&mut Walk::new(body, BODY_APPARENT_BYTES_MAX)).is_some()
+    passes(body, request)
+}
+
+fn passes(body: &[u8], checks: fn(&mut Walk<'_>) -> Option<()>) -> bool {
+    checks(&mut Walk::new(body, BODY_APPARENT_BYTES_MAX)).is_some()
+}
+
+/// `body` as a `T`: through `checks` if they say yes, else through
+/// flatbuffers' verifier, for its reason.
+fn verify_with<'a, T>(body: &'a [u8], checks: fn(&mut Walk<'_>) -> Option<()>) -> Result<T::Inner, String>
+where
+    T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a,
+{
+    if passes(body, checks) {
+        // SAFETY: `checks` (`request`, `response`) say yes only where
+        // `verify::<T>` (flatbuffers' `root_with_opts` with the same
+        // limits) would; the tests below and the `request` fuzz target
+        // compare the two.
+        return Ok(unsafe { flatbuffers::root_unchecked::<T>(body) });
+    }
+    verify::<T>(body)
+}
+
+/// Whether `checks` answer as flatbuffers' verifier does on `body`, or say
+/// no where it says yes to a body with fields newer than this file knows.
+fn agree<'a, T>(
+    body: &'a [u8],
+    checks: fn(&mut Walk<'_>) -> Option<()>,
+    has_newer_fields: fn(&T::Inner) -> bool,
+) -> bool
+where
+    T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a,
+{
+    match (passes(body, checks), verify::<T>(body)) {
+        (true, Ok(_)) | (false, Err(_)) => true,
+        (false, Ok(theirs)) => has_newer_fields(&theirs),
+        (true, Err(_)) => false,
+    }
 }
 
 /// The generated verifier's checks on a `ProduceRequest`, in its order.
@@ -61,16 +95,82 @@ fn message_bytes(walk: &mut Walk<'_>, position: usize) -> Option<()> {
     walk.bytes(bytes)
 }
 
-/// Whether the checks here answer as flatbuffers' verifier does on `body`,
-/// or say no where it says yes to a request with fields newer than this
-/// file knows. Never a yes flatbuffers refuses.
-pub fn agrees_with_flatbuffers(body: &[u8]) -> bool {
-    let theirs = verify::<fb::ProduceRequest>(body);
-    match (verifies(body), theirs) {
-        (true, Ok(_)) | (false, Err(_)) => true,
-        (false, Ok(request)) => has_newer_fields(&request),
-        (true, Err(_)) => false,
+const RESPONSE_VTABLE_BYTES_MAX: usize = fb::ProduceResponse::VT_SENDS as usize + 2;
+const OUTCOME_VTABLE_BYTES_MAX: usize = fb::Outcome::VT_EXPECTED_SEQUENCE as usize + 2;
+const SEND_OUTCOME_VTABLE_BYTES_MAX: usize = fb::SendOutcome::VT_DUPLICATE as usize + 2;
+
+/// Verifies a produce answer's body, as `verify::<fb::ProduceResponse>`
+/// does, with its reason on a refusal.
+pub fn verify_produce_response(body: &[u8]) -> Result<fb::ProduceResponse<'_>, String> {
+    verify_with::<fb::ProduceResponse>(body, response)
+}
+
+#[cfg(test)]
+fn response_verifies(body: &[u8]) -> bool {
+    passes(body, response)
+}
+
+/// The generated verifier's checks on a `ProduceResponse`, in its order
+/// (the deprecated `results` is not verified, nor read).
+fn response(walk: &mut Walk<'_>) -> Option<()> {
+    let response = walk.root()?;
+    if response.vtable_bytes > RESPONSE_VTABLE_BYTES_MAX {
+        return None;
     }
+    if let Some(outcome) = walk.field(&response, fb::ProduceResponse::VT_OUTCOME)? {
+        let outcome = walk.table_behind(outcome)?;
+        if outcome.vtable_bytes > OUTCOME_VTABLE_BYTES_MAX {
+            return None;
+        }
+        walk.scalar_if_present(&outcome, fb::Outcome::VT_ERROR, 2)?;
+        if let Some(message) = walk.field(&outcome, fb::Outcome::VT_MESSAGE)? {
+            walk.string(message)?;
+        }
+        walk.scalar_if_present(&outcome, fb::Outcome::VT_OWNER_SHARD, 4)?;
+        walk.scalar_if_present(&outcome, fb::Outcome::VT_EXPECTED_SEQUENCE, 8)?;
+    }
+    walk.scalar_if_present(&response, fb::ProduceResponse::VT_QUEUE, 4)?;
+    if let Some(sends) = walk.field(&response, fb::ProduceResponse::VT_SENDS)? {
+        walk.each_offset(sends, send_outcome)?;
+    }
+    Some(())
+}
+
+/// The offset at `position` points at a `SendOutcome` table.
+fn send_outcome(walk: &mut Walk<'_>, position: usize) -> Option<()> {
+    let send = walk.table_behind(position)?;
+    if send.vtable_bytes > SEND_OUTCOME_VTABLE_BYTES_MAX {
+        return None;
+    }
+    walk.scalar_if_present(&send, fb::SendOutcome::VT_STATUS, 1)?;
+    for field in [
+        fb::SendOutcome::VT_MSG_ID_HI,
+        fb::SendOutcome::VT_MSG_ID_LO,
+        fb::SendOutcome::VT_OFFSET,
+        fb::SendOutcome::VT_STORE_TIMESTAMP_US,
+    ] {
+        walk.scalar_if_present(&send, field, 8)?;
+    }
+    walk.scalar_if_present(&send, fb::SendOutcome::VT_DUPLICATE, 1)
+}
+
+/// Whether the checks here answer as flatbuffers' verifier does on a
+/// produce request's `body`, or say no where it says yes to a request with
+/// fields newer than this file knows. Never a yes flatbuffers refuses.
+pub fn agrees_with_flatbuffers(body: &[u8]) -> bool {
+    agree::<fb::ProduceRequest>(body, request, has_newer_fields)
+}
+
+/// As `agrees_with_flatbuffers`, for a produce answer.
+pub fn response_agrees_with_flatbuffers(body: &[u8]) -> bool {
+    agree::<fb::ProduceResponse>(body, response, response_has_newer_fields)
+}
+
+fn response_has_newer_fields(response: &fb::ProduceResponse<'_>) -> bool {
+    let vtable_bytes = |table: &flatbuffers::Table<'_>| table.vtable().num_bytes();
+    vtable_bytes(&response._tab) > RESPONSE_VTABLE_BYTES_MAX
+        || response.outcome().is_some_and(|outcome| vtable_bytes(&outcome._tab) > OUTCOME_VTABLE_BYTES_MAX)
+        || response.sends().into_iter().flatten().any(|send| vtable_bytes(&send._tab) > SEND_OUTCOME_VTABLE_BYTES_MAX)
 }
 
 /// Whether a request flatbuffers accepted has a vtable longer than those
@@ -85,7 +185,7 @@ fn has_newer_fields(request: &fb::ProduceRequest<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::constants::VERIFIER_TABLES_MAX;
-    use crate::protocol::produce_request;
+    use crate::protocol::{produce_request, produce_response, Failure, SendOutcome};
     use crate::wire::MessageDraft;
     use flatbuffers::FlatBufferBuilder;
 
@@ -154,6 +254,47 @@ mod tests {
         }
     }
 
+    /// Answers of the shapes the broker sends: one outcome, a batch with a
+    /// duplicate of unknown offset, a failure naming an owner, none.
+    fn responses() -> Vec<Vec<u8>> {
+        let stored = SendOutcome {
+            status: fb::SendStatus::SendOk,
+            msg_id: (1, 2),
+            offset: Some(17),
+            store_timestamp_us: 1_700_000_000_000_000,
+            duplicate: false,
+        };
+        let duplicate = SendOutcome { offset: None, duplicate: true, ..stored };
+        let batch: Vec<SendOutcome> = (0..50).map(|index| if index % 7 == 0 { duplicate } else { stored }).collect();
+        let failure = Failure::not_owner(1, "queue 3 belongs to shard 1");
+        vec![
+            produce_response(None, 3, &[stored]),
+            produce_response(None, 0, &batch),
+            produce_response(Some(&failure), 3, &[]),
+            produce_response(Some(&Failure::out_of_order(9, "resend in order")), 2, &[duplicate]),
+        ]
+    }
+
+    #[test]
+    fn every_answer_the_broker_sends_takes_the_fast_checks() {
+        for response in responses() {
+            assert!(response_verifies(&response), "{response:?}");
+            assert!(response_agrees_with_flatbuffers(&response));
+            assert!(verify_produce_response(&response).is_ok());
+        }
+    }
+
+    #[test]
+    fn on_damaged_answers_the_fast_checks_answer_as_flatbuffers_does() {
+        let (refused, accepted) = crate::wire::walk::answers_on_damage(
+            responses(),
+            0x616e_7377,
+            response_verifies,
+            response_agrees_with_flatbuffers,
+        );
+        assert!(refused > 20_000 && accepted > 10_000, "refused {refused}, accepted {accepted}");
+    }
+
     #[test]
     fn a_field_newer_than_these_checks_goes_to_flatbuffers() {
         let mut builder = FlatBufferBuilder::new();
@@ -172,5 +313,45 @@ mod tests {
         assert!(!verifies(request));
         assert!(agrees_with_flatbuffers(request));
         assert_eq!(verify_produce_request(request).expect("flatbuffers accepts it").messages().len(), 1);
+    }
+
+    /// An answer with one field newer than these checks: in its
+    /// `SendOutcome` (`newer` 0), its `Outcome` (1) or itself (2).
+    fn answer_with_newer_field(newer: u8) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let start = builder.start_table();
+        builder.push_slot_always::<u64>(fb::SendOutcome::VT_MSG_ID_HI, 5);
+        if newer == 0 {
+            builder.push_slot_always::<u32>(fb::SendOutcome::VT_DUPLICATE + 2, 7);
+        }
+        let send = flatbuffers::WIPOffset::<fb::SendOutcome>::new(builder.end_table(start).value());
+        let sends = builder.create_vector(&[send]);
+        let start = builder.start_table();
+        builder.push_slot_always::<i32>(fb::Outcome::VT_OWNER_SHARD, 1);
+        if newer == 1 {
+            builder.push_slot_always::<u32>(fb::Outcome::VT_EXPECTED_SEQUENCE + 2, 7);
+        }
+        let outcome = flatbuffers::WIPOffset::<fb::Outcome>::new(builder.end_table(start).value());
+        let start = builder.start_table();
+        builder.push_slot_always(fb::ProduceResponse::VT_OUTCOME, outcome);
+        builder.push_slot_always(fb::ProduceResponse::VT_SENDS, sends);
+        if newer == 2 {
+            builder.push_slot_always::<u32>(fb::ProduceResponse::VT_SENDS + 2, 7);
+        }
+        let root = builder.end_table(start);
+        builder.finish_minimal(root);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn an_answer_with_a_field_newer_than_these_checks_goes_to_flatbuffers() {
+        for newer in 0..3 {
+            let response = answer_with_newer_field(newer);
+            assert!(!response_verifies(&response), "newer field in table {newer}");
+            assert!(response_agrees_with_flatbuffers(&response));
+            let answer = verify_produce_response(&response).expect("flatbuffers accepts it");
+            assert_eq!(answer.sends().expect("sends").get(0).msg_id_hi(), 5);
+            assert_eq!(answer.outcome().expect("an outcome").owner_shard(), 1);
+        }
     }
 }
