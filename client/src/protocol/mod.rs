@@ -54,11 +54,15 @@ pub fn verify<'a, T>(body: &'a [u8]) -> Result<T::Inner, String>
 where
     T: Follow<'a> + Verifiable + 'a,
 {
-    let options = VerifierOptions {
+    flatbuffers::root_with_opts::<T>(&body_verifier_options(), body).map_err(|error| error.to_string())
+}
+
+/// The limits every body is verified within (`verify`, `produce_verifier`).
+fn body_verifier_options() -> VerifierOptions {
+    VerifierOptions {
         max_depth: VERIFIER_DEPTH_MAX,
         max_tables: VERIFIER_TABLES_MAX,
         max_apparent_size: BODY_APPARENT_BYTES_MAX,
         ignore_missing_null_terminator: false,
-    };
-    flatbuffers::root_with_opts::<T>(&options, body).map_err(|error| error.to_string())
+    }
 }

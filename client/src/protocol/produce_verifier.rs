@@ -5,18 +5,16 @@
 //! answer, and the generic verifier spent about 1,500 instructions on a
 //! request of a single message.
 //!
-//! A no goes to flatbuffers' verifier for the reason (`verify`), as does a
-//! body whose vtables are longer than the fields known here. The tests
+//! A no goes to flatbuffers' verifier for the reason, as does a body with
+//! a table longer than the fields known here (`wire::walk`). The tests
 //! below and the `request` fuzz target compare the two answers.
 
-use super::{fb, verify, BODY_APPARENT_BYTES_MAX};
+#[cfg(test)]
+use super::BODY_APPARENT_BYTES_MAX;
+use super::{body_verifier_options, fb};
 use crate::constants::VERIFIER_DEPTH_MAX;
-use crate::wire::walk::Walk;
+use crate::wire::walk::{self, Walk};
 
-/// The vtables with every field known here; a longer one carries fields
-/// added to the schema after this file.
-const REQUEST_VTABLE_BYTES_MAX: usize = fb::ProduceRequest::VT_SKIP_GAP as usize + 2;
-const MESSAGE_BYTES_VTABLE_BYTES_MAX: usize = fb::MessageBytes::VT_BYTES as usize + 2;
 /// The request and its `MessageBytes` tables.
 const REQUEST_DEPTH: usize = 2;
 const _: () = assert!(REQUEST_DEPTH <= VERIFIER_DEPTH_MAX);
@@ -24,57 +22,17 @@ const _: () = assert!(REQUEST_DEPTH <= VERIFIER_DEPTH_MAX);
 /// Verifies a produce request's body, as `verify::<fb::ProduceRequest>`
 /// does, with its reason on a refusal.
 pub fn verify_produce_request(body: &[u8]) -> Result<fb::ProduceRequest<'_>, String> {
-    verify_with::<fb::ProduceRequest>(body, request)
+    walk::verify_with::<fb::ProduceRequest>(body, &body_verifier_options(), request).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]
 fn verifies(body: &[u8]) -> bool {
-    passes(body, request)
-}
-
-fn passes(body: &[u8], checks: fn(&mut Walk<'_>) -> Option<()>) -> bool {
-    checks(&mut Walk::new(body, BODY_APPARENT_BYTES_MAX)).is_some()
-}
-
-/// `body` as a `T`: through `checks` if they say yes, else through
-/// flatbuffers' verifier, for its reason.
-fn verify_with<'a, T>(body: &'a [u8], checks: fn(&mut Walk<'_>) -> Option<()>) -> Result<T::Inner, String>
-where
-    T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a,
-{
-    if passes(body, checks) {
-        // SAFETY: `checks` (`request`, `response`) say yes only where
-        // `verify::<T>` (flatbuffers' `root_with_opts` with the same
-        // limits) would; the tests below and the `request` fuzz target
-        // compare the two.
-        return Ok(unsafe { flatbuffers::root_unchecked::<T>(body) });
-    }
-    verify::<T>(body)
-}
-
-/// Whether `checks` answer as flatbuffers' verifier does on `body`, or say
-/// no where it says yes to a body with fields newer than this file knows.
-fn agree<'a, T>(
-    body: &'a [u8],
-    checks: fn(&mut Walk<'_>) -> Option<()>,
-    has_newer_fields: fn(&T::Inner) -> bool,
-) -> bool
-where
-    T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a,
-{
-    match (passes(body, checks), verify::<T>(body)) {
-        (true, Ok(_)) | (false, Err(_)) => true,
-        (false, Ok(theirs)) => has_newer_fields(&theirs),
-        (true, Err(_)) => false,
-    }
+    walk::passes(body, &body_verifier_options(), request)
 }
 
 /// The generated verifier's checks on a `ProduceRequest`, in its order.
 fn request(walk: &mut Walk<'_>) -> Option<()> {
-    let request = walk.root()?;
-    if request.vtable_bytes > REQUEST_VTABLE_BYTES_MAX {
-        return None;
-    }
+    let request = walk.root(fb::ProduceRequest::VT_SKIP_GAP)?;
     // (`field(..)??`: a required field missing is a refusal.)
     let topic = walk.field(&request, fb::ProduceRequest::VT_TOPIC)??;
     walk.string(topic)?;
@@ -87,41 +45,29 @@ fn request(walk: &mut Walk<'_>) -> Option<()> {
 /// The offset at `position` points at a `MessageBytes` table: its bytes,
 /// required.
 fn message_bytes(walk: &mut Walk<'_>, position: usize) -> Option<()> {
-    let table = walk.table_behind(position)?;
-    if table.vtable_bytes > MESSAGE_BYTES_VTABLE_BYTES_MAX {
-        return None;
-    }
+    let table = walk.table_behind(position, fb::MessageBytes::VT_BYTES)?;
     let bytes = walk.field(&table, fb::MessageBytes::VT_BYTES)??;
     walk.bytes(bytes)
 }
 
-const RESPONSE_VTABLE_BYTES_MAX: usize = fb::ProduceResponse::VT_SENDS as usize + 2;
-const OUTCOME_VTABLE_BYTES_MAX: usize = fb::Outcome::VT_EXPECTED_SEQUENCE as usize + 2;
-const SEND_OUTCOME_VTABLE_BYTES_MAX: usize = fb::SendOutcome::VT_DUPLICATE as usize + 2;
-
 /// Verifies a produce answer's body, as `verify::<fb::ProduceResponse>`
 /// does, with its reason on a refusal.
 pub fn verify_produce_response(body: &[u8]) -> Result<fb::ProduceResponse<'_>, String> {
-    verify_with::<fb::ProduceResponse>(body, response)
+    walk::verify_with::<fb::ProduceResponse>(body, &body_verifier_options(), response)
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]
 fn response_verifies(body: &[u8]) -> bool {
-    passes(body, response)
+    walk::passes(body, &body_verifier_options(), response)
 }
 
 /// The generated verifier's checks on a `ProduceResponse`, in its order
 /// (the deprecated `results` is not verified, nor read).
 fn response(walk: &mut Walk<'_>) -> Option<()> {
-    let response = walk.root()?;
-    if response.vtable_bytes > RESPONSE_VTABLE_BYTES_MAX {
-        return None;
-    }
+    let response = walk.root(fb::ProduceResponse::VT_SENDS)?;
     if let Some(outcome) = walk.field(&response, fb::ProduceResponse::VT_OUTCOME)? {
-        let outcome = walk.table_behind(outcome)?;
-        if outcome.vtable_bytes > OUTCOME_VTABLE_BYTES_MAX {
-            return None;
-        }
+        let outcome = walk.table_behind(outcome, fb::Outcome::VT_EXPECTED_SEQUENCE)?;
         walk.scalar_if_present(&outcome, fb::Outcome::VT_ERROR, 2)?;
         if let Some(message) = walk.field(&outcome, fb::Outcome::VT_MESSAGE)? {
             walk.string(message)?;
@@ -138,10 +84,7 @@ fn response(walk: &mut Walk<'_>) -> Option<()> {
 
 /// The offset at `position` points at a `SendOutcome` table.
 fn send_outcome(walk: &mut Walk<'_>, position: usize) -> Option<()> {
-    let send = walk.table_behind(position)?;
-    if send.vtable_bytes > SEND_OUTCOME_VTABLE_BYTES_MAX {
-        return None;
-    }
+    let send = walk.table_behind(position, fb::SendOutcome::VT_DUPLICATE)?;
     walk.scalar_if_present(&send, fb::SendOutcome::VT_STATUS, 1)?;
     for field in [
         fb::SendOutcome::VT_MSG_ID_HI,
@@ -155,30 +98,14 @@ fn send_outcome(walk: &mut Walk<'_>, position: usize) -> Option<()> {
 }
 
 /// Whether the checks here answer as flatbuffers' verifier does on a
-/// produce request's `body`, or say no where it says yes to a request with
-/// fields newer than this file knows. Never a yes flatbuffers refuses.
+/// produce request's `body` (see `walk::agrees_with_flatbuffers`).
 pub fn agrees_with_flatbuffers(body: &[u8]) -> bool {
-    agree::<fb::ProduceRequest>(body, request, has_newer_fields)
+    walk::agrees_with_flatbuffers::<fb::ProduceRequest>(body, &body_verifier_options(), request)
 }
 
 /// As `agrees_with_flatbuffers`, for a produce answer.
 pub fn response_agrees_with_flatbuffers(body: &[u8]) -> bool {
-    agree::<fb::ProduceResponse>(body, response, response_has_newer_fields)
-}
-
-fn response_has_newer_fields(response: &fb::ProduceResponse<'_>) -> bool {
-    let vtable_bytes = |table: &flatbuffers::Table<'_>| table.vtable().num_bytes();
-    vtable_bytes(&response._tab) > RESPONSE_VTABLE_BYTES_MAX
-        || response.outcome().is_some_and(|outcome| vtable_bytes(&outcome._tab) > OUTCOME_VTABLE_BYTES_MAX)
-        || response.sends().into_iter().flatten().any(|send| vtable_bytes(&send._tab) > SEND_OUTCOME_VTABLE_BYTES_MAX)
-}
-
-/// Whether a request flatbuffers accepted has a vtable longer than those
-/// known here (its own or a message's).
-fn has_newer_fields(request: &fb::ProduceRequest<'_>) -> bool {
-    let vtable_bytes = |table: &flatbuffers::Table<'_>| table.vtable().num_bytes();
-    vtable_bytes(&request._tab) > REQUEST_VTABLE_BYTES_MAX
-        || request.messages().iter().any(|message| vtable_bytes(&message._tab) > MESSAGE_BYTES_VTABLE_BYTES_MAX)
+    walk::agrees_with_flatbuffers::<fb::ProduceResponse>(body, &body_verifier_options(), response)
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ fn message_key_hashes(message: &Message<'_>, hashes: &mut Vec<u64>) {
 /// The key-index hashes of a stored message's bytes (`storage::KeyHasher`
 /// for rebuilding key files from the log); none if it does not verify.
 pub fn stored_key_hashes(bytes: &[u8], hashes: &mut Vec<u64>) {
-    if let Ok(message) = flatbuffers::root_with_opts::<Message>(&verifier_options(), bytes) {
+    if let Ok(message) = super::message_verifier::verify(bytes) {
         message_key_hashes(&message, hashes);
     }
 }
@@ -92,16 +92,8 @@ pub fn verify_message(bytes: Bytes) -> Result<VerifiedMessage, WireError> {
     if bytes.len() > MESSAGE_SIZE_BYTES_MAX {
         return Err(WireError::MessageTooLarge { size_bytes: bytes.len(), max_bytes: MESSAGE_SIZE_BYTES_MAX });
     }
-    let message = if super::message_verifier::verifies(&bytes) {
-        // SAFETY: `verifies` said yes only where `root_with_opts::<Message>`
-        // with `verifier_options()` would (see `message_verifier`, whose
-        // tests and fuzz target compare the two).
-        unsafe { flatbuffers::root_unchecked::<Message>(&bytes) }
-    } else {
-        // The reason; or a yes the fast checks did not give.
-        flatbuffers::root_with_opts::<Message>(&verifier_options(), &bytes)
-            .map_err(|error| WireError::InvalidMessage(error.to_string()))?
-    };
+    let message =
+        super::message_verifier::verify(&bytes).map_err(|error| WireError::InvalidMessage(error.to_string()))?;
     if message.topic().is_empty() {
         return Err(WireError::EmptyTopic);
     }

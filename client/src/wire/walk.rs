@@ -2,23 +2,68 @@
 //! (23.5.26, `verifier.rs`), for verifiers written out for one schema
 //! (`message_verifier`, `protocol::produce_verifier`). It answers only yes
 //! or no: `None` anywhere means flatbuffers' verifier would refuse the
-//! buffer, which the caller then asks for the reason.
+//! buffer, or that the buffer has a table with fields newer than the
+//! checks know; `verify_with` then asks flatbuffers' verifier, for the
+//! reason or for its own yes.
 //!
-//! As flatbuffers does: positions are checked for alignment relative to
-//! the buffer's start; every range checked adds its size to an apparent
-//! size that must stay within the caller's limit; tables count towards
-//! `VERIFIER_TABLES_MAX`; strings are UTF-8 with a zero byte after them.
-//! Depth is the caller's to bound (its schema fixes it).
+//! As flatbuffers does, with the same `VerifierOptions`: positions are
+//! checked for alignment relative to the buffer's start; every range
+//! checked adds its size to an apparent size within the options' limit;
+//! tables count towards the options' limit; strings are UTF-8 with a zero
+//! byte after them. Depth is the caller's to bound (its schema fixes it).
 
-use crate::constants::VERIFIER_TABLES_MAX;
+use flatbuffers::{Follow, InvalidFlatbuffer, Verifiable, VerifierOptions};
 
 const OFFSET_BYTES: usize = 4;
 
+/// A schema's written-out checks, from the root table down.
+pub(crate) type Checks = fn(&mut Walk<'_>) -> Option<()>;
+
+/// `buffer` as a `T`: through `checks` if they say yes, else through
+/// flatbuffers' verifier with the same `options`, for its reason (or its
+/// yes, to a table with fields newer than `checks` know).
+pub(crate) fn verify_with<'a, T>(
+    buffer: &'a [u8],
+    options: &VerifierOptions,
+    checks: Checks,
+) -> Result<T::Inner, InvalidFlatbuffer>
+where
+    T: Follow<'a> + Verifiable + 'a,
+{
+    if checks(&mut Walk::new(buffer, options)).is_some() {
+        // SAFETY: `checks` say yes only where `root_with_opts::<T>` with
+        // the same options would (`agrees_with_flatbuffers`, which the
+        // verifiers' tests and the fuzz targets assert on every input).
+        return Ok(unsafe { flatbuffers::root_unchecked::<T>(buffer) });
+    }
+    flatbuffers::root_with_opts::<T>(options, buffer)
+}
+
+/// Whether `checks` answer as flatbuffers' verifier does on `buffer`, or
+/// say no to a table with fields newer than they know where it says yes.
+/// Never a yes flatbuffers refuses.
+pub(crate) fn agrees_with_flatbuffers<'a, T>(buffer: &'a [u8], options: &VerifierOptions, checks: Checks) -> bool
+where
+    T: Follow<'a> + Verifiable + 'a,
+{
+    let mut walk = Walk::new(buffer, options);
+    let ours = checks(&mut walk).is_some();
+    let theirs = flatbuffers::root_with_opts::<T>(options, buffer).is_ok();
+    ours == theirs || (!ours && walk.met_newer_fields)
+}
+
+/// Whether `checks` say yes to `buffer` (for tests: `verify_with` is the
+/// verification).
+#[cfg(test)]
+pub(crate) fn passes(buffer: &[u8], options: &VerifierOptions, checks: Checks) -> bool {
+    checks(&mut Walk::new(buffer, options)).is_some()
+}
+
 /// A table being verified: where it is and where its vtable is.
 pub(crate) struct Table {
-    pub position: usize,
-    pub vtable: usize,
-    pub vtable_bytes: usize,
+    position: usize,
+    vtable: usize,
+    vtable_bytes: usize,
 }
 
 /// One verification.
@@ -27,18 +72,30 @@ pub(crate) struct Walk<'a> {
     apparent_bytes: usize,
     apparent_bytes_max: usize,
     tables: usize,
+    tables_max: usize,
+    /// A table's vtable was longer than its checks know: the no is not
+    /// flatbuffers' to give.
+    met_newer_fields: bool,
 }
 
 impl<'a> Walk<'a> {
     #[inline]
-    pub fn new(buffer: &'a [u8], apparent_bytes_max: usize) -> Self {
-        Self { buffer, apparent_bytes: 0, apparent_bytes_max, tables: 0 }
+    fn new(buffer: &'a [u8], options: &VerifierOptions) -> Self {
+        Self {
+            buffer,
+            apparent_bytes: 0,
+            apparent_bytes_max: options.max_apparent_size,
+            tables: 0,
+            tables_max: options.max_tables,
+            met_newer_fields: false,
+        }
     }
 
-    /// The root table (`root_with_opts`: the offset at 0 and its table).
+    /// The root table (`root_with_opts`: the offset at 0 and its table),
+    /// as `table_behind`.
     #[inline]
-    pub fn root(&mut self) -> Option<Table> {
-        self.table_behind(0)
+    pub fn root(&mut self, last_field: u16) -> Option<Table> {
+        self.table_behind(0, last_field)
     }
 
     /// `range_in_buffer`: in the buffer, counted into the apparent size.
@@ -105,7 +162,7 @@ impl<'a> Walk<'a> {
         }
         self.range(vtable, vtable_bytes)?;
         self.tables += 1;
-        (self.tables <= VERIFIER_TABLES_MAX).then_some(Table { position, vtable, vtable_bytes })
+        (self.tables <= self.tables_max).then_some(Table { position, vtable, vtable_bytes })
     }
 
     /// `deref`: the field's position, if the vtable has it and it is set.
@@ -132,11 +189,20 @@ impl<'a> Walk<'a> {
         Some(start..start.saturating_add(size))
     }
 
-    /// The offset at `position` points at a table.
+    /// The offset at `position` points at a table whose fields, as the
+    /// checks know them, end with `last_field`. A longer vtable carries
+    /// fields added to the schema after the checks were written (or sent by
+    /// a newer peer): a no, for flatbuffers' verifier, which the generated
+    /// code keeps up to date, to answer.
     #[inline]
-    pub fn table_behind(&mut self, position: usize) -> Option<Table> {
+    pub fn table_behind(&mut self, position: usize, last_field: u16) -> Option<Table> {
         let target = self.offset_target(position)?;
-        self.table_at(target)
+        let table = self.table_at(target)?;
+        if table.vtable_bytes > usize::from(last_field) + 2 {
+            self.met_newer_fields = true;
+            return None;
+        }
+        Some(table)
     }
 
     /// The field at `position` points at a vector of bytes.
