@@ -281,12 +281,20 @@ async fn bench(dir: PathBuf, phase_duration: Duration) -> serde_json::Value {
     report
 }
 
+/// glibc's allocator, except for glommio's I/O memory, which it backs with
+/// huge pages (`ringmq::storage::io_memory`).
+#[global_allocator]
+static ALLOCATOR: ringmq::storage::io_memory::IoMemoryAllocator = ringmq::storage::io_memory::IoMemoryAllocator;
+
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is not ours.
     let seconds = std::env::var("RINGMQ_BENCH_SECONDS").ok().and_then(|value| value.parse().ok()).unwrap_or(3.0);
     let index_only = std::env::var_os("RINGMQ_BENCH_INDEX_ONLY").is_some();
     let dir = bench_dir();
-    let executor = LocalExecutorBuilder::new(Placement::Fixed(0)).make().expect("executor");
+    let executor = LocalExecutorBuilder::new(Placement::Fixed(0))
+        .io_memory(ringmq::storage::io_memory::IO_MEMORY_BYTES)
+        .make()
+        .expect("executor");
     let report = executor.run(async {
         let mut report =
             if index_only { json!({}) } else { bench(dir.clone(), Duration::from_secs_f64(seconds)).await };

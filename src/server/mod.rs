@@ -56,6 +56,7 @@ use crate::constants::{
 };
 use crate::protocol::ShardEndpoint;
 use crate::storage::backend::DmaStorage;
+use crate::storage::io_memory::IO_MEMORY_BYTES;
 use crate::storage::{CommitLog, FlushMode, LogConfig, Retention};
 use cross::CrossEnds;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -388,7 +389,7 @@ pub fn run_until(mut config: ServerConfig, stop: Arc<AtomicBool>) -> Result<(), 
         let (config, endpoints, stop, gate) = (config.clone(), endpoints.clone(), stop.clone(), gate.clone());
         let (readiness, board) = (readiness.clone(), board.clone());
         let cpu = config.cpuset.as_ref().map_or((shard % cpus) as usize, |cpuset| cpuset.cpu_for(shard));
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu));
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).io_memory(IO_MEMORY_BYTES);
         if !config.spin_before_park.is_zero() {
             builder = builder.spin_before_park(config.spin_before_park);
         }

@@ -29,6 +29,7 @@ mod index_cache;
 mod index_lookup;
 mod index_rebuild;
 mod index_writes;
+pub mod io_memory;
 mod key_lookup;
 mod key_search;
 mod keys;

@@ -9,6 +9,11 @@ mod ledger;
 mod report;
 mod workers;
 
+/// glibc's allocator, except for glommio's I/O memory (the raw disk probe's, as the broker's), which it backs with
+/// huge pages (`ringmq::storage::io_memory`).
+#[global_allocator]
+static ALLOCATOR: ringmq::storage::io_memory::IoMemoryAllocator = ringmq::storage::io_memory::IoMemoryAllocator;
+
 use clap::Parser;
 use hdrhistogram::Histogram;
 use report::{describe, percentiles, Interval};
@@ -165,7 +170,9 @@ const RAW_BANDWIDTH_BYTES: u64 = 256 * 1024 * 1024;
 /// its CPUs) must keep all of them.
 fn raw_disk(dir: &std::path::Path, cpu: usize) -> Result<(Histogram<u64>, f64), String> {
     let probe_dir = dir.to_path_buf();
+    // The shards' I/O memory, so the probe writes from the same pages.
     let probe = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+        .io_memory(ringmq::storage::io_memory::IO_MEMORY_BYTES)
         .name("raw-disk-probe")
         .spawn(move || async move {
             use ringmq::storage::disk_probe;
