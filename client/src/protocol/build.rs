@@ -241,9 +241,19 @@ impl SendOutcome {
     }
 }
 
-/// Built in the thread's reused builder: the broker answers every produce
-/// request, most of them of one message.
+/// An accepted request's answer is written out (`produce_answer`): the
+/// broker answers every produce request, most of them of one message. A
+/// refusal is built in the thread's reused builder.
 pub fn produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
+    match failure {
+        None => super::produce_answer::accepted(queue, sends),
+        Some(_) => built_produce_response(failure, queue, sends),
+    }
+}
+
+/// The same answer through flatbuffers' builder: refusals, and the oracle
+/// `produce_answer`'s tests compare it with.
+pub(super) fn built_produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
     with_reused_builder(|builder| {
         let outcome = outcome(builder, failure);
         let sends: Vec<_> = sends

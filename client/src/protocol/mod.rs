@@ -12,6 +12,7 @@ mod codec;
 mod frame;
 mod kind;
 pub mod page;
+mod produce_answer;
 mod produce_verifier;
 mod replicate;
 mod routing;
