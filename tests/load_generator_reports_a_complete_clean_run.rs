@@ -100,3 +100,42 @@ fn a_transactional_run_reports_both_phases_and_loses_nothing() {
     }
     assert_eq!(summary["workload"]["transactional"], true);
 }
+
+/// The floor's shape with the spawned broker spinning before it sleeps: the
+/// flag reaches the broker (which refuses a flag it does not know) and the
+/// summary records it.
+#[test]
+fn a_spawned_broker_can_spin_before_it_sleeps() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let json = work.path().join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
+        .current_dir(work.path())
+        .args(["--spawn-broker", "--broker-shards", "1", "--broker-spin-before-park-us", "100"])
+        .args(["--queues", "1", "--producers", "1", "--consumers", "0", "--window", "1", "--cores", "1"])
+        .args(["--duration", "1s", "--warmup", "200ms"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run ringmq-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
+    assert_eq!(summary["workload"]["broker_spin_before_park_us"], 100, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert!(summary["acknowledged"].as_u64().is_some_and(|count| count > 0), "nothing acknowledged: {summary}");
+}
+
+#[test]
+fn a_broker_spin_without_a_spawned_broker_is_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
+        .args(["--broker", "127.0.0.1:1", "--broker-spin-before-park-us", "100"])
+        .output()
+        .expect("run ringmq-load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a spin for no spawned broker ran:\n{stderr}");
+    assert!(
+        stderr.contains("--broker-spin-before-park-us") && stderr.contains("--spawn-broker"),
+        "unclear refusal: {stderr}"
+    );
+}

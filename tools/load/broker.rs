@@ -126,8 +126,11 @@ impl SpawnedBroker {
         tempfile::Builder::new().prefix("ringmq-load-").tempdir_in(".").map_err(|error| error.to_string())
     }
 
-    pub fn start(temp: tempfile::TempDir, shards: Option<u32>) -> Result<Self, String> {
-        Self::start_with(temp, shard_count(shards), &[])
+    /// With `spin_us`, the broker's shards spin that long before they sleep.
+    pub fn start(temp: tempfile::TempDir, shards: Option<u32>, spin_us: Option<u64>) -> Result<Self, String> {
+        let spin = spin_us.map(|spin| spin.to_string());
+        let extra: Vec<&str> = spin.iter().flat_map(|spin| ["--spin-before-park-us", spin.as_str()]).collect();
+        Self::start_with(temp, shard_count(shards), &extra)
     }
 
     /// A primary with `--replication MODE`, then a standby of it on a
