@@ -20,6 +20,10 @@ use flatbuffers::{ForwardsUOffset, Vector};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// A produce request's verified messages: most requests carry one, kept
+/// inline.
+pub type RequestMessages = smallvec::SmallVec<[VerifiedMessage; 1]>;
+
 pub(crate) fn invalid(error: String) -> Failure {
     Failure::new(fb::ErrorCode::InvalidRequest, format!("invalid request body: {error}"))
 }
@@ -243,11 +247,11 @@ impl<'a> Produce<'a> {
     /// frame's bytes (`frame_body`: the body this request was read from).
     /// A batch is refused whole for what its own bytes decide, before
     /// anything of it is placed.
-    pub fn messages(&self, frame_body: &Bytes, limits: &MessageLimits<'_>) -> Result<Vec<VerifiedMessage>, Failure> {
+    pub fn messages(&self, frame_body: &Bytes, limits: &MessageLimits<'_>) -> Result<RequestMessages, Failure> {
         if self.messages.len() > PRODUCE_MESSAGES_MAX {
             return Err(invalid(format!("a produce request carries at most {PRODUCE_MESSAGES_MAX} messages")));
         }
-        let mut messages = Vec::with_capacity(self.messages.len());
+        let mut messages = RequestMessages::with_capacity(self.messages.len());
         let mut total_bytes = 0;
         for (index, message) in self.messages.iter().enumerate() {
             let bytes = message_bytes(frame_body, message.bytes().bytes())?;

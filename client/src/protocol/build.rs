@@ -246,9 +246,15 @@ impl SendOutcome {
 /// refusal is built in the thread's reused builder.
 pub fn produce_response(failure: Option<&Failure>, queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
     match failure {
-        None => super::produce_answer::accepted(queue, sends),
+        None => accepted_produce_response(queue, sends.iter().copied()),
         Some(_) => built_produce_response(failure, queue, sends),
     }
+}
+
+/// An accepted request's answer from its outcomes as they are made, without
+/// collecting them first (the broker's path).
+pub fn accepted_produce_response(queue: u32, sends: impl ExactSizeIterator<Item = SendOutcome>) -> Vec<u8> {
+    super::produce_answer::accepted(queue, sends)
 }
 
 /// The same answer through flatbuffers' builder: refusals, and the oracle

@@ -78,7 +78,7 @@ const _: () = assert!(fb::SendOutcome::VT_DUPLICATE == 14 && fb::ProduceResponse
 
 /// The body of a `ProduceResponse` that accepted the request: an `Outcome`
 /// without error, `queue`, and `sends` in their order.
-pub(super) fn accepted(queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
+pub(super) fn accepted(queue: u32, sends: impl ExactSizeIterator<Item = SendOutcome>) -> Vec<u8> {
     let count = sends.len();
     let first_send = (SENDS_AT + 4 + 4 * count).next_multiple_of(8);
     let mut body = Vec::with_capacity(first_send + SEND_BYTES * count);
@@ -99,7 +99,7 @@ pub(super) fn accepted(queue: u32, sends: &[SendOutcome]) -> Vec<u8> {
     }
     body.resize(first_send, 0);
     for send in sends {
-        put_send(&mut body, send);
+        put_send(&mut body, &send);
     }
     debug_assert_eq!(body.len(), body.capacity());
     body
@@ -189,7 +189,7 @@ mod tests {
         for (seed, count) in [(1, 0), (2, 1), (3, 2), (4, 3), (5, 7), (6, 64), (7, 1000)] {
             let sends = sends_of(seed, count);
             let queue = (seed as u32).wrapping_mul(0x9e37_79b9);
-            let body = accepted(queue, &sends);
+            let body = accepted(queue, sends.iter().copied());
             assert_eq!(read(&body), read(&built(queue, &sends)), "{count} sends");
             assert!(produce_response_verifiers_agree(&body));
             let fast = verify_produce_response(&body).expect("the written-out checks accept it");
@@ -207,7 +207,7 @@ mod tests {
             store_timestamp_us: 3,
             duplicate: false,
         }];
-        let (.., read_sends) = read(&accepted(0, &sends));
+        let (.., read_sends) = read(&accepted(0, sends.iter().copied()));
         assert_eq!(read_sends[0].offset, None);
     }
 }
