@@ -1,7 +1,7 @@
 //! Builders of every request and response body, shared by broker and client.
 
 use super::fb;
-use super::frame::FRAME_HEADER_BYTES;
+use super::produce_request::ProduceRequestBuilder;
 use crate::wire::{with_reused_builder, Finished};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
@@ -182,40 +182,6 @@ pub fn produce_request(topic: &str, queue: u32, messages: &[&[u8]], skip_gap: bo
         request.push(message);
     }
     request.finish(topic, queue, skip_gap)
-}
-
-/// A produce request, its messages copied in one at a time: a producer that
-/// builds each message (`MessageDraft::with_built`) copies it once, into
-/// the request.
-pub struct ProduceRequestBuilder {
-    builder: FlatBufferBuilder<'static>,
-    messages: Vec<WIPOffset<fb::MessageBytes<'static>>>,
-}
-
-impl ProduceRequestBuilder {
-    /// Room for `messages` messages of `message_bytes` in all; a builder
-    /// that runs short grows by a copy.
-    pub fn with_capacity(topic: &str, messages: usize, message_bytes: usize) -> Self {
-        // Per message: its length prefix and alignment, its table and its
-        // offset in the vector.
-        let size = message_bytes + messages * 24 + topic.len() + 128 + FRAME_HEADER_BYTES;
-        Self { builder: FlatBufferBuilder::with_capacity(size), messages: Vec::with_capacity(messages) }
-    }
-
-    pub fn push(&mut self, message: &[u8]) {
-        let bytes = self.builder.create_vector(message);
-        let args = fb::MessageBytesArgs { bytes: Some(bytes) };
-        self.messages.push(fb::MessageBytes::create(&mut self.builder, &args));
-    }
-
-    pub fn finish(mut self, topic: &str, queue: u32, skip_gap: bool) -> Finished {
-        let messages = self.builder.create_vector(&self.messages);
-        let topic = self.builder.create_string(topic);
-        let args = fb::ProduceRequestArgs { topic: Some(topic), queue, messages: Some(messages), skip_gap };
-        let root = fb::ProduceRequest::create(&mut self.builder, &args);
-        self.builder.finish_minimal(root);
-        Finished::of(self.builder)
-    }
 }
 
 /// What became of one message of a produce request.

@@ -13,6 +13,7 @@ mod frame;
 mod kind;
 pub mod page;
 mod produce_answer;
+mod produce_request;
 mod produce_verifier;
 mod replicate;
 mod routing;
@@ -28,6 +29,7 @@ pub use frame::{
     WireFrame, FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES,
 };
 pub use kind::{Kind, BROKER_REQUEST_BIT};
+pub use produce_request::ProduceRequestBuilder;
 pub use produce_verifier::{
     agrees_with_flatbuffers as produce_verifiers_agree,
     response_agrees_with_flatbuffers as produce_response_verifiers_agree, verify_produce_request,
