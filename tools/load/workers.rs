@@ -344,8 +344,7 @@ async fn send(
     let (queue, layout) = (stamp.queue, &context.plan.topics[stamp.topic]);
     let message_producer = workload.producer_id(producer);
     // One body for the request, its sequence rewritten per message: each
-    // message is built in the thread's reused builder and copied once, into
-    // the request.
+    // message is encoded in place, in the request.
     let mut body = body(workload.size, intended_ns, producer, first_sequence);
     let mut request = ProduceRequestBuilder::with_capacity(
         &layout.name,
@@ -366,7 +365,7 @@ async fn send(
             sequence: stamp.first_sequence + (sequence - first_sequence),
             ..MessageDraft::default()
         };
-        draft.with_built(|message| request.push(message));
+        request.push_draft(&draft);
     }
     let request = request.finish(&layout.name, queue, false);
     let shard = layout.queue_shards[queue as usize];

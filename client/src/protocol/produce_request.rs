@@ -26,7 +26,7 @@
 
 use super::fb;
 use super::frame::FRAME_HEADER_BYTES;
-use crate::wire::Finished;
+use crate::wire::{Finished, MessageDraft};
 
 /// The `MessageBytes` vtable, first in the region: 6 bytes (one field,
 /// `bytes`, at 4 of an 8-byte table), padded to 8.
@@ -39,9 +39,8 @@ const REQUEST_VTABLE: [u16; 6] = [12, 20, 4, 8, 12, 16];
 const REQUEST_TABLE_BYTES: usize = 20;
 const _: () = assert!(fb::ProduceRequest::VT_SKIP_GAP == 10 && fb::MessageBytes::VT_BYTES == 4);
 
-/// A produce request, its messages copied in one at a time: a producer that
-/// builds each message (`MessageDraft::with_built`) copies it once, into
-/// the request.
+/// A produce request, its messages added one at a time: copied in (`push`),
+/// or encoded in place from their drafts (`push_draft`).
 pub struct ProduceRequestBuilder {
     buffer: Vec<u8>,
     /// Where the region starts: the header goes just before it.
@@ -74,14 +73,29 @@ impl ProduceRequestBuilder {
     }
 
     pub fn push(&mut self, message: &[u8]) {
+        self.push_with(|buffer| buffer.extend_from_slice(message));
+    }
+
+    /// Encodes `draft` straight into the request, where `push` would copy
+    /// it: no buffer of its own, no copy.
+    pub fn push_draft(&mut self, draft: &MessageDraft<'_>) {
+        self.push_with(|buffer| draft.write_to(buffer));
+    }
+
+    /// A `MessageBytes` table and its bytes vector, whose bytes `write`
+    /// appends.
+    fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let table = self.buffer.len();
         debug_assert_eq!(table % 4, 0);
         self.tables.push(table);
         put_u32(&mut self.buffer, (table - self.region) as u32);
-        // The bytes vector right after the table.
+        // The bytes vector right after the table; its length once written.
         put_u32(&mut self.buffer, 4);
-        put_u32(&mut self.buffer, message.len() as u32);
-        self.buffer.extend_from_slice(message);
+        let length_at = self.buffer.len();
+        put_u32(&mut self.buffer, 0);
+        write(&mut self.buffer);
+        let length = (self.buffer.len() - length_at - 4) as u32;
+        self.buffer[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
         self.buffer.resize(padded(self.buffer.len()), 0);
     }
 
@@ -224,5 +238,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_draft_encoded_in_place_is_the_message_pushed_as_bytes() {
+        let drafts: Vec<MessageDraft<'_>> = (0..5u64)
+            .map(|index| MessageDraft {
+                msg_id: (index, index + 1),
+                topic: "orders",
+                keys: if index % 2 == 0 { &["k"] } else { &[] },
+                body: &[7; 1000][..(index as usize * 37) % 1000],
+                sequence: index,
+                ..MessageDraft::default()
+            })
+            .collect();
+        let mut in_place = ProduceRequestBuilder::with_capacity("orders", 2, 100);
+        let mut copied = ProduceRequestBuilder::with_capacity("orders", 2, 100);
+        for draft in &drafts {
+            in_place.push_draft(draft);
+            copied.push(&draft.build());
+        }
+        let (in_place, copied) = (in_place.finish("orders", 4, true), copied.finish("orders", 4, true));
+        assert_eq!(&in_place[..], &copied[..]);
+        let (.., messages, _) = read(&in_place);
+        assert_eq!(messages, drafts.iter().map(MessageDraft::build).collect::<Vec<_>>());
     }
 }

@@ -3,7 +3,9 @@
 //! The broker never re-encodes a message: a [`VerifiedMessage`] owns the
 //! producer's bytes and the few fields the broker routes by, read once.
 
-use super::generated::{Message, MessageArgs, MessageId, TransactionKind};
+use super::generated::{Message, TransactionKind};
+#[cfg(test)]
+use super::generated::{MessageArgs, MessageId};
 use super::Finished;
 use crate::constants::{
     CLIENT_ID_BYTES_MAX, KEYS_INDEXED_PER_MESSAGE_MAX, MESSAGE_KEYS_MAX, MESSAGE_KEY_BYTES_MAX, MESSAGE_PROPERTIES_MAX,
@@ -11,7 +13,9 @@ use crate::constants::{
     TOPIC_NAME_BYTES_MAX, VERIFIER_DEPTH_MAX, VERIFIER_TABLES_MAX,
 };
 use bytes::Bytes;
-use flatbuffers::{FlatBufferBuilder, VerifierOptions};
+#[cfg(test)]
+use flatbuffers::FlatBufferBuilder;
+use flatbuffers::VerifierOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -172,6 +176,38 @@ impl VerifiedMessage {
     }
 }
 
+/// A draft with every field set, for tests of what reads and writes
+/// messages.
+#[cfg(test)]
+pub(super) fn every_field_set() -> MessageDraft<'static> {
+    MessageDraft {
+        msg_id: (1, 2),
+        topic: "orders",
+        queue: 3,
+        keys: &["k1", "", "key-two"],
+        tag: Some("blue"),
+        properties: &[("a", "1"), ("name", "")],
+        body: &[],
+        producer_id: 9,
+        sequence: 10,
+        born_timestamp_us: 11,
+        delay_level: 2,
+        deliver_at_ms: 12,
+        half: true,
+        producer_group: Some("group"),
+        transaction_id: Some("tx-1"),
+    }
+}
+
+thread_local! {
+    /// The buffer `with_built` encodes into, kept between messages.
+    static REUSED_MESSAGE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Room `build_in_place` leaves in front of a message: a frame header,
+/// rounded up so the message starts 8-aligned.
+const FRAME_ROOM_BYTES: usize = crate::protocol::FRAME_HEADER_BYTES.next_multiple_of(8);
+
 /// The fields a producer sets; `build` encodes them once, for good.
 #[derive(Clone, Debug, Default)]
 pub struct MessageDraft<'a> {
@@ -193,29 +229,51 @@ pub struct MessageDraft<'a> {
 }
 
 impl MessageDraft<'_> {
+    /// The message, encoded (`message_writer`).
     pub fn build(&self) -> Vec<u8> {
-        self.with_built(<[u8]>::to_vec)
+        let mut message = Vec::new();
+        super::message_writer::write(self, &mut message);
+        message
     }
 
+    /// The message with room in front of it for a frame header
+    /// (`protocol::WireFrame::in_place`).
     pub fn build_in_place(&self) -> Finished {
-        let mut builder = FlatBufferBuilder::with_capacity(self.body.len() + 256);
-        self.encode(&mut builder);
-        Finished::of(builder)
+        let start = FRAME_ROOM_BYTES;
+        let mut buffer = vec![0; start];
+        super::message_writer::write(self, &mut buffer);
+        Finished::new(buffer, start)
     }
 
-    /// Calls `use_message` with the message built in the thread's reused
-    /// builder; a large one (which the thread would not keep) in a builder
-    /// sized for it.
+    /// Calls `use_message` with the message encoded in the thread's reused
+    /// buffer (a large one in a buffer of its own, which the thread would
+    /// not keep); a call from inside `use_message` gets a buffer of its own.
     pub fn with_built<R>(&self, use_message: impl FnOnce(&[u8]) -> R) -> R {
-        if self.body.len() > super::REUSED_BUILDER_BYTES_MAX / 2 {
-            return use_message(&self.build_in_place());
+        let mut buffer = REUSED_MESSAGE.with(|reused| reused.take());
+        buffer.clear();
+        super::message_writer::write(self, &mut buffer);
+        let result = use_message(&buffer);
+        if buffer.capacity() <= super::REUSED_BUILDER_BYTES_MAX {
+            REUSED_MESSAGE.with(|reused| reused.replace(buffer));
         }
-        super::with_reused_builder(|builder| {
-            self.encode(builder);
-            use_message(builder.finished_data())
-        })
+        result
     }
 
+    /// Appends the message to `out`, starting at its length on entry.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        super::message_writer::write(self, out);
+    }
+
+    /// The same message through flatbuffers' builder: the oracle of
+    /// `message_writer`'s tests.
+    #[cfg(test)]
+    pub(super) fn built_by_flatbuffers(&self) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        self.encode(&mut builder);
+        builder.finished_data().to_vec()
+    }
+
+    #[cfg(test)]
     fn encode(&self, builder: &mut FlatBufferBuilder<'_>) {
         let topic = builder.create_string(self.topic);
         let keys: Vec<_> = self.keys.iter().map(|key| builder.create_string(key)).collect();

@@ -100,22 +100,7 @@ mod tests {
     /// Messages of every shape a client builds.
     fn drafts() -> Vec<Vec<u8>> {
         let plain = MessageDraft { msg_id: (1, 2), topic: "orders", body: b"payload", ..MessageDraft::default() };
-        let full = MessageDraft {
-            queue: 3,
-            keys: &["k1", "", "key-two"],
-            tag: Some("blue"),
-            properties: &[("a", "1"), ("name", "")],
-            producer_id: 9,
-            sequence: 10,
-            born_timestamp_us: 11,
-            delay_level: 2,
-            deliver_at_ms: 12,
-            half: true,
-            producer_group: Some("group"),
-            transaction_id: Some("tx-1"),
-            body: &[],
-            ..plain.clone()
-        };
+        let full = crate::wire::message::every_field_set();
         let unicode = MessageDraft { topic: "caf\u{e9}", tag: Some("\u{1f600}"), ..plain.clone() };
         let kilobyte = MessageDraft { body: &[7; 1024], ..plain.clone() };
         [plain, full, unicode, kilobyte].iter().map(MessageDraft::build).collect()

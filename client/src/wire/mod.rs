@@ -5,6 +5,7 @@ mod finished;
 pub mod generated;
 mod message;
 mod message_verifier;
+mod message_writer;
 pub mod record;
 mod reused_builder;
 pub(crate) mod walk;
