@@ -11,10 +11,13 @@
 //!
 //! ```text
 //! 0    root offset -> the Message table
-//! 4    the Message vtable (15 fields), the Property vtable
-//! 48   the Message table, 88 bytes at fixed places; a scalar at its
-//!      default and an optional string or vector left out of the vtable
-//! 136  topic, keys (vector, then each key), tags, properties (vector,
+//! 4    the Message vtable, up to its last field set; the Property vtable
+//!      if the message has properties
+//! ..   the Message table (8-aligned): only the fields set, as the builder
+//!      writes them (a scalar at its default and an absent string or
+//!      vector left out): the topic's offset, the 8-byte fields, the other
+//!      4-byte fields, the 1-byte fields
+//! ..   topic, keys (vector, then each key), tags, properties (vector,
 //!      then each table and its two strings), body, producer_group,
 //!      transaction_id
 //! ```
@@ -22,114 +25,159 @@
 use super::generated::{Message, Property};
 use super::MessageDraft;
 
-/// Where the Message table's fields are.
-const QUEUE_AT: u16 = 4;
-const MSG_ID_AT: u16 = 8;
-const PRODUCER_ID_AT: u16 = 24;
-const SEQUENCE_AT: u16 = 32;
-const BORN_AT: u16 = 40;
-const DELIVER_AT_AT: u16 = 48;
-const TOPIC_AT: u16 = 56;
-const KEYS_AT: u16 = 60;
-const TAGS_AT: u16 = 64;
-const PROPERTIES_AT: u16 = 68;
-const BODY_AT: u16 = 72;
-const PRODUCER_GROUP_AT: u16 = 76;
-const TRANSACTION_ID_AT: u16 = 80;
-const DELAY_LEVEL_AT: u16 = 84;
-const TRANSACTION_AT: u16 = 85;
-const MESSAGE_TABLE_BYTES: usize = 88;
-
-const MESSAGE_VTABLE_AT: usize = 4;
-/// At most: its own size, the table's, then each of 15 fields.
-const MESSAGE_VTABLE_BYTES: usize = 4 + 2 * 15;
-const PROPERTY_VTABLE_AT: usize = 40;
 const PROPERTY_VTABLE: [u16; 4] = [8, 12, 4, 8];
 const PROPERTY_TABLE_BYTES: usize = 12;
-const MESSAGE_AT: usize = 48;
-const _: () = assert!(MESSAGE_VTABLE_AT + MESSAGE_VTABLE_BYTES <= PROPERTY_VTABLE_AT);
-const _: () = assert!(PROPERTY_VTABLE_AT + 2 * PROPERTY_VTABLE.len() == MESSAGE_AT && MESSAGE_AT % 8 == 0);
+/// Fields of a Message, in id order (the vtable's).
+const MESSAGE_FIELDS: usize = 15;
 // The ids the vtable's order follows are the generated code's.
-const _: () = assert!(Message::VT_TRANSACTION_ID == 4 + 2 * 14 && Property::VT_VALUE == 6);
+const _: () = assert!(Message::VT_TRANSACTION_ID == 4 + 2 * (MESSAGE_FIELDS as u16 - 1) && Property::VT_VALUE == 6);
+
+/// Where each field set sits in the table (0: left out), in id order, and
+/// the table's size.
+struct TableLayout {
+    fields: [u16; MESSAGE_FIELDS],
+    bytes: u16,
+}
+
+/// Field ids (`Message`'s schema).
+const MSG_ID: usize = 0;
+const TOPIC: usize = 1;
+const QUEUE: usize = 2;
+const KEYS: usize = 3;
+const TAGS: usize = 4;
+const PROPERTIES: usize = 5;
+const BODY: usize = 6;
+const PRODUCER_ID: usize = 7;
+const SEQUENCE: usize = 8;
+const BORN_TIMESTAMP: usize = 9;
+const DELAY_LEVEL: usize = 10;
+const DELIVER_AT: usize = 11;
+const TRANSACTION: usize = 12;
+const PRODUCER_GROUP: usize = 13;
+const TRANSACTION_ID: usize = 14;
+
+impl TableLayout {
+    /// After the vtable offset (4 bytes), the topic's offset fills the gap
+    /// to the 8-byte fields, which stay 8-aligned in an 8-aligned table.
+    fn of(draft: &MessageDraft<'_>) -> Self {
+        let mut layout = Self { fields: [0; MESSAGE_FIELDS], bytes: 4 };
+        let sizes = [
+            (TOPIC, true, 4),
+            (MSG_ID, true, 16),
+            (PRODUCER_ID, draft.producer_id != 0, 8),
+            (SEQUENCE, draft.sequence != 0, 8),
+            (BORN_TIMESTAMP, draft.born_timestamp_us != 0, 8),
+            (DELIVER_AT, draft.deliver_at_ms != 0, 8),
+            (QUEUE, draft.queue != 0, 4),
+            (KEYS, !draft.keys.is_empty(), 4),
+            (TAGS, draft.tag.is_some(), 4),
+            (PROPERTIES, !draft.properties.is_empty(), 4),
+            (BODY, true, 4),
+            (PRODUCER_GROUP, draft.producer_group.is_some(), 4),
+            (TRANSACTION_ID, draft.transaction_id.is_some(), 4),
+            (DELAY_LEVEL, draft.delay_level != 0, 1),
+            (TRANSACTION, draft.half, 1),
+        ];
+        for (field, present, size) in sizes {
+            if present {
+                debug_assert_eq!(layout.bytes % size.min(8), 0);
+                layout.fields[field] = layout.bytes;
+                layout.bytes += size;
+            }
+        }
+        layout
+    }
+
+    /// Fields up to the last one set: the vtable ends there, as the
+    /// builder's does, so a reader stops at its end instead of reading
+    /// zeros.
+    fn vtable_fields(&self) -> &[u16] {
+        let count = self.fields.iter().rposition(|&at| at != 0).map_or(0, |last| last + 1);
+        &self.fields[..count]
+    }
+
+    fn at(&self, field: usize) -> usize {
+        debug_assert_ne!(self.fields[field], 0);
+        self.fields[field] as usize
+    }
+}
 
 /// Appends `draft` encoded as a `Message` to `out`; the message starts at
 /// `out`'s length on entry.
 pub(super) fn write(draft: &MessageDraft<'_>, out: &mut Vec<u8>) {
     let base = out.len();
     out.reserve(encoded_bytes_max(draft));
-    let mut message = Writer { out, base };
-    message.u32(MESSAGE_AT as u32);
-    // A scalar at its default is left out, as flatbuffers' builder does:
-    // every field present costs each reader a check. Its bytes in the
-    // table are zeros (the default) either way.
-    let has = |present: bool, at: u16| if present { at } else { 0 };
-    // Each field's place in the table, in id order; 0: left out.
-    let fields: [u16; 15] = [
-        MSG_ID_AT,
-        TOPIC_AT,
-        has(draft.queue != 0, QUEUE_AT),
-        has(!draft.keys.is_empty(), KEYS_AT),
-        has(draft.tag.is_some(), TAGS_AT),
-        has(!draft.properties.is_empty(), PROPERTIES_AT),
-        BODY_AT,
-        has(draft.producer_id != 0, PRODUCER_ID_AT),
-        has(draft.sequence != 0, SEQUENCE_AT),
-        has(draft.born_timestamp_us != 0, BORN_AT),
-        has(draft.delay_level != 0, DELAY_LEVEL_AT),
-        has(draft.deliver_at_ms != 0, DELIVER_AT_AT),
-        has(draft.half, TRANSACTION_AT),
-        has(draft.producer_group.is_some(), PRODUCER_GROUP_AT),
-        has(draft.transaction_id.is_some(), TRANSACTION_ID_AT),
-    ];
-    // Fields left out at the end are left out of the vtable too, as the
-    // builder does: a reader stops at its end instead of reading zeros.
-    let count = fields.iter().rposition(|&at| at != 0).map_or(0, |last| last + 1);
-    message.u16((4 + 2 * count) as u16);
-    message.u16(MESSAGE_TABLE_BYTES as u16);
-    for &at in &fields[..count] {
+    let layout = TableLayout::of(draft);
+    let vtable = layout.vtable_fields();
+    let mut message = Writer { out, base, property_vtable: 0 };
+    let vtable_at = 4;
+    let mut table = vtable_at + 4 + 2 * vtable.len();
+    if !draft.properties.is_empty() {
+        message.property_vtable = table;
+        table += 2 * PROPERTY_VTABLE.len();
+    }
+    let table = table.next_multiple_of(8);
+    message.u32(table as u32);
+    message.u16((4 + 2 * vtable.len()) as u16);
+    message.u16(layout.bytes);
+    for &at in vtable {
         message.u16(at);
     }
-    message.pad_to(PROPERTY_VTABLE_AT);
-    for entry in PROPERTY_VTABLE {
-        message.u16(entry);
+    if !draft.properties.is_empty() {
+        for entry in PROPERTY_VTABLE {
+            message.u16(entry);
+        }
     }
-    debug_assert_eq!(message.at(), MESSAGE_AT);
+    message.pad_to(table);
     // The table; its offset fields are filled in as their targets are
     // written after it.
-    message.zeros(MESSAGE_TABLE_BYTES);
-    message.set_u32(MESSAGE_AT, (MESSAGE_AT - MESSAGE_VTABLE_AT) as u32);
-    message.set_u32(MESSAGE_AT + QUEUE_AT as usize, draft.queue);
-    message.set_u64(MESSAGE_AT + MSG_ID_AT as usize, draft.msg_id.0);
-    message.set_u64(MESSAGE_AT + MSG_ID_AT as usize + 8, draft.msg_id.1);
-    message.set_u64(MESSAGE_AT + PRODUCER_ID_AT as usize, draft.producer_id);
-    message.set_u64(MESSAGE_AT + SEQUENCE_AT as usize, draft.sequence);
-    message.set_u64(MESSAGE_AT + BORN_AT as usize, draft.born_timestamp_us);
-    message.set_u64(MESSAGE_AT + DELIVER_AT_AT as usize, draft.deliver_at_ms);
-    message.set_u8(MESSAGE_AT + DELAY_LEVEL_AT as usize, draft.delay_level);
-    message.set_u8(MESSAGE_AT + TRANSACTION_AT as usize, u8::from(draft.half));
+    message.zeros(layout.bytes as usize);
+    message.set_u32(table, (table - vtable_at) as u32);
+    message.set_u64(table + layout.at(MSG_ID), draft.msg_id.0);
+    message.set_u64(table + layout.at(MSG_ID) + 8, draft.msg_id.1);
+    let scalars = [
+        (PRODUCER_ID, draft.producer_id),
+        (SEQUENCE, draft.sequence),
+        (BORN_TIMESTAMP, draft.born_timestamp_us),
+        (DELIVER_AT, draft.deliver_at_ms),
+    ];
+    for (field, value) in scalars {
+        if value != 0 {
+            message.set_u64(table + layout.at(field), value);
+        }
+    }
+    if draft.queue != 0 {
+        message.set_u32(table + layout.at(QUEUE), draft.queue);
+    }
+    if draft.delay_level != 0 {
+        message.set_u8(table + layout.at(DELAY_LEVEL), draft.delay_level);
+    }
+    if draft.half {
+        message.set_u8(table + layout.at(TRANSACTION), 1);
+    }
 
-    message.point(MESSAGE_AT + TOPIC_AT as usize);
+    message.point(table + layout.at(TOPIC));
     message.string(draft.topic);
     if !draft.keys.is_empty() {
-        message.point(MESSAGE_AT + KEYS_AT as usize);
+        message.point(table + layout.at(KEYS));
         message.strings(draft.keys.iter().copied());
     }
     if let Some(tag) = draft.tag {
-        message.point(MESSAGE_AT + TAGS_AT as usize);
+        message.point(table + layout.at(TAGS));
         message.string(tag);
     }
     if !draft.properties.is_empty() {
-        message.point(MESSAGE_AT + PROPERTIES_AT as usize);
+        message.point(table + layout.at(PROPERTIES));
         message.properties(draft.properties);
     }
-    message.point(MESSAGE_AT + BODY_AT as usize);
+    message.point(table + layout.at(BODY));
     message.bytes_vector(draft.body);
     if let Some(group) = draft.producer_group {
-        message.point(MESSAGE_AT + PRODUCER_GROUP_AT as usize);
+        message.point(table + layout.at(PRODUCER_GROUP));
         message.string(group);
     }
     if let Some(id) = draft.transaction_id {
-        message.point(MESSAGE_AT + TRANSACTION_ID_AT as usize);
+        message.point(table + layout.at(TRANSACTION_ID));
         message.string(id);
     }
 }
@@ -139,8 +187,15 @@ pub(super) fn write(draft: &MessageDraft<'_>, out: &mut Vec<u8>) {
 fn encoded_bytes_max(draft: &MessageDraft<'_>) -> usize {
     let string = |text: &str| 4 + text.len() + 4;
     let optional = |text: Option<&str>| text.map_or(0, string);
-    MESSAGE_AT
-        + MESSAGE_TABLE_BYTES
+    // Root, the largest vtables and padding, the largest table.
+    4 + (4 + 2 * MESSAGE_FIELDS)
+        + 2 * PROPERTY_VTABLE.len()
+        + 8
+        + 4
+        + 16
+        + 4 * 8
+        + 8 * 4
+        + 2
         + string(draft.topic)
         + 4
         + draft.keys.iter().map(|key| 4 + string(key)).sum::<usize>()
@@ -163,6 +218,8 @@ fn encoded_bytes_max(draft: &MessageDraft<'_>) -> usize {
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
     base: usize,
+    /// Where the Property vtable is, if the message has properties.
+    property_vtable: usize,
 }
 
 impl Writer<'_> {
@@ -251,7 +308,7 @@ impl Writer<'_> {
             self.point(first + 4 * index);
             let table = self.at();
             self.zeros(PROPERTY_TABLE_BYTES);
-            self.set_u32(table, (table - PROPERTY_VTABLE_AT) as u32);
+            self.set_u32(table, (table - self.property_vtable) as u32);
             self.point(table + PROPERTY_VTABLE[2] as usize);
             self.string(key);
             self.point(table + PROPERTY_VTABLE[3] as usize);
@@ -302,7 +359,10 @@ mod tests {
 
     fn check(draft: &MessageDraft<'_>) {
         let written = draft.build();
-        assert_eq!(read(&written), read(&draft.built_by_flatbuffers()), "{draft:?}");
+        let built = draft.built_by_flatbuffers();
+        assert_eq!(read(&written), read(&built), "{draft:?}");
+        // As compact as the builder's (which pads its start to 8).
+        assert!(written.len() <= built.len() + 4, "{} bytes against {}: {draft:?}", written.len(), built.len());
         assert!(message_verifiers_agree(&written));
         match verify_message(Bytes::from(written.clone())) {
             Ok(verified) => assert_eq!(verified.msg_id, draft.msg_id),
