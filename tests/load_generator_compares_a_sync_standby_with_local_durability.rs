@@ -3,24 +3,20 @@
 //! spawned standby. Both runs are reported, every message of the standby
 //! run is answered SEND_OK, and the ratio is there. No assertion on speed.
 
+mod common;
+
+use common::load_run;
 use std::process::Command;
 
 #[test]
 fn a_sync_standby_run_is_reported_beside_local_durability_and_every_send_is_ok() {
     let work = tempfile::tempdir().expect("temp dir");
-    let json = work.path().join("summary.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
-        .current_dir(work.path())
-        .args(["--spawn-broker", "--standby", "sync", "--broker-shards", "1", "--queues", "1"])
-        .args(["--producers", "1", "--consumers", "1", "--cores", "1"])
-        // About 400 messages per run (warm-up included).
-        .args(["--rate", "200", "--duration", "1500ms", "--warmup", "500ms", "--size", "256", "--window", "4"])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run ringmq-load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    // About 400 messages per run (warm-up included).
+    let (stdout, summary) = load_run(
+        work.path(),
+        "--spawn-broker --standby sync --broker-shards 1 --queues 1 --producers 1 --consumers 1 --cores 1 \
+         --rate 200 --duration 1500ms --warmup 500ms --size 256 --window 4",
+    );
     for line in [
         "run 1 of 2: local",
         "run 2 of 2: sync standby",
@@ -42,8 +38,6 @@ fn a_sync_standby_run_is_reported_beside_local_durability_and_every_send_is_ok()
     if std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2) {
         assert!(stdout.contains("standby shards on CPUs 1 "), "{stdout}");
     }
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
     assert_eq!(summary["run"], "local", "{summary}");
     assert_eq!(summary["workload"]["standby"], "sync", "{summary}");
     let standby = &summary["standby"];

@@ -2,28 +2,19 @@
 //! is complete, the JSON parses with every key, the HdrHistogram log and the
 //! plot are written, and nothing acknowledged was lost. No assertion on speed.
 
+mod common;
+
+use common::load_run;
 use std::process::Command;
 
 #[test]
 fn a_short_run_reports_everything_and_loses_nothing() {
     let work = tempfile::tempdir().expect("temp dir");
-    let json = work.path().join("summary.json");
-    let hdr = work.path().join("latency.hlog");
-    let plot = work.path().join("latency.svg");
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
-        .current_dir(work.path())
-        .args(["--spawn-broker", "--broker-shards", "2", "--queues", "4", "--producers", "2", "--consumers", "2"])
-        .args(["--rate", "500", "--duration", "3s", "--warmup", "1s", "--size", "256", "--window", "4"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--hdr-log")
-        .arg(&hdr)
-        .arg("--plot")
-        .arg(&plot)
-        .output()
-        .expect("run ringmq-load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (stdout, summary) = load_run(
+        work.path(),
+        "--spawn-broker --broker-shards 2 --queues 4 --producers 2 --consumers 2 --rate 500 --duration 3s \
+         --warmup 1s --size 256 --window 4 --hdr-log latency.hlog --plot latency.svg",
+    );
     for line in [
         "raw disk under",
         "sequential O_DIRECT write",
@@ -35,9 +26,6 @@ fn a_short_run_reports_everything_and_loses_nothing() {
     ] {
         assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
     }
-    let written = std::fs::read_to_string(&json).expect("summary file");
-    assert_eq!(written.lines().count(), 1, "one JSON object on one line:\n{written}");
-    let summary: serde_json::Value = serde_json::from_str(&written).expect("JSON");
     for key in ["publish_rate", "consume_rate", "publish_mb_s", "lost", "duplicates", "errors", "raw_fsync_p50_us"] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
     }
@@ -56,9 +44,9 @@ fn a_short_run_reports_everything_and_loses_nothing() {
     assert!(summary["raw_write_mb_s"].as_f64().is_some_and(|mb_s| mb_s > 0.0), "no raw bandwidth: {summary}");
     assert!(summary["publish_mb_s_to_raw_write_mb_s"].as_f64().is_some_and(|share| share > 0.0), "{summary}");
     assert!(summary["acknowledged"].as_u64().is_some_and(|count| count > 0), "nothing acknowledged: {summary}");
-    let log = std::fs::read_to_string(&hdr).expect("hdr log");
+    let log = std::fs::read_to_string(work.path().join("latency.hlog")).expect("hdr log");
     assert!(log.contains("Tag=publish,") && log.contains("Tag=e2e,"), "{log}");
-    let svg = std::fs::read_to_string(&plot).expect("plot");
+    let svg = std::fs::read_to_string(work.path().join("latency.svg")).expect("plot");
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
 }
 
@@ -68,25 +56,16 @@ fn a_short_run_reports_everything_and_loses_nothing() {
 #[test]
 fn a_transactional_run_reports_both_phases_and_loses_nothing() {
     let work = tempfile::tempdir().expect("temp dir");
-    let json = work.path().join("summary.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
-        .current_dir(work.path())
-        .args(["--spawn-broker", "--broker-shards", "2", "--queues", "4", "--producers", "2", "--consumers", "2"])
-        .args(["--rate", "300", "--duration", "2s", "--warmup", "500ms", "--size", "256", "--window", "4"])
-        .arg("--transactional")
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run ringmq-load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (stdout, summary) = load_run(
+        work.path(),
+        "--spawn-broker --broker-shards 2 --queues 4 --producers 2 --consumers 2 --rate 300 --duration 2s \
+         --warmup 500ms --size 256 --window 4 --transactional",
+    );
     for line in
         ["publish:", "verification:", "transactional publish:", "transactional verification:", "transactional / plain:"]
     {
         assert!(stdout.contains(line), "the report lacks {line:?}:\n{stdout}");
     }
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
     for phase in [&summary, &summary["transactional"]] {
         assert_eq!(phase["lost"], 0, "{summary}");
         assert_eq!(phase["errors"], 0, "{summary}");
@@ -107,20 +86,11 @@ fn a_transactional_run_reports_both_phases_and_loses_nothing() {
 #[test]
 fn a_spawned_broker_can_spin_before_it_sleeps() {
     let work = tempfile::tempdir().expect("temp dir");
-    let json = work.path().join("summary.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
-        .current_dir(work.path())
-        .args(["--spawn-broker", "--broker-shards", "1", "--broker-spin-before-park-us", "100"])
-        .args(["--queues", "1", "--producers", "1", "--consumers", "0", "--window", "1", "--cores", "1"])
-        .args(["--duration", "1s", "--warmup", "200ms"])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run ringmq-load");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("summary file")).expect("JSON");
+    let (_, summary) = load_run(
+        work.path(),
+        "--spawn-broker --broker-shards 1 --broker-spin-before-park-us 100 --queues 1 --producers 1 \
+         --consumers 0 --window 1 --cores 1 --duration 1s --warmup 200ms",
+    );
     assert_eq!(summary["workload"]["broker_spin_before_park_us"], 100, "{summary}");
     assert_eq!(summary["lost"], 0, "{summary}");
     assert!(summary["acknowledged"].as_u64().is_some_and(|count| count > 0), "nothing acknowledged: {summary}");

@@ -307,3 +307,22 @@ pub fn fetch_all_bytes(client: &ringmq::client::Client, topic: &str, queue: u32)
         offset = response.next_offset();
     }
 }
+
+/// Runs `ringmq-load` in `work` (where a spawned broker's data directory,
+/// the raw disk probe and relative output paths go) with `args` (split on
+/// whitespace) and `--json summary.json`, and checks that it succeeded and
+/// wrote one JSON object on one line. Its report (stdout) and that summary.
+pub fn load_run(work: &Path, args: &str) -> (String, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq-load"))
+        .current_dir(work)
+        .args(args.split_whitespace())
+        .args(["--json", "summary.json"])
+        .output()
+        .expect("run ringmq-load");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "ringmq-load failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let written = std::fs::read_to_string(work.join("summary.json")).expect("summary file");
+    assert_eq!(written.lines().count(), 1, "one JSON object on one line:\n{written}");
+    let summary = serde_json::from_str(&written).expect("JSON");
+    (stdout, summary)
+}
