@@ -25,6 +25,7 @@
 //! (`verify_produce_response`), against the builder's answer.
 
 use super::{fb, SendOutcome};
+use crate::wire::forward_writer::ForwardWriter;
 
 const OUTCOME_VTABLE_AT: usize = 4;
 const RESPONSE_VTABLE_AT: usize = 8;
@@ -82,55 +83,39 @@ pub(super) fn accepted(queue: u32, sends: impl ExactSizeIterator<Item = SendOutc
     let count = sends.len();
     let first_send = (SENDS_AT + 4 + 4 * count).next_multiple_of(8);
     let mut body = Vec::with_capacity(first_send + SEND_BYTES * count);
-    put_u32(&mut body, RESPONSE_AT as u32);
+    let mut out = ForwardWriter::new(&mut body);
+    out.u32(RESPONSE_AT as u32);
     for entry in VTABLES {
-        body.extend_from_slice(&entry.to_le_bytes());
+        out.u16(entry);
     }
-    debug_assert_eq!(body.len(), RESPONSE_AT);
-    put_table_start(&mut body, RESPONSE_VTABLE_AT);
-    put_forward_offset(&mut body, OUTCOME_AT);
-    put_u32(&mut body, queue);
-    put_forward_offset(&mut body, SENDS_AT);
-    put_table_start(&mut body, OUTCOME_VTABLE_AT);
-    debug_assert_eq!(body.len(), SENDS_AT);
-    put_u32(&mut body, count as u32);
+    debug_assert_eq!(out.at(), RESPONSE_AT);
+    out.table_start(RESPONSE_VTABLE_AT);
+    out.forward(OUTCOME_AT);
+    out.u32(queue);
+    out.forward(SENDS_AT);
+    out.table_start(OUTCOME_VTABLE_AT);
+    debug_assert_eq!(out.at(), SENDS_AT);
+    out.u32(count as u32);
     for index in 0..count {
-        put_forward_offset(&mut body, first_send + SEND_BYTES * index);
+        out.forward(first_send + SEND_BYTES * index);
     }
-    body.resize(first_send, 0);
+    out.pad_to(first_send);
     for send in sends {
-        put_send(&mut body, &send);
+        put_send(&mut out, &send);
     }
     debug_assert_eq!(body.len(), body.capacity());
     body
 }
 
-fn put_send(body: &mut Vec<u8>, send: &SendOutcome) {
-    debug_assert_eq!(body.len() % 8, 0);
-    put_table_start(body, SEND_VTABLE_AT);
-    body.extend_from_slice(&[send.status.0, u8::from(send.duplicate), 0, 0]);
-    body.extend_from_slice(&send.msg_id.0.to_le_bytes());
-    body.extend_from_slice(&send.msg_id.1.to_le_bytes());
+fn put_send(out: &mut ForwardWriter<'_>, send: &SendOutcome) {
+    debug_assert_eq!(out.at() % 8, 0);
+    out.table_start(SEND_VTABLE_AT);
+    out.bytes(&[send.status.0, u8::from(send.duplicate), 0, 0]);
+    out.u64(send.msg_id.0);
+    out.u64(send.msg_id.1);
     let offset = send.offset.and_then(|offset| i64::try_from(offset).ok()).unwrap_or(-1);
-    body.extend_from_slice(&offset.to_le_bytes());
-    body.extend_from_slice(&send.store_timestamp_us.to_le_bytes());
-}
-
-fn put_u32(body: &mut Vec<u8>, value: u32) {
-    body.extend_from_slice(&value.to_le_bytes());
-}
-
-/// A table's first field: how far back its vtable is.
-fn put_table_start(body: &mut Vec<u8>, vtable_at: usize) {
-    let table_at = body.len();
-    body.extend_from_slice(&((table_at - vtable_at) as i32).to_le_bytes());
-}
-
-/// An offset field pointing at `target`, further on.
-fn put_forward_offset(body: &mut Vec<u8>, target: usize) {
-    let at = body.len();
-    debug_assert!(target > at);
-    put_u32(body, (target - at) as u32);
+    out.bytes(&offset.to_le_bytes());
+    out.u64(send.store_timestamp_us);
 }
 
 #[cfg(test)]

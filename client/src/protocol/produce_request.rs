@@ -26,6 +26,7 @@
 
 use super::fb;
 use super::frame::FRAME_HEADER_BYTES;
+use crate::wire::forward_writer::ForwardWriter;
 use crate::wire::{Finished, MessageDraft};
 
 /// The `MessageBytes` vtable, first in the region: 6 bytes (one field,
@@ -66,8 +67,9 @@ impl ProduceRequestBuilder {
         let region_bytes = 2 * MESSAGE_VTABLE.len() + messages * (MESSAGE_TABLE_BYTES + 4 + 3) + message_bytes;
         let mut buffer = Vec::with_capacity(region + region_bytes);
         buffer.resize(region, 0);
+        let mut out = ForwardWriter::new(&mut buffer);
         for entry in MESSAGE_VTABLE {
-            buffer.extend_from_slice(&entry.to_le_bytes());
+            out.u16(entry);
         }
         Self { buffer, region, tables: Vec::with_capacity(messages) }
     }
@@ -85,18 +87,22 @@ impl ProduceRequestBuilder {
     /// A `MessageBytes` table and its bytes vector, whose bytes `write`
     /// appends.
     fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let table = self.buffer.len();
+        // Positions in the whole buffer: the request's start is not known
+        // before `finish`, and only differences are written here.
+        let mut out = ForwardWriter::resume(&mut self.buffer, 0);
+        let table = out.at();
         debug_assert_eq!(table % 4, 0);
-        self.tables.push(table);
-        put_u32(&mut self.buffer, (table - self.region) as u32);
+        out.table_start(self.region);
         // The bytes vector right after the table; its length once written.
-        put_u32(&mut self.buffer, 4);
-        let length_at = self.buffer.len();
-        put_u32(&mut self.buffer, 0);
+        let length_at = table + MESSAGE_TABLE_BYTES;
+        out.forward(length_at);
+        out.u32(0);
+        self.tables.push(table);
         write(&mut self.buffer);
         let length = (self.buffer.len() - length_at - 4) as u32;
-        self.buffer[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
-        self.buffer.resize(padded(self.buffer.len()), 0);
+        let mut out = ForwardWriter::resume(&mut self.buffer, 0);
+        out.set_u32(length_at, length);
+        out.align4();
     }
 
     pub fn finish(mut self, topic: &str, queue: u32, skip_gap: bool) -> Finished {
@@ -144,10 +150,6 @@ impl ProduceRequestBuilder {
         self.tables.iter_mut().for_each(|table| *table += shift);
         (self.buffer, self.region) = (moved, region);
     }
-}
-
-fn put_u32(buffer: &mut Vec<u8>, value: u32) {
-    buffer.extend_from_slice(&value.to_le_bytes());
 }
 
 /// Writes the header into the room in front of the region.

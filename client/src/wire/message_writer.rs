@@ -22,6 +22,7 @@
 //!      transaction_id
 //! ```
 
+use super::forward_writer::ForwardWriter;
 use super::generated::{Message, Property};
 use super::MessageDraft;
 
@@ -105,15 +106,14 @@ impl TableLayout {
 /// Appends `draft` encoded as a `Message` to `out`; the message starts at
 /// `out`'s length on entry.
 pub(super) fn write(draft: &MessageDraft<'_>, out: &mut Vec<u8>) {
-    let base = out.len();
     out.reserve(encoded_bytes_max(draft));
     let layout = TableLayout::of(draft);
     let vtable = layout.vtable_fields();
-    let mut message = Writer { out, base, property_vtable: 0 };
+    let mut message = ForwardWriter::new(out);
     let vtable_at = 4;
-    let mut table = vtable_at + 4 + 2 * vtable.len();
+    let property_vtable = vtable_at + 4 + 2 * vtable.len();
+    let mut table = property_vtable;
     if !draft.properties.is_empty() {
-        message.property_vtable = table;
         table += 2 * PROPERTY_VTABLE.len();
     }
     let table = table.next_multiple_of(8);
@@ -168,7 +168,7 @@ pub(super) fn write(draft: &MessageDraft<'_>, out: &mut Vec<u8>) {
     }
     if !draft.properties.is_empty() {
         message.point(table + layout.at(PROPERTIES));
-        message.properties(draft.properties);
+        properties(&mut message, property_vtable, draft.properties);
     }
     message.point(table + layout.at(BODY));
     message.bytes_vector(draft.body);
@@ -213,107 +213,19 @@ fn encoded_bytes_max(draft: &MessageDraft<'_>) -> usize {
         + optional(draft.transaction_id)
 }
 
-/// Appends to a message that starts at `base`; positions are the
-/// message's own.
-struct Writer<'a> {
-    out: &'a mut Vec<u8>,
-    base: usize,
-    /// Where the Property vtable is, if the message has properties.
-    property_vtable: usize,
-}
-
-impl Writer<'_> {
-    fn at(&self) -> usize {
-        self.out.len() - self.base
-    }
-
-    fn u16(&mut self, value: u16) {
-        self.out.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn u32(&mut self, value: u32) {
-        self.out.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn zeros(&mut self, count: usize) {
-        self.out.resize(self.out.len() + count, 0);
-    }
-
-    fn pad_to(&mut self, at: usize) {
-        debug_assert!(at >= self.at());
-        self.zeros(at - self.at());
-    }
-
-    fn align4(&mut self) {
-        self.zeros(self.at().next_multiple_of(4) - self.at());
-    }
-
-    fn set(&mut self, at: usize, bytes: &[u8]) {
-        let start = self.base + at;
-        self.out[start..start + bytes.len()].copy_from_slice(bytes);
-    }
-
-    fn set_u8(&mut self, at: usize, value: u8) {
-        self.set(at, &[value]);
-    }
-
-    fn set_u32(&mut self, at: usize, value: u32) {
-        self.set(at, &value.to_le_bytes());
-    }
-
-    fn set_u64(&mut self, at: usize, value: u64) {
-        self.set(at, &value.to_le_bytes());
-    }
-
-    /// Points the offset field at `field` at what is written next.
-    fn point(&mut self, field: usize) {
-        self.align4();
-        debug_assert!(self.at() > field);
-        self.set_u32(field, (self.at() - field) as u32);
-    }
-
-    fn string(&mut self, text: &str) {
-        debug_assert_eq!(self.at() % 4, 0);
-        self.u32(text.len() as u32);
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.push(0);
-    }
-
-    fn bytes_vector(&mut self, bytes: &[u8]) {
-        debug_assert_eq!(self.at() % 4, 0);
-        self.u32(bytes.len() as u32);
-        self.out.extend_from_slice(bytes);
-    }
-
-    /// A vector of `count` offsets; returns where its first entry is.
-    fn offsets(&mut self, count: usize) -> usize {
-        debug_assert_eq!(self.at() % 4, 0);
-        self.u32(count as u32);
-        let first = self.at();
-        self.zeros(4 * count);
-        first
-    }
-
-    fn strings<'s>(&mut self, texts: impl ExactSizeIterator<Item = &'s str>) {
-        let first = self.offsets(texts.len());
-        for (index, text) in texts.enumerate() {
-            self.point(first + 4 * index);
-            self.string(text);
-        }
-    }
-
-    fn properties(&mut self, properties: &[(&str, &str)]) {
-        let first = self.offsets(properties.len());
-        for (index, (key, value)) in properties.iter().enumerate() {
-            self.point(first + 4 * index);
-            let table = self.at();
-            self.zeros(PROPERTY_TABLE_BYTES);
-            self.set_u32(table, (table - self.property_vtable) as u32);
-            self.point(table + PROPERTY_VTABLE[2] as usize);
-            self.string(key);
-            self.point(table + PROPERTY_VTABLE[3] as usize);
-            self.string(value);
-        }
+/// The `properties` vector, then each `Property` table (behind the vtable
+/// at `vtable`) and its two strings.
+fn properties(message: &mut ForwardWriter<'_>, vtable: usize, properties: &[(&str, &str)]) {
+    let first = message.offsets(properties.len());
+    for (index, (key, value)) in properties.iter().enumerate() {
+        message.point(first + 4 * index);
+        let table = message.at();
+        message.zeros(PROPERTY_TABLE_BYTES);
+        message.set_u32(table, (table - vtable) as u32);
+        message.point(table + PROPERTY_VTABLE[2] as usize);
+        message.string(key);
+        message.point(table + PROPERTY_VTABLE[3] as usize);
+        message.string(value);
     }
 }
 

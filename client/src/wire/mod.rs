@@ -2,6 +2,7 @@
 //! verification every incoming message passes before anything touches it.
 
 mod finished;
+pub(crate) mod forward_writer;
 pub mod generated;
 mod message;
 mod message_verifier;
