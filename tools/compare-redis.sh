@@ -8,6 +8,12 @@
 #
 #   tools/compare-redis.sh [DATA_DIR]     (RINGMQ_BIN: where ringmq-load is)
 #
+# Each side's load runs on one thread: redis-benchmark drives its 32
+# clients from one event loop, and ringmq-load gets one executor
+# (LOAD_CORES, default 1; ringmq-load's own default is one per CPU). On a
+# machine the load shares with the broker, a second executor costs the
+# broker more in cross-CPU wake-ups than it adds.
+#
 # Installs redis-server and redis-tools from Debian's packages when missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +22,7 @@ bin=$(realpath "${RINGMQ_BIN:-$here/../target/release}")
 data=$(realpath "${1:-.}")
 # A bounded load: about 10 s for Redis at 20,000 writes a second.
 redis_requests=${REDIS_REQUESTS:-200000}
+load_cores=${LOAD_CORES:-1}
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
@@ -43,14 +50,14 @@ kill $redis_pid; wait $redis_pid 2>/dev/null || true
 ringmq_json=$(mktemp)
 # A spawned broker keeps its data in a directory under the working one.
 spawned_load "$work" "$ringmq_json" --broker-shards 2 --queues 4 --consumers 0 \
-    --producers 4 --window 64 --size 1024 --duration 10s --warmup 2s
+    --producers 4 --window 64 --size 1024 --duration 10s --warmup 2s --cores "$load_cores"
 read -r ringmq_rps ringmq_p99_us < <(report_fields "$ringmq_json" publish_rate publish_latency_us.p99)
 rm -f "$ringmq_json"
 
 echo "redis appendfsync always, 32 clients, 1 KiB SET: $redis_rps msg/s, p99 $redis_p99_ms ms"
 python3 -c '
 import sys
-ringmq, ringmq_p99_us, redis, redis_p99_ms = map(float, sys.argv[1:])
-print("ringmq 4 x 64, 1 KiB: %.0f msg/s, p99 %.1f ms" % (ringmq, ringmq_p99_us / 1000))
+ringmq, ringmq_p99_us, redis, redis_p99_ms, cores = map(float, sys.argv[1:])
+print("ringmq 4 x 64, 1 KiB, the load on %d executor(s): %.0f msg/s, p99 %.1f ms" % (cores, ringmq, ringmq_p99_us / 1000))
 print("ringmq / redis: %.2fx throughput, p99 %.2fx" % (ringmq / redis, ringmq_p99_us / 1000 / redis_p99_ms))
-' "$ringmq_rps" "$ringmq_p99_us" "$redis_rps" "$redis_p99_ms"
+' "$ringmq_rps" "$ringmq_p99_us" "$redis_rps" "$redis_p99_ms" "$load_cores"
